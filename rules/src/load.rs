@@ -1,0 +1,558 @@
+//! Parsing and validation of rules files and the daemon config.
+//!
+//! The text is parsed once by serde_yaml into a [`serde_yaml::Value`] (syntax errors come
+//! back located, alias expansion is bounded by serde_yaml), then walked field by field so
+//! that every problem is reported at once, each located through [`Locator`].
+
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::locate::Locator;
+use crate::model::*;
+use ipnet::IpNet;
+use serde_yaml::{Mapping, Value};
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+/// Files larger than this are refused before parsing.
+pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
+
+const FORWARD_FIELDS: &[&str] = &[
+    "name", "port", "to", "proto", "family", "local", "interfaces", "sources", "mark", "protect",
+];
+
+struct Ctx<'a> {
+    file: &'a str,
+    loc: Locator,
+    diags: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, path: &str, message: impl Into<String>) {
+        let (line, column) = self.loc.value(path);
+        self.push(path, line, column, message.into());
+    }
+    fn err_key(&mut self, path: &str, message: impl Into<String>) {
+        let (line, column) = self.loc.key(path);
+        self.push(path, line, column, message.into());
+    }
+    fn push(&mut self, path: &str, line: usize, column: usize, message: String) {
+        self.diags.push(Diagnostic { file: self.file.to_string(), line, column, path: path.to_string(), message });
+    }
+    fn finish<T>(mut self, v: T) -> Result<T, Diagnostics> {
+        if self.diags.is_empty() {
+            Ok(v)
+        } else {
+            self.diags.sort_by(|a, b| (a.line, a.column).cmp(&(b.line, b.column)));
+            Err(Diagnostics(self.diags))
+        }
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("boolean {b}"),
+        Value::Number(n) => format!("number {n}"),
+        Value::String(s) => format!("string \"{s}\""),
+        Value::Sequence(_) => "a list".into(),
+        Value::Mapping(_) => "a mapping".into(),
+        Value::Tagged(t) => format!("tagged value {}", t.tag),
+    }
+}
+
+/// Parses the document and checks its size; returns the root or the located syntax error.
+fn parse_root(file: &str, text: &str) -> Result<(Value, Ctx<'static>), Diagnostics> {
+    let one = |line: usize, column: usize, message: String| {
+        Diagnostics(vec![Diagnostic { file: file.to_string(), line, column, path: String::new(), message }])
+    };
+    if text.len() > MAX_FILE_BYTES {
+        return Err(one(
+            0,
+            0,
+            format!(
+                "file is {:.1} MiB; the limit is {} MiB: split it or remove unused entries",
+                text.len() as f64 / 1048576.0,
+                MAX_FILE_BYTES >> 20
+            ),
+        ));
+    }
+    let root: Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+            let msg = e.to_string();
+            let msg = match msg.find(" at line ") {
+                Some(i) => msg[..i].to_string(),
+                None => msg,
+            };
+            let msg = if msg.contains("repetition limit") || msg.contains("recursion limit") {
+                format!("{msg}: YAML aliases expand beyond a sane size; write the entries out")
+            } else {
+                msg
+            };
+            return Err(one(line, column, msg));
+        }
+    };
+    let ctx = Ctx { file: "", loc: Locator::new(text), diags: Vec::new() };
+    Ok((root, ctx))
+}
+
+fn root_mapping<'v>(ctx: &mut Ctx, root: &'v Value, allowed: &[&str]) -> Option<&'v Mapping> {
+    let Some(m) = root.as_mapping() else {
+        ctx.err("", format!("expected a mapping with `version: 1`, found {}", describe(root)));
+        return None;
+    };
+    check_keys(ctx, "", m, allowed);
+    match m.get("version") {
+        None => ctx.err("", "missing `version: 1`"),
+        Some(Value::Number(n)) if n.as_u64() == Some(1) => {}
+        Some(v) => ctx.err("version", format!("unsupported version {}; this portd reads version 1", describe(v))),
+    }
+    Some(m)
+}
+
+fn check_keys(ctx: &mut Ctx, path: &str, m: &Mapping, allowed: &[&str]) {
+    for k in m.keys() {
+        match k.as_str() {
+            Some(k) if allowed.contains(&k) => {}
+            Some(k) => {
+                let hint = allowed
+                    .iter()
+                    .find(|a| similar(a, k))
+                    .map(|a| format!("; did you mean `{a}`?"))
+                    .unwrap_or_else(|| format!("; expected one of: {}", allowed.join(", ")));
+                ctx.err_key(&join(path, k), format!("unknown field `{k}`{hint}"));
+            }
+            None => ctx.err(path, format!("field names must be strings, found {}", describe(k))),
+        }
+    }
+}
+
+/// Edit distance of at most 2 (or a shared prefix of 3) counts as a likely typo.
+fn similar(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut cur = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+        }
+        prev = cur;
+    }
+    prev[b.len()] <= 2 && a.len() > 2
+}
+
+fn get_str(ctx: &mut Ctx, path: &str, v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        other => {
+            ctx.err(path, format!("expected a string, found {}", describe(other)));
+            None
+        }
+    }
+}
+
+fn get_bool(ctx: &mut Ctx, path: &str, v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        other => {
+            ctx.err(path, format!("expected true or false, found {}", describe(other)));
+            None
+        }
+    }
+}
+
+fn get_u32(ctx: &mut Ctx, path: &str, v: &Value) -> Option<u32> {
+    let parsed = match v {
+        Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+        Value::String(s) => {
+            let s = s.trim();
+            match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+                Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                None => s.parse().ok(),
+            }
+        }
+        _ => None,
+    };
+    if parsed.is_none() {
+        ctx.err(path, format!("{} is not a 32-bit mark (0 to 0xffffffff)", describe(v)));
+    }
+    parsed
+}
+
+fn get_ports(ctx: &mut Ctx, path: &str, v: &Value) -> Option<PortRange> {
+    let text = match v {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        other => {
+            ctx.err(path, format!("expected a port (80) or a range (\"8000-8099\"), found {}", describe(other)));
+            return None;
+        }
+    };
+    match PortRange::parse(&text) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            ctx.err(path, e);
+            None
+        }
+    }
+}
+
+fn get_list<'v>(ctx: &mut Ctx, path: &str, v: &'v Value) -> &'v [Value] {
+    match v {
+        Value::Sequence(s) => s,
+        Value::Null => &[],
+        other => {
+            ctx.err(path, format!("expected a list, found {}", describe(other)));
+            &[]
+        }
+    }
+}
+
+/// True for a valid forward or owner-set name: `[a-z0-9][a-z0-9_-]{0,31}`.
+pub fn valid_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
+/// True for a Linux interface name (1-15 bytes, no `/`, whitespace or `:`).
+pub fn valid_ifname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s != "."
+        && s != ".."
+        && s.bytes().all(|c| c.is_ascii_graphic() && c != b'/' && c != b':')
+}
+
+fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
+    let Some(m) = v.as_mapping() else {
+        ctx.err(path, format!("expected a forward (a mapping with name, port, to), found {}", describe(v)));
+        return None;
+    };
+    check_keys(ctx, path, m, FORWARD_FIELDS);
+    let field = |k: &str| m.get(k).filter(|v| !v.is_null());
+    let p = |k: &str| join(path, k);
+    let mut ok = true;
+    let mut need = |ctx: &mut Ctx, k: &str| {
+        if field(k).is_none() {
+            ctx.err(path, format!("missing required field `{k}`"));
+            ok = false;
+        }
+    };
+    need(ctx, "name");
+    need(ctx, "port");
+    need(ctx, "to");
+
+    let name = field("name").and_then(|v| get_str(ctx, &p("name"), v));
+    if let Some(n) = &name {
+        if !valid_name(n) {
+            ctx.err(&p("name"), format!("`{n}` is not a valid name: use 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit"));
+        }
+    }
+    let port = field("port").and_then(|v| get_ports(ctx, &p("port"), v));
+    let to = field("to").and_then(|v| get_ports(ctx, &p("to"), v));
+    let proto = match field("proto").map(|v| (v, get_str(ctx, &p("proto"), v))) {
+        None => Some(ProtoSel::Tcp),
+        Some((_, None)) => None,
+        Some((_, Some(s))) => ProtoSel::parse(&s).or_else(|| {
+            ctx.err(&p("proto"), format!("unknown protocol `{s}`; use tcp, udp or both"));
+            None
+        }),
+    };
+    let family = match field("family").map(|v| get_str(ctx, &p("family"), v)) {
+        None => Some(FamilySel::Both),
+        Some(None) => None,
+        Some(Some(s)) => FamilySel::parse(&s).or_else(|| {
+            ctx.err(&p("family"), format!("unknown family `{s}`; use ipv4, ipv6 or both"));
+            None
+        }),
+    };
+    let local = field("local").map_or(Some(true), |v| get_bool(ctx, &p("local"), v));
+    let protect = field("protect").map_or(Some(false), |v| get_bool(ctx, &p("protect"), v));
+    let mark = match field("mark") {
+        None => Some(None),
+        Some(v) => get_u32(ctx, &p("mark"), v).map(Some),
+    };
+    let mut interfaces = Vec::new();
+    if let Some(list) = field("interfaces") {
+        for (i, item) in get_list(ctx, &p("interfaces"), list).iter().enumerate() {
+            let ip = format!("{}[{i}]", p("interfaces"));
+            if let Some(s) = get_str(ctx, &ip, item) {
+                if !valid_ifname(&s) {
+                    ctx.err(&ip, format!("`{s}` is not an interface name (1-15 characters, no '/', ':' or spaces)"));
+                } else if interfaces.contains(&s) {
+                    ctx.err(&ip, format!("interface `{s}` is listed twice"));
+                } else {
+                    interfaces.push(s);
+                }
+            }
+        }
+    }
+    let mut sources = Vec::new();
+    if let Some(list) = field("sources") {
+        for (i, item) in get_list(ctx, &p("sources"), list).iter().enumerate() {
+            let sp = format!("{}[{i}]", p("sources"));
+            if let Some(s) = get_str(ctx, &sp, item) {
+                let net = s.parse::<IpNet>().or_else(|_| s.parse::<IpAddr>().map(IpNet::from));
+                match net {
+                    Ok(n) => {
+                        let n = n.trunc();
+                        if !sources.contains(&n) {
+                            sources.push(n);
+                        }
+                    }
+                    Err(_) => ctx.err(&sp, format!("`{s}` is not an address or network (203.0.113.0/24, 2001:db8::/32)")),
+                }
+            }
+        }
+    }
+
+    if let (Some(port), Some(to)) = (port, to) {
+        if port.len() != to.len() {
+            ctx.err(
+                &p("to"),
+                format!(
+                    "`{to}` has {} port(s) but `port: {port}` has {}; a range maps to a range of the same length",
+                    to.len(),
+                    port.len()
+                ),
+            );
+            ok = false;
+        } else if port.start == to.start {
+            ctx.err(&p("to"), format!("target {to} is the public port itself; forward to a different port"));
+            ok = false;
+        }
+    }
+    if let (Some(fam), false) = (family, sources.is_empty()) {
+        for (i, s) in sources.iter().enumerate() {
+            let wrong = match (fam, s) {
+                (FamilySel::Ipv4, IpNet::V6(_)) => Some("ipv6"),
+                (FamilySel::Ipv6, IpNet::V4(_)) => Some("ipv4"),
+                _ => None,
+            };
+            if let Some(w) = wrong {
+                ctx.err(&format!("{}[{i}]", p("sources")), format!("{s} is an {w} network but the forward is `family: {fam}`"));
+                ok = false;
+            }
+        }
+    }
+    if !ok {
+        return None;
+    }
+    Some(Forward {
+        name: name?,
+        port: port?,
+        to: to?,
+        proto: proto?,
+        family: family?,
+        local: local?,
+        interfaces,
+        sources,
+        mark: mark?,
+        protect: protect?,
+    })
+}
+
+/// Validates a list of forwards at `path`, including the cross-forward rules.
+fn forwards(ctx: &mut Ctx, path: &str, v: Option<&Value>) -> Vec<Forward> {
+    let Some(v) = v else { return Vec::new() };
+    let items = get_list(ctx, path, v);
+    let mut out = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut claims: HashMap<(Family, Proto, u16), usize> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        let fp = format!("{path}[{i}]");
+        let Some(f) = forward(ctx, &fp, item) else { continue };
+        if let Some(first) = names.get(&f.name) {
+            let (line, _) = ctx.loc.value(&format!("{path}[{first}]"));
+            ctx.err(&format!("{fp}.name"), format!("duplicate name `{}` (first used on line {line}); names must be unique", f.name));
+            continue;
+        }
+        let mut clash = None;
+        'outer: for fam in f.family.families() {
+            for proto in f.proto.protos() {
+                for port in f.port.ports() {
+                    if let Some(&j) = claims.get(&(*fam, *proto, port)) {
+                        clash = Some((j, *fam, *proto, port));
+                        break 'outer;
+                    }
+                }
+            }
+        }
+        if let Some((j, fam, proto, port)) = clash {
+            let other: &Forward = &out[j];
+            ctx.err(
+                &format!("{fp}.port"),
+                format!("{proto} port {port} ({fam}) is already forwarded by `{}`; each public port/proto/family may have one forward", other.name),
+            );
+            continue;
+        }
+        let idx = out.len();
+        for fam in f.family.families() {
+            for proto in f.proto.protos() {
+                for port in f.port.ports() {
+                    claims.insert((*fam, *proto, port), idx);
+                }
+            }
+        }
+        names.insert(f.name.clone(), i);
+        out.push(f);
+    }
+    out
+}
+
+/// Parses and validates a rules file. `file` names it in diagnostics.
+pub fn parse_rules(file: &str, text: &str) -> Result<RulesFile, Diagnostics> {
+    let (root, ctx) = parse_root(file, text)?;
+    let mut ctx = Ctx { file, ..ctx };
+    let Some(m) = root_mapping(&mut ctx, &root, &["version", "forwards"]) else {
+        return ctx.finish(RulesFile { version: 1, forwards: vec![] });
+    };
+    let fw = forwards(&mut ctx, "forwards", m.get("forwards"));
+    ctx.finish(RulesFile { version: 1, forwards: fw })
+}
+
+fn settings(ctx: &mut Ctx, v: Option<&Value>) -> Settings {
+    let mut s = Settings::default();
+    let Some(v) = v.filter(|v| !v.is_null()) else { return s };
+    let Some(m) = v.as_mapping() else {
+        ctx.err("settings", format!("expected a mapping, found {}", describe(v)));
+        return s;
+    };
+    check_keys(ctx, "settings", m, &["table", "mark", "on_exit", "socket", "state_dir"]);
+    if let Some(t) = m.get("table").and_then(|v| get_str(ctx, "settings.table", v)) {
+        let ok = t.len() <= 64
+            && t.starts_with(|c: char| c.is_ascii_alphabetic())
+            && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ok {
+            s.table = t;
+        } else {
+            ctx.err("settings.table", format!("`{t}` is not a table name: use up to 64 of a-z, A-Z, 0-9 and '_', starting with a letter"));
+        }
+    }
+    if let Some(mark) = m.get("mark").and_then(|v| get_u32(ctx, "settings.mark", v)) {
+        s.mark = mark;
+    }
+    if let Some(o) = m.get("on_exit").and_then(|v| get_str(ctx, "settings.on_exit", v)) {
+        match o.as_str() {
+            "remove" => s.on_exit = OnExit::Remove,
+            "keep" => s.on_exit = OnExit::Keep,
+            _ => ctx.err("settings.on_exit", format!("`{o}` is not remove or keep")),
+        }
+    }
+    if let Some(d) = m.get("state_dir").and_then(|v| get_str(ctx, "settings.state_dir", v)) {
+        if d.starts_with('/') {
+            s.state_dir = d;
+        } else {
+            ctx.err("settings.state_dir", format!("`{d}` must be an absolute path"));
+        }
+    }
+    if let Some(sock) = m.get("socket") {
+        if let Some(sm) = sock.as_mapping() {
+            check_keys(ctx, "settings.socket", sm, &["path", "group", "mode"]);
+            if let Some(p) = sm.get("path").and_then(|v| get_str(ctx, "settings.socket.path", v)) {
+                if p.starts_with('/') {
+                    s.socket.path = p;
+                } else {
+                    ctx.err("settings.socket.path", format!("`{p}` must be an absolute path"));
+                }
+            }
+            match sm.get("group") {
+                None => {}
+                Some(Value::Null) => s.socket.group = None,
+                Some(v) => s.socket.group = get_str(ctx, "settings.socket.group", v),
+            }
+            if let Some(v) = sm.get("mode") {
+                let text = match v {
+                    Value::String(t) => Some(t.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                };
+                match text.as_deref().and_then(|t| u32::from_str_radix(t, 8).ok()).filter(|m| *m <= 0o777) {
+                    Some(mode) => s.socket.mode = mode,
+                    None => ctx.err("settings.socket.mode", format!("{} is not an octal mode such as \"0660\"", describe(v))),
+                }
+            }
+        } else {
+            ctx.err("settings.socket", format!("expected a mapping with path, group, mode, found {}", describe(sock)));
+        }
+    }
+    s
+}
+
+fn port_list(ctx: &mut Ctx, path: &str, v: &Value) -> Vec<PortRange> {
+    let items: Vec<(String, &Value)> = match v {
+        Value::Sequence(s) => s.iter().enumerate().map(|(i, v)| (format!("{path}[{i}]"), v)).collect(),
+        other => vec![(path.to_string(), other)],
+    };
+    items.into_iter().filter_map(|(p, v)| get_ports(ctx, &p, v)).collect()
+}
+
+fn grants(ctx: &mut Ctx, v: Option<&Value>) -> Vec<Grant> {
+    let Some(v) = v else { return vec![] };
+    let mut out = Vec::new();
+    for (i, g) in get_list(ctx, "grants", v).iter().enumerate() {
+        let gp = format!("grants[{i}]");
+        let Some(m) = g.as_mapping() else {
+            ctx.err(&gp, format!("expected a grant (user or group, ports, to), found {}", describe(g)));
+            continue;
+        };
+        check_keys(ctx, &gp, m, &["user", "group", "ports", "to"]);
+        let subject = match (m.get("user"), m.get("group")) {
+            (Some(u), None) => get_str(ctx, &format!("{gp}.user"), u).map(GrantSubject::User),
+            (None, Some(g)) => get_str(ctx, &format!("{gp}.group"), g).map(GrantSubject::Group),
+            _ => {
+                ctx.err(&gp, "a grant names exactly one of `user:` or `group:`");
+                None
+            }
+        };
+        let ports = match m.get("ports") {
+            Some(v) => port_list(ctx, &format!("{gp}.ports"), v),
+            None => {
+                ctx.err(&gp, "missing required field `ports`");
+                continue;
+            }
+        };
+        let to = match m.get("to") {
+            Some(v) => port_list(ctx, &format!("{gp}.to"), v),
+            None => vec![PortRange { start: 1024, end: 65535 }],
+        };
+        if let Some(subject) = subject {
+            out.push(Grant { subject, ports, to });
+        }
+    }
+    out
+}
+
+/// Parses and validates the daemon config. `file` names it in diagnostics.
+pub fn parse_config(file: &str, text: &str) -> Result<Config, Diagnostics> {
+    let (root, ctx) = parse_root(file, text)?;
+    let mut ctx = Ctx { file, ..ctx };
+    let Some(m) = root_mapping(&mut ctx, &root, &["version", "settings", "grants", "forwards"]) else {
+        return ctx.finish(Config::default());
+    };
+    let settings = settings(&mut ctx, m.get("settings"));
+    let grants = grants(&mut ctx, m.get("grants"));
+    let forwards = forwards(&mut ctx, "forwards", m.get("forwards"));
+    ctx.finish(Config { version: 1, settings, grants, forwards })
+}
+
+/// Re-validates forwards that arrived without a file (protocol, `portctl add`).
+pub fn validate_forwards(file: &str, fw: &[Forward]) -> Result<Vec<Forward>, Diagnostics> {
+    let doc = RulesFile { version: 1, forwards: fw.to_vec() };
+    let text = serde_yaml::to_string(&doc).map_err(|e| {
+        Diagnostics(vec![Diagnostic { file: file.into(), line: 0, column: 0, path: String::new(), message: e.to_string() }])
+    })?;
+    parse_rules(file, &text).map(|r| r.forwards)
+}

@@ -1,0 +1,181 @@
+//! Wire types of the control protocol: newline-delimited JSON, one request and one
+//! response per line, each carrying [`PROTOCOL_VERSION`].
+
+use crate::model::Forward;
+use crate::plan::Summary;
+use serde::{Deserialize, Serialize};
+
+/// Version carried by every request and response.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Longest line either side accepts, newline included.
+pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
+
+/// A request line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// Must equal [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// What to do.
+    pub command: Command,
+}
+
+/// What a client asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op", deny_unknown_fields)]
+pub enum Command {
+    /// Daemon state and every forward.
+    Status,
+    /// Replace the caller's set with the forwards of a rules file.
+    Apply {
+        /// File name, for diagnostics.
+        file: String,
+        /// File contents (re-validated by the daemon).
+        text: String,
+        /// Compute and report the change without applying it.
+        dry_run: bool,
+        /// Act for another owner (root only).
+        owner: Option<String>,
+    },
+    /// Add one forward to the caller's set.
+    Add {
+        /// The forward.
+        forward: Forward,
+        /// Act for another owner (root only).
+        owner: Option<String>,
+    },
+    /// Remove one forward from the caller's set.
+    Remove {
+        /// Forward name.
+        name: String,
+        /// Act for another owner (root only).
+        owner: Option<String>,
+    },
+    /// A set as a rules file.
+    Export {
+        /// Owner (default: the caller's).
+        owner: Option<String>,
+    },
+    /// Re-read the daemon config (root only).
+    Reload,
+}
+
+/// Why a request failed; maps to portctl's exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Invalid input (exit 1).
+    Invalid,
+    /// Conflict with another forward (exit 1).
+    Conflict,
+    /// The kernel refused the change (exit 1).
+    Kernel,
+    /// The caller may not do this (exit 4).
+    Denied,
+    /// Malformed or unsupported request (exit 1).
+    Protocol,
+    /// Something else failed inside the daemon (exit 1).
+    Internal,
+}
+
+/// One forward in a status report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardStatus {
+    /// Owner.
+    pub owner: String,
+    /// The forward as applied.
+    pub forward: Forward,
+    /// Effective mark.
+    pub mark: u32,
+    /// Packets counted (client to server direction).
+    pub packets: u64,
+    /// Bytes counted.
+    pub bytes: u64,
+}
+
+/// Daemon state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Daemon version.
+    pub daemon_version: String,
+    /// nftables table.
+    pub table: String,
+    /// True when the kernel holds exactly the desired plan.
+    pub in_sync: bool,
+    /// Times the table was repaired after a foreign change.
+    pub repairs: u64,
+    /// Every forward.
+    pub forwards: Vec<ForwardStatus>,
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Body {
+    /// Answer to status.
+    Status(Status),
+    /// Answer to apply, add, remove, reload.
+    Changed {
+        /// What changed (or would change, for a dry run).
+        summary: Summary,
+        /// Nothing was applied.
+        dry_run: bool,
+    },
+    /// Answer to export: a rules file.
+    Export {
+        /// Owner exported.
+        owner: String,
+        /// Its forwards.
+        forwards: Vec<Forward>,
+    },
+}
+
+/// A response line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// Always [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// The outcome.
+    pub result: Outcome,
+}
+
+/// Success or a failure with its causes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Success.
+    Ok(Body),
+    /// Failure.
+    Error {
+        /// Class of failure.
+        kind: ErrorKind,
+        /// One cause per entry.
+        messages: Vec<String>,
+    },
+}
+
+impl Response {
+    /// A success.
+    pub fn ok(body: Body) -> Response {
+        Response { version: PROTOCOL_VERSION, result: Outcome::Ok(body) }
+    }
+    /// A failure.
+    pub fn error(kind: ErrorKind, messages: Vec<String>) -> Response {
+        Response { version: PROTOCOL_VERSION, result: Outcome::Error { kind, messages } }
+    }
+}
+
+/// Decodes one request line, checking its version.
+pub fn decode_request(line: &[u8]) -> Result<Request, String> {
+    if line.len() > MAX_LINE_BYTES {
+        return Err(format!("request line is {} bytes; the limit is {MAX_LINE_BYTES}", line.len()));
+    }
+    let req: Request = serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))?;
+    if req.version != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {} is not supported; this daemon speaks version {PROTOCOL_VERSION}",
+            req.version
+        ));
+    }
+    Ok(req)
+}

@@ -1,0 +1,146 @@
+//! A [`Plan`] as nft(8) text, accepted by `nft -f` and `nft -c -f`.
+
+use crate::model::{Family, Proto};
+use crate::plan::{ChainType, FieldType, Hook, Plan, Rule, Set, Value};
+use std::fmt::Write;
+
+const KEY: &str = "meta nfproto . meta l4proto . th dport";
+
+fn type_name(t: FieldType) -> &'static str {
+    match t {
+        FieldType::NfProto => "nf_proto",
+        FieldType::InetProto => "inet_proto",
+        FieldType::InetService => "inet_service",
+        FieldType::Ifname => "ifname",
+        FieldType::Ipv4Addr => "ipv4_addr",
+        FieldType::Ipv6Addr => "ipv6_addr",
+        FieldType::Mark => "mark",
+        FieldType::Counter => "counter",
+    }
+}
+
+/// One element field as nft writes it.
+pub fn value(v: &Value) -> String {
+    match v {
+        Value::NfProto(f) => f.to_string(),
+        Value::InetProto(p) => p.to_string(),
+        Value::InetService(p) => p.to_string(),
+        Value::Ifname(i) => format!("\"{i}\""),
+        Value::Ipv4Net(n) if n.prefix_len() == 32 => n.addr().to_string(),
+        Value::Ipv4Net(n) => n.to_string(),
+        Value::Ipv6Net(n) if n.prefix_len() == 128 => n.addr().to_string(),
+        Value::Ipv6Net(n) => n.to_string(),
+        Value::Mark(m) => format!("{m:#010x}"),
+        Value::Counter(c) => format!("\"{c}\""),
+    }
+}
+
+/// One rule as nft writes it.
+pub fn rule(r: &Rule) -> String {
+    match r {
+        Rule::JumpIfLocal { chain } => format!("fib daddr type local jump {chain}"),
+        Rule::JumpIfLocalKeyIn { set, chain } => format!("fib daddr type local {KEY} @{set} jump {chain}"),
+        Rule::ReturnUnlessIface { keys, allowed } => {
+            format!("{KEY} @{keys} {KEY} . iifname != @{allowed} return")
+        }
+        Rule::ReturnUnlessSource { family, keys, allowed } => {
+            let (f, a) = match family {
+                Family::Ipv4 => ("ipv4", "ip"),
+                Family::Ipv6 => ("ipv6", "ip6"),
+            };
+            format!("meta nfproto {f} {KEY} @{keys} meta l4proto . th dport . {a} saddr != @{allowed} return")
+        }
+        Rule::Redirect { proto, map } => {
+            let p = match proto {
+                Proto::Tcp => "tcp",
+                Proto::Udp => "udp",
+            };
+            format!("meta l4proto {p} redirect to {KEY} map @{map}")
+        }
+        Rule::SetMark { map } => format!("meta mark set {KEY} map @{map}"),
+        Rule::CountNamed { map } => format!("counter name {KEY} map @{map}"),
+        Rule::DropUnredirected { set } => {
+            format!("ct state new iifname != \"lo\" ct status & dnat == 0 {KEY} @{set} drop")
+        }
+    }
+}
+
+fn set_text(out: &mut String, s: &Set) {
+    let kind = if s.data.is_some() { "map" } else { "set" };
+    let key: Vec<&str> = s.key.iter().map(|t| type_name(*t)).collect();
+    let _ = writeln!(out, "\t# {}", s.comment);
+    let _ = writeln!(out, "\t{kind} {} {{", s.name);
+    let _ = write!(out, "\t\ttype {}", key.join(" . "));
+    if let Some(d) = s.data {
+        let _ = write!(out, " : {}", type_name(d));
+    }
+    out.push('\n');
+    if s.interval {
+        out.push_str("\t\tflags interval\n");
+    }
+    if !s.elements.is_empty() {
+        out.push_str("\t\telements = {");
+        for (i, e) in s.elements.iter().enumerate() {
+            out.push_str(if i == 0 { " " } else { ",\n\t\t\t     " });
+            let k: Vec<String> = e.key.iter().map(value).collect();
+            out.push_str(&k.join(" . "));
+            if let Some(d) = &e.data {
+                let _ = write!(out, " : {}", value(d));
+            }
+        }
+        out.push_str(" }\n");
+    }
+    out.push_str("\t}\n\n");
+}
+
+fn priority(hook: Hook, kind: ChainType, p: i32) -> String {
+    match (hook, kind, p) {
+        (_, _, -150) => "mangle".into(),
+        (Hook::Prerouting, ChainType::Nat, -100) => "dstnat".into(),
+        (_, ChainType::Filter, 0) => "filter".into(),
+        _ => p.to_string(),
+    }
+}
+
+/// The whole plan as an nft script that creates the table (`nft -f`).
+pub fn render(plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "table inet {} {{", plan.table);
+    if !plan.counters.is_empty() {
+        out.push_str("\t# one counter per forward\n");
+    }
+    for c in &plan.counters {
+        let _ = writeln!(out, "\tcounter {c} {{\n\t}}\n");
+    }
+    for s in &plan.sets {
+        set_text(&mut out, s);
+    }
+    for (i, c) in plan.chains.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let _ = writeln!(out, "\tchain {} {{", c.name);
+        if let Some(b) = &c.base {
+            let kind = match b.kind {
+                ChainType::Filter => "filter",
+                ChainType::Nat => "nat",
+            };
+            let hook = match b.hook {
+                Hook::Prerouting => "prerouting",
+                Hook::Input => "input",
+                Hook::Output => "output",
+            };
+            let _ = writeln!(
+                out,
+                "\t\ttype {kind} hook {hook} priority {}; policy accept;",
+                priority(b.hook, b.kind, b.priority)
+            );
+        }
+        for r in &c.rules {
+            let _ = writeln!(out, "\t\t{}", rule(r));
+        }
+        out.push_str("\t}\n");
+    }
+    out.push_str("}\n");
+    out
+}
