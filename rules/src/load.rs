@@ -15,9 +15,8 @@ use std::net::IpAddr;
 /// Files larger than this are refused before parsing.
 pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
 
-const FORWARD_FIELDS: &[&str] = &[
-    "name", "port", "to", "proto", "family", "local", "interfaces", "sources", "mark", "protect",
-];
+const FORWARD_FIELDS: &[&str] =
+    &["name", "port", "to", "proto", "family", "local", "interfaces", "sources", "mark", "protect"];
 
 struct Ctx<'a> {
     file: &'a str,
@@ -41,7 +40,7 @@ impl Ctx<'_> {
         if self.diags.is_empty() {
             Ok(v)
         } else {
-            self.diags.sort_by(|a, b| (a.line, a.column).cmp(&(b.line, b.column)));
+            self.diags.sort_by_key(|d| (d.line, d.column));
             Err(Diagnostics(self.diags))
         }
     }
@@ -257,7 +256,10 @@ fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
     let name = field("name").and_then(|v| get_str(ctx, &p("name"), v));
     if let Some(n) = &name {
         if !valid_name(n) {
-            ctx.err(&p("name"), format!("`{n}` is not a valid name: use 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit"));
+            ctx.err(
+                &p("name"),
+                format!("`{n}` is not a valid name: use 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit"),
+            );
         }
     }
     let port = field("port").and_then(|v| get_ports(ctx, &p("port"), v));
@@ -312,7 +314,9 @@ fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
                             sources.push(n);
                         }
                     }
-                    Err(_) => ctx.err(&sp, format!("`{s}` is not an address or network (203.0.113.0/24, 2001:db8::/32)")),
+                    Err(_) => {
+                        ctx.err(&sp, format!("`{s}` is not an address or network (203.0.113.0/24, 2001:db8::/32)"))
+                    }
                 }
             }
         }
@@ -342,7 +346,10 @@ fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
                 _ => None,
             };
             if let Some(w) = wrong {
-                ctx.err(&format!("{}[{i}]", p("sources")), format!("{s} is an {w} network but the forward is `family: {fam}`"));
+                ctx.err(
+                    &format!("{}[{i}]", p("sources")),
+                    format!("{s} is an {w} network but the forward is `family: {fam}`"),
+                );
                 ok = false;
             }
         }
@@ -373,12 +380,19 @@ fn forwards(ctx: &mut Ctx, path: &str, v: Option<&Value>) -> Vec<Forward> {
     let mut claims: HashMap<(Family, Proto, u16), usize> = HashMap::new();
     for (i, item) in items.iter().enumerate() {
         let fp = format!("{path}[{i}]");
-        let Some(f) = forward(ctx, &fp, item) else { continue };
-        if let Some(first) = names.get(&f.name) {
-            let (line, _) = ctx.loc.value(&format!("{path}[{first}]"));
-            ctx.err(&format!("{fp}.name"), format!("duplicate name `{}` (first used on line {line}); names must be unique", f.name));
-            continue;
+        // Names are checked for duplicates even when the rest of the forward is invalid.
+        if let Some(name) = item.get("name").and_then(Value::as_str) {
+            if let Some(first) = names.get(name) {
+                let (line, _) = ctx.loc.value(&format!("{path}[{first}]"));
+                ctx.err(
+                    &format!("{fp}.name"),
+                    format!("duplicate name `{name}` (first used on line {line}); names must be unique"),
+                );
+                continue;
+            }
+            names.insert(name.to_string(), i);
         }
+        let Some(f) = forward(ctx, &fp, item) else { continue };
         let mut clash = None;
         'outer: for fam in f.family.families() {
             for proto in f.proto.protos() {
@@ -406,7 +420,6 @@ fn forwards(ctx: &mut Ctx, path: &str, v: Option<&Value>) -> Vec<Forward> {
                 }
             }
         }
-        names.insert(f.name.clone(), i);
         out.push(f);
     }
     out
@@ -438,7 +451,10 @@ fn settings(ctx: &mut Ctx, v: Option<&Value>) -> Settings {
         if ok {
             s.table = t;
         } else {
-            ctx.err("settings.table", format!("`{t}` is not a table name: use up to 64 of a-z, A-Z, 0-9 and '_', starting with a letter"));
+            ctx.err(
+                "settings.table",
+                format!("`{t}` is not a table name: use up to 64 of a-z, A-Z, 0-9 and '_', starting with a letter"),
+            );
         }
     }
     if let Some(mark) = m.get("mark").and_then(|v| get_u32(ctx, "settings.mark", v)) {
@@ -481,7 +497,8 @@ fn settings(ctx: &mut Ctx, v: Option<&Value>) -> Settings {
                 };
                 match text.as_deref().and_then(|t| u32::from_str_radix(t, 8).ok()).filter(|m| *m <= 0o777) {
                     Some(mode) => s.socket.mode = mode,
-                    None => ctx.err("settings.socket.mode", format!("{} is not an octal mode such as \"0660\"", describe(v))),
+                    None => ctx
+                        .err("settings.socket.mode", format!("{} is not an octal mode such as \"0660\"", describe(v))),
                 }
             }
         } else {
@@ -552,7 +569,13 @@ pub fn parse_config(file: &str, text: &str) -> Result<Config, Diagnostics> {
 pub fn validate_forwards(file: &str, fw: &[Forward]) -> Result<Vec<Forward>, Diagnostics> {
     let doc = RulesFile { version: 1, forwards: fw.to_vec() };
     let text = serde_yaml::to_string(&doc).map_err(|e| {
-        Diagnostics(vec![Diagnostic { file: file.into(), line: 0, column: 0, path: String::new(), message: e.to_string() }])
+        Diagnostics(vec![Diagnostic {
+            file: file.into(),
+            line: 0,
+            column: 0,
+            path: String::new(),
+            message: e.to_string(),
+        }])
     })?;
     parse_rules(file, &text).map(|r| r.forwards)
 }

@@ -76,6 +76,12 @@ impl MarkedEventReceiver for Builder {
             Event::Scalar(value, ..) => {
                 let (path, is_key) = self.next_node();
                 if is_key {
+                    // A block mapping's start event is marked after its first key; the
+                    // first key is where a reader sees the mapping begin.
+                    let here = pos(&mark);
+                    if let Some(v) = self.loc.values.get_mut(&path) {
+                        *v = (*v).min(here);
+                    }
                     let full = child(&path, &value);
                     self.loc.keys.entry(full).or_insert(pos(&mark));
                     if let Some(Frame::Map { key, .. }) = self.stack.last_mut() {
@@ -153,7 +159,7 @@ mod tests {
         let l = Locator::new(text);
         assert_eq!(l.value("forwards[0].port"), (4, 11));
         assert_eq!(l.key("forwards[0].port"), (4, 5));
-        assert_eq!(l.value("forwards[0].to[1]"), (5, 14));
+        assert_eq!(l.value("forwards[0].to[1]"), (5, 13));
         assert_eq!(l.value("forwards[0].nothere"), (3, 5));
         assert_eq!(l.value("version"), (1, 10));
     }

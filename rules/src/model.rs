@@ -343,11 +343,7 @@ impl Default for Settings {
             table: "portd".into(),
             mark: 1,
             on_exit: OnExit::Remove,
-            socket: SocketSettings {
-                path: "/run/portd/portd.sock".into(),
-                group: Some("portd".into()),
-                mode: 0o660,
-            },
+            socket: SocketSettings { path: "/run/portd/portd.sock".into(), group: Some("portd".into()), mode: 0o660 },
             state_dir: "/var/lib/portd".into(),
         }
     }

@@ -278,11 +278,8 @@ impl fmt::Display for Conflict {
 
 /// Name of the counter object of an owner's forward: readable, unique, nft-safe.
 pub fn counter_name(owner: &str, name: &str) -> String {
-    let clean: String = owner
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
-        .take(64)
-        .collect();
+    let clean: String =
+        owner.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).take(64).collect();
     // FNV-1a keeps two owners that sanitise alike apart.
     let mut h: u32 = 0x811c9dc5;
     for b in owner.bytes().chain([b'/']).chain(name.bytes()) {
@@ -327,10 +324,7 @@ fn skeleton(table: &str) -> Plan {
         ]
     };
     let redirect = || {
-        vec![
-            Rule::Redirect { proto: Proto::Tcp, map: TO.into() },
-            Rule::Redirect { proto: Proto::Udp, map: TO.into() },
-        ]
+        vec![Rule::Redirect { proto: Proto::Tcp, map: TO.into() }, Rule::Redirect { proto: Proto::Udp, map: TO.into() }]
     };
     let account = || vec![Rule::SetMark { map: MARK.into() }, Rule::CountNamed { map: COUNTER.into() }];
     let base = |kind, hook, priority| Some(BaseChain { kind, hook, priority });
@@ -619,9 +613,11 @@ impl Plan {
         let same_shape = old.table == new.table
             && old.chains == new.chains
             && old.sets.len() == new.sets.len()
-            && old.sets.iter().zip(&new.sets).all(|(a, b)| {
-                a.name == b.name && a.key == b.key && a.data == b.data && a.interval == b.interval
-            });
+            && old
+                .sets
+                .iter()
+                .zip(&new.sets)
+                .all(|(a, b)| a.name == b.name && a.key == b.key && a.data == b.data && a.interval == b.interval);
         if !same_shape {
             d.structural = true;
             return d;

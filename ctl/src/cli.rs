@@ -1,0 +1,162 @@
+//! The command line of portctl: one derive `Parser`, doc comments become `--help`.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Control portd: apply port forwards from YAML, inspect and change them.
+#[derive(Debug, Parser)]
+#[command(name = "portctl", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Control socket of the daemon.
+    #[arg(long, global = true, env = "PORTD_SOCKET", default_value = "/run/portd/portd.sock")]
+    pub socket: PathBuf,
+
+    /// Print data as JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// `--proto` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ProtoArg {
+    /// TCP only
+    Tcp,
+    /// UDP only
+    Udp,
+    /// TCP and UDP
+    Both,
+}
+
+/// `--family` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FamilyArg {
+    /// IPv4 only
+    Ipv4,
+    /// IPv6 only
+    Ipv6,
+    /// IPv4 and IPv6
+    Both,
+}
+
+/// Shells for `completions`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ShellArg {
+    /// bash
+    Bash,
+    /// zsh
+    Zsh,
+    /// fish
+    Fish,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Validate a rules file offline; every problem is printed with its location.
+    Check {
+        /// Rules file (YAML).
+        file: PathBuf,
+    },
+    /// Print the nftables ruleset a rules file compiles to (offline).
+    Plan {
+        /// Rules file (YAML).
+        file: PathBuf,
+        /// Table name to render.
+        #[arg(long, default_value = "portd")]
+        table: String,
+        /// Default mark for forwards without `mark:`.
+        #[arg(long, default_value = "0x1", value_parser = parse_mark)]
+        mark: u32,
+    },
+    /// Replace your set of forwards with those of FILE and print what changed.
+    Apply {
+        /// Rules file (YAML).
+        file: PathBuf,
+        /// Show what would change without applying it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Act for another owner (`system`, `user:NAME`; root only).
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Show what `apply FILE` would change (same as `apply --dry-run`).
+    Diff {
+        /// Rules file (YAML).
+        file: PathBuf,
+        /// Compare against another owner's set (root only).
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Daemon state and every forward with owner and counters.
+    Status,
+    /// Add one forward to your set.
+    Add {
+        /// Forward name.
+        name: String,
+        /// Public port or range (80, 8000-8099).
+        port: String,
+        /// Local target port or range of the same length.
+        to: String,
+        /// Transport protocol.
+        #[arg(long, value_enum, default_value = "tcp")]
+        proto: ProtoArg,
+        /// Address family.
+        #[arg(long, value_enum, default_value = "both")]
+        family: FamilyArg,
+        /// Do not redirect this host's own connections.
+        #[arg(long)]
+        no_local: bool,
+        /// Only traffic arriving on this interface (repeatable).
+        #[arg(long = "interface")]
+        interfaces: Vec<String>,
+        /// Only traffic from this network (repeatable).
+        #[arg(long = "source")]
+        sources: Vec<String>,
+        /// Packet mark (default: the daemon's).
+        #[arg(long, value_parser = parse_mark)]
+        mark: Option<u32>,
+        /// Refuse direct connections to the target port from other hosts.
+        #[arg(long)]
+        protect: bool,
+        /// Act for another owner (root only).
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Remove one forward from your set.
+    Remove {
+        /// Forward name.
+        name: String,
+        /// Act for another owner (root only).
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Print a set as YAML that `apply` accepts.
+    Export {
+        /// Owner to export (default: yours).
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Make the daemon re-read its config file (root).
+    Reload,
+    /// Print shell completions.
+    Completions {
+        /// Shell.
+        #[arg(value_enum)]
+        shell: ShellArg,
+    },
+    /// Write man pages into DIR.
+    Man {
+        /// Output directory.
+        dir: PathBuf,
+    },
+}
+
+fn parse_mark(s: &str) -> Result<u32, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u32::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|_| format!("`{s}` is not a 32-bit mark (0 to 0xffffffff)"))
+}

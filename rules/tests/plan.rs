@@ -1,0 +1,142 @@
+//! Plan properties: diffs round-trip, one-forward changes are small, owners conflict.
+
+use portd_rules::model::{FamilySel, Forward, PortRange, ProtoSel};
+use portd_rules::{compile, OwnedSet, Plan};
+use proptest::prelude::*;
+
+fn arb_forward(idx: usize) -> impl Strategy<Value = Forward> {
+    // Each index owns a disjoint block of 100 public ports, so generated sets never clash.
+    let base = 1000 + idx as u16 * 100;
+    (
+        0u16..50,
+        1u16..4,
+        prop_oneof![Just(ProtoSel::Tcp), Just(ProtoSel::Udp), Just(ProtoSel::Both)],
+        prop_oneof![Just(FamilySel::Ipv4), Just(FamilySel::Ipv6), Just(FamilySel::Both)],
+        any::<bool>(),
+        any::<bool>(),
+        prop::option::of(0u32..4),
+        prop::collection::vec(prop_oneof![Just("eth0"), Just("wg0")], 0..2),
+        prop::collection::vec(prop_oneof![Just("203.0.113.0/24"), Just("2001:db8::/32"), Just("10.0.0.0/8")], 0..3),
+    )
+        .prop_map(move |(off, len, proto, family, local, protect, mark, ifs, srcs)| {
+            let start = base + off;
+            let mut f = Forward::new(
+                &format!("f{idx}"),
+                PortRange { start, end: start + len - 1 },
+                PortRange { start: 30000 + start, end: 30000 + start + len - 1 },
+            );
+            f.proto = proto;
+            f.family = family;
+            f.local = local;
+            f.protect = protect;
+            f.mark = mark;
+            let mut ifs: Vec<String> = ifs.into_iter().map(String::from).collect();
+            ifs.dedup();
+            f.interfaces = ifs;
+            let mut srcs: Vec<ipnet::IpNet> = srcs
+                .into_iter()
+                .map(|s| s.parse().expect("net"))
+                .filter(|n: &ipnet::IpNet| match family {
+                    FamilySel::Ipv4 => n.addr().is_ipv4(),
+                    FamilySel::Ipv6 => n.addr().is_ipv6(),
+                    FamilySel::Both => true,
+                })
+                .collect();
+            srcs.sort();
+            srcs.dedup();
+            f.sources = srcs;
+            f
+        })
+}
+
+fn arb_set() -> impl Strategy<Value = Vec<Forward>> {
+    prop::collection::vec(any::<bool>(), 0..8).prop_flat_map(|present| {
+        let strategies: Vec<_> =
+            present.iter().enumerate().filter(|(_, p)| **p).map(|(i, _)| arb_forward(i).boxed()).collect();
+        strategies
+    })
+}
+
+fn plan(fw: Vec<Forward>) -> Plan {
+    compile("portd", 1, &[OwnedSet { owner: "system".into(), forwards: fw }]).expect("no conflicts")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn valid_sets_round_trip_through_yaml(fw in arb_set()) {
+        // Every generated set is valid as a file, and parses back to itself.
+        let doc = portd_rules::RulesFile { version: 1, forwards: fw.clone() };
+        let text = serde_yaml::to_string(&doc).expect("yaml");
+        let back = portd_rules::parse_rules("gen.yaml", &text).map_err(|d| TestCaseError::fail(d.to_string()))?;
+        prop_assert_eq!(back.forwards, fw);
+    }
+
+    #[test]
+    fn diff_with_itself_is_empty(fw in arb_set()) {
+        let p = plan(fw);
+        let d = Plan::diff(&p, &p);
+        prop_assert!(d.is_empty());
+        prop_assert!(d.summary.is_empty());
+    }
+
+    #[test]
+    fn diff_then_apply_reaches_the_new_plan(a in arb_set(), b in arb_set()) {
+        let (pa, pb) = (plan(a), plan(b));
+        let d = Plan::diff(&pa, &pb);
+        prop_assert!(!d.structural);
+        let reached = d.apply(&pa, pb.forwards.clone()).expect("element-level delta");
+        prop_assert_eq!(reached, pb);
+    }
+}
+
+#[test]
+fn one_forward_change_in_ten_thousand_is_a_small_delta() {
+    let fw: Vec<Forward> = (0..10_000u16)
+        .map(|i| Forward::new(&format!("f{i}"), PortRange::single(10_000 + i), PortRange::single(40_000 + i)))
+        .collect();
+    let mut changed = fw.clone();
+    changed[1234].to = PortRange::single(39_000);
+    let (a, b) = (plan(fw), plan(changed));
+    let d = Plan::diff(&a, &b);
+    // Two families: the fwd_to entry is replaced (delete + add) in each.
+    assert_eq!(d.del_elements.len(), 2, "{:?}", d.del_elements);
+    assert_eq!(d.add_elements.len(), 2);
+    assert!(d.add_counters.is_empty() && d.del_counters.is_empty());
+    assert_eq!(d.summary.changed.len(), 1);
+    assert_eq!(d.summary.to_string().lines().count(), 2);
+}
+
+#[test]
+fn ranges_expand_to_elements_not_rules() {
+    let one = plan(vec![Forward::new("a", PortRange::single(80), PortRange::single(8080))]);
+    let many = plan(vec![Forward::new("a", PortRange { start: 1, end: 60000 }, PortRange { start: 1001, end: 61000 })]);
+    assert_eq!(one.chains, many.chains, "the rules do not depend on the number of forwards");
+    assert_eq!(many.set("fwd_to").expect("map").elements.len(), 120_000);
+}
+
+#[test]
+fn owners_conflict_naming_the_other_forward() {
+    let sys = OwnedSet {
+        owner: "system".into(),
+        forwards: vec![Forward::new("http", PortRange::single(80), PortRange::single(8080))],
+    };
+    let web = OwnedSet {
+        owner: "user:web".into(),
+        forwards: vec![Forward::new("site", PortRange { start: 79, end: 81 }, PortRange { start: 9079, end: 9081 })],
+    };
+    let err = compile("portd", 1, &[web, sys]).expect_err("conflict");
+    assert_eq!(err.len(), 1);
+    assert_eq!(
+        err[0].to_string(),
+        "forward `site` of user:web: tcp port 80 (ipv4) is already forwarded by `http` of system"
+    );
+}
+
+#[test]
+fn structural_change_is_flagged() {
+    let a = plan(vec![]);
+    let b = compile("other", 1, &[]).expect("empty");
+    assert!(Plan::diff(&a, &b).structural);
+}

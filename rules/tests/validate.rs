@@ -1,0 +1,209 @@
+//! One test per validation rule: each mistake is reported with file, line, column and path.
+
+use portd_rules::{parse_config, parse_rules, Diagnostics};
+
+fn errors(text: &str) -> Diagnostics {
+    match parse_rules("rules.yaml", text) {
+        Ok(r) => panic!("expected errors, parsed {r:?}"),
+        Err(d) => d,
+    }
+}
+
+fn one(text: &str) -> String {
+    let d = errors(text);
+    assert_eq!(d.len(), 1, "expected exactly one error, got:\n{d}");
+    d.0[0].to_string()
+}
+
+const HEAD: &str = "version: 1\nforwards:\n";
+
+#[test]
+fn port_out_of_range_is_located() {
+    let e = one(&format!("{HEAD}  - name: http\n    port: 70000\n    to: 8080\n"));
+    assert_eq!(e, "rules.yaml:4:11: forwards[0].port: 70000 is not a port (1-65535)");
+}
+
+#[test]
+fn port_zero_and_garbage_are_refused() {
+    assert!(one(&format!("{HEAD}  - name: a\n    port: 0\n    to: 8080\n")).contains("0 is not a port"));
+    assert!(one(&format!("{HEAD}  - name: a\n    port: http\n    to: 8080\n")).contains("`http` is not a port number"));
+    assert!(one(&format!("{HEAD}  - name: a\n    port: [1]\n    to: 8080\n")).contains("expected a port"));
+}
+
+#[test]
+fn unknown_field_points_at_the_key_with_a_hint() {
+    let e = one(&format!("{HEAD}  - name: http\n    port: 80\n    to: 8080\n    prot: tcp\n"));
+    assert_eq!(e, "rules.yaml:6:5: forwards[0].prot: unknown field `prot`; did you mean `port`?");
+    let e = one("version: 1\nforwads: []\n");
+    assert!(e.starts_with("rules.yaml:2:1: forwads: unknown field"), "{e}");
+}
+
+#[test]
+fn wrong_types_are_named() {
+    let e = one(&format!("{HEAD}  - name: http\n    port: 80\n    to: 8080\n    local: yes please\n"));
+    assert!(e.contains("forwards[0].local: expected true or false"), "{e}");
+    let e = one(&format!("{HEAD}  - name: http\n    port: 80\n    to: 8080\n    proto: sctp\n"));
+    assert!(e.contains("rules.yaml:6:12: forwards[0].proto: unknown protocol `sctp`; use tcp, udp or both"), "{e}");
+    let e = one(&format!("{HEAD}  - name: http\n    port: 80\n    to: 8080\n    family: ipx\n"));
+    assert!(e.contains("unknown family `ipx`"), "{e}");
+}
+
+#[test]
+fn unequal_ranges_are_refused() {
+    let e = one(&format!("{HEAD}  - name: pool\n    port: 8000-8009\n    to: 9000-9004\n"));
+    assert!(
+        e.contains("rules.yaml:5:9: forwards[0].to: `9000-9004` has 5 port(s) but `port: 8000-8009` has 10"),
+        "{e}"
+    );
+    assert!(one(&format!("{HEAD}  - name: pool\n    port: 8000-8009\n    to: 9000\n")).contains("same length"));
+    assert!(one(&format!("{HEAD}  - name: pool\n    port: 9-1\n    to: 100-108\n")).contains("runs backwards"));
+}
+
+#[test]
+fn duplicate_names_point_at_the_second() {
+    let e =
+        one(&format!("{HEAD}  - name: http\n    port: 80\n    to: 8080\n  - name: http\n    port: 81\n    to: 8081\n"));
+    assert_eq!(
+        e,
+        "rules.yaml:6:11: forwards[1].name: duplicate name `http` (first used on line 3); names must be unique"
+    );
+}
+
+#[test]
+fn two_forwards_claiming_one_port_are_refused() {
+    let e = one(&format!(
+        "{HEAD}  - name: a\n    port: 80-90\n    to: 8080-8090\n  - name: b\n    port: 85\n    to: 9000\n    proto: both\n"
+    ));
+    assert!(e.contains("forwards[1].port: tcp port 85 (ipv4) is already forwarded by `a`"), "{e}");
+    // Different protocol or family does not clash.
+    let ok = format!("{HEAD}  - name: a\n    port: 80\n    to: 8080\n  - name: b\n    port: 80\n    to: 9000\n    proto: udp\n  - name: c\n    port: 443\n    to: 8443\n    family: ipv4\n  - name: d\n    port: 443\n    to: 9443\n    family: ipv6\n");
+    assert_eq!(parse_rules("r", &ok).expect("valid").forwards.len(), 4);
+}
+
+#[test]
+fn target_equal_to_public_port_is_refused() {
+    assert!(one(&format!("{HEAD}  - name: a\n    port: 8080\n    to: 8080\n")).contains("is the public port itself"));
+}
+
+#[test]
+fn names_sources_interfaces_marks_are_checked() {
+    assert!(one(&format!("{HEAD}  - name: Web!\n    port: 80\n    to: 8080\n")).contains("is not a valid name"));
+    assert!(one(&format!("{HEAD}  - name: a\n    port: 80\n    to: 8080\n    sources: [10.0.0.0/33]\n"))
+        .contains("forwards[0].sources[0]: `10.0.0.0/33` is not an address or network"));
+    assert!(one(&format!(
+        "{HEAD}  - name: a\n    port: 80\n    to: 8080\n    family: ipv4\n    sources: [\"2001:db8::/32\"]\n"
+    ))
+    .contains("is an ipv6 network but the forward is `family: ipv4`"));
+    assert!(one(&format!("{HEAD}  - name: a\n    port: 80\n    to: 8080\n    interfaces: [averyveryverylongname]\n"))
+        .contains("is not an interface name"));
+    assert!(one(&format!("{HEAD}  - name: a\n    port: 80\n    to: 8080\n    mark: 0x1ffffffff\n"))
+        .contains("is not a 32-bit mark"));
+    let r = parse_rules(
+        "r",
+        &format!("{HEAD}  - name: a\n    port: 80\n    to: 8080\n    mark: 0x2a\n    sources: [203.0.113.9/24]\n"),
+    )
+    .expect("valid");
+    assert_eq!(r.forwards[0].mark, Some(0x2a));
+    assert_eq!(r.forwards[0].sources[0].to_string(), "203.0.113.0/24", "host bits are cleared");
+}
+
+#[test]
+fn missing_fields_and_version() {
+    assert!(one(&format!("{HEAD}  - name: a\n    port: 80\n")).contains("forwards[0]: missing required field `to`"));
+    assert!(one("forwards: []\n").contains("missing `version: 1`"));
+    assert!(one("version: 2\nforwards: []\n").contains("rules.yaml:1:10: version: unsupported version"));
+}
+
+#[test]
+fn five_mistakes_give_five_located_errors() {
+    let text = "version: 1
+forwards:
+  - name: http
+    port: 70000
+    to: 8080
+  - name: http
+    port: 81
+    to: 8081
+  - name: pool
+    port: 8000-8009
+    to: 9000-9001
+  - name: dns
+    port: 53
+    to: 5353
+    proto: sctp
+  - name: self
+    port: 9090
+    to: 9090
+";
+    let d = errors(text);
+    let lines: Vec<String> = d.0.iter().map(|e| e.to_string()).collect();
+    assert_eq!(lines.len(), 5, "{lines:#?}");
+    assert!(d.0.iter().all(|e| e.line > 0 && e.column > 0 && !e.path.is_empty()), "{lines:#?}");
+    assert_eq!(lines[0], "rules.yaml:4:11: forwards[0].port: 70000 is not a port (1-65535)");
+    assert!(lines[1].starts_with("rules.yaml:6:11: forwards[1].name: duplicate name `http`"));
+    assert!(lines[2].starts_with("rules.yaml:11:9: forwards[2].to:"));
+    assert!(lines[3].starts_with("rules.yaml:15:12: forwards[3].proto:"));
+    assert!(lines[4].starts_with("rules.yaml:18:9: forwards[4].to: target 9090 is the public port itself"));
+}
+
+#[test]
+fn syntax_errors_are_located() {
+    let d = errors("version: 1\nforwards:\n  - name: [unclosed\n");
+    assert_eq!(d.len(), 1);
+    assert!(d.0[0].line >= 3, "{d}");
+}
+
+#[test]
+fn oversized_files_are_refused_quickly() {
+    let big = format!("version: 1\n# {}\n", "x".repeat(17 * 1024 * 1024));
+    let t = std::time::Instant::now();
+    let e = one(&big);
+    assert!(e.contains("the limit is 16 MiB"), "{e}");
+    assert!(t.elapsed().as_secs() < 2);
+}
+
+#[test]
+fn alias_bombs_are_refused_quickly() {
+    let mut text = String::from("version: 1\na0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        let p = i - 1;
+        text.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+    }
+    text.push_str("forwards: *a9\n");
+    let t = std::time::Instant::now();
+    let e = one(&text);
+    assert!(e.contains("aliases expand beyond a sane size"), "{e}");
+    assert!(t.elapsed().as_secs() < 2, "took {:?}", t.elapsed());
+}
+
+#[test]
+fn config_is_validated_with_settings_and_grants() {
+    let text = "version: 1
+settings:
+  table: portd
+  mark: 0x10
+  on_exit: keep
+  socket: {path: /run/p.sock, group: deploy, mode: \"0640\"}
+  state_dir: /var/lib/p
+grants:
+  - user: web
+    ports: [80, 443]
+    to: \"1024-65535\"
+  - group: deploy
+    ports: [\"8000-8099\"]
+forwards:
+  - name: http
+    port: 80
+    to: 8080
+";
+    let c = parse_config("portd.yaml", text).expect("valid config");
+    assert_eq!(c.settings.mark, 0x10);
+    assert_eq!(c.settings.socket.mode, 0o640);
+    assert_eq!(c.grants.len(), 2);
+    assert_eq!(c.forwards.len(), 1);
+    let bad = "version: 1\nsettings:\n  on_exit: explode\n  tabel: x\ngrants:\n  - ports: [80]\n";
+    let d = parse_config("portd.yaml", bad).expect_err("invalid");
+    assert_eq!(d.len(), 3, "{d}");
+    assert!(d.to_string().contains("portd.yaml:3:12: settings.on_exit: `explode` is not remove or keep"), "{d}");
+    assert!(d.to_string().contains("a grant names exactly one of `user:` or `group:`"), "{d}");
+}
