@@ -1,1 +1,171 @@
-fn main() {}
+//! portd: keeps nftables redirect and mark rules in the kernel from declarative YAML and
+//! serves portctl over a Unix socket.
+//!
+//! Start order: parse flags and config (exit with the reason on error), take the socket
+//! (systemd's, or bind our own and set its group and mode while we may still chown),
+//! drop every capability except CAP_NET_ADMIN, restore persisted sets and apply them,
+//! then READY=1.
+
+mod actor;
+mod notify;
+mod privs;
+mod server;
+mod state;
+
+use actor::{Daemon, Msg, Overrides};
+use anyhow::Context;
+use clap::Parser;
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener as StdListener;
+use std::path::{Path, PathBuf};
+use tokio_util::sync::CancellationToken;
+
+/// portd: port forwarding firewall daemon (nftables).
+#[derive(Debug, Parser)]
+#[command(name = "portd", version, about)]
+struct Args {
+    /// Daemon config file.
+    #[arg(long, default_value = "/etc/portd/portd.yaml")]
+    config: PathBuf,
+    /// Control socket path (overrides settings.socket.path).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Directory for persisted sets (overrides settings.state_dir).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// nftables table name (overrides settings.table).
+    #[arg(long)]
+    table: Option<String>,
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::prelude::*;
+    let level = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Under systemd, stderr is connected to the journal: log to journald directly.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(layer) = tracing_journald::layer() {
+            tracing_subscriber::registry().with(filter).with(layer.with_syslog_identifier("portd".into())).init();
+            return;
+        }
+    }
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
+}
+
+/// The listening socket from systemd socket activation (LISTEN_FDS for our pid), if any.
+fn activated_socket() -> anyhow::Result<Option<StdListener>> {
+    let mut fds = sd_notify::listen_fds().context("reading LISTEN_FDS")?;
+    let Some(fd) = fds.next() else { return Ok(None) };
+    // SAFETY: systemd passed us this descriptor (LISTEN_PID matched); we take ownership once.
+    let l = unsafe { StdListener::from_raw_fd(fd) };
+    Ok(Some(l))
+}
+
+fn bind_socket(path: &Path, group: Option<&str>, mode: u32) -> anyhow::Result<StdListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+        }
+        Ok(_) => anyhow::bail!("{} exists and is not a socket; remove it or choose another --socket", path.display()),
+        Err(_) => {}
+    }
+    let l = StdListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    if let Some(g) = group {
+        match nix::unistd::Group::from_name(g)? {
+            Some(gr) => nix::unistd::chown(path, None, Some(gr.gid))
+                .with_context(|| format!("setting group {g} on {}", path.display()))?,
+            None => tracing::warn!("group `{g}` does not exist; socket {} keeps its default group", path.display()),
+        }
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting mode {mode:o} on {}", path.display()))?;
+    Ok(l)
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    init_logging(args.verbose);
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("portd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    // 1. Config: refuse to start on any error, before touching anything.
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
+    let config =
+        portd_rules::parse_config(&args.config.display().to_string(), &text).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let overrides = Overrides { table: args.table.clone(), state_dir: args.state_dir.clone() };
+    let config = actor::effective(config, &overrides);
+
+    // 2. Socket: systemd's (read before the runtime starts) or our own.
+    let socket_path = args.socket.clone().unwrap_or_else(|| PathBuf::from(&config.settings.socket.path));
+    let (listener, own_socket) = match activated_socket()? {
+        Some(l) => (l, None),
+        None => (
+            bind_socket(&socket_path, config.settings.socket.group.as_deref(), config.settings.socket.mode)?,
+            Some(socket_path.clone()),
+        ),
+    };
+    listener.set_nonblocking(true)?;
+
+    // 3. Privileges.
+    privs::drop_to_net_admin()?;
+
+    // 4. Restore and apply, on the actor's thread, then READY=1.
+    let (tx, rx) = std::sync::mpsc::channel::<Msg>();
+    let daemon = Daemon::start(args.config.clone(), config, overrides)?;
+    let status = daemon.status_line();
+    let actor = std::thread::Builder::new().name("portd-actor".into()).spawn(move || daemon.run(rx))?;
+    notify::ready(&status);
+    tracing::info!("ready: {status}");
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::UnixListener::from_std(listener)?;
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(server::run(listener, tx.clone(), shutdown.clone(), server::Limits::default()));
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading {}", args.config.display());
+                    let _ = tx.send(Msg::Reload);
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        tracing::info!("stopping: no new connections, finishing requests in flight");
+        shutdown.cancel();
+        let _ = server.await;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let _ = tx.send(Msg::Shutdown { reply: done_tx });
+        let _ = done_rx.await;
+        anyhow::Ok(())
+    })?;
+    let _ = actor.join();
+    if let Some(p) = own_socket {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}

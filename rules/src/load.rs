@@ -579,3 +579,11 @@ pub fn validate_forwards(file: &str, fw: &[Forward]) -> Result<Vec<Forward>, Dia
     })?;
     parse_rules(file, &text).map(|r| r.forwards)
 }
+
+/// True for a plausible user name in an owner (`user:NAME`): POSIX portable characters.
+pub fn valid_user(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('-')
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'$'))
+}

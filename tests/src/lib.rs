@@ -1,1 +1,340 @@
-//! Shared helpers of the end-to-end tests.
+//! Shared helpers of the end-to-end tests: throwaway network namespaces joined by a
+//! veth pair, the real `portd` and `portctl` binaries, and small traffic probes.
+//!
+//! Every helper fails loudly (panics with the reason) when the machine cannot run it:
+//! these tests never skip in silence.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// Server address of the veth pair (IPv4).
+pub const SRV4: &str = "10.250.0.1";
+/// Client address (IPv4).
+pub const CLI4: &str = "10.250.0.2";
+/// Server address (IPv6).
+pub const SRV6: &str = "fd00:250::1";
+/// Client address (IPv6).
+pub const CLI6: &str = "fd00:250::2";
+
+/// Path of a workspace binary: `$PORTD_BIN`/`$PORTCTL_BIN`, else next to the test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let var = format!("{}_BIN", name.to_uppercase());
+    if let Some(p) = std::env::var_os(&var) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not found; run `cargo build --workspace --bins` first or set {var}", p.display());
+    p
+}
+
+/// Runs a command, panicking with its output when it cannot start.
+pub fn sh(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"))
+}
+
+fn must(cmd: &str, args: &[&str]) -> String {
+    let o = sh(cmd, args);
+    assert!(o.status.success(), "{cmd} {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Panics with a clear reason unless we are root and can create namespaces.
+pub fn require_root() {
+    let uid = must("id", &["-u"]);
+    assert_eq!(uid.trim(), "0", "these tests create network namespaces and need root; run tests/run as root");
+}
+
+/// A "server" and a "client" network namespace joined by a veth pair, removed on drop.
+pub struct Net {
+    /// Server namespace name.
+    pub srv: String,
+    /// Client namespace name.
+    pub cli: String,
+    /// Scratch directory for configs, state and sockets.
+    pub dir: PathBuf,
+}
+
+impl Net {
+    /// Creates both namespaces with IPv4 and IPv6 addresses and checks they can talk.
+    pub fn setup() -> Net {
+        require_root();
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{}x{n}", std::process::id());
+        let (srv, cli) = (format!("pds{id}"), format!("pdc{id}"));
+        let dir = std::env::temp_dir().join(format!("portd-e2e-{id}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        for ns in [&srv, &cli] {
+            let o = sh("ip", &["netns", "add", ns]);
+            assert!(
+                o.status.success(),
+                "`ip netns add` failed (need root and iproute2): {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let net = Net { srv, cli, dir };
+        must(
+            "ip",
+            &["link", "add", "vsrv", "netns", &net.srv, "type", "veth", "peer", "name", "vcli", "netns", &net.cli],
+        );
+        for (ns, dev, a4, a6) in [(&net.srv, "vsrv", SRV4, SRV6), (&net.cli, "vcli", CLI4, CLI6)] {
+            net.exec_ok(ns, "ip", &["link", "set", "lo", "up"]);
+            net.exec_ok(ns, "ip", &["addr", "add", &format!("{a4}/24"), "dev", dev]);
+            net.exec_ok(ns, "ip", &["addr", "add", &format!("{a6}/64"), "dev", dev, "nodad"]);
+            net.exec_ok(ns, "ip", &["link", "set", dev, "up"]);
+        }
+        net
+    }
+
+    /// Runs a command in namespace `ns`.
+    pub fn exec(&self, ns: &str, cmd: &str, args: &[&str]) -> Output {
+        let mut a = vec!["netns", "exec", ns, cmd];
+        a.extend_from_slice(args);
+        sh("ip", &a)
+    }
+
+    /// Runs a command in namespace `ns` and returns stdout, panicking on failure.
+    pub fn exec_ok(&self, ns: &str, cmd: &str, args: &[&str]) -> String {
+        let o = self.exec(ns, cmd, args);
+        assert!(o.status.success(), "{cmd} {args:?} in {ns} failed: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `nft list table inet NAME` in the server namespace, or None when absent.
+    pub fn table(&self, name: &str) -> Option<String> {
+        let o = self.exec(&self.srv, "nft", &["list", "table", "inet", name]);
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// Starts a TCP server in `ns` on `port` (both families) that answers `reply` to every connection.
+    pub fn tcp_app(&self, ns: &str, port: u16, reply: &str) -> Bg {
+        let listen = format!("TCP6-LISTEN:{port},fork,reuseaddr,ipv6only=0");
+        let sys = format!("SYSTEM:echo {reply}");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "socat", &listen, &sys])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat is needed for traffic tests (apt-get install socat)");
+        let bg = Bg(child);
+        wait_for(|| self.exec(ns, "ss", &["-Htln", &format!("sport = :{port}")]).stdout.len() > 1, "tcp app to listen");
+        bg
+    }
+
+    /// Connects from `ns` to `addr` (an IP, v6 without brackets) on `port`; returns the reply, trimmed.
+    pub fn tcp_get(&self, ns: &str, addr: &str, port: u16) -> Option<String> {
+        let target = if addr.contains(':') {
+            format!("TCP:[{addr}]:{port},connect-timeout=2")
+        } else {
+            format!("TCP:{addr}:{port},connect-timeout=2")
+        };
+        let o = self.exec(ns, "timeout", &["3", "socat", "-T2", "-", &target]);
+        let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        (o.status.success() && !s.is_empty()).then_some(s)
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let pids = sh("ip", &["netns", "pids", &self.srv]);
+        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            let _ = sh("kill", &["-9", pid]);
+        }
+        let _ = sh("ip", &["netns", "del", &self.srv]);
+        let _ = sh("ip", &["netns", "del", &self.cli]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A background process killed on drop.
+pub struct Bg(pub Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `f` for up to 10 s.
+pub fn wait_for(mut f: impl FnMut() -> bool, what: &str) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A running portd in the server namespace.
+pub struct Portd {
+    /// The process (`ip netns exec` execs portd, so this is portd's pid).
+    pub child: Child,
+    /// Control socket.
+    pub socket: PathBuf,
+    /// Config file.
+    pub config: PathBuf,
+    /// State directory.
+    pub state: PathBuf,
+}
+
+/// A daemon config for tests: socket, state and grants in the scratch directory.
+pub fn config(net: &Net, extra: &str) -> String {
+    format!(
+        "version: 1\nsettings:\n  table: portd\n  socket: {{path: {}, group: null, mode: \"0666\"}}\n  state_dir: {}\n{extra}",
+        net.dir.join("portd.sock").display(),
+        net.dir.join("state").display()
+    )
+}
+
+impl Portd {
+    /// Writes `config_text` and starts portd; returns once the socket answers.
+    pub fn start(net: &Net, config_text: &str) -> Portd {
+        Self::start_with(net, config_text, None)
+    }
+
+    /// Starts portd with NOTIFY_SOCKET set when `notify` is given.
+    pub fn start_with(net: &Net, config_text: &str, notify: Option<&Path>) -> Portd {
+        let config = net.dir.join("portd.yaml");
+        std::fs::write(&config, config_text).expect("write config");
+        let socket = net.dir.join("portd.sock");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &net.srv]).arg(bin("portd")).arg("--config").arg(&config);
+        cmd.stdout(Stdio::null()).stderr(std::fs::File::create(net.dir.join("portd.log")).expect("log"));
+        if let Some(n) = notify {
+            cmd.env("NOTIFY_SOCKET", n);
+        }
+        let child = cmd.spawn().expect("start portd");
+        let d = Portd { child, socket: socket.clone(), config, state: net.dir.join("state") };
+        if notify.is_none() {
+            d.wait_ready(net);
+        }
+        d
+    }
+
+    /// Waits until `portctl status` answers.
+    pub fn wait_ready(&self, net: &Net) {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if self.ctl(&["status"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "portd did not answer; its log:\n{}",
+            std::fs::read_to_string(net.dir.join("portd.log")).unwrap_or_default()
+        );
+    }
+
+    /// Runs portctl as root against this daemon.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("portctl")).arg("--socket").arg(&self.socket).args(args).output().expect("run portctl")
+    }
+
+    /// Runs portctl as another user (and groups) through setpriv.
+    pub fn ctl_as(&self, user: &str, groups: &str, args: &[&str]) -> Output {
+        let mut c = Command::new("setpriv");
+        let gid = must("id", &["-g", user]);
+        c.args([format!("--reuid={user}"), format!("--regid={}", gid.trim())]);
+        if groups.is_empty() {
+            c.arg("--clear-groups");
+        } else {
+            c.arg(format!("--groups={groups}"));
+        }
+        c.arg(bin("portctl")).arg("--socket").arg(&self.socket).args(args).output().expect("run setpriv portctl")
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: &str) {
+        must("kill", &[&format!("-{sig}"), &self.child.id().to_string()]);
+    }
+
+    /// Waits for the process to exit and returns its status code.
+    pub fn wait(&mut self) -> Option<i32> {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("portd did not exit");
+    }
+
+    /// The daemon's log so far.
+    pub fn log(net: &Net) -> String {
+        std::fs::read_to_string(net.dir.join("portd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Portd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A datagram socket standing in for systemd's NOTIFY_SOCKET.
+pub struct NotifyListener {
+    sock: UnixDatagram,
+    /// Its path.
+    pub path: PathBuf,
+}
+
+impl NotifyListener {
+    /// Binds a notify socket in `dir`.
+    pub fn new(dir: &Path) -> NotifyListener {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).expect("bind notify socket");
+        sock.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        NotifyListener { sock, path }
+    }
+
+    /// Receives messages until one contains `needle`; returns it.
+    pub fn wait_for(&self, needle: &str) -> String {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = self.sock.recv(&mut buf).unwrap_or_else(|e| panic!("no `{needle}` on NOTIFY_SOCKET: {e}"));
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if msg.lines().any(|l| l == needle) {
+                return msg;
+            }
+        }
+    }
+}
+
+/// stdout of an Output as text.
+pub fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// stderr of an Output as text.
+pub fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Writes a file in `dir` and returns its path.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    let mut f = std::fs::File::create(&p).expect("create");
+    f.write_all(text.as_bytes()).expect("write");
+    p
+}
+
+/// Reads a whole file.
+pub fn read(p: &Path) -> String {
+    let mut s = String::new();
+    std::fs::File::open(p).and_then(|mut f| f.read_to_string(&mut s)).expect("read");
+    s
+}

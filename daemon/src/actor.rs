@@ -1,0 +1,444 @@
+//! The one actor that owns the kernel backend and the desired state. Connection
+//! handlers send it [`Msg`]s and await the reply; it runs on its own thread because
+//! netlink calls block, and it checks the kernel for drift between messages.
+
+use crate::notify;
+use crate::state::{Persisted, Store};
+use portd::nft::Backend;
+use portd_rules::plan::SYSTEM_OWNER;
+use portd_rules::proto::{Body, Command, ErrorKind, ForwardStatus, Response, Status};
+use portd_rules::{compile, parse_config, parse_rules, Config, Forward, GrantSubject, OnExit, OwnedSet, Plan};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// How often the kernel is compared with the desired plan when idle.
+const DRIFT_CHECK: Duration = Duration::from_millis(500);
+
+/// Who sent a request, from SO_PEERCRED and the account database.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Peer uid.
+    pub uid: u32,
+    /// Peer pid, when the kernel reports one.
+    pub pid: Option<i32>,
+    /// User name (or the uid as text when it has none).
+    pub user: String,
+    /// Names of the primary and supplementary groups.
+    pub groups: Vec<String>,
+}
+
+impl Caller {
+    /// The caller's own owner name.
+    pub fn owner(&self) -> String {
+        format!("user:{}", self.user)
+    }
+}
+
+/// Messages to the actor.
+pub enum Msg {
+    /// A client request.
+    Request { caller: Caller, command: Command, reply: oneshot::Sender<Response> },
+    /// SIGHUP: reload the config.
+    Reload,
+    /// Clean stop: apply `on_exit` and end.
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// Settings the actor needs that come from flags rather than the config file.
+pub struct Overrides {
+    /// `--table`
+    pub table: Option<String>,
+    /// `--state-dir`
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The actor's state.
+pub struct Daemon {
+    config_path: PathBuf,
+    config: Config,
+    overrides: Overrides,
+    users: BTreeMap<String, Vec<Forward>>,
+    store: Store,
+    backend: Backend,
+    plan: Plan,
+    repairs: u64,
+}
+
+type Failure = (ErrorKind, Vec<String>);
+
+fn err(kind: ErrorKind, msg: impl Into<String>) -> Failure {
+    (kind, vec![msg.into()])
+}
+
+/// Applies flag overrides to a freshly parsed config.
+pub fn effective(mut config: Config, o: &Overrides) -> Config {
+    if let Some(t) = &o.table {
+        config.settings.table = t.clone();
+    }
+    if let Some(d) = &o.state_dir {
+        config.settings.state_dir = d.display().to_string();
+    }
+    config
+}
+
+impl Daemon {
+    /// Restores persisted sets and puts the plan into the kernel. Called before READY=1.
+    pub fn start(config_path: PathBuf, config: Config, overrides: Overrides) -> anyhow::Result<Daemon> {
+        let store = Store::new(std::path::Path::new(&config.settings.state_dir));
+        let persisted = store.load()?;
+        let backend = Backend::new(&config.settings.table);
+        let mut d = Daemon {
+            config_path,
+            plan: Plan::empty(&config.settings.table),
+            config,
+            overrides,
+            users: BTreeMap::new(),
+            store,
+            backend,
+            repairs: 0,
+        };
+        // Add user sets one by one so a set that conflicts with the config is skipped, not fatal.
+        for (owner, forwards) in persisted.sets {
+            let mut trial = d.users.clone();
+            trial.insert(owner.clone(), forwards.clone());
+            match d.compile_with(&d.config, &trial) {
+                Ok(_) => {
+                    d.users = trial;
+                }
+                Err(c) => tracing::error!(owner = %owner, "persisted set not restored: {}", c.join("; ")),
+            }
+        }
+        let plan = d.compile_with(&d.config, &d.users).map_err(|c| anyhow::anyhow!(c.join("; ")))?;
+        // Keep counters when the kernel already holds a table of ours (e.g. after a crash).
+        let current = d.backend.read(&plan)?;
+        match current {
+            Some(obs) if obs.matches(&plan) => {}
+            _ => d.backend.apply(&plan)?,
+        }
+        d.plan = plan;
+        tracing::info!(
+            table = %d.config.settings.table,
+            forwards = d.plan.forwards.len(),
+            owners = d.users.len() + 1,
+            "rules are in the kernel"
+        );
+        Ok(d)
+    }
+
+    fn sets(config: &Config, users: &BTreeMap<String, Vec<Forward>>) -> Vec<OwnedSet> {
+        let mut v = vec![OwnedSet { owner: SYSTEM_OWNER.into(), forwards: config.forwards.clone() }];
+        v.extend(users.iter().map(|(o, f)| OwnedSet { owner: o.clone(), forwards: f.clone() }));
+        v
+    }
+
+    fn compile_with(&self, config: &Config, users: &BTreeMap<String, Vec<Forward>>) -> Result<Plan, Vec<String>> {
+        compile(&config.settings.table, config.settings.mark, &Self::sets(config, users))
+            .map_err(|c| c.iter().map(|c| c.to_string()).collect())
+    }
+
+    /// One-line summary for systemd's STATUS=.
+    pub fn status_line(&self) -> String {
+        format!(
+            "{} forward(s) from {} owner(s) in table inet {}",
+            self.plan.forwards.len(),
+            self.plan.forwards.iter().map(|f| &f.owner).collect::<std::collections::BTreeSet<_>>().len(),
+            self.plan.table
+        )
+    }
+
+    /// Runs until a Shutdown message (or every sender is gone).
+    pub fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            match rx.recv_timeout(DRIFT_CHECK) {
+                Ok(Msg::Request { caller, command, reply }) => {
+                    let resp = match self.handle(&caller, command) {
+                        Ok(body) => Response::ok(body),
+                        Err((kind, messages)) => {
+                            tracing::warn!(uid = caller.uid, pid = ?caller.pid, "request refused: {}", messages.join("; "));
+                            Response::error(kind, messages)
+                        }
+                    };
+                    let _ = reply.send(resp);
+                }
+                Ok(Msg::Reload) => {
+                    notify::reloading();
+                    if let Err((_, m)) = self.reload(None) {
+                        tracing::error!("reload failed, keeping the running config: {}", m.join("; "));
+                    }
+                    notify::ready(&self.status_line());
+                }
+                Ok(Msg::Shutdown { reply }) => {
+                    self.stop();
+                    let _ = reply.send(());
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => self.repair_if_drifted(),
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.stop();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        notify::stopping();
+        match self.config.settings.on_exit {
+            OnExit::Remove => match self.backend.remove() {
+                Ok(()) => tracing::info!(table = %self.plan.table, "stopped; table removed (on_exit: remove)"),
+                Err(e) => tracing::error!("removing table on exit: {e}"),
+            },
+            OnExit::Keep => tracing::info!(table = %self.plan.table, "stopped; rules kept (on_exit: keep)"),
+        }
+    }
+
+    fn repair_if_drifted(&mut self) {
+        let ok = match self.backend.read(&self.plan) {
+            Ok(Some(obs)) => obs.matches(&self.plan),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!("reading the kernel state: {e}");
+                return;
+            }
+        };
+        if !ok {
+            match self.backend.apply(&self.plan) {
+                Ok(()) => {
+                    self.repairs += 1;
+                    tracing::warn!(table = %self.plan.table, repairs = self.repairs, "table was changed by another program; restored");
+                }
+                Err(e) => tracing::error!("restoring the table: {e}"),
+            }
+        }
+    }
+
+    fn target_owner(&self, caller: &Caller, owner: Option<String>) -> Result<String, Failure> {
+        match owner {
+            None => Ok(caller.owner()),
+            Some(o) if caller.uid != 0 && o != caller.owner() => Err(err(
+                ErrorKind::Denied,
+                format!("only root may act for another owner ({o}); you are {}", caller.owner()),
+            )),
+            Some(o) if o == SYSTEM_OWNER => Err(err(
+                ErrorKind::Invalid,
+                format!("the system set comes from {}; edit it and run `portctl reload`", self.config_path.display()),
+            )),
+            Some(o) => match o.strip_prefix("user:") {
+                Some(name) if portd_rules::load::valid_user(name) => Ok(o),
+                _ => Err(err(ErrorKind::Invalid, format!("`{o}` is not an owner; owners are `system` or `user:NAME`"))),
+            },
+        }
+    }
+
+    /// Every forward must lie inside a grant of the caller (root needs none).
+    fn authorize(&self, caller: &Caller, forwards: &[Forward]) -> Result<(), Failure> {
+        if caller.uid == 0 {
+            return Ok(());
+        }
+        let mine: Vec<_> = self
+            .config
+            .grants
+            .iter()
+            .filter(|g| match &g.subject {
+                GrantSubject::User(u) => *u == caller.user,
+                GrantSubject::Group(g) => caller.groups.contains(g),
+            })
+            .collect();
+        let denied: Vec<String> = forwards
+            .iter()
+            .filter(|f| !mine.iter().any(|g| g.allows(f)))
+            .map(|f| {
+                if mine.is_empty() {
+                    format!(
+                        "forward `{}` ({} -> {}): user {} has no grant in {}",
+                        f.name,
+                        f.port,
+                        f.to,
+                        caller.user,
+                        self.config_path.display()
+                    )
+                } else {
+                    let allowed: Vec<String> = mine
+                        .iter()
+                        .map(|g| {
+                            let p: Vec<String> = g.ports.iter().map(|p| p.to_string()).collect();
+                            let t: Vec<String> = g.to.iter().map(|p| p.to_string()).collect();
+                            format!("ports [{}] to [{}]", p.join(", "), t.join(", "))
+                        })
+                        .collect();
+                    format!(
+                        "forward `{}` ({} -> {}) is outside your grants: {}",
+                        f.name,
+                        f.port,
+                        f.to,
+                        allowed.join("; ")
+                    )
+                }
+            })
+            .collect();
+        if denied.is_empty() {
+            Ok(())
+        } else {
+            Err((ErrorKind::Denied, denied))
+        }
+    }
+
+    /// Replaces `owner`'s set; `None` removes it. Kernel first, then the state file.
+    fn replace(
+        &mut self,
+        caller: &Caller,
+        owner: &str,
+        forwards: Vec<Forward>,
+        dry_run: bool,
+    ) -> Result<Body, Failure> {
+        let mut users = self.users.clone();
+        if forwards.is_empty() {
+            users.remove(owner);
+        } else {
+            users.insert(owner.to_string(), forwards);
+        }
+        let plan = self.compile_with(&self.config, &users).map_err(|c| (ErrorKind::Conflict, c))?;
+        let delta = Plan::diff(&self.plan, &plan);
+        if dry_run || delta.is_empty() {
+            return Ok(Body::Changed { summary: delta.summary, dry_run });
+        }
+        self.backend
+            .apply_delta(&self.plan, &plan)
+            .map_err(|e| err(ErrorKind::Kernel, format!("the kernel refused the change; nothing was changed: {e}")))?;
+        let persisted = Persisted { version: 1, sets: users.clone() };
+        if let Err(e) = self.store.save(&persisted) {
+            // Not acknowledged unless persisted: put the kernel back as it was.
+            if let Err(e2) = self.backend.apply(&self.plan) {
+                tracing::error!("rolling back after a failed save: {e2}");
+            }
+            return Err(err(ErrorKind::Internal, format!("{e}; the change was rolled back")));
+        }
+        tracing::info!(
+            uid = caller.uid,
+            pid = ?caller.pid,
+            owner = %owner,
+            "applied change for uid {} (pid {}): {}",
+            caller.uid,
+            caller.pid.map_or("?".to_string(), |p| p.to_string()),
+            delta.summary.to_string().trim_end().replace('\n', "; ")
+        );
+        self.users = users;
+        self.plan = plan;
+        notify::status(&self.status_line());
+        Ok(Body::Changed { summary: delta.summary, dry_run: false })
+    }
+
+    fn reload(&mut self, caller: Option<&Caller>) -> Result<Body, Failure> {
+        let text = std::fs::read_to_string(&self.config_path)
+            .map_err(|e| err(ErrorKind::Invalid, format!("{}: {e}", self.config_path.display())))?;
+        let config = parse_config(&self.config_path.display().to_string(), &text)
+            .map_err(|d| (ErrorKind::Invalid, d.0.iter().map(|d| d.to_string()).collect()))?;
+        let config = effective(config, &self.overrides);
+        if config.settings.table != self.config.settings.table
+            || config.settings.state_dir != self.config.settings.state_dir
+            || config.settings.socket != self.config.settings.socket
+        {
+            return Err(err(
+                ErrorKind::Invalid,
+                "settings.table, settings.state_dir and settings.socket only change on restart; revert them or restart portd",
+            ));
+        }
+        let plan = self.compile_with(&config, &self.users).map_err(|c| (ErrorKind::Conflict, c))?;
+        let delta = Plan::diff(&self.plan, &plan);
+        if !delta.is_empty() {
+            self.backend.apply_delta(&self.plan, &plan).map_err(|e| {
+                err(ErrorKind::Kernel, format!("the kernel refused the new config; nothing was changed: {e}"))
+            })?;
+        }
+        let (uid, pid) = caller.map_or((None, None), |c| (Some(c.uid), c.pid));
+        tracing::info!(
+            uid = ?uid,
+            pid = ?pid,
+            "reloaded {} (by {}): {}",
+            self.config_path.display(),
+            uid.map_or("SIGHUP".to_string(), |u| format!("uid {u}")),
+            delta.summary.to_string().trim_end().replace('\n', "; ")
+        );
+        self.config = config;
+        self.plan = plan;
+        notify::status(&self.status_line());
+        Ok(Body::Changed { summary: delta.summary, dry_run: false })
+    }
+
+    fn status(&self) -> Result<Body, Failure> {
+        let obs = self.backend.read(&self.plan).map_err(|e| err(ErrorKind::Kernel, e.to_string()))?;
+        let in_sync = obs.as_ref().is_some_and(|o| o.matches(&self.plan));
+        let forwards = self
+            .plan
+            .forwards
+            .iter()
+            .map(|p| {
+                let (packets, bytes) = obs.as_ref().and_then(|o| o.counters.get(&p.counter).copied()).unwrap_or((0, 0));
+                ForwardStatus { owner: p.owner.clone(), forward: p.forward.clone(), mark: p.mark, packets, bytes }
+            })
+            .collect();
+        Ok(Body::Status(Status {
+            daemon_version: env!("CARGO_PKG_VERSION").into(),
+            table: self.plan.table.clone(),
+            in_sync,
+            repairs: self.repairs,
+            forwards,
+        }))
+    }
+
+    fn handle(&mut self, caller: &Caller, command: Command) -> Result<Body, Failure> {
+        match command {
+            Command::Status => self.status(),
+            Command::Apply { file, text, dry_run, owner } => {
+                let owner = self.target_owner(caller, owner)?;
+                let rules = parse_rules(&file, &text)
+                    .map_err(|d| (ErrorKind::Invalid, d.0.iter().map(|d| d.to_string()).collect()))?;
+                self.authorize(caller, &rules.forwards)?;
+                self.replace(caller, &owner, rules.forwards, dry_run)
+            }
+            Command::Add { forward, owner } => {
+                let owner = self.target_owner(caller, owner)?;
+                let mut set = self.users.get(&owner).cloned().unwrap_or_default();
+                if set.iter().any(|f| f.name == forward.name) {
+                    return Err(err(
+                        ErrorKind::Invalid,
+                        format!("{owner} already has a forward `{}`; remove it first or use apply", forward.name),
+                    ));
+                }
+                set.push(forward);
+                let set = portd_rules::load::validate_forwards("request", &set)
+                    .map_err(|d| (ErrorKind::Invalid, d.0.iter().map(|d| d.message.clone()).collect()))?;
+                self.authorize(caller, &set)?;
+                self.replace(caller, &owner, set, false)
+            }
+            Command::Remove { name, owner } => {
+                let owner = self.target_owner(caller, owner)?;
+                let mut set = self.users.get(&owner).cloned().unwrap_or_default();
+                let before = set.len();
+                set.retain(|f| f.name != name);
+                if set.len() == before {
+                    return Err(err(ErrorKind::Invalid, format!("{owner} has no forward `{name}`")));
+                }
+                self.replace(caller, &owner, set, false)
+            }
+            Command::Export { owner } => {
+                let owner = owner.unwrap_or_else(|| caller.owner());
+                let forwards = if owner == SYSTEM_OWNER {
+                    self.config.forwards.clone()
+                } else {
+                    self.users.get(&owner).cloned().unwrap_or_default()
+                };
+                Ok(Body::Export { owner, forwards })
+            }
+            Command::Reload => {
+                if caller.uid != 0 {
+                    return Err(err(ErrorKind::Denied, "only root may reload the config (or send SIGHUP to portd)"));
+                }
+                self.reload(Some(caller))
+            }
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! portd: the privileged daemon that keeps portd's nftables table in the kernel.
+
+pub mod nft;

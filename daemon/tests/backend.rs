@@ -1,0 +1,526 @@
+//! The kernel backend against the real kernel. Every test builds its own pair of network
+//! namespaces, a "server" where the backend and the apps run and a "client" joined to it
+//! by a veth pair, sends real TCP and UDP traffic over IPv4 and IPv6, and never touches
+//! the host's ruleset. Without root the tests fail and say why.
+
+use portd::nft::{Backend, BackendError, Observed};
+use portd_rules::model::{FamilySel, Forward, PortRange, ProtoSel};
+use portd_rules::plan::{compile, names, Element, OwnedSet, Plan, Value};
+use portd_rules::{Family, Proto};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const S4: &str = "10.77.0.1";
+const C4: &str = "10.77.0.2";
+const S6: &str = "[fd77::1]";
+const C6: &str = "[fd77::2]";
+const APP: &str = "app8080";
+
+// ---------- helpers: namespaces, the backend inside them, socat apps and clients ----------
+
+fn run(args: &[&str]) -> Output {
+    Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?} failed ({}): {err}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Two namespaces joined by veth `vs` (server, 10.77.0.1, fd77::1) and `vc` (client,
+/// 10.77.0.2, fd77::2); apps started in them are killed and both deleted on drop.
+struct Net {
+    server: String,
+    client: String,
+    apps: Vec<Child>,
+}
+
+impl Net {
+    fn new(test: &str) -> Net {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            panic!("backend tests need root: they create network namespaces and nftables tables; run `cargo test -p portd` as root");
+        }
+        let id = format!("pdt-{test}-{}", std::process::id());
+        let net = Net { server: format!("{id}-s"), client: format!("{id}-c"), apps: Vec::new() };
+        for ns in [&net.server, &net.client] {
+            let out = run(&["ip", "netns", "add", ns]);
+            assert!(
+                out.status.success(),
+                "cannot create network namespace {ns}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            ok(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        let (s, c) = (net.server.as_str(), net.client.as_str());
+        ok(&["ip", "-n", s, "link", "add", "vs", "type", "veth", "peer", "name", "vc", "netns", c]);
+        for (ns, dev, v4, v6) in [(s, "vs", "10.77.0.1/24", "fd77::1/64"), (c, "vc", "10.77.0.2/24", "fd77::2/64")] {
+            ok(&["ip", "-n", ns, "addr", "add", v4, "dev", dev]);
+            ok(&["ip", "-n", ns, "addr", "add", v6, "dev", dev, "nodad"]);
+            ok(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        net
+    }
+
+    /// Runs `f` on a thread inside namespace `ns` (sockets bind to the thread's namespace).
+    fn inside<T: Send + 'static>(&self, ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{ns}");
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: setns on a namespace file we hold open; affects only this thread.
+            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("thread in namespace panicked")
+    }
+
+    fn apply(&self, plan: &Plan) -> Result<(), BackendError> {
+        let p = plan.clone();
+        self.inside(&self.server, move || Backend::new(&p.table).apply(&p))
+    }
+
+    fn apply_delta(&self, old: &Plan, new: &Plan) -> Result<(), BackendError> {
+        let (o, n) = (old.clone(), new.clone());
+        self.inside(&self.server, move || Backend::new(&n.table).apply_delta(&o, &n))
+    }
+
+    fn read(&self, plan: &Plan) -> Option<Observed> {
+        let p = plan.clone();
+        self.inside(&self.server, move || Backend::new(&p.table).read(&p)).expect("read")
+    }
+
+    /// Applies `plan` and checks that the kernel then holds exactly it.
+    fn apply_checked(&self, plan: &Plan) {
+        self.apply(plan).expect("apply");
+        let seen = self.read(plan).expect("table exists after apply");
+        assert!(seen.matches(plan), "kernel differs from plan: {:#?}", seen.differences(plan));
+    }
+
+    fn exec(&self, ns: &str, args: &[&str]) -> Output {
+        let mut all = vec!["ip", "netns", "exec", ns];
+        all.extend_from_slice(args);
+        run(&all)
+    }
+
+    fn nft(&self, args: &[&str]) -> String {
+        let out = self.exec(&self.server, &[&["nft"], args].concat());
+        assert!(out.status.success(), "nft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts a socat app in `ns` answering `reply` to every TCP or UDP client of `port`.
+    fn app(&mut self, ns: &str, udp: bool, port: u16, reply: &str) {
+        let listen = match udp {
+            false => format!("TCP6-LISTEN:{port},ipv6only=0,reuseaddr,fork"),
+            true => format!("UDP6-RECVFROM:{port},ipv6only=0,reuseaddr,fork"),
+        };
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "socat", &listen, &format!("SYSTEM:echo {reply}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start socat");
+        self.apps.push(child);
+        let proto = if udp { "-Hlnu" } else { "-Hlnt" };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.exec(ns, &["ss", proto, &format!("sport = :{port}")]).stdout.is_empty() {
+            assert!(Instant::now() < deadline, "socat did not start listening on {port} in {ns}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What a TCP client in `ns` receives from `host:port` (empty when it cannot connect).
+    fn tcp(&self, ns: &str, host: &str, port: u16) -> String {
+        let target = format!("TCP:{host}:{port},connect-timeout=2");
+        let out = self.exec(ns, &["socat", "-t2", "-T3", "-", &target]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// What a UDP client in `ns` receives after sending one datagram to `host:port`.
+    fn udp(&self, ns: &str, host: &str, port: u16) -> String {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "socat", "-t2", "-T2", "-", &format!("UDP:{host}:{port}")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start socat");
+        child.stdin.take().expect("stdin").write_all(b"ping\n").expect("write");
+        let out = child.wait_with_output().expect("socat");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for app in &mut self.apps {
+            let _ = app.kill();
+            let _ = app.wait();
+        }
+        for ns in [&self.server, &self.client] {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+    }
+}
+
+fn forward(name: &str, port: u16, to: u16) -> Forward {
+    Forward::new(name, PortRange::single(port), PortRange::single(to))
+}
+
+fn plan_of(default_mark: u32, forwards: Vec<Forward>) -> Plan {
+    compile("portd", default_mark, &[OwnedSet { owner: "system".into(), forwards }]).expect("plan compiles")
+}
+
+/// The seed: 80 -> 8080 (TCP and UDP) and 443 -> 8181, mark 0x1.
+fn seed() -> Plan {
+    let mut http = forward("http", 80, 8080);
+    http.proto = ProtoSel::Both;
+    http.mark = Some(1);
+    let mut https = forward("https", 443, 8181);
+    https.mark = Some(1);
+    plan_of(1, vec![http, https])
+}
+
+fn counter_of(plan: &Plan, name: &str) -> String {
+    plan.forwards.iter().find(|f| f.forward.name == name).expect("forward").counter.clone()
+}
+
+/// `nft list` text without layout and with element lists sorted.
+fn canonical(listing: &str) -> String {
+    const OPEN: &str = "elements = {";
+    let flat = listing.split_whitespace().collect::<Vec<_>>().join(" ");
+    let (mut out, mut rest) = (String::new(), flat.as_str());
+    while let Some(i) = rest.find(OPEN) {
+        out.push_str(&rest[..i + OPEN.len()]);
+        let tail = &rest[i + OPEN.len()..];
+        let end = tail.find('}').expect("closing brace");
+        let mut items: Vec<&str> = tail[..end].split(',').map(str::trim).collect();
+        items.sort_unstable();
+        out.push_str(&items.join(", "));
+        rest = &tail[end..];
+    }
+    out + rest
+}
+
+/// Counter names and per-set element counts according to `nft -j list table inet portd`.
+fn nft_json_summary(net: &Net) -> (Vec<String>, Vec<(String, usize)>) {
+    let v: serde_json::Value =
+        serde_json::from_str(&net.nft(&["-j", "list", "table", "inet", "portd"])).expect("nft json");
+    let (mut counters, mut sets) = (Vec::new(), Vec::new());
+    for item in v["nftables"].as_array().expect("nftables array") {
+        if let Some(c) = item.get("counter") {
+            counters.push(c["name"].as_str().expect("name").to_string());
+        }
+        if let Some(s) = item.get("set").or_else(|| item.get("map")) {
+            let n = s.get("elem").and_then(|e| e.as_array()).map_or(0, Vec::len);
+            sets.push((s["name"].as_str().expect("name").to_string(), n));
+        }
+    }
+    counters.sort();
+    sets.sort();
+    (counters, sets)
+}
+
+fn plan_summary(plan: &Plan) -> (Vec<String>, Vec<(String, usize)>) {
+    let mut sets: Vec<(String, usize)> = plan.sets.iter().map(|s| (s.name.clone(), s.elements.len())).collect();
+    sets.sort();
+    (plan.counters.iter().cloned().collect(), sets)
+}
+
+/// A forward with every option: UDP and TCP, sources, interfaces, protect, its own mark.
+fn everything() -> Plan {
+    let mut a = forward("admin", 22, 2222);
+    a.sources = vec![
+        "203.0.113.0/24".parse().expect("net"),
+        "2001:db8::/32".parse().expect("net"),
+        "198.51.100.7/32".parse().expect("net"),
+    ];
+    a.protect = true;
+    let mut b = forward("dns", 53, 5353);
+    b.proto = ProtoSel::Both;
+    b.family = FamilySel::Ipv4;
+    b.interfaces = vec!["eth0".into(), "wg0".into()];
+    b.local = false;
+    b.mark = Some(0x2a);
+    let pool = Forward::new("pool", PortRange { start: 8000, end: 8003 }, PortRange { start: 9000, end: 9003 });
+    plan_of(1, vec![a, b, pool])
+}
+
+// ---------- tests ----------
+
+#[test]
+fn seed_redirects_remote_and_local_traffic_and_counts_it() {
+    let mut net = Net::new("seed");
+    let (s, c) = (net.server.clone(), net.client.clone());
+    net.app(&s, false, 8080, APP);
+    net.app(&s, true, 8080, APP);
+    net.app(&c, false, 80, "client80");
+    let plan = seed();
+    net.apply_checked(&plan);
+
+    for host in [S4, S6] {
+        assert_eq!(net.tcp(&c, host, 80), APP, "TCP from the client to {host}:80");
+        assert_eq!(net.udp(&c, host, 80), APP, "UDP from the client to {host}:80");
+    }
+    for host in ["127.0.0.1", "[::1]", S4, S6] {
+        assert_eq!(net.tcp(&s, host, 80), APP, "TCP from the server itself to {host}:80");
+    }
+    for host in [C4, C6] {
+        assert_eq!(net.tcp(&s, host, 80), "client80", "connection to another host's {host}:80 must not be redirected");
+    }
+
+    let seen = net.read(&plan).expect("table");
+    assert!(seen.matches(&plan), "{:#?}", seen.differences(&plan));
+    let (packets, bytes) = seen.counters[&counter_of(&plan, "http")];
+    assert!(packets > 0 && bytes > 0, "http counter did not move: {packets} packets, {bytes} bytes");
+    assert_eq!(seen.counters[&counter_of(&plan, "https")], (0, 0), "https saw no traffic");
+}
+
+#[test]
+fn protect_drops_direct_connections_from_other_hosts() {
+    let mut net = Net::new("protect");
+    let (s, c) = (net.server.clone(), net.client.clone());
+    net.app(&s, false, 8080, APP);
+    let open = plan_of(1, vec![forward("http", 80, 8080)]);
+    net.apply_checked(&open);
+    assert_eq!(net.tcp(&c, S4, 8080), APP, "without protect the target port is reachable directly");
+
+    let mut f = forward("http", 80, 8080);
+    f.protect = true;
+    let protected = plan_of(1, vec![f]);
+    net.apply_checked(&protected);
+    for host in [S4, S6] {
+        assert_eq!(net.tcp(&c, host, 8080), "", "direct connection to {host}:8080 must be dropped");
+        assert_eq!(net.tcp(&c, host, 80), APP, "{host}:80 must still reach the app");
+    }
+    assert_eq!(net.tcp(&s, "127.0.0.1", 8080), APP, "local connections to 8080 stay allowed");
+}
+
+#[test]
+fn sources_and_interfaces_restrict_redirects() {
+    let mut net = Net::new("restrict");
+    let (s, c) = (net.server.clone(), net.client.clone());
+    net.app(&s, false, 8080, APP);
+    let mut elsewhere = forward("elsewhere", 81, 8080);
+    elsewhere.sources = vec!["192.0.2.0/24".parse().expect("net"), "2001:db8::/32".parse().expect("net")];
+    let mut wrong_if = forward("wrongif", 82, 8080);
+    wrong_if.interfaces = vec!["nosuch0".into()];
+    let mut right = forward("right", 83, 8080);
+    right.sources = vec!["10.77.0.0/24".parse().expect("net"), "fd77::/64".parse().expect("net")];
+    right.interfaces = vec!["vs".into()];
+    let plan = plan_of(1, vec![elsewhere, wrong_if, right]);
+    net.apply_checked(&plan);
+
+    for host in [S4, S6] {
+        assert_eq!(net.tcp(&c, host, 81), "", "{host}:81 allows only other networks");
+        assert_eq!(net.tcp(&c, host, 82), "", "{host}:82 allows only interface nosuch0");
+        assert_eq!(net.tcp(&c, host, 83), APP, "{host}:83 allows the client's network on vs");
+    }
+}
+
+#[test]
+fn mark_is_set_on_redirected_packets() {
+    let mut net = Net::new("mark");
+    let (s, c) = (net.server.clone(), net.client.clone());
+    net.app(&s, false, 8080, APP);
+    let mut marked = forward("marked", 80, 8080);
+    marked.mark = Some(0x2a);
+    let plan = plan_of(0, vec![marked, forward("plain", 81, 8080)]);
+    net.apply_checked(&plan);
+    let probe = "table inet probe {\n counter marked { }\n chain input {\n  type filter hook input priority filter + 10; policy accept;\n  meta mark 0x2a counter name \"marked\"\n }\n}\n";
+    let mut nft =
+        Command::new("ip").args(["netns", "exec", &s, "nft", "-f", "-"]).stdin(Stdio::piped()).spawn().expect("nft");
+    nft.stdin.take().expect("stdin").write_all(probe.as_bytes()).expect("write");
+    assert!(nft.wait().expect("nft").success(), "probe table rejected");
+    let count = || -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&net.nft(&["-j", "list", "counter", "inet", "probe", "marked"])).expect("json");
+        v["nftables"][1]["counter"]["packets"].as_u64().expect("packets")
+    };
+
+    assert_eq!(count(), 0);
+    assert_eq!(net.tcp(&c, S4, 81), APP);
+    assert_eq!(count(), 0, "a forward without mark must not mark");
+    assert_eq!(net.tcp(&c, S4, 80), APP);
+    assert!(count() > 0, "packets of the marked forward must reach input with mark 0x2a");
+}
+
+#[test]
+fn read_and_nft_agree_with_every_applied_plan() {
+    let net = Net::new("agree");
+    let empty = Plan::empty("portd");
+    assert!(net.read(&empty).is_none(), "no table before the first apply");
+    for plan in [empty.clone(), seed(), everything(), seed(), empty.clone()] {
+        net.apply_checked(&plan);
+        assert_eq!(nft_json_summary(&net), plan_summary(&plan), "nft -j list disagrees");
+    }
+
+    // The table built over netlink lists exactly like the one nft -f builds from the
+    // rendered text of the same plan.
+    let plan = everything();
+    net.apply_checked(&plan);
+    let ours = net.nft(&["list", "table", "inet", "portd"]);
+    net.inside(&net.server, || Backend::new("portd").remove()).expect("remove");
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", &net.server, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("nft");
+    nft.stdin.take().expect("stdin").write_all(portd_rules::render::render(&plan).as_bytes()).expect("write");
+    assert!(nft.wait().expect("nft").success(), "nft -f of the rendered plan failed");
+    let theirs = net.nft(&["list", "table", "inet", "portd"]);
+    assert_eq!(canonical(&ours), canonical(&theirs), "\nours:\n{ours}\nnft -f:\n{theirs}");
+    let seen = net.read(&plan).expect("table");
+    assert!(seen.matches(&plan), "read() of nft's own table: {:#?}", seen.differences(&plan));
+
+    net.inside(&net.server, || Backend::new("portd").remove()).expect("remove");
+    assert!(net.read(&plan).is_none(), "no table after remove");
+    net.inside(&net.server, || Backend::new("portd").remove()).expect("removing a missing table is fine");
+    assert!(net.nft(&["list", "tables"]).trim().is_empty(), "nothing else was created");
+}
+
+#[test]
+fn rejected_plan_leaves_previous_state_byte_for_byte() {
+    let net = Net::new("reject");
+    let good = seed();
+    net.apply_checked(&good);
+    let before = net.nft(&["list", "table", "inet", "portd"]);
+    let key = vec![Value::NfProto(Family::Ipv4), Value::InetProto(Proto::Tcp), Value::InetService(9999)];
+
+    let mut missing_counter = good.clone();
+    let set = missing_counter.sets.iter_mut().find(|s| s.name == names::COUNTER).expect("counter map");
+    set.elements.insert(Element { key: key.clone(), data: Some(Value::Counter("no_such_counter".into())) });
+    let err = net.apply(&missing_counter).expect_err("a reference to a missing counter must be refused");
+    assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("set fwd_counter, element ipv4 . tcp . 9999 : \"no_such_counter\""), "{text}");
+    assert_eq!(net.nft(&["list", "table", "inet", "portd"]), before, "full apply");
+
+    let err = net.apply_delta(&good, &missing_counter).expect_err("same change as a delta");
+    assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
+    assert_eq!(net.nft(&["list", "table", "inet", "portd"]), before, "delta");
+
+    let mut wrong_type = good.clone();
+    let set = wrong_type.sets.iter_mut().find(|s| s.name == names::TO).expect("to map");
+    set.elements.insert(Element { key, data: Some(Value::Mark(1)) });
+    let err = net.apply(&wrong_type).expect_err("a mark in a port map must be refused");
+    assert_eq!(err.errno(), Some(libc::EINVAL), "{err}");
+    assert!(err.to_string().contains("set fwd_to, element ipv4 . tcp . 9999"), "{err}");
+    assert_eq!(net.nft(&["list", "table", "inet", "portd"]), before, "type mismatch");
+
+    let seen = net.read(&good).expect("table");
+    assert!(seen.matches(&good), "{:#?}", seen.differences(&good));
+    assert!(!seen.matches(&missing_counter), "read() notices the difference");
+}
+
+fn many(n: u16, extra: Vec<Forward>) -> Vec<Forward> {
+    let mut v: Vec<Forward> = (0..n).map(|i| forward(&format!("f{i:05}"), 10000 + i, 30000 + i)).collect();
+    v.extend(extra);
+    v
+}
+
+#[test]
+fn delta_changes_one_forward_of_a_thousand_in_place() {
+    let mut net = Net::new("delta");
+    let (s, c) = (net.server.clone(), net.client.clone());
+    net.app(&s, false, 8080, APP);
+    let old = plan_of(1, many(1000, vec![forward("http", 80, 8080)]));
+    net.apply_checked(&old);
+    assert_eq!(net.tcp(&c, S4, 80), APP);
+
+    let mut fws = many(1000, vec![forward("http", 80, 8080)]);
+    fws[500] = forward("f00500", 10500, 40500);
+    let new = plan_of(1, fws);
+    let delta = Plan::diff(&old, &new);
+    assert!(!delta.structural && delta.size() <= 8, "one changed target is a handful of elements: {}", delta.size());
+    net.apply_delta(&old, &new).expect("delta");
+    let seen = net.read(&new).expect("table");
+    assert!(seen.matches(&new), "{:#?}", seen.differences(&new));
+    assert!(seen.counters[&counter_of(&new, "http")].0 > 0, "counters survive a delta: the table was not replaced");
+
+    // adding and removing forwards adds and deletes their counters too
+    let mut fws = many(1000, vec![forward("http", 80, 8080), forward("extra", 81, 8081)]);
+    fws.remove(1);
+    let newer = plan_of(1, fws);
+    net.apply_delta(&new, &newer).expect("delta");
+    let seen = net.read(&newer).expect("table");
+    assert!(seen.matches(&newer), "{:#?}", seen.differences(&newer));
+
+    // a change of the skeleton (here: one rule less) falls back to a full apply
+    let mut reshaped = newer.clone();
+    reshaped.chains[0].rules.pop();
+    assert!(Plan::diff(&newer, &reshaped).structural);
+    net.apply_delta(&newer, &reshaped).expect("structural delta");
+    let seen = net.read(&reshaped).expect("table");
+    assert!(seen.matches(&reshaped), "{:#?}", seen.differences(&reshaped));
+    assert_eq!(seen.counters[&counter_of(&reshaped, "http")].0, 0, "a full apply starts counters over");
+}
+
+#[test]
+fn ten_thousand_forwards_in_one_batch() {
+    let net = Net::new("tenk");
+    let plan = plan_of(1, many(10_000, Vec::new()));
+    let t = Instant::now();
+    net.apply_checked(&plan);
+    eprintln!("10,000 forwards ({} elements): apply + read in {:?}", plan.element_count(), t.elapsed());
+}
+
+#[test]
+fn sixty_thousand_ports_as_a_range() {
+    let net = Net::new("range");
+    let range = Forward::new("range", PortRange { start: 2000, end: 61999 }, PortRange { start: 3000, end: 62999 });
+    let plan = plan_of(1, vec![range]);
+    let t = Instant::now();
+    net.apply_checked(&plan);
+    eprintln!("60,000 ports ({} elements): apply + read in {:?}", plan.element_count(), t.elapsed());
+    assert_eq!(nft_json_summary(&net), plan_summary(&plan));
+}
+
+#[test]
+fn edits_by_other_programs_are_noticed() {
+    let net = Net::new("drift");
+    let plan = seed();
+    net.apply_checked(&plan);
+    let edits: [&[&str]; 4] = [
+        &["add", "element", "inet", "portd", "fwd_to", "{ ipv4 . tcp . 1 : 2 }"],
+        &["delete", "element", "inet", "portd", "fwd_local", "{ ipv6 . tcp . 443 }"],
+        &["flush", "chain", "inet", "portd", "input"],
+        &["delete", "counter", "inet", "portd", &counter_of(&plan, "https")],
+    ];
+    for edit in edits {
+        if edit[0] == "delete" && edit[1] == "counter" {
+            // a counter still referenced by map elements cannot go; drop those first
+            net.nft(&["delete", "element", "inet", "portd", "fwd_counter", "{ ipv4 . tcp . 443, ipv6 . tcp . 443 }"]);
+        }
+        net.nft(edit);
+        let seen = net.read(&plan).expect("table");
+        assert!(!seen.matches(&plan), "`nft {}` went unnoticed", edit.join(" "));
+        net.apply_checked(&plan);
+    }
+    net.nft(&["delete", "table", "inet", "portd"]);
+    assert!(net.read(&plan).is_none(), "a deleted table reads as None");
+}
+
+#[test]
+fn without_cap_net_admin_the_error_says_so() {
+    let net = Net::new("noadmin");
+    let plan = seed();
+    let (apply, read) = net.inside(&net.server, move || {
+        caps::drop(None, caps::CapSet::Effective, caps::Capability::CAP_NET_ADMIN).expect("drop CAP_NET_ADMIN");
+        let b = Backend::new("portd");
+        (b.apply(&plan).expect_err("apply needs CAP_NET_ADMIN"), b.read(&plan).expect_err("read needs CAP_NET_ADMIN"))
+    });
+    for err in [apply, read] {
+        assert_eq!(err.errno(), Some(libc::EPERM), "{err}");
+        assert!(err.to_string().contains("need CAP_NET_ADMIN"), "{err}");
+    }
+    assert!(net.nft(&["list", "tables"]).trim().is_empty(), "nothing was created");
+}
