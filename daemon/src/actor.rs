@@ -11,11 +11,15 @@ use portd_rules::{compile, parse_config, parse_rules, Config, Forward, GrantSubj
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-/// How often the kernel is compared with the desired plan when idle.
-const DRIFT_CHECK: Duration = Duration::from_millis(500);
+/// More repairs than this within [`REPAIR_WINDOW`] means another program is fighting us.
+const REPAIR_BURST: usize = 50;
+/// Window for [`REPAIR_BURST`].
+const REPAIR_WINDOW: Duration = Duration::from_secs(1);
+/// How long to stand back when another program keeps changing the table.
+const REPAIR_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Who sent a request, from SO_PEERCRED and the account database.
 #[derive(Debug, Clone)]
@@ -45,6 +49,8 @@ pub enum Msg {
     Reload,
     /// Clean stop: apply `on_exit` and end.
     Shutdown { reply: oneshot::Sender<()> },
+    /// A committed nf_tables transaction touched our table.
+    Drift(crate::events::Change),
 }
 
 /// Settings the actor needs that come from flags rather than the config file.
@@ -65,6 +71,9 @@ pub struct Daemon {
     backend: Backend,
     plan: Plan,
     repairs: u64,
+    recent_repairs: std::collections::VecDeque<Instant>,
+    /// A check deferred by the repair back-off.
+    deferred_check: Option<Instant>,
 }
 
 type Failure = (ErrorKind, Vec<String>);
@@ -99,6 +108,8 @@ impl Daemon {
             store,
             backend,
             repairs: 0,
+            recent_repairs: Default::default(),
+            deferred_check: None,
         };
         // Add user sets one by one so a set that conflicts with the config is skipped, not fatal.
         for (owner, forwards) in persisted.sets {
@@ -151,8 +162,13 @@ impl Daemon {
 
     /// Runs until a Shutdown message (or every sender is gone).
     pub fn run(mut self, rx: Receiver<Msg>) {
+        crate::events::mark_committer_thread();
         loop {
-            match rx.recv_timeout(DRIFT_CHECK) {
+            let msg = match self.deferred_check {
+                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match msg {
                 Ok(Msg::Request { caller, command, reply }) => {
                     let resp = match self.handle(&caller, command) {
                         Ok(body) => Response::ok(body),
@@ -175,7 +191,11 @@ impl Daemon {
                     let _ = reply.send(());
                     return;
                 }
-                Err(RecvTimeoutError::Timeout) => self.repair_if_drifted(),
+                Ok(Msg::Drift(change)) => self.repair_if_drifted(change),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.deferred_check = None;
+                    self.repair_if_drifted(crate::events::Change::Unknown);
+                }
                 Err(RecvTimeoutError::Disconnected) => {
                     self.stop();
                     return;
@@ -195,23 +215,52 @@ impl Daemon {
         }
     }
 
-    fn repair_if_drifted(&mut self) {
-        let ok = match self.backend.read(&self.plan) {
-            Ok(Some(obs)) => obs.matches(&self.plan),
-            Ok(None) => false,
-            Err(e) => {
-                tracing::warn!("reading the kernel state: {e}");
-                return;
-            }
-        };
-        if !ok {
-            match self.backend.apply(&self.plan) {
-                Ok(()) => {
-                    self.repairs += 1;
-                    tracing::warn!(table = %self.plan.table, repairs = self.repairs, "table was changed by another program; restored");
+    /// Puts the table back when another program deleted or edited it.
+    fn repair_if_drifted(&mut self, change: crate::events::Change) {
+        if self.deferred_check.is_some() {
+            return;
+        }
+        // A deleted table needs no comparison: rebuild at once.
+        let ok = change != crate::events::Change::TableDeleted
+            && match self.backend.read(&self.plan) {
+                Ok(Some(obs)) => obs.matches(&self.plan),
+                Ok(None) => false,
+                Err(e) => {
+                    tracing::warn!("reading the kernel state after a foreign change: {e}");
+                    false
                 }
-                Err(e) => tracing::error!("restoring the table: {e}"),
+            };
+        if ok {
+            return;
+        }
+        let now = Instant::now();
+        while self.recent_repairs.front().is_some_and(|t| now.duration_since(*t) > REPAIR_WINDOW) {
+            self.recent_repairs.pop_front();
+        }
+        if self.recent_repairs.len() >= REPAIR_BURST {
+            tracing::error!(
+                "another program changed table inet {} {} times in {:?}; standing back for {:?}",
+                self.plan.table,
+                self.recent_repairs.len(),
+                REPAIR_WINDOW,
+                REPAIR_BACKOFF
+            );
+            self.recent_repairs.clear();
+            self.deferred_check = Some(now + REPAIR_BACKOFF);
+            return;
+        }
+        match self.backend.apply(&self.plan) {
+            Ok(()) => {
+                self.repairs += 1;
+                self.recent_repairs.push_back(now);
+                tracing::warn!(
+                    table = %self.plan.table,
+                    repairs = self.repairs,
+                    "table was {} by another program; restored",
+                    if change == crate::events::Change::TableDeleted { "deleted" } else { "changed" }
+                );
             }
+            Err(e) => tracing::error!("restoring the table: {e}"),
         }
     }
 

@@ -7,6 +7,7 @@
 //! then READY=1.
 
 mod actor;
+mod events;
 mod notify;
 mod privs;
 mod server;
@@ -94,6 +95,28 @@ fn bind_socket(path: &Path, group: Option<&str>, mode: u32) -> anyhow::Result<St
     Ok(l)
 }
 
+/// Watches nf_tables events and wakes the actor when our table was touched.
+fn spawn_drift_listener(table: &str, tx: std::sync::mpsc::Sender<Msg>) -> anyhow::Result<()> {
+    let listener = events::Listener::new(table).context("subscribing to nf_tables events")?;
+    std::thread::Builder::new().name("portd-events".into()).spawn(move || {
+        let mut buf = Vec::new();
+        loop {
+            match listener.next(&mut buf) {
+                Ok(change) => {
+                    if tx.send(Msg::Drift(change)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("nf_tables event listener stopped: {e}; foreign changes will not be repaired");
+                    return;
+                }
+            }
+        }
+    })?;
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     init_logging(args.verbose);
@@ -131,9 +154,11 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     // 4. Restore and apply, on the actor's thread, then READY=1.
     let (tx, rx) = std::sync::mpsc::channel::<Msg>();
+    let table = config.settings.table.clone();
     let daemon = Daemon::start(args.config.clone(), config, overrides)?;
     let status = daemon.status_line();
     let actor = std::thread::Builder::new().name("portd-actor".into()).spawn(move || daemon.run(rx))?;
+    spawn_drift_listener(&table, tx.clone())?;
     notify::ready(&status);
     tracing::info!("ready: {status}");
 

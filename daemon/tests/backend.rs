@@ -116,13 +116,18 @@ impl Net {
     }
 
     /// Starts a socat app in `ns` answering `reply` to every TCP or UDP client of `port`.
+    /// A UDP answer ends with an empty datagram (`shut-null`) so the client need not wait
+    /// for a timeout, and the app reads the request first so socat never drops the answer.
     fn app(&mut self, ns: &str, udp: bool, port: u16, reply: &str) {
-        let listen = match udp {
-            false => format!("TCP6-LISTEN:{port},ipv6only=0,reuseaddr,fork"),
-            true => format!("UDP6-RECVFROM:{port},ipv6only=0,reuseaddr,fork"),
+        let (listen, answer) = match udp {
+            false => (format!("TCP6-LISTEN:{port},ipv6only=0,reuseaddr,fork"), format!("SYSTEM:echo {reply}")),
+            true => (
+                format!("UDP6-RECVFROM:{port},ipv6only=0,reuseaddr,fork,shut-null"),
+                format!("SYSTEM:read request; echo {reply}"),
+            ),
         };
         let child = Command::new("ip")
-            .args(["netns", "exec", ns, "socat", &listen, &format!("SYSTEM:echo {reply}")])
+            .args(["netns", "exec", ns, "socat", "-t5", &listen, &answer])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -140,14 +145,14 @@ impl Net {
     /// What a TCP client in `ns` receives from `host:port` (empty when it cannot connect).
     fn tcp(&self, ns: &str, host: &str, port: u16) -> String {
         let target = format!("TCP:{host}:{port},connect-timeout=2");
-        let out = self.exec(ns, &["socat", "-t2", "-T3", "-", &target]);
+        let out = self.exec(ns, &["socat", "-t5", "-T5", "-", &target]);
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// What a UDP client in `ns` receives after sending one datagram to `host:port`.
     fn udp(&self, ns: &str, host: &str, port: u16) -> String {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "socat", "-t2", "-T2", "-", &format!("UDP:{host}:{port}")])
+            .args(["netns", "exec", ns, "socat", "-t5", "-T5", "-", &format!("UDP:{host}:{port},null-eof")])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -338,3 +338,47 @@ pub fn read(p: &Path) -> String {
     std::fs::File::open(p).and_then(|mut f| f.read_to_string(&mut s)).expect("read");
     s
 }
+
+/// Runs `f` on a fresh thread that has entered network namespace `ns` (sockets it opens
+/// live there), so tests can time connections without spawning a process per attempt.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns on a valid namespace fd affects only this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
+/// Connects to `addr` until the reply is `expect`, for at most `limit`; returns the time taken.
+pub fn time_until_reply(addr: std::net::SocketAddr, expect: &str, limit: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+            let mut buf = String::new();
+            if s.read_to_string(&mut buf).is_ok() && buf.trim() == expect {
+                return Some(t.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    None
+}
+
+/// Median and maximum of durations, in milliseconds.
+pub fn median_max_ms(v: &mut [Duration]) -> (f64, f64) {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    (ms(v[v.len() / 2]), ms(v[v.len() - 1]))
+}
+
+/// Trial count: `$NAME` if set, else `default`.
+pub fn trials(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}

@@ -1,0 +1,187 @@
+//! Drift detection: listens to the nf_tables netlink event group (NFNLGRP_NFTABLES) and
+//! tells the actor when a committed transaction touched portd's table. No polling: the
+//! kernel multicasts every committed change; we read the table name of each message and
+//! act at the end of the transaction (NFT_MSG_NEWGEN).
+//!
+//! This only reads event headers, so it uses a plain netlink socket, not nftnl/mnl.
+
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Thread id of the thread that commits portd's own transactions (the actor).
+static COMMITTER: AtomicU32 = AtomicU32::new(0);
+
+/// Marks the calling thread as the one whose transactions are portd's own. The kernel
+/// names the committing thread (NFTA_GEN_PROC_PID is a thread id) in every NEWGEN.
+pub fn mark_committer_thread() {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    COMMITTER.store(tid as u32, Ordering::Relaxed);
+}
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// What a committed transaction did to our table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The table itself was deleted (flush ruleset, `nft delete table`).
+    TableDeleted,
+    /// Something inside the table changed (rules, chains, sets, elements, objects).
+    Edited,
+    /// Events were lost (socket buffer overrun): the table must be checked.
+    Unknown,
+}
+
+/// The committing thread of a NEWGEN message (NFTA_GEN_PROC_PID, big-endian u32).
+fn gen_pid(payload: &[u8]) -> Option<u32> {
+    let mut a = payload.get(NFGENMSG_LEN..)?;
+    while a.len() >= NLA_HDRLEN {
+        let len = u16::from_ne_bytes([a[0], a[1]]) as usize;
+        let ty = u16::from_ne_bytes([a[2], a[3]]) & 0x3fff;
+        if len < NLA_HDRLEN || len > a.len() {
+            return None;
+        }
+        if ty == 2 && len >= NLA_HDRLEN + 4 {
+            return Some(u32::from_be_bytes([a[4], a[5], a[6], a[7]]));
+        }
+        a = &a[align4(len).min(a.len())..];
+    }
+    None
+}
+
+/// A netlink socket subscribed to nf_tables events.
+pub struct Listener {
+    fd: OwnedFd,
+    table: Vec<u8>,
+}
+
+const NLA_HDRLEN: usize = 4;
+const NFGENMSG_LEN: usize = 4;
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+impl Listener {
+    /// Subscribes to NFNLGRP_NFTABLES in the caller's network namespace.
+    pub fn new(table: &str) -> io::Result<Listener> {
+        // SAFETY: plain socket(2); the result is checked and owned below.
+        let raw =
+            unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: zeroed sockaddr_nl is a valid value; we fill the family.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: addr is a valid sockaddr_nl of the given length.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let group: libc::c_int = libc::NFNLGRP_NFTABLES;
+        // SAFETY: the option value is a c_int of the given size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_NETLINK,
+                libc::NETLINK_ADD_MEMBERSHIP,
+                (&group as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // A large receive buffer: a flush of a big table produces many messages.
+        let size: libc::c_int = 8 << 20;
+        // SAFETY: as above; failure only means a smaller buffer.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        Ok(Listener { fd, table: table.as_bytes().to_vec() })
+    }
+
+    /// Blocks until a committed transaction touched our table, and says how.
+    pub fn next(&self, buf: &mut Vec<u8>) -> io::Result<Change> {
+        let mut pending: Option<Change> = None;
+        loop {
+            buf.resize(1 << 16, 0);
+            // SAFETY: buf is valid for writes of its length.
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::ENOBUFS) => return Ok(Change::Unknown),
+                    Some(libc::EINTR) => continue,
+                    _ => return Err(e),
+                }
+            }
+            let mut off = 0usize;
+            let n = n as usize;
+            while off + std::mem::size_of::<libc::nlmsghdr>() <= n {
+                let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+                let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+                if len < 16 || off + len > n {
+                    break;
+                }
+                let subsys = (ty >> 8) as i32;
+                let msg = (ty & 0xff) as i32;
+                if subsys == libc::NFNL_SUBSYS_NFTABLES {
+                    if msg == libc::NFT_MSG_NEWGEN {
+                        // End of a transaction; ignore the ones portd itself committed.
+                        let ours = gen_pid(&buf[off + 16..off + len]) == Some(COMMITTER.load(Ordering::Relaxed));
+                        if let Some(c) = pending.take() {
+                            if !ours {
+                                return Ok(c);
+                            }
+                        }
+                    } else if self.concerns_us(&buf[off + 16..off + len]) {
+                        let c = if msg == libc::NFT_MSG_DELTABLE { Change::TableDeleted } else { Change::Edited };
+                        pending = Some(match (pending, c) {
+                            (Some(Change::TableDeleted), _) | (_, Change::TableDeleted) => Change::TableDeleted,
+                            _ => c,
+                        });
+                    }
+                }
+                off += align4(len);
+            }
+        }
+    }
+
+    /// True when the message is about an inet table with our name. In every nf_tables
+    /// message the table name is attribute 1 (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, ...).
+    fn concerns_us(&self, payload: &[u8]) -> bool {
+        if payload.len() < NFGENMSG_LEN || i32::from(payload[0]) != libc::NFPROTO_INET {
+            return false;
+        }
+        let mut a = &payload[NFGENMSG_LEN..];
+        while a.len() >= NLA_HDRLEN {
+            let len = u16::from_ne_bytes([a[0], a[1]]) as usize;
+            let ty = u16::from_ne_bytes([a[2], a[3]]) & 0x3fff;
+            if len < NLA_HDRLEN || len > a.len() {
+                return false;
+            }
+            if ty == 1 {
+                let v = &a[NLA_HDRLEN..len];
+                let v = v.split(|b| *b == 0).next().unwrap_or(v);
+                return v == self.table.as_slice();
+            }
+            a = &a[align4(len).min(a.len())..];
+        }
+        false
+    }
+}
