@@ -149,6 +149,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     listener.set_nonblocking(true)?;
 
+    // Room for the connection limit: raise the soft descriptor limit to the hard one.
+    if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard.min(65536), hard);
+    }
+
     // 3. Privileges.
     privs::drop_to_net_admin()?;
 
@@ -162,7 +167,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     notify::ready(&status);
     tracing::info!("ready: {status}");
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(listener)?;
         let shutdown = CancellationToken::new();

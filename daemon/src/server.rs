@@ -24,7 +24,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_connections: 256, read_timeout: Duration::from_secs(10) }
+        Limits { max_connections: 1024, read_timeout: Duration::from_secs(10) }
     }
 }
 
@@ -91,21 +91,35 @@ fn peer_groups(stream: &UnixStream) -> std::io::Result<Vec<libc::gid_t>> {
     }
 }
 
-/// The caller, identified by the kernel (SO_PEERCRED and SO_PEERGROUPS), never by the client.
-fn caller_of(stream: &UnixStream) -> std::io::Result<Caller> {
+/// The peer's credentials as the kernel reports them at connect time.
+struct Peer {
+    uid: u32,
+    gid: u32,
+    pid: Option<i32>,
+    groups: Vec<libc::gid_t>,
+}
+
+fn peer_of(stream: &UnixStream) -> std::io::Result<Peer> {
     let cred = stream.peer_cred()?;
-    let uid = cred.uid();
-    let user = nix::unistd::User::from_uid(uid.into()).ok().flatten();
-    let name = user.as_ref().map_or_else(|| uid.to_string(), |u| u.name.clone());
-    let mut gids = vec![cred.gid()];
-    gids.extend(peer_groups(stream)?);
-    let mut groups: Vec<String> = gids
-        .iter()
+    Ok(Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid(), groups: peer_groups(stream)? })
+}
+
+/// The caller, identified by the kernel (SO_PEERCRED and SO_PEERGROUPS), never by the
+/// client. Names come from the account database, looked up only for requests that need
+/// them (status does not), so a flood of connections costs no passwd/group lookups.
+fn caller_of(peer: &Peer, with_names: bool) -> Caller {
+    if !with_names {
+        return Caller { uid: peer.uid, pid: peer.pid, user: peer.uid.to_string(), groups: Vec::new() };
+    }
+    let user = nix::unistd::User::from_uid(peer.uid.into()).ok().flatten();
+    let name = user.as_ref().map_or_else(|| peer.uid.to_string(), |u| u.name.clone());
+    let mut groups: Vec<String> = std::iter::once(&peer.gid)
+        .chain(&peer.groups)
         .filter_map(|g| nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(*g)).ok().flatten().map(|g| g.name))
         .collect();
     groups.sort();
     groups.dedup();
-    Ok(Caller { uid, pid: cred.pid(), user: name, groups })
+    Caller { uid: peer.uid, pid: peer.pid, user: name, groups }
 }
 
 async fn write(stream: &mut tokio::io::WriteHalf<UnixStream>, resp: &Response) -> std::io::Result<()> {
@@ -116,8 +130,8 @@ async fn write(stream: &mut tokio::io::WriteHalf<UnixStream>, resp: &Response) -
 
 /// Serves one connection: any number of requests, one at a time.
 async fn serve(stream: UnixStream, actor: Sender<Msg>, shutdown: CancellationToken, limits: Limits) {
-    let caller = match caller_of(&stream) {
-        Ok(c) => c,
+    let peer = match peer_of(&stream) {
+        Ok(p) => p,
         Err(e) => {
             tracing::warn!("peer credentials unavailable, dropping connection: {e}");
             return;
@@ -161,7 +175,8 @@ async fn serve(stream: UnixStream, actor: Sender<Msg>, shutdown: CancellationTok
             Err(e) => Response::error(ErrorKind::Protocol, vec![e]),
             Ok(req) => {
                 let (tx, rx) = oneshot::channel();
-                if actor.send(Msg::Request { caller: caller.clone(), command: req.command, reply: tx }).is_err() {
+                let caller = caller_of(&peer, !matches!(req.command, portd_rules::proto::Command::Status));
+                if actor.send(Msg::Request { caller, command: req.command, reply: tx }).is_err() {
                     return;
                 }
                 match rx.await {
