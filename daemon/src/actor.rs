@@ -335,6 +335,19 @@ impl Daemon {
         }
     }
 
+    /// Deletes conntrack entries of mappings `new` drops or retargets (logged, never fatal).
+    fn forget_stale_flows(&self, new: &Plan) {
+        let stale = crate::conntrack::stale_mappings(&self.plan, new);
+        if stale.is_empty() {
+            return;
+        }
+        match crate::conntrack::forget(&stale) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("deleted {n} conntrack entr{} of removed or retargeted forwards", if n == 1 { "y" } else { "ies" }),
+            Err(e) => tracing::warn!("deleting conntrack entries of old mappings: {e}; established flows keep their old target until they time out"),
+        }
+    }
+
     /// Replaces `owner`'s set; `None` removes it. Kernel first, then the state file.
     fn replace(
         &mut self,
@@ -374,6 +387,7 @@ impl Daemon {
             caller.pid.map_or("?".to_string(), |p| p.to_string()),
             delta.summary.to_string().trim_end().replace('\n', "; ")
         );
+        self.forget_stale_flows(&plan);
         self.users = users;
         self.plan = plan;
         notify::status(&self.status_line());
@@ -411,6 +425,7 @@ impl Daemon {
             uid.map_or("SIGHUP".to_string(), |u| format!("uid {u}")),
             delta.summary.to_string().trim_end().replace('\n', "; ")
         );
+        self.forget_stale_flows(&plan);
         self.config = config;
         self.plan = plan;
         notify::status(&self.status_line());

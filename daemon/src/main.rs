@@ -7,6 +7,7 @@
 //! then READY=1.
 
 mod actor;
+mod conntrack;
 mod events;
 mod notify;
 mod privs;

@@ -1,0 +1,238 @@
+//! Conntrack hygiene: when a forward's target changes or the forward goes away, the
+//! established flows of the old mapping are deleted through ctnetlink, so the next
+//! packet of a long-lived flow (UDP especially) is NATed afresh instead of following
+//! the old target forever.
+//!
+//! Flows are found by dumping the conntrack table and matching the original tuple's
+//! protocol and destination port (the public port) and the reply tuple's source port
+//! (the old target); each match is deleted by its original tuple.
+
+use portd_rules::model::{Family, Proto};
+use portd_rules::plan::{names, Element, Plan, Value};
+use std::collections::BTreeSet;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_ZONE: u16 = 18;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+/// A mapping whose flows must be forgotten: public (family, proto, port) -> old target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stale {
+    /// Address family.
+    pub family: Family,
+    /// Protocol.
+    pub proto: Proto,
+    /// Public port.
+    pub port: u16,
+    /// Target the flows were redirected to.
+    pub old_to: u16,
+}
+
+/// Mappings of `old` that `new` removes or points elsewhere.
+pub fn stale_mappings(old: &Plan, new: &Plan) -> Vec<Stale> {
+    let (Some(o), Some(n)) = (old.set(names::TO), new.set(names::TO)) else { return Vec::new() };
+    let new_map: std::collections::BTreeMap<&Vec<Value>, &Option<Value>> =
+        n.elements.iter().map(|e| (&e.key, &e.data)).collect();
+    let mut out = BTreeSet::new();
+    for Element { key, data } in &o.elements {
+        if new_map.get(key).is_some_and(|d| *d == data) {
+            continue;
+        }
+        if let (
+            [Value::NfProto(family), Value::InetProto(proto), Value::InetService(port)],
+            Some(Value::InetService(to)),
+        ) = (key.as_slice(), data)
+        {
+            out.insert(Stale { family: *family, proto: *proto, port: *port, old_to: *to });
+        }
+    }
+    out.into_iter().collect()
+}
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// Iterates netlink attributes: (type without flags, payload, whole attribute bytes).
+fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8], &[u8])> {
+    std::iter::from_fn(move || {
+        if b.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
+        let ty = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > b.len() {
+            return None;
+        }
+        let item = (ty, &b[4..len], &b[..len]);
+        b = &b[align4(len).min(b.len())..];
+        Some(item)
+    })
+}
+
+fn find(b: &[u8], ty: u16) -> Option<&[u8]> {
+    attrs(b).find(|(t, ..)| *t == ty).map(|(_, p, _)| p)
+}
+
+fn find_raw(b: &[u8], ty: u16) -> Option<&[u8]> {
+    attrs(b).find(|(t, ..)| *t == ty).map(|(_, _, raw)| raw)
+}
+
+/// (protocol number, source port, destination port) of a CTA_TUPLE_* payload.
+fn tuple_ports(t: &[u8]) -> Option<(u8, u16, u16)> {
+    let p = find(t, CTA_TUPLE_PROTO)?;
+    let num = *find(p, CTA_PROTO_NUM)?.first()?;
+    let port = |ty| find(p, ty).filter(|v| v.len() >= 2).map(|v| u16::from_be_bytes([v[0], v[1]]));
+    Some((num, port(CTA_PROTO_SRC_PORT)?, port(CTA_PROTO_DST_PORT)?))
+}
+
+struct Socket {
+    fd: OwnedFd,
+    seq: u32,
+}
+
+impl Socket {
+    fn open() -> io::Result<Socket> {
+        // SAFETY: plain socket(2), result checked and owned.
+        let raw =
+            unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fresh descriptor owned by nobody else.
+        Ok(Socket { fd: unsafe { OwnedFd::from_raw_fd(raw) }, seq: 1 })
+    }
+
+    fn send(&mut self, msg_type: u16, flags: u16, family: u8, payload: &[u8]) -> io::Result<u32> {
+        self.seq += 1;
+        let len = 16 + 4 + payload.len();
+        let mut m = Vec::with_capacity(len);
+        m.extend_from_slice(&(len as u32).to_ne_bytes());
+        m.extend_from_slice(&(((libc::NFNL_SUBSYS_CTNETLINK as u16) << 8) | msg_type).to_ne_bytes());
+        m.extend_from_slice(&(libc::NLM_F_REQUEST as u16 | flags).to_ne_bytes());
+        m.extend_from_slice(&self.seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&[family, 0, 0, 0]);
+        m.extend_from_slice(payload);
+        // SAFETY: m is a valid buffer of its length.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), m.as_ptr().cast(), m.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(self.seq)
+    }
+
+    /// Receives until NLMSG_DONE or an error/ack for `seq`, calling `f` on each data message payload.
+    fn recv(&mut self, seq: u32, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            // SAFETY: buf is valid for its length.
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut off = 0usize;
+            let n = n as usize;
+            while off + 16 <= n {
+                let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+                let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+                let mseq = u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
+                if len < 16 || off + len > n {
+                    break;
+                }
+                let body = &buf[off + 16..off + len];
+                if mseq == seq {
+                    match i32::from(ty) {
+                        libc::NLMSG_DONE => return Ok(()),
+                        libc::NLMSG_ERROR => {
+                            let code = body.get(..4).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                            return if code == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(-code)) };
+                        }
+                        _ => f(body.get(4..).unwrap_or(&[])),
+                    }
+                }
+                off += align4(len);
+            }
+        }
+    }
+}
+
+/// Deletes the conntrack entries of `stale` mappings; returns how many were deleted.
+pub fn forget(stale: &[Stale]) -> io::Result<usize> {
+    if stale.is_empty() {
+        return Ok(0);
+    }
+    let mut sock = Socket::open()?;
+    let mut victims: Vec<(u8, Vec<u8>)> = Vec::new();
+    for (family, af) in [(Family::Ipv4, libc::AF_INET as u8), (Family::Ipv6, libc::AF_INET6 as u8)] {
+        if !stale.iter().any(|s| s.family == family) {
+            continue;
+        }
+        let seq = sock.send(IPCTNL_MSG_CT_GET, libc::NLM_F_DUMP as u16, af, &[])?;
+        sock.recv(seq, |entry| {
+            let (Some(orig), Some(reply)) = (find(entry, CTA_TUPLE_ORIG), find(entry, CTA_TUPLE_REPLY)) else { return };
+            let (Some((num, _, dport)), Some((_, rsport, _))) = (tuple_ports(orig), tuple_ports(reply)) else { return };
+            let hit = stale.iter().any(|s| {
+                let p = match s.proto {
+                    Proto::Tcp => libc::IPPROTO_TCP as u8,
+                    Proto::Udp => libc::IPPROTO_UDP as u8,
+                };
+                s.family == family && p == num && s.port == dport && s.old_to == rsport
+            });
+            if hit {
+                let mut payload = Vec::new();
+                if let Some(raw) = find_raw(entry, CTA_TUPLE_ORIG) {
+                    payload.extend_from_slice(raw);
+                    payload.resize(align4(payload.len()), 0);
+                }
+                if let Some(raw) = find_raw(entry, CTA_ZONE) {
+                    payload.extend_from_slice(raw);
+                    payload.resize(align4(payload.len()), 0);
+                }
+                victims.push((af, payload));
+            }
+        })?;
+    }
+    let mut deleted = 0;
+    for (af, payload) in victims {
+        let seq = sock.send(IPCTNL_MSG_CT_DELETE, libc::NLM_F_ACK as u16, af, &payload)?;
+        match sock.recv(seq, |_| {}) {
+            Ok(()) => deleted += 1,
+            // Already gone (timed out or closed meanwhile): nothing to do.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portd_rules::{compile, Forward, OwnedSet, PortRange};
+
+    fn plan(to: Option<u16>) -> Plan {
+        let forwards =
+            to.map(|t| vec![Forward::new("dns", PortRange::single(53), PortRange::single(t))]).unwrap_or_default();
+        compile("portd", 1, &[OwnedSet { owner: "system".into(), forwards }]).expect("plan")
+    }
+
+    #[test]
+    fn changed_and_removed_targets_are_stale_unchanged_are_not() {
+        assert!(stale_mappings(&plan(Some(5353)), &plan(Some(5353))).is_empty());
+        let changed = stale_mappings(&plan(Some(5353)), &plan(Some(5354)));
+        assert_eq!(changed.len(), 2, "ipv4 and ipv6: {changed:?}");
+        assert!(changed.iter().all(|s| s.port == 53 && s.old_to == 5353 && s.proto == Proto::Tcp));
+        assert_eq!(stale_mappings(&plan(Some(5353)), &plan(None)).len(), 2);
+        assert!(stale_mappings(&plan(None), &plan(Some(5353))).is_empty());
+    }
+}
