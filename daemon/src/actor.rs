@@ -335,6 +335,19 @@ impl Daemon {
         }
     }
 
+    /// Puts `plan` into the kernel as an element-level delta from the current plan. The
+    /// delta is strict (exclusive adds), so if the kernel drifted from what portd believes
+    /// it refuses it; then the whole table is replaced atomically instead.
+    fn commit(&self, plan: &Plan) -> Result<(), portd::nft::BackendError> {
+        match self.backend.apply_delta(&self.plan, plan) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!("element-level change refused ({e}); replacing the whole table");
+                self.backend.apply(plan)
+            }
+        }
+    }
+
     /// Deletes conntrack entries of mappings `new` drops or retargets (logged, never fatal).
     fn forget_stale_flows(&self, new: &Plan) {
         let stale = crate::conntrack::stale_mappings(&self.plan, new);
@@ -367,9 +380,7 @@ impl Daemon {
         if dry_run || delta.is_empty() {
             return Ok(Body::Changed { summary: delta.summary, dry_run });
         }
-        self.backend
-            .apply_delta(&self.plan, &plan)
-            .map_err(|e| err(ErrorKind::Kernel, format!("the kernel refused the change; nothing was changed: {e}")))?;
+        self.commit(&plan).map_err(|e| err(ErrorKind::Kernel, format!("the kernel refused the change; nothing was changed: {e}")))?;
         let persisted = Persisted { version: 1, sets: users.clone() };
         if let Err(e) = self.store.save(&persisted) {
             // Not acknowledged unless persisted: put the kernel back as it was.
@@ -412,7 +423,7 @@ impl Daemon {
         let plan = self.compile_with(&config, &self.users).map_err(|c| (ErrorKind::Conflict, c))?;
         let delta = Plan::diff(&self.plan, &plan);
         if !delta.is_empty() {
-            self.backend.apply_delta(&self.plan, &plan).map_err(|e| {
+            self.commit(&plan).map_err(|e| {
                 err(ErrorKind::Kernel, format!("the kernel refused the new config; nothing was changed: {e}"))
             })?;
         }

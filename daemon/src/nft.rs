@@ -9,8 +9,12 @@
 //! userdata, rules with the same expressions and registers), so `nft list table` cannot
 //! tell a table made here from one made by `nft -f`.
 //!
-//! Each call opens its own netlink socket, so it works in the network namespace of the
-//! calling thread.
+//! Netlink I/O: each call opens its own socket (so it acts in the network namespace of the
+//! calling thread), sends the whole batch in one `sendto` (the kernel only treats what
+//! arrives in one message as a transaction), and then waits for the answer to every
+//! message it sent. Set elements go in chunks of at most 32 KiB, below the 64 KiB limit
+//! of a netlink attribute and the 128 KiB pages of the batch. The first refusal names
+//! the refused object, down to the element, from the kernel's extended ack.
 
 use nftnl::expr::Expression;
 use nftnl::nftnl_sys::{self as sys, libc::nlmsghdr};
@@ -1692,11 +1696,10 @@ impl Conn {
         let mut pending = vec![true; total];
         let mut missing = total;
         while missing > 0 {
-            let lost = move |source: io::Error| BackendError::Ack { missing, total, source };
-            let n = self.recv().map_err(lost)?;
+            let n = self.recv().map_err(|source| BackendError::Ack { missing, total, source })?;
             let data = &self.buf.bytes()[..n];
             for msg in mnl::NlMessages::new(data) {
-                let msg = msg.map_err(lost)?;
+                let msg = msg.map_err(|source| BackendError::Ack { missing, total, source })?;
                 let Some(h) = header(msg) else { continue };
                 if h.ty != k::NLMSG_ERROR {
                     continue;
