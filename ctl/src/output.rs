@@ -65,11 +65,14 @@ pub fn print_body(body: &Body, json: bool) {
     }
     match body {
         Body::Status(s) => print!("{}", status_table(s)),
-        Body::Changed { summary, dry_run } => {
+        Body::Changed { summary, dry_run, omitted } => {
             if *dry_run {
                 println!("dry run, nothing applied:");
             }
             print!("{summary}");
+            if *omitted > 0 {
+                println!("... and {omitted} more change(s) not listed");
+            }
         }
         Body::Export { owner, forwards } => {
             println!("# owner: {owner}");

@@ -3,7 +3,7 @@
 //! netlink calls block, and it checks the kernel for drift between messages.
 
 use crate::notify;
-use crate::state::{Persisted, Store};
+use crate::state::Store;
 use portd::nft::Backend;
 use portd_rules::plan::SYSTEM_OWNER;
 use portd_rules::proto::{Body, Command, ErrorKind, ForwardStatus, Response, Status};
@@ -91,6 +91,14 @@ pub fn effective(mut config: Config, o: &Overrides) -> Config {
         config.settings.state_dir = d.display().to_string();
     }
     config
+}
+
+/// Returns memory freed after a large change to the system (glibc keeps it otherwise).
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 impl Daemon {
@@ -348,13 +356,12 @@ impl Daemon {
         }
     }
 
-    /// Deletes conntrack entries of mappings `new` drops or retargets (logged, never fatal).
-    fn forget_stale_flows(&self, new: &Plan) {
-        let stale = crate::conntrack::stale_mappings(&self.plan, new);
+    /// Deletes conntrack entries of mappings that were dropped or retargeted (logged, never fatal).
+    fn forget_flows(&self, stale: &[crate::conntrack::Stale]) {
         if stale.is_empty() {
             return;
         }
-        match crate::conntrack::forget(&stale) {
+        match crate::conntrack::forget(stale) {
             Ok(0) => {}
             Ok(n) => tracing::info!("deleted {n} conntrack entr{} of removed or retargeted forwards", if n == 1 { "y" } else { "ies" }),
             Err(e) => tracing::warn!("deleting conntrack entries of old mappings: {e}; established flows keep their old target until they time out"),
@@ -369,26 +376,46 @@ impl Daemon {
         forwards: Vec<Forward>,
         dry_run: bool,
     ) -> Result<Body, Failure> {
-        let mut users = self.users.clone();
-        if forwards.is_empty() {
-            users.remove(owner);
-        } else {
-            users.insert(owner.to_string(), forwards);
-        }
-        let plan = self.compile_with(&self.config, &users).map_err(|c| (ErrorKind::Conflict, c))?;
-        let delta = Plan::diff(&self.plan, &plan);
+        let t0 = Instant::now();
+        // Only the forwards that differ are compiled: O(change), not O(table).
+        let delta = self
+            .plan
+            .replace_owner(owner, &forwards, self.config.settings.mark)
+            .map_err(|c| (ErrorKind::Conflict, c.iter().map(|c| c.to_string()).collect()))?;
         if dry_run || delta.is_empty() {
-            return Ok(Body::Changed { summary: delta.summary, dry_run });
+            return Ok(Body::changed(delta.summary, dry_run));
         }
-        self.commit(&plan).map_err(|e| err(ErrorKind::Kernel, format!("the kernel refused the change; nothing was changed: {e}")))?;
-        let persisted = Persisted { version: 1, sets: users.clone() };
-        if let Err(e) = self.store.save(&persisted) {
-            // Not acknowledged unless persisted: put the kernel back as it was.
+        let t_compile = t0.elapsed();
+        if let Err(e) = self.backend.apply_changes(&self.plan, &delta) {
+            tracing::warn!("element-level change refused ({e}); replacing the whole table");
+            let mut whole = self.plan.clone();
+            delta.apply_in_place(&mut whole);
+            self.backend.apply(&whole).map_err(|e| {
+                err(ErrorKind::Kernel, format!("the kernel refused the change; nothing was changed: {e}"))
+            })?;
+        }
+        let t_kernel = t0.elapsed();
+        let previous =
+            if forwards.is_empty() { self.users.remove(owner) } else { self.users.insert(owner.to_string(), forwards) };
+        if let Err(e) = self.store.save(&self.users) {
+            // Not acknowledged unless persisted: put the sets and the kernel back as they were.
+            match previous {
+                Some(p) => self.users.insert(owner.to_string(), p),
+                None => self.users.remove(owner),
+            };
             if let Err(e2) = self.backend.apply(&self.plan) {
                 tracing::error!("rolling back after a failed save: {e2}");
             }
             return Err(err(ErrorKind::Internal, format!("{e}; the change was rolled back")));
         }
+        let t_save = t0.elapsed();
+        delta.apply_in_place(&mut self.plan);
+        tracing::debug!(
+            "change phases: compile {t_compile:?}, kernel {:?} ({} objects), save {:?}",
+            t_kernel - t_compile,
+            delta.size(),
+            t_save - t_kernel
+        );
         tracing::info!(
             uid = caller.uid,
             pid = ?caller.pid,
@@ -398,11 +425,10 @@ impl Daemon {
             caller.pid.map_or("?".to_string(), |p| p.to_string()),
             delta.summary.to_string().trim_end().replace('\n', "; ")
         );
-        self.forget_stale_flows(&plan);
-        self.users = users;
-        self.plan = plan;
+        self.forget_flows(&crate::conntrack::stale_in_delta(&delta));
         notify::status(&self.status_line());
-        Ok(Body::Changed { summary: delta.summary, dry_run: false })
+        trim_heap();
+        Ok(Body::changed(delta.summary, false))
     }
 
     fn reload(&mut self, caller: Option<&Caller>) -> Result<Body, Failure> {
@@ -436,11 +462,11 @@ impl Daemon {
             uid.map_or("SIGHUP".to_string(), |u| format!("uid {u}")),
             delta.summary.to_string().trim_end().replace('\n', "; ")
         );
-        self.forget_stale_flows(&plan);
+        self.forget_flows(&crate::conntrack::stale_mappings(&self.plan, &plan));
         self.config = config;
         self.plan = plan;
         notify::status(&self.status_line());
-        Ok(Body::Changed { summary: delta.summary, dry_run: false })
+        Ok(Body::changed(delta.summary, false))
     }
 
     fn status(&self) -> Result<Body, Failure> {
@@ -483,10 +509,12 @@ impl Daemon {
                         format!("{owner} already has a forward `{}`; remove it first or use apply", forward.name),
                     ));
                 }
-                set.push(forward);
-                let set = portd_rules::load::validate_forwards("request", &set)
+                // Validate the new forward alone; its overlap with the rest of the set (and
+                // with other owners) is found by replace_owner through the keys it claims.
+                let mut checked = portd_rules::load::validate_forwards("request", std::slice::from_ref(&forward))
                     .map_err(|d| (ErrorKind::Invalid, d.0.iter().map(|d| d.message.clone()).collect()))?;
-                self.authorize(caller, &set)?;
+                self.authorize(caller, &checked)?;
+                set.append(&mut checked);
                 self.replace(caller, &owner, set, false)
             }
             Command::Remove { name, owner } => {

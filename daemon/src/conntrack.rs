@@ -58,6 +58,22 @@ pub fn stale_mappings(old: &Plan, new: &Plan) -> Vec<Stale> {
     out.into_iter().collect()
 }
 
+/// Mappings a delta drops or retargets: every deleted `fwd_to` entry (an unchanged one
+/// is never in a delta).
+pub fn stale_in_delta(d: &portd_rules::Delta) -> Vec<Stale> {
+    d.del_elements
+        .iter()
+        .filter(|(s, _)| s == names::TO)
+        .filter_map(|(_, e)| match (e.key.as_slice(), &e.data) {
+            (
+                [Value::NfProto(family), Value::InetProto(proto), Value::InetService(port)],
+                Some(Value::InetService(to)),
+            ) => Some(Stale { family: *family, proto: *proto, port: *port, old_to: *to }),
+            _ => None,
+        })
+        .collect()
+}
+
 fn align4(n: usize) -> usize {
     (n + 3) & !3
 }

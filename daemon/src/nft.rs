@@ -20,7 +20,7 @@ use nftnl::expr::Expression;
 use nftnl::nftnl_sys::{self as sys, libc::nlmsghdr};
 use nftnl::{Batch, Chain, MsgType, NlMsg, ProtoFamily, Table};
 use portd_rules::model::{Family, Proto};
-use portd_rules::plan::{self, ChainType, Element, FieldType, Hook, Plan, Set, Value};
+use portd_rules::plan::{self, ChainType, Delta, Element, FieldType, Hook, Plan, Set, Value};
 use portd_rules::render;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -406,6 +406,16 @@ impl Backend {
         let d = Plan::diff(old, new);
         if d.structural {
             return self.apply(new);
+        }
+        self.apply_changes(new, &d)
+    }
+
+    /// Sends an element-level [`Delta`] in one batch. `new` supplies the table name and the
+    /// set definitions (which a non-structural delta leaves as they are). Adds are
+    /// exclusive, so a kernel that drifted from `old` refuses the whole batch.
+    pub fn apply_changes(&self, new: &Plan, d: &Delta) -> Result<(), BackendError> {
+        if d.structural {
+            return Err(encode_err("element-level change".to_string(), "the delta is structural; use apply"));
         }
         if d.is_empty() {
             return Ok(());

@@ -54,10 +54,16 @@ impl Store {
     }
 
     /// Writes the sets atomically: a crash leaves either the old or the new file.
-    pub fn save(&self, p: &Persisted) -> anyhow::Result<()> {
+    pub fn save(&self, sets: &BTreeMap<String, Vec<Forward>>) -> anyhow::Result<()> {
+        #[derive(Serialize)]
+        struct View<'a> {
+            version: u32,
+            sets: &'a BTreeMap<String, Vec<Forward>>,
+        }
+        let p = View { version: 1, sets };
         fs::create_dir_all(&self.dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", self.dir.display()))?;
         let tmp = self.dir.join(format!(".{STATE_FILE}.tmp"));
-        let data = serde_json::to_vec_pretty(p)?;
+        let data = serde_json::to_vec(&p)?;
         let write = || -> std::io::Result<()> {
             let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o640).open(&tmp)?;
             f.write_all(&data)?;
@@ -81,7 +87,7 @@ mod tests {
         assert_eq!(store.load().expect("empty").sets.len(), 0);
         let mut p = Persisted { version: 1, ..Default::default() };
         p.sets.insert("user:web".into(), vec![Forward::new("http", PortRange::single(80), PortRange::single(8080))]);
-        store.save(&p).expect("save");
+        store.save(&p.sets).expect("save");
         assert_eq!(store.load().expect("load"), p);
         let names: Vec<_> = fs::read_dir(&dir).expect("dir").map(|e| e.expect("e").file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from(STATE_FILE)]);

@@ -656,3 +656,186 @@ fn summarize(old: &Plan, new: &Plan) -> Summary {
     }
     s
 }
+
+/// Sort key of placed forwards: the system set first, then owners, then names.
+fn placed_order(p: &PlacedForward) -> (bool, &str, &str) {
+    (p.owner != SYSTEM_OWNER, p.owner.as_str(), p.forward.name.as_str())
+}
+
+impl Plan {
+    /// Elements and counter one forward contributes, as (set, element) pairs.
+    fn contribution(&self, p: &PlacedForward) -> Vec<(String, Element)> {
+        let mut mini = skeleton(&self.table);
+        mini.place(&p.owner, &p.forward, p.mark);
+        let mut out = Vec::new();
+        for s in mini.sets {
+            for e in s.elements {
+                out.push((s.name.clone(), e));
+            }
+        }
+        out
+    }
+
+    /// Elements and counters a group of forwards contributes, as (set, element) pairs.
+    fn contributions(&self, group: &[PlacedForward]) -> BTreeSet<(String, Element)> {
+        let mut mini = skeleton(&self.table);
+        for p in group {
+            mini.place(&p.owner, &p.forward, p.mark);
+        }
+        mini.sets.into_iter().flat_map(|s| s.elements.into_iter().map(move |e| (s.name.clone(), e))).collect()
+    }
+
+    /// The forward whose counter is `counter`, if any.
+    fn by_counter(&self, counter: &str) -> Option<&PlacedForward> {
+        self.forwards.iter().find(|p| p.counter == counter)
+    }
+
+    /// The element-level delta that replaces `owner`'s forwards with `forwards`.
+    ///
+    /// Costs O(size of the owner's set + size of the change), not O(plan): only
+    /// forwards that differ contribute elements, and conflicts are looked up by key.
+    /// `delta.apply_in_place` then gives exactly `compile` of the new sets.
+    pub fn replace_owner(&self, owner: &str, forwards: &[Forward], default_mark: u32) -> Result<Delta, Vec<Conflict>> {
+        use std::collections::HashMap;
+        let old: HashMap<&str, &PlacedForward> =
+            self.forwards.iter().filter(|p| p.owner == owner).map(|p| (p.forward.name.as_str(), p)).collect();
+        let mut removed: Vec<PlacedForward> = Vec::new();
+        let mut added: Vec<PlacedForward> = Vec::new();
+        let mut summary = Summary::default();
+        let mut seen = std::collections::HashSet::new();
+        for f in forwards {
+            seen.insert(f.name.as_str());
+            let mark = f.mark.unwrap_or(default_mark);
+            let unchanged = old.get(f.name.as_str()).is_some_and(|o| o.forward == *f && o.mark == mark);
+            if unchanged {
+                continue;
+            }
+            let placed = PlacedForward {
+                owner: owner.to_string(),
+                forward: f.clone(),
+                mark,
+                counter: counter_name(owner, &f.name),
+            };
+            match old.get(f.name.as_str()) {
+                Some(o) => {
+                    summary.changed.push(((*o).clone(), placed.clone()));
+                    removed.push((*o).clone());
+                    added.push(placed);
+                }
+                None => {
+                    summary.added.push(placed.clone());
+                    added.push(placed);
+                }
+            }
+        }
+        for (name, o) in &old {
+            if !seen.contains(name) {
+                summary.removed.push((*o).clone());
+                removed.push((*o).clone());
+            }
+        }
+        summary.added.sort_by(|a, b| a.forward.name.cmp(&b.forward.name));
+        summary.removed.sort_by(|a, b| a.forward.name.cmp(&b.forward.name));
+        summary.changed.sort_by(|a, b| a.0.forward.name.cmp(&b.0.forward.name));
+
+        // Conflicts: a key of an added forward held by a forward that stays.
+        let leaving: std::collections::HashSet<&str> = removed.iter().map(|p| p.counter.as_str()).collect();
+        let counters = self.set(names::COUNTER);
+        let mut conflicts = Vec::new();
+        for a in &added {
+            let f = &a.forward;
+            'keys: for &fam in f.family.families() {
+                for &proto in f.proto.protos() {
+                    for port in f.port.ports() {
+                        let probe = Element { key: key(fam, proto, port), data: None };
+                        let holder =
+                            counters.and_then(|s| s.elements.range(&probe..).next()).filter(|e| e.key == probe.key);
+                        if let Some(Element { data: Some(Value::Counter(c)), .. }) = holder {
+                            if !leaving.contains(c.as_str()) {
+                                let (oo, on) = self.by_counter(c).map_or(("?".to_string(), "?".to_string()), |p| {
+                                    (p.owner.clone(), p.forward.name.clone())
+                                });
+                                conflicts.push(Conflict {
+                                    owner: owner.to_string(),
+                                    name: f.name.clone(),
+                                    other_owner: oo,
+                                    other_name: on,
+                                    port,
+                                    proto,
+                                    family: fam,
+                                });
+                                break 'keys;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !conflicts.is_empty() {
+            return Err(conflicts);
+        }
+
+        let mut del = self.contributions(&removed);
+        let mut add = self.contributions(&added);
+        let both: Vec<(String, Element)> = del.intersection(&add).cloned().collect();
+        for e in &both {
+            del.remove(e);
+            add.remove(e);
+        }
+        // Protected target ports may be shared by several forwards: keep an element that a
+        // staying forward still needs, and do not re-add one that is already there.
+        let staying = |e: &Element| {
+            self.forwards
+                .iter()
+                .filter(|p| p.forward.protect && !leaving.contains(p.counter.as_str()))
+                .any(|p| self.contribution(p).iter().any(|(s, pe)| s == names::PROTECT && pe == e))
+        };
+        del.retain(|(s, e)| s != names::PROTECT || !staying(e));
+        let present = |s: &str, e: &Element| self.set(s).is_some_and(|set| set.elements.contains(e));
+        add.retain(|(s, e)| !present(s, e) || del.contains(&(s.clone(), e.clone())));
+
+        let old_counters: BTreeSet<&String> = removed.iter().map(|p| &p.counter).collect();
+        let new_counters: BTreeSet<&String> = added.iter().map(|p| &p.counter).collect();
+        Ok(Delta {
+            structural: false,
+            add_counters: new_counters.difference(&old_counters).map(|c| (*c).clone()).collect(),
+            del_elements: del.into_iter().collect(),
+            add_elements: add.into_iter().collect(),
+            del_counters: old_counters.difference(&new_counters).map(|c| (*c).clone()).collect(),
+            summary,
+        })
+    }
+}
+
+impl Delta {
+    /// Applies a delta from [`Plan::replace_owner`] to `plan` in place: elements,
+    /// counters and the list of placed forwards (kept in `compile`'s order).
+    pub fn apply_in_place(&self, plan: &mut Plan) {
+        for c in &self.del_counters {
+            plan.counters.remove(c);
+        }
+        for c in &self.add_counters {
+            plan.counters.insert(c.clone());
+        }
+        for (s, e) in &self.del_elements {
+            plan.set_mut(s).elements.remove(e);
+        }
+        for (s, e) in &self.add_elements {
+            plan.set_mut(s).elements.insert(e.clone());
+        }
+        let gone: std::collections::HashSet<(&str, &str)> = self
+            .summary
+            .removed
+            .iter()
+            .chain(self.summary.changed.iter().map(|(o, _)| o))
+            .map(|p| (p.owner.as_str(), p.forward.name.as_str()))
+            .collect();
+        if !gone.is_empty() {
+            plan.forwards.retain(|p| !gone.contains(&(p.owner.as_str(), p.forward.name.as_str())));
+        }
+        for p in self.summary.added.iter().chain(self.summary.changed.iter().map(|(_, n)| n)) {
+            let at = plan.forwards.partition_point(|q| placed_order(q) < placed_order(p));
+            plan.forwards.insert(at, p.clone());
+        }
+    }
+}

@@ -108,6 +108,27 @@ pub struct Status {
     pub forwards: Vec<ForwardStatus>,
 }
 
+/// Most added, removed or changed forwards listed one by one in an answer.
+pub const MAX_LISTED_CHANGES: usize = 500;
+
+impl Body {
+    /// A `Changed` answer whose lists are cut to [`MAX_LISTED_CHANGES`] each.
+    pub fn changed(mut summary: Summary, dry_run: bool) -> Body {
+        let mut omitted = 0;
+        let mut cut = |len: usize| {
+            omitted += len.saturating_sub(MAX_LISTED_CHANGES);
+            len.min(MAX_LISTED_CHANGES)
+        };
+        let n = cut(summary.added.len());
+        summary.added.truncate(n);
+        let n = cut(summary.removed.len());
+        summary.removed.truncate(n);
+        let n = cut(summary.changed.len());
+        summary.changed.truncate(n);
+        Body::Changed { summary, dry_run, omitted }
+    }
+}
+
 /// A successful answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -116,10 +137,14 @@ pub enum Body {
     Status(Status),
     /// Answer to apply, add, remove, reload.
     Changed {
-        /// What changed (or would change, for a dry run).
+        /// What changed (or would change, for a dry run), at most [`MAX_LISTED_CHANGES`]
+        /// entries per kind.
         summary: Summary,
         /// Nothing was applied.
         dry_run: bool,
+        /// Changes left out of `summary` to keep the answer small.
+        #[serde(default)]
+        omitted: usize,
     },
     /// Answer to export: a rules file.
     Export {

@@ -50,9 +50,14 @@ fn arb_forward(idx: usize) -> impl Strategy<Value = Forward> {
 }
 
 fn arb_set() -> impl Strategy<Value = Vec<Forward>> {
-    prop::collection::vec(any::<bool>(), 0..8).prop_flat_map(|present| {
+    arb_set_at(0)
+}
+
+/// A set whose forwards use port blocks `first..first + 8`.
+fn arb_set_at(first: usize) -> impl Strategy<Value = Vec<Forward>> {
+    prop::collection::vec(any::<bool>(), 0..8).prop_flat_map(move |present| {
         let strategies: Vec<_> =
-            present.iter().enumerate().filter(|(_, p)| **p).map(|(i, _)| arb_forward(i).boxed()).collect();
+            present.iter().enumerate().filter(|(_, p)| **p).map(|(i, _)| arb_forward(first + i).boxed()).collect();
         strategies
     })
 }
@@ -79,6 +84,28 @@ proptest! {
         let d = Plan::diff(&p, &p);
         prop_assert!(d.is_empty());
         prop_assert!(d.summary.is_empty());
+    }
+
+    #[test]
+    fn replacing_one_owner_incrementally_equals_a_full_compile(
+        sys in arb_set_at(0), old in arb_set_at(10), new in arb_set_at(10)
+    ) {
+        let sets = |user: &[Forward]| vec![
+            OwnedSet { owner: "system".into(), forwards: sys.clone() },
+            OwnedSet { owner: "user:web".into(), forwards: user.to_vec() },
+        ];
+        let mut plan = compile("portd", 1, &sets(&old)).expect("no conflicts");
+        let before = plan.clone();
+        let full = compile("portd", 1, &sets(&new)).expect("no conflicts");
+        let d = plan.replace_owner("user:web", &new, 1).expect("no conflicts");
+        // The incremental delta is exactly the full diff, and applying it reaches the full compile.
+        let reference = Plan::diff(&before, &full);
+        let sorted = |mut v: Vec<(String, portd_rules::plan::Element)>| { v.sort(); v };
+        prop_assert_eq!(sorted(d.del_elements.clone()), sorted(reference.del_elements));
+        prop_assert_eq!(sorted(d.add_elements.clone()), sorted(reference.add_elements));
+        prop_assert_eq!(&d.summary, &reference.summary);
+        d.apply_in_place(&mut plan);
+        prop_assert_eq!(plan, full);
     }
 
     #[test]
@@ -135,8 +162,52 @@ fn owners_conflict_naming_the_other_forward() {
 }
 
 #[test]
+fn replace_owner_refuses_ports_held_by_others_naming_them() {
+    let sys = OwnedSet {
+        owner: "system".into(),
+        forwards: vec![Forward::new("http", PortRange::single(80), PortRange::single(8080))],
+    };
+    let plan = compile("portd", 1, &[sys]).expect("plan");
+    let mine = vec![Forward::new("site", PortRange { start: 79, end: 81 }, PortRange { start: 9079, end: 9081 })];
+    let err = plan.replace_owner("user:web", &mine, 1).expect_err("conflict");
+    assert_eq!(
+        err[0].to_string(),
+        "forward `site` of user:web: tcp port 80 (ipv4) is already forwarded by `http` of system"
+    );
+}
+
+#[test]
+fn one_forward_added_to_ten_thousand_touches_few_elements() {
+    let fw: Vec<Forward> = (0..10_000u16)
+        .map(|i| Forward::new(&format!("f{i}"), PortRange::single(10_000 + i), PortRange::single(40_000 + i)))
+        .collect();
+    let plan = compile("portd", 1, &[OwnedSet { owner: "user:web".into(), forwards: fw.clone() }]).expect("plan");
+    let mut more = fw;
+    more.push(Forward::new("new", PortRange::single(9_000), PortRange::single(9_001)));
+    let d = plan.replace_owner("user:web", &more, 1).expect("delta");
+    assert!(d.del_elements.is_empty() && d.del_counters.is_empty());
+    assert_eq!(d.add_counters.len(), 1);
+    assert_eq!(d.add_elements.len(), 8, "to, mark, counter, local for two families");
+}
+
+#[test]
 fn structural_change_is_flagged() {
     let a = plan(vec![]);
     let b = compile("other", 1, &[]).expect("empty");
     assert!(Plan::diff(&a, &b).structural);
+}
+
+#[test]
+fn shared_protected_target_stays_while_one_forward_still_protects_it() {
+    let mut a = Forward::new("a", PortRange::single(80), PortRange::single(8080));
+    a.protect = true;
+    let mut b = Forward::new("b", PortRange::single(81), PortRange::single(8080));
+    b.protect = true;
+    let sys = OwnedSet { owner: "system".into(), forwards: vec![a] };
+    let web = OwnedSet { owner: "user:web".into(), forwards: vec![b] };
+    let mut plan = compile("portd", 1, &[sys.clone(), web]).expect("plan");
+    let d = plan.replace_owner("user:web", &[], 1).expect("delta");
+    d.apply_in_place(&mut plan);
+    assert_eq!(plan, compile("portd", 1, &[sys]).expect("plan"));
+    assert_eq!(plan.set("fwd_protect").expect("set").elements.len(), 2, "8080 stays protected for a (v4 and v6)");
 }
