@@ -1250,11 +1250,11 @@ fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
             x.extend(fib_daddr_local());
             x.push(jump(chain)?);
         }
-        plan::Rule::JumpIfLocalKeyIn { set, chain } => {
-            // fib daddr type local meta nfproto . meta l4proto . th dport @SET jump CHAIN
+        plan::Rule::JumpIfLocalKeyNotIn { set, chain } => {
+            // fib daddr type local meta nfproto . meta l4proto . th dport != @SET jump CHAIN
             x.extend(fib_daddr_local());
             x.extend(load_key());
-            x.push(lookup(ids, set, None, false)?);
+            x.push(lookup(ids, set, None, true)?);
             x.push(jump(chain)?);
         }
         plan::Rule::ReturnUnlessIface { keys, allowed } => {
@@ -2225,7 +2225,7 @@ mod tests {
         let p = plan();
         let to = set_udata(p.set(names::TO).expect("set"));
         assert_eq!(to, [0, 4, 0, 0, 0, 0, 1, 4, 2, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0, 6, 4, 0, 0, 0, 0]);
-        let local = set_udata(p.set(names::LOCAL).expect("set"));
+        let local = set_udata(p.set(names::NOLOCAL).expect("set"));
         assert_eq!(local, [0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0]);
     }
 

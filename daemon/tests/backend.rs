@@ -496,7 +496,7 @@ fn edits_by_other_programs_are_noticed() {
     net.apply_checked(&plan);
     let edits: [&[&str]; 4] = [
         &["add", "element", "inet", "portd", "fwd_to", "{ ipv4 . tcp . 1 : 2 }"],
-        &["delete", "element", "inet", "portd", "fwd_local", "{ ipv6 . tcp . 443 }"],
+        &["delete", "element", "inet", "portd", "fwd_mark", "{ ipv6 . tcp . 443 }"],
         &["flush", "chain", "inet", "portd", "input"],
         &["delete", "counter", "inet", "portd", &counter_of(&plan, "https")],
     ];

@@ -128,9 +128,9 @@ pub enum Rule {
         /// target chain
         chain: String,
     },
-    /// `fib daddr type local KEY @SET jump CHAIN`
-    JumpIfLocalKeyIn {
-        /// set of keys
+    /// `fib daddr type local KEY != @SET jump CHAIN`
+    JumpIfLocalKeyNotIn {
+        /// set of keys excluded
         set: String,
         /// target chain
         chain: String,
@@ -222,8 +222,8 @@ pub mod names {
     pub const MARK: &str = "fwd_mark";
     /// key -> counter
     pub const COUNTER: &str = "fwd_counter";
-    /// keys with `local: true`
-    pub const LOCAL: &str = "fwd_local";
+    /// keys with `local: false` (the default, true, needs no element)
+    pub const NOLOCAL: &str = "fwd_nolocal";
     /// keys restricted to interfaces
     pub const IFACE_KEYS: &str = "fwd_iface_keys";
     /// key . ifname allowed
@@ -308,7 +308,7 @@ fn skeleton(table: &str) -> Plan {
         set(TO, "public port -> local port", &KEY, Some(T::InetService), false),
         set(MARK, "public port -> packet mark", &KEY, Some(T::Mark), false),
         set(COUNTER, "public port -> counter of its forward", &KEY, Some(T::Counter), false),
-        set(LOCAL, "public ports also redirected for this host's own connections", &KEY, None, false),
+        set(NOLOCAL, "public ports not redirected for this host's own connections (local: false)", &KEY, None, false),
         set(IFACE_KEYS, "public ports restricted to interfaces", &KEY, None, false),
         set(IFACE, "interfaces allowed per public port", &k_if, None, false),
         set(SRC_KEYS, "public ports restricted to source networks", &KEY, None, false),
@@ -346,12 +346,12 @@ fn skeleton(table: &str) -> Plan {
         Chain {
             name: "output".into(),
             base: base(ChainType::Nat, Hook::Output, -100),
-            rules: vec![Rule::JumpIfLocalKeyIn { set: LOCAL.into(), chain: "redirect_local".into() }],
+            rules: vec![Rule::JumpIfLocalKeyNotIn { set: NOLOCAL.into(), chain: "redirect_local".into() }],
         },
         Chain {
             name: "mangle_output".into(),
             base: base(ChainType::Filter, Hook::Output, -150),
-            rules: vec![Rule::JumpIfLocalKeyIn { set: LOCAL.into(), chain: "account_local".into() }],
+            rules: vec![Rule::JumpIfLocalKeyNotIn { set: NOLOCAL.into(), chain: "account_local".into() }],
         },
         Chain {
             name: "input".into(),
@@ -404,8 +404,8 @@ impl Plan {
                         self.insert(MARK, k.clone(), Some(Value::Mark(mark)));
                     }
                     self.insert(COUNTER, k.clone(), Some(Value::Counter(counter.clone())));
-                    if f.local {
-                        self.insert(LOCAL, k.clone(), None);
+                    if !f.local {
+                        self.insert(NOLOCAL, k.clone(), None);
                     }
                     if !f.interfaces.is_empty() {
                         self.insert(IFACE_KEYS, k.clone(), None);

@@ -39,7 +39,7 @@ pub fn value(v: &Value) -> String {
 pub fn rule(r: &Rule) -> String {
     match r {
         Rule::JumpIfLocal { chain } => format!("fib daddr type local jump {chain}"),
-        Rule::JumpIfLocalKeyIn { set, chain } => format!("fib daddr type local {KEY} @{set} jump {chain}"),
+        Rule::JumpIfLocalKeyNotIn { set, chain } => format!("fib daddr type local {KEY} != @{set} jump {chain}"),
         Rule::ReturnUnlessIface { keys, allowed } => {
             format!("{KEY} @{keys} {KEY} . iifname != @{allowed} return")
         }

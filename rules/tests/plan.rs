@@ -187,7 +187,7 @@ fn one_forward_added_to_ten_thousand_touches_few_elements() {
     let d = plan.replace_owner("user:web", &more, 1).expect("delta");
     assert!(d.del_elements.is_empty() && d.del_counters.is_empty());
     assert_eq!(d.add_counters.len(), 1);
-    assert_eq!(d.add_elements.len(), 8, "to, mark, counter, local for two families");
+    assert_eq!(d.add_elements.len(), 6, "to, mark and counter entries for two families");
 }
 
 #[test]

@@ -35,6 +35,17 @@ fn seed_rules_redirect_real_traffic_and_status_counts_it() {
     assert!(cols[6].parse::<u64>().expect("packets") > 0, "counters move: {http}");
     let js: serde_json::Value = serde_json::from_slice(&d.ctl(&["status", "--json"]).stdout).expect("json");
     assert_eq!(js["in_sync"], true);
+    // `local: false`: other hosts are redirected, the host's own connections are not.
+    let _alt = net.tcp_app(&net.srv, 81, "own-81");
+    let remote_only = write(
+        &net.dir,
+        "remote.yaml",
+        &format!("{SEED}  - name: remote\n    port: 81\n    to: 8080\n    local: false\n"),
+    );
+    assert!(d.ctl(&["apply", remote_only.to_str().expect("path")]).status.success());
+    assert_eq!(net.tcp_get(&net.cli, SRV4, 81).as_deref(), Some("app"), "remote client redirected");
+    assert_eq!(net.tcp_get(&net.srv, "127.0.0.1", 81).as_deref(), Some("own-81"), "local client not redirected");
+    assert_eq!(net.tcp_get(&net.srv, "127.0.0.1", 80).as_deref(), Some("app"), "local: true still redirects");
     // No rule per forward: the table has the same rules for 2 forwards as the skeleton.
     let table = net.table("portd").expect("table");
     assert!(!table.contains("dport 80 "), "no per-port rule: {table}");
