@@ -138,6 +138,7 @@ impl Daemon {
             _ => d.backend.apply(&plan)?,
         }
         d.plan = plan;
+        trim_heap();
         tracing::info!(
             table = %d.config.settings.table,
             forwards = d.plan.forwards.len(),
