@@ -7,6 +7,7 @@
 //! protocol and destination port (the public port) and the reply tuple's source port
 //! (the old target); each match is deleted by its original tuple.
 
+use crate::nlattr::{align4, find, find_raw, messages};
 use portd_rules::model::{Family, Proto};
 use portd_rules::plan::{names, Element, Plan, Value};
 use std::collections::BTreeSet;
@@ -22,7 +23,6 @@ const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// A mapping whose flows must be forgotten: public (family, proto, port) -> old target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -72,35 +72,6 @@ pub fn stale_in_delta(d: &portd_rules::Delta) -> Vec<Stale> {
             _ => None,
         })
         .collect()
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// Iterates netlink attributes: (type without flags, payload, whole attribute bytes).
-fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8], &[u8])> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let item = (ty, &b[4..len], &b[..len]);
-        b = &b[align4(len).min(b.len())..];
-        Some(item)
-    })
-}
-
-fn find(b: &[u8], ty: u16) -> Option<&[u8]> {
-    attrs(b).find(|(t, ..)| *t == ty).map(|(_, p, _)| p)
-}
-
-fn find_raw(b: &[u8], ty: u16) -> Option<&[u8]> {
-    attrs(b).find(|(t, ..)| *t == ty).map(|(_, _, raw)| raw)
 }
 
 /// (protocol number, source port, destination port) of a CTA_TUPLE_* payload.
@@ -156,27 +127,18 @@ impl Socket {
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }
-            let mut off = 0usize;
-            let n = n as usize;
-            while off + 16 <= n {
-                let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
-                let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-                let mseq = u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
-                if len < 16 || off + len > n {
-                    break;
+            for m in messages(&buf[..n as usize]) {
+                if m.seq != seq {
+                    continue;
                 }
-                let body = &buf[off + 16..off + len];
-                if mseq == seq {
-                    match i32::from(ty) {
-                        libc::NLMSG_DONE => return Ok(()),
-                        libc::NLMSG_ERROR => {
-                            let code = body.get(..4).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                            return if code == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(-code)) };
-                        }
-                        _ => f(body.get(4..).unwrap_or(&[])),
+                match i32::from(m.ty) {
+                    libc::NLMSG_DONE => return Ok(()),
+                    libc::NLMSG_ERROR => {
+                        let code = m.body.get(..4).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                        return if code == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(-code)) };
                     }
+                    _ => f(m.body.get(4..).unwrap_or(&[])),
                 }
-                off += align4(len);
             }
         }
     }

@@ -5,6 +5,7 @@
 //!
 //! This only reads event headers, so it uses a plain netlink socket, not nftnl/mnl.
 
+use crate::nlattr::{find, messages};
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -33,19 +34,8 @@ pub enum Change {
 
 /// The committing thread of a NEWGEN message (NFTA_GEN_PROC_PID, big-endian u32).
 fn gen_pid(payload: &[u8]) -> Option<u32> {
-    let mut a = payload.get(NFGENMSG_LEN..)?;
-    while a.len() >= NLA_HDRLEN {
-        let len = u16::from_ne_bytes([a[0], a[1]]) as usize;
-        let ty = u16::from_ne_bytes([a[2], a[3]]) & 0x3fff;
-        if len < NLA_HDRLEN || len > a.len() {
-            return None;
-        }
-        if ty == 2 && len >= NLA_HDRLEN + 4 {
-            return Some(u32::from_be_bytes([a[4], a[5], a[6], a[7]]));
-        }
-        a = &a[align4(len).min(a.len())..];
-    }
-    None
+    let v = find(payload.get(NFGENMSG_LEN..)?, 2)?;
+    Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?))
 }
 
 /// A netlink socket subscribed to nf_tables events.
@@ -54,12 +44,7 @@ pub struct Listener {
     table: Vec<u8>,
 }
 
-const NLA_HDRLEN: usize = 4;
 const NFGENMSG_LEN: usize = 4;
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
 
 impl Listener {
     /// Subscribes to NFNLGRP_NFTABLES in the caller's network namespace.
@@ -130,34 +115,27 @@ impl Listener {
                     _ => return Err(e),
                 }
             }
-            let mut off = 0usize;
-            let n = n as usize;
-            while off + std::mem::size_of::<libc::nlmsghdr>() <= n {
-                let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
-                let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-                if len < 16 || off + len > n {
-                    break;
+            for m in messages(&buf[..n as usize]) {
+                let subsys = i32::from(m.ty >> 8);
+                let msg = i32::from(m.ty & 0xff);
+                if subsys != libc::NFNL_SUBSYS_NFTABLES {
+                    continue;
                 }
-                let subsys = (ty >> 8) as i32;
-                let msg = (ty & 0xff) as i32;
-                if subsys == libc::NFNL_SUBSYS_NFTABLES {
-                    if msg == libc::NFT_MSG_NEWGEN {
-                        // End of a transaction; ignore the ones portd itself committed.
-                        let ours = gen_pid(&buf[off + 16..off + len]) == Some(COMMITTER.load(Ordering::Relaxed));
-                        if let Some(c) = pending.take() {
-                            if !ours {
-                                return Ok(c);
-                            }
+                if msg == libc::NFT_MSG_NEWGEN {
+                    // End of a transaction; ignore the ones portd itself committed.
+                    let ours = gen_pid(m.body) == Some(COMMITTER.load(Ordering::Relaxed));
+                    if let Some(c) = pending.take() {
+                        if !ours {
+                            return Ok(c);
                         }
-                    } else if self.concerns_us(&buf[off + 16..off + len]) {
-                        let c = if msg == libc::NFT_MSG_DELTABLE { Change::TableDeleted } else { Change::Edited };
-                        pending = Some(match (pending, c) {
-                            (Some(Change::TableDeleted), _) | (_, Change::TableDeleted) => Change::TableDeleted,
-                            _ => c,
-                        });
                     }
+                } else if self.concerns_us(m.body) {
+                    let c = if msg == libc::NFT_MSG_DELTABLE { Change::TableDeleted } else { Change::Edited };
+                    pending = Some(match (pending, c) {
+                        (Some(Change::TableDeleted), _) | (_, Change::TableDeleted) => Change::TableDeleted,
+                        _ => c,
+                    });
                 }
-                off += align4(len);
             }
         }
     }
@@ -168,20 +146,8 @@ impl Listener {
         if payload.len() < NFGENMSG_LEN || i32::from(payload[0]) != libc::NFPROTO_INET {
             return false;
         }
-        let mut a = &payload[NFGENMSG_LEN..];
-        while a.len() >= NLA_HDRLEN {
-            let len = u16::from_ne_bytes([a[0], a[1]]) as usize;
-            let ty = u16::from_ne_bytes([a[2], a[3]]) & 0x3fff;
-            if len < NLA_HDRLEN || len > a.len() {
-                return false;
-            }
-            if ty == 1 {
-                let v = &a[NLA_HDRLEN..len];
-                let v = v.split(|b| *b == 0).next().unwrap_or(v);
-                return v == self.table.as_slice();
-            }
-            a = &a[align4(len).min(a.len())..];
-        }
-        false
+        find(&payload[NFGENMSG_LEN..], 1)
+            .map(|v| v.split(|b| *b == 0).next().unwrap_or(v))
+            .is_some_and(|name| name == self.table.as_slice())
     }
 }

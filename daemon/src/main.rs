@@ -9,6 +9,7 @@
 mod actor;
 mod conntrack;
 mod events;
+mod nlattr;
 mod notify;
 mod privs;
 mod server;

@@ -342,17 +342,7 @@ pub fn read(p: &Path) -> String {
 /// Runs `f` on a fresh thread that has entered network namespace `ns` (sockets it opens
 /// live there), so tests can time connections without spawning a process per attempt.
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    use std::os::fd::AsRawFd;
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        // SAFETY: setns on a valid namespace fd affects only this thread.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("netns thread")
+    spawn_in_netns(ns, f).join().expect("netns thread")
 }
 
 /// Connects to `addr` until the reply is `expect`, for at most `limit`; returns the time taken.
