@@ -393,17 +393,7 @@ fn forwards(ctx: &mut Ctx, path: &str, v: Option<&Value>) -> Vec<Forward> {
             names.insert(name.to_string(), i);
         }
         let Some(f) = forward(ctx, &fp, item) else { continue };
-        let mut clash = None;
-        'outer: for fam in f.family.families() {
-            for proto in f.proto.protos() {
-                for port in f.port.ports() {
-                    if let Some(&j) = claims.get(&(*fam, *proto, port)) {
-                        clash = Some((j, *fam, *proto, port));
-                        break 'outer;
-                    }
-                }
-            }
-        }
+        let clash = f.claims().find_map(|c| claims.get(&c).map(|&j| (j, c.0, c.1, c.2)));
         if let Some((j, fam, proto, port)) = clash {
             let other: &Forward = &out[j];
             ctx.err(
@@ -413,13 +403,7 @@ fn forwards(ctx: &mut Ctx, path: &str, v: Option<&Value>) -> Vec<Forward> {
             continue;
         }
         let idx = out.len();
-        for fam in f.family.families() {
-            for proto in f.proto.protos() {
-                for port in f.port.ports() {
-                    claims.insert((*fam, *proto, port), idx);
-                }
-            }
-        }
+        claims.extend(f.claims().map(|c| (c, idx)));
         out.push(f);
     }
     out

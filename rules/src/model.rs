@@ -285,6 +285,13 @@ impl Forward {
         }
     }
 
+    /// Every (family, protocol, public port) this forward claims.
+    pub fn claims(&self) -> impl Iterator<Item = (Family, Proto, u16)> + '_ {
+        self.family.families().iter().flat_map(move |&fam| {
+            self.proto.protos().iter().flat_map(move |&proto| self.port.ports().map(move |port| (fam, proto, port)))
+        })
+    }
+
     /// The target port for public port `p` (which must lie in `self.port`).
     pub fn target_of(&self, p: u16) -> u16 {
         self.to.start + (p - self.port.start)

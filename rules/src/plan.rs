@@ -450,38 +450,23 @@ pub fn compile(table: &str, default_mark: u32, sets: &[OwnedSet]) -> Result<Plan
         let mut fws: Vec<&Forward> = set.forwards.iter().collect();
         fws.sort_by(|a, b| a.name.cmp(&b.name));
         for f in fws {
-            let mut clash = None;
-            'find: for &fam in f.family.families() {
-                for &proto in f.proto.protos() {
-                    for port in f.port.ports() {
-                        if let Some((o, n)) = claims.get(&(fam, proto, port)) {
-                            if *o != set.owner {
-                                clash = Some(Conflict {
-                                    owner: set.owner.clone(),
-                                    name: f.name.clone(),
-                                    other_owner: o.to_string(),
-                                    other_name: n.to_string(),
-                                    port,
-                                    proto,
-                                    family: fam,
-                                });
-                                break 'find;
-                            }
-                        }
-                    }
-                }
-            }
+            let clash = f.claims().find_map(|(fam, proto, port)| {
+                let (o, n) = claims.get(&(fam, proto, port)).filter(|(o, _)| *o != set.owner)?;
+                Some(Conflict {
+                    owner: set.owner.clone(),
+                    name: f.name.clone(),
+                    other_owner: o.to_string(),
+                    other_name: n.to_string(),
+                    port,
+                    proto,
+                    family: fam,
+                })
+            });
             if let Some(c) = clash {
                 conflicts.push(c);
                 continue;
             }
-            for &fam in f.family.families() {
-                for &proto in f.proto.protos() {
-                    for port in f.port.ports() {
-                        claims.insert((fam, proto, port), (&set.owner, &f.name));
-                    }
-                }
-            }
+            claims.extend(f.claims().map(|c| (c, (set.owner.as_str(), f.name.as_str()))));
             plan.place(&set.owner, f, default_mark);
         }
     }
@@ -744,32 +729,26 @@ impl Plan {
         let mut conflicts = Vec::new();
         for a in &added {
             let f = &a.forward;
-            'keys: for &fam in f.family.families() {
-                for &proto in f.proto.protos() {
-                    for port in f.port.ports() {
-                        let probe = Element { key: key(fam, proto, port), data: None };
-                        let holder =
-                            counters.and_then(|s| s.elements.range(&probe..).next()).filter(|e| e.key == probe.key);
-                        if let Some(Element { data: Some(Value::Counter(c)), .. }) = holder {
-                            if !leaving.contains(c.as_str()) {
-                                let (oo, on) = self.by_counter(c).map_or(("?".to_string(), "?".to_string()), |p| {
-                                    (p.owner.clone(), p.forward.name.clone())
-                                });
-                                conflicts.push(Conflict {
-                                    owner: owner.to_string(),
-                                    name: f.name.clone(),
-                                    other_owner: oo,
-                                    other_name: on,
-                                    port,
-                                    proto,
-                                    family: fam,
-                                });
-                                break 'keys;
-                            }
-                        }
-                    }
+            let clash = f.claims().find_map(|(fam, proto, port)| {
+                let probe = Element { key: key(fam, proto, port), data: None };
+                let holder = counters?.elements.range(&probe..).next().filter(|e| e.key == probe.key)?;
+                let Some(Value::Counter(c)) = &holder.data else { return None };
+                if leaving.contains(c.as_str()) {
+                    return None;
                 }
-            }
+                let (oo, on) =
+                    self.by_counter(c).map_or(("?".into(), "?".into()), |p| (p.owner.clone(), p.forward.name.clone()));
+                Some(Conflict {
+                    owner: owner.to_string(),
+                    name: f.name.clone(),
+                    other_owner: oo,
+                    other_name: on,
+                    port,
+                    proto,
+                    family: fam,
+                })
+            });
+            conflicts.extend(clash);
         }
         if !conflicts.is_empty() {
             return Err(conflicts);
