@@ -38,6 +38,25 @@ fn gen_pid(payload: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?))
 }
 
+/// setsockopt(2) with an int value.
+fn set_int(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: the option value is a c_int of the given size and the fd is open.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// A netlink socket subscribed to nf_tables events.
 pub struct Listener {
     fd: OwnedFd,
@@ -71,32 +90,10 @@ impl Listener {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        let group: libc::c_int = libc::NFNLGRP_NFTABLES;
-        // SAFETY: the option value is a c_int of the given size.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_NETLINK,
-                libc::NETLINK_ADD_MEMBERSHIP,
-                (&group as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // A large receive buffer: a flush of a big table produces many messages.
-        let size: libc::c_int = 8 << 20;
-        // SAFETY: as above; failure only means a smaller buffer.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        set_int(&fd, libc::SOL_NETLINK, libc::NETLINK_ADD_MEMBERSHIP, libc::NFNLGRP_NFTABLES)?;
+        // A large receive buffer: a flush of a big table produces many messages. Failure
+        // only means a smaller buffer (and, at worst, an overrun reported as Unknown).
+        let _ = set_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20);
         Ok(Listener { fd, table: table.as_bytes().to_vec() })
     }
 

@@ -568,24 +568,29 @@ impl Delta {
         self.add_counters.len() + self.del_counters.len() + self.del_elements.len() + self.add_elements.len()
     }
 
+    /// Applies the counter and element changes (not the list of forwards) to `plan`.
+    fn apply_objects(&self, plan: &mut Plan) {
+        for c in &self.del_counters {
+            plan.counters.remove(c);
+        }
+        for c in &self.add_counters {
+            plan.counters.insert(c.clone());
+        }
+        for (s, e) in &self.del_elements {
+            plan.set_mut(s).elements.remove(e);
+        }
+        for (s, e) in &self.add_elements {
+            plan.set_mut(s).elements.insert(e.clone());
+        }
+    }
+
     /// Applies the delta to `old`, giving the new plan (`None` for a structural delta).
     pub fn apply(&self, old: &Plan, new_forwards: Vec<PlacedForward>) -> Option<Plan> {
         if self.structural {
             return None;
         }
         let mut p = old.clone();
-        for c in &self.del_counters {
-            p.counters.remove(c);
-        }
-        for c in &self.add_counters {
-            p.counters.insert(c.clone());
-        }
-        for (s, e) in &self.del_elements {
-            p.set_mut(s).elements.remove(e);
-        }
-        for (s, e) in &self.add_elements {
-            p.set_mut(s).elements.insert(e.clone());
-        }
+        self.apply_objects(&mut p);
         p.forwards = new_forwards;
         Some(p)
     }
@@ -790,18 +795,7 @@ impl Delta {
     /// Applies a delta from [`Plan::replace_owner`] to `plan` in place: elements,
     /// counters and the list of placed forwards (kept in `compile`'s order).
     pub fn apply_in_place(&self, plan: &mut Plan) {
-        for c in &self.del_counters {
-            plan.counters.remove(c);
-        }
-        for c in &self.add_counters {
-            plan.counters.insert(c.clone());
-        }
-        for (s, e) in &self.del_elements {
-            plan.set_mut(s).elements.remove(e);
-        }
-        for (s, e) in &self.add_elements {
-            plan.set_mut(s).elements.insert(e.clone());
-        }
+        self.apply_objects(plan);
         let gone: std::collections::HashSet<(&str, &str)> = self
             .summary
             .removed
