@@ -55,13 +55,23 @@ fn init_logging(verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     // Under systemd, stderr is connected to the journal: log to journald directly.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
+    if stderr_is_journal() {
         if let Ok(layer) = tracing_journald::layer() {
             tracing_subscriber::registry().with(filter).with(layer.with_syslog_identifier("portd".into())).init();
             return;
         }
     }
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
+}
+
+/// True when stderr is the journal stream systemd names in JOURNAL_STREAM ("dev:inode"),
+/// not merely inherited from a parent that had it.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = v.to_str().and_then(|v| v.split_once(':')) else { return false };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else { return false };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
 /// The listening socket from systemd socket activation (LISTEN_FDS for our pid), if any.
