@@ -119,18 +119,21 @@ impl Daemon {
             recent_repairs: Default::default(),
             deferred_check: None,
         };
-        // Add user sets one by one so a set that conflicts with the config is skipped, not fatal.
+        // The config's set first, then each persisted set as an incremental change, so a
+        // set that conflicts with what is already placed is skipped, not fatal.
+        let mut plan = d.compile_with(&d.config, &BTreeMap::new()).map_err(|c| anyhow::anyhow!(c.join("; ")))?;
         for (owner, forwards) in persisted.sets {
-            let mut trial = d.users.clone();
-            trial.insert(owner.clone(), forwards.clone());
-            match d.compile_with(&d.config, &trial) {
-                Ok(_) => {
-                    d.users = trial;
+            match plan.replace_owner(&owner, &forwards, d.config.settings.mark) {
+                Ok(delta) => {
+                    delta.apply_in_place(&mut plan);
+                    d.users.insert(owner, forwards);
                 }
-                Err(c) => tracing::error!(owner = %owner, "persisted set not restored: {}", c.join("; ")),
+                Err(c) => {
+                    let c: Vec<String> = c.iter().map(|c| c.to_string()).collect();
+                    tracing::error!(owner = %owner, "persisted set not restored: {}", c.join("; "));
+                }
             }
         }
-        let plan = d.compile_with(&d.config, &d.users).map_err(|c| anyhow::anyhow!(c.join("; ")))?;
         // Keep counters when the kernel already holds a table of ours (e.g. after a crash).
         let current = d.backend.read(&plan)?;
         match current {

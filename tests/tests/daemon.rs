@@ -293,3 +293,27 @@ fn malformed_requests_get_an_error_and_others_are_still_served() {
     half.write_all(b"{\"version\": 1, ").expect("write");
     assert!(d.ctl(&["status"]).status.success());
 }
+
+#[test]
+fn persisted_set_conflicting_with_the_config_is_skipped_at_start() {
+    let net = Net::setup();
+    let state = net.dir.join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    std::fs::write(
+        state.join("sets.json"),
+        r#"{"version":1,"sets":{"user:daemon":[{"name":"alt","port":81,"to":8081}],"user:nobody":[{"name":"site","port":80,"to":9090}]}}"#,
+    )
+    .expect("state");
+    let d = Portd::start(&net, &config(&net, "forwards:\n  - name: http\n    port: 80\n    to: 8080\n"));
+    let js: serde_json::Value = serde_json::from_slice(&d.ctl(&["status", "--json"]).stdout).expect("json");
+    let mut got: Vec<String> = js["forwards"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|f| format!("{}/{}", f["owner"].as_str().unwrap_or(""), f["forward"]["name"].as_str().unwrap_or("")))
+        .collect();
+    got.sort();
+    assert_eq!(got, vec!["system/http", "user:daemon/alt"]);
+    assert_eq!(js["in_sync"], true);
+    assert!(Portd::log(&net).contains("persisted set not restored"), "{}", Portd::log(&net));
+}
