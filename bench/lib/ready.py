@@ -10,7 +10,6 @@ leaving portd running in its own session (the caller stops it by pid). If portd 
 or the timeout passes first, prints "FAIL <reason>" and exits 1 (and kills portd).
 """
 import argparse
-import ctypes
 import os
 import socket
 import subprocess
@@ -18,16 +17,7 @@ import sys
 import tempfile
 import time
 
-CLONE_NEWNET = 0x40000000
-
-
-def join_netns(name: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        sys.exit(f"ready: setns({name}): {os.strerror(ctypes.get_errno())}")
-    os.close(fd)
-
+from netns import join_netns
 
 def main() -> int:
     ap = argparse.ArgumentParser()
@@ -38,7 +28,7 @@ def main() -> int:
     a = ap.parse_args()
     cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
     if a.ns:
-        join_netns(a.ns)
+        join_netns(a.ns, "ready")
     d = tempfile.mkdtemp(prefix="portd-notify.")
     path = os.path.join(d, "notify.sock")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

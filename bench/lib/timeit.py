@@ -10,23 +10,12 @@ process is part of the measured time, and every tool is timed the same way: one
 spawn (vfork+exec) of the tool itself, then its whole run.
 """
 import argparse
-import ctypes
 import os
 import subprocess
 import sys
 import time
 
-CLONE_NEWNET = 0x40000000
-
-
-def join_netns(name: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        sys.exit(f"timeit: setns({name}): {os.strerror(err)}")
-    os.close(fd)
-
+from netns import join_netns
 
 def main() -> int:
     ap = argparse.ArgumentParser()
@@ -40,7 +29,7 @@ def main() -> int:
     if not cmd:
         ap.error("no command")
     if a.ns:
-        join_netns(a.ns)
+        join_netns(a.ns, "timeit")
     out = open(a.stdout, "wb")
     err = open(a.stderr, "ab")
     t0 = time.perf_counter_ns()
