@@ -193,9 +193,16 @@ fn apply(
 ) -> Result<Exit, Failure> {
     let text = read_file(file)?;
     let name = file.display().to_string();
-    // Validate locally first: mistakes are reported even when the daemon is down.
-    parse_rules(&name, &text).map_err(Failure::diagnostics)?;
-    let body = send(Command::Apply { file: name, text, dry_run, owner })?;
+    // The daemon validates the file (it trusts no client), so it is parsed here only when
+    // the daemon refuses it or cannot be reached: then mistakes are reported with their
+    // locations either way, even when the daemon is down.
+    let body = match send(Command::Apply { file: name.clone(), text: text.clone(), dry_run, owner }) {
+        Err(f) if matches!(f.code, Exit::Rejected | Exit::Unreachable) => {
+            parse_rules(&name, &text).map_err(Failure::diagnostics)?;
+            return Err(f);
+        }
+        other => other?,
+    };
     output::print_body(&body, json);
     Ok(Exit::Ok)
 }

@@ -3,7 +3,7 @@
 //! netlink calls block, and it checks the kernel for drift between messages.
 
 use crate::notify;
-use crate::state::Store;
+use crate::state::{Record, Store};
 use portd::nft::Backend;
 use portd_rules::plan::SYSTEM_OWNER;
 use portd_rules::proto::{Body, Command, ErrorKind, ForwardStatus, Response, Status};
@@ -69,6 +69,7 @@ pub struct Daemon {
     users: BTreeMap<String, Vec<Forward>>,
     store: Store,
     backend: Backend,
+    conntrack: crate::conntrack::Cleaner,
     plan: Plan,
     repairs: u64,
     recent_repairs: std::collections::VecDeque<Instant>,
@@ -77,6 +78,16 @@ pub struct Daemon {
 }
 
 type Failure = (ErrorKind, Vec<String>);
+
+/// A change of one owner's set.
+enum Change {
+    /// The whole set (`portctl apply`).
+    Replace(Vec<Forward>),
+    /// One more forward (`portctl add`).
+    Add(Forward),
+    /// One forward fewer, by name (`portctl remove`).
+    Remove(String),
+}
 
 fn err(kind: ErrorKind, msg: impl Into<String>) -> Failure {
     (kind, vec![msg.into()])
@@ -104,7 +115,7 @@ fn trim_heap() {
 impl Daemon {
     /// Restores persisted sets and puts the plan into the kernel. Called before READY=1.
     pub fn start(config_path: PathBuf, config: Config, overrides: Overrides) -> anyhow::Result<Daemon> {
-        let store = Store::new(std::path::Path::new(&config.settings.state_dir));
+        let mut store = Store::new(std::path::Path::new(&config.settings.state_dir));
         let persisted = store.load()?;
         let backend = Backend::new(&config.settings.table);
         let mut d = Daemon {
@@ -115,6 +126,7 @@ impl Daemon {
             users: BTreeMap::new(),
             store,
             backend,
+            conntrack: crate::conntrack::Cleaner::spawn()?,
             repairs: 0,
             recent_repairs: Default::default(),
             deferred_check: None,
@@ -360,32 +372,24 @@ impl Daemon {
         }
     }
 
-    /// Deletes conntrack entries of mappings that were dropped or retargeted (logged, never fatal).
-    fn forget_flows(&self, stale: &[crate::conntrack::Stale]) {
-        if stale.is_empty() {
-            return;
-        }
-        match crate::conntrack::forget(stale) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!("deleted {n} conntrack entr{} of removed or retargeted forwards", if n == 1 { "y" } else { "ies" }),
-            Err(e) => tracing::warn!("deleting conntrack entries of old mappings: {e}; established flows keep their old target until they time out"),
-        }
+    /// Has the conntrack entries of mappings that were dropped or retargeted deleted, after
+    /// the answer (logged, never fatal).
+    fn forget_flows(&self, stale: Vec<crate::conntrack::Stale>) {
+        self.conntrack.forget(stale);
     }
 
-    /// Replaces `owner`'s set; `None` removes it. Kernel first, then the state file.
-    fn replace(
-        &mut self,
-        caller: &Caller,
-        owner: &str,
-        forwards: Vec<Forward>,
-        dry_run: bool,
-    ) -> Result<Body, Failure> {
+    /// Changes `owner`'s set. Kernel first, then the state file; only then is the change
+    /// acknowledged and kept in memory.
+    fn change(&mut self, caller: &Caller, owner: &str, change: Change, dry_run: bool) -> Result<Body, Failure> {
         let t0 = Instant::now();
+        let mark = self.config.settings.mark;
         // Only the forwards that differ are compiled: O(change), not O(table).
-        let delta = self
-            .plan
-            .replace_owner(owner, &forwards, self.config.settings.mark)
-            .map_err(|c| (ErrorKind::Conflict, c.iter().map(|c| c.to_string()).collect()))?;
+        let delta = match &change {
+            Change::Replace(forwards) => self.plan.replace_owner(owner, forwards, mark),
+            Change::Add(f) => self.plan.change_owner(owner, &[], std::slice::from_ref(f), mark),
+            Change::Remove(name) => self.plan.change_owner(owner, &[name.as_str()], &[], mark),
+        }
+        .map_err(|c| (ErrorKind::Conflict, c.iter().map(|c| c.to_string()).collect()))?;
         if dry_run || delta.is_empty() {
             return Ok(Body::changed(delta.summary, dry_run));
         }
@@ -399,14 +403,21 @@ impl Daemon {
             })?;
         }
         let t_kernel = t0.elapsed();
-        let previous =
-            if forwards.is_empty() { self.users.remove(owner) } else { self.users.insert(owner.to_string(), forwards) };
-        if let Err(e) = self.store.save(&self.users) {
+        let s = &delta.summary;
+        let record = Record {
+            owner: owner.to_string(),
+            put: s.added.iter().chain(s.changed.iter().map(|(_, n)| n)).map(|p| p.forward.clone()).collect(),
+            remove: s.removed.iter().map(|p| p.forward.name.clone()).collect(),
+        };
+        record.apply(&mut self.users);
+        if let Err(e) = self.store.commit(&self.users, &record) {
             // Not acknowledged unless persisted: put the sets and the kernel back as they were.
-            match previous {
-                Some(p) => self.users.insert(owner.to_string(), p),
-                None => self.users.remove(owner),
+            let undo = Record {
+                owner: owner.to_string(),
+                put: s.removed.iter().chain(s.changed.iter().map(|(o, _)| o)).map(|p| p.forward.clone()).collect(),
+                remove: s.added.iter().map(|p| p.forward.name.clone()).collect(),
             };
+            undo.apply(&mut self.users);
             if let Err(e2) = self.backend.apply(&self.plan) {
                 tracing::error!("rolling back after a failed save: {e2}");
             }
@@ -429,9 +440,11 @@ impl Daemon {
             caller.pid.map_or("?".to_string(), |p| p.to_string()),
             delta.summary.to_string().trim_end().replace('\n', "; ")
         );
-        self.forget_flows(&crate::conntrack::stale_in_delta(&delta));
+        self.forget_flows(crate::conntrack::stale_in_delta(&delta));
         notify::status(&self.status_line());
-        trim_heap();
+        if delta.size() > 1000 {
+            trim_heap();
+        }
         Ok(Body::changed(delta.summary, false))
     }
 
@@ -466,7 +479,7 @@ impl Daemon {
             uid.map_or("SIGHUP".to_string(), |u| format!("uid {u}")),
             delta.summary.to_string().trim_end().replace('\n', "; ")
         );
-        self.forget_flows(&crate::conntrack::stale_mappings(&self.plan, &plan));
+        self.forget_flows(crate::conntrack::stale_mappings(&self.plan, &plan));
         self.config = config;
         self.plan = plan;
         notify::status(&self.status_line());
@@ -502,34 +515,32 @@ impl Daemon {
                 let rules = parse_rules(&file, &text)
                     .map_err(|d| (ErrorKind::Invalid, d.0.iter().map(|d| d.to_string()).collect()))?;
                 self.authorize(caller, &rules.forwards)?;
-                self.replace(caller, &owner, rules.forwards, dry_run)
+                self.change(caller, &owner, Change::Replace(rules.forwards), dry_run)
             }
             Command::Add { forward, owner } => {
                 let owner = self.target_owner(caller, owner)?;
-                let mut set = self.users.get(&owner).cloned().unwrap_or_default();
-                if set.iter().any(|f| f.name == forward.name) {
+                if self.plan.placed(&owner, &forward.name).is_some() {
                     return Err(err(
                         ErrorKind::Invalid,
                         format!("{owner} already has a forward `{}`; remove it first or use apply", forward.name),
                     ));
                 }
                 // Validate the new forward alone; its overlap with the rest of the set (and
-                // with other owners) is found by replace_owner through the keys it claims.
+                // with other owners) is found by change_owner through the keys it claims.
                 let mut checked = portd_rules::load::validate_forwards("request", std::slice::from_ref(&forward))
                     .map_err(|d| (ErrorKind::Invalid, d.0.iter().map(|d| d.message.clone()).collect()))?;
                 self.authorize(caller, &checked)?;
-                set.append(&mut checked);
-                self.replace(caller, &owner, set, false)
+                let Some(forward) = checked.pop() else {
+                    return Err(err(ErrorKind::Invalid, "no forward in the request"));
+                };
+                self.change(caller, &owner, Change::Add(forward), false)
             }
             Command::Remove { name, owner } => {
                 let owner = self.target_owner(caller, owner)?;
-                let mut set = self.users.get(&owner).cloned().unwrap_or_default();
-                let before = set.len();
-                set.retain(|f| f.name != name);
-                if set.len() == before {
+                if self.plan.placed(&owner, &name).is_none() {
                     return Err(err(ErrorKind::Invalid, format!("{owner} has no forward `{name}`")));
                 }
-                self.replace(caller, &owner, set, false)
+                self.change(caller, &owner, Change::Remove(name), false)
             }
             Command::Export { owner } => {
                 let owner = owner.unwrap_or_else(|| caller.owner());

@@ -27,7 +27,8 @@ use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
-use std::{io, mem};
+use std::sync::Mutex;
+use std::{fmt, io, mem};
 
 /// Kernel, libnftnl and nft(8) constants that `libc` lacks (or types as `c_int`).
 mod k {
@@ -285,9 +286,28 @@ fn cstring(what: &str, s: &str) -> Result<CString, BackendError> {
 // ---------------------------------------------------------------------------------------
 
 /// The kernel side of portd: owns the table `inet <table>` and nothing else.
-#[derive(Debug, Clone)]
+///
+/// Changes go out on one netlink socket that stays open between them, in the network
+/// namespace the first change was made in. Closing an nfnetlink socket makes nf_tables
+/// wait for the deferred destruction of everything deleted since (an RCU grace period:
+/// 7 to 30 ms here after deleting one element), so a socket per change would put that
+/// wait on every removal.
 pub struct Backend {
     table: String,
+    tx: Mutex<Option<Conn>>,
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backend").field("table", &self.table).finish_non_exhaustive()
+    }
+}
+
+impl Clone for Backend {
+    /// The same table, with a socket of its own.
+    fn clone(&self) -> Backend {
+        Backend::new(&self.table)
+    }
 }
 
 /// What the kernel holds in portd's table, decoded with the types of an expected plan.
@@ -349,7 +369,7 @@ pub struct ObservedHook {
 impl Backend {
     /// A backend for table `inet <table>`; no kernel access until a method is called.
     pub fn new(table: &str) -> Backend {
-        Backend { table: table.to_string() }
+        Backend { table: table.to_string(), tx: Mutex::new(None) }
     }
 
     /// Name of the table this backend owns.
@@ -396,7 +416,7 @@ impl Backend {
                 b.push(&rule, MsgType::Add, Subject::Rule { chain: &c.name, rule: r });
             }
         }
-        b.commit()
+        self.send(b)
     }
 
     /// Changes the kernel from `old` to `new` element by element in one batch: add
@@ -442,7 +462,7 @@ impl Backend {
             let c = CounterMsg::new(&table, name)?;
             b.push(&c, MsgType::Del, Subject::Counter(name));
         }
-        b.commit()
+        self.send(b)
     }
 
     /// What the kernel holds in the table now, decoded with the types of `expected`, or
@@ -469,7 +489,23 @@ impl Backend {
         // add table inet T; delete table inet T (the add makes a missing table no error)
         b.push(&t, MsgType::Add, Subject::Table);
         b.push(&t, MsgType::Del, Subject::Table);
-        b.commit()
+        self.send(b)
+    }
+
+    /// Sends a batch on the kept socket (opened on first use). A socket that saw any
+    /// failure is closed rather than reused, so no stray answer can reach the next batch.
+    fn send(&self, b: Builder<'_>) -> Result<(), BackendError> {
+        let mut slot = self.tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut conn = match slot.take() {
+            Some(c) => c,
+            None => Conn::open()?,
+        };
+        conn.drain();
+        let result = b.commit(&mut conn);
+        if result.is_ok() {
+            *slot = Some(conn);
+        }
+        result
     }
 
     fn table_of(&self, plan: &Plan) -> Result<CString, BackendError> {
@@ -1459,7 +1495,7 @@ impl<'a> Builder<'a> {
     }
 
     /// Sends the batch and waits for the kernel's answer to every message.
-    fn commit(self) -> Result<(), BackendError> {
+    fn commit(self, conn: &mut Conn) -> Result<(), BackendError> {
         let Builder { table, batch, subjects } = self;
         let batch = batch.finalize();
         let seqs = batch.sequence_numbers();
@@ -1471,7 +1507,6 @@ impl<'a> Builder<'a> {
         for page in batch.iter() {
             bytes.extend_from_slice(page);
         }
-        let mut conn = Conn::open()?;
         conn.size_buffers(bytes.len(), subjects.len());
         match conn.sock.send(&bytes) {
             Ok(n) if n == bytes.len() => {}
@@ -1649,6 +1684,10 @@ struct Conn {
     seq: u32,
 }
 
+// SAFETY: a Conn is the only owner of its socket and buffer; libmnl keeps no per-thread
+// state for a socket, so it may be used from whichever thread holds the Conn.
+unsafe impl Send for Conn {}
+
 impl Conn {
     fn open() -> Result<Conn, BackendError> {
         let sock = mnl::Socket::new(mnl::Bus::Netfilter).map_err(|source| {
@@ -1691,6 +1730,20 @@ impl Conn {
         ] {
             if setsockopt_int(fd, libc::SOL_SOCKET, force, want(n)).is_err() {
                 let _ = setsockopt_int(fd, libc::SOL_SOCKET, plain, want(n));
+            }
+        }
+    }
+
+    /// Discards whatever answers are still queued (the acknowledgement of a batch's end
+    /// message arrives after those of its contents, which is all a commit waits for).
+    fn drain(&mut self) {
+        let fd = self.sock.as_raw_fd();
+        let buf = self.buf.bytes_mut();
+        loop {
+            // SAFETY: receives into a live buffer of the given length, without blocking.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n <= 0 {
+                break;
             }
         }
     }
