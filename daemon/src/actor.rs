@@ -136,8 +136,8 @@ impl Daemon {
         let mut plan = d.compile_with(&d.config, &BTreeMap::new()).map_err(|c| anyhow::anyhow!(c.join("; ")))?;
         for (owner, forwards) in persisted.sets {
             match plan.replace_owner(&owner, &forwards, d.config.settings.mark) {
-                Ok(delta) => {
-                    delta.apply_in_place(&mut plan);
+                Ok(mut delta) => {
+                    delta.take_into(&mut plan);
                     d.users.insert(owner, forwards);
                 }
                 Err(c) => {
@@ -384,7 +384,7 @@ impl Daemon {
         let t0 = Instant::now();
         let mark = self.config.settings.mark;
         // Only the forwards that differ are compiled: O(change), not O(table).
-        let delta = match &change {
+        let mut delta = match &change {
             Change::Replace(forwards) => self.plan.replace_owner(owner, forwards, mark),
             Change::Add(f) => self.plan.change_owner(owner, &[], std::slice::from_ref(f), mark),
             Change::Remove(name) => self.plan.change_owner(owner, &[name.as_str()], &[], mark),
@@ -424,7 +424,7 @@ impl Daemon {
             return Err(err(ErrorKind::Internal, format!("{e}; the change was rolled back")));
         }
         let t_save = t0.elapsed();
-        delta.apply_in_place(&mut self.plan);
+        delta.take_into(&mut self.plan);
         tracing::debug!(
             "change phases: compile {t_compile:?}, kernel {:?} ({} objects), save {:?}",
             t_kernel - t_compile,

@@ -155,8 +155,9 @@ impl Socket {
         Ok(self.seq)
     }
 
-    /// Receives until NLMSG_DONE or an error/ack for `seq`, calling `f` on each data message payload.
-    fn recv(&mut self, seq: u32, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+    /// Receives until NLMSG_DONE or an error/ack for `seq`, calling `f` on each data
+    /// message's address family and attributes.
+    fn recv(&mut self, seq: u32, mut f: impl FnMut(u8, &[u8])) -> io::Result<()> {
         let mut buf = vec![0u8; 1 << 16];
         loop {
             // SAFETY: buf is valid for its length.
@@ -174,11 +175,16 @@ impl Socket {
                         let code = m.body.get(..4).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
                         return if code == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(-code)) };
                     }
-                    _ => f(m.body.get(4..).unwrap_or(&[])),
+                    _ => f(m.body.first().copied().unwrap_or(0), m.body.get(4..).unwrap_or(&[])),
                 }
             }
         }
     }
+}
+
+/// How many flows this network namespace tracks, when the kernel says.
+fn tracked_flows() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count").ok()?.trim().parse().ok()
 }
 
 /// Deletes the conntrack entries of `stale` mappings; returns how many were deleted.
@@ -186,41 +192,47 @@ pub fn forget(stale: &[Stale]) -> io::Result<usize> {
     if stale.is_empty() {
         return Ok(0);
     }
+    // The dump walks the whole conntrack hash table, which is shared by every namespace
+    // of the host (about 12 ms per walk here), so skip it when this namespace tracks nothing.
+    if tracked_flows() == Some(0) {
+        return Ok(0);
+    }
     let mut sock = Socket::open()?;
     let mut victims: Vec<(u8, Vec<u8>)> = Vec::new();
-    for (family, af) in [(Family::Ipv4, libc::AF_INET as u8), (Family::Ipv6, libc::AF_INET6 as u8)] {
-        if !stale.iter().any(|s| s.family == family) {
-            continue;
-        }
-        let seq = sock.send(IPCTNL_MSG_CT_GET, libc::NLM_F_DUMP as u16, af, &[])?;
-        sock.recv(seq, |entry| {
-            let (Some(orig), Some(reply)) = (find(entry, CTA_TUPLE_ORIG), find(entry, CTA_TUPLE_REPLY)) else { return };
-            let (Some((num, _, dport)), Some((_, rsport, _))) = (tuple_ports(orig), tuple_ports(reply)) else { return };
-            let hit = stale.iter().any(|s| {
-                let p = match s.proto {
-                    Proto::Tcp => libc::IPPROTO_TCP as u8,
-                    Proto::Udp => libc::IPPROTO_UDP as u8,
-                };
-                s.family == family && p == num && s.port == dport && s.old_to == rsport
-            });
-            if hit {
-                let mut payload = Vec::new();
-                if let Some(raw) = find_raw(entry, CTA_TUPLE_ORIG) {
-                    payload.extend_from_slice(raw);
-                    payload.resize(align4(payload.len()), 0);
-                }
-                if let Some(raw) = find_raw(entry, CTA_ZONE) {
-                    payload.extend_from_slice(raw);
-                    payload.resize(align4(payload.len()), 0);
-                }
-                victims.push((af, payload));
+    // One dump of every family (AF_UNSPEC), one walk of the table.
+    let seq = sock.send(IPCTNL_MSG_CT_GET, libc::NLM_F_DUMP as u16, libc::AF_UNSPEC as u8, &[])?;
+    sock.recv(seq, |af, entry| {
+        let family = match i32::from(af) {
+            libc::AF_INET => Family::Ipv4,
+            libc::AF_INET6 => Family::Ipv6,
+            _ => return,
+        };
+        let (Some(orig), Some(reply)) = (find(entry, CTA_TUPLE_ORIG), find(entry, CTA_TUPLE_REPLY)) else { return };
+        let (Some((num, _, dport)), Some((_, rsport, _))) = (tuple_ports(orig), tuple_ports(reply)) else { return };
+        let hit = stale.iter().any(|s| {
+            let p = match s.proto {
+                Proto::Tcp => libc::IPPROTO_TCP as u8,
+                Proto::Udp => libc::IPPROTO_UDP as u8,
+            };
+            s.family == family && p == num && s.port == dport && s.old_to == rsport
+        });
+        if hit {
+            let mut payload = Vec::new();
+            if let Some(raw) = find_raw(entry, CTA_TUPLE_ORIG) {
+                payload.extend_from_slice(raw);
+                payload.resize(align4(payload.len()), 0);
             }
-        })?;
-    }
+            if let Some(raw) = find_raw(entry, CTA_ZONE) {
+                payload.extend_from_slice(raw);
+                payload.resize(align4(payload.len()), 0);
+            }
+            victims.push((af, payload));
+        }
+    })?;
     let mut deleted = 0;
     for (af, payload) in victims {
         let seq = sock.send(IPCTNL_MSG_CT_DELETE, libc::NLM_F_ACK as u16, af, &payload)?;
-        match sock.recv(seq, |_| {}) {
+        match sock.recv(seq, |_, _| {}) {
             Ok(()) => deleted += 1,
             // Already gone (timed out or closed meanwhile): nothing to do.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}

@@ -59,10 +59,21 @@ impl Record {
             let gone: std::collections::HashSet<&str> = self.remove.iter().map(String::as_str).collect();
             set.retain(|f| !gone.contains(f.name.as_str()));
         }
-        for f in &self.put {
-            match set.iter_mut().find(|g| g.name == f.name) {
-                Some(g) => *g = f.clone(),
-                None => set.push(f.clone()),
+        if self.put.len() <= 4 {
+            for f in &self.put {
+                match set.iter_mut().find(|g| g.name == f.name) {
+                    Some(g) => *g = f.clone(),
+                    None => set.push(f.clone()),
+                }
+            }
+        } else {
+            let at: std::collections::HashMap<String, usize> =
+                set.iter().enumerate().map(|(i, g)| (g.name.clone(), i)).collect();
+            for f in &self.put {
+                match at.get(&f.name) {
+                    Some(&i) => set[i] = f.clone(),
+                    None => set.push(f.clone()),
+                }
             }
         }
         if set.is_empty() {

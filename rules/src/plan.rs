@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+/// Above this many forwards (and a quarter of the plan), a change is computed by
+/// compiling the whole new plan instead of element by element.
+const LARGE_CHANGE: usize = 256;
+
 /// Name of the owner of the config file's forwards.
 pub const SYSTEM_OWNER: &str = "system";
 
@@ -551,9 +555,27 @@ pub struct Delta {
     pub del_counters: Vec<String>,
     /// What changed, for humans.
     pub summary: Summary,
+    /// The whole new plan, when [`Plan::change_owner`] computed it (a large change): then
+    /// taking it is cheaper than applying the elements one by one.
+    #[serde(skip)]
+    pub whole: Option<Box<Plan>>,
 }
 
 impl Delta {
+    /// Fills in the counters and elements that differ between two plans of the same shape.
+    fn objects_from(&mut self, old: &Plan, new: &Plan) {
+        self.add_counters = new.counters.difference(&old.counters).cloned().collect();
+        self.del_counters = old.counters.difference(&new.counters).cloned().collect();
+        for (a, b) in old.sets.iter().zip(&new.sets) {
+            for e in a.elements.difference(&b.elements) {
+                self.del_elements.push((a.name.clone(), e.clone()));
+            }
+            for e in b.elements.difference(&a.elements) {
+                self.add_elements.push((b.name.clone(), e.clone()));
+            }
+        }
+    }
+
     /// True when the kernel needs no change.
     pub fn is_empty(&self) -> bool {
         !self.structural
@@ -581,6 +603,15 @@ impl Delta {
         }
         for (s, e) in &self.add_elements {
             plan.set_mut(s).elements.insert(e.clone());
+        }
+    }
+
+    /// Makes `plan` the new plan: takes the whole new plan when the delta carries one,
+    /// otherwise applies it in place.
+    pub fn take_into(&mut self, plan: &mut Plan) {
+        match self.whole.take() {
+            Some(whole) => *plan = *whole,
+            None => self.apply_in_place(plan),
         }
     }
 
@@ -612,16 +643,7 @@ impl Plan {
             d.structural = true;
             return d;
         }
-        d.add_counters = new.counters.difference(&old.counters).cloned().collect();
-        d.del_counters = old.counters.difference(&new.counters).cloned().collect();
-        for (a, b) in old.sets.iter().zip(&new.sets) {
-            for e in a.elements.difference(&b.elements) {
-                d.del_elements.push((a.name.clone(), e.clone()));
-            }
-            for e in b.elements.difference(&a.elements) {
-                d.add_elements.push((b.name.clone(), e.clone()));
-            }
-        }
+        d.objects_from(old, new);
         d
     }
 }
@@ -673,6 +695,26 @@ impl Plan {
             mini.place(&p.owner, &p.forward, p.mark);
         }
         mini.sets.into_iter().flat_map(|s| s.elements.into_iter().map(move |e| (s.name.clone(), e))).collect()
+    }
+
+    /// The new plan after a large change, compiled whole: comparing the sets of two plans
+    /// (two linear merges) costs less than tracking every element of the change. `None`
+    /// if the compiler disagrees with the key-by-key conflict check (then the caller goes
+    /// element by element).
+    fn recompiled(&self, removed: &[PlacedForward], added: &[PlacedForward], default_mark: u32) -> Option<Plan> {
+        let gone: std::collections::HashSet<(&str, &str)> =
+            removed.iter().map(|p| (p.owner.as_str(), p.forward.name.as_str())).collect();
+        let mut sets: BTreeMap<&str, Vec<Forward>> = BTreeMap::new();
+        for p in self.forwards.iter().filter(|p| !gone.contains(&(p.owner.as_str(), p.forward.name.as_str()))) {
+            sets.entry(p.owner.as_str()).or_default().push(p.forward.clone());
+        }
+        for p in added {
+            sets.entry(p.owner.as_str()).or_default().push(p.forward.clone());
+        }
+        let owned: Vec<OwnedSet> =
+            sets.into_iter().map(|(owner, forwards)| OwnedSet { owner: owner.to_string(), forwards }).collect();
+        // Every forward keeps the mark it was placed with: a plan has one default mark.
+        compile(&self.table, default_mark, &owned).ok()
     }
 
     /// The forward whose counter is `counter`, if any.
@@ -797,6 +839,14 @@ impl Plan {
         if !conflicts.is_empty() {
             return Err(conflicts);
         }
+        if removed.len() + added.len() > LARGE_CHANGE.max(self.forwards.len() / 4) {
+            if let Some(new) = self.recompiled(&removed, &added, default_mark) {
+                let mut d = Delta { summary, ..Delta::default() };
+                d.objects_from(self, &new);
+                d.whole = Some(Box::new(new));
+                return Ok(d);
+            }
+        }
 
         let mut del = self.contributions(&removed);
         let mut add = self.contributions(&added);
@@ -826,6 +876,7 @@ impl Plan {
             add_elements: add.into_iter().collect(),
             del_counters: old_counters.difference(&new_counters).map(|c| (*c).clone()).collect(),
             summary,
+            whole: None,
         })
     }
 }

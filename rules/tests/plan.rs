@@ -211,3 +211,37 @@ fn shared_protected_target_stays_while_one_forward_still_protects_it() {
     assert_eq!(plan, compile("portd", 1, &[sys]).expect("plan"));
     assert_eq!(plan.set("fwd_protect").expect("set").elements.len(), 2, "8080 stays protected for a (v4 and v6)");
 }
+
+#[test]
+fn large_change_is_compiled_whole_and_equals_the_full_compile() {
+    let fw = |name: &str, port: u16, to: u16| Forward::new(name, PortRange::single(port), PortRange::single(to));
+    let sys = OwnedSet { owner: "system".into(), forwards: (0..10).map(|i| fw(&format!("s{i}"), 100 + i, 8000 + i)).collect() };
+    let other =
+        OwnedSet { owner: "user:other".into(), forwards: (0..100).map(|i| fw(&format!("o{i}"), 200 + i, 8100 + i)).collect() };
+    let old: Vec<Forward> = (0..1000).map(|i| fw(&format!("w{i}"), 1000 + i, 20_000 + i)).collect();
+    // 600 retargeted, 100 removed, 300 kept, 200 new.
+    let mut new: Vec<Forward> = (0..600).map(|i| fw(&format!("w{i}"), 1000 + i, 30_000 + i)).collect();
+    new.extend((700..1000).map(|i| fw(&format!("w{i}"), 1000 + i, 20_000 + i)));
+    new.extend((0..200).map(|i| fw(&format!("n{i}"), 5000 + i, 40_000 + i)));
+    let web = |forwards: Vec<Forward>| OwnedSet { owner: "user:web".into(), forwards };
+    let before = compile("portd", 1, &[sys.clone(), other.clone(), web(old)]).expect("plan");
+    let full = compile("portd", 1, &[sys, other, web(new.clone())]).expect("plan");
+    let mut d = before.replace_owner("user:web", &new, 1).expect("no conflicts");
+    assert!(d.whole.is_some(), "900 of 1110 forwards changing is a large change");
+    let reference = Plan::diff(&before, &full);
+    let sorted = |mut v: Vec<(String, portd_rules::plan::Element)>| {
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(d.del_elements.clone()), sorted(reference.del_elements));
+    assert_eq!(sorted(d.add_elements.clone()), sorted(reference.add_elements));
+    assert_eq!(d.add_counters, reference.add_counters);
+    assert_eq!(d.del_counters, reference.del_counters);
+    assert_eq!(d.summary, reference.summary);
+    let mut in_place = before.clone();
+    d.apply_in_place(&mut in_place);
+    assert_eq!(in_place, full, "applying element by element reaches the same plan");
+    let mut taken = before;
+    d.take_into(&mut taken);
+    assert_eq!(taken, full);
+}
