@@ -216,7 +216,9 @@ class Report:
                   ("apply_same", "diagnostic: `portctl apply` of the identical file (nothing changes)"),
                   ("check_10k", "diagnostic: `portctl check` of the 10,000-forward file (offline, no daemon)"),
                   ("check_tiny", "diagnostic: `portctl check` of a one-forward file (client start-up)"),
-                  ("true", "diagnostic: `/bin/true` (spawn floor of the timer)")]
+                  ("true", "diagnostic: `/bin/true` (spawn floor of the timer)"),
+                  ("rt_add", "diagnostic: portd's share of `add`: socket round trip, no process spawn"),
+                  ("rt_remove", "diagnostic: portd's share of `remove`: socket round trip, no process spawn")]
         for k, label in labels:
             s = self.get("change", k)
             if s is None:

@@ -20,17 +20,22 @@ const FORWARD_FIELDS: &[&str] =
 
 struct Ctx<'a> {
     file: &'a str,
-    loc: Locator,
+    text: &'a str,
+    /// Built on the first problem: a valid file is parsed once, not twice.
+    loc: std::cell::OnceCell<Locator>,
     diags: Vec<Diagnostic>,
 }
 
 impl Ctx<'_> {
+    fn loc(&self) -> &Locator {
+        self.loc.get_or_init(|| Locator::new(self.text))
+    }
     fn err(&mut self, path: &str, message: impl Into<String>) {
-        let (line, column) = self.loc.value(path);
+        let (line, column) = self.loc().value(path);
         self.push(path, line, column, message.into());
     }
     fn err_key(&mut self, path: &str, message: impl Into<String>) {
-        let (line, column) = self.loc.key(path);
+        let (line, column) = self.loc().key(path);
         self.push(path, line, column, message.into());
     }
     fn push(&mut self, path: &str, line: usize, column: usize, message: String) {
@@ -67,7 +72,7 @@ fn describe(v: &Value) -> String {
 }
 
 /// Parses the document and checks its size; returns the root or the located syntax error.
-fn parse_root(file: &str, text: &str) -> Result<(Value, Ctx<'static>), Diagnostics> {
+fn parse_root<'t>(file: &str, text: &'t str) -> Result<(Value, Ctx<'t>), Diagnostics> {
     let one = |line: usize, column: usize, message: String| {
         Diagnostics(vec![Diagnostic { file: file.to_string(), line, column, path: String::new(), message }])
     };
@@ -99,7 +104,7 @@ fn parse_root(file: &str, text: &str) -> Result<(Value, Ctx<'static>), Diagnosti
             return Err(one(line, column, msg));
         }
     };
-    let ctx = Ctx { file: "", loc: Locator::new(text), diags: Vec::new() };
+    let ctx = Ctx { file: "", text, loc: std::cell::OnceCell::new(), diags: Vec::new() };
     Ok((root, ctx))
 }
 
@@ -383,7 +388,7 @@ fn forwards(ctx: &mut Ctx, path: &str, v: Option<&Value>) -> Vec<Forward> {
         // Names are checked for duplicates even when the rest of the forward is invalid.
         if let Some(name) = item.get("name").and_then(Value::as_str) {
             if let Some(first) = names.get(name) {
-                let (line, _) = ctx.loc.value(&format!("{path}[{first}]"));
+                let (line, _) = ctx.loc().value(&format!("{path}[{first}]"));
                 ctx.err(
                     &format!("{fp}.name"),
                     format!("duplicate name `{name}` (first used on line {line}); names must be unique"),

@@ -1,0 +1,48 @@
+#!/usr/bin/python3
+"""Time portd's own share of a one-forward change: the socket round trip, no process spawn.
+
+usage: roundtrip.py SOCKET RUNS
+
+Connects to portd's socket (a fresh connection per request, as portctl does), sends
+the `add` and then the `remove` request that `portctl add zz 40000 40001` and `portctl
+remove zz` send, and reads the answer line. Prints one line per request:
+"<add|remove> <seconds> <ok|error text>".
+"""
+import json
+import socket
+import sys
+import time
+
+ADD = {"op": "add", "forward": {"name": "zz", "port": 40000, "to": 40001}}
+REMOVE = {"op": "remove", "name": "zz"}
+
+
+def once(path: str, command: dict) -> tuple[float, str]:
+    line = (json.dumps({"version": 1, "command": command}) + "\n").encode()
+    t0 = time.perf_counter_ns()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    s.sendall(line)
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    s.close()
+    t1 = time.perf_counter_ns()
+    ok = b'"ok"' in buf
+    return (t1 - t0) / 1e9, "ok" if ok else buf.decode(errors="replace").strip()[:200]
+
+
+def main() -> int:
+    path, runs = sys.argv[1], int(sys.argv[2])
+    for _ in range(runs):
+        for name, command in (("add", ADD), ("remove", REMOVE)):
+            secs, res = once(path, command)
+            print(f"{name} {secs:.6f} {res}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
