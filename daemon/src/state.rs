@@ -6,8 +6,8 @@
 //!   the names removed), appended and fdatasync'ed before the change is acknowledged.
 //!
 //! A change of one forward therefore writes one short line, not the whole state. Loading
-//! replays the journal onto the snapshot; a last line without its newline is a write the
-//! crash interrupted, which was never acknowledged, and is dropped. When the journal has
+//! replays the journal onto the snapshot; an unreadable last line (cut short, or never
+//! filled) is a write the crash interrupted, which was never acknowledged, and is dropped. When the journal has
 //! grown to the size of the snapshot, the next change writes a new snapshot and empties
 //! the journal. Replaying a record twice gives the same sets (puts and removals by name),
 //! so a crash between the two steps loses nothing.
@@ -125,27 +125,35 @@ impl Store {
         let jpath = self.journal_path();
         let replayed = match fs::read(&jpath) {
             Ok(bytes) => {
-                let mut lines = bytes.split_inclusive(|b| *b == b'\n').enumerate().peekable();
-                let mut n = 0;
-                while let Some((i, line)) = lines.next() {
-                    let Some(line) = line.strip_suffix(b"\n") else {
-                        // The last line of an interrupted write: never acknowledged.
-                        tracing::warn!("{}: dropping an unfinished last line ({} bytes)", jpath.display(), line.len());
-                        break;
-                    };
-                    let r: Record = serde_json::from_slice(line).map_err(|e| {
-                        anyhow::anyhow!(
-                            "{}:{}: unreadable journal record ({e}); move {} and {} aside to start empty",
-                            jpath.display(),
-                            i + 1,
-                            path.display(),
-                            jpath.display()
-                        )
-                    })?;
-                    r.apply(&mut p.sets);
-                    n += 1;
+                let lines: Vec<&[u8]> = bytes.split_inclusive(|b| *b == b'\n').collect();
+                for (i, raw) in lines.iter().enumerate() {
+                    let last = i + 1 == lines.len();
+                    let record = raw.strip_suffix(b"\n").map(serde_json::from_slice::<Record>);
+                    match record {
+                        Some(Ok(r)) => r.apply(&mut p.sets),
+                        // The last line of a write that a crash interrupted (cut short, or
+                        // with blocks the filesystem never filled): it was never acknowledged.
+                        None | Some(Err(_)) if last => {
+                            tracing::warn!(
+                                "{}:{}: dropping an unfinished last record ({} bytes)",
+                                jpath.display(),
+                                i + 1,
+                                raw.len()
+                            );
+                        }
+                        None | Some(Err(_)) => {
+                            let e = record.and_then(Result::err).map_or("no newline".to_string(), |e| e.to_string());
+                            return Err(anyhow::anyhow!(
+                                "{}:{}: unreadable journal record ({e}); move {} and {} aside to start empty",
+                                jpath.display(),
+                                i + 1,
+                                path.display(),
+                                jpath.display()
+                            ));
+                        }
+                    }
                 }
-                n > 0 || !bytes.is_empty()
+                !bytes.is_empty()
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => return Err(anyhow::anyhow!("{}: {e}", jpath.display())),
@@ -275,6 +283,11 @@ mod tests {
         drop(f);
         let mut again = Store::new(&dir);
         assert_eq!(again.load().expect("load").sets, expect);
+        // So is a last line whose blocks were never written (NULs), newline or not.
+        let mut f = OpenOptions::new().append(true).open(again.journal_path()).expect("open");
+        f.write_all(b"\0\0\0\0\n").expect("nuls");
+        drop(f);
+        assert_eq!(Store::new(&dir).load().expect("load").sets, expect);
         // Loading folded the journal into a new snapshot.
         assert_eq!(fs::read(again.journal_path()).expect("journal").len(), 0);
         assert_eq!(Store::new(&dir).load().expect("reload").sets, expect);

@@ -1,10 +1,13 @@
-//! Times `Plan::replace_owner` when every one of N forwards changes its target.
+//! Times `Plan::replace_owner` when every one of N forwards changes its target, against
+//! a full compile and `Plan::diff` (the profiling aid behind the large-change path).
 //! usage: cargo run --release -p portd-rules --example replace10k [N]
 use portd_rules::{compile, Forward, OwnedSet, PortRange};
 use std::time::Instant;
 
 fn set(n: u16, off: u16) -> Vec<Forward> {
-    (0..n).map(|i| Forward::new(&format!("p{i}"), PortRange::single(1025 + i), PortRange::single(1025 + i + off))).collect()
+    (0..n)
+        .map(|i| Forward::new(&format!("p{i}"), PortRange::single(1025 + i), PortRange::single(1025 + i + off)))
+        .collect()
 }
 
 fn main() {
@@ -27,6 +30,3 @@ fn main() {
         println!("         compile {t1:?} + diff {:?} ({} objects)", t.elapsed() - t1, d2.size());
     }
 }
-
-#[allow(dead_code)]
-fn unused() {}

@@ -739,8 +739,7 @@ impl Plan {
                 put.push(f.clone());
             }
         }
-        let remove: Vec<&str> =
-            old.iter().map(|p| p.forward.name.as_str()).filter(|n| !seen.contains(n)).collect();
+        let remove: Vec<&str> = old.iter().map(|p| p.forward.name.as_str()).filter(|n| !seen.contains(n)).collect();
         self.change_owner(owner, &remove, &put, default_mark)
     }
 

@@ -215,9 +215,14 @@ fn shared_protected_target_stays_while_one_forward_still_protects_it() {
 #[test]
 fn large_change_is_compiled_whole_and_equals_the_full_compile() {
     let fw = |name: &str, port: u16, to: u16| Forward::new(name, PortRange::single(port), PortRange::single(to));
-    let sys = OwnedSet { owner: "system".into(), forwards: (0..10).map(|i| fw(&format!("s{i}"), 100 + i, 8000 + i)).collect() };
-    let other =
-        OwnedSet { owner: "user:other".into(), forwards: (0..100).map(|i| fw(&format!("o{i}"), 200 + i, 8100 + i)).collect() };
+    let sys = OwnedSet {
+        owner: "system".into(),
+        forwards: (0..10).map(|i| fw(&format!("s{i}"), 100 + i, 8000 + i)).collect(),
+    };
+    let other = OwnedSet {
+        owner: "user:other".into(),
+        forwards: (0..100).map(|i| fw(&format!("o{i}"), 200 + i, 8100 + i)).collect(),
+    };
     let old: Vec<Forward> = (0..1000).map(|i| fw(&format!("w{i}"), 1000 + i, 20_000 + i)).collect();
     // 600 retargeted, 100 removed, 300 kept, 200 new.
     let mut new: Vec<Forward> = (0..600).map(|i| fw(&format!("w{i}"), 1000 + i, 30_000 + i)).collect();
