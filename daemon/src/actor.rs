@@ -75,6 +75,8 @@ pub struct Daemon {
     recent_repairs: std::collections::VecDeque<Instant>,
     /// A check deferred by the repair back-off.
     deferred_check: Option<Instant>,
+    /// When to hand freed heap back to the system (after a large change or read).
+    trim_at: Option<Instant>,
 }
 
 type Failure = (ErrorKind, Vec<String>);
@@ -104,7 +106,14 @@ pub fn effective(mut config: Config, o: &Overrides) -> Config {
     config
 }
 
-/// Returns memory freed after a large change to the system (glibc keeps it otherwise).
+/// A change or read of more kernel objects than this is followed by [`trim_heap`].
+const TRIM_AFTER_OBJECTS: usize = 1000;
+/// How long after such a request the heap is trimmed: by then the answer has been sent
+/// and the connection's buffers, the parsed file and the delta have all been freed.
+const TRIM_DELAY: Duration = Duration::from_millis(100);
+
+/// Returns freed heap to the system; glibc keeps it otherwise (freed pages between live
+/// allocations are only released by malloc_trim, in every arena).
 fn trim_heap() {
     // SAFETY: malloc_trim only releases free heap pages.
     unsafe {
@@ -130,6 +139,7 @@ impl Daemon {
             repairs: 0,
             recent_repairs: Default::default(),
             deferred_check: None,
+            trim_at: None,
         };
         // The config's set first, then each persisted set as an incremental change, so a
         // set that conflicts with what is already placed is skipped, not fatal.
@@ -153,7 +163,7 @@ impl Daemon {
             _ => d.backend.apply(&plan)?,
         }
         d.plan = plan;
-        trim_heap();
+        d.trim_soon();
         tracing::info!(
             table = %d.config.settings.table,
             forwards = d.plan.forwards.len(),
@@ -188,7 +198,11 @@ impl Daemon {
     pub fn run(mut self, rx: Receiver<Msg>) {
         crate::events::mark_committer_thread();
         loop {
-            let msg = match self.deferred_check {
+            let wake = match (self.deferred_check, self.trim_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let msg = match wake {
                 Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
@@ -217,8 +231,15 @@ impl Daemon {
                 }
                 Ok(Msg::Drift(change)) => self.repair_if_drifted(change),
                 Err(RecvTimeoutError::Timeout) => {
-                    self.deferred_check = None;
-                    self.repair_if_drifted(crate::events::Change::Unknown);
+                    let now = Instant::now();
+                    if self.trim_at.is_some_and(|t| t <= now) {
+                        self.trim_at = None;
+                        trim_heap();
+                    }
+                    if self.deferred_check.is_some_and(|t| t <= now) {
+                        self.deferred_check = None;
+                        self.repair_if_drifted(crate::events::Change::Unknown);
+                    }
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     self.stop();
@@ -442,8 +463,8 @@ impl Daemon {
         );
         self.forget_flows(crate::conntrack::stale_in_delta(&delta));
         notify::status(&self.status_line());
-        if delta.size() > 1000 {
-            trim_heap();
+        if delta.size() > TRIM_AFTER_OBJECTS {
+            self.trim_soon();
         }
         Ok(Body::changed(delta.summary, false))
     }
@@ -486,7 +507,15 @@ impl Daemon {
         Ok(Body::changed(delta.summary, false))
     }
 
-    fn status(&self) -> Result<Body, Failure> {
+    /// Schedules [`trim_heap`] shortly after the current request.
+    fn trim_soon(&mut self) {
+        self.trim_at.get_or_insert_with(|| Instant::now() + TRIM_DELAY);
+    }
+
+    fn status(&mut self) -> Result<Body, Failure> {
+        if self.plan.element_count() > TRIM_AFTER_OBJECTS {
+            self.trim_soon();
+        }
         let obs = self.backend.read(&self.plan).map_err(|e| err(ErrorKind::Kernel, e.to_string()))?;
         let in_sync = obs.as_ref().is_some_and(|o| o.matches(&self.plan));
         let forwards = self

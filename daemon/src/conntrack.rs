@@ -77,17 +77,17 @@ pub struct Stale {
 /// Mappings of `old` that `new` removes or points elsewhere.
 pub fn stale_mappings(old: &Plan, new: &Plan) -> Vec<Stale> {
     let (Some(o), Some(n)) = (old.set(names::TO), new.set(names::TO)) else { return Vec::new() };
-    let new_map: std::collections::BTreeMap<&Vec<Value>, &Option<Value>> =
-        n.elements.iter().map(|e| (&e.key, &e.data)).collect();
+    let new_map: std::collections::BTreeMap<Vec<Value>, Option<Value>> =
+        n.elements.iter().map(|e| (e.key, e.data)).collect();
     let mut out = BTreeSet::new();
-    for Element { key, data } in &o.elements {
-        if new_map.get(key).is_some_and(|d| *d == data) {
+    for Element { key, data } in o.elements.iter() {
+        if new_map.get(&key).is_some_and(|d| *d == data) {
             continue;
         }
         if let (
             [Value::NfProto(family), Value::InetProto(proto), Value::InetService(port)],
             Some(Value::InetService(to)),
-        ) = (key.as_slice(), data)
+        ) = (key.as_slice(), &data)
         {
             out.insert(Stale { family: *family, proto: *proto, port: *port, old_to: *to });
         }

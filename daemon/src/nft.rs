@@ -384,6 +384,8 @@ impl Backend {
         let table = self.table_of(plan)?;
         let ids = SetIds::of(plan);
         let t = Table::new(&table, ProtoFamily::Inet);
+        // The plan keeps elements packed; the batch (and its error messages) borrow them decoded.
+        let decoded: Vec<Vec<Element>> = plan.sets.iter().map(|s| s.elements.iter().collect()).collect();
         let mut b = Builder::new(&table);
         // add table inet T; delete table inet T; add table inet T
         // (the first add makes the delete succeed when the table does not exist yet)
@@ -395,12 +397,12 @@ impl Backend {
             let c = CounterMsg::new(&table, name)?;
             b.push(&c, MsgType::Add, Subject::Counter(name));
         }
-        for (i, set) in plan.sets.iter().enumerate() {
+        for ((i, set), decoded) in plan.sets.iter().enumerate().zip(&decoded) {
             // map NAME { type KEY : DATA; flags interval; elements = { ... } }
             let id = ids.by_index(i);
             let s = SetMsg::new(&table, set, id)?;
             b.push(&s, MsgType::Add, Subject::Set(&set.name));
-            let elements: Vec<&Element> = set.elements.iter().collect();
+            let elements: Vec<&Element> = decoded.iter().collect();
             b.push_elements(set, Some(id), &elements, MsgType::Add)?;
         }
         let mut chains = Vec::with_capacity(plan.chains.len());
@@ -545,7 +547,7 @@ impl Observed {
                 }
                 _ => {}
             }
-            let want: BTreeSet<Element> = set.elements.iter().map(normalize).collect();
+            let want: BTreeSet<Element> = set.elements.iter().map(|e| normalize(&e)).collect();
             match self.sets.get(&set.name) {
                 Some(have) if *have == want => {}
                 Some(have) => {
@@ -2286,20 +2288,20 @@ mod tests {
     fn elements_round_trip() {
         let p = plan();
         for set in &p.sets {
-            for e in &set.elements {
-                let enc = encode_element(set, e, true).expect("encodes");
+            for e in set.elements.iter() {
+                let enc = encode_element(set, &e, true).expect("encodes");
                 let raw = RawElem {
                     key: enc.key,
                     key_end: enc.key_end,
                     data: enc.data,
                     objref: enc.objref.map(|c| c.to_string_lossy().into_owned()),
                 };
-                assert_eq!(decode_element(set, &raw).expect("decodes"), normalize(e), "set {}", set.name);
+                assert_eq!(decode_element(set, &raw).expect("decodes"), normalize(&e), "set {}", set.name);
             }
         }
         let src4 = p.set(names::SRC4).expect("set");
         let e = src4.elements.iter().next().expect("element");
-        let enc = encode_element(src4, e, true).expect("encodes");
+        let enc = encode_element(src4, &e, true).expect("encodes");
         // tcp . 80 . 203.0.113.0 - tcp . 80 . 203.0.113.255, each field in a 4-byte register
         assert_eq!(enc.key, [6, 0, 0, 0, 0, 80, 0, 0, 203, 0, 113, 0]);
         assert_eq!(enc.key_end, Some(vec![6, 0, 0, 0, 0, 80, 0, 0, 203, 0, 113, 255]));

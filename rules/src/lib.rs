@@ -10,6 +10,7 @@ pub mod diag;
 pub mod load;
 mod locate;
 pub mod model;
+mod packed;
 pub mod plan;
 pub mod proto;
 pub mod render;

@@ -6,6 +6,7 @@
 //! forward is therefore a small element-level [`Delta`].
 
 use crate::model::{Family, Forward, Proto};
+pub use crate::packed::Elements;
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -84,8 +85,8 @@ pub struct Set {
     pub data: Option<FieldType>,
     /// Interval set (`flags interval`), for network prefixes.
     pub interval: bool,
-    /// Elements, ordered.
-    pub elements: BTreeSet<Element>,
+    /// Elements, ordered (kept packed: see [`Elements`]).
+    pub elements: Elements,
 }
 
 /// nftables chain types used by portd.
@@ -300,7 +301,7 @@ fn key(f: Family, p: Proto, port: u16) -> Vec<Value> {
 const KEY: [FieldType; 3] = [FieldType::NfProto, FieldType::InetProto, FieldType::InetService];
 
 fn set(name: &str, comment: &str, key: &[FieldType], data: Option<FieldType>, interval: bool) -> Set {
-    Set { name: name.into(), comment: comment.into(), key: key.to_vec(), data, interval, elements: BTreeSet::new() }
+    Set { name: name.into(), comment: comment.into(), key: key.to_vec(), data, interval, elements: Elements::new() }
 }
 
 /// The fixed skeleton: every set and chain, empty.
@@ -568,10 +569,10 @@ impl Delta {
         self.del_counters = old.counters.difference(&new.counters).cloned().collect();
         for (a, b) in old.sets.iter().zip(&new.sets) {
             for e in a.elements.difference(&b.elements) {
-                self.del_elements.push((a.name.clone(), e.clone()));
+                self.del_elements.push((a.name.clone(), e));
             }
             for e in b.elements.difference(&a.elements) {
-                self.add_elements.push((b.name.clone(), e.clone()));
+                self.add_elements.push((b.name.clone(), e));
             }
         }
     }
@@ -815,8 +816,7 @@ impl Plan {
         for a in &added {
             let f = &a.forward;
             let clash = f.claims().find_map(|(fam, proto, port)| {
-                let probe = Element { key: key(fam, proto, port), data: None };
-                let holder = counters?.elements.range(&probe..).next().filter(|e| e.key == probe.key)?;
+                let holder = counters?.elements.with_key(&key(fam, proto, port))?;
                 let Some(Value::Counter(c)) = &holder.data else { return None };
                 if leaving.contains(c.as_str()) {
                     return None;
