@@ -81,6 +81,11 @@ pub struct Daemon {
 
 type Failure = (ErrorKind, Vec<String>);
 
+/// A file's located problems as a refusal.
+fn invalid(d: portd_rules::Diagnostics) -> Failure {
+    (ErrorKind::Invalid, d.0.iter().map(|d| d.to_string()).collect())
+}
+
 /// A change of one owner's set.
 enum Change {
     /// The whole set (`portctl apply`).
@@ -106,6 +111,8 @@ pub fn effective(mut config: Config, o: &Overrides) -> Config {
     config
 }
 
+/// A change is logged with at most this many forwards, then how many more.
+const LOG_FORWARDS: usize = 20;
 /// A change or read of more kernel objects than this is followed by [`trim_heap`].
 const TRIM_AFTER_OBJECTS: usize = 1000;
 /// How long after such a request the heap is trimmed: by then the answer has been sent
@@ -459,7 +466,7 @@ impl Daemon {
             "applied change for uid {} (pid {}): {}",
             caller.uid,
             caller.pid.map_or("?".to_string(), |p| p.to_string()),
-            delta.summary.to_string().trim_end().replace('\n', "; ")
+            delta.summary.log_line(LOG_FORWARDS)
         );
         self.forget_flows(crate::conntrack::stale_in_delta(&delta));
         notify::status(&self.status_line());
@@ -498,7 +505,7 @@ impl Daemon {
             "reloaded {} (by {}): {}",
             self.config_path.display(),
             uid.map_or("SIGHUP".to_string(), |u| format!("uid {u}")),
-            delta.summary.to_string().trim_end().replace('\n', "; ")
+            delta.summary.log_line(LOG_FORWARDS)
         );
         self.forget_flows(crate::conntrack::stale_mappings(&self.plan, &plan));
         self.config = config;
@@ -541,8 +548,7 @@ impl Daemon {
             Command::Status => self.status(),
             Command::Apply { file, text, dry_run, owner } => {
                 let owner = self.target_owner(caller, owner)?;
-                let rules = parse_rules(&file, &text)
-                    .map_err(|d| (ErrorKind::Invalid, d.0.iter().map(|d| d.to_string()).collect()))?;
+                let rules = parse_rules(&file, &text).map_err(invalid)?;
                 self.authorize(caller, &rules.forwards)?;
                 self.change(caller, &owner, Change::Replace(rules.forwards), dry_run)
             }

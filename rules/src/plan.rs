@@ -522,6 +522,37 @@ fn describe_forward(p: &PlacedForward) -> String {
     s
 }
 
+impl Summary {
+    /// The change on one line for a log: at most `limit` forwards, then how many more.
+    pub fn log_line(&self, limit: usize) -> String {
+        let total = self.added.len() + self.changed.len() + self.removed.len();
+        if total == 0 {
+            return "no changes".into();
+        }
+        let mut parts: Vec<String> = Vec::with_capacity(total.min(limit) + 1);
+        let items = self
+            .added
+            .iter()
+            .map(|a| format!("+ {}", describe_forward(a)))
+            .chain(self.changed.iter().map(|(o, n)| {
+                let to = describe_forward(n);
+                format!("~ {} becomes {}", describe_forward(o), to.split_once(": ").map_or("", |x| x.1))
+            }))
+            .chain(self.removed.iter().map(|r| format!("- {}", describe_forward(r))));
+        parts.extend(items.take(limit));
+        if total > limit {
+            parts.push(format!(
+                "... and {} more ({} added, {} changed, {} removed in all)",
+                total - limit,
+                self.added.len(),
+                self.changed.len(),
+                self.removed.len()
+            ));
+        }
+        parts.join("; ")
+    }
+}
+
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_empty() {
