@@ -310,4 +310,37 @@ mod tests {
         assert!(e.contains("sets.journal:2: unreadable journal record"), "{e}");
         fs::remove_dir_all(&dir).expect("cleanup");
     }
+
+    #[test]
+    fn a_journal_as_large_as_the_snapshot_is_folded_into_a_new_one() {
+        let dir = std::env::temp_dir().join(format!("portd-journal-fold-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("dir");
+        let mut store = Store::new(&dir);
+        let mut sets = store.load().expect("empty").sets;
+        // A large set first (a snapshot of about 100 KB), then one-forward changes.
+        let big = Record {
+            owner: "user:a".into(),
+            put: (0..1500).map(|i| fwd(&format!("f{i}"), 1000 + i, 30000 + i)).collect(),
+            remove: vec![],
+        };
+        big.apply(&mut sets);
+        store.save(&sets).expect("snapshot");
+        let snapshot = fs::metadata(store.path()).expect("snapshot").len();
+        let mut folded = false;
+        for i in 0..5000u16 {
+            let r = Record { owner: "user:a".into(), put: vec![fwd("moving", 5000, 6000 + i % 1000)], remove: vec![] };
+            r.apply(&mut sets);
+            store.commit(&sets, &r).expect("commit");
+            let journal = fs::metadata(store.journal_path()).expect("journal").len();
+            assert!(journal <= snapshot.max(JOURNAL_MIN_LIMIT), "the journal outgrew its limit: {journal} bytes");
+            if journal == 0 {
+                folded = true;
+                break;
+            }
+        }
+        assert!(folded, "the journal was never folded into a snapshot");
+        assert_eq!(Store::new(&dir).load().expect("load").sets, sets, "the new snapshot holds every change");
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
 }

@@ -529,3 +529,43 @@ fn without_cap_net_admin_the_error_says_so() {
     }
     assert!(net.nft(&["list", "tables"]).trim().is_empty(), "nothing was created");
 }
+
+#[test]
+fn one_backend_keeps_working_after_refusals_and_removals() {
+    // The daemon keeps one Backend, and with it one netlink socket, for its whole life:
+    // a refused batch must not leave answers behind that the next batch would misread,
+    // and removals (which leave deleted elements awaiting destruction) must not slow or
+    // confuse the changes that follow.
+    let mut net = Net::new("kept");
+    let (s, c) = (net.server.clone(), net.client.clone());
+    net.app(&s, false, 8080, APP);
+    let base = plan_of(1, many(100, vec![]));
+    let with_http = plan_of(1, many(100, vec![forward("http", 80, 8080)]));
+    let mut refused = with_http.clone();
+    let set = refused.sets.iter_mut().find(|s| s.name == names::COUNTER).expect("counter map");
+    let key = vec![Value::NfProto(Family::Ipv4), Value::InetProto(Proto::Tcp), Value::InetService(9999)];
+    set.elements.insert(Element { key, data: Some(Value::Counter("no_such_counter".into())) });
+    let (b0, w0, r0) = (base.clone(), with_http.clone(), refused.clone());
+    let outcomes = net.inside(&s, move || {
+        let backend = Backend::new(&b0.table);
+        let mut out = Vec::new();
+        out.push(backend.apply(&b0).map_err(|e| e.to_string()));
+        for round in 0..20 {
+            // add http, refuse a bad change, remove http: each on the same socket
+            out.push(backend.apply_delta(&b0, &w0).map_err(|e| format!("add {round}: {e}")));
+            match backend.apply_delta(&w0, &r0) {
+                Ok(()) => out.push(Err(format!("round {round}: a missing counter was accepted"))),
+                Err(e) if e.errno() == Some(libc::ENOENT) => {}
+                Err(e) => out.push(Err(format!("round {round}: refused with the wrong error: {e}"))),
+            }
+            out.push(backend.apply_delta(&w0, &b0).map_err(|e| format!("remove {round}: {e}")));
+        }
+        out.push(backend.apply_delta(&b0, &w0).map_err(|e| format!("final add: {e}")));
+        out
+    });
+    let failures: Vec<String> = outcomes.into_iter().filter_map(Result::err).collect();
+    assert!(failures.is_empty(), "{failures:#?}");
+    let seen = net.read(&with_http).expect("table");
+    assert!(seen.matches(&with_http), "{:#?}", seen.differences(&with_http));
+    assert_eq!(net.tcp(&c, S4, 80), APP, "traffic flows after 20 rounds on one socket");
+}
