@@ -400,12 +400,6 @@ impl Daemon {
         }
     }
 
-    /// Has the conntrack entries of mappings that were dropped or retargeted deleted, after
-    /// the answer (logged, never fatal).
-    fn forget_flows(&self, stale: Vec<crate::conntrack::Stale>) {
-        self.conntrack.forget(stale);
-    }
-
     /// Changes `owner`'s set. Kernel first, then the state file; only then is the change
     /// acknowledged and kept in memory.
     fn change(&mut self, caller: &Caller, owner: &str, change: Change, dry_run: bool) -> Result<Body, Failure> {
@@ -431,21 +425,11 @@ impl Daemon {
             })?;
         }
         let t_kernel = t0.elapsed();
-        let s = &delta.summary;
-        let record = Record {
-            owner: owner.to_string(),
-            put: s.added.iter().chain(s.changed.iter().map(|(_, n)| n)).map(|p| p.forward.clone()).collect(),
-            remove: s.removed.iter().map(|p| p.forward.name.clone()).collect(),
-        };
+        let record = Record::of(owner, &delta.summary);
         record.apply(&mut self.users);
         if let Err(e) = self.store.commit(&self.users, &record) {
             // Not acknowledged unless persisted: put the sets and the kernel back as they were.
-            let undo = Record {
-                owner: owner.to_string(),
-                put: s.removed.iter().chain(s.changed.iter().map(|(o, _)| o)).map(|p| p.forward.clone()).collect(),
-                remove: s.added.iter().map(|p| p.forward.name.clone()).collect(),
-            };
-            undo.apply(&mut self.users);
+            Record::undoing(owner, &delta.summary).apply(&mut self.users);
             if let Err(e2) = self.backend.apply(&self.plan) {
                 tracing::error!("rolling back after a failed save: {e2}");
             }
@@ -468,7 +452,7 @@ impl Daemon {
             caller.pid.map_or("?".to_string(), |p| p.to_string()),
             delta.summary.log_line(LOG_FORWARDS)
         );
-        self.forget_flows(crate::conntrack::stale_in_delta(&delta));
+        self.conntrack.forget(crate::conntrack::stale_in_delta(&delta));
         notify::status(&self.status_line());
         if delta.size() > TRIM_AFTER_OBJECTS {
             self.trim_soon();
@@ -507,7 +491,7 @@ impl Daemon {
             uid.map_or("SIGHUP".to_string(), |u| format!("uid {u}")),
             delta.summary.log_line(LOG_FORWARDS)
         );
-        self.forget_flows(crate::conntrack::stale_mappings(&self.plan, &plan));
+        self.conntrack.forget(crate::conntrack::stale_mappings(&self.plan, &plan));
         self.config = config;
         self.plan = plan;
         notify::status(&self.status_line());

@@ -26,8 +26,8 @@ const CTA_PROTO_DST_PORT: u16 = 3;
 
 /// Forgets the flows of stale mappings on a thread of its own, in the order they were
 /// handed over. A change is acknowledged once the kernel and the state file hold it; the
-/// conntrack dump walks the host-wide hash table (about 12 ms per family on a 24 GiB
-/// machine) and is kept off that path.
+/// conntrack dump walks the host-wide hash table (about 12 ms on a 24 GiB machine) and is
+/// kept off that path.
 pub struct Cleaner {
     tx: std::sync::mpsc::Sender<Vec<Stale>>,
 }

@@ -12,6 +12,7 @@
 //! the journal. Replaying a record twice gives the same sets (puts and removals by name),
 //! so a crash between the two steps loses nothing.
 
+use portd_rules::plan::{PlacedForward, Summary};
 use portd_rules::Forward;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -51,6 +52,29 @@ pub struct Record {
 }
 
 impl Record {
+    /// The record of a change of `owner`'s set: the forwards it adds or changes, the names
+    /// it removes.
+    pub fn of(owner: &str, s: &Summary) -> Record {
+        Record::between(owner, s.added.iter().chain(s.changed.iter().map(|(_, n)| n)), s.removed.iter())
+    }
+
+    /// The record that takes the same change back.
+    pub fn undoing(owner: &str, s: &Summary) -> Record {
+        Record::between(owner, s.removed.iter().chain(s.changed.iter().map(|(o, _)| o)), s.added.iter())
+    }
+
+    fn between<'a>(
+        owner: &str,
+        put: impl Iterator<Item = &'a PlacedForward>,
+        remove: impl Iterator<Item = &'a PlacedForward>,
+    ) -> Record {
+        Record {
+            owner: owner.to_string(),
+            put: put.map(|p| p.forward.clone()).collect(),
+            remove: remove.map(|p| p.forward.name.clone()).collect(),
+        }
+    }
+
     /// Applies the record to `sets`: a put replaces the forward of its name in place or
     /// appends it; a set left empty is dropped. Applying it twice changes nothing more.
     pub fn apply(&self, sets: &mut BTreeMap<String, Vec<Forward>>) {

@@ -523,23 +523,25 @@ fn describe_forward(p: &PlacedForward) -> String {
 }
 
 impl Summary {
+    /// One entry per forward: `+ added`, `~ old` then `becomes new` (joined by
+    /// `changed_sep`), `- removed`.
+    fn entries<'a>(&'a self, changed_sep: &'a str) -> impl Iterator<Item = String> + 'a {
+        let added = self.added.iter().map(|a| format!("+ {}", describe_forward(a)));
+        let changed = self.changed.iter().map(move |(o, n)| {
+            let to = describe_forward(n);
+            format!("~ {}{changed_sep}becomes {}", describe_forward(o), to.split_once(": ").map_or("", |x| x.1))
+        });
+        let removed = self.removed.iter().map(|r| format!("- {}", describe_forward(r)));
+        added.chain(changed).chain(removed)
+    }
+
     /// The change on one line for a log: at most `limit` forwards, then how many more.
     pub fn log_line(&self, limit: usize) -> String {
         let total = self.added.len() + self.changed.len() + self.removed.len();
         if total == 0 {
             return "no changes".into();
         }
-        let mut parts: Vec<String> = Vec::with_capacity(total.min(limit) + 1);
-        let items = self
-            .added
-            .iter()
-            .map(|a| format!("+ {}", describe_forward(a)))
-            .chain(self.changed.iter().map(|(o, n)| {
-                let to = describe_forward(n);
-                format!("~ {} becomes {}", describe_forward(o), to.split_once(": ").map_or("", |x| x.1))
-            }))
-            .chain(self.removed.iter().map(|r| format!("- {}", describe_forward(r))));
-        parts.extend(items.take(limit));
+        let mut parts: Vec<String> = self.entries(" ").take(limit).collect();
         if total > limit {
             parts.push(format!(
                 "... and {} more ({} added, {} changed, {} removed in all)",
@@ -558,15 +560,8 @@ impl fmt::Display for Summary {
         if self.is_empty() {
             return writeln!(f, "no changes");
         }
-        for a in &self.added {
-            writeln!(f, "+ {}", describe_forward(a))?;
-        }
-        for (o, n) in &self.changed {
-            writeln!(f, "~ {}", describe_forward(o))?;
-            writeln!(f, "  becomes {}", describe_forward(n).split_once(": ").map_or("", |x| x.1))?;
-        }
-        for r in &self.removed {
-            writeln!(f, "- {}", describe_forward(r))?;
+        for entry in self.entries("\n  ") {
+            writeln!(f, "{entry}")?;
         }
         Ok(())
     }
@@ -760,19 +755,11 @@ impl Plan {
     /// forwards that differ contribute elements, and conflicts are looked up by key.
     /// `delta.apply_in_place` then gives exactly `compile` of the new sets.
     pub fn replace_owner(&self, owner: &str, forwards: &[Forward], default_mark: u32) -> Result<Delta, Vec<Conflict>> {
-        let old = self.owned_by(owner);
-        let mut seen = std::collections::HashSet::with_capacity(forwards.len());
-        let mut put = Vec::new();
-        for f in forwards {
-            seen.insert(f.name.as_str());
-            let mark = f.mark.unwrap_or(default_mark);
-            let unchanged = self.placed(owner, &f.name).is_some_and(|o| o.forward == *f && o.mark == mark);
-            if !unchanged {
-                put.push(f.clone());
-            }
-        }
-        let remove: Vec<&str> = old.iter().map(|p| p.forward.name.as_str()).filter(|n| !seen.contains(n)).collect();
-        self.change_owner(owner, &remove, &put, default_mark)
+        // change_owner skips the forwards that are already placed as they are.
+        let seen: std::collections::HashSet<&str> = forwards.iter().map(|f| f.name.as_str()).collect();
+        let remove: Vec<&str> =
+            self.owned_by(owner).iter().map(|p| p.forward.name.as_str()).filter(|n| !seen.contains(n)).collect();
+        self.change_owner(owner, &remove, forwards, default_mark)
     }
 
     /// The forwards of `owner`, ordered by name (a slice of [`Plan::forwards`]).
@@ -916,7 +903,7 @@ impl Delta {
     /// counters and the list of placed forwards (kept in `compile`'s order).
     pub fn apply_in_place(&self, plan: &mut Plan) {
         self.apply_objects(plan);
-        let mut gone = self.summary.removed.iter().chain(self.summary.changed.iter().map(|(o, _)| o));
+        let gone = self.summary.removed.iter().chain(self.summary.changed.iter().map(|(o, _)| o));
         if self.summary.removed.len() + self.summary.changed.len() <= 64 {
             // A few: find each by binary search.
             for p in gone {
@@ -927,7 +914,7 @@ impl Delta {
             }
         } else {
             let gone: std::collections::HashSet<(&str, &str)> =
-                gone.by_ref().map(|p| (p.owner.as_str(), p.forward.name.as_str())).collect();
+                gone.map(|p| (p.owner.as_str(), p.forward.name.as_str())).collect();
             plan.forwards.retain(|p| !gone.contains(&(p.owner.as_str(), p.forward.name.as_str())));
         }
         for p in self.summary.added.iter().chain(self.summary.changed.iter().map(|(_, n)| n)) {
