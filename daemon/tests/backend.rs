@@ -7,8 +7,8 @@ use portd::nft::{Backend, BackendError, Observed};
 use portd_rules::model::{FamilySel, Forward, PortRange, ProtoSel};
 use portd_rules::plan::{compile, names, Element, OwnedSet, Plan, Value};
 use portd_rules::{Family, Proto};
+use portd_tests::in_netns;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -67,33 +67,19 @@ impl Net {
         net
     }
 
-    /// Runs `f` on a thread inside namespace `ns` (sockets bind to the thread's namespace).
-    fn inside<T: Send + 'static>(&self, ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{ns}");
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: setns on a namespace file we hold open; affects only this thread.
-            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("thread in namespace panicked")
-    }
-
     fn apply(&self, plan: &Plan) -> Result<(), BackendError> {
         let p = plan.clone();
-        self.inside(&self.server, move || Backend::new(&p.table).apply(&p))
+        in_netns(&self.server, move || Backend::new(&p.table).apply(&p))
     }
 
     fn apply_delta(&self, old: &Plan, new: &Plan) -> Result<(), BackendError> {
         let (o, n) = (old.clone(), new.clone());
-        self.inside(&self.server, move || Backend::new(&n.table).apply_delta(&o, &n))
+        in_netns(&self.server, move || Backend::new(&n.table).apply_delta(&o, &n))
     }
 
     fn read(&self, plan: &Plan) -> Option<Observed> {
         let p = plan.clone();
-        self.inside(&self.server, move || Backend::new(&p.table).read(&p)).expect("read")
+        in_netns(&self.server, move || Backend::new(&p.table).read(&p)).expect("read")
     }
 
     /// Applies `plan` and checks that the kernel then holds exactly it.
@@ -373,7 +359,7 @@ fn read_and_nft_agree_with_every_applied_plan() {
     let plan = everything();
     net.apply_checked(&plan);
     let ours = net.nft(&["list", "table", "inet", "portd"]);
-    net.inside(&net.server, || Backend::new("portd").remove()).expect("remove");
+    in_netns(&net.server, || Backend::new("portd").remove()).expect("remove");
     let mut nft = Command::new("ip")
         .args(["netns", "exec", &net.server, "nft", "-f", "-"])
         .stdin(Stdio::piped())
@@ -386,9 +372,9 @@ fn read_and_nft_agree_with_every_applied_plan() {
     let seen = net.read(&plan).expect("table");
     assert!(seen.matches(&plan), "read() of nft's own table: {:#?}", seen.differences(&plan));
 
-    net.inside(&net.server, || Backend::new("portd").remove()).expect("remove");
+    in_netns(&net.server, || Backend::new("portd").remove()).expect("remove");
     assert!(net.read(&plan).is_none(), "no table after remove");
-    net.inside(&net.server, || Backend::new("portd").remove()).expect("removing a missing table is fine");
+    in_netns(&net.server, || Backend::new("portd").remove()).expect("removing a missing table is fine");
     assert!(net.nft(&["list", "tables"]).trim().is_empty(), "nothing else was created");
 }
 
@@ -518,7 +504,7 @@ fn edits_by_other_programs_are_noticed() {
 fn without_cap_net_admin_the_error_says_so() {
     let net = Net::new("noadmin");
     let plan = seed();
-    let (apply, read) = net.inside(&net.server, move || {
+    let (apply, read) = in_netns(&net.server, move || {
         caps::drop(None, caps::CapSet::Effective, caps::Capability::CAP_NET_ADMIN).expect("drop CAP_NET_ADMIN");
         let b = Backend::new("portd");
         (b.apply(&plan).expect_err("apply needs CAP_NET_ADMIN"), b.read(&plan).expect_err("read needs CAP_NET_ADMIN"))
@@ -546,7 +532,7 @@ fn one_backend_keeps_working_after_refusals_and_removals() {
     let key = vec![Value::NfProto(Family::Ipv4), Value::InetProto(Proto::Tcp), Value::InetService(9999)];
     set.elements.insert(Element { key, data: Some(Value::Counter("no_such_counter".into())) });
     let (b0, w0, r0) = (base.clone(), with_http.clone(), refused.clone());
-    let outcomes = net.inside(&s, move || {
+    let outcomes = in_netns(&s, move || {
         let backend = Backend::new(&b0.table);
         let mut out = Vec::new();
         out.push(backend.apply(&b0).map_err(|e| e.to_string()));

@@ -242,6 +242,12 @@ impl Portd {
         Command::new(bin("portctl")).arg("--socket").arg(&self.socket).args(args).output().expect("run portctl")
     }
 
+    /// `portctl status --json`, parsed.
+    pub fn status_json(&self) -> serde_json::Value {
+        let o = self.ctl(&["status", "--json"]);
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("status --json: {e}: {}", err(&o)))
+    }
+
     /// Runs portctl as another user (and groups) through setpriv.
     pub fn ctl_as(&self, user: &str, groups: &str, args: &[&str]) -> Output {
         let mut c = Command::new("setpriv");
@@ -366,6 +372,18 @@ pub fn median_max_ms(v: &mut [Duration]) -> (f64, f64) {
     v.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     (ms(v[v.len() / 2]), ms(v[v.len() - 1]))
+}
+
+/// The forwards of a `status --json` answer as sorted `owner/name` strings.
+pub fn placed_names(status: &serde_json::Value) -> Vec<String> {
+    let mut names: Vec<String> = status["forwards"]
+        .as_array()
+        .expect("forwards list")
+        .iter()
+        .map(|f| format!("{}/{}", f["owner"].as_str().unwrap_or(""), f["forward"]["name"].as_str().unwrap_or("")))
+        .collect();
+    names.sort();
+    names
 }
 
 /// Trial count: `$NAME` if set, else `default`.

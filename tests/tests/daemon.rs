@@ -33,7 +33,7 @@ fn seed_rules_redirect_real_traffic_and_status_counts_it() {
     let cols: Vec<&str> = http.split_whitespace().collect();
     assert_eq!(&cols[..6], &["user:root", "http", "80", "8080", "tcp", "both"], "{http}");
     assert!(cols[6].parse::<u64>().expect("packets") > 0, "counters move: {http}");
-    let js: serde_json::Value = serde_json::from_slice(&d.ctl(&["status", "--json"]).stdout).expect("json");
+    let js = d.status_json();
     assert_eq!(js["in_sync"], true);
     // `local: false`: other hosts are redirected, the host's own connections are not.
     let _alt = net.tcp_app(&net.srv, 81, "own-81");
@@ -168,14 +168,8 @@ fn kill_9_keeps_traffic_and_restart_restores_sets() {
     assert_eq!(net.tcp_get(&net.cli, SRV4, 80).as_deref(), Some("app"), "traffic flows with portd dead");
     drop(d);
     let d = Portd::start(&net, &cfg);
-    let js: serde_json::Value = serde_json::from_slice(&d.ctl(&["status", "--json"]).stdout).expect("json");
-    let mut got: Vec<String> = js["forwards"]
-        .as_array()
-        .expect("list")
-        .iter()
-        .map(|f| format!("{}/{}", f["owner"].as_str().unwrap_or(""), f["forward"]["name"].as_str().unwrap_or("")))
-        .collect();
-    got.sort();
+    let js = d.status_json();
+    let got = placed_names(&js);
     assert_eq!(got, vec!["user:nobody/site", "user:root/alt"]);
     assert_eq!(js["in_sync"], true);
     assert_eq!(net.tcp_get(&net.cli, SRV6, 81).as_deref(), Some("app"));
@@ -305,14 +299,8 @@ fn persisted_set_conflicting_with_the_config_is_skipped_at_start() {
     )
     .expect("state");
     let d = Portd::start(&net, &config(&net, "forwards:\n  - name: http\n    port: 80\n    to: 8080\n"));
-    let js: serde_json::Value = serde_json::from_slice(&d.ctl(&["status", "--json"]).stdout).expect("json");
-    let mut got: Vec<String> = js["forwards"]
-        .as_array()
-        .expect("list")
-        .iter()
-        .map(|f| format!("{}/{}", f["owner"].as_str().unwrap_or(""), f["forward"]["name"].as_str().unwrap_or("")))
-        .collect();
-    got.sort();
+    let js = d.status_json();
+    let got = placed_names(&js);
     assert_eq!(got, vec!["system/http", "user:daemon/alt"]);
     assert_eq!(js["in_sync"], true);
     assert!(Portd::log(&net).contains("persisted set not restored"), "{}", Portd::log(&net));

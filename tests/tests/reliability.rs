@@ -46,7 +46,7 @@ fn foreign_changes_are_repaired_quickly() {
         assert!(med < 50.0 && max < 250.0, "repair too slow: {line}");
     }
     println!("drift repair, foreign change until traffic flows again:\n{report}");
-    let js: serde_json::Value = serde_json::from_slice(&d.ctl(&["status", "--json"]).stdout).expect("json");
+    let js = d.status_json();
     assert!(js["repairs"].as_u64().expect("repairs") >= 4 * n as u64, "{js}");
     assert_eq!(js["in_sync"], true);
 }
@@ -97,7 +97,7 @@ fn kill_9_during_applies_never_loses_or_mixes() {
             // Restart restored at least the last acknowledged apply, and nothing mixed.
             let g = kernel_generation(&net).expect("table after restart");
             assert!(g >= a && g <= next, "trial {trial}: kernel holds apply {g}, last acknowledged {a}");
-            let js: serde_json::Value = serde_json::from_slice(&d.ctl(&["status", "--json"]).stdout).expect("status");
+            let js = d.status_json();
             assert_eq!(js["in_sync"], true, "trial {trial}");
         }
         // A stream of applies from another thread; kill -9 at a random moment.
@@ -276,7 +276,7 @@ fn hostile_clients_affect_only_themselves() {
     assert!(max < 100.0, "status took {max:.1} ms under load");
     assert!(hwm < 64 * 1024, "portd peak RSS {hwm} KiB");
     // Nothing was applied from the malformed requests.
-    let js: serde_json::Value = serde_json::from_slice(&d.ctl(&["status", "--json"]).stdout).expect("json");
+    let js = d.status_json();
     assert_eq!(js["forwards"].as_array().expect("list").len(), 1);
     assert_eq!(js["in_sync"], true);
 }
