@@ -548,3 +548,17 @@ impl RawNft {
         }
     }
 }
+
+/// Stops process `pid` (SIGSTOP), so the test can look at the kernel at one instant.
+pub fn freeze(pid: u32) {
+    // SAFETY: kill(2) on a pid the test started.
+    let rc = unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    assert_eq!(rc, 0, "SIGSTOP {pid}: {}", std::io::Error::last_os_error());
+}
+
+/// Resumes a process stopped by [`freeze`].
+pub fn thaw(pid: u32) {
+    // SAFETY: as above.
+    let rc = unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    assert_eq!(rc, 0, "SIGCONT {pid}: {}", std::io::Error::last_os_error());
+}

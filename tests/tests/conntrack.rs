@@ -156,7 +156,10 @@ fn flows_follow_retarget_and_stop_on_removal() {
     assert!(d.ctl(&["apply", f.to_str().expect("p")]).status.success());
     let mut report = Vec::new();
     for (what, (seen, _), _, new) in &flows {
-        wait_for(|| since(seen, changed).iter().any(|r| r == new), &format!("{what}: the running flow to reach the new target"));
+        wait_for(
+            || since(seen, changed).iter().any(|r| r == new),
+            &format!("{what}: the running flow to reach the new target"),
+        );
         let moved = seen
             .lock()
             .expect("lock")
@@ -189,8 +192,10 @@ fn flows_follow_retarget_and_stop_on_removal() {
     assert!(d.ctl(&["apply", f.to_str().expect("p")]).status.success());
     let removed = Instant::now();
     std::thread::sleep(Duration::from_millis(300));
-    let late: Vec<(&str, Vec<String>)> =
-        flows.iter().map(|(what, (seen, _), _, _)| (*what, since(seen, removed + Duration::from_millis(100)))).collect();
+    let late: Vec<(&str, Vec<String>)> = flows
+        .iter()
+        .map(|(what, (seen, _), _, _)| (*what, since(seen, removed + Duration::from_millis(100))))
+        .collect();
     stop.store(true, Ordering::Relaxed);
     join_all(flows.into_iter().map(|(_, (_, t), _, _)| t).collect());
     join_all(servers);
