@@ -562,3 +562,23 @@ pub fn thaw(pid: u32) {
     let rc = unsafe { libc::kill(pid as i32, libc::SIGCONT) };
     assert_eq!(rc, 0, "SIGCONT {pid}: {}", std::io::Error::last_os_error());
 }
+
+/// A UDP server in namespace `ns` on `port` (both families) answering `reply` to every
+/// datagram, until `stop` is set.
+pub fn udp_answerer(
+    ns: &str,
+    port: u16,
+    reply: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    spawn_in_netns(ns, move || {
+        let s = std::net::UdpSocket::bind(("::", port)).unwrap_or_else(|e| panic!("bind udp {port}: {e}"));
+        s.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        let mut buf = [0u8; 64];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((_, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(reply.as_bytes(), from);
+            }
+        }
+    })
+}

@@ -9,19 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn udp_answerer(net: &Net, port: u16, reply: &'static str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    spawn_in_netns(&net.srv, move || {
-        let s = UdpSocket::bind(("::", port)).expect("bind udp answerer");
-        s.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
-        let mut buf = [0u8; 64];
-        while !stop.load(Ordering::Relaxed) {
-            if let Ok((_, from)) = s.recv_from(&mut buf) {
-                let _ = s.send_to(reply.as_bytes(), from);
-            }
-        }
-    })
-}
-
 /// A TCP server answering `reply` to every line, on every connection, until `stop`.
 fn tcp_answerer(net: &Net, port: u16, reply: &'static str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     spawn_in_netns(&net.srv, move || {
@@ -115,10 +102,10 @@ fn flows_follow_retarget_and_stop_on_removal() {
     let d = Portd::start(&net, &config(&net, ""));
     let stop = Arc::new(AtomicBool::new(false));
     let servers = vec![
-        udp_answerer(&net, 5353, "old", stop.clone()),
-        udp_answerer(&net, 5354, "new", stop.clone()),
-        udp_answerer(&net, 6002, "old-range", stop.clone()),
-        udp_answerer(&net, 7002, "new-range", stop.clone()),
+        udp_answerer(&net.srv, 5353, "old", stop.clone()),
+        udp_answerer(&net.srv, 5354, "new", stop.clone()),
+        udp_answerer(&net.srv, 6002, "old-range", stop.clone()),
+        udp_answerer(&net.srv, 7002, "new-range", stop.clone()),
         tcp_answerer(&net, 8080, "old-web", stop.clone()),
         tcp_answerer(&net, 8081, "new-web", stop.clone()),
     ];
