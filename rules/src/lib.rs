@@ -12,6 +12,7 @@ mod locate;
 pub mod model;
 mod packed;
 pub mod plan;
+pub mod policy;
 pub mod proto;
 pub mod render;
 

@@ -230,13 +230,15 @@ pub fn valid_name(s: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
 }
 
-/// True for a Linux interface name (1-15 bytes, no `/`, whitespace or `:`).
+/// True for an interface name portd accepts: 1-15 of a-z, A-Z, 0-9, '.', '_', '-', '@'
+/// and '+' (what Linux accepts, minus what nft cannot print back and read again:
+/// quotes, braces, spaces, control characters).
 pub fn valid_ifname(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
         && s != "."
         && s != ".."
-        && s.bytes().all(|c| c.is_ascii_graphic() && c != b'/' && c != b':')
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'@' | b'+'))
 }
 
 fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
@@ -297,7 +299,13 @@ fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
             let ip = format!("{}[{i}]", p("interfaces"));
             if let Some(s) = get_str(ctx, &ip, item) {
                 if !valid_ifname(&s) {
-                    ctx.err(&ip, format!("`{s}` is not an interface name (1-15 characters, no '/', ':' or spaces)"));
+                    ctx.err(
+                        &ip,
+                        format!(
+                            "`{}` is not an interface name (1-15 of a-z, A-Z, 0-9, '.', '_', '-', '@', '+')",
+                            s.escape_debug()
+                        ),
+                    );
                 } else if interfaces.contains(&s) {
                     ctx.err(&ip, format!("interface `{s}` is listed twice"));
                 } else {
@@ -618,10 +626,7 @@ pub fn validate_forwards(file: &str, fw: &[Forward]) -> Result<Vec<Forward>, Dia
     parse_rules(file, &text).map(|r| r.forwards)
 }
 
-/// True for a plausible user name in an owner (`user:NAME`): POSIX portable characters.
+/// True for a user name accepted in an owner (`user:NAME`); see [`crate::policy::valid_user`].
 pub fn valid_user(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && !s.starts_with('-')
-        && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'$'))
+    crate::policy::valid_user(s)
 }
