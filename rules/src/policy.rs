@@ -294,11 +294,10 @@ pub fn check_definition(f: &Forward) -> Vec<(&'static str, String)> {
         }
     }
     for s in &f.sources {
-        let wrong = match (f.family, s) {
-            (crate::model::FamilySel::Ipv4, ipnet::IpNet::V6(_))
-            | (crate::model::FamilySel::Ipv6, ipnet::IpNet::V4(_)) => true,
-            _ => false,
-        };
+        let wrong = matches!(
+            (f.family, s),
+            (crate::model::FamilySel::Ipv4, ipnet::IpNet::V6(_)) | (crate::model::FamilySel::Ipv6, ipnet::IpNet::V4(_))
+        );
         if wrong {
             out.push(("sources", format!("{s} is not of `family: {}`", f.family)));
         }
@@ -431,6 +430,9 @@ impl Claims {
     }
 }
 
+/// (owner, name, reason) of forwards newly suspended, and (owner, name) of forwards resumed.
+pub type Transitions<'a> = (Vec<(&'a str, &'a str, &'a Reason)>, Vec<(&'a str, &'a str)>);
+
 /// The decision for every user forward.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Evaluation {
@@ -451,10 +453,7 @@ impl Evaluation {
     }
     /// (owner, name, reason) of forwards suspended in `self` but not in `before`, and
     /// (owner, name) of those suspended in `before` but not in `self`.
-    pub fn transitions<'a>(
-        &'a self,
-        before: &'a Evaluation,
-    ) -> (Vec<(&'a str, &'a str, &'a Reason)>, Vec<(&'a str, &'a str)>) {
+    pub fn transitions<'a>(&'a self, before: &'a Evaluation) -> Transitions<'a> {
         let flat = |e: &'a Evaluation| -> BTreeMap<(&'a str, &'a str), &'a Reason> {
             e.suspended.iter().flat_map(|(o, v)| v.iter().map(move |(n, r)| ((o.as_str(), n.as_str()), r))).collect()
         };
