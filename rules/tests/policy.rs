@@ -31,7 +31,7 @@ fn judge<'a>(grants: &'a [Grant], listeners: Option<&'a Listeners>) -> Judge<'a>
 fn owners_parse_and_print() {
     assert_eq!(Owner::parse("system"), Ok(Owner::System));
     assert_eq!(Owner::parse("user:web").map(|o| o.to_string()), Ok("user:web".to_string()));
-    assert!(Owner::parse("web").unwrap_err().contains("owners are `system` or `user:NAME`"));
+    assert!(Owner::parse("web").expect_err("refused").contains("owners are `system` or `user:NAME`"));
     assert!(Owner::parse("user:../x").is_err());
     assert!(Owner::parse("user:").is_err());
     assert!(Owner::parse("user:-rf").is_err());
@@ -42,19 +42,19 @@ fn a_grant_must_allow_ports_targets_protect_local_and_mark() {
     let grants = [grant("web", &[80, 443])];
     let mine: Vec<&Grant> = grants.iter().collect();
     assert_eq!(authorize(&mine, "web", &fwd("http", 80, 8080), 1), Ok(()));
-    let e = authorize(&mine, "web", &fwd("db", 443, 5432), 1).unwrap_err();
+    let e = authorize(&mine, "web", &fwd("db", 443, 5432), 1).expect_err("refused");
     assert!(e.contains("outside your grants") && e.contains("to [8000-8099]"), "{e}");
-    let e = authorize(&mine, "web", &fwd("ssh", 22, 8022), 1).unwrap_err();
+    let e = authorize(&mine, "web", &fwd("ssh", 22, 8022), 1).expect_err("refused");
     assert!(e.contains("outside your grants"), "{e}");
 
     let mut p = fwd("http", 80, 8080);
     p.protect = true;
-    let e = authorize(&mine, "web", &p, 1).unwrap_err();
+    let e = authorize(&mine, "web", &p, 1).expect_err("refused");
     assert!(e.contains("protect:"), "{e}");
 
     let mut m = fwd("http", 80, 8080);
     m.mark = Some(0xffff_ffff);
-    let e = authorize(&mine, "web", &m, 1).unwrap_err();
+    let e = authorize(&mine, "web", &m, 1).expect_err("refused");
     assert!(e.contains("mark: 0xffffffff is not allowed") && e.contains("0x1 (settings.mark) or 0"), "{e}");
     m.mark = Some(0);
     assert_eq!(authorize(&mine, "web", &m, 1), Ok(()));
@@ -64,15 +64,15 @@ fn a_grant_must_allow_ports_targets_protect_local_and_mark() {
     wide[0].local = false;
     wide[0].marks = Some(vec![MarkRange { start: 0x10, end: 0x1f }]);
     let mine: Vec<&Grant> = wide.iter().collect();
-    let e = authorize(&mine, "web", &p, 1).unwrap_err();
+    let e = authorize(&mine, "web", &p, 1).expect_err("refused");
     assert!(e.contains("local:") && e.contains("local: false"), "{e}");
     p.local = false;
     p.mark = Some(0x12);
     assert_eq!(authorize(&mine, "web", &p, 1), Ok(()));
     p.mark = None; // the default mark 0x1 is not in 0x10-0x1f
-    assert!(authorize(&mine, "web", &p, 1).unwrap_err().contains("mark: 0x1 is not allowed"));
+    assert!(authorize(&mine, "web", &p, 1).expect_err("refused").contains("mark: 0x1 is not allowed"));
 
-    assert!(authorize(&[], "nobody", &fwd("http", 80, 8080), 1).unwrap_err().contains("has no grant"));
+    assert!(authorize(&[], "nobody", &fwd("http", 80, 8080), 1).expect_err("refused").contains("has no grant"));
 }
 
 #[test]
