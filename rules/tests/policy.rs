@@ -186,8 +186,7 @@ fn accounts(list: &[(&str, u32)]) -> BTreeMap<String, Option<Account>> {
 
 #[test]
 fn the_system_set_wins_a_conflict_and_only_the_conflicting_forward_is_suspended() {
-    let mut config = Config::default();
-    config.grants = vec![grant("web", &[80, 443])];
+    let mut config = Config { grants: vec![grant("web", &[80, 443])], ..Config::default() };
     let u = users(&[("web", 1001, vec![fwd("http", 80, 8080), fwd("https", 443, 8081)])]);
     let acc = accounts(&[("web", 1001)]);
     let j = judge(&config.grants, None);
@@ -217,7 +216,7 @@ fn a_running_forward_is_never_displaced_by_one_coming_back() {
     let acc = accounts(&[("a", 1), ("b", 2)]);
     let before = Evaluation { active: [("user:b".to_string(), vec![fwd("y", 80, 8081)])].into(), ..Default::default() };
     let e = evaluate(&j, &config, &u, &acc, &BTreeMap::new(), &before);
-    assert!(e.active.get("user:a").is_none());
+    assert!(!e.active.contains_key("user:a"));
     assert_eq!(e.active["user:b"], vec![fwd("y", 80, 8081)]);
     assert!(e.reason("user:a", "x").expect("a waits").to_string().contains("user:b/y"));
 }
