@@ -139,8 +139,10 @@ fn snapshot_lines(text: &str) -> BTreeMap<(String, String), usize> {
             }
         }
         if let (Some(o), Some(v)) = (&owner, line.trim_end_matches(',').strip_prefix("{\"name\":")) {
-            if let Ok(serde_json::Value::String(name)) =
-                serde_json::Deserializer::from_str(v).into_iter::<serde_json::Value>().next().unwrap_or(Ok(serde_json::Value::Null))
+            if let Ok(serde_json::Value::String(name)) = serde_json::Deserializer::from_str(v)
+                .into_iter::<serde_json::Value>()
+                .next()
+                .unwrap_or(Ok(serde_json::Value::Null))
             {
                 out.entry((o.clone(), name)).or_insert(i + 1);
             }
@@ -258,7 +260,10 @@ impl Store {
                     match record {
                         Some(Ok(r)) => {
                             for f in &r.put {
-                                p.origins.insert((r.owner.clone(), f.name.clone()), format!("{}:{}", jpath.display(), i + 1));
+                                p.origins.insert(
+                                    (r.owner.clone(), f.name.clone()),
+                                    format!("{}:{}", jpath.display(), i + 1),
+                                );
                             }
                             r.apply(&mut p.sets)
                         }
@@ -391,7 +396,12 @@ mod tests {
         let mut store = Store::new(&dir);
         let mut sets = store.load().expect("empty").sets;
         let steps = [
-            Record { uid: None, owner: "user:a".into(), put: vec![fwd("x", 80, 8080), fwd("y", 81, 8081)], remove: vec![] },
+            Record {
+                uid: None,
+                owner: "user:a".into(),
+                put: vec![fwd("x", 80, 8080), fwd("y", 81, 8081)],
+                remove: vec![],
+            },
             Record { uid: None, owner: "user:a".into(), put: vec![fwd("x", 80, 9090)], remove: vec!["y".into()] },
             Record { uid: None, owner: "user:b".into(), put: vec![fwd("z", 82, 8082)], remove: vec![] },
             Record { uid: None, owner: "user:b".into(), put: vec![], remove: vec!["z".into()] },
@@ -460,7 +470,12 @@ mod tests {
         let snapshot = fs::metadata(store.path()).expect("snapshot").len();
         let mut folded = false;
         for i in 0..5000u16 {
-            let r = Record { uid: None, owner: "user:a".into(), put: vec![fwd("moving", 5000, 6000 + i % 1000)], remove: vec![] };
+            let r = Record {
+                uid: None,
+                owner: "user:a".into(),
+                put: vec![fwd("moving", 5000, 6000 + i % 1000)],
+                remove: vec![],
+            };
             r.apply(&mut sets);
             store.commit(&sets, &r).expect("commit");
             let journal = fs::metadata(store.journal_path()).expect("journal").len();

@@ -129,6 +129,23 @@ impl Net {
         bg
     }
 
+    /// Like [`Net::tcp_app`], run as `user` (a socket of that user's uid).
+    pub fn tcp_app_as(&self, ns: &str, user: &str, port: u16, reply: &str) -> Bg {
+        let listen = format!("TCP6-LISTEN:{port},fork,reuseaddr,ipv6only=0");
+        let sys = format!("SYSTEM:echo {reply}");
+        let gid = must("id", &["-g", user]);
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "setpriv", &format!("--reuid={user}"), &format!("--regid={}", gid.trim())])
+            .args(["--clear-groups", "socat", &listen, &sys])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat is needed for traffic tests (apt-get install socat)");
+        let bg = Bg(child);
+        wait_for(|| self.exec(ns, "ss", &["-Htln", &format!("sport = :{port}")]).stdout.len() > 1, "tcp app to listen");
+        bg
+    }
+
     /// Connects from `ns` to `addr` (an IP, v6 without brackets) on `port`; returns the reply, trimmed.
     pub fn tcp_get(&self, ns: &str, addr: &str, port: u16) -> Option<String> {
         let target = if addr.contains(':') {

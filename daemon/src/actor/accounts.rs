@@ -13,10 +13,8 @@ pub fn lookup(name: &str) -> Option<Account> {
     let user = nix::unistd::User::from_name(name).ok().flatten()?;
     let cname = CString::new(name).ok()?;
     let gids = nix::unistd::getgrouplist(&cname, user.gid).unwrap_or_else(|_| vec![user.gid]);
-    let mut groups: Vec<String> = gids
-        .into_iter()
-        .filter_map(|g| nix::unistd::Group::from_gid(g).ok().flatten().map(|g| g.name))
-        .collect();
+    let mut groups: Vec<String> =
+        gids.into_iter().filter_map(|g| nix::unistd::Group::from_gid(g).ok().flatten().map(|g| g.name)).collect();
     groups.sort();
     groups.dedup();
     Some(Account { name: user.name, uid: user.uid.as_raw(), groups })

@@ -200,12 +200,12 @@ impl Daemon {
         if messages.is_empty() {
             return Ok(warnings);
         }
-        let kind = if refusals.iter().all(|r| !r.is_denial()) && !messages.is_empty() && refusals.len() == messages.len()
-        {
-            ErrorKind::Invalid
-        } else {
-            ErrorKind::Denied
-        };
+        let kind =
+            if refusals.iter().all(|r| !r.is_denial()) && !messages.is_empty() && refusals.len() == messages.len() {
+                ErrorKind::Invalid
+            } else {
+                ErrorKind::Denied
+            };
         Err((kind, messages))
     }
 
@@ -272,11 +272,8 @@ impl Daemon {
         // Forwards of other owners suspended for their listener keep their public port.
         self.check_reserved(owner, &fresh)?;
         let current = self.users.get(owner).unwrap_or(&empty);
-        let suspended_here: Vec<&Forward> = current
-            .forwards
-            .iter()
-            .filter(|f| self.eval.reason(owner, &f.name).is_some())
-            .collect();
+        let suspended_here: Vec<&Forward> =
+            current.forwards.iter().filter(|f| self.eval.reason(owner, &f.name).is_some()).collect();
         // Only the forwards that differ are compiled: O(change), not O(table).
         let delta = match &change {
             Change::Replace(new) => self.plan.replace_owner(owner, new, mark),
@@ -376,7 +373,10 @@ impl Daemon {
             .iter()
             .filter_map(|f| {
                 claims.clash(f).map(|(o, n)| {
-                    format!("forward `{}`: its public port belongs to {o}/{n} (suspended while its target port is taken)", f.name)
+                    format!(
+                        "forward `{}`: its public port belongs to {o}/{n} (suspended while its target port is taken)",
+                        f.name
+                    )
                 })
             })
             .collect();
@@ -453,7 +453,10 @@ impl Daemon {
         if !delta.is_empty() {
             if let Err(e) = self.commit(&plan) {
                 undo(self, before);
-                return Err(err(ErrorKind::Kernel, format!("the kernel refused the new config; nothing was changed: {e}")));
+                return Err(err(
+                    ErrorKind::Kernel,
+                    format!("the kernel refused the new config; nothing was changed: {e}"),
+                ));
             }
         }
         let by = caller.map_or("SIGHUP".to_string(), |c| c.who());
