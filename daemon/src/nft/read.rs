@@ -1,0 +1,374 @@
+//! Reading the table back: one dump per object type into libnftnl objects, then decoding
+//! with the types of the expected plan into an [`Observed`].
+
+use super::codec::{decode_element, RawElem};
+use super::conn::{Conn, Fail, Generation};
+use super::error::{hint, BackendError};
+use super::k;
+use super::messages::alloc;
+use super::observed::{Observed, ObservedChain, ObservedHook, SetShape};
+use nftnl::nftnl_sys as sys;
+use portd_rules::plan::Plan;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ptr::NonNull;
+
+macro_rules! raw_object {
+    ($name:ident, $ty:ident, $alloc:ident, $free:ident) => {
+        /// An owned libnftnl object.
+        pub(super) struct $name(pub(super) NonNull<sys::$ty>);
+        impl $name {
+            pub(super) fn new() -> $name {
+                // SAFETY: allocation only; see `alloc`.
+                $name(alloc(unsafe { sys::$alloc() }))
+            }
+        }
+        impl Drop for $name {
+            fn drop(&mut self) {
+                // SAFETY: allocated by the matching alloc and freed only here.
+                unsafe { sys::$free(self.0.as_ptr()) }
+            }
+        }
+    };
+}
+raw_object!(RawTable, nftnl_table, nftnl_table_alloc, nftnl_table_free);
+raw_object!(RawChain, nftnl_chain, nftnl_chain_alloc, nftnl_chain_free);
+raw_object!(RawRule, nftnl_rule, nftnl_rule_alloc, nftnl_rule_free);
+raw_object!(RawSetObj, nftnl_set, nftnl_set_alloc, nftnl_set_free);
+raw_object!(RawObj, nftnl_obj, nftnl_obj_alloc, nftnl_obj_free);
+
+/// A string attribute that libnftnl returns as a pointer (NULL when unset).
+fn owned_str(p: *const c_char) -> Option<String> {
+    // SAFETY: libnftnl returns NULL or a NUL-terminated string that the object owns.
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+}
+
+/// A rule as libnftnl prints its expressions: `[ NAME BODY] [ NAME BODY] ...`.
+pub(super) fn rule_text(r: &RawRule) -> String {
+    unsafe extern "C" fn one(e: *mut sys::nftnl_expr, data: *mut c_void) -> c_int {
+        // SAFETY: `data` is the Vec<String> below; `e` is a live expression of the rule.
+        unsafe {
+            let out = &mut *data.cast::<Vec<String>>();
+            let name = owned_str(sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16)).unwrap_or_default();
+            let mut buf = [0 as c_char; 4096];
+            sys::nftnl_expr_snprintf(buf.as_mut_ptr(), buf.len(), e, sys::NFTNL_OUTPUT_DEFAULT, 0);
+            let body = owned_str(buf.as_ptr()).unwrap_or_default();
+            out.push(format!("[ {name} {body}]"));
+        }
+        0
+    }
+    let mut parts: Vec<String> = Vec::new();
+    // SAFETY: the callback only reads the expressions and appends to `parts`.
+    unsafe { sys::nftnl_expr_foreach(r.0.as_ptr(), Some(one), (&raw mut parts).cast()) };
+    parts.join(" ")
+}
+
+/// Everything dumped from the table, not yet decoded.
+pub(super) struct RawTableState {
+    counters: BTreeMap<String, (u64, u64)>,
+    sets: Vec<(String, SetShape, Vec<RawElem>)>,
+    chains: Vec<ObservedChain>,
+    orphan_rules: Vec<String>,
+}
+
+/// One attempt at dumping the table.
+pub(super) struct Reader<'t> {
+    conn: Conn,
+    table: &'t CStr,
+    name: &'t str,
+    gen: Generation,
+}
+
+impl<'t> Reader<'t> {
+    pub(super) fn new(table: &'t CStr, name: &'t str) -> Result<Reader<'t>, BackendError> {
+        Ok(Reader { conn: Conn::open()?, table, name, gen: Generation::default() })
+    }
+
+    pub(super) fn consistent(&self) -> bool {
+        self.gen.ids.len() <= 1 && !self.gen.interrupted
+    }
+
+    fn fail(&self, what: &'static str, f: Fail) -> BackendError {
+        match f {
+            Fail::Kernel(source) => {
+                BackendError::Dump { what, table: self.name.to_string(), hint: hint(source.raw_os_error()), source }
+            }
+            Fail::Decode(reason) => BackendError::Decode { what, reason },
+        }
+    }
+
+    /// Dumps table, counters, sets, elements, chains and rules; `None` if there is no table.
+    pub(super) fn read_all(&mut self) -> Result<Option<RawTableState>, BackendError> {
+        let table = self.table;
+        let name = self.name;
+        let mine = |t: Option<String>| t.as_deref() == Some(name);
+
+        // nft list table inet T (existence only)
+        let t = RawTable::new();
+        // SAFETY: strings are copied by libnftnl.
+        unsafe { sys::nftnl_table_set_str(t.0.as_ptr(), sys::NFTNL_TABLE_NAME as u16, table.as_ptr()) };
+        let got = self.conn.request(
+            k::NFT_MSG_GETTABLE,
+            k::NLM_F_ACK,
+            // SAFETY: the header was built by the caller in a large enough buffer.
+            |nlh| unsafe { sys::nftnl_table_nlmsg_build_payload(nlh, t.0.as_ptr()) },
+            &mut self.gen,
+            |_| Ok(()),
+        );
+        match got {
+            Ok(()) => {}
+            Err(Fail::Kernel(e)) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(f) => return Err(self.fail("definition", f)),
+        }
+
+        // nft list counters table inet T
+        let mut counters = BTreeMap::new();
+        let o = RawObj::new();
+        // SAFETY: strings are copied by libnftnl.
+        unsafe {
+            sys::nftnl_obj_set_str(o.0.as_ptr(), sys::NFTNL_OBJ_TABLE as u16, table.as_ptr());
+            sys::nftnl_obj_set_u32(o.0.as_ptr(), sys::NFTNL_OBJ_TYPE as u16, k::NFT_OBJECT_COUNTER);
+        }
+        let got = self.conn.request(
+            k::NFT_MSG_GETOBJ,
+            k::NLM_F_DUMP,
+            // SAFETY: as above.
+            |nlh| unsafe { sys::nftnl_obj_nlmsg_build_payload(nlh, o.0.as_ptr()) },
+            &mut self.gen,
+            |msg| {
+                let obj = RawObj::new();
+                // SAFETY: `msg` is one complete, aligned netlink message.
+                unsafe {
+                    let p = obj.0.as_ptr();
+                    if sys::nftnl_obj_nlmsg_parse(msg.as_ptr().cast(), p) < 0 {
+                        return Err("malformed object".into());
+                    }
+                    let table = owned_str(sys::nftnl_obj_get_str(p, sys::NFTNL_OBJ_TABLE as u16));
+                    if !mine(table) || sys::nftnl_obj_get_u32(p, sys::NFTNL_OBJ_TYPE as u16) != k::NFT_OBJECT_COUNTER {
+                        return Ok(());
+                    }
+                    let name = owned_str(sys::nftnl_obj_get_str(p, sys::NFTNL_OBJ_NAME as u16))
+                        .ok_or("counter without a name")?;
+                    let packets = sys::nftnl_obj_get_u64(p, sys::NFTNL_OBJ_CTR_PKTS as u16);
+                    let bytes = sys::nftnl_obj_get_u64(p, sys::NFTNL_OBJ_CTR_BYTES as u16);
+                    counters.insert(name, (packets, bytes));
+                }
+                Ok(())
+            },
+        );
+        got.map_err(|f| self.fail("counters", f))?;
+
+        // nft list sets table inet T
+        let mut shapes: Vec<(String, SetShape)> = Vec::new();
+        let s = RawSetObj::new();
+        // SAFETY: strings are copied by libnftnl.
+        unsafe { sys::nftnl_set_set_str(s.0.as_ptr(), sys::NFTNL_SET_TABLE as u16, table.as_ptr()) };
+        let got = self.conn.request(
+            k::NFT_MSG_GETSET,
+            k::NLM_F_DUMP,
+            // SAFETY: as above.
+            |nlh| unsafe { sys::nftnl_set_nlmsg_build_payload(nlh, s.0.as_ptr()) },
+            &mut self.gen,
+            |msg| {
+                let set = RawSetObj::new();
+                // SAFETY: `msg` is one complete, aligned netlink message.
+                unsafe {
+                    let p = set.0.as_ptr();
+                    if sys::nftnl_set_nlmsg_parse(msg.as_ptr().cast(), p) < 0 {
+                        return Err("malformed set".into());
+                    }
+                    if !mine(owned_str(sys::nftnl_set_get_str(p, sys::NFTNL_SET_TABLE as u16))) {
+                        return Ok(());
+                    }
+                    let name =
+                        owned_str(sys::nftnl_set_get_str(p, sys::NFTNL_SET_NAME as u16)).ok_or("set without a name")?;
+                    let get = |attr: u32| sys::nftnl_set_get_u32(p, attr as u16);
+                    let shape = SetShape {
+                        flags: get(sys::NFTNL_SET_FLAGS),
+                        key_type: get(sys::NFTNL_SET_KEY_TYPE),
+                        key_len: get(sys::NFTNL_SET_KEY_LEN),
+                        data_type: get(sys::NFTNL_SET_DATA_TYPE),
+                        data_len: get(sys::NFTNL_SET_DATA_LEN),
+                        obj_type: get(sys::NFTNL_SET_OBJ_TYPE),
+                    };
+                    shapes.push((name, shape));
+                }
+                Ok(())
+            },
+        );
+        got.map_err(|f| self.fail("sets", f))?;
+
+        // nft list set inet T NAME, for each set
+        let mut sets = Vec::with_capacity(shapes.len());
+        for (set_name, shape) in shapes {
+            let cname = CString::new(set_name.as_str())
+                .map_err(|_| self.fail("sets", Fail::Decode("set name with a NUL byte".into())))?;
+            let s = RawSetObj::new();
+            // SAFETY: strings are copied by libnftnl.
+            unsafe {
+                sys::nftnl_set_set_str(s.0.as_ptr(), sys::NFTNL_SET_TABLE as u16, table.as_ptr());
+                sys::nftnl_set_set_str(s.0.as_ptr(), sys::NFTNL_SET_NAME as u16, cname.as_ptr());
+            }
+            let mut elements = Vec::new();
+            let got = self.conn.request(
+                k::NFT_MSG_GETSETELEM,
+                k::NLM_F_DUMP,
+                // SAFETY: as above.
+                |nlh| unsafe { sys::nftnl_set_elems_nlmsg_build_payload(nlh, s.0.as_ptr()) },
+                &mut self.gen,
+                |msg| {
+                    let set = RawSetObj::new();
+                    // SAFETY: `msg` is one complete, aligned netlink message.
+                    if unsafe { sys::nftnl_set_elems_nlmsg_parse(msg.as_ptr().cast(), set.0.as_ptr()) } < 0 {
+                        return Err(format!("malformed elements of set {set_name}"));
+                    }
+                    collect_elements(&set, &mut elements);
+                    Ok(())
+                },
+            );
+            got.map_err(|f| self.fail("set elements", f))?;
+            sets.push((set_name, shape, elements));
+        }
+
+        // nft list chains table inet T (the kernel does not filter chain dumps by table)
+        let mut chains = Vec::new();
+        let got = self.conn.request(
+            k::NFT_MSG_GETCHAIN,
+            k::NLM_F_DUMP,
+            |_| {},
+            &mut self.gen,
+            |msg| {
+                let chain = RawChain::new();
+                // SAFETY: `msg` is one complete, aligned netlink message.
+                unsafe {
+                    let p = chain.0.as_ptr();
+                    if sys::nftnl_chain_nlmsg_parse(msg.as_ptr().cast(), p) < 0 {
+                        return Err("malformed chain".into());
+                    }
+                    if !mine(owned_str(sys::nftnl_chain_get_str(p, sys::NFTNL_CHAIN_TABLE as u16))) {
+                        return Ok(());
+                    }
+                    let name = owned_str(sys::nftnl_chain_get_str(p, sys::NFTNL_CHAIN_NAME as u16))
+                        .ok_or("chain without a name")?;
+                    let hook = sys::nftnl_chain_is_set(p, sys::NFTNL_CHAIN_HOOKNUM as u16).then(|| ObservedHook {
+                        kind: owned_str(sys::nftnl_chain_get_str(p, sys::NFTNL_CHAIN_TYPE as u16)).unwrap_or_default(),
+                        hook: sys::nftnl_chain_get_u32(p, sys::NFTNL_CHAIN_HOOKNUM as u16),
+                        priority: sys::nftnl_chain_get_s32(p, sys::NFTNL_CHAIN_PRIO as u16),
+                        policy: sys::nftnl_chain_get_u32(p, sys::NFTNL_CHAIN_POLICY as u16),
+                    });
+                    chains.push(ObservedChain { name, hook, rules: Vec::new() });
+                }
+                Ok(())
+            },
+        );
+        got.map_err(|f| self.fail("chains", f))?;
+
+        // nft list table inet T: the rules, in chain order
+        let mut orphan_rules = Vec::new();
+        let r = RawRule::new();
+        // SAFETY: strings are copied by libnftnl.
+        unsafe { sys::nftnl_rule_set_str(r.0.as_ptr(), sys::NFTNL_RULE_TABLE as u16, table.as_ptr()) };
+        let got = self.conn.request(
+            k::NFT_MSG_GETRULE,
+            k::NLM_F_DUMP,
+            // SAFETY: as above.
+            |nlh| unsafe { sys::nftnl_rule_nlmsg_build_payload(nlh, r.0.as_ptr()) },
+            &mut self.gen,
+            |msg| {
+                let rule = RawRule::new();
+                // SAFETY: `msg` is one complete, aligned netlink message.
+                unsafe {
+                    let p = rule.0.as_ptr();
+                    if sys::nftnl_rule_nlmsg_parse(msg.as_ptr().cast(), p) < 0 {
+                        return Err("malformed rule".into());
+                    }
+                    if !mine(owned_str(sys::nftnl_rule_get_str(p, sys::NFTNL_RULE_TABLE as u16))) {
+                        return Ok(());
+                    }
+                    let chain = owned_str(sys::nftnl_rule_get_str(p, sys::NFTNL_RULE_CHAIN as u16)).unwrap_or_default();
+                    let text = rule_text(&rule);
+                    match chains.iter_mut().find(|c| c.name == chain) {
+                        Some(c) => c.rules.push(text),
+                        None => orphan_rules.push(format!("rule in unknown chain {chain}: {text}")),
+                    }
+                }
+                Ok(())
+            },
+        );
+        got.map_err(|f| self.fail("rules", f))?;
+
+        Ok(Some(RawTableState { counters, sets, chains, orphan_rules }))
+    }
+}
+
+/// Copies the elements of a parsed set-element message.
+fn collect_elements(set: &RawSetObj, out: &mut Vec<RawElem>) {
+    unsafe extern "C" fn one(e: *mut sys::nftnl_set_elem, data: *mut c_void) -> c_int {
+        // SAFETY: `data` is the Vec<RawElem> below; `e` is a live element of the set.
+        unsafe {
+            let out = &mut *data.cast::<Vec<RawElem>>();
+            let get = |attr: u32| {
+                let mut len = 0u32;
+                let p = sys::nftnl_set_elem_get(e, attr as u16, &raw mut len);
+                (!p.is_null() && sys::nftnl_set_elem_is_set(e, attr as u16))
+                    .then(|| std::slice::from_raw_parts(p.cast::<u8>(), len as usize).to_vec())
+            };
+            let objref = if sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_OBJREF as u16) {
+                owned_str(sys::nftnl_set_elem_get_str(e, sys::NFTNL_SET_ELEM_OBJREF as u16))
+            } else {
+                None
+            };
+            out.push(RawElem {
+                key: get(sys::NFTNL_SET_ELEM_KEY).unwrap_or_default(),
+                key_end: get(sys::NFTNL_SET_ELEM_KEY_END),
+                data: get(sys::NFTNL_SET_ELEM_DATA),
+                objref,
+            });
+        }
+        0
+    }
+    // SAFETY: the callback only reads the elements and appends to `out`.
+    unsafe { sys::nftnl_set_elem_foreach(set.0.as_ptr(), Some(one), (out as *mut Vec<RawElem>).cast()) };
+}
+
+impl RawTableState {
+    /// Decodes the dump with the set types of `expected`.
+    pub(super) fn decode(self, expected: &Plan) -> Observed {
+        let mut o = Observed {
+            counters: self.counters,
+            chains: self.chains,
+            problems: self.orphan_rules,
+            ..Observed::default()
+        };
+        for (name, shape, raw) in self.sets {
+            o.set_shapes.insert(name.clone(), shape);
+            let Some(set) = expected.set(&name) else {
+                o.problems.push(format!("set {name} ({} elements) is not in the plan", raw.len()));
+                continue;
+            };
+            match SetShape::of(set) {
+                Ok(want) if want == shape => {}
+                _ => {
+                    o.problems.push(format!("set {name} has a different type than in the plan: {shape:?}"));
+                    continue;
+                }
+            }
+            let mut elements = BTreeSet::new();
+            let mut bad = Vec::new();
+            for r in &raw {
+                match decode_element(set, r) {
+                    Ok(e) => {
+                        elements.insert(e);
+                    }
+                    Err(e) => bad.push(e),
+                }
+            }
+            if let Some(first) = bad.first() {
+                o.problems.push(format!("set {name}: {} elements cannot be decoded, e.g.: {first}", bad.len()));
+            } else {
+                o.sets.insert(name, elements);
+            }
+        }
+        o
+    }
+}
