@@ -50,7 +50,7 @@ pub enum Msg {
     /// Clean stop: apply `on_exit` and end.
     Shutdown { reply: oneshot::Sender<()> },
     /// A committed nf_tables transaction touched our table.
-    Drift(crate::events::Change),
+    Drift(crate::events::TableEvent),
 }
 
 /// Settings the actor needs that come from flags rather than the config file.
@@ -245,7 +245,7 @@ impl Daemon {
                     }
                     if self.deferred_check.is_some_and(|t| t <= now) {
                         self.deferred_check = None;
-                        self.repair_if_drifted(crate::events::Change::Unknown);
+                        self.repair_if_drifted(crate::events::TableEvent::Unknown);
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => {
@@ -268,12 +268,12 @@ impl Daemon {
     }
 
     /// Puts the table back when another program deleted or edited it.
-    fn repair_if_drifted(&mut self, change: crate::events::Change) {
+    fn repair_if_drifted(&mut self, change: crate::events::TableEvent) {
         if self.deferred_check.is_some() {
             return;
         }
         // A deleted table needs no comparison: rebuild at once.
-        let ok = change != crate::events::Change::TableDeleted
+        let ok = change != crate::events::TableEvent::TableDeleted
             && match self.backend.read(&self.plan) {
                 Ok(Some(obs)) => obs.matches(&self.plan),
                 Ok(None) => false,
@@ -309,7 +309,7 @@ impl Daemon {
                     table = %self.plan.table,
                     repairs = self.repairs,
                     "table was {} by another program; restored",
-                    if change == crate::events::Change::TableDeleted { "deleted" } else { "changed" }
+                    if change == crate::events::TableEvent::TableDeleted { "deleted" } else { "changed" }
                 );
             }
             Err(e) => tracing::error!("restoring the table: {e}"),

@@ -7,12 +7,11 @@
 //! protocol and destination port (the public port) and the reply tuple's source port
 //! (the old target); each match is deleted by its original tuple.
 
-use crate::nlattr::{align4, find, find_raw, messages};
+use portd::netlink::{find, find_raw, push_padded, Socket};
 use portd_rules::model::{Family, Proto};
 use portd_rules::plan::{names, Element, Plan, Value};
 use std::collections::BTreeSet;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
@@ -119,67 +118,11 @@ fn tuple_ports(t: &[u8]) -> Option<(u8, u16, u16)> {
     Some((num, port(CTA_PROTO_SRC_PORT)?, port(CTA_PROTO_DST_PORT)?))
 }
 
-struct Socket {
-    fd: OwnedFd,
-    seq: u32,
-}
-
-impl Socket {
-    fn open() -> io::Result<Socket> {
-        // SAFETY: plain socket(2), result checked and owned.
-        let raw =
-            unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fresh descriptor owned by nobody else.
-        Ok(Socket { fd: unsafe { OwnedFd::from_raw_fd(raw) }, seq: 1 })
-    }
-
-    fn send(&mut self, msg_type: u16, flags: u16, family: u8, payload: &[u8]) -> io::Result<u32> {
-        self.seq += 1;
-        let len = 16 + 4 + payload.len();
-        let mut m = Vec::with_capacity(len);
-        m.extend_from_slice(&(len as u32).to_ne_bytes());
-        m.extend_from_slice(&(((libc::NFNL_SUBSYS_CTNETLINK as u16) << 8) | msg_type).to_ne_bytes());
-        m.extend_from_slice(&(libc::NLM_F_REQUEST as u16 | flags).to_ne_bytes());
-        m.extend_from_slice(&self.seq.to_ne_bytes());
-        m.extend_from_slice(&0u32.to_ne_bytes());
-        m.extend_from_slice(&[family, 0, 0, 0]);
-        m.extend_from_slice(payload);
-        // SAFETY: m is a valid buffer of its length.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), m.as_ptr().cast(), m.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(self.seq)
-    }
-
-    /// Receives until NLMSG_DONE or an error/ack for `seq`, calling `f` on each data
-    /// message's address family and attributes.
-    fn recv(&mut self, seq: u32, mut f: impl FnMut(u8, &[u8])) -> io::Result<()> {
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            // SAFETY: buf is valid for its length.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            for m in messages(&buf[..n as usize]) {
-                if m.seq != seq {
-                    continue;
-                }
-                match i32::from(m.ty) {
-                    libc::NLMSG_DONE => return Ok(()),
-                    libc::NLMSG_ERROR => {
-                        let code = m.body.get(..4).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                        return if code == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(-code)) };
-                    }
-                    _ => f(m.body.first().copied().unwrap_or(0), m.body.get(4..).unwrap_or(&[])),
-                }
-            }
-        }
-    }
+/// Sends one ctnetlink request: `nfgenmsg` (family, version 0, resource id 0), then
+/// `attrs`; returns its sequence number.
+fn ct_request(sock: &mut Socket, msg_type: u16, flags: u16, family: u8, attrs: &[u8]) -> io::Result<u32> {
+    let ty = ((libc::NFNL_SUBSYS_CTNETLINK as u16) << 8) | msg_type;
+    sock.send_request(ty, flags, &[&[family, 0, 0, 0], attrs])
 }
 
 /// How many flows this network namespace tracks, when the kernel says.
@@ -197,11 +140,13 @@ pub fn forget(stale: &[Stale]) -> io::Result<usize> {
     if tracked_flows() == Some(0) {
         return Ok(0);
     }
-    let mut sock = Socket::open()?;
+    let mut sock = Socket::open(libc::NETLINK_NETFILTER)?;
     let mut victims: Vec<(u8, Vec<u8>)> = Vec::new();
     // One dump of every family (AF_UNSPEC), one walk of the table.
-    let seq = sock.send(IPCTNL_MSG_CT_GET, libc::NLM_F_DUMP as u16, libc::AF_UNSPEC as u8, &[])?;
-    sock.recv(seq, |af, entry| {
+    let seq = ct_request(&mut sock, IPCTNL_MSG_CT_GET, libc::NLM_F_DUMP as u16, libc::AF_UNSPEC as u8, &[])?;
+    sock.replies(seq, |m| {
+        let af = m.body.first().copied().unwrap_or(0);
+        let entry = m.body.get(4..).unwrap_or(&[]);
         let family = match i32::from(af) {
             libc::AF_INET => Family::Ipv4,
             libc::AF_INET6 => Family::Ipv6,
@@ -218,21 +163,18 @@ pub fn forget(stale: &[Stale]) -> io::Result<usize> {
         });
         if hit {
             let mut payload = Vec::new();
-            if let Some(raw) = find_raw(entry, CTA_TUPLE_ORIG) {
-                payload.extend_from_slice(raw);
-                payload.resize(align4(payload.len()), 0);
-            }
-            if let Some(raw) = find_raw(entry, CTA_ZONE) {
-                payload.extend_from_slice(raw);
-                payload.resize(align4(payload.len()), 0);
+            for ty in [CTA_TUPLE_ORIG, CTA_ZONE] {
+                if let Some(raw) = find_raw(entry, ty) {
+                    push_padded(&mut payload, raw);
+                }
             }
             victims.push((af, payload));
         }
     })?;
     let mut deleted = 0;
     for (af, payload) in victims {
-        let seq = sock.send(IPCTNL_MSG_CT_DELETE, libc::NLM_F_ACK as u16, af, &payload)?;
-        match sock.recv(seq, |_, _| {}) {
+        let seq = ct_request(&mut sock, IPCTNL_MSG_CT_DELETE, libc::NLM_F_ACK as u16, af, &payload)?;
+        match sock.replies(seq, |_| {}) {
             Ok(()) => deleted += 1,
             // Already gone (timed out or closed meanwhile): nothing to do.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}

@@ -9,7 +9,6 @@
 mod actor;
 mod conntrack;
 mod events;
-mod nlattr;
 mod notify;
 mod privs;
 mod server;
