@@ -6,6 +6,7 @@
 //! Flows are found by dumping the conntrack table and matching the original tuple's
 //! protocol and destination port (the public port) and the reply tuple's source port
 //! (the old target); each match is deleted by its original tuple.
+#![forbid(unsafe_code)]
 
 use portd::netlink::{find, find_raw, push_padded, Socket};
 use portd_rules::model::{Family, Proto};

@@ -13,6 +13,7 @@ use nftnl::{Chain, MsgType, NlMsg, ProtoFamily, Table};
 use portd_rules::model::{Family, Proto};
 use portd_rules::plan::{self, ChainType, Hook, Plan};
 use portd_rules::render;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::ptr::NonNull;
@@ -48,9 +49,10 @@ enum Expr {
     Verdict { code: i32, chain: Option<CString> },
 }
 
-impl Expression for Expr {
-    fn to_expr(&self, _rule: &nftnl::Rule<'_>) -> NonNull<sys::nftnl_expr> {
-        let name: &CStr = match self {
+impl Expr {
+    /// The libnftnl name of the expression type.
+    fn name(&self) -> &'static CStr {
+        match self {
             Expr::Meta { .. } | Expr::MetaSet { .. } => c"meta",
             Expr::Payload { .. } => c"payload",
             Expr::Cmp { .. } => c"cmp",
@@ -62,18 +64,37 @@ impl Expression for Expr {
             Expr::Ct { .. } => c"ct",
             Expr::Redir { .. } => c"redir",
             Expr::Verdict { .. } => c"immediate",
-        };
-        let expr = alloc(unsafe { sys::nftnl_expr_alloc(name.as_ptr()) });
+        }
+    }
+
+    /// A new libnftnl expression with these attributes, and whether libnftnl took all of
+    /// them (it refuses data longer than the attribute holds, or memory runs out).
+    fn build(&self) -> (NonNull<sys::nftnl_expr>, bool) {
+        // SAFETY: the name is a NUL-terminated static string; NULL (out of memory) aborts in `alloc`.
+        let expr = alloc(unsafe { sys::nftnl_expr_alloc(self.name().as_ptr()) });
         let e = expr.as_ptr();
-        let u32_ = |attr: u32, v: u32| unsafe { sys::nftnl_expr_set_u32(e, attr as u16, v) };
-        let bytes = |attr: u32, b: &[u8]| unsafe {
-            sys::nftnl_expr_set(e, attr as u16, b.as_ptr().cast(), b.len() as u32);
+        let ok = Cell::new(true);
+        // In the three setters: `e` is the live expression allocated above and owned by
+        // this function until it is returned; each attribute below belongs to the type
+        // named by `self.name()`; libnftnl copies strings and data.
+        let u32_ = |attr: u32, v: u32| {
+            // SAFETY: see above; setting a u32 cannot fail.
+            unsafe { sys::nftnl_expr_set_u32(e, attr as u16, v) }
         };
-        let str_ = |attr: u32, s: &CStr| unsafe {
-            sys::nftnl_expr_set_str(e, attr as u16, s.as_ptr());
+        let bytes = |attr: u32, b: &[u8]| {
+            // SAFETY: see above; `b` is live for `b.len()` bytes.
+            let rc = unsafe { sys::nftnl_expr_set(e, attr as u16, b.as_ptr().cast(), b.len() as u32) };
+            if rc < 0 {
+                ok.set(false);
+            }
         };
-        // Every attribute below belongs to the expression type named above; libnftnl
-        // copies strings and data.
+        let str_ = |attr: u32, s: &CStr| {
+            // SAFETY: see above; `s` is NUL-terminated.
+            let rc = unsafe { sys::nftnl_expr_set_str(e, attr as u16, s.as_ptr()) };
+            if rc < 0 {
+                ok.set(false);
+            }
+        };
         match self {
             Expr::Meta { key, dreg } => {
                 u32_(sys::NFTNL_EXPR_META_KEY, *key);
@@ -144,7 +165,24 @@ impl Expression for Expr {
                 }
             }
         }
-        expr
+        (expr, ok.get())
+    }
+}
+
+/// An expression added to a rule; a refused attribute is noted in `refused`, since
+/// `Expression::to_expr` has no way to return an error.
+struct Checked<'a> {
+    expr: &'a Expr,
+    refused: &'a Cell<bool>,
+}
+
+impl Expression for Checked<'_> {
+    fn to_expr(&self, _rule: &nftnl::Rule<'_>) -> NonNull<sys::nftnl_expr> {
+        let (e, ok) = self.expr.build();
+        if !ok {
+            self.refused.set(true);
+        }
+        e
     }
 }
 
@@ -292,8 +330,15 @@ pub(super) fn build_rule<'c>(
 ) -> Result<nftnl::Rule<'c>, BackendError> {
     let exprs = rule_exprs(r, ids).map_err(|e| encode_err(format!("rule `{}`", render::rule(r)), e))?;
     let mut rule = nftnl::Rule::new(chain);
-    for e in &exprs {
-        rule.add_expr(e);
+    let refused = Cell::new(false);
+    for expr in &exprs {
+        rule.add_expr(&Checked { expr, refused: &refused });
+    }
+    if refused.get() {
+        return Err(encode_err(
+            format!("rule `{}`", render::rule(r)),
+            "libnftnl refused an attribute of its expressions (out of memory, or data longer than the attribute)",
+        ));
     }
     Ok(rule)
 }

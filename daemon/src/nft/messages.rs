@@ -33,7 +33,8 @@ pub(super) struct CounterMsg {
 impl CounterMsg {
     pub(super) fn new(table: &CStr, name: &str) -> Result<CounterMsg, BackendError> {
         let cname = cstring("counter", name)?;
-        // SAFETY: a fresh object; strings are copied by libnftnl.
+        // SAFETY: a fresh object (NULL aborts in `alloc`) that only this function holds;
+        // strings are NUL-terminated and copied by libnftnl; these setters cannot fail.
         unsafe {
             let raw = alloc(sys::nftnl_obj_alloc());
             let o = raw.as_ptr();
@@ -83,13 +84,15 @@ impl SetMsg {
         let udata = set_udata(set);
         // concatenated interval sets also describe their field lengths: inet_proto . inet_service . ipv4_addr is 1, 2, 4
         let fields: Vec<u8> = set.key.iter().filter_map(|t| field_spec(*t)).map(|s| s.1 as u8).collect();
+        // SAFETY: allocation only; NULL (out of memory) aborts in `alloc`.
         let msg = SetMsg { raw: alloc(unsafe { sys::nftnl_set_alloc() }) };
         let s = msg.raw.as_ptr();
-        // SAFETY: `s` is a fresh set; strings and data are copied by libnftnl.
+        // SAFETY: `s` is the live set allocated above (freed only when `msg` drops);
+        // strings are NUL-terminated and, like data, copied by libnftnl.
         let ok = unsafe {
             sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, u32::from(k::NFPROTO_INET));
-            sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
-            sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, name.as_ptr());
+            let mut ok = sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, table.as_ptr()) == 0;
+            ok &= sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, name.as_ptr()) == 0;
             sys::nftnl_set_set_u32(s, sys::NFTNL_SET_ID as u16, id);
             sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FLAGS as u16, shape.flags);
             sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_TYPE as u16, shape.key_type);
@@ -101,7 +104,6 @@ impl SetMsg {
             if shape.flags & k::NFT_SET_OBJECT != 0 {
                 sys::nftnl_set_set_u32(s, sys::NFTNL_SET_OBJ_TYPE as u16, shape.obj_type);
             }
-            let mut ok = true;
             if shape.flags & k::NFT_SET_CONCAT != 0 {
                 ok &= sys::nftnl_set_set_data(
                     s,
@@ -157,16 +159,21 @@ impl ElemMsg {
         with_data: bool,
     ) -> Result<(ElemMsg, usize), (usize, String)> {
         let name = CString::new(set.name.as_str()).map_err(|_| (0, "the set name has a NUL byte".to_string()))?;
+        // SAFETY: allocation only; NULL (out of memory) aborts in `alloc`.
         let msg = ElemMsg { raw: alloc(unsafe { sys::nftnl_set_alloc() }) };
         let s = msg.raw.as_ptr();
-        // SAFETY: `s` is a fresh set used only as a container for elements.
-        unsafe {
+        // SAFETY: `s` is the live set allocated above, used only as a container for
+        // elements; strings are NUL-terminated and copied by libnftnl.
+        let named = unsafe {
             sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, u32::from(k::NFPROTO_INET));
-            sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
-            sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, name.as_ptr());
             if let Some(id) = id {
                 sys::nftnl_set_set_u32(s, sys::NFTNL_SET_ID as u16, id);
             }
+            sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, table.as_ptr()) == 0
+                && sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, name.as_ptr()) == 0
+        };
+        if !named {
+            return Err((0, "libnftnl refused the table or set name (out of memory)".to_string()));
         }
         let (mut bytes, mut taken) = (0, 0);
         for (i, e) in elements.iter().enumerate() {
@@ -177,23 +184,28 @@ impl ElemMsg {
             }
             bytes += len;
             taken += 1;
-            // SAFETY: a fresh element, handed to the set which then owns it; data is copied.
-            unsafe {
+            // SAFETY: `el` is a fresh element that the set owns once added (and frees with
+            // itself); `s` is live; data and strings are live for the calls and copied.
+            let ok = unsafe {
                 let el = alloc(sys::nftnl_set_elem_alloc()).as_ptr();
+                sys::nftnl_set_elem_add(s, el);
                 let put = |attr: u32, b: &[u8]| {
-                    sys::nftnl_set_elem_set(el, attr as u16, b.as_ptr().cast(), b.len() as u32);
+                    sys::nftnl_set_elem_set(el, attr as u16, b.as_ptr().cast(), b.len() as u32) == 0
                 };
-                put(sys::NFTNL_SET_ELEM_KEY, &enc.key);
+                let mut ok = put(sys::NFTNL_SET_ELEM_KEY, &enc.key);
                 if let Some(end) = &enc.key_end {
-                    put(sys::NFTNL_SET_ELEM_KEY_END, end);
+                    ok &= put(sys::NFTNL_SET_ELEM_KEY_END, end);
                 }
                 if let Some(data) = &enc.data {
-                    put(sys::NFTNL_SET_ELEM_DATA, data);
+                    ok &= put(sys::NFTNL_SET_ELEM_DATA, data);
                 }
                 if let Some(name) = &enc.objref {
-                    sys::nftnl_set_elem_set_str(el, sys::NFTNL_SET_ELEM_OBJREF as u16, name.as_ptr());
+                    ok &= sys::nftnl_set_elem_set_str(el, sys::NFTNL_SET_ELEM_OBJREF as u16, name.as_ptr()) == 0;
                 }
-                sys::nftnl_set_elem_add(s, el);
+                ok
+            };
+            if !ok {
+                return Err((i, "libnftnl refused its key or data (longer than the attribute holds)".to_string()));
             }
         }
         Ok((msg, taken))

@@ -46,20 +46,28 @@ fn owned_str(p: *const c_char) -> Option<String> {
 /// A rule as libnftnl prints its expressions: `[ NAME BODY] [ NAME BODY] ...`.
 pub(super) fn rule_text(r: &RawRule) -> String {
     unsafe extern "C" fn one(e: *mut sys::nftnl_expr, data: *mut c_void) -> c_int {
-        // SAFETY: `data` is the Vec<String> below; `e` is a live expression of the rule.
+        // SAFETY: `data` is the Vec<String> that `rule_text` passes and nothing else borrows
+        // during the walk; `e` is a live expression of the rule.
         unsafe {
             let out = &mut *data.cast::<Vec<String>>();
             let name = owned_str(sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16)).unwrap_or_default();
             let mut buf = [0 as c_char; 4096];
-            sys::nftnl_expr_snprintf(buf.as_mut_ptr(), buf.len(), e, sys::NFTNL_OUTPUT_DEFAULT, 0);
+            // snprintf NUL-terminates within the buffer, truncating a longer text
+            if sys::nftnl_expr_snprintf(buf.as_mut_ptr(), buf.len(), e, sys::NFTNL_OUTPUT_DEFAULT, 0) < 0 {
+                return -1;
+            }
             let body = owned_str(buf.as_ptr()).unwrap_or_default();
             out.push(format!("[ {name} {body}]"));
         }
         0
     }
     let mut parts: Vec<String> = Vec::new();
-    // SAFETY: the callback only reads the expressions and appends to `parts`.
-    unsafe { sys::nftnl_expr_foreach(r.0.as_ptr(), Some(one), (&raw mut parts).cast()) };
+    // SAFETY: `r` is a live rule; the callback only reads its expressions and appends to
+    // `parts`, which outlives the call and is not otherwise borrowed meanwhile.
+    if unsafe { sys::nftnl_expr_foreach(r.0.as_ptr(), Some(one), (&raw mut parts).cast()) } < 0 {
+        // a text no plan produces, so the rule shows as a difference rather than vanishing
+        parts.push("[ unprintable expression ]".to_string());
+    }
     parts.join(" ")
 }
 
@@ -105,8 +113,8 @@ impl<'t> Reader<'t> {
 
         // nft list table inet T (existence only)
         let t = RawTable::new();
-        // SAFETY: strings are copied by libnftnl.
-        unsafe { sys::nftnl_table_set_str(t.0.as_ptr(), sys::NFTNL_TABLE_NAME as u16, table.as_ptr()) };
+        // SAFETY: `t` is a live table object; the name is NUL-terminated and copied.
+        named(unsafe { sys::nftnl_table_set_str(t.0.as_ptr(), sys::NFTNL_TABLE_NAME as u16, table.as_ptr()) })?;
         let got = self.conn.request(
             k::NFT_MSG_GETTABLE,
             k::NLM_F_ACK,
@@ -124,7 +132,8 @@ impl<'t> Reader<'t> {
         // nft list counters table inet T
         let mut counters = BTreeMap::new();
         let o = RawObj::new();
-        // SAFETY: strings are copied by libnftnl.
+        // SAFETY: `o` is a live object; the name is NUL-terminated and copied; these
+        // setters cannot fail.
         unsafe {
             sys::nftnl_obj_set_str(o.0.as_ptr(), sys::NFTNL_OBJ_TABLE as u16, table.as_ptr());
             sys::nftnl_obj_set_u32(o.0.as_ptr(), sys::NFTNL_OBJ_TYPE as u16, k::NFT_OBJECT_COUNTER);
@@ -161,8 +170,8 @@ impl<'t> Reader<'t> {
         // nft list sets table inet T
         let mut shapes: Vec<(String, SetShape)> = Vec::new();
         let s = RawSetObj::new();
-        // SAFETY: strings are copied by libnftnl.
-        unsafe { sys::nftnl_set_set_str(s.0.as_ptr(), sys::NFTNL_SET_TABLE as u16, table.as_ptr()) };
+        // SAFETY: `s` is a live set object; the name is NUL-terminated and copied.
+        named(unsafe { sys::nftnl_set_set_str(s.0.as_ptr(), sys::NFTNL_SET_TABLE as u16, table.as_ptr()) })?;
         let got = self.conn.request(
             k::NFT_MSG_GETSET,
             k::NLM_F_DUMP,
@@ -204,11 +213,10 @@ impl<'t> Reader<'t> {
             let cname = CString::new(set_name.as_str())
                 .map_err(|_| self.fail("sets", Fail::Decode("set name with a NUL byte".into())))?;
             let s = RawSetObj::new();
-            // SAFETY: strings are copied by libnftnl.
-            unsafe {
-                sys::nftnl_set_set_str(s.0.as_ptr(), sys::NFTNL_SET_TABLE as u16, table.as_ptr());
-                sys::nftnl_set_set_str(s.0.as_ptr(), sys::NFTNL_SET_NAME as u16, cname.as_ptr());
-            }
+            // SAFETY: `s` is a live set object; the names are NUL-terminated and copied.
+            named(unsafe { sys::nftnl_set_set_str(s.0.as_ptr(), sys::NFTNL_SET_TABLE as u16, table.as_ptr()) })?;
+            // SAFETY: as above.
+            named(unsafe { sys::nftnl_set_set_str(s.0.as_ptr(), sys::NFTNL_SET_NAME as u16, cname.as_ptr()) })?;
             let mut elements = Vec::new();
             let got = self.conn.request(
                 k::NFT_MSG_GETSETELEM,
@@ -222,8 +230,8 @@ impl<'t> Reader<'t> {
                     if unsafe { sys::nftnl_set_elems_nlmsg_parse(msg.as_ptr().cast(), set.0.as_ptr()) } < 0 {
                         return Err(format!("malformed elements of set {set_name}"));
                     }
-                    collect_elements(&set, &mut elements);
-                    Ok(())
+                    collect_elements(&set, &mut elements)
+                        .map_err(|()| format!("cannot walk the elements of set {set_name}"))
                 },
             );
             got.map_err(|f| self.fail("set elements", f))?;
@@ -266,8 +274,8 @@ impl<'t> Reader<'t> {
         // nft list table inet T: the rules, in chain order
         let mut orphan_rules = Vec::new();
         let r = RawRule::new();
-        // SAFETY: strings are copied by libnftnl.
-        unsafe { sys::nftnl_rule_set_str(r.0.as_ptr(), sys::NFTNL_RULE_TABLE as u16, table.as_ptr()) };
+        // SAFETY: `r` is a live rule object; the name is NUL-terminated and copied.
+        named(unsafe { sys::nftnl_rule_set_str(r.0.as_ptr(), sys::NFTNL_RULE_TABLE as u16, table.as_ptr()) })?;
         let got = self.conn.request(
             k::NFT_MSG_GETRULE,
             k::NLM_F_DUMP,
@@ -302,9 +310,11 @@ impl<'t> Reader<'t> {
 }
 
 /// Copies the elements of a parsed set-element message.
-fn collect_elements(set: &RawSetObj, out: &mut Vec<RawElem>) {
+fn collect_elements(set: &RawSetObj, out: &mut Vec<RawElem>) -> Result<(), ()> {
     unsafe extern "C" fn one(e: *mut sys::nftnl_set_elem, data: *mut c_void) -> c_int {
-        // SAFETY: `data` is the Vec<RawElem> below; `e` is a live element of the set.
+        // SAFETY: `data` is the Vec<RawElem> that `collect_elements` passes and nothing else
+        // borrows during the walk; `e` is a live element of the set; a non-NULL attribute
+        // pointer is valid for the `len` bytes libnftnl reports.
         unsafe {
             let out = &mut *data.cast::<Vec<RawElem>>();
             let get = |attr: u32| {
@@ -327,8 +337,26 @@ fn collect_elements(set: &RawSetObj, out: &mut Vec<RawElem>) {
         }
         0
     }
-    // SAFETY: the callback only reads the elements and appends to `out`.
-    unsafe { sys::nftnl_set_elem_foreach(set.0.as_ptr(), Some(one), (out as *mut Vec<RawElem>).cast()) };
+    // SAFETY: `set` is live; the callback only reads its elements and appends to `out`,
+    // which outlives the call and is not otherwise borrowed meanwhile.
+    let rc = unsafe { sys::nftnl_set_elem_foreach(set.0.as_ptr(), Some(one), (out as *mut Vec<RawElem>).cast()) };
+    if rc < 0 {
+        Err(())
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks a libnftnl string setter used to build a dump request (it fails only when
+/// memory runs out).
+fn named(rc: c_int) -> Result<(), BackendError> {
+    if rc < 0 {
+        return Err(BackendError::Encode {
+            what: "dump request".to_string(),
+            reason: "libnftnl refused the table or set name (out of memory)".to_string(),
+        });
+    }
+    Ok(())
 }
 
 impl RawTableState {
