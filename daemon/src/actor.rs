@@ -515,7 +515,15 @@ impl Daemon {
             .iter()
             .map(|p| {
                 let (packets, bytes) = obs.as_ref().and_then(|o| o.counters.get(&p.counter).copied()).unwrap_or((0, 0));
-                ForwardStatus { owner: p.owner.clone(), forward: p.forward.clone(), mark: p.mark, packets, bytes }
+                ForwardStatus {
+                    owner: p.owner.clone(),
+                    forward: p.forward.clone(),
+                    mark: p.mark,
+                    packets,
+                    bytes,
+                    state: Default::default(),
+                    reason: None,
+                }
             })
             .collect();
         Ok(Body::Status(Status {

@@ -12,6 +12,7 @@ mod events;
 mod notify;
 mod privs;
 mod server;
+mod sockdiag;
 mod state;
 
 use actor::{Daemon, Msg, Overrides};
