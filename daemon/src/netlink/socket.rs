@@ -119,7 +119,12 @@ impl Socket {
     pub fn replies(&mut self, seq: u32, mut each: impl FnMut(&Msg<'_>)) -> io::Result<()> {
         let mut buf = vec![0u8; 1 << 16];
         loop {
-            let n = self.recv(&mut buf)?;
+            let n = match self.recv(&mut buf) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the netlink socket was closed")),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
             for m in messages(&buf[..n]) {
                 if m.header.seq != seq {
                     continue;
