@@ -10,8 +10,7 @@
 
 use portd::netlink::{find, find_raw, push_padded, Socket};
 use portd_rules::model::{Family, Proto};
-use portd_rules::plan::{names, Element, Plan, Value};
-use std::collections::BTreeSet;
+pub use portd_rules::plan::{stale_in_delta, stale_mappings, Stale};
 use std::io;
 
 const IPCTNL_MSG_CT_GET: u16 = 1;
@@ -59,56 +58,6 @@ impl Cleaner {
             tracing::warn!("the conntrack thread is gone; established flows keep their old target until they time out");
         }
     }
-}
-
-/// A mapping whose flows must be forgotten: public (family, proto, port) -> old target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Stale {
-    /// Address family.
-    pub family: Family,
-    /// Protocol.
-    pub proto: Proto,
-    /// Public port.
-    pub port: u16,
-    /// Target the flows were redirected to.
-    pub old_to: u16,
-}
-
-/// Mappings of `old` that `new` removes or points elsewhere.
-pub fn stale_mappings(old: &Plan, new: &Plan) -> Vec<Stale> {
-    let (Some(o), Some(n)) = (old.set(names::TO), new.set(names::TO)) else { return Vec::new() };
-    let new_map: std::collections::BTreeMap<Vec<Value>, Option<Value>> =
-        n.elements.iter().map(|e| (e.key, e.data)).collect();
-    let mut out = BTreeSet::new();
-    for Element { key, data } in o.elements.iter() {
-        if new_map.get(&key).is_some_and(|d| *d == data) {
-            continue;
-        }
-        if let (
-            [Value::NfProto(family), Value::InetProto(proto), Value::InetService(port)],
-            Some(Value::InetService(to)),
-        ) = (key.as_slice(), &data)
-        {
-            out.insert(Stale { family: *family, proto: *proto, port: *port, old_to: *to });
-        }
-    }
-    out.into_iter().collect()
-}
-
-/// Mappings a delta drops or retargets: every deleted `fwd_to` entry (an unchanged one
-/// is never in a delta).
-pub fn stale_in_delta(d: &portd_rules::Delta) -> Vec<Stale> {
-    d.del_elements
-        .iter()
-        .filter(|(s, _)| s == names::TO)
-        .filter_map(|(_, e)| match (e.key.as_slice(), &e.data) {
-            (
-                [Value::NfProto(family), Value::InetProto(proto), Value::InetService(port)],
-                Some(Value::InetService(to)),
-            ) => Some(Stale { family: *family, proto: *proto, port: *port, old_to: *to }),
-            _ => None,
-        })
-        .collect()
 }
 
 /// (protocol number, source port, destination port) of a CTA_TUPLE_* payload.
@@ -183,26 +132,4 @@ pub fn forget(stale: &[Stale]) -> io::Result<usize> {
         }
     }
     Ok(deleted)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use portd_rules::{compile, Forward, OwnedSet, PortRange};
-
-    fn plan(to: Option<u16>) -> Plan {
-        let forwards =
-            to.map(|t| vec![Forward::new("dns", PortRange::single(53), PortRange::single(t))]).unwrap_or_default();
-        compile("portd", 1, &[OwnedSet { owner: "system".into(), forwards }]).expect("plan")
-    }
-
-    #[test]
-    fn changed_and_removed_targets_are_stale_unchanged_are_not() {
-        assert!(stale_mappings(&plan(Some(5353)), &plan(Some(5353))).is_empty());
-        let changed = stale_mappings(&plan(Some(5353)), &plan(Some(5354)));
-        assert_eq!(changed.len(), 2, "ipv4 and ipv6: {changed:?}");
-        assert!(changed.iter().all(|s| s.port == 53 && s.old_to == 5353 && s.proto == Proto::Tcp));
-        assert_eq!(stale_mappings(&plan(Some(5353)), &plan(None)).len(), 2);
-        assert!(stale_mappings(&plan(None), &plan(Some(5353))).is_empty());
-    }
 }

@@ -6,13 +6,11 @@
 //! The encoding preserves order: packed elements sort exactly as the [`Element`]s they
 //! encode, so iteration order (and thus rendering and batching) is unchanged.
 //!
-//! Layout: each key field is a tag byte (1 + its [`Value`] variant index) and its
-//! payload; then 0x00 ends the key; then 0x00 for no data or 0x01 and the data field.
+//! Layout: each key field is a tag byte (see [`super::tag`]) and its payload; then 0x00 ends the key; then 0x00 for no data or 0x01 and the data field.
 //! Payloads are fixed-width big-endian integers, except names, whose bytes are written
 //! with 0x00 escaped as 0x00 0xFF and end with 0x00 0x01.
 
-use crate::model::{Family, Proto};
-use crate::plan::{Element, Value};
+use super::{family_byte, family_of_byte, proto_byte, proto_of_byte, tag, Element, Value};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::cmp::Ordering;
@@ -77,35 +75,21 @@ fn put_name(out: &mut Vec<u8>, s: &str) {
 }
 
 fn put_value(out: &mut Vec<u8>, v: &Value) {
+    out.push(v.tag());
     match v {
-        Value::NfProto(f) => out.extend_from_slice(&[1, *f as u8]),
-        Value::InetProto(p) => out.extend_from_slice(&[2, *p as u8]),
-        Value::InetService(port) => {
-            out.push(3);
-            out.extend_from_slice(&port.to_be_bytes());
-        }
-        Value::Ifname(n) => {
-            out.push(4);
-            put_name(out, n);
-        }
+        Value::NfProto(f) => out.push(family_byte(*f)),
+        Value::InetProto(p) => out.push(proto_byte(*p)),
+        Value::InetService(port) => out.extend_from_slice(&port.to_be_bytes()),
+        Value::Ifname(n) | Value::Counter(n) => put_name(out, n),
         Value::Ipv4Net(n) => {
-            out.push(5);
             out.extend_from_slice(&n.addr().octets());
             out.push(n.prefix_len());
         }
         Value::Ipv6Net(n) => {
-            out.push(6);
             out.extend_from_slice(&n.addr().octets());
             out.push(n.prefix_len());
         }
-        Value::Mark(m) => {
-            out.push(7);
-            out.extend_from_slice(&m.to_be_bytes());
-        }
-        Value::Counter(c) => {
-            out.push(8);
-            put_name(out, c);
-        }
+        Value::Mark(m) => out.extend_from_slice(&m.to_be_bytes()),
     }
 }
 
@@ -162,22 +146,22 @@ impl Reader<'_> {
         String::from_utf8_lossy(&out).into_owned()
     }
 
-    fn value(&mut self, tag: u8) -> Option<Value> {
-        Some(match tag {
-            1 => Value::NfProto(if self.byte() == 0 { Family::Ipv4 } else { Family::Ipv6 }),
-            2 => Value::InetProto(if self.byte() == 0 { Proto::Tcp } else { Proto::Udp }),
-            3 => Value::InetService(u16::from_be_bytes(self.take())),
-            4 => Value::Ifname(self.name()),
-            5 => {
+    fn value(&mut self, t: u8) -> Option<Value> {
+        Some(match t {
+            tag::NFPROTO => Value::NfProto(family_of_byte(self.byte())),
+            tag::INET_PROTO => Value::InetProto(proto_of_byte(self.byte())),
+            tag::INET_SERVICE => Value::InetService(u16::from_be_bytes(self.take())),
+            tag::IFNAME => Value::Ifname(self.name()),
+            tag::IPV4_NET => {
                 let a = Ipv4Addr::from(self.take::<4>());
                 Value::Ipv4Net(Ipv4Net::new(a, self.byte()).unwrap_or_default())
             }
-            6 => {
+            tag::IPV6_NET => {
                 let a = Ipv6Addr::from(self.take::<16>());
                 Value::Ipv6Net(Ipv6Net::new(a, self.byte()).unwrap_or_default())
             }
-            7 => Value::Mark(u32::from_be_bytes(self.take())),
-            8 => Value::Counter(self.name()),
+            tag::MARK => Value::Mark(u32::from_be_bytes(self.take())),
+            tag::COUNTER => Value::Counter(self.name()),
             _ => return None,
         })
     }
@@ -313,6 +297,7 @@ impl<'de> Deserialize<'de> for Elements {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Family, Proto};
 
     fn samples() -> Vec<Element> {
         let k = |f, p, port| vec![Value::NfProto(f), Value::InetProto(p), Value::InetService(port)];
@@ -387,7 +372,8 @@ mod tests {
     fn typical_elements_stay_inline() {
         let e = Element {
             key: vec![Value::NfProto(Family::Ipv4), Value::InetProto(Proto::Tcp), Value::InetService(1025)],
-            data: Some(Value::Counter(crate::plan::counter_name("user:root", "p1025"))),
+            // a counter name as `plan::counter_name("user:root", "p1025")` makes it
+            data: Some(Value::Counter("c_user_root_p1025_0123abcd".into())),
         };
         assert!(matches!(encode(&e), Packed::Inline { .. }), "{:?}", encode(&e).bytes());
         assert!(std::mem::size_of::<Packed>() <= 40, "{}", std::mem::size_of::<Packed>());
