@@ -36,13 +36,6 @@ impl fmt::Debug for Backend {
     }
 }
 
-impl Clone for Backend {
-    /// The same table, with a socket of its own.
-    fn clone(&self) -> Backend {
-        Backend::new(&self.table)
-    }
-}
-
 impl Backend {
     /// A backend for table `inet <table>`; no kernel access until a method is called.
     pub fn new(table: &str) -> Backend {
