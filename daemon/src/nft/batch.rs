@@ -4,8 +4,8 @@
 
 use super::codec::element_text;
 use super::conn::Conn;
+use super::consts as k;
 use super::error::{encode_err, hint, BackendError};
-use super::k;
 use super::messages::ElemMsg;
 use crate::netlink::attrs;
 use nftnl::{Batch, MsgType, NlMsg};
@@ -87,13 +87,13 @@ impl<'a> Builder<'a> {
                 return Err(BackendError::Send { bytes: bytes.len(), source, hint });
             }
         }
-        conn.wait_acks(first, &subjects, table)
+        conn.wait_acks(first, subjects.len(), |i, offset| describe(&subjects[i].0, subjects[i].1, offset, table))
     }
 }
 
 /// Describes the subject of a refused message; `offset` is the kernel's pointer to the
 /// refused attribute, which names the refused element of a chunk.
-pub(super) fn describe(subject: &Subject<'_>, op: MsgType, offset: Option<u32>, table: &CStr) -> String {
+fn describe(subject: &Subject<'_>, op: MsgType, offset: Option<u32>, table: &CStr) -> String {
     let del = if op == MsgType::Del { "deleting " } else { "" };
     match subject {
         Subject::Table => format!("{del}table inet {}", table.to_string_lossy()),

@@ -2,8 +2,7 @@
 //! decoding of the elements a dump returns. Pure functions of plan values and bytes.
 #![forbid(unsafe_code)]
 
-use super::k;
-use super::observed::SetShape;
+use super::consts as k;
 use portd_rules::model::{Family, Proto};
 use portd_rules::plan::{Element, FieldType, Set, Value};
 use portd_rules::render;
@@ -27,6 +26,23 @@ pub(super) fn field_spec(t: FieldType) -> Option<(u32, u32, u32)> {
 /// Length of a field in a concatenation: every field starts on a 4-byte register.
 pub(super) fn reg_len(len: u32) -> u32 {
     len.div_ceil(4) * 4
+}
+
+/// Kernel definition of a set: the attributes that `apply` sets from a plan [`Set`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetShape {
+    /// `NFT_SET_*` flags.
+    pub flags: u32,
+    /// nft datatype of the key (concatenations: 6 bits per field).
+    pub key_type: u32,
+    /// Key length in bytes.
+    pub key_len: u32,
+    /// Datatype of map data (0: none).
+    pub data_type: u32,
+    /// Length of map data (0: none).
+    pub data_len: u32,
+    /// Object type of object maps (0: none).
+    pub obj_type: u32,
 }
 
 impl SetShape {

@@ -1,14 +1,11 @@
 //! The netfilter netlink connection of the backend (through libmnl): batches out and
 //! their acknowledgements back, and GET requests with their dumps.
 
-use super::batch::{describe, Subject};
+use super::consts as k;
 use super::error::{hint, BackendError};
-use super::k;
 use crate::netlink::{self, header, parse_error, AlignedBuf, NlError};
 use nftnl::nftnl_sys::{self as sys, libc::nlmsghdr};
-use nftnl::MsgType;
 use std::collections::BTreeSet;
-use std::ffi::CStr;
 use std::io;
 
 /// Receive buffer: the kernel sends at most 32 KiB of dump per datagram.
@@ -75,15 +72,15 @@ impl Conn {
         self.sock.recv_raw(self.buf.bytes_mut())
     }
 
-    /// Receives the answer to every message of a sent batch (sequence numbers from
-    /// `first`, in the order of `subjects`); the first refusal becomes the error.
+    /// Receives the answer to every one of the `total` messages of a sent batch (sequence
+    /// numbers from `first`); the first refusal becomes the error, its object named by
+    /// `describe(index of the message, offset of the refused attribute)`.
     pub(super) fn wait_acks(
         &mut self,
         first: u32,
-        subjects: &[(Subject<'_>, MsgType)],
-        table: &CStr,
+        total: usize,
+        describe: impl Fn(usize, Option<u32>) -> String,
     ) -> Result<(), BackendError> {
-        let total = subjects.len();
         let mut pending = vec![true; total];
         let mut missing = total;
         while missing > 0 {
@@ -103,7 +100,7 @@ impl Conn {
                         offset: None,
                     });
                     let object = match index {
-                        Some(i) => describe(&subjects[i].0, subjects[i].1, e.offset, table),
+                        Some(i) => describe(i, e.offset),
                         None => "the batch".to_string(),
                     };
                     return Err(BackendError::Rejected {

@@ -1,15 +1,12 @@
 //! Expressions and rules: each plan rule as the nf_tables expressions nft(8) builds from
 //! its text, and the chains that carry them.
 
+use super::consts as k;
 use super::error::{cstring, encode_err, BackendError};
-use super::k;
-use super::messages::alloc;
-use super::observed::{ObservedChain, ObservedHook};
-use super::read::{rule_text, RawRule};
-use crate::netlink::AlignedBuf;
+use super::raw::alloc;
 use nftnl::expr::Expression;
 use nftnl::nftnl_sys as sys;
-use nftnl::{Chain, MsgType, NlMsg, ProtoFamily, Table};
+use nftnl::{Chain, Table};
 use portd_rules::model::{Family, Proto};
 use portd_rules::plan::{self, ChainType, Hook, Plan};
 use portd_rules::render;
@@ -343,7 +340,7 @@ pub(super) fn build_rule<'c>(
     Ok(rule)
 }
 
-fn hook_num(h: Hook) -> u32 {
+pub(super) fn hook_num(h: Hook) -> u32 {
     match h {
         Hook::Prerouting => k::NF_INET_PRE_ROUTING,
         Hook::Input => k::NF_INET_LOCAL_IN,
@@ -368,81 +365,4 @@ pub(super) fn chain_obj<'t>(t: &'t Table, c: &plan::Chain) -> Result<Chain<'t>, 
         chain.set_policy(nftnl::Policy::Accept);
     }
     Ok(chain)
-}
-
-/// The chains `apply(plan)` builds, each rule in the canonical text of [`rule_text`]:
-/// built with the same code, encoded and parsed back as the kernel's dump is.
-pub(super) fn expected_chains(plan: &Plan) -> Result<Vec<ObservedChain>, String> {
-    let ids = SetIds::of(plan);
-    let table = CString::new(plan.table.as_str()).map_err(|_| "the table name has a NUL byte".to_string())?;
-    let t = Table::new(&table, ProtoFamily::Inet);
-    let mut buf = AlignedBuf::new(nftnl::nft_nlmsg_maxsize() as usize);
-    let mut out = Vec::new();
-    for c in &plan.chains {
-        let chain = chain_obj(&t, c).map_err(|e| e.to_string())?;
-        let mut rules = Vec::new();
-        for r in &c.rules {
-            let rule = build_rule(&chain, r, &ids).map_err(|e| e.to_string())?;
-            // libnftnl does not always clear attribute padding (objref names are not
-            // NUL-terminated), so start from zeros as the kernel's own dump does
-            buf.bytes_mut().fill(0);
-            // SAFETY: the buffer has nft_nlmsg_maxsize() bytes.
-            unsafe { rule.write(buf.as_mut_ptr().cast(), 0, MsgType::Add) };
-            let parsed = RawRule::new();
-            // SAFETY: the buffer holds the complete rule message just written.
-            if unsafe { sys::nftnl_rule_nlmsg_parse(buf.as_ptr().cast(), parsed.0.as_ptr()) } < 0 {
-                return Err(format!("libnftnl cannot parse its own encoding of `{}`", render::rule(r)));
-            }
-            rules.push(rule_text(&parsed));
-        }
-        let hook = c.base.map(|b| ObservedHook {
-            kind: match b.kind {
-                ChainType::Filter => "filter".into(),
-                ChainType::Nat => "nat".into(),
-            },
-            hook: hook_num(b.hook),
-            priority: b.priority,
-            policy: k::NF_ACCEPT,
-        });
-        out.push(ObservedChain { name: c.name.clone(), hook, rules });
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use portd_rules::model::{Forward, PortRange};
-    use portd_rules::plan::{compile, OwnedSet};
-
-    fn plan() -> Plan {
-        let mut f = Forward::new("web", PortRange::single(80), PortRange::single(8080));
-        f.sources = vec!["203.0.113.7/24".parse().expect("net"), "2001:db8::/32".parse().expect("net")];
-        f.interfaces = vec!["eth0".into()];
-        compile("portd", 1, &[OwnedSet { owner: "system".into(), forwards: vec![f] }]).expect("compiles")
-    }
-
-    #[test]
-    fn rules_render_to_nft_expressions() {
-        let p = plan();
-        let chains = expected_chains(&p).expect("builds");
-        let input = chains.iter().find(|c| c.name == "input").expect("input");
-        let redirect = chains.iter().find(|c| c.name == "redirect_in").expect("chain");
-        assert_eq!(input.hook, Some(ObservedHook { kind: "filter".into(), hook: 1, priority: 0, policy: 1 }));
-        // as printed by `nft --debug=netlink` (plus the attributes the kernel reports back)
-        assert!(
-            input.rules[0]
-                .starts_with("[ ct load state => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000008 ) ^ 0x00000000 ]"),
-            "{}",
-            input.rules[0]
-        );
-        assert!(
-            redirect.rules[3].ends_with(
-                "[ lookup reg 1 set fwd_to dreg 1 0x0 ] [ redir proto_min reg 1 proto_max reg 1 flags 0x2 ]"
-            ),
-            "{}",
-            redirect.rules[3]
-        );
-        assert!(redirect.rules[1].contains("[ byteorder reg 1 = hton(reg 1, 2, 1) ]"), "{}", redirect.rules[1]);
-    }
 }

@@ -1,10 +1,10 @@
 //! Netlink objects nftnl does not provide: named counters, set definitions and chunks of
 //! set elements, each an owned libnftnl object that writes itself into a batch.
 
-use super::codec::{encode_element, field_spec, set_udata};
+use super::codec::{encode_element, field_spec, set_udata, SetShape};
+use super::consts as k;
 use super::error::{cstring, encode_err, BackendError};
-use super::k;
-use super::observed::SetShape;
+use super::raw::alloc;
 use crate::netlink::AlignedBuf;
 use nftnl::nftnl_sys as sys;
 use nftnl::{MsgType, NlMsg};
@@ -15,15 +15,6 @@ use std::ptr::NonNull;
 /// Upper bound of the element list of one set-element message. The kernel's limit is
 /// 64 KiB (a netlink attribute length is 16 bits); half of it keeps well clear.
 pub(super) const ELEMS_BYTES: usize = 32 * 1024;
-
-/// A libnftnl allocation; allocation only fails when memory is exhausted, and then we
-/// abort like the allocator and `nftnl` itself do.
-pub(super) fn alloc<T>(p: *mut T) -> NonNull<T> {
-    match NonNull::new(p) {
-        Some(p) => p,
-        None => std::process::abort(),
-    }
-}
 
 /// A named counter object (`NFT_MSG_NEWOBJ` / `NFT_MSG_DELOBJ`).
 pub(super) struct CounterMsg {

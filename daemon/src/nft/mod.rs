@@ -25,6 +25,7 @@
 //! - [`expr`]: plan rules as nf_tables expressions, chains (libnftnl objects).
 //! - [`batch`]: one transaction and the subject of each message, for error messages.
 //! - [`conn`]: the libmnl socket: send a batch, wait for every answer; GET and dump.
+//! - [`raw`]: owned libnftnl objects and the printed text of a rule.
 //! - [`read`]: dump the table into libnftnl objects and decode it.
 //! - [`observed`]: [`Observed`], what the kernel holds, and its differences from a plan.
 //! - [`error`]: [`BackendError`] and the hint for each errno.
@@ -40,10 +41,10 @@ mod error;
 mod expr;
 mod messages;
 mod observed;
+mod raw;
 mod read;
 
-use consts as k;
-
 pub use backend::Backend;
+pub use codec::SetShape;
 pub use error::BackendError;
-pub use observed::{Observed, ObservedChain, ObservedHook, SetShape};
+pub use observed::{Observed, ObservedChain, ObservedHook};

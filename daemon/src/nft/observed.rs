@@ -2,10 +2,17 @@
 //! returns, compared with the chains, sets and elements `apply` would build.
 #![forbid(unsafe_code)]
 
-use super::codec::{element_text, normalize};
-use super::expr::expected_chains;
+use super::codec::{element_text, normalize, SetShape};
+use super::consts as k;
+use super::expr::{build_rule, chain_obj, hook_num, SetIds};
+use super::raw::reparsed_text;
+use crate::netlink::AlignedBuf;
+use nftnl::{ProtoFamily, Table};
+use portd_rules::plan::ChainType;
 use portd_rules::plan::{Element, Plan};
+use portd_rules::render;
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
 
 /// What the kernel holds in portd's table, decoded with the types of an expected plan.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -20,23 +27,6 @@ pub struct Observed {
     pub chains: Vec<ObservedChain>,
     /// What could not be decoded or is unknown to the expected plan; non-empty means no match.
     pub problems: Vec<String>,
-}
-
-/// Kernel definition of a set: the attributes that `apply` sets from a plan [`Set`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SetShape {
-    /// `NFT_SET_*` flags.
-    pub flags: u32,
-    /// nft datatype of the key (concatenations: 6 bits per field).
-    pub key_type: u32,
-    /// Key length in bytes.
-    pub key_len: u32,
-    /// Datatype of map data (0: none).
-    pub data_type: u32,
-    /// Length of map data (0: none).
-    pub data_len: u32,
-    /// Object type of object maps (0: none).
-    pub obj_type: u32,
 }
 
 /// One chain as the kernel holds it.
@@ -144,5 +134,74 @@ impl Observed {
             }
         }
         out
+    }
+}
+
+/// The chains `apply(plan)` builds, each rule in the canonical text of [`rule_text`]:
+/// built with the same code, encoded and parsed back as the kernel's dump is.
+fn expected_chains(plan: &Plan) -> Result<Vec<ObservedChain>, String> {
+    let ids = SetIds::of(plan);
+    let table = CString::new(plan.table.as_str()).map_err(|_| "the table name has a NUL byte".to_string())?;
+    let t = Table::new(&table, ProtoFamily::Inet);
+    let mut buf = AlignedBuf::new(nftnl::nft_nlmsg_maxsize() as usize);
+    let mut out = Vec::new();
+    for c in &plan.chains {
+        let chain = chain_obj(&t, c).map_err(|e| e.to_string())?;
+        let mut rules = Vec::new();
+        for r in &c.rules {
+            let rule = build_rule(&chain, r, &ids).map_err(|e| e.to_string())?;
+            let text = reparsed_text(&rule, &mut buf)
+                .ok_or_else(|| format!("libnftnl cannot parse its own encoding of `{}`", render::rule(r)))?;
+            rules.push(text);
+        }
+        let hook = c.base.map(|b| ObservedHook {
+            kind: match b.kind {
+                ChainType::Filter => "filter".into(),
+                ChainType::Nat => "nat".into(),
+            },
+            hook: hook_num(b.hook),
+            priority: b.priority,
+            policy: k::NF_ACCEPT,
+        });
+        out.push(ObservedChain { name: c.name.clone(), hook, rules });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portd_rules::model::{Forward, PortRange};
+    use portd_rules::plan::{compile, OwnedSet};
+
+    fn plan() -> Plan {
+        let mut f = Forward::new("web", PortRange::single(80), PortRange::single(8080));
+        f.sources = vec!["203.0.113.7/24".parse().expect("net"), "2001:db8::/32".parse().expect("net")];
+        f.interfaces = vec!["eth0".into()];
+        compile("portd", 1, &[OwnedSet { owner: "system".into(), forwards: vec![f] }]).expect("compiles")
+    }
+
+    #[test]
+    fn rules_render_to_nft_expressions() {
+        let p = plan();
+        let chains = expected_chains(&p).expect("builds");
+        let input = chains.iter().find(|c| c.name == "input").expect("input");
+        let redirect = chains.iter().find(|c| c.name == "redirect_in").expect("chain");
+        assert_eq!(input.hook, Some(ObservedHook { kind: "filter".into(), hook: 1, priority: 0, policy: 1 }));
+        // as printed by `nft --debug=netlink` (plus the attributes the kernel reports back)
+        assert!(
+            input.rules[0]
+                .starts_with("[ ct load state => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000008 ) ^ 0x00000000 ]"),
+            "{}",
+            input.rules[0]
+        );
+        assert!(
+            redirect.rules[3].ends_with(
+                "[ lookup reg 1 set fwd_to dreg 1 0x0 ] [ redir proto_min reg 1 proto_max reg 1 flags 0x2 ]"
+            ),
+            "{}",
+            redirect.rules[3]
+        );
+        assert!(redirect.rules[1].contains("[ byteorder reg 1 = hton(reg 1, 2, 1) ]"), "{}", redirect.rules[1]);
     }
 }

@@ -1,75 +1,17 @@
 //! Reading the table back: one dump per object type into libnftnl objects, then decoding
 //! with the types of the expected plan into an [`Observed`].
 
+use super::codec::SetShape;
 use super::codec::{decode_element, RawElem};
 use super::conn::{Conn, Fail, Generation};
+use super::consts as k;
 use super::error::{hint, BackendError};
-use super::k;
-use super::messages::alloc;
-use super::observed::{Observed, ObservedChain, ObservedHook, SetShape};
+use super::observed::{Observed, ObservedChain, ObservedHook};
+use super::raw::{owned_str, rule_text, RawChain, RawObj, RawRule, RawSetObj, RawTable};
 use nftnl::nftnl_sys as sys;
 use portd_rules::plan::Plan;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::ptr::NonNull;
-
-macro_rules! raw_object {
-    ($name:ident, $ty:ident, $alloc:ident, $free:ident) => {
-        /// An owned libnftnl object.
-        pub(super) struct $name(pub(super) NonNull<sys::$ty>);
-        impl $name {
-            pub(super) fn new() -> $name {
-                // SAFETY: allocation only; see `alloc`.
-                $name(alloc(unsafe { sys::$alloc() }))
-            }
-        }
-        impl Drop for $name {
-            fn drop(&mut self) {
-                // SAFETY: allocated by the matching alloc and freed only here.
-                unsafe { sys::$free(self.0.as_ptr()) }
-            }
-        }
-    };
-}
-raw_object!(RawTable, nftnl_table, nftnl_table_alloc, nftnl_table_free);
-raw_object!(RawChain, nftnl_chain, nftnl_chain_alloc, nftnl_chain_free);
-raw_object!(RawRule, nftnl_rule, nftnl_rule_alloc, nftnl_rule_free);
-raw_object!(RawSetObj, nftnl_set, nftnl_set_alloc, nftnl_set_free);
-raw_object!(RawObj, nftnl_obj, nftnl_obj_alloc, nftnl_obj_free);
-
-/// A string attribute that libnftnl returns as a pointer (NULL when unset).
-fn owned_str(p: *const c_char) -> Option<String> {
-    // SAFETY: libnftnl returns NULL or a NUL-terminated string that the object owns.
-    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
-}
-
-/// A rule as libnftnl prints its expressions: `[ NAME BODY] [ NAME BODY] ...`.
-pub(super) fn rule_text(r: &RawRule) -> String {
-    unsafe extern "C" fn one(e: *mut sys::nftnl_expr, data: *mut c_void) -> c_int {
-        // SAFETY: `data` is the Vec<String> that `rule_text` passes and nothing else borrows
-        // during the walk; `e` is a live expression of the rule.
-        unsafe {
-            let out = &mut *data.cast::<Vec<String>>();
-            let name = owned_str(sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16)).unwrap_or_default();
-            let mut buf = [0 as c_char; 4096];
-            // snprintf NUL-terminates within the buffer, truncating a longer text
-            if sys::nftnl_expr_snprintf(buf.as_mut_ptr(), buf.len(), e, sys::NFTNL_OUTPUT_DEFAULT, 0) < 0 {
-                return -1;
-            }
-            let body = owned_str(buf.as_ptr()).unwrap_or_default();
-            out.push(format!("[ {name} {body}]"));
-        }
-        0
-    }
-    let mut parts: Vec<String> = Vec::new();
-    // SAFETY: `r` is a live rule; the callback only reads its expressions and appends to
-    // `parts`, which outlives the call and is not otherwise borrowed meanwhile.
-    if unsafe { sys::nftnl_expr_foreach(r.0.as_ptr(), Some(one), (&raw mut parts).cast()) } < 0 {
-        // a text no plan produces, so the rule shows as a difference rather than vanishing
-        parts.push("[ unprintable expression ]".to_string());
-    }
-    parts.join(" ")
-}
+use std::ffi::{c_int, c_void, CStr, CString};
 
 /// Everything dumped from the table, not yet decoded.
 pub(super) struct RawTableState {
