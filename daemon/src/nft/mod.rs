@@ -1,4 +1,4 @@
-//! Kernel backend: puts a [`Plan`] into nf_tables over netlink and reads it back.
+//! Kernel backend: puts a [`Plan`](portd_rules::plan::Plan) into nf_tables over netlink and reads it back.
 //!
 //! This is the only module of portd that speaks nf_tables (through `nftnl` and `mnl`).
 //! [`Backend::apply`] replaces portd's own `inet` table in one atomic batch,
@@ -19,16 +19,16 @@
 //!
 //! The seams, in the order data flows through them:
 //!
-//! - [`backend`]: [`Backend`], the only public entry: apply, apply a delta, read, remove.
-//! - [`codec`]: keys, map data and set definitions as bytes, and back (pure).
-//! - [`messages`]: counter, set and set-element messages nftnl lacks (libnftnl objects).
-//! - [`expr`]: plan rules as nf_tables expressions, chains (libnftnl objects).
-//! - [`batch`]: one transaction and the subject of each message, for error messages.
-//! - [`conn`]: the libmnl socket: send a batch, wait for every answer; GET and dump.
-//! - [`raw`]: owned libnftnl objects and the printed text of a rule.
-//! - [`read`]: dump the table into libnftnl objects and decode it.
-//! - [`observed`]: [`Observed`], what the kernel holds, and its differences from a plan.
-//! - [`error`]: [`BackendError`] and the hint for each errno.
+//! - `backend`: [`Backend`], the only public entry: apply, apply a delta, read, remove.
+//! - `codec`: keys, map data and set definitions as bytes, and back (pure).
+//! - `messages`: counter, set and set-element messages nftnl lacks (libnftnl objects).
+//! - `expr`: plan rules as nf_tables expressions, chains (libnftnl objects).
+//! - `batch`: one transaction and the subject of each message, for error messages.
+//! - `conn`: the libmnl socket: send a batch, wait for every answer; GET and dump.
+//! - `raw`: owned libnftnl objects and the printed text of a rule.
+//! - `read`: dump the table into libnftnl objects and decode it.
+//! - `observed`: [`Observed`], what the kernel holds, and its differences from a plan.
+//! - `error`: [`BackendError`] and the hint for each errno.
 //!
 //! Generic netlink (attributes, headers, errors, sockets) lives in [`crate::netlink`].
 

@@ -54,8 +54,9 @@ pub struct ObservedHook {
 }
 
 impl Observed {
-    /// True when the kernel holds exactly what [`Backend::apply`] of `plan` builds: the
-    /// same counters, set definitions and elements, chains, hooks and rule expressions.
+    /// True when the kernel holds exactly what [`Backend::apply`](super::Backend::apply)
+    /// of `plan` builds: the same counters, set definitions and elements, chains, hooks
+    /// and rule expressions.
     pub fn matches(&self, plan: &Plan) -> bool {
         self.differences(plan).is_empty()
     }

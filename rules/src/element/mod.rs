@@ -34,9 +34,9 @@ pub enum FieldType {
     Counter,
 }
 
-/// One field value of an element. Values order by [`Value::tag`] first (the order of the
-/// variants below), then by payload, with families and protocols in the order of their
-/// explicit bytes ([`family_byte`], [`proto_byte`]); the packed encoding sorts the same.
+/// One field value of an element. Values order by variant first (in the order below,
+/// which is that of their explicit tag bytes), then by payload, with IPv4 before IPv6 and
+/// TCP before UDP (explicit bytes too); the packed encoding sorts the same.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Value {
@@ -61,7 +61,7 @@ pub enum Value {
 /// One set element or map entry.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Element {
-    /// Key fields, one per [`Set::key`] field.
+    /// Key fields, one per [`crate::plan::Set::key`] field.
     pub key: Vec<Value>,
     /// Mapped value, for maps.
     pub data: Option<Value>,
