@@ -49,10 +49,23 @@ impl<'t> Reader<'t> {
 
     /// Dumps table, counters, sets, elements, chains and rules; `None` if there is no table.
     pub(super) fn read_all(&mut self) -> Result<Option<RawTableState>, BackendError> {
-        let table = self.table;
-        let name = self.name;
-        let mine = |t: Option<String>| t.as_deref() == Some(name);
+        if !self.table_exists()? {
+            return Ok(None);
+        }
+        let counters = self.counters()?;
+        let mut sets = Vec::new();
+        for (set_name, shape) in self.set_shapes()? {
+            let elements = self.elements(&set_name)?;
+            sets.push((set_name, shape, elements));
+        }
+        let mut chains = self.chains()?;
+        let orphan_rules = self.rules(&mut chains)?;
+        Ok(Some(RawTableState { counters, sets, chains, orphan_rules }))
+    }
 
+    /// Whether the table exists.
+    fn table_exists(&mut self) -> Result<bool, BackendError> {
+        let table = self.table;
         // nft list table inet T (existence only)
         let t = RawTable::new();
         // SAFETY: `t` is a live table object; the name is NUL-terminated and copied.
@@ -60,17 +73,24 @@ impl<'t> Reader<'t> {
         let got = self.conn.request(
             k::NFT_MSG_GETTABLE,
             k::NLM_F_ACK,
-            // SAFETY: the header was built by the caller in a large enough buffer.
+            // SAFETY: `request` hands over a header it built in a buffer large enough for the
+            // payload, and the object is live.
             |nlh| unsafe { sys::nftnl_table_nlmsg_build_payload(nlh, t.0.as_ptr()) },
             &mut self.gen,
             |_| Ok(()),
         );
         match got {
-            Ok(()) => {}
-            Err(Fail::Kernel(e)) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-            Err(f) => return Err(self.fail("definition", f)),
+            Ok(()) => Ok(true),
+            Err(Fail::Kernel(e)) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(f) => Err(self.fail("definition", f)),
         }
+    }
 
+    /// The named counters with their packets and bytes.
+    fn counters(&mut self) -> Result<BTreeMap<String, (u64, u64)>, BackendError> {
+        let table = self.table;
+        let name = self.name;
+        let mine = |t: Option<String>| t.as_deref() == Some(name);
         // nft list counters table inet T
         let mut counters = BTreeMap::new();
         let o = RawObj::new();
@@ -83,7 +103,8 @@ impl<'t> Reader<'t> {
         let got = self.conn.request(
             k::NFT_MSG_GETOBJ,
             k::NLM_F_DUMP,
-            // SAFETY: as above.
+            // SAFETY: `request` hands over a header it built in a buffer large enough for the
+            // payload, and the object is live.
             |nlh| unsafe { sys::nftnl_obj_nlmsg_build_payload(nlh, o.0.as_ptr()) },
             &mut self.gen,
             |msg| {
@@ -108,7 +129,14 @@ impl<'t> Reader<'t> {
             },
         );
         got.map_err(|f| self.fail("counters", f))?;
+        Ok(counters)
+    }
 
+    /// Name and definition of every set.
+    fn set_shapes(&mut self) -> Result<Vec<(String, SetShape)>, BackendError> {
+        let table = self.table;
+        let name = self.name;
+        let mine = |t: Option<String>| t.as_deref() == Some(name);
         // nft list sets table inet T
         let mut shapes: Vec<(String, SetShape)> = Vec::new();
         let s = RawSetObj::new();
@@ -117,7 +145,8 @@ impl<'t> Reader<'t> {
         let got = self.conn.request(
             k::NFT_MSG_GETSET,
             k::NLM_F_DUMP,
-            // SAFETY: as above.
+            // SAFETY: `request` hands over a header it built in a buffer large enough for the
+            // payload, and the object is live.
             |nlh| unsafe { sys::nftnl_set_nlmsg_build_payload(nlh, s.0.as_ptr()) },
             &mut self.gen,
             |msg| {
@@ -148,38 +177,46 @@ impl<'t> Reader<'t> {
             },
         );
         got.map_err(|f| self.fail("sets", f))?;
+        Ok(shapes)
+    }
 
+    /// The elements of set `set_name`, as dumped.
+    fn elements(&mut self, set_name: &str) -> Result<Vec<RawElem>, BackendError> {
+        let table = self.table;
         // nft list set inet T NAME, for each set
-        let mut sets = Vec::with_capacity(shapes.len());
-        for (set_name, shape) in shapes {
-            let cname = CString::new(set_name.as_str())
-                .map_err(|_| self.fail("sets", Fail::Decode("set name with a NUL byte".into())))?;
-            let s = RawSetObj::new();
-            // SAFETY: `s` is a live set object; the names are NUL-terminated and copied.
-            named(unsafe { sys::nftnl_set_set_str(s.0.as_ptr(), sys::NFTNL_SET_TABLE as u16, table.as_ptr()) })?;
-            // SAFETY: as above.
-            named(unsafe { sys::nftnl_set_set_str(s.0.as_ptr(), sys::NFTNL_SET_NAME as u16, cname.as_ptr()) })?;
-            let mut elements = Vec::new();
-            let got = self.conn.request(
-                k::NFT_MSG_GETSETELEM,
-                k::NLM_F_DUMP,
-                // SAFETY: as above.
-                |nlh| unsafe { sys::nftnl_set_elems_nlmsg_build_payload(nlh, s.0.as_ptr()) },
-                &mut self.gen,
-                |msg| {
-                    let set = RawSetObj::new();
-                    // SAFETY: `msg` is one complete, aligned netlink message.
-                    if unsafe { sys::nftnl_set_elems_nlmsg_parse(msg.as_ptr().cast(), set.0.as_ptr()) } < 0 {
-                        return Err(format!("malformed elements of set {set_name}"));
-                    }
-                    collect_elements(&set, &mut elements)
-                        .map_err(|()| format!("cannot walk the elements of set {set_name}"))
-                },
-            );
-            got.map_err(|f| self.fail("set elements", f))?;
-            sets.push((set_name, shape, elements));
-        }
+        let cname =
+            CString::new(set_name).map_err(|_| self.fail("sets", Fail::Decode("set name with a NUL byte".into())))?;
+        let s = RawSetObj::new();
+        // SAFETY: `s` is a live set object; the names are NUL-terminated and copied.
+        named(unsafe { sys::nftnl_set_set_str(s.0.as_ptr(), sys::NFTNL_SET_TABLE as u16, table.as_ptr()) })?;
+        // SAFETY: as above.
+        named(unsafe { sys::nftnl_set_set_str(s.0.as_ptr(), sys::NFTNL_SET_NAME as u16, cname.as_ptr()) })?;
+        let mut elements = Vec::new();
+        let got = self.conn.request(
+            k::NFT_MSG_GETSETELEM,
+            k::NLM_F_DUMP,
+            // SAFETY: `request` hands over a header it built in a buffer large enough for the
+            // payload, and the object is live.
+            |nlh| unsafe { sys::nftnl_set_elems_nlmsg_build_payload(nlh, s.0.as_ptr()) },
+            &mut self.gen,
+            |msg| {
+                let set = RawSetObj::new();
+                // SAFETY: `msg` is one complete, aligned netlink message.
+                if unsafe { sys::nftnl_set_elems_nlmsg_parse(msg.as_ptr().cast(), set.0.as_ptr()) } < 0 {
+                    return Err(format!("malformed elements of set {set_name}"));
+                }
+                collect_elements(&set, &mut elements)
+                    .map_err(|()| format!("cannot walk the elements of set {set_name}"))
+            },
+        );
+        got.map_err(|f| self.fail("set elements", f))?;
+        Ok(elements)
+    }
 
+    /// The chains with their hooks (rules come separately).
+    fn chains(&mut self) -> Result<Vec<ObservedChain>, BackendError> {
+        let name = self.name;
+        let mine = |t: Option<String>| t.as_deref() == Some(name);
         // nft list chains table inet T (the kernel does not filter chain dumps by table)
         let mut chains = Vec::new();
         let got = self.conn.request(
@@ -212,7 +249,14 @@ impl<'t> Reader<'t> {
             },
         );
         got.map_err(|f| self.fail("chains", f))?;
+        Ok(chains)
+    }
 
+    /// The rules, appended to their chains in dump order; returns those of unknown chains.
+    fn rules(&mut self, chains: &mut [ObservedChain]) -> Result<Vec<String>, BackendError> {
+        let table = self.table;
+        let name = self.name;
+        let mine = |t: Option<String>| t.as_deref() == Some(name);
         // nft list table inet T: the rules, in chain order
         let mut orphan_rules = Vec::new();
         let r = RawRule::new();
@@ -221,7 +265,8 @@ impl<'t> Reader<'t> {
         let got = self.conn.request(
             k::NFT_MSG_GETRULE,
             k::NLM_F_DUMP,
-            // SAFETY: as above.
+            // SAFETY: `request` hands over a header it built in a buffer large enough for the
+            // payload, and the object is live.
             |nlh| unsafe { sys::nftnl_rule_nlmsg_build_payload(nlh, r.0.as_ptr()) },
             &mut self.gen,
             |msg| {
@@ -246,8 +291,7 @@ impl<'t> Reader<'t> {
             },
         );
         got.map_err(|f| self.fail("rules", f))?;
-
-        Ok(Some(RawTableState { counters, sets, chains, orphan_rules }))
+        Ok(orphan_rules)
     }
 }
 
