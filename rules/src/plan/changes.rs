@@ -2,7 +2,10 @@
 //! that costs O(change), not O(plan).
 
 use super::compile::key;
-use super::{counter_name, names, Conflict, Delta, Element, PlacedForward, Plan, Summary, Value};
+use super::delta::Delta;
+use super::summary::Summary;
+use super::table::{counter_name, names, Conflict, PlacedForward, Plan};
+use crate::element::{Element, Value};
 use crate::model::Forward;
 use std::collections::BTreeSet;
 

@@ -1,10 +1,11 @@
 //! The skeleton every plan shares (sets and chains, empty), and compiling owners' forward
 //! sets into a plan: each forward contributes elements and one counter.
 
-use super::{
-    counter_name, names, BaseChain, Chain, ChainType, Conflict, Element, Elements, FieldType, Hook, OwnedSet,
-    PlacedForward, Plan, Rule, Set, Value, SYSTEM_OWNER,
+use super::table::{
+    counter_name, names, BaseChain, Chain, ChainType, Conflict, Hook, OwnedSet, PlacedForward, Plan, Rule, Set,
+    SYSTEM_OWNER,
 };
+use crate::element::{Element, Elements, FieldType, Value};
 use crate::model::{Family, Forward, Proto};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -82,6 +83,11 @@ pub(super) fn skeleton(table: &str) -> Plan {
 }
 
 impl Plan {
+    /// An empty plan: the skeleton with no forwards.
+    pub fn empty(table: &str) -> Plan {
+        skeleton(table)
+    }
+
     /// Adds one forward's elements and counter.
     pub(super) fn place(&mut self, owner: &str, f: &Forward, default_mark: u32) {
         use names::*;

@@ -2,7 +2,9 @@
 //! "structural": replace the whole table), and making it the current plan.
 
 use super::summary::summarize;
-use super::{placed_order, Element, Plan, Summary};
+use super::summary::Summary;
+use super::table::{placed_order, Plan};
+use crate::element::Element;
 use serde::{Deserialize, Serialize};
 
 /// Element-level difference between two plans of the same skeleton.

@@ -2,7 +2,9 @@
 //! established flows keep the old NAT binding until conntrack forgets them, so the
 //! daemon deletes those conntrack entries after each change.
 
-use super::{names, Delta, Element, Plan, Value};
+use super::delta::Delta;
+use super::table::{names, Plan};
+use crate::element::{Element, Value};
 use crate::model::{Family, Proto};
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,6 +1,6 @@
 //! The [`Summary`] of a change: forwards added, removed and changed, for answers and logs.
 
-use super::{PlacedForward, Plan};
+use super::table::{PlacedForward, Plan};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
