@@ -6,11 +6,11 @@
 //! The encoding preserves order: packed elements sort exactly as the [`Element`]s they
 //! encode, so iteration order (and thus rendering and batching) is unchanged.
 //!
-//! Layout: each key field is a tag byte (see [`super::tag`]) and its payload; then 0x00 ends the key; then 0x00 for no data or 0x01 and the data field.
+//! Layout: each key field is a tag byte (see `value::tag`) and its payload; then 0x00 ends the key; then 0x00 for no data or 0x01 and the data field.
 //! Payloads are fixed-width big-endian integers, except names, whose bytes are written
 //! with 0x00 escaped as 0x00 0xFF and end with 0x00 0x01.
 
-use super::{family_byte, family_of_byte, proto_byte, proto_of_byte, tag, Element, Value};
+use super::value::{family_byte, family_of_byte, proto_byte, proto_of_byte, tag, Element, Value};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::cmp::Ordering;
