@@ -1,5 +1,6 @@
 //! portctl: the control CLI of portd. `check` and `plan` work offline; every other
 //! command talks to the daemon over its Unix socket.
+#![forbid(unsafe_code)]
 
 mod cli;
 mod client;

@@ -9,7 +9,6 @@
 mod actor;
 mod conntrack;
 mod events;
-mod nlattr;
 mod notify;
 mod privs;
 mod safedir;
@@ -170,8 +169,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
 
     // Room for the connection limit: raise the soft descriptor limit to the hard one.
-    if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
-        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard.min(65536), hard);
+    // Failing leaves the soft limit as it was: fewer simultaneous connections, still correct.
+    let nofile = nix::sys::resource::Resource::RLIMIT_NOFILE;
+    match nix::sys::resource::getrlimit(nofile) {
+        Ok((_, hard)) => {
+            if let Err(e) = nix::sys::resource::setrlimit(nofile, hard.min(65536), hard) {
+                tracing::warn!(
+                    "cannot raise the open-file limit to {}: {e}; fewer connections fit at once",
+                    hard.min(65536)
+                );
+            }
+        }
+        Err(e) => tracing::warn!("cannot read the open-file limit: {e}; keeping it as it is"),
     }
 
     // 3. Privileges.

@@ -78,7 +78,7 @@ pub enum Msg {
     /// Clean stop: apply `on_exit` and end.
     Shutdown { reply: oneshot::Sender<()> },
     /// A committed nf_tables transaction touched our table.
-    Drift(crate::events::Change),
+    Drift(crate::events::TableEvent),
 }
 
 /// Settings the actor needs that come from flags rather than the config file.
@@ -428,7 +428,7 @@ impl Daemon {
                 trim_heap();
             }
             if self.backoff.due(now) {
-                self.repair_if_drifted(crate::events::Change::Unknown);
+                self.repair_if_drifted(crate::events::TableEvent::Unknown);
             }
             if self.poll_at.is_some_and(|t| t <= now) {
                 self.poll_listeners();
@@ -461,12 +461,12 @@ impl Daemon {
     }
 
     /// Puts the table back when another program deleted or edited it.
-    fn repair_if_drifted(&mut self, change: crate::events::Change) {
+    fn repair_if_drifted(&mut self, change: crate::events::TableEvent) {
         if self.backoff.deferred().is_some() {
             return;
         }
         // A deleted table needs no comparison: rebuild at once.
-        let ok = change != crate::events::Change::TableDeleted
+        let ok = change != crate::events::TableEvent::TableDeleted
             && match self.backend.read(&self.plan) {
                 Ok(Some(obs)) => obs.matches(&self.plan),
                 Ok(None) => false,
@@ -498,7 +498,7 @@ impl Daemon {
                         repairs = self.repairs,
                         action = "repair",
                         "table was {} by another program; restored",
-                        if change == crate::events::Change::TableDeleted { "deleted" } else { "changed" }
+                        if change == crate::events::TableEvent::TableDeleted { "deleted" } else { "changed" }
                     );
                 }
                 Err(e) => tracing::error!("restoring the table: {e}"),
