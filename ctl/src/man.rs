@@ -67,9 +67,7 @@ fn esc(s: &str) -> String {
 }
 
 fn value_name(a: &Arg) -> String {
-    a.get_value_names()
-        .and_then(|v| v.first())
-        .map_or_else(|| a.get_id().as_str().to_uppercase(), |v| v.to_string())
+    a.get_value_names().and_then(|v| v.first()).map_or_else(|| a.get_id().as_str().to_uppercase(), |v| v.to_string())
 }
 
 /// What an option looks like on the command line, in roff: `\fB\-\-owner\fR \fIOWNER\fR`.
@@ -187,7 +185,21 @@ mod tests {
     fn pages_have_the_sections_operators_look_for() {
         let pages = pages(crate::cli::Cli::command());
         let want: [(&str, &[&str]); 3] = [
-            ("portctl.1", &["NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "COMMANDS", "EXIT STATUS", "ENVIRONMENT", "FILES", "EXAMPLES", "SEE ALSO"]),
+            (
+                "portctl.1",
+                &[
+                    "NAME",
+                    "SYNOPSIS",
+                    "DESCRIPTION",
+                    "OPTIONS",
+                    "COMMANDS",
+                    "EXIT STATUS",
+                    "ENVIRONMENT",
+                    "FILES",
+                    "EXAMPLES",
+                    "SEE ALSO",
+                ],
+            ),
             ("portd.8", &["NAME", "SYNOPSIS", "OPTIONS", "START ORDER", "SIGNALS", "EXIT STATUS", "FILES", "SEE ALSO"]),
             ("portd.yaml.5", &["NAME", "RULES FILE", "CONFIGURATION FILE", "OWNERS", "FILES", "EXAMPLES"]),
         ];
@@ -202,11 +214,33 @@ mod tests {
     #[test]
     fn config_page_documents_every_field() {
         for field in [
-            "name", "port", "to", "proto", "family", "local", "interfaces", "sources", "mark", "protect", "description",
-            "table", "on_exit", "socket", "state_dir", "listener_check", "metrics", "user", "group", "ports", "marks",
+            "name",
+            "port",
+            "to",
+            "proto",
+            "family",
+            "local",
+            "interfaces",
+            "sources",
+            "mark",
+            "protect",
+            "description",
+            "table",
+            "on_exit",
+            "socket",
+            "state_dir",
+            "listener_check",
+            "metrics",
+            "user",
+            "group",
+            "ports",
+            "marks",
             "max_forwards",
         ] {
-            assert!(PORTD_YAML.contains(&format!("\n.B {field}\n")) || PORTD_YAML.contains(&format!("\n.BR {field} ")), "portd.yaml(5) lacks {field}");
+            assert!(
+                PORTD_YAML.contains(&format!("\n.B {field}\n")) || PORTD_YAML.contains(&format!("\n.BR {field} ")),
+                "portd.yaml(5) lacks {field}"
+            );
         }
     }
 

@@ -85,7 +85,13 @@ fn restart_adopts_the_table_with_its_counters_and_no_connection_fails() {
         d = Portd::start(&net, &cfg);
     }
     let (ok, failed) = probe.finish();
-    assert!(failed.is_empty(), "{} of {} connections failed across 3 restarts: {:?}", failed.len(), ok + failed.len(), &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed across 3 restarts: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
     assert!(ok > 10, "the prober ran ({ok} connections)");
     let after = packets(&d, "http");
     assert!(after > before, "counters kept and counting: {before} before, {after} after 3 restarts");
@@ -123,7 +129,13 @@ fn a_differing_table_is_replaced_in_one_batch_while_clients_connect() {
     let (ok, failed) = probe.finish();
     let _ = monitor.0.kill();
     let _ = monitor.0.wait();
-    assert!(failed.is_empty(), "{} of {} connections failed while the table was replaced: {:?}", failed.len(), ok + failed.len(), &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed while the table was replaced: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
     assert_eq!(net.tcp_get(&net.cli, SRV4, 81).as_deref(), Some("app"), "the new forward works");
     assert_eq!(d.status_json()["in_sync"], true);
     // One transaction holds the delete of the old table and the new one with its rules.

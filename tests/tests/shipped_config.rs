@@ -8,7 +8,11 @@ const SHIPPED: &str = include_str!("../../systemd/portd.yaml");
 
 /// The file with every example line (`#  ...`) uncommented; prose comments stay.
 fn uncommented() -> String {
-    SHIPPED.lines().map(|l| l.strip_prefix('#').filter(|r| r.starts_with("  ")).unwrap_or(l)).collect::<Vec<_>>().join("\n")
+    SHIPPED
+        .lines()
+        .map(|l| l.strip_prefix('#').filter(|r| r.starts_with("  ")).unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
@@ -23,7 +27,8 @@ fn shipped_config_is_valid_and_keeps_rules_on_exit() {
 fn shipped_examples_are_valid_when_uncommented() {
     let text = uncommented();
     assert_ne!(text, SHIPPED.trim_end(), "the shipped config has commented examples");
-    let c = parse_config("uncommented", &text).unwrap_or_else(|d| panic!("uncommented examples are invalid:\n{d}\n{text}"));
+    let c =
+        parse_config("uncommented", &text).unwrap_or_else(|d| panic!("uncommented examples are invalid:\n{d}\n{text}"));
     assert_eq!(c.grants.len(), 2, "{text}");
     assert_eq!(c.forwards.len(), 2, "{text}");
 }
