@@ -14,6 +14,7 @@ mod notify;
 mod privs;
 mod remove_table;
 mod server;
+mod sockdiag;
 mod state;
 
 use actor::{Daemon, Msg, Overrides};
