@@ -120,7 +120,16 @@ fn a_differing_table_is_replaced_in_one_batch_while_clients_connect() {
         .stdout(std::fs::File::create(&events).expect("monitor output"))
         .spawn()
         .expect("nft monitor"));
-    std::thread::sleep(Duration::from_millis(300));
+    // Subscribed once it reports a transaction of its own.
+    wait_for(
+        || {
+            net.exec_ok(&net.srv, "nft", &["add", "table", "inet", "monitor_ready"]);
+            net.exec_ok(&net.srv, "nft", &["delete", "table", "inet", "monitor_ready"]);
+            std::thread::sleep(Duration::from_millis(50));
+            read(&events).contains("monitor_ready")
+        },
+        "nft monitor to report events",
+    );
     let probe = Prober::start(&net);
     std::thread::sleep(Duration::from_millis(200));
     // The config changed while portd was down: the kernel's table no longer matches.
