@@ -146,7 +146,7 @@ pub enum Cmd {
         #[arg(value_enum)]
         shell: ShellArg,
     },
-    /// Write man pages into DIR.
+    /// Write the manual pages portctl.1, portd.8 and portd.yaml.5 into DIR.
     Man {
         /// Output directory.
         dir: PathBuf,

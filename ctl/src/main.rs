@@ -4,6 +4,7 @@
 
 mod cli;
 mod client;
+mod man;
 mod output;
 
 use clap::{CommandFactory, Parser};
@@ -176,9 +177,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             Ok(Exit::Ok)
         }
         Cmd::Man { dir } => {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| Failure::new(Exit::Rejected, format!("{}: {e}", dir.display())))?;
-            clap_mangen::generate_to(Cli::command(), &dir)
+            man::write(&dir, Cli::command())
                 .map_err(|e| Failure::new(Exit::Rejected, format!("writing man pages to {}: {e}", dir.display())))?;
             Ok(Exit::Ok)
         }

@@ -11,6 +11,7 @@ mod conntrack;
 mod events;
 mod notify;
 mod privs;
+mod remove_table;
 mod safedir;
 mod server;
 mod sockdiag;
@@ -40,6 +41,10 @@ struct Args {
     /// nftables table name (overrides settings.table).
     #[arg(long)]
     table: Option<String>,
+    /// Remove portd's table (--table, else the config's settings.table) from the kernel
+    /// and exit; no daemon needed. Exit 0 also when there is no such table.
+    #[arg(long)]
+    remove_table: bool,
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -138,11 +143,34 @@ fn spawn_drift_listener(table: &str, tx: std::sync::mpsc::Sender<Msg>) -> anyhow
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if args.remove_table {
+        return remove_table_command(&args);
+    }
     init_logging(args.verbose);
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
+            eprintln!("portd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `portd --remove-table`: one line on stdout saying what was done, or the error on stderr.
+fn remove_table_command(args: &Args) -> std::process::ExitCode {
+    let result = remove_table::table_name(&args.config, args.table.as_deref())
+        .and_then(|table| remove_table::remove(&table).map(|removed| (table, removed)));
+    match result {
+        Ok((table, true)) => {
+            println!("removed table inet {table}");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok((table, false)) => {
+            println!("table inet {table} does not exist; nothing to remove");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
             eprintln!("portd: {e:#}");
             std::process::ExitCode::FAILURE
         }

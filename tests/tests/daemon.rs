@@ -152,7 +152,7 @@ fn every_portctl_command_works() {
     assert!(out(&d.ctl(&["completions", "bash"])).contains("portctl"));
     let man = net.dir.join("man");
     assert!(d.ctl(&["man", man.to_str().expect("p")]).status.success());
-    assert!(man.join("portctl.1").exists() && man.join("portctl-apply.1").exists());
+    assert!(["portctl.1", "portd.8", "portd.yaml.5"].iter().all(|p| man.join(p).exists()));
 }
 
 #[test]
