@@ -218,7 +218,7 @@ impl Daemon {
                     let resp = match self.handle(&caller, command) {
                         Ok(body) => Response::ok(body),
                         Err((kind, messages)) => {
-                            tracing::warn!(uid = caller.uid, pid = ?caller.pid, "request refused: {}", messages.join("; "));
+                            tracing::warn!(uid = caller.uid, pid = caller.pid, "request refused: {}", messages.join("; "));
                             Response::error(kind, messages)
                         }
                     };
@@ -412,7 +412,7 @@ impl Daemon {
             Change::Remove(name) => self.plan.change_owner(owner, &[name.as_str()], &[], mark),
         }
         .map_err(|c| (ErrorKind::Conflict, c.iter().map(|c| c.to_string()).collect()))?;
-        if dry_run || delta.is_empty() {
+        if dry_run || delta.summary.is_empty() {
             return Ok(Body::changed(delta.summary, dry_run));
         }
         let t_compile = t0.elapsed();
@@ -445,7 +445,7 @@ impl Daemon {
         );
         tracing::info!(
             uid = caller.uid,
-            pid = ?caller.pid,
+            pid = caller.pid,
             owner = %owner,
             "applied change for uid {} (pid {}): {}",
             caller.uid,
@@ -484,8 +484,8 @@ impl Daemon {
         }
         let (uid, pid) = caller.map_or((None, None), |c| (Some(c.uid), c.pid));
         tracing::info!(
-            uid = ?uid,
-            pid = ?pid,
+            uid,
+            pid,
             "reloaded {} (by {}): {}",
             self.config_path.display(),
             uid.map_or("SIGHUP".to_string(), |u| format!("uid {u}")),
@@ -536,7 +536,7 @@ impl Daemon {
                 self.authorize(caller, &rules.forwards)?;
                 self.change(caller, &owner, Change::Replace(rules.forwards), dry_run)
             }
-            Command::Add { forward, owner } => {
+            Command::Add { forward, owner, dry_run } => {
                 let owner = self.target_owner(caller, owner)?;
                 if self.plan.placed(&owner, &forward.name).is_some() {
                     return Err(err(
@@ -552,14 +552,14 @@ impl Daemon {
                 let Some(forward) = checked.pop() else {
                     return Err(err(ErrorKind::Invalid, "no forward in the request"));
                 };
-                self.change(caller, &owner, Change::Add(forward), false)
+                self.change(caller, &owner, Change::Add(forward), dry_run)
             }
-            Command::Remove { name, owner } => {
+            Command::Remove { name, owner, dry_run } => {
                 let owner = self.target_owner(caller, owner)?;
                 if self.plan.placed(&owner, &name).is_none() {
                     return Err(err(ErrorKind::Invalid, format!("{owner} has no forward `{name}`")));
                 }
-                self.change(caller, &owner, Change::Remove(name), false)
+                self.change(caller, &owner, Change::Remove(name), dry_run)
             }
             Command::Export { owner } => {
                 let owner = owner.unwrap_or_else(|| caller.owner());
