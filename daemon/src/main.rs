@@ -1,14 +1,17 @@
 //! portd: keeps nftables redirect and mark rules in the kernel from declarative YAML and
 //! serves portctl over a Unix socket.
 //!
-//! Start order: parse flags and config (exit with the reason on error), take the socket
+//! Start order: parse flags and config (exit with the reason on error), lock the table
+//! (one portd per table: a lock file next to the socket), take the socket
 //! (systemd's, or bind our own and set its group and mode while we may still chown),
 //! drop every capability except CAP_NET_ADMIN, restore persisted sets and apply them,
 //! then READY=1.
 
 mod actor;
+mod check;
 mod conntrack;
 mod events;
+mod lock;
 mod nlattr;
 mod notify;
 mod privs;
@@ -43,6 +46,10 @@ struct Args {
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Validate the config and exit: 0 when valid, 1 with every located error otherwise.
+    /// Touches neither the kernel nor any socket, and needs no privileges.
+    #[arg(long)]
+    check: bool,
 }
 
 fn init_logging(verbose: u8) {
@@ -61,7 +68,14 @@ fn init_logging(verbose: u8) {
             return;
         }
     }
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
+    // Colour only for a person at a terminal, never into files or pipes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// True when stderr is the journal stream systemd names in JOURNAL_STREAM ("dev:inode"),
@@ -89,6 +103,12 @@ fn bind_socket(path: &Path, group: Option<&str>, mode: u32) -> anyhow::Result<St
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!(
+                    "another daemon is listening on {}; stop it, or give this portd another --socket",
+                    path.display()
+                );
+            }
             std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
         }
         Ok(_) => anyhow::bail!("{} exists and is not a socket; remove it or choose another --socket", path.display()),
@@ -131,12 +151,15 @@ fn spawn_drift_listener(table: &str, tx: std::sync::mpsc::Sender<Msg>) -> anyhow
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if args.check {
+        return check::run(&args.config, args.table.as_deref());
+    }
     init_logging(args.verbose);
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            // Once: the log goes to stderr, or to the journal that stderr would reach.
             tracing::error!("{e:#}");
-            eprintln!("portd: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -144,14 +167,15 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     // 1. Config: refuse to start on any error, before touching anything.
-    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
-    let config =
-        portd_rules::parse_config(&args.config.display().to_string(), &text).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let config = check::load(&args.config).map_err(|lines| anyhow::anyhow!("{}", lines.join("\n")))?;
     let overrides = Overrides { table: args.table.clone(), state_dir: args.state_dir.clone() };
     let config = actor::effective(config, &overrides);
 
-    // 2. Socket: systemd's (read before the runtime starts) or our own.
+    // 2. One portd per table: lock it before anything touches the kernel or the socket.
     let socket_path = args.socket.clone().unwrap_or_else(|| PathBuf::from(&config.settings.socket.path));
+    let _lock = lock::take(&socket_path, &config.settings.table)?;
+
+    // 3. Socket: systemd's (read before the runtime starts) or our own.
     let (listener, own_socket) = match activated_socket()? {
         Some(l) => (l, None),
         None => (
@@ -166,10 +190,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard.min(65536), hard);
     }
 
-    // 3. Privileges.
+    // 4. Privileges.
     privs::drop_to_net_admin()?;
 
-    // 4. Restore and apply, on the actor's thread, then READY=1.
+    // 5. Restore and apply, on the actor's thread, then READY=1.
     let (tx, rx) = std::sync::mpsc::channel::<Msg>();
     let table = config.settings.table.clone();
     let daemon = Daemon::start(args.config.clone(), config, overrides)?;

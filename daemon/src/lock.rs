@@ -1,0 +1,52 @@
+//! One portd per table: an exclusive `flock` on `<socket dir>/table-<TABLE>.lock`, taken
+//! before anything touches the kernel. The file holds the pid of the portd that has it; the
+//! kernel drops the lock when that process ends, however it ends, so a stale file is harmless.
+
+use anyhow::Context;
+use nix::fcntl::{Flock, FlockArg};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// The held lock; released when dropped (or when the process ends).
+pub struct TableLock {
+    _file: Flock<std::fs::File>,
+}
+
+/// The lock file for `table` next to `socket`.
+pub fn path(socket: &Path, table: &str) -> PathBuf {
+    socket.parent().unwrap_or(Path::new("/")).join(format!("table-{table}.lock"))
+}
+
+/// Takes the lock for `table`, or explains which portd holds it.
+pub fn take(socket: &Path, table: &str) -> anyhow::Result<TableLock> {
+    let p = path(socket, table);
+    if let Some(dir) = p.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(&p)
+        .with_context(|| format!("opening the lock file {}", p.display()))?;
+    let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(f) => f,
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            let who = if pid.is_empty() { "another portd".to_string() } else { format!("portd pid {pid}") };
+            anyhow::bail!(
+                "table inet {table} is already managed by {who} (lock {}); stop it first, or run this one with another --table and --socket",
+                p.display()
+            );
+        }
+        Err((_, e)) => return Err(e).with_context(|| format!("locking {}", p.display())),
+    };
+    file.set_len(0).and_then(|_| file.rewind()).with_context(|| format!("writing {}", p.display()))?;
+    writeln!(file, "{}", std::process::id()).with_context(|| format!("writing {}", p.display()))?;
+    Ok(TableLock { _file: file })
+}
