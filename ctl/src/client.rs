@@ -17,7 +17,10 @@ pub fn request_within(socket: &Path, command: Command, timeout: Duration) -> Res
     let unreachable = |e: std::io::Error| {
         let hint = match e.kind() {
             std::io::ErrorKind::PermissionDenied => {
-                return Failure::new(Exit::Denied, format!("{}: permission denied; {}", socket.display(), access_hint(socket)))
+                return Failure::new(
+                    Exit::Denied,
+                    format!("{}: permission denied; {}", socket.display(), access_hint(socket)),
+                )
             }
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
                 "is portd running? (systemctl status portd)"

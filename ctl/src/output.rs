@@ -37,10 +37,7 @@ const NARROW: &[Column] = &[
     ("PROTO", false, |f| f.forward.proto.to_string()),
     ("FAMILY", false, |f| f.forward.family.to_string()),
 ];
-const COUNTERS: &[Column] = &[
-    ("PACKETS", true, |f| f.packets.to_string()),
-    ("BYTES", true, |f| human_bytes(f.bytes)),
-];
+const COUNTERS: &[Column] = &[("PACKETS", true, |f| f.packets.to_string()), ("BYTES", true, |f| human_bytes(f.bytes))];
 const WIDE: &[Column] = &[
     ("MARK", false, |f| if f.mark == 0 { "none".into() } else { format!("{:#x}", f.mark) }),
     ("LOCAL", false, |f| if f.forward.local { "yes".into() } else { "no".into() }),

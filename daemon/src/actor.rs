@@ -42,6 +42,8 @@ impl Caller {
 }
 
 /// Messages to the actor.
+// Each message moves once through a channel: boxing the request would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Msg {
     /// A client request.
     Request { caller: Caller, command: Command, reply: oneshot::Sender<Response> },
@@ -218,7 +220,12 @@ impl Daemon {
                     let resp = match self.handle(&caller, command) {
                         Ok(body) => Response::ok(body),
                         Err((kind, messages)) => {
-                            tracing::warn!(uid = caller.uid, pid = caller.pid, "request refused: {}", messages.join("; "));
+                            tracing::warn!(
+                                uid = caller.uid,
+                                pid = caller.pid,
+                                "request refused: {}",
+                                messages.join("; ")
+                            );
                             Response::error(kind, messages)
                         }
                     };

@@ -20,10 +20,8 @@ pub fn run(path: &Path, table: Option<&str>) -> ExitCode {
         if let Some(t) = table {
             config.settings.table = t.to_string();
         }
-        let system = portd_rules::OwnedSet {
-            owner: portd_rules::plan::SYSTEM_OWNER.into(),
-            forwards: config.forwards.clone(),
-        };
+        let system =
+            portd_rules::OwnedSet { owner: portd_rules::plan::SYSTEM_OWNER.into(), forwards: config.forwards.clone() };
         portd_rules::compile(&config.settings.table, config.settings.mark, &[system])
             .map_err(|c| c.iter().map(|c| format!("{}: {c}", path.display())).collect::<Vec<_>>())?;
         Ok(config)

@@ -246,9 +246,9 @@ pub fn description_problem(d: &str) -> Option<String> {
     if n > MAX_DESCRIPTION_CHARS {
         return Some(format!("description has {n} characters; the limit is {MAX_DESCRIPTION_CHARS}: shorten it"));
     }
-    d.chars().find(|c| c.is_control()).map(|c| {
-        format!("description contains the control character {:?}; use printable text on one line", c)
-    })
+    d.chars()
+        .find(|c| c.is_control())
+        .map(|c| format!("description contains the control character {:?}; use printable text on one line", c))
 }
 
 fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
