@@ -5,7 +5,7 @@
 //! - `check`: `{"ok": true, "file", "forwards": N}`
 //! - `status`: `{"ok": true, "daemon_version", "table", "in_sync", "repairs", "forwards": [...]}`
 //! - `apply`, `diff`, `add`, `remove`, `reload`: `{"ok": true, "dry_run", "added": [...],
-//!   "removed": [...], "changed": [{"owner", "name", "old", "new"}], "omitted"}`
+//!   "removed": [...], "changed": [{"owner", "name", "old", "new"}], "omitted", "warnings": [...]}`
 //! - `export`: `{"ok": true, "owner", "forwards": [...]}`
 //! - `plan`: `{"ok": true, "plan": {...}}`
 //!
@@ -36,7 +36,7 @@ pub fn body(b: &Body) -> Value {
             }
             v
         }
-        Body::Changed { summary, dry_run, omitted } => json!({
+        Body::Changed { summary, dry_run, omitted, warnings } => json!({
             "ok": true,
             "dry_run": dry_run,
             "added": summary.added.iter().map(placed).collect::<Vec<_>>(),
@@ -48,6 +48,7 @@ pub fn body(b: &Body) -> Value {
                 "new": placed(new),
             })).collect::<Vec<_>>(),
             "omitted": omitted,
+            "warnings": warnings,
         }),
         Body::Export { owner, forwards } => json!({"ok": true, "owner": owner, "forwards": forwards}),
     }

@@ -45,6 +45,10 @@ const WIDE: &[Column] = &[
     ("INTERFACES", false, |f| list(&f.forward.interfaces)),
     ("SOURCES", false, |f| list(&f.forward.sources)),
 ];
+const STATE: &[Column] = &[("STATE", false, |f| match &f.reason {
+    Some(r) => format!("{} ({r})", f.state),
+    None => f.state.to_string(),
+})];
 const DESCRIPTION: &[Column] = &[("DESCRIPTION", false, |f| f.forward.description.clone().unwrap_or_default())];
 
 /// The status as a table; `wide` adds the columns that restrict a forward.
@@ -54,6 +58,7 @@ pub fn status_table(s: &Status, wide: bool) -> String {
         cols.extend(WIDE);
     }
     cols.extend(COUNTERS);
+    cols.extend(STATE);
     if wide {
         cols.extend(DESCRIPTION);
     }
@@ -93,7 +98,10 @@ pub fn print_body(body: &Body, json: bool, wide: bool) {
     }
     match body {
         Body::Status(s) => print!("{}", status_table(s, wide)),
-        Body::Changed { summary, dry_run, omitted } => {
+        Body::Changed { summary, dry_run, omitted, warnings } => {
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
             if *dry_run {
                 println!("dry run, nothing applied:");
             }

@@ -141,7 +141,7 @@ fn portctl_reads_stdin_filters_status_and_keeps_descriptions() {
     let log = Portd::log(&net);
     assert!(!log.contains('\u{1b}'), "ANSI codes in a log file: {log}");
     assert!(!log.contains("Some("), "Debug-formatted values: {log}");
-    assert!(log.contains(" pid="), "{log}");
+    assert!(log.contains("(pid "), "the caller's pid, plainly: {log}");
 
     // Descriptions survive a restart (persisted) and show in export.
     d.signal("TERM");
