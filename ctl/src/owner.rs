@@ -20,7 +20,7 @@ pub fn parse(s: &str) -> Result<String, String> {
 }
 
 /// Like [`parse`], and the user must exist: for commands that give an owner forwards.
-/// (A departed user's set can still be read, exported and emptied with `remove`.)
+/// (`status` and `export` take any well-formed owner, so a departed user's set can be read.)
 pub fn parse_existing(s: &str) -> Result<String, String> {
     let o = parse(s)?;
     if let Some(name) = o.strip_prefix("user:") {

@@ -111,10 +111,12 @@ fn portctl_reads_stdin_filters_status_and_keeps_descriptions() {
         assert!(api.contains(cell), "{cell} in {api}");
     }
     let header = wide.lines().find(|l| l.starts_with("OWNER")).expect("header");
-    for col in ["MARK", "LOCAL", "PROTECT", "INTERFACES", "SOURCES", "DESCRIPTION"] {
+    for col in ["MARK", "LOCAL", "PROTECT", "INTERFACES", "SOURCES", "STATE", "DESCRIPTION"] {
         assert!(header.contains(col), "{col}: {header}");
     }
     assert!(wide.lines().any(|l| l.contains(" web ") && l.ends_with("the shop")), "{wide}");
+    let narrow = out(&d.ctl(&["status"]));
+    assert!(narrow.lines().any(|l| l.contains(" web ") && l.trim_end().ends_with("active")), "{narrow}");
 
     // --dry-run on add and remove changes nothing.
     let o = d.ctl(&["add", "extra", "8000", "9000", "--dry-run"]);
