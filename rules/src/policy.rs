@@ -333,16 +333,15 @@ impl Judge<'_> {
         account: Option<&Account>,
         invalid: &BTreeMap<String, String>,
     ) -> Vec<Option<Reason>> {
-        let n = set.forwards.len();
-        let account = match account {
-            None => return vec![Some(Reason::UserGone { user: user.to_string() }); n],
-            Some(a) => a,
+        let account_problem = match account {
+            None => Some(Reason::UserGone { user: user.to_string() }),
+            Some(a) => set.uid.filter(|b| *b != a.uid).map(|bound| Reason::UidChanged {
+                user: user.to_string(),
+                bound,
+                now: a.uid,
+            }),
         };
-        if let Some(bound) = set.uid.filter(|b| *b != account.uid) {
-            return vec![Some(Reason::UidChanged { user: user.to_string(), bound, now: account.uid }); n];
-        }
-        let root = account.uid == 0;
-        let mine = grants_of(self.grants, account);
+        let mine = account.map(|a| grants_of(self.grants, a)).unwrap_or_default();
         let max = quota(&mine) as usize;
         set.forwards
             .iter()
@@ -351,7 +350,12 @@ impl Judge<'_> {
                 if let Some(m) = invalid.get(&f.name) {
                     return Some(Reason::Invalid(m.clone()));
                 }
-                if root {
+                let account = match (&account_problem, account) {
+                    (Some(r), _) => return Some(r.clone()),
+                    (None, None) => return Some(Reason::UserGone { user: user.to_string() }),
+                    (None, Some(a)) => a,
+                };
+                if account.uid == 0 {
                     return None;
                 }
                 if let Err(m) = authorize(&mine, user, f, self.default_mark) {
