@@ -5,7 +5,6 @@
 use anyhow::Context;
 use nix::fcntl::{Flock, FlockArg};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The held lock; released when dropped (or when the process ends).
@@ -21,17 +20,12 @@ pub fn path(socket: &Path, table: &str) -> PathBuf {
 /// Takes the lock for `table`, or explains which portd holds it.
 pub fn take(socket: &Path, table: &str) -> anyhow::Result<TableLock> {
     let p = path(socket, table);
-    if let Some(dir) = p.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(&p)
-        .with_context(|| format!("opening the lock file {}", p.display()))?;
+    let (Some(dir), Some(name)) = (p.parent(), p.file_name().and_then(|n| n.to_str())) else {
+        anyhow::bail!("{} is not a lock file path", p.display());
+    };
+    // The socket's directory, checked like the socket's own: no symlinks, nobody else can write it.
+    let dir = crate::safedir::Dir::open(dir, 0o755).context("runtime directory")?;
+    let file = dir.open_rw(name, 0o644).with_context(|| format!("opening the lock file {}", p.display()))?;
     let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(f) => f,
         Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {

@@ -15,6 +15,7 @@ mod lock;
 mod nlattr;
 mod notify;
 mod privs;
+mod safedir;
 mod server;
 mod sockdiag;
 mod state;
@@ -23,7 +24,6 @@ use actor::{Daemon, Msg, Overrides};
 use anyhow::Context;
 use clap::Parser;
 use std::os::fd::FromRawFd;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener as StdListener;
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
@@ -98,33 +98,40 @@ fn activated_socket() -> anyhow::Result<Option<StdListener>> {
     Ok(Some(l))
 }
 
+/// Binds the control socket in a directory that only root or portd can write (checked),
+/// created with its mode (through the umask, never a chmod of the path) and its group set
+/// without following symlinks.
 fn bind_socket(path: &Path, group: Option<&str>, mode: u32) -> anyhow::Result<StdListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        anyhow::bail!("{} is not a socket path", path.display());
+    };
+    let dir = safedir::Dir::open(parent, 0o755).context("socket directory")?;
+    match dir.kind(name).with_context(|| format!("checking {}", path.display()))? {
+        Some(nix::sys::stat::SFlag::S_IFSOCK) => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 anyhow::bail!(
                     "another daemon is listening on {}; stop it, or give this portd another --socket",
                     path.display()
                 );
             }
-            std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+            dir.unlink(name).with_context(|| format!("removing stale socket {}", path.display()))?
         }
-        Ok(_) => anyhow::bail!("{} exists and is not a socket; remove it or choose another --socket", path.display()),
-        Err(_) => {}
+        Some(_) => anyhow::bail!("{} exists and is not a socket; remove it or choose another --socket", path.display()),
+        None => {}
     }
-    let l = StdListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let umask = nix::sys::stat::Mode::from_bits_truncate(!mode & 0o777);
+    let old = nix::sys::stat::umask(umask);
+    let bound = StdListener::bind(path);
+    nix::sys::stat::umask(old);
+    let l = bound.with_context(|| format!("binding {}", path.display()))?;
     if let Some(g) = group {
         match nix::unistd::Group::from_name(g)? {
-            Some(gr) => nix::unistd::chown(path, None, Some(gr.gid))
-                .with_context(|| format!("setting group {g} on {}", path.display()))?,
+            Some(gr) => {
+                dir.chgrp(name, gr.gid.as_raw()).with_context(|| format!("setting group {g} on {}", path.display()))?
+            }
             None => tracing::warn!("group `{g}` does not exist; socket {} keeps its default group", path.display()),
         }
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting mode {mode:o} on {}", path.display()))?;
     Ok(l)
 }
 
@@ -197,7 +204,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     // 5. Restore and apply, on the actor's thread, then READY=1.
     let (tx, rx) = std::sync::mpsc::channel::<Msg>();
     let table = config.settings.table.clone();
-    let daemon = Daemon::start(args.config.clone(), config, overrides)?;
+    let published = std::sync::Arc::new(server::Published::default());
+    let daemon = Daemon::start(args.config.clone(), config, overrides, published.clone())?;
     let status = daemon.status_line();
     let actor = std::thread::Builder::new().name("portd-actor".into()).spawn(move || daemon.run(rx))?;
     spawn_drift_listener(&table, tx.clone())?;
@@ -208,7 +216,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     rt.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(listener)?;
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(server::run(listener, tx.clone(), shutdown.clone(), server::Limits::default()));
+        let server =
+            tokio::spawn(server::run(listener, tx.clone(), published, shutdown.clone(), server::Limits::default()));
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;

@@ -63,6 +63,23 @@ fn a_second_portd_refuses_the_table_and_leaves_the_first_alone() {
     assert_eq!(st["in_sync"], true);
     assert_eq!(st["repairs"], 0, "no fight over the table: {st}");
     assert_eq!(placed_names(&st), vec!["user:root/api", "user:root/web"]);
+
+    // A lock file planted as a symlink is never followed.
+    let victim = write(&net.dir, "victim", "keep me\n");
+    std::os::unix::fs::symlink(&victim, net.dir.join("table-other.lock")).expect("symlink");
+    let o = Command::new("ip")
+        .args(["netns", "exec", &net.srv])
+        .arg(bin("portd"))
+        .args(["--table", "other", "--socket"])
+        .arg(net.dir.join("other.sock"))
+        .arg("--config")
+        .arg(&d.config)
+        .output()
+        .expect("third portd");
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert!(err(&o).contains("table-other.lock"), "{}", err(&o));
+    assert_eq!(read(&victim), "keep me\n");
+    assert!(net.table("other").is_none(), "the refused portd created its table");
 }
 
 #[test]
