@@ -20,6 +20,11 @@ pub fn path(socket: &Path, table: &str) -> PathBuf {
 /// Takes the lock for `table`, or explains which portd holds it.
 pub fn take(socket: &Path, table: &str) -> anyhow::Result<TableLock> {
     let p = path(socket, table);
+    // First a look that writes nothing, so that a running portd is named even when this
+    // one could not use the directory itself (another user's, e.g. portd's under systemd).
+    if let Some(pid) = holder(&p) {
+        return Err(refusal(table, &p, &pid));
+    }
     let (Some(dir), Some(name)) = (p.parent(), p.file_name().and_then(|n| n.to_str())) else {
         anyhow::bail!("{} is not a lock file path", p.display());
     };
@@ -29,18 +34,40 @@ pub fn take(socket: &Path, table: &str) -> anyhow::Result<TableLock> {
     let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(f) => f,
         Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            let pid = pid.trim();
-            let who = if pid.is_empty() { "another portd".to_string() } else { format!("portd pid {pid}") };
-            anyhow::bail!(
-                "table inet {table} is already managed by {who} (lock {}); stop it first, or run this one with another --table and --socket",
-                p.display()
-            );
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(refusal(table, &p, text.trim()));
         }
         Err((_, e)) => return Err(e).with_context(|| format!("locking {}", p.display())),
     };
     file.set_len(0).and_then(|_| file.rewind()).with_context(|| format!("writing {}", p.display()))?;
     writeln!(file, "{}", std::process::id()).with_context(|| format!("writing {}", p.display()))?;
     Ok(TableLock { _file: file })
+}
+
+/// The pid written in the lock file at `p` when another process holds the lock (empty
+/// when it holds it but wrote no pid); `None` when the file is absent or not locked.
+/// Opens read-only, without following a symlink or waiting on a FIFO.
+fn holder(p: &Path) -> Option<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(p).ok()?;
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_) => None,
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            Some(text.trim().to_string())
+        }
+        Err(_) => None,
+    }
+}
+
+/// The refusal naming the holder; the file's text is shown only when it is a pid.
+fn refusal(table: &str, p: &Path, pid: &str) -> anyhow::Error {
+    let is_pid = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+    let who = if !is_pid { "another portd".to_string() } else { format!("portd pid {pid}") };
+    anyhow::anyhow!(
+        "table inet {table} is already managed by {who} (lock {}); stop it first, or run this one with another --table and --socket",
+        p.display()
+    )
 }
