@@ -153,6 +153,11 @@ fn portctl_reads_stdin_filters_status_and_keeps_descriptions() {
     // A change of the description alone is kept too.
     let o = ctl_stdin(&d, &["apply", "-"], &changed.replace("the new shop", "renamed"));
     assert!(o.status.success() && out(&o).contains("~ user:root/web"), "{}", out(&o));
+    assert!(
+        out(&o).contains(r#"description="the new shop""#) && out(&o).contains(r#"description="renamed""#),
+        "{}",
+        out(&o)
+    );
     let v = json(&ctl_stdin(&d, &["--json", "apply", "-"], "version: 1\nforwards: [{name: x, port: 70000, to: 1}]\n"));
     assert_eq!((v["ok"].as_bool(), v["error"]["kind"].as_str()), (Some(false), Some("invalid")), "{v}");
 
