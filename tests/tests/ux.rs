@@ -190,6 +190,12 @@ fn access_errors_name_the_socket_group_and_completion_asks_the_daemon() {
     let e = err(&o);
     assert!(e.contains("group `daemon`") && e.contains("usermod -aG daemon nobody"), "{e}");
     assert!(e.contains("log in again"), "{e}");
+    let o = d.ctl_as("nobody", "", &["--json", "status"]);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(o.stderr.is_empty(), "{}", err(&o));
+    let v = json(&o);
+    assert_eq!((v["ok"].as_bool(), v["error"]["kind"].as_str()), (Some(false), Some("denied")), "{v}");
+    assert!(v["error"]["messages"][0].as_str().unwrap_or("").contains("group `daemon`"), "{v}");
 
     assert!(d.ctl(&["add", "web", "80", "8080"]).status.success());
     let sock = d.socket.to_str().expect("path");
