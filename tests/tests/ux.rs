@@ -196,6 +196,14 @@ fn access_errors_name_the_socket_group_and_completion_asks_the_daemon() {
     let v = json(&o);
     assert_eq!((v["ok"].as_bool(), v["error"]["kind"].as_str()), (Some(false), Some("denied")), "{v}");
     assert!(v["error"]["messages"][0].as_str().unwrap_or("").contains("group `daemon`"), "{v}");
+    // Added to the group after this "login" started: told to log in again; a new login works.
+    let late = TestUser::new("pdux");
+    let o = sh("usermod", &["-aG", "daemon", &late.name]);
+    assert!(o.status.success(), "usermod: {}", err(&o));
+    let o = d.ctl_as(&late.name, "", &["status"]);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(err(&o).contains("you are a member, but this login started before you were added"), "{}", err(&o));
+    assert!(d.ctl_as(&late.name, "daemon", &["status"]).status.success(), "with the group in its credentials");
 
     assert!(d.ctl(&["add", "web", "80", "8080"]).status.success());
     let sock = d.socket.to_str().expect("path");
