@@ -1,14 +1,17 @@
 //! portd: keeps nftables redirect and mark rules in the kernel from declarative YAML and
 //! serves portctl over a Unix socket.
 //!
-//! Start order: parse flags and config (exit with the reason on error), take the socket
+//! Start order: parse flags and config (exit with the reason on error), lock the table
+//! (one portd per table: a lock file next to the socket), take the socket
 //! (systemd's, or bind our own and set its group and mode while we may still chown),
 //! drop every capability except CAP_NET_ADMIN, restore persisted sets and apply them,
 //! then READY=1.
 
 mod actor;
+mod check;
 mod conntrack;
 mod events;
+mod lock;
 mod notify;
 mod privs;
 mod remove_table;
@@ -48,6 +51,10 @@ struct Args {
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Validate the config and exit: 0 when valid, 1 with every located error otherwise.
+    /// Touches neither the kernel nor any socket, and needs no privileges.
+    #[arg(long)]
+    check: bool,
 }
 
 fn init_logging(verbose: u8) {
@@ -66,7 +73,14 @@ fn init_logging(verbose: u8) {
             return;
         }
     }
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
+    // Colour only for a person at a terminal, never into files or pipes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// True when stderr is the journal stream systemd names in JOURNAL_STREAM ("dev:inode"),
@@ -98,6 +112,12 @@ fn bind_socket(path: &Path, group: Option<&str>, mode: u32) -> anyhow::Result<St
     let dir = safedir::Dir::open(parent, 0o755).context("socket directory")?;
     match dir.kind(name).with_context(|| format!("checking {}", path.display()))? {
         Some(nix::sys::stat::SFlag::S_IFSOCK) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!(
+                    "another daemon is listening on {}; stop it, or give this portd another --socket",
+                    path.display()
+                );
+            }
             dir.unlink(name).with_context(|| format!("removing stale socket {}", path.display()))?
         }
         Some(_) => anyhow::bail!("{} exists and is not a socket; remove it or choose another --socket", path.display()),
@@ -146,12 +166,15 @@ fn main() -> std::process::ExitCode {
     if args.remove_table {
         return remove_table_command(&args);
     }
+    if args.check {
+        return check::run(&args.config, args.table.as_deref());
+    }
     init_logging(args.verbose);
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            // Once: the log goes to stderr, or to the journal that stderr would reach.
             tracing::error!("{e:#}");
-            eprintln!("portd: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -179,14 +202,15 @@ fn remove_table_command(args: &Args) -> std::process::ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     // 1. Config: refuse to start on any error, before touching anything.
-    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
-    let config =
-        portd_rules::parse_config(&args.config.display().to_string(), &text).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let config = check::load(&args.config).map_err(|lines| anyhow::anyhow!("{}", lines.join("\n")))?;
     let overrides = Overrides { table: args.table.clone(), state_dir: args.state_dir.clone() };
     let config = actor::effective(config, &overrides);
 
-    // 2. Socket: systemd's (read before the runtime starts) or our own.
+    // 2. One portd per table: lock it before anything touches the kernel or the socket.
     let socket_path = args.socket.clone().unwrap_or_else(|| PathBuf::from(&config.settings.socket.path));
+    let _lock = lock::take(&socket_path, &config.settings.table)?;
+
+    // 3. Socket: systemd's (read before the runtime starts) or our own.
     let (listener, own_socket) = match activated_socket()? {
         Some(l) => (l, None),
         None => (
@@ -211,10 +235,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         Err(e) => tracing::warn!("cannot read the open-file limit: {e}; keeping it as it is"),
     }
 
-    // 3. Privileges.
+    // 4. Privileges.
     privs::drop_to_net_admin()?;
 
-    // 4. Restore and apply, on the actor's thread, then READY=1.
+    // 5. Restore and apply, on the actor's thread, then READY=1.
     let (tx, rx) = std::sync::mpsc::channel::<Msg>();
     let table = config.settings.table.clone();
     let published = std::sync::Arc::new(server::Published::default());

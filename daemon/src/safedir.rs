@@ -97,6 +97,11 @@ impl Dir {
         self.open_at(name, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC, mode)
     }
 
+    /// Opens `name` for reading and writing, creating it when missing (a lock file).
+    pub fn open_rw(&self, name: &str, mode: u32) -> io::Result<File> {
+        self.open_at(name, OFlag::O_RDWR | OFlag::O_CREAT, mode)
+    }
+
     /// Opens `name` for appending, creating it when missing.
     pub fn append(&self, name: &str, mode: u32) -> io::Result<File> {
         self.open_at(name, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_APPEND, mode)

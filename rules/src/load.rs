@@ -16,7 +16,7 @@ use std::net::IpAddr;
 pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
 
 const FORWARD_FIELDS: &[&str] =
-    &["name", "port", "to", "proto", "family", "local", "interfaces", "sources", "mark", "protect"];
+    &["name", "port", "to", "proto", "family", "local", "interfaces", "sources", "mark", "protect", "description"];
 
 struct Ctx<'a> {
     file: &'a str,
@@ -328,6 +328,18 @@ pub fn valid_ifname(s: &str) -> bool {
         && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'@' | b'+'))
 }
 
+/// What is wrong with a forward's `description:`, if anything: at most
+/// [`MAX_DESCRIPTION_CHARS`] characters, none of them control characters.
+pub fn description_problem(d: &str) -> Option<String> {
+    let n = d.chars().count();
+    if n > MAX_DESCRIPTION_CHARS {
+        return Some(format!("description has {n} characters; the limit is {MAX_DESCRIPTION_CHARS}: shorten it"));
+    }
+    d.chars()
+        .find(|c| c.is_control())
+        .map(|c| format!("description contains the control character {:?}; use printable text on one line", c))
+}
+
 fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
     let Some(m) = v.as_mapping() else {
         ctx.err(path, format!("expected a forward (a mapping with name, port, to), found {}", describe(v)));
@@ -383,6 +395,12 @@ fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
         None => Some(None),
         Some(v) => get_u32(ctx, &p("mark"), v).map(Some),
     };
+    let description = field("description").and_then(|v| get_str(ctx, &p("description"), v));
+    if let Some(d) = &description {
+        if let Some(problem) = description_problem(d) {
+            ctx.err(&p("description"), problem);
+        }
+    }
     let mut interfaces = Vec::new();
     if let Some(list) = field("interfaces") {
         for (i, item) in get_list(ctx, &p("interfaces"), list).iter().enumerate() {
@@ -472,6 +490,7 @@ fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
         sources,
         mark: mark?,
         protect: protect?,
+        description,
     })
 }
 

@@ -45,6 +45,9 @@ pub enum Command {
         forward: Forward,
         /// Act for another owner (root only).
         owner: Option<String>,
+        /// Check and report the change without applying it.
+        #[serde(default)]
+        dry_run: bool,
     },
     /// Remove one forward from the caller's set.
     Remove {
@@ -52,6 +55,9 @@ pub enum Command {
         name: String,
         /// Act for another owner (root only).
         owner: Option<String>,
+        /// Check and report the change without applying it.
+        #[serde(default)]
+        dry_run: bool,
     },
     /// A set as a rules file.
     Export {

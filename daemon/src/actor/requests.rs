@@ -46,7 +46,7 @@ impl Daemon {
         match command {
             Command::Status => self.status(),
             Command::Apply { .. } => Err(err(ErrorKind::Protocol, "apply reaches the daemon's core parsed")),
-            Command::Add { forward, owner } => {
+            Command::Add { forward, owner, dry_run } => {
                 let (owner, account) = self.target_owner(caller, owner)?;
                 if self.users.get(&owner).is_some_and(|s| s.forwards.iter().any(|f| f.name == forward.name)) {
                     return Err(err(
@@ -60,14 +60,14 @@ impl Daemon {
                 if !problems.is_empty() {
                     return Err((ErrorKind::Invalid, problems.into_iter().map(|(f, m)| format!("{f}: {m}")).collect()));
                 }
-                self.change(caller, &owner, &account, Change::Add(forward), false)
+                self.change(caller, &owner, &account, Change::Add(forward), dry_run)
             }
-            Command::Remove { name, owner } => {
+            Command::Remove { name, owner, dry_run } => {
                 let (owner, account) = self.target_owner(caller, owner)?;
                 if !self.users.get(&owner).is_some_and(|s| s.forwards.iter().any(|f| f.name == name)) {
                     return Err(err(ErrorKind::Invalid, format!("{owner} has no forward `{name}`")));
                 }
-                self.change(caller, &owner, &account, Change::Remove(name), false)
+                self.change(caller, &owner, &account, Change::Remove(name), dry_run)
             }
             Command::Export { owner } => {
                 let owner = match owner {

@@ -42,6 +42,9 @@ fn describe_forward(p: &PlacedForward) -> String {
     if f.protect {
         s.push_str(" protect");
     }
+    if let Some(d) = &f.description {
+        s.push_str(&format!(" description={d:?}"));
+    }
     s
 }
 
