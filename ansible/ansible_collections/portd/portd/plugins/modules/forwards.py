@@ -25,8 +25,8 @@ description:
     rules, checks the caller's grants and conflicts with other owners, and answers with
     the forwards it added, removed and changed. The task is C(changed) exactly when
     that answer lists a change, so a second run with the same forwards reports C(ok).
-  - Check mode runs C(portctl apply --dry-run): portd computes the same answer and the
-    kernel is left as it was.
+  - Check mode runs C(portctl apply --dry-run), so portd computes the same answer and
+    the kernel is left as it was.
   - With C(--diff) the task shows the forwards that change, before and after, as YAML.
   - The set replaced is the caller's own (C(user:NAME) for the user the task runs as),
     or the one named by O(owner).
@@ -37,18 +37,18 @@ options:
         C(forwards:)). Each element is a dictionary with V(name), V(port), V(to), and
         optionally V(proto), V(family), V(local), V(interfaces), V(sources), V(mark),
         V(protect).
-      - The elements are passed to portd as they are; portd reports any mistake with
-        the field and the value, for example C(forwards[0].port: 70000 is not a port
-        (1-65535)). Line and column in such messages refer to the rules file the module
-        wrote, returned as RV(rules).
+      - The elements are passed to portd as they are; portd reports any mistake naming
+        the field and the value (for a port out of range, C(forwards[0].port) and
+        C(70000 is not a port (1-65535))). Line and column in such messages refer to the
+        rules file the module wrote, returned as RV(rules).
       - An empty list empties the set, as O(state=absent) does.
       - Mutually exclusive with O(src).
     type: list
     elements: dict
   src:
     description:
-      - Path of a rules file on the managed host (C(version: 1) and C(forwards:)) to
-        apply instead of O(forwards).
+      - Path of a rules file on the managed host, with C(version) 1 and a list of
+        C(forwards), to apply instead of O(forwards).
       - Errors name this file with line and column.
       - Mutually exclusive with O(forwards).
     type: path
