@@ -340,16 +340,17 @@ def find_portctl(module):
 
 def failure_message(rc, stderr, socket):
     reason = REASONS.get(rc)
-    detail = stderr.strip() or "(portctl printed nothing on standard error)"
+    lines = [line[len("portctl: "):] if line.startswith("portctl: ") else line for line in stderr.strip().splitlines()]
+    detail = "\n".join(lines) or "(portctl printed nothing on standard error)"
     where = socket or "the default socket (PORTD_SOCKET or /run/portd/portd.sock)"
     if reason == "unreachable":
-        return (
-            "portd is unreachable at %s: %s\nStart portd (systemctl start portd) or set `socket` to its control socket."
-            % (where, detail)
+        return "portd is unreachable at %s:\n%s\nStart portd (systemctl start portd) or set `socket` to its control socket." % (
+            where,
+            detail,
         )
     if reason == "denied":
         return (
-            "permission denied: %s\nThe user the task runs as needs access to the socket (group portd), a grant in "
+            "permission denied:\n%s\nThe user the task runs as needs access to the socket (group portd), a grant in "
             "/etc/portd/portd.yaml for these ports, and root to act for another owner." % detail
         )
     if reason == "rejected":
