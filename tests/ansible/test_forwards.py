@@ -83,9 +83,9 @@ def binary(name):
 def require_tools():
     if os.geteuid() != 0:
         raise Fatal("needs root to create network namespaces")
-    for tool in ("ip", "nft", "socat", "setpriv", "timeout", "ss"):
+    for tool in ("ip", "nft", "socat", "su", "timeout", "ss"):
         if shutil.which(tool) is None:
-            raise Fatal("`%s` is not installed (apt-get install iproute2 nftables socat util-linux coreutils)" % tool)
+            raise Fatal("`%s` is not installed (apt-get install iproute2 nftables socat util-linux coreutils login)" % tool)
 
 
 class World:
@@ -185,31 +185,29 @@ class World:
         return env
 
     def playbook(self, params, *flags, user=None):
-        """Runs one task of portd.portd.forwards; returns (task result, stats, raw output)."""
+        """Runs one task of portd.portd.forwards, as `user` through become when given;
+        returns (task result, stats, raw output)."""
         params = dict(params)
         params.setdefault("socket", self.socket)
         params.setdefault("portctl", self.portctl)
-        play = [
-            {
-                "name": "portd forwards",
-                "hosts": "localhost",
-                "gather_facts": False,
-                "tasks": [{"name": "forwards", "portd.portd.forwards": params}],
-            }
-        ]
+        task = {"name": "forwards", "portd.portd.forwards": params}
+        if user:
+            # su, as sudo is not installed everywhere; nobody's login shell is nologin.
+            task.update(become=True, become_user=user, become_method="su", become_flags="-s /bin/sh")
+        play = [{"name": "portd forwards", "hosts": "localhost", "gather_facts": False, "tasks": [task]}]
         fd, path = tempfile.mkstemp(prefix="play-", suffix=".yml", dir=self.tmp)
         with os.fdopen(fd, "w") as f:
             json.dump(play, f, indent=2)
         os.chmod(path, 0o644)
         cmd = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local", path] + list(flags)
         home = self.tmp
-        if user:
-            home = self.nobody_home
-            cmd = ["setpriv", "--reuid=%s" % user, "--regid=nogroup", "--clear-groups"] + cmd
         record = os.path.join(home, "record.json")
         if os.path.exists(record):
             os.remove(record)
         env = self.ansible_env(home)
+        if user:
+            # The module runs as `user` and writes its temporary files there.
+            env.update(ANSIBLE_REMOTE_TEMP=os.path.join(self.nobody_home, "remote-tmp"))
         env.update(
             ANSIBLE_CALLBACK_PLUGINS=os.path.join(ROOT, "tests", "ansible", "callback_plugins"),
             ANSIBLE_CALLBACKS_ENABLED="record",
@@ -410,16 +408,16 @@ def module(w, r):
     https = {"name": "https", "port": 443, "to": 8080, "family": "ipv4"}
     task, stats, proc = w.playbook({"forwards": [https]}, user="nobody")
     r.check(
-        "as user nobody, within its grant: changed, owner user:nobody",
+        "become user nobody, within its grant: changed, owner user:nobody",
         task.get("changed") is True and names(task.get("summary", {}).get("added", [])) == [("user:nobody", "https")],
         task or proc.stderr,
     )
-    r.check("as user nobody: the client reaches 8080 through 443", w.get(443) == "app-8080", w.get(443))
+    r.check("become user nobody: the client reaches 8080 through 443", w.get(443) == "app-8080", w.get(443))
 
     before = w.table()
     task, stats, proc = w.playbook({"forwards": [https, {"name": "alt", "port": 8443, "to": 8081}]}, user="nobody")
     r.check(
-        "as user nobody, outside its grant: fails as permission denied",
+        "become user nobody, outside its grant: fails as permission denied",
         task.get("failed") is True and task.get("rc") == 4 and task.get("reason") == "denied"
         and task.get("msg", "").startswith("permission denied:"),
         task,
