@@ -19,8 +19,9 @@ fn human_bytes(b: u64) -> String {
 }
 
 fn status_table(s: &Status) -> String {
-    let mut rows =
-        vec![["OWNER", "NAME", "PORT", "TO", "PROTO", "FAMILY", "PACKETS", "BYTES"].map(String::from).to_vec()];
+    let mut rows = vec![["OWNER", "NAME", "PORT", "TO", "PROTO", "FAMILY", "PACKETS", "BYTES", "STATE"]
+        .map(String::from)
+        .to_vec()];
     for f in &s.forwards {
         rows.push(vec![
             f.owner.clone(),
@@ -31,9 +32,13 @@ fn status_table(s: &Status) -> String {
             f.forward.family.to_string(),
             f.packets.to_string(),
             human_bytes(f.bytes),
+            match &f.reason {
+                Some(r) => format!("{} ({r})", f.state),
+                None => f.state.to_string(),
+            },
         ]);
     }
-    let widths: Vec<usize> = (0..8).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..9).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
     let mut out = format!(
         "portd {}  table inet {}  kernel {}  repairs {}\n\n",
         s.daemon_version,
@@ -49,7 +54,13 @@ fn status_table(s: &Status) -> String {
         let cells: Vec<String> = r
             .iter()
             .enumerate()
-            .map(|(i, c)| if i >= 6 { format!("{c:>w$}", w = widths[i]) } else { format!("{c:<w$}", w = widths[i]) })
+            .map(|(i, c)| {
+                if (6..8).contains(&i) {
+                    format!("{c:>w$}", w = widths[i])
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
@@ -65,7 +76,10 @@ pub fn print_body(body: &Body, json: bool) {
     }
     match body {
         Body::Status(s) => print!("{}", status_table(s)),
-        Body::Changed { summary, dry_run, omitted } => {
+        Body::Changed { summary, dry_run, omitted, warnings } => {
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
             if *dry_run {
                 println!("dry run, nothing applied:");
             }

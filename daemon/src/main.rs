@@ -13,6 +13,7 @@ mod nlattr;
 mod notify;
 mod privs;
 mod server;
+mod sockdiag;
 mod state;
 
 use actor::{Daemon, Msg, Overrides};

@@ -61,65 +61,25 @@ pub async fn run(listener: UnixListener, actor: Sender<Msg>, shutdown: Cancellat
     }
 }
 
-/// Supplementary groups of the peer at connect time (SO_PEERGROUPS, Linux 4.13+).
-fn peer_groups(stream: &UnixStream) -> std::io::Result<Vec<libc::gid_t>> {
-    use std::os::fd::AsRawFd;
-    let mut groups: Vec<libc::gid_t> = vec![0; 64];
-    loop {
-        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
-        // SAFETY: the buffer is valid for `len` bytes and the fd is a live socket.
-        let rc = unsafe {
-            libc::getsockopt(
-                stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PEERGROUPS,
-                groups.as_mut_ptr().cast(),
-                &mut len,
-            )
-        };
-        let n = len as usize / std::mem::size_of::<libc::gid_t>();
-        if rc == 0 {
-            groups.truncate(n);
-            return Ok(groups);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ERANGE) && n > groups.len() && n <= 65536 {
-            groups.resize(n, 0);
-            continue;
-        }
-        return Err(e);
-    }
-}
-
 /// The peer's credentials as the kernel reports them at connect time.
 struct Peer {
     uid: u32,
-    gid: u32,
     pid: Option<i32>,
-    groups: Vec<libc::gid_t>,
 }
 
 fn peer_of(stream: &UnixStream) -> std::io::Result<Peer> {
     let cred = stream.peer_cred()?;
-    Ok(Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid(), groups: peer_groups(stream)? })
+    Ok(Peer { uid: cred.uid(), pid: cred.pid() })
 }
 
-/// The caller, identified by the kernel (SO_PEERCRED and SO_PEERGROUPS), never by the
-/// client. Names come from the account database, looked up only for requests that need
-/// them (status does not), so a flood of connections costs no passwd/group lookups.
+/// The caller, identified by the kernel (SO_PEERCRED), never by the client. The name
+/// comes from the account database, looked up only for requests that need it (status
+/// does not), so a flood of connections costs no passwd lookups. Grants are judged on
+/// the account database's groups of that name (see the policy core), so a forward is
+/// judged the same way at apply and at every later reload.
 fn caller_of(peer: &Peer, with_names: bool) -> Caller {
-    if !with_names {
-        return Caller { uid: peer.uid, pid: peer.pid, user: peer.uid.to_string(), groups: Vec::new() };
-    }
-    let user = nix::unistd::User::from_uid(peer.uid.into()).ok().flatten();
-    let name = user.as_ref().map_or_else(|| peer.uid.to_string(), |u| u.name.clone());
-    let mut groups: Vec<String> = std::iter::once(&peer.gid)
-        .chain(&peer.groups)
-        .filter_map(|g| nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(*g)).ok().flatten().map(|g| g.name))
-        .collect();
-    groups.sort();
-    groups.dedup();
-    Caller { uid: peer.uid, pid: peer.pid, user: name, groups }
+    let user = if with_names { crate::actor::name_of(peer.uid) } else { None };
+    Caller { uid: peer.uid, pid: peer.pid, user: user.unwrap_or_else(|| peer.uid.to_string()) }
 }
 
 async fn write(stream: &mut tokio::io::WriteHalf<UnixStream>, resp: &Response) -> std::io::Result<()> {

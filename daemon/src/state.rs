@@ -12,7 +12,7 @@
 //! the journal. Replaying a record twice gives the same sets (puts and removals by name),
 //! so a crash between the two steps loses nothing.
 
-use portd_rules::plan::{PlacedForward, Summary};
+use portd_rules::policy::UserSet;
 use portd_rules::Forward;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -30,12 +30,30 @@ pub const JOURNAL_FILE: &str = "sets.journal";
 const JOURNAL_MIN_LIMIT: u64 = 64 * 1024;
 
 /// What is persisted: every set applied through the socket, by owner.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Persisted {
-    /// Format version.
-    pub version: u32,
-    /// Owner (`user:NAME`) -> forwards.
-    pub sets: BTreeMap<String, Vec<Forward>>,
+    /// Owner (`user:NAME`) -> the uid that applied the set and its forwards.
+    pub sets: BTreeMap<String, UserSet>,
+    /// Where each forward was last written, as `path:line`, to locate problems.
+    pub origins: BTreeMap<(String, String), String>,
+    /// Entries that could not be read at all (located), left out of `sets`.
+    pub unreadable: Vec<String>,
+}
+
+/// One set in the snapshot: `{"uid": N, "forwards": [...]}`, or the bare list of the
+/// first format (no uid; bound to the name's uid at the next start).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SnapshotSet {
+    Bound { uid: Option<u32>, forwards: Vec<serde_json::Value> },
+    Bare(Vec<serde_json::Value>),
+}
+
+#[derive(Deserialize)]
+struct Snapshot {
+    #[allow(dead_code)]
+    version: u32,
+    sets: BTreeMap<String, SnapshotSet>,
 }
 
 /// One change of one owner's set: forwards added or replaced (by name), names removed.
@@ -43,6 +61,9 @@ pub struct Persisted {
 pub struct Record {
     /// Whose set.
     pub owner: String,
+    /// The uid the set belongs to after the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
     /// Forwards added, or replacing the forward of the same name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub put: Vec<Forward>,
@@ -52,33 +73,32 @@ pub struct Record {
 }
 
 impl Record {
-    /// The record of a change of `owner`'s set: the forwards it adds or changes, the names
-    /// it removes.
-    pub fn of(owner: &str, s: &Summary) -> Record {
-        Record::between(owner, s.added.iter().chain(s.changed.iter().map(|(_, n)| n)), s.removed.iter())
-    }
-
-    /// The record that takes the same change back.
-    pub fn undoing(owner: &str, s: &Summary) -> Record {
-        Record::between(owner, s.removed.iter().chain(s.changed.iter().map(|(o, _)| o)), s.added.iter())
-    }
-
-    fn between<'a>(
-        owner: &str,
-        put: impl Iterator<Item = &'a PlacedForward>,
-        remove: impl Iterator<Item = &'a PlacedForward>,
-    ) -> Record {
+    /// The record that turns `old` (the owner's set now) into `new`: the forwards that
+    /// are new or differ, and the names that go.
+    pub fn between(owner: &str, uid: Option<u32>, old: &[Forward], new: &[Forward]) -> Record {
+        let before: std::collections::HashMap<&str, &Forward> = old.iter().map(|f| (f.name.as_str(), f)).collect();
+        let after: std::collections::HashSet<&str> = new.iter().map(|f| f.name.as_str()).collect();
         Record {
             owner: owner.to_string(),
-            put: put.map(|p| p.forward.clone()).collect(),
-            remove: remove.map(|p| p.forward.name.clone()).collect(),
+            uid,
+            put: new.iter().filter(|f| before.get(f.name.as_str()) != Some(f)).cloned().collect(),
+            remove: old.iter().filter(|f| !after.contains(f.name.as_str())).map(|f| f.name.clone()).collect(),
         }
+    }
+
+    /// True when the record changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.put.is_empty() && self.remove.is_empty()
     }
 
     /// Applies the record to `sets`: a put replaces the forward of its name in place or
     /// appends it; a set left empty is dropped. Applying it twice changes nothing more.
-    pub fn apply(&self, sets: &mut BTreeMap<String, Vec<Forward>>) {
-        let set = sets.entry(self.owner.clone()).or_default();
+    pub fn apply(&self, sets: &mut BTreeMap<String, UserSet>) {
+        let entry = sets.entry(self.owner.clone()).or_default();
+        if self.uid.is_some() {
+            entry.uid = self.uid;
+        }
+        let set = &mut entry.forwards;
         if !self.remove.is_empty() {
             let gone: std::collections::HashSet<&str> = self.remove.iter().map(String::as_str).collect();
             set.retain(|f| !gone.contains(f.name.as_str()));
@@ -104,6 +124,58 @@ impl Record {
             sets.remove(&self.owner);
         }
     }
+}
+
+/// Line (1-based) of each forward in a snapshot written by [`Store::save`] (one forward
+/// per line after a line opening its owner's set); 1 for a snapshot on one line.
+fn snapshot_lines(text: &str) -> BTreeMap<(String, String), usize> {
+    let mut out = BTreeMap::new();
+    let mut owner: Option<String> = None;
+    for (i, line) in text.lines().enumerate() {
+        if let Some(rest) = line.strip_prefix('"') {
+            if let Some(end) = rest.find("\":") {
+                owner = serde_json::from_str::<String>(&line[..end + 2]).ok();
+                continue;
+            }
+        }
+        if let (Some(o), Some(v)) = (&owner, line.trim_end_matches(',').strip_prefix("{\"name\":")) {
+            if let Ok(serde_json::Value::String(name)) = serde_json::Deserializer::from_str(v)
+                .into_iter::<serde_json::Value>()
+                .next()
+                .unwrap_or(Ok(serde_json::Value::Null))
+            {
+                out.entry((o.clone(), name)).or_insert(i + 1);
+            }
+        }
+    }
+    out
+}
+
+/// The snapshot as JSON with one forward per line, so problems found at load can name
+/// the line:
+///
+/// ```text
+/// {"version":2,"sets":{
+/// "user:web":{"uid":1001,"forwards":[
+/// {"name":"http","port":80,"to":8080}
+/// ]}}}
+/// ```
+fn snapshot_text(sets: &BTreeMap<String, UserSet>) -> serde_json::Result<Vec<u8>> {
+    let mut out = b"{\"version\":2,\"sets\":{".to_vec();
+    for (i, (owner, set)) in sets.iter().enumerate() {
+        out.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
+        serde_json::to_writer(&mut out, owner)?;
+        out.extend_from_slice(b":{\"uid\":");
+        serde_json::to_writer(&mut out, &set.uid)?;
+        out.extend_from_slice(b",\"forwards\":[");
+        for (j, f) in set.forwards.iter().enumerate() {
+            out.extend_from_slice(if j == 0 { b"\n" } else { b",\n" });
+            serde_json::to_writer(&mut out, f)?;
+        }
+        out.extend_from_slice(b"\n]}");
+    }
+    out.extend_from_slice(b"}}\n");
+    Ok(out)
 }
 
 /// Reads and writes the snapshot and the journal.
@@ -136,16 +208,48 @@ impl Store {
     /// A journal with records is folded into a new snapshot before anything is appended.
     pub fn load(&mut self) -> anyhow::Result<Persisted> {
         let path = self.path();
-        let mut p = match fs::read(&path) {
+        let mut p = Persisted::default();
+        match fs::read(&path) {
             Ok(bytes) => {
                 self.snapshot_len = bytes.len() as u64;
-                serde_json::from_slice(&bytes).map_err(|e| {
+                let snap: Snapshot = serde_json::from_slice(&bytes).map_err(|e| {
                     anyhow::anyhow!("{}: unreadable state ({e}); move it aside to start empty", path.display())
-                })?
+                })?;
+                let lines = snapshot_lines(&String::from_utf8_lossy(&bytes));
+                for (owner, set) in snap.sets {
+                    let (uid, values) = match set {
+                        SnapshotSet::Bound { uid, forwards } => (uid, forwards),
+                        SnapshotSet::Bare(forwards) => (None, forwards),
+                    };
+                    let mut forwards = Vec::with_capacity(values.len());
+                    for (i, v) in values.into_iter().enumerate() {
+                        let name = v.get("name").and_then(|n| n.as_str()).unwrap_or("").to_string();
+                        let line = lines.get(&(owner.clone(), name.clone())).copied().unwrap_or(1);
+                        match serde_json::from_value::<Forward>(v) {
+                            Ok(f) => {
+                                p.origins.insert((owner.clone(), f.name.clone()), format!("{}:{line}", path.display()));
+                                forwards.push(f);
+                            }
+                            Err(e) => p.unreadable.push(format!(
+                                "{}:{line}: {owner} forwards[{i}] ({}): cannot be read: {e}",
+                                path.display(),
+                                name.escape_debug()
+                            )),
+                        }
+                    }
+                    p.sets.insert(owner, UserSet { uid, forwards });
+                }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted { version: 1, ..Default::default() },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
         };
+        if !p.unreadable.is_empty() {
+            // Keep what could not be read for the operator before a new snapshot drops it.
+            let aside = self.dir.join(format!("{STATE_FILE}.unreadable"));
+            if let Err(e) = fs::copy(&path, &aside) {
+                tracing::warn!("copying {} to {}: {e}", path.display(), aside.display());
+            }
+        }
         let jpath = self.journal_path();
         let replayed = match fs::read(&jpath) {
             Ok(bytes) => {
@@ -154,7 +258,15 @@ impl Store {
                     let last = i + 1 == lines.len();
                     let record = raw.strip_suffix(b"\n").map(serde_json::from_slice::<Record>);
                     match record {
-                        Some(Ok(r)) => r.apply(&mut p.sets),
+                        Some(Ok(r)) => {
+                            for f in &r.put {
+                                p.origins.insert(
+                                    (r.owner.clone(), f.name.clone()),
+                                    format!("{}:{}", jpath.display(), i + 1),
+                                );
+                            }
+                            r.apply(&mut p.sets)
+                        }
                         // The last line of a write that a crash interrupted (cut short, or
                         // with blocks the filesystem never filled): it was never acknowledged.
                         None | Some(Err(_)) if last => {
@@ -182,7 +294,7 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => return Err(anyhow::anyhow!("{}: {e}", jpath.display())),
         };
-        if replayed {
+        if replayed || !p.unreadable.is_empty() {
             self.save(&p.sets)?;
         } else if let Ok(j) = OpenOptions::new().append(true).create(true).mode(0o640).open(&jpath) {
             // An empty journal (or none yet: the first change writes the snapshot).
@@ -194,7 +306,7 @@ impl Store {
 
     /// Persists one change; `sets` already includes it. Appends the record to the journal,
     /// or writes a new snapshot when the journal has grown large.
-    pub fn commit(&mut self, sets: &BTreeMap<String, Vec<Forward>>, record: &Record) -> anyhow::Result<()> {
+    pub fn commit(&mut self, sets: &BTreeMap<String, UserSet>, record: &Record) -> anyhow::Result<()> {
         let mut line = serde_json::to_vec(record)?;
         line.push(b'\n');
         let limit = self.snapshot_len.max(JOURNAL_MIN_LIMIT);
@@ -223,16 +335,10 @@ impl Store {
     /// Writes a snapshot of `sets` atomically, then empties the journal: a crash leaves
     /// either the old snapshot with the journal or the new snapshot (with or without the
     /// journal, whose records it already holds).
-    pub fn save(&mut self, sets: &BTreeMap<String, Vec<Forward>>) -> anyhow::Result<()> {
-        #[derive(Serialize)]
-        struct View<'a> {
-            version: u32,
-            sets: &'a BTreeMap<String, Vec<Forward>>,
-        }
-        let p = View { version: 1, sets };
+    pub fn save(&mut self, sets: &BTreeMap<String, UserSet>) -> anyhow::Result<()> {
         fs::create_dir_all(&self.dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", self.dir.display()))?;
         let tmp = self.dir.join(format!(".{STATE_FILE}.tmp"));
-        let data = serde_json::to_vec(&p)?;
+        let data = snapshot_text(sets)?;
         self.journal = None;
         let write = || -> std::io::Result<File> {
             let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o640).open(&tmp)?;
@@ -264,10 +370,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("portd-state-test-{}", std::process::id()));
         let mut store = Store::new(&dir);
         assert_eq!(store.load().expect("empty").sets.len(), 0);
-        let mut p = Persisted { version: 1, ..Default::default() };
-        p.sets.insert("user:web".into(), vec![Forward::new("http", PortRange::single(80), PortRange::single(8080))]);
-        store.save(&p.sets).expect("save");
-        assert_eq!(store.load().expect("load"), p);
+        let mut sets = BTreeMap::new();
+        let http = Forward::new("http", PortRange::single(80), PortRange::single(8080));
+        sets.insert("user:web".to_string(), UserSet { uid: Some(1001), forwards: vec![http] });
+        store.save(&sets).expect("save");
+        let loaded = store.load().expect("load");
+        assert_eq!(loaded.sets, sets);
+        let at = loaded.origins.get(&("user:web".to_string(), "http".to_string())).expect("located");
+        assert!(at.ends_with("sets.json:3"), "{at}");
         let names: Vec<_> = fs::read_dir(&dir).expect("dir").map(|e| e.expect("e").file_name()).collect();
         let mut names: Vec<String> = names.into_iter().map(|n| n.to_string_lossy().into_owned()).collect();
         names.sort();
@@ -286,16 +396,22 @@ mod tests {
         let mut store = Store::new(&dir);
         let mut sets = store.load().expect("empty").sets;
         let steps = [
-            Record { owner: "user:a".into(), put: vec![fwd("x", 80, 8080), fwd("y", 81, 8081)], remove: vec![] },
-            Record { owner: "user:a".into(), put: vec![fwd("x", 80, 9090)], remove: vec!["y".into()] },
-            Record { owner: "user:b".into(), put: vec![fwd("z", 82, 8082)], remove: vec![] },
-            Record { owner: "user:b".into(), put: vec![], remove: vec!["z".into()] },
+            Record {
+                uid: None,
+                owner: "user:a".into(),
+                put: vec![fwd("x", 80, 8080), fwd("y", 81, 8081)],
+                remove: vec![],
+            },
+            Record { uid: None, owner: "user:a".into(), put: vec![fwd("x", 80, 9090)], remove: vec!["y".into()] },
+            Record { uid: None, owner: "user:b".into(), put: vec![fwd("z", 82, 8082)], remove: vec![] },
+            Record { uid: None, owner: "user:b".into(), put: vec![], remove: vec!["z".into()] },
         ];
         for r in &steps {
             r.apply(&mut sets);
             store.commit(&sets, r).expect("commit");
         }
-        let expect: BTreeMap<String, Vec<Forward>> = [("user:a".to_string(), vec![fwd("x", 80, 9090)])].into();
+        let expect: BTreeMap<String, UserSet> =
+            [("user:a".to_string(), UserSet { uid: None, forwards: vec![fwd("x", 80, 9090)] })].into();
         assert_eq!(sets, expect);
         // The state dir did not exist, so the first change wrote a snapshot (creating it);
         // each later change is one journal line.
@@ -344,6 +460,7 @@ mod tests {
         let mut sets = store.load().expect("empty").sets;
         // A large set first (a snapshot of about 100 KB), then one-forward changes.
         let big = Record {
+            uid: None,
             owner: "user:a".into(),
             put: (0..1500).map(|i| fwd(&format!("f{i}"), 1000 + i, 30000 + i)).collect(),
             remove: vec![],
@@ -353,7 +470,12 @@ mod tests {
         let snapshot = fs::metadata(store.path()).expect("snapshot").len();
         let mut folded = false;
         for i in 0..5000u16 {
-            let r = Record { owner: "user:a".into(), put: vec![fwd("moving", 5000, 6000 + i % 1000)], remove: vec![] };
+            let r = Record {
+                uid: None,
+                owner: "user:a".into(),
+                put: vec![fwd("moving", 5000, 6000 + i % 1000)],
+                remove: vec![],
+            };
             r.apply(&mut sets);
             store.commit(&sets, &r).expect("commit");
             let journal = fs::metadata(store.journal_path()).expect("journal").len();

@@ -12,13 +12,14 @@ mod locate;
 pub mod model;
 mod packed;
 pub mod plan;
+pub mod policy;
 pub mod proto;
 pub mod render;
 
 pub use diag::{Diagnostic, Diagnostics};
 pub use load::{parse_config, parse_rules, MAX_FILE_BYTES};
 pub use model::{
-    Config, Family, FamilySel, Forward, Grant, GrantSubject, OnExit, PortRange, Proto, ProtoSel, RulesFile, Settings,
-    SocketSettings,
+    Config, Family, FamilySel, Forward, Grant, GrantSubject, ListenerCheck, MarkRange, OnExit, PortRange, Proto,
+    ProtoSel, RulesFile, Settings, SocketSettings,
 };
 pub use plan::{compile, Conflict, Delta, OwnedSet, Plan, Summary};

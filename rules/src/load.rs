@@ -230,13 +230,15 @@ pub fn valid_name(s: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
 }
 
-/// True for a Linux interface name (1-15 bytes, no `/`, whitespace or `:`).
+/// True for an interface name portd accepts: 1-15 of a-z, A-Z, 0-9, '.', '_', '-', '@'
+/// and '+' (what Linux accepts, minus what nft cannot print back and read again:
+/// quotes, braces, spaces, control characters).
 pub fn valid_ifname(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
         && s != "."
         && s != ".."
-        && s.bytes().all(|c| c.is_ascii_graphic() && c != b'/' && c != b':')
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'@' | b'+'))
 }
 
 fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
@@ -297,7 +299,13 @@ fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
             let ip = format!("{}[{i}]", p("interfaces"));
             if let Some(s) = get_str(ctx, &ip, item) {
                 if !valid_ifname(&s) {
-                    ctx.err(&ip, format!("`{s}` is not an interface name (1-15 characters, no '/', ':' or spaces)"));
+                    ctx.err(
+                        &ip,
+                        format!(
+                            "`{}` is not an interface name (1-15 of a-z, A-Z, 0-9, '.', '_', '-', '@', '+')",
+                            s.escape_debug()
+                        ),
+                    );
                 } else if interfaces.contains(&s) {
                     ctx.err(&ip, format!("interface `{s}` is listed twice"));
                 } else {
@@ -432,7 +440,7 @@ fn settings(ctx: &mut Ctx, v: Option<&Value>) -> Settings {
         ctx.err("settings", format!("expected a mapping, found {}", describe(v)));
         return s;
     };
-    check_keys(ctx, "settings", m, &["table", "mark", "on_exit", "socket", "state_dir"]);
+    check_keys(ctx, "settings", m, &["table", "mark", "on_exit", "socket", "state_dir", "listener_check"]);
     if let Some(t) = m.get("table").and_then(|v| get_str(ctx, "settings.table", v)) {
         let ok = t.len() <= 64
             && t.starts_with(|c: char| c.is_ascii_alphabetic())
@@ -454,6 +462,14 @@ fn settings(ctx: &mut Ctx, v: Option<&Value>) -> Settings {
             "remove" => s.on_exit = OnExit::Remove,
             "keep" => s.on_exit = OnExit::Keep,
             _ => ctx.err("settings.on_exit", format!("`{o}` is not remove or keep")),
+        }
+    }
+    if let Some(o) = m.get("listener_check").and_then(|v| get_str(ctx, "settings.listener_check", v)) {
+        match o.as_str() {
+            "enforce" => s.listener_check = ListenerCheck::Enforce,
+            "warn" => s.listener_check = ListenerCheck::Warn,
+            "off" => s.listener_check = ListenerCheck::Off,
+            _ => ctx.err("settings.listener_check", format!("`{o}` is not enforce, warn or off")),
         }
     }
     if let Some(d) = m.get("state_dir").and_then(|v| get_str(ctx, "settings.state_dir", v)) {
@@ -505,6 +521,35 @@ fn port_list(ctx: &mut Ctx, path: &str, v: &Value) -> Vec<PortRange> {
     items.into_iter().filter_map(|(p, v)| get_ports(ctx, &p, v)).collect()
 }
 
+/// `marks:` of a grant: one mark, a range "0x10-0x1f", or a list of either.
+fn mark_list(ctx: &mut Ctx, path: &str, v: &Value) -> Vec<MarkRange> {
+    let items: Vec<(String, &Value)> = match v {
+        Value::Sequence(s) => s.iter().enumerate().map(|(i, v)| (format!("{path}[{i}]"), v)).collect(),
+        other => vec![(path.to_string(), other)],
+    };
+    let mut out = Vec::new();
+    for (p, v) in items {
+        match v {
+            Value::String(t) if t.contains('-') => {
+                let (a, b) = t.split_once('-').unwrap_or((t, t));
+                let a = get_u32(ctx, &p, &Value::String(a.trim().to_string()));
+                let b = get_u32(ctx, &p, &Value::String(b.trim().to_string()));
+                match (a, b) {
+                    (Some(a), Some(b)) if a <= b => out.push(MarkRange { start: a, end: b }),
+                    (Some(_), Some(_)) => ctx.err(&p, format!("mark range `{t}` runs backwards")),
+                    _ => {}
+                }
+            }
+            other => {
+                if let Some(m) = get_u32(ctx, &p, other) {
+                    out.push(MarkRange::single(m));
+                }
+            }
+        }
+    }
+    out
+}
+
 fn grants(ctx: &mut Ctx, v: Option<&Value>) -> Vec<Grant> {
     let Some(v) = v else { return vec![] };
     let mut out = Vec::new();
@@ -514,7 +559,7 @@ fn grants(ctx: &mut Ctx, v: Option<&Value>) -> Vec<Grant> {
             ctx.err(&gp, format!("expected a grant (user or group, ports, to), found {}", describe(g)));
             continue;
         };
-        check_keys(ctx, &gp, m, &["user", "group", "ports", "to"]);
+        check_keys(ctx, &gp, m, &["user", "group", "ports", "to", "protect", "local", "marks", "max_forwards"]);
         let subject = match (m.get("user"), m.get("group")) {
             (Some(u), None) => get_str(ctx, &format!("{gp}.user"), u).map(GrantSubject::User),
             (None, Some(g)) => get_str(ctx, &format!("{gp}.group"), g).map(GrantSubject::Group),
@@ -534,8 +579,20 @@ fn grants(ctx: &mut Ctx, v: Option<&Value>) -> Vec<Grant> {
             Some(v) => port_list(ctx, &format!("{gp}.to"), v),
             None => vec![PortRange { start: 1024, end: 65535 }],
         };
-        if let Some(subject) = subject {
-            out.push(Grant { subject, ports, to });
+        let protect = m.get("protect").map_or(Some(false), |v| get_bool(ctx, &format!("{gp}.protect"), v));
+        let local = m.get("local").map_or(Some(true), |v| get_bool(ctx, &format!("{gp}.local"), v));
+        let marks = m.get("marks").map(|v| mark_list(ctx, &format!("{gp}.marks"), v));
+        let max_forwards = match m.get("max_forwards") {
+            None => Some(DEFAULT_MAX_FORWARDS),
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= 1_000_000) => n.as_u64().map(|n| n as u32),
+            Some(v) => {
+                ctx.err(&format!("{gp}.max_forwards"), format!("{} is not a count (0 to 1000000)", describe(v)));
+                None
+            }
+        };
+        if let (Some(subject), Some(protect), Some(local), Some(max_forwards)) = (subject, protect, local, max_forwards)
+        {
+            out.push(Grant { subject, ports, to, protect, local, marks, max_forwards });
         }
     }
     out
@@ -569,10 +626,7 @@ pub fn validate_forwards(file: &str, fw: &[Forward]) -> Result<Vec<Forward>, Dia
     parse_rules(file, &text).map(|r| r.forwards)
 }
 
-/// True for a plausible user name in an owner (`user:NAME`): POSIX portable characters.
+/// True for a user name accepted in an owner (`user:NAME`); see [`crate::policy::valid_user`].
 pub fn valid_user(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && !s.starts_with('-')
-        && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'$'))
+    crate::policy::valid_user(s)
 }

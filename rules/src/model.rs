@@ -318,6 +318,20 @@ pub enum OnExit {
     Keep,
 }
 
+/// `settings.listener_check`: whether user forwards are checked against the sockets of
+/// other uids (NETLINK_SOCK_DIAG).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerCheck {
+    /// Refuse and suspend (default).
+    #[default]
+    Enforce,
+    /// Only warn (answer and log).
+    Warn,
+    /// No check.
+    Off,
+}
+
 /// `settings.socket`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SocketSettings {
@@ -342,6 +356,9 @@ pub struct Settings {
     pub socket: SocketSettings,
     /// Where applied sets are persisted.
     pub state_dir: String,
+    /// Listener ownership checks of user forwards.
+    #[serde(default)]
+    pub listener_check: ListenerCheck,
 }
 
 impl Default for Settings {
@@ -352,6 +369,7 @@ impl Default for Settings {
             on_exit: OnExit::Remove,
             socket: SocketSettings { path: "/run/portd/portd.sock".into(), group: Some("portd".into()), mode: 0o660 },
             state_dir: "/var/lib/portd".into(),
+            listener_check: ListenerCheck::Enforce,
         }
     }
 }
@@ -366,6 +384,39 @@ pub enum GrantSubject {
     Group(String),
 }
 
+/// An inclusive range of packet marks; one mark has `start == end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MarkRange {
+    /// First mark.
+    pub start: u32,
+    /// Last mark (inclusive).
+    pub end: u32,
+}
+
+impl MarkRange {
+    /// One mark.
+    pub fn single(m: u32) -> MarkRange {
+        MarkRange { start: m, end: m }
+    }
+    /// True when `m` lies in the range.
+    pub fn contains(&self, m: u32) -> bool {
+        self.start <= m && m <= self.end
+    }
+}
+
+impl fmt::Display for MarkRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.start == self.end {
+            write!(f, "{:#x}", self.start)
+        } else {
+            write!(f, "{:#x}-{:#x}", self.start, self.end)
+        }
+    }
+}
+
+/// Default of [`Grant::max_forwards`].
+pub const DEFAULT_MAX_FORWARDS: u32 = 1000;
+
 /// What an unprivileged caller may forward.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
@@ -375,12 +426,34 @@ pub struct Grant {
     pub ports: Vec<PortRange>,
     /// Target ports the caller may forward to.
     pub to: Vec<PortRange>,
+    /// May the caller set `protect: true` (default false).
+    pub protect: bool,
+    /// May the caller redirect the host's own connections, `local: true` (default true).
+    pub local: bool,
+    /// Marks the caller may set; `None`: only `settings.mark` and 0.
+    pub marks: Option<Vec<MarkRange>>,
+    /// Most forwards the caller's set may hold (default [`DEFAULT_MAX_FORWARDS`]).
+    pub max_forwards: u32,
 }
 
 impl Grant {
-    /// True when `f` lies entirely inside this grant.
+    /// A grant of `ports` to `to` with every other field at its default.
+    pub fn new(subject: GrantSubject, ports: Vec<PortRange>, to: Vec<PortRange>) -> Grant {
+        Grant { subject, ports, to, protect: false, local: true, marks: None, max_forwards: DEFAULT_MAX_FORWARDS }
+    }
+
+    /// True when `f`'s public and target ranges lie inside this grant (the other fields
+    /// are judged by [`crate::policy`]).
     pub fn allows(&self, f: &Forward) -> bool {
         self.ports.iter().any(|r| r.contains(&f.port)) && self.to.iter().any(|r| r.contains(&f.to))
+    }
+
+    /// True when a forward may carry the effective mark `m` (`default` is `settings.mark`).
+    pub fn allows_mark(&self, m: u32, default: u32) -> bool {
+        match &self.marks {
+            None => m == default || m == 0,
+            Some(list) => list.iter().any(|r| r.contains(m)),
+        }
     }
 }
 

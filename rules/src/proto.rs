@@ -91,6 +91,32 @@ pub struct ForwardStatus {
     pub packets: u64,
     /// Bytes counted.
     pub bytes: u64,
+    /// `active` (in the kernel) or `suspended` (kept, but out of the kernel).
+    #[serde(default)]
+    pub state: ForwardState,
+    /// Why the forward is suspended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Whether a forward is in the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardState {
+    /// In the kernel.
+    #[default]
+    Active,
+    /// Kept in the state but out of the kernel until what it needs is allowed again.
+    Suspended,
+}
+
+impl std::fmt::Display for ForwardState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ForwardState::Active => "active",
+            ForwardState::Suspended => "suspended",
+        })
+    }
 }
 
 /// Daemon state.
@@ -125,7 +151,7 @@ impl Body {
         summary.removed.truncate(n);
         let n = cut(summary.changed.len());
         summary.changed.truncate(n);
-        Body::Changed { summary, dry_run, omitted }
+        Body::Changed { summary, dry_run, omitted, warnings: Vec::new() }
     }
 }
 
@@ -145,6 +171,10 @@ pub enum Body {
         /// Changes left out of `summary` to keep the answer small.
         #[serde(default)]
         omitted: usize,
+        /// Things the caller should know that did not stop the change (e.g. nothing
+        /// listens on a target port yet).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
     },
     /// Answer to export: a rules file.
     Export {

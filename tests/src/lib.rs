@@ -129,6 +129,23 @@ impl Net {
         bg
     }
 
+    /// Like [`Net::tcp_app`], run as `user` (a socket of that user's uid).
+    pub fn tcp_app_as(&self, ns: &str, user: &str, port: u16, reply: &str) -> Bg {
+        let listen = format!("TCP6-LISTEN:{port},fork,reuseaddr,ipv6only=0");
+        let sys = format!("SYSTEM:echo {reply}");
+        let gid = must("id", &["-g", user]);
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "setpriv", &format!("--reuid={user}"), &format!("--regid={}", gid.trim())])
+            .args(["--clear-groups", "socat", &listen, &sys])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat is needed for traffic tests (apt-get install socat)");
+        let bg = Bg(child);
+        wait_for(|| self.exec(ns, "ss", &["-Htln", &format!("sport = :{port}")]).stdout.len() > 1, "tcp app to listen");
+        bg
+    }
+
     /// Connects from `ns` to `addr` (an IP, v6 without brackets) on `port`; returns the reply, trimmed.
     pub fn tcp_get(&self, ns: &str, addr: &str, port: u16) -> Option<String> {
         let target = if addr.contains(':') {
@@ -405,4 +422,69 @@ pub fn spawn_in_netns<T: Send + 'static>(
         assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
         f()
     })
+}
+
+/// A real system account made for one test (`useradd`), deleted on drop.
+pub struct TestUser {
+    /// Its login name.
+    pub name: String,
+}
+
+impl TestUser {
+    /// Creates `<prefix><pid><n>` with no home and no login shell.
+    pub fn new(prefix: &str) -> TestUser {
+        let name = format!("{prefix}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+        Self::named(&name)
+    }
+
+    /// Creates the account `name` (which must not exist yet).
+    pub fn named(name: &str) -> TestUser {
+        let o = sh("useradd", &["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name]);
+        assert!(o.status.success(), "useradd {name}: {} (the delegation tests need useradd, from passwd)", err(&o));
+        TestUser { name: name.to_string() }
+    }
+
+    /// Its uid.
+    pub fn uid(&self) -> u32 {
+        must("id", &["-u", &self.name]).trim().parse().expect("numeric uid")
+    }
+
+    /// Creates the account again with a uid it never had (after [`TestUser::delete`]).
+    pub fn recreate_with_new_uid(&self, old: u32) {
+        let uid = (42000..60000u32)
+            .find(|u| *u != old && !sh("getent", &["passwd", &u.to_string()]).status.success())
+            .expect("a free uid");
+        let o = sh(
+            "useradd",
+            &[
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--user-group",
+                "-u",
+                &uid.to_string(),
+                &self.name,
+            ],
+        );
+        assert!(o.status.success(), "useradd {}: {}", self.name, err(&o));
+    }
+
+    /// Deletes the account now (the test recreates it), keeping the guard for the new one.
+    pub fn delete(&self) {
+        let o = sh("userdel", &[&self.name]);
+        assert!(o.status.success(), "userdel {}: {}", self.name, err(&o));
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = sh("userdel", &[&self.name]);
+        let _ = sh("groupdel", &[&self.name]);
+    }
+}
+
+/// The status entry of `owner`/`name`, if listed.
+pub fn forward_status(status: &serde_json::Value, owner: &str, name: &str) -> Option<serde_json::Value> {
+    status["forwards"].as_array()?.iter().find(|f| f["owner"] == owner && f["forward"]["name"] == name).cloned()
 }

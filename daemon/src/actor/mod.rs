@@ -1,0 +1,495 @@
+//! The one actor that owns the kernel backend and the desired state. Connection
+//! handlers send it [`Msg`]s and await the reply; it runs on its own thread because
+//! netlink calls block, and it checks the kernel for drift between messages.
+//!
+//! It is the I/O shell around the policy core ([`portd_rules::policy`]): it looks up
+//! accounts and sockets, asks the core which user forwards are active and which are
+//! suspended, and puts the result into the kernel (kernel first, then the state file,
+//! then the answer).
+
+mod accounts;
+mod requests;
+
+use crate::notify;
+use crate::state::Store;
+use portd::nft::Backend;
+use portd_rules::policy::{self, Backoff, Evaluation, Judge, Listeners, Repair, UserSet};
+use portd_rules::proto::{Command, ErrorKind, Response};
+use portd_rules::{compile, Config, ListenerCheck, OnExit, OwnedSet, Plan};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+pub use accounts::name_of;
+
+/// How often live user forwards are re-checked against the sockets of other uids.
+const LISTENER_POLL: Duration = Duration::from_millis(500);
+
+/// Who sent a request, from SO_PEERCRED and the account database.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Peer uid.
+    pub uid: u32,
+    /// Peer pid, when the kernel reports one.
+    pub pid: Option<i32>,
+    /// User name (or the uid as text when it has none).
+    pub user: String,
+}
+
+impl Caller {
+    /// The caller's own owner name.
+    pub fn owner(&self) -> String {
+        format!("user:{}", self.user)
+    }
+    /// `uid 1001 (web)`, for logs.
+    pub fn who(&self) -> String {
+        if self.user == self.uid.to_string() {
+            format!("uid {}", self.uid)
+        } else {
+            format!("uid {} ({})", self.uid, self.user)
+        }
+    }
+}
+
+/// Messages to the actor.
+pub enum Msg {
+    /// A client request.
+    Request { caller: Caller, command: Command, reply: oneshot::Sender<Response> },
+    /// SIGHUP: reload the config.
+    Reload,
+    /// Clean stop: apply `on_exit` and end.
+    Shutdown { reply: oneshot::Sender<()> },
+    /// A committed nf_tables transaction touched our table.
+    Drift(crate::events::Change),
+}
+
+/// Settings the actor needs that come from flags rather than the config file.
+pub struct Overrides {
+    /// `--table`
+    pub table: Option<String>,
+    /// `--state-dir`
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The actor's state.
+pub struct Daemon {
+    config_path: PathBuf,
+    config: Config,
+    overrides: Overrides,
+    /// Every user set, active and suspended forwards alike, as persisted.
+    users: BTreeMap<String, UserSet>,
+    /// Definition problems found when the state was loaded: owner -> name -> message.
+    invalid: BTreeMap<String, BTreeMap<String, String>>,
+    /// The account behind each user set, as of the last start, reload or apply.
+    accounts: BTreeMap<String, Option<policy::Account>>,
+    /// The sockets of the namespace at the last check.
+    listeners: Option<Listeners>,
+    /// Why a listener check failed, logged once until it works again.
+    listener_error: Option<String>,
+    /// The policy's decision for every user forward; the plan holds its active ones.
+    eval: Evaluation,
+    store: Store,
+    backend: Backend,
+    conntrack: crate::conntrack::Cleaner,
+    plan: Plan,
+    repairs: u64,
+    backoff: Backoff,
+    /// When to hand freed heap back to the system (after a large change or read).
+    trim_at: Option<Instant>,
+    /// When to check the listeners of user forwards next.
+    poll_at: Option<Instant>,
+}
+
+type Failure = (ErrorKind, Vec<String>);
+
+fn err(kind: ErrorKind, msg: impl Into<String>) -> Failure {
+    (kind, vec![msg.into()])
+}
+
+/// Applies flag overrides to a freshly parsed config.
+pub fn effective(mut config: Config, o: &Overrides) -> Config {
+    if let Some(t) = &o.table {
+        config.settings.table = t.clone();
+    }
+    if let Some(d) = &o.state_dir {
+        config.settings.state_dir = d.display().to_string();
+    }
+    config
+}
+
+/// A change is logged with at most this many forwards, then how many more.
+const LOG_FORWARDS: usize = 20;
+/// A change or read of more kernel objects than this is followed by [`trim_heap`].
+const TRIM_AFTER_OBJECTS: usize = 1000;
+/// How long after such a request the heap is trimmed: by then the answer has been sent
+/// and the connection's buffers, the parsed file and the delta have all been freed.
+const TRIM_DELAY: Duration = Duration::from_millis(100);
+
+/// Returns freed heap to the system; glibc keeps it otherwise (freed pages between live
+/// allocations are only released by malloc_trim, in every arena).
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+impl Daemon {
+    /// Restores persisted sets, judges them, and puts the plan into the kernel. Called
+    /// before READY=1.
+    pub fn start(config_path: PathBuf, config: Config, overrides: Overrides) -> anyhow::Result<Daemon> {
+        let mut store = Store::new(std::path::Path::new(&config.settings.state_dir));
+        let persisted = store.load()?;
+        for p in &persisted.unreadable {
+            tracing::error!("{p}; left out (a copy of the file is kept next to it as sets.json.unreadable)");
+        }
+        let backend = Backend::new(&config.settings.table);
+        let mut d = Daemon {
+            config_path,
+            plan: Plan::empty(&config.settings.table),
+            config,
+            overrides,
+            users: persisted.sets,
+            invalid: BTreeMap::new(),
+            accounts: BTreeMap::new(),
+            listeners: None,
+            listener_error: None,
+            eval: Evaluation::default(),
+            store,
+            backend,
+            conntrack: crate::conntrack::Cleaner::spawn()?,
+            repairs: 0,
+            backoff: Backoff::default(),
+            trim_at: None,
+            poll_at: None,
+        };
+        d.validate_loaded(&persisted.origins);
+        d.accounts = accounts::lookup_owners(d.users.keys());
+        d.bind_unbound_sets();
+        d.refresh_listeners();
+        d.eval = d.evaluate(&Evaluation::default());
+        let plan = d.desired_plan().map_err(|c| anyhow::anyhow!(c.join("; ")))?;
+        // Keep counters when the kernel already holds exactly this table (a restart).
+        match d.backend.read(&plan)? {
+            Some(obs) if obs.matches(&plan) => {}
+            _ => d.backend.apply(&plan)?,
+        }
+        d.plan = plan;
+        d.log_transitions(&Evaluation::default(), "at start");
+        d.trim_soon();
+        d.schedule_poll();
+        tracing::info!(
+            table = %d.config.settings.table,
+            forwards = d.plan.forwards.len(),
+            suspended = d.eval.suspended_count(),
+            owners = d.users.len() + 1,
+            "rules are in the kernel"
+        );
+        Ok(d)
+    }
+
+    /// Checks every persisted forward like a file from a user: owner, name, ranges,
+    /// interfaces, sources, duplicate names. Problems suspend the forward, located.
+    fn validate_loaded(&mut self, origins: &BTreeMap<(String, String), String>) {
+        for (owner, set) in &self.users {
+            let owner_ok = matches!(policy::Owner::parse(owner), Ok(policy::Owner::User(_)));
+            let mut seen = std::collections::HashSet::new();
+            for f in &set.forwards {
+                let at = origins.get(&(owner.clone(), f.name.clone())).map_or("state".to_string(), |o| o.clone());
+                let mut problems: Vec<String> = policy::check_definition(f)
+                    .into_iter()
+                    .map(|(field, m)| format!("{at}: {owner} forward `{}`: {field}: {m}", f.name.escape_debug()))
+                    .collect();
+                if !owner_ok {
+                    problems.push(format!("{at}: `{}` is not a user owner (`user:NAME`)", owner.escape_debug()));
+                }
+                if !seen.insert(f.name.as_str()) {
+                    problems.push(format!("{at}: {owner}: duplicate name `{}`", f.name.escape_debug()));
+                }
+                if !problems.is_empty() {
+                    for p in &problems {
+                        tracing::error!(owner = %owner, forward = %f.name.escape_debug(), "persisted forward is invalid and stays suspended: {p}");
+                    }
+                    self.invalid.entry(owner.clone()).or_default().insert(f.name.clone(), problems.join("; "));
+                }
+            }
+        }
+    }
+
+    /// Sets of the first state format carry no uid: bind them to their name's uid now.
+    fn bind_unbound_sets(&mut self) {
+        let mut changed = false;
+        for (owner, set) in self.users.iter_mut() {
+            if set.uid.is_none() {
+                if let Some(Some(a)) = self.accounts.get(owner) {
+                    set.uid = Some(a.uid);
+                    changed = true;
+                    tracing::info!(owner = %owner, uid = a.uid, "set bound to uid {} ({})", a.uid, a.name);
+                }
+            }
+        }
+        if changed {
+            if let Err(e) = self.store.save(&self.users) {
+                tracing::warn!("recording the uid of each set: {e}");
+            }
+        }
+    }
+
+    fn judge(&self) -> Judge<'_> {
+        Judge {
+            grants: &self.config.grants,
+            default_mark: self.config.settings.mark,
+            listener_check: self.config.settings.listener_check,
+            listeners: self.listeners.as_ref(),
+        }
+    }
+
+    /// The policy's decision for every user forward, given what is active now.
+    fn evaluate(&self, before: &Evaluation) -> Evaluation {
+        policy::evaluate(&self.judge(), &self.config, &self.users, &self.accounts, &self.invalid, before)
+    }
+
+    /// The whole plan of the system set and the active user forwards.
+    fn desired_plan(&self) -> Result<Plan, Vec<String>> {
+        let mut sets = vec![OwnedSet { owner: policy::SYSTEM.into(), forwards: self.config.forwards.clone() }];
+        sets.extend(self.eval.active.iter().map(|(o, f)| OwnedSet { owner: o.clone(), forwards: f.clone() }));
+        compile(&self.config.settings.table, self.config.settings.mark, &sets)
+            .map_err(|c| c.iter().map(|c| c.to_string()).collect())
+    }
+
+    /// True when some user forward has its listeners checked.
+    fn has_checked_forwards(&self) -> bool {
+        self.config.settings.listener_check != ListenerCheck::Off
+            && self.users.iter().any(|(o, s)| {
+                !s.forwards.is_empty() && self.accounts.get(o).and_then(Option::as_ref).is_some_and(|a| a.uid != 0)
+            })
+    }
+
+    /// Reads the sockets of the namespace (when any user forward needs them).
+    fn refresh_listeners(&mut self) {
+        if !self.has_checked_forwards() {
+            self.listeners = None;
+            return;
+        }
+        match crate::sockdiag::listeners() {
+            Ok(l) => {
+                if self.listener_error.take().is_some() {
+                    tracing::info!("listener checks work again");
+                }
+                self.listeners = Some(l);
+            }
+            Err(e) => {
+                let e = format!("reading the socket tables (NETLINK_SOCK_DIAG): {e}");
+                if self.listener_error.as_deref() != Some(e.as_str()) {
+                    tracing::error!("{e}; user forwards are not checked against other uids' sockets until it works");
+                }
+                self.listener_error = Some(e);
+                self.listeners = None;
+            }
+        }
+    }
+
+    fn schedule_poll(&mut self) {
+        self.poll_at = self.has_checked_forwards().then(|| Instant::now() + LISTENER_POLL);
+    }
+
+    /// Logs each forward that was suspended or resumed since `before`.
+    fn log_transitions(&self, before: &Evaluation, when: &str) {
+        let (suspended, resumed) = self.eval.transitions(before);
+        for (owner, name, reason) in suspended {
+            tracing::warn!(owner = %owner, forward = %name.escape_debug(), action = "suspend", "forward {owner}/{} suspended {when}: {reason}", name.escape_debug());
+        }
+        for (owner, name) in resumed {
+            tracing::info!(owner = %owner, forward = %name, action = "resume", "forward {owner}/{name} resumed {when}: allowed again");
+        }
+    }
+
+    /// Re-judges every user forward (after a reload or a listener change) and puts the
+    /// result into the kernel as one batch.
+    fn reevaluate(&mut self, when: &str) -> Result<(), Failure> {
+        let before = std::mem::take(&mut self.eval);
+        self.eval = self.evaluate(&before);
+        if self.eval == before {
+            return Ok(());
+        }
+        let plan = match self.desired_plan() {
+            Ok(p) => p,
+            Err(c) => {
+                self.eval = before;
+                return Err((ErrorKind::Conflict, c));
+            }
+        };
+        if let Err(e) = self.commit(&plan) {
+            self.eval = before;
+            return Err(err(ErrorKind::Kernel, format!("the kernel refused the change; nothing was changed: {e}")));
+        }
+        self.conntrack.forget(crate::conntrack::stale_mappings(&self.plan, &plan));
+        self.plan = plan;
+        self.log_transitions(&before, when);
+        notify::status(&self.status_line());
+        Ok(())
+    }
+
+    /// One-line summary for systemd's STATUS=.
+    pub fn status_line(&self) -> String {
+        let suspended = self.eval.suspended_count();
+        format!(
+            "{} forward(s) from {} owner(s) in table inet {}{}",
+            self.plan.forwards.len(),
+            self.plan.forwards.iter().map(|f| &f.owner).collect::<std::collections::BTreeSet<_>>().len(),
+            self.plan.table,
+            if suspended > 0 { format!(", {suspended} suspended") } else { String::new() }
+        )
+    }
+
+    /// Runs until a Shutdown message (or every sender is gone).
+    pub fn run(mut self, rx: Receiver<Msg>) {
+        crate::events::mark_committer_thread();
+        loop {
+            let wake = [self.backoff.deferred(), self.trim_at, self.poll_at].into_iter().flatten().min();
+            let msg = match wake {
+                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match msg {
+                Ok(Msg::Request { caller, command, reply }) => {
+                    let resp = match self.handle(&caller, command) {
+                        Ok(body) => Response::ok(body),
+                        Err((kind, messages)) => {
+                            tracing::warn!(
+                                uid = caller.uid,
+                                user = %caller.user,
+                                action = "refuse",
+                                "request of {} (pid {}) refused: {}",
+                                caller.who(),
+                                caller.pid.map_or("?".to_string(), |p| p.to_string()),
+                                messages.join("; ")
+                            );
+                            Response::error(kind, messages)
+                        }
+                    };
+                    let _ = reply.send(resp);
+                }
+                Ok(Msg::Reload) => {
+                    notify::reloading();
+                    if let Err((_, m)) = self.reload(None) {
+                        tracing::error!("reload failed, keeping the running config: {}", m.join("; "));
+                    }
+                    notify::ready(&self.status_line());
+                }
+                Ok(Msg::Shutdown { reply }) => {
+                    self.stop();
+                    let _ = reply.send(());
+                    return;
+                }
+                Ok(Msg::Drift(change)) => self.repair_if_drifted(change),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.stop();
+                    return;
+                }
+            }
+            let now = Instant::now();
+            if self.trim_at.is_some_and(|t| t <= now) {
+                self.trim_at = None;
+                trim_heap();
+            }
+            if self.backoff.due(now) {
+                self.repair_if_drifted(crate::events::Change::Unknown);
+            }
+            if self.poll_at.is_some_and(|t| t <= now) {
+                self.poll_listeners();
+            }
+        }
+    }
+
+    /// The periodic listener check: suspends user forwards whose target port a socket of
+    /// another uid holds, and resumes them when it is theirs or free again.
+    fn poll_listeners(&mut self) {
+        let old = self.listeners.take();
+        self.refresh_listeners();
+        if self.listeners != old {
+            if let Err((_, m)) = self.reevaluate("by the listener check") {
+                tracing::error!("applying the listener check: {}", m.join("; "));
+            }
+        }
+        self.schedule_poll();
+    }
+
+    fn stop(&mut self) {
+        notify::stopping();
+        match self.config.settings.on_exit {
+            OnExit::Remove => match self.backend.remove() {
+                Ok(()) => tracing::info!(table = %self.plan.table, "stopped; table removed (on_exit: remove)"),
+                Err(e) => tracing::error!("removing table on exit: {e}"),
+            },
+            OnExit::Keep => tracing::info!(table = %self.plan.table, "stopped; rules kept (on_exit: keep)"),
+        }
+    }
+
+    /// Puts the table back when another program deleted or edited it.
+    fn repair_if_drifted(&mut self, change: crate::events::Change) {
+        if self.backoff.deferred().is_some() {
+            return;
+        }
+        // A deleted table needs no comparison: rebuild at once.
+        let ok = change != crate::events::Change::TableDeleted
+            && match self.backend.read(&self.plan) {
+                Ok(Some(obs)) => obs.matches(&self.plan),
+                Ok(None) => false,
+                Err(e) => {
+                    tracing::warn!("reading the kernel state after a foreign change: {e}");
+                    false
+                }
+            };
+        if ok {
+            return;
+        }
+        match self.backoff.on_drift(Instant::now()) {
+            Repair::Wait => {}
+            Repair::StandBack(until) => {
+                tracing::error!(
+                    action = "standback",
+                    "another program changed table inet {} {} times in {:?}; standing back for {:?}",
+                    self.plan.table,
+                    policy::REPAIR_BURST,
+                    policy::REPAIR_WINDOW,
+                    until.saturating_duration_since(Instant::now())
+                );
+            }
+            Repair::Now => match self.backend.apply(&self.plan) {
+                Ok(()) => {
+                    self.repairs += 1;
+                    tracing::warn!(
+                        table = %self.plan.table,
+                        repairs = self.repairs,
+                        action = "repair",
+                        "table was {} by another program; restored",
+                        if change == crate::events::Change::TableDeleted { "deleted" } else { "changed" }
+                    );
+                }
+                Err(e) => tracing::error!("restoring the table: {e}"),
+            },
+        }
+    }
+
+    /// Puts `plan` into the kernel: an element-level delta from the current plan in one
+    /// batch, else (the kernel drifted from what portd believes, or the change is
+    /// structural) the whole table replaced atomically.
+    fn commit(&self, plan: &Plan) -> Result<(), portd::nft::BackendError> {
+        match self.backend.apply_delta(&self.plan, plan) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!("element-level change refused ({e}); replacing the whole table");
+                self.backend.apply(plan)
+            }
+        }
+    }
+
+    /// Schedules [`trim_heap`] shortly after the current request.
+    fn trim_soon(&mut self) {
+        self.trim_at.get_or_insert_with(|| Instant::now() + TRIM_DELAY);
+    }
+}

@@ -1,0 +1,525 @@
+//! The actor's answers to requests: owner resolution, changes of one owner's set (judged
+//! by the policy core, kernel first, then the state file, then the answer), reload,
+//! status and export.
+
+use super::{accounts, err, Caller, Daemon, Failure, LOG_FORWARDS, TRIM_AFTER_OBJECTS};
+use crate::notify;
+use crate::state::Record;
+use portd_rules::plan::{counter_name, PlacedForward};
+use portd_rules::policy::{self, Account, Owner, Reason, UserSet};
+use portd_rules::proto::{Body, Command, ErrorKind, ForwardState, ForwardStatus, Status};
+use portd_rules::{parse_config, parse_rules, Forward, ListenerCheck, Plan};
+use std::time::Instant;
+
+/// A change of one owner's set.
+pub(super) enum Change {
+    /// The whole set (`portctl apply`).
+    Replace(Vec<Forward>),
+    /// One more forward (`portctl add`).
+    Add(Forward),
+    /// One forward fewer, by name (`portctl remove`).
+    Remove(String),
+}
+
+/// A file's located problems as a refusal.
+fn invalid(d: portd_rules::Diagnostics) -> Failure {
+    (ErrorKind::Invalid, d.0.iter().map(|d| d.to_string()).collect())
+}
+
+/// Adds warnings to a `Changed` answer.
+fn with_warnings(mut body: Body, w: Vec<String>) -> Body {
+    if let Body::Changed { warnings, .. } = &mut body {
+        *warnings = w;
+    }
+    body
+}
+
+impl Daemon {
+    pub(super) fn handle(&mut self, caller: &Caller, command: Command) -> Result<Body, Failure> {
+        match command {
+            Command::Status => self.status(),
+            Command::Apply { file, text, dry_run, owner } => {
+                let (owner, account) = self.target_owner(caller, owner)?;
+                let rules = parse_rules(&file, &text).map_err(invalid)?;
+                self.change(caller, &owner, &account, Change::Replace(rules.forwards), dry_run)
+            }
+            Command::Add { forward, owner } => {
+                let (owner, account) = self.target_owner(caller, owner)?;
+                if self.users.get(&owner).is_some_and(|s| s.forwards.iter().any(|f| f.name == forward.name)) {
+                    return Err(err(
+                        ErrorKind::Invalid,
+                        format!("{owner} already has a forward `{}`; remove it first or use apply", forward.name),
+                    ));
+                }
+                // Checked alone; its overlap with the rest of the set (and other owners) is
+                // found by change_owner through the keys it claims.
+                let problems = policy::check_definition(&forward);
+                if !problems.is_empty() {
+                    return Err((ErrorKind::Invalid, problems.into_iter().map(|(f, m)| format!("{f}: {m}")).collect()));
+                }
+                self.change(caller, &owner, &account, Change::Add(forward), false)
+            }
+            Command::Remove { name, owner } => {
+                let (owner, account) = self.target_owner(caller, owner)?;
+                if !self.users.get(&owner).is_some_and(|s| s.forwards.iter().any(|f| f.name == name)) {
+                    return Err(err(ErrorKind::Invalid, format!("{owner} has no forward `{name}`")));
+                }
+                self.change(caller, &owner, &account, Change::Remove(name), false)
+            }
+            Command::Export { owner } => {
+                let owner = match owner {
+                    None => caller.owner(),
+                    Some(o) => Owner::parse(&o).map_err(|e| err(ErrorKind::Invalid, e))?.to_string(),
+                };
+                let forwards = if owner == policy::SYSTEM {
+                    self.config.forwards.clone()
+                } else {
+                    self.users.get(&owner).map(|s| s.forwards.clone()).unwrap_or_default()
+                };
+                Ok(Body::Export { owner, forwards })
+            }
+            Command::Reload => {
+                if caller.uid != 0 {
+                    return Err(err(ErrorKind::Denied, "only root may reload the config (or send SIGHUP to portd)"));
+                }
+                self.reload(Some(caller))
+            }
+        }
+    }
+
+    /// The owner a request acts for, and that owner's account now. Only root may act for
+    /// another owner; the system set is only changed through the config file.
+    fn target_owner(&self, caller: &Caller, owner: Option<String>) -> Result<(String, Account), Failure> {
+        let name = match owner {
+            None => caller.user.clone(),
+            Some(o) => match Owner::parse(&o).map_err(|e| err(ErrorKind::Invalid, e))? {
+                Owner::System => {
+                    return Err(err(
+                        ErrorKind::Invalid,
+                        format!(
+                            "the system set comes from {}; edit it and run `portctl reload`",
+                            self.config_path.display()
+                        ),
+                    ))
+                }
+                Owner::User(n) if caller.uid != 0 && n != caller.user => {
+                    return Err(err(
+                        ErrorKind::Denied,
+                        format!("only root may act for another owner ({o}); you are {}", caller.owner()),
+                    ))
+                }
+                Owner::User(n) => n,
+            },
+        };
+        match accounts::lookup(&name) {
+            Some(a) if caller.uid == 0 || a.uid == caller.uid => Ok((format!("user:{name}"), a)),
+            Some(a) => Err(err(
+                ErrorKind::Denied,
+                format!("user name {name} belongs to uid {}, not to you (uid {})", a.uid, caller.uid),
+            )),
+            None if name == caller.user && caller.uid != 0 => Err(err(
+                ErrorKind::Denied,
+                format!("uid {} has no user name in the account database; grants are given to users", caller.uid),
+            )),
+            None => Err(err(ErrorKind::Invalid, format!("there is no user `{name}` on this host"))),
+        }
+    }
+
+    /// Judges a change of a user's set before it is made: every reason the policy would
+    /// suspend a forward refuses it; sockets on the public port refuse it; a target with no
+    /// listener yet is a warning. Root's own set is not judged.
+    fn judge_change(&mut self, account: &Account, set: &UserSet, fresh: &[Forward]) -> Result<Vec<String>, Failure> {
+        let mut warnings = Vec::new();
+        if account.uid == 0 {
+            return Ok(warnings);
+        }
+        let check = self.config.settings.listener_check;
+        let listeners = if check == ListenerCheck::Off {
+            None
+        } else {
+            match crate::sockdiag::listeners() {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    warnings.push(format!("the listener check could not run (reading the socket tables: {e})"));
+                    None
+                }
+            }
+        };
+        let judge = policy::Judge {
+            grants: &self.config.grants,
+            default_mark: self.config.settings.mark,
+            listener_check: check,
+            listeners: listeners.as_ref(),
+        };
+        let verdicts = judge.judge(&account.name, set, Some(account), &Default::default());
+        let fresh_names: std::collections::HashSet<&str> = fresh.iter().map(|f| f.name.as_str()).collect();
+        let mut refusals: Vec<&Reason> = Vec::new();
+        for (f, v) in set.forwards.iter().zip(&verdicts) {
+            // Forwards already in the set and not part of this change keep their state.
+            if !fresh_names.contains(f.name.as_str()) {
+                continue;
+            }
+            if let Some(r) = v {
+                refusals.push(r);
+            }
+        }
+        let mut messages: Vec<String> = Vec::new();
+        let mut quota_refused = false;
+        for r in &refusals {
+            match r {
+                Reason::Quota { max } if !quota_refused => {
+                    quota_refused = true;
+                    messages.push(format!(
+                        "your set would hold {} forwards; your grant allows max_forwards: {max}",
+                        set.forwards.len()
+                    ));
+                }
+                Reason::Quota { .. } => {}
+                Reason::Listener { .. } => messages.push(format!("{r}; stop that socket or forward to another port")),
+                other => messages.push(other.to_string()),
+            }
+        }
+        if let Some(l) = &listeners {
+            for f in fresh {
+                if let Some(m) = policy::public_taken(l, f, account.uid) {
+                    match check {
+                        ListenerCheck::Enforce => messages.push(m),
+                        _ => warnings.push(m),
+                    }
+                }
+                if check == ListenerCheck::Warn {
+                    if let Some(r) = policy::target_taken(l, f, account.uid) {
+                        warnings.push(format!("forward `{}`: {r}", f.name));
+                    }
+                }
+                if let Some(m) = policy::target_unserved(l, f) {
+                    warnings.push(m);
+                }
+            }
+        }
+        if messages.is_empty() {
+            return Ok(warnings);
+        }
+        let kind =
+            if refusals.iter().all(|r| !r.is_denial()) && !messages.is_empty() && refusals.len() == messages.len() {
+                ErrorKind::Invalid
+            } else {
+                ErrorKind::Denied
+            };
+        Err((kind, messages))
+    }
+
+    /// Changes `owner`'s set: judged, then kernel first, then the state file; only then
+    /// is the change acknowledged and kept in memory.
+    fn change(
+        &mut self,
+        caller: &Caller,
+        owner: &str,
+        account: &Account,
+        change: Change,
+        dry_run: bool,
+    ) -> Result<Body, Failure> {
+        let t0 = Instant::now();
+        let mark = self.config.settings.mark;
+        let empty = UserSet::default();
+        let current = self.users.get(owner).unwrap_or(&empty);
+        if let Some(bound) = current.uid.filter(|b| *b != account.uid) {
+            if caller.uid != 0 {
+                return Err(err(
+                    ErrorKind::Denied,
+                    format!(
+                        "the set {owner} belongs to uid {bound}, an earlier account named {}; it is never handed to another account (root can empty it: `portctl apply --owner {owner}` with `forwards: []`)",
+                        account.name
+                    ),
+                ));
+            }
+        }
+        // The set after the change, for the judge, and the record that makes it.
+        let (record, undo, fresh): (Record, Record, Vec<Forward>) = match &change {
+            Change::Replace(new) => (
+                Record::between(owner, Some(account.uid), &current.forwards, new),
+                Record::between(owner, current.uid, new, &current.forwards),
+                new.clone(),
+            ),
+            Change::Add(f) => (
+                Record { owner: owner.into(), uid: Some(account.uid), put: vec![f.clone()], remove: vec![] },
+                Record { owner: owner.into(), uid: current.uid, put: vec![], remove: vec![f.name.clone()] },
+                vec![f.clone()],
+            ),
+            Change::Remove(name) => (
+                Record { owner: owner.into(), uid: Some(account.uid), put: vec![], remove: vec![name.clone()] },
+                Record {
+                    owner: owner.into(),
+                    uid: current.uid,
+                    put: current.forwards.iter().filter(|f| f.name == *name).cloned().collect(),
+                    remove: vec![],
+                },
+                vec![],
+            ),
+        };
+        let warnings = match &change {
+            Change::Remove(_) => Vec::new(),
+            Change::Replace(new) => {
+                let after = UserSet { uid: Some(account.uid), forwards: new.clone() };
+                self.judge_change(account, &after, &fresh)?
+            }
+            Change::Add(f) => {
+                let mut after = UserSet { uid: Some(account.uid), forwards: current.forwards.clone() };
+                after.forwards.push(f.clone());
+                self.judge_change(account, &after, &fresh)?
+            }
+        };
+        // Forwards of other owners suspended for their listener keep their public port.
+        self.check_reserved(owner, &fresh)?;
+        let current = self.users.get(owner).unwrap_or(&empty);
+        let suspended_here: Vec<&Forward> =
+            current.forwards.iter().filter(|f| self.eval.reason(owner, &f.name).is_some()).collect();
+        // Only the forwards that differ are compiled: O(change), not O(table).
+        let delta = match &change {
+            Change::Replace(new) => self.plan.replace_owner(owner, new, mark),
+            Change::Add(f) => self.plan.change_owner(owner, &[], std::slice::from_ref(f), mark),
+            Change::Remove(name) => self.plan.change_owner(owner, &[name.as_str()], &[], mark),
+        };
+        let mut delta = delta.map_err(|c| (ErrorKind::Conflict, c.iter().map(|c| c.to_string()).collect()))?;
+        // Suspended forwards the change drops leave the state only: say so in the summary.
+        for f in suspended_here.iter().filter(|f| record.remove.contains(&f.name)) {
+            delta.summary.removed.push(PlacedForward {
+                owner: owner.into(),
+                forward: (*f).clone(),
+                mark: f.mark.unwrap_or(mark),
+                counter: counter_name(owner, &f.name),
+            });
+        }
+        if dry_run || (delta.is_empty() && record.is_empty() && current.uid == Some(account.uid)) {
+            return Ok(with_warnings(Body::changed(delta.summary, dry_run), warnings));
+        }
+        let t_compile = t0.elapsed();
+        if !delta.is_empty() {
+            if let Err(e) = self.backend.apply_changes(&self.plan, &delta) {
+                tracing::warn!("element-level change refused ({e}); replacing the whole table");
+                let mut whole = self.plan.clone();
+                delta.apply_in_place(&mut whole);
+                self.backend.apply(&whole).map_err(|e| {
+                    err(ErrorKind::Kernel, format!("the kernel refused the change; nothing was changed: {e}"))
+                })?;
+            }
+        }
+        let t_kernel = t0.elapsed();
+        record.apply(&mut self.users);
+        if let Err(e) = self.store.commit(&self.users, &record) {
+            // Not acknowledged unless persisted: put the sets and the kernel back as they were.
+            undo.apply(&mut self.users);
+            if let Err(e2) = self.backend.apply(&self.plan) {
+                tracing::error!("rolling back after a failed save: {e2}");
+            }
+            return Err(err(ErrorKind::Internal, format!("{e}; the change was rolled back")));
+        }
+        let t_save = t0.elapsed();
+        let size = delta.size();
+        let stale = crate::conntrack::stale_in_delta(&delta);
+        delta.take_into(&mut self.plan);
+        self.accounts.insert(owner.to_string(), Some(account.clone()));
+        self.note_change(owner, &change);
+        tracing::debug!(
+            "change phases: compile {t_compile:?}, kernel {:?} ({size} objects), save {:?}",
+            t_kernel - t_compile,
+            t_save - t_kernel
+        );
+        tracing::info!(
+            uid = caller.uid,
+            user = %caller.user,
+            owner = %owner,
+            action = "change",
+            "applied change for {} (pid {}): {}",
+            caller.who(),
+            caller.pid.map_or("?".to_string(), |p| p.to_string()),
+            delta.summary.log_line(LOG_FORWARDS)
+        );
+        for w in &warnings {
+            tracing::info!(owner = %owner, "{w}");
+        }
+        self.conntrack.forget(stale);
+        notify::status(&self.status_line());
+        if size > TRIM_AFTER_OBJECTS {
+            self.trim_soon();
+        }
+        self.schedule_poll();
+        Ok(with_warnings(Body::changed(delta.summary, false), warnings))
+    }
+
+    /// Refuses forwards whose public port a listener-suspended forward of another owner
+    /// keeps.
+    fn check_reserved(&self, owner: &str, fresh: &[Forward]) -> Result<(), Failure> {
+        let mut claims = policy::Claims::default();
+        let mut any = false;
+        for (o, list) in &self.eval.suspended {
+            if o == owner {
+                continue;
+            }
+            for (name, r) in list {
+                if !r.keeps_claim() {
+                    continue;
+                }
+                if let Some(f) = self.users.get(o).and_then(|s| s.forwards.iter().find(|f| f.name == *name)) {
+                    claims.put(o, f);
+                    any = true;
+                }
+            }
+        }
+        if !any {
+            return Ok(());
+        }
+        let clashes: Vec<String> = fresh
+            .iter()
+            .filter_map(|f| {
+                claims.clash(f).map(|(o, n)| {
+                    format!(
+                        "forward `{}`: its public port belongs to {o}/{n} (suspended while its target port is taken)",
+                        f.name
+                    )
+                })
+            })
+            .collect();
+        if clashes.is_empty() {
+            Ok(())
+        } else {
+            Err((ErrorKind::Conflict, clashes))
+        }
+    }
+
+    /// Keeps the evaluation in step with a change that was judged and applied.
+    fn note_change(&mut self, owner: &str, change: &Change) {
+        match change {
+            Change::Replace(new) => {
+                self.eval.suspended.remove(owner);
+                if new.is_empty() {
+                    self.eval.active.remove(owner);
+                } else {
+                    self.eval.active.insert(owner.to_string(), new.clone());
+                }
+            }
+            Change::Add(f) => self.eval.active.entry(owner.to_string()).or_default().push(f.clone()),
+            Change::Remove(name) => {
+                for map in [&mut self.eval.active] {
+                    if let Some(v) = map.get_mut(owner) {
+                        v.retain(|f| f.name != *name);
+                        if v.is_empty() {
+                            map.remove(owner);
+                        }
+                    }
+                }
+                if let Some(v) = self.eval.suspended.get_mut(owner) {
+                    v.retain(|(n, _)| n != name);
+                    if v.is_empty() {
+                        self.eval.suspended.remove(owner);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn reload(&mut self, caller: Option<&Caller>) -> Result<Body, Failure> {
+        let text = std::fs::read_to_string(&self.config_path)
+            .map_err(|e| err(ErrorKind::Invalid, format!("{}: {e}", self.config_path.display())))?;
+        let config = parse_config(&self.config_path.display().to_string(), &text).map_err(invalid)?;
+        let config = super::effective(config, &self.overrides);
+        if config.settings.table != self.config.settings.table
+            || config.settings.state_dir != self.config.settings.state_dir
+            || config.settings.socket != self.config.settings.socket
+        {
+            return Err(err(
+                ErrorKind::Invalid,
+                "settings.table, settings.state_dir and settings.socket only change on restart; revert them or restart portd",
+            ));
+        }
+        let old_config = std::mem::replace(&mut self.config, config);
+        let old_accounts = std::mem::replace(&mut self.accounts, accounts::lookup_owners(self.users.keys()));
+        self.refresh_listeners();
+        let before = std::mem::take(&mut self.eval);
+        self.eval = self.evaluate(&before);
+        let undo = |d: &mut Daemon, before: policy::Evaluation| {
+            d.config = old_config.clone();
+            d.accounts = old_accounts.clone();
+            d.eval = before;
+        };
+        let plan = match self.desired_plan() {
+            Ok(p) => p,
+            Err(c) => {
+                undo(self, before);
+                return Err((ErrorKind::Conflict, c));
+            }
+        };
+        let delta = Plan::diff(&self.plan, &plan);
+        if !delta.is_empty() {
+            if let Err(e) = self.commit(&plan) {
+                undo(self, before);
+                return Err(err(
+                    ErrorKind::Kernel,
+                    format!("the kernel refused the new config; nothing was changed: {e}"),
+                ));
+            }
+        }
+        let by = caller.map_or("SIGHUP".to_string(), |c| c.who());
+        tracing::info!(
+            uid = caller.map(|c| c.uid),
+            action = "reload",
+            "reloaded {} (by {by}): {}",
+            self.config_path.display(),
+            delta.summary.log_line(LOG_FORWARDS)
+        );
+        self.log_transitions(&before, "by the reload");
+        self.conntrack.forget(crate::conntrack::stale_mappings(&self.plan, &plan));
+        self.plan = plan;
+        self.schedule_poll();
+        notify::status(&self.status_line());
+        Ok(Body::changed(delta.summary, false))
+    }
+
+    fn status(&mut self) -> Result<Body, Failure> {
+        if self.plan.element_count() > TRIM_AFTER_OBJECTS {
+            self.trim_soon();
+        }
+        let obs = self.backend.read(&self.plan).map_err(|e| err(ErrorKind::Kernel, e.to_string()))?;
+        let in_sync = obs.as_ref().is_some_and(|o| o.matches(&self.plan));
+        let mut forwards: Vec<ForwardStatus> = self
+            .plan
+            .forwards
+            .iter()
+            .map(|p| {
+                let (packets, bytes) = obs.as_ref().and_then(|o| o.counters.get(&p.counter).copied()).unwrap_or((0, 0));
+                ForwardStatus {
+                    owner: p.owner.clone(),
+                    forward: p.forward.clone(),
+                    mark: p.mark,
+                    packets,
+                    bytes,
+                    state: ForwardState::Active,
+                    reason: None,
+                }
+            })
+            .collect();
+        for (owner, list) in &self.eval.suspended {
+            let Some(set) = self.users.get(owner) else { continue };
+            for (name, reason) in list {
+                if let Some(f) = set.forwards.iter().find(|f| f.name == *name) {
+                    forwards.push(ForwardStatus {
+                        owner: owner.clone(),
+                        forward: f.clone(),
+                        mark: f.mark.unwrap_or(self.config.settings.mark),
+                        packets: 0,
+                        bytes: 0,
+                        state: ForwardState::Suspended,
+                        reason: Some(reason.to_string()),
+                    });
+                }
+            }
+        }
+        Ok(Body::Status(Status {
+            daemon_version: env!("CARGO_PKG_VERSION").into(),
+            table: self.plan.table.clone(),
+            in_sync,
+            repairs: self.repairs,
+            forwards,
+        }))
+    }
+}

@@ -1,0 +1,602 @@
+//! The policy core: who owns a set, what a grant allows, and which forwards of the user
+//! sets are active (in the kernel) or suspended (kept, out of the kernel) and why.
+//!
+//! Values in, decisions out. The daemon looks up accounts and sockets and reads the clock;
+//! this module only decides, so every rule of delegation is unit-tested without root.
+//!
+//! A user forward is judged at apply, at every reload, at every start, and (for listener
+//! ownership) once a second. What it needs, in order: a valid definition, the account
+//! that applied it (same name, same uid), a grant that allows its ports, targets,
+//! `protect`, `local` and mark, room in the grant's quota, no socket of another uid on its
+//! target port, and no other owner's forward on its public port (the system set first,
+//! then forwards active before, then the rest).
+
+use crate::model::{Config, Family, Forward, Grant, GrantSubject, ListenerCheck, PortRange, Proto};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Owner name of the config file's forwards.
+pub const SYSTEM: &str = "system";
+
+/// Who owns a set: the config file, or one user.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Owner {
+    /// The config file's `forwards`.
+    System,
+    /// `user:NAME`: what that user applied through the socket.
+    User(String),
+}
+
+impl Owner {
+    /// Parses `system` or `user:NAME`, with a message saying what an owner looks like.
+    pub fn parse(s: &str) -> Result<Owner, String> {
+        if s == SYSTEM {
+            return Ok(Owner::System);
+        }
+        match s.strip_prefix("user:") {
+            Some(name) if valid_user(name) => Ok(Owner::User(name.to_string())),
+            Some(name) => Err(format!("`{name}` is not a user name (letters, digits, '_', '-', '.', at most 32)")),
+            None => Err(format!("`{s}` is not an owner; owners are `system` or `user:NAME`")),
+        }
+    }
+
+    /// The user's name, for a user owner.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Owner::System => None,
+            Owner::User(n) => Some(n),
+        }
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Owner::System => f.write_str(SYSTEM),
+            Owner::User(n) => write!(f, "user:{n}"),
+        }
+    }
+}
+
+/// True for a user name portd accepts in an owner: POSIX portable characters, at most 32.
+pub fn valid_user(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && !s.starts_with('-')
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+}
+
+/// A user as the account database describes it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// Login name.
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Names of its primary and supplementary groups.
+    pub groups: Vec<String>,
+}
+
+/// One user's set as kept by the daemon: the uid that applied it and its forwards
+/// (active and suspended alike).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserSet {
+    /// The uid the set belongs to (`None` only for state written before sets were bound).
+    pub uid: Option<u32>,
+    /// The forwards, in the order they were first added.
+    pub forwards: Vec<Forward>,
+}
+
+/// Sockets of the namespace that hold ports: TCP listeners and bound UDP sockets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listeners {
+    by_port: BTreeMap<(Proto, u16), BTreeSet<u32>>,
+    names: BTreeMap<u32, String>,
+}
+
+impl Listeners {
+    /// Records that `uid` holds `port` for `proto` (any address, any family).
+    pub fn insert(&mut self, proto: Proto, port: u16, uid: u32) {
+        self.by_port.entry((proto, port)).or_default().insert(uid);
+    }
+    /// Names a uid for messages.
+    pub fn name_uid(&mut self, uid: u32, name: String) {
+        self.names.insert(uid, name);
+    }
+    /// Every uid in the table, to be named.
+    pub fn uids(&self) -> BTreeSet<u32> {
+        self.by_port.values().flatten().copied().collect()
+    }
+    /// The uids holding `port`/`proto`.
+    pub fn holders(&self, proto: Proto, port: u16) -> impl Iterator<Item = u32> + '_ {
+        self.by_port.get(&(proto, port)).into_iter().flatten().copied()
+    }
+    /// The first socket in `range`/`proto` held by a uid other than `uid`.
+    pub fn foreign_in(&self, proto: Proto, range: PortRange, uid: u32) -> Option<(u16, u32)> {
+        self.by_port
+            .range((proto, range.start)..=(proto, range.end))
+            .find_map(|((_, port), uids)| uids.iter().find(|u| **u != uid).map(|u| (*port, *u)))
+    }
+    /// True when any socket holds `range`/`proto`.
+    pub fn any_in(&self, proto: Proto, range: PortRange) -> bool {
+        self.by_port.range((proto, range.start)..=(proto, range.end)).next().is_some()
+    }
+    /// `uid 1002 (web2)`, or `uid 1002` when it has no name.
+    pub fn who(&self, uid: u32) -> String {
+        who(uid, self.names.get(&uid).map(String::as_str))
+    }
+}
+
+fn who(uid: u32, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("uid {uid} ({n})"),
+        None => format!("uid {uid}"),
+    }
+}
+
+/// Why a forward is not in the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// The persisted definition is invalid (message names the file and line).
+    Invalid(String),
+    /// The account that applied the set no longer exists.
+    UserGone {
+        /// The user name.
+        user: String,
+    },
+    /// The name now belongs to another uid than the one that applied the set.
+    UidChanged {
+        /// The user name.
+        user: String,
+        /// The uid the set belongs to.
+        bound: u32,
+        /// The uid the name has now.
+        now: u32,
+    },
+    /// No grant allows it (message names the field).
+    NotGranted(String),
+    /// The set holds more forwards than the grant's `max_forwards`.
+    Quota {
+        /// The quota.
+        max: u32,
+    },
+    /// Another owner's forward claims the same public port/proto/family.
+    Conflict(String),
+    /// A socket of another uid holds the target port.
+    Listener {
+        /// The port.
+        port: u16,
+        /// Its protocol.
+        proto: Proto,
+        /// `uid N (name)`.
+        holder: String,
+    },
+}
+
+impl Reason {
+    /// True for reasons that keep the forward's public ports reserved while suspended,
+    /// so another user cannot take the public port of an app that is restarting.
+    pub fn keeps_claim(&self) -> bool {
+        matches!(self, Reason::Listener { .. })
+    }
+    /// True when the refusal is the caller's lack of rights (exit 4), not a bad file or
+    /// conflict (exit 1).
+    pub fn is_denial(&self) -> bool {
+        !matches!(self, Reason::Invalid(_) | Reason::Conflict(_))
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Invalid(m) => write!(f, "invalid: {m}"),
+            Reason::UserGone { user } => write!(f, "user {user} no longer exists"),
+            Reason::UidChanged { user, bound, now } => write!(
+                f,
+                "the set was applied by uid {bound}, but the name {user} now belongs to uid {now}; it is never handed to another account"
+            ),
+            Reason::NotGranted(m) => f.write_str(m),
+            Reason::Quota { max } => write!(f, "over the grant's max_forwards ({max})"),
+            Reason::Conflict(m) => f.write_str(m),
+            Reason::Listener { port, proto, holder } => {
+                write!(f, "target port {port}/{proto} is held by a socket of {holder}")
+            }
+        }
+    }
+}
+
+/// The grants that apply to `account`: by user name, or by one of its groups.
+pub fn grants_of<'g>(grants: &'g [Grant], account: &Account) -> Vec<&'g Grant> {
+    grants
+        .iter()
+        .filter(|g| match &g.subject {
+            GrantSubject::User(u) => *u == account.name,
+            GrantSubject::Group(g) => account.groups.iter().any(|x| x == g),
+        })
+        .collect()
+}
+
+/// The quota of a user's set: the largest `max_forwards` of its grants (0 with none).
+pub fn quota(grants: &[&Grant]) -> u32 {
+    grants.iter().map(|g| g.max_forwards).max().unwrap_or(0)
+}
+
+fn ranges(v: &[PortRange]) -> String {
+    v.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// Checks one forward against the user's grants: one grant must allow its public and
+/// target ranges, `protect`, `local` and effective mark. The error names the field.
+pub fn authorize(grants: &[&Grant], user: &str, f: &Forward, default_mark: u32) -> Result<(), String> {
+    if grants.is_empty() {
+        return Err(format!("forward `{}`: user {user} has no grant", f.name));
+    }
+    let mark = f.mark.unwrap_or(default_mark);
+    let mut best: Option<String> = None;
+    for g in grants {
+        if !g.ports.iter().any(|r| r.contains(&f.port)) || !g.to.iter().any(|r| r.contains(&f.to)) {
+            continue;
+        }
+        let refusal = if f.protect && !g.protect {
+            Some(format!("forward `{}`: protect: your grant does not allow `protect: true`", f.name))
+        } else if f.local && !g.local {
+            Some(format!(
+                "forward `{}`: local: your grant does not allow redirecting the host's own connections; set `local: false`",
+                f.name
+            ))
+        } else if !g.allows_mark(mark, default_mark) {
+            let allowed = match &g.marks {
+                None => format!("{default_mark:#x} (settings.mark) or 0"),
+                Some(l) => l.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", "),
+            };
+            Some(format!("forward `{}`: mark: {mark:#x} is not allowed by your grant (allowed: {allowed})", f.name))
+        } else {
+            None
+        };
+        match refusal {
+            None => return Ok(()),
+            Some(r) => {
+                best.get_or_insert(r);
+            }
+        }
+    }
+    Err(best.unwrap_or_else(|| {
+        let allowed: Vec<String> =
+            grants.iter().map(|g| format!("ports [{}] to [{}]", ranges(&g.ports), ranges(&g.to))).collect();
+        format!("forward `{}` ({} -> {}) is outside your grants: {}", f.name, f.port, f.to, allowed.join("; "))
+    }))
+}
+
+/// Problems of one forward's own definition, as `(field, message)`; used for forwards
+/// that arrive typed (persisted state, `portctl add`), which skip the YAML validation.
+pub fn check_definition(f: &Forward) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if !crate::load::valid_name(&f.name) {
+        out.push((
+            "name",
+            format!(
+                "`{}` is not a valid name: use 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit",
+                f.name.escape_debug()
+            ),
+        ));
+    }
+    if f.port.len() != f.to.len() {
+        out.push(("to", format!("`{}` has {} port(s) but `port: {}` has {}", f.to, f.to.len(), f.port, f.port.len())));
+    } else if f.port.start == f.to.start {
+        out.push(("to", format!("target {} is the public port itself", f.to)));
+    }
+    for (i, n) in f.interfaces.iter().enumerate() {
+        if !crate::load::valid_ifname(n) {
+            out.push(("interfaces", format!("`{}` is not an interface name", n.escape_debug())));
+        } else if f.interfaces[..i].contains(n) {
+            out.push(("interfaces", format!("interface `{n}` is listed twice")));
+        }
+    }
+    for s in &f.sources {
+        let wrong = matches!(
+            (f.family, s),
+            (crate::model::FamilySel::Ipv4, ipnet::IpNet::V6(_)) | (crate::model::FamilySel::Ipv6, ipnet::IpNet::V4(_))
+        );
+        if wrong {
+            out.push(("sources", format!("{s} is not of `family: {}`", f.family)));
+        }
+        if s.trunc() != *s {
+            out.push(("sources", format!("{s} has host bits set")));
+        }
+    }
+    out
+}
+
+/// What the judge needs besides the set itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Judge<'a> {
+    /// Every grant of the config.
+    pub grants: &'a [Grant],
+    /// `settings.mark`.
+    pub default_mark: u32,
+    /// `settings.listener_check`.
+    pub listener_check: ListenerCheck,
+    /// The sockets of the namespace, when checked.
+    pub listeners: Option<&'a Listeners>,
+}
+
+impl Judge<'_> {
+    /// The reason each forward of one user set cannot be active, if any (same order as
+    /// `set.forwards`), leaving conflicts between owners to [`place`]. `account` is what
+    /// the account database says of the set's user now; `invalid` holds the definition
+    /// problems found when the set was loaded, by forward name.
+    pub fn judge(
+        &self,
+        user: &str,
+        set: &UserSet,
+        account: Option<&Account>,
+        invalid: &BTreeMap<String, String>,
+    ) -> Vec<Option<Reason>> {
+        let account_problem = match account {
+            None => Some(Reason::UserGone { user: user.to_string() }),
+            Some(a) => set.uid.filter(|b| *b != a.uid).map(|bound| Reason::UidChanged {
+                user: user.to_string(),
+                bound,
+                now: a.uid,
+            }),
+        };
+        let mine = account.map(|a| grants_of(self.grants, a)).unwrap_or_default();
+        let max = quota(&mine) as usize;
+        set.forwards
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                if let Some(m) = invalid.get(&f.name) {
+                    return Some(Reason::Invalid(m.clone()));
+                }
+                let account = match (&account_problem, account) {
+                    (Some(r), _) => return Some(r.clone()),
+                    (None, None) => return Some(Reason::UserGone { user: user.to_string() }),
+                    (None, Some(a)) => a,
+                };
+                if account.uid == 0 {
+                    return None;
+                }
+                if let Err(m) = authorize(&mine, user, f, self.default_mark) {
+                    return Some(Reason::NotGranted(m));
+                }
+                if i >= max {
+                    return Some(Reason::Quota { max: max as u32 });
+                }
+                if self.listener_check == ListenerCheck::Enforce {
+                    if let Some(l) = self.listeners {
+                        return target_taken(l, f, account.uid);
+                    }
+                }
+                None
+            })
+            .collect()
+    }
+}
+
+/// A socket of another uid on `f`'s target ports, as a reason.
+pub fn target_taken(l: &Listeners, f: &Forward, uid: u32) -> Option<Reason> {
+    f.proto.protos().iter().find_map(|&proto| {
+        l.foreign_in(proto, f.to, uid).map(|(port, holder)| Reason::Listener { port, proto, holder: l.who(holder) })
+    })
+}
+
+/// A socket of another uid on `f`'s public ports (a service the forward would shadow).
+pub fn public_taken(l: &Listeners, f: &Forward, uid: u32) -> Option<String> {
+    f.proto.protos().iter().find_map(|&proto| {
+        l.foreign_in(proto, f.port, uid).map(|(port, holder)| {
+            format!(
+                "forward `{}`: public port {port}/{proto} is served by a socket of {}; the forward would take its traffic",
+                f.name,
+                l.who(holder)
+            )
+        })
+    })
+}
+
+/// Target ports of `f` on which nothing listens yet (the app may start later).
+pub fn target_unserved(l: &Listeners, f: &Forward) -> Option<String> {
+    let missing: Vec<String> =
+        f.proto.protos().iter().filter(|&&p| !l.any_in(p, f.to)).map(|p| format!("{}/{p}", f.to)).collect();
+    (!missing.is_empty()).then(|| format!("forward `{}`: nothing listens on {} yet", f.name, missing.join(" and ")))
+}
+
+/// Public port claims placed so far, as disjoint ranges per family and protocol.
+#[derive(Debug, Default)]
+pub struct Claims {
+    /// (family, proto, start) -> (end, owner, forward name)
+    placed: BTreeMap<(Family, Proto, u16), (u16, String, String)>,
+}
+
+impl Claims {
+    /// The owner and name of a placed forward overlapping `f`'s public ports, if any.
+    pub fn clash(&self, f: &Forward) -> Option<(&str, &str)> {
+        for &fam in f.family.families() {
+            for &proto in f.proto.protos() {
+                let below = self.placed.range((fam, proto, 0)..=(fam, proto, f.port.end)).next_back();
+                if let Some(((_, _, _), (end, owner, name))) = below {
+                    if *end >= f.port.start {
+                        return Some((owner, name));
+                    }
+                }
+            }
+        }
+        None
+    }
+    /// Places `f` (which must not clash).
+    pub fn put(&mut self, owner: &str, f: &Forward) {
+        for &fam in f.family.families() {
+            for &proto in f.proto.protos() {
+                self.placed.insert((fam, proto, f.port.start), (f.port.end, owner.to_string(), f.name.clone()));
+            }
+        }
+    }
+}
+
+/// (owner, name, reason) of forwards newly suspended, and (owner, name) of forwards resumed.
+pub type Transitions<'a> = (Vec<(&'a str, &'a str, &'a Reason)>, Vec<(&'a str, &'a str)>);
+
+/// The decision for every user forward.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Evaluation {
+    /// Owner -> the forwards to put in the kernel, in set order.
+    pub active: BTreeMap<String, Vec<Forward>>,
+    /// Owner -> (forward name, reason) of each suspended forward.
+    pub suspended: BTreeMap<String, Vec<(String, Reason)>>,
+}
+
+impl Evaluation {
+    /// The reason a forward is suspended, if it is.
+    pub fn reason(&self, owner: &str, name: &str) -> Option<&Reason> {
+        self.suspended.get(owner)?.iter().find(|(n, _)| n == name).map(|(_, r)| r)
+    }
+    /// Number of suspended forwards.
+    pub fn suspended_count(&self) -> usize {
+        self.suspended.values().map(Vec::len).sum()
+    }
+    /// (owner, name, reason) of forwards suspended in `self` but not in `before`, and
+    /// (owner, name) of those suspended in `before` but not in `self`.
+    pub fn transitions<'a>(&'a self, before: &'a Evaluation) -> Transitions<'a> {
+        let flat = |e: &'a Evaluation| -> BTreeMap<(&'a str, &'a str), &'a Reason> {
+            e.suspended.iter().flat_map(|(o, v)| v.iter().map(move |(n, r)| ((o.as_str(), n.as_str()), r))).collect()
+        };
+        let (now, was) = (flat(self), flat(before));
+        let suspended = now.iter().filter(|(k, r)| was.get(*k) != Some(*r)).map(|((o, n), r)| (*o, *n, *r)).collect();
+        let resumed = was.keys().filter(|k| !now.contains_key(*k)).copied().collect();
+        (suspended, resumed)
+    }
+}
+
+/// Decides every user forward: judged per set, then placed after the system set —
+/// forwards active in `before` first, so a forward that was suspended never displaces
+/// one that is running, then the rest in owner and set order.
+pub fn evaluate(
+    judge: &Judge,
+    config: &Config,
+    users: &BTreeMap<String, UserSet>,
+    accounts: &BTreeMap<String, Option<Account>>,
+    invalid: &BTreeMap<String, BTreeMap<String, String>>,
+    before: &Evaluation,
+) -> Evaluation {
+    let none = BTreeMap::new();
+    let mut claims = Claims::default();
+    for f in &config.forwards {
+        claims.put(SYSTEM, f);
+    }
+    let mut out = Evaluation::default();
+    // (owner, index, forward) of each forward that passed the per-set judge.
+    let mut candidates: Vec<(&str, &Forward, bool)> = Vec::new();
+    for (owner, set) in users {
+        let user = owner.strip_prefix("user:").unwrap_or(owner);
+        let account = accounts.get(owner).and_then(Option::as_ref);
+        let verdicts = judge.judge(user, set, account, invalid.get(owner).unwrap_or(&none));
+        for (f, v) in set.forwards.iter().zip(verdicts) {
+            match v {
+                None => {
+                    let was_active = before.active.get(owner).is_some_and(|a| a.iter().any(|g| g == f));
+                    candidates.push((owner, f, was_active));
+                }
+                Some(r) => {
+                    if r.keeps_claim() && claims.clash(f).is_none() {
+                        claims.put(owner, f);
+                    }
+                    out.suspended.entry(owner.clone()).or_default().push((f.name.clone(), r));
+                }
+            }
+        }
+    }
+    for pass in [true, false] {
+        for (owner, f, was_active) in &candidates {
+            if *was_active != pass {
+                continue;
+            }
+            match claims.clash(f) {
+                Some((o, n)) => {
+                    let r = Reason::Conflict(format!("its public port is taken by {o}/{n}"));
+                    out.suspended.entry(owner.to_string()).or_default().push((f.name.clone(), r));
+                }
+                None => {
+                    claims.put(owner, f);
+                }
+            }
+        }
+    }
+    // Active forwards in set order.
+    for (owner, set) in users {
+        let suspended: BTreeSet<&str> =
+            out.suspended.get(owner).map(|v| v.iter().map(|(n, _)| n.as_str()).collect()).unwrap_or_default();
+        let active: Vec<Forward> =
+            set.forwards.iter().filter(|f| !suspended.contains(f.name.as_str())).cloned().collect();
+        if !active.is_empty() {
+            out.active.insert(owner.clone(), active);
+        }
+    }
+    out
+}
+
+/// More repairs than this within [`REPAIR_WINDOW`] means another program is fighting us.
+pub const REPAIR_BURST: usize = 50;
+/// Window for [`REPAIR_BURST`].
+pub const REPAIR_WINDOW: Duration = Duration::from_secs(1);
+/// How long to stand back when another program keeps changing the table.
+pub const REPAIR_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What to do about a foreign change of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    /// Put the table back now.
+    Now,
+    /// Another program keeps changing it: stand back until this instant, then check.
+    StandBack(Instant),
+    /// Already standing back: the deferred check will look.
+    Wait,
+}
+
+/// The repair back-off: at most [`REPAIR_BURST`] repairs in [`REPAIR_WINDOW`], then
+/// [`REPAIR_BACKOFF`] without repairs. The caller passes the clock.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    recent: VecDeque<Instant>,
+    until: Option<Instant>,
+    /// Times the back-off was hit.
+    pub hits: u64,
+}
+
+impl Backoff {
+    /// Decides about a drifted table at `now`; a `Now` decision counts as a repair.
+    pub fn on_drift(&mut self, now: Instant) -> Repair {
+        if let Some(u) = self.until {
+            if now < u {
+                return Repair::Wait;
+            }
+            self.until = None;
+        }
+        while self.recent.front().is_some_and(|t| now.duration_since(*t) > REPAIR_WINDOW) {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= REPAIR_BURST {
+            self.recent.clear();
+            let until = now + REPAIR_BACKOFF;
+            self.until = Some(until);
+            self.hits += 1;
+            return Repair::StandBack(until);
+        }
+        self.recent.push_back(now);
+        Repair::Now
+    }
+    /// When the deferred check is due, if standing back.
+    pub fn deferred(&self) -> Option<Instant> {
+        self.until
+    }
+    /// True (once) when the stand-back period is over at `now`: time to check again.
+    pub fn due(&mut self, now: Instant) -> bool {
+        match self.until {
+            Some(u) if u <= now => {
+                self.until = None;
+                true
+            }
+            _ => false,
+        }
+    }
+}
