@@ -28,6 +28,8 @@ description:
   - Check mode runs C(portctl apply --dry-run), so portd computes the same answer and
     the kernel is left as it was.
   - With C(--diff) the task shows the forwards that change, before and after, as YAML.
+  - Warnings in portd's answer, such as a target port nothing listens on yet, become
+    warnings of the task.
   - The set replaced is the caller's own (C(user:NAME) for the user the task runs as),
     or the one named by O(owner).
 options:
@@ -439,6 +441,9 @@ def main():
         changed=summary.get("changed") or [],
         omitted=omitted,
     )
+    # What portd says did not stop the change (e.g. nothing listens on a target port yet).
+    for warning in answer.get("warnings") or []:
+        module.warn("portd: %s" % warning)
     if module._diff:
         result["diff"] = diff_of(summary)
     module.exit_json(**result)
