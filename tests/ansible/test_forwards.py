@@ -381,7 +381,7 @@ def module(w, r):
     )
     r.check(
         "check mode --diff: before has to: 8080, after has to: 8081",
-        "to: 8080" in d_before and "to: 8081" in d_after and "to: 8081" not in d_before and "name: \"http\"" in d_after,
+        "to: 8080" in d_before and "to: 8081" in d_after and "to: 8081" not in d_before and "- name: http\n" in d_after,
         "before:\n%s\nafter:\n%s" % (d_before, d_after),
     )
     r.check("check mode: the kernel's table is exactly as before", before is not None and before == after, "%s\n---\n%s" % (before, after))
@@ -448,7 +448,7 @@ def module(w, r):
     r.check(
         "state absent: changed, http removed, the set is empty",
         task.get("changed") is True and names(task["summary"]["removed"]) == [("user:root", "http")]
-        and w.status()["forwards"] == [] and "name: \"http\"" in d_before and d_after == "",
+        and w.status()["forwards"] == [] and "- name: http\n" in d_before and d_after == "",
         task,
     )
     r.check("state absent: nothing answers on port 80 any more", w.get(80) is None, w.get(80))

@@ -209,6 +209,7 @@ stderr:
 
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -299,14 +300,40 @@ class HexMark(int):
     """A mark shown in hexadecimal, as portd's configuration writes marks."""
 
 
+# Strings a diff shows without quotes: names, protocols, families, interfaces, networks, ranges.
+PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./:-]*$")
+
+
+def _reads_as_other_type(text):
+    if text.lower() in ("true", "false", "yes", "no", "on", "off", "y", "n", "null", "~"):
+        return True
+    for parse in (float, lambda t: int(t, 0)):
+        try:
+            parse(text)
+            return True
+        except ValueError:
+            pass
+    return False
+
+
+def display_value(value):
+    """A value in a diff, without quotes where the text is not ambiguous."""
+    if isinstance(value, HexMark):
+        return "0x%x" % value
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(display_value(v) for v in value) + "]"
+    if isinstance(value, str) and PLAIN.match(value) and not _reads_as_other_type(value):
+        return value
+    return yaml_value(value)
+
+
 def placed_yaml(placed):
-    """One forward of portd's answer for a diff: its fields, with the effective mark."""
+    """One forward of portd's answer for a diff: every field, with the effective mark."""
     forward = dict(placed.get("forward") or {})
     forward.pop("mark", None)
     forward.setdefault("local", True)
     forward["mark"] = HexMark(placed.get("mark") or 0)
-    text = yaml_forward(forward, "", lambda v: "0x%x" % v if isinstance(v, HexMark) else yaml_value(v))
-    return "# %s\n%s" % (placed.get("owner", "?"), text)
+    return yaml_forward(forward, "", display_value)
 
 
 def diff_of(summary):
@@ -315,13 +342,15 @@ def diff_of(summary):
     def order(placed):
         return (placed.get("owner", ""), (placed.get("forward") or {}).get("name", ""))
 
-    before = list(summary.get("removed", [])) + [pair[0] for pair in summary.get("changed", [])]
-    after = list(summary.get("added", [])) + [pair[1] for pair in summary.get("changed", [])]
+    before = sorted(list(summary.get("removed", [])) + [pair[0] for pair in summary.get("changed", [])], key=order)
+    after = sorted(list(summary.get("added", [])) + [pair[1] for pair in summary.get("changed", [])], key=order)
+    owners = sorted(set(p.get("owner", "?") for p in before + after))
+    title = "portd forwards of %s" % ", ".join(owners) if owners else "portd forwards"
     return {
-        "before": "".join(placed_yaml(p) for p in sorted(before, key=order)),
-        "after": "".join(placed_yaml(p) for p in sorted(after, key=order)),
-        "before_header": "portd forwards (before)",
-        "after_header": "portd forwards (after)",
+        "before": "".join(placed_yaml(p) for p in before),
+        "after": "".join(placed_yaml(p) for p in after),
+        "before_header": "%s (before)" % title,
+        "after_header": "%s (after)" % title,
     }
 
 
