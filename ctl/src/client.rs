@@ -1,7 +1,9 @@
 //! One request, one response over the daemon's Unix socket.
 
 use crate::{Exit, Failure};
-use portd_rules::proto::{Body, Command, Outcome, Request, Response, MAX_LINE_BYTES, PROTOCOL_VERSION};
+use portd_rules::proto::{
+    Body, Command, Outcome, Request, Response, MAX_ANSWER_BYTES, MAX_LINE_BYTES, PROTOCOL_VERSION,
+};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -42,7 +44,7 @@ pub fn request(socket: &Path, command: Command) -> Result<Body, Failure> {
         ));
     }
     stream.write_all(&line).map_err(io)?;
-    let mut reader = BufReader::new(stream.take(MAX_LINE_BYTES as u64 + 1));
+    let mut reader = BufReader::new(stream.take(MAX_ANSWER_BYTES as u64 + 1));
     let mut answer = Vec::new();
     reader.read_until(b'\n', &mut answer).map_err(io)?;
     if answer.is_empty() {

@@ -173,7 +173,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     // 4. Restore and apply, on the actor's thread, then READY=1.
     let (tx, rx) = std::sync::mpsc::channel::<Msg>();
     let table = config.settings.table.clone();
-    let daemon = Daemon::start(args.config.clone(), config, overrides)?;
+    let published = std::sync::Arc::new(server::Published::default());
+    let daemon = Daemon::start(args.config.clone(), config, overrides, published.clone())?;
     let status = daemon.status_line();
     let actor = std::thread::Builder::new().name("portd-actor".into()).spawn(move || daemon.run(rx))?;
     spawn_drift_listener(&table, tx.clone())?;
@@ -184,7 +185,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     rt.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(listener)?;
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(server::run(listener, tx.clone(), shutdown.clone(), server::Limits::default()));
+        let server =
+            tokio::spawn(server::run(listener, tx.clone(), published, shutdown.clone(), server::Limits::default()));
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;

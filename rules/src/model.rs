@@ -188,7 +188,10 @@ impl PortRange {
             match p.parse::<u64>() {
                 Ok(n) if (1..=65535).contains(&n) => Ok(n as u16),
                 Ok(n) => Err(format!("{n} is not a port (1-65535)")),
-                Err(_) => Err(format!("`{p}` is not a port number (1-65535)")),
+                Err(_) => Err(format!(
+                    "`{}` is not a port number (1-65535)",
+                    p.chars().take(32).collect::<String>().escape_debug()
+                )),
             }
         };
         match s.split_once('-') {

@@ -7,8 +7,10 @@ use serde::{Deserialize, Serialize};
 
 /// Version carried by every request and response.
 pub const PROTOCOL_VERSION: u32 = 1;
-/// Longest line either side accepts, newline included.
+/// Longest request line the daemon accepts, newline included.
 pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
+/// Longest answer line a client accepts: a status of 60,000 forwards is about 15 MiB.
+pub const MAX_ANSWER_BYTES: usize = 512 * 1024 * 1024;
 
 /// A request line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -22,7 +22,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-pub use accounts::name_of;
+pub use accounts::{lookup as lookup_account, name_of};
 
 /// How often live user forwards are re-checked against the sockets of other uids.
 const LISTENER_POLL: Duration = Duration::from_millis(500);
@@ -53,10 +53,26 @@ impl Caller {
     }
 }
 
+/// A request as the actor takes it: rules files arrive parsed and validated (the server
+/// does that off the actor's thread, within a time budget).
+pub enum Op {
+    /// Replace the caller's set (`portctl apply`).
+    Apply {
+        /// The file's forwards, validated.
+        forwards: Vec<portd_rules::Forward>,
+        /// Compute and report the change without applying it.
+        dry_run: bool,
+        /// Act for another owner (root only).
+        owner: Option<String>,
+    },
+    /// Any other command (never `Command::Apply`).
+    Command(Command),
+}
+
 /// Messages to the actor.
 pub enum Msg {
     /// A client request.
-    Request { caller: Caller, command: Command, reply: oneshot::Sender<Response> },
+    Request { caller: Caller, op: Op, reply: oneshot::Sender<Response> },
     /// SIGHUP: reload the config.
     Reload,
     /// Clean stop: apply `on_exit` and end.
@@ -100,6 +116,8 @@ pub struct Daemon {
     trim_at: Option<Instant>,
     /// When to check the listeners of user forwards next.
     poll_at: Option<Instant>,
+    /// What the server reads: the current grants.
+    published: std::sync::Arc<crate::server::Published>,
 }
 
 type Failure = (ErrorKind, Vec<String>);
@@ -139,7 +157,12 @@ pub fn trim_heap() {
 impl Daemon {
     /// Restores persisted sets, judges them, and puts the plan into the kernel. Called
     /// before READY=1.
-    pub fn start(config_path: PathBuf, config: Config, overrides: Overrides) -> anyhow::Result<Daemon> {
+    pub fn start(
+        config_path: PathBuf,
+        config: Config,
+        overrides: Overrides,
+        published: std::sync::Arc<crate::server::Published>,
+    ) -> anyhow::Result<Daemon> {
         let mut store = Store::new(std::path::Path::new(&config.settings.state_dir));
         let persisted = store.load()?;
         for p in &persisted.unreadable {
@@ -164,7 +187,9 @@ impl Daemon {
             backoff: Backoff::default(),
             trim_at: None,
             poll_at: None,
+            published,
         };
+        d.publish();
         d.validate_loaded(&persisted.origins);
         d.accounts = accounts::lookup_owners(d.users.keys());
         d.bind_unbound_sets();
@@ -235,6 +260,12 @@ impl Daemon {
                 tracing::warn!("recording the uid of each set: {e}");
             }
         }
+    }
+
+    /// Hands the current grants to the server.
+    fn publish(&self) {
+        let mut g = self.published.grants.write().unwrap_or_else(|p| p.into_inner());
+        *g = self.config.grants.clone();
     }
 
     fn judge(&self) -> Judge<'_> {
@@ -354,8 +385,8 @@ impl Daemon {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match msg {
-                Ok(Msg::Request { caller, command, reply }) => {
-                    let resp = match self.handle(&caller, command) {
+                Ok(Msg::Request { caller, op, reply }) => {
+                    let resp = match self.handle(&caller, op) {
                         Ok(body) => Response::ok(body),
                         Err((kind, messages)) => {
                             tracing::warn!(

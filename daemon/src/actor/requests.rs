@@ -2,13 +2,13 @@
 //! by the policy core, kernel first, then the state file, then the answer), reload,
 //! status and export.
 
-use super::{accounts, err, Caller, Daemon, Failure, LOG_FORWARDS, TRIM_AFTER_OBJECTS};
+use super::{accounts, err, Caller, Daemon, Failure, Op, LOG_FORWARDS, TRIM_AFTER_OBJECTS};
 use crate::notify;
 use crate::state::Record;
 use portd_rules::plan::{counter_name, PlacedForward};
 use portd_rules::policy::{self, Account, Owner, Reason, UserSet};
 use portd_rules::proto::{Body, Command, ErrorKind, ForwardState, ForwardStatus, Status};
-use portd_rules::{parse_config, parse_rules, Forward, ListenerCheck, Plan};
+use portd_rules::{parse_config, Forward, ListenerCheck, Plan};
 use std::time::Instant;
 
 /// A change of one owner's set.
@@ -35,14 +35,17 @@ fn with_warnings(mut body: Body, w: Vec<String>) -> Body {
 }
 
 impl Daemon {
-    pub(super) fn handle(&mut self, caller: &Caller, command: Command) -> Result<Body, Failure> {
+    pub(super) fn handle(&mut self, caller: &Caller, op: Op) -> Result<Body, Failure> {
+        let command = match op {
+            Op::Apply { forwards, dry_run, owner } => {
+                let (owner, account) = self.target_owner(caller, owner)?;
+                return self.change(caller, &owner, &account, Change::Replace(forwards), dry_run);
+            }
+            Op::Command(c) => c,
+        };
         match command {
             Command::Status => self.status(),
-            Command::Apply { file, text, dry_run, owner } => {
-                let (owner, account) = self.target_owner(caller, owner)?;
-                let rules = parse_rules(&file, &text).map_err(invalid)?;
-                self.change(caller, &owner, &account, Change::Replace(rules.forwards), dry_run)
-            }
+            Command::Apply { .. } => Err(err(ErrorKind::Protocol, "apply reaches the daemon's core parsed")),
             Command::Add { forward, owner } => {
                 let (owner, account) = self.target_owner(caller, owner)?;
                 if self.users.get(&owner).is_some_and(|s| s.forwards.iter().any(|f| f.name == forward.name)) {
@@ -468,6 +471,7 @@ impl Daemon {
             delta.summary.log_line(LOG_FORWARDS)
         );
         self.log_transitions(&before, "by the reload");
+        self.publish();
         self.conntrack.forget(crate::conntrack::stale_mappings(&self.plan, &plan));
         self.plan = plan;
         self.schedule_poll();
