@@ -367,6 +367,15 @@ def module(w, r):
         f.write("version: 1\nforwards:\n  - name: http\n    port: 80\n    to: 8080\n    family: ipv4\n")
     task, stats, proc = w.playbook({"src": rules})
     r.check("src: the same forwards from a rules file on the host are not a change", task.get("changed") is False and not task.get("failed"), task)
+    with open(rules, "a") as f:
+        f.write("  - name: http\n    port: 81\n    to: 8081\n")
+    task, stats, proc = w.playbook({"src": rules})
+    r.check(
+        "src: errors name the host's rules file with line and column",
+        task.get("failed") is True and task.get("reason") == "rejected"
+        and re.search(re.escape(rules) + r":7:\d+: forwards\[1\]\.name: duplicate name `http`", task.get("msg", "")) is not None,
+        task,
+    )
 
     retarget = dict(http, to=8081)
     before = w.table()

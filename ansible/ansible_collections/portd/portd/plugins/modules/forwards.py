@@ -385,7 +385,7 @@ def failure_message(rc, stderr, socket):
             "/etc/portd/portd.yaml for these ports, and root to act for another owner." % detail
         )
     if reason == "rejected":
-        return "portd rejected the forwards; nothing was changed:\n%s" % detail
+        return "the forwards were rejected; nothing was changed:\n%s" % detail
     if reason == "usage":
         return "portctl refused its command line (is it a portctl this module supports?):\n%s" % detail
     return "portctl failed with exit code %s:\n%s" % (rc, detail)
@@ -416,6 +416,8 @@ def main():
     tmpdir = None
     rules = None
     if params["src"] is not None:
+        if not os.path.isfile(params["src"]):
+            module.fail_json(msg="src=%s: no such file on the managed host" % params["src"], rc=None, cmd=[], stderr="")
         cwd = None
         rules_path = params["src"]
     else:
