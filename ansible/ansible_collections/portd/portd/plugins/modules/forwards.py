@@ -381,8 +381,9 @@ def failure_message(rc, stderr, socket):
         )
     if reason == "denied":
         return (
-            "permission denied:\n%s\nThe user the task runs as needs access to the socket (group portd), a grant in "
-            "/etc/portd/portd.yaml for these ports, and root to act for another owner." % detail
+            "permission denied:\n%s\nportd denies a user without access to its socket (group portd), forwards no grant "
+            "in /etc/portd/portd.yaml allows, a target port another user listens on, and `owner` unless run as root."
+            % detail
         )
     if reason == "rejected":
         return "the forwards were rejected; nothing was changed:\n%s" % detail
