@@ -12,6 +12,7 @@ mod events;
 mod nlattr;
 mod notify;
 mod privs;
+mod safedir;
 mod server;
 mod sockdiag;
 mod state;
@@ -20,7 +21,6 @@ use actor::{Daemon, Msg, Overrides};
 use anyhow::Context;
 use clap::Parser;
 use std::os::fd::FromRawFd;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener as StdListener;
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
@@ -84,27 +84,34 @@ fn activated_socket() -> anyhow::Result<Option<StdListener>> {
     Ok(Some(l))
 }
 
+/// Binds the control socket in a directory that only root or portd can write (checked),
+/// created with its mode (through the umask, never a chmod of the path) and its group set
+/// without following symlinks.
 fn bind_socket(path: &Path, group: Option<&str>, mode: u32) -> anyhow::Result<StdListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
-            std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        anyhow::bail!("{} is not a socket path", path.display());
+    };
+    let dir = safedir::Dir::open(parent, 0o755).context("socket directory")?;
+    match dir.kind(name).with_context(|| format!("checking {}", path.display()))? {
+        Some(nix::sys::stat::SFlag::S_IFSOCK) => {
+            dir.unlink(name).with_context(|| format!("removing stale socket {}", path.display()))?
         }
-        Ok(_) => anyhow::bail!("{} exists and is not a socket; remove it or choose another --socket", path.display()),
-        Err(_) => {}
+        Some(_) => anyhow::bail!("{} exists and is not a socket; remove it or choose another --socket", path.display()),
+        None => {}
     }
-    let l = StdListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let umask = nix::sys::stat::Mode::from_bits_truncate(!mode & 0o777);
+    let old = nix::sys::stat::umask(umask);
+    let bound = StdListener::bind(path);
+    nix::sys::stat::umask(old);
+    let l = bound.with_context(|| format!("binding {}", path.display()))?;
     if let Some(g) = group {
         match nix::unistd::Group::from_name(g)? {
-            Some(gr) => nix::unistd::chown(path, None, Some(gr.gid))
-                .with_context(|| format!("setting group {g} on {}", path.display()))?,
+            Some(gr) => {
+                dir.chgrp(name, gr.gid.as_raw()).with_context(|| format!("setting group {g} on {}", path.display()))?
+            }
             None => tracing::warn!("group `{g}` does not exist; socket {} keeps its default group", path.display()),
         }
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting mode {mode:o} on {}", path.display()))?;
     Ok(l)
 }
 
