@@ -241,7 +241,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     // 5. Restore and apply, on the actor's thread, then READY=1.
     let (tx, rx) = std::sync::mpsc::channel::<Msg>();
     let table = config.settings.table.clone();
-    let published = std::sync::Arc::new(server::Published::default());
+    let published = std::sync::Arc::new(actor::Published::default());
     let daemon = Daemon::start(args.config.clone(), config, overrides, published.clone())?;
     let status = daemon.status_line();
     let actor = std::thread::Builder::new().name("portd-actor".into()).spawn(move || daemon.run(rx))?;

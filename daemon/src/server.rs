@@ -10,13 +10,14 @@
 //! accepted; a non-root caller without any grant is refused before its file is parsed;
 //! parsing has a time budget and at most two run at once.
 
-use crate::actor::{self, Caller, Msg, Op};
+#![forbid(unsafe_code)]
+
+use crate::actor::{self, Caller, Msg, Op, Published};
 use portd_rules::proto::{decode_request, Command, ErrorKind, Response, MAX_LINE_BYTES};
-use portd_rules::Grant;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -61,14 +62,6 @@ impl Default for Limits {
             parse_slots: 2,
         }
     }
-}
-
-/// What the actor publishes for the server: the grants, to refuse callers without any
-/// before their file is parsed.
-#[derive(Debug, Default)]
-pub struct Published {
-    /// The current config's grants.
-    pub grants: RwLock<Vec<Grant>>,
 }
 
 /// Counters shared by all connections.

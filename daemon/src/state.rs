@@ -12,6 +12,8 @@
 //! the journal. Replaying a record twice gives the same sets (puts and removals by name),
 //! so a crash between the two steps loses nothing.
 
+#![forbid(unsafe_code)]
+
 use crate::safedir::Dir;
 use portd_rules::policy::UserSet;
 use portd_rules::Forward;

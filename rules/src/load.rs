@@ -736,7 +736,11 @@ pub fn validate_forwards(file: &str, fw: &[Forward]) -> Result<Vec<Forward>, Dia
     parse_rules(file, &text).map(|r| r.forwards)
 }
 
-/// True for a user name accepted in an owner (`user:NAME`); see [`crate::policy::valid_user`].
+/// True for a user name portd accepts in an owner (`user:NAME`): POSIX portable
+/// characters, at most 32.
 pub fn valid_user(s: &str) -> bool {
-    crate::policy::valid_user(s)
+    !s.is_empty()
+        && s.len() <= 32
+        && !s.starts_with('-')
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
 }

@@ -27,6 +27,14 @@ pub use accounts::{lookup as lookup_account, name_of};
 /// How often live user forwards are re-checked against the sockets of other uids.
 const LISTENER_POLL: Duration = Duration::from_millis(500);
 
+/// What the actor publishes for the server: the grants, to refuse callers without any
+/// before their file is parsed.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// The current config's grants.
+    pub grants: std::sync::RwLock<Vec<portd_rules::Grant>>,
+}
+
 /// Who sent a request, from SO_PEERCRED and the account database.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -117,7 +125,7 @@ pub struct Daemon {
     /// When to check the listeners of user forwards next.
     poll_at: Option<Instant>,
     /// What the server reads: the current grants.
-    published: std::sync::Arc<crate::server::Published>,
+    published: std::sync::Arc<Published>,
 }
 
 type Failure = (ErrorKind, Vec<String>);
@@ -161,7 +169,7 @@ impl Daemon {
         config_path: PathBuf,
         config: Config,
         overrides: Overrides,
-        published: std::sync::Arc<crate::server::Published>,
+        published: std::sync::Arc<Published>,
     ) -> anyhow::Result<Daemon> {
         let mut store = Store::new(std::path::Path::new(&config.settings.state_dir));
         let persisted = store.load()?;

@@ -2,6 +2,8 @@
 //! by the policy core, kernel first, then the state file, then the answer), reload,
 //! status and export.
 
+#![forbid(unsafe_code)]
+
 use super::{accounts, err, Caller, Daemon, Failure, Op, LOG_FORWARDS, TRIM_AFTER_OBJECTS};
 use crate::notify;
 use crate::state::Record;
@@ -38,7 +40,7 @@ impl Daemon {
     pub(super) fn handle(&mut self, caller: &Caller, op: Op) -> Result<Body, Failure> {
         let command = match op {
             Op::Apply { forwards, dry_run, owner } => {
-                let (owner, account) = self.target_owner(caller, owner)?;
+                let (owner, account) = self.target_owner(caller, owner, forwards.is_empty())?;
                 return self.change(caller, &owner, &account, Change::Replace(forwards), dry_run);
             }
             Op::Command(c) => c,
@@ -47,7 +49,7 @@ impl Daemon {
             Command::Status => self.status(),
             Command::Apply { .. } => Err(err(ErrorKind::Protocol, "apply reaches the daemon's core parsed")),
             Command::Add { forward, owner, dry_run } => {
-                let (owner, account) = self.target_owner(caller, owner)?;
+                let (owner, account) = self.target_owner(caller, owner, false)?;
                 if self.users.get(&owner).is_some_and(|s| s.forwards.iter().any(|f| f.name == forward.name)) {
                     return Err(err(
                         ErrorKind::Invalid,
@@ -63,7 +65,7 @@ impl Daemon {
                 self.change(caller, &owner, &account, Change::Add(forward), dry_run)
             }
             Command::Remove { name, owner, dry_run } => {
-                let (owner, account) = self.target_owner(caller, owner)?;
+                let (owner, account) = self.target_owner(caller, owner, true)?;
                 if !self.users.get(&owner).is_some_and(|s| s.forwards.iter().any(|f| f.name == name)) {
                     return Err(err(ErrorKind::Invalid, format!("{owner} has no forward `{name}`")));
                 }
@@ -92,7 +94,14 @@ impl Daemon {
 
     /// The owner a request acts for, and that owner's account now. Only root may act for
     /// another owner; the system set is only changed through the config file.
-    fn target_owner(&self, caller: &Caller, owner: Option<String>) -> Result<(String, Account), Failure> {
+    /// `removing`: the change only takes forwards away, which root may do for the set of
+    /// a user that no longer exists (an account of the set's uid stands in for it).
+    fn target_owner(
+        &self,
+        caller: &Caller,
+        owner: Option<String>,
+        removing: bool,
+    ) -> Result<(String, Account), Failure> {
         let name = match owner {
             None => caller.user.clone(),
             Some(o) => match Owner::parse(&o).map_err(|e| err(ErrorKind::Invalid, e))? {
@@ -124,7 +133,20 @@ impl Daemon {
                 ErrorKind::Denied,
                 format!("uid {} has no user name in the account database; grants are given to users", caller.uid),
             )),
-            None => Err(err(ErrorKind::Invalid, format!("there is no user `{name}` on this host"))),
+            None => {
+                let key = format!("user:{name}");
+                match self.users.get(&key) {
+                    Some(set) if removing => {
+                        let uid = set.uid.unwrap_or(u32::MAX);
+                        Ok((key, Account { name, uid, groups: Vec::new() }))
+                    }
+                    Some(_) => Err(err(
+                        ErrorKind::Invalid,
+                        format!("there is no user `{name}` on this host; root can only remove the forwards of its set"),
+                    )),
+                    None => Err(err(ErrorKind::Invalid, format!("there is no user `{name}` on this host"))),
+                }
+            }
         }
     }
 
