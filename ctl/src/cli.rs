@@ -1,14 +1,18 @@
 //! The command line of portctl: one derive `Parser`, doc comments become `--help`.
 
 use clap::{Parser, Subcommand, ValueEnum};
+use clap_complete::engine::ArgValueCandidates;
 use std::path::PathBuf;
+
+/// The daemon's socket when neither `--socket` nor PORTD_SOCKET says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/portd/portd.sock";
 
 /// Control portd: apply port forwards from YAML, inspect and change them.
 #[derive(Debug, Parser)]
 #[command(name = "portctl", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// Control socket of the daemon.
-    #[arg(long, global = true, env = "PORTD_SOCKET", default_value = "/run/portd/portd.sock")]
+    #[arg(long, global = true, env = "PORTD_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
 
     /// Print data as JSON instead of text.
@@ -72,25 +76,35 @@ pub enum Cmd {
     },
     /// Replace your set of forwards with those of FILE and print what changed.
     Apply {
-        /// Rules file (YAML).
+        /// Rules file (YAML); `-` reads standard input.
         file: PathBuf,
         /// Show what would change without applying it.
         #[arg(long)]
         dry_run: bool,
-        /// Act for another owner (`system`, `user:NAME`; root only).
-        #[arg(long)]
+        /// Act for another owner (`user:NAME`; root only).
+        #[arg(long, value_parser = crate::owner::parse_existing, add = ArgValueCandidates::new(crate::complete::owners))]
         owner: Option<String>,
     },
     /// Show what `apply FILE` would change (same as `apply --dry-run`).
     Diff {
-        /// Rules file (YAML).
+        /// Rules file (YAML); `-` reads standard input.
         file: PathBuf,
         /// Compare against another owner's set (root only).
-        #[arg(long)]
+        #[arg(long, value_parser = crate::owner::parse_existing, add = ArgValueCandidates::new(crate::complete::owners))]
         owner: Option<String>,
     },
-    /// Daemon state and every forward with owner and counters.
-    Status,
+    /// Daemon state and forwards with owner and counters (all, or those named).
+    Status {
+        /// Only forwards with these names (of any owner); a name that matches none is an error.
+        #[arg(add = ArgValueCandidates::new(crate::complete::all_forward_names))]
+        names: Vec<String>,
+        /// Only forwards of this owner (`system`, `user:NAME`).
+        #[arg(long, value_parser = crate::owner::parse, add = ArgValueCandidates::new(crate::complete::owners))]
+        owner: Option<String>,
+        /// Also show mark, local, protect, interfaces, sources and description.
+        #[arg(long, short = 'w')]
+        wide: bool,
+    },
     /// Add one forward to your set.
     Add {
         /// Forward name.
@@ -120,22 +134,32 @@ pub enum Cmd {
         /// Refuse direct connections to the target port from other hosts.
         #[arg(long)]
         protect: bool,
-        /// Act for another owner (root only).
+        /// Free text shown by `status --wide` and `export` (at most 200 characters).
         #[arg(long)]
+        description: Option<String>,
+        /// Show what would change without applying it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Act for another owner (`user:NAME`; root only).
+        #[arg(long, value_parser = crate::owner::parse_existing, add = ArgValueCandidates::new(crate::complete::owners))]
         owner: Option<String>,
     },
     /// Remove one forward from your set.
     Remove {
         /// Forward name.
+        #[arg(add = ArgValueCandidates::new(crate::complete::my_forward_names))]
         name: String,
-        /// Act for another owner (root only).
+        /// Show what would change without applying it.
         #[arg(long)]
+        dry_run: bool,
+        /// Act for another owner (`user:NAME`; root only).
+        #[arg(long, value_parser = crate::owner::parse, add = ArgValueCandidates::new(crate::complete::owners))]
         owner: Option<String>,
     },
     /// Print a set as YAML that `apply` accepts.
     Export {
-        /// Owner to export (default: yours).
-        #[arg(long)]
+        /// Owner to export (`system`, `user:NAME`; default: yours).
+        #[arg(long, value_parser = crate::owner::parse, add = ArgValueCandidates::new(crate::complete::owners))]
         owner: Option<String>,
     },
     /// Make the daemon re-read its config file (root).
@@ -146,7 +170,7 @@ pub enum Cmd {
         #[arg(value_enum)]
         shell: ShellArg,
     },
-    /// Write man pages into DIR.
+    /// Write the manual pages portctl.1, portd.8 and portd.yaml.5 into DIR.
     Man {
         /// Output directory.
         dir: PathBuf,

@@ -1,13 +1,19 @@
 //! portctl: the control CLI of portd. `check` and `plan` work offline; every other
 //! command talks to the daemon over its Unix socket.
+#![forbid(unsafe_code)]
 
+mod account;
 mod cli;
 mod client;
+mod complete;
+mod json;
+mod man;
 mod output;
+mod owner;
 
 use clap::{CommandFactory, Parser};
-use cli::{Cli, Cmd, FamilyArg, ProtoArg, ShellArg};
-use portd_rules::proto::{Command, ErrorKind};
+use cli::{Cli, Cmd, FamilyArg, ProtoArg};
+use portd_rules::proto::{Body, Command, ErrorKind};
 use portd_rules::{compile, parse_rules, render::render, OwnedSet};
 use std::io::Write;
 use std::path::Path;
@@ -32,22 +38,52 @@ pub enum Exit {
 #[derive(Debug)]
 pub struct Failure {
     code: Exit,
+    /// Class of failure for `--json`: the daemon's error kind, or `usage`, `unreachable`,
+    /// `denied`, `invalid` for failures found by portctl itself.
+    kind: String,
     lines: Vec<String>,
     /// Lines already carry their location (`file:line:col:`) and print as they are.
     located: bool,
+    /// The located problems of a file, for `--json`.
+    diagnostics: Option<Vec<portd_rules::Diagnostic>>,
 }
 
 impl Failure {
     fn new(code: Exit, line: impl Into<String>) -> Failure {
-        Failure { code, lines: vec![line.into()], located: false }
+        Failure::many(code, vec![line.into()])
     }
 
     fn diagnostics(d: portd_rules::Diagnostics) -> Failure {
-        Failure { code: Exit::Rejected, lines: d.0.iter().map(|d| d.to_string()).collect(), located: true }
+        Failure {
+            code: Exit::Rejected,
+            kind: "invalid".into(),
+            lines: d.0.iter().map(|d| d.to_string()).collect(),
+            located: true,
+            diagnostics: Some(d.0),
+        }
     }
 
     fn many(code: Exit, lines: Vec<String>) -> Failure {
-        Failure { code, lines, located: false }
+        let kind = match code {
+            Exit::Ok | Exit::Rejected => "invalid",
+            Exit::Usage => "usage",
+            Exit::Unreachable => "unreachable",
+            Exit::Denied => "denied",
+        };
+        Failure { code, kind: kind.into(), lines, located: false, diagnostics: None }
+    }
+
+    /// A refusal by the daemon: its kind, and messages that are located when the daemon
+    /// found a file invalid.
+    fn daemon(kind: ErrorKind, lines: Vec<String>) -> Failure {
+        let name = serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(String::from));
+        Failure {
+            code: kind.into(),
+            kind: name.unwrap_or_else(|| "internal".into()),
+            located: kind == ErrorKind::Invalid,
+            lines,
+            diagnostics: None,
+        }
     }
 }
 
@@ -58,6 +94,25 @@ impl From<ErrorKind> for Exit {
             _ => Exit::Rejected,
         }
     }
+}
+
+/// Reads a rules file, or standard input for `-`; returns the name to report it by.
+fn read_input(path: &Path) -> Result<(String, String), Failure> {
+    if path.as_os_str() != "-" {
+        return Ok((path.display().to_string(), read_file(path)?));
+    }
+    let name = "<stdin>".to_string();
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::io::stdin().lock(), portd_rules::MAX_FILE_BYTES as u64 + 1),
+        &mut buf,
+    )
+    .map_err(|e| Failure::new(Exit::Rejected, format!("reading standard input: {e}")))?;
+    if buf.len() > portd_rules::MAX_FILE_BYTES {
+        return Err(Failure::new(Exit::Rejected, format!("{name}: more than 16 MiB; the limit is 16 MiB")));
+    }
+    let text = String::from_utf8(buf).map_err(|e| Failure::new(Exit::Rejected, format!("{name}: not UTF-8: {e}")))?;
+    Ok((name, text))
 }
 
 fn read_file(path: &Path) -> Result<String, Failure> {
@@ -72,23 +127,37 @@ fn read_file(path: &Path) -> Result<String, Failure> {
 }
 
 fn check(file: &Path, json: bool) -> Result<Exit, Failure> {
-    let text = read_file(file)?;
-    match parse_rules(&file.display().to_string(), &text) {
-        Ok(r) => {
-            if json {
-                println!("{}", serde_json::json!({"valid": true, "forwards": r.forwards.len(), "diagnostics": []}));
-            } else {
-                eprintln!("{}: ok, {} forward(s)", file.display(), r.forwards.len());
-            }
-            Ok(Exit::Ok)
-        }
-        Err(d) => {
-            if json {
-                println!("{}", serde_json::json!({"valid": false, "diagnostics": d.0}));
-            }
-            Err(Failure::diagnostics(d))
-        }
+    let (name, text) = read_input(file)?;
+    let r = parse_rules(&name, &text).map_err(Failure::diagnostics)?;
+    if json {
+        json::print(&serde_json::json!({"ok": true, "file": name, "forwards": r.forwards.len()}));
+    } else {
+        eprintln!("{name}: ok, {} forward(s)", r.forwards.len());
     }
+    Ok(Exit::Ok)
+}
+
+/// Keeps the forwards `names` and `owner` select; a name that matches none is an error.
+fn filter_status(body: Body, names: &[String], owner: Option<&str>) -> Result<Body, Failure> {
+    let Body::Status(mut s) = body else { return Ok(body) };
+    if let Some(o) = owner {
+        s.forwards.retain(|f| f.owner == o);
+    }
+    if !names.is_empty() {
+        let missing: Vec<String> = names
+            .iter()
+            .filter(|n| !s.forwards.iter().any(|f| &f.forward.name == *n))
+            .map(|n| match owner {
+                Some(o) => format!("{o} has no forward named `{n}`"),
+                None => format!("no forward named `{n}`"),
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(Failure::many(Exit::Rejected, missing));
+        }
+        s.forwards.retain(|f| names.contains(&f.forward.name));
+    }
+    Ok(Body::Status(s))
 }
 
 fn run(cli: Cli) -> Result<Exit, Failure> {
@@ -98,12 +167,12 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
     match cli.command {
         Cmd::Check { file } => check(&file, json),
         Cmd::Plan { file, table, mark } => {
-            let text = read_file(&file)?;
-            let rules = parse_rules(&file.display().to_string(), &text).map_err(Failure::diagnostics)?;
+            let (name, text) = read_input(&file)?;
+            let rules = parse_rules(&name, &text).map_err(Failure::diagnostics)?;
             let plan = compile(&table, mark, &[OwnedSet { owner: "system".into(), forwards: rules.forwards }])
                 .map_err(|c| Failure::many(Exit::Rejected, c.iter().map(|c| c.to_string()).collect()))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&plan).unwrap_or_default());
+                json::print(&serde_json::json!({"ok": true, "plan": plan}));
             } else {
                 print!("{}", render(&plan));
             }
@@ -111,12 +180,26 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         }
         Cmd::Apply { file, dry_run, owner } => apply(&file, dry_run, owner, json, send),
         Cmd::Diff { file, owner } => apply(&file, true, owner, json, send),
-        Cmd::Status => {
-            let body = send(Command::Status)?;
-            output::print_body(&body, json);
+        Cmd::Status { names, owner, wide } => {
+            let body = filter_status(send(Command::Status)?, &names, owner.as_deref())?;
+            output::print_body(&body, json, wide);
             Ok(Exit::Ok)
         }
-        Cmd::Add { name, port, to, proto, family, no_local, interfaces, sources, mark, protect, owner } => {
+        Cmd::Add {
+            name,
+            port,
+            to,
+            proto,
+            family,
+            no_local,
+            interfaces,
+            sources,
+            mark,
+            protect,
+            description,
+            dry_run,
+            owner,
+        } => {
             let parse = |what: &str, s: &str| {
                 portd_rules::PortRange::parse(s).map_err(|e| Failure::new(Exit::Usage, format!("{what}: {e}")))
             };
@@ -143,41 +226,36 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                 .collect::<Result<_, _>>()?;
             f.mark = mark;
             f.protect = protect;
+            f.description = description;
             // Validate offline first so mistakes are reported without a daemon.
             portd_rules::load::validate_forwards("portctl add", std::slice::from_ref(&f))
                 .map_err(|d| Failure::many(Exit::Rejected, d.0.iter().map(|d| d.message.clone()).collect()))?;
-            let body = send(Command::Add { forward: f, owner })?;
-            output::print_body(&body, json);
+            let body = send(Command::Add { forward: f, owner, dry_run })?;
+            output::print_body(&body, json, false);
             Ok(Exit::Ok)
         }
-        Cmd::Remove { name, owner } => {
-            let body = send(Command::Remove { name, owner })?;
-            output::print_body(&body, json);
+        Cmd::Remove { name, owner, dry_run } => {
+            let body = send(Command::Remove { name, owner, dry_run })?;
+            output::print_body(&body, json, false);
             Ok(Exit::Ok)
         }
         Cmd::Export { owner } => {
             let body = send(Command::Export { owner })?;
-            output::print_body(&body, json);
+            output::print_body(&body, json, false);
             Ok(Exit::Ok)
         }
         Cmd::Reload => {
             let body = send(Command::Reload)?;
-            output::print_body(&body, json);
+            output::print_body(&body, json, false);
             Ok(Exit::Ok)
         }
         Cmd::Completions { shell } => {
-            let shell = match shell {
-                ShellArg::Bash => clap_complete::Shell::Bash,
-                ShellArg::Zsh => clap_complete::Shell::Zsh,
-                ShellArg::Fish => clap_complete::Shell::Fish,
-            };
-            clap_complete::generate(shell, &mut Cli::command(), "portctl", &mut std::io::stdout());
+            complete::registration(shell, &mut std::io::stdout())
+                .map_err(|e| Failure::new(Exit::Rejected, format!("writing completions: {e}")))?;
             Ok(Exit::Ok)
         }
         Cmd::Man { dir } => {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| Failure::new(Exit::Rejected, format!("{}: {e}", dir.display())))?;
-            clap_mangen::generate_to(Cli::command(), &dir)
+            man::write(&dir, Cli::command())
                 .map_err(|e| Failure::new(Exit::Rejected, format!("writing man pages to {}: {e}", dir.display())))?;
             Ok(Exit::Ok)
         }
@@ -191,8 +269,7 @@ fn apply(
     json: bool,
     send: impl Fn(Command) -> Result<portd_rules::proto::Body, Failure>,
 ) -> Result<Exit, Failure> {
-    let text = read_file(file)?;
-    let name = file.display().to_string();
+    let (name, text) = read_input(file)?;
     // The daemon validates the file (it trusts no client), so it is parsed here only when
     // the daemon refuses it or cannot be reached: then mistakes are reported with their
     // locations either way, even when the daemon is down.
@@ -203,21 +280,42 @@ fn apply(
         }
         other => other?,
     };
-    output::print_body(&body, json);
+    output::print_body(&body, json, false);
     Ok(Exit::Ok)
 }
 
 fn main() -> ExitCode {
+    // `COMPLETE=bash portctl ...`: answer the shell's completion request and exit.
+    clap_complete::CompleteEnv::with_factory(Cli::command).complete();
+    // Known before parsing, so that even a usage error is answered in JSON.
+    let json = std::env::args_os().skip(1).take_while(|a| a != "--").any(|a| a == "--json");
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { Exit::Usage } else { Exit::Ok };
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return ExitCode::from(code as u8);
+            return ExitCode::from(Exit::Ok as u8);
+        }
+        Err(e) => {
+            if json {
+                let text = e.render().to_string();
+                let lines: Vec<String> = text
+                    .lines()
+                    .map(|l| l.strip_prefix("error: ").unwrap_or(l).trim().to_string())
+                    .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                    .collect();
+                json::print(&json::failure(&Failure::many(Exit::Usage, lines)));
+            } else {
+                let _ = e.print();
+            }
+            return ExitCode::from(Exit::Usage as u8);
         }
     };
     let code = match run(cli) {
         Ok(code) => code,
+        Err(f) if json => {
+            json::print(&json::failure(&f));
+            f.code
+        }
         Err(f) => {
             let mut err = std::io::stderr().lock();
             for l in &f.lines {

@@ -1,6 +1,6 @@
 //! Human and JSON output of daemon answers.
 
-use portd_rules::proto::{Body, Status};
+use portd_rules::proto::{Body, ForwardStatus, Status};
 use portd_rules::RulesFile;
 
 fn human_bytes(b: u64) -> String {
@@ -18,27 +18,54 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
-fn status_table(s: &Status) -> String {
-    let mut rows = vec![["OWNER", "NAME", "PORT", "TO", "PROTO", "FAMILY", "PACKETS", "BYTES", "STATE"]
-        .map(String::from)
-        .to_vec()];
-    for f in &s.forwards {
-        rows.push(vec![
-            f.owner.clone(),
-            f.forward.name.clone(),
-            f.forward.port.to_string(),
-            f.forward.to.to_string(),
-            f.forward.proto.to_string(),
-            f.forward.family.to_string(),
-            f.packets.to_string(),
-            human_bytes(f.bytes),
-            match &f.reason {
-                Some(r) => format!("{} ({r})", f.state),
-                None => f.state.to_string(),
-            },
-        ]);
+/// Columns of `status`: (header, right-aligned, cell).
+type Column = (&'static str, bool, fn(&ForwardStatus) -> String);
+
+fn list<T: ToString>(v: &[T]) -> String {
+    if v.is_empty() {
+        "any".into()
+    } else {
+        v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
     }
-    let widths: Vec<usize> = (0..9).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+}
+
+const NARROW: &[Column] = &[
+    ("OWNER", false, |f| f.owner.clone()),
+    ("NAME", false, |f| f.forward.name.clone()),
+    ("PORT", false, |f| f.forward.port.to_string()),
+    ("TO", false, |f| f.forward.to.to_string()),
+    ("PROTO", false, |f| f.forward.proto.to_string()),
+    ("FAMILY", false, |f| f.forward.family.to_string()),
+];
+const COUNTERS: &[Column] = &[("PACKETS", true, |f| f.packets.to_string()), ("BYTES", true, |f| human_bytes(f.bytes))];
+const WIDE: &[Column] = &[
+    ("MARK", false, |f| if f.mark == 0 { "none".into() } else { format!("{:#x}", f.mark) }),
+    ("LOCAL", false, |f| if f.forward.local { "yes".into() } else { "no".into() }),
+    ("PROTECT", false, |f| if f.forward.protect { "yes".into() } else { "no".into() }),
+    ("INTERFACES", false, |f| list(&f.forward.interfaces)),
+    ("SOURCES", false, |f| list(&f.forward.sources)),
+];
+const STATE: &[Column] = &[("STATE", false, |f| match &f.reason {
+    Some(r) => format!("{} ({r})", f.state),
+    None => f.state.to_string(),
+})];
+const DESCRIPTION: &[Column] = &[("DESCRIPTION", false, |f| f.forward.description.clone().unwrap_or_default())];
+
+/// The status as a table; `wide` adds the columns that restrict a forward.
+pub fn status_table(s: &Status, wide: bool) -> String {
+    let mut cols: Vec<&Column> = NARROW.iter().collect();
+    if wide {
+        cols.extend(WIDE);
+    }
+    cols.extend(COUNTERS);
+    cols.extend(STATE);
+    if wide {
+        cols.extend(DESCRIPTION);
+    }
+    let mut rows: Vec<Vec<String>> = vec![cols.iter().map(|c| c.0.to_string()).collect()];
+    rows.extend(s.forwards.iter().map(|f| cols.iter().map(|c| (c.2)(f)).collect()));
+    let widths: Vec<usize> =
+        (0..cols.len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
     let mut out = format!(
         "portd {}  table inet {}  kernel {}  repairs {}\n\n",
         s.daemon_version,
@@ -53,14 +80,9 @@ fn status_table(s: &Status) -> String {
     for r in rows {
         let cells: Vec<String> = r
             .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                if (6..8).contains(&i) {
-                    format!("{c:>w$}", w = widths[i])
-                } else {
-                    format!("{c:<w$}", w = widths[i])
-                }
-            })
+            .zip(&cols)
+            .zip(&widths)
+            .map(|((c, col), w)| if col.1 { format!("{c:>w$}") } else { format!("{c:<w$}") })
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
@@ -68,14 +90,14 @@ fn status_table(s: &Status) -> String {
     out
 }
 
-/// Prints an answer for a terminal, or as JSON.
-pub fn print_body(body: &Body, json: bool) {
+/// Prints an answer for a terminal, or as JSON (see [`crate::json`]).
+pub fn print_body(body: &Body, json: bool, wide: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(body).unwrap_or_default());
+        crate::json::print(&crate::json::body(body));
         return;
     }
     match body {
-        Body::Status(s) => print!("{}", status_table(s)),
+        Body::Status(s) => print!("{}", status_table(s, wide)),
         Body::Changed { summary, dry_run, omitted, warnings } => {
             for w in warnings {
                 eprintln!("warning: {w}");

@@ -118,6 +118,8 @@ fn completions_and_man_pages() {
     assert_eq!(s.ctl(&["completions", "tcsh"]).status.code(), Some(2));
     let man = s.0.join("man");
     assert!(s.ctl(&["man", man.to_str().expect("p")]).status.success());
-    assert!(man.join("portctl.1").exists() && man.join("portctl-apply.1").exists());
-    assert!(Path::new(&man.join("portctl-check.1")).exists());
+    assert!(
+        ["portctl.1", "portd.8", "portd.yaml.5"].iter().all(|p| Path::new(&man.join(p)).exists()),
+        "portctl's, the daemon's and the config's pages"
+    );
 }

@@ -3,9 +3,10 @@
 //! kernel multicasts every committed change; we read the table name of each message and
 //! act at the end of the transaction (NFT_MSG_NEWGEN).
 //!
-//! This only reads event headers, so it uses a plain netlink socket, not nftnl/mnl.
+//! This only reads event headers, so it uses a plain netlink socket of the shared
+//! [`portd::netlink`] layer, not nftnl/mnl.
 
-use crate::nlattr::{find, messages};
+use portd::netlink::{find, messages, Socket};
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -15,15 +16,14 @@ static COMMITTER: AtomicU32 = AtomicU32::new(0);
 /// Marks the calling thread as the one whose transactions are portd's own. The kernel
 /// names the committing thread (NFTA_GEN_PROC_PID is a thread id) in every NEWGEN.
 pub fn mark_committer_thread() {
-    // SAFETY: gettid has no preconditions.
+    // SAFETY: gettid(2) has no preconditions and cannot fail.
     let tid = unsafe { libc::gettid() };
     COMMITTER.store(tid as u32, Ordering::Relaxed);
 }
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// What a committed transaction did to our table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
+pub enum TableEvent {
     /// The table itself was deleted (flush ruleset, `nft delete table`).
     TableDeleted,
     /// Something inside the table changed (rules, chains, sets, elements, objects).
@@ -38,28 +38,9 @@ fn gen_pid(payload: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?))
 }
 
-/// setsockopt(2) with an int value.
-fn set_int(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: the option value is a c_int of the given size and the fd is open.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 /// A netlink socket subscribed to nf_tables events.
 pub struct Listener {
-    fd: OwnedFd,
+    sock: Socket,
     table: Vec<u8>,
 }
 
@@ -68,53 +49,34 @@ const NFGENMSG_LEN: usize = 4;
 impl Listener {
     /// Subscribes to NFNLGRP_NFTABLES in the caller's network namespace.
     pub fn new(table: &str) -> io::Result<Listener> {
-        // SAFETY: plain socket(2); the result is checked and owned below.
-        let raw =
-            unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: zeroed sockaddr_nl is a valid value; we fill the family.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: addr is a valid sockaddr_nl of the given length.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        set_int(&fd, libc::SOL_NETLINK, libc::NETLINK_ADD_MEMBERSHIP, libc::NFNLGRP_NFTABLES)?;
+        let sock = Socket::open(libc::NETLINK_NETFILTER)?;
+        sock.subscribe(libc::NFNLGRP_NFTABLES)?;
         // A large receive buffer: a flush of a big table produces many messages. Failure
         // only means a smaller buffer (and, at worst, an overrun reported as Unknown).
-        let _ = set_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20);
-        Ok(Listener { fd, table: table.as_bytes().to_vec() })
+        if let Err(e) = sock.set_recv_buffer(8 << 20) {
+            tracing::warn!(
+                "cannot enlarge the nf_tables event socket's buffer: {e}; a large flush may be seen as lost events"
+            );
+        }
+        Ok(Listener { sock, table: table.as_bytes().to_vec() })
     }
 
     /// Blocks until a committed transaction touched our table, and says how.
-    pub fn next(&self, buf: &mut Vec<u8>) -> io::Result<Change> {
-        let mut pending: Option<Change> = None;
+    pub fn next(&self, buf: &mut Vec<u8>) -> io::Result<TableEvent> {
+        let mut pending: Option<TableEvent> = None;
         loop {
             buf.resize(1 << 16, 0);
-            // SAFETY: buf is valid for writes of its length.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::ENOBUFS) => return Ok(Change::Unknown),
+            let n = match self.sock.recv(buf) {
+                Ok(n) => n,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::ENOBUFS) => return Ok(TableEvent::Unknown),
                     Some(libc::EINTR) => continue,
                     _ => return Err(e),
-                }
-            }
-            for m in messages(&buf[..n as usize]) {
-                let subsys = i32::from(m.ty >> 8);
-                let msg = i32::from(m.ty & 0xff);
+                },
+            };
+            for m in messages(&buf[..n]) {
+                let subsys = i32::from(m.header.ty >> 8);
+                let msg = i32::from(m.header.ty & 0xff);
                 if subsys != libc::NFNL_SUBSYS_NFTABLES {
                     continue;
                 }
@@ -127,9 +89,9 @@ impl Listener {
                         }
                     }
                 } else if self.concerns_us(m.body) {
-                    let c = if msg == libc::NFT_MSG_DELTABLE { Change::TableDeleted } else { Change::Edited };
+                    let c = if msg == libc::NFT_MSG_DELTABLE { TableEvent::TableDeleted } else { TableEvent::Edited };
                     pending = Some(match (pending, c) {
-                        (Some(Change::TableDeleted), _) | (_, Change::TableDeleted) => Change::TableDeleted,
+                        (Some(TableEvent::TableDeleted), _) | (_, TableEvent::TableDeleted) => TableEvent::TableDeleted,
                         _ => c,
                     });
                 }

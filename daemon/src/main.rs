@@ -1,17 +1,21 @@
 //! portd: keeps nftables redirect and mark rules in the kernel from declarative YAML and
 //! serves portctl over a Unix socket.
 //!
-//! Start order: parse flags and config (exit with the reason on error), take the socket
+//! Start order: parse flags and config (exit with the reason on error), lock the table
+//! (one portd per table: a lock file next to the socket), take the socket
 //! (systemd's, or bind our own and set its group and mode while we may still chown),
 //! drop every capability except CAP_NET_ADMIN, restore persisted sets and apply them,
 //! then READY=1.
 
 mod actor;
+mod check;
 mod conntrack;
 mod events;
-mod nlattr;
+mod lock;
 mod notify;
 mod privs;
+mod remove_table;
+mod safedir;
 mod server;
 mod sockdiag;
 mod state;
@@ -20,7 +24,6 @@ use actor::{Daemon, Msg, Overrides};
 use anyhow::Context;
 use clap::Parser;
 use std::os::fd::FromRawFd;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener as StdListener;
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
@@ -41,9 +44,17 @@ struct Args {
     /// nftables table name (overrides settings.table).
     #[arg(long)]
     table: Option<String>,
+    /// Remove portd's table (--table, else the config's settings.table) from the kernel
+    /// and exit; no daemon needed. Exit 0 also when there is no such table.
+    #[arg(long)]
+    remove_table: bool,
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Validate the config and exit: 0 when valid, 1 with every located error otherwise.
+    /// Touches neither the kernel nor any socket, and needs no privileges.
+    #[arg(long)]
+    check: bool,
 }
 
 fn init_logging(verbose: u8) {
@@ -62,7 +73,14 @@ fn init_logging(verbose: u8) {
             return;
         }
     }
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
+    // Colour only for a person at a terminal, never into files or pipes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// True when stderr is the journal stream systemd names in JOURNAL_STREAM ("dev:inode"),
@@ -84,27 +102,40 @@ fn activated_socket() -> anyhow::Result<Option<StdListener>> {
     Ok(Some(l))
 }
 
+/// Binds the control socket in a directory that only root or portd can write (checked),
+/// created with its mode (through the umask, never a chmod of the path) and its group set
+/// without following symlinks.
 fn bind_socket(path: &Path, group: Option<&str>, mode: u32) -> anyhow::Result<StdListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
-            std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        anyhow::bail!("{} is not a socket path", path.display());
+    };
+    let dir = safedir::Dir::open(parent, 0o755).context("socket directory")?;
+    match dir.kind(name).with_context(|| format!("checking {}", path.display()))? {
+        Some(nix::sys::stat::SFlag::S_IFSOCK) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!(
+                    "another daemon is listening on {}; stop it, or give this portd another --socket",
+                    path.display()
+                );
+            }
+            dir.unlink(name).with_context(|| format!("removing stale socket {}", path.display()))?
         }
-        Ok(_) => anyhow::bail!("{} exists and is not a socket; remove it or choose another --socket", path.display()),
-        Err(_) => {}
+        Some(_) => anyhow::bail!("{} exists and is not a socket; remove it or choose another --socket", path.display()),
+        None => {}
     }
-    let l = StdListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let umask = nix::sys::stat::Mode::from_bits_truncate(!mode & 0o777);
+    let old = nix::sys::stat::umask(umask);
+    let bound = StdListener::bind(path);
+    nix::sys::stat::umask(old);
+    let l = bound.with_context(|| format!("binding {}", path.display()))?;
     if let Some(g) = group {
         match nix::unistd::Group::from_name(g)? {
-            Some(gr) => nix::unistd::chown(path, None, Some(gr.gid))
-                .with_context(|| format!("setting group {g} on {}", path.display()))?,
+            Some(gr) => {
+                dir.chgrp(name, gr.gid.as_raw()).with_context(|| format!("setting group {g} on {}", path.display()))?
+            }
             None => tracing::warn!("group `{g}` does not exist; socket {} keeps its default group", path.display()),
         }
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting mode {mode:o} on {}", path.display()))?;
     Ok(l)
 }
 
@@ -132,11 +163,37 @@ fn spawn_drift_listener(table: &str, tx: std::sync::mpsc::Sender<Msg>) -> anyhow
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if args.remove_table {
+        return remove_table_command(&args);
+    }
+    if args.check {
+        return check::run(&args.config, args.table.as_deref());
+    }
     init_logging(args.verbose);
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            // Once: the log goes to stderr, or to the journal that stderr would reach.
             tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `portd --remove-table`: one line on stdout saying what was done, or the error on stderr.
+fn remove_table_command(args: &Args) -> std::process::ExitCode {
+    let result = remove_table::table_name(&args.config, args.table.as_deref())
+        .and_then(|table| remove_table::remove(&table).map(|removed| (table, removed)));
+    match result {
+        Ok((table, true)) => {
+            println!("removed table inet {table}");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok((table, false)) => {
+            println!("table inet {table} does not exist; nothing to remove");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
             eprintln!("portd: {e:#}");
             std::process::ExitCode::FAILURE
         }
@@ -145,14 +202,15 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     // 1. Config: refuse to start on any error, before touching anything.
-    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
-    let config =
-        portd_rules::parse_config(&args.config.display().to_string(), &text).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let config = check::load(&args.config).map_err(|lines| anyhow::anyhow!("{}", lines.join("\n")))?;
     let overrides = Overrides { table: args.table.clone(), state_dir: args.state_dir.clone() };
     let config = actor::effective(config, &overrides);
 
-    // 2. Socket: systemd's (read before the runtime starts) or our own.
+    // 2. One portd per table: lock it before anything touches the kernel or the socket.
     let socket_path = args.socket.clone().unwrap_or_else(|| PathBuf::from(&config.settings.socket.path));
+    let _lock = lock::take(&socket_path, &config.settings.table)?;
+
+    // 3. Socket: systemd's (read before the runtime starts) or our own.
     let (listener, own_socket) = match activated_socket()? {
         Some(l) => (l, None),
         None => (
@@ -163,17 +221,28 @@ fn run(args: Args) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
 
     // Room for the connection limit: raise the soft descriptor limit to the hard one.
-    if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
-        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard.min(65536), hard);
+    // Failing leaves the soft limit as it was: fewer simultaneous connections, still correct.
+    let nofile = nix::sys::resource::Resource::RLIMIT_NOFILE;
+    match nix::sys::resource::getrlimit(nofile) {
+        Ok((_, hard)) => {
+            if let Err(e) = nix::sys::resource::setrlimit(nofile, hard.min(65536), hard) {
+                tracing::warn!(
+                    "cannot raise the open-file limit to {}: {e}; fewer connections fit at once",
+                    hard.min(65536)
+                );
+            }
+        }
+        Err(e) => tracing::warn!("cannot read the open-file limit: {e}; keeping it as it is"),
     }
 
-    // 3. Privileges.
+    // 4. Privileges.
     privs::drop_to_net_admin()?;
 
-    // 4. Restore and apply, on the actor's thread, then READY=1.
+    // 5. Restore and apply, on the actor's thread, then READY=1.
     let (tx, rx) = std::sync::mpsc::channel::<Msg>();
     let table = config.settings.table.clone();
-    let daemon = Daemon::start(args.config.clone(), config, overrides)?;
+    let published = std::sync::Arc::new(actor::Published::default());
+    let daemon = Daemon::start(args.config.clone(), config, overrides, published.clone())?;
     let status = daemon.status_line();
     let actor = std::thread::Builder::new().name("portd-actor".into()).spawn(move || daemon.run(rx))?;
     spawn_drift_listener(&table, tx.clone())?;
@@ -184,7 +253,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     rt.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(listener)?;
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(server::run(listener, tx.clone(), shutdown.clone(), server::Limits::default()));
+        let server =
+            tokio::spawn(server::run(listener, tx.clone(), published, shutdown.clone(), server::Limits::default()));
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;

@@ -1,5 +1,6 @@
 //! systemd notification: READY=1 once the rules are in the kernel, STATUS= with a
 //! one-line summary, STOPPING=1 on stop. Without NOTIFY_SOCKET these do nothing.
+#![forbid(unsafe_code)]
 
 use sd_notify::NotifyState;
 

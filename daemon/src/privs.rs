@@ -1,6 +1,7 @@
 //! Capabilities: the only module that uses `caps`. After start the process keeps only
 //! CAP_NET_ADMIN (effective and permitted), with empty inheritable, ambient and
 //! bounding sets and no_new_privs set.
+#![forbid(unsafe_code)]
 
 use caps::{CapSet, Capability, CapsHashSet};
 

@@ -1,13 +1,25 @@
-//! The control server: accepts connections on the Unix socket, reads newline-delimited
-//! JSON requests with a size limit and a read timeout, identifies callers by
-//! SO_PEERCRED, and forwards requests to the actor. A bad client affects only itself.
+//! The control server: accepts connections on the Unix socket, identifies callers by
+//! SO_PEERCRED, reads newline-delimited JSON requests, parses and validates rules files
+//! off the actor's thread, and forwards requests to the actor.
+//!
+//! A hostile or broken client affects only itself: lines are bounded (4 MiB) and so is
+//! the memory all partial lines may hold together; a request must arrive within the read
+//! timeout and an answer must be taken within the write timeout; a connection that keeps
+//! sending malformed lines is closed; each non-root uid has its own caps on connections
+//! and requests in flight, so one user cannot take the slots of others; root is always
+//! accepted; a non-root caller without any grant is refused before its file is parsed;
+//! parsing has a time budget and at most two run at once.
 
-use crate::actor::{Caller, Msg};
-use portd_rules::proto::{decode_request, ErrorKind, Response, MAX_LINE_BYTES};
+#![forbid(unsafe_code)]
+
+use crate::actor::{self, Caller, Msg, Op, Published};
+use portd_rules::proto::{decode_request, Command, ErrorKind, Response, MAX_LINE_BYTES};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -16,27 +28,147 @@ use tokio_util::task::TaskTracker;
 /// Limits of the server.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Most connections served at once; more wait in the backlog.
+    /// Most connections of non-root callers served at once (root's are always taken).
     pub max_connections: usize,
+    /// Most connections of one non-root uid.
+    pub per_uid_connections: usize,
+    /// Most requests of one non-root uid being worked on at once.
+    pub per_uid_requests: usize,
     /// A request line must arrive within this time.
     pub read_timeout: Duration,
+    /// An answer must be taken by the client within this time.
+    pub write_timeout: Duration,
+    /// Malformed lines in a row after which a connection is closed.
+    pub max_bad_lines: usize,
+    /// Bytes of partial request lines all non-root connections may hold together.
+    pub buffer_budget: usize,
+    /// Longest a rules file may take to parse and validate.
+    pub parse_budget: Duration,
+    /// Parses running at once.
+    pub parse_slots: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_connections: 1024, read_timeout: Duration::from_secs(10) }
+        Limits {
+            max_connections: 1024,
+            per_uid_connections: 64,
+            per_uid_requests: 4,
+            read_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            max_bad_lines: 3,
+            buffer_budget: 64 << 20,
+            parse_budget: Duration::from_secs(5),
+            parse_slots: 2,
+        }
+    }
+}
+
+/// Counters shared by all connections.
+struct Shared {
+    limits: Limits,
+    actor: Sender<Msg>,
+    published: Arc<Published>,
+    /// Non-root connections by uid.
+    conns: Mutex<HashMap<u32, usize>>,
+    /// Non-root requests in flight by uid.
+    requests: Mutex<HashMap<u32, Arc<Semaphore>>>,
+    /// Bytes of partial lines held by non-root connections.
+    buffered: AtomicUsize,
+    /// Set when the buffers grew large, so freed memory is handed back once they drain.
+    trim_pending: AtomicBool,
+    parses: Arc<Semaphore>,
+}
+
+/// The heap is trimmed when partial lines held this much and then drained.
+const TRIM_AFTER_BUFFERED: usize = 8 << 20;
+
+impl Shared {
+    /// Takes a connection slot for `uid`, or says why not.
+    fn admit(&self, uid: u32) -> Result<(), String> {
+        if uid == 0 {
+            return Ok(());
+        }
+        let mut c = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = c.values().sum();
+        let mine = c.get(&uid).copied().unwrap_or(0);
+        if mine >= self.limits.per_uid_connections {
+            return Err(format!(
+                "uid {uid} already has {mine} connections open (the limit per user); close some and retry"
+            ));
+        }
+        if total >= self.limits.max_connections {
+            return Err(format!("portd serves {total} connections already; retry later"));
+        }
+        *c.entry(uid).or_default() += 1;
+        Ok(())
+    }
+
+    fn release(&self, uid: u32) {
+        if uid == 0 {
+            return;
+        }
+        let mut c = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = c.get_mut(&uid) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&uid);
+            }
+        }
+    }
+
+    fn request_slots(&self, uid: u32) -> Arc<Semaphore> {
+        let mut r = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        r.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < self.limits.per_uid_requests);
+        r.entry(uid).or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_uid_requests))).clone()
+    }
+
+    /// Accounts `n` more buffered bytes; false when the shared budget is spent.
+    fn buffer(&self, n: usize) -> bool {
+        let ok = self
+            .buffered
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                (cur + n <= self.limits.buffer_budget).then_some(cur + n)
+            })
+            .is_ok();
+        if ok && self.buffered.load(Ordering::Acquire) > TRIM_AFTER_BUFFERED {
+            self.trim_pending.store(true, Ordering::Release);
+        }
+        ok
+    }
+
+    fn unbuffer(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let left = self.buffered.fetch_sub(n, Ordering::AcqRel) - n;
+        if left == 0 && self.trim_pending.swap(false, Ordering::AcqRel) {
+            // The flood is over: hand its memory back to the system.
+            tokio::task::spawn_blocking(actor::trim_heap);
+        }
     }
 }
 
 /// Accepts until `shutdown` is cancelled, then waits for in-flight connections.
-pub async fn run(listener: UnixListener, actor: Sender<Msg>, shutdown: CancellationToken, limits: Limits) {
+pub async fn run(
+    listener: UnixListener,
+    actor: Sender<Msg>,
+    published: Arc<Published>,
+    shutdown: CancellationToken,
+    limits: Limits,
+) {
     let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let shared = Arc::new(Shared {
+        limits,
+        actor,
+        published,
+        conns: Mutex::default(),
+        requests: Mutex::default(),
+        buffered: AtomicUsize::new(0),
+        trim_pending: AtomicBool::new(false),
+        parses: Arc::new(Semaphore::new(limits.parse_slots)),
+    });
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = listener.accept() => match r {
@@ -48,11 +180,26 @@ pub async fn run(listener: UnixListener, actor: Sender<Msg>, shutdown: Cancellat
                 }
             },
         };
-        let actor = actor.clone();
+        let peer = match peer_of(&stream) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("peer credentials unavailable, dropping connection: {e}");
+                continue;
+            }
+        };
+        if let Err(why) = shared.admit(peer.uid) {
+            // Answer without waiting for a client that may not read: a full buffer just
+            // drops the answer.
+            if let Ok(line) = encode(&Response::error(ErrorKind::Denied, vec![why])) {
+                let _ = stream.try_write(&line);
+            }
+            continue;
+        }
+        let shared = shared.clone();
         let token = shutdown.clone();
         tracker.spawn(async move {
-            serve(stream, actor, token, limits).await;
-            drop(permit);
+            serve(stream, &peer, &shared, token).await;
+            shared.release(peer.uid);
         });
     }
     tracker.close();
@@ -78,75 +225,236 @@ fn peer_of(stream: &UnixStream) -> std::io::Result<Peer> {
 /// the account database's groups of that name (see the policy core), so a forward is
 /// judged the same way at apply and at every later reload.
 fn caller_of(peer: &Peer, with_names: bool) -> Caller {
-    let user = if with_names { crate::actor::name_of(peer.uid) } else { None };
+    let user = if with_names { actor::name_of(peer.uid) } else { None };
     Caller { uid: peer.uid, pid: peer.pid, user: user.unwrap_or_else(|| peer.uid.to_string()) }
 }
 
-async fn write(stream: &mut tokio::io::WriteHalf<UnixStream>, resp: &Response) -> std::io::Result<()> {
+fn encode(resp: &Response) -> std::io::Result<Vec<u8>> {
     let mut line = serde_json::to_vec(resp).map_err(std::io::Error::other)?;
     line.push(b'\n');
-    stream.write_all(&line).await
+    Ok(line)
+}
+
+/// Writes one answer within the write timeout.
+async fn write(stream: &mut tokio::io::WriteHalf<UnixStream>, resp: &Response, limit: Duration) -> bool {
+    let Ok(line) = encode(resp) else { return false };
+    matches!(tokio::time::timeout(limit, stream.write_all(&line)).await, Ok(Ok(())))
+}
+
+/// How reading one request line ended.
+enum Line {
+    /// A whole line (newline included).
+    Whole,
+    /// The client closed the connection.
+    Closed,
+    /// Longer than [`MAX_LINE_BYTES`].
+    TooLong,
+    /// The shared buffer budget is spent.
+    Busy,
+}
+
+/// Reads one line into `line`, accounting non-root bytes against the shared budget
+/// (`held` tracks what this connection holds).
+async fn read_line(
+    reader: &mut BufReader<tokio::io::ReadHalf<UnixStream>>,
+    line: &mut Vec<u8>,
+    shared: &Shared,
+    root: bool,
+    held: &mut usize,
+) -> std::io::Result<Line> {
+    loop {
+        let chunk = reader.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(if line.is_empty() { Line::Closed } else { Line::Whole });
+        }
+        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        if line.len() + take > MAX_LINE_BYTES {
+            return Ok(Line::TooLong);
+        }
+        if !root {
+            if !shared.buffer(take) {
+                return Ok(Line::Busy);
+            }
+            *held += take;
+        }
+        line.extend_from_slice(&chunk[..take]);
+        reader.consume(take);
+        if done {
+            return Ok(Line::Whole);
+        }
+    }
 }
 
 /// Serves one connection: any number of requests, one at a time.
-async fn serve(stream: UnixStream, actor: Sender<Msg>, shutdown: CancellationToken, limits: Limits) {
-    let peer = match peer_of(&stream) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!("peer credentials unavailable, dropping connection: {e}");
-            return;
-        }
-    };
+async fn serve(stream: UnixStream, peer: &Peer, shared: &Shared, shutdown: CancellationToken) {
+    let limits = shared.limits;
+    let root = peer.uid == 0;
     let (rd, mut wr) = tokio::io::split(stream);
-    let mut reader = BufReader::new(rd);
+    let mut reader = BufReader::with_capacity(64 * 1024, rd);
+    let mut bad = 0;
     loop {
         let mut line = Vec::new();
-        let read = async {
-            // Read at most MAX_LINE_BYTES + 1 so an endless line cannot grow memory.
-            let mut limited = (&mut reader).take(MAX_LINE_BYTES as u64 + 1);
-            limited.read_until(b'\n', &mut line).await
+        let mut held = 0;
+        let read = read_line(&mut reader, &mut line, shared, root, &mut held);
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            r = tokio::time::timeout(limits.read_timeout, read) => Some(r),
         };
-        let n = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = tokio::time::timeout(limits.read_timeout, read) => match r {
-                Err(_) => {
-                    if !line.is_empty() {
-                        let _ = write(&mut wr, &Response::error(ErrorKind::Protocol, vec![format!("request not completed within {:?}", limits.read_timeout)])).await;
-                    }
-                    return;
-                }
-                Ok(Err(_)) => return,
-                Ok(Ok(n)) => n,
-            },
+        let refusal = match outcome {
+            None => {
+                shared.unbuffer(held);
+                return;
+            }
+            Some(Err(_)) if line.is_empty() => None,
+            Some(Err(_)) => Some(format!("request not completed within {:?}", limits.read_timeout)),
+            Some(Ok(Err(_))) | Some(Ok(Ok(Line::Closed))) => {
+                shared.unbuffer(held);
+                return;
+            }
+            Some(Ok(Ok(Line::TooLong))) => {
+                Some(format!("request line exceeds {MAX_LINE_BYTES} bytes; connection closed"))
+            }
+            Some(Ok(Ok(Line::Busy))) => Some(
+                "portd is holding too many large requests from other users; retry in a moment (connection closed)"
+                    .to_string(),
+            ),
+            Some(Ok(Ok(Line::Whole))) if line.last() != Some(&b'\n') => {
+                Some("request ended without a newline".to_string())
+            }
+            Some(Ok(Ok(Line::Whole))) => None,
         };
-        if n == 0 {
-            return;
-        }
-        if line.last() != Some(&b'\n') {
-            let msg = if line.len() > MAX_LINE_BYTES {
-                format!("request line exceeds {MAX_LINE_BYTES} bytes; connection closed")
+        if line.last() != Some(&b'\n') || refusal.is_some() {
+            if let Some(msg) = refusal {
+                drop(line);
+                shared.unbuffer(held);
+                let _ = write(&mut wr, &Response::error(ErrorKind::Protocol, vec![msg]), limits.write_timeout).await;
             } else {
-                "request ended without a newline".to_string()
-            };
-            let _ = write(&mut wr, &Response::error(ErrorKind::Protocol, vec![msg])).await;
+                shared.unbuffer(held);
+            }
             return;
         }
-        let resp = match decode_request(&line) {
-            Err(e) => Response::error(ErrorKind::Protocol, vec![e]),
+        let decoded = decode_request(&line);
+        drop(line);
+        shared.unbuffer(held);
+        let resp = match decoded {
+            Err(e) => {
+                bad += 1;
+                let mut msgs = vec![e];
+                if bad >= limits.max_bad_lines {
+                    msgs.push(format!("{bad} malformed requests in a row; connection closed"));
+                }
+                Response::error(ErrorKind::Protocol, msgs)
+            }
             Ok(req) => {
-                let (tx, rx) = oneshot::channel();
-                let caller = caller_of(&peer, !matches!(req.command, portd_rules::proto::Command::Status));
-                if actor.send(Msg::Request { caller, command: req.command, reply: tx }).is_err() {
-                    return;
-                }
-                match rx.await {
-                    Ok(r) => r,
-                    Err(_) => Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]),
-                }
+                bad = 0;
+                handle(peer, shared, req.command).await
             }
         };
-        if write(&mut wr, &resp).await.is_err() {
+        if !write(&mut wr, &resp, limits.write_timeout).await || bad >= limits.max_bad_lines {
             return;
         }
+    }
+}
+
+/// One decoded request: checked, parsed off the actor's thread when it carries a file,
+/// then answered by the actor.
+async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
+    let _slot = if peer.uid == 0 {
+        None
+    } else {
+        match shared.request_slots(peer.uid).acquire_owned().await {
+            Ok(p) => Some(p),
+            Err(_) => return Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]),
+        }
+    };
+    let needs_names = !matches!(command, Command::Status);
+    let caller = if needs_names {
+        let p = Peer { uid: peer.uid, pid: peer.pid };
+        match tokio::task::spawn_blocking(move || caller_of(&p, true)).await {
+            Ok(c) => c,
+            Err(_) => return Response::error(ErrorKind::Internal, vec!["looking up the caller failed".into()]),
+        }
+    } else {
+        caller_of(peer, false)
+    };
+    let op = match command {
+        Command::Apply { file, text, dry_run, owner } => {
+            let checked = match caller.uid {
+                0 => Ok(()),
+                _ => has_any_grant(shared, &caller).await,
+            };
+            let parsed = match checked {
+                Ok(()) => parse(shared, file, text).await,
+                Err(r) => Err(r),
+            };
+            match parsed {
+                Ok(forwards) => Op::Apply { forwards, dry_run, owner },
+                Err(r) => {
+                    if let portd_rules::proto::Outcome::Error { messages, .. } = &r.result {
+                        let shown: Vec<String> = messages
+                            .iter()
+                            .take(5)
+                            .map(|m| m.chars().take(300).collect::<String>().escape_debug().to_string())
+                            .collect();
+                        tracing::warn!(uid = caller.uid, user = %caller.user, action = "refuse", "apply of {} refused: {}", caller.who(), shown.join("; "));
+                    }
+                    return r;
+                }
+            }
+        }
+        other => Op::Command(other),
+    };
+    let (tx, rx) = oneshot::channel();
+    if shared.actor.send(Msg::Request { caller, op, reply: tx }).is_err() {
+        return Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]);
+    }
+    match rx.await {
+        Ok(r) => r,
+        Err(_) => Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]),
+    }
+}
+
+/// Refuses a non-root caller that no grant names (by user or group) before its file is
+/// parsed.
+async fn has_any_grant(shared: &Shared, caller: &Caller) -> Result<(), Response> {
+    let name = caller.user.clone();
+    let account = tokio::task::spawn_blocking(move || actor::lookup_account(&name)).await.ok().flatten();
+    let grants = shared.published.grants.read().unwrap_or_else(|p| p.into_inner());
+    let any = account.as_ref().is_some_and(|a| !portd_rules::policy::grants_of(&grants, a).is_empty());
+    if any {
+        Ok(())
+    } else {
+        Err(Response::error(
+            ErrorKind::Denied,
+            vec![format!("{} has no grant in portd's config; ask an operator for one", caller.who())],
+        ))
+    }
+}
+
+/// Parses and validates a rules file on a blocking thread, within the parse budget.
+async fn parse(shared: &Shared, file: String, text: String) -> Result<Vec<portd_rules::Forward>, Response> {
+    let busy = || Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]);
+    // The permit lives as long as the parse itself, even past the budget: a parse that
+    // runs over keeps its slot until it ends, so overdue parses cannot pile up.
+    let permit = shared.parses.clone().acquire_owned().await.map_err(|_| busy())?;
+    let job = tokio::task::spawn_blocking(move || {
+        let r = portd_rules::parse_rules(&file, &text);
+        drop(permit);
+        r
+    });
+    match tokio::time::timeout(shared.limits.parse_budget, job).await {
+        Err(_) => Err(Response::error(
+            ErrorKind::Invalid,
+            vec![format!(
+                "the file took longer than {:?} to check and was refused; split it into smaller files",
+                shared.limits.parse_budget
+            )],
+        )),
+        Ok(Err(_)) => Err(Response::error(ErrorKind::Internal, vec!["checking the file failed".into()])),
+        Ok(Ok(Err(d))) => Err(Response::error(ErrorKind::Invalid, d.0.iter().map(|d| d.to_string()).collect())),
+        Ok(Ok(Ok(rules))) => Ok(rules.forwards),
     }
 }

@@ -3,11 +3,12 @@
 //! sockets, IPv4 and IPv6, each with the uid that owns it. Used to refuse and suspend
 //! user forwards whose target port another uid holds.
 
-use crate::nlattr::messages;
+#![forbid(unsafe_code)]
+
+use portd::netlink::Socket;
 use portd_rules::policy::Listeners;
 use portd_rules::Proto;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// `SOCK_DIAG_BY_FAMILY` (linux/sock_diag.h).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -15,6 +16,8 @@ const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const TCPF_LISTEN: u32 = 1 << 10;
 /// `TCP_CLOSE` state bit: an unconnected UDP socket.
 const TCPF_CLOSE: u32 = 1 << 7;
+/// Size of `struct inet_diag_req_v2`.
+const REQ_LEN: usize = 56;
 /// Size of `struct inet_diag_msg`.
 const DIAG_MSG_LEN: usize = 72;
 
@@ -31,76 +34,31 @@ pub struct Held {
 
 /// Reads every TCP listener and bound UDP socket of the namespace.
 pub fn held() -> io::Result<Vec<Held>> {
-    // SAFETY: plain socket(2); the result is checked and owned below.
-    let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut sock = Socket::open(libc::NETLINK_SOCK_DIAG)?;
     let mut out = Vec::new();
-    let mut seq = 0;
     for (proto, ipproto, states) in
         [(Proto::Tcp, libc::IPPROTO_TCP, TCPF_LISTEN), (Proto::Udp, libc::IPPROTO_UDP, TCPF_CLOSE)]
     {
         for family in [libc::AF_INET, libc::AF_INET6] {
-            seq += 1;
-            dump(&fd, seq, family as u8, ipproto as u8, states, |port, uid| out.push(Held { proto, port, uid }))?;
+            dump(&mut sock, family as u8, ipproto as u8, states, |port, uid| out.push(Held { proto, port, uid }))?;
         }
     }
     Ok(out)
 }
 
 /// Sends one inet_diag dump request and calls `f(port, uid)` for each socket.
-fn dump(fd: &OwnedFd, seq: u32, family: u8, proto: u8, states: u32, mut f: impl FnMut(u16, u32)) -> io::Result<()> {
-    // nlmsghdr (16) + inet_diag_req_v2 (56): family, protocol, ext, pad, states, sockid.
-    let len = 16 + 56;
-    let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    m.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.extend_from_slice(&[family, proto, 0, 0]);
-    m.extend_from_slice(&states.to_ne_bytes());
-    m.resize(len, 0);
-    // SAFETY: `m` is a valid buffer of its length; the fd is a live netlink socket.
-    let n = unsafe { libc::send(fd.as_raw_fd(), m.as_ptr().cast(), m.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; 1 << 15];
-    loop {
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+fn dump(sock: &mut Socket, family: u8, proto: u8, states: u32, mut f: impl FnMut(u16, u32)) -> io::Result<()> {
+    // inet_diag_req_v2 (56 bytes): family, protocol, ext, pad, states, then a zero sockid.
+    let mut req = Vec::with_capacity(REQ_LEN);
+    req.extend_from_slice(&[family, proto, 0, 0]);
+    req.extend_from_slice(&states.to_ne_bytes());
+    req.resize(REQ_LEN, 0);
+    let seq = sock.send_request(SOCK_DIAG_BY_FAMILY, libc::NLM_F_DUMP as u16, &[&req])?;
+    sock.replies(seq, |m| {
+        if let Some((port, uid)) = parse_diag_msg(m.body) {
+            f(port, uid);
         }
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "sock_diag socket closed"));
-        }
-        for msg in messages(&buf[..n as usize]) {
-            if msg.seq != seq {
-                continue;
-            }
-            match i32::from(msg.ty) {
-                libc::NLMSG_DONE => return Ok(()),
-                libc::NLMSG_ERROR => {
-                    let code = msg.body.get(..4).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                    return if code == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(-code)) };
-                }
-                _ => {
-                    if let Some((port, uid)) = parse_diag_msg(msg.body) {
-                        f(port, uid);
-                    }
-                }
-            }
-        }
-    }
+    })
 }
 
 /// Local port and uid of one `struct inet_diag_msg`; `None` for an unbound socket.

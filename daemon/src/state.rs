@@ -12,13 +12,15 @@
 //! the journal. Replaying a record twice gives the same sets (puts and removals by name),
 //! so a crash between the two steps loses nothing.
 
+#![forbid(unsafe_code)]
+
+use crate::safedir::Dir;
 use portd_rules::policy::UserSet;
 use portd_rules::Forward;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// File name of the snapshot inside `state_dir`.
@@ -182,6 +184,8 @@ fn snapshot_text(sets: &BTreeMap<String, UserSet>) -> serde_json::Result<Vec<u8>
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
+    /// The directory, held open once loaded (all files are opened relative to it).
+    handle: Option<Dir>,
     /// The journal, open for appending once the state has been loaded or written.
     journal: Option<File>,
     journal_len: u64,
@@ -191,7 +195,17 @@ pub struct Store {
 impl Store {
     /// A store in `dir` (created on first save if missing).
     pub fn new(dir: &Path) -> Store {
-        Store { dir: dir.to_path_buf(), journal: None, journal_len: 0, snapshot_len: 0 }
+        Store { dir: dir.to_path_buf(), handle: None, journal: None, journal_len: 0, snapshot_len: 0 }
+    }
+
+    /// The state directory, opened (and created, mode 0750) on first use; refused when it
+    /// is a symlink or another user can write it.
+    /// The caller puts it back in `handle` when done (an error path just reopens it).
+    fn take_dir(&mut self) -> anyhow::Result<Dir> {
+        match self.handle.take() {
+            Some(d) => Ok(d),
+            None => Dir::open(&self.dir, 0o750).map_err(|e| anyhow::anyhow!("state directory: {e}")),
+        }
     }
 
     /// Path of the snapshot.
@@ -209,8 +223,9 @@ impl Store {
     pub fn load(&mut self) -> anyhow::Result<Persisted> {
         let path = self.path();
         let mut p = Persisted::default();
-        match fs::read(&path) {
-            Ok(bytes) => {
+        let dir = self.take_dir()?;
+        if let Some(bytes) = dir.read(STATE_FILE).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))? {
+            {
                 self.snapshot_len = bytes.len() as u64;
                 let snap: Snapshot = serde_json::from_slice(&bytes).map_err(|e| {
                     anyhow::anyhow!("{}: unreadable state ({e}); move it aside to start empty", path.display())
@@ -240,19 +255,23 @@ impl Store {
                     p.sets.insert(owner, UserSet { uid, forwards });
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
-        };
+        }
         if !p.unreadable.is_empty() {
             // Keep what could not be read for the operator before a new snapshot drops it.
-            let aside = self.dir.join(format!("{STATE_FILE}.unreadable"));
-            if let Err(e) = fs::copy(&path, &aside) {
-                tracing::warn!("copying {} to {}: {e}", path.display(), aside.display());
+            let aside = format!("{STATE_FILE}.unreadable");
+            let copy = || -> std::io::Result<()> {
+                let bytes = dir.read(STATE_FILE)?.unwrap_or_default();
+                let mut f = dir.create(&aside, 0o640)?;
+                f.write_all(&bytes)?;
+                f.sync_all()
+            };
+            if let Err(e) = copy() {
+                tracing::warn!("copying {} to {aside}: {e}", path.display());
             }
         }
         let jpath = self.journal_path();
-        let replayed = match fs::read(&jpath) {
-            Ok(bytes) => {
+        let replayed = match dir.read(JOURNAL_FILE).map_err(|e| anyhow::anyhow!("{}: {e}", jpath.display()))? {
+            Some(bytes) => {
                 let lines: Vec<&[u8]> = bytes.split_inclusive(|b| *b == b'\n').collect();
                 for (i, raw) in lines.iter().enumerate() {
                     let last = i + 1 == lines.len();
@@ -291,12 +310,13 @@ impl Store {
                 }
                 !bytes.is_empty()
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-            Err(e) => return Err(anyhow::anyhow!("{}: {e}", jpath.display())),
+            None => false,
         };
+        let append = dir.append(JOURNAL_FILE, 0o640);
+        self.handle = Some(dir);
         if replayed || !p.unreadable.is_empty() {
             self.save(&p.sets)?;
-        } else if let Ok(j) = OpenOptions::new().append(true).create(true).mode(0o640).open(&jpath) {
+        } else if let Ok(j) = append {
             // An empty journal (or none yet: the first change writes the snapshot).
             self.journal = Some(j);
             self.journal_len = 0;
@@ -336,23 +356,25 @@ impl Store {
     /// either the old snapshot with the journal or the new snapshot (with or without the
     /// journal, whose records it already holds).
     pub fn save(&mut self, sets: &BTreeMap<String, UserSet>) -> anyhow::Result<()> {
-        fs::create_dir_all(&self.dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", self.dir.display()))?;
-        let tmp = self.dir.join(format!(".{STATE_FILE}.tmp"));
+        let tmp = format!(".{STATE_FILE}.tmp");
         let data = snapshot_text(sets)?;
         self.journal = None;
+        let dir = self.take_dir()?;
         let write = || -> std::io::Result<File> {
-            let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o640).open(&tmp)?;
+            let mut f = dir.create(&tmp, 0o640)?;
             f.write_all(&data)?;
             f.sync_all()?;
-            fs::rename(&tmp, self.path())?;
-            File::open(&self.dir)?.sync_all()?;
-            let j = OpenOptions::new().append(true).create(true).mode(0o640).open(self.journal_path())?;
+            dir.rename(&tmp, STATE_FILE)?;
+            dir.sync()?;
+            let j = dir.append(JOURNAL_FILE, 0o640)?;
             j.set_len(0)?;
             j.sync_all()?;
-            File::open(&self.dir)?.sync_all()?;
+            dir.sync()?;
             Ok(j)
         };
-        let j = write().map_err(|e| anyhow::anyhow!("saving state in {}: {e}", self.dir.display()))?;
+        let written = write();
+        self.handle = Some(dir);
+        let j = written.map_err(|e| anyhow::anyhow!("saving state in {}: {e}", self.dir.display()))?;
         self.journal = Some(j);
         self.journal_len = 0;
         self.snapshot_len = data.len() as u64;
@@ -364,6 +386,7 @@ impl Store {
 mod tests {
     use super::*;
     use portd_rules::PortRange;
+    use std::fs::{self, OpenOptions};
 
     #[test]
     fn save_then_load_round_trips_and_leaves_no_temp_file() {
@@ -413,10 +436,9 @@ mod tests {
         let expect: BTreeMap<String, UserSet> =
             [("user:a".to_string(), UserSet { uid: None, forwards: vec![fwd("x", 80, 9090)] })].into();
         assert_eq!(sets, expect);
-        // The state dir did not exist, so the first change wrote a snapshot (creating it);
-        // each later change is one journal line.
+        // Loading created the state dir and an empty journal: each change is one line.
         let journal = fs::read_to_string(store.journal_path()).expect("journal");
-        assert_eq!(journal.lines().count(), 3, "{journal}");
+        assert_eq!(journal.lines().count(), 4, "{journal}");
         // A torn last record (no newline) was never acknowledged: it is dropped.
         let mut f = OpenOptions::new().append(true).open(store.journal_path()).expect("open");
         f.write_all(br#"{"owner":"user:a","put":[{"name":"w","#).expect("torn");

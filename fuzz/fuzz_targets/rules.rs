@@ -16,8 +16,19 @@ fuzz_target!(|data: &[u8]| {
             assert!(nft.starts_with("table inet portd {"));
             assert!(Plan::diff(&plan, &plan).is_empty());
             let empty = Plan::empty("portd");
-            let d = Plan::diff(&empty, &plan);
-            assert_eq!(d.apply(&empty, plan.forwards.clone()).as_ref(), Some(&plan));
+            // the daemon's path: a delta taken into the current plan
+            let mut d = Plan::diff(&empty, &plan);
+            assert!(!d.structural);
+            let mut reached = empty.clone();
+            d.take_into(&mut reached);
+            assert_eq!(reached, plan);
+            // and one owner's set replaced incrementally reaches the same plan
+            let mut d = empty
+                .replace_owner("system", &plan.forwards.iter().map(|p| p.forward.clone()).collect::<Vec<_>>(), 1)
+                .expect("a valid file never conflicts with itself");
+            let mut incremental = empty.clone();
+            d.take_into(&mut incremental);
+            assert_eq!(incremental, plan);
         }
         Err(diags) => {
             assert!(!diags.is_empty());

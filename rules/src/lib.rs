@@ -7,10 +7,10 @@
 #![forbid(unsafe_code)]
 
 pub mod diag;
+mod element;
 pub mod load;
 mod locate;
 pub mod model;
-mod packed;
 pub mod plan;
 pub mod policy;
 pub mod proto;

@@ -16,7 +16,7 @@ use std::net::IpAddr;
 pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
 
 const FORWARD_FIELDS: &[&str] =
-    &["name", "port", "to", "proto", "family", "local", "interfaces", "sources", "mark", "protect"];
+    &["name", "port", "to", "proto", "family", "local", "interfaces", "sources", "mark", "protect", "description"];
 
 struct Ctx<'a> {
     file: &'a str,
@@ -59,16 +59,100 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
+/// A value from the file as a message quotes it: at most 64 characters, control
+/// characters escaped, so a refusal never copies a file into an answer or the log.
+pub fn clip(s: &str) -> String {
+    let mut out: String = s.chars().take(64).collect::<String>().escape_debug().to_string();
+    if s.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
 fn describe(v: &Value) -> String {
     match v {
         Value::Null => "null".into(),
         Value::Bool(b) => format!("boolean {b}"),
         Value::Number(n) => format!("number {n}"),
-        Value::String(s) => format!("string \"{s}\""),
+        Value::String(s) => format!("string \"{}\"", clip(s)),
         Value::Sequence(_) => "a list".into(),
         Value::Mapping(_) => "a mapping".into(),
         Value::Tagged(t) => format!("tagged value {}", t.tag),
     }
+}
+
+/// Deepest nesting a rules file or config may have (a rules file needs 4 levels).
+pub const MAX_DEPTH: usize = 64;
+/// Most YAML nodes (keys, values, list items) a file may have: 60,000 forwards of six
+/// fields fit, a flood of tiny nodes does not.
+pub const MAX_NODES: usize = 1_000_000;
+
+/// A linear pass over the text that bounds its nesting and node count before the parser
+/// sees it (the parser's simple-key handling is quadratic in the nesting depth). It is
+/// conservative: every `{`, `[`, indentation level and `- ` opening a line counts as a
+/// level, and every `: `, `- ` and `,` as a node. Returns the line and the problem.
+fn check_shape(text: &str) -> Result<(), (usize, String)> {
+    let mut nodes = 0usize;
+    let mut flow = 0usize;
+    let mut indents: Vec<usize> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let bytes = line.as_bytes();
+        let indent = bytes.iter().take_while(|b| **b == b' ').count();
+        let rest = &bytes[indent..];
+        if rest.is_empty() || rest[0] == b'#' {
+            continue;
+        }
+        if flow == 0 {
+            while indents.last().is_some_and(|t| *t >= indent) {
+                indents.pop();
+            }
+            indents.push(indent);
+        }
+        // Block sequence entries opening the line (`- - - x`) each nest once more.
+        let mut dashes = 0;
+        let mut j = 0;
+        while j + 1 < rest.len() && rest[j] == b'-' && rest[j + 1] == b' ' {
+            dashes += 1;
+            j += 2;
+            while j < rest.len() && rest[j] == b' ' {
+                j += 1;
+            }
+        }
+        let mut quote: Option<u8> = None;
+        let mut prev = b' ';
+        let mut deepest = flow;
+        for &c in &rest[j..] {
+            match quote {
+                Some(q) => {
+                    if c == q {
+                        quote = None;
+                    }
+                }
+                None => match c {
+                    b'"' | b'\'' if matches!(prev, b' ' | b'[' | b'{' | b',' | b':') => quote = Some(c),
+                    b'#' if prev == b' ' => break,
+                    b'[' | b'{' => {
+                        flow += 1;
+                        deepest = deepest.max(flow);
+                    }
+                    b']' | b'}' => flow = flow.saturating_sub(1),
+                    b',' => nodes += 1,
+                    b':' => nodes += 1,
+                    _ => {}
+                },
+            }
+            prev = c;
+        }
+        nodes += dashes;
+        let depth = indents.len() + dashes + deepest;
+        if depth > MAX_DEPTH {
+            return Err((i + 1, format!("nesting is deeper than {MAX_DEPTH} levels; a rules file needs 4")));
+        }
+        if nodes > MAX_NODES {
+            return Err((i + 1, format!("more than {MAX_NODES} YAML nodes; split the file")));
+        }
+    }
+    Ok(())
 }
 
 /// Parses the document and checks its size; returns the root or the located syntax error.
@@ -86,6 +170,9 @@ fn parse_root<'t>(file: &str, text: &'t str) -> Result<(Value, Ctx<'t>), Diagnos
                 MAX_FILE_BYTES >> 20
             ),
         ));
+    }
+    if let Err((line, message)) = check_shape(text) {
+        return Err(one(line, 1, message));
     }
     let root: Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
@@ -132,7 +219,7 @@ fn check_keys(ctx: &mut Ctx, path: &str, m: &Mapping, allowed: &[&str]) {
                     .find(|a| similar(a, k))
                     .map(|a| format!("; did you mean `{a}`?"))
                     .unwrap_or_else(|| format!("; expected one of: {}", allowed.join(", ")));
-                ctx.err_key(&join(path, k), format!("unknown field `{k}`{hint}"));
+                ctx.err_key(&join(path, k), format!("unknown field `{}`{hint}", clip(k)));
             }
             None => ctx.err(path, format!("field names must be strings, found {}", describe(k))),
         }
@@ -241,6 +328,18 @@ pub fn valid_ifname(s: &str) -> bool {
         && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'@' | b'+'))
 }
 
+/// What is wrong with a forward's `description:`, if anything: at most
+/// [`MAX_DESCRIPTION_CHARS`] characters, none of them control characters.
+pub fn description_problem(d: &str) -> Option<String> {
+    let n = d.chars().count();
+    if n > MAX_DESCRIPTION_CHARS {
+        return Some(format!("description has {n} characters; the limit is {MAX_DESCRIPTION_CHARS}: shorten it"));
+    }
+    d.chars()
+        .find(|c| c.is_control())
+        .map(|c| format!("description contains the control character {:?}; use printable text on one line", c))
+}
+
 fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
     let Some(m) = v.as_mapping() else {
         ctx.err(path, format!("expected a forward (a mapping with name, port, to), found {}", describe(v)));
@@ -265,7 +364,10 @@ fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
         if !valid_name(n) {
             ctx.err(
                 &p("name"),
-                format!("`{n}` is not a valid name: use 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit"),
+                format!(
+                    "`{}` is not a valid name: use 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit",
+                    clip(n)
+                ),
             );
         }
     }
@@ -275,7 +377,7 @@ fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
         None => Some(ProtoSel::Tcp),
         Some((_, None)) => None,
         Some((_, Some(s))) => ProtoSel::parse(&s).or_else(|| {
-            ctx.err(&p("proto"), format!("unknown protocol `{s}`; use tcp, udp or both"));
+            ctx.err(&p("proto"), format!("unknown protocol `{}`; use tcp, udp or both", clip(&s)));
             None
         }),
     };
@@ -283,7 +385,7 @@ fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
         None => Some(FamilySel::Both),
         Some(None) => None,
         Some(Some(s)) => FamilySel::parse(&s).or_else(|| {
-            ctx.err(&p("family"), format!("unknown family `{s}`; use ipv4, ipv6 or both"));
+            ctx.err(&p("family"), format!("unknown family `{}`; use ipv4, ipv6 or both", clip(&s)));
             None
         }),
     };
@@ -293,6 +395,12 @@ fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
         None => Some(None),
         Some(v) => get_u32(ctx, &p("mark"), v).map(Some),
     };
+    let description = field("description").and_then(|v| get_str(ctx, &p("description"), v));
+    if let Some(d) = &description {
+        if let Some(problem) = description_problem(d) {
+            ctx.err(&p("description"), problem);
+        }
+    }
     let mut interfaces = Vec::new();
     if let Some(list) = field("interfaces") {
         for (i, item) in get_list(ctx, &p("interfaces"), list).iter().enumerate() {
@@ -303,7 +411,7 @@ fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
                         &ip,
                         format!(
                             "`{}` is not an interface name (1-15 of a-z, A-Z, 0-9, '.', '_', '-', '@', '+')",
-                            s.escape_debug()
+                            clip(&s)
                         ),
                     );
                 } else if interfaces.contains(&s) {
@@ -327,9 +435,10 @@ fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
                             sources.push(n);
                         }
                     }
-                    Err(_) => {
-                        ctx.err(&sp, format!("`{s}` is not an address or network (203.0.113.0/24, 2001:db8::/32)"))
-                    }
+                    Err(_) => ctx.err(
+                        &sp,
+                        format!("`{}` is not an address or network (203.0.113.0/24, 2001:db8::/32)", clip(&s)),
+                    ),
                 }
             }
         }
@@ -381,6 +490,7 @@ fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
         sources,
         mark: mark?,
         protect: protect?,
+        description,
     })
 }
 
@@ -626,7 +736,11 @@ pub fn validate_forwards(file: &str, fw: &[Forward]) -> Result<Vec<Forward>, Dia
     parse_rules(file, &text).map(|r| r.forwards)
 }
 
-/// True for a user name accepted in an owner (`user:NAME`); see [`crate::policy::valid_user`].
+/// True for a user name portd accepts in an owner (`user:NAME`): POSIX portable
+/// characters, at most 32.
 pub fn valid_user(s: &str) -> bool {
-    crate::policy::valid_user(s)
+    !s.is_empty()
+        && s.len() <= 32
+        && !s.starts_with('-')
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
 }

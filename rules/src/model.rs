@@ -188,7 +188,10 @@ impl PortRange {
             match p.parse::<u64>() {
                 Ok(n) if (1..=65535).contains(&n) => Ok(n as u16),
                 Ok(n) => Err(format!("{n} is not a port (1-65535)")),
-                Err(_) => Err(format!("`{p}` is not a port number (1-65535)")),
+                Err(_) => Err(format!(
+                    "`{}` is not a port number (1-65535)",
+                    p.chars().take(32).collect::<String>().escape_debug()
+                )),
             }
         };
         match s.split_once('-') {
@@ -266,7 +269,13 @@ pub struct Forward {
     /// Refuse new connections to `to` from other hosts that bypassed `port`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub protect: bool,
+    /// Free text for operators (printable, at most [`MAX_DESCRIPTION_CHARS`] characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
+
+/// Longest `description:` of a forward, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 200;
 
 impl Forward {
     /// A TCP forward for both families with every default.
@@ -282,6 +291,7 @@ impl Forward {
             sources: Vec::new(),
             mark: None,
             protect: false,
+            description: None,
         }
     }
 

@@ -59,13 +59,7 @@ impl fmt::Display for Owner {
     }
 }
 
-/// True for a user name portd accepts in an owner: POSIX portable characters, at most 32.
-pub fn valid_user(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 32
-        && !s.starts_with('-')
-        && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
-}
+pub use crate::load::valid_user;
 
 /// A user as the account database describes it now.
 #[derive(Debug, Clone, PartialEq, Eq)]

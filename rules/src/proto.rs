@@ -7,8 +7,10 @@ use serde::{Deserialize, Serialize};
 
 /// Version carried by every request and response.
 pub const PROTOCOL_VERSION: u32 = 1;
-/// Longest line either side accepts, newline included.
+/// Longest request line the daemon accepts, newline included.
 pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
+/// Longest answer line a client accepts: a status of 60,000 forwards is about 15 MiB.
+pub const MAX_ANSWER_BYTES: usize = 512 * 1024 * 1024;
 
 /// A request line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +45,9 @@ pub enum Command {
         forward: Forward,
         /// Act for another owner (root only).
         owner: Option<String>,
+        /// Check and report the change without applying it.
+        #[serde(default)]
+        dry_run: bool,
     },
     /// Remove one forward from the caller's set.
     Remove {
@@ -50,6 +55,9 @@ pub enum Command {
         name: String,
         /// Act for another owner (root only).
         owner: Option<String>,
+        /// Check and report the change without applying it.
+        #[serde(default)]
+        dry_run: bool,
     },
     /// A set as a rules file.
     Export {

@@ -207,3 +207,27 @@ forwards:
     assert!(d.to_string().contains("portd.yaml:3:12: settings.on_exit: `explode` is not remove or keep"), "{d}");
     assert!(d.to_string().contains("a grant names exactly one of `user:` or `group:`"), "{d}");
 }
+
+#[test]
+fn deep_nesting_is_refused_before_the_parser_runs() {
+    let t = std::time::Instant::now();
+    for deep in [
+        format!("version: 1\nforwards: {}{}\n", "{a: ".repeat(100_000), "}".repeat(100_000)),
+        format!("version: 1\nforwards: {}1{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+        format!("version: 1\nforwards:\n{}x\n", "- ".repeat(200_000)),
+        format!(
+            "version: 1\nforwards:\n{}",
+            (0..2000).map(|i| format!("{}a{i}:\n", " ".repeat(i))).collect::<String>()
+        ),
+    ] {
+        let e = parse_rules("deep.yaml", &deep).expect_err("refused").to_string();
+        assert!(e.contains("nesting is deeper than 64 levels"), "{}", &e[..e.len().min(300)]);
+    }
+    let many = format!("version: 1\nforwards: [{}]\n", "1,".repeat(1_100_000));
+    let e = parse_rules("many.yaml", &many).expect_err("refused").to_string();
+    assert!(e.contains("YAML nodes"), "{e}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(2), "the shape check is linear: {:?}", t.elapsed());
+    // Ordinary files pass: flow mappings per forward, quotes with brackets, comments.
+    let ok = "version: 1 # {[\nforwards:\n  - {name: a, port: 80, to: 8080, sources: [\"10.0.0.0/8\"]}\n  - name: b # [[[[\n    port: \"81\"\n    to: 8081\n";
+    assert!(parse_rules("ok.yaml", ok).is_ok());
+}

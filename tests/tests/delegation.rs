@@ -188,6 +188,12 @@ fn a_deleted_and_recreated_user_never_inherits_the_old_set() {
     let o = d.ctl_as(&web.name, "", &["apply", &file]);
     assert!(o.status.success(), "{}", err(&o));
     assert_eq!(state_of(&d, &owner, "http").0, "active");
+    // Once the account is gone for good, root removes what it left behind.
+    web.delete();
+    assert!(d.ctl(&["reload"]).status.success());
+    let o = d.ctl(&["remove", "http", "--owner", &owner]);
+    assert!(o.status.success(), "root removes a departed user's forward: {}", err(&o));
+    assert!(forward_status(&d.status_json(), &owner, "http").is_none());
 }
 
 #[test]

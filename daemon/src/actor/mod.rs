@@ -22,10 +22,18 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-pub use accounts::name_of;
+pub use accounts::{lookup as lookup_account, name_of};
 
 /// How often live user forwards are re-checked against the sockets of other uids.
 const LISTENER_POLL: Duration = Duration::from_millis(500);
+
+/// What the actor publishes for the server: the grants, to refuse callers without any
+/// before their file is parsed.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// The current config's grants.
+    pub grants: std::sync::RwLock<Vec<portd_rules::Grant>>,
+}
 
 /// Who sent a request, from SO_PEERCRED and the account database.
 #[derive(Debug, Clone)]
@@ -53,16 +61,32 @@ impl Caller {
     }
 }
 
+/// A request as the actor takes it: rules files arrive parsed and validated (the server
+/// does that off the actor's thread, within a time budget).
+pub enum Op {
+    /// Replace the caller's set (`portctl apply`).
+    Apply {
+        /// The file's forwards, validated.
+        forwards: Vec<portd_rules::Forward>,
+        /// Compute and report the change without applying it.
+        dry_run: bool,
+        /// Act for another owner (root only).
+        owner: Option<String>,
+    },
+    /// Any other command (never `Command::Apply`).
+    Command(Command),
+}
+
 /// Messages to the actor.
 pub enum Msg {
     /// A client request.
-    Request { caller: Caller, command: Command, reply: oneshot::Sender<Response> },
+    Request { caller: Caller, op: Op, reply: oneshot::Sender<Response> },
     /// SIGHUP: reload the config.
     Reload,
     /// Clean stop: apply `on_exit` and end.
     Shutdown { reply: oneshot::Sender<()> },
     /// A committed nf_tables transaction touched our table.
-    Drift(crate::events::Change),
+    Drift(crate::events::TableEvent),
 }
 
 /// Settings the actor needs that come from flags rather than the config file.
@@ -100,6 +124,8 @@ pub struct Daemon {
     trim_at: Option<Instant>,
     /// When to check the listeners of user forwards next.
     poll_at: Option<Instant>,
+    /// What the server reads: the current grants.
+    published: std::sync::Arc<Published>,
 }
 
 type Failure = (ErrorKind, Vec<String>);
@@ -139,7 +165,12 @@ pub fn trim_heap() {
 impl Daemon {
     /// Restores persisted sets, judges them, and puts the plan into the kernel. Called
     /// before READY=1.
-    pub fn start(config_path: PathBuf, config: Config, overrides: Overrides) -> anyhow::Result<Daemon> {
+    pub fn start(
+        config_path: PathBuf,
+        config: Config,
+        overrides: Overrides,
+        published: std::sync::Arc<Published>,
+    ) -> anyhow::Result<Daemon> {
         let mut store = Store::new(std::path::Path::new(&config.settings.state_dir));
         let persisted = store.load()?;
         for p in &persisted.unreadable {
@@ -164,7 +195,9 @@ impl Daemon {
             backoff: Backoff::default(),
             trim_at: None,
             poll_at: None,
+            published,
         };
+        d.publish();
         d.validate_loaded(&persisted.origins);
         d.accounts = accounts::lookup_owners(d.users.keys());
         d.bind_unbound_sets();
@@ -235,6 +268,12 @@ impl Daemon {
                 tracing::warn!("recording the uid of each set: {e}");
             }
         }
+    }
+
+    /// Hands the current grants to the server.
+    fn publish(&self) {
+        let mut g = self.published.grants.write().unwrap_or_else(|p| p.into_inner());
+        *g = self.config.grants.clone();
     }
 
     fn judge(&self) -> Judge<'_> {
@@ -354,8 +393,8 @@ impl Daemon {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match msg {
-                Ok(Msg::Request { caller, command, reply }) => {
-                    let resp = match self.handle(&caller, command) {
+                Ok(Msg::Request { caller, op, reply }) => {
+                    let resp = match self.handle(&caller, op) {
                         Ok(body) => Response::ok(body),
                         Err((kind, messages)) => {
                             tracing::warn!(
@@ -397,7 +436,7 @@ impl Daemon {
                 trim_heap();
             }
             if self.backoff.due(now) {
-                self.repair_if_drifted(crate::events::Change::Unknown);
+                self.repair_if_drifted(crate::events::TableEvent::Unknown);
             }
             if self.poll_at.is_some_and(|t| t <= now) {
                 self.poll_listeners();
@@ -430,12 +469,12 @@ impl Daemon {
     }
 
     /// Puts the table back when another program deleted or edited it.
-    fn repair_if_drifted(&mut self, change: crate::events::Change) {
+    fn repair_if_drifted(&mut self, change: crate::events::TableEvent) {
         if self.backoff.deferred().is_some() {
             return;
         }
         // A deleted table needs no comparison: rebuild at once.
-        let ok = change != crate::events::Change::TableDeleted
+        let ok = change != crate::events::TableEvent::TableDeleted
             && match self.backend.read(&self.plan) {
                 Ok(Some(obs)) => obs.matches(&self.plan),
                 Ok(None) => false,
@@ -467,7 +506,7 @@ impl Daemon {
                         repairs = self.repairs,
                         action = "repair",
                         "table was {} by another program; restored",
-                        if change == crate::events::Change::TableDeleted { "deleted" } else { "changed" }
+                        if change == crate::events::TableEvent::TableDeleted { "deleted" } else { "changed" }
                     );
                 }
                 Err(e) => tracing::error!("restoring the table: {e}"),

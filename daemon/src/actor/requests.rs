@@ -2,13 +2,15 @@
 //! by the policy core, kernel first, then the state file, then the answer), reload,
 //! status and export.
 
-use super::{accounts, err, Caller, Daemon, Failure, LOG_FORWARDS, TRIM_AFTER_OBJECTS};
+#![forbid(unsafe_code)]
+
+use super::{accounts, err, Caller, Daemon, Failure, Op, LOG_FORWARDS, TRIM_AFTER_OBJECTS};
 use crate::notify;
 use crate::state::Record;
 use portd_rules::plan::{counter_name, PlacedForward};
 use portd_rules::policy::{self, Account, Owner, Reason, UserSet};
 use portd_rules::proto::{Body, Command, ErrorKind, ForwardState, ForwardStatus, Status};
-use portd_rules::{parse_config, parse_rules, Forward, ListenerCheck, Plan};
+use portd_rules::{parse_config, Forward, ListenerCheck, Plan};
 use std::time::Instant;
 
 /// A change of one owner's set.
@@ -35,16 +37,19 @@ fn with_warnings(mut body: Body, w: Vec<String>) -> Body {
 }
 
 impl Daemon {
-    pub(super) fn handle(&mut self, caller: &Caller, command: Command) -> Result<Body, Failure> {
+    pub(super) fn handle(&mut self, caller: &Caller, op: Op) -> Result<Body, Failure> {
+        let command = match op {
+            Op::Apply { forwards, dry_run, owner } => {
+                let (owner, account) = self.target_owner(caller, owner, forwards.is_empty())?;
+                return self.change(caller, &owner, &account, Change::Replace(forwards), dry_run);
+            }
+            Op::Command(c) => c,
+        };
         match command {
             Command::Status => self.status(),
-            Command::Apply { file, text, dry_run, owner } => {
-                let (owner, account) = self.target_owner(caller, owner)?;
-                let rules = parse_rules(&file, &text).map_err(invalid)?;
-                self.change(caller, &owner, &account, Change::Replace(rules.forwards), dry_run)
-            }
-            Command::Add { forward, owner } => {
-                let (owner, account) = self.target_owner(caller, owner)?;
+            Command::Apply { .. } => Err(err(ErrorKind::Protocol, "apply reaches the daemon's core parsed")),
+            Command::Add { forward, owner, dry_run } => {
+                let (owner, account) = self.target_owner(caller, owner, false)?;
                 if self.users.get(&owner).is_some_and(|s| s.forwards.iter().any(|f| f.name == forward.name)) {
                     return Err(err(
                         ErrorKind::Invalid,
@@ -57,14 +62,14 @@ impl Daemon {
                 if !problems.is_empty() {
                     return Err((ErrorKind::Invalid, problems.into_iter().map(|(f, m)| format!("{f}: {m}")).collect()));
                 }
-                self.change(caller, &owner, &account, Change::Add(forward), false)
+                self.change(caller, &owner, &account, Change::Add(forward), dry_run)
             }
-            Command::Remove { name, owner } => {
-                let (owner, account) = self.target_owner(caller, owner)?;
+            Command::Remove { name, owner, dry_run } => {
+                let (owner, account) = self.target_owner(caller, owner, true)?;
                 if !self.users.get(&owner).is_some_and(|s| s.forwards.iter().any(|f| f.name == name)) {
                     return Err(err(ErrorKind::Invalid, format!("{owner} has no forward `{name}`")));
                 }
-                self.change(caller, &owner, &account, Change::Remove(name), false)
+                self.change(caller, &owner, &account, Change::Remove(name), dry_run)
             }
             Command::Export { owner } => {
                 let owner = match owner {
@@ -89,7 +94,14 @@ impl Daemon {
 
     /// The owner a request acts for, and that owner's account now. Only root may act for
     /// another owner; the system set is only changed through the config file.
-    fn target_owner(&self, caller: &Caller, owner: Option<String>) -> Result<(String, Account), Failure> {
+    /// `removing`: the change only takes forwards away, which root may do for the set of
+    /// a user that no longer exists (an account of the set's uid stands in for it).
+    fn target_owner(
+        &self,
+        caller: &Caller,
+        owner: Option<String>,
+        removing: bool,
+    ) -> Result<(String, Account), Failure> {
         let name = match owner {
             None => caller.user.clone(),
             Some(o) => match Owner::parse(&o).map_err(|e| err(ErrorKind::Invalid, e))? {
@@ -121,7 +133,20 @@ impl Daemon {
                 ErrorKind::Denied,
                 format!("uid {} has no user name in the account database; grants are given to users", caller.uid),
             )),
-            None => Err(err(ErrorKind::Invalid, format!("there is no user `{name}` on this host"))),
+            None => {
+                let key = format!("user:{name}");
+                match self.users.get(&key) {
+                    Some(set) if removing => {
+                        let uid = set.uid.unwrap_or(u32::MAX);
+                        Ok((key, Account { name, uid, groups: Vec::new() }))
+                    }
+                    Some(_) => Err(err(
+                        ErrorKind::Invalid,
+                        format!("there is no user `{name}` on this host; root can only remove the forwards of its set"),
+                    )),
+                    None => Err(err(ErrorKind::Invalid, format!("there is no user `{name}` on this host"))),
+                }
+            }
         }
     }
 
@@ -468,6 +493,7 @@ impl Daemon {
             delta.summary.log_line(LOG_FORWARDS)
         );
         self.log_transitions(&before, "by the reload");
+        self.publish();
         self.conntrack.forget(crate::conntrack::stale_mappings(&self.plan, &plan));
         self.plan = plan;
         self.schedule_poll();

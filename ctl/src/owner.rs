@@ -1,0 +1,50 @@
+//! Owner names on the command line: `system` or `user:NAME`, checked the same way by
+//! every command that takes `--owner` (as clap value parsers, so a wrong owner is a
+//! usage error, exit 2, before anything is sent).
+
+use crate::account;
+
+/// Checks the form of an owner: `system` or `user:NAME` with a valid user name.
+pub fn parse(s: &str) -> Result<String, String> {
+    if s == portd_rules::plan::SYSTEM_OWNER {
+        return Ok(s.to_string());
+    }
+    match s.strip_prefix("user:") {
+        Some(name) if portd_rules::load::valid_user(name) => Ok(s.to_string()),
+        Some(name) => Err(format!("`{name}` is not a user name (letters, digits, '.', '_', '-'; at most 64)")),
+        None if portd_rules::load::valid_user(s) => {
+            Err(format!("`{s}` is not an owner; owners are `system` or `user:NAME`: write `user:{s}`"))
+        }
+        None => Err(format!("`{s}` is not an owner; owners are `system` or `user:NAME`")),
+    }
+}
+
+/// Like [`parse`], and the user must exist: for commands that give an owner forwards.
+/// (`status` and `export` take any well-formed owner, so a departed user's set can be read.)
+pub fn parse_existing(s: &str) -> Result<String, String> {
+    let o = parse(s)?;
+    if let Some(name) = o.strip_prefix("user:") {
+        if !account::user_exists(name) {
+            return Err(format!("there is no user `{name}` on this host (see `getent passwd {name}`)"));
+        }
+    }
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms() {
+        assert!(parse("system").is_ok());
+        assert!(parse("user:www-data").is_ok());
+        let e = parse("www-data").expect_err("bare name");
+        assert!(e.contains("write `user:www-data`"), "{e}");
+        assert!(parse("user:").is_err());
+        assert!(parse("group:x").is_err());
+        assert!(parse_existing("user:root").is_ok());
+        let e = parse_existing("user:nosuchuser-pd").expect_err("unknown user");
+        assert!(e.contains("no user `nosuchuser-pd`"), "{e}");
+    }
+}

@@ -1,0 +1,181 @@
+//! portctl without a daemon: standard input, `--json` shapes of every outcome, owner
+//! checks, completion. Needs no root: the real binary runs in a temp dir.
+
+use serde_json::Value;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+const BAD: &str = "version: 1\nforwards:\n  - name: x\n    port: 70000\n    to: 1\n";
+const GOOD: &str = "version: 1\nforwards:\n  - name: web\n    port: 80\n    to: 8080\n    description: the shop\n";
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env { dir: tempfile::tempdir().expect("temp dir") }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_portctl"));
+        c.current_dir(self.dir.path()).env_remove("COMPLETE").env("PORTD_SOCKET", self.dir.path().join("none.sock"));
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run portctl")
+    }
+
+    fn run_stdin(&self, args: &[&str], input: &str) -> Output {
+        let mut child = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn portctl");
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        child.wait_with_output().expect("wait portctl")
+    }
+
+    fn file(&self, name: &str, text: &str) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).expect("write file");
+        p.display().to_string()
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", text(&o.stdout)))
+}
+
+#[test]
+fn check_and_plan_read_standard_input() {
+    let env = Env::new();
+    let o = env.run_stdin(&["check", "-"], BAD);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("<stdin>:4:11: forwards[0].port: 70000 is not a port"), "{}", text(&o.stderr));
+    let o = env.run_stdin(&["check", "-"], GOOD);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let o = env.run_stdin(&["plan", "-"], GOOD);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("table inet portd"), "{}", text(&o.stdout));
+}
+
+#[test]
+fn check_json_prints_one_object_and_nothing_on_stderr() {
+    let env = Env::new();
+    let bad = env.file("bad.yaml", BAD);
+    let o = env.run(&["check", "--json", &bad]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stderr.is_empty(), "diagnostics repeated on stderr: {}", text(&o.stderr));
+    let v = json(&o);
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["error"]["kind"], "invalid");
+    let d = &v["error"]["diagnostics"][0];
+    assert_eq!((d["line"].as_u64(), d["column"].as_u64()), (Some(4), Some(11)), "{v}");
+    assert_eq!(d["path"], "forwards[0].port");
+    let good = env.file("good.yaml", GOOD);
+    let v = json(&env.run(&["check", "--json", &good]));
+    assert_eq!((v["ok"].as_bool(), v["forwards"].as_u64()), (Some(true), Some(1)), "{v}");
+}
+
+#[test]
+fn every_failure_is_json_on_stdout_with_the_usual_exit_code() {
+    let env = Env::new();
+    let good = env.file("good.yaml", GOOD);
+    let bad = env.file("bad.yaml", BAD);
+    // (args, exit code, error kind)
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["--json", "status"], 3, "unreachable"),
+        (&["--json", "apply", &good], 3, "unreachable"),
+        // The daemon is down, and the file is invalid: its errors, located.
+        (&["--json", "apply", &bad], 1, "invalid"),
+        (&["--json", "frobnicate"], 2, "usage"),
+        (&["--json", "export", "--owner", "www-data"], 2, "usage"),
+        (&["--json", "check", "/nonexistent/rules.yaml"], 1, "invalid"),
+    ];
+    for (args, code, kind) in cases {
+        let o = env.run(args);
+        assert_eq!(o.status.code(), Some(*code), "{args:?}: {}", text(&o.stderr));
+        assert!(o.stderr.is_empty(), "{args:?} wrote to stderr: {}", text(&o.stderr));
+        let v = json(&o);
+        assert_eq!(v["ok"], false, "{args:?}: {v}");
+        assert_eq!(v["error"]["kind"], *kind, "{args:?}: {v}");
+        assert!(!v["error"]["messages"].as_array().expect("messages").is_empty(), "{args:?}: {v}");
+    }
+    let v = json(&env.run(&["--json", "apply", &bad]));
+    assert_eq!(v["error"]["diagnostics"][0]["line"], 4, "{v}");
+}
+
+#[test]
+fn owners_are_checked_the_same_way_by_every_command() {
+    let env = Env::new();
+    let good = env.file("good.yaml", GOOD);
+    for args in [
+        vec!["export", "--owner", "www-data"],
+        vec!["apply", "--owner", "www-data", &good],
+        vec!["diff", "--owner", "www-data", &good],
+        vec!["status", "--owner", "www-data"],
+        vec!["remove", "--owner", "www-data", "web"],
+        vec!["add", "--owner", "www-data", "web", "80", "8080"],
+    ] {
+        let o = env.run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
+        assert!(text(&o.stderr).contains("write `user:www-data`"), "{args:?}: {}", text(&o.stderr));
+    }
+    // A user that does not exist cannot be given forwards.
+    for args in [
+        vec!["apply", "--owner", "user:nosuchuser-pd", &good],
+        vec!["add", "--owner", "user:nosuchuser-pd", "w", "80", "8080"],
+    ] {
+        let o = env.run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(text(&o.stderr).contains("no user `nosuchuser-pd`"), "{args:?}: {}", text(&o.stderr));
+    }
+    // A well-formed owner goes on to the daemon (here: unreachable, exit 3).
+    assert_eq!(env.run(&["export", "--owner", "user:root"]).status.code(), Some(3));
+    assert_eq!(env.run(&["status", "--owner", "system"]).status.code(), Some(3));
+}
+
+#[test]
+fn add_validates_descriptions_offline() {
+    let env = Env::new();
+    let long = "x".repeat(201);
+    let o = env.run(&["add", "web", "80", "8080", "--description", &long]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("description has 201 characters; the limit is 200"), "{}", text(&o.stderr));
+    let o = env.run(&["add", "web", "80", "8080", "--description", "bell\u{7}"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("control character"), "{}", text(&o.stderr));
+    // Valid: reaches for the daemon.
+    assert_eq!(env.run(&["add", "web", "80", "8080", "--description", "the shop", "--dry-run"]).status.code(), Some(3));
+}
+
+#[test]
+fn completion_is_silent_when_the_daemon_is_down() {
+    let env = Env::new();
+    for shell in ["bash", "zsh", "fish"] {
+        let o = env.run(&["completions", shell]);
+        assert_eq!(o.status.code(), Some(0));
+        assert!(text(&o.stdout).contains("COMPLETE="), "{shell}: {}", text(&o.stdout));
+    }
+    // fish asks with the words so far; subcommands come from the CLI itself...
+    let o = env.cmd().env("COMPLETE", "fish").args(["--", "portctl", "rem"]).output().expect("complete");
+    assert_eq!(o.status.code(), Some(0));
+    assert!(text(&o.stdout).lines().any(|l| l.starts_with("remove")), "{}", text(&o.stdout));
+    // ...forward names and owners from the daemon, which is down: no candidates, no noise.
+    for args in [&["--", "portctl", "remove", ""][..], &["--", "portctl", "status", "--owner", ""][..]] {
+        let o = env.cmd().env("COMPLETE", "fish").args(args).output().expect("complete");
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        assert!(o.stderr.is_empty(), "{args:?}: {}", text(&o.stderr));
+        let names: Vec<String> = text(&o.stdout).lines().filter(|l| !l.starts_with('-')).map(String::from).collect();
+        assert!(names.iter().all(|l| l.starts_with("system")), "{args:?}: {names:?}");
+    }
+}

@@ -1,0 +1,192 @@
+//! [`Backend`]: the public face of the kernel side. Each method builds one batch (or one
+//! dump) from a plan and hands it to the kept connection.
+#![forbid(unsafe_code)]
+
+use super::batch::{Builder, Subject};
+use super::conn::Conn;
+use super::error::{cstring, encode_err, BackendError};
+use super::expr::{build_rule, chain_obj, SetIds};
+use super::messages::{CounterMsg, SetMsg};
+use super::observed::Observed;
+use super::read::Reader;
+use nftnl::{MsgType, ProtoFamily, Table};
+use portd_rules::plan::{Delta, Element, Plan};
+use std::ffi::CString;
+use std::fmt;
+use std::sync::Mutex;
+
+/// How often `read` starts over when the table changes while it is dumped.
+const READ_ATTEMPTS: u32 = 5;
+
+/// The kernel side of portd: owns the table `inet <table>` and nothing else.
+///
+/// Changes go out on one netlink socket that stays open between them, in the network
+/// namespace the first change was made in. Closing an nfnetlink socket makes nf_tables
+/// wait for the deferred destruction of everything deleted since (an RCU grace period:
+/// 7 to 30 ms here after deleting one element), so a socket per change would put that
+/// wait on every removal.
+pub struct Backend {
+    table: String,
+    tx: Mutex<Option<Conn>>,
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backend").field("table", &self.table).finish_non_exhaustive()
+    }
+}
+
+impl Backend {
+    /// A backend for table `inet <table>`; no kernel access until a method is called.
+    pub fn new(table: &str) -> Backend {
+        Backend { table: table.to_string(), tx: Mutex::new(None) }
+    }
+
+    /// Name of the table this backend owns.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Replaces the table with `plan` in one netlink batch: add table, delete table, add
+    /// table, then counters, sets with their elements, chains and rules. The kernel applies
+    /// all of it or, on any error, none of it.
+    pub fn apply(&self, plan: &Plan) -> Result<(), BackendError> {
+        let table = self.table_of(plan)?;
+        let ids = SetIds::of(plan);
+        let t = Table::new(&table, ProtoFamily::Inet);
+        // The plan keeps elements packed; the batch (and its error messages) borrow them decoded.
+        let decoded: Vec<Vec<Element>> = plan.sets.iter().map(|s| s.elements.iter().collect()).collect();
+        let mut b = Builder::new(&table);
+        // add table inet T; delete table inet T; add table inet T
+        // (the first add makes the delete succeed when the table does not exist yet)
+        b.push(&t, MsgType::Add, Subject::Table);
+        b.push(&t, MsgType::Del, Subject::Table);
+        b.push(&t, MsgType::Add, Subject::Table);
+        for name in &plan.counters {
+            // counter NAME { }
+            let c = CounterMsg::new(&table, name)?;
+            b.push(&c, MsgType::Add, Subject::Counter(name));
+        }
+        for ((i, set), decoded) in plan.sets.iter().enumerate().zip(&decoded) {
+            // map NAME { type KEY : DATA; flags interval; elements = { ... } }
+            let id = ids.by_index(i);
+            let s = SetMsg::new(&table, set, id)?;
+            b.push(&s, MsgType::Add, Subject::Set(&set.name));
+            let elements: Vec<&Element> = decoded.iter().collect();
+            b.push_elements(set, Some(id), &elements, MsgType::Add)?;
+        }
+        let mut chains = Vec::with_capacity(plan.chains.len());
+        for c in &plan.chains {
+            // chain NAME { type T hook H priority P; policy accept; }
+            let chain = chain_obj(&t, c)?;
+            b.push(&chain, MsgType::Add, Subject::Chain(&c.name));
+            chains.push(chain);
+        }
+        for (c, chain) in plan.chains.iter().zip(&chains) {
+            for r in &c.rules {
+                let rule = build_rule(chain, r, &ids)?;
+                b.push(&rule, MsgType::Add, Subject::Rule { chain: &c.name, rule: r });
+            }
+        }
+        self.send(b)
+    }
+
+    /// Changes the kernel from `old` to `new` element by element in one batch: add
+    /// counters, delete elements, add elements, delete counters. A structural change
+    /// (table, chains or set definitions) falls back to [`Backend::apply`] of `new`.
+    pub fn apply_delta(&self, old: &Plan, new: &Plan) -> Result<(), BackendError> {
+        let d = Plan::diff(old, new);
+        if d.structural {
+            return self.apply(new);
+        }
+        self.apply_changes(new, &d)
+    }
+
+    /// Sends an element-level [`Delta`] in one batch. `new` supplies the table name and the
+    /// set definitions (which a non-structural delta leaves as they are). Adds are
+    /// exclusive, so a kernel that drifted from `old` refuses the whole batch.
+    pub fn apply_changes(&self, new: &Plan, d: &Delta) -> Result<(), BackendError> {
+        if d.structural {
+            return Err(encode_err("element-level change".to_string(), "the delta is structural; use apply"));
+        }
+        if d.is_empty() {
+            return Ok(());
+        }
+        let table = self.table_of(new)?;
+        let mut b = Builder::new(&table);
+        for name in &d.add_counters {
+            // add counter inet T NAME
+            let c = CounterMsg::new(&table, name)?;
+            b.push(&c, MsgType::Add, Subject::Counter(name));
+        }
+        for (list, op) in [(&d.del_elements, MsgType::Del), (&d.add_elements, MsgType::Add)] {
+            if let Some((name, _)) = list.iter().find(|(n, _)| new.set(n).is_none()) {
+                return Err(encode_err(format!("change of set {name}"), "the plan has no such set"));
+            }
+            for set in &new.sets {
+                // delete element inet T SET { ... } / add element inet T SET { ... }
+                let elements: Vec<&Element> = list.iter().filter(|(n, _)| *n == set.name).map(|(_, e)| e).collect();
+                b.push_elements(set, None, &elements, op)?;
+            }
+        }
+        for name in &d.del_counters {
+            // delete counter inet T NAME
+            let c = CounterMsg::new(&table, name)?;
+            b.push(&c, MsgType::Del, Subject::Counter(name));
+        }
+        self.send(b)
+    }
+
+    /// What the kernel holds in the table now, decoded with the types of `expected`, or
+    /// `None` when the table does not exist.
+    pub fn read(&self, expected: &Plan) -> Result<Option<Observed>, BackendError> {
+        let table = cstring("table name", &self.table)?;
+        for _ in 0..READ_ATTEMPTS {
+            let mut r = Reader::new(&table, &self.table)?;
+            let Some(raw) = r.read_all()? else {
+                return Ok(None);
+            };
+            if r.consistent() {
+                return Ok(Some(raw.decode(expected)));
+            }
+        }
+        Err(BackendError::Unstable { table: self.table.clone(), attempts: READ_ATTEMPTS })
+    }
+
+    /// Deletes the table; succeeds when it does not exist.
+    pub fn remove(&self) -> Result<(), BackendError> {
+        let table = cstring("table name", &self.table)?;
+        let t = Table::new(&table, ProtoFamily::Inet);
+        let mut b = Builder::new(&table);
+        // add table inet T; delete table inet T (the add makes a missing table no error)
+        b.push(&t, MsgType::Add, Subject::Table);
+        b.push(&t, MsgType::Del, Subject::Table);
+        self.send(b)
+    }
+
+    /// Sends a batch on the kept socket (opened on first use). A socket that saw any
+    /// failure is closed rather than reused, so no stray answer can reach the next batch.
+    fn send(&self, b: Builder<'_>) -> Result<(), BackendError> {
+        let mut slot = self.tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut conn = match slot.take() {
+            Some(c) => c,
+            None => Conn::open()?,
+        };
+        conn.drain();
+        let result = b.commit(&mut conn);
+        if result.is_ok() {
+            *slot = Some(conn);
+        }
+        result
+    }
+
+    fn table_of(&self, plan: &Plan) -> Result<CString, BackendError> {
+        if plan.table != self.table {
+            return Err(encode_err(
+                format!("plan for table inet {}", plan.table),
+                format!("this backend owns table inet {} and touches no other", self.table),
+            ));
+        }
+        cstring("table name", &self.table)
+    }
+}

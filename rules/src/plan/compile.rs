@@ -1,0 +1,224 @@
+//! The skeleton every plan shares (sets and chains, empty), and compiling owners' forward
+//! sets into a plan: each forward contributes elements and one counter.
+
+use super::table::{
+    counter_name, names, BaseChain, Chain, ChainType, Conflict, Hook, OwnedSet, PlacedForward, Plan, Rule, Set,
+    SYSTEM_OWNER,
+};
+use crate::element::{Element, Elements, FieldType, Value};
+use crate::model::{Family, Forward, Proto};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub(super) fn key(f: Family, p: Proto, port: u16) -> Vec<Value> {
+    vec![Value::NfProto(f), Value::InetProto(p), Value::InetService(port)]
+}
+
+const KEY: [FieldType; 3] = [FieldType::NfProto, FieldType::InetProto, FieldType::InetService];
+
+fn set(name: &str, comment: &str, key: &[FieldType], data: Option<FieldType>, interval: bool) -> Set {
+    Set { name: name.into(), comment: comment.into(), key: key.to_vec(), data, interval, elements: Elements::new() }
+}
+
+/// The fixed skeleton: every set and chain, empty.
+pub(super) fn skeleton(table: &str) -> Plan {
+    use names::*;
+    use FieldType as T;
+    let k_if = [T::NfProto, T::InetProto, T::InetService, T::Ifname];
+    let sets = vec![
+        set(TO, "public port -> local port", &KEY, Some(T::InetService), false),
+        set(MARK, "public port -> packet mark", &KEY, Some(T::Mark), false),
+        set(COUNTER, "public port -> counter of its forward", &KEY, Some(T::Counter), false),
+        set(NOLOCAL, "public ports not redirected for this host's own connections (local: false)", &KEY, None, false),
+        set(IFACE_KEYS, "public ports restricted to interfaces", &KEY, None, false),
+        set(IFACE, "interfaces allowed per public port", &k_if, None, false),
+        set(SRC_KEYS, "public ports restricted to source networks", &KEY, None, false),
+        set(SRC4, "IPv4 sources allowed per public port", &[T::InetProto, T::InetService, T::Ipv4Addr], None, true),
+        set(SRC6, "IPv6 sources allowed per public port", &[T::InetProto, T::InetService, T::Ipv6Addr], None, true),
+        set(PROTECT, "local ports that refuse connections not redirected by portd", &KEY, None, false),
+    ];
+    let qualify = || {
+        vec![
+            Rule::ReturnUnlessIface { keys: IFACE_KEYS.into(), allowed: IFACE.into() },
+            Rule::ReturnUnlessSource { family: Family::Ipv4, keys: SRC_KEYS.into(), allowed: SRC4.into() },
+            Rule::ReturnUnlessSource { family: Family::Ipv6, keys: SRC_KEYS.into(), allowed: SRC6.into() },
+        ]
+    };
+    let redirect = || {
+        vec![Rule::Redirect { proto: Proto::Tcp, map: TO.into() }, Rule::Redirect { proto: Proto::Udp, map: TO.into() }]
+    };
+    let account = || vec![Rule::SetMark { map: MARK.into() }, Rule::CountNamed { map: COUNTER.into() }];
+    let base = |kind, hook, priority| Some(BaseChain { kind, hook, priority });
+    let chains = vec![
+        Chain { name: "redirect_in".into(), base: None, rules: [qualify(), redirect()].concat() },
+        Chain { name: "account_in".into(), base: None, rules: [qualify(), account()].concat() },
+        Chain { name: "redirect_local".into(), base: None, rules: redirect() },
+        Chain { name: "account_local".into(), base: None, rules: account() },
+        Chain {
+            name: "prerouting".into(),
+            base: base(ChainType::Nat, Hook::Prerouting, -100),
+            rules: vec![Rule::JumpIfLocal { chain: "redirect_in".into() }],
+        },
+        Chain {
+            name: "mangle_prerouting".into(),
+            base: base(ChainType::Filter, Hook::Prerouting, -150),
+            rules: vec![Rule::JumpIfLocal { chain: "account_in".into() }],
+        },
+        Chain {
+            name: "output".into(),
+            base: base(ChainType::Nat, Hook::Output, -100),
+            rules: vec![Rule::JumpIfLocalKeyNotIn { set: NOLOCAL.into(), chain: "redirect_local".into() }],
+        },
+        Chain {
+            name: "mangle_output".into(),
+            base: base(ChainType::Filter, Hook::Output, -150),
+            rules: vec![Rule::JumpIfLocalKeyNotIn { set: NOLOCAL.into(), chain: "account_local".into() }],
+        },
+        Chain {
+            name: "input".into(),
+            base: base(ChainType::Filter, Hook::Input, 0),
+            rules: vec![Rule::DropUnredirected { set: PROTECT.into() }],
+        },
+    ];
+    Plan { table: table.into(), counters: BTreeSet::new(), sets, chains, forwards: Vec::new() }
+}
+
+impl Plan {
+    /// An empty plan: the skeleton with no forwards.
+    pub fn empty(table: &str) -> Plan {
+        skeleton(table)
+    }
+
+    /// Adds one forward's elements and counter.
+    pub(super) fn place(&mut self, owner: &str, f: &Forward, default_mark: u32) {
+        use names::*;
+        let counter = counter_name(owner, &f.name);
+        let mark = f.mark.unwrap_or(default_mark);
+        self.counters.insert(counter.clone());
+        for &fam in f.family.families() {
+            for &proto in f.proto.protos() {
+                for port in f.port.ports() {
+                    let k = key(fam, proto, port);
+                    self.insert(TO, k.clone(), Some(Value::InetService(f.target_of(port))));
+                    if mark != 0 {
+                        self.insert(MARK, k.clone(), Some(Value::Mark(mark)));
+                    }
+                    self.insert(COUNTER, k.clone(), Some(Value::Counter(counter.clone())));
+                    if !f.local {
+                        self.insert(NOLOCAL, k.clone(), None);
+                    }
+                    if !f.interfaces.is_empty() {
+                        self.insert(IFACE_KEYS, k.clone(), None);
+                        for i in &f.interfaces {
+                            let mut ki = k.clone();
+                            ki.push(Value::Ifname(i.clone()));
+                            self.insert(IFACE, ki, None);
+                        }
+                    }
+                    if !f.sources.is_empty() {
+                        self.insert(SRC_KEYS, k.clone(), None);
+                        for s in &f.sources {
+                            let (set, net) = match (fam, s) {
+                                (Family::Ipv4, ipnet::IpNet::V4(n)) => (SRC4, Value::Ipv4Net(*n)),
+                                (Family::Ipv6, ipnet::IpNet::V6(n)) => (SRC6, Value::Ipv6Net(*n)),
+                                _ => continue,
+                            };
+                            self.insert(set, vec![Value::InetProto(proto), Value::InetService(port), net], None);
+                        }
+                    }
+                    if f.protect {
+                        self.insert(PROTECT, key(fam, proto, f.target_of(port)), None);
+                    }
+                }
+            }
+        }
+        self.forwards.push(PlacedForward { owner: owner.into(), forward: f.clone(), mark, counter });
+    }
+
+    /// Elements and counter one forward contributes, as (set, element) pairs.
+    pub(super) fn contribution(&self, p: &PlacedForward) -> Vec<(String, Element)> {
+        let mut mini = skeleton(&self.table);
+        mini.place(&p.owner, &p.forward, p.mark);
+        let mut out = Vec::new();
+        for s in mini.sets {
+            for e in s.elements {
+                out.push((s.name.clone(), e));
+            }
+        }
+        out
+    }
+
+    /// Elements and counters a group of forwards contributes, as (set, element) pairs.
+    pub(super) fn contributions(&self, group: &[PlacedForward]) -> BTreeSet<(String, Element)> {
+        let mut mini = skeleton(&self.table);
+        for p in group {
+            mini.place(&p.owner, &p.forward, p.mark);
+        }
+        mini.sets.into_iter().flat_map(|s| s.elements.into_iter().map(move |e| (s.name.clone(), e))).collect()
+    }
+
+    /// The new plan after a large change, compiled whole: comparing the sets of two plans
+    /// (two linear merges) costs less than tracking every element of the change. `None`
+    /// if the compiler disagrees with the key-by-key conflict check (then the caller goes
+    /// element by element).
+    pub(super) fn recompiled(
+        &self,
+        removed: &[PlacedForward],
+        added: &[PlacedForward],
+        default_mark: u32,
+    ) -> Option<Plan> {
+        let gone: std::collections::HashSet<(&str, &str)> =
+            removed.iter().map(|p| (p.owner.as_str(), p.forward.name.as_str())).collect();
+        let mut sets: BTreeMap<&str, Vec<Forward>> = BTreeMap::new();
+        for p in self.forwards.iter().filter(|p| !gone.contains(&(p.owner.as_str(), p.forward.name.as_str()))) {
+            sets.entry(p.owner.as_str()).or_default().push(p.forward.clone());
+        }
+        for p in added {
+            sets.entry(p.owner.as_str()).or_default().push(p.forward.clone());
+        }
+        let owned: Vec<OwnedSet> =
+            sets.into_iter().map(|(owner, forwards)| OwnedSet { owner: owner.to_string(), forwards }).collect();
+        // Every forward keeps the mark it was placed with: a plan has one default mark.
+        compile(&self.table, default_mark, &owned).ok()
+    }
+}
+
+/// Compiles every owner's forwards into one plan, refusing cross-owner conflicts.
+///
+/// Forwards within one set were validated against each other already; this checks
+/// claims across owners. Every conflict is reported, each naming the other forward.
+pub fn compile(table: &str, default_mark: u32, sets: &[OwnedSet]) -> Result<Plan, Vec<Conflict>> {
+    let mut plan = skeleton(table);
+    let mut claims: std::collections::HashMap<(Family, Proto, u16), (&str, &str)> = Default::default();
+    let mut conflicts = Vec::new();
+    let mut ordered: Vec<&OwnedSet> = sets.iter().collect();
+    ordered.sort_by(|a, b| (a.owner != SYSTEM_OWNER, &a.owner).cmp(&(b.owner != SYSTEM_OWNER, &b.owner)));
+    for set in ordered {
+        let mut fws: Vec<&Forward> = set.forwards.iter().collect();
+        fws.sort_by(|a, b| a.name.cmp(&b.name));
+        for f in fws {
+            let clash = f.claims().find_map(|(fam, proto, port)| {
+                let (o, n) = claims.get(&(fam, proto, port)).filter(|(o, _)| *o != set.owner)?;
+                Some(Conflict {
+                    owner: set.owner.clone(),
+                    name: f.name.clone(),
+                    other_owner: o.to_string(),
+                    other_name: n.to_string(),
+                    port,
+                    proto,
+                    family: fam,
+                })
+            });
+            if let Some(c) = clash {
+                conflicts.push(c);
+                continue;
+            }
+            claims.extend(f.claims().map(|c| (c, (set.owner.as_str(), f.name.as_str()))));
+            plan.place(&set.owner, f, default_mark);
+        }
+    }
+    if conflicts.is_empty() {
+        Ok(plan)
+    } else {
+        Err(conflicts)
+    }
+}

@@ -1,0 +1,281 @@
+//! The vocabulary of a plan: [`Plan`], its sets, chains and rules, the set names, placed
+//! and owned forwards, conflicts; and the lookups every other part of `plan` uses.
+
+use crate::element::{Element, Elements, FieldType, Value};
+use crate::model::{Family, Forward, Proto};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// Name of the owner of the config file's forwards.
+pub const SYSTEM_OWNER: &str = "system";
+
+/// A named set or map of the table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Set {
+    /// Set name.
+    pub name: String,
+    /// What it is for, shown as a comment in the rendered ruleset.
+    pub comment: String,
+    /// Concatenated key type.
+    pub key: Vec<FieldType>,
+    /// Data type for maps.
+    pub data: Option<FieldType>,
+    /// Interval set (`flags interval`), for network prefixes.
+    pub interval: bool,
+    /// Elements, ordered (kept packed: see [`Elements`]).
+    pub elements: Elements,
+}
+
+/// nftables chain types used by portd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChainType {
+    /// `type filter`
+    Filter,
+    /// `type nat`
+    Nat,
+}
+
+/// Netfilter hooks used by portd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    /// `hook prerouting`
+    Prerouting,
+    /// `hook input`
+    Input,
+    /// `hook output`
+    Output,
+}
+
+/// Hook attachment of a base chain (policy is always accept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseChain {
+    /// Chain type.
+    #[serde(rename = "type")]
+    pub kind: ChainType,
+    /// Hook.
+    pub hook: Hook,
+    /// Priority (mangle -150, dstnat -100, filter 0).
+    pub priority: i32,
+}
+
+/// The few rule shapes portd uses. Each is a constant number of expressions; the
+/// comment beside each variant is its nft text (`KEY` is `meta nfproto . meta l4proto . th dport`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "rule")]
+pub enum Rule {
+    /// `fib daddr type local jump CHAIN`
+    JumpIfLocal {
+        /// target chain
+        chain: String,
+    },
+    /// `fib daddr type local KEY != @SET jump CHAIN`
+    JumpIfLocalKeyNotIn {
+        /// set of keys excluded
+        set: String,
+        /// target chain
+        chain: String,
+    },
+    /// `KEY @KEYS KEY . iifname != @ALLOWED return`
+    ReturnUnlessIface {
+        /// keys that are restricted to interfaces
+        keys: String,
+        /// allowed key . interface pairs
+        allowed: String,
+    },
+    /// `KEY @KEYS meta nfproto FAMILY meta l4proto . th dport . ip(6) saddr != @ALLOWED return`
+    ReturnUnlessSource {
+        /// family this rule checks
+        family: Family,
+        /// keys that are restricted to sources
+        keys: String,
+        /// allowed l4proto . port . network triples
+        allowed: String,
+    },
+    /// `meta l4proto PROTO redirect to KEY map @MAP`
+    Redirect {
+        /// transport protocol (nft needs it to know where the port goes)
+        proto: Proto,
+        /// key -> target port
+        map: String,
+    },
+    /// `meta mark set KEY map @MAP`
+    SetMark {
+        /// key -> mark
+        map: String,
+    },
+    /// `counter name KEY map @MAP`
+    CountNamed {
+        /// key -> counter object
+        map: String,
+    },
+    /// `ct state new iifname != "lo" ct status & dnat == 0 KEY @SET drop`
+    DropUnredirected {
+        /// protected target keys
+        set: String,
+    },
+}
+
+/// A chain: a base chain on a hook, or a regular chain jumped to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chain {
+    /// Chain name.
+    pub name: String,
+    /// Hook attachment, for base chains.
+    pub base: Option<BaseChain>,
+    /// Rules in order.
+    pub rules: Vec<Rule>,
+}
+
+/// One forward as placed in the plan, for summaries, status and counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacedForward {
+    /// Owner: `system` or `user:NAME`.
+    pub owner: String,
+    /// The forward.
+    pub forward: Forward,
+    /// Effective mark (0: none).
+    pub mark: u32,
+    /// Name of its counter object.
+    pub counter: String,
+}
+
+/// Everything portd puts into the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Table name (family inet).
+    pub table: String,
+    /// Named counter objects, one per forward.
+    pub counters: BTreeSet<String>,
+    /// Sets and maps, in declaration order.
+    pub sets: Vec<Set>,
+    /// Chains, regular chains before the base chains that jump to them.
+    pub chains: Vec<Chain>,
+    /// The forwards this plan was compiled from, ordered by owner then name.
+    pub forwards: Vec<PlacedForward>,
+}
+
+/// Set and map names.
+pub mod names {
+    /// key -> target port
+    pub const TO: &str = "fwd_to";
+    /// key -> mark
+    pub const MARK: &str = "fwd_mark";
+    /// key -> counter
+    pub const COUNTER: &str = "fwd_counter";
+    /// keys with `local: false` (the default, true, needs no element)
+    pub const NOLOCAL: &str = "fwd_nolocal";
+    /// keys restricted to interfaces
+    pub const IFACE_KEYS: &str = "fwd_iface_keys";
+    /// key . ifname allowed
+    pub const IFACE: &str = "fwd_iface";
+    /// keys restricted to sources
+    pub const SRC_KEYS: &str = "fwd_src_keys";
+    /// l4proto . port . IPv4 network allowed
+    pub const SRC4: &str = "fwd_src4";
+    /// l4proto . port . IPv6 network allowed
+    pub const SRC6: &str = "fwd_src6";
+    /// protected target keys
+    pub const PROTECT: &str = "fwd_protect";
+}
+
+/// One owner's forwards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnedSet {
+    /// `system` or `user:NAME`.
+    pub owner: String,
+    /// Its forwards (already validated).
+    pub forwards: Vec<Forward>,
+}
+
+/// Two owners claim the same public port/proto/family.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    /// Owner whose forward was refused.
+    pub owner: String,
+    /// Its forward.
+    pub name: String,
+    /// Owner already holding the port.
+    pub other_owner: String,
+    /// Forward already holding the port.
+    pub other_name: String,
+    /// The contested port.
+    pub port: u16,
+    /// Protocol.
+    pub proto: Proto,
+    /// Family.
+    pub family: Family,
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "forward `{}` of {}: {} port {} ({}) is already forwarded by `{}` of {}",
+            self.name, self.owner, self.proto, self.port, self.family, self.other_name, self.other_owner
+        )
+    }
+}
+
+/// Name of the counter object of an owner's forward: readable, unique, nft-safe.
+pub fn counter_name(owner: &str, name: &str) -> String {
+    let clean: String =
+        owner.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).take(64).collect();
+    // FNV-1a keeps two owners that sanitise alike apart.
+    let mut h: u32 = 0x811c9dc5;
+    for b in owner.bytes().chain([b'/']).chain(name.bytes()) {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x01000193);
+    }
+    format!("c_{clean}_{}_{h:08x}", name.replace('-', "_"))
+}
+
+/// Sort key of placed forwards: the system set first, then owners, then names.
+pub(crate) fn placed_order(p: &PlacedForward) -> (bool, &str, &str) {
+    (p.owner != SYSTEM_OWNER, p.owner.as_str(), p.forward.name.as_str())
+}
+
+impl Plan {
+    /// The set or map called `name`.
+    pub fn set(&self, name: &str) -> Option<&Set> {
+        self.sets.iter().find(|s| s.name == name)
+    }
+
+    pub(crate) fn set_mut(&mut self, name: &str) -> &mut Set {
+        match self.sets.iter().position(|s| s.name == name) {
+            Some(i) => &mut self.sets[i],
+            None => unreachable!("skeleton has set {name}"),
+        }
+    }
+
+    pub(crate) fn insert(&mut self, set: &str, key: Vec<Value>, data: Option<Value>) {
+        self.set_mut(set).elements.insert(Element { key, data });
+    }
+
+    /// Number of elements over all sets.
+    pub fn element_count(&self) -> usize {
+        self.sets.iter().map(|s| s.elements.len()).sum()
+    }
+
+    /// The forward whose counter is `counter`, if any.
+    pub(crate) fn by_counter(&self, counter: &str) -> Option<&PlacedForward> {
+        self.forwards.iter().find(|p| p.counter == counter)
+    }
+
+    /// The forwards of `owner`, ordered by name (a slice of [`Plan::forwards`]).
+    pub fn owned_by(&self, owner: &str) -> &[PlacedForward] {
+        let key = (owner != SYSTEM_OWNER, owner);
+        let start = self.forwards.partition_point(|p| (p.owner != SYSTEM_OWNER, p.owner.as_str()) < key);
+        let end = start + self.forwards[start..].partition_point(|p| p.owner == owner);
+        &self.forwards[start..end]
+    }
+
+    /// The forward `name` of `owner`, found by binary search.
+    pub fn placed(&self, owner: &str, name: &str) -> Option<&PlacedForward> {
+        let key = (owner != SYSTEM_OWNER, owner, name);
+        let at = self.forwards.partition_point(|p| placed_order(p) < key);
+        self.forwards.get(at).filter(|p| p.owner == owner && p.forward.name == name)
+    }
+}

@@ -1,0 +1,208 @@
+//! Control-plane hardening, end to end: unprivileged attackers (real accounts) against the
+//! real daemon. Root's status stays fast, drift is still repaired, memory stays bounded,
+//! and very large answers reach the client whole. Each test prints its figures
+//! (`cargo test -p portd-tests --test hardening -- --nocapture`).
+
+use portd_tests::*;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Resident memory of `pid`, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: f64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    kb / 1024.0
+}
+
+/// Runs `portd-hostile` as `user`; returns once it has opened its connections.
+fn hostile(user: &TestUser, args: &[&str]) -> (Child, usize) {
+    let mut c = Command::new("setpriv")
+        .args([format!("--reuid={}", user.name), format!("--regid={}", user.name), "--clear-groups".into()])
+        .arg(bin("portd-hostile"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run portd-hostile (cargo build --workspace --bins)");
+    let mut line = String::new();
+    let out = c.stdout.take().expect("stdout");
+    let mut r = BufReader::new(out);
+    r.read_line(&mut line).expect("hostile output");
+    let n = line.trim().strip_prefix("connected ").and_then(|n| n.parse().ok()).expect("connected N");
+    std::mem::forget(r);
+    (c, n)
+}
+
+/// Times `portctl status` as root.
+fn timed_status(d: &Portd) -> Duration {
+    let t = Instant::now();
+    let o = d.ctl(&["status"]);
+    assert!(o.status.success(), "status failed: {}", err(&o));
+    t.elapsed()
+}
+
+#[test]
+fn nested_yaml_in_flight_stalls_neither_status_nor_drift_repair() {
+    let net = Net::setup();
+    let attacker = TestUser::new("pha");
+    let d = Portd::start(&net, &config(&net, &format!("grants:\n  - {{user: {}, ports: [80]}}\n", attacker.name)));
+    let _app = net.tcp_app(&net.srv, 8080, "app");
+    let seed = write(&net.dir, "seed.yaml", "version: 1\nforwards:\n  - {name: http, port: 80, to: 8080}\n");
+    assert!(d.ctl(&["apply", seed.to_str().expect("p")]).status.success());
+    // 400 KB of `forwards: {a: {a: ...` (100,000 levels): 31 s of the daemon's time before.
+    let nested = format!("version: 1\nforwards: {}{}\n", "{a: ".repeat(100_000), "}".repeat(100_000));
+    let file = write(&net.dir, "nested.yaml", &nested);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut attackers = Vec::new();
+    for _ in 0..2 {
+        let (stop, name, socket, file) = (stop.clone(), attacker.name.clone(), d.socket.clone(), file.clone());
+        attackers.push(std::thread::spawn(move || {
+            let mut refused = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let o = Command::new("setpriv")
+                    .args([format!("--reuid={name}"), format!("--regid={name}"), "--clear-groups".into()])
+                    .arg(bin("portctl"))
+                    .arg("--socket")
+                    .arg(&socket)
+                    .args(["apply", "--dry-run"])
+                    .arg(&file)
+                    .output()
+                    .expect("portctl");
+                assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+                assert!(err(&o).contains("nesting is deeper than 64 levels"), "{}", err(&o));
+                refused += 1;
+            }
+            refused
+        }));
+    }
+    let mut status = Vec::new();
+    let mut repair = Vec::new();
+    let addr: std::net::SocketAddr = format!("{SRV4}:80").parse().expect("addr");
+    for _ in 0..20 {
+        status.push(timed_status(&d));
+        net.exec_ok(&net.srv, "nft", &["delete", "table", "inet", "portd"]);
+        let cli = net.cli.clone();
+        let t = in_netns(&cli, move || time_until_reply(addr, "app", Duration::from_secs(3)));
+        repair.push(t.expect("drift repaired while the attack runs"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let refused: usize = attackers.into_iter().map(|t| t.join().expect("attacker thread")).sum();
+    let (smed, smax) = median_max_ms(&mut status);
+    let (rmed, rmax) = median_max_ms(&mut repair);
+    eprintln!(
+        "nested YAML ({refused} requests refused meanwhile): root status {smed:.1} ms median, {smax:.1} ms worst; drift repair {rmed:.1} ms median, {rmax:.1} ms worst"
+    );
+    assert!(refused > 0, "the attack ran");
+    assert!(smax < 1000.0, "root's status within 1 s: worst {smax} ms");
+    assert!(rmax < 1500.0, "drift repaired within 1.5 s: worst {rmax} ms");
+}
+
+#[test]
+fn connections_that_never_read_do_not_lock_out_root_or_other_users() {
+    let net = Net::setup();
+    let attacker = TestUser::new("phb");
+    let other = TestUser::new("phc");
+    let d = Portd::start(&net, &config(&net, ""));
+    let sock = d.socket.display().to_string();
+    let (mut h, opened) = hostile(&attacker, &["noread", &sock, "1030"]);
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        times.push(timed_status(&d));
+    }
+    // Another unprivileged user gets through too: the caps are per uid.
+    let o = d.ctl_as(&other.name, "", &["status"]);
+    assert!(o.status.success(), "another user is served: {}", err(&o));
+    let log = Portd::log(&net);
+    let _ = h.kill();
+    let _ = h.wait();
+    let (med, max) = median_max_ms(&mut times);
+    eprintln!("1030 non-reading connections ({opened} opened): root status {med:.1} ms median, {max:.1} ms worst");
+    assert!(max < 2000.0, "root's status within 2 s: worst {max} ms\n{log}");
+    // A connection that keeps sending garbage is closed after three lines.
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).expect("connect");
+    s.write_all(b"garbage\ngarbage\ngarbage\ngarbage\n").expect("write");
+    let mut answers = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answers).expect("read until closed");
+    assert_eq!(answers.lines().count(), 3, "closed after three malformed lines: {answers}");
+    assert!(answers.contains("connection closed"), "{answers}");
+}
+
+#[test]
+fn unterminated_4_mib_requests_keep_memory_bounded() {
+    let net = Net::setup();
+    let users: Vec<TestUser> = (0..4).map(|_| TestUser::new("phd")).collect();
+    let d = Portd::start(&net, &config(&net, ""));
+    let pid = d.child.id();
+    let before = rss_mib(pid);
+    let sock = d.socket.display().to_string();
+    let mut peak = before;
+    let mut kids = Vec::new();
+    let mut opened = 0;
+    for u in &users {
+        let (c, n) = hostile(u, &["unterminated", &sock, "50", &(4 << 20).to_string()]);
+        opened += n;
+        kids.push(c);
+        peak = peak.max(rss_mib(pid));
+    }
+    let t = Instant::now();
+    let mut status = Vec::new();
+    while t.elapsed() < Duration::from_secs(3) {
+        peak = peak.max(rss_mib(pid));
+        status.push(timed_status(&d));
+    }
+    for mut k in kids {
+        let _ = k.kill();
+        let _ = k.wait();
+    }
+    let mut after = rss_mib(pid);
+    let settle = Instant::now();
+    while after >= 32.0 && settle.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+        after = rss_mib(pid);
+    }
+    let (smed, smax) = median_max_ms(&mut status);
+    eprintln!(
+        "{opened} unterminated 4 MiB requests: RSS {before:.1} MiB before, {peak:.1} MiB peak, {after:.1} MiB after; root status {smed:.1} ms median, {smax:.1} ms worst"
+    );
+    assert_eq!(opened, 200, "all 200 attacking connections were taken (4 users x 50)");
+    assert!(peak <= 128.0, "RSS peak {peak:.1} MiB exceeds 128 MiB");
+    assert!(after < 32.0, "RSS after the flood {after:.1} MiB is not under 32 MiB");
+}
+
+#[test]
+fn a_thirty_thousand_forward_status_reaches_the_client_whole() {
+    let net = Net::setup();
+    let d = Portd::start(&net, &config(&net, ""));
+    let mut text = String::from("version: 1\nforwards:\n");
+    for i in 0..30_000u32 {
+        text.push_str(&format!("  - {{name: f{i}, port: {}, to: {}}}\n", 1024 + i, 35000 + i));
+    }
+    let file = write(&net.dir, "big.yaml", &text);
+    let t = Instant::now();
+    let o = d.ctl(&["apply", file.to_str().expect("p")]);
+    assert!(o.status.success(), "{}", err(&o));
+    let applied = t.elapsed();
+    let t = Instant::now();
+    let o = d.ctl(&["status", "--json"]);
+    let took = t.elapsed();
+    assert!(o.status.success(), "{}", err(&o));
+    let js: serde_json::Value = serde_json::from_slice(&o.stdout).expect("whole JSON");
+    let n = js["forwards"].as_array().expect("forwards").len();
+    eprintln!(
+        "30,000 forwards: apply {:.0} ms; status --json {:.0} ms, {:.1} MiB",
+        applied.as_secs_f64() * 1e3,
+        took.as_secs_f64() * 1e3,
+        o.stdout.len() as f64 / 1048576.0
+    );
+    assert_eq!(n, 30_000);
+    assert_eq!(js["in_sync"], true);
+    let o = d.ctl(&["export"]);
+    assert!(o.status.success());
+    assert_eq!(out(&o).matches("- name: ").count(), 30_000, "export reaches the client whole");
+}
