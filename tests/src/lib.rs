@@ -664,3 +664,22 @@ impl Drop for TestUser {
 pub fn forward_status(status: &serde_json::Value, owner: &str, name: &str) -> Option<serde_json::Value> {
     status["forwards"].as_array()?.iter().find(|f| f["owner"] == owner && f["forward"]["name"] == name).cloned()
 }
+
+/// Connects to the Unix socket `path` as `uid` (and gid), so the server sees a non-root
+/// peer, without starting a process: a short-lived thread changes only its own
+/// credentials (the raw setresuid/setresgid system calls act on the calling thread) and
+/// connects.
+pub fn connect_as(uid: u32, path: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        // SAFETY: raw system calls that change this thread's credentials only; checked.
+        let rc = unsafe { libc::syscall(libc::SYS_setresgid, uid, uid, uid) };
+        assert_eq!(rc, 0, "setresgid({uid}): {}", std::io::Error::last_os_error());
+        // SAFETY: as above.
+        let rc = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
+        assert_eq!(rc, 0, "setresuid({uid}): {}", std::io::Error::last_os_error());
+        std::os::unix::net::UnixStream::connect(&path)
+    })
+    .join()
+    .expect("connect thread")
+}

@@ -1,7 +1,7 @@
-//! The control server's limits, as the README states them: a request must arrive within
-//! 10 s, lines over 4 MiB are refused with an error answer, at most 1,024 connections are
-//! served at once (more wait in the backlog), an answer lists at most 500 forwards of
-//! each kind and says how many more there were.
+//! The control server's limits: a request must arrive within 10 s, lines over 4 MiB are
+//! refused with an error answer, non-root callers share 1,024 connections (64 per uid;
+//! more are refused with an answer saying why) while root is always served, an answer
+//! lists at most 500 forwards of each kind and says how many more there were.
 
 use portd_tests::*;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -116,38 +116,63 @@ fn an_answer_lists_at_most_500_forwards_of_each_kind() {
     assert!(out(&o).contains("100"), "portctl mentions the 100 forwards not listed: {}", out(&o));
 }
 
+/// Non-root uids used for connections (no accounts needed: status and refusals look up
+/// no names).
+const UID0: u32 = 40_000;
+
 #[test]
-fn connection_1025_waits_and_is_then_served() {
+fn non_root_connections_are_capped_and_root_is_always_served() {
     raise_nofile();
     let net = Net::setup();
     let d = Portd::start(&net, &config(&net, ""));
     let pid = d.child.id();
     std::thread::sleep(Duration::from_millis(300));
     let base = socket_fds(pid);
-    // 1,024 connections (root's: per-user caps do not apply to root), all accepted.
-    let mut held: Vec<UnixStream> = (0..1024).map(|_| UnixStream::connect(&d.socket).expect("connect")).collect();
+    // 1,024 non-root connections: 64 (the per-user cap) for each of 16 uids.
+    let mut held: Vec<UnixStream> = Vec::new();
+    for u in 0..16 {
+        for _ in 0..64 {
+            held.push(connect_as(UID0 + u, &d.socket).expect("connect"));
+        }
+    }
     let t = Instant::now();
     while socket_fds(pid) < base + 1024 {
         assert!(t.elapsed() < Duration::from_secs(5), "portd holds {} connections, not 1,024", socket_fds(pid) - base);
         std::thread::sleep(Duration::from_millis(20));
     }
-    // The 1,025th connects (the listen backlog) and sends a request, but is not served...
-    let mut extra = UnixStream::connect(&d.socket).expect("connection 1025");
-    extra.write_all(STATUS).expect("write");
-    extra.write_all(b"\n").expect("write");
-    extra.set_read_timeout(Some(Duration::from_millis(1_000))).expect("timeout");
-    let mut buf = [0u8; 64];
-    match extra.read(&mut buf) {
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-        other => panic!("connection 1025 was served while 1,024 were open: {other:?}"),
-    }
-    assert_eq!(socket_fds(pid), base + 1024, "portd holds exactly the cap");
-    // ...until one of the 1,024 goes away.
-    let freed = Instant::now();
+    let refused = |uid: u32| {
+        let s = connect_as(uid, &d.socket).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        let answer = read_answer(&s);
+        let mut s = s;
+        assert_closed(&mut s);
+        answer
+    };
+    // The 65th connection of one uid is refused, naming the per-user limit...
+    let a = refused(UID0);
+    assert!(a.contains("\"denied\"") && a.contains("already has 64 connections open"), "{a}");
+    // ...and so is the 1,025th non-root connection, of a uid holding none.
+    let a = refused(UID0 + 16);
+    assert!(a.contains("\"denied\"") && a.contains("portd serves 1024 connections already"), "{a}");
+    // Root is always served.
+    let v = request(&d.socket, &serde_json::json!({"version": 1, "command": {"op": "status"}}));
+    assert!(v["result"]["ok"].is_object(), "root's status with the cap full: {v}");
+    // Once one closes, a new non-root connection is served.
     drop(held.pop());
-    extra.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
-    let answer = read_answer(&extra);
+    let t = Instant::now();
+    while socket_fds(pid) >= base + 1024 {
+        assert!(t.elapsed() < Duration::from_secs(3), "the closed connection's slot was not freed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let freed = Instant::now();
+    let mut s = connect_as(UID0 + 16, &d.socket).expect("connect");
+    s.write_all(STATUS).expect("write");
+    s.write_all(b"\n").expect("write");
+    let answer = read_answer(&s);
     assert!(answer.contains("\"ok\""), "{answer}");
-    println!("connection 1025 served {:?} after a slot was freed", freed.elapsed());
+    println!(
+        "connection cap: 1,024 non-root connections held, the next refused, served again {:?} after a slot was freed",
+        freed.elapsed()
+    );
     drop(held);
 }
