@@ -319,22 +319,19 @@ impl Daemon {
             return Ok(with_warnings(Body::changed(delta.summary, dry_run), warnings));
         }
         let t_compile = t0.elapsed();
-        if !delta.is_empty() {
-            if let Err(e) = self.backend.apply_changes(&self.plan, &delta) {
-                tracing::warn!("element-level change refused ({e}); replacing the whole table");
-                let mut whole = self.plan.clone();
-                delta.apply_in_place(&mut whole);
-                self.backend.apply(&whole).map_err(|e| {
-                    err(ErrorKind::Kernel, format!("the kernel refused the change; nothing was changed: {e}"))
-                })?;
-            }
-        }
+        let whole = || {
+            let mut whole = self.plan.clone();
+            delta.apply_in_place(&mut whole);
+            whole
+        };
+        self.commit(&delta, whole)
+            .map_err(|e| err(ErrorKind::Kernel, format!("the kernel refused the change; nothing was changed: {e}")))?;
         let t_kernel = t0.elapsed();
         record.apply(&mut self.users);
         if let Err(e) = self.store.commit(&self.users, &record) {
             // Not acknowledged unless persisted: put the sets and the kernel back as they were.
             undo.apply(&mut self.users);
-            if let Err(e2) = self.backend.apply(&self.plan) {
+            if let Err(e2) = self.kernel.replace(&self.plan) {
                 tracing::error!("rolling back after a failed save: {e2}");
             }
             return Err(err(ErrorKind::Internal, format!("{e}; the change was rolled back")));
@@ -475,14 +472,9 @@ impl Daemon {
             }
         };
         let delta = Plan::diff(&self.plan, &plan);
-        if !delta.is_empty() {
-            if let Err(e) = self.commit(&plan) {
-                undo(self, before);
-                return Err(err(
-                    ErrorKind::Kernel,
-                    format!("the kernel refused the new config; nothing was changed: {e}"),
-                ));
-            }
+        if let Err(e) = self.commit(&delta, || plan.clone()) {
+            undo(self, before);
+            return Err(err(ErrorKind::Kernel, format!("the kernel refused the new config; nothing was changed: {e}")));
         }
         let by = caller.map_or("SIGHUP".to_string(), |c| c.who());
         tracing::info!(
@@ -505,7 +497,7 @@ impl Daemon {
         if self.plan.element_count() > TRIM_AFTER_OBJECTS {
             self.trim_soon();
         }
-        let obs = self.backend.read(&self.plan).map_err(|e| err(ErrorKind::Kernel, e.to_string()))?;
+        let obs = self.kernel.observe(&self.plan).map_err(|e| err(ErrorKind::Kernel, e.to_string()))?;
         let in_sync = obs.as_ref().is_some_and(|o| o.matches(&self.plan));
         let mut forwards: Vec<ForwardStatus> = self
             .plan
