@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 pub use accounts::{lookup as lookup_account, name_of};
+pub use requests::Snapshot;
 
 /// How often live user forwards are re-checked against the sockets of other uids.
 const LISTENER_POLL: Duration = Duration::from_millis(500);
@@ -81,6 +82,8 @@ pub enum Op {
 pub enum Msg {
     /// A client request.
     Request { caller: Caller, op: Op, reply: oneshot::Sender<Response> },
+    /// The plan and suspended forwards, for a status read off the actor's thread.
+    Snapshot { reply: oneshot::Sender<Snapshot> },
     /// SIGHUP: reload the config.
     Reload,
     /// Clean stop: apply `on_exit` and end.
@@ -410,6 +413,9 @@ impl Daemon {
                         }
                     };
                     let _ = reply.send(resp);
+                }
+                Ok(Msg::Snapshot { reply }) => {
+                    let _ = reply.send(self.snapshot());
                 }
                 Ok(Msg::Reload) => {
                     notify::reloading();

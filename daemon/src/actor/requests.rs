@@ -493,34 +493,26 @@ impl Daemon {
         Ok(Body::changed(delta.summary, false))
     }
 
+    /// Status read in the actor (the server reads the kernel off the actor instead, from
+    /// a [`Snapshot`]).
     fn status(&mut self) -> Result<Body, Failure> {
+        let snap = self.snapshot();
+        let obs = self.kernel.observe(&snap.plan).map_err(|e| err(ErrorKind::Kernel, e.to_string()))?;
+        Ok(Body::Status(snap.status(obs.as_ref())))
+    }
+
+    /// What a status needs from the actor: the plan and the suspended forwards. Cheap; the
+    /// kernel is read by the caller.
+    pub(super) fn snapshot(&mut self) -> Snapshot {
         if self.plan.element_count() > TRIM_AFTER_OBJECTS {
             self.trim_soon();
         }
-        let obs = self.kernel.observe(&self.plan).map_err(|e| err(ErrorKind::Kernel, e.to_string()))?;
-        let in_sync = obs.as_ref().is_some_and(|o| o.matches(&self.plan));
-        let mut forwards: Vec<ForwardStatus> = self
-            .plan
-            .forwards
-            .iter()
-            .map(|p| {
-                let (packets, bytes) = obs.as_ref().and_then(|o| o.counters.get(&p.counter).copied()).unwrap_or((0, 0));
-                ForwardStatus {
-                    owner: p.owner.clone(),
-                    forward: p.forward.clone(),
-                    mark: p.mark,
-                    packets,
-                    bytes,
-                    state: ForwardState::Active,
-                    reason: None,
-                }
-            })
-            .collect();
+        let mut suspended = Vec::new();
         for (owner, list) in &self.eval.suspended {
             let Some(set) = self.users.get(owner) else { continue };
             for (name, reason) in list {
                 if let Some(f) = set.forwards.iter().find(|f| f.name == *name) {
-                    forwards.push(ForwardStatus {
+                    suspended.push(ForwardStatus {
                         owner: owner.clone(),
                         forward: f.clone(),
                         mark: f.mark.unwrap_or(self.config.settings.mark),
@@ -532,12 +524,48 @@ impl Daemon {
                 }
             }
         }
-        Ok(Body::Status(Status {
+        Snapshot { plan: self.plan.clone(), suspended, repairs: self.repairs }
+    }
+}
+
+/// The actor's part of a status: read the kernel with it, then call [`Snapshot::status`].
+pub struct Snapshot {
+    /// The plan the kernel should hold.
+    pub plan: Plan,
+    /// Forwards kept out of the kernel, with their reasons.
+    pub suspended: Vec<ForwardStatus>,
+    /// Repairs so far.
+    pub repairs: u64,
+}
+
+impl Snapshot {
+    /// The status, given what the kernel holds (`None`: no table).
+    pub fn status(self, obs: Option<&portd::nft::Observed>) -> Status {
+        let in_sync = obs.is_some_and(|o| o.matches(&self.plan));
+        let mut forwards: Vec<ForwardStatus> = self
+            .plan
+            .forwards
+            .iter()
+            .map(|p| {
+                let (packets, bytes) = obs.and_then(|o| o.counters.get(&p.counter).copied()).unwrap_or((0, 0));
+                ForwardStatus {
+                    owner: p.owner.clone(),
+                    forward: p.forward.clone(),
+                    mark: p.mark,
+                    packets,
+                    bytes,
+                    state: ForwardState::Active,
+                    reason: None,
+                }
+            })
+            .collect();
+        forwards.extend(self.suspended);
+        Status {
             daemon_version: env!("CARGO_PKG_VERSION").into(),
             table: self.plan.table.clone(),
             in_sync,
             repairs: self.repairs,
             forwards,
-        }))
+        }
     }
 }
