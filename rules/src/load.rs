@@ -648,21 +648,6 @@ pub fn parse_config(file: &str, text: &str) -> Result<Config, Diagnostics> {
     ctx.finish(Config { version: 1, settings, grants, forwards })
 }
 
-/// Re-validates forwards that arrived without a file (protocol, `portctl add`).
-pub fn validate_forwards(file: &str, fw: &[Forward]) -> Result<Vec<Forward>, Diagnostics> {
-    let doc = RulesFile { version: 1, forwards: fw.to_vec() };
-    let text = serde_yaml::to_string(&doc).map_err(|e| {
-        Diagnostics(vec![Diagnostic {
-            file: file.into(),
-            line: 0,
-            column: 0,
-            path: String::new(),
-            message: e.to_string(),
-        }])
-    })?;
-    parse_rules(file, &text).map(|r| r.forwards)
-}
-
 /// True for a user name portd accepts in an owner (`user:NAME`): POSIX portable
 /// characters, at most 32.
 pub fn valid_user(s: &str) -> bool {
