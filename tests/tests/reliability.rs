@@ -415,7 +415,7 @@ fn hostile_clients_affect_only_themselves() {
                         assert!(a.contains("\"protocol\"") && !a.contains("connection closed"), "garbage {k}: {a}");
                         answered += 1;
                     }
-                    if round % 20 == 0 {
+                    if round.is_multiple_of(20) {
                         // A third in a row: answered, then the connection is closed.
                         let a = ask(&mut w, &mut r, b"\x00\xffgarbage {{{ not json\n");
                         assert!(a.contains("3 malformed requests in a row; connection closed"), "garbage {k}: {a}");
