@@ -162,6 +162,21 @@ pub enum Cond {
         /// Outside instead of inside.
         negate: bool,
     },
+    /// Destination port in one of these ranges (or in none), from an anonymous set.
+    DportIn {
+        /// Inclusive ranges.
+        ranges: Vec<(u16, u16)>,
+        /// Outside instead of inside.
+        negate: bool,
+    },
+    /// xtables `conntrack`/`state` match: the connection's state bits (xt_conntrack's
+    /// ESTABLISHED 2, RELATED 4, NEW 8, SNAT 64, DNAT 128) intersect `mask` (or not).
+    XtState {
+        /// State bits.
+        mask: u32,
+        /// `!`.
+        negate: bool,
+    },
     /// `(ct status & mask) op value`.
     CtStatus(Bits),
     /// `(ct state & mask) op value`.
@@ -275,6 +290,14 @@ fn port_of(b: &[u8]) -> Option<u16> {
 
 /// Parses a rule as libnftnl prints it (`[ NAME BODY] [ NAME BODY] ...`).
 pub fn parse_rule(text: &str) -> Rule {
+    parse_rule_in(text, &|_| None)
+}
+
+/// The port ranges of an anonymous set of ports, by set name, as read with the rule.
+pub type PortSets<'a> = dyn Fn(&str) -> Option<Vec<(u16, u16)>> + 'a;
+
+/// [`parse_rule`] with the port sets its lookups may name (`tcp dport { 22, 80 }`).
+pub fn parse_rule_in(text: &str, sets: &PortSets<'_>) -> Rule {
     let mut regs: BTreeMap<String, Reg> = BTreeMap::new();
     let mut masks: BTreeMap<String, u32> = BTreeMap::new();
     let mut conds = Vec::new();
@@ -282,6 +305,11 @@ pub fn parse_rule(text: &str) -> Rule {
     for expr in text.split('[').map(|e| e.trim().trim_end_matches(']').trim()).filter(|e| !e.is_empty()) {
         let t: Vec<&str> = expr.split_whitespace().collect();
         let reg_after_arrow = || t.iter().position(|x| *x == "=>").and_then(|i| t.get(i + 2)).map(|r| r.to_string());
+        // Whatever loads a register replaces what it held; the arms below say what, if known.
+        if let Some(r) = reg_after_arrow() {
+            masks.remove(&r);
+            regs.insert(r, Reg::Other(expr.to_string()));
+        }
         match t.as_slice() {
             ["meta", "load", what, ..] | ["ct", "load", what, ..] => {
                 let kind = match (t[0], *what) {
@@ -351,8 +379,7 @@ pub fn parse_rule(text: &str) -> Rule {
                     (Some(Reg::CtState), "eq" | "neq") => Cond::CtState(bits(u32_of(&bytes))),
                     (Some(Reg::Mark), "eq" | "neq") => Cond::Mark(bits(u32_of(&bytes))),
                     (Some(Reg::Iif), "eq" | "neq") => {
-                        let name: String =
-                            bytes.iter().take_while(|b| **b != 0).map(|b| char::from(*b)).collect();
+                        let name: String = bytes.iter().take_while(|b| **b != 0).map(|b| char::from(*b)).collect();
                         Cond::Iif { name, negate }
                     }
                     (Some(Reg::Fib), "eq" | "neq") => Cond::FibDaddrType { rtype: u32_of(&bytes), negate },
@@ -360,29 +387,44 @@ pub fn parse_rule(text: &str) -> Rule {
                 };
                 // Two comparisons of one port register make a range.
                 match (conds.last_mut(), &c) {
-                    (
-                        Some(Cond::Dport { lo, hi, negate: false }),
-                        Cond::Dport { lo: l2, hi: h2, negate: false },
-                    ) if (*l2 > 0 && *h2 == u16::MAX && *lo == 0) || (*l2 == 0 && *hi == u16::MAX) => {
+                    (Some(Cond::Dport { lo, hi, negate: false }), Cond::Dport { lo: l2, hi: h2, negate: false })
+                        if (*l2 > 0 && *h2 == u16::MAX && *lo == 0) || (*l2 == 0 && *hi == u16::MAX) =>
+                    {
                         *lo = (*lo).max(*l2);
                         *hi = (*hi).min(*h2);
                     }
                     _ => conds.push(c),
                 }
             }
+            ["lookup", "reg", r, "set", name, rest @ ..]
+                if regs.get(*r) == Some(&Reg::Dport) && !rest.contains(&"dreg") =>
+            {
+                let negate =
+                    rest.last().and_then(|f| f.strip_prefix("0x")).and_then(|h| u32::from_str_radix(h, 16).ok())
+                        == Some(1);
+                match sets(name) {
+                    Some(ranges) => conds.push(Cond::DportIn { ranges, negate }),
+                    None => conds.push(Cond::Unknown(expr.to_string())),
+                }
+            }
+            ["match", "name", name, "rev", rev, "info", hex] => {
+                let info: Vec<u8> = (0..hex.len() / 2)
+                    .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2).unwrap_or("zz"), 16).ok())
+                    .collect();
+                conds.extend(xt_match(name, rev.parse().unwrap_or(0), &info));
+            }
             ["range", ..] | ["lookup", ..] | ["match", ..] | ["meta", ..] | ["payload", ..] | ["ct", ..] => {
-                if !(t[0] == "meta" && t.get(1) == Some(&"set")) && !(t[0] == "ct" && t.get(1) == Some(&"set")) {
+                if t.get(1) != Some(&"set") {
                     conds.push(Cond::Unknown(expr.to_string()));
                 }
             }
             ["counter", ..] | ["log", ..] | ["limit", ..] | ["quota", ..] | ["objref", ..] | ["notrack", ..] => {}
             ["reject", ..] => verdict = Verdict::Reject,
             ["redir", rest @ ..] => {
-                let port = rest
-                    .iter()
-                    .position(|x| *x == "proto_min")
-                    .and_then(|i| rest.get(i + 2))
-                    .and_then(|r| match regs.get(*r) {
+                let port =
+                    rest.iter().position(|x| *x == "proto_min").and_then(|i| rest.get(i + 2)).and_then(|r| match regs
+                        .get(*r)
+                    {
                         Some(Reg::Imm(b)) => port_of(b),
                         _ => None,
                     });
@@ -401,6 +443,58 @@ pub fn parse_rule(text: &str) -> Rule {
         }
     }
     Rule { conds, verdict }
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+/// The conditions of an xtables match (`-m NAME`), from its revision and info bytes:
+/// `tcp`/`udp` destination ports, `conntrack --ctstate` and `state --state`; anything
+/// else (or any other option of those) is undecided.
+pub fn xt_match(name: &str, rev: u8, info: &[u8]) -> Vec<Cond> {
+    let unknown = || vec![Cond::Unknown(format!("-m {name}"))];
+    match name {
+        "tcp" | "udp" => {
+            // xt_tcp / xt_udp: spts[2], dpts[2], then (tcp) option, flg_mask, flg_cmp, invflags
+            let (Some(s0), Some(s1), Some(lo), Some(hi)) =
+                (u16_at(info, 0), u16_at(info, 2), u16_at(info, 4), u16_at(info, 6))
+            else {
+                return unknown();
+            };
+            let inv = if name == "tcp" { info.get(11) } else { info.get(8) }.copied().unwrap_or(0);
+            let mut out = Vec::new();
+            if (s0, s1) != (0, u16::MAX) {
+                out.push(Cond::Unknown("--sport".into()));
+            }
+            if name == "tcp" && info.get(9).copied().unwrap_or(0) != 0 {
+                out.push(Cond::Unknown("--tcp-flags".into()));
+            }
+            if (lo, hi) != (0, u16::MAX) || inv & 0x02 != 0 {
+                out.push(Cond::Dport { lo, hi, negate: inv & 0x02 != 0 });
+            }
+            out
+        }
+        "conntrack" if (1..=3).contains(&rev) => {
+            // xt_conntrack_mtinfo1..3: 8 addresses (128 bytes), expires (8), l4proto,
+            // 4 ports, match_flags @146, invert_flags @148, state_mask @150 (u8 in rev 1)
+            let (Some(flags), Some(inv)) = (u16_at(info, 146), u16_at(info, 148)) else { return unknown() };
+            let state = if rev == 1 { info.get(150).map(|b| u16::from(*b)) } else { u16_at(info, 150) };
+            const STATE: u16 = 1;
+            if flags != STATE {
+                return unknown();
+            }
+            match state {
+                Some(mask) => vec![Cond::XtState { mask: u32::from(mask), negate: inv & STATE != 0 }],
+                None => unknown(),
+            }
+        }
+        "state" => match info.get(0..4) {
+            Some(b) => vec![Cond::XtState { mask: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]), negate: false }],
+            None => unknown(),
+        },
+        _ => unknown(),
+    }
 }
 
 /// The packet doctor follows through a chain.
@@ -433,8 +527,13 @@ fn cond_matches(c: &Cond, p: &Packet) -> Match {
     match c {
         Cond::L4 { proto, negate } => b((*proto == p.l4) != *negate),
         Cond::Dport { lo, hi, negate } => b((*lo..=*hi).contains(&p.dport) != *negate),
+        Cond::DportIn { ranges, negate } => b(ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&p.dport)) != *negate),
         Cond::CtStatus(bits) => b(bits.test(p.ct_status)),
         Cond::CtState(bits) => b(bits.test(CT_NEW)),
+        Cond::XtState { mask, negate } => {
+            let state = CT_NEW | if p.ct_status & 0x20 != 0 { 128 } else { 0 };
+            b((state & mask != 0) != *negate)
+        }
         Cond::Mark(bits) => b(bits.test(p.mark)),
         // Traffic from other hosts never arrives on lo; on any other name it may.
         Cond::Iif { name, negate } if name == "lo" => b(*negate),
@@ -664,14 +763,20 @@ fn drop_finding(
     let proto = proto_word(p.l4);
     let by = match rule {
         Some(n) => format!("rule {n} of chain {at} drops it"),
-        None => format!("its policy is drop and no rule accepts it (chain {} hook {} priority {})", chain.name, h.hook.name(), h.priority),
+        None => format!(
+            "its policy is drop and no rule accepts it (chain {} hook {} priority {})",
+            chain.name,
+            h.hook.name(),
+            h.priority
+        ),
     };
     let family_word = if chain.applies_to(Family::Ipv4) && chain.applies_to(Family::Ipv6) {
         String::new()
     } else {
         format!(" ({family:?})").to_lowercase()
     };
-    let when = if p.ct_status == 0 { "before portd's redirect, on public" } else { "after portd's redirect, on target" };
+    let when =
+        if p.ct_status == 0 { "before portd's redirect, on public" } else { "after portd's redirect, on target" };
     let mut message = format!(
         "{} drops the forward's traffic{family_word} {when} port {proto}/{}: {by}; an accept in portd's table does not override a drop in another table",
         chain.title(),
@@ -713,7 +818,13 @@ fn drop_finding(
             _ => format!("accept redirected traffic before the drop: `{nft}` (and keep it in the file that builds table {} {})", nft_family, chain.table),
         }
     };
-    Some(Finding { check: if chain.legacy() { "legacy-iptables" } else { "foreign-drop" }.into(), severity, forward: Some(fwd_name(f)), message, fix })
+    Some(Finding {
+        check: if chain.legacy() { "legacy-iptables" } else { "foreign-drop" }.into(),
+        severity,
+        forward: Some(fwd_name(f)),
+        message,
+        fix,
+    })
 }
 
 fn nat_finding(
@@ -729,7 +840,9 @@ fn nat_finding(
     }
     let w = walk_base(chains, chain, p);
     let (definite, what) = match &w.end {
-        Some(End::Nat { chain: at, rule, verdict }) => (true, format!("rule {rule} of chain {at} ({})", verdict_word(verdict))),
+        Some(End::Nat { chain: at, rule, verdict }) => {
+            (true, format!("rule {rule} of chain {at} ({})", verdict_word(verdict)))
+        }
         _ => {
             let nat: Vec<&String> =
                 w.maybe.iter().filter(|m| m.contains("(redirect") || m.contains("(dnat)")).collect();
@@ -810,8 +923,8 @@ pub fn check_listeners(
                 });
             }
             let Some(uid) = owner_uid(&f.owner) else { continue };
-            if let Some((port, other)) = (to.start..=to.end)
-                .find_map(|p| holders(proto, p).into_iter().find(|u| *u != uid).map(|u| (p, u)))
+            if let Some((port, other)) =
+                (to.start..=to.end).find_map(|p| holders(proto, p).into_iter().find(|u| *u != uid).map(|u| (p, u)))
             {
                 out.push(Finding {
                     check: "listener".into(),

@@ -33,7 +33,10 @@ impl Daemon {
                 in_sync,
                 table: self.plan.table.clone(),
                 backoff_hits: self.backoff.hits,
-                standing_back_secs: self.backoff.deferred().map(|t| t.saturating_duration_since(Instant::now()).as_secs()),
+                standing_back_secs: self
+                    .backoff
+                    .deferred()
+                    .map(|t| t.saturating_duration_since(Instant::now()).as_secs()),
                 suspended,
             },
         };

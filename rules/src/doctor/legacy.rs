@@ -93,20 +93,7 @@ fn entry(e: &[u8], l: &Layout) -> Option<(Rule, String, Option<i32>)> {
         let size = usize::from(u16_at(e, at)?);
         let name = name_at(e, at + 2, 29);
         let data = e.get(at + 32..at + size)?;
-        match name.as_str() {
-            "tcp" | "udp" => {
-                let sp = (u16_at(data, 0)?, u16_at(data, 2)?);
-                let (lo, hi) = (u16_at(data, 4)?, u16_at(data, 6)?);
-                let invflags = if name == "tcp" { *data.get(11)? } else { *data.get(8)? };
-                if sp != (0, u16::MAX) {
-                    conds.push(Cond::Unknown("--sport".into()));
-                }
-                if (lo, hi) != (0, u16::MAX) || invflags & 0x02 != 0 {
-                    conds.push(Cond::Dport { lo, hi, negate: invflags & 0x02 != 0 });
-                }
-            }
-            other => conds.push(Cond::Unknown(format!("-m {other}"))),
-        }
+        conds.extend(super::xt_match(&name, *e.get(at + 31)?, data));
         if size < 32 {
             return None;
         }

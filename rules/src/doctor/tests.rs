@@ -93,7 +93,8 @@ fn an_undecidable_rule_before_the_drop_makes_it_a_warning() {
 
 #[test]
 fn jumps_are_followed_and_managers_recognised() {
-    let mut base = chain("inet", "firewalld", "filter", Hook::Input, 10, true, &["[ immediate reg 0 jump -> filter_IN_public ]"]);
+    let mut base =
+        chain("inet", "firewalld", "filter", Hook::Input, 10, true, &["[ immediate reg 0 jump -> filter_IN_public ]"]);
     base.name = "filter_INPUT".into();
     let sub = ForeignChain { name: "filter_IN_public".into(), hook: None, rules: vec![], ..base.clone() };
     let f = check_chains(&[base.clone(), sub], &[fwd("system", 80, 8080)], -100);
@@ -105,7 +106,8 @@ fn jumps_are_followed_and_managers_recognised() {
         ..base.clone()
     };
     assert!(check_chains(&[base, accept], &[fwd("system", 80, 8080)], -100).is_empty());
-    let mut ufw = chain("ip", "filter", "filter", Hook::Input, 0, true, &["[ immediate reg 0 jump -> ufw-before-input ]"]);
+    let mut ufw =
+        chain("ip", "filter", "filter", Hook::Input, 0, true, &["[ immediate reg 0 jump -> ufw-before-input ]"]);
     ufw.name = "INPUT".into();
     let sub = ForeignChain { name: "ufw-before-input".into(), hook: None, rules: vec![], ..ufw.clone() };
     let f = check_chains(&[ufw, sub], &[fwd("system", 80, 8080)], -100);
@@ -137,10 +139,19 @@ fn listeners_conntrack_and_self() {
     assert!(check_listeners(&fs, |_, _| vec![1002], |_| None).is_empty(), "system forwards: any uid");
     assert!(check_conntrack(89, 100).is_none());
     assert_eq!(check_conntrack(90, 100).map(|f| f.severity), Some(Severity::Error));
-    let s = SelfState { in_sync: false, table: "portd".into(), backoff_hits: 1, standing_back_secs: None, suspended: vec![("user:a/x".into(), "no grant".into())] };
+    let s = SelfState {
+        in_sync: false,
+        table: "portd".into(),
+        backoff_hits: 1,
+        standing_back_secs: None,
+        suspended: vec![("user:a/x".into(), "no grant".into())],
+    };
     let mut f = check_self(&s);
     sort(&mut f);
-    assert_eq!(f.iter().map(|f| f.severity).collect::<Vec<_>>(), [Severity::Error, Severity::Warning, Severity::Warning]);
+    assert_eq!(
+        f.iter().map(|f| f.severity).collect::<Vec<_>>(),
+        [Severity::Error, Severity::Warning, Severity::Warning]
+    );
     assert!(check_self(&SelfState { in_sync: true, ..Default::default() }).is_empty());
 }
 
@@ -187,4 +198,49 @@ fn legacy_entries_decode_into_rules() {
     let f = check_chains(&chains, &[fwd("system", 80, 8080)], -100);
     assert_eq!(f[0].check, "legacy-iptables");
     assert!(f[0].fix.contains("iptables-legacy -t filter -D INPUT 1"), "{}", f[0].fix);
+}
+
+#[test]
+fn set_lookups_of_ports_are_decided_when_the_set_is_known() {
+    let text = "[ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ payload load 2b @ transport header + 2 => reg 1 ] [ lookup reg 1 set __set0 0x0 ] [ immediate reg 0 accept ]";
+    let sets = |n: &str| (n == "__set0").then(|| vec![(22, 22), (80, 80), (443, 443)]);
+    let r = parse_rule_in(text, &sets);
+    assert_eq!(r.conds[1], Cond::DportIn { ranges: vec![(22, 22), (80, 80), (443, 443)], negate: false });
+    let c = ForeignChain { rules: vec![r], ..chain("inet", "fw", "filter", Hook::Input, 0, true, &[]) };
+    let f = check_chains(&[c], &[fwd("system", 80, 8080)], -100);
+    assert_eq!(f[0].severity, Severity::Error, "8080 is not in the set: {f:?}");
+    let r = parse_rule_in(text, &|_| Some(vec![(8000, 8099)]));
+    let c = ForeignChain { rules: vec![r], ..chain("inet", "fw", "filter", Hook::Input, 0, true, &[]) };
+    assert!(check_chains(&[c], &[fwd("system", 80, 8080)], -100).is_empty());
+    let inverted = parse_rule_in(&text.replace("0x0 ]", "0x1 ]"), &sets);
+    assert_eq!(inverted.conds[1], Cond::DportIn { ranges: vec![(22, 22), (80, 80), (443, 443)], negate: true });
+}
+
+#[test]
+fn xt_conntrack_states_are_decided() {
+    let mut info = [0u8; 168];
+    info[146..148].copy_from_slice(&1u16.to_ne_bytes());
+    // --ctstate RELATED,ESTABLISHED: not a new connection
+    info[150..152].copy_from_slice(&6u16.to_ne_bytes());
+    let hex: String = info.iter().map(|b| format!("{b:02x}")).collect();
+    let r = parse_rule(&format!("[ match name conntrack rev 3 info {hex} ] [ immediate reg 0 accept ]"));
+    assert_eq!(r.conds, vec![Cond::XtState { mask: 6, negate: false }]);
+    let c = ForeignChain { rules: vec![r], ..chain("ip", "filter", "filter", Hook::Input, 0, true, &[]) };
+    assert_eq!(check_chains(&[c], &[fwd("system", 80, 8080)], -100)[0].severity, Severity::Error);
+    // --ctstate DNAT accepts the redirected connection
+    info[150..152].copy_from_slice(&128u16.to_ne_bytes());
+    let hex: String = info.iter().map(|b| format!("{b:02x}")).collect();
+    let r = parse_rule(&format!("[ match name conntrack rev 3 info {hex} ] [ immediate reg 0 accept ]"));
+    let c = ForeignChain { rules: vec![r], ..chain("ip", "filter", "filter", Hook::Input, 0, true, &[]) };
+    assert!(check_chains(&[c], &[fwd("system", 80, 8080)], -100).is_empty());
+    assert!(matches!(xt_match("conntrack", 3, &[0; 10])[0], Cond::Unknown(_)));
+}
+
+#[test]
+fn a_register_reloaded_with_something_unknown_is_not_read_as_before() {
+    // meta l4proto tcp ip saddr 10.0.0.1 drop
+    let r = parse_rule("[ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ payload load 4b @ network header + 12 => reg 1 ] [ cmp eq reg 1 0x0100000a ] [ immediate reg 0 drop ]");
+    assert_eq!(r.conds[0], Cond::L4 { proto: 6, negate: false });
+    assert!(r.conds[1..].iter().all(|c| matches!(c, Cond::Unknown(_))), "{r:?}");
+    assert_eq!(r.verdict, Verdict::Drop);
 }
