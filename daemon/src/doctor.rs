@@ -15,7 +15,9 @@ pub struct Snapshot {
     pub forwards: Vec<PlacedForward>,
     /// Uid of each user owner (root's sets left out: any listener is fine for them).
     pub owner_uids: BTreeMap<String, u32>,
-    /// portd's own state.
+    /// The plan, to compare the kernel's table with.
+    pub plan: portd_rules::Plan,
+    /// portd's own state (`in_sync` is read here).
     pub me: SelfState,
 }
 
@@ -56,7 +58,9 @@ fn unreadable(check: &str, what: String) -> Finding {
 
 /// Every check; findings most severe first.
 pub fn run(s: &Snapshot) -> Vec<Finding> {
-    let mut findings = doctor::check_self(&s.me);
+    let mut me = s.me.clone();
+    me.in_sync = matches!(portd::nft::Backend::new(&s.plan.table).read(&s.plan), Ok(Some(o)) if o.matches(&s.plan));
+    let mut findings = doctor::check_self(&me);
     let mut chains: Vec<ForeignChain> = Vec::new();
     match portd::nft::read_foreign(&s.me.table) {
         Ok(read) => {

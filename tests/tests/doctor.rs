@@ -197,3 +197,81 @@ fn a_full_conntrack_table() {
     sh_in(&net, "conntrack -F");
     assert_clean_and_working(&net, &d, "after conntrack -F");
 }
+
+/// portd itself: a program that keeps deleting portd's table (the repair back-off).
+#[test]
+fn portd_standing_back_from_a_program_that_keeps_deleting_its_table() {
+    let (net, d, _app) = setup(true);
+    assert_clean_and_working(&net, &d, "before the fight");
+    // Another program deletes the table again and again for 3 s (one `nft -i`): portd repairs 50 times
+    // within a second, then stands back for 5 s.
+    let fighter = Bg(std::process::Command::new("ip")
+        .args(["netns", "exec", &net.srv, "sh", "-c"])
+        .arg("end=$(($(date +%s) + 3)); while [ $(date +%s) -lt $end ]; do echo 'delete table inet portd'; sleep 0.002; done | nft -i >/dev/null 2>&1")
+        .spawn()
+        .expect("start the fighting loop"));
+    wait_for(|| Portd::log(&net).contains("standing back"), "portd to stand back");
+    // While it stands back the table is gone (the loop deleted it last) or about to be.
+    wait_for(|| net.table("portd").is_none(), "the table to stay deleted");
+    assert_eq!(net.tcp_get(&net.cli, SRV4, 80), None, "no table, no forward");
+    let (code, findings) = doctor(&d);
+    assert_eq!(code, 1, "{findings:#?}");
+    let portd: Vec<&serde_json::Value> = findings.iter().filter(|f| f["check"] == "portd").collect();
+    assert!(
+        portd
+            .iter()
+            .any(|f| f["severity"] == "error" && f["message"].as_str().unwrap_or("").contains("stands back now")),
+        "{findings:#?}"
+    );
+    assert!(
+        portd.iter().any(|f| f["message"].as_str().unwrap_or("").contains("differs from what portd put there")),
+        "{findings:#?}"
+    );
+    // The fix: the other program stops; portd restores the table after its back-off.
+    drop(fighter);
+    wait_for_secs(15, || net.tcp_get(&net.cli, SRV4, 80).as_deref() == Some("web-app"), "the table to come back");
+    let (code, findings) = doctor(&d);
+    assert_eq!(code, 0, "{findings:#?}");
+    assert_eq!(findings.len(), 1, "only the record of the fight remains: {findings:#?}");
+    assert_eq!((findings[0]["check"].as_str(), findings[0]["severity"].as_str()), (Some("portd"), Some("warning")));
+}
+
+/// portd itself: a user forward suspended because its grant was revoked.
+#[test]
+fn a_suspended_user_forward_and_its_grant_restored() {
+    let net = Net::setup();
+    let web = TestUser::new("pdd");
+    let grant = format!("grants:\n  - user: {}\n    ports: [80]\n    to: \"8080\"\n", web.name);
+    let d = Portd::start(&net, &config(&net, &grant));
+    let _app = net.tcp_app_as(&net.srv, &web.name, 8080, "web-app");
+    let file = write(&net.dir, "web.yaml", "version: 1\nforwards:\n  - name: http\n    port: 80\n    to: 8080\n");
+    let o = d.ctl_as(&web.name, "", &["apply", file.to_str().expect("path")]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_clean_and_working(&net, &d, "with the grant");
+    std::fs::write(&d.config, config(&net, "")).expect("config");
+    assert!(d.ctl(&["reload"]).status.success());
+    assert_eq!(net.tcp_get(&net.cli, SRV4, 80), None, "a suspended forward redirects nothing");
+    // Any socket user may ask (the forward's owner here).
+    let o = d.ctl_as(&web.name, "", &["doctor", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(o.status.code(), Some(0), "a suspension is a warning: {v}");
+    let f = &v["findings"][0];
+    assert_eq!(f["forward"], format!("user:{}/http", web.name), "{v}");
+    assert_eq!((f["check"].as_str(), f["severity"].as_str()), (Some("portd"), Some("warning")), "{v}");
+    assert!(f["message"].as_str().unwrap_or("").contains("suspended"), "{v}");
+    std::fs::write(&d.config, config(&net, &grant)).expect("config");
+    assert!(d.ctl(&["reload"]).status.success());
+    assert_clean_and_working(&net, &d, "with the grant restored");
+}
+
+/// Polls `f` for up to `secs` seconds.
+fn wait_for_secs(secs: u64, mut f: impl FnMut() -> bool, what: &str) {
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(secs) {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("timed out after {secs} s waiting for {what}");
+}

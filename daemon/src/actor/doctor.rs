@@ -1,5 +1,5 @@
 //! `portctl doctor` on the actor's side: a snapshot of what only the actor knows (the
-//! plan, suspensions, sync, back-off), handed to a thread of its own that reads the
+//! plan, suspensions, back-off), handed to a thread of its own that reads the
 //! kernel and answers, so the actor stays responsive however large the host's ruleset.
 
 #![forbid(unsafe_code)]
@@ -13,7 +13,6 @@ use tokio::sync::oneshot;
 impl Daemon {
     /// Answers `doctor` from a thread of its own.
     pub(super) fn doctor(&mut self, reply: oneshot::Sender<Response>) {
-        let in_sync = matches!(self.backend.read(&self.plan), Ok(Some(o)) if o.matches(&self.plan));
         let suspended = self
             .eval
             .suspended
@@ -28,9 +27,11 @@ impl Daemon {
             .collect();
         let snapshot = crate::doctor::Snapshot {
             forwards: self.plan.forwards.clone(),
+            plan: self.plan.clone(),
             owner_uids,
             me: SelfState {
-                in_sync,
+                // read by the doctor thread, off the actor
+                in_sync: false,
                 table: self.plan.table.clone(),
                 backoff_hits: self.backoff.hits,
                 standing_back_secs: self

@@ -13,7 +13,7 @@ mod requests;
 
 use crate::notify;
 use crate::state::Store;
-use portd::nft::Backend;
+use portd::kernel::Kernel;
 use portd_rules::policy::{self, Backoff, Evaluation, Judge, Listeners, Repair, UserSet};
 use portd_rules::proto::{Command, ErrorKind, Response};
 use portd_rules::{compile, Config, ListenerCheck, OnExit, OwnedSet, Plan};
@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 pub use accounts::{lookup as lookup_account, name_of};
+pub use requests::Snapshot;
 
 /// How often live user forwards are re-checked against the sockets of other uids.
 const LISTENER_POLL: Duration = Duration::from_millis(500);
@@ -82,6 +83,8 @@ pub enum Op {
 pub enum Msg {
     /// A client request.
     Request { caller: Caller, op: Op, reply: oneshot::Sender<Response> },
+    /// The plan and suspended forwards, for a status read off the actor's thread.
+    Snapshot { reply: oneshot::Sender<Snapshot> },
     /// SIGHUP: reload the config.
     Reload,
     /// Clean stop: apply `on_exit` and end.
@@ -116,7 +119,7 @@ pub struct Daemon {
     /// The policy's decision for every user forward; the plan holds its active ones.
     eval: Evaluation,
     store: Store,
-    backend: Backend,
+    kernel: Box<dyn Kernel>,
     conntrack: crate::conntrack::Cleaner,
     plan: Plan,
     repairs: u64,
@@ -171,13 +174,13 @@ impl Daemon {
         config: Config,
         overrides: Overrides,
         published: std::sync::Arc<Published>,
+        kernel: Box<dyn Kernel>,
     ) -> anyhow::Result<Daemon> {
         let mut store = Store::new(std::path::Path::new(&config.settings.state_dir));
         let persisted = store.load()?;
         for p in &persisted.unreadable {
             tracing::error!("{p}; left out (a copy of the file is kept next to it as sets.json.unreadable)");
         }
-        let backend = Backend::new(&config.settings.table);
         let mut d = Daemon {
             config_path,
             plan: Plan::empty(&config.settings.table),
@@ -190,7 +193,7 @@ impl Daemon {
             listener_error: None,
             eval: Evaluation::default(),
             store,
-            backend,
+            kernel,
             conntrack: crate::conntrack::Cleaner::spawn()?,
             repairs: 0,
             backoff: Backoff::default(),
@@ -206,9 +209,9 @@ impl Daemon {
         d.eval = d.evaluate(&Evaluation::default());
         let plan = d.desired_plan().map_err(|c| anyhow::anyhow!(c.join("; ")))?;
         // Keep counters when the kernel already holds exactly this table (a restart).
-        match d.backend.read(&plan)? {
+        match d.kernel.observe(&plan)? {
             Some(obs) if obs.matches(&plan) => {}
-            _ => d.backend.apply(&plan)?,
+            _ => d.kernel.replace(&plan)?,
         }
         d.plan = plan;
         d.log_transitions(&Evaluation::default(), "at start");
@@ -361,7 +364,7 @@ impl Daemon {
                 return Err((ErrorKind::Conflict, c));
             }
         };
-        if let Err(e) = self.commit(&plan) {
+        if let Err(e) = self.commit(&Plan::diff(&self.plan, &plan), || plan.clone()) {
             self.eval = before;
             return Err(err(ErrorKind::Kernel, format!("the kernel refused the change; nothing was changed: {e}")));
         }
@@ -413,6 +416,9 @@ impl Daemon {
                     };
                     let _ = reply.send(resp);
                 }
+                Ok(Msg::Snapshot { reply }) => {
+                    let _ = reply.send(self.snapshot());
+                }
                 Ok(Msg::Reload) => {
                     notify::reloading();
                     if let Err((_, m)) = self.reload(None) {
@@ -462,7 +468,7 @@ impl Daemon {
     fn stop(&mut self) {
         notify::stopping();
         match self.config.settings.on_exit {
-            OnExit::Remove => match self.backend.remove() {
+            OnExit::Remove => match self.kernel.remove() {
                 Ok(()) => tracing::info!(table = %self.plan.table, "stopped; table removed (on_exit: remove)"),
                 Err(e) => tracing::error!("removing table on exit: {e}"),
             },
@@ -477,7 +483,7 @@ impl Daemon {
         }
         // A deleted table needs no comparison: rebuild at once.
         let ok = change != crate::events::TableEvent::TableDeleted
-            && match self.backend.read(&self.plan) {
+            && match self.kernel.observe(&self.plan) {
                 Ok(Some(obs)) => obs.matches(&self.plan),
                 Ok(None) => false,
                 Err(e) => {
@@ -500,7 +506,7 @@ impl Daemon {
                     until.saturating_duration_since(Instant::now())
                 );
             }
-            Repair::Now => match self.backend.apply(&self.plan) {
+            Repair::Now => match self.kernel.replace(&self.plan) {
                 Ok(()) => {
                     self.repairs += 1;
                     tracing::warn!(
@@ -516,17 +522,20 @@ impl Daemon {
         }
     }
 
-    /// Puts `plan` into the kernel: an element-level delta from the current plan in one
-    /// batch, else (the kernel drifted from what portd believes, or the change is
-    /// structural) the whole table replaced atomically.
-    fn commit(&self, plan: &Plan) -> Result<(), portd::nft::BackendError> {
-        match self.backend.apply_delta(&self.plan, plan) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                tracing::warn!("element-level change refused ({e}); replacing the whole table");
-                self.backend.apply(plan)
+    /// The one way a change reaches the kernel: `delta` (from the current plan) as one
+    /// element-level batch, else — the kernel drifted from what portd believes, or the
+    /// change is structural — the whole new table, from `whole`, replaced in one batch.
+    fn commit(&self, delta: &portd_rules::Delta, whole: impl FnOnce() -> Plan) -> Result<(), portd::nft::BackendError> {
+        if delta.is_empty() {
+            return Ok(());
+        }
+        if !delta.structural {
+            match self.kernel.change(&self.plan, delta) {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::warn!("element-level change refused ({e}); replacing the whole table"),
             }
         }
+        self.kernel.replace(&whole())
     }
 
     /// Schedules [`trim_heap`] shortly after the current request.
@@ -534,3 +543,6 @@ impl Daemon {
         self.trim_at.get_or_insert_with(|| Instant::now() + TRIM_DELAY);
     }
 }
+
+#[cfg(test)]
+mod tests;
