@@ -177,6 +177,13 @@ pub enum Cond {
         /// `!`.
         negate: bool,
     },
+    /// `ct state` in one of these ranges of state values (or in none), from a set.
+    CtStateIn {
+        /// Inclusive ranges of state values (established 2, related 4, new 8).
+        ranges: Vec<(u32, u32)>,
+        /// Outside instead of inside.
+        negate: bool,
+    },
     /// `(ct status & mask) op value`.
     CtStatus(Bits),
     /// `(ct state & mask) op value`.
@@ -293,11 +300,13 @@ pub fn parse_rule(text: &str) -> Rule {
     parse_rule_in(text, &|_| None)
 }
 
-/// The port ranges of an anonymous set of ports, by set name, as read with the rule.
-pub type PortSets<'a> = dyn Fn(&str) -> Option<Vec<(u16, u16)>> + 'a;
+/// The keys of an anonymous set, by set name, as inclusive ranges of numbers (2-byte
+/// keys such as ports as read big-endian, 4-byte keys such as `ct state` in host order).
+pub type SetRanges<'a> = dyn Fn(&str) -> Option<Vec<(u32, u32)>> + 'a;
 
-/// [`parse_rule`] with the port sets its lookups may name (`tcp dport { 22, 80 }`).
-pub fn parse_rule_in(text: &str, sets: &PortSets<'_>) -> Rule {
+/// [`parse_rule`] with the anonymous sets its lookups may name (`tcp dport { 22, 80 }`,
+/// `ct state { established, related }`).
+pub fn parse_rule_in(text: &str, sets: &SetRanges<'_>) -> Rule {
     let mut regs: BTreeMap<String, Reg> = BTreeMap::new();
     let mut masks: BTreeMap<String, u32> = BTreeMap::new();
     let mut conds = Vec::new();
@@ -397,14 +406,19 @@ pub fn parse_rule_in(text: &str, sets: &PortSets<'_>) -> Rule {
                 }
             }
             ["lookup", "reg", r, "set", name, rest @ ..]
-                if regs.get(*r) == Some(&Reg::Dport) && !rest.contains(&"dreg") =>
+                if matches!(regs.get(*r), Some(Reg::Dport | Reg::CtState)) && !rest.contains(&"dreg") =>
             {
                 let negate =
                     rest.last().and_then(|f| f.strip_prefix("0x")).and_then(|h| u32::from_str_radix(h, 16).ok())
                         == Some(1);
-                match sets(name) {
-                    Some(ranges) => conds.push(Cond::DportIn { ranges, negate }),
-                    None => conds.push(Cond::Unknown(expr.to_string())),
+                match (sets(name), regs.get(*r)) {
+                    (Some(ranges), Some(Reg::Dport)) => {
+                        let ranges =
+                            ranges.into_iter().map(|(lo, hi)| (lo.min(65535) as u16, hi.min(65535) as u16)).collect();
+                        conds.push(Cond::DportIn { ranges, negate })
+                    }
+                    (Some(ranges), _) => conds.push(Cond::CtStateIn { ranges, negate }),
+                    (None, _) => conds.push(Cond::Unknown(expr.to_string())),
                 }
             }
             ["match", "name", name, "rev", rev, "info", hex] => {
@@ -530,6 +544,7 @@ fn cond_matches(c: &Cond, p: &Packet) -> Match {
         Cond::DportIn { ranges, negate } => b(ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&p.dport)) != *negate),
         Cond::CtStatus(bits) => b(bits.test(p.ct_status)),
         Cond::CtState(bits) => b(bits.test(CT_NEW)),
+        Cond::CtStateIn { ranges, negate } => b(ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&CT_NEW)) != *negate),
         Cond::XtState { mask, negate } => {
             let state = CT_NEW | if p.ct_status & 0x20 != 0 { 128 } else { 0 };
             b((state & mask != 0) != *negate)

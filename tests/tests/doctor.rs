@@ -55,7 +55,7 @@ fn a_foreign_policy_drop_input_chain_and_its_fix() {
     let (net, d, _app) = setup(true);
     assert_clean_and_working(&net, &d, "before the foreign table");
     // A ufw-like firewall: policy drop, accepts only 22, 80 and 443.
-    let fw = "table inet hostfw {\n chain input {\n  type filter hook input priority 0; policy drop;\n  ct state established,related accept\n  iifname \"lo\" accept\n  tcp dport { 22, 80, 443 } accept\n  udp dport 1000-2000 accept\n }\n}\n";
+    let fw = "table inet hostfw {\n chain input {\n  type filter hook input priority 0; policy drop;\n  ct state { established, related } accept\n  iifname \"lo\" accept\n  tcp dport { 22, 80, 443 } accept\n  udp dport 1000-2000 accept\n }\n}\n";
     let file = write(&net.dir, "hostfw.nft", fw);
     net.exec_ok(&net.srv, "nft", &["-f", file.to_str().expect("path")]);
     assert_eq!(net.tcp_get(&net.cli, SRV4, 80), None, "the drop after the redirect stops the traffic");

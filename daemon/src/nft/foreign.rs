@@ -99,7 +99,7 @@ pub fn read_foreign(own_table: &str) -> Result<ForeignRead, BackendError> {
         },
     )
     .map_err(|f| fail("chains", f))?;
-    let sets = port_sets(&mut conn, &mut gen, own_table).map_err(|f| fail("sets", f))?;
+    let sets = key_sets(&mut conn, &mut gen, own_table).map_err(|f| fail("sets", f))?;
     // nft list ruleset: the rules, in chain order
     let r = RawRule::new();
     let mut kept = 0usize;
@@ -190,10 +190,11 @@ fn text_with_match_info(r: &RawRule) -> String {
     parts.join(" ")
 }
 
-/// The anonymous sets of ports (2-byte keys) of other tables, as inclusive ranges.
-fn port_sets(conn: &mut Conn, gen: &mut Generation, own_table: &str) -> Result<HashMap<SetKey, Vec<(u16, u16)>>, Fail> {
+/// The anonymous sets of other tables with 2-byte keys (ports, read big-endian) and
+/// 4-byte keys (`ct state`: host order), as inclusive ranges.
+fn key_sets(conn: &mut Conn, gen: &mut Generation, own_table: &str) -> Result<HashMap<SetKey, Vec<(u32, u32)>>, Fail> {
     // nft list sets (anonymous ones included)
-    let mut found: Vec<(u16, String, String, u32)> = Vec::new();
+    let mut found: Vec<(u16, String, String, u32, u32)> = Vec::new();
     let s = RawSetObj::new();
     conn.request_in(
         NFPROTO_UNSPEC,
@@ -218,18 +219,18 @@ fn port_sets(conn: &mut Conn, gen: &mut Generation, own_table: &str) -> Result<H
                 let key_len = sys::nftnl_set_get_u32(p, sys::NFTNL_SET_KEY_LEN as u16);
                 let Some(fam) = family_name(family) else { return Ok(()) };
                 if flags & SET_ANONYMOUS != 0
-                    && key_len == 2
+                    && (key_len == 2 || key_len == 4)
                     && !(fam == "inet" && table == own_table)
                     && found.len() < MAX_FOREIGN_SETS
                 {
-                    found.push((family as u16, table, name, flags));
+                    found.push((family as u16, table, name, flags, key_len));
                 }
             }
             Ok(())
         },
     )?;
     let mut out = HashMap::new();
-    for (family, table, name, flags) in found {
+    for (family, table, name, flags, key_len) in found {
         let (Ok(ct), Ok(cn)) = (CString::new(table.as_str()), CString::new(name.as_str())) else { continue };
         let s = RawSetObj::new();
         // SAFETY: `s` is live; the names are NUL-terminated and copied.
@@ -237,7 +238,7 @@ fn port_sets(conn: &mut Conn, gen: &mut Generation, own_table: &str) -> Result<H
             sys::nftnl_set_set_str(s.0.as_ptr(), sys::NFTNL_SET_TABLE as u16, ct.as_ptr());
             sys::nftnl_set_set_str(s.0.as_ptr(), sys::NFTNL_SET_NAME as u16, cn.as_ptr());
         }
-        let mut elems: Vec<(u16, bool)> = Vec::new();
+        let mut elems: Vec<(u32, bool)> = Vec::new();
         conn.request_in(
             family,
             k::NFT_MSG_GETSETELEM,
@@ -254,7 +255,7 @@ fn port_sets(conn: &mut Conn, gen: &mut Generation, own_table: &str) -> Result<H
                 // SAFETY: `set` is live; the callback only appends to `elems`, which
                 // outlives the call and is not otherwise borrowed meanwhile.
                 let rc =
-                    unsafe { sys::nftnl_set_elem_foreach(set.0.as_ptr(), Some(port_elem), (&raw mut elems).cast()) };
+                    unsafe { sys::nftnl_set_elem_foreach(set.0.as_ptr(), Some(key_elem), (&raw mut elems).cast()) };
                 if rc < 0 {
                     return Err(format!("cannot walk the elements of set {name}"));
                 }
@@ -262,24 +263,30 @@ fn port_sets(conn: &mut Conn, gen: &mut Generation, own_table: &str) -> Result<H
             },
         )?;
         let family = family_name(u32::from(family)).unwrap_or("inet").to_string();
-        out.insert((family, table, name), ranges(elems, flags & SET_INTERVAL != 0));
+        let top = if key_len == 2 { u32::from(u16::MAX) } else { u32::MAX };
+        out.insert((family, table, name), ranges(elems, flags & SET_INTERVAL != 0, top));
     }
     Ok(out)
 }
 
-/// Appends one element's port and interval-end flag to the `Vec<(u16, bool)>` at `data`.
-unsafe extern "C" fn port_elem(e: *mut sys::nftnl_set_elem, data: *mut c_void) -> c_int {
-    // SAFETY: `data` is the Vec that `port_sets` passes and nothing else borrows during
+/// Appends one element's key (2 bytes big-endian, 4 bytes host order) and interval-end
+/// flag to the `Vec<(u32, bool)>` at `data`.
+unsafe extern "C" fn key_elem(e: *mut sys::nftnl_set_elem, data: *mut c_void) -> c_int {
+    // SAFETY: `data` is the Vec that `key_sets` passes and nothing else borrows during
     // the walk; `e` is a live element; a non-NULL key is valid for `len` bytes.
     unsafe {
-        let out = &mut *data.cast::<Vec<(u16, bool)>>();
+        let out = &mut *data.cast::<Vec<(u32, bool)>>();
         let mut len = 0u32;
         let p = sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, &raw mut len);
         let end = sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_FLAGS as u16)
             && sys::nftnl_set_elem_get_u32(e, sys::NFTNL_SET_ELEM_FLAGS as u16) & ELEM_INTERVAL_END != 0;
-        if !p.is_null() && len >= 2 {
-            let b = std::slice::from_raw_parts(p.cast::<u8>(), 2);
-            out.push((u16::from_be_bytes([b[0], b[1]]), end));
+        if !p.is_null() {
+            let b = std::slice::from_raw_parts(p.cast::<u8>(), len as usize);
+            match b.len() {
+                2 => out.push((u32::from(u16::from_be_bytes([b[0], b[1]])), end)),
+                4 => out.push((u32::from_ne_bytes([b[0], b[1], b[2], b[3]]), end)),
+                _ => {}
+            }
         }
     }
     0
@@ -287,13 +294,13 @@ unsafe extern "C" fn port_elem(e: *mut sys::nftnl_set_elem, data: *mut c_void) -
 
 /// Inclusive ranges from a set's elements: single ports, or (interval sets) starts
 /// paired with the interval ends that follow them.
-fn ranges(mut elems: Vec<(u16, bool)>, interval: bool) -> Vec<(u16, u16)> {
+fn ranges(mut elems: Vec<(u32, bool)>, interval: bool, top: u32) -> Vec<(u32, u32)> {
     if !interval {
         return elems.into_iter().map(|(p, _)| (p, p)).collect();
     }
     elems.sort();
     let mut out = Vec::new();
-    let mut start: Option<u16> = None;
+    let mut start: Option<u32> = None;
     for (port, end) in elems {
         if end {
             if let Some(s) = start.take() {
@@ -307,7 +314,7 @@ fn ranges(mut elems: Vec<(u16, bool)>, interval: bool) -> Vec<(u16, u16)> {
         }
     }
     if let Some(s) = start {
-        out.push((s, u16::MAX));
+        out.push((s, top));
     }
     out
 }
@@ -316,9 +323,10 @@ fn ranges(mut elems: Vec<(u16, bool)>, interval: bool) -> Vec<(u16, u16)> {
 mod tests {
     #[test]
     fn interval_elements_pair_into_ranges() {
-        assert_eq!(super::ranges(vec![(80, false), (22, false)], false), vec![(80, 80), (22, 22)]);
+        assert_eq!(super::ranges(vec![(80, false), (22, false)], false, 65535), vec![(80, 80), (22, 22)]);
         // nft: { 22, 1000-2000 } as an interval set: 22, 23 (end), 1000, 2001 (end)
         let e = vec![(2001, true), (22, false), (1000, false), (23, true)];
-        assert_eq!(super::ranges(e, true), vec![(22, 22), (1000, 2000)]);
+        assert_eq!(super::ranges(e, true, 65535), vec![(22, 22), (1000, 2000)]);
+        assert_eq!(super::ranges(vec![(1000, false)], true, 65535), vec![(1000, 65535)]);
     }
 }

@@ -244,3 +244,16 @@ fn a_register_reloaded_with_something_unknown_is_not_read_as_before() {
     assert!(r.conds[1..].iter().all(|c| matches!(c, Cond::Unknown(_))), "{r:?}");
     assert_eq!(r.verdict, Verdict::Drop);
 }
+
+#[test]
+fn ct_state_sets_are_decided() {
+    // ct state { established, related } accept: not a new connection
+    let text = "[ ct load state => reg 1 ] [ lookup reg 1 set __set1 0x0 ] [ immediate reg 0 accept ]";
+    let r = parse_rule_in(text, &|_| Some(vec![(2, 2), (4, 4)]));
+    assert_eq!(r.conds, vec![Cond::CtStateIn { ranges: vec![(2, 2), (4, 4)], negate: false }]);
+    let c = ForeignChain { rules: vec![r], ..chain("inet", "fw", "filter", Hook::Input, 0, true, &[]) };
+    assert_eq!(check_chains(&[c], &[fwd("system", 80, 8080)], -100)[0].severity, Severity::Error);
+    let r = parse_rule_in(text, &|_| Some(vec![(8, 8)]));
+    let c = ForeignChain { rules: vec![r], ..chain("inet", "fw", "filter", Hook::Input, 0, true, &[]) };
+    assert!(check_chains(&[c], &[fwd("system", 80, 8080)], -100).is_empty(), "ct state {{ new }} accept");
+}
