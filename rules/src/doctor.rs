@@ -637,10 +637,22 @@ fn walk(
             },
             Verdict::Return if definite => return None,
             Verdict::Return => w.maybe.push(format!("{} (return)", at())),
+            // A drop that may match changes nothing about a path that ends in a drop, and
+            // is no reason to report a path that does not.
+            Verdict::Drop | Verdict::Reject => {}
             v => w.maybe.push(format!("{} ({})", at(), verdict_word(v))),
         }
     }
     None
+}
+
+/// At most five entries, then how many more.
+fn listed(items: &[String]) -> String {
+    let mut s = items.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+    if items.len() > 5 {
+        s.push_str(&format!(" and {} more", items.len() - 5));
+    }
+    s
 }
 
 fn verdict_word(v: &Verdict) -> String {
@@ -802,7 +814,7 @@ fn drop_finding(
     } else {
         message.push_str(&format!(
             "; unless one of these rules that doctor cannot decide accepts it first: {}",
-            w.maybe.join(", ")
+            listed(&w.maybe)
         ));
         Severity::Warning
     };

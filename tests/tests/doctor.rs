@@ -275,3 +275,52 @@ fn wait_for_secs(secs: u64, mut f: impl FnMut() -> bool, what: &str) {
     }
     panic!("timed out after {secs} s waiting for {what}");
 }
+
+/// A host with a huge foreign ruleset: doctor reads at most 20,000 of its rules (and
+/// says so), on a thread of its own, so the daemon answers `status` meanwhile.
+#[test]
+fn a_huge_foreign_ruleset_is_read_bounded_and_off_the_actor() {
+    let (net, d, _app) = setup(true);
+    let mut big = String::from("table inet big {\n chain c {\n  type filter hook input priority 5; policy accept;\n");
+    for i in 0..60_000u32 {
+        big.push_str(&format!(
+            "  ip saddr 10.{}.{}.{} tcp dport {} drop\n",
+            i >> 16,
+            (i >> 8) & 255,
+            i & 255,
+            1 + i % 60_000
+        ));
+    }
+    big.push_str(" }\n}\n");
+    let file = write(&net.dir, "big.nft", &big);
+    net.exec_ok(&net.srv, "nft", &["-f", file.to_str().expect("path")]);
+    let socket = d.socket.clone();
+    let started = std::time::Instant::now();
+    let doctor = std::thread::spawn(move || {
+        let o = std::process::Command::new(bin("portctl"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["doctor", "--json"])
+            .output()
+            .expect("run portctl doctor");
+        (o, started.elapsed())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let t = std::time::Instant::now();
+    let status = d.ctl(&["status"]);
+    let status_took = t.elapsed();
+    let status_done = started.elapsed();
+    assert!(status.status.success(), "{}", err(&status));
+    let (o, doctor_took) = doctor.join().expect("doctor thread");
+    println!("doctor with 60,000 foreign rules: {doctor_took:?}; status meanwhile: {status_took:?}");
+    assert!(
+        doctor_took > status_done,
+        "status ({status_done:?}) must have been answered while doctor ({doctor_took:?}) was still reading"
+    );
+    assert!(status_took < std::time::Duration::from_secs(1), "status took {status_took:?} during doctor");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("doctor json");
+    let info = v["findings"].as_array().and_then(|f| f.iter().find(|f| f["severity"] == "info").cloned());
+    let message = info.as_ref().and_then(|f| f["message"].as_str()).unwrap_or("");
+    assert!(message.contains("20000 rules were read and"), "{v}");
+    assert_eq!(o.status.code(), Some(0), "undecided drops (by address) are not errors: {v}");
+}

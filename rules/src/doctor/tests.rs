@@ -257,3 +257,13 @@ fn ct_state_sets_are_decided() {
     let c = ForeignChain { rules: vec![r], ..chain("inet", "fw", "filter", Hook::Input, 0, true, &[]) };
     assert!(check_chains(&[c], &[fwd("system", 80, 8080)], -100).is_empty(), "ct state {{ new }} accept");
 }
+
+#[test]
+fn a_drop_that_may_match_does_not_soften_a_certain_drop() {
+    let maybe_drop =
+        "[ payload load 4b @ network header + 12 => reg 1 ] [ cmp eq reg 1 0x0100000a ] [ immediate reg 0 drop ]";
+    let c = chain("inet", "fw", "filter", Hook::Input, 0, true, &[maybe_drop]);
+    let f = check_chains(&[c], &[fwd("system", 80, 8080)], -100);
+    assert_eq!(f[0].severity, Severity::Error, "{f:?}");
+    assert!(!f[0].message.contains("unless"), "{}", f[0].message);
+}
