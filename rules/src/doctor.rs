@@ -276,8 +276,18 @@ fn nat_finding(
     if docker {
         message.push_str("; these are Docker's chains: a container publishes this port");
     }
+    let rule_no = match &w.end {
+        Some(End::Nat { rule, .. }) => rule.to_string(),
+        _ => "N".into(),
+    };
     let fix = if docker {
         format!("stop publishing port {} in Docker (`docker ps` shows which container has `-p {}:...`), or give the forward another public port", p.dport, p.dport)
+    } else if chain.legacy() {
+        let cmd = if chain.family.starts_with("ip6") { "ip6tables-legacy" } else { "iptables-legacy" };
+        format!(
+            "delete that rule: `{cmd} -t {} -D {} {rule_no}` (see it with `{cmd} -t {} -S {}`), or give the forward another public port",
+            chain.table, chain.name, chain.table, chain.name
+        )
     } else {
         let fam = chain.family.split(' ').next().unwrap_or("inet");
         format!(
@@ -286,7 +296,7 @@ fn nat_finding(
         )
     };
     Some(Finding {
-        check: "foreign-nat".into(),
+        check: if chain.legacy() { "legacy-iptables" } else { "foreign-nat" }.into(),
         severity: if definite && h.priority < portd_priority { Severity::Error } else { Severity::Warning },
         forward: Some(fwd_name(f)),
         message,

@@ -267,3 +267,17 @@ fn a_drop_that_may_match_does_not_soften_a_certain_drop() {
     assert_eq!(f[0].severity, Severity::Error, "{f:?}");
     assert!(!f[0].message.contains("unless"), "{}", f[0].message);
 }
+
+#[test]
+fn a_legacy_nat_redirect_names_the_legacy_command() {
+    let mut c = chain("ip (legacy)", "nat", "nat", Hook::Prerouting, -100, false, &[]);
+    c.name = "PREROUTING".into();
+    c.rules = vec![Rule {
+        conds: vec![Cond::L4 { proto: 6, negate: false }, Cond::Dport { lo: 80, hi: 80, negate: false }],
+        verdict: Verdict::Redirect(Some(9090)),
+    }];
+    let f = check_chains(&[c], &[fwd("system", 80, 8080)], -100);
+    assert_eq!(f[0].check, "legacy-iptables");
+    assert_eq!(f[0].severity, Severity::Warning, "same priority as portd's: order not defined");
+    assert!(f[0].fix.contains("`iptables-legacy -t nat -D PREROUTING 1`"), "{}", f[0].fix);
+}
