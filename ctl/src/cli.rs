@@ -164,6 +164,10 @@ pub enum Cmd {
     },
     /// Make the daemon re-read its config file (root).
     Reload,
+    /// Find why traffic of a forward may not arrive (other firewalls, NAT, legacy
+    /// iptables, listeners, conntrack, portd itself) and print the fix; exits 1 when a
+    /// finding is an error.
+    Doctor,
     /// Print shell completions.
     Completions {
         /// Shell.

@@ -66,6 +66,8 @@ pub enum Command {
     },
     /// Re-read the daemon config (root only).
     Reload,
+    /// Why traffic may not arrive: findings about every forward.
+    Doctor,
 }
 
 /// Why a request failed; maps to portctl's exit codes.
@@ -190,6 +192,11 @@ pub enum Body {
         owner: String,
         /// Its forwards.
         forwards: Vec<Forward>,
+    },
+    /// Answer to doctor, most severe first.
+    Doctor {
+        /// What is wrong, with the fix.
+        findings: Vec<crate::doctor::Finding>,
     },
 }
 

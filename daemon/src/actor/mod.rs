@@ -8,6 +8,7 @@
 //! then the answer).
 
 mod accounts;
+mod doctor;
 mod requests;
 
 use crate::notify;
@@ -396,6 +397,7 @@ impl Daemon {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match msg {
+                Ok(Msg::Request { op: Op::Command(Command::Doctor), reply, .. }) => self.doctor(reply),
                 Ok(Msg::Request { caller, op, reply }) => {
                     let resp = match self.handle(&caller, op) {
                         Ok(body) => Response::ok(body),
