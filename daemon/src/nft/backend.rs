@@ -143,7 +143,12 @@ impl Backend {
         let table = cstring("table name", &self.table)?;
         for _ in 0..READ_ATTEMPTS {
             let mut r = Reader::new(&table, &self.table)?;
-            let Some(raw) = r.read_all()? else {
+            let raw = match r.read_all() {
+                // A dump that a commit interrupted (NLM_F_DUMP_INTR): read again.
+                Err(BackendError::Dump { source, .. }) if source.raw_os_error() == Some(libc::EINTR) => continue,
+                other => other?,
+            };
+            let Some(raw) = raw else {
                 return Ok(None);
             };
             if r.consistent() {
