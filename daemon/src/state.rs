@@ -548,7 +548,9 @@ mod tests {
         let new_snapshot = snapshot_text(&sets).expect("text");
         let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
         // The states a crash during the fold can leave on disk.
-        let cases: [(&str, &[u8], Option<&[u8]>, &[u8]); 4] = [
+        /// What a crash left: (when, snapshot, temporary file, journal).
+        type Left<'a> = (&'a str, &'a [u8], Option<&'a [u8]>, &'a [u8]);
+        let cases: [Left; 4] = [
             ("temporary file half written", &old_snapshot, Some(&new_snapshot[..new_snapshot.len() / 2]), &journal),
             ("temporary file whole, not renamed", &old_snapshot, Some(&new_snapshot), &journal),
             ("renamed, journal not emptied", &new_snapshot, None, &journal),
