@@ -385,7 +385,7 @@ def module(w, r):
     r.check(
         "check mode with a retarget: changed, dry run, portd lists http as changed",
         task.get("changed") is True and task.get("dry_run") is True and not task.get("failed")
-        and [(o["forward"]["to"], n["forward"]["to"]) for o, n in task["summary"]["changed"]] == [(8080, 8081)],
+        and [(c["old"]["forward"]["to"], c["new"]["forward"]["to"]) for c in task["summary"]["changed"]] == [(8080, 8081)],
         task,
     )
     r.check(

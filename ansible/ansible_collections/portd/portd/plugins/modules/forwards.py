@@ -141,8 +141,8 @@ RETURN = r"""
 summary:
   description:
     - portd's answer as C(portctl apply --json) prints it.
-    - Each forward in it has C(owner), C(forward) (as in a rules file), the effective
-      C(mark) and the C(counter) name.
+    - Each forward in it has C(owner), C(name), C(forward) (as in a rules file) and the
+      effective C(mark).
   returned: success
   type: dict
   contains:
@@ -155,18 +155,18 @@ summary:
       type: list
       elements: dict
     changed:
-      description: Forwards present before and after with other settings, each as a pair [before, after].
+      description: Forwards present before and after with other settings, each as C(name), C(old) and C(new).
       type: list
-      elements: list
+      elements: dict
     omitted:
       description: Changes portd did not list to keep its answer short.
       type: int
   sample:
     added:
       - owner: user:root
+        name: http
         forward: {name: http, port: 80, to: 8080, proto: tcp, family: both}
         mark: 1
-        counter: c_user_root_http_2c1ca11d
     removed: []
     changed: []
     omitted: 0
@@ -342,8 +342,8 @@ def diff_of(summary):
     def order(placed):
         return (placed.get("owner", ""), (placed.get("forward") or {}).get("name", ""))
 
-    before = sorted(list(summary.get("removed", [])) + [pair[0] for pair in summary.get("changed", [])], key=order)
-    after = sorted(list(summary.get("added", [])) + [pair[1] for pair in summary.get("changed", [])], key=order)
+    before = sorted(list(summary.get("removed", [])) + [c["old"] for c in summary.get("changed", [])], key=order)
+    after = sorted(list(summary.get("added", [])) + [c["new"] for c in summary.get("changed", [])], key=order)
     owners = sorted(set(p.get("owner", "?") for p in before + after))
     title = "portd forwards of %s" % ", ".join(owners) if owners else "portd forwards"
     return {
@@ -369,10 +369,20 @@ def find_portctl(module):
     return module.get_bin_path("portctl", required=True, opt_dirs=["/usr/bin", "/usr/sbin"])
 
 
-def failure_message(rc, stderr, socket):
+def failure_message(rc, stdout, stderr, socket):
     reason = REASONS.get(rc)
-    lines = [line[len("portctl: "):] if line.startswith("portctl: ") else line for line in stderr.strip().splitlines()]
-    detail = "\n".join(lines) or "(portctl printed nothing on standard error)"
+    # With --json, portctl prints the failure as {"ok": false, "error": {"kind", "messages"}}
+    # on standard output; older portctl printed the causes on standard error.
+    lines = []
+    try:
+        answer = json.loads(stdout)
+        if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+            lines = [str(m) for m in answer["error"].get("messages") or []]
+    except ValueError:
+        pass
+    if not lines:
+        lines = [line[len("portctl: "):] if line.startswith("portctl: ") else line for line in stderr.strip().splitlines()]
+    detail = "\n".join(lines) or "(portctl printed no cause)"
     where = socket or "the default socket (PORTD_SOCKET or /run/portd/portd.sock)"
     if reason == "unreachable":
         return "portd is unreachable at %s:\n%s\nStart portd (systemctl start portd) or set `socket` to its control socket." % (
@@ -450,19 +460,18 @@ def main():
     if rules is not None:
         result["rules"] = rules
     if rc != 0:
-        # portctl prints nothing on standard output when apply fails: the causes are on
-        # standard error and the class of failure is the exit code.
+        # The class of failure is the exit code; the causes are in portctl's JSON answer.
         result["reason"] = REASONS.get(rc, "failed")
-        module.fail_json(msg=failure_message(rc, stderr, params["socket"]), **result)
+        module.fail_json(msg=failure_message(rc, stdout, stderr, params["socket"]), **result)
 
     try:
         answer = json.loads(stdout)
     except ValueError as e:
         module.fail_json(msg="portctl printed output that is not JSON (%s): %r" % (e, stdout[:400]), **result)
-    if not isinstance(answer, dict) or answer.get("kind") != "changed" or not isinstance(answer.get("summary"), dict):
+    if not isinstance(answer, dict) or answer.get("ok") is not True or not isinstance(answer.get("added"), list):
         module.fail_json(msg="unexpected answer from portctl apply --json: %r" % (stdout[:400],), **result)
 
-    summary = answer["summary"]
+    summary = answer
     omitted = answer.get("omitted", 0) or 0
     listed = sum(len(summary.get(kind) or []) for kind in ("added", "removed", "changed"))
     result["changed"] = listed + omitted > 0
