@@ -12,6 +12,8 @@ mod check;
 mod conntrack;
 mod events;
 mod lock;
+mod metrics;
+mod metrics_http;
 mod notify;
 mod privs;
 mod remove_table;
@@ -69,7 +71,9 @@ fn init_logging(verbose: u8) {
     // Under systemd, stderr is connected to the journal: log to journald directly.
     if stderr_is_journal() {
         if let Ok(layer) = tracing_journald::layer() {
-            tracing_subscriber::registry().with(filter).with(layer.with_syslog_identifier("portd".into())).init();
+            // Fields become PORTD_OWNER, PORTD_UID, PORTD_USER, PORTD_ACTION, PORTD_FORWARD, ...
+            let layer = layer.with_syslog_identifier("portd".into()).with_field_prefix(Some("PORTD".into()));
+            tracing_subscriber::registry().with(filter).with(layer).init();
             return;
         }
     }
@@ -219,6 +223,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         ),
     };
     listener.set_nonblocking(true)?;
+    // The metrics endpoint, only when configured: otherwise no TCP socket at all.
+    let metrics_listener = config.settings.metrics.map(|m| metrics_http::bind(m.listen)).transpose()?;
 
     // Room for the connection limit: raise the soft descriptor limit to the hard one.
     // Failing leaves the soft limit as it was: fewer simultaneous connections, still correct.
@@ -253,6 +259,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     rt.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(listener)?;
         let shutdown = CancellationToken::new();
+        if let Some(l) = metrics_listener {
+            let l = tokio::net::TcpListener::from_std(l)?;
+            tracing::info!("serving metrics on http://{}/metrics", l.local_addr()?);
+            tokio::spawn(metrics_http::run(l, tx.clone(), published.clone(), shutdown.clone()));
+        }
         let server =
             tokio::spawn(server::run(listener, tx.clone(), published, shutdown.clone(), server::Limits::default()));
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;

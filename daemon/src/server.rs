@@ -346,11 +346,15 @@ async fn serve(stream: UnixStream, peer: &Peer, shared: &Shared, shutdown: Cance
                 if bad >= limits.max_bad_lines {
                     msgs.push(format!("{bad} malformed requests in a row; connection closed"));
                 }
+                shared.published.metrics.request("malformed", "protocol");
                 Response::error(ErrorKind::Protocol, msgs)
             }
             Ok(req) => {
                 bad = 0;
-                handle(peer, shared, req.command).await
+                let command = crate::metrics::command_name(&req.command);
+                let resp = handle(peer, shared, req.command).await;
+                shared.published.metrics.request(command, crate::metrics::result_name(&resp));
+                resp
             }
         };
         if !write(&mut wr, &resp, limits.write_timeout).await || bad >= limits.max_bad_lines {
@@ -370,7 +374,8 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
             Err(_) => return Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]),
         }
     };
-    let needs_names = !matches!(command, Command::Status);
+    let needs_names = !matches!(command, Command::Status | Command::Metrics);
+    let metrics = matches!(command, Command::Metrics);
     let caller = if needs_names {
         let p = Peer { uid: peer.uid, pid: peer.pid };
         match tokio::task::spawn_blocking(move || caller_of(&p, true)).await {
@@ -412,6 +417,8 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
         return Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]);
     }
     match rx.await {
+        // The actor answers metrics with a status snapshot; it is encoded here.
+        Ok(r) if metrics => crate::metrics::answer(&shared.published.metrics, r),
         Ok(r) => r,
         Err(_) => Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]),
     }

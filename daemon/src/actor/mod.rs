@@ -33,6 +33,8 @@ const LISTENER_POLL: Duration = Duration::from_millis(500);
 pub struct Published {
     /// The current config's grants.
     pub grants: std::sync::RwLock<Vec<portd_rules::Grant>>,
+    /// The live metrics instruments, updated by the actor and the server.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Who sent a request, from SO_PEERCRED and the account database.
@@ -87,6 +89,8 @@ pub enum Msg {
     Shutdown { reply: oneshot::Sender<()> },
     /// A committed nf_tables transaction touched our table.
     Drift(crate::events::TableEvent),
+    /// A status snapshot for the metrics endpoint.
+    Snapshot { reply: oneshot::Sender<Response> },
 }
 
 /// Settings the actor needs that come from flags rather than the config file.
@@ -126,6 +130,8 @@ pub struct Daemon {
     poll_at: Option<Instant>,
     /// What the server reads: the current grants.
     published: std::sync::Arc<Published>,
+    /// Since when the kernel differs from the plan (a foreign change not yet repaired).
+    drift_since: Option<Instant>,
 }
 
 type Failure = (ErrorKind, Vec<String>);
@@ -196,6 +202,7 @@ impl Daemon {
             trim_at: None,
             poll_at: None,
             published,
+            drift_since: None,
         };
         d.publish();
         d.validate_loaded(&persisted.origins);
@@ -207,7 +214,11 @@ impl Daemon {
         // Keep counters when the kernel already holds exactly this table (a restart).
         match d.backend.read(&plan)? {
             Some(obs) if obs.matches(&plan) => {}
-            _ => d.backend.apply(&plan)?,
+            _ => {
+                let t = Instant::now();
+                d.backend.apply(&plan)?;
+                d.published.metrics.applied(t.elapsed());
+            }
         }
         d.plan = plan;
         d.log_transitions(&Evaluation::default(), "at start");
@@ -424,6 +435,13 @@ impl Daemon {
                     return;
                 }
                 Ok(Msg::Drift(change)) => self.repair_if_drifted(change),
+                Ok(Msg::Snapshot { reply }) => {
+                    let resp = match self.status() {
+                        Ok(body) => Response::ok(body),
+                        Err((kind, messages)) => Response::error(kind, messages),
+                    };
+                    let _ = reply.send(resp);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     self.stop();
@@ -484,8 +502,10 @@ impl Daemon {
                 }
             };
         if ok {
+            self.drift_since = None;
             return;
         }
+        let since = *self.drift_since.get_or_insert_with(Instant::now);
         match self.backoff.on_drift(Instant::now()) {
             Repair::Wait => {}
             Repair::StandBack(until) => {
@@ -498,9 +518,11 @@ impl Daemon {
                     until.saturating_duration_since(Instant::now())
                 );
             }
-            Repair::Now => match self.backend.apply(&self.plan) {
+            Repair::Now => match self.timed(|b, plan| b.apply(plan)) {
                 Ok(()) => {
                     self.repairs += 1;
+                    self.drift_since = None;
+                    self.published.metrics.repaired(since.elapsed());
                     tracing::warn!(
                         table = %self.plan.table,
                         repairs = self.repairs,
@@ -518,13 +540,31 @@ impl Daemon {
     /// batch, else (the kernel drifted from what portd believes, or the change is
     /// structural) the whole table replaced atomically.
     fn commit(&self, plan: &Plan) -> Result<(), portd::nft::BackendError> {
-        match self.backend.apply_delta(&self.plan, plan) {
+        let t = Instant::now();
+        let r = match self.backend.apply_delta(&self.plan, plan) {
             Ok(()) => Ok(()),
             Err(e) => {
                 tracing::warn!("element-level change refused ({e}); replacing the whole table");
                 self.backend.apply(plan)
             }
+        };
+        if r.is_ok() {
+            self.published.metrics.applied(t.elapsed());
         }
+        r
+    }
+
+    /// Runs one kernel call on the current plan and records its duration when it succeeds.
+    fn timed<T>(
+        &self,
+        f: impl FnOnce(&Backend, &Plan) -> Result<T, portd::nft::BackendError>,
+    ) -> Result<T, portd::nft::BackendError> {
+        let t = Instant::now();
+        let r = f(&self.backend, &self.plan);
+        if r.is_ok() {
+            self.published.metrics.applied(t.elapsed());
+        }
+        r
     }
 
     /// Schedules [`trim_heap`] shortly after the current request.

@@ -46,7 +46,7 @@ impl Daemon {
             Op::Command(c) => c,
         };
         match command {
-            Command::Status => self.status(),
+            Command::Status | Command::Metrics => self.status(),
             Command::Apply { .. } => Err(err(ErrorKind::Protocol, "apply reaches the daemon's core parsed")),
             Command::Add { forward, owner, dry_run } => {
                 let (owner, account) = self.target_owner(caller, owner, false)?;
@@ -330,6 +330,9 @@ impl Daemon {
             }
         }
         let t_kernel = t0.elapsed();
+        if !delta.is_empty() {
+            self.published.metrics.applied(t_kernel - t_compile);
+        }
         record.apply(&mut self.users);
         if let Err(e) = self.store.commit(&self.users, &record) {
             // Not acknowledged unless persisted: put the sets and the kernel back as they were.
@@ -501,7 +504,7 @@ impl Daemon {
         Ok(Body::changed(delta.summary, false))
     }
 
-    fn status(&mut self) -> Result<Body, Failure> {
+    pub(super) fn status(&mut self) -> Result<Body, Failure> {
         if self.plan.element_count() > TRIM_AFTER_OBJECTS {
             self.trim_soon();
         }
