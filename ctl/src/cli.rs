@@ -164,6 +164,9 @@ pub enum Cmd {
     },
     /// Make the daemon re-read its config file (root).
     Reload,
+    /// Print the Prometheus exposition (text format 0.0.4), for node_exporter's textfile
+    /// collector.
+    Metrics,
     /// Print shell completions.
     Completions {
         /// Shell.

@@ -249,6 +249,11 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             output::print_body(&body, json, false);
             Ok(Exit::Ok)
         }
+        Cmd::Metrics => {
+            let body = send(Command::Metrics)?;
+            output::print_body(&body, json, false);
+            Ok(Exit::Ok)
+        }
         Cmd::Completions { shell } => {
             complete::registration(shell, &mut std::io::stdout())
                 .map_err(|e| Failure::new(Exit::Rejected, format!("writing completions: {e}")))?;
