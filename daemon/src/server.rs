@@ -404,7 +404,8 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
                             .take(5)
                             .map(|m| m.chars().take(300).collect::<String>().escape_debug().to_string())
                             .collect();
-                        tracing::warn!(uid = caller.uid, user = %caller.user, action = "refuse", "apply of {} refused: {}", caller.who(), shown.join("; "));
+                        let target = owner.clone().unwrap_or_else(|| caller.owner());
+                        tracing::warn!(uid = caller.uid, user = %caller.user, owner = %target, action = "refuse", "apply of {} refused: {}", caller.who(), shown.join("; "));
                     }
                     return r;
                 }

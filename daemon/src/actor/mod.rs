@@ -151,6 +151,19 @@ pub fn effective(mut config: Config, o: &Overrides) -> Config {
     config
 }
 
+/// The owner a request acts for and the forward it names, for the journal fields of a
+/// refusal.
+fn subject(caller: &Caller, op: &Op) -> (String, Option<String>) {
+    let (owner, forward) = match op {
+        Op::Apply { owner, .. } => (owner.clone(), None),
+        Op::Command(Command::Add { forward, owner, .. }) => (owner.clone(), Some(forward.name.clone())),
+        Op::Command(Command::Remove { name, owner, .. }) => (owner.clone(), Some(name.clone())),
+        Op::Command(Command::Export { owner }) => (owner.clone(), None),
+        Op::Command(_) => (None, None),
+    };
+    (owner.unwrap_or_else(|| caller.owner()), forward.map(|f| f.escape_debug().to_string()))
+}
+
 /// A change is logged with at most this many forwards, then how many more.
 const LOG_FORWARDS: usize = 20;
 /// A change or read of more kernel objects than this is followed by [`trim_heap`].
@@ -254,7 +267,7 @@ impl Daemon {
                 }
                 if !problems.is_empty() {
                     for p in &problems {
-                        tracing::error!(owner = %owner, forward = %f.name.escape_debug(), "persisted forward is invalid and stays suspended: {p}");
+                        tracing::error!(owner = %owner, uid = set.uid, forward = %f.name.escape_debug(), action = "suspend", "persisted forward is invalid and stays suspended: {p}");
                     }
                     self.invalid.entry(owner.clone()).or_default().insert(f.name.clone(), problems.join("; "));
                 }
@@ -270,7 +283,7 @@ impl Daemon {
                 if let Some(Some(a)) = self.accounts.get(owner) {
                     set.uid = Some(a.uid);
                     changed = true;
-                    tracing::info!(owner = %owner, uid = a.uid, "set bound to uid {} ({})", a.uid, a.name);
+                    tracing::info!(owner = %owner, uid = a.uid, user = %a.name, action = "bind", "set {owner} bound to uid {} ({})", a.uid, a.name);
                 }
             }
         }
@@ -349,11 +362,19 @@ impl Daemon {
     fn log_transitions(&self, before: &Evaluation, when: &str) {
         let (suspended, resumed) = self.eval.transitions(before);
         for (owner, name, reason) in suspended {
-            tracing::warn!(owner = %owner, forward = %name.escape_debug(), action = "suspend", "forward {owner}/{} suspended {when}: {reason}", name.escape_debug());
+            let (uid, user) = self.owner_account(&owner);
+            tracing::warn!(owner = %owner, uid, user, forward = %name.escape_debug(), action = "suspend", "forward {owner}/{} suspended {when}: {reason}", name.escape_debug());
         }
         for (owner, name) in resumed {
-            tracing::info!(owner = %owner, forward = %name, action = "resume", "forward {owner}/{name} resumed {when}: allowed again");
+            let (uid, user) = self.owner_account(&owner);
+            tracing::info!(owner = %owner, uid, user, forward = %name, action = "resume", "forward {owner}/{name} resumed {when}: allowed again");
         }
+    }
+
+    /// The uid a user set is bound to and the user's name, for the journal fields.
+    fn owner_account<'a>(&self, owner: &'a str) -> (Option<u32>, Option<&'a str>) {
+        let uid = self.users.get(owner).and_then(|s| s.uid);
+        (uid, owner.strip_prefix("user:"))
     }
 
     /// Re-judges every user forward (after a reload or a listener change) and puts the
@@ -405,12 +426,15 @@ impl Daemon {
             };
             match msg {
                 Ok(Msg::Request { caller, op, reply }) => {
+                    let (owner, forward) = subject(&caller, &op);
                     let resp = match self.handle(&caller, op) {
                         Ok(body) => Response::ok(body),
                         Err((kind, messages)) => {
                             tracing::warn!(
                                 uid = caller.uid,
                                 user = %caller.user,
+                                owner = %owner,
+                                forward = forward.as_deref(),
                                 action = "refuse",
                                 "request of {} (pid {}) refused: {}",
                                 caller.who(),

@@ -36,6 +36,24 @@ fn with_warnings(mut body: Body, w: Vec<String>) -> Body {
     body
 }
 
+/// The names of the forwards a change touched, for the journal's PORTD_FORWARD: one name
+/// when one forward changed (so `journalctl PORTD_FORWARD=web` finds it), else the
+/// first [`LOG_FORWARDS`] joined by commas.
+fn changed_names(s: &portd_rules::plan::Summary) -> String {
+    let names: Vec<&str> = s
+        .added
+        .iter()
+        .chain(&s.removed)
+        .chain(s.changed.iter().map(|(_, n)| n))
+        .map(|p| p.forward.name.as_str())
+        .collect();
+    let mut out = names.iter().take(LOG_FORWARDS).copied().collect::<Vec<_>>().join(",");
+    if names.len() > LOG_FORWARDS {
+        out.push_str(&format!(",+{}", names.len() - LOG_FORWARDS));
+    }
+    out
+}
+
 impl Daemon {
     pub(super) fn handle(&mut self, caller: &Caller, op: Op) -> Result<Body, Failure> {
         let command = match op {
@@ -357,6 +375,7 @@ impl Daemon {
             uid = caller.uid,
             user = %caller.user,
             owner = %owner,
+            forward = %changed_names(&delta.summary),
             action = "change",
             "applied change for {} (pid {}): {}",
             caller.who(),
@@ -490,6 +509,7 @@ impl Daemon {
         let by = caller.map_or("SIGHUP".to_string(), |c| c.who());
         tracing::info!(
             uid = caller.map(|c| c.uid),
+            user = caller.map(|c| c.user.as_str()),
             action = "reload",
             "reloaded {} (by {by}): {}",
             self.config_path.display(),
