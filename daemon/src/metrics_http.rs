@@ -35,7 +35,10 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// works); the error names the address.
 pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     let l = std::net::TcpListener::bind(addr).with_context(|| {
-        format!("binding the metrics listener {addr} (settings.metrics.listen): choose a free address or stop what holds it")
+        format!(
+            "binding the metrics listener {addr} (settings.metrics.listen): choose a free address or stop what holds it \
+             (under systemd, whose unit forbids IP sockets, enable portd-metrics.socket instead)"
+        )
     })?;
     l.set_nonblocking(true).with_context(|| format!("metrics listener {addr}"))?;
     Ok(l)
