@@ -188,7 +188,11 @@ impl Metrics {
         r.register("portd_forward_packets", "Packets counted by each active forward (client to server)", packets);
         r.register("portd_forward_bytes", "Bytes counted by each active forward (client to server)", bytes);
         r.register("portd_forwards", "Forwards by state: active (in the kernel) or suspended", by_state);
-        r.register("portd_forward_suspended", "1 for each forward kept out of the kernel until allowed again", suspended);
+        r.register(
+            "portd_forward_suspended",
+            "1 for each forward kept out of the kernel until allowed again",
+            suspended,
+        );
         r.register("portd_in_sync", "1 when the kernel holds exactly the desired table, else 0", in_sync);
         r.register("portd_repairs", "Times the table was restored after another program changed it", repairs);
         r.register("portd_requests", "Control requests answered, by command and result", self.requests.clone());
@@ -246,7 +250,9 @@ pub fn answer(metrics: &Metrics, status: Response) -> Response {
         Outcome::Ok(portd_rules::proto::Body::Status(s)) => {
             Response::ok(portd_rules::proto::Body::Metrics { text: metrics.exposition(&s, Format::Text) })
         }
-        Outcome::Ok(_) => Response::error(ErrorKind::Internal, vec!["the daemon answered metrics with no status".into()]),
+        Outcome::Ok(_) => {
+            Response::error(ErrorKind::Internal, vec!["the daemon answered metrics with no status".into()])
+        }
         Outcome::Error { kind, messages } => Response::error(kind, messages),
     }
 }

@@ -61,7 +61,8 @@ pub async fn run(listener: TcpListener, actor: Sender<Msg>, published: Arc<Publi
             },
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            let _ = stream.try_write(&response(503, "Service Unavailable", "text/plain", b"too many scrapes at once\n"));
+            let _ =
+                stream.try_write(&response(503, "Service Unavailable", "text/plain", b"too many scrapes at once\n"));
             continue;
         };
         let (actor, published) = (actor.clone(), published.clone());

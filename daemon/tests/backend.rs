@@ -388,7 +388,11 @@ fn rejected_plan_leaves_previous_state_byte_for_byte() {
 
     let mut missing_counter = good.clone();
     let set = missing_counter.sets.iter_mut().find(|s| s.name == names::COUNTER).expect("counter map");
-    set.elements.insert(Element { key: key.clone(), data: Some(Value::Counter("no_such_counter".into())), comment: None });
+    set.elements.insert(Element {
+        key: key.clone(),
+        data: Some(Value::Counter("no_such_counter".into())),
+        comment: None,
+    });
     let err = net.apply(&missing_counter).expect_err("a reference to a missing counter must be refused");
     assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
     let text = err.to_string();

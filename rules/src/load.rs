@@ -642,7 +642,9 @@ fn metrics(ctx: &mut Ctx, v: Option<&Value>) -> Option<MetricsSettings> {
         _ => {
             ctx.err(
                 "settings.metrics.listen",
-                format!("`{text}` is not an address and port such as \"127.0.0.1:9649\" or \"[::1]:9649\" (port 1-65535)"),
+                format!(
+                    "`{text}` is not an address and port such as \"127.0.0.1:9649\" or \"[::1]:9649\" (port 1-65535)"
+                ),
             );
             None
         }

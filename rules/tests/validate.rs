@@ -218,7 +218,8 @@ fn metrics_listener_is_optional_and_its_address_is_checked() {
     let d = parse_config("portd.yaml", bad).expect_err("invalid");
     assert_eq!(d.len(), 1, "{d}");
     assert!(
-        d.to_string().starts_with("portd.yaml:4:13: settings.metrics.listen: `localhost:http` is not an address and port"),
+        d.to_string()
+            .starts_with("portd.yaml:4:13: settings.metrics.listen: `localhost:http` is not an address and port"),
         "{d}"
     );
     let zero = parse_config("portd.yaml", "version: 1\nsettings:\n  metrics: {listen: \"127.0.0.1:0\"}\n");

@@ -108,10 +108,7 @@ fn forward_packets(p: &Parsed, owner: &str, name: &str) -> f64 {
 }
 
 fn with_metrics(net: &Net) -> String {
-    config(
-        net,
-        &format!("  metrics: {{listen: \"{LISTEN}\"}}\nforwards:\n  - name: web\n    port: 80\n    to: 8080\n"),
-    )
+    config(net, &format!("  metrics: {{listen: \"{LISTEN}\"}}\nforwards:\n  - name: web\n    port: 80\n    to: 8080\n"))
 }
 
 #[test]
@@ -210,7 +207,11 @@ fn metrics_follow_traffic_and_portctl_prints_the_same_families() {
     // OpenMetrics when asked for, accepted by the strict OpenMetrics parser.
     let (code, ctype, body) = http(
         &net,
-        &["-H", "Accept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5", &format!("http://{LISTEN}/metrics")],
+        &[
+            "-H",
+            "Accept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+            &format!("http://{LISTEN}/metrics"),
+        ],
     );
     assert_eq!(code, 200);
     assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");

@@ -362,11 +362,11 @@ impl Daemon {
     fn log_transitions(&self, before: &Evaluation, when: &str) {
         let (suspended, resumed) = self.eval.transitions(before);
         for (owner, name, reason) in suspended {
-            let (uid, user) = self.owner_account(&owner);
+            let (uid, user) = self.owner_account(owner);
             tracing::warn!(owner = %owner, uid, user, forward = %name.escape_debug(), action = "suspend", "forward {owner}/{} suspended {when}: {reason}", name.escape_debug());
         }
         for (owner, name) in resumed {
-            let (uid, user) = self.owner_account(&owner);
+            let (uid, user) = self.owner_account(owner);
             tracing::info!(owner = %owner, uid, user, forward = %name, action = "resume", "forward {owner}/{name} resumed {when}: allowed again");
         }
     }

@@ -315,8 +315,16 @@ mod tests {
             for p in [Proto::Tcp, Proto::Udp] {
                 for port in [1, 80, 255, 256, 8080, 65535] {
                     v.push(Element { key: k(f, p, port), data: None, comment: None });
-                    v.push(Element { key: k(f, p, port), data: Some(Value::InetService(port ^ 0x5a5a)), comment: None });
-                    v.push(Element { key: k(f, p, port), data: Some(Value::Mark(u32::from(port) << 16)), comment: None });
+                    v.push(Element {
+                        key: k(f, p, port),
+                        data: Some(Value::InetService(port ^ 0x5a5a)),
+                        comment: None,
+                    });
+                    v.push(Element {
+                        key: k(f, p, port),
+                        data: Some(Value::Mark(u32::from(port) << 16)),
+                        comment: None,
+                    });
                     for name in [
                         "",
                         "a",
@@ -340,7 +348,11 @@ mod tests {
                         v.push(Element { key, data: None, comment: None });
                     }
                     let six = Ipv6Net::new("2001:db8::".parse().expect("addr"), 32).expect("net");
-                    v.push(Element { key: vec![Value::InetService(port), Value::Ipv6Net(six)], data: None, comment: None });
+                    v.push(Element {
+                        key: vec![Value::InetService(port), Value::Ipv6Net(six)],
+                        data: None,
+                        comment: None,
+                    });
                 }
             }
         }

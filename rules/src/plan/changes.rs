@@ -125,7 +125,8 @@ impl Plan {
         // Protected target ports may be shared by several forwards: the element of such a
         // port stays while a forward still protects it, and carries the comment of the
         // first of them in `compile`'s order, so it is replaced when that one changes.
-        let touched: BTreeSet<Vec<Value>> = del.iter().chain(&add).filter(|(s, _)| s == names::PROTECT).map(|(_, e)| e.key.clone()).collect();
+        let touched: BTreeSet<Vec<Value>> =
+            del.iter().chain(&add).filter(|(s, _)| s == names::PROTECT).map(|(_, e)| e.key.clone()).collect();
         del.retain(|(s, _)| s != names::PROTECT);
         add.retain(|(s, _)| s != names::PROTECT);
         for k in touched {
@@ -169,6 +170,9 @@ fn protected_keys(p: &PlacedForward) -> impl Iterator<Item = Vec<Value>> + '_ {
     let f = &p.forward;
     let on = if f.protect { f.family.families() } else { &[] };
     on.iter().flat_map(move |&fam| {
-        f.proto.protos().iter().flat_map(move |&proto| f.port.ports().map(move |port| key(fam, proto, f.target_of(port))))
+        f.proto
+            .protos()
+            .iter()
+            .flat_map(move |&proto| f.port.ports().map(move |port| key(fam, proto, f.target_of(port))))
     })
 }

@@ -2,8 +2,8 @@
 //! sets into a plan: each forward contributes elements and one counter.
 
 use super::table::{
-    counter_name, element_comment, names, BaseChain, Chain, ChainType, Conflict, Hook, OwnedSet, PlacedForward, Plan, Rule, Set,
-    SYSTEM_OWNER,
+    counter_name, element_comment, names, BaseChain, Chain, ChainType, Conflict, Hook, OwnedSet, PlacedForward, Plan,
+    Rule, Set, SYSTEM_OWNER,
 };
 use crate::element::{Element, Elements, FieldType, Value};
 use crate::model::{Family, Forward, Proto};
