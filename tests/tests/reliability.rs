@@ -71,7 +71,8 @@ fn kernel_generation(net: &Net) -> Option<usize> {
     assert_eq!(elems.len(), 6, "3 forwards x 2 families: {elems:?}");
     let mut gens = std::collections::BTreeSet::new();
     for e in elems {
-        let key = &e[0]["concat"];
+        // an element with a comment is {"elem": {"val": KEY, "comment": ...}}
+        let key = &e[0].get("elem").map_or(&e[0], |el| &el["val"])["concat"];
         let port = key[2].as_u64().expect("port") as usize;
         let to = e[1].as_u64().expect("to") as usize;
         let k = port - 80;
