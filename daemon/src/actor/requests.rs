@@ -473,10 +473,11 @@ impl Daemon {
         if config.settings.table != self.config.settings.table
             || config.settings.state_dir != self.config.settings.state_dir
             || config.settings.socket != self.config.settings.socket
+            || config.settings.metrics != self.config.settings.metrics
         {
             return Err(err(
                 ErrorKind::Invalid,
-                "settings.table, settings.state_dir and settings.socket only change on restart; revert them or restart portd",
+                "settings.table, settings.state_dir, settings.socket and settings.metrics only change on restart; revert them or restart portd",
             ));
         }
         let old_config = std::mem::replace(&mut self.config, config);
