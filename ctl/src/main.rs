@@ -228,8 +228,13 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             f.protect = protect;
             f.description = description;
             // Validate offline first so mistakes are reported without a daemon.
-            portd_rules::load::validate_forwards("portctl add", std::slice::from_ref(&f))
-                .map_err(|d| Failure::many(Exit::Rejected, d.0.iter().map(|d| d.message.clone()).collect()))?;
+            let problems = portd_rules::policy::check_definition(&f);
+            if !problems.is_empty() {
+                return Err(Failure::many(
+                    Exit::Rejected,
+                    problems.into_iter().map(|(field, m)| format!("{field}: {m}")).collect(),
+                ));
+            }
             let body = send(Command::Add { forward: f, owner, dry_run })?;
             output::print_body(&body, json, false);
             Ok(Exit::Ok)

@@ -230,7 +230,6 @@ mod tests {
             "socket",
             "state_dir",
             "listener_check",
-            "metrics",
             "user",
             "group",
             "ports",

@@ -275,7 +275,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let (tx, rx) = std::sync::mpsc::channel::<Msg>();
     let table = config.settings.table.clone();
     let published = std::sync::Arc::new(actor::Published::default());
-    let daemon = Daemon::start(args.config.clone(), config, overrides, published.clone())?;
+    let kernel = Box::new(portd::nft::Backend::new(&config.settings.table));
+    let daemon = Daemon::start(args.config.clone(), config, overrides, published.clone(), kernel)?;
     let status = daemon.status_line();
     let actor = std::thread::Builder::new().name("portd-actor".into()).spawn(move || daemon.run(rx))?;
     spawn_drift_listener(&table, tx.clone())?;

@@ -1,10 +1,11 @@
 //! The opt-in Prometheus endpoint (`settings.metrics.listen`): `GET /metrics` over
 //! HTTP/1.x, one request per connection.
 //!
-//! It cannot stall the actor: the actor only takes a status snapshot (the same work as
-//! `portctl status`) and answers at once; encoding and writing happen here, on the
-//! runtime, each bounded by a timeout, and at most [`MAX_CONNECTIONS`] scrapes are served
-//! at once (more are answered 503 and closed without being read).
+//! It cannot stall the actor: the actor only hands over its plan (as for `portctl
+//! status`); the kernel's counters are read here with a netlink socket of the endpoint's
+//! own, and encoding and writing happen here too, each bounded by a timeout; at most
+//! [`MAX_CONNECTIONS`] scrapes are served at once (more are answered 503 and closed
+//! without being read).
 
 #![forbid(unsafe_code)]
 
@@ -14,11 +15,11 @@ use anyhow::Context;
 use portd_rules::proto::{Body, Outcome};
 use std::net::SocketAddr;
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -47,6 +48,7 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
 /// Serves scrapes until `shutdown` is cancelled.
 pub async fn run(listener: TcpListener, actor: Sender<Msg>, published: Arc<Published>, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let reader = Arc::new(Mutex::new(None));
     let tracker = TaskTracker::new();
     loop {
         let mut stream = tokio::select! {
@@ -65,13 +67,13 @@ pub async fn run(listener: TcpListener, actor: Sender<Msg>, published: Arc<Publi
                 stream.try_write(&response(503, "Service Unavailable", "text/plain", b"too many scrapes at once\n"));
             continue;
         };
-        let (actor, published) = (actor.clone(), published.clone());
+        let (actor, published, reader) = (actor.clone(), published.clone(), reader.clone());
         tracker.spawn(async move {
             let answer = tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await;
             let reply = match answer {
                 Err(_) => response(408, "Request Timeout", "text/plain", b"request not completed in time\n"),
                 Ok(None) => response(400, "Bad Request", "text/plain", b"malformed request\n"),
-                Ok(Some(head)) => route(&head, &actor, &published).await,
+                Ok(Some(head)) => route(&head, &actor, &published, &reader).await,
             };
             let _ = tokio::time::timeout(ANSWER_TIMEOUT, async {
                 stream.write_all(&reply).await?;
@@ -107,7 +109,12 @@ async fn read_head(stream: &mut TcpStream) -> Option<String> {
 }
 
 /// The answer to one request head.
-async fn route(head: &str, actor: &Sender<Msg>, published: &Arc<Published>) -> Vec<u8> {
+async fn route(
+    head: &str,
+    actor: &Sender<Msg>,
+    published: &Arc<Published>,
+    reader: &Arc<Mutex<Option<portd::nft::Backend>>>,
+) -> Vec<u8> {
     let mut lines = head.split("\r\n");
     let mut first = lines.next().unwrap_or_default().split(' ');
     let (method, target, version) = (first.next(), first.next(), first.next());
@@ -126,13 +133,8 @@ async fn route(head: &str, actor: &Sender<Msg>, published: &Arc<Published>) -> V
         name.trim().eq_ignore_ascii_case("accept").then(|| value.trim().to_string())
     });
     let format = Format::from_accept(accept.as_deref());
-    let (tx, rx) = oneshot::channel();
-    if actor.send(Msg::Snapshot { reply: tx }).is_err() {
-        return response(503, "Service Unavailable", "text/plain", b"portd is stopping\n");
-    }
-    let status = match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(_)) => return response(503, "Service Unavailable", "text/plain", b"portd is stopping\n"),
+    let status = match tokio::time::timeout(ANSWER_TIMEOUT, crate::server::status_of(actor, reader)).await {
+        Ok(r) => r,
         Err(_) => return response(503, "Service Unavailable", "text/plain", b"portd is busy; retry\n"),
     };
     let status = match status.result {

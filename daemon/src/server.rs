@@ -78,6 +78,10 @@ struct Shared {
     /// Set when the buffers grew large, so freed memory is handed back once they drain.
     trim_pending: AtomicBool,
     parses: Arc<Semaphore>,
+    /// The backend status reads use (its own netlink socket), one read at a time.
+    reader: Arc<Mutex<Option<portd::nft::Backend>>>,
+    /// Root's.
+    root_reader: Arc<Mutex<Option<portd::nft::Backend>>>,
 }
 
 /// The heap is trimmed when partial lines held this much and then drained.
@@ -167,6 +171,8 @@ pub async fn run(
         buffered: AtomicUsize::new(0),
         trim_pending: AtomicBool::new(false),
         parses: Arc::new(Semaphore::new(limits.parse_slots)),
+        reader: Arc::default(),
+        root_reader: Arc::default(),
     });
     loop {
         let stream = tokio::select! {
@@ -375,7 +381,6 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
         }
     };
     let needs_names = !matches!(command, Command::Status | Command::Metrics);
-    let metrics = matches!(command, Command::Metrics);
     let caller = if needs_names {
         let p = Peer { uid: peer.uid, pid: peer.pid };
         match tokio::task::spawn_blocking(move || caller_of(&p, true)).await {
@@ -411,6 +416,12 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
                 }
             }
         }
+        Command::Status => return status(shared, &table_reader(shared, caller.uid)).await,
+        // The same status, encoded as the metrics exposition (off the actor too).
+        Command::Metrics => {
+            let s = status(shared, &table_reader(shared, caller.uid)).await;
+            return crate::metrics::answer(&shared.published.metrics, s);
+        }
         other => Op::Command(other),
     };
     let (tx, rx) = oneshot::channel();
@@ -418,10 +429,45 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
         return Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]);
     }
     match rx.await {
-        // The actor answers metrics with a status snapshot; it is encoded here.
-        Ok(r) if metrics => crate::metrics::answer(&shared.published.metrics, r),
         Ok(r) => r,
         Err(_) => Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]),
+    }
+}
+
+/// The backend status reads use: a netlink socket of the server's, not the actor's;
+/// root has one of its own, so a queue of other users' reads never delays root's.
+fn table_reader(shared: &Shared, uid: u32) -> Arc<Mutex<Option<portd::nft::Backend>>> {
+    if uid == 0 {
+        shared.root_reader.clone()
+    } else {
+        shared.reader.clone()
+    }
+}
+
+/// A status: the actor hands over its plan (cheap), and the kernel is read here, on a
+/// blocking thread, so a large table never holds up the actor's changes and repairs.
+async fn status(shared: &Shared, reader: &Arc<Mutex<Option<portd::nft::Backend>>>) -> Response {
+    status_of(&shared.actor, reader).await
+}
+
+/// A status read with `reader` (the metrics endpoint has a reader of its own).
+pub async fn status_of(actor: &Sender<Msg>, reader: &Arc<Mutex<Option<portd::nft::Backend>>>) -> Response {
+    let stopping = || Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]);
+    let (tx, rx) = oneshot::channel();
+    if actor.send(Msg::Snapshot { reply: tx }).is_err() {
+        return stopping();
+    }
+    let Ok(snap) = rx.await else { return stopping() };
+    let reader = reader.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        let mut guard = reader.lock().unwrap_or_else(|p| p.into_inner());
+        let backend = guard.get_or_insert_with(|| portd::nft::Backend::new(&snap.plan.table));
+        backend.read(&snap.plan).map(|obs| snap.status(obs.as_ref()))
+    });
+    match job.await {
+        Ok(Ok(status)) => Response::ok(portd_rules::proto::Body::Status(status)),
+        Ok(Err(e)) => Response::error(ErrorKind::Kernel, vec![e.to_string()]),
+        Err(_) => Response::error(ErrorKind::Internal, vec!["reading the table failed".into()]),
     }
 }
 

@@ -208,6 +208,13 @@ impl Store {
         }
     }
 
+    /// Makes the next change write a snapshot instead of a journal line (for tests of a
+    /// failing snapshot write).
+    #[cfg(test)]
+    pub fn snapshot_next(&mut self) {
+        self.journal = None;
+    }
+
     /// Path of the snapshot.
     pub fn path(&self) -> PathBuf {
         self.dir.join(STATE_FILE)

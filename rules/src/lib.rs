@@ -15,6 +15,7 @@ pub mod plan;
 pub mod policy;
 pub mod proto;
 pub mod render;
+mod shape;
 
 pub use diag::{Diagnostic, Diagnostics};
 pub use load::{parse_config, parse_rules, MAX_FILE_BYTES};

@@ -7,6 +7,7 @@
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::locate::Locator;
 use crate::model::*;
+pub use crate::shape::{MAX_DEPTH, MAX_NODES};
 use ipnet::IpNet;
 use serde_yaml::{Mapping, Value};
 use std::collections::HashMap;
@@ -81,80 +82,6 @@ fn describe(v: &Value) -> String {
     }
 }
 
-/// Deepest nesting a rules file or config may have (a rules file needs 4 levels).
-pub const MAX_DEPTH: usize = 64;
-/// Most YAML nodes (keys, values, list items) a file may have: 60,000 forwards of six
-/// fields fit, a flood of tiny nodes does not.
-pub const MAX_NODES: usize = 1_000_000;
-
-/// A linear pass over the text that bounds its nesting and node count before the parser
-/// sees it (the parser's simple-key handling is quadratic in the nesting depth). It is
-/// conservative: every `{`, `[`, indentation level and `- ` opening a line counts as a
-/// level, and every `: `, `- ` and `,` as a node. Returns the line and the problem.
-fn check_shape(text: &str) -> Result<(), (usize, String)> {
-    let mut nodes = 0usize;
-    let mut flow = 0usize;
-    let mut indents: Vec<usize> = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let bytes = line.as_bytes();
-        let indent = bytes.iter().take_while(|b| **b == b' ').count();
-        let rest = &bytes[indent..];
-        if rest.is_empty() || rest[0] == b'#' {
-            continue;
-        }
-        if flow == 0 {
-            while indents.last().is_some_and(|t| *t >= indent) {
-                indents.pop();
-            }
-            indents.push(indent);
-        }
-        // Block sequence entries opening the line (`- - - x`) each nest once more.
-        let mut dashes = 0;
-        let mut j = 0;
-        while j + 1 < rest.len() && rest[j] == b'-' && rest[j + 1] == b' ' {
-            dashes += 1;
-            j += 2;
-            while j < rest.len() && rest[j] == b' ' {
-                j += 1;
-            }
-        }
-        let mut quote: Option<u8> = None;
-        let mut prev = b' ';
-        let mut deepest = flow;
-        for &c in &rest[j..] {
-            match quote {
-                Some(q) => {
-                    if c == q {
-                        quote = None;
-                    }
-                }
-                None => match c {
-                    b'"' | b'\'' if matches!(prev, b' ' | b'[' | b'{' | b',' | b':') => quote = Some(c),
-                    b'#' if prev == b' ' => break,
-                    b'[' | b'{' => {
-                        flow += 1;
-                        deepest = deepest.max(flow);
-                    }
-                    b']' | b'}' => flow = flow.saturating_sub(1),
-                    b',' => nodes += 1,
-                    b':' => nodes += 1,
-                    _ => {}
-                },
-            }
-            prev = c;
-        }
-        nodes += dashes;
-        let depth = indents.len() + dashes + deepest;
-        if depth > MAX_DEPTH {
-            return Err((i + 1, format!("nesting is deeper than {MAX_DEPTH} levels; a rules file needs 4")));
-        }
-        if nodes > MAX_NODES {
-            return Err((i + 1, format!("more than {MAX_NODES} YAML nodes; split the file")));
-        }
-    }
-    Ok(())
-}
-
 /// Parses the document and checks its size; returns the root or the located syntax error.
 fn parse_root<'t>(file: &str, text: &'t str) -> Result<(Value, Ctx<'t>), Diagnostics> {
     let one = |line: usize, column: usize, message: String| {
@@ -171,7 +98,7 @@ fn parse_root<'t>(file: &str, text: &'t str) -> Result<(Value, Ctx<'t>), Diagnos
             ),
         ));
     }
-    if let Err((line, message)) = check_shape(text) {
+    if let Err((line, message)) = crate::shape::check_shape(text) {
         return Err(one(line, 1, message));
     }
     let root: Value = match serde_yaml::from_str(text) {
@@ -747,21 +674,6 @@ pub fn parse_config(file: &str, text: &str) -> Result<Config, Diagnostics> {
     let grants = grants(&mut ctx, m.get("grants"));
     let forwards = forwards(&mut ctx, "forwards", m.get("forwards"));
     ctx.finish(Config { version: 1, settings, grants, forwards })
-}
-
-/// Re-validates forwards that arrived without a file (protocol, `portctl add`).
-pub fn validate_forwards(file: &str, fw: &[Forward]) -> Result<Vec<Forward>, Diagnostics> {
-    let doc = RulesFile { version: 1, forwards: fw.to_vec() };
-    let text = serde_yaml::to_string(&doc).map_err(|e| {
-        Diagnostics(vec![Diagnostic {
-            file: file.into(),
-            line: 0,
-            column: 0,
-            path: String::new(),
-            message: e.to_string(),
-        }])
-    })?;
-    parse_rules(file, &text).map(|r| r.forwards)
 }
 
 /// True for a user name portd accepts in an owner (`user:NAME`): POSIX portable

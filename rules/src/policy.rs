@@ -287,6 +287,9 @@ pub fn check_definition(f: &Forward) -> Vec<(&'static str, String)> {
             out.push(("interfaces", format!("interface `{n}` is listed twice")));
         }
     }
+    if let Some(m) = f.description.as_deref().and_then(crate::load::description_problem) {
+        out.push(("description", m));
+    }
     for s in &f.sources {
         let wrong = matches!(
             (f.family, s),

@@ -239,8 +239,9 @@ fn typed_definitions_are_checked_like_a_file() {
     assert!(check_definition(&fwd("http", 80, 8080)).is_empty());
     let mut f = fwd("WEB;drop", 80, 80);
     f.interfaces = vec!["eth0\"".into(), "eth0".into(), "eth0".into()];
+    f.description = Some("x".repeat(201));
     let p: Vec<&str> = check_definition(&f).iter().map(|(p, _)| *p).collect();
-    assert_eq!(p, vec!["name", "to", "interfaces", "interfaces"]);
+    assert_eq!(p, vec!["name", "to", "interfaces", "interfaces", "description"]);
 }
 
 #[test]

@@ -205,4 +205,23 @@ fn a_thirty_thousand_forward_status_reaches_the_client_whole() {
     let o = d.ctl(&["export"]);
     assert!(o.status.success());
     assert_eq!(out(&o).matches("- name: ").count(), 30_000, "export reaches the client whole");
+    // Status reads the kernel off the actor's thread: a change does not wait for them.
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let socket = d.socket.clone();
+            std::thread::spawn(move || {
+                Command::new(bin("portctl")).arg("--socket").arg(socket).args(["status", "--json"]).output()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    let o = d.ctl(&["add", "during", "40000", "40001"]);
+    let add = t.elapsed();
+    assert!(o.status.success(), "{}", err(&o));
+    for r in readers {
+        assert!(r.join().expect("reader").expect("status").status.success());
+    }
+    eprintln!("add during three 30,000-forward status reads: {:.1} ms", add.as_secs_f64() * 1e3);
+    assert!(add < took / 2, "the change waited for the status reads: {add:?} (a status takes {took:?})");
 }

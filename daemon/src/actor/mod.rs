@@ -12,7 +12,7 @@ mod requests;
 
 use crate::notify;
 use crate::state::Store;
-use portd::nft::Backend;
+use portd::kernel::Kernel;
 use portd_rules::policy::{self, Backoff, Evaluation, Judge, Listeners, Repair, UserSet};
 use portd_rules::proto::{Command, ErrorKind, Response};
 use portd_rules::{compile, Config, ListenerCheck, OnExit, OwnedSet, Plan};
@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 pub use accounts::{lookup as lookup_account, name_of};
+pub use requests::Snapshot;
 
 /// How often live user forwards are re-checked against the sockets of other uids.
 const LISTENER_POLL: Duration = Duration::from_millis(500);
@@ -83,14 +84,14 @@ pub enum Op {
 pub enum Msg {
     /// A client request.
     Request { caller: Caller, op: Op, reply: oneshot::Sender<Response> },
+    /// The plan and suspended forwards, for a status read off the actor's thread.
+    Snapshot { reply: oneshot::Sender<Snapshot> },
     /// SIGHUP: reload the config.
     Reload,
     /// Clean stop: apply `on_exit` and end.
     Shutdown { reply: oneshot::Sender<()> },
     /// A committed nf_tables transaction touched our table.
     Drift(crate::events::TableEvent),
-    /// A status snapshot for the metrics endpoint.
-    Snapshot { reply: oneshot::Sender<Response> },
 }
 
 /// Settings the actor needs that come from flags rather than the config file.
@@ -119,7 +120,7 @@ pub struct Daemon {
     /// The policy's decision for every user forward; the plan holds its active ones.
     eval: Evaluation,
     store: Store,
-    backend: Backend,
+    kernel: Box<dyn Kernel>,
     conntrack: crate::conntrack::Cleaner,
     plan: Plan,
     repairs: u64,
@@ -189,13 +190,13 @@ impl Daemon {
         config: Config,
         overrides: Overrides,
         published: std::sync::Arc<Published>,
+        kernel: Box<dyn Kernel>,
     ) -> anyhow::Result<Daemon> {
         let mut store = Store::new(std::path::Path::new(&config.settings.state_dir));
         let persisted = store.load()?;
         for p in &persisted.unreadable {
             tracing::error!("{p}; left out (a copy of the file is kept next to it as sets.json.unreadable)");
         }
-        let backend = Backend::new(&config.settings.table);
         let mut d = Daemon {
             config_path,
             plan: Plan::empty(&config.settings.table),
@@ -208,7 +209,7 @@ impl Daemon {
             listener_error: None,
             eval: Evaluation::default(),
             store,
-            backend,
+            kernel,
             conntrack: crate::conntrack::Cleaner::spawn()?,
             repairs: 0,
             backoff: Backoff::default(),
@@ -225,11 +226,11 @@ impl Daemon {
         d.eval = d.evaluate(&Evaluation::default());
         let plan = d.desired_plan().map_err(|c| anyhow::anyhow!(c.join("; ")))?;
         // Keep counters when the kernel already holds exactly this table (a restart).
-        match d.backend.read(&plan)? {
+        match d.kernel.observe(&plan)? {
             Some(obs) if obs.matches(&plan) => {}
             _ => {
                 let t = Instant::now();
-                d.backend.apply(&plan)?;
+                d.kernel.replace(&plan)?;
                 d.published.metrics.applied(t.elapsed());
             }
         }
@@ -392,7 +393,7 @@ impl Daemon {
                 return Err((ErrorKind::Conflict, c));
             }
         };
-        if let Err(e) = self.commit(&plan) {
+        if let Err(e) = self.commit(&Plan::diff(&self.plan, &plan), || plan.clone()) {
             self.eval = before;
             return Err(err(ErrorKind::Kernel, format!("the kernel refused the change; nothing was changed: {e}")));
         }
@@ -446,6 +447,9 @@ impl Daemon {
                     };
                     let _ = reply.send(resp);
                 }
+                Ok(Msg::Snapshot { reply }) => {
+                    let _ = reply.send(self.snapshot());
+                }
                 Ok(Msg::Reload) => {
                     notify::reloading();
                     if let Err((_, m)) = self.reload(None) {
@@ -459,13 +463,6 @@ impl Daemon {
                     return;
                 }
                 Ok(Msg::Drift(change)) => self.repair_if_drifted(change),
-                Ok(Msg::Snapshot { reply }) => {
-                    let resp = match self.status() {
-                        Ok(body) => Response::ok(body),
-                        Err((kind, messages)) => Response::error(kind, messages),
-                    };
-                    let _ = reply.send(resp);
-                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     self.stop();
@@ -502,7 +499,7 @@ impl Daemon {
     fn stop(&mut self) {
         notify::stopping();
         match self.config.settings.on_exit {
-            OnExit::Remove => match self.backend.remove() {
+            OnExit::Remove => match self.kernel.remove() {
                 Ok(()) => tracing::info!(table = %self.plan.table, "stopped; table removed (on_exit: remove)"),
                 Err(e) => tracing::error!("removing table on exit: {e}"),
             },
@@ -517,7 +514,7 @@ impl Daemon {
         }
         // A deleted table needs no comparison: rebuild at once.
         let ok = change != crate::events::TableEvent::TableDeleted
-            && match self.backend.read(&self.plan) {
+            && match self.kernel.observe(&self.plan) {
                 Ok(Some(obs)) => obs.matches(&self.plan),
                 Ok(None) => false,
                 Err(e) => {
@@ -542,7 +539,7 @@ impl Daemon {
                     until.saturating_duration_since(Instant::now())
                 );
             }
-            Repair::Now => match self.timed(|b, plan| b.apply(plan)) {
+            Repair::Now => match self.timed(|k, plan| k.replace(plan)) {
                 Ok(()) => {
                     self.repairs += 1;
                     self.drift_since = None;
@@ -560,31 +557,38 @@ impl Daemon {
         }
     }
 
-    /// Puts `plan` into the kernel: an element-level delta from the current plan in one
-    /// batch, else (the kernel drifted from what portd believes, or the change is
-    /// structural) the whole table replaced atomically.
-    fn commit(&self, plan: &Plan) -> Result<(), portd::nft::BackendError> {
-        let t = Instant::now();
-        let r = match self.backend.apply_delta(&self.plan, plan) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                tracing::warn!("element-level change refused ({e}); replacing the whole table");
-                self.backend.apply(plan)
-            }
-        };
-        if r.is_ok() {
-            self.published.metrics.applied(t.elapsed());
+    /// The one way a change reaches the kernel: `delta` (from the current plan) as one
+    /// element-level batch, else — the kernel drifted from what portd believes, or the
+    /// change is structural — the whole new table, from `whole`, replaced in one batch.
+    /// The time the kernel took goes to `portd_apply_duration_seconds`.
+    fn commit(&self, delta: &portd_rules::Delta, whole: impl FnOnce() -> Plan) -> Result<(), portd::nft::BackendError> {
+        if delta.is_empty() {
+            return Ok(());
         }
-        r
+        let t = Instant::now();
+        if !delta.structural {
+            match self.kernel.change(&self.plan, delta) {
+                Ok(()) => {
+                    self.published.metrics.applied(t.elapsed());
+                    return Ok(());
+                }
+                Err(e) => tracing::warn!("element-level change refused ({e}); replacing the whole table"),
+            }
+        }
+        let whole = whole();
+        let t = Instant::now();
+        self.kernel.replace(&whole)?;
+        self.published.metrics.applied(t.elapsed());
+        Ok(())
     }
 
     /// Runs one kernel call on the current plan and records its duration when it succeeds.
     fn timed<T>(
         &self,
-        f: impl FnOnce(&Backend, &Plan) -> Result<T, portd::nft::BackendError>,
+        f: impl FnOnce(&dyn Kernel, &Plan) -> Result<T, portd::nft::BackendError>,
     ) -> Result<T, portd::nft::BackendError> {
         let t = Instant::now();
-        let r = f(&self.backend, &self.plan);
+        let r = f(self.kernel.as_ref(), &self.plan);
         if r.is_ok() {
             self.published.metrics.applied(t.elapsed());
         }
@@ -596,3 +600,6 @@ impl Daemon {
         self.trim_at.get_or_insert_with(|| Instant::now() + TRIM_DELAY);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -337,25 +337,19 @@ impl Daemon {
             return Ok(with_warnings(Body::changed(delta.summary, dry_run), warnings));
         }
         let t_compile = t0.elapsed();
-        if !delta.is_empty() {
-            if let Err(e) = self.backend.apply_changes(&self.plan, &delta) {
-                tracing::warn!("element-level change refused ({e}); replacing the whole table");
-                let mut whole = self.plan.clone();
-                delta.apply_in_place(&mut whole);
-                self.backend.apply(&whole).map_err(|e| {
-                    err(ErrorKind::Kernel, format!("the kernel refused the change; nothing was changed: {e}"))
-                })?;
-            }
-        }
+        let whole = || {
+            let mut whole = self.plan.clone();
+            delta.apply_in_place(&mut whole);
+            whole
+        };
+        self.commit(&delta, whole)
+            .map_err(|e| err(ErrorKind::Kernel, format!("the kernel refused the change; nothing was changed: {e}")))?;
         let t_kernel = t0.elapsed();
-        if !delta.is_empty() {
-            self.published.metrics.applied(t_kernel - t_compile);
-        }
         record.apply(&mut self.users);
         if let Err(e) = self.store.commit(&self.users, &record) {
             // Not acknowledged unless persisted: put the sets and the kernel back as they were.
             undo.apply(&mut self.users);
-            if let Err(e2) = self.backend.apply(&self.plan) {
+            if let Err(e2) = self.kernel.replace(&self.plan) {
                 tracing::error!("rolling back after a failed save: {e2}");
             }
             return Err(err(ErrorKind::Internal, format!("{e}; the change was rolled back")));
@@ -498,14 +492,9 @@ impl Daemon {
             }
         };
         let delta = Plan::diff(&self.plan, &plan);
-        if !delta.is_empty() {
-            if let Err(e) = self.commit(&plan) {
-                undo(self, before);
-                return Err(err(
-                    ErrorKind::Kernel,
-                    format!("the kernel refused the new config; nothing was changed: {e}"),
-                ));
-            }
+        if let Err(e) = self.commit(&delta, || plan.clone()) {
+            undo(self, before);
+            return Err(err(ErrorKind::Kernel, format!("the kernel refused the new config; nothing was changed: {e}")));
         }
         let by = caller.map_or("SIGHUP".to_string(), |c| c.who());
         tracing::info!(
@@ -525,34 +514,26 @@ impl Daemon {
         Ok(Body::changed(delta.summary, false))
     }
 
-    pub(super) fn status(&mut self) -> Result<Body, Failure> {
+    /// Status read in the actor (the server reads the kernel off the actor instead, from
+    /// a [`Snapshot`]).
+    fn status(&mut self) -> Result<Body, Failure> {
+        let snap = self.snapshot();
+        let obs = self.kernel.observe(&snap.plan).map_err(|e| err(ErrorKind::Kernel, e.to_string()))?;
+        Ok(Body::Status(snap.status(obs.as_ref())))
+    }
+
+    /// What a status needs from the actor: the plan and the suspended forwards. Cheap; the
+    /// kernel is read by the caller.
+    pub(super) fn snapshot(&mut self) -> Snapshot {
         if self.plan.element_count() > TRIM_AFTER_OBJECTS {
             self.trim_soon();
         }
-        let obs = self.backend.read(&self.plan).map_err(|e| err(ErrorKind::Kernel, e.to_string()))?;
-        let in_sync = obs.as_ref().is_some_and(|o| o.matches(&self.plan));
-        let mut forwards: Vec<ForwardStatus> = self
-            .plan
-            .forwards
-            .iter()
-            .map(|p| {
-                let (packets, bytes) = obs.as_ref().and_then(|o| o.counters.get(&p.counter).copied()).unwrap_or((0, 0));
-                ForwardStatus {
-                    owner: p.owner.clone(),
-                    forward: p.forward.clone(),
-                    mark: p.mark,
-                    packets,
-                    bytes,
-                    state: ForwardState::Active,
-                    reason: None,
-                }
-            })
-            .collect();
+        let mut suspended = Vec::new();
         for (owner, list) in &self.eval.suspended {
             let Some(set) = self.users.get(owner) else { continue };
             for (name, reason) in list {
                 if let Some(f) = set.forwards.iter().find(|f| f.name == *name) {
-                    forwards.push(ForwardStatus {
+                    suspended.push(ForwardStatus {
                         owner: owner.clone(),
                         forward: f.clone(),
                         mark: f.mark.unwrap_or(self.config.settings.mark),
@@ -564,12 +545,48 @@ impl Daemon {
                 }
             }
         }
-        Ok(Body::Status(Status {
+        Snapshot { plan: self.plan.clone(), suspended, repairs: self.repairs }
+    }
+}
+
+/// The actor's part of a status: read the kernel with it, then call [`Snapshot::status`].
+pub struct Snapshot {
+    /// The plan the kernel should hold.
+    pub plan: Plan,
+    /// Forwards kept out of the kernel, with their reasons.
+    pub suspended: Vec<ForwardStatus>,
+    /// Repairs so far.
+    pub repairs: u64,
+}
+
+impl Snapshot {
+    /// The status, given what the kernel holds (`None`: no table).
+    pub fn status(self, obs: Option<&portd::nft::Observed>) -> Status {
+        let in_sync = obs.is_some_and(|o| o.matches(&self.plan));
+        let mut forwards: Vec<ForwardStatus> = self
+            .plan
+            .forwards
+            .iter()
+            .map(|p| {
+                let (packets, bytes) = obs.and_then(|o| o.counters.get(&p.counter).copied()).unwrap_or((0, 0));
+                ForwardStatus {
+                    owner: p.owner.clone(),
+                    forward: p.forward.clone(),
+                    mark: p.mark,
+                    packets,
+                    bytes,
+                    state: ForwardState::Active,
+                    reason: None,
+                }
+            })
+            .collect();
+        forwards.extend(self.suspended);
+        Status {
             daemon_version: env!("CARGO_PKG_VERSION").into(),
             table: self.plan.table.clone(),
             in_sync,
             repairs: self.repairs,
             forwards,
-        }))
+        }
     }
 }

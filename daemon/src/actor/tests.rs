@@ -1,0 +1,205 @@
+//! The actor as an I/O shell, with a fake kernel: commits (delta, else the whole table),
+//! the order kernel → state → answer, rollback after a failed state write, the repair
+//! back-off, and grants judged through the shell. No root needed.
+
+use super::*;
+use portd::nft::{BackendError, Observed};
+use portd_rules::proto::{Body, Command, ErrorKind, ForwardState};
+use portd_rules::{Delta, Forward, PortRange};
+use std::sync::{Arc, Mutex};
+
+/// What the fake kernel saw and holds.
+#[derive(Default)]
+struct Log {
+    /// "replace N" (N forwards) or "change +A -R".
+    batches: Vec<String>,
+    /// Forwards in the table, as owner/name.
+    table: Vec<String>,
+    refuse_changes: bool,
+}
+
+#[derive(Clone, Default)]
+struct Fake(Arc<Mutex<Log>>);
+
+impl Fake {
+    fn log(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn names(plan: &Plan) -> Vec<String> {
+    plan.forwards.iter().map(|p| format!("{}/{}", p.owner, p.forward.name)).collect()
+}
+
+impl Kernel for Fake {
+    fn replace(&self, plan: &Plan) -> Result<(), BackendError> {
+        let mut l = self.log();
+        l.batches.push(format!("replace {}", plan.forwards.len()));
+        l.table = names(plan);
+        Ok(())
+    }
+    fn change(&self, current: &Plan, delta: &Delta) -> Result<(), BackendError> {
+        let mut l = self.log();
+        if l.refuse_changes {
+            l.batches.push("change refused".into());
+            return Err(BackendError::Unstable { table: current.table.clone(), attempts: 0 });
+        }
+        l.batches.push(format!("change +{} -{}", delta.summary.added.len(), delta.summary.removed.len()));
+        let mut next = current.clone();
+        delta.apply_in_place(&mut next);
+        l.table = names(&next);
+        Ok(())
+    }
+    fn observe(&self, _plan: &Plan) -> Result<Option<Observed>, BackendError> {
+        Ok(None)
+    }
+    fn remove(&self) -> Result<(), BackendError> {
+        let mut l = self.log();
+        l.batches.push("remove".into());
+        l.table.clear();
+        Ok(())
+    }
+}
+
+struct Setup {
+    dir: PathBuf,
+    fake: Fake,
+}
+
+impl Setup {
+    fn new(tag: &str) -> Setup {
+        let dir = std::env::temp_dir().join(format!("portd-actor-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("state")).expect("scratch");
+        Setup { dir, fake: Fake::default() }
+    }
+
+    fn config(&self, extra: &str) -> String {
+        format!(
+            "version: 1\nsettings:\n  table: t\n  listener_check: off\n  state_dir: {}\n{extra}",
+            self.dir.join("state").display()
+        )
+    }
+
+    fn start(&self, extra: &str) -> Daemon {
+        let path = self.dir.join("portd.yaml");
+        let text = self.config(extra);
+        std::fs::write(&path, &text).expect("config");
+        let config = portd_rules::parse_config("portd.yaml", &text).expect("valid config");
+        let o = Overrides { table: None, state_dir: None };
+        Daemon::start(path, config, o, Arc::default(), Box::new(self.fake.clone())).expect("start")
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn root() -> Caller {
+    Caller { uid: 0, pid: None, user: "root".into() }
+}
+
+fn nobody() -> Caller {
+    let uid = accounts::lookup("nobody").expect("the account database has `nobody`").uid;
+    Caller { uid, pid: None, user: "nobody".into() }
+}
+
+fn fwd(name: &str, port: u16, to: u16) -> Forward {
+    Forward::new(name, PortRange::single(port), PortRange::single(to))
+}
+
+fn apply(d: &mut Daemon, who: &Caller, forwards: Vec<Forward>) -> Result<Body, Failure> {
+    d.handle(who, Op::Apply { forwards, dry_run: false, owner: None })
+}
+
+fn states(d: &mut Daemon) -> Vec<(String, ForwardState)> {
+    match d.handle(&root(), Op::Command(Command::Status)) {
+        Ok(Body::Status(s)) => {
+            s.forwards.iter().map(|f| (format!("{}/{}", f.owner, f.forward.name), f.state)).collect()
+        }
+        other => panic!("status: {other:?}"),
+    }
+}
+
+#[test]
+fn a_change_goes_to_the_kernel_as_elements_then_to_the_state() {
+    let s = Setup::new("change");
+    let mut d = s.start("");
+    assert_eq!(s.fake.log().batches, vec!["replace 0"], "start puts the table in");
+    apply(&mut d, &root(), vec![fwd("http", 80, 8080)]).expect("applied");
+    assert_eq!(s.fake.log().batches.last().map(String::as_str), Some("change +1 -0"));
+    assert_eq!(s.fake.log().table, vec!["user:root/http"]);
+    let mut again = crate::state::Store::new(&s.dir.join("state"));
+    let persisted = again.load().expect("load");
+    assert_eq!(persisted.sets["user:root"].forwards, vec![fwd("http", 80, 8080)]);
+    assert_eq!(persisted.sets["user:root"].uid, Some(0));
+}
+
+#[test]
+fn a_refused_element_change_falls_back_to_the_whole_table() {
+    let s = Setup::new("fallback");
+    let mut d = s.start("");
+    s.fake.log().refuse_changes = true;
+    apply(&mut d, &root(), vec![fwd("http", 80, 8080)]).expect("applied");
+    let l = s.fake.log();
+    assert_eq!(l.batches[l.batches.len() - 2..], ["change refused".to_string(), "replace 1".to_string()]);
+    assert_eq!(l.table, vec!["user:root/http"]);
+}
+
+#[test]
+fn a_failed_state_write_rolls_the_kernel_back_and_is_not_acknowledged() {
+    let s = Setup::new("rollback");
+    let mut d = s.start("");
+    // The next change writes a snapshot, whose temporary file cannot be written (a
+    // directory in its place fails even for root).
+    std::fs::create_dir_all(s.dir.join("state").join(".sets.json.tmp")).expect("blocker");
+    d.store.snapshot_next();
+    let e = apply(&mut d, &root(), vec![fwd("http", 80, 8080)]).expect_err("not persisted");
+    assert_eq!(e.0, ErrorKind::Internal);
+    assert!(e.1[0].contains("rolled back"), "{e:?}");
+    let l = s.fake.log();
+    assert_eq!(l.batches[l.batches.len() - 2..], ["change +1 -0".to_string(), "replace 0".to_string()]);
+    assert!(l.table.is_empty(), "the kernel holds what it held before: {:?}", l.table);
+    drop(l);
+    assert!(states(&mut d).is_empty(), "nothing was acknowledged");
+}
+
+#[test]
+fn the_repair_back_off_stands_back_after_a_burst() {
+    let s = Setup::new("backoff");
+    let mut d = s.start("");
+    for _ in 0..60 {
+        d.repair_if_drifted(crate::events::TableEvent::TableDeleted);
+    }
+    let replaced = s.fake.log().batches.iter().filter(|b| b.starts_with("replace")).count();
+    assert_eq!(replaced, 1 + policy::REPAIR_BURST, "start, then at most a burst of repairs");
+    assert_eq!(d.repairs, policy::REPAIR_BURST as u64);
+    assert!(d.backoff.deferred().is_some(), "standing back");
+    assert_eq!(d.backoff.hits, 1);
+}
+
+#[test]
+fn grants_are_judged_through_the_shell_and_a_revoked_one_suspends_on_reload() {
+    let s = Setup::new("grants");
+    let granted = "grants:\n  - {user: nobody, ports: [80], to: \"8000-8099\"}\n";
+    let mut d = s.start(granted);
+    let who = nobody();
+    apply(&mut d, &who, vec![fwd("http", 80, 8080)]).expect("within the grant");
+    let e = apply(&mut d, &who, vec![fwd("ssh", 22, 8022)]).expect_err("outside");
+    assert_eq!(e.0, ErrorKind::Denied);
+    assert!(e.1[0].contains("outside your grants"), "{e:?}");
+    let e = d
+        .handle(&who, Op::Apply { forwards: vec![], dry_run: false, owner: Some("user:root".into()) })
+        .expect_err("not root");
+    assert_eq!(e.0, ErrorKind::Denied);
+    std::fs::write(s.dir.join("portd.yaml"), s.config("")).expect("config");
+    d.reload(None).expect("reload");
+    assert_eq!(states(&mut d), vec![("user:nobody/http".to_string(), ForwardState::Suspended)]);
+    assert!(s.fake.log().table.is_empty(), "out of the kernel");
+    std::fs::write(s.dir.join("portd.yaml"), s.config(granted)).expect("config");
+    d.reload(None).expect("reload");
+    assert_eq!(states(&mut d), vec![("user:nobody/http".to_string(), ForwardState::Active)]);
+    assert_eq!(s.fake.log().table, vec!["user:nobody/http"]);
+}

@@ -1,0 +1,37 @@
+//! The seam between the actor and the kernel: the four things the actor asks of the
+//! nftables table it owns. [`crate::nft::Backend`] is the real one; the actor's unit
+//! tests use a fake that records batches and can refuse them, so the shell (commits,
+//! rollback, repair back-off) is tested without root.
+
+#![forbid(unsafe_code)]
+
+use crate::nft::{Backend, BackendError, Observed};
+use portd_rules::{Delta, Plan};
+
+/// What the actor needs from the kernel.
+pub trait Kernel: Send {
+    /// Replaces the whole table with `plan` in one batch.
+    fn replace(&self, plan: &Plan) -> Result<(), BackendError>;
+    /// Applies an element-level `delta` from `current` in one batch; refused (and nothing
+    /// changed) when the kernel does not hold `current` or the delta is structural.
+    fn change(&self, current: &Plan, delta: &Delta) -> Result<(), BackendError>;
+    /// Reads the table back (`None`: it does not exist), decoded with `plan`'s types.
+    fn observe(&self, plan: &Plan) -> Result<Option<Observed>, BackendError>;
+    /// Removes the table.
+    fn remove(&self) -> Result<(), BackendError>;
+}
+
+impl Kernel for Backend {
+    fn replace(&self, plan: &Plan) -> Result<(), BackendError> {
+        self.apply(plan)
+    }
+    fn change(&self, current: &Plan, delta: &Delta) -> Result<(), BackendError> {
+        self.apply_changes(current, delta)
+    }
+    fn observe(&self, plan: &Plan) -> Result<Option<Observed>, BackendError> {
+        self.read(plan)
+    }
+    fn remove(&self) -> Result<(), BackendError> {
+        Backend::remove(self)
+    }
+}

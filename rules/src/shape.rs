@@ -1,0 +1,79 @@
+//! A linear pre-check of YAML text before the parser sees it: the parser's simple-key
+//! handling costs the square of the nesting depth, so nesting and node count are bounded
+//! first, in one pass over the bytes.
+
+#![forbid(unsafe_code)]
+
+/// Deepest nesting a rules file or config may have (a rules file needs 4 levels).
+pub const MAX_DEPTH: usize = 64;
+/// Most YAML nodes (keys, values, list items) a file may have: 60,000 forwards of six
+/// fields fit, a flood of tiny nodes does not.
+pub const MAX_NODES: usize = 1_000_000;
+
+/// A linear pass over the text that bounds its nesting and node count before the parser
+/// sees it (the parser's simple-key handling is quadratic in the nesting depth). It is
+/// conservative: every `{`, `[`, indentation level and `- ` opening a line counts as a
+/// level, and every `: `, `- ` and `,` as a node. Returns the line and the problem.
+pub(crate) fn check_shape(text: &str) -> Result<(), (usize, String)> {
+    let mut nodes = 0usize;
+    let mut flow = 0usize;
+    let mut indents: Vec<usize> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let bytes = line.as_bytes();
+        let indent = bytes.iter().take_while(|b| **b == b' ').count();
+        let rest = &bytes[indent..];
+        if rest.is_empty() || rest[0] == b'#' {
+            continue;
+        }
+        if flow == 0 {
+            while indents.last().is_some_and(|t| *t >= indent) {
+                indents.pop();
+            }
+            indents.push(indent);
+        }
+        // Block sequence entries opening the line (`- - - x`) each nest once more.
+        let mut dashes = 0;
+        let mut j = 0;
+        while j + 1 < rest.len() && rest[j] == b'-' && rest[j + 1] == b' ' {
+            dashes += 1;
+            j += 2;
+            while j < rest.len() && rest[j] == b' ' {
+                j += 1;
+            }
+        }
+        let mut quote: Option<u8> = None;
+        let mut prev = b' ';
+        let mut deepest = flow;
+        for &c in &rest[j..] {
+            match quote {
+                Some(q) => {
+                    if c == q {
+                        quote = None;
+                    }
+                }
+                None => match c {
+                    b'"' | b'\'' if matches!(prev, b' ' | b'[' | b'{' | b',' | b':') => quote = Some(c),
+                    b'#' if prev == b' ' => break,
+                    b'[' | b'{' => {
+                        flow += 1;
+                        deepest = deepest.max(flow);
+                    }
+                    b']' | b'}' => flow = flow.saturating_sub(1),
+                    b',' => nodes += 1,
+                    b':' => nodes += 1,
+                    _ => {}
+                },
+            }
+            prev = c;
+        }
+        nodes += dashes;
+        let depth = indents.len() + dashes + deepest;
+        if depth > MAX_DEPTH {
+            return Err((i + 1, format!("nesting is deeper than {MAX_DEPTH} levels; a rules file needs 4")));
+        }
+        if nodes > MAX_NODES {
+            return Err((i + 1, format!("more than {MAX_NODES} YAML nodes; split the file")));
+        }
+    }
+    Ok(())
+}
