@@ -294,7 +294,12 @@ mod tests {
         let text = m.exposition(&status(), Format::Text);
         assert!(om.ends_with("# EOF\n"), "{om}");
         assert!(!text.contains("# EOF"), "{text}");
-        let samples = |s: &str| s.lines().filter(|l| !l.starts_with('#')).map(str::to_string).collect::<Vec<_>>();
+        // Samples of one family come in no fixed order (prometheus-client keeps them in a hash map).
+        let samples = |s: &str| {
+            let mut v = s.lines().filter(|l| !l.starts_with('#')).map(str::to_string).collect::<Vec<_>>();
+            v.sort();
+            v
+        };
         assert_eq!(samples(&om), samples(&text));
         assert!(om.contains("# TYPE portd_repairs counter\nportd_repairs_total 2\n"), "{om}");
         assert!(text.contains("# TYPE portd_repairs_total counter\nportd_repairs_total 2\n"), "{text}");
