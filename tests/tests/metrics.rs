@@ -202,7 +202,7 @@ fn metrics_follow_traffic_and_portctl_prints_the_same_families() {
     assert_eq!(m.value("portd_requests_total", &[("command", "add"), ("result", "invalid")]), Some(1.0));
     let applied = m.value("portd_apply_duration_seconds_count", &[]).expect("histogram count");
     assert!(applied >= 1.0, "no apply recorded: {applied}");
-    assert_eq!(m.value("portd_forwards", &[("state", "active")]), Some(2.0));
+    assert_eq!(m.value("portd_forwards", &[("state", "active")]), Some(2.0), "web and extra");
 
     // OpenMetrics when asked for, accepted by the strict OpenMetrics parser.
     let (code, ctype, body) = http(
@@ -221,6 +221,32 @@ fn metrics_follow_traffic_and_portctl_prints_the_same_families() {
     // Only GET /metrics.
     assert_eq!(http(&net, &[&format!("http://{LISTEN}/")]).0, 404);
     assert_eq!(http(&net, &["-X", "POST", &format!("http://{LISTEN}/metrics")]).0, 405);
+
+    // Scrapers that connect and send nothing hold at most 8 slots, each for 5 s; the next
+    // is told 503 at once, and changes go on meanwhile.
+    let socket = d.socket.clone();
+    let (refused, took) = in_netns(&net.srv, move || {
+        use std::io::Read;
+        let idle: Vec<std::net::TcpStream> =
+            (0..8).map(|_| std::net::TcpStream::connect(LISTEN).expect("connect")).collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut ninth = std::net::TcpStream::connect(LISTEN).expect("connect");
+        ninth.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        let mut answer = String::new();
+        let _ = ninth.read_to_string(&mut answer);
+        let t = Instant::now();
+        let o = Command::new(bin("portctl"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["add", "busy", "83", "8080"])
+            .output()
+            .expect("portctl");
+        assert!(o.status.success(), "portctl add while scrapers stall: {}", err(&o));
+        drop(idle);
+        (answer, t.elapsed())
+    });
+    assert!(refused.starts_with("HTTP/1.1 503"), "the ninth scrape got: {refused}");
+    assert!(took < Duration::from_secs(2), "a change took {took:?} while 8 scrapers stalled");
 
     // portctl metrics: the same families, parsed by the same parser.
     let o = d.ctl(&["metrics"]);
