@@ -167,6 +167,10 @@ pub enum Cmd {
     /// Print the Prometheus exposition (text format 0.0.4), for node_exporter's textfile
     /// collector.
     Metrics,
+    /// Find why traffic of a forward may not arrive (other firewalls, NAT, legacy
+    /// iptables, listeners, conntrack, portd itself) and print the fix; exits 1 when a
+    /// finding is an error.
+    Doctor,
     /// Print shell completions.
     Completions {
         /// Shell.

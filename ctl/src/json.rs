@@ -52,6 +52,7 @@ pub fn body(b: &Body) -> Value {
         }),
         Body::Export { owner, forwards } => json!({"ok": true, "owner": owner, "forwards": forwards}),
         Body::Metrics { text } => json!({"ok": true, "metrics": text}),
+        Body::Doctor { findings } => json!({"ok": true, "findings": findings}),
     }
 }
 

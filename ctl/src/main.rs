@@ -259,6 +259,12 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             output::print_body(&body, json, false);
             Ok(Exit::Ok)
         }
+        Cmd::Doctor => {
+            let body = send(Command::Doctor)?;
+            output::print_body(&body, json, false);
+            let error = matches!(&body, Body::Doctor { findings } if findings.iter().any(|f| f.severity == portd_rules::doctor::Severity::Error));
+            Ok(if error { Exit::Rejected } else { Exit::Ok })
+        }
         Cmd::Completions { shell } => {
             complete::registration(shell, &mut std::io::stdout())
                 .map_err(|e| Failure::new(Exit::Rejected, format!("writing completions: {e}")))?;

@@ -116,5 +116,24 @@ pub fn print_body(body: &Body, json: bool, wide: bool) {
             print!("{}", serde_yaml::to_string(&doc).unwrap_or_default());
         }
         Body::Metrics { text } => print!("{text}"),
+        Body::Doctor { findings } => print!("{}", doctor_text(findings)),
     }
+}
+
+/// `portctl doctor` for a terminal: one block per finding, most severe first, the fix
+/// on its own line.
+pub fn doctor_text(findings: &[portd_rules::doctor::Finding]) -> String {
+    if findings.is_empty() {
+        return "no problems found\n".into();
+    }
+    let mut sorted = findings.to_vec();
+    portd_rules::doctor::sort(&mut sorted);
+    let mut out = String::new();
+    for f in &sorted {
+        let forward = f.forward.as_deref().map(|n| format!(" {n}")).unwrap_or_default();
+        out.push_str(&format!("{} [{}]{forward}\n  {}\n  fix: {}\n\n", f.severity, f.check, f.message, f.fix));
+    }
+    let errors = sorted.iter().filter(|f| f.severity == portd_rules::doctor::Severity::Error).count();
+    out.push_str(&format!("{} finding(s), {errors} error(s)\n", sorted.len()));
+    out
 }

@@ -10,6 +10,7 @@
 mod actor;
 mod check;
 mod conntrack;
+mod doctor;
 mod events;
 mod lock;
 mod metrics;

@@ -112,8 +112,7 @@ pub fn command_name(c: &Command) -> &'static str {
         Command::Export { .. } => "export",
         Command::Reload => "reload",
         Command::Metrics => "metrics",
-        #[allow(unreachable_patterns)]
-        _ => "other",
+        Command::Doctor => "doctor",
     }
 }
 

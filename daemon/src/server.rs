@@ -445,7 +445,8 @@ fn table_reader(shared: &Shared, uid: u32) -> Arc<Mutex<Option<portd::nft::Backe
 }
 
 /// A status: the actor hands over its plan (cheap), and the kernel is read here, on a
-/// blocking thread, so a large table never holds up the actor's changes and repairs.
+/// blocking thread, so a large table never holds up the actor's changes and repairs. A
+/// change committed during the read makes it unstable: then the plan is taken again.
 async fn status(shared: &Shared, reader: &Arc<Mutex<Option<portd::nft::Backend>>>) -> Response {
     status_of(&shared.actor, reader).await
 }
@@ -453,23 +454,31 @@ async fn status(shared: &Shared, reader: &Arc<Mutex<Option<portd::nft::Backend>>
 /// A status read with `reader` (the metrics endpoint has a reader of its own).
 pub async fn status_of(actor: &Sender<Msg>, reader: &Arc<Mutex<Option<portd::nft::Backend>>>) -> Response {
     let stopping = || Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]);
-    let (tx, rx) = oneshot::channel();
-    if actor.send(Msg::Snapshot { reply: tx }).is_err() {
-        return stopping();
+    let mut last = String::new();
+    for _ in 0..STATUS_ATTEMPTS {
+        let (tx, rx) = oneshot::channel();
+        if actor.send(Msg::Snapshot { reply: tx }).is_err() {
+            return stopping();
+        }
+        let Ok(snap) = rx.await else { return stopping() };
+        let reader = reader.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let mut guard = reader.lock().unwrap_or_else(|p| p.into_inner());
+            let backend = guard.get_or_insert_with(|| portd::nft::Backend::new(&snap.plan.table));
+            backend.read(&snap.plan).map(|obs| snap.status(obs.as_ref()))
+        });
+        match job.await {
+            Ok(Ok(status)) => return Response::ok(portd_rules::proto::Body::Status(status)),
+            Ok(Err(e @ portd::nft::BackendError::Unstable { .. })) => last = e.to_string(),
+            Ok(Err(e)) => return Response::error(ErrorKind::Kernel, vec![e.to_string()]),
+            Err(_) => return Response::error(ErrorKind::Internal, vec!["reading the table failed".into()]),
+        }
     }
-    let Ok(snap) = rx.await else { return stopping() };
-    let reader = reader.clone();
-    let job = tokio::task::spawn_blocking(move || {
-        let mut guard = reader.lock().unwrap_or_else(|p| p.into_inner());
-        let backend = guard.get_or_insert_with(|| portd::nft::Backend::new(&snap.plan.table));
-        backend.read(&snap.plan).map(|obs| snap.status(obs.as_ref()))
-    });
-    match job.await {
-        Ok(Ok(status)) => Response::ok(portd_rules::proto::Body::Status(status)),
-        Ok(Err(e)) => Response::error(ErrorKind::Kernel, vec![e.to_string()]),
-        Err(_) => Response::error(ErrorKind::Internal, vec!["reading the table failed".into()]),
-    }
+    Response::error(ErrorKind::Kernel, vec![last])
 }
+
+/// Times a status takes a fresh plan when changes keep landing during its read.
+const STATUS_ATTEMPTS: usize = 5;
 
 /// Refuses a non-root caller that no grant names (by user or group) before its file is
 /// parsed.

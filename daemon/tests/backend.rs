@@ -9,62 +9,31 @@ use portd_rules::plan::{compile, names, Element, OwnedSet, Plan, Value};
 use portd_rules::{Family, Proto};
 use portd_tests::in_netns;
 use std::io::Write;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const S4: &str = "10.77.0.1";
-const C4: &str = "10.77.0.2";
-const S6: &str = "[fd77::1]";
-const C6: &str = "[fd77::2]";
+const S4: &str = portd_tests::SRV4;
+const C4: &str = portd_tests::CLI4;
+/// `portd_tests::SRV6` and `CLI6` in brackets, as socat takes them.
+const S6: &str = "[fd00:250::1]";
+const C6: &str = "[fd00:250::2]";
 const APP: &str = "app8080";
 
-// ---------- helpers: namespaces, the backend inside them, socat apps and clients ----------
+// ---------- helpers: the backend inside the shared namespaces, socat apps and clients ----------
 
-fn run(args: &[&str]) -> Output {
-    Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
-}
-
-/// Runs a command that must succeed; returns its stdout.
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{args:?} failed ({}): {err}", out.status);
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Two namespaces joined by veth `vs` (server, 10.77.0.1, fd77::1) and `vc` (client,
-/// 10.77.0.2, fd77::2); apps started in them are killed and both deleted on drop.
+/// The shared test namespaces (portd_tests::Net: server and client joined by veth
+/// `vsrv`/`vcli`), the backend run inside the server, and socat apps killed on drop.
 struct Net {
+    apps: Vec<portd_tests::Bg>,
     server: String,
     client: String,
-    apps: Vec<Child>,
+    ns: portd_tests::Net,
 }
 
 impl Net {
-    fn new(test: &str) -> Net {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            panic!("backend tests need root: they create network namespaces and nftables tables; run `cargo test -p portd` as root");
-        }
-        let id = format!("pdt-{test}-{}", std::process::id());
-        let net = Net { server: format!("{id}-s"), client: format!("{id}-c"), apps: Vec::new() };
-        for ns in [&net.server, &net.client] {
-            let out = run(&["ip", "netns", "add", ns]);
-            assert!(
-                out.status.success(),
-                "cannot create network namespace {ns}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            ok(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        let (s, c) = (net.server.as_str(), net.client.as_str());
-        ok(&["ip", "-n", s, "link", "add", "vs", "type", "veth", "peer", "name", "vc", "netns", c]);
-        for (ns, dev, v4, v6) in [(s, "vs", "10.77.0.1/24", "fd77::1/64"), (c, "vc", "10.77.0.2/24", "fd77::2/64")] {
-            ok(&["ip", "-n", ns, "addr", "add", v4, "dev", dev]);
-            ok(&["ip", "-n", ns, "addr", "add", v6, "dev", dev, "nodad"]);
-            ok(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
-        net
+    fn new(_test: &str) -> Net {
+        let ns = portd_tests::Net::setup();
+        Net { apps: Vec::new(), server: ns.srv.clone(), client: ns.cli.clone(), ns }
     }
 
     fn apply(&self, plan: &Plan) -> Result<(), BackendError> {
@@ -90,9 +59,7 @@ impl Net {
     }
 
     fn exec(&self, ns: &str, args: &[&str]) -> Output {
-        let mut all = vec!["ip", "netns", "exec", ns];
-        all.extend_from_slice(args);
-        run(&all)
+        self.ns.exec(ns, args[0], &args[1..])
     }
 
     fn nft(&self, args: &[&str]) -> String {
@@ -119,7 +86,7 @@ impl Net {
             .stderr(Stdio::null())
             .spawn()
             .expect("start socat");
-        self.apps.push(child);
+        self.apps.push(portd_tests::Bg(child));
         let proto = if udp { "-Hlnu" } else { "-Hlnt" };
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.exec(ns, &["ss", proto, &format!("sport = :{port}")]).stdout.is_empty() {
@@ -147,18 +114,6 @@ impl Net {
         child.stdin.take().expect("stdin").write_all(b"ping\n").expect("write");
         let out = child.wait_with_output().expect("socat");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for app in &mut self.apps {
-            let _ = app.kill();
-            let _ = app.wait();
-        }
-        for ns in [&self.server, &self.client] {
-            let _ = run(&["ip", "netns", "del", ns]);
-        }
     }
 }
 
@@ -305,15 +260,15 @@ fn sources_and_interfaces_restrict_redirects() {
     let mut wrong_if = forward("wrongif", 82, 8080);
     wrong_if.interfaces = vec!["nosuch0".into()];
     let mut right = forward("right", 83, 8080);
-    right.sources = vec!["10.77.0.0/24".parse().expect("net"), "fd77::/64".parse().expect("net")];
-    right.interfaces = vec!["vs".into()];
+    right.sources = vec!["10.250.0.0/24".parse().expect("net"), "fd00:250::/64".parse().expect("net")];
+    right.interfaces = vec!["vsrv".into()];
     let plan = plan_of(1, vec![elsewhere, wrong_if, right]);
     net.apply_checked(&plan);
 
     for host in [S4, S6] {
         assert_eq!(net.tcp(&c, host, 81), "", "{host}:81 allows only other networks");
         assert_eq!(net.tcp(&c, host, 82), "", "{host}:82 allows only interface nosuch0");
-        assert_eq!(net.tcp(&c, host, 83), APP, "{host}:83 allows the client's network on vs");
+        assert_eq!(net.tcp(&c, host, 83), APP, "{host}:83 allows the client's network on vsrv");
     }
 }
 

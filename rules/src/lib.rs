@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod diag;
+pub mod doctor;
 mod element;
 pub mod load;
 mod locate;

@@ -68,6 +68,8 @@ pub enum Command {
     Reload,
     /// The Prometheus exposition (text format 0.0.4), as the metrics endpoint serves it.
     Metrics,
+    /// Why traffic may not arrive: findings about every forward.
+    Doctor,
 }
 
 /// Why a request failed; maps to portctl's exit codes.
@@ -197,6 +199,11 @@ pub enum Body {
     Metrics {
         /// The exposition in the Prometheus text format.
         text: String,
+    },
+    /// Answer to doctor, most severe first.
+    Doctor {
+        /// What is wrong, with the fix.
+        findings: Vec<crate::doctor::Finding>,
     },
 }
 

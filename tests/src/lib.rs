@@ -424,6 +424,182 @@ pub fn spawn_in_netns<T: Send + 'static>(
     })
 }
 
+/// Sends one request line on a fresh connection to `socket` and returns the answer, parsed.
+pub fn request(socket: &Path, req: &serde_json::Value) -> serde_json::Value {
+    use std::io::BufRead;
+    let mut s =
+        std::os::unix::net::UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    let mut line = serde_json::to_vec(req).expect("request json");
+    line.push(b'\n');
+    s.write_all(&line).unwrap_or_else(|e| panic!("send {req}: {e}"));
+    let mut answer = String::new();
+    std::io::BufReader::new(&s).read_line(&mut answer).unwrap_or_else(|e| panic!("answer to {req}: {e}"));
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("answer to {req} is not JSON ({e}): {answer:?}"))
+}
+
+/// An `apply` request of `text` as a rules file.
+pub fn apply_request(text: &str) -> serde_json::Value {
+    serde_json::json!({"version": 1, "command": {"op": "apply", "file": "test.yaml", "text": text, "dry_run": false, "owner": null}})
+}
+
+/// Raises this process's open-file limit to its hard limit (tests holding 1,000+ sockets).
+pub fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    assert_eq!(rc, 0, "getrlimit: {}", std::io::Error::last_os_error());
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: as above.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    assert_eq!(rc, 0, "setrlimit(NOFILE, {}): {}", lim.rlim_max, std::io::Error::last_os_error());
+    lim.rlim_cur
+}
+
+/// Number of sockets process `pid` holds open.
+pub fn socket_fds(pid: u32) -> usize {
+    let dir = format!("/proc/{pid}/fd");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .filter_map(|e| e.ok().and_then(|e| std::fs::read_link(e.path()).ok()))
+        .filter(|l| l.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+/// Joins every thread, then re-raises the first panic among them.
+pub fn join_all<T>(threads: Vec<std::thread::JoinHandle<T>>) -> Vec<T> {
+    let mut results = Vec::new();
+    let mut panic = None;
+    for t in threads {
+        match t.join() {
+            Ok(v) => results.push(v),
+            Err(p) => {
+                panic.get_or_insert(p);
+            }
+        }
+    }
+    if let Some(p) = panic {
+        std::panic::resume_unwind(p);
+    }
+    results
+}
+
+/// A raw nf_tables netlink socket of the namespace it was opened in, for tests that need
+/// foreign changes faster than starting `nft` allows (the repair back-off's burst).
+pub struct RawNft {
+    fd: std::os::fd::OwnedFd,
+    seq: u32,
+}
+
+impl RawNft {
+    /// Opens a NETLINK_NETFILTER socket in the calling thread's network namespace.
+    pub fn open() -> RawNft {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let fd =
+            unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) };
+        assert!(fd >= 0, "netlink socket: {}", std::io::Error::last_os_error());
+        // SAFETY: fd is a fresh descriptor owned by nobody else.
+        RawNft { fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }, seq: 1 }
+    }
+
+    /// Deletes table `inet NAME` in one batch; true when the kernel acknowledged it, false
+    /// when it refused (no such table).
+    pub fn delete_table(&mut self, name: &str) -> bool {
+        use std::os::fd::AsRawFd;
+        const NLM_F_REQUEST: u16 = 1;
+        const NLM_F_ACK: u16 = 4;
+        const BATCH_BEGIN: u16 = 0x10;
+        const BATCH_END: u16 = 0x11;
+        const SUBSYS_NFTABLES: u16 = 10;
+        const NFT_MSG_DELTABLE: u16 = 2;
+        const NFTA_TABLE_NAME: u16 = 1;
+        const NFPROTO_INET: u8 = 1;
+        let mut buf = Vec::new();
+        let msg = |buf: &mut Vec<u8>, ty: u16, flags: u16, family: u8, res_id: u16, attrs: &[u8], seq: u32| {
+            let len = 16 + 4 + attrs.len();
+            buf.extend_from_slice(&(len as u32).to_ne_bytes());
+            buf.extend_from_slice(&ty.to_ne_bytes());
+            buf.extend_from_slice(&flags.to_ne_bytes());
+            buf.extend_from_slice(&seq.to_ne_bytes());
+            buf.extend_from_slice(&0u32.to_ne_bytes());
+            buf.extend_from_slice(&[family, 0]);
+            buf.extend_from_slice(&res_id.to_be_bytes());
+            buf.extend_from_slice(attrs);
+        };
+        let mut attr = Vec::new();
+        let value: Vec<u8> = name.bytes().chain(std::iter::once(0)).collect();
+        attr.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+        attr.extend_from_slice(&NFTA_TABLE_NAME.to_ne_bytes());
+        attr.extend_from_slice(&value);
+        while attr.len() % 4 != 0 {
+            attr.push(0);
+        }
+        let seq = self.seq;
+        self.seq += 3;
+        msg(&mut buf, BATCH_BEGIN, NLM_F_REQUEST, 0, SUBSYS_NFTABLES, &[], seq);
+        msg(
+            &mut buf,
+            SUBSYS_NFTABLES << 8 | NFT_MSG_DELTABLE,
+            NLM_F_REQUEST | NLM_F_ACK,
+            NFPROTO_INET,
+            0,
+            &attr,
+            seq + 1,
+        );
+        msg(&mut buf, BATCH_END, NLM_F_REQUEST, 0, SUBSYS_NFTABLES, &[], seq + 2);
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: the buffer is valid for its length; an unconnected netlink socket sends to the kernel.
+        let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), 0) };
+        assert_eq!(n, buf.len() as isize, "netlink send: {}", std::io::Error::last_os_error());
+        let mut reply = [0u8; 8192];
+        loop {
+            // SAFETY: the buffer is valid for its length.
+            let n = unsafe { libc::recv(fd, reply.as_mut_ptr().cast(), reply.len(), 0) };
+            assert!(n >= 20, "netlink recv: {}", std::io::Error::last_os_error());
+            let ty = u16::from_ne_bytes([reply[4], reply[5]]);
+            let rseq = u32::from_ne_bytes([reply[8], reply[9], reply[10], reply[11]]);
+            if ty == 2 && rseq == seq + 1 {
+                // NLMSG_ERROR: 0 is the acknowledgement.
+                return i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]) == 0;
+            }
+        }
+    }
+}
+
+/// Stops process `pid` (SIGSTOP), so the test can look at the kernel at one instant.
+pub fn freeze(pid: u32) {
+    // SAFETY: kill(2) on a pid the test started.
+    let rc = unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    assert_eq!(rc, 0, "SIGSTOP {pid}: {}", std::io::Error::last_os_error());
+}
+
+/// Resumes a process stopped by [`freeze`].
+pub fn thaw(pid: u32) {
+    // SAFETY: as above.
+    let rc = unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    assert_eq!(rc, 0, "SIGCONT {pid}: {}", std::io::Error::last_os_error());
+}
+
+/// A UDP server in namespace `ns` on `port` (both families) answering `reply` to every
+/// datagram, until `stop` is set.
+pub fn udp_answerer(
+    ns: &str,
+    port: u16,
+    reply: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    spawn_in_netns(ns, move || {
+        let s = std::net::UdpSocket::bind(("::", port)).unwrap_or_else(|e| panic!("bind udp {port}: {e}"));
+        s.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        let mut buf = [0u8; 64];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((_, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(reply.as_bytes(), from);
+            }
+        }
+    })
+}
+
 /// A real system account made for one test (`useradd`), deleted on drop.
 pub struct TestUser {
     /// Its login name.
@@ -487,4 +663,23 @@ impl Drop for TestUser {
 /// The status entry of `owner`/`name`, if listed.
 pub fn forward_status(status: &serde_json::Value, owner: &str, name: &str) -> Option<serde_json::Value> {
     status["forwards"].as_array()?.iter().find(|f| f["owner"] == owner && f["forward"]["name"] == name).cloned()
+}
+
+/// Connects to the Unix socket `path` as `uid` (and gid), so the server sees a non-root
+/// peer, without starting a process: a short-lived thread changes only its own
+/// credentials (the raw setresuid/setresgid system calls act on the calling thread) and
+/// connects.
+pub fn connect_as(uid: u32, path: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        // SAFETY: raw system calls that change this thread's credentials only; checked.
+        let rc = unsafe { libc::syscall(libc::SYS_setresgid, uid, uid, uid) };
+        assert_eq!(rc, 0, "setresgid({uid}): {}", std::io::Error::last_os_error());
+        // SAFETY: as above.
+        let rc = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
+        assert_eq!(rc, 0, "setresuid({uid}): {}", std::io::Error::last_os_error());
+        std::os::unix::net::UnixStream::connect(&path)
+    })
+    .join()
+    .expect("connect thread")
 }

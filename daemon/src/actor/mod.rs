@@ -8,6 +8,7 @@
 //! then the answer).
 
 mod accounts;
+mod doctor;
 mod requests;
 
 use crate::notify;
@@ -426,6 +427,7 @@ impl Daemon {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match msg {
+                Ok(Msg::Request { op: Op::Command(Command::Doctor), reply, .. }) => self.doctor(reply),
                 Ok(Msg::Request { caller, op, reply }) => {
                     let (owner, forward) = subject(&caller, &op);
                     let resp = match self.handle(&caller, op) {

@@ -130,6 +130,19 @@ impl Conn {
         flags: u16,
         payload: impl FnOnce(*mut nlmsghdr),
         gen: &mut Generation,
+        each: impl FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<(), Fail> {
+        self.request_in(k::NFPROTO_INET, ty, flags, payload, gen, each)
+    }
+
+    /// [`Conn::request`] for objects of `family` (NFPROTO_UNSPEC: every family).
+    pub(super) fn request_in(
+        &mut self,
+        family: u16,
+        ty: u16,
+        flags: u16,
+        payload: impl FnOnce(*mut nlmsghdr),
+        gen: &mut Generation,
         mut each: impl FnMut(&[u8]) -> Result<(), String>,
     ) -> Result<(), Fail> {
         self.seq += 1;
@@ -137,7 +150,7 @@ impl Conn {
         let mut req = AlignedBuf::new(8192);
         // SAFETY: an 8 KiB buffer is plenty for a header and a table, set or chain name.
         let len = unsafe {
-            let nlh = sys::nftnl_nlmsg_build_hdr(req.as_mut_ptr().cast(), ty, k::NFPROTO_INET, flags, seq);
+            let nlh = sys::nftnl_nlmsg_build_hdr(req.as_mut_ptr().cast(), ty, family, flags, seq);
             payload(nlh);
             (*nlh).nlmsg_len as usize
         };

@@ -27,6 +27,7 @@
 //! - `conn`: the libmnl socket: send a batch, wait for every answer; GET and dump.
 //! - `raw`: owned libnftnl objects and the printed text of a rule.
 //! - `read`: dump the table into libnftnl objects and decode it.
+//! - `foreign`: the base chains and rules of every other table, for `portctl doctor`.
 //! - `observed`: [`Observed`], what the kernel holds, and its differences from a plan.
 //! - `error`: [`BackendError`] and the hint for each errno.
 //!
@@ -39,6 +40,7 @@ mod conn;
 mod consts;
 mod error;
 mod expr;
+mod foreign;
 mod messages;
 mod observed;
 mod raw;
@@ -47,4 +49,5 @@ mod read;
 pub use backend::Backend;
 pub use codec::SetShape;
 pub use error::BackendError;
+pub use foreign::{read_foreign, ForeignRead, MAX_FOREIGN_RULES};
 pub use observed::{Observed, ObservedChain, ObservedHook};

@@ -1,0 +1,170 @@
+//! The kernel reads of `portctl doctor`, on a thread of its own: other tables' chains
+//! (`nft::read_foreign`), legacy iptables tables (only those already loaded), the
+//! sockets of the namespace (sock_diag) and the conntrack counters; the decisions are
+//! [`portd_rules::doctor`]'s.
+
+use portd_rules::doctor::{self, legacy, Finding, ForeignChain, SelfState, Severity};
+use portd_rules::plan::PlacedForward;
+use portd_rules::proto::{Body, Response};
+use std::collections::BTreeMap;
+use std::io;
+
+/// What the actor hands over.
+pub struct Snapshot {
+    /// Active forwards (the plan's).
+    pub forwards: Vec<PlacedForward>,
+    /// Uid of each user owner (root's sets left out: any listener is fine for them).
+    pub owner_uids: BTreeMap<String, u32>,
+    /// The plan, to compare the kernel's table with.
+    pub plan: portd_rules::Plan,
+    /// portd's own state (`in_sync` is read here).
+    pub me: SelfState,
+}
+
+/// portd's NAT chains' priority (dstnat), as compiled.
+const PORTD_NAT_PRIORITY: i32 = -100;
+
+/// Runs the checks on a new thread and sends the answer to `reply`.
+pub fn spawn(s: Snapshot, reply: tokio::sync::oneshot::Sender<Response>) {
+    let (tx, rx) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Response>>();
+    let spawned = std::thread::Builder::new().name("doctor".into()).spawn(move || {
+        let findings = run(&s);
+        if let Ok(reply) = rx.recv() {
+            let _ = reply.send(Response::ok(Body::Doctor { findings }));
+        }
+    });
+    match spawned {
+        Ok(_) => {
+            let _ = tx.send(reply);
+        }
+        Err(e) => {
+            let _ = reply.send(Response::error(
+                portd_rules::proto::ErrorKind::Internal,
+                vec![format!("cannot start the doctor thread: {e}")],
+            ));
+        }
+    }
+}
+
+fn unreadable(check: &str, what: String) -> Finding {
+    Finding {
+        check: check.into(),
+        severity: Severity::Warning,
+        forward: None,
+        message: format!("{what}; this check did not run"),
+        fix: "see portd's log; run `portctl doctor` again".into(),
+    }
+}
+
+/// Every check; findings most severe first.
+pub fn run(s: &Snapshot) -> Vec<Finding> {
+    let mut me = s.me.clone();
+    me.in_sync = matches!(portd::nft::Backend::new(&s.plan.table).read(&s.plan), Ok(Some(o)) if o.matches(&s.plan));
+    let mut findings = doctor::check_self(&me);
+    let mut chains: Vec<ForeignChain> = Vec::new();
+    match portd::nft::read_foreign(&s.me.table) {
+        Ok(read) => {
+            if read.rules_left_out > 0 {
+                findings.push(Finding {
+                    check: "foreign-drop".into(),
+                    severity: Severity::Info,
+                    forward: None,
+                    message: format!(
+                        "the ruleset is large: {} rules were read and {} more were left out, so chains past that point were judged by their first rules only",
+                        portd::nft::MAX_FOREIGN_RULES,
+                        read.rules_left_out
+                    ),
+                    fix: "read the rest with `nft list ruleset`".into(),
+                });
+            }
+            chains = read.chains;
+        }
+        Err(e) => findings.push(unreadable("foreign-drop", format!("reading the other nftables tables: {e}"))),
+    }
+    for v6 in [false, true] {
+        match legacy_chains(v6) {
+            Ok(c) => chains.extend(c),
+            Err(e) => findings.push(unreadable("legacy-iptables", e)),
+        }
+    }
+    findings.extend(doctor::check_chains(&chains, &s.forwards, PORTD_NAT_PRIORITY));
+    match crate::sockdiag::held() {
+        Ok(held) => findings.extend(doctor::check_listeners(
+            &s.forwards,
+            |proto, port| held.iter().filter(|h| h.proto == proto && h.port == port).map(|h| h.uid).collect(),
+            |owner| s.owner_uids.get(owner).copied(),
+        )),
+        Err(e) => findings.push(unreadable("listener", format!("reading the socket tables (NETLINK_SOCK_DIAG): {e}"))),
+    }
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/sys/net/netfilter/{f}"));
+    if let (Ok(count), Ok(max)) = (read("nf_conntrack_count"), read("nf_conntrack_max")) {
+        if let (Ok(count), Ok(max)) = (count.trim().parse(), max.trim().parse()) {
+            findings.extend(doctor::check_conntrack(count, max));
+        }
+    }
+    doctor::sort(&mut findings);
+    findings
+}
+
+/// `IPT_SO_GET_INFO` / `IP6T_SO_GET_INFO` (the same number at SOL_IP and SOL_IPV6).
+const SO_GET_INFO: libc::c_int = 64;
+/// `IPT_SO_GET_ENTRIES` / `IP6T_SO_GET_ENTRIES`.
+const SO_GET_ENTRIES: libc::c_int = 65;
+/// Largest legacy table read (bytes of entries).
+const MAX_LEGACY_BYTES: u32 = 16 * 1024 * 1024;
+
+/// The built-in chains of every legacy table already loaded in the namespace; none when
+/// the legacy modules are not loaded (the names file is then absent; nothing is loaded
+/// by asking).
+fn legacy_chains(v6: bool) -> Result<Vec<ForeignChain>, String> {
+    let names = if v6 { "/proc/net/ip6_tables_names" } else { "/proc/net/ip_tables_names" };
+    let list = match std::fs::read_to_string(names) {
+        Ok(l) => l,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("reading {names}: {e}")),
+    };
+    let (domain, level) = if v6 { (libc::AF_INET6, libc::SOL_IPV6) } else { (libc::AF_INET, libc::SOL_IP) };
+    // Any inet socket reaches the netfilter getsockopts (CAP_NET_ADMIN is checked);
+    // a datagram socket needs no CAP_NET_RAW.
+    // SAFETY: plain socket(2); the result is checked and owned below.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!("opening a socket to read legacy iptables: {}", io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    let get = |opt: libc::c_int, buf: &mut [u8]| -> io::Result<()> {
+        let mut len = buf.len() as libc::socklen_t;
+        // SAFETY: `buf` is valid for `len` bytes and the kernel writes at most that many.
+        let rc = unsafe { libc::getsockopt(raw, level, opt, buf.as_mut_ptr().cast(), &raw mut len) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    let mut out = Vec::new();
+    for table in list.split_whitespace() {
+        let mut name = [0u8; 32];
+        let n = table.len().min(31);
+        name[..n].copy_from_slice(&table.as_bytes()[..n]);
+        let mut info = [0u8; legacy::GETINFO_LEN];
+        info[..32].copy_from_slice(&name);
+        let cmd = if v6 { "ip6tables-legacy" } else { "iptables-legacy" };
+        get(SO_GET_INFO, &mut info).map_err(|e| format!("reading legacy table {table} ({cmd} -t {table} -S): {e}"))?;
+        let info = legacy::parse_info(&info).ok_or(format!("legacy table {table}: short answer"))?;
+        if info.size > MAX_LEGACY_BYTES {
+            return Err(format!("legacy table {table} holds {} bytes of rules; doctor reads at most {MAX_LEGACY_BYTES}; list it with `{cmd} -t {table} -S`", info.size));
+        }
+        let mut buf = vec![0u8; legacy::GET_ENTRIES_HEADER + info.size as usize];
+        buf[..32].copy_from_slice(&name);
+        buf[32..36].copy_from_slice(&info.size.to_ne_bytes());
+        get(SO_GET_ENTRIES, &mut buf).map_err(|e| format!("reading the rules of legacy table {table}: {e}"))?;
+        out.extend(
+            legacy::chains(table, v6, &info, &buf[legacy::GET_ENTRIES_HEADER..])
+                .map_err(|e| format!("legacy table {table}: {e}; list it with `{cmd} -t {table} -S`"))?,
+        );
+    }
+    Ok(out)
+}

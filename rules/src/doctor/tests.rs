@@ -1,0 +1,283 @@
+use super::*;
+use crate::model::{Forward, PortRange};
+
+const L4_TCP: &str = "[ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ]";
+const DPORT_8080: &str = "[ payload load 2b @ transport header + 2 => reg 1 ] [ cmp eq reg 1 0x0000901f ]";
+const CT_DNAT_ACCEPT: &str = "[ ct load status => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000020 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] [ immediate reg 0 accept ]";
+const ESTABLISHED_ACCEPT: &str = "[ ct load state => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000006 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] [ immediate reg 0 accept ]";
+
+fn fwd(owner: &str, port: u16, to: u16) -> PlacedForward {
+    PlacedForward {
+        owner: owner.into(),
+        forward: Forward::new("http", PortRange { start: port, end: port }, PortRange { start: to, end: to }),
+        mark: 1,
+        counter: "c".into(),
+    }
+}
+
+fn chain(family: &str, table: &str, kind: &str, hook: Hook, priority: i32, drop: bool, rules: &[&str]) -> ForeignChain {
+    ForeignChain {
+        family: family.into(),
+        table: table.into(),
+        name: "input".into(),
+        hook: Some(BaseHook { kind: kind.into(), hook, priority, policy_drop: drop }),
+        rules: rules.iter().map(|r| parse_rule(r)).collect(),
+    }
+}
+
+#[test]
+fn parses_ports_marks_ct_status_and_verdicts() {
+    let r = parse_rule(&format!("{L4_TCP} {DPORT_8080} [ counter pkts 0 bytes 0 ] [ immediate reg 0 drop ]"));
+    assert_eq!(r.conds, vec![Cond::L4 { proto: 6, negate: false }, Cond::Dport { lo: 8080, hi: 8080, negate: false }]);
+    assert_eq!(r.verdict, Verdict::Drop);
+    let r = parse_rule(CT_DNAT_ACCEPT);
+    assert_eq!(r.conds, vec![Cond::CtStatus(Bits { mask: 0x20, value: 0, negate: true })]);
+    assert_eq!(r.verdict, Verdict::Accept);
+    let r = parse_rule("[ meta load mark => reg 1 ] [ cmp eq reg 1 0x00000001 ] [ immediate reg 0 accept ]");
+    assert_eq!(r.conds, vec![Cond::Mark(Bits { mask: u32::MAX, value: 1, negate: false })]);
+    let r = parse_rule(&format!("{L4_TCP} [ payload load 2b @ transport header + 2 => reg 1 ] [ cmp gte reg 1 0x0000e803 ] [ cmp lte reg 1 0x0000d007 ] [ reject type 2 code 1 ]"));
+    assert_eq!(r.conds[1], Cond::Dport { lo: 1000, hi: 2000, negate: false });
+    assert_eq!(r.verdict, Verdict::Reject);
+    let r = parse_rule(&format!("{L4_TCP} [ payload load 2b @ transport header + 2 => reg 1 ] [ cmp eq reg 1 0x00005000 ] [ immediate reg 1 0x00008223 ] [ redir proto_min reg 1 proto_max reg 1 flags 0x2 ]"));
+    assert_eq!(r.verdict, Verdict::Redirect(Some(9090)));
+    let r = parse_rule("[ meta load iifname => reg 1 ] [ cmp eq reg 1 0x00006f6c 0x00000000 0x00000000 0x00000000 ] [ immediate reg 0 accept ]");
+    assert_eq!(r.conds, vec![Cond::Iif { name: "lo".into(), negate: false }]);
+    let r = parse_rule("[ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ payload load 2b @ transport header + 2 => reg 1 ] [ lookup reg 1 set __set0 0x0 ] [ immediate reg 0 accept ]");
+    assert!(matches!(r.conds[1], Cond::Unknown(_)), "{r:?}");
+    assert_eq!(parse_rule("[ immediate reg 0 jump -> other ]").verdict, Verdict::Jump("other".into()));
+}
+
+#[test]
+fn a_policy_drop_input_chain_is_an_error_with_the_nft_fix() {
+    let c = chain("inet", "fw", "filter", Hook::Input, 0, true, &[ESTABLISHED_ACCEPT]);
+    let f = check_chains(&[c], &[fwd("user:web", 80, 8080)], -100);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].severity, Severity::Error);
+    assert_eq!(f[0].check, "foreign-drop");
+    assert_eq!(f[0].forward.as_deref(), Some("user:web/http"));
+    assert!(f[0].message.contains("table inet fw chain input"), "{}", f[0].message);
+    assert!(f[0].message.contains("tcp/8080"), "{}", f[0].message);
+    assert!(f[0].fix.contains("nft insert rule inet fw input ct status dnat accept"), "{}", f[0].fix);
+}
+
+#[test]
+fn accepting_ct_status_dnat_the_mark_or_the_port_is_enough() {
+    for accept in [
+        CT_DNAT_ACCEPT.to_string(),
+        "[ meta load mark => reg 1 ] [ cmp eq reg 1 0x00000001 ] [ immediate reg 0 accept ]".to_string(),
+        format!("{L4_TCP} {DPORT_8080} [ immediate reg 0 accept ]"),
+    ] {
+        let c = chain("inet", "fw", "filter", Hook::Input, 0, true, &[&accept]);
+        assert!(check_chains(&[c], &[fwd("system", 80, 8080)], -100).is_empty(), "{accept}");
+    }
+}
+
+#[test]
+fn an_explicit_drop_of_the_target_port_is_found_and_other_ports_are_not() {
+    let drop = format!("{L4_TCP} {DPORT_8080} [ immediate reg 0 drop ]");
+    let c = chain("ip", "f", "filter", Hook::Input, 0, false, &[&drop]);
+    let f = check_chains(std::slice::from_ref(&c), &[fwd("system", 80, 8080)], -100);
+    assert_eq!(f.len(), 1);
+    assert!(f[0].message.contains("rule 1 of chain input drops it"), "{}", f[0].message);
+    assert!(check_chains(&[c], &[fwd("system", 80, 8081)], -100).is_empty());
+}
+
+#[test]
+fn an_undecidable_rule_before_the_drop_makes_it_a_warning() {
+    let lookup = "[ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ payload load 2b @ transport header + 2 => reg 1 ] [ lookup reg 1 set __set0 0x0 ] [ immediate reg 0 accept ]";
+    let c = chain("inet", "fw", "filter", Hook::Input, 0, true, &[lookup]);
+    let f = check_chains(&[c], &[fwd("system", 80, 8080)], -100);
+    assert_eq!(f[0].severity, Severity::Warning, "{f:?}");
+    assert!(f[0].message.contains("chain input rule 1"), "{}", f[0].message);
+}
+
+#[test]
+fn jumps_are_followed_and_managers_recognised() {
+    let mut base =
+        chain("inet", "firewalld", "filter", Hook::Input, 10, true, &["[ immediate reg 0 jump -> filter_IN_public ]"]);
+    base.name = "filter_INPUT".into();
+    let sub = ForeignChain { name: "filter_IN_public".into(), hook: None, rules: vec![], ..base.clone() };
+    let f = check_chains(&[base.clone(), sub], &[fwd("system", 80, 8080)], -100);
+    assert!(f[0].fix.contains("firewall-cmd --permanent --add-port=8080/tcp"), "{}", f[0].fix);
+    let accept = ForeignChain {
+        name: "filter_IN_public".into(),
+        hook: None,
+        rules: vec![parse_rule(CT_DNAT_ACCEPT)],
+        ..base.clone()
+    };
+    assert!(check_chains(&[base, accept], &[fwd("system", 80, 8080)], -100).is_empty());
+    let mut ufw =
+        chain("ip", "filter", "filter", Hook::Input, 0, true, &["[ immediate reg 0 jump -> ufw-before-input ]"]);
+    ufw.name = "INPUT".into();
+    let sub = ForeignChain { name: "ufw-before-input".into(), hook: None, rules: vec![], ..ufw.clone() };
+    let f = check_chains(&[ufw, sub], &[fwd("system", 80, 8080)], -100);
+    assert!(f[0].fix.contains("ufw allow 8080/tcp") && f[0].fix.contains("before.rules"), "{}", f[0].fix);
+}
+
+#[test]
+fn a_nat_chain_before_portds_rewriting_the_public_port_is_an_error() {
+    let redir = format!("{L4_TCP} [ payload load 2b @ transport header + 2 => reg 1 ] [ cmp eq reg 1 0x00005000 ] [ immediate reg 1 0x00008223 ] [ redir proto_min reg 1 proto_max reg 1 flags 0x2 ]");
+    let c = chain("ip", "other", "nat", Hook::Prerouting, -150, false, &[&redir]);
+    let f = check_chains(std::slice::from_ref(&c), &[fwd("system", 80, 8080)], -100);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!((f[0].check.as_str(), f[0].severity), ("foreign-nat", Severity::Error));
+    assert!(f[0].message.contains("redirect to :9090"), "{}", f[0].message);
+    let later = chain("ip", "other", "nat", Hook::Prerouting, 100, false, &[&redir]);
+    assert!(check_chains(&[later], &[fwd("system", 80, 8080)], -100).is_empty(), "after portd's: no effect");
+    assert!(check_chains(&[c], &[fwd("system", 81, 8080)], -100).is_empty(), "another port");
+}
+
+#[test]
+fn listeners_conntrack_and_self() {
+    let fs = [fwd("user:web", 80, 8080)];
+    let none = check_listeners(&fs, |_, _| vec![], |_| Some(1001));
+    assert_eq!(none.len(), 1);
+    assert!(none[0].message.contains("nothing listens on target port tcp/8080"), "{}", none[0].message);
+    assert!(check_listeners(&fs, |_, _| vec![1001], |_| Some(1001)).is_empty());
+    let other = check_listeners(&fs, |_, _| vec![1002], |_| Some(1001));
+    assert!(other[0].message.contains("uid 1002"), "{}", other[0].message);
+    assert!(check_listeners(&fs, |_, _| vec![1002], |_| None).is_empty(), "system forwards: any uid");
+    assert!(check_conntrack(89, 100).is_none());
+    assert_eq!(check_conntrack(90, 100).map(|f| f.severity), Some(Severity::Error));
+    let s = SelfState {
+        in_sync: false,
+        table: "portd".into(),
+        backoff_hits: 1,
+        standing_back_secs: None,
+        suspended: vec![("user:a/x".into(), "no grant".into())],
+    };
+    let mut f = check_self(&s);
+    sort(&mut f);
+    assert_eq!(
+        f.iter().map(|f| f.severity).collect::<Vec<_>>(),
+        [Severity::Error, Severity::Warning, Severity::Warning]
+    );
+    assert!(check_self(&SelfState { in_sync: true, ..Default::default() }).is_empty());
+}
+
+/// One legacy entry: `-p tcp --dport 8080 -j DROP` in INPUT, then the policy.
+#[test]
+fn legacy_entries_decode_into_rules() {
+    fn entry(proto: u16, tcp_dport: Option<u16>, verdict: i32) -> Vec<u8> {
+        let mut e = vec![0u8; 112];
+        e[80..82].copy_from_slice(&proto.to_ne_bytes());
+        if let Some(p) = tcp_dport {
+            let mut m = vec![0u8; 32 + 16];
+            m[0..2].copy_from_slice(&48u16.to_ne_bytes());
+            m[2..5].copy_from_slice(b"tcp");
+            m[32 + 2..32 + 4].copy_from_slice(&u16::MAX.to_ne_bytes());
+            m[32 + 4..32 + 6].copy_from_slice(&p.to_ne_bytes());
+            m[32 + 6..32 + 8].copy_from_slice(&p.to_ne_bytes());
+            e.extend(m);
+        }
+        let target_offset = e.len() as u16;
+        let mut t = vec![0u8; 40];
+        t[0..2].copy_from_slice(&40u16.to_ne_bytes());
+        t[32..36].copy_from_slice(&verdict.to_ne_bytes());
+        e.extend(t);
+        let next = e.len() as u16;
+        e[88..90].copy_from_slice(&target_offset.to_ne_bytes());
+        e[90..92].copy_from_slice(&next.to_ne_bytes());
+        e
+    }
+    let rule = entry(6, Some(8080), -1);
+    let policy = entry(0, None, -2);
+    let mut blob = rule.clone();
+    blob.extend(&policy);
+    let info = legacy::Info {
+        valid_hooks: 1 << 1,
+        hook_entry: [0, 0, 0, 0, 0],
+        underflow: [0, rule.len() as u32, 0, 0, 0],
+        num_entries: 2,
+        size: blob.len() as u32,
+    };
+    let chains = legacy::chains("filter", false, &info, &blob).expect("decodes");
+    assert_eq!(chains.len(), 1);
+    assert_eq!(chains[0].name, "INPUT");
+    assert_eq!(chains[0].rules[0].conds[1], Cond::Dport { lo: 8080, hi: 8080, negate: false });
+    let f = check_chains(&chains, &[fwd("system", 80, 8080)], -100);
+    assert_eq!(f[0].check, "legacy-iptables");
+    assert!(f[0].fix.contains("iptables-legacy -t filter -D INPUT 1"), "{}", f[0].fix);
+}
+
+#[test]
+fn set_lookups_of_ports_are_decided_when_the_set_is_known() {
+    let text = "[ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ payload load 2b @ transport header + 2 => reg 1 ] [ lookup reg 1 set __set0 0x0 ] [ immediate reg 0 accept ]";
+    let sets = |n: &str| (n == "__set0").then(|| vec![(22, 22), (80, 80), (443, 443)]);
+    let r = parse_rule_in(text, &sets);
+    assert_eq!(r.conds[1], Cond::DportIn { ranges: vec![(22, 22), (80, 80), (443, 443)], negate: false });
+    let c = ForeignChain { rules: vec![r], ..chain("inet", "fw", "filter", Hook::Input, 0, true, &[]) };
+    let f = check_chains(&[c], &[fwd("system", 80, 8080)], -100);
+    assert_eq!(f[0].severity, Severity::Error, "8080 is not in the set: {f:?}");
+    let r = parse_rule_in(text, &|_| Some(vec![(8000, 8099)]));
+    let c = ForeignChain { rules: vec![r], ..chain("inet", "fw", "filter", Hook::Input, 0, true, &[]) };
+    assert!(check_chains(&[c], &[fwd("system", 80, 8080)], -100).is_empty());
+    let inverted = parse_rule_in(&text.replace("0x0 ]", "0x1 ]"), &sets);
+    assert_eq!(inverted.conds[1], Cond::DportIn { ranges: vec![(22, 22), (80, 80), (443, 443)], negate: true });
+}
+
+#[test]
+fn xt_conntrack_states_are_decided() {
+    let mut info = [0u8; 168];
+    info[146..148].copy_from_slice(&1u16.to_ne_bytes());
+    // --ctstate RELATED,ESTABLISHED: not a new connection
+    info[150..152].copy_from_slice(&6u16.to_ne_bytes());
+    let hex: String = info.iter().map(|b| format!("{b:02x}")).collect();
+    let r = parse_rule(&format!("[ match name conntrack rev 3 info {hex} ] [ immediate reg 0 accept ]"));
+    assert_eq!(r.conds, vec![Cond::XtState { mask: 6, negate: false }]);
+    let c = ForeignChain { rules: vec![r], ..chain("ip", "filter", "filter", Hook::Input, 0, true, &[]) };
+    assert_eq!(check_chains(&[c], &[fwd("system", 80, 8080)], -100)[0].severity, Severity::Error);
+    // --ctstate DNAT accepts the redirected connection
+    info[150..152].copy_from_slice(&128u16.to_ne_bytes());
+    let hex: String = info.iter().map(|b| format!("{b:02x}")).collect();
+    let r = parse_rule(&format!("[ match name conntrack rev 3 info {hex} ] [ immediate reg 0 accept ]"));
+    let c = ForeignChain { rules: vec![r], ..chain("ip", "filter", "filter", Hook::Input, 0, true, &[]) };
+    assert!(check_chains(&[c], &[fwd("system", 80, 8080)], -100).is_empty());
+    assert!(matches!(xt_match("conntrack", 3, &[0; 10])[0], Cond::Unknown(_)));
+}
+
+#[test]
+fn a_register_reloaded_with_something_unknown_is_not_read_as_before() {
+    // meta l4proto tcp ip saddr 10.0.0.1 drop
+    let r = parse_rule("[ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ payload load 4b @ network header + 12 => reg 1 ] [ cmp eq reg 1 0x0100000a ] [ immediate reg 0 drop ]");
+    assert_eq!(r.conds[0], Cond::L4 { proto: 6, negate: false });
+    assert!(r.conds[1..].iter().all(|c| matches!(c, Cond::Unknown(_))), "{r:?}");
+    assert_eq!(r.verdict, Verdict::Drop);
+}
+
+#[test]
+fn ct_state_sets_are_decided() {
+    // ct state { established, related } accept: not a new connection
+    let text = "[ ct load state => reg 1 ] [ lookup reg 1 set __set1 0x0 ] [ immediate reg 0 accept ]";
+    let r = parse_rule_in(text, &|_| Some(vec![(2, 2), (4, 4)]));
+    assert_eq!(r.conds, vec![Cond::CtStateIn { ranges: vec![(2, 2), (4, 4)], negate: false }]);
+    let c = ForeignChain { rules: vec![r], ..chain("inet", "fw", "filter", Hook::Input, 0, true, &[]) };
+    assert_eq!(check_chains(&[c], &[fwd("system", 80, 8080)], -100)[0].severity, Severity::Error);
+    let r = parse_rule_in(text, &|_| Some(vec![(8, 8)]));
+    let c = ForeignChain { rules: vec![r], ..chain("inet", "fw", "filter", Hook::Input, 0, true, &[]) };
+    assert!(check_chains(&[c], &[fwd("system", 80, 8080)], -100).is_empty(), "ct state {{ new }} accept");
+}
+
+#[test]
+fn a_drop_that_may_match_does_not_soften_a_certain_drop() {
+    let maybe_drop =
+        "[ payload load 4b @ network header + 12 => reg 1 ] [ cmp eq reg 1 0x0100000a ] [ immediate reg 0 drop ]";
+    let c = chain("inet", "fw", "filter", Hook::Input, 0, true, &[maybe_drop]);
+    let f = check_chains(&[c], &[fwd("system", 80, 8080)], -100);
+    assert_eq!(f[0].severity, Severity::Error, "{f:?}");
+    assert!(!f[0].message.contains("unless"), "{}", f[0].message);
+}
+
+#[test]
+fn a_legacy_nat_redirect_names_the_legacy_command() {
+    let mut c = chain("ip (legacy)", "nat", "nat", Hook::Prerouting, -100, false, &[]);
+    c.name = "PREROUTING".into();
+    c.rules = vec![Rule {
+        conds: vec![Cond::L4 { proto: 6, negate: false }, Cond::Dport { lo: 80, hi: 80, negate: false }],
+        verdict: Verdict::Redirect(Some(9090)),
+    }];
+    let f = check_chains(&[c], &[fwd("system", 80, 8080)], -100);
+    assert_eq!(f[0].check, "legacy-iptables");
+    assert_eq!(f[0].severity, Severity::Warning, "same priority as portd's: order not defined");
+    assert!(f[0].fix.contains("`iptables-legacy -t nat -D PREROUTING 1`"), "{}", f[0].fix);
+}
