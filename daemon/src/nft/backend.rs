@@ -143,7 +143,13 @@ impl Backend {
         let table = cstring("table name", &self.table)?;
         for _ in 0..READ_ATTEMPTS {
             let mut r = Reader::new(&table, &self.table)?;
-            let Some(raw) = r.read_all()? else {
+            let raw = match r.read_all() {
+                // A dump the kernel marked interrupted (NLM_F_DUMP_INTR: the table changed
+                // while it was read) is an inconsistent read like a generation change.
+                Err(BackendError::Dump { source, .. }) if source.raw_os_error() == Some(libc::EINTR) => continue,
+                r => r?,
+            };
+            let Some(raw) = raw else {
                 return Ok(None);
             };
             if r.consistent() {
