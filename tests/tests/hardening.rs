@@ -220,9 +220,15 @@ fn a_thirty_thousand_forward_status_reaches_the_client_whole() {
     let add = t.elapsed();
     assert!(o.status.success(), "{}", err(&o));
     for r in readers {
-        let r = r.join().expect("reader").expect("status");
-        let said = out(&r).chars().take(2000).collect::<String>();
-        assert!(r.status.success(), "status during a change: {}{said}", err(&r));
+        let o = r.join().expect("reader").expect("status");
+        assert!(
+            o.status.success(),
+            "a status during the change failed: {:?} {} stdout {} bytes: {}",
+            o.status,
+            err(&o),
+            o.stdout.len(),
+            String::from_utf8_lossy(&o.stdout[..o.stdout.len().min(300)])
+        );
     }
     eprintln!("add during three 30,000-forward status reads: {:.1} ms", add.as_secs_f64() * 1e3);
     assert!(add < took / 2, "the change waited for the status reads: {add:?} (a status takes {took:?})");

@@ -144,10 +144,9 @@ impl Backend {
         for _ in 0..READ_ATTEMPTS {
             let mut r = Reader::new(&table, &self.table)?;
             let raw = match r.read_all() {
-                // A dump the kernel marked interrupted (NLM_F_DUMP_INTR: the table changed
-                // while it was read) is an inconsistent read like a generation change.
+                // A dump that a commit interrupted (NLM_F_DUMP_INTR): read again.
                 Err(BackendError::Dump { source, .. }) if source.raw_os_error() == Some(libc::EINTR) => continue,
-                r => r?,
+                other => other?,
             };
             let Some(raw) = raw else {
                 return Ok(None);
