@@ -164,6 +164,9 @@ pub enum Cmd {
     },
     /// Make the daemon re-read its config file (root).
     Reload,
+    /// Print the Prometheus exposition (text format 0.0.4), for node_exporter's textfile
+    /// collector.
+    Metrics,
     /// Find why traffic of a forward may not arrive (other firewalls, NAT, legacy
     /// iptables, listeners, conntrack, portd itself) and print the fix; exits 1 when a
     /// finding is an error.

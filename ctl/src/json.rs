@@ -51,6 +51,7 @@ pub fn body(b: &Body) -> Value {
             "warnings": warnings,
         }),
         Body::Export { owner, forwards } => json!({"ok": true, "owner": owner, "forwards": forwards}),
+        Body::Metrics { text } => json!({"ok": true, "metrics": text}),
         Body::Doctor { findings } => json!({"ok": true, "findings": findings}),
     }
 }

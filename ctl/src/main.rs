@@ -254,6 +254,11 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             output::print_body(&body, json, false);
             Ok(Exit::Ok)
         }
+        Cmd::Metrics => {
+            let body = send(Command::Metrics)?;
+            output::print_body(&body, json, false);
+            Ok(Exit::Ok)
+        }
         Cmd::Doctor => {
             let body = send(Command::Doctor)?;
             output::print_body(&body, json, false);

@@ -115,6 +115,7 @@ pub fn print_body(body: &Body, json: bool, wide: bool) {
             let doc = RulesFile { version: 1, forwards: forwards.clone() };
             print!("{}", serde_yaml::to_string(&doc).unwrap_or_default());
         }
+        Body::Metrics { text } => print!("{text}"),
         Body::Doctor { findings } => print!("{}", doctor_text(findings)),
     }
 }

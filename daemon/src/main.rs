@@ -13,6 +13,8 @@ mod conntrack;
 mod doctor;
 mod events;
 mod lock;
+mod metrics;
+mod metrics_http;
 mod notify;
 mod privs;
 mod remove_table;
@@ -70,7 +72,9 @@ fn init_logging(verbose: u8) {
     // Under systemd, stderr is connected to the journal: log to journald directly.
     if stderr_is_journal() {
         if let Ok(layer) = tracing_journald::layer() {
-            tracing_subscriber::registry().with(filter).with(layer.with_syslog_identifier("portd".into())).init();
+            // Fields become PORTD_OWNER, PORTD_UID, PORTD_USER, PORTD_ACTION, PORTD_FORWARD, ...
+            let layer = layer.with_syslog_identifier("portd".into()).with_field_prefix(Some("PORTD".into()));
+            tracing_subscriber::registry().with(filter).with(layer).init();
             return;
         }
     }
@@ -94,13 +98,23 @@ fn stderr_is_journal() -> bool {
     dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
-/// The listening socket from systemd socket activation (LISTEN_FDS for our pid), if any.
-fn activated_socket() -> anyhow::Result<Option<StdListener>> {
-    let mut fds = sd_notify::listen_fds().context("reading LISTEN_FDS")?;
-    let Some(fd) = fds.next() else { return Ok(None) };
-    // SAFETY: systemd passed us this descriptor (LISTEN_PID matched); we take ownership once.
-    let l = unsafe { StdListener::from_raw_fd(fd) };
-    Ok(Some(l))
+/// The listening sockets from systemd socket activation (LISTEN_FDS for our pid): the
+/// control socket, and the metrics endpoint's when a socket named `metrics`
+/// (portd-metrics.socket) is passed too.
+fn activated_sockets() -> anyhow::Result<(Option<StdListener>, Option<std::net::TcpListener>)> {
+    let (mut control, mut metrics) = (None, None);
+    for (fd, name) in sd_notify::listen_fds_with_names(false).context("reading LISTEN_FDS and LISTEN_FDNAMES")? {
+        if name == "metrics" && metrics.is_none() {
+            // SAFETY: systemd passed us this descriptor (LISTEN_PID matched); we take ownership once.
+            metrics = Some(unsafe { std::net::TcpListener::from_raw_fd(fd) });
+        } else if control.is_none() {
+            // SAFETY: as above.
+            control = Some(unsafe { StdListener::from_raw_fd(fd) });
+        } else {
+            tracing::warn!("systemd passed an unexpected socket `{name}` (fd {fd}); ignoring it");
+        }
+    }
+    Ok((control, metrics))
 }
 
 /// Binds the control socket in a directory that only root or portd can write (checked),
@@ -212,7 +226,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let _lock = lock::take(&socket_path, &config.settings.table)?;
 
     // 3. Socket: systemd's (read before the runtime starts) or our own.
-    let (listener, own_socket) = match activated_socket()? {
+    let (activated, activated_metrics) = activated_sockets()?;
+    let (listener, own_socket) = match activated {
         Some(l) => (l, None),
         None => (
             bind_socket(&socket_path, config.settings.socket.group.as_deref(), config.settings.socket.mode)?,
@@ -220,6 +235,24 @@ fn run(args: Args) -> anyhow::Result<()> {
         ),
     };
     listener.set_nonblocking(true)?;
+    // The metrics endpoint: systemd's (portd-metrics.socket), else our own when
+    // configured; otherwise no TCP socket at all.
+    let metrics_listener = match (activated_metrics, config.settings.metrics) {
+        (Some(l), want) => {
+            l.set_nonblocking(true).context("the metrics socket from systemd")?;
+            if let (Some(want), Ok(have)) = (want, l.local_addr()) {
+                if want.listen != have {
+                    tracing::warn!(
+                        "settings.metrics.listen is {} but systemd passed the metrics socket {have} (portd-metrics.socket); serving on {have}",
+                        want.listen
+                    );
+                }
+            }
+            Some(l)
+        }
+        (None, Some(m)) => Some(metrics_http::bind(m.listen)?),
+        (None, None) => None,
+    };
 
     // Room for the connection limit: raise the soft descriptor limit to the hard one.
     // Failing leaves the soft limit as it was: fewer simultaneous connections, still correct.
@@ -255,6 +288,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     rt.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(listener)?;
         let shutdown = CancellationToken::new();
+        if let Some(l) = metrics_listener {
+            let l = tokio::net::TcpListener::from_std(l)?;
+            tracing::info!("serving metrics on http://{}/metrics", l.local_addr()?);
+            tokio::spawn(metrics_http::run(l, tx.clone(), published.clone(), shutdown.clone()));
+        }
         let server =
             tokio::spawn(server::run(listener, tx.clone(), published, shutdown.clone(), server::Limits::default()));
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;

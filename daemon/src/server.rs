@@ -352,11 +352,15 @@ async fn serve(stream: UnixStream, peer: &Peer, shared: &Shared, shutdown: Cance
                 if bad >= limits.max_bad_lines {
                     msgs.push(format!("{bad} malformed requests in a row; connection closed"));
                 }
+                shared.published.metrics.request("malformed", "protocol");
                 Response::error(ErrorKind::Protocol, msgs)
             }
             Ok(req) => {
                 bad = 0;
-                handle(peer, shared, req.command).await
+                let command = crate::metrics::command_name(&req.command);
+                let resp = handle(peer, shared, req.command).await;
+                shared.published.metrics.request(command, crate::metrics::result_name(&resp));
+                resp
             }
         };
         if !write(&mut wr, &resp, limits.write_timeout).await || bad >= limits.max_bad_lines {
@@ -376,7 +380,7 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
             Err(_) => return Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]),
         }
     };
-    let needs_names = !matches!(command, Command::Status);
+    let needs_names = !matches!(command, Command::Status | Command::Metrics);
     let caller = if needs_names {
         let p = Peer { uid: peer.uid, pid: peer.pid };
         match tokio::task::spawn_blocking(move || caller_of(&p, true)).await {
@@ -405,13 +409,19 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
                             .take(5)
                             .map(|m| m.chars().take(300).collect::<String>().escape_debug().to_string())
                             .collect();
-                        tracing::warn!(uid = caller.uid, user = %caller.user, action = "refuse", "apply of {} refused: {}", caller.who(), shown.join("; "));
+                        let target = owner.clone().unwrap_or_else(|| caller.owner());
+                        tracing::warn!(uid = caller.uid, user = %caller.user, owner = %target, action = "refuse", "apply of {} refused: {}", caller.who(), shown.join("; "));
                     }
                     return r;
                 }
             }
         }
         Command::Status => return status(shared, &table_reader(shared, caller.uid)).await,
+        // The same status, encoded as the metrics exposition (off the actor too).
+        Command::Metrics => {
+            let s = status(shared, &table_reader(shared, caller.uid)).await;
+            return crate::metrics::answer(&shared.published.metrics, s);
+        }
         other => Op::Command(other),
     };
     let (tx, rx) = oneshot::channel();
@@ -438,11 +448,16 @@ fn table_reader(shared: &Shared, uid: u32) -> Arc<Mutex<Option<portd::nft::Backe
 /// blocking thread, so a large table never holds up the actor's changes and repairs. A
 /// change committed during the read makes it unstable: then the plan is taken again.
 async fn status(shared: &Shared, reader: &Arc<Mutex<Option<portd::nft::Backend>>>) -> Response {
+    status_of(&shared.actor, reader).await
+}
+
+/// A status read with `reader` (the metrics endpoint has a reader of its own).
+pub async fn status_of(actor: &Sender<Msg>, reader: &Arc<Mutex<Option<portd::nft::Backend>>>) -> Response {
     let stopping = || Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]);
     let mut last = String::new();
     for _ in 0..STATUS_ATTEMPTS {
         let (tx, rx) = oneshot::channel();
-        if shared.actor.send(Msg::Snapshot { reply: tx }).is_err() {
+        if actor.send(Msg::Snapshot { reply: tx }).is_err() {
             return stopping();
         }
         let Ok(snap) = rx.await else { return stopping() };

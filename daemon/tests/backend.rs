@@ -343,7 +343,11 @@ fn rejected_plan_leaves_previous_state_byte_for_byte() {
 
     let mut missing_counter = good.clone();
     let set = missing_counter.sets.iter_mut().find(|s| s.name == names::COUNTER).expect("counter map");
-    set.elements.insert(Element { key: key.clone(), data: Some(Value::Counter("no_such_counter".into())) });
+    set.elements.insert(Element {
+        key: key.clone(),
+        data: Some(Value::Counter("no_such_counter".into())),
+        comment: None,
+    });
     let err = net.apply(&missing_counter).expect_err("a reference to a missing counter must be refused");
     assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
     let text = err.to_string();
@@ -356,7 +360,7 @@ fn rejected_plan_leaves_previous_state_byte_for_byte() {
 
     let mut wrong_type = good.clone();
     let set = wrong_type.sets.iter_mut().find(|s| s.name == names::TO).expect("to map");
-    set.elements.insert(Element { key, data: Some(Value::Mark(1)) });
+    set.elements.insert(Element { key, data: Some(Value::Mark(1)), comment: None });
     let err = net.apply(&wrong_type).expect_err("a mark in a port map must be refused");
     assert_eq!(err.errno(), Some(libc::EINVAL), "{err}");
     assert!(err.to_string().contains("set fwd_to, element ipv4 . tcp . 9999"), "{err}");
@@ -485,7 +489,7 @@ fn one_backend_keeps_working_after_refusals_and_removals() {
     let mut refused = with_http.clone();
     let set = refused.sets.iter_mut().find(|s| s.name == names::COUNTER).expect("counter map");
     let key = vec![Value::NfProto(Family::Ipv4), Value::InetProto(Proto::Tcp), Value::InetService(9999)];
-    set.elements.insert(Element { key, data: Some(Value::Counter("no_such_counter".into())) });
+    set.elements.insert(Element { key, data: Some(Value::Counter("no_such_counter".into())), comment: None });
     let (b0, w0, r0) = (base.clone(), with_http.clone(), refused.clone());
     let outcomes = in_netns(&s, move || {
         let backend = Backend::new(&b0.table);

@@ -477,7 +477,7 @@ fn settings(ctx: &mut Ctx, v: Option<&Value>) -> Settings {
         ctx.err("settings", format!("expected a mapping, found {}", describe(v)));
         return s;
     };
-    check_keys(ctx, "settings", m, &["table", "mark", "on_exit", "socket", "state_dir", "listener_check"]);
+    check_keys(ctx, "settings", m, &["table", "mark", "on_exit", "socket", "state_dir", "listener_check", "metrics"]);
     if let Some(t) = m.get("table").and_then(|v| get_str(ctx, "settings.table", v)) {
         let ok = t.len() <= 64
             && t.starts_with(|c: char| c.is_ascii_alphabetic())
@@ -547,7 +547,35 @@ fn settings(ctx: &mut Ctx, v: Option<&Value>) -> Settings {
             ctx.err("settings.socket", format!("expected a mapping with path, group, mode, found {}", describe(sock)));
         }
     }
+    s.metrics = metrics(ctx, m.get("metrics"));
     s
+}
+
+/// `settings.metrics: {listen: "ADDR:PORT"}`; absent or null: no endpoint.
+fn metrics(ctx: &mut Ctx, v: Option<&Value>) -> Option<MetricsSettings> {
+    let v = v.filter(|v| !v.is_null())?;
+    let Some(m) = v.as_mapping() else {
+        ctx.err("settings.metrics", format!("expected a mapping with listen, found {}", describe(v)));
+        return None;
+    };
+    check_keys(ctx, "settings.metrics", m, &["listen"]);
+    let Some(l) = m.get("listen") else {
+        ctx.err("settings.metrics", "listen is missing: give an address and port such as \"127.0.0.1:9649\"");
+        return None;
+    };
+    let text = get_str(ctx, "settings.metrics.listen", l)?;
+    match text.parse::<std::net::SocketAddr>() {
+        Ok(listen) if listen.port() != 0 => Some(MetricsSettings { listen }),
+        _ => {
+            ctx.err(
+                "settings.metrics.listen",
+                format!(
+                    "`{text}` is not an address and port such as \"127.0.0.1:9649\" or \"[::1]:9649\" (port 1-65535)"
+                ),
+            );
+            None
+        }
+    }
 }
 
 fn port_list(ctx: &mut Ctx, path: &str, v: &Value) -> Vec<PortRange> {

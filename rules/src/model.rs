@@ -369,6 +369,16 @@ pub struct Settings {
     /// Listener ownership checks of user forwards.
     #[serde(default)]
     pub listener_check: ListenerCheck,
+    /// The Prometheus endpoint; `None`: no TCP socket at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsSettings>,
+}
+
+/// `settings.metrics`: where portd serves `GET /metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsSettings {
+    /// Address and port of the HTTP listener, e.g. `127.0.0.1:9649`.
+    pub listen: std::net::SocketAddr,
 }
 
 impl Default for Settings {
@@ -380,6 +390,7 @@ impl Default for Settings {
             socket: SocketSettings { path: "/run/portd/portd.sock".into(), group: Some("portd".into()), mode: 0o660 },
             state_dir: "/var/lib/portd".into(),
             listener_check: ListenerCheck::Enforce,
+            metrics: None,
         }
     }
 }

@@ -66,6 +66,8 @@ pub enum Command {
     },
     /// Re-read the daemon config (root only).
     Reload,
+    /// The Prometheus exposition (text format 0.0.4), as the metrics endpoint serves it.
+    Metrics,
     /// Why traffic may not arrive: findings about every forward.
     Doctor,
 }
@@ -192,6 +194,11 @@ pub enum Body {
         owner: String,
         /// Its forwards.
         forwards: Vec<Forward>,
+    },
+    /// Answer to metrics.
+    Metrics {
+        /// The exposition in the Prometheus text format.
+        text: String,
     },
     /// Answer to doctor, most severe first.
     Doctor {

@@ -84,6 +84,9 @@ fn set_text(out: &mut String, s: &Set) {
             out.push_str(if i == 0 { " " } else { ",\n\t\t\t     " });
             let k: Vec<String> = e.key.iter().map(value).collect();
             out.push_str(&k.join(" . "));
+            if let Some(c) = &e.comment {
+                let _ = write!(out, " comment \"{c}\"");
+            }
             if let Some(d) = &e.data {
                 let _ = write!(out, " : {}", value(d));
             }

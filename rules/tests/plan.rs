@@ -215,6 +215,32 @@ fn shared_protected_target_stays_while_one_forward_still_protects_it() {
 }
 
 #[test]
+fn a_shared_protected_target_is_commented_with_its_first_protector_after_every_change() {
+    let mut a = Forward::new("a", PortRange::single(80), PortRange::single(8080));
+    a.protect = true;
+    let mut b = Forward::new("b", PortRange::single(81), PortRange::single(8080));
+    b.protect = true;
+    let sys = OwnedSet { owner: "system".into(), forwards: vec![a] };
+    let web = OwnedSet { owner: "user:web".into(), forwards: vec![b.clone()] };
+    let mut plan = compile("portd", 1, &[sys, web.clone()]).expect("plan");
+    let comments = |p: &Plan| {
+        p.set("fwd_protect").expect("set").elements.iter().map(|e| e.comment.unwrap_or_default()).collect::<Vec<_>>()
+    };
+    assert_eq!(comments(&plan), ["system/a", "system/a"]);
+    // The system set drops a: the port stays protected, now in the name of user:web/b.
+    let d = plan.replace_owner("system", &[], 1).expect("delta");
+    d.apply_in_place(&mut plan);
+    assert_eq!(plan, compile("portd", 1, &[web]).expect("plan"));
+    assert_eq!(comments(&plan), ["user:web/b", "user:web/b"]);
+    // a comes back: the element goes back to system/a.
+    let mut a = Forward::new("a", PortRange::single(80), PortRange::single(8080));
+    a.protect = true;
+    let d = plan.replace_owner("system", &[a], 1).expect("delta");
+    d.apply_in_place(&mut plan);
+    assert_eq!(comments(&plan), ["system/a", "system/a"]);
+}
+
+#[test]
 fn large_change_is_compiled_whole_and_equals_the_full_compile() {
     let fw = |name: &str, port: u16, to: u16| Forward::new(name, PortRange::single(port), PortRange::single(to));
     let sys = OwnedSet {

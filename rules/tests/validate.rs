@@ -209,6 +209,26 @@ forwards:
 }
 
 #[test]
+fn metrics_listener_is_optional_and_its_address_is_checked() {
+    let none = parse_config("portd.yaml", "version: 1\n").expect("valid config");
+    assert_eq!(none.settings.metrics, None, "absent: no endpoint");
+    let v6 = parse_config("portd.yaml", "version: 1\nsettings:\n  metrics: {listen: \"[::1]:9649\"}\n").expect("valid");
+    assert_eq!(v6.settings.metrics.map(|m| m.listen.to_string()), Some("[::1]:9649".into()));
+    let bad = "version: 1\nsettings:\n  metrics:\n    listen: \"localhost:http\"\n";
+    let d = parse_config("portd.yaml", bad).expect_err("invalid");
+    assert_eq!(d.len(), 1, "{d}");
+    assert!(
+        d.to_string()
+            .starts_with("portd.yaml:4:13: settings.metrics.listen: `localhost:http` is not an address and port"),
+        "{d}"
+    );
+    let zero = parse_config("portd.yaml", "version: 1\nsettings:\n  metrics: {listen: \"127.0.0.1:0\"}\n");
+    assert!(zero.expect_err("port 0").to_string().contains("port 1-65535"));
+    let typo = parse_config("portd.yaml", "version: 1\nsettings:\n  metrics: {addr: \"127.0.0.1:9649\"}\n");
+    assert!(typo.expect_err("unknown key").to_string().contains("settings.metrics"));
+}
+
+#[test]
 fn deep_nesting_is_refused_before_the_parser_runs() {
     let t = std::time::Instant::now();
     for deep in [

@@ -73,7 +73,9 @@ fn foreign_changes_are_repaired_quickly() {
 }
 
 fn has_http_element(net: &Net) -> bool {
-    net.table("portd").is_some_and(|t| t.contains("ipv4 . tcp . 80 : 8080"))
+    // e.g. `ipv4 . tcp . 80 comment "user:root/http" : 8080`
+    net.table("portd")
+        .is_some_and(|t| t.lines().any(|l| l.contains("ipv4 . tcp . 80 comment ") && l.contains(" : 8080")))
 }
 
 #[test]
@@ -174,7 +176,8 @@ fn kernel_generation(net: &Net) -> Option<usize> {
     assert_eq!(elems.len(), 6, "3 forwards x 2 families: {elems:?}");
     let mut gens = std::collections::BTreeSet::new();
     for e in elems {
-        let key = &e[0]["concat"];
+        // an element with a comment is {"elem": {"val": KEY, "comment": ...}}
+        let key = &e[0].get("elem").map_or(&e[0], |el| &el["val"])["concat"];
         let port = key[2].as_u64().expect("port") as usize;
         let to = e[1].as_u64().expect("to") as usize;
         let k = port - 80;

@@ -35,6 +35,8 @@ const LISTENER_POLL: Duration = Duration::from_millis(500);
 pub struct Published {
     /// The current config's grants.
     pub grants: std::sync::RwLock<Vec<portd_rules::Grant>>,
+    /// The live metrics instruments, updated by the actor and the server.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Who sent a request, from SO_PEERCRED and the account database.
@@ -130,6 +132,8 @@ pub struct Daemon {
     poll_at: Option<Instant>,
     /// What the server reads: the current grants.
     published: std::sync::Arc<Published>,
+    /// Since when the kernel differs from the plan (a foreign change not yet repaired).
+    drift_since: Option<Instant>,
 }
 
 type Failure = (ErrorKind, Vec<String>);
@@ -147,6 +151,19 @@ pub fn effective(mut config: Config, o: &Overrides) -> Config {
         config.settings.state_dir = d.display().to_string();
     }
     config
+}
+
+/// The owner a request acts for and the forward it names, for the journal fields of a
+/// refusal.
+fn subject(caller: &Caller, op: &Op) -> (String, Option<String>) {
+    let (owner, forward) = match op {
+        Op::Apply { owner, .. } => (owner.clone(), None),
+        Op::Command(Command::Add { forward, owner, .. }) => (owner.clone(), Some(forward.name.clone())),
+        Op::Command(Command::Remove { name, owner, .. }) => (owner.clone(), Some(name.clone())),
+        Op::Command(Command::Export { owner }) => (owner.clone(), None),
+        Op::Command(_) => (None, None),
+    };
+    (owner.unwrap_or_else(|| caller.owner()), forward.map(|f| f.escape_debug().to_string()))
 }
 
 /// A change is logged with at most this many forwards, then how many more.
@@ -200,6 +217,7 @@ impl Daemon {
             trim_at: None,
             poll_at: None,
             published,
+            drift_since: None,
         };
         d.publish();
         d.validate_loaded(&persisted.origins);
@@ -211,7 +229,11 @@ impl Daemon {
         // Keep counters when the kernel already holds exactly this table (a restart).
         match d.kernel.observe(&plan)? {
             Some(obs) if obs.matches(&plan) => {}
-            _ => d.kernel.replace(&plan)?,
+            _ => {
+                let t = Instant::now();
+                d.kernel.replace(&plan)?;
+                d.published.metrics.applied(t.elapsed());
+            }
         }
         d.plan = plan;
         d.log_transitions(&Evaluation::default(), "at start");
@@ -247,7 +269,7 @@ impl Daemon {
                 }
                 if !problems.is_empty() {
                     for p in &problems {
-                        tracing::error!(owner = %owner, forward = %f.name.escape_debug(), "persisted forward is invalid and stays suspended: {p}");
+                        tracing::error!(owner = %owner, uid = set.uid, forward = %f.name.escape_debug(), action = "suspend", "persisted forward is invalid and stays suspended: {p}");
                     }
                     self.invalid.entry(owner.clone()).or_default().insert(f.name.clone(), problems.join("; "));
                 }
@@ -263,7 +285,7 @@ impl Daemon {
                 if let Some(Some(a)) = self.accounts.get(owner) {
                     set.uid = Some(a.uid);
                     changed = true;
-                    tracing::info!(owner = %owner, uid = a.uid, "set bound to uid {} ({})", a.uid, a.name);
+                    tracing::info!(owner = %owner, uid = a.uid, user = %a.name, action = "bind", "set {owner} bound to uid {} ({})", a.uid, a.name);
                 }
             }
         }
@@ -342,11 +364,19 @@ impl Daemon {
     fn log_transitions(&self, before: &Evaluation, when: &str) {
         let (suspended, resumed) = self.eval.transitions(before);
         for (owner, name, reason) in suspended {
-            tracing::warn!(owner = %owner, forward = %name.escape_debug(), action = "suspend", "forward {owner}/{} suspended {when}: {reason}", name.escape_debug());
+            let (uid, user) = self.owner_account(owner);
+            tracing::warn!(owner = %owner, uid, user, forward = %name.escape_debug(), action = "suspend", "forward {owner}/{} suspended {when}: {reason}", name.escape_debug());
         }
         for (owner, name) in resumed {
-            tracing::info!(owner = %owner, forward = %name, action = "resume", "forward {owner}/{name} resumed {when}: allowed again");
+            let (uid, user) = self.owner_account(owner);
+            tracing::info!(owner = %owner, uid, user, forward = %name, action = "resume", "forward {owner}/{name} resumed {when}: allowed again");
         }
+    }
+
+    /// The uid a user set is bound to and the user's name, for the journal fields.
+    fn owner_account<'a>(&self, owner: &'a str) -> (Option<u32>, Option<&'a str>) {
+        let uid = self.users.get(owner).and_then(|s| s.uid);
+        (uid, owner.strip_prefix("user:"))
     }
 
     /// Re-judges every user forward (after a reload or a listener change) and puts the
@@ -399,12 +429,15 @@ impl Daemon {
             match msg {
                 Ok(Msg::Request { op: Op::Command(Command::Doctor), reply, .. }) => self.doctor(reply),
                 Ok(Msg::Request { caller, op, reply }) => {
+                    let (owner, forward) = subject(&caller, &op);
                     let resp = match self.handle(&caller, op) {
                         Ok(body) => Response::ok(body),
                         Err((kind, messages)) => {
                             tracing::warn!(
                                 uid = caller.uid,
                                 user = %caller.user,
+                                owner = %owner,
+                                forward = forward.as_deref(),
                                 action = "refuse",
                                 "request of {} (pid {}) refused: {}",
                                 caller.who(),
@@ -492,8 +525,10 @@ impl Daemon {
                 }
             };
         if ok {
+            self.drift_since = None;
             return;
         }
+        let since = *self.drift_since.get_or_insert_with(Instant::now);
         match self.backoff.on_drift(Instant::now()) {
             Repair::Wait => {}
             Repair::StandBack(until) => {
@@ -506,9 +541,11 @@ impl Daemon {
                     until.saturating_duration_since(Instant::now())
                 );
             }
-            Repair::Now => match self.kernel.replace(&self.plan) {
+            Repair::Now => match self.timed(|k, plan| k.replace(plan)) {
                 Ok(()) => {
                     self.repairs += 1;
+                    self.drift_since = None;
+                    self.published.metrics.repaired(since.elapsed());
                     tracing::warn!(
                         table = %self.plan.table,
                         repairs = self.repairs,
@@ -525,17 +562,39 @@ impl Daemon {
     /// The one way a change reaches the kernel: `delta` (from the current plan) as one
     /// element-level batch, else — the kernel drifted from what portd believes, or the
     /// change is structural — the whole new table, from `whole`, replaced in one batch.
+    /// The time the kernel took goes to `portd_apply_duration_seconds`.
     fn commit(&self, delta: &portd_rules::Delta, whole: impl FnOnce() -> Plan) -> Result<(), portd::nft::BackendError> {
         if delta.is_empty() {
             return Ok(());
         }
+        let t = Instant::now();
         if !delta.structural {
             match self.kernel.change(&self.plan, delta) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.published.metrics.applied(t.elapsed());
+                    return Ok(());
+                }
                 Err(e) => tracing::warn!("element-level change refused ({e}); replacing the whole table"),
             }
         }
-        self.kernel.replace(&whole())
+        let whole = whole();
+        let t = Instant::now();
+        self.kernel.replace(&whole)?;
+        self.published.metrics.applied(t.elapsed());
+        Ok(())
+    }
+
+    /// Runs one kernel call on the current plan and records its duration when it succeeds.
+    fn timed<T>(
+        &self,
+        f: impl FnOnce(&dyn Kernel, &Plan) -> Result<T, portd::nft::BackendError>,
+    ) -> Result<T, portd::nft::BackendError> {
+        let t = Instant::now();
+        let r = f(self.kernel.as_ref(), &self.plan);
+        if r.is_ok() {
+            self.published.metrics.applied(t.elapsed());
+        }
+        r
     }
 
     /// Schedules [`trim_heap`] shortly after the current request.

@@ -36,6 +36,24 @@ fn with_warnings(mut body: Body, w: Vec<String>) -> Body {
     body
 }
 
+/// The names of the forwards a change touched, for the journal's PORTD_FORWARD: one name
+/// when one forward changed (so `journalctl PORTD_FORWARD=web` finds it), else the
+/// first [`LOG_FORWARDS`] joined by commas.
+fn changed_names(s: &portd_rules::plan::Summary) -> String {
+    let names: Vec<&str> = s
+        .added
+        .iter()
+        .chain(&s.removed)
+        .chain(s.changed.iter().map(|(_, n)| n))
+        .map(|p| p.forward.name.as_str())
+        .collect();
+    let mut out = names.iter().take(LOG_FORWARDS).copied().collect::<Vec<_>>().join(",");
+    if names.len() > LOG_FORWARDS {
+        out.push_str(&format!(",+{}", names.len() - LOG_FORWARDS));
+    }
+    out
+}
+
 impl Daemon {
     pub(super) fn handle(&mut self, caller: &Caller, op: Op) -> Result<Body, Failure> {
         let command = match op {
@@ -46,7 +64,7 @@ impl Daemon {
             Op::Command(c) => c,
         };
         match command {
-            Command::Status => self.status(),
+            Command::Status | Command::Metrics => self.status(),
             Command::Apply { .. } => Err(err(ErrorKind::Protocol, "apply reaches the daemon's core parsed")),
             Command::Add { forward, owner, dry_run } => {
                 let (owner, account) = self.target_owner(caller, owner, false)?;
@@ -352,6 +370,7 @@ impl Daemon {
             uid = caller.uid,
             user = %caller.user,
             owner = %owner,
+            forward = %changed_names(&delta.summary),
             action = "change",
             "applied change for {} (pid {}): {}",
             caller.who(),
@@ -449,10 +468,11 @@ impl Daemon {
         if config.settings.table != self.config.settings.table
             || config.settings.state_dir != self.config.settings.state_dir
             || config.settings.socket != self.config.settings.socket
+            || config.settings.metrics != self.config.settings.metrics
         {
             return Err(err(
                 ErrorKind::Invalid,
-                "settings.table, settings.state_dir and settings.socket only change on restart; revert them or restart portd",
+                "settings.table, settings.state_dir, settings.socket and settings.metrics only change on restart; revert them or restart portd",
             ));
         }
         let old_config = std::mem::replace(&mut self.config, config);
@@ -480,6 +500,7 @@ impl Daemon {
         let by = caller.map_or("SIGHUP".to_string(), |c| c.who());
         tracing::info!(
             uid = caller.map(|c| c.uid),
+            user = caller.map(|c| c.user.as_str()),
             action = "reload",
             "reloaded {} (by {by}): {}",
             self.config_path.display(),

@@ -116,6 +116,8 @@ pub(super) struct EncodedElem {
     pub(super) key_end: Option<Vec<u8>>,
     pub(super) data: Option<Vec<u8>>,
     pub(super) objref: Option<CString>,
+    /// `NFTA_SET_ELEM_USERDATA`: the comment as nft(8) writes it.
+    pub(super) udata: Option<Vec<u8>>,
 }
 
 impl EncodedElem {
@@ -126,6 +128,7 @@ impl EncodedElem {
             + self.key_end.as_ref().map_or(0, |v| value(v.len()))
             + self.data.as_ref().map_or(0, |v| value(v.len()))
             + self.objref.as_ref().map_or(0, |s| 4 + (s.as_bytes().len() + 1).div_ceil(4) * 4)
+            + self.udata.as_ref().map_or(0, |u| 4 + u.len().div_ceil(4) * 4)
     }
 }
 
@@ -178,10 +181,11 @@ pub(super) fn encode_element(set: &Set, e: &Element, with_data: bool) -> Result<
             out.extend_from_slice(&b);
         }
     }
-    let mut out = EncodedElem { key, key_end: set.interval.then_some(end), data: None, objref: None };
+    let mut out = EncodedElem { key, key_end: set.interval.then_some(end), data: None, objref: None, udata: None };
     if !with_data {
         return Ok(out);
     }
+    out.udata = e.comment.as_deref().map(comment_udata).transpose()?;
     match (set.data, &e.data) {
         (None, None) => {}
         (Some(FieldType::Counter), Some(Value::Counter(name))) => {
@@ -194,13 +198,52 @@ pub(super) fn encode_element(set: &Set, e: &Element, with_data: bool) -> Result<
     Ok(out)
 }
 
-/// An element as nft(8) writes it, e.g. `ipv4 . tcp . 80 : 8080`.
+/// Longest element comment nft(8) accepts (NFT_USERDATA_MAXLEN is 256 bytes, nft
+/// limits comments to 128 characters).
+const COMMENT_MAX: usize = 128;
+
+/// An element comment as nft(8) stores it: one userdata TLV of type
+/// `NFTNL_UDATA_SET_ELEM_COMMENT` holding the text and its terminating NUL.
+pub(super) fn comment_udata(comment: &str) -> Result<Vec<u8>, String> {
+    if comment.len() > COMMENT_MAX || comment.bytes().any(|b| b == 0 || b == b'"' || b.is_ascii_control()) {
+        return Err(format!(
+            "comment `{}` is longer than {COMMENT_MAX} bytes or has a quote, NUL or control character",
+            comment.escape_debug()
+        ));
+    }
+    let len = u8::try_from(comment.len() + 1).map_err(|_| format!("comment `{comment}` is too long"))?;
+    let mut out = vec![k::UDATA_SET_ELEM_COMMENT, len];
+    out.extend_from_slice(comment.as_bytes());
+    out.push(0);
+    Ok(out)
+}
+
+/// The comment in an element's userdata, if it has one (other TLVs, such as nft's
+/// element flags, are skipped).
+pub(super) fn udata_comment(mut udata: &[u8]) -> Result<Option<String>, String> {
+    while let [ty, len, rest @ ..] = udata {
+        let len = usize::from(*len);
+        let value = rest.get(..len).ok_or("the element's userdata is truncated")?;
+        if *ty == k::UDATA_SET_ELEM_COMMENT {
+            let text = value.strip_suffix(&[0]).unwrap_or(value);
+            return String::from_utf8(text.to_vec()).map(Some).map_err(|_| "the element's comment is not UTF-8".into());
+        }
+        udata = &rest[len..];
+    }
+    Ok(None)
+}
+
+/// An element as nft(8) writes it, e.g. `ipv4 . tcp . 80 comment "system/web" : 8080`.
 pub(super) fn element_text(e: &Element) -> String {
     let key: Vec<String> = e.key.iter().map(render::value).collect();
-    match &e.data {
-        Some(d) => format!("{} : {}", key.join(" . "), render::value(d)),
-        None => key.join(" . "),
+    let mut out = key.join(" . ");
+    if let Some(c) = &e.comment {
+        out.push_str(&format!(" comment \"{c}\""));
     }
+    if let Some(d) = &e.data {
+        out.push_str(&format!(" : {}", render::value(d)));
+    }
+    out
 }
 
 /// `e` with networks reduced to their prefix, as the kernel stores them.
@@ -214,7 +257,7 @@ pub(super) fn normalize(e: &Element) -> Element {
             v => v.clone(),
         })
         .collect();
-    Element { key, data: e.data.clone() }
+    Element { key, data: e.data.clone(), comment: e.comment.clone() }
 }
 
 /// Decodes a kernel element with the field types of `set`.
@@ -265,7 +308,8 @@ pub(super) fn decode_element(set: &Set, raw: &RawElem) -> Result<Element, String
         Some(FieldType::Counter) => Some(Value::Counter(raw.objref.clone().ok_or("it refers to no counter")?)),
         Some(t) => Some(decode_value(t, raw.data.as_deref().ok_or("it has no data")?)?),
     };
-    Ok(Element { key, data })
+    let comment = raw.udata.as_deref().map(udata_comment).transpose()?.flatten();
+    Ok(Element { key, data, comment })
 }
 
 /// Decodes one non-network value of exactly its own length.
@@ -309,6 +353,7 @@ pub(super) struct RawElem {
     pub(super) key_end: Option<Vec<u8>>,
     pub(super) data: Option<Vec<u8>>,
     pub(super) objref: Option<String>,
+    pub(super) udata: Option<Vec<u8>>,
 }
 
 #[cfg(test)]
@@ -364,6 +409,7 @@ mod tests {
                     key_end: enc.key_end,
                     data: enc.data,
                     objref: enc.objref.map(|c| c.to_string_lossy().into_owned()),
+                    udata: enc.udata,
                 };
                 assert_eq!(decode_element(set, &raw).expect("decodes"), normalize(&e), "set {}", set.name);
             }
@@ -374,6 +420,23 @@ mod tests {
         // tcp . 80 . 203.0.113.0 - tcp . 80 . 203.0.113.255, each field in a 4-byte register
         assert_eq!(enc.key, [6, 0, 0, 0, 0, 80, 0, 0, 203, 0, 113, 0]);
         assert_eq!(enc.key_end, Some(vec![6, 0, 0, 0, 0, 80, 0, 0, 203, 0, 113, 255]));
+    }
+
+    #[test]
+    fn comments_are_what_nft_sends() {
+        // `nft --debug=netlink add element inet t m { ipv4 . tcp . 80 comment "system/web" : 8080 }`
+        // sends userdata 00 0b "system/web" 00
+        let u = comment_udata("system/web").expect("encodes");
+        assert_eq!(u, b"\x00\x0bsystem/web\x00");
+        assert_eq!(udata_comment(&u), Ok(Some("system/web".into())));
+        // nft's element flags TLV (type 1) before the comment is skipped
+        let mut with_flags = vec![1, 4, 0, 0, 0, 0];
+        with_flags.extend_from_slice(&u);
+        assert_eq!(udata_comment(&with_flags), Ok(Some("system/web".into())));
+        assert_eq!(udata_comment(&[1, 4, 0, 0, 0, 0]), Ok(None));
+        assert!(udata_comment(&[0, 9, b'a']).is_err());
+        assert!(comment_udata("a\"b").is_err());
+        assert!(comment_udata(&"x".repeat(129)).is_err());
     }
 
     #[test]

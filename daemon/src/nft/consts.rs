@@ -87,3 +87,5 @@ pub const UDATA_SET_KEY_TYPEOF: u8 = 3;
 pub const UDATA_SET_DATA_INTERVAL: u8 = 6;
 pub const UDATA_SET_TYPEOF_EXPR: u8 = 0;
 pub const UDATA_SET_TYPEOF_DATA: u8 = 1;
+/// `NFTNL_UDATA_SET_ELEM_COMMENT`: an element's comment in its userdata.
+pub const UDATA_SET_ELEM_COMMENT: u8 = 0;

@@ -193,6 +193,9 @@ impl ElemMsg {
                 if let Some(name) = &enc.objref {
                     ok &= sys::nftnl_set_elem_set_str(el, sys::NFTNL_SET_ELEM_OBJREF as u16, name.as_ptr()) == 0;
                 }
+                if let Some(udata) = &enc.udata {
+                    ok &= put(sys::NFTNL_SET_ELEM_USERDATA, udata);
+                }
                 ok
             };
             if !ok {

@@ -319,6 +319,7 @@ fn collect_elements(set: &RawSetObj, out: &mut Vec<RawElem>) -> Result<(), ()> {
                 key_end: get(sys::NFTNL_SET_ELEM_KEY_END),
                 data: get(sys::NFTNL_SET_ELEM_DATA),
                 objref,
+                udata: get(sys::NFTNL_SET_ELEM_USERDATA),
             });
         }
         0

@@ -6,7 +6,8 @@
 //! The encoding preserves order: packed elements sort exactly as the [`Element`]s they
 //! encode, so iteration order (and thus rendering and batching) is unchanged.
 //!
-//! Layout: each key field is a tag byte (see `value::tag`) and its payload; then 0x00 ends the key; then 0x00 for no data or 0x01 and the data field.
+//! Layout: each key field is a tag byte (see `value::tag`) and its payload; then 0x00 ends the key; then 0x00 for no data or 0x01 and the data field;
+//! then 0x00 for no comment or 0x01 and the comment as a name.
 //! Payloads are fixed-width big-endian integers, except names, whose bytes are written
 //! with 0x00 escaped as 0x00 0xFF and end with 0x00 0x01.
 
@@ -110,6 +111,13 @@ fn encode(e: &Element) -> Packed {
             put_value(&mut out, v);
         }
     }
+    match &e.comment {
+        None => out.push(0),
+        Some(c) => {
+            out.push(1);
+            put_name(&mut out, c);
+        }
+    }
     Packed::new(&out)
 }
 
@@ -183,7 +191,8 @@ fn decode(p: &Packed) -> Element {
     } else {
         None
     };
-    Element { key, data }
+    let comment = (r.byte() == 1).then(|| r.name());
+    Element { key, data, comment }
 }
 
 /// The elements of one set, ordered as [`Element`] orders them.
@@ -305,9 +314,17 @@ mod tests {
         for f in [Family::Ipv4, Family::Ipv6] {
             for p in [Proto::Tcp, Proto::Udp] {
                 for port in [1, 80, 255, 256, 8080, 65535] {
-                    v.push(Element { key: k(f, p, port), data: None });
-                    v.push(Element { key: k(f, p, port), data: Some(Value::InetService(port ^ 0x5a5a)) });
-                    v.push(Element { key: k(f, p, port), data: Some(Value::Mark(u32::from(port) << 16)) });
+                    v.push(Element { key: k(f, p, port), data: None, comment: None });
+                    v.push(Element {
+                        key: k(f, p, port),
+                        data: Some(Value::InetService(port ^ 0x5a5a)),
+                        comment: None,
+                    });
+                    v.push(Element {
+                        key: k(f, p, port),
+                        data: Some(Value::Mark(u32::from(port) << 16)),
+                        comment: None,
+                    });
                     for name in [
                         "",
                         "a",
@@ -317,10 +334,10 @@ mod tests {
                         "c_user_root_p1025_0123abcd",
                         "c_a_very_long_owner_name_indeed_1234",
                     ] {
-                        v.push(Element { key: k(f, p, port), data: Some(Value::Counter(name.into())) });
+                        v.push(Element { key: k(f, p, port), data: Some(Value::Counter(name.into())), comment: None });
                         let mut key = k(f, p, port);
                         key.push(Value::Ifname(name.into()));
-                        v.push(Element { key, data: None });
+                        v.push(Element { key, data: None, comment: None });
                     }
                     for (a, len) in [([10, 0, 0, 0], 8), ([10, 0, 0, 0], 16), ([192, 168, 1, 7], 32)] {
                         let key = vec![
@@ -328,10 +345,14 @@ mod tests {
                             Value::InetService(port),
                             Value::Ipv4Net(Ipv4Net::new(a.into(), len).expect("net")),
                         ];
-                        v.push(Element { key, data: None });
+                        v.push(Element { key, data: None, comment: None });
                     }
                     let six = Ipv6Net::new("2001:db8::".parse().expect("addr"), 32).expect("net");
-                    v.push(Element { key: vec![Value::InetService(port), Value::Ipv6Net(six)], data: None });
+                    v.push(Element {
+                        key: vec![Value::InetService(port), Value::Ipv6Net(six)],
+                        data: None,
+                        comment: None,
+                    });
                 }
             }
         }
@@ -372,10 +393,12 @@ mod tests {
     fn typical_elements_stay_inline() {
         let e = Element {
             key: vec![Value::NfProto(Family::Ipv4), Value::InetProto(Proto::Tcp), Value::InetService(1025)],
-            // a counter name as `plan::counter_name("user:root", "p1025")` makes it
-            data: Some(Value::Counter("c_user_root_p1025_0123abcd".into())),
+            data: Some(Value::InetService(8025)),
+            // the comment `compile` gives an element of forward p1025 of user root
+            comment: Some("user:root/p1025".into()),
         };
         assert!(matches!(encode(&e), Packed::Inline { .. }), "{:?}", encode(&e).bytes());
+        assert_eq!(decode(&encode(&e)), e);
         assert!(std::mem::size_of::<Packed>() <= 40, "{}", std::mem::size_of::<Packed>());
     }
 }

@@ -58,6 +58,9 @@ pub struct Element {
     pub key: Vec<Value>,
     /// Mapped value, for maps.
     pub data: Option<Value>,
+    /// The element's comment in the kernel: `OWNER/NAME` of the forward that put it there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
 }
 
 /// Tag bytes of the [`Value`] variants, in their order; the packed encoding starts every

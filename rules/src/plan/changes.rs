@@ -4,7 +4,7 @@
 use super::compile::key;
 use super::delta::Delta;
 use super::summary::Summary;
-use super::table::{counter_name, names, Conflict, PlacedForward, Plan};
+use super::table::{counter_name, element_comment, names, placed_order, Conflict, PlacedForward, Plan};
 use crate::element::{Element, Value};
 use crate::model::Forward;
 use std::collections::BTreeSet;
@@ -122,15 +122,32 @@ impl Plan {
             del.remove(e);
             add.remove(e);
         }
-        // Protected target ports may be shared by several forwards: keep an element that a
-        // staying forward still needs, and do not re-add one that is already there.
-        let staying = |e: &Element| {
-            self.forwards
+        // Protected target ports may be shared by several forwards: the element of such a
+        // port stays while a forward still protects it, and carries the comment of the
+        // first of them in `compile`'s order, so it is replaced when that one changes.
+        let touched: BTreeSet<Vec<Value>> =
+            del.iter().chain(&add).filter(|(s, _)| s == names::PROTECT).map(|(_, e)| e.key.clone()).collect();
+        del.retain(|(s, _)| s != names::PROTECT);
+        add.retain(|(s, _)| s != names::PROTECT);
+        for k in touched {
+            let old = self.set(names::PROTECT).and_then(|set| set.elements.with_key(&k));
+            let first = self
+                .forwards
                 .iter()
-                .filter(|p| p.forward.protect && !leaving.contains(p.counter.as_str()))
-                .any(|p| self.contribution(p).iter().any(|(s, pe)| s == names::PROTECT && pe == e))
-        };
-        del.retain(|(s, e)| s != names::PROTECT || !staying(e));
+                .filter(|p| !leaving.contains(p.counter.as_str()))
+                .chain(&added)
+                .filter(|p| protected_keys(p).any(|pk| pk == k))
+                .min_by(|a, b| placed_order(a).cmp(&placed_order(b)));
+            let new = first.map(|p| Element {
+                key: k.clone(),
+                data: None,
+                comment: Some(element_comment(&p.owner, &p.forward.name)),
+            });
+            if old != new {
+                del.extend(old.map(|e| (names::PROTECT.to_string(), e)));
+                add.extend(new.map(|e| (names::PROTECT.to_string(), e)));
+            }
+        }
         let present = |s: &str, e: &Element| self.set(s).is_some_and(|set| set.elements.contains(e));
         add.retain(|(s, e)| !present(s, e) || del.contains(&(s.clone(), e.clone())));
 
@@ -146,4 +163,16 @@ impl Plan {
             whole: None,
         })
     }
+}
+
+/// The keys of the local ports a forward protects (none unless `protect` is set).
+fn protected_keys(p: &PlacedForward) -> impl Iterator<Item = Vec<Value>> + '_ {
+    let f = &p.forward;
+    let on = if f.protect { f.family.families() } else { &[] };
+    on.iter().flat_map(move |&fam| {
+        f.proto
+            .protos()
+            .iter()
+            .flat_map(move |&proto| f.port.ports().map(move |port| key(fam, proto, f.target_of(port))))
+    })
 }

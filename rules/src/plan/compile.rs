@@ -2,8 +2,8 @@
 //! sets into a plan: each forward contributes elements and one counter.
 
 use super::table::{
-    counter_name, names, BaseChain, Chain, ChainType, Conflict, Hook, OwnedSet, PlacedForward, Plan, Rule, Set,
-    SYSTEM_OWNER,
+    counter_name, element_comment, names, BaseChain, Chain, ChainType, Conflict, Hook, OwnedSet, PlacedForward, Plan,
+    Rule, Set, SYSTEM_OWNER,
 };
 use crate::element::{Element, Elements, FieldType, Value};
 use crate::model::{Family, Forward, Proto};
@@ -92,59 +92,51 @@ impl Plan {
     pub(super) fn place(&mut self, owner: &str, f: &Forward, default_mark: u32) {
         use names::*;
         let counter = counter_name(owner, &f.name);
+        let comment = element_comment(owner, &f.name);
+        let c = comment.as_str();
         let mark = f.mark.unwrap_or(default_mark);
         self.counters.insert(counter.clone());
         for &fam in f.family.families() {
             for &proto in f.proto.protos() {
                 for port in f.port.ports() {
                     let k = key(fam, proto, port);
-                    self.insert(TO, k.clone(), Some(Value::InetService(f.target_of(port))));
+                    self.insert(TO, k.clone(), Some(Value::InetService(f.target_of(port))), c);
                     if mark != 0 {
-                        self.insert(MARK, k.clone(), Some(Value::Mark(mark)));
+                        self.insert(MARK, k.clone(), Some(Value::Mark(mark)), c);
                     }
-                    self.insert(COUNTER, k.clone(), Some(Value::Counter(counter.clone())));
+                    self.insert(COUNTER, k.clone(), Some(Value::Counter(counter.clone())), c);
                     if !f.local {
-                        self.insert(NOLOCAL, k.clone(), None);
+                        self.insert(NOLOCAL, k.clone(), None, c);
                     }
                     if !f.interfaces.is_empty() {
-                        self.insert(IFACE_KEYS, k.clone(), None);
+                        self.insert(IFACE_KEYS, k.clone(), None, c);
                         for i in &f.interfaces {
                             let mut ki = k.clone();
                             ki.push(Value::Ifname(i.clone()));
-                            self.insert(IFACE, ki, None);
+                            self.insert(IFACE, ki, None, c);
                         }
                     }
                     if !f.sources.is_empty() {
-                        self.insert(SRC_KEYS, k.clone(), None);
+                        self.insert(SRC_KEYS, k.clone(), None, c);
                         for s in &f.sources {
                             let (set, net) = match (fam, s) {
                                 (Family::Ipv4, ipnet::IpNet::V4(n)) => (SRC4, Value::Ipv4Net(*n)),
                                 (Family::Ipv6, ipnet::IpNet::V6(n)) => (SRC6, Value::Ipv6Net(*n)),
                                 _ => continue,
                             };
-                            self.insert(set, vec![Value::InetProto(proto), Value::InetService(port), net], None);
+                            self.insert(set, vec![Value::InetProto(proto), Value::InetService(port), net], None, c);
                         }
                     }
-                    if f.protect {
-                        self.insert(PROTECT, key(fam, proto, f.target_of(port)), None);
+                    // Several forwards may protect one local port: its element carries the
+                    // comment of the first of them in `compile`'s order.
+                    let target = key(fam, proto, f.target_of(port));
+                    if f.protect && self.set_mut(PROTECT).elements.with_key(&target).is_none() {
+                        self.insert(PROTECT, target, None, c);
                     }
                 }
             }
         }
         self.forwards.push(PlacedForward { owner: owner.into(), forward: f.clone(), mark, counter });
-    }
-
-    /// Elements and counter one forward contributes, as (set, element) pairs.
-    pub(super) fn contribution(&self, p: &PlacedForward) -> Vec<(String, Element)> {
-        let mut mini = skeleton(&self.table);
-        mini.place(&p.owner, &p.forward, p.mark);
-        let mut out = Vec::new();
-        for s in mini.sets {
-            for e in s.elements {
-                out.push((s.name.clone(), e));
-            }
-        }
-        out
     }
 
     /// Elements and counters a group of forwards contributes, as (set, element) pairs.

@@ -26,7 +26,7 @@ pub fn stale_mappings(old: &Plan, new: &Plan) -> Vec<Stale> {
     let (Some(o), Some(n)) = (old.set(names::TO), new.set(names::TO)) else { return Vec::new() };
     let new_map: BTreeMap<Vec<Value>, Option<Value>> = n.elements.iter().map(|e| (e.key, e.data)).collect();
     let mut out = BTreeSet::new();
-    for Element { key, data } in o.elements.iter() {
+    for Element { key, data, .. } in o.elements.iter() {
         if new_map.get(&key).is_some_and(|d| *d == data) {
             continue;
         }

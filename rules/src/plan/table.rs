@@ -232,6 +232,13 @@ pub fn counter_name(owner: &str, name: &str) -> String {
     format!("c_{clean}_{}_{h:08x}", name.replace('-', "_"))
 }
 
+/// The comment of every element a forward puts into the kernel: `OWNER/NAME`. Owners
+/// (`system`, `user:NAME`) and forward names are validated to characters that nft prints
+/// and reads back inside a quoted comment.
+pub fn element_comment(owner: &str, name: &str) -> String {
+    format!("{owner}/{name}")
+}
+
 /// Sort key of placed forwards: the system set first, then owners, then names.
 pub(crate) fn placed_order(p: &PlacedForward) -> (bool, &str, &str) {
     (p.owner != SYSTEM_OWNER, p.owner.as_str(), p.forward.name.as_str())
@@ -250,8 +257,8 @@ impl Plan {
         }
     }
 
-    pub(crate) fn insert(&mut self, set: &str, key: Vec<Value>, data: Option<Value>) {
-        self.set_mut(set).elements.insert(Element { key, data });
+    pub(crate) fn insert(&mut self, set: &str, key: Vec<Value>, data: Option<Value>, comment: &str) {
+        self.set_mut(set).elements.insert(Element { key, data, comment: Some(comment.to_string()) });
     }
 
     /// Number of elements over all sets.
