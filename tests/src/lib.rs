@@ -116,27 +116,25 @@ impl Net {
 
     /// Starts a TCP server in `ns` on `port` (both families) that answers `reply` to every connection.
     pub fn tcp_app(&self, ns: &str, port: u16, reply: &str) -> Bg {
-        let listen = format!("TCP6-LISTEN:{port},fork,reuseaddr,ipv6only=0");
-        let sys = format!("SYSTEM:echo {reply}");
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "socat", &listen, &sys])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat is needed for traffic tests (apt-get install socat)");
-        let bg = Bg(child);
-        wait_for(|| self.exec(ns, "ss", &["-Htln", &format!("sport = :{port}")]).stdout.len() > 1, "tcp app to listen");
-        bg
+        self.tcp_app_of(ns, None, port, reply)
     }
 
     /// Like [`Net::tcp_app`], run as `user` (a socket of that user's uid).
     pub fn tcp_app_as(&self, ns: &str, user: &str, port: u16, reply: &str) -> Bg {
+        self.tcp_app_of(ns, Some(user), port, reply)
+    }
+
+    fn tcp_app_of(&self, ns: &str, user: Option<&str>, port: u16, reply: &str) -> Bg {
         let listen = format!("TCP6-LISTEN:{port},fork,reuseaddr,ipv6only=0");
         let sys = format!("SYSTEM:echo {reply}");
-        let gid = must("id", &["-g", user]);
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "setpriv", &format!("--reuid={user}"), &format!("--regid={}", gid.trim())])
-            .args(["--clear-groups", "socat", &listen, &sys])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]);
+        if let Some(user) = user {
+            let gid = must("id", &["-g", user]);
+            cmd.args(["setpriv", &format!("--reuid={user}"), &format!("--regid={}", gid.trim()), "--clear-groups"]);
+        }
+        let child = cmd
+            .args(["socat", &listen, &sys])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
