@@ -72,17 +72,19 @@ fn parse_diag_msg(b: &[u8]) -> Option<(u16, u32)> {
     (port != 0).then_some((port, uid))
 }
 
-/// The listener table the policy reads, with user names for messages.
-pub fn listeners() -> io::Result<Listeners> {
+/// The listener table the policy reads, with user names for messages. When `known` holds
+/// the same sockets it is returned as it is; otherwise only uids it does not name are
+/// looked up in the account database, so the periodic check costs no lookups while
+/// nothing changes.
+pub fn listeners(known: Option<&Listeners>) -> io::Result<Listeners> {
     let mut l = Listeners::default();
     for h in held()? {
         l.insert(h.proto, h.port, h.uid);
     }
-    for uid in l.uids() {
-        if let Ok(Some(u)) = nix::unistd::User::from_uid(uid.into()) {
-            l.name_uid(uid, u.name);
-        }
+    if let Some(k) = known.filter(|k| k.same_sockets(&l)) {
+        return Ok(k.clone());
     }
+    l.name_uids(known, |uid| nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name));
     Ok(l)
 }
 

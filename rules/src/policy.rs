@@ -102,6 +102,20 @@ impl Listeners {
     pub fn uids(&self) -> BTreeSet<u32> {
         self.by_port.values().flatten().copied().collect()
     }
+    /// True when both tables hold the same sockets (names aside).
+    pub fn same_sockets(&self, other: &Listeners) -> bool {
+        self.by_port == other.by_port
+    }
+    /// Names every uid of the table: from `known` where it names the uid already, else
+    /// through `lookup` (an account-database lookup, done only for uids new to the table).
+    pub fn name_uids(&mut self, known: Option<&Listeners>, lookup: impl Fn(u32) -> Option<String>) {
+        for uid in self.uids() {
+            let name = known.and_then(|k| k.names.get(&uid).cloned()).or_else(|| lookup(uid));
+            if let Some(n) = name {
+                self.names.insert(uid, n);
+            }
+        }
+    }
     /// The uids holding `port`/`proto`.
     pub fn holders(&self, proto: Proto, port: u16) -> impl Iterator<Item = u32> + '_ {
         self.by_port.get(&(proto, port)).into_iter().flatten().copied()

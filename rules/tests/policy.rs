@@ -265,3 +265,23 @@ fn the_back_off_stands_back_after_a_burst_then_repairs_again() {
         assert_eq!(slow.on_drift(t0 + Duration::from_millis(i * 30)), Repair::Now);
     }
 }
+
+#[test]
+fn known_names_are_reused_and_only_new_uids_are_looked_up() {
+    let mut known = Listeners::default();
+    known.insert(portd_rules::Proto::Tcp, 8080, 1001);
+    known.name_uid(1001, "web".into());
+    let mut now = Listeners::default();
+    now.insert(portd_rules::Proto::Tcp, 8080, 1001);
+    assert!(now.same_sockets(&known));
+    now.insert(portd_rules::Proto::Udp, 53, 1002);
+    assert!(!now.same_sockets(&known));
+    let asked = std::cell::RefCell::new(Vec::new());
+    now.name_uids(Some(&known), |uid| {
+        asked.borrow_mut().push(uid);
+        Some(format!("u{uid}"))
+    });
+    assert_eq!(asked.into_inner(), vec![1002], "only the new uid is looked up");
+    assert_eq!(now.who(1001), "uid 1001 (web)");
+    assert_eq!(now.who(1002), "uid 1002 (u1002)");
+}

@@ -338,7 +338,7 @@ impl Daemon {
             self.listeners = None;
             return;
         }
-        match crate::sockdiag::listeners() {
+        match crate::sockdiag::listeners(self.listeners.as_ref()) {
             Ok(l) => {
                 if self.listener_error.take().is_some() {
                     tracing::info!("listener checks work again");
@@ -488,7 +488,7 @@ impl Daemon {
     /// The periodic listener check: suspends user forwards whose target port a socket of
     /// another uid holds, and resumes them when it is theirs or free again.
     fn poll_listeners(&mut self) {
-        let old = self.listeners.take();
+        let old = self.listeners.clone();
         self.refresh_listeners();
         if self.listeners != old {
             if let Err((_, m)) = self.reevaluate("by the listener check") {

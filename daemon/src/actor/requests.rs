@@ -181,7 +181,7 @@ impl Daemon {
         let listeners = if check == ListenerCheck::Off {
             None
         } else {
-            match crate::sockdiag::listeners() {
+            match crate::sockdiag::listeners(self.listeners.as_ref()) {
                 Ok(l) => Some(l),
                 Err(e) => {
                     warnings.push(format!("the listener check could not run (reading the socket tables: {e})"));
