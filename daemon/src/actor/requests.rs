@@ -171,12 +171,9 @@ impl Daemon {
 
     /// Judges a change of a user's set before it is made: every reason the policy would
     /// suspend a forward refuses it; sockets on the public port refuse it; a target with no
-    /// listener yet is a warning. Root's own set is not judged.
-    fn judge_change(&mut self, account: &Account, set: &UserSet, fresh: &[Forward]) -> Result<Vec<String>, Failure> {
+    /// listener yet is a warning. Not called for root's own set, which is not judged.
+    fn judge_change(&self, account: &Account, set: &UserSet, fresh: &[Forward]) -> Result<Vec<String>, Failure> {
         let mut warnings = Vec::new();
-        if account.uid == 0 {
-            return Ok(warnings);
-        }
         let check = self.config.settings.listener_check;
         let listeners = if check == ListenerCheck::Off {
             None
@@ -278,17 +275,18 @@ impl Daemon {
                 ));
             }
         }
-        // The set after the change, for the judge, and the record that makes it.
-        let (record, undo, fresh): (Record, Record, Vec<Forward>) = match &change {
+        // The record that makes the change, the one that takes it back, and the forwards
+        // it brings in.
+        let (record, undo, fresh): (Record, Record, &[Forward]) = match &change {
             Change::Replace(new) => (
                 Record::between(owner, Some(account.uid), &current.forwards, new),
                 Record::between(owner, current.uid, new, &current.forwards),
-                new.clone(),
+                new,
             ),
             Change::Add(f) => (
                 Record { owner: owner.into(), uid: Some(account.uid), put: vec![f.clone()], remove: vec![] },
                 Record { owner: owner.into(), uid: current.uid, put: vec![], remove: vec![f.name.clone()] },
-                vec![f.clone()],
+                std::slice::from_ref(f),
             ),
             Change::Remove(name) => (
                 Record { owner: owner.into(), uid: Some(account.uid), put: vec![], remove: vec![name.clone()] },
@@ -298,26 +296,38 @@ impl Daemon {
                     put: current.forwards.iter().filter(|f| f.name == *name).cloned().collect(),
                     remove: vec![],
                 },
-                vec![],
+                &[],
             ),
         };
+        // The set after the change, judged unless it is root's own (removals need no judge).
         let warnings = match &change {
+            _ if account.uid == 0 => Vec::new(),
             Change::Remove(_) => Vec::new(),
             Change::Replace(new) => {
                 let after = UserSet { uid: Some(account.uid), forwards: new.clone() };
-                self.judge_change(account, &after, &fresh)?
+                self.judge_change(account, &after, fresh)?
             }
             Change::Add(f) => {
                 let mut after = UserSet { uid: Some(account.uid), forwards: current.forwards.clone() };
                 after.forwards.push(f.clone());
-                self.judge_change(account, &after, &fresh)?
+                self.judge_change(account, &after, fresh)?
             }
         };
         // Forwards of other owners suspended for their listener keep their public port.
-        self.check_reserved(owner, &fresh)?;
-        let current = self.users.get(owner).unwrap_or(&empty);
-        let suspended_here: Vec<&Forward> =
-            current.forwards.iter().filter(|f| self.eval.reason(owner, &f.name).is_some()).collect();
+        self.check_reserved(owner, fresh)?;
+        // Suspended forwards the change drops leave the state only (listed in the summary).
+        let dropped: Vec<Forward> = match self.eval.suspended.get(owner) {
+            None => Vec::new(),
+            Some(list) => {
+                let gone: std::collections::HashSet<&str> = record.remove.iter().map(String::as_str).collect();
+                current
+                    .forwards
+                    .iter()
+                    .filter(|f| gone.contains(f.name.as_str()) && list.iter().any(|(n, _)| *n == f.name))
+                    .cloned()
+                    .collect()
+            }
+        };
         // Only the forwards that differ are compiled: O(change), not O(table).
         let delta = match &change {
             Change::Replace(new) => self.plan.replace_owner(owner, new, mark),
@@ -325,13 +335,12 @@ impl Daemon {
             Change::Remove(name) => self.plan.change_owner(owner, &[name.as_str()], &[], mark),
         };
         let mut delta = delta.map_err(|c| (ErrorKind::Conflict, c.iter().map(|c| c.to_string()).collect()))?;
-        // Suspended forwards the change drops leave the state only: say so in the summary.
-        for f in suspended_here.iter().filter(|f| record.remove.contains(&f.name)) {
+        for f in dropped {
             delta.summary.removed.push(PlacedForward {
                 owner: owner.into(),
-                forward: (*f).clone(),
                 mark: f.mark.unwrap_or(mark),
                 counter: counter_name(owner, &f.name),
+                forward: f,
             });
         }
         if dry_run || (delta.is_empty() && record.is_empty() && current.uid == Some(account.uid)) {
