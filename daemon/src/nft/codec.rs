@@ -359,15 +359,9 @@ pub(super) struct RawElem {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portd_rules::model::{Forward, PortRange};
-    use portd_rules::plan::{compile, names, OwnedSet, Plan};
+    use portd_rules::plan::names;
 
-    fn plan() -> Plan {
-        let mut f = Forward::new("web", PortRange::single(80), PortRange::single(8080));
-        f.sources = vec!["203.0.113.7/24".parse().expect("net"), "2001:db8::/32".parse().expect("net")];
-        f.interfaces = vec!["eth0".into()];
-        compile("portd", 1, &[OwnedSet { owner: "system".into(), forwards: vec![f] }]).expect("compiles")
-    }
+    use super::super::sample_plan as plan;
 
     #[test]
     fn shapes_are_what_nft_sends() {

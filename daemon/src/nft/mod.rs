@@ -51,3 +51,15 @@ pub use codec::SetShape;
 pub use error::BackendError;
 pub use foreign::{read_foreign, ForeignRead, MAX_FOREIGN_RULES};
 pub use observed::{Observed, ObservedChain, ObservedHook};
+
+/// The plan the unit tests of the codec and of observed state encode: one forward with
+/// sources and an interface, so every set is used.
+#[cfg(test)]
+fn sample_plan() -> portd_rules::Plan {
+    use portd_rules::model::{Forward, PortRange};
+    use portd_rules::plan::{compile, OwnedSet};
+    let mut f = Forward::new("web", PortRange::single(80), PortRange::single(8080));
+    f.sources = vec!["203.0.113.7/24".parse().expect("net"), "2001:db8::/32".parse().expect("net")];
+    f.interfaces = vec!["eth0".into()];
+    compile("portd", 1, &[OwnedSet { owner: "system".into(), forwards: vec![f] }]).expect("compiles")
+}

@@ -172,15 +172,8 @@ fn expected_chains(plan: &Plan) -> Result<Vec<ObservedChain>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portd_rules::model::{Forward, PortRange};
-    use portd_rules::plan::{compile, OwnedSet};
 
-    fn plan() -> Plan {
-        let mut f = Forward::new("web", PortRange::single(80), PortRange::single(8080));
-        f.sources = vec!["203.0.113.7/24".parse().expect("net"), "2001:db8::/32".parse().expect("net")];
-        f.interfaces = vec!["eth0".into()];
-        compile("portd", 1, &[OwnedSet { owner: "system".into(), forwards: vec![f] }]).expect("compiles")
-    }
+    use super::super::sample_plan as plan;
 
     #[test]
     fn rules_render_to_nft_expressions() {
