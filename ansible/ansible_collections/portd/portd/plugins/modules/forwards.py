@@ -201,10 +201,12 @@ cmd:
   elements: str
   sample: [/usr/bin/portctl, --json, apply, /etc/portd/rules.yaml]
 stderr:
-  description: What portctl printed on standard error (its error messages, one cause per line).
+  description:
+    - What portctl printed on standard error. With C(--json), portctl reports failures on
+      standard output instead, and their causes are in C(msg); this stays empty then.
   returned: always
   type: str
-  sample: "forwards.yaml:4:11: forwards[0].port: 70000 is not a port (1-65535)"
+  sample: ""
 """
 
 import json
