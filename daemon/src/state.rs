@@ -101,7 +101,13 @@ impl Record {
             entry.uid = self.uid;
         }
         let set = &mut entry.forwards;
-        if !self.remove.is_empty() {
+        if self.remove.len() <= 4 {
+            // A few names (`portctl remove`): comparing names is cheaper than hashing
+            // every forward of the set.
+            if !self.remove.is_empty() {
+                set.retain(|f| !self.remove.contains(&f.name));
+            }
+        } else {
             let gone: std::collections::HashSet<&str> = self.remove.iter().map(String::as_str).collect();
             set.retain(|f| !gone.contains(f.name.as_str()));
         }

@@ -203,3 +203,18 @@ fn grants_are_judged_through_the_shell_and_a_revoked_one_suspends_on_reload() {
     assert_eq!(states(&mut d), vec![("user:nobody/http".to_string(), ForwardState::Active)]);
     assert_eq!(s.fake.log().table, vec!["user:nobody/http"]);
 }
+
+#[test]
+fn the_status_line_counts_each_owner_once() {
+    let s = Setup::new("status-line");
+    let granted = "grants:\n  - {user: nobody, ports: [\"80-90\"], to: \"8000-8099\"}\n";
+    let mut d = s.start(&format!(
+        "{granted}forwards:\n  - {{name: a, port: 100, to: 1100}}\n  - {{name: b, port: 101, to: 1101}}\n"
+    ));
+    assert_eq!(d.status_line(), "2 forward(s) from 1 owner(s) in table inet t");
+    apply(&mut d, &nobody(), vec![fwd("x", 80, 8080), fwd("y", 81, 8081), fwd("z", 82, 8082)]).expect("granted");
+    apply(&mut d, &root(), vec![fwd("r", 200, 1200)]).expect("root");
+    assert_eq!(d.status_line(), "6 forward(s) from 3 owner(s) in table inet t");
+    d.handle(&root(), Op::Command(Command::Remove { name: "r".into(), owner: None, dry_run: false })).expect("removed");
+    assert_eq!(d.status_line(), "5 forward(s) from 2 owner(s) in table inet t");
+}
