@@ -301,8 +301,12 @@ fn apply(
 }
 
 fn main() -> ExitCode {
-    // `COMPLETE=bash portctl ...`: answer the shell's completion request and exit.
-    clap_complete::CompleteEnv::with_factory(Cli::command).complete();
+    // `COMPLETE=bash portctl ...`: answer the shell's completion request and exit. Asked
+    // only when the variable is set: it reads the working directory and copies the
+    // arguments before it looks.
+    if std::env::var_os("COMPLETE").is_some() {
+        clap_complete::CompleteEnv::with_factory(Cli::command).complete();
+    }
     // Known before parsing, so that even a usage error is answered in JSON.
     let json = std::env::args_os().skip(1).take_while(|a| a != "--").any(|a| a == "--json");
     let cli = match Cli::try_parse() {
