@@ -64,8 +64,16 @@ pub fn rule(r: &Rule) -> String {
             format!("meta l4proto {p} redirect to {} map @{map}", key_text(*key))
         }
         Rule::SetMark { map } => format!("meta mark set {KEY} map @{map}"),
-        Rule::Count { set, key, mark: 0 } => format!("{} @{set}", key_text(*key)),
-        Rule::Count { set, key, mark } => format!("{} @{set} meta mark set {mark:#010x}", key_text(*key)),
+        Rule::Count { set, key, mark, then_return } => {
+            let mut s = format!("{} @{set}", key_text(*key));
+            if *mark != 0 {
+                let _ = write!(s, " meta mark set {mark:#010x}");
+            }
+            if *then_return {
+                s.push_str(" return");
+            }
+            s
+        }
         Rule::DropUnredirected { set } => {
             format!("ct state new iifname != \"lo\" ct status & dnat == 0 {KEY} @{set} drop")
         }

@@ -75,8 +75,9 @@ pub(super) fn skeleton(table: &str, mark: u32) -> Plan {
     };
     let account = || {
         vec![
-            Rule::Count { set: COUNT.into(), key: KeyExpr::Port, mark },
-            Rule::Count { set: COUNT_FAMILY.into(), key: KeyExpr::Family, mark: 0 },
+            // A forward counted here is in no set the rules below look up.
+            Rule::Count { set: COUNT.into(), key: KeyExpr::Port, mark, then_return: true },
+            Rule::Count { set: COUNT_FAMILY.into(), key: KeyExpr::Family, mark: 0, then_return: false },
             Rule::SetMark { map: MARK.into() },
         ]
     };

@@ -140,8 +140,8 @@ pub enum Rule {
         /// key -> mark
         map: String,
     },
-    /// `KEY @SET` (or `PORT_KEY @SET`), then `meta mark set MARK` unless the mark is 0:
-    /// the lookup counts the packet in the element it finds.
+    /// `KEY @SET` (or `PORT_KEY @SET`), then `meta mark set MARK` unless the mark is 0,
+    /// then `return` if asked: the lookup counts the packet in the element it finds.
     Count {
         /// set whose elements count
         set: String,
@@ -149,6 +149,8 @@ pub enum Rule {
         key: KeyExpr,
         /// mark set on a match (0: none)
         mark: u32,
+        /// leave the chain on a match (nothing after it concerns this packet)
+        then_return: bool,
     },
     /// `ct state new iifname != "lo" ct status & dnat == 0 KEY @SET drop`
     DropUnredirected {
