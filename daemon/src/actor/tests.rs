@@ -218,3 +218,14 @@ fn the_status_line_counts_each_owner_once() {
     d.handle(&root(), Op::Command(Command::Remove { name: "r".into(), owner: None, dry_run: false })).expect("removed");
     assert_eq!(d.status_line(), "5 forward(s) from 2 owner(s) in table inet t");
 }
+
+#[test]
+fn an_unnamed_caller_is_named_by_the_actor() {
+    let mut c = Caller::unnamed(0, Some(1));
+    c.name();
+    assert_eq!(c.user, "root");
+    assert_eq!(c.owner(), "user:root");
+    let mut nameless = Caller::unnamed(u32::MAX - 7, None);
+    nameless.name();
+    assert_eq!(nameless.user, (u32::MAX - 7).to_string(), "a uid without a name goes by its number");
+}
