@@ -140,6 +140,8 @@ pub struct Daemon {
     backoff: Backoff,
     /// When to hand freed heap back to the system (after a large change or read).
     trim_at: Option<Instant>,
+    /// When the pending trim was first due: requests put it off, up to [`TRIM_MAX_WAIT`].
+    trim_first: Option<Instant>,
     /// When to check the listeners of user forwards next.
     poll_at: Option<Instant>,
     /// What the server reads: the current grants.
@@ -185,6 +187,10 @@ const TRIM_AFTER_OBJECTS: usize = 1000;
 /// How long after such a request the heap is trimmed: by then the answer has been sent
 /// and the connection's buffers, the parsed file and the delta have all been freed.
 pub(super) const TRIM_DELAY: Duration = Duration::from_millis(100);
+/// A request puts a pending trim off by [`TRIM_DELAY`] (malloc_trim holds the heap for a
+/// few milliseconds at 10,000 forwards: a request arriving meanwhile waits), but not
+/// beyond this long after it was first due.
+const TRIM_MAX_WAIT: Duration = Duration::from_secs(2);
 
 /// Returns freed heap to the system; glibc keeps it otherwise (freed pages between live
 /// allocations are only released by malloc_trim, in every arena).
@@ -229,6 +235,7 @@ impl Daemon {
             repairs: 0,
             backoff: Backoff::default(),
             trim_at: None,
+            trim_first: None,
             poll_at: None,
             published,
             drift_since: None,
@@ -458,6 +465,7 @@ impl Daemon {
             match msg {
                 Ok(Msg::Request { op: Op::Command(Command::Doctor), reply, .. }) => self.doctor(reply),
                 Ok(Msg::Request { mut caller, op, reply }) => {
+                    self.put_off_trim();
                     caller.name();
                     let (owner, forward) = subject(&caller, &op);
                     let resp = match self.handle(&caller, op) {
@@ -504,6 +512,7 @@ impl Daemon {
             let now = Instant::now();
             if self.trim_at.is_some_and(|t| t <= now) {
                 self.trim_at = None;
+                self.trim_first = None;
                 trim_heap();
             }
             if self.backoff.due(now) {
@@ -628,6 +637,13 @@ impl Daemon {
     }
 
     /// Schedules [`trim_heap`] shortly after the current request.
+    /// Puts a pending trim off while requests keep coming (see [`TRIM_MAX_WAIT`]).
+    fn put_off_trim(&mut self) {
+        let Some(at) = self.trim_at else { return };
+        let first = *self.trim_first.get_or_insert(at);
+        self.trim_at = Some((Instant::now() + TRIM_DELAY).min(first + TRIM_MAX_WAIT));
+    }
+
     fn trim_soon(&mut self) {
         self.trim_at.get_or_insert_with(|| Instant::now() + TRIM_DELAY);
     }

@@ -229,3 +229,20 @@ fn an_unnamed_caller_is_named_by_the_actor() {
     nameless.name();
     assert_eq!(nameless.user, (u32::MAX - 7).to_string(), "a uid without a name goes by its number");
 }
+
+#[test]
+fn requests_put_a_pending_trim_off_but_not_for_ever() {
+    let s = Setup::new("trim");
+    let mut d = s.start("");
+    d.trim_at = None;
+    d.put_off_trim();
+    assert_eq!(d.trim_at, None, "nothing pending, nothing scheduled");
+    let due = Instant::now() + Duration::from_millis(10);
+    d.trim_at = Some(due);
+    d.put_off_trim();
+    assert!(d.trim_at.is_some_and(|t| t >= due + Duration::from_millis(50)), "put off by about TRIM_DELAY");
+    let long_ago = Instant::now() - TRIM_MAX_WAIT - Duration::from_secs(1);
+    d.trim_first = Some(long_ago);
+    d.put_off_trim();
+    assert!(d.trim_at.is_some_and(|t| t <= Instant::now()), "due at once after TRIM_MAX_WAIT: {:?}", d.trim_at);
+}
