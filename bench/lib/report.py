@@ -229,7 +229,9 @@ class Report:
                   ("check_tiny", "diagnostic: `portctl check` of a one-forward file (client start-up)"),
                   ("true", "diagnostic: `/bin/true` (spawn floor of the timer)"),
                   ("rt_add", "diagnostic: portd's share of `add`: socket round trip, no process spawn"),
-                  ("rt_remove", "diagnostic: portd's share of `remove`: socket round trip, no process spawn")]
+                  ("rt_remove", "diagnostic: portd's share of `remove`: socket round trip, no process spawn"),
+                  ("rt_add_idle", "diagnostic: the same `add` round trip after 30 ms without requests (cold daemon)"),
+                  ("rt_remove_idle", "diagnostic: the same `remove` round trip after 30 ms without requests")]
         for k, label in labels:
             s = self.get("change", k)
             if s is None:

@@ -1,12 +1,14 @@
 #!/usr/bin/python3
 """Time portd's own share of a one-forward change: the socket round trip, no process spawn.
 
-usage: roundtrip.py SOCKET RUNS
+usage: roundtrip.py SOCKET RUNS [IDLE_MS]
 
 Connects to portd's socket (a fresh connection per request, as portctl does), sends
 the `add` and then the `remove` request that `portctl add zz 40000 40001` and `portctl
 remove zz` send, and reads the answer line. Prints one line per request:
-"<add|remove> <seconds> <ok|error text>".
+"<add|remove> <seconds> <ok|error text>". With IDLE_MS, each request comes after that
+long without any (as when a client process has to start first): portd's threads and
+caches are then cold.
 """
 import json
 import socket
@@ -37,8 +39,11 @@ def once(path: str, command: dict) -> tuple[float, str]:
 
 def main() -> int:
     path, runs = sys.argv[1], int(sys.argv[2])
+    idle = float(sys.argv[3]) / 1000 if len(sys.argv) > 3 else 0.0
     for _ in range(runs):
         for name, command in (("add", ADD), ("remove", REMOVE)):
+            if idle:
+                time.sleep(idle)
             secs, res = once(path, command)
             print(f"{name} {secs:.6f} {res}")
     return 0

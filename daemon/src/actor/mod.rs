@@ -465,7 +465,6 @@ impl Daemon {
             match msg {
                 Ok(Msg::Request { op: Op::Command(Command::Doctor), reply, .. }) => self.doctor(reply),
                 Ok(Msg::Request { mut caller, op, reply }) => {
-                    self.put_off_trim();
                     caller.name();
                     let (owner, forward) = subject(&caller, &op);
                     let resp = match self.handle(&caller, op) {
@@ -486,6 +485,8 @@ impl Daemon {
                         }
                     };
                     let _ = reply.send(resp);
+                    // From the end of the request: an apply takes tens of ms itself.
+                    self.put_off_trim();
                 }
                 Ok(Msg::Snapshot { reply }) => {
                     let _ = reply.send(self.snapshot());
