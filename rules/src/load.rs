@@ -5,8 +5,6 @@
 //! that every problem is reported at once, each located through [`Locator`]. Paths of
 //! fields (`forwards[3].port`) are only spelled out when a problem is reported.
 
-#[cfg(test)]
-mod old;
 mod tree;
 
 use crate::diag::{Diagnostic, Diagnostics};
@@ -24,6 +22,18 @@ pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
 
 const FORWARD_FIELDS: &[&str] =
     &["name", "port", "to", "proto", "family", "local", "interfaces", "sources", "mark", "protect", "description"];
+// Indices into FORWARD_FIELDS.
+const NAME: usize = 0;
+const PORT: usize = 1;
+const TO: usize = 2;
+const PROTO: usize = 3;
+const FAMILY: usize = 4;
+const LOCAL: usize = 5;
+const INTERFACES: usize = 6;
+const SOURCES: usize = 7;
+const MARK: usize = 8;
+const PROTECT: usize = 9;
+const DESCRIPTION: usize = 10;
 
 /// Lists up to this long are checked for repeated entries by a scan, longer ones by hashing.
 const SCAN_ITEMS: usize = 16;
@@ -199,18 +209,35 @@ fn root_mapping<'n, 't>(ctx: &mut Ctx, root: &'n Node<'t>, allowed: &[&str]) -> 
 }
 
 fn check_keys<P: Place + ?Sized>(ctx: &mut Ctx, place: &P, m: &Map, allowed: &[&str]) {
-    for k in m.keys() {
-        match k.as_str() {
-            Some(k) if allowed.contains(&k) => {}
-            Some(k) => {
-                let hint = allowed
-                    .iter()
-                    .find(|a| similar(a, k))
-                    .map(|a| format!("; did you mean `{a}`?"))
-                    .unwrap_or_else(|| format!("; expected one of: {}", allowed.join(", ")));
-                ctx.err_key(place.child(k), format!("unknown field `{}`{hint}", clip(k)));
-            }
-            None => ctx.err(place, format!("field names must be strings, found {}", describe(k))),
+    check_fields(ctx, place, m, allowed, |_, _| {});
+}
+
+/// Reports the keys of `m` that are not in `allowed`, and hands `found` each allowed
+/// field's index in `allowed` and value, as [`Map::get`] would find it: one pass over the
+/// mapping instead of one lookup per field.
+fn check_fields<'n, 't, P: Place + ?Sized>(
+    ctx: &mut Ctx,
+    place: &P,
+    m: &'n Map<'t>,
+    allowed: &[&str],
+    mut found: impl FnMut(usize, &'n Node<'t>),
+) {
+    for (key, value) in m.entries() {
+        match key.as_str() {
+            Some(k) => match allowed.iter().position(|a| *a == k) {
+                // `as_str` looks through tags, lookups by name do not.
+                Some(i) if matches!(key, Node::String(_)) => found(i, value),
+                Some(_) => {}
+                None => {
+                    let hint = allowed
+                        .iter()
+                        .find(|a| similar(a, k))
+                        .map(|a| format!("; did you mean `{a}`?"))
+                        .unwrap_or_else(|| format!("; expected one of: {}", allowed.join(", ")));
+                    ctx.err_key(place.child(k), format!("unknown field `{}`{hint}", clip(k)));
+                }
+            },
+            None => ctx.err(place, format!("field names must be strings, found {}", describe(key))),
         }
     }
 }
@@ -367,20 +394,21 @@ fn forward(ctx: &mut Ctx, at: At, v: &Node) -> Option<Forward> {
         ctx.err(&at, format!("expected a forward (a mapping with name, port, to), found {}", describe(v)));
         return None;
     };
-    check_keys(ctx, &at, m, FORWARD_FIELDS);
-    let field = |k: &str| m.get(k).filter(|v| !v.is_null());
+    let mut fields = [None; FORWARD_FIELDS.len()];
+    check_fields(ctx, &at, m, FORWARD_FIELDS, |i, v| fields[i] = Some(v));
+    let field = |i: usize| fields[i].filter(|v: &&Node| !v.is_null());
     let mut ok = true;
-    let mut need = |ctx: &mut Ctx, k: &str| {
-        if field(k).is_none() {
-            ctx.err(&at, format!("missing required field `{k}`"));
+    let mut need = |ctx: &mut Ctx, i: usize| {
+        if field(i).is_none() {
+            ctx.err(&at, format!("missing required field `{}`", FORWARD_FIELDS[i]));
             ok = false;
         }
     };
-    need(ctx, "name");
-    need(ctx, "port");
-    need(ctx, "to");
+    need(ctx, NAME);
+    need(ctx, PORT);
+    need(ctx, TO);
 
-    let name = field("name").and_then(|v| get_str(ctx, &Field(at, "name"), v));
+    let name = field(NAME).and_then(|v| get_str(ctx, &Field(at, "name"), v));
     if let Some(n) = name {
         if !valid_name(n) {
             ctx.err(
@@ -392,9 +420,9 @@ fn forward(ctx: &mut Ctx, at: At, v: &Node) -> Option<Forward> {
             );
         }
     }
-    let port = field("port").and_then(|v| get_ports(ctx, &Field(at, "port"), v));
-    let to = field("to").and_then(|v| get_ports(ctx, &Field(at, "to"), v));
-    let proto = match field("proto").map(|v| get_str(ctx, &Field(at, "proto"), v)) {
+    let port = field(PORT).and_then(|v| get_ports(ctx, &Field(at, "port"), v));
+    let to = field(TO).and_then(|v| get_ports(ctx, &Field(at, "to"), v));
+    let proto = match field(PROTO).map(|v| get_str(ctx, &Field(at, "proto"), v)) {
         None => Some(ProtoSel::Tcp),
         Some(None) => None,
         Some(Some(s)) => ProtoSel::parse(s).or_else(|| {
@@ -402,7 +430,7 @@ fn forward(ctx: &mut Ctx, at: At, v: &Node) -> Option<Forward> {
             None
         }),
     };
-    let family = match field("family").map(|v| get_str(ctx, &Field(at, "family"), v)) {
+    let family = match field(FAMILY).map(|v| get_str(ctx, &Field(at, "family"), v)) {
         None => Some(FamilySel::Both),
         Some(None) => None,
         Some(Some(s)) => FamilySel::parse(s).or_else(|| {
@@ -410,20 +438,20 @@ fn forward(ctx: &mut Ctx, at: At, v: &Node) -> Option<Forward> {
             None
         }),
     };
-    let local = field("local").map_or(Some(true), |v| get_bool(ctx, &Field(at, "local"), v));
-    let protect = field("protect").map_or(Some(false), |v| get_bool(ctx, &Field(at, "protect"), v));
-    let mark = match field("mark") {
+    let local = field(LOCAL).map_or(Some(true), |v| get_bool(ctx, &Field(at, "local"), v));
+    let protect = field(PROTECT).map_or(Some(false), |v| get_bool(ctx, &Field(at, "protect"), v));
+    let mark = match field(MARK) {
         None => Some(None),
         Some(v) => get_u32(ctx, &Field(at, "mark"), v).map(Some),
     };
-    let description = field("description").and_then(|v| get_str(ctx, &Field(at, "description"), v));
+    let description = field(DESCRIPTION).and_then(|v| get_str(ctx, &Field(at, "description"), v));
     if let Some(d) = description {
         if let Some(problem) = description_problem(d) {
             ctx.err(&Field(at, "description"), problem);
         }
     }
     let mut interfaces = Distinct::new();
-    if let Some(list) = field("interfaces") {
+    if let Some(list) = field(INTERFACES) {
         for (i, item) in get_list(ctx, &Field(at, "interfaces"), list).iter().enumerate() {
             let ip = Item(at, "interfaces", i);
             if let Some(s) = get_str(ctx, &ip, item) {
@@ -442,7 +470,7 @@ fn forward(ctx: &mut Ctx, at: At, v: &Node) -> Option<Forward> {
         }
     }
     let mut sources = Distinct::new();
-    if let Some(list) = field("sources") {
+    if let Some(list) = field(SOURCES) {
         for (i, item) in get_list(ctx, &Field(at, "sources"), list).iter().enumerate() {
             let sp = Item(at, "sources", i);
             if let Some(s) = get_str(ctx, &sp, item) {

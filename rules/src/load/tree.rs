@@ -103,9 +103,9 @@ impl<'t> Map<'t> {
     pub(crate) fn get(&self, k: &str) -> Option<&Node<'t>> {
         self.0.iter().find(|(key, _)| matches!(key, Node::String(s) if s == k)).map(|(_, v)| v)
     }
-    /// The keys in file order.
-    pub(crate) fn keys(&self) -> impl Iterator<Item = &Node<'t>> {
-        self.0.iter().map(|(k, _)| k)
+    /// The keys and values in file order.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&Node<'t>, &Node<'t>)> {
+        self.0.iter().map(|(k, v)| (k, v))
     }
 }
 
