@@ -1,8 +1,9 @@
 //! Parsing and validation of rules files and the daemon config.
 //!
-//! The text is parsed once by serde_yaml into a [`tree::Node`] (syntax errors come back
+//! The text is parsed once by serde_yaml into a compact tree (`load/tree.rs`: what a
+//! `serde_yaml::Value` holds, built by the same deserializer; syntax errors come back
 //! located, alias expansion is bounded by serde_yaml), then walked field by field so
-//! that every problem is reported at once, each located through [`Locator`]. Paths of
+//! that every problem is reported at once, each located through `Locator`. Paths of
 //! fields (`forwards[3].port`) are only spelled out when a problem is reported.
 
 mod tree;
