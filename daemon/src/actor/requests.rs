@@ -7,7 +7,7 @@
 use super::{accounts, err, Caller, Daemon, Failure, Op, LOG_FORWARDS, TRIM_AFTER_OBJECTS};
 use crate::notify;
 use crate::state::Record;
-use portd_rules::plan::{counter_name, PlacedForward};
+use portd_rules::plan::PlacedForward;
 use portd_rules::policy::{self, Account, Owner, Reason, UserSet};
 use portd_rules::proto::{Body, Command, ErrorKind, ForwardState, ForwardStatus, Status};
 use portd_rules::{parse_config, Forward, ListenerCheck, Plan};
@@ -336,12 +336,7 @@ impl Daemon {
         };
         let mut delta = delta.map_err(|c| (ErrorKind::Conflict, c.iter().map(|c| c.to_string()).collect()))?;
         for f in dropped {
-            delta.summary.removed.push(PlacedForward {
-                owner: owner.into(),
-                mark: f.mark.unwrap_or(mark),
-                counter: counter_name(owner, &f.name),
-                forward: f,
-            });
+            delta.summary.removed.push(PlacedForward { owner: owner.into(), mark: f.mark.unwrap_or(mark), forward: f });
         }
         if dry_run || (delta.is_empty() && record.is_empty() && current.uid == Some(account.uid)) {
             return Ok(with_warnings(Body::changed(delta.summary, dry_run), warnings));
@@ -578,7 +573,7 @@ impl Snapshot {
             .forwards
             .iter()
             .map(|p| {
-                let (packets, bytes) = obs.and_then(|o| o.counters.get(&p.counter).copied()).unwrap_or((0, 0));
+                let (packets, bytes) = obs.and_then(|o| o.counters.get(&p.comment()).copied()).unwrap_or((0, 0));
                 ForwardStatus {
                     owner: p.owner.clone(),
                     forward: p.forward.clone(),

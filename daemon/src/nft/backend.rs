@@ -3,14 +3,15 @@
 #![forbid(unsafe_code)]
 
 use super::batch::{Builder, Subject};
+use super::codec::Item;
 use super::conn::Conn;
 use super::error::{cstring, encode_err, BackendError};
 use super::expr::{build_rule, chain_obj, SetIds};
-use super::messages::{CounterMsg, SetMsg};
+use super::messages::SetMsg;
 use super::observed::Observed;
 use super::read::Reader;
 use nftnl::{MsgType, ProtoFamily, Table};
-use portd_rules::plan::{Delta, Element, Plan};
+use portd_rules::plan::{Delta, Plan};
 use std::ffi::CString;
 use std::fmt;
 use std::sync::Mutex;
@@ -48,31 +49,25 @@ impl Backend {
     }
 
     /// Replaces the table with `plan` in one netlink batch: add table, delete table, add
-    /// table, then counters, sets with their elements, chains and rules. The kernel applies
-    /// all of it or, on any error, none of it.
+    /// table, then sets with their elements, chains and rules. The kernel applies all of
+    /// it or, on any error, none of it.
     pub fn apply(&self, plan: &Plan) -> Result<(), BackendError> {
         let table = self.table_of(plan)?;
         let ids = SetIds::of(plan);
         let t = Table::new(&table, ProtoFamily::Inet);
-        // The plan keeps elements packed; the batch (and its error messages) borrow them decoded.
-        let decoded: Vec<Vec<Element>> = plan.sets.iter().map(|s| s.elements.iter().collect()).collect();
         let mut b = Builder::new(&table);
         // add table inet T; delete table inet T; add table inet T
         // (the first add makes the delete succeed when the table does not exist yet)
         b.push(&t, MsgType::Add, Subject::Table);
         b.push(&t, MsgType::Del, Subject::Table);
         b.push(&t, MsgType::Add, Subject::Table);
-        for name in &plan.counters {
-            // counter NAME { }
-            let c = CounterMsg::new(&table, name)?;
-            b.push(&c, MsgType::Add, Subject::Counter(name));
-        }
-        for ((i, set), decoded) in plan.sets.iter().enumerate().zip(&decoded) {
-            // map NAME { type KEY : DATA; flags interval; elements = { ... } }
+        for (i, set) in plan.sets.iter().enumerate() {
+            // map NAME { type KEY : DATA; size N; counter; flags interval; elements = { ... } }
             let id = ids.by_index(i);
             let s = SetMsg::new(&table, set, id)?;
             b.push(&s, MsgType::Add, Subject::Set(&set.name));
-            let elements: Vec<&Element> = decoded.iter().collect();
+            // encoded from the plan's packed elements, without decoding them
+            let elements: Vec<Item<'_>> = set.elements.refs().map(Item::Packed).collect();
             b.push_elements(set, Some(id), &elements, MsgType::Add)?;
         }
         let mut chains = Vec::with_capacity(plan.chains.len());
@@ -91,8 +86,8 @@ impl Backend {
         self.send(b)
     }
 
-    /// Changes the kernel from `old` to `new` element by element in one batch: add
-    /// counters, delete elements, add elements, delete counters. A structural change
+    /// Changes the kernel from `old` to `new` element by element in one batch: delete
+    /// elements, then add elements. A structural change
     /// (table, chains or set definitions) falls back to [`Backend::apply`] of `new`.
     pub fn apply_delta(&self, old: &Plan, new: &Plan) -> Result<(), BackendError> {
         let d = Plan::diff(old, new);
@@ -114,25 +109,16 @@ impl Backend {
         }
         let table = self.table_of(new)?;
         let mut b = Builder::new(&table);
-        for name in &d.add_counters {
-            // add counter inet T NAME
-            let c = CounterMsg::new(&table, name)?;
-            b.push(&c, MsgType::Add, Subject::Counter(name));
-        }
         for (list, op) in [(&d.del_elements, MsgType::Del), (&d.add_elements, MsgType::Add)] {
             if let Some((name, _)) = list.iter().find(|(n, _)| new.set(n).is_none()) {
                 return Err(encode_err(format!("change of set {name}"), "the plan has no such set"));
             }
             for set in &new.sets {
                 // delete element inet T SET { ... } / add element inet T SET { ... }
-                let elements: Vec<&Element> = list.iter().filter(|(n, _)| *n == set.name).map(|(_, e)| e).collect();
+                let elements: Vec<Item<'_>> =
+                    list.iter().filter(|(n, _)| *n == set.name).map(|(_, e)| Item::Decoded(e)).collect();
                 b.push_elements(set, None, &elements, op)?;
             }
-        }
-        for name in &d.del_counters {
-            // delete counter inet T NAME
-            let c = CounterMsg::new(&table, name)?;
-            b.push(&c, MsgType::Del, Subject::Counter(name));
         }
         self.send(b)
     }

@@ -4,9 +4,8 @@
 
 use super::consts as k;
 use portd_rules::model::{Family, Proto};
-use portd_rules::plan::{Element, FieldType, Set, Value};
+use portd_rules::plan::{Element, ElementRef, FieldRef, FieldType, Set, Value};
 use portd_rules::render;
-use std::ffi::CString;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// How nft(8) represents one key field: datatype, length in bytes, byte order.
@@ -19,7 +18,6 @@ pub(super) fn field_spec(t: FieldType) -> Option<(u32, u32, u32)> {
         FieldType::Ipv4Addr => (k::TYPE_IPADDR, 4, k::BYTEORDER_BIG),
         FieldType::Ipv6Addr => (k::TYPE_IP6ADDR, 16, k::BYTEORDER_BIG),
         FieldType::Mark => (k::TYPE_MARK, 4, k::BYTEORDER_HOST),
-        FieldType::Counter => return None,
     })
 }
 
@@ -41,8 +39,10 @@ pub struct SetShape {
     pub data_type: u32,
     /// Length of map data (0: none).
     pub data_len: u32,
-    /// Object type of object maps (0: none).
+    /// Object type of object maps (0: none; portd's sets are never object maps).
     pub obj_type: u32,
+    /// Every element carries a counter (the set's one expression is `counter`).
+    pub counter: bool,
 }
 
 impl SetShape {
@@ -64,12 +64,9 @@ impl SetShape {
                 shape.flags |= k::NFT_SET_CONCAT;
             }
         }
+        shape.counter = set.counter;
         match set.data {
             None => {}
-            Some(FieldType::Counter) => {
-                shape.flags |= k::NFT_SET_OBJECT;
-                shape.obj_type = k::NFT_OBJECT_COUNTER;
-            }
             Some(t) => {
                 let (id, len, _) = field_spec(t).ok_or_else(|| format!("{t:?} cannot be map data"))?;
                 shape.flags |= k::NFT_SET_MAP;
@@ -115,7 +112,6 @@ pub(super) struct EncodedElem {
     pub(super) key: Vec<u8>,
     pub(super) key_end: Option<Vec<u8>>,
     pub(super) data: Option<Vec<u8>>,
-    pub(super) objref: Option<CString>,
     /// `NFTA_SET_ELEM_USERDATA`: the comment as nft(8) writes it.
     pub(super) udata: Option<Vec<u8>>,
 }
@@ -127,7 +123,6 @@ impl EncodedElem {
         4 + value(self.key.len())
             + self.key_end.as_ref().map_or(0, |v| value(v.len()))
             + self.data.as_ref().map_or(0, |v| value(v.len()))
-            + self.objref.as_ref().map_or(0, |s| 4 + (s.as_bytes().len() + 1).div_ceil(4) * 4)
             + self.udata.as_ref().map_or(0, |u| 4 + u.len().div_ceil(4) * 4)
     }
 }
@@ -154,7 +149,6 @@ fn value_bytes(v: &Value) -> Result<Vec<u8>, String> {
             return Err(format!("network {} needs an interval set", render::value(v)))
         }
         Value::Mark(m) => m.to_ne_bytes().to_vec(),
-        Value::Counter(c) => return Err(format!("counter reference \"{c}\" can only be the data of a counter map")),
     })
 }
 
@@ -181,21 +175,117 @@ pub(super) fn encode_element(set: &Set, e: &Element, with_data: bool) -> Result<
             out.extend_from_slice(&b);
         }
     }
-    let mut out = EncodedElem { key, key_end: set.interval.then_some(end), data: None, objref: None, udata: None };
+    let mut out = EncodedElem { key, key_end: set.interval.then_some(end), data: None, udata: None };
     if !with_data {
         return Ok(out);
     }
     out.udata = e.comment.as_deref().map(comment_udata).transpose()?;
     match (set.data, &e.data) {
         (None, None) => {}
-        (Some(FieldType::Counter), Some(Value::Counter(name))) => {
-            out.objref = Some(CString::new(name.as_str()).map_err(|_| "the counter name has a NUL byte".to_string())?);
-        }
         (Some(_), Some(v)) => out.data = Some(value_bytes(v)?),
         (None, Some(_)) => return Err("it has data but the set is not a map".into()),
         (Some(_), None) => return Err("it has no data but the set is a map".into()),
     }
     Ok(out)
+}
+
+/// An element on its way into a batch: decoded (from a delta) or packed (from a plan's
+/// set, encoded without decoding it).
+#[derive(Clone, Copy)]
+pub(super) enum Item<'a> {
+    /// A decoded element.
+    Decoded(&'a Element),
+    /// An element in its packed form.
+    Packed(ElementRef<'a>),
+}
+
+impl Item<'_> {
+    /// Encodes the element for `set` (see [`encode_element`]).
+    pub(super) fn encode(&self, set: &Set, with_data: bool) -> Result<EncodedElem, String> {
+        match self {
+            Item::Decoded(e) => encode_element(set, e, with_data),
+            Item::Packed(r) => match encode_packed(set, r, with_data) {
+                Some(done) => done,
+                None => encode_element(set, &r.decode(), with_data),
+            },
+        }
+    }
+
+    /// The element as nft(8) writes it, for messages.
+    pub(super) fn text(&self) -> String {
+        match self {
+            Item::Decoded(e) => element_text(e),
+            Item::Packed(r) => element_text(&r.decode()),
+        }
+    }
+}
+
+/// The bytes of one borrowed field, as [`value_bytes`] writes its value; `None` for
+/// networks, which only [`encode_element`] encodes.
+fn field_bytes(f: FieldRef<'_>, out: &mut Vec<u8>) -> Option<Result<(), String>> {
+    match f {
+        FieldRef::NfProto(Family::Ipv4) => out.push(k::NFPROTO_IPV4),
+        FieldRef::NfProto(Family::Ipv6) => out.push(k::NFPROTO_IPV6),
+        FieldRef::InetProto(Proto::Tcp) => out.push(libc::IPPROTO_TCP as u8),
+        FieldRef::InetProto(Proto::Udp) => out.push(libc::IPPROTO_UDP as u8),
+        FieldRef::InetService(p) => out.extend_from_slice(&p.to_be_bytes()),
+        FieldRef::Mark(m) => out.extend_from_slice(&m.to_ne_bytes()),
+        FieldRef::Ifname(name) => {
+            if name.len() > 15 {
+                let name = String::from_utf8_lossy(name);
+                return Some(Err(format!("interface name `{}` is longer than 15 bytes", name.escape_debug())));
+            }
+            out.extend_from_slice(name);
+            out.resize(out.len() + 16 - name.len(), 0);
+        }
+        FieldRef::Ipv4Net(..) | FieldRef::Ipv6Net(..) => return None,
+    }
+    Some(Ok(()))
+}
+
+/// [`encode_element`] of a packed element, read in place; `None` when it takes the
+/// general path (interval sets, networks, names with a NUL byte).
+fn encode_packed(set: &Set, r: &ElementRef<'_>, with_data: bool) -> Option<Result<EncodedElem, String>> {
+    if set.interval {
+        return None;
+    }
+    let parts = r.parts()?;
+    let fields: Vec<FieldRef<'_>> = parts.key.iter().flatten().copied().collect();
+    if fields.len() != set.key.len() {
+        return Some(Err(format!("it has {} key fields, the set's key has {}", fields.len(), set.key.len())));
+    }
+    let concat = set.key.len() > 1;
+    let mut key = Vec::with_capacity(16);
+    for f in fields {
+        let start = key.len();
+        if let Err(e) = field_bytes(f, &mut key)? {
+            return Some(Err(e));
+        }
+        if concat {
+            key.resize(start + reg_len((key.len() - start) as u32) as usize, 0);
+        }
+    }
+    let mut out = EncodedElem { key, key_end: None, data: None, udata: None };
+    if !with_data {
+        return Some(Ok(out));
+    }
+    out.udata = match parts.comment.map(comment_udata).transpose() {
+        Ok(u) => u,
+        Err(e) => return Some(Err(e)),
+    };
+    match (set.data, parts.data) {
+        (None, None) => {}
+        (Some(_), Some(f)) => {
+            let mut data = Vec::with_capacity(4);
+            if let Err(e) = field_bytes(f, &mut data)? {
+                return Some(Err(e));
+            }
+            out.data = Some(data);
+        }
+        (None, Some(_)) => return Some(Err("it has data but the set is not a map".into())),
+        (Some(_), None) => return Some(Err("it has no data but the set is a map".into())),
+    }
+    Some(Ok(out))
 }
 
 /// Longest element comment nft(8) accepts (NFT_USERDATA_MAXLEN is 256 bytes, nft
@@ -303,9 +393,8 @@ pub(super) fn decode_element(set: &Set, raw: &RawElem) -> Result<Element, String
         return Err(format!("the key has {} bytes, the set's type needs {at}", raw.key.len()));
     }
     let data = match set.data {
-        None if raw.data.is_none() && raw.objref.is_none() => None,
+        None if raw.data.is_none() => None,
         None => return Err("it has data but the plan's set is not a map".into()),
-        Some(FieldType::Counter) => Some(Value::Counter(raw.objref.clone().ok_or("it refers to no counter")?)),
         Some(t) => Some(decode_value(t, raw.data.as_deref().ok_or("it has no data")?)?),
     };
     let comment = raw.udata.as_deref().map(udata_comment).transpose()?.flatten();
@@ -352,8 +441,9 @@ pub(super) struct RawElem {
     pub(super) key: Vec<u8>,
     pub(super) key_end: Option<Vec<u8>>,
     pub(super) data: Option<Vec<u8>>,
-    pub(super) objref: Option<String>,
     pub(super) udata: Option<Vec<u8>>,
+    /// Packets and bytes of its counter, in a set whose elements count.
+    pub(super) counter: Option<(u64, u64)>,
 }
 
 #[cfg(test)]
@@ -369,14 +459,16 @@ mod tests {
         let shape = |n| SetShape::of(p.set(n).expect("set")).expect("shape");
         // values from `nft --debug=netlink` of the rendered plan
         assert_eq!(
+            shape(names::TO_FAMILY),
+            SetShape { flags: 8, key_type: 0x230d, key_len: 12, data_type: 13, data_len: 2, ..Default::default() }
+        );
+        // inet_proto . inet_service: two fields, each in a 4-byte register
+        assert_eq!(
             shape(names::TO),
-            SetShape { flags: 8, key_type: 0x230d, key_len: 12, data_type: 13, data_len: 2, obj_type: 0 }
+            SetShape { flags: 8, key_type: 0x30d, key_len: 8, data_type: 13, data_len: 2, ..Default::default() }
         );
         assert_eq!(shape(names::MARK).data_type, 19);
-        assert_eq!(
-            shape(names::COUNTER),
-            SetShape { flags: 0x40, key_type: 0x230d, key_len: 12, obj_type: 1, ..Default::default() }
-        );
+        assert_eq!(shape(names::COUNT), SetShape { key_type: 0x30d, key_len: 8, counter: true, ..Default::default() });
         assert_eq!(shape(names::IFACE).key_type, 0x8c369);
         assert_eq!(shape(names::IFACE).key_len, 28);
         assert_eq!(shape(names::SRC4), SetShape { flags: 0x84, key_type: 0xc347, key_len: 12, ..Default::default() });
@@ -386,7 +478,7 @@ mod tests {
     #[test]
     fn udata_is_what_nft_sends() {
         let p = plan();
-        let to = set_udata(p.set(names::TO).expect("set"));
+        let to = set_udata(p.set(names::TO_FAMILY).expect("set"));
         assert_eq!(to, [0, 4, 0, 0, 0, 0, 1, 4, 2, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0, 6, 4, 0, 0, 0, 0]);
         let local = set_udata(p.set(names::NOLOCAL).expect("set"));
         assert_eq!(local, [0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0]);
@@ -398,13 +490,8 @@ mod tests {
         for set in &p.sets {
             for e in set.elements.iter() {
                 let enc = encode_element(set, &e, true).expect("encodes");
-                let raw = RawElem {
-                    key: enc.key,
-                    key_end: enc.key_end,
-                    data: enc.data,
-                    objref: enc.objref.map(|c| c.to_string_lossy().into_owned()),
-                    udata: enc.udata,
-                };
+                let raw =
+                    RawElem { key: enc.key, key_end: enc.key_end, data: enc.data, udata: enc.udata, counter: None };
                 assert_eq!(decode_element(set, &raw).expect("decodes"), normalize(&e), "set {}", set.name);
             }
         }
@@ -414,6 +501,27 @@ mod tests {
         // tcp . 80 . 203.0.113.0 - tcp . 80 . 203.0.113.255, each field in a 4-byte register
         assert_eq!(enc.key, [6, 0, 0, 0, 0, 80, 0, 0, 203, 0, 113, 0]);
         assert_eq!(enc.key_end, Some(vec![6, 0, 0, 0, 0, 80, 0, 0, 203, 0, 113, 255]));
+    }
+
+    #[test]
+    fn packed_elements_encode_like_decoded_ones() {
+        let p = plan();
+        let mut fast = 0;
+        for set in &p.sets {
+            for r in set.elements.refs() {
+                let e = r.decode();
+                let slow = encode_element(set, &e, true).expect("encodes");
+                let packed = Item::Packed(r).encode(set, true).expect("encodes");
+                assert_eq!(
+                    (packed.key, packed.key_end, packed.data, packed.udata),
+                    (slow.key, slow.key_end, slow.data, slow.udata),
+                    "set {}",
+                    set.name
+                );
+                fast += usize::from(encode_packed(set, &r, true).is_some());
+            }
+        }
+        assert!(fast >= 6, "elements of hash sets take the packed path: {fast}");
     }
 
     #[test]
