@@ -176,7 +176,20 @@ fn spawn_drift_listener(table: &str, tx: std::sync::mpsc::Sender<Msg>) -> anyhow
     Ok(())
 }
 
+/// One malloc arena for every thread. Requests are parsed on blocking threads and
+/// applied on the actor's: with an arena per thread, the memory a large file took stays
+/// in its parsing thread's arena, and a daemon holding 10,000 forwards sat at 32 MiB
+/// after an apply instead of 16 MiB. portd's threads rarely allocate at the same time.
+fn one_malloc_arena() {
+    // SAFETY: mallopt only sets an allocator parameter; it is called before any other
+    // thread exists. A refusal (0) leaves glibc's default, which is only less frugal.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    one_malloc_arena();
     let args = Args::parse();
     if args.remove_table {
         return remove_table_command(&args);

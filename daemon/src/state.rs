@@ -36,26 +36,87 @@ const JOURNAL_MIN_LIMIT: u64 = 64 * 1024;
 pub struct Persisted {
     /// Owner (`user:NAME`) -> the uid that applied the set and its forwards.
     pub sets: BTreeMap<String, UserSet>,
-    /// Where each forward was last written, as `path:line`, to locate problems.
-    pub origins: BTreeMap<(String, String), String>,
     /// Entries that could not be read at all (located), left out of `sets`.
     pub unreadable: Vec<String>,
+    /// The files as they were read, to locate a forward that validation finds wrong.
+    sources: Vec<(PathBuf, Vec<u8>)>,
+}
+
+impl Persisted {
+    /// Where the forward `name` of `owner` was last written, as `path:line` (`state` when
+    /// it cannot be found). Looked up only for the forwards that need it, so a start
+    /// builds no location for each of 10,000 good ones.
+    pub fn origin(&self, owner: &str, name: &str) -> String {
+        let [(spath, snapshot), (jpath, journal)] = self.sources.as_slice() else { return "state".into() };
+        // the journal's last record that put it wins
+        let lines: Vec<&[u8]> = journal.split(|b| *b == b'\n').collect();
+        for (i, raw) in lines.iter().enumerate().rev() {
+            let Ok(r) = serde_json::from_slice::<Record>(raw) else { continue };
+            if r.owner == owner && r.put.iter().any(|f| f.name == name) {
+                return format!("{}:{}", jpath.display(), i + 1);
+            }
+        }
+        let text = String::from_utf8_lossy(snapshot);
+        match snapshot_lines(&text).get(&(owner.to_string(), name.to_string())) {
+            Some(line) => format!("{}:{line}", spath.display()),
+            None => "state".into(),
+        }
+    }
 }
 
 /// One set in the snapshot: `{"uid": N, "forwards": [...]}`, or the bare list of the
-/// first format (no uid; bound to the name's uid at the next start).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum SnapshotSet {
-    Bound { uid: Option<u32>, forwards: Vec<serde_json::Value> },
-    Bare(Vec<serde_json::Value>),
+/// first format (no uid; bound to the name's uid at the next start). The forwards stay
+/// unparsed text until each is read on its own, so one bad entry spoils only itself.
+struct SnapshotSet<'a> {
+    uid: Option<u32>,
+    forwards: Vec<&'a serde_json::value::RawValue>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for SnapshotSet<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = SnapshotSet<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("{\"uid\": N, \"forwards\": [...]} or a list of forwards")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut forwards = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(f) = seq.next_element()? {
+                    forwards.push(f);
+                }
+                Ok(SnapshotSet { uid: None, forwards })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut set = SnapshotSet { uid: None, forwards: Vec::new() };
+                while let Some(key) = map.next_key::<&str>()? {
+                    match key {
+                        "uid" => set.uid = map.next_value()?,
+                        "forwards" => set.forwards = map.next_value()?,
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(set)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
-struct Snapshot {
+struct Snapshot<'a> {
     #[allow(dead_code)]
     version: u32,
-    sets: BTreeMap<String, SnapshotSet>,
+    #[serde(borrow)]
+    sets: BTreeMap<String, SnapshotSet<'a>>,
+}
+
+/// The name of a forward that cannot be read whole, for its message.
+#[derive(Deserialize)]
+struct NameOnly {
+    name: String,
 }
 
 /// One change of one owner's set: forwards added or replaced (by name), names removed.
@@ -231,36 +292,33 @@ impl Store {
         let path = self.path();
         let mut p = Persisted::default();
         let dir = self.take_dir()?;
-        if let Some(bytes) = dir.read(STATE_FILE).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))? {
-            {
-                self.snapshot_len = bytes.len() as u64;
-                let snap: Snapshot = serde_json::from_slice(&bytes).map_err(|e| {
-                    anyhow::anyhow!("{}: unreadable state ({e}); move it aside to start empty", path.display())
-                })?;
-                let lines = snapshot_lines(&String::from_utf8_lossy(&bytes));
-                for (owner, set) in snap.sets {
-                    let (uid, values) = match set {
-                        SnapshotSet::Bound { uid, forwards } => (uid, forwards),
-                        SnapshotSet::Bare(forwards) => (None, forwards),
-                    };
-                    let mut forwards = Vec::with_capacity(values.len());
-                    for (i, v) in values.into_iter().enumerate() {
-                        let name = v.get("name").and_then(|n| n.as_str()).unwrap_or("").to_string();
-                        let line = lines.get(&(owner.clone(), name.clone())).copied().unwrap_or(1);
-                        match serde_json::from_value::<Forward>(v) {
-                            Ok(f) => {
-                                p.origins.insert((owner.clone(), f.name.clone()), format!("{}:{line}", path.display()));
-                                forwards.push(f);
-                            }
-                            Err(e) => p.unreadable.push(format!(
+        let snapshot = dir.read(STATE_FILE).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if let Some(bytes) = &snapshot {
+            self.snapshot_len = bytes.len() as u64;
+            let unreadable = |e: &dyn std::fmt::Display| {
+                anyhow::anyhow!("{}: unreadable state ({e}); move it aside to start empty", path.display())
+            };
+            let text = std::str::from_utf8(bytes).map_err(|e| unreadable(&e))?;
+            let snap: Snapshot<'_> = serde_json::from_str(text).map_err(|e| unreadable(&e))?;
+            for (owner, set) in snap.sets {
+                let mut forwards = Vec::with_capacity(set.forwards.len());
+                for (i, raw) in set.forwards.into_iter().enumerate() {
+                    match serde_json::from_str::<Forward>(raw.get()) {
+                        Ok(f) => forwards.push(f),
+                        Err(e) => {
+                            // the line the entry starts on: its offset in the text
+                            let at = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+                            let line = text.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
+                            let name = serde_json::from_str::<NameOnly>(raw.get()).map(|n| n.name).unwrap_or_default();
+                            p.unreadable.push(format!(
                                 "{}:{line}: {owner} forwards[{i}] ({}): cannot be read: {e}",
                                 path.display(),
                                 name.escape_debug()
-                            )),
+                            ));
                         }
                     }
-                    p.sets.insert(owner, UserSet { uid, forwards });
                 }
+                p.sets.insert(owner, UserSet { uid: set.uid, forwards });
             }
         }
         if !p.unreadable.is_empty() {
@@ -277,22 +335,15 @@ impl Store {
             }
         }
         let jpath = self.journal_path();
-        let replayed = match dir.read(JOURNAL_FILE).map_err(|e| anyhow::anyhow!("{}: {e}", jpath.display()))? {
+        let journal = dir.read(JOURNAL_FILE).map_err(|e| anyhow::anyhow!("{}: {e}", jpath.display()))?;
+        let replayed = match &journal {
             Some(bytes) => {
                 let lines: Vec<&[u8]> = bytes.split_inclusive(|b| *b == b'\n').collect();
                 for (i, raw) in lines.iter().enumerate() {
                     let last = i + 1 == lines.len();
                     let record = raw.strip_suffix(b"\n").map(serde_json::from_slice::<Record>);
                     match record {
-                        Some(Ok(r)) => {
-                            for f in &r.put {
-                                p.origins.insert(
-                                    (r.owner.clone(), f.name.clone()),
-                                    format!("{}:{}", jpath.display(), i + 1),
-                                );
-                            }
-                            r.apply(&mut p.sets)
-                        }
+                        Some(Ok(r)) => r.apply(&mut p.sets),
                         // The last line of a write that a crash interrupted (cut short, or
                         // with blocks the filesystem never filled): it was never acknowledged.
                         None | Some(Err(_)) if last => {
@@ -319,6 +370,7 @@ impl Store {
             }
             None => false,
         };
+        p.sources = vec![(path, snapshot.unwrap_or_default()), (jpath, journal.unwrap_or_default())];
         let append = dir.append(JOURNAL_FILE, 0o640);
         self.handle = Some(dir);
         if replayed || !p.unreadable.is_empty() {
@@ -406,7 +458,7 @@ mod tests {
         store.save(&sets).expect("save");
         let loaded = store.load().expect("load");
         assert_eq!(loaded.sets, sets);
-        let at = loaded.origins.get(&("user:web".to_string(), "http".to_string())).expect("located");
+        let at = loaded.origin("user:web", "http");
         assert!(at.ends_with("sets.json:3"), "{at}");
         let names: Vec<_> = fs::read_dir(&dir).expect("dir").map(|e| e.expect("e").file_name()).collect();
         let mut names: Vec<String> = names.into_iter().map(|n| n.to_string_lossy().into_owned()).collect();

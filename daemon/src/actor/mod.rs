@@ -172,7 +172,7 @@ const LOG_FORWARDS: usize = 20;
 const TRIM_AFTER_OBJECTS: usize = 1000;
 /// How long after such a request the heap is trimmed: by then the answer has been sent
 /// and the connection's buffers, the parsed file and the delta have all been freed.
-const TRIM_DELAY: Duration = Duration::from_millis(100);
+pub(super) const TRIM_DELAY: Duration = Duration::from_millis(100);
 
 /// Returns freed heap to the system; glibc keeps it otherwise (freed pages between live
 /// allocations are only released by malloc_trim, in every arena).
@@ -195,7 +195,7 @@ impl Daemon {
     ) -> anyhow::Result<Daemon> {
         let t0 = Instant::now();
         let mut store = Store::new(std::path::Path::new(&config.settings.state_dir));
-        let persisted = store.load()?;
+        let mut persisted = store.load()?;
         let t_load = t0.elapsed();
         for p in &persisted.unreadable {
             tracing::error!("{p}; left out (a copy of the file is kept next to it as sets.json.unreadable)");
@@ -205,7 +205,7 @@ impl Daemon {
             plan: Plan::empty(&config.settings.table, config.settings.mark),
             config,
             overrides,
-            users: persisted.sets,
+            users: std::mem::take(&mut persisted.sets),
             invalid: BTreeMap::new(),
             accounts: BTreeMap::new(),
             listeners: None,
@@ -222,7 +222,8 @@ impl Daemon {
             drift_since: None,
         };
         d.publish();
-        d.validate_loaded(&persisted.origins);
+        d.validate_loaded(&persisted);
+        drop(persisted);
         d.accounts = accounts::lookup_owners(d.users.keys());
         d.bind_unbound_sets();
         d.refresh_listeners();
@@ -263,23 +264,27 @@ impl Daemon {
 
     /// Checks every persisted forward like a file from a user: owner, name, ranges,
     /// interfaces, sources, duplicate names. Problems suspend the forward, located.
-    fn validate_loaded(&mut self, origins: &BTreeMap<(String, String), String>) {
+    fn validate_loaded(&mut self, persisted: &crate::state::Persisted) {
         for (owner, set) in &self.users {
             let owner_ok = matches!(policy::Owner::parse(owner), Ok(policy::Owner::User(_)));
             let mut seen = std::collections::HashSet::new();
             for f in &set.forwards {
-                let at = origins.get(&(owner.clone(), f.name.clone())).map_or("state".to_string(), |o| o.clone());
                 let mut problems: Vec<String> = policy::check_definition(f)
                     .into_iter()
-                    .map(|(field, m)| format!("{at}: {owner} forward `{}`: {field}: {m}", f.name.escape_debug()))
+                    .map(|(field, m)| format!("{owner} forward `{}`: {field}: {m}", f.name.escape_debug()))
                     .collect();
                 if !owner_ok {
-                    problems.push(format!("{at}: `{}` is not a user owner (`user:NAME`)", owner.escape_debug()));
+                    problems.push(format!("`{}` is not a user owner (`user:NAME`)", owner.escape_debug()));
                 }
                 if !seen.insert(f.name.as_str()) {
-                    problems.push(format!("{at}: {owner}: duplicate name `{}`", f.name.escape_debug()));
+                    problems.push(format!("{owner}: duplicate name `{}`", f.name.escape_debug()));
                 }
                 if !problems.is_empty() {
+                    // located only now: a start builds no location for the forwards that are fine
+                    let at = persisted.origin(owner, &f.name);
+                    for p in problems.iter_mut() {
+                        *p = format!("{at}: {p}");
+                    }
                     for p in &problems {
                         tracing::error!(owner = %owner, uid = set.uid, forward = %f.name.escape_debug(), action = "suspend", "persisted forward is invalid and stays suspended: {p}");
                     }

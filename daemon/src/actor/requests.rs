@@ -338,6 +338,11 @@ impl Daemon {
         for f in dropped {
             delta.summary.removed.push(PlacedForward { owner: owner.into(), mark: f.mark.unwrap_or(mark), forward: f });
         }
+        // A large file leaves freed memory behind even when nothing changes.
+        if fresh.len() > TRIM_AFTER_OBJECTS {
+            // (the field, not trim_soon(): `current` still borrows the sets)
+            self.trim_at.get_or_insert_with(|| std::time::Instant::now() + super::TRIM_DELAY);
+        }
         if dry_run || (delta.is_empty() && record.is_empty() && current.uid == Some(account.uid)) {
             return Ok(with_warnings(Body::changed(delta.summary, dry_run), warnings));
         }
