@@ -26,7 +26,7 @@ pub fn table_name(config: &Path, table: Option<&str>) -> anyhow::Result<String> 
 pub fn remove(table: &str) -> anyhow::Result<bool> {
     let backend = Backend::new(table);
     let hint = || format!("reading table inet {table} (needs root or CAP_NET_ADMIN)");
-    let present = backend.read(&Plan::empty(table)).with_context(hint)?.is_some();
+    let present = backend.read(&Plan::empty(table, 0)).with_context(hint)?.is_some();
     if present {
         backend.remove().with_context(|| format!("removing table inet {table} (needs root or CAP_NET_ADMIN)"))?;
     }

@@ -135,8 +135,9 @@ fn seed() -> Plan {
     plan_of(1, vec![http, https])
 }
 
+/// The key of a forward's packets and bytes in [`Observed::counters`]: its elements' comment.
 fn counter_of(plan: &Plan, name: &str) -> String {
-    plan.forwards.iter().find(|f| f.forward.name == name).expect("forward").counter.clone()
+    plan.forwards.iter().find(|f| f.forward.name == name).expect("forward").comment()
 }
 
 /// `nft list` text without layout and with element lists sorted.
@@ -156,7 +157,8 @@ fn canonical(listing: &str) -> String {
     out + rest
 }
 
-/// Counter names and per-set element counts according to `nft -j list table inet portd`.
+/// Named counters (portd makes none) and per-set element counts according to
+/// `nft -j list table inet portd`.
 fn nft_json_summary(net: &Net) -> (Vec<String>, Vec<(String, usize)>) {
     let v: serde_json::Value =
         serde_json::from_str(&net.nft(&["-j", "list", "table", "inet", "portd"])).expect("nft json");
@@ -178,7 +180,7 @@ fn nft_json_summary(net: &Net) -> (Vec<String>, Vec<(String, usize)>) {
 fn plan_summary(plan: &Plan) -> (Vec<String>, Vec<(String, usize)>) {
     let mut sets: Vec<(String, usize)> = plan.sets.iter().map(|s| (s.name.clone(), s.elements.len())).collect();
     sets.sort();
-    (plan.counters.iter().cloned().collect(), sets)
+    (Vec::new(), sets)
 }
 
 /// A forward with every option: UDP and TCP, sources, interfaces, protect, its own mark.
@@ -302,7 +304,7 @@ fn mark_is_set_on_redirected_packets() {
 #[test]
 fn read_and_nft_agree_with_every_applied_plan() {
     let net = Net::new("agree");
-    let empty = Plan::empty("portd");
+    let empty = Plan::empty("portd", 1);
     assert!(net.read(&empty).is_none(), "no table before the first apply");
     for plan in [empty.clone(), seed(), everything(), seed(), empty.clone()] {
         net.apply_checked(&plan);
@@ -341,34 +343,33 @@ fn rejected_plan_leaves_previous_state_byte_for_byte() {
     let before = net.nft(&["list", "table", "inet", "portd"]);
     let key = vec![Value::NfProto(Family::Ipv4), Value::InetProto(Proto::Tcp), Value::InetService(9999)];
 
-    let mut missing_counter = good.clone();
-    let set = missing_counter.sets.iter_mut().find(|s| s.name == names::COUNTER).expect("counter map");
-    set.elements.insert(Element {
-        key: key.clone(),
-        data: Some(Value::Counter("no_such_counter".into())),
-        comment: None,
-    });
-    let err = net.apply(&missing_counter).expect_err("a reference to a missing counter must be refused");
-    assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
-    let text = err.to_string();
-    assert!(text.contains("set fwd_counter, element ipv4 . tcp . 9999 : \"no_such_counter\""), "{text}");
-    assert_eq!(net.nft(&["list", "table", "inet", "portd"]), before, "full apply");
-
-    let err = net.apply_delta(&good, &missing_counter).expect_err("same change as a delta");
-    assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
-    assert_eq!(net.nft(&["list", "table", "inet", "portd"]), before, "delta");
+    // The sets were created with room for 1024 elements: a change beyond that is
+    // refused whole (the daemon then replaces the table with larger sets).
+    let mut fws: Vec<Forward> = seed().forwards.iter().map(|p| p.forward.clone()).collect();
+    fws.extend(many(1100, Vec::new()));
+    let too_many = plan_of(1, fws);
+    assert!(!Plan::diff(&good, &too_many).structural, "more elements alone are no structural change");
+    let err = net.apply_delta(&good, &too_many).expect_err("more elements than the set's size must be refused");
+    assert_eq!(err.errno(), Some(libc::ENFILE), "{err}");
+    assert_eq!(net.nft(&["list", "table", "inet", "portd"]), before, "delta beyond the size");
+    net.apply_checked(&too_many);
+    net.apply_checked(&good);
+    let before = net.nft(&["list", "table", "inet", "portd"]);
 
     let mut wrong_type = good.clone();
-    let set = wrong_type.sets.iter_mut().find(|s| s.name == names::TO).expect("to map");
+    let set = wrong_type.sets.iter_mut().find(|s| s.name == names::TO_FAMILY).expect("to map");
     set.elements.insert(Element { key, data: Some(Value::Mark(1)), comment: None });
     let err = net.apply(&wrong_type).expect_err("a mark in a port map must be refused");
     assert_eq!(err.errno(), Some(libc::EINVAL), "{err}");
-    assert!(err.to_string().contains("set fwd_to, element ipv4 . tcp . 9999"), "{err}");
+    assert!(err.to_string().contains("set fwd_to_family, element ipv4 . tcp . 9999"), "{err}");
     assert_eq!(net.nft(&["list", "table", "inet", "portd"]), before, "type mismatch");
+    let err = net.apply_delta(&good, &wrong_type).expect_err("same change as a delta");
+    assert_eq!(err.errno(), Some(libc::EINVAL), "{err}");
+    assert_eq!(net.nft(&["list", "table", "inet", "portd"]), before, "delta");
 
     let seen = net.read(&good).expect("table");
     assert!(seen.matches(&good), "{:#?}", seen.differences(&good));
-    assert!(!seen.matches(&missing_counter), "read() notices the difference");
+    assert!(!seen.matches(&wrong_type), "read() notices the difference");
 }
 
 fn many(n: u16, extra: Vec<Forward>) -> Vec<Forward> {
@@ -396,7 +397,7 @@ fn delta_changes_one_forward_of_a_thousand_in_place() {
     assert!(seen.matches(&new), "{:#?}", seen.differences(&new));
     assert!(seen.counters[&counter_of(&new, "http")].0 > 0, "counters survive a delta: the table was not replaced");
 
-    // adding and removing forwards adds and deletes their counters too
+    // adding and removing forwards adds and deletes their counted elements too
     let mut fws = many(1000, vec![forward("http", 80, 8080), forward("extra", 81, 8081)]);
     fws.remove(1);
     let newer = plan_of(1, fws);
@@ -440,16 +441,12 @@ fn edits_by_other_programs_are_noticed() {
     let plan = seed();
     net.apply_checked(&plan);
     let edits: [&[&str]; 4] = [
-        &["add", "element", "inet", "portd", "fwd_to", "{ ipv4 . tcp . 1 : 2 }"],
-        &["delete", "element", "inet", "portd", "fwd_mark", "{ ipv6 . tcp . 443 }"],
+        &["add", "element", "inet", "portd", "fwd_to", "{ tcp . 1 : 2 }"],
+        &["delete", "element", "inet", "portd", "fwd_count", "{ tcp . 443 }"],
         &["flush", "chain", "inet", "portd", "input"],
-        &["delete", "counter", "inet", "portd", &counter_of(&plan, "https")],
+        &["add", "element", "inet", "portd", "fwd_mark", "{ ipv6 . tcp . 443 : 0x5 }"],
     ];
     for edit in edits {
-        if edit[0] == "delete" && edit[1] == "counter" {
-            // a counter still referenced by map elements cannot go; drop those first
-            net.nft(&["delete", "element", "inet", "portd", "fwd_counter", "{ ipv4 . tcp . 443, ipv6 . tcp . 443 }"]);
-        }
         net.nft(edit);
         let seen = net.read(&plan).expect("table");
         assert!(!seen.matches(&plan), "`nft {}` went unnoticed", edit.join(" "));
@@ -487,9 +484,10 @@ fn one_backend_keeps_working_after_refusals_and_removals() {
     let base = plan_of(1, many(100, vec![]));
     let with_http = plan_of(1, many(100, vec![forward("http", 80, 8080)]));
     let mut refused = with_http.clone();
-    let set = refused.sets.iter_mut().find(|s| s.name == names::COUNTER).expect("counter map");
+    let set = refused.sets.iter_mut().find(|s| s.name == names::MARK).expect("mark map");
     let key = vec![Value::NfProto(Family::Ipv4), Value::InetProto(Proto::Tcp), Value::InetService(9999)];
-    set.elements.insert(Element { key, data: Some(Value::Counter("no_such_counter".into())), comment: None });
+    // a 2-byte port where the map holds 4-byte marks: the kernel refuses the element
+    set.elements.insert(Element { key, data: Some(Value::InetService(9999)), comment: None });
     let (b0, w0, r0) = (base.clone(), with_http.clone(), refused.clone());
     let outcomes = in_netns(&s, move || {
         let backend = Backend::new(&b0.table);
@@ -499,8 +497,8 @@ fn one_backend_keeps_working_after_refusals_and_removals() {
             // add http, refuse a bad change, remove http: each on the same socket
             out.push(backend.apply_delta(&b0, &w0).map_err(|e| format!("add {round}: {e}")));
             match backend.apply_delta(&w0, &r0) {
-                Ok(()) => out.push(Err(format!("round {round}: a missing counter was accepted"))),
-                Err(e) if e.errno() == Some(libc::ENOENT) => {}
+                Ok(()) => out.push(Err(format!("round {round}: a malformed mark was accepted"))),
+                Err(e) if e.errno() == Some(libc::EINVAL) => {}
                 Err(e) => out.push(Err(format!("round {round}: refused with the wrong error: {e}"))),
             }
             out.push(backend.apply_delta(&w0, &b0).map_err(|e| format!("remove {round}: {e}")));

@@ -1,10 +1,18 @@
 //! A [`Plan`] as nft(8) text, accepted by `nft -f` and `nft -c -f`.
 
 use crate::model::{Family, Proto};
-use crate::plan::{ChainType, FieldType, Hook, Plan, Rule, Set, Value};
+use crate::plan::{ChainType, FieldType, Hook, KeyExpr, Plan, Rule, Set, Value};
 use std::fmt::Write;
 
 const KEY: &str = "meta nfproto . meta l4proto . th dport";
+const PORT_KEY: &str = "meta l4proto . th dport";
+
+fn key_text(k: KeyExpr) -> &'static str {
+    match k {
+        KeyExpr::Family => KEY,
+        KeyExpr::Port => PORT_KEY,
+    }
+}
 
 fn type_name(t: FieldType) -> &'static str {
     match t {
@@ -15,7 +23,6 @@ fn type_name(t: FieldType) -> &'static str {
         FieldType::Ipv4Addr => "ipv4_addr",
         FieldType::Ipv6Addr => "ipv6_addr",
         FieldType::Mark => "mark",
-        FieldType::Counter => "counter",
     }
 }
 
@@ -31,7 +38,6 @@ pub fn value(v: &Value) -> String {
         Value::Ipv6Net(n) if n.prefix_len() == 128 => n.addr().to_string(),
         Value::Ipv6Net(n) => n.to_string(),
         Value::Mark(m) => format!("{m:#010x}"),
-        Value::Counter(c) => format!("\"{c}\""),
     }
 }
 
@@ -50,15 +56,24 @@ pub fn rule(r: &Rule) -> String {
             };
             format!("meta nfproto {f} {KEY} @{keys} meta l4proto . th dport . {a} saddr != @{allowed} return")
         }
-        Rule::Redirect { proto, map } => {
+        Rule::Redirect { proto, map, key } => {
             let p = match proto {
                 Proto::Tcp => "tcp",
                 Proto::Udp => "udp",
             };
-            format!("meta l4proto {p} redirect to {KEY} map @{map}")
+            format!("meta l4proto {p} redirect to {} map @{map}", key_text(*key))
         }
         Rule::SetMark { map } => format!("meta mark set {KEY} map @{map}"),
-        Rule::CountNamed { map } => format!("counter name {KEY} map @{map}"),
+        Rule::Count { set, key, mark, then_return } => {
+            let mut s = format!("{} @{set}", key_text(*key));
+            if *mark != 0 {
+                let _ = write!(s, " meta mark set {mark:#010x}");
+            }
+            if *then_return {
+                s.push_str(" return");
+            }
+            s
+        }
         Rule::DropUnredirected { set } => {
             format!("ct state new iifname != \"lo\" ct status & dnat == 0 {KEY} @{set} drop")
         }
@@ -77,6 +92,12 @@ fn set_text(out: &mut String, s: &Set) {
     out.push('\n');
     if s.interval {
         out.push_str("\t\tflags interval\n");
+    }
+    if let Some(size) = s.kernel_size() {
+        let _ = writeln!(out, "\t\tsize {size}");
+    }
+    if s.counter {
+        out.push_str("\t\tcounter\n");
     }
     if !s.elements.is_empty() {
         out.push_str("\t\telements = {");
@@ -109,12 +130,6 @@ fn priority(hook: Hook, kind: ChainType, p: i32) -> String {
 pub fn render(plan: &Plan) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "table inet {} {{", plan.table);
-    if !plan.counters.is_empty() {
-        out.push_str("\t# one counter per forward\n");
-    }
-    for c in &plan.counters {
-        let _ = writeln!(out, "\tcounter {c} {{\n\t}}\n");
-    }
     for s in &plan.sets {
         set_text(&mut out, s);
     }

@@ -200,7 +200,7 @@ impl Daemon {
         }
         let mut d = Daemon {
             config_path,
-            plan: Plan::empty(&config.settings.table),
+            plan: Plan::empty(&config.settings.table, config.settings.mark),
             config,
             overrides,
             users: persisted.sets,

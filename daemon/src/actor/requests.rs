@@ -7,7 +7,7 @@
 use super::{accounts, err, Caller, Daemon, Failure, Op, LOG_FORWARDS, TRIM_AFTER_OBJECTS};
 use crate::notify;
 use crate::state::Record;
-use portd_rules::plan::{counter_name, PlacedForward};
+use portd_rules::plan::PlacedForward;
 use portd_rules::policy::{self, Account, Owner, Reason, UserSet};
 use portd_rules::proto::{Body, Command, ErrorKind, ForwardState, ForwardStatus, Status};
 use portd_rules::{parse_config, Forward, ListenerCheck, Plan};
@@ -339,7 +339,6 @@ impl Daemon {
             delta.summary.removed.push(PlacedForward {
                 owner: owner.into(),
                 mark: f.mark.unwrap_or(mark),
-                counter: counter_name(owner, &f.name),
                 forward: f,
             });
         }
@@ -578,7 +577,7 @@ impl Snapshot {
             .forwards
             .iter()
             .map(|p| {
-                let (packets, bytes) = obs.and_then(|o| o.counters.get(&p.counter).copied()).unwrap_or((0, 0));
+                let (packets, bytes) = obs.and_then(|o| o.counters.get(&p.comment()).copied()).unwrap_or((0, 0));
                 ForwardStatus {
                     owner: p.owner.clone(),
                     forward: p.forward.clone(),

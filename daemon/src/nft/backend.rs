@@ -6,7 +6,7 @@ use super::batch::{Builder, Subject};
 use super::conn::Conn;
 use super::error::{cstring, encode_err, BackendError};
 use super::expr::{build_rule, chain_obj, SetIds};
-use super::messages::{CounterMsg, SetMsg};
+use super::messages::SetMsg;
 use super::observed::Observed;
 use super::read::Reader;
 use nftnl::{MsgType, ProtoFamily, Table};
@@ -48,8 +48,8 @@ impl Backend {
     }
 
     /// Replaces the table with `plan` in one netlink batch: add table, delete table, add
-    /// table, then counters, sets with their elements, chains and rules. The kernel applies
-    /// all of it or, on any error, none of it.
+    /// table, then sets with their elements, chains and rules. The kernel applies all of
+    /// it or, on any error, none of it.
     pub fn apply(&self, plan: &Plan) -> Result<(), BackendError> {
         let table = self.table_of(plan)?;
         let ids = SetIds::of(plan);
@@ -62,11 +62,6 @@ impl Backend {
         b.push(&t, MsgType::Add, Subject::Table);
         b.push(&t, MsgType::Del, Subject::Table);
         b.push(&t, MsgType::Add, Subject::Table);
-        for name in &plan.counters {
-            // counter NAME { }
-            let c = CounterMsg::new(&table, name)?;
-            b.push(&c, MsgType::Add, Subject::Counter(name));
-        }
         for ((i, set), decoded) in plan.sets.iter().enumerate().zip(&decoded) {
             // map NAME { type KEY : DATA; flags interval; elements = { ... } }
             let id = ids.by_index(i);
@@ -91,8 +86,8 @@ impl Backend {
         self.send(b)
     }
 
-    /// Changes the kernel from `old` to `new` element by element in one batch: add
-    /// counters, delete elements, add elements, delete counters. A structural change
+    /// Changes the kernel from `old` to `new` element by element in one batch: delete
+    /// elements, then add elements. A structural change
     /// (table, chains or set definitions) falls back to [`Backend::apply`] of `new`.
     pub fn apply_delta(&self, old: &Plan, new: &Plan) -> Result<(), BackendError> {
         let d = Plan::diff(old, new);
@@ -114,11 +109,6 @@ impl Backend {
         }
         let table = self.table_of(new)?;
         let mut b = Builder::new(&table);
-        for name in &d.add_counters {
-            // add counter inet T NAME
-            let c = CounterMsg::new(&table, name)?;
-            b.push(&c, MsgType::Add, Subject::Counter(name));
-        }
         for (list, op) in [(&d.del_elements, MsgType::Del), (&d.add_elements, MsgType::Add)] {
             if let Some((name, _)) = list.iter().find(|(n, _)| new.set(n).is_none()) {
                 return Err(encode_err(format!("change of set {name}"), "the plan has no such set"));
@@ -128,11 +118,6 @@ impl Backend {
                 let elements: Vec<&Element> = list.iter().filter(|(n, _)| *n == set.name).map(|(_, e)| e).collect();
                 b.push_elements(set, None, &elements, op)?;
             }
-        }
-        for name in &d.del_counters {
-            // delete counter inet T NAME
-            let c = CounterMsg::new(&table, name)?;
-            b.push(&c, MsgType::Del, Subject::Counter(name));
         }
         self.send(b)
     }

@@ -17,7 +17,6 @@ use std::io;
 /// What one message of a batch is about, to name the culprit of a kernel error.
 pub(super) enum Subject<'a> {
     Table,
-    Counter(&'a str),
     Set(&'a str),
     Elements { set: &'a Set, set_id: Option<u32>, elements: Vec<&'a Element> },
     Chain(&'a str),
@@ -97,7 +96,6 @@ fn describe(subject: &Subject<'_>, op: MsgType, offset: Option<u32>, table: &CSt
     let del = if op == MsgType::Del { "deleting " } else { "" };
     match subject {
         Subject::Table => format!("{del}table inet {}", table.to_string_lossy()),
-        Subject::Counter(n) => format!("{del}counter {n}"),
         Subject::Set(n) => format!("set {n}"),
         Subject::Chain(n) => format!("chain {n}"),
         Subject::Rule { chain, rule } => format!("rule `{}` in chain {chain}", render::rule(rule)),

@@ -6,7 +6,6 @@ use super::consts as k;
 use portd_rules::model::{Family, Proto};
 use portd_rules::plan::{Element, FieldType, Set, Value};
 use portd_rules::render;
-use std::ffi::CString;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// How nft(8) represents one key field: datatype, length in bytes, byte order.
@@ -19,7 +18,6 @@ pub(super) fn field_spec(t: FieldType) -> Option<(u32, u32, u32)> {
         FieldType::Ipv4Addr => (k::TYPE_IPADDR, 4, k::BYTEORDER_BIG),
         FieldType::Ipv6Addr => (k::TYPE_IP6ADDR, 16, k::BYTEORDER_BIG),
         FieldType::Mark => (k::TYPE_MARK, 4, k::BYTEORDER_HOST),
-        FieldType::Counter => return None,
     })
 }
 
@@ -41,8 +39,10 @@ pub struct SetShape {
     pub data_type: u32,
     /// Length of map data (0: none).
     pub data_len: u32,
-    /// Object type of object maps (0: none).
+    /// Object type of object maps (0: none; portd's sets are never object maps).
     pub obj_type: u32,
+    /// Every element carries a counter (the set's one expression is `counter`).
+    pub counter: bool,
 }
 
 impl SetShape {
@@ -64,12 +64,9 @@ impl SetShape {
                 shape.flags |= k::NFT_SET_CONCAT;
             }
         }
+        shape.counter = set.counter;
         match set.data {
             None => {}
-            Some(FieldType::Counter) => {
-                shape.flags |= k::NFT_SET_OBJECT;
-                shape.obj_type = k::NFT_OBJECT_COUNTER;
-            }
             Some(t) => {
                 let (id, len, _) = field_spec(t).ok_or_else(|| format!("{t:?} cannot be map data"))?;
                 shape.flags |= k::NFT_SET_MAP;
@@ -115,7 +112,6 @@ pub(super) struct EncodedElem {
     pub(super) key: Vec<u8>,
     pub(super) key_end: Option<Vec<u8>>,
     pub(super) data: Option<Vec<u8>>,
-    pub(super) objref: Option<CString>,
     /// `NFTA_SET_ELEM_USERDATA`: the comment as nft(8) writes it.
     pub(super) udata: Option<Vec<u8>>,
 }
@@ -127,7 +123,6 @@ impl EncodedElem {
         4 + value(self.key.len())
             + self.key_end.as_ref().map_or(0, |v| value(v.len()))
             + self.data.as_ref().map_or(0, |v| value(v.len()))
-            + self.objref.as_ref().map_or(0, |s| 4 + (s.as_bytes().len() + 1).div_ceil(4) * 4)
             + self.udata.as_ref().map_or(0, |u| 4 + u.len().div_ceil(4) * 4)
     }
 }
@@ -154,7 +149,6 @@ fn value_bytes(v: &Value) -> Result<Vec<u8>, String> {
             return Err(format!("network {} needs an interval set", render::value(v)))
         }
         Value::Mark(m) => m.to_ne_bytes().to_vec(),
-        Value::Counter(c) => return Err(format!("counter reference \"{c}\" can only be the data of a counter map")),
     })
 }
 
@@ -181,16 +175,13 @@ pub(super) fn encode_element(set: &Set, e: &Element, with_data: bool) -> Result<
             out.extend_from_slice(&b);
         }
     }
-    let mut out = EncodedElem { key, key_end: set.interval.then_some(end), data: None, objref: None, udata: None };
+    let mut out = EncodedElem { key, key_end: set.interval.then_some(end), data: None, udata: None };
     if !with_data {
         return Ok(out);
     }
     out.udata = e.comment.as_deref().map(comment_udata).transpose()?;
     match (set.data, &e.data) {
         (None, None) => {}
-        (Some(FieldType::Counter), Some(Value::Counter(name))) => {
-            out.objref = Some(CString::new(name.as_str()).map_err(|_| "the counter name has a NUL byte".to_string())?);
-        }
         (Some(_), Some(v)) => out.data = Some(value_bytes(v)?),
         (None, Some(_)) => return Err("it has data but the set is not a map".into()),
         (Some(_), None) => return Err("it has no data but the set is a map".into()),
@@ -303,9 +294,8 @@ pub(super) fn decode_element(set: &Set, raw: &RawElem) -> Result<Element, String
         return Err(format!("the key has {} bytes, the set's type needs {at}", raw.key.len()));
     }
     let data = match set.data {
-        None if raw.data.is_none() && raw.objref.is_none() => None,
+        None if raw.data.is_none() => None,
         None => return Err("it has data but the plan's set is not a map".into()),
-        Some(FieldType::Counter) => Some(Value::Counter(raw.objref.clone().ok_or("it refers to no counter")?)),
         Some(t) => Some(decode_value(t, raw.data.as_deref().ok_or("it has no data")?)?),
     };
     let comment = raw.udata.as_deref().map(udata_comment).transpose()?.flatten();
@@ -352,8 +342,9 @@ pub(super) struct RawElem {
     pub(super) key: Vec<u8>,
     pub(super) key_end: Option<Vec<u8>>,
     pub(super) data: Option<Vec<u8>>,
-    pub(super) objref: Option<String>,
     pub(super) udata: Option<Vec<u8>>,
+    /// Packets and bytes of its counter, in a set whose elements count.
+    pub(super) counter: Option<(u64, u64)>,
 }
 
 #[cfg(test)]
@@ -369,14 +360,16 @@ mod tests {
         let shape = |n| SetShape::of(p.set(n).expect("set")).expect("shape");
         // values from `nft --debug=netlink` of the rendered plan
         assert_eq!(
+            shape(names::TO_FAMILY),
+            SetShape { flags: 8, key_type: 0x230d, key_len: 12, data_type: 13, data_len: 2, ..Default::default() }
+        );
+        // inet_proto . inet_service: two fields, each in a 4-byte register
+        assert_eq!(
             shape(names::TO),
-            SetShape { flags: 8, key_type: 0x230d, key_len: 12, data_type: 13, data_len: 2, obj_type: 0 }
+            SetShape { flags: 8, key_type: 0x30d, key_len: 8, data_type: 13, data_len: 2, ..Default::default() }
         );
         assert_eq!(shape(names::MARK).data_type, 19);
-        assert_eq!(
-            shape(names::COUNTER),
-            SetShape { flags: 0x40, key_type: 0x230d, key_len: 12, obj_type: 1, ..Default::default() }
-        );
+        assert_eq!(shape(names::COUNT), SetShape { key_type: 0x30d, key_len: 8, counter: true, ..Default::default() });
         assert_eq!(shape(names::IFACE).key_type, 0x8c369);
         assert_eq!(shape(names::IFACE).key_len, 28);
         assert_eq!(shape(names::SRC4), SetShape { flags: 0x84, key_type: 0xc347, key_len: 12, ..Default::default() });
@@ -386,7 +379,7 @@ mod tests {
     #[test]
     fn udata_is_what_nft_sends() {
         let p = plan();
-        let to = set_udata(p.set(names::TO).expect("set"));
+        let to = set_udata(p.set(names::TO_FAMILY).expect("set"));
         assert_eq!(to, [0, 4, 0, 0, 0, 0, 1, 4, 2, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0, 6, 4, 0, 0, 0, 0]);
         let local = set_udata(p.set(names::NOLOCAL).expect("set"));
         assert_eq!(local, [0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0]);
@@ -398,13 +391,7 @@ mod tests {
         for set in &p.sets {
             for e in set.elements.iter() {
                 let enc = encode_element(set, &e, true).expect("encodes");
-                let raw = RawElem {
-                    key: enc.key,
-                    key_end: enc.key_end,
-                    data: enc.data,
-                    objref: enc.objref.map(|c| c.to_string_lossy().into_owned()),
-                    udata: enc.udata,
-                };
+                let raw = RawElem { key: enc.key, key_end: enc.key_end, data: enc.data, udata: enc.udata, counter: None };
                 assert_eq!(decode_element(set, &raw).expect("decodes"), normalize(&e), "set {}", set.name);
             }
         }

@@ -19,9 +19,6 @@ pub const NFT_MSG_GETSET: u16 = 10;
 pub const NFT_MSG_NEWSETELEM: u16 = 12;
 pub const NFT_MSG_GETSETELEM: u16 = 13;
 pub const NFT_MSG_DELSETELEM: u16 = 14;
-pub const NFT_MSG_NEWOBJ: u16 = 18;
-pub const NFT_MSG_GETOBJ: u16 = 19;
-pub const NFT_MSG_DELOBJ: u16 = 20;
 pub const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 // registers: NFT_REG_1 is 16 bytes wide, NFT_REG32_xx are its 4-byte slices
 pub const NFT_REG_VERDICT: u32 = 0;
@@ -35,9 +32,7 @@ pub const NFT_RETURN: i32 = -5;
 // sets and objects
 pub const NFT_SET_INTERVAL: u32 = 0x4;
 pub const NFT_SET_MAP: u32 = 0x8;
-pub const NFT_SET_OBJECT: u32 = 0x40;
 pub const NFT_SET_CONCAT: u32 = 0x80;
-pub const NFT_OBJECT_COUNTER: u32 = 1;
 pub const NFT_LOOKUP_F_INV: u32 = 1;
 // expressions
 pub const NFT_META_MARK: u32 = 3;

@@ -8,7 +8,7 @@ use nftnl::expr::Expression;
 use nftnl::nftnl_sys as sys;
 use nftnl::{Chain, Table};
 use portd_rules::model::{Family, Proto};
-use portd_rules::plan::{self, ChainType, Hook, Plan};
+use portd_rules::plan::{self, ChainType, Hook, KeyExpr, Plan};
 use portd_rules::render;
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -33,8 +33,6 @@ enum Expr {
     /// `[ lookup reg SREG set NAME (dreg DREG) FLAGS ]`; the flags are always sent
     /// (`0x0` or `0x1` for `!=`) because the kernel always reports them.
     Lookup { set: CString, set_id: u32, sreg: u32, dreg: Option<u32>, invert: bool },
-    /// `[ objref sreg SREG set NAME ]`
-    ObjrefMap { set: CString, set_id: u32, sreg: u32 },
     /// `[ fib daddr type => reg DREG ]`
     FibDaddrType { dreg: u32 },
     /// `[ ct load KEY => reg DREG ]`
@@ -44,6 +42,8 @@ enum Expr {
     Redir { reg: u32 },
     /// `[ immediate reg 0 VERDICT (-> CHAIN) ]`
     Verdict { code: i32, chain: Option<CString> },
+    /// `[ immediate reg REG DATA ]`
+    Data { reg: u32, data: Vec<u8> },
 }
 
 impl Expr {
@@ -56,11 +56,10 @@ impl Expr {
             Expr::And32 { .. } => c"bitwise",
             Expr::Hton { .. } => c"byteorder",
             Expr::Lookup { .. } => c"lookup",
-            Expr::ObjrefMap { .. } => c"objref",
             Expr::FibDaddrType { .. } => c"fib",
             Expr::Ct { .. } => c"ct",
             Expr::Redir { .. } => c"redir",
-            Expr::Verdict { .. } => c"immediate",
+            Expr::Verdict { .. } | Expr::Data { .. } => c"immediate",
         }
     }
 
@@ -135,11 +134,6 @@ impl Expr {
                 u32_(sys::NFTNL_EXPR_LOOKUP_SET_ID, *set_id);
                 u32_(sys::NFTNL_EXPR_LOOKUP_FLAGS, if *invert { k::NFT_LOOKUP_F_INV } else { 0 });
             }
-            Expr::ObjrefMap { set, set_id, sreg } => {
-                u32_(sys::NFTNL_EXPR_OBJREF_SET_SREG, *sreg);
-                str_(sys::NFTNL_EXPR_OBJREF_SET_NAME, set);
-                u32_(sys::NFTNL_EXPR_OBJREF_SET_ID, *set_id);
-            }
             Expr::FibDaddrType { dreg } => {
                 u32_(sys::NFTNL_EXPR_FIB_DREG, *dreg);
                 u32_(sys::NFTNL_EXPR_FIB_RESULT, k::NFT_FIB_RESULT_ADDRTYPE);
@@ -160,6 +154,10 @@ impl Expr {
                 if let Some(c) = chain {
                     str_(sys::NFTNL_EXPR_IMM_CHAIN, c);
                 }
+            }
+            Expr::Data { reg, data } => {
+                u32_(sys::NFTNL_EXPR_IMM_DREG, *reg);
+                bytes(sys::NFTNL_EXPR_IMM_DATA, data);
             }
         }
         (expr, ok.get())
@@ -210,6 +208,22 @@ fn load_key() -> [Expr; 3] {
         Expr::Meta { key: k::NFT_META_L4PROTO, dreg: k::NFT_REG32_01 },
         Expr::Payload { base: k::NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, len: 2, dreg: k::NFT_REG32_02 },
     ]
+}
+
+/// `meta l4proto . th dport` into reg 1 and reg 9.
+fn load_port_key() -> [Expr; 2] {
+    [
+        Expr::Meta { key: k::NFT_META_L4PROTO, dreg: k::NFT_REG_1 },
+        Expr::Payload { base: k::NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, len: 2, dreg: k::NFT_REG32_01 },
+    ]
+}
+
+/// The expressions loading `key` into reg 1 onwards.
+fn load(key: KeyExpr) -> Vec<Expr> {
+    match key {
+        KeyExpr::Family => load_key().into(),
+        KeyExpr::Port => load_port_key().into(),
+    }
 }
 
 /// `fib daddr type local`
@@ -275,15 +289,15 @@ fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
             x.push(lookup(ids, allowed, None, true)?);
             x.push(Expr::Verdict { code: k::NFT_RETURN, chain: None });
         }
-        plan::Rule::Redirect { proto, map } => {
-            // meta l4proto tcp redirect to meta nfproto . meta l4proto . th dport map @MAP
+        plan::Rule::Redirect { proto, map, key } => {
+            // meta l4proto tcp redirect to (meta nfproto .) meta l4proto . th dport map @MAP
             let p = match proto {
                 Proto::Tcp => libc::IPPROTO_TCP as u8,
                 Proto::Udp => libc::IPPROTO_UDP as u8,
             };
             x.push(Expr::Meta { key: k::NFT_META_L4PROTO, dreg: k::NFT_REG_1 });
             x.push(Expr::Cmp { op: k::NFT_CMP_EQ, sreg: k::NFT_REG_1, data: vec![p] });
-            x.extend(load_key());
+            x.extend(load(*key));
             x.push(lookup(ids, map, Some(k::NFT_REG_1), false)?);
             x.push(Expr::Redir { reg: k::NFT_REG_1 });
         }
@@ -293,11 +307,17 @@ fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
             x.push(lookup(ids, map, Some(k::NFT_REG_1), false)?);
             x.push(Expr::MetaSet { key: k::NFT_META_MARK, sreg: k::NFT_REG_1 });
         }
-        plan::Rule::CountNamed { map } => {
-            // counter name meta nfproto . meta l4proto . th dport map @MAP
-            let (set, set_id) = ids.get(map)?;
-            x.extend(load_key());
-            x.push(Expr::ObjrefMap { set, set_id, sreg: k::NFT_REG_1 });
+        plan::Rule::Count { set, key, mark, then_return } => {
+            // (meta nfproto .) meta l4proto . th dport @SET (meta mark set MARK) (return)
+            x.extend(load(*key));
+            x.push(lookup(ids, set, None, false)?);
+            if *mark != 0 {
+                x.push(Expr::Data { reg: k::NFT_REG_1, data: mark.to_ne_bytes().to_vec() });
+                x.push(Expr::MetaSet { key: k::NFT_META_MARK, sreg: k::NFT_REG_1 });
+            }
+            if *then_return {
+                x.push(Expr::Verdict { code: k::NFT_RETURN, chain: None });
+            }
         }
         plan::Rule::DropUnredirected { set } => {
             // ct state new iifname != "lo" ct status & dnat == 0

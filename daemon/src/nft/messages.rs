@@ -1,5 +1,5 @@
-//! Netlink objects nftnl does not provide: named counters, set definitions and chunks of
-//! set elements, each an owned libnftnl object that writes itself into a batch.
+//! Netlink objects nftnl does not provide: set definitions and chunks of set elements,
+//! each an owned libnftnl object that writes itself into a batch.
 
 use super::codec::{encode_element, field_spec, set_udata, SetShape};
 use super::consts as k;
@@ -15,52 +15,6 @@ use std::ptr::NonNull;
 /// Upper bound of the element list of one set-element message. The kernel's limit is
 /// 64 KiB (a netlink attribute length is 16 bits); half of it keeps well clear.
 pub(super) const ELEMS_BYTES: usize = 32 * 1024;
-
-/// A named counter object (`NFT_MSG_NEWOBJ` / `NFT_MSG_DELOBJ`).
-pub(super) struct CounterMsg {
-    raw: NonNull<sys::nftnl_obj>,
-}
-
-impl CounterMsg {
-    pub(super) fn new(table: &CStr, name: &str) -> Result<CounterMsg, BackendError> {
-        let cname = cstring("counter", name)?;
-        // SAFETY: a fresh object (NULL aborts in `alloc`) that only this function holds;
-        // strings are NUL-terminated and copied by libnftnl; these setters cannot fail.
-        unsafe {
-            let raw = alloc(sys::nftnl_obj_alloc());
-            let o = raw.as_ptr();
-            sys::nftnl_obj_set_u32(o, sys::NFTNL_OBJ_FAMILY as u16, u32::from(k::NFPROTO_INET));
-            sys::nftnl_obj_set_str(o, sys::NFTNL_OBJ_TABLE as u16, table.as_ptr());
-            sys::nftnl_obj_set_str(o, sys::NFTNL_OBJ_NAME as u16, cname.as_ptr());
-            sys::nftnl_obj_set_u32(o, sys::NFTNL_OBJ_TYPE as u16, k::NFT_OBJECT_COUNTER);
-            sys::nftnl_obj_set_u64(o, sys::NFTNL_OBJ_CTR_PKTS as u16, 0);
-            sys::nftnl_obj_set_u64(o, sys::NFTNL_OBJ_CTR_BYTES as u16, 0);
-            Ok(CounterMsg { raw })
-        }
-    }
-}
-
-// SAFETY: a counter message is a few hundred bytes, far below nft_nlmsg_maxsize().
-unsafe impl NlMsg for CounterMsg {
-    unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
-        let (ty, flags) = match msg_type {
-            MsgType::Add => (k::NFT_MSG_NEWOBJ, k::NLM_F_CREATE | k::NLM_F_EXCL | k::NLM_F_ACK),
-            MsgType::Del => (k::NFT_MSG_DELOBJ, k::NLM_F_ACK),
-        };
-        // SAFETY: the caller provides a buffer of nft_nlmsg_maxsize() bytes.
-        unsafe {
-            let nlh = sys::nftnl_nlmsg_build_hdr(buf.cast::<c_char>(), ty, k::NFPROTO_INET, flags, seq);
-            sys::nftnl_obj_nlmsg_build_payload(nlh, self.raw.as_ptr());
-        }
-    }
-}
-
-impl Drop for CounterMsg {
-    fn drop(&mut self) {
-        // SAFETY: allocated by nftnl_obj_alloc and freed only here.
-        unsafe { sys::nftnl_obj_free(self.raw.as_ptr()) }
-    }
-}
 
 /// A set or map definition (`NFT_MSG_NEWSET`) built as nft(8) builds it.
 pub(super) struct SetMsg {
@@ -92,8 +46,14 @@ impl SetMsg {
                 sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DATA_TYPE as u16, shape.data_type);
                 sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DATA_LEN as u16, shape.data_len);
             }
-            if shape.flags & k::NFT_SET_OBJECT != 0 {
-                sys::nftnl_set_set_u32(s, sys::NFTNL_SET_OBJ_TYPE as u16, shape.obj_type);
+            if let Some(size) = set.kernel_size() {
+                // size N: the hash table is built for it once
+                sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DESC_SIZE as u16, size);
+            }
+            if shape.counter {
+                // counter: every element gets a counter of its own; the set owns the template
+                let expr = alloc(sys::nftnl_expr_alloc(c"counter".as_ptr()));
+                sys::nftnl_set_add_expr(s, expr.as_ptr());
             }
             if shape.flags & k::NFT_SET_CONCAT != 0 {
                 ok &= sys::nftnl_set_set_data(
@@ -189,9 +149,6 @@ impl ElemMsg {
                 }
                 if let Some(data) = &enc.data {
                     ok &= put(sys::NFTNL_SET_ELEM_DATA, data);
-                }
-                if let Some(name) = &enc.objref {
-                    ok &= sys::nftnl_set_elem_set_str(el, sys::NFTNL_SET_ELEM_OBJREF as u16, name.as_ptr()) == 0;
                 }
                 if let Some(udata) = &enc.udata {
                     ok &= put(sys::NFTNL_SET_ELEM_USERDATA, udata);

@@ -56,10 +56,14 @@ pub use observed::{Observed, ObservedChain, ObservedHook};
 /// sources and an interface, so every set is used.
 #[cfg(test)]
 fn sample_plan() -> portd_rules::Plan {
-    use portd_rules::model::{Forward, PortRange};
+    use portd_rules::model::{FamilySel, Forward, PortRange};
     use portd_rules::plan::{compile, OwnedSet};
     let mut f = Forward::new("web", PortRange::single(80), PortRange::single(8080));
     f.sources = vec!["203.0.113.7/24".parse().expect("net"), "2001:db8::/32".parse().expect("net")];
     f.interfaces = vec!["eth0".into()];
-    compile("portd", 1, &[OwnedSet { owner: "system".into(), forwards: vec![f] }]).expect("compiles")
+    // one family and a mark of its own: elements in every keyed-by-family set
+    let mut g = Forward::new("dns", PortRange::single(53), PortRange::single(5353));
+    g.family = FamilySel::Ipv4;
+    g.mark = Some(7);
+    compile("portd", 1, &[OwnedSet { owner: "system".into(), forwards: vec![f, g] }]).expect("compiles")
 }

@@ -17,7 +17,8 @@ use std::ffi::CString;
 /// What the kernel holds in portd's table, decoded with the types of an expected plan.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
-    /// Named counters: packets and bytes.
+    /// Packets and bytes per forward: the counters of the counted elements, summed by
+    /// their comment (`OWNER/NAME`, see [`portd_rules::plan::PlacedForward::comment`]).
     pub counters: BTreeMap<String, (u64, u64)>,
     /// Elements of every set that could be decoded with the expected plan's types.
     pub sets: BTreeMap<String, BTreeSet<Element>>,
@@ -55,8 +56,8 @@ pub struct ObservedHook {
 
 impl Observed {
     /// True when the kernel holds exactly what [`Backend::apply`](super::Backend::apply)
-    /// of `plan` builds: the same counters, set definitions and elements, chains, hooks
-    /// and rule expressions.
+    /// of `plan` builds: the same set definitions and elements, chains, hooks and rule
+    /// expressions (counter values aside).
     pub fn matches(&self, plan: &Plan) -> bool {
         self.differences(plan).is_empty()
     }
@@ -64,10 +65,6 @@ impl Observed {
     /// Every way the kernel differs from `plan`, one line each, for logs and status.
     pub fn differences(&self, plan: &Plan) -> Vec<String> {
         let mut out = self.problems.clone();
-        let have: BTreeSet<&String> = self.counters.keys().collect();
-        let want: BTreeSet<&String> = plan.counters.iter().collect();
-        out.extend(want.difference(&have).map(|c| format!("counter {c} is missing")));
-        out.extend(have.difference(&want).map(|c| format!("counter {c} is not in the plan")));
         for set in &plan.sets {
             match (SetShape::of(set), self.set_shapes.get(&set.name)) {
                 (_, None) => {

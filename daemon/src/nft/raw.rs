@@ -38,7 +38,6 @@ raw_object!(RawTable, nftnl_table, nftnl_table_alloc, nftnl_table_free);
 raw_object!(RawChain, nftnl_chain, nftnl_chain_alloc, nftnl_chain_free);
 raw_object!(RawRule, nftnl_rule, nftnl_rule_alloc, nftnl_rule_free);
 raw_object!(RawSetObj, nftnl_set, nftnl_set_alloc, nftnl_set_free);
-raw_object!(RawObj, nftnl_obj, nftnl_obj_alloc, nftnl_obj_free);
 
 /// A string attribute that libnftnl returns as a pointer (NULL when unset).
 pub(super) fn owned_str(p: *const c_char) -> Option<String> {

@@ -7,15 +7,14 @@ use super::conn::{Conn, Fail, Generation};
 use super::consts as k;
 use super::error::{hint, BackendError};
 use super::observed::{Observed, ObservedChain, ObservedHook};
-use super::raw::{owned_str, rule_text, RawChain, RawObj, RawRule, RawSetObj, RawTable};
+use super::raw::{owned_str, rule_text, RawChain, RawRule, RawSetObj, RawTable};
 use nftnl::nftnl_sys as sys;
 use portd_rules::plan::Plan;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::ffi::{c_int, c_void, CStr, CString};
 
 /// Everything dumped from the table, not yet decoded.
 pub(super) struct RawTableState {
-    counters: BTreeMap<String, (u64, u64)>,
     sets: Vec<(String, SetShape, Vec<RawElem>)>,
     chains: Vec<ObservedChain>,
     orphan_rules: Vec<String>,
@@ -47,12 +46,11 @@ impl<'t> Reader<'t> {
         }
     }
 
-    /// Dumps table, counters, sets, elements, chains and rules; `None` if there is no table.
+    /// Dumps table, sets, elements, chains and rules; `None` if there is no table.
     pub(super) fn read_all(&mut self) -> Result<Option<RawTableState>, BackendError> {
         if !self.table_exists()? {
             return Ok(None);
         }
-        let counters = self.counters()?;
         let mut sets = Vec::new();
         for (set_name, shape) in self.set_shapes()? {
             let elements = self.elements(&set_name)?;
@@ -60,7 +58,7 @@ impl<'t> Reader<'t> {
         }
         let mut chains = self.chains()?;
         let orphan_rules = self.rules(&mut chains)?;
-        Ok(Some(RawTableState { counters, sets, chains, orphan_rules }))
+        Ok(Some(RawTableState { sets, chains, orphan_rules }))
     }
 
     /// Whether the table exists.
@@ -84,52 +82,6 @@ impl<'t> Reader<'t> {
             Err(Fail::Kernel(e)) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
             Err(f) => Err(self.fail("definition", f)),
         }
-    }
-
-    /// The named counters with their packets and bytes.
-    fn counters(&mut self) -> Result<BTreeMap<String, (u64, u64)>, BackendError> {
-        let table = self.table;
-        let name = self.name;
-        let mine = |t: Option<String>| t.as_deref() == Some(name);
-        // nft list counters table inet T
-        let mut counters = BTreeMap::new();
-        let o = RawObj::new();
-        // SAFETY: `o` is a live object; the name is NUL-terminated and copied; these
-        // setters cannot fail.
-        unsafe {
-            sys::nftnl_obj_set_str(o.0.as_ptr(), sys::NFTNL_OBJ_TABLE as u16, table.as_ptr());
-            sys::nftnl_obj_set_u32(o.0.as_ptr(), sys::NFTNL_OBJ_TYPE as u16, k::NFT_OBJECT_COUNTER);
-        }
-        let got = self.conn.request(
-            k::NFT_MSG_GETOBJ,
-            k::NLM_F_DUMP,
-            // SAFETY: `request` hands over a header it built in a buffer large enough for the
-            // payload, and the object is live.
-            |nlh| unsafe { sys::nftnl_obj_nlmsg_build_payload(nlh, o.0.as_ptr()) },
-            &mut self.gen,
-            |msg| {
-                let obj = RawObj::new();
-                // SAFETY: `msg` is one complete, aligned netlink message.
-                unsafe {
-                    let p = obj.0.as_ptr();
-                    if sys::nftnl_obj_nlmsg_parse(msg.as_ptr().cast(), p) < 0 {
-                        return Err("malformed object".into());
-                    }
-                    let table = owned_str(sys::nftnl_obj_get_str(p, sys::NFTNL_OBJ_TABLE as u16));
-                    if !mine(table) || sys::nftnl_obj_get_u32(p, sys::NFTNL_OBJ_TYPE as u16) != k::NFT_OBJECT_COUNTER {
-                        return Ok(());
-                    }
-                    let name = owned_str(sys::nftnl_obj_get_str(p, sys::NFTNL_OBJ_NAME as u16))
-                        .ok_or("counter without a name")?;
-                    let packets = sys::nftnl_obj_get_u64(p, sys::NFTNL_OBJ_CTR_PKTS as u16);
-                    let bytes = sys::nftnl_obj_get_u64(p, sys::NFTNL_OBJ_CTR_BYTES as u16);
-                    counters.insert(name, (packets, bytes));
-                }
-                Ok(())
-            },
-        );
-        got.map_err(|f| self.fail("counters", f))?;
-        Ok(counters)
     }
 
     /// Name and definition of every set.
@@ -170,6 +122,7 @@ impl<'t> Reader<'t> {
                         data_type: get(sys::NFTNL_SET_DATA_TYPE),
                         data_len: get(sys::NFTNL_SET_DATA_LEN),
                         obj_type: get(sys::NFTNL_SET_OBJ_TYPE),
+                        counter: set_expressions(&set) == [c"counter"],
                     };
                     shapes.push((name, shape));
                 }
@@ -295,6 +248,51 @@ impl<'t> Reader<'t> {
     }
 }
 
+/// The names of a set's expressions (`counter` for a set whose elements count).
+fn set_expressions(set: &RawSetObj) -> Vec<&'static CStr> {
+    unsafe extern "C" fn one(e: *mut sys::nftnl_expr, data: *mut c_void) -> c_int {
+        // SAFETY: `data` is the Vec that `set_expressions` passes and nothing else borrows
+        // during the walk; `e` is a live expression of the set, whose name libnftnl
+        // returns as a pointer to its static table of expression types.
+        unsafe {
+            let out = &mut *data.cast::<Vec<&'static CStr>>();
+            let name = sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16);
+            out.push(if name.is_null() { c"" } else { CStr::from_ptr(name) });
+        }
+        0
+    }
+    let mut out: Vec<&'static CStr> = Vec::new();
+    // SAFETY: `set` is live; the callback only reads its expressions and appends to `out`,
+    // which outlives the call and is not otherwise borrowed meanwhile.
+    unsafe { sys::nftnl_set_expr_foreach(set.0.as_ptr(), Some(one), (&raw mut out).cast()) };
+    out
+}
+
+/// Packets and bytes of an element's counter, if it has one.
+///
+/// # Safety
+/// `e` must be a live element of a parsed set-element message.
+unsafe fn element_counter(e: *mut sys::nftnl_set_elem) -> Option<(u64, u64)> {
+    unsafe extern "C" fn one(x: *mut sys::nftnl_expr, data: *mut c_void) -> c_int {
+        // SAFETY: `data` is the Option that `element_counter` passes; `x` is a live
+        // expression of the element; counter attributes are read only from a counter.
+        unsafe {
+            let name = sys::nftnl_expr_get_str(x, sys::NFTNL_EXPR_NAME as u16);
+            if !name.is_null() && CStr::from_ptr(name) == c"counter" {
+                let packets = sys::nftnl_expr_get_u64(x, sys::NFTNL_EXPR_CTR_PACKETS as u16);
+                let bytes = sys::nftnl_expr_get_u64(x, sys::NFTNL_EXPR_CTR_BYTES as u16);
+                *data.cast::<Option<(u64, u64)>>() = Some((packets, bytes));
+            }
+        }
+        0
+    }
+    let mut out: Option<(u64, u64)> = None;
+    // SAFETY: `e` is live (the caller's promise); the callback writes only to `out`,
+    // which outlives the call.
+    unsafe { sys::nftnl_set_elem_expr_foreach(e, Some(one), (&raw mut out).cast()) };
+    out
+}
+
 /// Copies the elements of a parsed set-element message.
 fn collect_elements(set: &RawSetObj, out: &mut Vec<RawElem>) -> Result<(), ()> {
     unsafe extern "C" fn one(e: *mut sys::nftnl_set_elem, data: *mut c_void) -> c_int {
@@ -309,17 +307,12 @@ fn collect_elements(set: &RawSetObj, out: &mut Vec<RawElem>) -> Result<(), ()> {
                 (!p.is_null() && sys::nftnl_set_elem_is_set(e, attr as u16))
                     .then(|| std::slice::from_raw_parts(p.cast::<u8>(), len as usize).to_vec())
             };
-            let objref = if sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_OBJREF as u16) {
-                owned_str(sys::nftnl_set_elem_get_str(e, sys::NFTNL_SET_ELEM_OBJREF as u16))
-            } else {
-                None
-            };
             out.push(RawElem {
                 key: get(sys::NFTNL_SET_ELEM_KEY).unwrap_or_default(),
                 key_end: get(sys::NFTNL_SET_ELEM_KEY_END),
                 data: get(sys::NFTNL_SET_ELEM_DATA),
-                objref,
                 udata: get(sys::NFTNL_SET_ELEM_USERDATA),
+                counter: element_counter(e),
             });
         }
         0
@@ -350,7 +343,6 @@ impl RawTableState {
     /// Decodes the dump with the set types of `expected`.
     pub(super) fn decode(self, expected: &Plan) -> Observed {
         let mut o = Observed {
-            counters: self.counters,
             chains: self.chains,
             problems: self.orphan_rules,
             ..Observed::default()
@@ -373,6 +365,10 @@ impl RawTableState {
             for r in &raw {
                 match decode_element(set, r) {
                     Ok(e) => {
+                        if let (Some((p, b)), Some(c)) = (r.counter, &e.comment) {
+                            let sum = o.counters.entry(c.clone()).or_insert((0, 0));
+                            *sum = (sum.0.saturating_add(p), sum.1.saturating_add(b));
+                        }
                         elements.insert(e);
                     }
                     Err(e) => bad.push(e),

@@ -11,7 +11,6 @@ fn fwd(owner: &str, port: u16, to: u16) -> PlacedForward {
         owner: owner.into(),
         forward: Forward::new("http", PortRange { start: port, end: port }, PortRange { start: to, end: to }),
         mark: 1,
-        counter: "c".into(),
     }
 }
 

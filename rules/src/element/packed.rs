@@ -81,7 +81,7 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
         Value::NfProto(f) => out.push(family_byte(*f)),
         Value::InetProto(p) => out.push(proto_byte(*p)),
         Value::InetService(port) => out.extend_from_slice(&port.to_be_bytes()),
-        Value::Ifname(n) | Value::Counter(n) => put_name(out, n),
+        Value::Ifname(n) => put_name(out, n),
         Value::Ipv4Net(n) => {
             out.extend_from_slice(&n.addr().octets());
             out.push(n.prefix_len());
@@ -169,7 +169,6 @@ impl Reader<'_> {
                 Value::Ipv6Net(Ipv6Net::new(a, self.byte()).unwrap_or_default())
             }
             tag::MARK => Value::Mark(u32::from_be_bytes(self.take())),
-            tag::COUNTER => Value::Counter(self.name()),
             _ => return None,
         })
     }
@@ -334,7 +333,7 @@ mod tests {
                         "c_user_root_p1025_0123abcd",
                         "c_a_very_long_owner_name_indeed_1234",
                     ] {
-                        v.push(Element { key: k(f, p, port), data: Some(Value::Counter(name.into())), comment: None });
+                        v.push(Element { key: k(f, p, port), data: None, comment: Some(name.into()) });
                         let mut key = k(f, p, port);
                         key.push(Value::Ifname(name.into()));
                         v.push(Element { key, data: None, comment: None });

@@ -23,8 +23,6 @@ pub enum FieldType {
     Ipv6Addr,
     /// `mark` (4 bytes, host order)
     Mark,
-    /// a reference to a named counter object
-    Counter,
 }
 
 /// One field value of an element. Values order by variant first (in the order below,
@@ -47,8 +45,6 @@ pub enum Value {
     Ipv6Net(Ipv6Net),
     /// a packet mark
     Mark(u32),
-    /// name of a counter object
-    Counter(String),
 }
 
 /// One set element or map entry.
@@ -80,8 +76,6 @@ pub(crate) mod tag {
     pub const IPV6_NET: u8 = 6;
     /// [`super::Value::Mark`]
     pub const MARK: u8 = 7;
-    /// [`super::Value::Counter`]
-    pub const COUNTER: u8 = 8;
 }
 
 /// The byte of a family in the packed encoding and in the order of values.
@@ -129,7 +123,6 @@ impl Value {
             Value::Ipv4Net(_) => tag::IPV4_NET,
             Value::Ipv6Net(_) => tag::IPV6_NET,
             Value::Mark(_) => tag::MARK,
-            Value::Counter(_) => tag::COUNTER,
         }
     }
 }
@@ -140,7 +133,7 @@ impl Ord for Value {
             (Value::NfProto(a), Value::NfProto(b)) => family_byte(*a).cmp(&family_byte(*b)),
             (Value::InetProto(a), Value::InetProto(b)) => proto_byte(*a).cmp(&proto_byte(*b)),
             (Value::InetService(a), Value::InetService(b)) => a.cmp(b),
-            (Value::Ifname(a), Value::Ifname(b)) | (Value::Counter(a), Value::Counter(b)) => a.cmp(b),
+            (Value::Ifname(a), Value::Ifname(b)) => a.cmp(b),
             (Value::Ipv4Net(a), Value::Ipv4Net(b)) => (a.addr(), a.prefix_len()).cmp(&(b.addr(), b.prefix_len())),
             (Value::Ipv6Net(a), Value::Ipv6Net(b)) => (a.addr(), a.prefix_len()).cmp(&(b.addr(), b.prefix_len())),
             (Value::Mark(a), Value::Mark(b)) => a.cmp(b),

@@ -1,10 +1,10 @@
 //! Incremental changes: one owner's forwards replaced, added or removed, as a [`Delta`]
 //! that costs O(change), not O(plan).
 
-use super::compile::key;
+use super::compile::{key, port_key};
 use super::delta::Delta;
 use super::summary::Summary;
-use super::table::{counter_name, element_comment, names, placed_order, Conflict, PlacedForward, Plan};
+use super::table::{element_comment, names, placed_order, Conflict, PlacedForward, Plan};
 use crate::element::{Element, Value};
 use crate::model::Forward;
 use std::collections::BTreeSet;
@@ -49,12 +49,7 @@ impl Plan {
             if old.is_some_and(|o| o.forward == *f && o.mark == mark) {
                 continue;
             }
-            let placed = PlacedForward {
-                owner: owner.to_string(),
-                forward: f.clone(),
-                mark,
-                counter: counter_name(owner, &f.name),
-            };
+            let placed = PlacedForward { owner: owner.to_string(), forward: f.clone(), mark };
             match old {
                 Some(o) => {
                     summary.changed.push((o.clone(), placed.clone()));
@@ -78,19 +73,22 @@ impl Plan {
         summary.changed.sort_by(|a, b| a.0.forward.name.cmp(&b.0.forward.name));
 
         // Conflicts: a key of an added forward held by a forward that stays.
-        let leaving: std::collections::HashSet<&str> = removed.iter().map(|p| p.counter.as_str()).collect();
-        let counters = self.set(names::COUNTER);
+        // The target maps hold one element per claimed key, with the holder's comment.
+        let leaving: std::collections::HashSet<String> = removed.iter().map(PlacedForward::comment).collect();
+        let (both, one) = (self.set(names::TO), self.set(names::TO_FAMILY));
         let mut conflicts = Vec::new();
         for a in &added {
             let f = &a.forward;
             let clash = f.claims().find_map(|(fam, proto, port)| {
-                let holder = counters?.elements.with_key(&key(fam, proto, port))?;
-                let Some(Value::Counter(c)) = &holder.data else { return None };
-                if leaving.contains(c.as_str()) {
+                let holder = both
+                    .and_then(|s| s.elements.with_key(&port_key(proto, port)))
+                    .or_else(|| one.and_then(|s| s.elements.with_key(&key(fam, proto, port))))?;
+                let c = holder.comment.unwrap_or_default();
+                if leaving.contains(&c) {
                     return None;
                 }
                 let (oo, on) =
-                    self.by_counter(c).map_or(("?".into(), "?".into()), |p| (p.owner.clone(), p.forward.name.clone()));
+                    self.by_comment(&c).map_or(("?".into(), "?".into()), |p| (p.owner.clone(), p.forward.name.clone()));
                 Some(Conflict {
                     owner: owner.to_string(),
                     name: f.name.clone(),
@@ -134,7 +132,7 @@ impl Plan {
             let first = self
                 .forwards
                 .iter()
-                .filter(|p| !leaving.contains(p.counter.as_str()))
+                .filter(|p| !leaving.contains(&p.comment()))
                 .chain(&added)
                 .filter(|p| protected_keys(p).any(|pk| pk == k))
                 .min_by(|a, b| placed_order(a).cmp(&placed_order(b)));
@@ -151,14 +149,10 @@ impl Plan {
         let present = |s: &str, e: &Element| self.set(s).is_some_and(|set| set.elements.contains(e));
         add.retain(|(s, e)| !present(s, e) || del.contains(&(s.clone(), e.clone())));
 
-        let old_counters: BTreeSet<&String> = removed.iter().map(|p| &p.counter).collect();
-        let new_counters: BTreeSet<&String> = added.iter().map(|p| &p.counter).collect();
         Ok(Delta {
             structural: false,
-            add_counters: new_counters.difference(&old_counters).map(|c| (*c).clone()).collect(),
             del_elements: del.into_iter().collect(),
             add_elements: add.into_iter().collect(),
-            del_counters: old_counters.difference(&new_counters).map(|c| (*c).clone()).collect(),
             summary,
             whole: None,
         })

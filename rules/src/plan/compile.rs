@@ -2,8 +2,8 @@
 //! sets into a plan: each forward contributes elements and one counter.
 
 use super::table::{
-    counter_name, element_comment, names, BaseChain, Chain, ChainType, Conflict, Hook, OwnedSet, PlacedForward, Plan,
-    Rule, Set, SYSTEM_OWNER,
+    element_comment, names, BaseChain, Chain, ChainType, Conflict, Hook, KeyExpr, OwnedSet, PlacedForward, Plan, Rule,
+    Set, SYSTEM_OWNER,
 };
 use crate::element::{Element, Elements, FieldType, Value};
 use crate::model::{Family, Forward, Proto};
@@ -13,21 +13,43 @@ pub(super) fn key(f: Family, p: Proto, port: u16) -> Vec<Value> {
     vec![Value::NfProto(f), Value::InetProto(p), Value::InetService(port)]
 }
 
-const KEY: [FieldType; 3] = [FieldType::NfProto, FieldType::InetProto, FieldType::InetService];
-
-fn set(name: &str, comment: &str, key: &[FieldType], data: Option<FieldType>, interval: bool) -> Set {
-    Set { name: name.into(), comment: comment.into(), key: key.to_vec(), data, interval, elements: Elements::new() }
+/// The key of a forward of both families: one element serves IPv4 and IPv6.
+pub(super) fn port_key(p: Proto, port: u16) -> Vec<Value> {
+    vec![Value::InetProto(p), Value::InetService(port)]
 }
 
-/// The fixed skeleton: every set and chain, empty.
-pub(super) fn skeleton(table: &str) -> Plan {
+const KEY: [FieldType; 3] = [FieldType::NfProto, FieldType::InetProto, FieldType::InetService];
+const PORT_KEY: [FieldType; 2] = [FieldType::InetProto, FieldType::InetService];
+
+fn set(name: &str, comment: &str, key: &[FieldType], data: Option<FieldType>, interval: bool) -> Set {
+    Set {
+        name: name.into(),
+        comment: comment.into(),
+        key: key.to_vec(),
+        data,
+        interval,
+        counter: false,
+        elements: Elements::new(),
+    }
+}
+
+fn counted(mut s: Set) -> Set {
+    s.counter = true;
+    s
+}
+
+/// The fixed skeleton: every set and chain, empty. `mark` is the default mark, which the
+/// counting rule of forwards that keep it sets.
+pub(super) fn skeleton(table: &str, mark: u32) -> Plan {
     use names::*;
     use FieldType as T;
     let k_if = [T::NfProto, T::InetProto, T::InetService, T::Ifname];
     let sets = vec![
-        set(TO, "public port -> local port", &KEY, Some(T::InetService), false),
-        set(MARK, "public port -> packet mark", &KEY, Some(T::Mark), false),
-        set(COUNTER, "public port -> counter of its forward", &KEY, Some(T::Counter), false),
+        set(TO, "public port -> local port, forwards of both families", &PORT_KEY, Some(T::InetService), false),
+        set(TO_FAMILY, "public port -> local port, forwards of one family", &KEY, Some(T::InetService), false),
+        counted(set(COUNT, "packets and bytes per public port, forwards of both families", &PORT_KEY, None, false)),
+        counted(set(COUNT_FAMILY, "packets and bytes per public port, the other forwards", &KEY, None, false)),
+        set(MARK, "public port -> packet mark, where it is not the default", &KEY, Some(T::Mark), false),
         set(NOLOCAL, "public ports not redirected for this host's own connections (local: false)", &KEY, None, false),
         set(IFACE_KEYS, "public ports restricted to interfaces", &KEY, None, false),
         set(IFACE, "interfaces allowed per public port", &k_if, None, false),
@@ -44,9 +66,21 @@ pub(super) fn skeleton(table: &str) -> Plan {
         ]
     };
     let redirect = || {
-        vec![Rule::Redirect { proto: Proto::Tcp, map: TO.into() }, Rule::Redirect { proto: Proto::Udp, map: TO.into() }]
+        let mut v = Vec::new();
+        for proto in [Proto::Tcp, Proto::Udp] {
+            v.push(Rule::Redirect { proto, map: TO.into(), key: KeyExpr::Port });
+            v.push(Rule::Redirect { proto, map: TO_FAMILY.into(), key: KeyExpr::Family });
+        }
+        v
     };
-    let account = || vec![Rule::SetMark { map: MARK.into() }, Rule::CountNamed { map: COUNTER.into() }];
+    let account = || {
+        vec![
+            // A forward counted here is in no set the rules below look up.
+            Rule::Count { set: COUNT.into(), key: KeyExpr::Port, mark, then_return: true },
+            Rule::Count { set: COUNT_FAMILY.into(), key: KeyExpr::Family, mark: 0, then_return: false },
+            Rule::SetMark { map: MARK.into() },
+        ]
+    };
     let base = |kind, hook, priority| Some(BaseChain { kind, hook, priority });
     let chains = vec![
         Chain { name: "redirect_in".into(), base: None, rules: [qualify(), redirect()].concat() },
@@ -79,32 +113,51 @@ pub(super) fn skeleton(table: &str) -> Plan {
             rules: vec![Rule::DropUnredirected { set: PROTECT.into() }],
         },
     ];
-    Plan { table: table.into(), counters: BTreeSet::new(), sets, chains, forwards: Vec::new() }
+    Plan { table: table.into(), mark, sets, chains, forwards: Vec::new() }
 }
 
 impl Plan {
-    /// An empty plan: the skeleton with no forwards.
-    pub fn empty(table: &str) -> Plan {
-        skeleton(table)
+    /// An empty plan: the skeleton with no forwards; `mark` is the default mark.
+    pub fn empty(table: &str, mark: u32) -> Plan {
+        skeleton(table, mark)
     }
 
-    /// Adds one forward's elements and counter.
+    /// Adds one forward's elements. A forward of both families with the default mark
+    /// takes two per port and protocol: its target in `fwd_to` and its counter in
+    /// `fwd_count`, keyed by protocol and port alone. Other forwards are keyed by family
+    /// too, in `fwd_to_family` and `fwd_count_family`, with their mark in `fwd_mark`
+    /// unless it is 0.
     pub(super) fn place(&mut self, owner: &str, f: &Forward, default_mark: u32) {
         use names::*;
-        let counter = counter_name(owner, &f.name);
         let comment = element_comment(owner, &f.name);
         let c = comment.as_str();
         let mark = f.mark.unwrap_or(default_mark);
-        self.counters.insert(counter.clone());
+        let both = f.family == crate::model::FamilySel::Both;
+        let plain = both && mark == self.mark;
+        if both {
+            for &proto in f.proto.protos() {
+                for port in f.port.ports() {
+                    let k = port_key(proto, port);
+                    if plain {
+                        self.insert(COUNT, k.clone(), None, c);
+                    }
+                    self.insert(TO, k, Some(Value::InetService(f.target_of(port))), c);
+                }
+            }
+        }
         for &fam in f.family.families() {
             for &proto in f.proto.protos() {
                 for port in f.port.ports() {
                     let k = key(fam, proto, port);
-                    self.insert(TO, k.clone(), Some(Value::InetService(f.target_of(port))), c);
-                    if mark != 0 {
-                        self.insert(MARK, k.clone(), Some(Value::Mark(mark)), c);
+                    if !both {
+                        self.insert(TO_FAMILY, k.clone(), Some(Value::InetService(f.target_of(port))), c);
                     }
-                    self.insert(COUNTER, k.clone(), Some(Value::Counter(counter.clone())), c);
+                    if !plain {
+                        self.insert(COUNT_FAMILY, k.clone(), None, c);
+                        if mark != 0 {
+                            self.insert(MARK, k.clone(), Some(Value::Mark(mark)), c);
+                        }
+                    }
                     if !f.local {
                         self.insert(NOLOCAL, k.clone(), None, c);
                     }
@@ -136,12 +189,12 @@ impl Plan {
                 }
             }
         }
-        self.forwards.push(PlacedForward { owner: owner.into(), forward: f.clone(), mark, counter });
+        self.forwards.push(PlacedForward { owner: owner.into(), forward: f.clone(), mark });
     }
 
-    /// Elements and counters a group of forwards contributes, as (set, element) pairs.
+    /// Elements a group of forwards contributes, as (set, element) pairs.
     pub(super) fn contributions(&self, group: &[PlacedForward]) -> BTreeSet<(String, Element)> {
-        let mut mini = skeleton(&self.table);
+        let mut mini = skeleton(&self.table, self.mark);
         for p in group {
             mini.place(&p.owner, &p.forward, p.mark);
         }
@@ -179,7 +232,7 @@ impl Plan {
 /// Forwards within one set were validated against each other already; this checks
 /// claims across owners. Every conflict is reported, each naming the other forward.
 pub fn compile(table: &str, default_mark: u32, sets: &[OwnedSet]) -> Result<Plan, Vec<Conflict>> {
-    let mut plan = skeleton(table);
+    let mut plan = skeleton(table, default_mark);
     let mut claims: std::collections::HashMap<(Family, Proto, u16), (&str, &str)> = Default::default();
     let mut conflicts = Vec::new();
     let mut ordered: Vec<&OwnedSet> = sets.iter().collect();

@@ -1,4 +1,4 @@
-//! The [`Delta`] between two plans (elements and counters to add and delete, or
+//! The [`Delta`] between two plans (elements to add and delete, or
 //! "structural": replace the whole table), and making it the current plan.
 
 use super::summary::summarize;
@@ -12,14 +12,10 @@ use serde::{Deserialize, Serialize};
 pub struct Delta {
     /// True when table, chains or set definitions differ: only a full apply will do.
     pub structural: bool,
-    /// Counter objects to create (before elements are added).
-    pub add_counters: Vec<String>,
     /// Elements to delete, per set (before additions, so a changed map entry is replaced).
     pub del_elements: Vec<(String, Element)>,
     /// Elements to add, per set.
     pub add_elements: Vec<(String, Element)>,
-    /// Counter objects to delete (after elements referring to them are gone).
-    pub del_counters: Vec<String>,
     /// What changed, for humans.
     pub summary: Summary,
     /// The whole new plan, when [`Plan::change_owner`] computed it (a large change): then
@@ -29,10 +25,8 @@ pub struct Delta {
 }
 
 impl Delta {
-    /// Fills in the counters and elements that differ between two plans of the same shape.
+    /// Fills in the elements that differ between two plans of the same shape.
     pub(super) fn objects_from(&mut self, old: &Plan, new: &Plan) {
-        self.add_counters = new.counters.difference(&old.counters).cloned().collect();
-        self.del_counters = old.counters.difference(&new.counters).cloned().collect();
         for (a, b) in old.sets.iter().zip(&new.sets) {
             for e in a.elements.difference(&b.elements) {
                 self.del_elements.push((a.name.clone(), e));
@@ -46,25 +40,17 @@ impl Delta {
     /// True when the kernel needs no change.
     pub fn is_empty(&self) -> bool {
         !self.structural
-            && self.add_counters.is_empty()
-            && self.del_counters.is_empty()
             && self.del_elements.is_empty()
             && self.add_elements.is_empty()
     }
 
     /// Number of kernel objects the delta touches.
     pub fn size(&self) -> usize {
-        self.add_counters.len() + self.del_counters.len() + self.del_elements.len() + self.add_elements.len()
+        self.del_elements.len() + self.add_elements.len()
     }
 
-    /// Applies the counter and element changes (not the list of forwards) to `plan`.
+    /// Applies the element changes (not the list of forwards) to `plan`.
     fn apply_objects(&self, plan: &mut Plan) {
-        for c in &self.del_counters {
-            plan.counters.remove(c);
-        }
-        for c in &self.add_counters {
-            plan.counters.insert(c.clone());
-        }
         for (s, e) in &self.del_elements {
             plan.set_mut(s).elements.remove(e);
         }
@@ -82,8 +68,8 @@ impl Delta {
         }
     }
 
-    /// Applies a delta from [`Plan::replace_owner`] to `plan` in place: elements,
-    /// counters and the list of placed forwards (kept in `compile`'s order).
+    /// Applies a delta from [`Plan::replace_owner`] to `plan` in place: elements and
+    /// the list of placed forwards (kept in `compile`'s order).
     pub fn apply_in_place(&self, plan: &mut Plan) {
         self.apply_objects(plan);
         let gone = self.summary.removed.iter().chain(self.summary.changed.iter().map(|(o, _)| o));
@@ -108,17 +94,20 @@ impl Delta {
 }
 
 impl Plan {
-    /// The change from `old` to `new`: elements and counters to add and delete.
+    /// The change from `old` to `new`: elements to add and delete.
     pub fn diff(old: &Plan, new: &Plan) -> Delta {
         let mut d = Delta { summary: summarize(old, new), ..Delta::default() };
         let same_shape = old.table == new.table
+            && old.mark == new.mark
             && old.chains == new.chains
             && old.sets.len() == new.sets.len()
             && old
                 .sets
                 .iter()
                 .zip(&new.sets)
-                .all(|(a, b)| a.name == b.name && a.key == b.key && a.data == b.data && a.interval == b.interval);
+                .all(|(a, b)| {
+                    a.name == b.name && a.key == b.key && a.data == b.data && a.interval == b.interval && a.counter == b.counter
+                });
         if !same_shape {
             d.structural = true;
             return d;

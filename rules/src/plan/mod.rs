@@ -1,9 +1,10 @@
 //! The [`Plan`]: exactly what goes into the kernel, as a plain comparable value.
 //!
 //! Dispatch is O(1) in the number of forwards: the chains are a fixed skeleton of
-//! rules, each doing one hash or interval lookup keyed by `nfproto . l4proto . dport`;
-//! every forward contributes only set/map elements and one named counter. Changing one
-//! forward is therefore a small element-level [`Delta`].
+//! rules, each doing one hash or interval lookup keyed by `l4proto . dport` (forwards of
+//! both families) or `nfproto . l4proto . dport`; every forward contributes only set and
+//! map elements, and counts its traffic in counters carried by its own elements.
+//! Changing one forward is therefore a small element-level [`Delta`].
 
 //!
 //! - `table`: the vocabulary ([`Plan`], [`Set`], [`Chain`], [`Rule`], [`names`], ...).
@@ -29,6 +30,7 @@ pub use delta::Delta;
 pub use stale::{stale_in_delta, stale_mappings, Stale};
 pub use summary::Summary;
 pub use table::{
-    counter_name, names, BaseChain, Chain, ChainType, Conflict, Hook, OwnedSet, PlacedForward, Plan, Rule, Set,
+    element_comment, names, BaseChain, Chain, ChainType, Conflict, Hook, KeyExpr, OwnedSet, PlacedForward, Plan, Rule,
+    Set, MIN_SET_SIZE,
     SYSTEM_OWNER,
 };

@@ -21,40 +21,46 @@ pub struct Stale {
     pub old_to: u16,
 }
 
+/// The mappings one `fwd_to` or `fwd_to_family` element stands for: an element of a
+/// forward of both families stands for IPv4 and IPv6.
+fn mappings(set: &str, e: &Element) -> Vec<Stale> {
+    let Some(Value::InetService(old_to)) = e.data else { return Vec::new() };
+    match (set, e.key.as_slice()) {
+        (names::TO, [Value::InetProto(proto), Value::InetService(port)]) => [Family::Ipv4, Family::Ipv6]
+            .into_iter()
+            .map(|family| Stale { family, proto: *proto, port: *port, old_to })
+            .collect(),
+        (names::TO_FAMILY, [Value::NfProto(family), Value::InetProto(proto), Value::InetService(port)]) => {
+            vec![Stale { family: *family, proto: *proto, port: *port, old_to }]
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// Mappings of `old` that `new` removes or points elsewhere.
 pub fn stale_mappings(old: &Plan, new: &Plan) -> Vec<Stale> {
-    let (Some(o), Some(n)) = (old.set(names::TO), new.set(names::TO)) else { return Vec::new() };
-    let new_map: BTreeMap<Vec<Value>, Option<Value>> = n.elements.iter().map(|e| (e.key, e.data)).collect();
-    let mut out = BTreeSet::new();
-    for Element { key, data, .. } in o.elements.iter() {
-        if new_map.get(&key).is_some_and(|d| *d == data) {
-            continue;
-        }
-        if let (
-            [Value::NfProto(family), Value::InetProto(proto), Value::InetService(port)],
-            Some(Value::InetService(to)),
-        ) = (key.as_slice(), &data)
-        {
-            out.insert(Stale { family: *family, proto: *proto, port: *port, old_to: *to });
-        }
-    }
+    let target = |p: &Plan| -> BTreeMap<(Family, Proto, u16), u16> {
+        [names::TO, names::TO_FAMILY]
+            .into_iter()
+            .filter_map(|name| p.set(name).map(|s| (name, s)))
+            .flat_map(|(name, s)| s.elements.iter().flat_map(move |e| mappings(name, &e)))
+            .map(|m| ((m.family, m.proto, m.port), m.old_to))
+            .collect()
+    };
+    let (was, now) = (target(old), target(new));
+    let out: BTreeSet<Stale> = was
+        .into_iter()
+        .filter(|(k, to)| now.get(k) != Some(to))
+        .map(|((family, proto, port), old_to)| Stale { family, proto, port, old_to })
+        .collect();
     out.into_iter().collect()
 }
 
-/// Mappings a delta drops or retargets: every deleted `fwd_to` entry (an unchanged one
-/// is never in a delta).
+/// Mappings a delta drops or retargets: every deleted `fwd_to` or `fwd_to_family` entry
+/// (an unchanged one is never in a delta).
 pub fn stale_in_delta(d: &Delta) -> Vec<Stale> {
-    d.del_elements
-        .iter()
-        .filter(|(s, _)| s == names::TO)
-        .filter_map(|(_, e)| match (e.key.as_slice(), &e.data) {
-            (
-                [Value::NfProto(family), Value::InetProto(proto), Value::InetService(port)],
-                Some(Value::InetService(to)),
-            ) => Some(Stale { family: *family, proto: *proto, port: *port, old_to: *to }),
-            _ => None,
-        })
-        .collect()
+    let out: BTreeSet<Stale> = d.del_elements.iter().flat_map(|(s, e)| mappings(s, e)).collect();
+    out.into_iter().collect()
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 use crate::element::{Element, Elements, FieldType, Value};
 use crate::model::{Family, Forward, Proto};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
 use std::fmt;
 
 /// Name of the owner of the config file's forwards.
@@ -23,8 +22,29 @@ pub struct Set {
     pub data: Option<FieldType>,
     /// Interval set (`flags interval`), for network prefixes.
     pub interval: bool,
+    /// Every element carries its own packet and byte counter (`counter` in the set).
+    pub counter: bool,
     /// Elements, ordered (kept packed: see [`Elements`]).
     pub elements: Elements,
+}
+
+/// The smallest `size` portd gives a hash set.
+pub const MIN_SET_SIZE: u32 = 1024;
+
+impl Set {
+    /// The `size` the set is created with: a power of two with room for twice its
+    /// elements, at least [`MIN_SET_SIZE`]. The kernel then builds its hash table once,
+    /// at that size, instead of growing it while a batch inserts, and later changes have
+    /// room to grow. The size is also the kernel's limit: a change beyond it is refused,
+    /// and portd then replaces the whole table with sets sized anew. `None` for interval
+    /// sets, which are not hash tables.
+    pub fn kernel_size(&self) -> Option<u32> {
+        if self.interval {
+            return None;
+        }
+        let room = u32::try_from(self.elements.len().saturating_mul(2)).unwrap_or(u32::MAX);
+        Some(room.max(MIN_SET_SIZE).checked_next_power_of_two().unwrap_or(u32::MAX))
+    }
 }
 
 /// nftables chain types used by portd.
@@ -61,6 +81,18 @@ pub struct BaseChain {
     pub priority: i32,
 }
 
+/// How a rule keys its lookup: `KEY` is `meta nfproto . meta l4proto . th dport`
+/// (family-specific sets), `PORT_KEY` is `meta l4proto . th dport` (sets of forwards that
+/// serve both families, one element for both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyExpr {
+    /// `meta nfproto . meta l4proto . th dport`
+    Family,
+    /// `meta l4proto . th dport`
+    Port,
+}
+
 /// The few rule shapes portd uses. Each is a constant number of expressions; the
 /// comment beside each variant is its nft text (`KEY` is `meta nfproto . meta l4proto . th dport`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,22 +126,31 @@ pub enum Rule {
         /// allowed l4proto . port . network triples
         allowed: String,
     },
-    /// `meta l4proto PROTO redirect to KEY map @MAP`
+    /// `meta l4proto PROTO redirect to KEY map @MAP` (or `PORT_KEY`)
     Redirect {
         /// transport protocol (nft needs it to know where the port goes)
         proto: Proto,
         /// key -> target port
         map: String,
+        /// the key the map is looked up with
+        key: KeyExpr,
     },
     /// `meta mark set KEY map @MAP`
     SetMark {
         /// key -> mark
         map: String,
     },
-    /// `counter name KEY map @MAP`
-    CountNamed {
-        /// key -> counter object
-        map: String,
+    /// `KEY @SET` (or `PORT_KEY @SET`), then `meta mark set MARK` unless the mark is 0,
+    /// then `return` if asked: the lookup counts the packet in the element it finds.
+    Count {
+        /// set whose elements count
+        set: String,
+        /// the key the set is looked up with
+        key: KeyExpr,
+        /// mark set on a match (0: none)
+        mark: u32,
+        /// leave the chain on a match (nothing after it concerns this packet)
+        then_return: bool,
     },
     /// `ct state new iifname != "lo" ct status & dnat == 0 KEY @SET drop`
     DropUnredirected {
@@ -138,8 +179,14 @@ pub struct PlacedForward {
     pub forward: Forward,
     /// Effective mark (0: none).
     pub mark: u32,
-    /// Name of its counter object.
-    pub counter: String,
+}
+
+impl PlacedForward {
+    /// The comment of its elements, `OWNER/NAME`: status sums the counters of the
+    /// elements that carry it.
+    pub fn comment(&self) -> String {
+        element_comment(&self.owner, &self.forward.name)
+    }
 }
 
 /// Everything portd puts into the kernel.
@@ -147,8 +194,9 @@ pub struct PlacedForward {
 pub struct Plan {
     /// Table name (family inet).
     pub table: String,
-    /// Named counter objects, one per forward.
-    pub counters: BTreeSet<String>,
+    /// The default mark (`settings.mark`): the counting rule of forwards that keep it sets
+    /// it, so only other marks need elements.
+    pub mark: u32,
     /// Sets and maps, in declaration order.
     pub sets: Vec<Set>,
     /// Chains, regular chains before the base chains that jump to them.
@@ -159,12 +207,16 @@ pub struct Plan {
 
 /// Set and map names.
 pub mod names {
-    /// key -> target port
+    /// l4proto . port -> target port, for forwards of both families
     pub const TO: &str = "fwd_to";
-    /// key -> mark
+    /// key -> target port, for forwards of one family
+    pub const TO_FAMILY: &str = "fwd_to_family";
+    /// l4proto . port, counted, for forwards of both families with the default mark
+    pub const COUNT: &str = "fwd_count";
+    /// key, counted, for the other forwards (one family, or another mark)
+    pub const COUNT_FAMILY: &str = "fwd_count_family";
+    /// key -> mark, for forwards in `COUNT_FAMILY` with a mark other than 0
     pub const MARK: &str = "fwd_mark";
-    /// key -> counter
-    pub const COUNTER: &str = "fwd_counter";
     /// keys with `local: false` (the default, true, needs no element)
     pub const NOLOCAL: &str = "fwd_nolocal";
     /// keys restricted to interfaces
@@ -219,19 +271,6 @@ impl fmt::Display for Conflict {
     }
 }
 
-/// Name of the counter object of an owner's forward: readable, unique, nft-safe.
-pub fn counter_name(owner: &str, name: &str) -> String {
-    let clean: String =
-        owner.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).take(64).collect();
-    // FNV-1a keeps two owners that sanitise alike apart.
-    let mut h: u32 = 0x811c9dc5;
-    for b in owner.bytes().chain([b'/']).chain(name.bytes()) {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x01000193);
-    }
-    format!("c_{clean}_{}_{h:08x}", name.replace('-', "_"))
-}
-
 /// The comment of every element a forward puts into the kernel: `OWNER/NAME`. Owners
 /// (`system`, `user:NAME`) and forward names are validated to characters that nft prints
 /// and reads back inside a quoted comment.
@@ -261,14 +300,15 @@ impl Plan {
         self.set_mut(set).elements.insert(Element { key, data, comment: Some(comment.to_string()) });
     }
 
-    /// Number of elements over all sets.
+    /// Number of elements over all sets: the kernel objects the forwards take.
     pub fn element_count(&self) -> usize {
         self.sets.iter().map(|s| s.elements.len()).sum()
     }
 
-    /// The forward whose counter is `counter`, if any.
-    pub(crate) fn by_counter(&self, counter: &str) -> Option<&PlacedForward> {
-        self.forwards.iter().find(|p| p.counter == counter)
+    /// The forward whose elements carry `comment` (`OWNER/NAME`), if any.
+    pub(crate) fn by_comment(&self, comment: &str) -> Option<&PlacedForward> {
+        let (owner, name) = comment.split_once('/')?;
+        self.placed(owner, name)
     }
 
     /// The forwards of `owner`, ordered by name (a slice of [`Plan::forwards`]).
