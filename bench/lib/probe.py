@@ -23,7 +23,7 @@ until      first check that every pair is redirected (--before on, e.g. before a
            runs and after it exited, until every one has reached its target after the
            redirect was seen missing (a refused probe; from the start with --before off),
            or, if no probe ever saw it missing, after CMD exited. Prints one line:
-              <seconds> <cmd exit> <cmd seconds> <rounds> <refused> <stalled> <probe us> <round us> <unseen> <lower> <gap us>
+              <seconds> <cmd exit> <cmd seconds> <rounds> <refused> <stalled> <probe us> <round us> <unseen> <lower> <gap us> <seen>
            seconds: clock start (just before spawning CMD) until the last (pair, family)
            was seen redirected; cmd seconds: until CMD exited (as seen by the loop, which
            checks once a round while it probes); rounds: probe rounds; refused: connects
@@ -38,7 +38,10 @@ until      first check that every pair is redirected (--before on, e.g. before a
            between lower and seconds); gap us: the longest start-to-start period of two
            rounds once counting (on a busy machine the loop can wait tens of ms for a
            CPU, e.g. while the kernel frees a flushed table: the end point may be seen
-           that late). Exit 1 (with "FAIL reason") on a
+           that late); seen: from the end of the first refused probe until the end
+           point, the outage as far as the probes saw it (it began at most one probe
+           earlier: until the redirect is seen missing, a round is one connect and there
+           is no pause). Exit 1 (with "FAIL reason") on a
            timeout, CMD failing or a failed precondition.
 """
 import argparse
@@ -184,7 +187,7 @@ def main() -> int:
     rounds = refused = stalled = 0
     refused_dt = []
     round_dt = []  # start-to-start period of the rounds once counting: the resolution
-    t_last_refused = None
+    t_last_refused = t_first_refused = None
     t_round = None
     while todo:
         now = time.perf_counter_ns()
@@ -214,6 +217,8 @@ def main() -> int:
                 refused += 1
                 refused_dt.append(dt)
                 t_last_refused = t_probe
+                if t_first_refused is None:
+                    t_first_refused = t_probe + dt * 1e9
                 down = counting = True
             elif res == "stalled":
                 stalled += 1
@@ -251,8 +256,9 @@ def main() -> int:
     round_us = statistics.median(round_dt) * 1e6 if round_dt else 0.0
     gap_us = max(round_dt) * 1e6 if round_dt else 0.0
     lower = (t_last_refused - t0) / 1e9 if t_last_refused is not None else 0.0
+    seen = (t1 - t_first_refused) / 1e9 if t_first_refused is not None else 0.0
     print(f"{(t1 - t0) / 1e9:.6f} {rc} {(t_cmd - t0) / 1e9:.6f} {rounds} {refused} {stalled} "
-          f"{probe_us:.1f} {round_us:.1f} {int(first_ok)} {lower:.6f} {gap_us:.1f}")
+          f"{probe_us:.1f} {round_us:.1f} {int(first_ok)} {lower:.6f} {gap_us:.1f} {seen:.6f}")
     return 0
 
 

@@ -297,12 +297,14 @@ class Report:
                "median period of a round, the time of one refused connect, and the longest round of any sample: "
                "while the kernel commits or frees a large table the loop can wait that long for a CPU). The "
                "redirect came back between the last refused probe and the first one that reached the target; "
-               "the later time is the one reported and judged.")
+               "the later time is the one reported and judged. It counts from before the flush is spawned, as the "
+               "map's from before `nft -f` is spawned; \"seen missing → redirected\" is the outage itself, from "
+               "the first probe that found the redirect missing (informational).")
         self.w()
         self.w("| N | portd: flush → redirected | portd: still missing at (last refused probe) | minimal map: "
                "nft -f → redirected | map: still missing at | ratio | the flush command alone | the map's nft -f "
-               "alone | resolution (portd side) | probes |")
-        self.w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+               "alone | portd: seen missing → redirected | resolution (portd side) | probes |")
+        self.w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for n in ns:
             pk, mk = f"{n}/portd", f"{n}/map"
             ps = self.get("repair", pk)
@@ -319,7 +321,8 @@ class Report:
             self.w(f"| {n:,} | {self.cell_time('repair', pk)} | {self.cell_time('repair', pk + '/lower')} | "
                    f"{self.cell_time('repair', mk)} | {self.cell_time('repair', mk + '/lower')} | "
                    f"{fmt_ratio(ratio(self.median('repair', pk), self.median('repair', mk)))} | "
-                   f"{self.cell_time('repair', pk + '/cmd')} | {self.cell_time('repair', mk + '/cmd')} | {res} | "
+                   f"{self.cell_time('repair', pk + '/cmd')} | {self.cell_time('repair', mk + '/cmd')} | "
+                   f"{self.cell_time('repair', pk + '/seen')} | {res} | "
                    f"{'<br>'.join(notes[:3])}{' …' if len(notes) > 3 else ''} |")
         self.w()
         st = [(k, v) for k, v in self.meta.items() if k.startswith("repair_status_")]
