@@ -203,7 +203,7 @@ fn only_cap_net_admin_remains_and_ready_follows_the_rules() {
     let table = net.table("portd");
     thaw(d.child.id());
     let table = table.expect("table exists at READY=1");
-    assert!(table.contains("ipv4 . tcp . 80 comment \"system/a\" : 8080"), "{table}");
+    assert!(table.contains("tcp . 80 comment \"system/a\" : 8080"), "{table}");
     assert!(msg.contains("STATUS=1 forward(s)"), "{msg}");
     let status = read(std::path::Path::new(&format!("/proc/{}/status", d.child.id())));
     let field = |k: &str| status.lines().find(|l| l.starts_with(k)).map(|l| l[k.len()..].trim().to_string()).expect(k);
@@ -248,7 +248,7 @@ fn unprivileged_user_with_ambient_cap_net_admin_runs_portd() {
         state: net.dir.join("state"),
     };
     d.wait_ready(&net);
-    assert!(net.table("portd").expect("table").contains("ipv4 . tcp . 80 comment \"system/a\" : 8080"));
+    assert!(net.table("portd").expect("table").contains("tcp . 80 comment \"system/a\" : 8080"));
     let status = read(std::path::Path::new(&format!("/proc/{}/status", d.child.id())));
     assert!(status.lines().any(|l| l == "CapEff:\t0000000000001000"), "{status}");
     assert!(status.lines().any(|l| l == "CapAmb:\t0000000000000000"), "{status}");

@@ -263,10 +263,10 @@ fn elements_carry_owner_comments_that_nft_reads_back_and_portd_repairs() {
     let add = d.ctl(&["add", "extra", "81", "8081"]);
     assert!(add.status.success(), "portctl add: {}", err(&add));
     let table = net.table("portd").expect("table");
-    assert!(table.contains("ipv4 . tcp . 80 comment \"system/web\" : 8080"), "{table}");
-    assert!(table.contains("ipv6 . tcp . 81 comment \"user:root/extra\" : 8081"), "{table}");
-    let listed = table.lines().filter(|l| l.contains(" . tcp . 8")).count();
-    let commented = table.lines().filter(|l| l.contains(" . tcp . 8") && l.contains(" comment \"")).count();
+    assert!(table.contains("tcp . 80 comment \"system/web\" : 8080"), "{table}");
+    assert!(table.contains("tcp . 81 comment \"user:root/extra\" : 8081"), "{table}");
+    let listed = table.lines().filter(|l| l.contains("tcp . 8")).count();
+    let commented = table.lines().filter(|l| l.contains("tcp . 8") && l.contains(" comment \"")).count();
     assert_eq!(listed, commented, "an element without a comment:\n{table}");
 
     // The listing round-trips through nft, in a namespace of its own.
@@ -275,14 +275,14 @@ fn elements_carry_owner_comments_that_nft_reads_back_and_portd_repairs() {
     assert!(check.status.success(), "nft -c -f of the listing: {}\n{table}", err(&check));
 
     // A changed comment is drift: portd puts its own back.
-    let edit = "delete element inet portd fwd_to { ipv4 . tcp . 80 }\n\
-                add element inet portd fwd_to { ipv4 . tcp . 80 comment \"someone/else\" : 8080 }\n";
+    let edit = "delete element inet portd fwd_to { tcp . 80 }\n\
+                add element inet portd fwd_to { tcp . 80 comment \"someone/else\" : 8080 }\n";
     let f = write(&net.dir, "edit.nft", edit);
     net.exec_ok(&net.srv, "nft", &["-f", &f.display().to_string()]);
     let t = Instant::now();
     loop {
         let now = net.table("portd").unwrap_or_default();
-        if now.contains("ipv4 . tcp . 80 comment \"system/web\" : 8080") && !now.contains("someone/else") {
+        if now.contains("tcp . 80 comment \"system/web\" : 8080") && !now.contains("someone/else") {
             break;
         }
         assert!(t.elapsed() < Duration::from_secs(10), "the foreign comment was not repaired:\n{now}");

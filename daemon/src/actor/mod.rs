@@ -193,8 +193,10 @@ impl Daemon {
         published: std::sync::Arc<Published>,
         kernel: Box<dyn Kernel>,
     ) -> anyhow::Result<Daemon> {
+        let t0 = Instant::now();
         let mut store = Store::new(std::path::Path::new(&config.settings.state_dir));
         let persisted = store.load()?;
+        let t_load = t0.elapsed();
         for p in &persisted.unreadable {
             tracing::error!("{p}; left out (a copy of the file is kept next to it as sets.json.unreadable)");
         }
@@ -224,17 +226,27 @@ impl Daemon {
         d.accounts = accounts::lookup_owners(d.users.keys());
         d.bind_unbound_sets();
         d.refresh_listeners();
+        let t_check = t0.elapsed();
         d.eval = d.evaluate(&Evaluation::default());
         let plan = d.desired_plan().map_err(|c| anyhow::anyhow!(c.join("; ")))?;
+        let t_plan = t0.elapsed();
         // Keep counters when the kernel already holds exactly this table (a restart).
-        match d.kernel.observe(&plan)? {
-            Some(obs) if obs.matches(&plan) => {}
+        let kept = match d.kernel.observe(&plan)? {
+            Some(obs) if obs.matches(&plan) => true,
             _ => {
                 let t = Instant::now();
                 d.kernel.replace(&plan)?;
                 d.published.metrics.applied(t.elapsed());
+                false
             }
-        }
+        };
+        tracing::debug!(
+            "start phases: load {t_load:?}, checks {:?}, plan {:?}, kernel {:?} ({})",
+            t_check - t_load,
+            t_plan - t_check,
+            t0.elapsed() - t_plan,
+            if kept { "table kept" } else { "table replaced" }
+        );
         d.plan = plan;
         d.log_transitions(&Evaluation::default(), "at start");
         d.trim_soon();

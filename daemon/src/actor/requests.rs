@@ -336,11 +336,7 @@ impl Daemon {
         };
         let mut delta = delta.map_err(|c| (ErrorKind::Conflict, c.iter().map(|c| c.to_string()).collect()))?;
         for f in dropped {
-            delta.summary.removed.push(PlacedForward {
-                owner: owner.into(),
-                mark: f.mark.unwrap_or(mark),
-                forward: f,
-            });
+            delta.summary.removed.push(PlacedForward { owner: owner.into(), mark: f.mark.unwrap_or(mark), forward: f });
         }
         if dry_run || (delta.is_empty() && record.is_empty() && current.uid == Some(account.uid)) {
             return Ok(with_warnings(Body::changed(delta.summary, dry_run), warnings));

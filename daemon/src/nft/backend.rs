@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use super::batch::{Builder, Subject};
+use super::codec::Item;
 use super::conn::Conn;
 use super::error::{cstring, encode_err, BackendError};
 use super::expr::{build_rule, chain_obj, SetIds};
@@ -10,7 +11,7 @@ use super::messages::SetMsg;
 use super::observed::Observed;
 use super::read::Reader;
 use nftnl::{MsgType, ProtoFamily, Table};
-use portd_rules::plan::{Delta, Element, Plan};
+use portd_rules::plan::{Delta, Plan};
 use std::ffi::CString;
 use std::fmt;
 use std::sync::Mutex;
@@ -54,20 +55,19 @@ impl Backend {
         let table = self.table_of(plan)?;
         let ids = SetIds::of(plan);
         let t = Table::new(&table, ProtoFamily::Inet);
-        // The plan keeps elements packed; the batch (and its error messages) borrow them decoded.
-        let decoded: Vec<Vec<Element>> = plan.sets.iter().map(|s| s.elements.iter().collect()).collect();
         let mut b = Builder::new(&table);
         // add table inet T; delete table inet T; add table inet T
         // (the first add makes the delete succeed when the table does not exist yet)
         b.push(&t, MsgType::Add, Subject::Table);
         b.push(&t, MsgType::Del, Subject::Table);
         b.push(&t, MsgType::Add, Subject::Table);
-        for ((i, set), decoded) in plan.sets.iter().enumerate().zip(&decoded) {
-            // map NAME { type KEY : DATA; flags interval; elements = { ... } }
+        for (i, set) in plan.sets.iter().enumerate() {
+            // map NAME { type KEY : DATA; size N; counter; flags interval; elements = { ... } }
             let id = ids.by_index(i);
             let s = SetMsg::new(&table, set, id)?;
             b.push(&s, MsgType::Add, Subject::Set(&set.name));
-            let elements: Vec<&Element> = decoded.iter().collect();
+            // encoded from the plan's packed elements, without decoding them
+            let elements: Vec<Item<'_>> = set.elements.refs().map(Item::Packed).collect();
             b.push_elements(set, Some(id), &elements, MsgType::Add)?;
         }
         let mut chains = Vec::with_capacity(plan.chains.len());
@@ -115,7 +115,8 @@ impl Backend {
             }
             for set in &new.sets {
                 // delete element inet T SET { ... } / add element inet T SET { ... }
-                let elements: Vec<&Element> = list.iter().filter(|(n, _)| *n == set.name).map(|(_, e)| e).collect();
+                let elements: Vec<Item<'_>> =
+                    list.iter().filter(|(n, _)| *n == set.name).map(|(_, e)| Item::Decoded(e)).collect();
                 b.push_elements(set, None, &elements, op)?;
             }
         }

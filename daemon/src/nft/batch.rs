@@ -2,14 +2,14 @@
 //! `sendto`; a refusal is traced back to the refused object, down to the element.
 #![forbid(unsafe_code)]
 
-use super::codec::element_text;
+use super::codec::Item;
 use super::conn::Conn;
 use super::consts as k;
 use super::error::{encode_err, hint, BackendError};
 use super::messages::ElemMsg;
 use crate::netlink::attrs;
 use nftnl::{Batch, MsgType, NlMsg};
-use portd_rules::plan::{self, Element, Set};
+use portd_rules::plan::{self, Set};
 use portd_rules::render;
 use std::ffi::CStr;
 use std::io;
@@ -18,7 +18,7 @@ use std::io;
 pub(super) enum Subject<'a> {
     Table,
     Set(&'a str),
-    Elements { set: &'a Set, set_id: Option<u32>, elements: Vec<&'a Element> },
+    Elements { set: &'a Set, set_id: Option<u32>, elements: Vec<Item<'a>> },
     Chain(&'a str),
     Rule { chain: &'a str, rule: &'a plan::Rule },
 }
@@ -45,15 +45,14 @@ impl<'a> Builder<'a> {
         &mut self,
         set: &'a Set,
         set_id: Option<u32>,
-        elements: &[&'a Element],
+        elements: &[Item<'a>],
         op: MsgType,
     ) -> Result<(), BackendError> {
         let mut rest = elements;
         while !rest.is_empty() {
             let with_data = op == MsgType::Add;
-            let (msg, n) = ElemMsg::chunk(self.table, set, set_id, rest, with_data).map_err(|(i, reason)| {
-                encode_err(format!("set {}, element {}", set.name, element_text(rest[i])), reason)
-            })?;
+            let (msg, n) = ElemMsg::chunk(self.table, set, set_id, rest, with_data)
+                .map_err(|(i, reason)| encode_err(format!("set {}, element {}", set.name, rest[i].text()), reason))?;
             let elements = rest[..n].to_vec();
             self.push(&msg, op, Subject::Elements { set, set_id, elements });
             rest = &rest[n..];
@@ -102,14 +101,14 @@ fn describe(subject: &Subject<'_>, op: MsgType, offset: Option<u32>, table: &CSt
         Subject::Elements { set, set_id, elements } => {
             let one = offset.and_then(|o| refused_element(table, set, *set_id, elements, op, o));
             match (one, elements.as_slice()) {
-                (Some(e), _) => format!("set {}, {del}element {}", set.name, element_text(e)),
-                (None, [e]) => format!("set {}, {del}element {}", set.name, element_text(e)),
+                (Some(e), _) => format!("set {}, {del}element {}", set.name, e.text()),
+                (None, [e]) => format!("set {}, {del}element {}", set.name, e.text()),
                 (None, [a, .., b]) => format!(
                     "set {}, {del}one of {} elements from {} to {}",
                     set.name,
                     elements.len(),
-                    element_text(a),
-                    element_text(b)
+                    a.text(),
+                    b.text()
                 ),
                 (None, []) => format!("set {}", set.name),
             }
@@ -123,10 +122,10 @@ fn refused_element<'e>(
     table: &CStr,
     set: &Set,
     set_id: Option<u32>,
-    elements: &[&'e Element],
+    elements: &[Item<'e>],
     op: MsgType,
     offset: u32,
-) -> Option<&'e Element> {
+) -> Option<Item<'e>> {
     let (msg, n) = ElemMsg::chunk(table, set, set_id, elements, op == MsgType::Add).ok()?;
     let buf = msg.encoded(op);
     let bytes = buf.bytes();

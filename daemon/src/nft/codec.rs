@@ -4,7 +4,7 @@
 
 use super::consts as k;
 use portd_rules::model::{Family, Proto};
-use portd_rules::plan::{Element, FieldType, Set, Value};
+use portd_rules::plan::{Element, ElementRef, FieldRef, FieldType, Set, Value};
 use portd_rules::render;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -187,6 +187,105 @@ pub(super) fn encode_element(set: &Set, e: &Element, with_data: bool) -> Result<
         (Some(_), None) => return Err("it has no data but the set is a map".into()),
     }
     Ok(out)
+}
+
+/// An element on its way into a batch: decoded (from a delta) or packed (from a plan's
+/// set, encoded without decoding it).
+#[derive(Clone, Copy)]
+pub(super) enum Item<'a> {
+    /// A decoded element.
+    Decoded(&'a Element),
+    /// An element in its packed form.
+    Packed(ElementRef<'a>),
+}
+
+impl Item<'_> {
+    /// Encodes the element for `set` (see [`encode_element`]).
+    pub(super) fn encode(&self, set: &Set, with_data: bool) -> Result<EncodedElem, String> {
+        match self {
+            Item::Decoded(e) => encode_element(set, e, with_data),
+            Item::Packed(r) => match encode_packed(set, r, with_data) {
+                Some(done) => done,
+                None => encode_element(set, &r.decode(), with_data),
+            },
+        }
+    }
+
+    /// The element as nft(8) writes it, for messages.
+    pub(super) fn text(&self) -> String {
+        match self {
+            Item::Decoded(e) => element_text(e),
+            Item::Packed(r) => element_text(&r.decode()),
+        }
+    }
+}
+
+/// The bytes of one borrowed field, as [`value_bytes`] writes its value; `None` for
+/// networks, which only [`encode_element`] encodes.
+fn field_bytes(f: FieldRef<'_>, out: &mut Vec<u8>) -> Option<Result<(), String>> {
+    match f {
+        FieldRef::NfProto(Family::Ipv4) => out.push(k::NFPROTO_IPV4),
+        FieldRef::NfProto(Family::Ipv6) => out.push(k::NFPROTO_IPV6),
+        FieldRef::InetProto(Proto::Tcp) => out.push(libc::IPPROTO_TCP as u8),
+        FieldRef::InetProto(Proto::Udp) => out.push(libc::IPPROTO_UDP as u8),
+        FieldRef::InetService(p) => out.extend_from_slice(&p.to_be_bytes()),
+        FieldRef::Mark(m) => out.extend_from_slice(&m.to_ne_bytes()),
+        FieldRef::Ifname(name) => {
+            if name.len() > 15 {
+                let name = String::from_utf8_lossy(name);
+                return Some(Err(format!("interface name `{}` is longer than 15 bytes", name.escape_debug())));
+            }
+            out.extend_from_slice(name);
+            out.resize(out.len() + 16 - name.len(), 0);
+        }
+        FieldRef::Ipv4Net(..) | FieldRef::Ipv6Net(..) => return None,
+    }
+    Some(Ok(()))
+}
+
+/// [`encode_element`] of a packed element, read in place; `None` when it takes the
+/// general path (interval sets, networks, names with a NUL byte).
+fn encode_packed(set: &Set, r: &ElementRef<'_>, with_data: bool) -> Option<Result<EncodedElem, String>> {
+    if set.interval {
+        return None;
+    }
+    let parts = r.parts()?;
+    let fields: Vec<FieldRef<'_>> = parts.key.iter().flatten().copied().collect();
+    if fields.len() != set.key.len() {
+        return Some(Err(format!("it has {} key fields, the set's key has {}", fields.len(), set.key.len())));
+    }
+    let concat = set.key.len() > 1;
+    let mut key = Vec::with_capacity(16);
+    for f in fields {
+        let start = key.len();
+        if let Err(e) = field_bytes(f, &mut key)? {
+            return Some(Err(e));
+        }
+        if concat {
+            key.resize(start + reg_len((key.len() - start) as u32) as usize, 0);
+        }
+    }
+    let mut out = EncodedElem { key, key_end: None, data: None, udata: None };
+    if !with_data {
+        return Some(Ok(out));
+    }
+    out.udata = match parts.comment.map(comment_udata).transpose() {
+        Ok(u) => u,
+        Err(e) => return Some(Err(e)),
+    };
+    match (set.data, parts.data) {
+        (None, None) => {}
+        (Some(_), Some(f)) => {
+            let mut data = Vec::with_capacity(4);
+            if let Err(e) = field_bytes(f, &mut data)? {
+                return Some(Err(e));
+            }
+            out.data = Some(data);
+        }
+        (None, Some(_)) => return Some(Err("it has data but the set is not a map".into())),
+        (Some(_), None) => return Some(Err("it has no data but the set is a map".into())),
+    }
+    Some(Ok(out))
 }
 
 /// Longest element comment nft(8) accepts (NFT_USERDATA_MAXLEN is 256 bytes, nft
@@ -391,7 +490,8 @@ mod tests {
         for set in &p.sets {
             for e in set.elements.iter() {
                 let enc = encode_element(set, &e, true).expect("encodes");
-                let raw = RawElem { key: enc.key, key_end: enc.key_end, data: enc.data, udata: enc.udata, counter: None };
+                let raw =
+                    RawElem { key: enc.key, key_end: enc.key_end, data: enc.data, udata: enc.udata, counter: None };
                 assert_eq!(decode_element(set, &raw).expect("decodes"), normalize(&e), "set {}", set.name);
             }
         }
@@ -401,6 +501,27 @@ mod tests {
         // tcp . 80 . 203.0.113.0 - tcp . 80 . 203.0.113.255, each field in a 4-byte register
         assert_eq!(enc.key, [6, 0, 0, 0, 0, 80, 0, 0, 203, 0, 113, 0]);
         assert_eq!(enc.key_end, Some(vec![6, 0, 0, 0, 0, 80, 0, 0, 203, 0, 113, 255]));
+    }
+
+    #[test]
+    fn packed_elements_encode_like_decoded_ones() {
+        let p = plan();
+        let mut fast = 0;
+        for set in &p.sets {
+            for r in set.elements.refs() {
+                let e = r.decode();
+                let slow = encode_element(set, &e, true).expect("encodes");
+                let packed = Item::Packed(r).encode(set, true).expect("encodes");
+                assert_eq!(
+                    (packed.key, packed.key_end, packed.data, packed.udata),
+                    (slow.key, slow.key_end, slow.data, slow.udata),
+                    "set {}",
+                    set.name
+                );
+                fast += usize::from(encode_packed(set, &r, true).is_some());
+            }
+        }
+        assert!(fast >= 6, "elements of hash sets take the packed path: {fast}");
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! Netlink objects nftnl does not provide: set definitions and chunks of set elements,
 //! each an owned libnftnl object that writes itself into a batch.
 
-use super::codec::{encode_element, field_spec, set_udata, SetShape};
+use super::codec::{field_spec, set_udata, Item, SetShape};
 use super::consts as k;
 use super::error::{cstring, encode_err, BackendError};
 use super::raw::alloc;
 use crate::netlink::AlignedBuf;
 use nftnl::nftnl_sys as sys;
 use nftnl::{MsgType, NlMsg};
-use portd_rules::plan::{Element, Set};
+use portd_rules::plan::Set;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::ptr::NonNull;
 
@@ -106,7 +106,7 @@ impl ElemMsg {
         table: &CStr,
         set: &Set,
         id: Option<u32>,
-        elements: &[&Element],
+        elements: &[Item<'_>],
         with_data: bool,
     ) -> Result<(ElemMsg, usize), (usize, String)> {
         let name = CString::new(set.name.as_str()).map_err(|_| (0, "the set name has a NUL byte".to_string()))?;
@@ -128,7 +128,7 @@ impl ElemMsg {
         }
         let (mut bytes, mut taken) = (0, 0);
         for (i, e) in elements.iter().enumerate() {
-            let enc = encode_element(set, e, with_data).map_err(|r| (i, r))?;
+            let enc = e.encode(set, with_data).map_err(|r| (i, r))?;
             let len = enc.wire_len();
             if taken > 0 && bytes + len > ELEMS_BYTES {
                 break;

@@ -342,11 +342,7 @@ fn named(rc: c_int) -> Result<(), BackendError> {
 impl RawTableState {
     /// Decodes the dump with the set types of `expected`.
     pub(super) fn decode(self, expected: &Plan) -> Observed {
-        let mut o = Observed {
-            chains: self.chains,
-            problems: self.orphan_rules,
-            ..Observed::default()
-        };
+        let mut o = Observed { chains: self.chains, problems: self.orphan_rules, ..Observed::default() };
         for (name, shape, raw) in self.sets {
             o.set_shapes.insert(name.clone(), shape);
             let Some(set) = expected.set(&name) else {

@@ -6,5 +6,5 @@
 mod packed;
 mod value;
 
-pub use packed::Elements;
+pub use packed::{ElementRef, Elements, FieldRef, Parts};
 pub use value::{Element, FieldType, Value};

@@ -12,6 +12,7 @@
 //! with 0x00 escaped as 0x00 0xFF and end with 0x00 0x01.
 
 use super::value::{family_byte, family_of_byte, proto_byte, proto_of_byte, tag, Element, Value};
+use crate::model::{Family, Proto};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::cmp::Ordering;
@@ -102,16 +103,20 @@ fn encode_key(out: &mut Vec<u8>, key: &[Value]) {
 }
 
 fn encode(e: &Element) -> Packed {
-    let mut out = Vec::with_capacity(INLINE);
-    encode_key(&mut out, &e.key);
-    match &e.data {
+    encode_parts(&e.key, e.data.as_ref(), e.comment.as_deref())
+}
+
+fn encode_parts(key: &[Value], data: Option<&Value>, comment: Option<&str>) -> Packed {
+    let mut out = Vec::with_capacity(2 * INLINE);
+    encode_key(&mut out, key);
+    match data {
         None => out.push(0),
         Some(v) => {
             out.push(1);
             put_value(&mut out, v);
         }
     }
-    match &e.comment {
+    match comment {
         None => out.push(0),
         Some(c) => {
             out.push(1);
@@ -119,6 +124,115 @@ fn encode(e: &Element) -> Packed {
         }
     }
     Packed::new(&out)
+}
+
+/// One field of a packed element, read in place without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldRef<'a> {
+    /// [`Value::NfProto`]
+    NfProto(Family),
+    /// [`Value::InetProto`]
+    InetProto(Proto),
+    /// [`Value::InetService`]
+    InetService(u16),
+    /// [`Value::Mark`]
+    Mark(u32),
+    /// [`Value::Ifname`]: the name's bytes
+    Ifname(&'a [u8]),
+    /// [`Value::Ipv4Net`]: address and prefix length
+    Ipv4Net([u8; 4], u8),
+    /// [`Value::Ipv6Net`]: address and prefix length
+    Ipv6Net([u8; 16], u8),
+}
+
+/// A packed element, borrowed from its set: fields are read in place, for encoders that
+/// need bytes rather than [`Element`] values.
+#[derive(Clone, Copy)]
+pub struct ElementRef<'a>(&'a [u8]);
+
+/// The parts of a packed element: key fields (at most 4, as portd's keys have), data
+/// and comment.
+pub struct Parts<'a> {
+    /// Key fields, in order.
+    pub key: [Option<FieldRef<'a>>; 4],
+    /// The mapped value, for maps.
+    pub data: Option<FieldRef<'a>>,
+    /// The comment.
+    pub comment: Option<&'a str>,
+}
+
+/// A borrowed reader of packed bytes; `None` when a name holds an escaped NUL (then
+/// only [`decode`] can read it) or the key has more fields than [`Parts`] holds.
+struct RefReader<'a>(&'a [u8]);
+
+impl<'a> RefReader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn name(&mut self) -> Option<&'a [u8]> {
+        let end = self.0.iter().position(|b| *b == 0)?;
+        let name = self.take(end)?;
+        // 0x00 0x01 ends a name; 0x00 0xFF is an escaped NUL inside it
+        (self.take(2)? == [0, 1]).then_some(name)
+    }
+
+    fn field(&mut self, t: u8) -> Option<Option<FieldRef<'a>>> {
+        Some(Some(match t {
+            tag::NFPROTO => FieldRef::NfProto(family_of_byte(self.byte()?)),
+            tag::INET_PROTO => FieldRef::InetProto(proto_of_byte(self.byte()?)),
+            tag::INET_SERVICE => FieldRef::InetService(u16::from_be_bytes(self.take(2)?.try_into().ok()?)),
+            tag::MARK => FieldRef::Mark(u32::from_be_bytes(self.take(4)?.try_into().ok()?)),
+            tag::IFNAME => FieldRef::Ifname(self.name()?),
+            tag::IPV4_NET => FieldRef::Ipv4Net(self.take(4)?.try_into().ok()?, self.byte()?),
+            tag::IPV6_NET => FieldRef::Ipv6Net(self.take(16)?.try_into().ok()?, self.byte()?),
+            0 => return Some(None),
+            _ => return None,
+        }))
+    }
+}
+
+impl<'a> ElementRef<'a> {
+    /// The fields, read in place; `None` for the rare element that only [`decode`] reads
+    /// (a name with a NUL byte, or a key of more than four fields).
+    pub fn parts(&self) -> Option<Parts<'a>> {
+        let mut r = RefReader(self.0);
+        let mut key = [None; 4];
+        let mut i = 0;
+        loop {
+            let t = r.byte()?;
+            match r.field(t)? {
+                None => break,
+                Some(f) => {
+                    *key.get_mut(i)? = Some(f);
+                    i += 1;
+                }
+            }
+        }
+        let data = match r.byte()? {
+            1 => {
+                let t = r.byte()?;
+                r.field(t)?
+            }
+            _ => None,
+        };
+        let comment = match r.byte()? {
+            1 => Some(std::str::from_utf8(r.name()?).ok()?),
+            _ => None,
+        };
+        Some(Parts { key, data, comment })
+    }
+
+    /// The element, decoded.
+    pub fn decode(&self) -> Element {
+        decode_bytes(self.0)
+    }
 }
 
 /// Reads back what `encode` wrote. The input is always our own encoding; a malformed
@@ -175,7 +289,11 @@ impl Reader<'_> {
 }
 
 fn decode(p: &Packed) -> Element {
-    let mut r = Reader(p.bytes());
+    decode_bytes(p.bytes())
+}
+
+fn decode_bytes(bytes: &[u8]) -> Element {
+    let mut r = Reader(bytes);
     let mut key = Vec::with_capacity(3);
     loop {
         let tag = r.byte();
@@ -207,6 +325,16 @@ impl Elements {
     /// Adds an element; false if it was already there.
     pub fn insert(&mut self, e: Element) -> bool {
         self.0.insert(encode(&e))
+    }
+
+    /// Adds an element given by its parts, without building an [`Element`].
+    pub fn insert_parts(&mut self, key: &[Value], data: Option<&Value>, comment: Option<&str>) -> bool {
+        self.0.insert(encode_parts(key, data, comment))
+    }
+
+    /// The elements in order, borrowed in their packed form.
+    pub fn refs(&self) -> impl Iterator<Item = ElementRef<'_>> + '_ {
+        self.0.iter().map(|p| ElementRef(p.bytes()))
     }
 
     /// Removes an element; false if it was not there.
@@ -241,10 +369,15 @@ impl Elements {
 
     /// The first element whose key is `key` (of a map: the entry for that key).
     pub fn with_key(&self, key: &[Value]) -> Option<Element> {
+        self.with_key_ref(key).map(|r| r.decode())
+    }
+
+    /// [`Elements::with_key`], borrowed in its packed form.
+    pub fn with_key_ref(&self, key: &[Value]) -> Option<ElementRef<'_>> {
         let mut probe = Vec::with_capacity(INLINE);
         encode_key(&mut probe, key);
         let from = Packed::new(&probe);
-        self.0.range(from..).next().filter(|p| p.bytes().starts_with(&probe)).map(decode)
+        self.0.range(from..).next().filter(|p| p.bytes().starts_with(&probe)).map(|p| ElementRef(p.bytes()))
     }
 }
 
@@ -368,6 +501,42 @@ mod tests {
         let packed: Elements = all.iter().cloned().collect();
         assert_eq!(packed.len(), by_value.len());
         assert!(packed.iter().eq(by_value.iter().cloned()), "same order as Element's Ord");
+    }
+
+    /// The value a borrowed field stands for.
+    fn owned(f: FieldRef<'_>) -> Value {
+        match f {
+            FieldRef::NfProto(x) => Value::NfProto(x),
+            FieldRef::InetProto(x) => Value::InetProto(x),
+            FieldRef::InetService(x) => Value::InetService(x),
+            FieldRef::Mark(x) => Value::Mark(x),
+            FieldRef::Ifname(b) => Value::Ifname(String::from_utf8(b.to_vec()).expect("utf-8")),
+            FieldRef::Ipv4Net(a, l) => Value::Ipv4Net(Ipv4Net::new(a.into(), l).expect("net")),
+            FieldRef::Ipv6Net(a, l) => Value::Ipv6Net(Ipv6Net::new(a.into(), l).expect("net")),
+        }
+    }
+
+    #[test]
+    fn borrowed_parts_read_what_decode_reads() {
+        let all = samples();
+        let packed: Elements = all.iter().cloned().collect();
+        let mut borrowed = 0;
+        for (r, e) in packed.refs().zip(packed.iter()) {
+            assert_eq!(r.decode(), e);
+            let with_nul = e.comment.as_deref().is_some_and(|c| c.contains('\0'))
+                || e.key.iter().any(|v| matches!(v, Value::Ifname(n) if n.contains('\0')));
+            match r.parts() {
+                None => assert!(with_nul, "only names with a NUL need decoding: {e:?}"),
+                Some(p) => {
+                    borrowed += 1;
+                    let key: Vec<Value> = p.key.iter().flatten().map(|f| owned(*f)).collect();
+                    assert_eq!(key, e.key);
+                    assert_eq!(p.data.map(owned), e.data);
+                    assert_eq!(p.comment, e.comment.as_deref());
+                }
+            }
+        }
+        assert!(borrowed > all.len() / 2, "most samples are read in place: {borrowed}");
     }
 
     #[test]

@@ -81,14 +81,21 @@ impl Plan {
             let f = &a.forward;
             let clash = f.claims().find_map(|(fam, proto, port)| {
                 let holder = both
-                    .and_then(|s| s.elements.with_key(&port_key(proto, port)))
-                    .or_else(|| one.and_then(|s| s.elements.with_key(&key(fam, proto, port))))?;
-                let c = holder.comment.unwrap_or_default();
-                if leaving.contains(&c) {
+                    .and_then(|s| s.elements.with_key_ref(&port_key(proto, port)))
+                    .or_else(|| one.and_then(|s| s.elements.with_key_ref(&key(fam, proto, port))))?;
+                let decoded;
+                let c = match holder.parts() {
+                    Some(p) => p.comment.unwrap_or_default(),
+                    None => {
+                        decoded = holder.decode().comment.unwrap_or_default();
+                        decoded.as_str()
+                    }
+                };
+                if leaving.contains(c) {
                     return None;
                 }
                 let (oo, on) =
-                    self.by_comment(&c).map_or(("?".into(), "?".into()), |p| (p.owner.clone(), p.forward.name.clone()));
+                    self.by_comment(c).map_or(("?".into(), "?".into()), |p| (p.owner.clone(), p.forward.name.clone()));
                 Some(Conflict {
                     owner: owner.to_string(),
                     name: f.name.clone(),

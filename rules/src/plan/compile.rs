@@ -137,54 +137,54 @@ impl Plan {
         if both {
             for &proto in f.proto.protos() {
                 for port in f.port.ports() {
-                    let k = port_key(proto, port);
+                    let k = [Value::InetProto(proto), Value::InetService(port)];
                     if plain {
-                        self.insert(COUNT, k.clone(), None, c);
+                        self.insert(COUNT, &k, None, c);
                     }
-                    self.insert(TO, k, Some(Value::InetService(f.target_of(port))), c);
+                    self.insert(TO, &k, Some(Value::InetService(f.target_of(port))), c);
                 }
             }
         }
         for &fam in f.family.families() {
             for &proto in f.proto.protos() {
                 for port in f.port.ports() {
-                    let k = key(fam, proto, port);
+                    let k = [Value::NfProto(fam), Value::InetProto(proto), Value::InetService(port)];
                     if !both {
-                        self.insert(TO_FAMILY, k.clone(), Some(Value::InetService(f.target_of(port))), c);
+                        self.insert(TO_FAMILY, &k, Some(Value::InetService(f.target_of(port))), c);
                     }
                     if !plain {
-                        self.insert(COUNT_FAMILY, k.clone(), None, c);
+                        self.insert(COUNT_FAMILY, &k, None, c);
                         if mark != 0 {
-                            self.insert(MARK, k.clone(), Some(Value::Mark(mark)), c);
+                            self.insert(MARK, &k, Some(Value::Mark(mark)), c);
                         }
                     }
                     if !f.local {
-                        self.insert(NOLOCAL, k.clone(), None, c);
+                        self.insert(NOLOCAL, &k, None, c);
                     }
                     if !f.interfaces.is_empty() {
-                        self.insert(IFACE_KEYS, k.clone(), None, c);
+                        self.insert(IFACE_KEYS, &k, None, c);
                         for i in &f.interfaces {
-                            let mut ki = k.clone();
+                            let mut ki = k.to_vec();
                             ki.push(Value::Ifname(i.clone()));
-                            self.insert(IFACE, ki, None, c);
+                            self.insert(IFACE, &ki, None, c);
                         }
                     }
                     if !f.sources.is_empty() {
-                        self.insert(SRC_KEYS, k.clone(), None, c);
+                        self.insert(SRC_KEYS, &k, None, c);
                         for s in &f.sources {
                             let (set, net) = match (fam, s) {
                                 (Family::Ipv4, ipnet::IpNet::V4(n)) => (SRC4, Value::Ipv4Net(*n)),
                                 (Family::Ipv6, ipnet::IpNet::V6(n)) => (SRC6, Value::Ipv6Net(*n)),
                                 _ => continue,
                             };
-                            self.insert(set, vec![Value::InetProto(proto), Value::InetService(port), net], None, c);
+                            self.insert(set, &[Value::InetProto(proto), Value::InetService(port), net], None, c);
                         }
                     }
                     // Several forwards may protect one local port: its element carries the
                     // comment of the first of them in `compile`'s order.
                     let target = key(fam, proto, f.target_of(port));
                     if f.protect && self.set_mut(PROTECT).elements.with_key(&target).is_none() {
-                        self.insert(PROTECT, target, None, c);
+                        self.insert(PROTECT, &target, None, c);
                     }
                 }
             }

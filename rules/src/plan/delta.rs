@@ -39,9 +39,7 @@ impl Delta {
 
     /// True when the kernel needs no change.
     pub fn is_empty(&self) -> bool {
-        !self.structural
-            && self.del_elements.is_empty()
-            && self.add_elements.is_empty()
+        !self.structural && self.del_elements.is_empty() && self.add_elements.is_empty()
     }
 
     /// Number of kernel objects the delta touches.
@@ -101,13 +99,13 @@ impl Plan {
             && old.mark == new.mark
             && old.chains == new.chains
             && old.sets.len() == new.sets.len()
-            && old
-                .sets
-                .iter()
-                .zip(&new.sets)
-                .all(|(a, b)| {
-                    a.name == b.name && a.key == b.key && a.data == b.data && a.interval == b.interval && a.counter == b.counter
-                });
+            && old.sets.iter().zip(&new.sets).all(|(a, b)| {
+                a.name == b.name
+                    && a.key == b.key
+                    && a.data == b.data
+                    && a.interval == b.interval
+                    && a.counter == b.counter
+            });
         if !same_shape {
             d.structural = true;
             return d;

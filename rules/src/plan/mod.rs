@@ -24,13 +24,12 @@ mod stale;
 mod summary;
 mod table;
 
-pub use crate::element::{Element, Elements, FieldType, Value};
+pub use crate::element::{Element, ElementRef, Elements, FieldRef, FieldType, Parts, Value};
 pub use compile::compile;
 pub use delta::Delta;
 pub use stale::{stale_in_delta, stale_mappings, Stale};
 pub use summary::Summary;
 pub use table::{
     element_comment, names, BaseChain, Chain, ChainType, Conflict, Hook, KeyExpr, OwnedSet, PlacedForward, Plan, Rule,
-    Set, MIN_SET_SIZE,
-    SYSTEM_OWNER,
+    Set, MIN_SET_SIZE, SYSTEM_OWNER,
 };

@@ -1,7 +1,7 @@
 //! The vocabulary of a plan: [`Plan`], its sets, chains and rules, the set names, placed
 //! and owned forwards, conflicts; and the lookups every other part of `plan` uses.
 
-use crate::element::{Element, Elements, FieldType, Value};
+use crate::element::{Elements, FieldType, Value};
 use crate::model::{Family, Forward, Proto};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -296,8 +296,8 @@ impl Plan {
         }
     }
 
-    pub(crate) fn insert(&mut self, set: &str, key: Vec<Value>, data: Option<Value>, comment: &str) {
-        self.set_mut(set).elements.insert(Element { key, data, comment: Some(comment.to_string()) });
+    pub(crate) fn insert(&mut self, set: &str, key: &[Value], data: Option<Value>, comment: &str) {
+        self.set_mut(set).elements.insert_parts(key, data.as_ref(), Some(comment));
     }
 
     /// Number of elements over all sets: the kernel objects the forwards take.
