@@ -336,7 +336,11 @@ impl Daemon {
     /// The whole plan of the system set and the active user forwards.
     fn desired_plan(&self) -> Result<Plan, Vec<String>> {
         let mut sets = vec![OwnedSet { owner: policy::SYSTEM.into(), forwards: self.config.forwards.clone() }];
-        sets.extend(self.eval.active.iter().map(|(o, f)| OwnedSet { owner: o.clone(), forwards: f.clone() }));
+        sets.extend(
+            self.eval
+                .active_forwards(&self.users)
+                .map(|(o, f)| OwnedSet { owner: o.clone(), forwards: f.into_iter().cloned().collect() }),
+        );
         compile(&self.config.settings.table, self.config.settings.mark, &sets)
             .map_err(|c| c.iter().map(|c| c.to_string()).collect())
     }

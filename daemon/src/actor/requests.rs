@@ -446,17 +446,17 @@ impl Daemon {
                 if new.is_empty() {
                     self.eval.active.remove(owner);
                 } else {
-                    self.eval.active.insert(owner.to_string(), new.clone());
+                    self.eval.active.insert(owner.to_string(), new.iter().map(|f| f.name.clone()).collect());
                 }
             }
-            Change::Add(f) => self.eval.active.entry(owner.to_string()).or_default().push(f.clone()),
+            Change::Add(f) => {
+                self.eval.active.entry(owner.to_string()).or_default().insert(f.name.clone());
+            }
             Change::Remove(name) => {
-                for map in [&mut self.eval.active] {
-                    if let Some(v) = map.get_mut(owner) {
-                        v.retain(|f| f.name != *name);
-                        if v.is_empty() {
-                            map.remove(owner);
-                        }
+                if let Some(v) = self.eval.active.get_mut(owner) {
+                    v.remove(name);
+                    if v.is_empty() {
+                        self.eval.active.remove(owner);
                     }
                 }
                 if let Some(v) = self.eval.suspended.get_mut(owner) {
