@@ -128,6 +128,8 @@ pub struct Daemon {
     backoff: Backoff,
     /// When to hand freed heap back to the system (after a large change or read).
     trim_at: Option<Instant>,
+    /// A large commit ran while another program committed too, unheard: check the table.
+    missed: std::cell::Cell<bool>,
     /// When to check the listeners of user forwards next.
     poll_at: Option<Instant>,
     /// What the server reads: the current grants.
@@ -174,6 +176,10 @@ const TRIM_AFTER_OBJECTS: usize = 1000;
 /// and the connection's buffers, the parsed file and the delta have all been freed.
 pub(super) const TRIM_DELAY: Duration = Duration::from_millis(100);
 
+/// Kernel calls touching more objects than this run with the event listener out of the
+/// event group (see [`crate::events::quietly`]).
+const QUIET_MIN_OBJECTS: usize = 1000;
+
 /// Returns freed heap to the system; glibc keeps it otherwise (freed pages between live
 /// allocations are only released by malloc_trim, in every arena).
 pub fn trim_heap() {
@@ -217,6 +223,7 @@ impl Daemon {
             repairs: 0,
             backoff: Backoff::default(),
             trim_at: None,
+            missed: std::cell::Cell::new(false),
             poll_at: None,
             published,
             drift_since: None,
@@ -236,7 +243,7 @@ impl Daemon {
             Some(obs) if obs.matches(&plan) => true,
             _ => {
                 let t = Instant::now();
-                d.kernel.replace(&plan)?;
+                d.kernel_call(plan.element_count(), |k| k.replace(&plan))?;
                 d.published.metrics.applied(t.elapsed());
                 false
             }
@@ -442,6 +449,12 @@ impl Daemon {
     pub fn run(mut self, rx: Receiver<Msg>) {
         crate::events::mark_committer_thread();
         loop {
+            if self.missed.take() {
+                tracing::info!(
+                    "another program committed to nf_tables during a large change of portd's; checking the table"
+                );
+                self.repair_if_drifted(crate::events::TableEvent::Unknown);
+            }
             let wake = [self.backoff.deferred(), self.trim_at, self.poll_at].into_iter().flatten().min();
             let msg = match wake {
                 Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
@@ -562,7 +575,7 @@ impl Daemon {
                     until.saturating_duration_since(Instant::now())
                 );
             }
-            Repair::Now => match self.timed(|k, plan| k.replace(plan)) {
+            Repair::Now => match self.timed(|k, plan| k.replace(plan), self.plan.element_count()) {
                 Ok(()) => {
                     self.repairs += 1;
                     self.drift_since = None;
@@ -590,7 +603,7 @@ impl Daemon {
         }
         let t = Instant::now();
         if !delta.structural {
-            match self.kernel.change(&self.plan, delta) {
+            match self.kernel_call(delta.size(), |k| k.change(&self.plan, delta)) {
                 Ok(()) => {
                     self.published.metrics.applied(t.elapsed());
                     return Ok(());
@@ -600,18 +613,37 @@ impl Daemon {
         }
         let whole = whole();
         let t = Instant::now();
-        self.kernel.replace(&whole)?;
+        self.kernel_call(whole.element_count(), |k| k.replace(&whole))?;
         self.published.metrics.applied(t.elapsed());
         Ok(())
     }
 
-    /// Runs one kernel call on the current plan and records its duration when it succeeds.
+    /// Runs a kernel call touching `objects` kernel objects; a large one quietly (see
+    /// [`crate::events::quietly`]), noting when another program committed meanwhile.
+    fn kernel_call<T>(
+        &self,
+        objects: usize,
+        f: impl FnOnce(&dyn Kernel) -> Result<T, portd::nft::BackendError>,
+    ) -> Result<T, portd::nft::BackendError> {
+        if objects < QUIET_MIN_OBJECTS {
+            return f(self.kernel.as_ref());
+        }
+        let (r, missed) = crate::events::quietly(|| f(self.kernel.as_ref()));
+        if missed {
+            self.missed.set(true);
+        }
+        r
+    }
+
+    /// Runs one kernel call on the current plan (touching `objects` objects) and records
+    /// its duration when it succeeds.
     fn timed<T>(
         &self,
         f: impl FnOnce(&dyn Kernel, &Plan) -> Result<T, portd::nft::BackendError>,
+        objects: usize,
     ) -> Result<T, portd::nft::BackendError> {
         let t = Instant::now();
-        let r = f(self.kernel.as_ref(), &self.plan);
+        let r = self.kernel_call(objects, |k| f(k, &self.plan));
         if r.is_ok() {
             self.published.metrics.applied(t.elapsed());
         }
