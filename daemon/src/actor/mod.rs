@@ -608,6 +608,9 @@ impl Daemon {
                     self.published.metrics.applied(t.elapsed());
                     return Ok(());
                 }
+                Err(e @ portd::nft::BackendError::Outgrown { .. }) => {
+                    tracing::info!("{e}; replacing the whole table with sets sized anew (counters start over)")
+                }
                 Err(e) => tracing::warn!("element-level change refused ({e}); replacing the whole table"),
             }
         }
