@@ -422,7 +422,7 @@ impl Daemon {
                 return Err((ErrorKind::Conflict, c));
             }
         };
-        if let Err(e) = self.commit(&Plan::diff(&self.plan, &plan), || plan.clone()) {
+        if let Err(e) = self.commit(&Plan::diff(&self.plan, &plan), || std::borrow::Cow::Borrowed(&plan)) {
             self.eval = before;
             return Err(err(ErrorKind::Kernel, format!("the kernel refused the change; nothing was changed: {e}")));
         }
@@ -597,7 +597,11 @@ impl Daemon {
     /// element-level batch, else — the kernel drifted from what portd believes, or the
     /// change is structural — the whole new table, from `whole`, replaced in one batch.
     /// The time the kernel took goes to `portd_apply_duration_seconds`.
-    fn commit(&self, delta: &portd_rules::Delta, whole: impl FnOnce() -> Plan) -> Result<(), portd::nft::BackendError> {
+    fn commit<'p>(
+        &self,
+        delta: &portd_rules::Delta,
+        whole: impl FnOnce() -> std::borrow::Cow<'p, Plan>,
+    ) -> Result<(), portd::nft::BackendError> {
         if delta.is_empty() {
             return Ok(());
         }

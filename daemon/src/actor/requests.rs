@@ -347,10 +347,15 @@ impl Daemon {
             return Ok(with_warnings(Body::changed(delta.summary, dry_run), warnings));
         }
         let t_compile = t0.elapsed();
-        let whole = || {
-            let mut whole = self.plan.clone();
-            delta.apply_in_place(&mut whole);
-            whole
+        // A large change computed the new plan whole already; otherwise it is made here,
+        // when the kernel refuses the element-level change.
+        let whole = || match &delta.whole {
+            Some(w) => std::borrow::Cow::Borrowed(&**w),
+            None => {
+                let mut whole = self.plan.clone();
+                delta.apply_in_place(&mut whole);
+                std::borrow::Cow::Owned(whole)
+            }
         };
         self.commit(&delta, whole)
             .map_err(|e| err(ErrorKind::Kernel, format!("the kernel refused the change; nothing was changed: {e}")))?;
@@ -502,7 +507,7 @@ impl Daemon {
             }
         };
         let delta = Plan::diff(&self.plan, &plan);
-        if let Err(e) = self.commit(&delta, || plan.clone()) {
+        if let Err(e) = self.commit(&delta, || std::borrow::Cow::Borrowed(&plan)) {
             undo(self, before);
             return Err(err(ErrorKind::Kernel, format!("the kernel refused the new config; nothing was changed: {e}")));
         }
