@@ -415,12 +415,12 @@ pub fn target_unserved(l: &Listeners, f: &Forward) -> Option<String> {
 
 /// Public port claims placed so far, as disjoint ranges per family and protocol.
 #[derive(Debug, Default)]
-pub struct Claims {
-    /// (family, proto, start) -> (end, owner, forward name)
-    placed: BTreeMap<(Family, Proto, u16), (u16, String, String)>,
+pub struct Claims<'a> {
+    /// (family, proto, start) -> (end, owner, forward name), borrowed from the sets
+    placed: BTreeMap<(Family, Proto, u16), (u16, &'a str, &'a str)>,
 }
 
-impl Claims {
+impl<'a> Claims<'a> {
     /// The owner and name of a placed forward overlapping `f`'s public ports, if any.
     pub fn clash(&self, f: &Forward) -> Option<(&str, &str)> {
         for &fam in f.family.families() {
@@ -436,10 +436,10 @@ impl Claims {
         None
     }
     /// Places `f` (which must not clash).
-    pub fn put(&mut self, owner: &str, f: &Forward) {
+    pub fn put(&mut self, owner: &'a str, f: &'a Forward) {
         for &fam in f.family.families() {
             for &proto in f.proto.protos() {
-                self.placed.insert((fam, proto, f.port.start), (f.port.end, owner.to_string(), f.name.clone()));
+                self.placed.insert((fam, proto, f.port.start), (f.port.end, owner, f.name.as_str()));
             }
         }
     }

@@ -16,7 +16,7 @@ use crate::state::Store;
 use portd::kernel::Kernel;
 use portd_rules::policy::{self, Backoff, Evaluation, Judge, Listeners, Repair, UserSet};
 use portd_rules::proto::{Command, ErrorKind, Response};
-use portd_rules::{compile, Config, ListenerCheck, OnExit, OwnedSet, Plan};
+use portd_rules::{Config, ListenerCheck, OnExit, Plan};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -342,13 +342,9 @@ impl Daemon {
 
     /// The whole plan of the system set and the active user forwards.
     fn desired_plan(&self) -> Result<Plan, Vec<String>> {
-        let mut sets = vec![OwnedSet { owner: policy::SYSTEM.into(), forwards: self.config.forwards.clone() }];
-        sets.extend(
-            self.eval
-                .active_forwards(&self.users)
-                .map(|(o, f)| OwnedSet { owner: o.clone(), forwards: f.into_iter().cloned().collect() }),
-        );
-        compile(&self.config.settings.table, self.config.settings.mark, &sets)
+        let mut sets = vec![(policy::SYSTEM, self.config.forwards.iter().collect())];
+        sets.extend(self.eval.active_forwards(&self.users).map(|(o, f)| (o.as_str(), f)));
+        portd_rules::plan::compile_borrowed(&self.config.settings.table, self.config.settings.mark, &sets)
             .map_err(|c| c.iter().map(|c| c.to_string()).collect())
     }
 

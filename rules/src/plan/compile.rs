@@ -280,15 +280,21 @@ fn compile_placed(table: &str, mark: u32, sets: &[(&str, Vec<(&Forward, u32)>)])
 /// Forwards within one set were validated against each other already; this checks
 /// claims across owners. Every conflict is reported, each naming the other forward.
 pub fn compile(table: &str, default_mark: u32, sets: &[OwnedSet]) -> Result<Plan, Vec<Conflict>> {
-    let mut ordered: Vec<&OwnedSet> = sets.iter().collect();
-    ordered.sort_by(|a, b| placed_order_key(&a.owner).cmp(&placed_order_key(&b.owner)));
+    let borrowed: Vec<(&str, Vec<&Forward>)> =
+        sets.iter().map(|s| (s.owner.as_str(), s.forwards.iter().collect())).collect();
+    compile_borrowed(table, default_mark, &borrowed)
+}
+
+/// [`compile`] of owners' sets that others own: `(owner, forwards)` in any order.
+pub fn compile_borrowed(table: &str, default_mark: u32, sets: &[(&str, Vec<&Forward>)]) -> Result<Plan, Vec<Conflict>> {
+    let mut ordered: Vec<&(&str, Vec<&Forward>)> = sets.iter().collect();
+    ordered.sort_by(|a, b| placed_order_key(a.0).cmp(&placed_order_key(b.0)));
     let placed: Vec<(&str, Vec<(&Forward, u32)>)> = ordered
         .into_iter()
-        .map(|set| {
-            let mut fws: Vec<(&Forward, u32)> =
-                set.forwards.iter().map(|f| (f, f.mark.unwrap_or(default_mark))).collect();
+        .map(|(owner, forwards)| {
+            let mut fws: Vec<(&Forward, u32)> = forwards.iter().map(|f| (*f, f.mark.unwrap_or(default_mark))).collect();
             fws.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-            (set.owner.as_str(), fws)
+            (*owner, fws)
         })
         .collect();
     compile_placed(table, default_mark, &placed)
