@@ -6,9 +6,10 @@
 //! This only reads event headers, so it uses a plain netlink socket of the shared
 //! [`portd::netlink`] layer, not nftnl/mnl.
 
-use portd::netlink::{find, messages, Socket};
+use portd::netlink::{find, messages, setsockopt_int, Socket};
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// Thread id of the thread that commits portd's own transactions (the actor).
 static COMMITTER: AtomicU32 = AtomicU32::new(0);
@@ -40,8 +41,64 @@ fn gen_pid(payload: &[u8]) -> Option<u32> {
 
 /// A netlink socket subscribed to nf_tables events.
 pub struct Listener {
-    sock: Socket,
+    sock: Arc<Socket>,
     table: Vec<u8>,
+}
+
+/// The listener's socket, for [`quietly`] to leave and rejoin the event group.
+static SUBSCRIBED: OnceLock<Arc<Socket>> = OnceLock::new();
+
+/// NFTA_GEN_ID
+const NFTA_GEN_ID: u16 = 1;
+
+/// The ruleset's generation (NFT_MSG_GETGEN): every committed transaction adds one.
+fn generation() -> io::Result<u32> {
+    let mut s = Socket::open(libc::NETLINK_NETFILTER)?;
+    let ty = ((libc::NFNL_SUBSYS_NFTABLES as u16) << 8) | libc::NFT_MSG_GETGEN as u16;
+    // struct nfgenmsg { family: AF_UNSPEC, version: NFNETLINK_V0, res_id: 0 }
+    let seq = s.send_request(ty, libc::NLM_F_ACK as u16, &[&[libc::AF_UNSPEC as u8, 0, 0, 0]])?;
+    let mut id = None;
+    s.replies(seq, |m| {
+        if i32::from(m.header.ty & 0xff) == libc::NFT_MSG_NEWGEN {
+            let attrs = m.body.get(NFGENMSG_LEN..).unwrap_or_default();
+            id = find(attrs, NFTA_GEN_ID).and_then(|v| v.get(..4)).map(|v| {
+                let mut b = [0; 4];
+                b.copy_from_slice(v);
+                u32::from_be_bytes(b)
+            });
+        }
+    })?;
+    id.ok_or_else(|| io::Error::other("the kernel answered NFT_MSG_GETGEN without a generation"))
+}
+
+/// Runs a large commit of portd's own (`f`, at most one transaction) with portd's event
+/// listener out of the event group.
+///
+/// While anyone in any network namespace listens to nf_tables events, the kernel builds
+/// a notification for every element a batch adds or deletes: for 20,000 elements a sixth
+/// of the kernel's work, all of it for portd's own listener (when nothing else listens),
+/// which skips portd's own transactions anyway. The generation number is read before and
+/// after: if it moved by more than `f`'s own commit, another program committed while
+/// portd did not listen, and the second value is true so that the caller checks the
+/// table. Without a listener (tests, or before it started) `f` just runs.
+pub fn quietly<T, E>(f: impl FnOnce() -> Result<T, E>) -> (Result<T, E>, bool) {
+    let Some(sock) = SUBSCRIBED.get() else { return (f(), false) };
+    let Ok(before) = generation() else { return (f(), false) };
+    let group = libc::NFNLGRP_NFTABLES;
+    if setsockopt_int(sock.as_ref(), libc::SOL_NETLINK, libc::NETLINK_DROP_MEMBERSHIP, group).is_err() {
+        return (f(), false);
+    }
+    let result = f();
+    let rejoined = setsockopt_int(sock.as_ref(), libc::SOL_NETLINK, libc::NETLINK_ADD_MEMBERSHIP, group);
+    if let Err(e) = &rejoined {
+        tracing::error!("rejoining the nf_tables event group: {e}; foreign changes may go unnoticed");
+    }
+    let ours = u32::from(result.is_ok());
+    let missed = match generation() {
+        Ok(after) => after.wrapping_sub(before) != ours,
+        Err(_) => true,
+    };
+    (result, missed || rejoined.is_err())
 }
 
 const NFGENMSG_LEN: usize = 4;
@@ -49,7 +106,7 @@ const NFGENMSG_LEN: usize = 4;
 impl Listener {
     /// Subscribes to NFNLGRP_NFTABLES in the caller's network namespace.
     pub fn new(table: &str) -> io::Result<Listener> {
-        let sock = Socket::open(libc::NETLINK_NETFILTER)?;
+        let sock = Arc::new(Socket::open(libc::NETLINK_NETFILTER)?);
         sock.subscribe(libc::NFNLGRP_NFTABLES)?;
         // A large receive buffer: a flush of a big table produces many messages. Failure
         // only means a smaller buffer (and, at worst, an overrun reported as Unknown).
@@ -58,6 +115,8 @@ impl Listener {
                 "cannot enlarge the nf_tables event socket's buffer: {e}; a large flush may be seen as lost events"
             );
         }
+        // The process's listener is the one `quietly` steps out of the group.
+        let _ = SUBSCRIBED.set(Arc::clone(&sock));
         Ok(Listener { sock, table: table.as_bytes().to_vec() })
     }
 
@@ -108,5 +167,52 @@ impl Listener {
         find(&payload[NFGENMSG_LEN..], 1)
             .map(|v| v.split(|b| *b == 0).next().unwrap_or(v))
             .is_some_and(|name| name == self.table.as_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// `nft CMD...` in the calling thread's network namespace (a child inherits it).
+    fn nft(args: &[&str]) -> Result<(), String> {
+        let out = Command::new("nft").args(args).output().map_err(|e| format!("nft: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    #[test]
+    fn a_quiet_commit_notices_another_programs_commit_made_meanwhile() {
+        // A network namespace of this thread's own, as root (the tests run as root).
+        let r = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("this test needs root for a network namespace of its own (unshare: {e})"))?;
+            let listener = Listener::new("portd").map_err(|e| format!("subscribing: {e}"))?;
+            let one = || nft(&["add", "table", "inet", "portd"]);
+            let (r, missed) = quietly(one);
+            r?;
+            assert!(!missed, "one commit of its own: nothing missed");
+            let (r, missed) =
+                quietly(|| nft(&["add", "table", "ip", "mine"]).and(nft(&["add", "table", "ip", "other"])));
+            r?;
+            assert!(missed, "a second commit inside the window is another program's");
+            let (r, missed) = quietly(|| nft(&["add", "chain", "inet", "nosuch", "c"]));
+            assert!(r.is_err(), "a refused batch commits nothing");
+            assert!(!missed, "a refused batch of its own: nothing missed");
+            // The listener is back in the group: another program's change is heard.
+            nft(&["add", "chain", "inet", "portd", "c"])?;
+            let mut buf = Vec::new();
+            assert_eq!(listener.next(&mut buf).map_err(|e| e.to_string())?, TableEvent::Edited);
+            Ok::<(), String>(())
+        })
+        .join()
+        .expect("test thread");
+        if let Err(e) = r {
+            panic!("{e}");
+        }
     }
 }

@@ -352,6 +352,17 @@ fn rejected_plan_leaves_previous_state_byte_for_byte() {
     let err = net.apply_delta(&good, &too_many).expect_err("more elements than the set's size must be refused");
     assert_eq!(err.errno(), Some(libc::ENFILE), "{err}");
     assert_eq!(net.nft(&["list", "table", "inet", "portd"]), before, "delta beyond the size");
+    // A backend that knows the sizes (it read the table) says so before sending anything.
+    let (g, t) = (good.clone(), too_many.clone());
+    let err = in_netns(&net.server, move || {
+        let b = Backend::new("portd");
+        b.read(&g).expect("read");
+        assert_eq!(b.set_sizes().get("fwd_to"), Some(&1024), "sizes read back: {:?}", b.set_sizes());
+        b.apply_delta(&g, &t)
+    })
+    .expect_err("outgrown");
+    assert!(matches!(err, BackendError::Outgrown { need: 1103, size: 1024, .. }), "{err}");
+    assert_eq!(net.nft(&["list", "table", "inet", "portd"]), before, "nothing sent");
     net.apply_checked(&too_many);
     net.apply_checked(&good);
     let before = net.nft(&["list", "table", "inet", "portd"]);

@@ -1,23 +1,95 @@
 //! Parsing and validation of rules files and the daemon config.
 //!
-//! The text is parsed once by serde_yaml into a [`serde_yaml::Value`] (syntax errors come
-//! back located, alias expansion is bounded by serde_yaml), then walked field by field so
-//! that every problem is reported at once, each located through [`Locator`].
+//! The text is parsed once by serde_yaml into a compact tree (`load/tree.rs`: what a
+//! `serde_yaml::Value` holds, built by the same deserializer; syntax errors come back
+//! located, alias expansion is bounded by serde_yaml), then walked field by field so
+//! that every problem is reported at once, each located through `Locator`. Paths of
+//! fields (`forwards[3].port`) are only spelled out when a problem is reported.
+
+mod tree;
 
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::locate::Locator;
 use crate::model::*;
 pub use crate::shape::{MAX_DEPTH, MAX_NODES};
 use ipnet::IpNet;
-use serde_yaml::{Mapping, Value};
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use tree::{Map, Node};
 
 /// Files larger than this are refused before parsing.
 pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
 
 const FORWARD_FIELDS: &[&str] =
     &["name", "port", "to", "proto", "family", "local", "interfaces", "sources", "mark", "protect", "description"];
+// Indices into FORWARD_FIELDS.
+const NAME: usize = 0;
+const PORT: usize = 1;
+const TO: usize = 2;
+const PROTO: usize = 3;
+const FAMILY: usize = 4;
+const LOCAL: usize = 5;
+const INTERFACES: usize = 6;
+const SOURCES: usize = 7;
+const MARK: usize = 8;
+const PROTECT: usize = 9;
+const DESCRIPTION: usize = 10;
+
+/// Lists up to this long are checked for repeated entries by a scan, longer ones by hashing.
+const SCAN_ITEMS: usize = 16;
+
+/// Where in the file a problem is: the path a diagnostic names.
+trait Place {
+    fn path(&self) -> String;
+    /// The path of field `key` below this place.
+    fn child(&self, key: &str) -> String {
+        join(&self.path(), key)
+    }
+}
+
+impl Place for str {
+    fn path(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Place for String {
+    fn path(&self) -> String {
+        self.clone()
+    }
+}
+
+/// Item `index` of the list at `list`, such as a forward (`forwards[3]`).
+#[derive(Clone, Copy)]
+struct At<'a> {
+    list: &'a str,
+    index: usize,
+}
+
+/// Field `key` of an item (`forwards[3].port`).
+struct Field<'a>(At<'a>, &'a str);
+
+/// Entry `index` of the list in field `key` of an item (`forwards[3].sources[1]`).
+struct Item<'a>(At<'a>, &'a str, usize);
+
+impl Place for At<'_> {
+    fn path(&self) -> String {
+        format!("{}[{}]", self.list, self.index)
+    }
+}
+
+impl Place for Field<'_> {
+    fn path(&self) -> String {
+        format!("{}[{}].{}", self.0.list, self.0.index, self.1)
+    }
+}
+
+impl Place for Item<'_> {
+    fn path(&self) -> String {
+        format!("{}[{}].{}[{}]", self.0.list, self.0.index, self.1, self.2)
+    }
+}
 
 struct Ctx<'a> {
     file: &'a str,
@@ -31,16 +103,17 @@ impl Ctx<'_> {
     fn loc(&self) -> &Locator {
         self.loc.get_or_init(|| Locator::new(self.text))
     }
-    fn err(&mut self, path: &str, message: impl Into<String>) {
-        let (line, column) = self.loc().value(path);
+    fn err<P: Place + ?Sized>(&mut self, place: &P, message: impl Into<String>) {
+        let path = place.path();
+        let (line, column) = self.loc().value(&path);
         self.push(path, line, column, message.into());
     }
-    fn err_key(&mut self, path: &str, message: impl Into<String>) {
-        let (line, column) = self.loc().key(path);
+    fn err_key(&mut self, path: String, message: impl Into<String>) {
+        let (line, column) = self.loc().key(&path);
         self.push(path, line, column, message.into());
     }
-    fn push(&mut self, path: &str, line: usize, column: usize, message: String) {
-        self.diags.push(Diagnostic { file: self.file.to_string(), line, column, path: path.to_string(), message });
+    fn push(&mut self, path: String, line: usize, column: usize, message: String) {
+        self.diags.push(Diagnostic { file: self.file.to_string(), line, column, path, message });
     }
     fn finish<T>(mut self, v: T) -> Result<T, Diagnostics> {
         if self.diags.is_empty() {
@@ -70,20 +143,20 @@ pub fn clip(s: &str) -> String {
     out
 }
 
-fn describe(v: &Value) -> String {
+fn describe(v: &Node) -> String {
     match v {
-        Value::Null => "null".into(),
-        Value::Bool(b) => format!("boolean {b}"),
-        Value::Number(n) => format!("number {n}"),
-        Value::String(s) => format!("string \"{}\"", clip(s)),
-        Value::Sequence(_) => "a list".into(),
-        Value::Mapping(_) => "a mapping".into(),
-        Value::Tagged(t) => format!("tagged value {}", t.tag),
+        Node::Null => "null".into(),
+        Node::Bool(b) => format!("boolean {b}"),
+        Node::Number(n) => format!("number {n}"),
+        Node::String(s) => format!("string \"{}\"", clip(s)),
+        Node::Sequence(_) => "a list".into(),
+        Node::Mapping(_) => "a mapping".into(),
+        Node::Tagged(t) => format!("tagged value {}", t.0),
     }
 }
 
 /// Parses the document and checks its size; returns the root or the located syntax error.
-fn parse_root<'t>(file: &str, text: &'t str) -> Result<(Value, Ctx<'t>), Diagnostics> {
+fn parse_root<'t>(file: &str, text: &'t str) -> Result<(Node<'t>, Ctx<'t>), Diagnostics> {
     let one = |line: usize, column: usize, message: String| {
         Diagnostics(vec![Diagnostic { file: file.to_string(), line, column, path: String::new(), message }])
     };
@@ -101,7 +174,7 @@ fn parse_root<'t>(file: &str, text: &'t str) -> Result<(Value, Ctx<'t>), Diagnos
     if let Err((line, message)) = crate::shape::check_shape(text) {
         return Err(one(line, 1, message));
     }
-    let root: Value = match serde_yaml::from_str(text) {
+    let root: Node = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
             let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
@@ -122,7 +195,7 @@ fn parse_root<'t>(file: &str, text: &'t str) -> Result<(Value, Ctx<'t>), Diagnos
     Ok((root, ctx))
 }
 
-fn root_mapping<'v>(ctx: &mut Ctx, root: &'v Value, allowed: &[&str]) -> Option<&'v Mapping> {
+fn root_mapping<'n, 't>(ctx: &mut Ctx, root: &'n Node<'t>, allowed: &[&str]) -> Option<&'n Map<'t>> {
     let Some(m) = root.as_mapping() else {
         ctx.err("", format!("expected a mapping with `version: 1`, found {}", describe(root)));
         return None;
@@ -130,25 +203,42 @@ fn root_mapping<'v>(ctx: &mut Ctx, root: &'v Value, allowed: &[&str]) -> Option<
     check_keys(ctx, "", m, allowed);
     match m.get("version") {
         None => ctx.err("", "missing `version: 1`"),
-        Some(Value::Number(n)) if n.as_u64() == Some(1) => {}
+        Some(Node::Number(n)) if n.as_u64() == Some(1) => {}
         Some(v) => ctx.err("version", format!("unsupported version {}; this portd reads version 1", describe(v))),
     }
     Some(m)
 }
 
-fn check_keys(ctx: &mut Ctx, path: &str, m: &Mapping, allowed: &[&str]) {
-    for k in m.keys() {
-        match k.as_str() {
-            Some(k) if allowed.contains(&k) => {}
-            Some(k) => {
-                let hint = allowed
-                    .iter()
-                    .find(|a| similar(a, k))
-                    .map(|a| format!("; did you mean `{a}`?"))
-                    .unwrap_or_else(|| format!("; expected one of: {}", allowed.join(", ")));
-                ctx.err_key(&join(path, k), format!("unknown field `{}`{hint}", clip(k)));
-            }
-            None => ctx.err(path, format!("field names must be strings, found {}", describe(k))),
+fn check_keys<P: Place + ?Sized>(ctx: &mut Ctx, place: &P, m: &Map, allowed: &[&str]) {
+    check_fields(ctx, place, m, allowed, |_, _| {});
+}
+
+/// Reports the keys of `m` that are not in `allowed`, and hands `found` each allowed
+/// field's index in `allowed` and value, as [`Map::get`] would find it: one pass over the
+/// mapping instead of one lookup per field.
+fn check_fields<'n, 't, P: Place + ?Sized>(
+    ctx: &mut Ctx,
+    place: &P,
+    m: &'n Map<'t>,
+    allowed: &[&str],
+    mut found: impl FnMut(usize, &'n Node<'t>),
+) {
+    for (key, value) in m.entries() {
+        match key.as_str() {
+            Some(k) => match allowed.iter().position(|a| *a == k) {
+                // `as_str` looks through tags, lookups by name do not.
+                Some(i) if matches!(key, Node::String(_)) => found(i, value),
+                Some(_) => {}
+                None => {
+                    let hint = allowed
+                        .iter()
+                        .find(|a| similar(a, k))
+                        .map(|a| format!("; did you mean `{a}`?"))
+                        .unwrap_or_else(|| format!("; expected one of: {}", allowed.join(", ")));
+                    ctx.err_key(place.child(k), format!("unknown field `{}`{hint}", clip(k)));
+                }
+            },
+            None => ctx.err(place, format!("field names must be strings, found {}", describe(key))),
         }
     }
 }
@@ -168,30 +258,30 @@ fn similar(a: &str, b: &str) -> bool {
     prev[b.len()] <= 2 && a.len() > 2
 }
 
-fn get_str(ctx: &mut Ctx, path: &str, v: &Value) -> Option<String> {
+fn get_str<'n, P: Place + ?Sized>(ctx: &mut Ctx, place: &P, v: &'n Node) -> Option<&'n str> {
     match v {
-        Value::String(s) => Some(s.clone()),
+        Node::String(s) => Some(s),
         other => {
-            ctx.err(path, format!("expected a string, found {}", describe(other)));
+            ctx.err(place, format!("expected a string, found {}", describe(other)));
             None
         }
     }
 }
 
-fn get_bool(ctx: &mut Ctx, path: &str, v: &Value) -> Option<bool> {
+fn get_bool<P: Place + ?Sized>(ctx: &mut Ctx, place: &P, v: &Node) -> Option<bool> {
     match v {
-        Value::Bool(b) => Some(*b),
+        Node::Bool(b) => Some(*b),
         other => {
-            ctx.err(path, format!("expected true or false, found {}", describe(other)));
+            ctx.err(place, format!("expected true or false, found {}", describe(other)));
             None
         }
     }
 }
 
-fn get_u32(ctx: &mut Ctx, path: &str, v: &Value) -> Option<u32> {
+fn get_u32<P: Place + ?Sized>(ctx: &mut Ctx, place: &P, v: &Node) -> Option<u32> {
     let parsed = match v {
-        Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
-        Value::String(s) => {
+        Node::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+        Node::String(s) => {
             let s = s.trim();
             match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
                 Some(hex) => u32::from_str_radix(hex, 16).ok(),
@@ -201,35 +291,39 @@ fn get_u32(ctx: &mut Ctx, path: &str, v: &Value) -> Option<u32> {
         _ => None,
     };
     if parsed.is_none() {
-        ctx.err(path, format!("{} is not a 32-bit mark (0 to 0xffffffff)", describe(v)));
+        ctx.err(place, format!("{} is not a 32-bit mark (0 to 0xffffffff)", describe(v)));
     }
     parsed
 }
 
-fn get_ports(ctx: &mut Ctx, path: &str, v: &Value) -> Option<PortRange> {
-    let text = match v {
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.clone(),
+fn get_ports<P: Place + ?Sized>(ctx: &mut Ctx, place: &P, v: &Node) -> Option<PortRange> {
+    let parsed = match v {
+        // A port as a number is the common case: no detour through its text.
+        Node::Number(n) => match n.as_u64() {
+            Some(p @ 1..=65535) => Ok(PortRange::single(p as u16)),
+            _ => PortRange::parse(&n.to_string()),
+        },
+        Node::String(s) => PortRange::parse(s),
         other => {
-            ctx.err(path, format!("expected a port (80) or a range (\"8000-8099\"), found {}", describe(other)));
+            ctx.err(place, format!("expected a port (80) or a range (\"8000-8099\"), found {}", describe(other)));
             return None;
         }
     };
-    match PortRange::parse(&text) {
+    match parsed {
         Ok(r) => Some(r),
         Err(e) => {
-            ctx.err(path, e);
+            ctx.err(place, e);
             None
         }
     }
 }
 
-fn get_list<'v>(ctx: &mut Ctx, path: &str, v: &'v Value) -> &'v [Value] {
+fn get_list<'n, 't, P: Place + ?Sized>(ctx: &mut Ctx, place: &P, v: &'n Node<'t>) -> &'n [Node<'t>] {
     match v {
-        Value::Sequence(s) => s,
-        Value::Null => &[],
+        Node::Sequence(s) => s,
+        Node::Null => &[],
         other => {
-            ctx.err(path, format!("expected a list, found {}", describe(other)));
+            ctx.err(place, format!("expected a list, found {}", describe(other)));
             &[]
         }
     }
@@ -267,30 +361,59 @@ pub fn description_problem(d: &str) -> Option<String> {
         .map(|c| format!("description contains the control character {:?}; use printable text on one line", c))
 }
 
-fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
+/// Keeps the first of equal items, in order; scans short lists, hashes long ones.
+struct Distinct<T> {
+    items: Vec<T>,
+    seen: HashSet<T>,
+}
+
+impl<T: Eq + std::hash::Hash + Clone> Distinct<T> {
+    fn new() -> Self {
+        Distinct { items: Vec::new(), seen: HashSet::new() }
+    }
+    /// Adds `x`; false if it was already there.
+    fn insert(&mut self, x: T) -> bool {
+        if self.items.len() < SCAN_ITEMS {
+            if self.items.contains(&x) {
+                return false;
+            }
+        } else {
+            if self.seen.is_empty() {
+                self.seen.extend(self.items.iter().cloned());
+            }
+            if !self.seen.insert(x.clone()) {
+                return false;
+            }
+        }
+        self.items.push(x);
+        true
+    }
+}
+
+fn forward(ctx: &mut Ctx, at: At, v: &Node) -> Option<Forward> {
     let Some(m) = v.as_mapping() else {
-        ctx.err(path, format!("expected a forward (a mapping with name, port, to), found {}", describe(v)));
+        ctx.err(&at, format!("expected a forward (a mapping with name, port, to), found {}", describe(v)));
         return None;
     };
-    check_keys(ctx, path, m, FORWARD_FIELDS);
-    let field = |k: &str| m.get(k).filter(|v| !v.is_null());
-    let p = |k: &str| join(path, k);
+    let mut fields = [None; FORWARD_FIELDS.len()];
+    check_fields(ctx, &at, m, FORWARD_FIELDS, |i, v| fields[i] = Some(v));
+    let field = |i: usize| fields[i].filter(|v: &&Node| !v.is_null());
     let mut ok = true;
-    let mut need = |ctx: &mut Ctx, k: &str| {
-        if field(k).is_none() {
-            ctx.err(path, format!("missing required field `{k}`"));
+    let mut need = |ctx: &mut Ctx, i: usize| {
+        if field(i).is_none() {
+            ctx.err(&at, format!("missing required field `{}`", FORWARD_FIELDS[i]));
             ok = false;
         }
     };
-    need(ctx, "name");
-    need(ctx, "port");
-    need(ctx, "to");
+    need(ctx, NAME);
+    need(ctx, PORT);
+    need(ctx, TO);
 
-    let name = field("name").and_then(|v| get_str(ctx, &p("name"), v));
-    if let Some(n) = &name {
+    let name = field(NAME).and_then(|v| get_str(ctx, &Field(at, "name"), v));
+    if let Some(n) = name {
         if !valid_name(n) {
             ctx.err(
-                &p("name"),
+                &Field(at, "name"),
                 format!(
                     "`{}` is not a valid name: use 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit",
                     clip(n)
@@ -298,83 +421,79 @@ fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
             );
         }
     }
-    let port = field("port").and_then(|v| get_ports(ctx, &p("port"), v));
-    let to = field("to").and_then(|v| get_ports(ctx, &p("to"), v));
-    let proto = match field("proto").map(|v| (v, get_str(ctx, &p("proto"), v))) {
+    let port = field(PORT).and_then(|v| get_ports(ctx, &Field(at, "port"), v));
+    let to = field(TO).and_then(|v| get_ports(ctx, &Field(at, "to"), v));
+    let proto = match field(PROTO).map(|v| get_str(ctx, &Field(at, "proto"), v)) {
         None => Some(ProtoSel::Tcp),
-        Some((_, None)) => None,
-        Some((_, Some(s))) => ProtoSel::parse(&s).or_else(|| {
-            ctx.err(&p("proto"), format!("unknown protocol `{}`; use tcp, udp or both", clip(&s)));
+        Some(None) => None,
+        Some(Some(s)) => ProtoSel::parse(s).or_else(|| {
+            ctx.err(&Field(at, "proto"), format!("unknown protocol `{}`; use tcp, udp or both", clip(s)));
             None
         }),
     };
-    let family = match field("family").map(|v| get_str(ctx, &p("family"), v)) {
+    let family = match field(FAMILY).map(|v| get_str(ctx, &Field(at, "family"), v)) {
         None => Some(FamilySel::Both),
         Some(None) => None,
-        Some(Some(s)) => FamilySel::parse(&s).or_else(|| {
-            ctx.err(&p("family"), format!("unknown family `{}`; use ipv4, ipv6 or both", clip(&s)));
+        Some(Some(s)) => FamilySel::parse(s).or_else(|| {
+            ctx.err(&Field(at, "family"), format!("unknown family `{}`; use ipv4, ipv6 or both", clip(s)));
             None
         }),
     };
-    let local = field("local").map_or(Some(true), |v| get_bool(ctx, &p("local"), v));
-    let protect = field("protect").map_or(Some(false), |v| get_bool(ctx, &p("protect"), v));
-    let mark = match field("mark") {
+    let local = field(LOCAL).map_or(Some(true), |v| get_bool(ctx, &Field(at, "local"), v));
+    let protect = field(PROTECT).map_or(Some(false), |v| get_bool(ctx, &Field(at, "protect"), v));
+    let mark = match field(MARK) {
         None => Some(None),
-        Some(v) => get_u32(ctx, &p("mark"), v).map(Some),
+        Some(v) => get_u32(ctx, &Field(at, "mark"), v).map(Some),
     };
-    let description = field("description").and_then(|v| get_str(ctx, &p("description"), v));
-    if let Some(d) = &description {
+    let description = field(DESCRIPTION).and_then(|v| get_str(ctx, &Field(at, "description"), v));
+    if let Some(d) = description {
         if let Some(problem) = description_problem(d) {
-            ctx.err(&p("description"), problem);
+            ctx.err(&Field(at, "description"), problem);
         }
     }
-    let mut interfaces = Vec::new();
-    if let Some(list) = field("interfaces") {
-        for (i, item) in get_list(ctx, &p("interfaces"), list).iter().enumerate() {
-            let ip = format!("{}[{i}]", p("interfaces"));
+    let mut interfaces = Distinct::new();
+    if let Some(list) = field(INTERFACES) {
+        for (i, item) in get_list(ctx, &Field(at, "interfaces"), list).iter().enumerate() {
+            let ip = Item(at, "interfaces", i);
             if let Some(s) = get_str(ctx, &ip, item) {
-                if !valid_ifname(&s) {
+                if !valid_ifname(s) {
                     ctx.err(
                         &ip,
                         format!(
                             "`{}` is not an interface name (1-15 of a-z, A-Z, 0-9, '.', '_', '-', '@', '+')",
-                            clip(&s)
+                            clip(s)
                         ),
                     );
-                } else if interfaces.contains(&s) {
+                } else if !interfaces.insert(s) {
                     ctx.err(&ip, format!("interface `{s}` is listed twice"));
-                } else {
-                    interfaces.push(s);
                 }
             }
         }
     }
-    let mut sources = Vec::new();
-    if let Some(list) = field("sources") {
-        for (i, item) in get_list(ctx, &p("sources"), list).iter().enumerate() {
-            let sp = format!("{}[{i}]", p("sources"));
+    let mut sources = Distinct::new();
+    if let Some(list) = field(SOURCES) {
+        for (i, item) in get_list(ctx, &Field(at, "sources"), list).iter().enumerate() {
+            let sp = Item(at, "sources", i);
             if let Some(s) = get_str(ctx, &sp, item) {
                 let net = s.parse::<IpNet>().or_else(|_| s.parse::<IpAddr>().map(IpNet::from));
                 match net {
                     Ok(n) => {
-                        let n = n.trunc();
-                        if !sources.contains(&n) {
-                            sources.push(n);
-                        }
+                        sources.insert(n.trunc());
                     }
                     Err(_) => ctx.err(
                         &sp,
-                        format!("`{}` is not an address or network (203.0.113.0/24, 2001:db8::/32)", clip(&s)),
+                        format!("`{}` is not an address or network (203.0.113.0/24, 2001:db8::/32)", clip(s)),
                     ),
                 }
             }
         }
     }
+    let sources = sources.items;
 
     if let (Some(port), Some(to)) = (port, to) {
         if port.len() != to.len() {
             ctx.err(
-                &p("to"),
+                &Field(at, "to"),
                 format!(
                     "`{to}` has {} port(s) but `port: {port}` has {}; a range maps to a range of the same length",
                     to.len(),
@@ -383,7 +502,7 @@ fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
             );
             ok = false;
         } else if port.start == to.start {
-            ctx.err(&p("to"), format!("target {to} is the public port itself; forward to a different port"));
+            ctx.err(&Field(at, "to"), format!("target {to} is the public port itself; forward to a different port"));
             ok = false;
         }
     }
@@ -395,10 +514,7 @@ fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
                 _ => None,
             };
             if let Some(w) = wrong {
-                ctx.err(
-                    &format!("{}[{i}]", p("sources")),
-                    format!("{s} is an {w} network but the forward is `family: {fam}`"),
-                );
+                ctx.err(&Item(at, "sources", i), format!("{s} is an {w} network but the forward is `family: {fam}`"));
                 ok = false;
             }
         }
@@ -407,53 +523,88 @@ fn forward(ctx: &mut Ctx, path: &str, v: &Value) -> Option<Forward> {
         return None;
     }
     Some(Forward {
-        name: name?,
+        name: name?.to_string(),
         port: port?,
         to: to?,
         proto: proto?,
         family: family?,
         local: local?,
-        interfaces,
+        interfaces: interfaces.items.into_iter().map(str::to_string).collect(),
         sources,
         mark: mark?,
         protect: protect?,
-        description,
+        description: description.map(str::to_string),
     })
 }
 
+/// Which forward holds each public (family, proto, port): a table over every possible
+/// claim, in pages of 256 ports made on first use, so checking a forward costs one load
+/// per port whatever the number of forwards, and a small file touches a few pages.
+struct Claims(Vec<Option<Box<[u32; 256]>>>);
+
+impl Claims {
+    fn new() -> Self {
+        Claims(vec![None; 4 << 8])
+    }
+    /// The page and the slot in it; slots hold 1 + the index of the forward, 0 if free.
+    fn slot((fam, proto, port): (Family, Proto, u16)) -> (usize, usize) {
+        let f = match fam {
+            Family::Ipv4 => 0,
+            Family::Ipv6 => 1,
+        };
+        let p = match proto {
+            Proto::Tcp => 0,
+            Proto::Udp => 1,
+        };
+        (((f * 2 + p) << 8) | usize::from(port >> 8), usize::from(port & 0xff))
+    }
+    fn get(&self, c: (Family, Proto, u16)) -> Option<usize> {
+        let (page, i) = Self::slot(c);
+        let j = self.0[page].as_ref()?[i];
+        (j != 0).then(|| j as usize - 1)
+    }
+    fn set(&mut self, c: (Family, Proto, u16), idx: usize) {
+        let (page, i) = Self::slot(c);
+        // A file holds far fewer than u32::MAX forwards: its size is bounded.
+        self.0[page].get_or_insert_with(|| Box::new([0; 256]))[i] = idx as u32 + 1;
+    }
+}
+
 /// Validates a list of forwards at `path`, including the cross-forward rules.
-fn forwards(ctx: &mut Ctx, path: &str, v: Option<&Value>) -> Vec<Forward> {
+fn forwards(ctx: &mut Ctx, path: &str, v: Option<&Node>) -> Vec<Forward> {
     let Some(v) = v else { return Vec::new() };
     let items = get_list(ctx, path, v);
-    let mut out = Vec::new();
-    let mut names: HashMap<String, usize> = HashMap::new();
-    let mut claims: HashMap<(Family, Proto, u16), usize> = HashMap::new();
+    let mut out: Vec<Forward> = Vec::with_capacity(items.len());
+    let mut names: HashMap<&str, usize> = HashMap::with_capacity(items.len());
+    let mut claims = Claims::new();
     for (i, item) in items.iter().enumerate() {
-        let fp = format!("{path}[{i}]");
+        let at = At { list: path, index: i };
         // Names are checked for duplicates even when the rest of the forward is invalid.
-        if let Some(name) = item.get("name").and_then(Value::as_str) {
-            if let Some(first) = names.get(name) {
-                let (line, _) = ctx.loc().value(&format!("{path}[{first}]"));
+        if let Some(name) = item.get("name").and_then(Node::as_str) {
+            if let Some(&first) = names.get(name) {
+                let (line, _) = ctx.loc().value(&At { list: path, index: first }.path());
                 ctx.err(
-                    &format!("{fp}.name"),
+                    &Field(at, "name"),
                     format!("duplicate name `{name}` (first used on line {line}); names must be unique"),
                 );
                 continue;
             }
-            names.insert(name.to_string(), i);
+            names.insert(name, i);
         }
-        let Some(f) = forward(ctx, &fp, item) else { continue };
-        let clash = f.claims().find_map(|c| claims.get(&c).map(|&j| (j, c.0, c.1, c.2)));
+        let Some(f) = forward(ctx, at, item) else { continue };
+        let clash = f.claims().find_map(|c| claims.get(c).map(|j| (j, c.0, c.1, c.2)));
         if let Some((j, fam, proto, port)) = clash {
             let other: &Forward = &out[j];
             ctx.err(
-                &format!("{fp}.port"),
+                &Field(at, "port"),
                 format!("{proto} port {port} ({fam}) is already forwarded by `{}`; each public port/proto/family may have one forward", other.name),
             );
             continue;
         }
         let idx = out.len();
-        claims.extend(f.claims().map(|c| (c, idx)));
+        for c in f.claims() {
+            claims.set(c, idx);
+        }
         out.push(f);
     }
     out
@@ -470,7 +621,7 @@ pub fn parse_rules(file: &str, text: &str) -> Result<RulesFile, Diagnostics> {
     ctx.finish(RulesFile { version: 1, forwards: fw })
 }
 
-fn settings(ctx: &mut Ctx, v: Option<&Value>) -> Settings {
+fn settings(ctx: &mut Ctx, v: Option<&Node>) -> Settings {
     let mut s = Settings::default();
     let Some(v) = v.filter(|v| !v.is_null()) else { return s };
     let Some(m) = v.as_mapping() else {
@@ -483,7 +634,7 @@ fn settings(ctx: &mut Ctx, v: Option<&Value>) -> Settings {
             && t.starts_with(|c: char| c.is_ascii_alphabetic())
             && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if ok {
-            s.table = t;
+            s.table = t.to_string();
         } else {
             ctx.err(
                 "settings.table",
@@ -495,14 +646,14 @@ fn settings(ctx: &mut Ctx, v: Option<&Value>) -> Settings {
         s.mark = mark;
     }
     if let Some(o) = m.get("on_exit").and_then(|v| get_str(ctx, "settings.on_exit", v)) {
-        match o.as_str() {
+        match o {
             "remove" => s.on_exit = OnExit::Remove,
             "keep" => s.on_exit = OnExit::Keep,
             _ => ctx.err("settings.on_exit", format!("`{o}` is not remove or keep")),
         }
     }
     if let Some(o) = m.get("listener_check").and_then(|v| get_str(ctx, "settings.listener_check", v)) {
-        match o.as_str() {
+        match o {
             "enforce" => s.listener_check = ListenerCheck::Enforce,
             "warn" => s.listener_check = ListenerCheck::Warn,
             "off" => s.listener_check = ListenerCheck::Off,
@@ -511,7 +662,7 @@ fn settings(ctx: &mut Ctx, v: Option<&Value>) -> Settings {
     }
     if let Some(d) = m.get("state_dir").and_then(|v| get_str(ctx, "settings.state_dir", v)) {
         if d.starts_with('/') {
-            s.state_dir = d;
+            s.state_dir = d.to_string();
         } else {
             ctx.err("settings.state_dir", format!("`{d}` must be an absolute path"));
         }
@@ -521,20 +672,20 @@ fn settings(ctx: &mut Ctx, v: Option<&Value>) -> Settings {
             check_keys(ctx, "settings.socket", sm, &["path", "group", "mode"]);
             if let Some(p) = sm.get("path").and_then(|v| get_str(ctx, "settings.socket.path", v)) {
                 if p.starts_with('/') {
-                    s.socket.path = p;
+                    s.socket.path = p.to_string();
                 } else {
                     ctx.err("settings.socket.path", format!("`{p}` must be an absolute path"));
                 }
             }
             match sm.get("group") {
                 None => {}
-                Some(Value::Null) => s.socket.group = None,
-                Some(v) => s.socket.group = get_str(ctx, "settings.socket.group", v),
+                Some(Node::Null) => s.socket.group = None,
+                Some(v) => s.socket.group = get_str(ctx, "settings.socket.group", v).map(str::to_string),
             }
             if let Some(v) = sm.get("mode") {
                 let text = match v {
-                    Value::String(t) => Some(t.clone()),
-                    Value::Number(n) => Some(n.to_string()),
+                    Node::String(t) => Some(t.to_string()),
+                    Node::Number(n) => Some(n.to_string()),
                     _ => None,
                 };
                 match text.as_deref().and_then(|t| u32::from_str_radix(t, 8).ok()).filter(|m| *m <= 0o777) {
@@ -552,7 +703,7 @@ fn settings(ctx: &mut Ctx, v: Option<&Value>) -> Settings {
 }
 
 /// `settings.metrics: {listen: "ADDR:PORT"}`; absent or null: no endpoint.
-fn metrics(ctx: &mut Ctx, v: Option<&Value>) -> Option<MetricsSettings> {
+fn metrics(ctx: &mut Ctx, v: Option<&Node>) -> Option<MetricsSettings> {
     let v = v.filter(|v| !v.is_null())?;
     let Some(m) = v.as_mapping() else {
         ctx.err("settings.metrics", format!("expected a mapping with listen, found {}", describe(v)));
@@ -578,27 +729,27 @@ fn metrics(ctx: &mut Ctx, v: Option<&Value>) -> Option<MetricsSettings> {
     }
 }
 
-fn port_list(ctx: &mut Ctx, path: &str, v: &Value) -> Vec<PortRange> {
-    let items: Vec<(String, &Value)> = match v {
-        Value::Sequence(s) => s.iter().enumerate().map(|(i, v)| (format!("{path}[{i}]"), v)).collect(),
+fn port_list(ctx: &mut Ctx, path: &str, v: &Node) -> Vec<PortRange> {
+    let items: Vec<(String, &Node)> = match v {
+        Node::Sequence(s) => s.iter().enumerate().map(|(i, v)| (format!("{path}[{i}]"), v)).collect(),
         other => vec![(path.to_string(), other)],
     };
     items.into_iter().filter_map(|(p, v)| get_ports(ctx, &p, v)).collect()
 }
 
 /// `marks:` of a grant: one mark, a range "0x10-0x1f", or a list of either.
-fn mark_list(ctx: &mut Ctx, path: &str, v: &Value) -> Vec<MarkRange> {
-    let items: Vec<(String, &Value)> = match v {
-        Value::Sequence(s) => s.iter().enumerate().map(|(i, v)| (format!("{path}[{i}]"), v)).collect(),
+fn mark_list(ctx: &mut Ctx, path: &str, v: &Node) -> Vec<MarkRange> {
+    let items: Vec<(String, &Node)> = match v {
+        Node::Sequence(s) => s.iter().enumerate().map(|(i, v)| (format!("{path}[{i}]"), v)).collect(),
         other => vec![(path.to_string(), other)],
     };
     let mut out = Vec::new();
     for (p, v) in items {
         match v {
-            Value::String(t) if t.contains('-') => {
+            Node::String(t) if t.contains('-') => {
                 let (a, b) = t.split_once('-').unwrap_or((t, t));
-                let a = get_u32(ctx, &p, &Value::String(a.trim().to_string()));
-                let b = get_u32(ctx, &p, &Value::String(b.trim().to_string()));
+                let a = get_u32(ctx, &p, &Node::String(Cow::Borrowed(a.trim())));
+                let b = get_u32(ctx, &p, &Node::String(Cow::Borrowed(b.trim())));
                 match (a, b) {
                     (Some(a), Some(b)) if a <= b => out.push(MarkRange { start: a, end: b }),
                     (Some(_), Some(_)) => ctx.err(&p, format!("mark range `{t}` runs backwards")),
@@ -615,7 +766,7 @@ fn mark_list(ctx: &mut Ctx, path: &str, v: &Value) -> Vec<MarkRange> {
     out
 }
 
-fn grants(ctx: &mut Ctx, v: Option<&Value>) -> Vec<Grant> {
+fn grants(ctx: &mut Ctx, v: Option<&Node>) -> Vec<Grant> {
     let Some(v) = v else { return vec![] };
     let mut out = Vec::new();
     for (i, g) in get_list(ctx, "grants", v).iter().enumerate() {
@@ -626,8 +777,8 @@ fn grants(ctx: &mut Ctx, v: Option<&Value>) -> Vec<Grant> {
         };
         check_keys(ctx, &gp, m, &["user", "group", "ports", "to", "protect", "local", "marks", "max_forwards"]);
         let subject = match (m.get("user"), m.get("group")) {
-            (Some(u), None) => get_str(ctx, &format!("{gp}.user"), u).map(GrantSubject::User),
-            (None, Some(g)) => get_str(ctx, &format!("{gp}.group"), g).map(GrantSubject::Group),
+            (Some(u), None) => get_str(ctx, &format!("{gp}.user"), u).map(|u| GrantSubject::User(u.to_string())),
+            (None, Some(g)) => get_str(ctx, &format!("{gp}.group"), g).map(|g| GrantSubject::Group(g.to_string())),
             _ => {
                 ctx.err(&gp, "a grant names exactly one of `user:` or `group:`");
                 None
@@ -649,7 +800,7 @@ fn grants(ctx: &mut Ctx, v: Option<&Value>) -> Vec<Grant> {
         let marks = m.get("marks").map(|v| mark_list(ctx, &format!("{gp}.marks"), v));
         let max_forwards = match m.get("max_forwards") {
             None => Some(DEFAULT_MAX_FORWARDS),
-            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= 1_000_000) => n.as_u64().map(|n| n as u32),
+            Some(Node::Number(n)) if n.as_u64().is_some_and(|n| n <= 1_000_000) => n.as_u64().map(|n| n as u32),
             Some(v) => {
                 ctx.err(&format!("{gp}.max_forwards"), format!("{} is not a count (0 to 1000000)", describe(v)));
                 None

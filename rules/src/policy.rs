@@ -415,12 +415,12 @@ pub fn target_unserved(l: &Listeners, f: &Forward) -> Option<String> {
 
 /// Public port claims placed so far, as disjoint ranges per family and protocol.
 #[derive(Debug, Default)]
-pub struct Claims {
-    /// (family, proto, start) -> (end, owner, forward name)
-    placed: BTreeMap<(Family, Proto, u16), (u16, String, String)>,
+pub struct Claims<'a> {
+    /// (family, proto, start) -> (end, owner, forward name), borrowed from the sets
+    placed: BTreeMap<(Family, Proto, u16), (u16, &'a str, &'a str)>,
 }
 
-impl Claims {
+impl<'a> Claims<'a> {
     /// The owner and name of a placed forward overlapping `f`'s public ports, if any.
     pub fn clash(&self, f: &Forward) -> Option<(&str, &str)> {
         for &fam in f.family.families() {
@@ -436,10 +436,10 @@ impl Claims {
         None
     }
     /// Places `f` (which must not clash).
-    pub fn put(&mut self, owner: &str, f: &Forward) {
+    pub fn put(&mut self, owner: &'a str, f: &'a Forward) {
         for &fam in f.family.families() {
             for &proto in f.proto.protos() {
-                self.placed.insert((fam, proto, f.port.start), (f.port.end, owner.to_string(), f.name.clone()));
+                self.placed.insert((fam, proto, f.port.start), (f.port.end, owner, f.name.as_str()));
             }
         }
     }
@@ -451,13 +451,25 @@ pub type Transitions<'a> = (Vec<(&'a str, &'a str, &'a Reason)>, Vec<(&'a str, &
 /// The decision for every user forward.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Evaluation {
-    /// Owner -> the forwards to put in the kernel, in set order.
-    pub active: BTreeMap<String, Vec<Forward>>,
+    /// Owner -> the names of the forwards to put in the kernel (the forwards themselves
+    /// are the owner's set's: [`Evaluation::active_forwards`]).
+    pub active: BTreeMap<String, BTreeSet<String>>,
     /// Owner -> (forward name, reason) of each suspended forward.
     pub suspended: BTreeMap<String, Vec<(String, Reason)>>,
 }
 
 impl Evaluation {
+    /// The active forwards of every owner, in set order, taken from `users`.
+    pub fn active_forwards<'a>(
+        &'a self,
+        users: &'a BTreeMap<String, UserSet>,
+    ) -> impl Iterator<Item = (&'a String, Vec<&'a Forward>)> + 'a {
+        self.active.iter().filter_map(move |(owner, names)| {
+            let set = users.get(owner)?;
+            Some((owner, set.forwards.iter().filter(|f| names.contains(&f.name)).collect()))
+        })
+    }
+
     /// The reason a forward is suspended, if it is.
     pub fn reason(&self, owner: &str, name: &str) -> Option<&Reason> {
         self.suspended.get(owner)?.iter().find(|(n, _)| n == name).map(|(_, r)| r)
@@ -505,7 +517,7 @@ pub fn evaluate(
         for (f, v) in set.forwards.iter().zip(verdicts) {
             match v {
                 None => {
-                    let was_active = before.active.get(owner).is_some_and(|a| a.iter().any(|g| g == f));
+                    let was_active = before.active.get(owner).is_some_and(|a| a.contains(&f.name));
                     candidates.push((owner, f, was_active));
                 }
                 Some(r) => {
@@ -537,8 +549,8 @@ pub fn evaluate(
     for (owner, set) in users {
         let suspended: BTreeSet<&str> =
             out.suspended.get(owner).map(|v| v.iter().map(|(n, _)| n.as_str()).collect()).unwrap_or_default();
-        let active: Vec<Forward> =
-            set.forwards.iter().filter(|f| !suspended.contains(f.name.as_str())).cloned().collect();
+        let active: BTreeSet<String> =
+            set.forwards.iter().filter(|f| !suspended.contains(f.name.as_str())).map(|f| f.name.clone()).collect();
         if !active.is_empty() {
             out.active.insert(owner.clone(), active);
         }

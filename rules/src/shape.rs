@@ -4,6 +4,18 @@
 
 #![forbid(unsafe_code)]
 
+/// The bytes [`check_shape`] looks at: quotes, comments, flow brackets and separators.
+const SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    let bytes = *b"\"'#[]{},:";
+    while i < bytes.len() {
+        t[bytes[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
 /// Deepest nesting a rules file or config may have (a rules file needs 4 levels).
 pub const MAX_DEPTH: usize = 64;
 /// Most YAML nodes (keys, values, list items) a file may have: 60,000 forwards of six
@@ -41,30 +53,33 @@ pub(crate) fn check_shape(text: &str) -> Result<(), (usize, String)> {
                 j += 1;
             }
         }
-        let mut quote: Option<u8> = None;
-        let mut prev = b' ';
+        // Only a few bytes matter; the rest are skipped by a table lookup. The byte before
+        // a position (a space at the start) decides whether a quote opens or `#` comments.
+        let tail = &rest[j..];
         let mut deepest = flow;
-        for &c in &rest[j..] {
-            match quote {
-                Some(q) => {
-                    if c == q {
-                        quote = None;
+        let mut k = 0;
+        while let Some(off) = tail[k..].iter().position(|c| SPECIAL[usize::from(*c)]) {
+            k += off;
+            let c = tail[k];
+            let prev = if k == 0 { b' ' } else { tail[k - 1] };
+            match c {
+                b'"' | b'\'' if matches!(prev, b' ' | b'[' | b'{' | b',' | b':') => {
+                    // Skip to the closing quote on this line; none: the rest is quoted.
+                    match tail[k + 1..].iter().position(|b| *b == c) {
+                        Some(close) => k += close + 1,
+                        None => break,
                     }
                 }
-                None => match c {
-                    b'"' | b'\'' if matches!(prev, b' ' | b'[' | b'{' | b',' | b':') => quote = Some(c),
-                    b'#' if prev == b' ' => break,
-                    b'[' | b'{' => {
-                        flow += 1;
-                        deepest = deepest.max(flow);
-                    }
-                    b']' | b'}' => flow = flow.saturating_sub(1),
-                    b',' => nodes += 1,
-                    b':' => nodes += 1,
-                    _ => {}
-                },
+                b'#' if prev == b' ' => break,
+                b'[' | b'{' => {
+                    flow += 1;
+                    deepest = deepest.max(flow);
+                }
+                b']' | b'}' => flow = flow.saturating_sub(1),
+                b',' | b':' => nodes += 1,
+                _ => {}
             }
-            prev = c;
+            k += 1;
         }
         nodes += dashes;
         let depth = indents.len() + dashes + deepest;

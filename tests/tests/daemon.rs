@@ -301,3 +301,32 @@ fn persisted_set_conflicting_with_the_config_is_suspended_at_start() {
     let log = Portd::log(&net);
     assert!(log.contains("forward user:nobody/site suspended at start"), "{log}");
 }
+
+#[test]
+fn a_set_growing_past_its_kernel_sets_size_is_applied_whole_with_larger_sets() {
+    let net = Net::setup();
+    let d = Portd::start(&net, &config(&net, ""));
+    let _app = net.tcp_app(&net.srv, 8080, "app");
+    let one = write(&net.dir, "one.yaml", "version: 1\nforwards:\n  - name: http\n    port: 80\n    to: 8080\n");
+    let o = d.ctl(&["apply", one.to_str().expect("path")]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(net.table("portd").expect("table").contains("size 1024"), "the smallest size first");
+    // 1,500 more forwards: more elements than fwd_to and fwd_count were created for.
+    let mut text = String::from("version: 1\nforwards:\n  - name: http\n    port: 80\n    to: 8080\n");
+    for i in 0..1500u32 {
+        text.push_str(&format!("  - name: p{i}\n    port: {}\n    to: {}\n", 20000 + i, 40000 + i));
+    }
+    let big = write(&net.dir, "big.yaml", &text);
+    let o = d.ctl(&["apply", big.to_str().expect("path")]);
+    assert!(o.status.success(), "{}", err(&o));
+    let table = net.table("portd").expect("table");
+    let to = table.split("map fwd_to {").nth(1).expect("fwd_to");
+    assert!(to.trim_start().contains("size 4096"), "fwd_to created anew with room for twice 1,501: {}", &to[..200]);
+    let o = net.exec(&net.srv, "nft", &["-j", "list", "map", "inet", "portd", "fwd_to"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("nft -j");
+    assert_eq!(v["nftables"][1]["map"]["elem"].as_array().map_or(0, Vec::len), 1501);
+    assert_eq!(d.status_json()["in_sync"], true);
+    assert_eq!(net.tcp_get(&net.cli, SRV4, 80).as_deref(), Some("app"), "traffic still redirected");
+    let log = Portd::log(&net);
+    assert!(log.contains("more than the 1024 it was created for"), "the growth is logged:\n{log}");
+}

@@ -16,7 +16,7 @@ use crate::state::Store;
 use portd::kernel::Kernel;
 use portd_rules::policy::{self, Backoff, Evaluation, Judge, Listeners, Repair, UserSet};
 use portd_rules::proto::{Command, ErrorKind, Response};
-use portd_rules::{compile, Config, ListenerCheck, OnExit, OwnedSet, Plan};
+use portd_rules::{Config, ListenerCheck, OnExit, Plan};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -142,6 +142,8 @@ pub struct Daemon {
     trim_at: Option<Instant>,
     /// When the pending trim was first due: requests put it off, up to [`TRIM_MAX_WAIT`].
     trim_first: Option<Instant>,
+    /// A large commit ran while another program committed too, unheard: check the table.
+    missed: std::cell::Cell<bool>,
     /// When to check the listeners of user forwards next.
     poll_at: Option<Instant>,
     /// What the server reads: the current grants.
@@ -192,6 +194,10 @@ pub(super) const TRIM_DELAY: Duration = Duration::from_millis(100);
 /// beyond this long after it was first due.
 const TRIM_MAX_WAIT: Duration = Duration::from_secs(2);
 
+/// Kernel calls touching more objects than this run with the event listener out of the
+/// event group (see [`crate::events::quietly`]).
+const QUIET_MIN_OBJECTS: usize = 1000;
+
 /// Returns freed heap to the system; glibc keeps it otherwise (freed pages between live
 /// allocations are only released by malloc_trim, in every arena).
 pub fn trim_heap() {
@@ -236,6 +242,7 @@ impl Daemon {
             backoff: Backoff::default(),
             trim_at: None,
             trim_first: None,
+            missed: std::cell::Cell::new(false),
             poll_at: None,
             published,
             drift_since: None,
@@ -255,7 +262,7 @@ impl Daemon {
             Some(obs) if obs.matches(&plan) => true,
             _ => {
                 let t = Instant::now();
-                d.kernel.replace(&plan)?;
+                d.kernel_call(plan.element_count(), |k| k.replace(&plan))?;
                 d.published.metrics.applied(t.elapsed());
                 false
             }
@@ -354,9 +361,9 @@ impl Daemon {
 
     /// The whole plan of the system set and the active user forwards.
     fn desired_plan(&self) -> Result<Plan, Vec<String>> {
-        let mut sets = vec![OwnedSet { owner: policy::SYSTEM.into(), forwards: self.config.forwards.clone() }];
-        sets.extend(self.eval.active.iter().map(|(o, f)| OwnedSet { owner: o.clone(), forwards: f.clone() }));
-        compile(&self.config.settings.table, self.config.settings.mark, &sets)
+        let mut sets = vec![(policy::SYSTEM, self.config.forwards.iter().collect())];
+        sets.extend(self.eval.active_forwards(&self.users).map(|(o, f)| (o.as_str(), f)));
+        portd_rules::plan::compile_borrowed(&self.config.settings.table, self.config.settings.mark, &sets)
             .map_err(|c| c.iter().map(|c| c.to_string()).collect())
     }
 
@@ -430,7 +437,7 @@ impl Daemon {
                 return Err((ErrorKind::Conflict, c));
             }
         };
-        if let Err(e) = self.commit(&Plan::diff(&self.plan, &plan), || plan.clone()) {
+        if let Err(e) = self.commit(&Plan::diff(&self.plan, &plan), || std::borrow::Cow::Borrowed(&plan)) {
             self.eval = before;
             return Err(err(ErrorKind::Kernel, format!("the kernel refused the change; nothing was changed: {e}")));
         }
@@ -457,6 +464,12 @@ impl Daemon {
     pub fn run(mut self, rx: Receiver<Msg>) {
         crate::events::mark_committer_thread();
         loop {
+            if self.missed.take() {
+                tracing::info!(
+                    "another program committed to nf_tables during a large change of portd's; checking the table"
+                );
+                self.repair_if_drifted(crate::events::TableEvent::Unknown);
+            }
             let wake = [self.backoff.deferred(), self.trim_at, self.poll_at].into_iter().flatten().min();
             let msg = match wake {
                 Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
@@ -581,7 +594,7 @@ impl Daemon {
                     until.saturating_duration_since(Instant::now())
                 );
             }
-            Repair::Now => match self.timed(|k, plan| k.replace(plan)) {
+            Repair::Now => match self.timed(|k, plan| k.replace(plan), self.plan.element_count()) {
                 Ok(()) => {
                     self.repairs += 1;
                     self.drift_since = None;
@@ -603,34 +616,60 @@ impl Daemon {
     /// element-level batch, else — the kernel drifted from what portd believes, or the
     /// change is structural — the whole new table, from `whole`, replaced in one batch.
     /// The time the kernel took goes to `portd_apply_duration_seconds`.
-    fn commit(&self, delta: &portd_rules::Delta, whole: impl FnOnce() -> Plan) -> Result<(), portd::nft::BackendError> {
+    fn commit<'p>(
+        &self,
+        delta: &portd_rules::Delta,
+        whole: impl FnOnce() -> std::borrow::Cow<'p, Plan>,
+    ) -> Result<(), portd::nft::BackendError> {
         if delta.is_empty() {
             return Ok(());
         }
         let t = Instant::now();
         if !delta.structural {
-            match self.kernel.change(&self.plan, delta) {
+            match self.kernel_call(delta.size(), |k| k.change(&self.plan, delta)) {
                 Ok(()) => {
                     self.published.metrics.applied(t.elapsed());
                     return Ok(());
+                }
+                Err(e @ portd::nft::BackendError::Outgrown { .. }) => {
+                    tracing::info!("{e}; replacing the whole table with sets sized anew (counters start over)")
                 }
                 Err(e) => tracing::warn!("element-level change refused ({e}); replacing the whole table"),
             }
         }
         let whole = whole();
         let t = Instant::now();
-        self.kernel.replace(&whole)?;
+        self.kernel_call(whole.element_count(), |k| k.replace(&whole))?;
         self.published.metrics.applied(t.elapsed());
         Ok(())
     }
 
-    /// Runs one kernel call on the current plan and records its duration when it succeeds.
+    /// Runs a kernel call touching `objects` kernel objects; a large one quietly (see
+    /// [`crate::events::quietly`]), noting when another program committed meanwhile.
+    fn kernel_call<T>(
+        &self,
+        objects: usize,
+        f: impl FnOnce(&dyn Kernel) -> Result<T, portd::nft::BackendError>,
+    ) -> Result<T, portd::nft::BackendError> {
+        if objects < QUIET_MIN_OBJECTS {
+            return f(self.kernel.as_ref());
+        }
+        let (r, missed) = crate::events::quietly(|| f(self.kernel.as_ref()));
+        if missed {
+            self.missed.set(true);
+        }
+        r
+    }
+
+    /// Runs one kernel call on the current plan (touching `objects` objects) and records
+    /// its duration when it succeeds.
     fn timed<T>(
         &self,
         f: impl FnOnce(&dyn Kernel, &Plan) -> Result<T, portd::nft::BackendError>,
+        objects: usize,
     ) -> Result<T, portd::nft::BackendError> {
         let t = Instant::now();
-        let r = f(self.kernel.as_ref(), &self.plan);
+        let r = self.kernel_call(objects, |k| f(k, &self.plan));
         if r.is_ok() {
             self.published.metrics.applied(t.elapsed());
         }

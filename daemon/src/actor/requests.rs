@@ -347,10 +347,15 @@ impl Daemon {
             return Ok(with_warnings(Body::changed(delta.summary, dry_run), warnings));
         }
         let t_compile = t0.elapsed();
-        let whole = || {
-            let mut whole = self.plan.clone();
-            delta.apply_in_place(&mut whole);
-            whole
+        // A large change computed the new plan whole already; otherwise it is made here,
+        // when the kernel refuses the element-level change.
+        let whole = || match &delta.whole {
+            Some(w) => std::borrow::Cow::Borrowed(&**w),
+            None => {
+                let mut whole = self.plan.clone();
+                delta.apply_in_place(&mut whole);
+                std::borrow::Cow::Owned(whole)
+            }
         };
         self.commit(&delta, whole)
             .map_err(|e| err(ErrorKind::Kernel, format!("the kernel refused the change; nothing was changed: {e}")))?;
@@ -446,17 +451,17 @@ impl Daemon {
                 if new.is_empty() {
                     self.eval.active.remove(owner);
                 } else {
-                    self.eval.active.insert(owner.to_string(), new.clone());
+                    self.eval.active.insert(owner.to_string(), new.iter().map(|f| f.name.clone()).collect());
                 }
             }
-            Change::Add(f) => self.eval.active.entry(owner.to_string()).or_default().push(f.clone()),
+            Change::Add(f) => {
+                self.eval.active.entry(owner.to_string()).or_default().insert(f.name.clone());
+            }
             Change::Remove(name) => {
-                for map in [&mut self.eval.active] {
-                    if let Some(v) = map.get_mut(owner) {
-                        v.retain(|f| f.name != *name);
-                        if v.is_empty() {
-                            map.remove(owner);
-                        }
+                if let Some(v) = self.eval.active.get_mut(owner) {
+                    v.remove(name);
+                    if v.is_empty() {
+                        self.eval.active.remove(owner);
                     }
                 }
                 if let Some(v) = self.eval.suspended.get_mut(owner) {
@@ -502,7 +507,7 @@ impl Daemon {
             }
         };
         let delta = Plan::diff(&self.plan, &plan);
-        if let Err(e) = self.commit(&delta, || plan.clone()) {
+        if let Err(e) = self.commit(&delta, || std::borrow::Cow::Borrowed(&plan)) {
             undo(self, before);
             return Err(err(ErrorKind::Kernel, format!("the kernel refused the new config; nothing was changed: {e}")));
         }

@@ -11,7 +11,8 @@ use super::messages::SetMsg;
 use super::observed::Observed;
 use super::read::Reader;
 use nftnl::{MsgType, ProtoFamily, Table};
-use portd_rules::plan::{Delta, Plan};
+use portd_rules::plan::{Delta, Element, Plan};
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fmt;
 use std::sync::Mutex;
@@ -29,6 +30,9 @@ const READ_ATTEMPTS: u32 = 5;
 pub struct Backend {
     table: String,
     tx: Mutex<Option<Conn>>,
+    /// The size each set of the table was created with (`size N`), as far as this backend
+    /// knows: set by a full apply, or read back from the kernel.
+    sizes: Mutex<BTreeMap<String, u32>>,
 }
 
 impl fmt::Debug for Backend {
@@ -40,7 +44,7 @@ impl fmt::Debug for Backend {
 impl Backend {
     /// A backend for table `inet <table>`; no kernel access until a method is called.
     pub fn new(table: &str) -> Backend {
-        Backend { table: table.to_string(), tx: Mutex::new(None) }
+        Backend { table: table.to_string(), tx: Mutex::new(None), sizes: Mutex::new(BTreeMap::new()) }
     }
 
     /// Name of the table this backend owns.
@@ -83,7 +87,9 @@ impl Backend {
                 b.push(&rule, MsgType::Add, Subject::Rule { chain: &c.name, rule: r });
             }
         }
-        self.send(b)
+        self.send(b)?;
+        *lock(&self.sizes) = plan.sets.iter().filter_map(|s| Some((s.name.clone(), s.kernel_size()?))).collect();
+        Ok(())
     }
 
     /// Changes the kernel from `old` to `new` element by element in one batch: delete
@@ -94,13 +100,15 @@ impl Backend {
         if d.structural {
             return self.apply(new);
         }
-        self.apply_changes(new, &d)
+        self.apply_changes(old, &d)
     }
 
-    /// Sends an element-level [`Delta`] in one batch. `new` supplies the table name and the
-    /// set definitions (which a non-structural delta leaves as they are). Adds are
-    /// exclusive, so a kernel that drifted from `old` refuses the whole batch.
-    pub fn apply_changes(&self, new: &Plan, d: &Delta) -> Result<(), BackendError> {
+    /// Sends an element-level [`Delta`] from `current` in one batch. `current` supplies the
+    /// table name, the set definitions (which a non-structural delta leaves as they are)
+    /// and the number of elements each set holds before the change. Adds are exclusive,
+    /// so a kernel that drifted from `current` refuses the whole batch.
+    pub fn apply_changes(&self, current: &Plan, d: &Delta) -> Result<(), BackendError> {
+        let new = current;
         if d.structural {
             return Err(encode_err("element-level change".to_string(), "the delta is structural; use apply"));
         }
@@ -108,6 +116,19 @@ impl Backend {
             return Ok(());
         }
         let table = self.table_of(new)?;
+        // A set the change would take past its size: the kernel would refuse the batch
+        // after working through it; say so before sending anything.
+        {
+            let sizes = lock(&self.sizes);
+            for set in &new.sets {
+                let Some(&size) = sizes.get(&set.name) else { continue };
+                let count = |list: &[(String, Element)]| list.iter().filter(|(n, _)| *n == set.name).count();
+                let need = (set.elements.len() + count(&d.add_elements)).saturating_sub(count(&d.del_elements));
+                if need > size as usize {
+                    return Err(BackendError::Outgrown { set: set.name.clone(), need, size });
+                }
+            }
+        }
         let mut b = Builder::new(&table);
         for (list, op) in [(&d.del_elements, MsgType::Del), (&d.add_elements, MsgType::Add)] {
             if let Some((name, _)) = list.iter().find(|(n, _)| new.set(n).is_none()) {
@@ -138,7 +159,9 @@ impl Backend {
                 return Ok(None);
             };
             if r.consistent() {
-                return Ok(Some(raw.decode(expected)));
+                let observed = raw.decode(expected);
+                *lock(&self.sizes) = observed.set_sizes.clone();
+                return Ok(Some(observed));
             }
         }
         Err(BackendError::Unstable { table: self.table.clone(), attempts: READ_ATTEMPTS })
@@ -158,7 +181,7 @@ impl Backend {
     /// Sends a batch on the kept socket (opened on first use). A socket that saw any
     /// failure is closed rather than reused, so no stray answer can reach the next batch.
     fn send(&self, b: Builder<'_>) -> Result<(), BackendError> {
-        let mut slot = self.tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slot = lock(&self.tx);
         let mut conn = match slot.take() {
             Some(c) => c,
             None => Conn::open()?,
@@ -171,6 +194,11 @@ impl Backend {
         result
     }
 
+    /// The size each set was created with, as far as this backend knows.
+    pub fn set_sizes(&self) -> BTreeMap<String, u32> {
+        lock(&self.sizes).clone()
+    }
+
     fn table_of(&self, plan: &Plan) -> Result<CString, BackendError> {
         if plan.table != self.table {
             return Err(encode_err(
@@ -180,4 +208,9 @@ impl Backend {
         }
         cstring("table name", &self.table)
     }
+}
+
+/// Locks a mutex whose holder cannot leave it inconsistent (a poisoned lock is taken as is).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -23,6 +23,17 @@ pub enum BackendError {
         /// what is wrong with it
         reason: String,
     },
+    /// An element-level change would take a set past the size it was created with (the
+    /// kernel's limit); nothing was sent. Replacing the table creates larger sets.
+    #[error("set {set} would hold {need} elements, more than the {size} it was created for; nothing was sent")]
+    Outgrown {
+        /// the set
+        set: String,
+        /// elements after the change
+        need: usize,
+        /// its size in the kernel
+        size: u32,
+    },
     /// The batch could not be sent; nothing was changed.
     #[error("cannot send the batch ({bytes} bytes) to the kernel: {source}; {hint}")]
     Send {

@@ -24,6 +24,9 @@ pub struct Observed {
     pub sets: BTreeMap<String, BTreeSet<Element>>,
     /// Definition of every set in the kernel, decodable or not.
     pub set_shapes: BTreeMap<String, SetShape>,
+    /// The size each set was created with (`size N`), where it has one. Not compared:
+    /// sizes follow the number of elements at the last full apply.
+    pub set_sizes: BTreeMap<String, u32>,
     /// Chains in kernel order, with their rules.
     pub chains: Vec<ObservedChain>,
     /// What could not be decoded or is unknown to the expected plan; non-empty means no match.

@@ -15,7 +15,7 @@ use std::ffi::{c_int, c_void, CStr, CString};
 
 /// Everything dumped from the table, not yet decoded.
 pub(super) struct RawTableState {
-    sets: Vec<(String, SetShape, Vec<RawElem>)>,
+    sets: Vec<(String, SetShape, Option<u32>, Vec<RawElem>)>,
     chains: Vec<ObservedChain>,
     orphan_rules: Vec<String>,
 }
@@ -52,9 +52,9 @@ impl<'t> Reader<'t> {
             return Ok(None);
         }
         let mut sets = Vec::new();
-        for (set_name, shape) in self.set_shapes()? {
+        for (set_name, shape, size) in self.set_shapes()? {
             let elements = self.elements(&set_name)?;
-            sets.push((set_name, shape, elements));
+            sets.push((set_name, shape, size, elements));
         }
         let mut chains = self.chains()?;
         let orphan_rules = self.rules(&mut chains)?;
@@ -85,12 +85,12 @@ impl<'t> Reader<'t> {
     }
 
     /// Name and definition of every set.
-    fn set_shapes(&mut self) -> Result<Vec<(String, SetShape)>, BackendError> {
+    fn set_shapes(&mut self) -> Result<Vec<(String, SetShape, Option<u32>)>, BackendError> {
         let table = self.table;
         let name = self.name;
         let mine = |t: Option<String>| t.as_deref() == Some(name);
         // nft list sets table inet T
-        let mut shapes: Vec<(String, SetShape)> = Vec::new();
+        let mut shapes: Vec<(String, SetShape, Option<u32>)> = Vec::new();
         let s = RawSetObj::new();
         // SAFETY: `s` is a live set object; the name is NUL-terminated and copied.
         named(unsafe { sys::nftnl_set_set_str(s.0.as_ptr(), sys::NFTNL_SET_TABLE as u16, table.as_ptr()) })?;
@@ -124,7 +124,10 @@ impl<'t> Reader<'t> {
                         obj_type: get(sys::NFTNL_SET_OBJ_TYPE),
                         counter: set_expressions(&set) == [c"counter"],
                     };
-                    shapes.push((name, shape));
+                    let size = sys::nftnl_set_is_set(p, sys::NFTNL_SET_DESC_SIZE as u16)
+                        .then(|| get(sys::NFTNL_SET_DESC_SIZE))
+                        .filter(|s| *s > 0);
+                    shapes.push((name, shape, size));
                 }
                 Ok(())
             },
@@ -343,8 +346,11 @@ impl RawTableState {
     /// Decodes the dump with the set types of `expected`.
     pub(super) fn decode(self, expected: &Plan) -> Observed {
         let mut o = Observed { chains: self.chains, problems: self.orphan_rules, ..Observed::default() };
-        for (name, shape, raw) in self.sets {
+        for (name, shape, size, raw) in self.sets {
             o.set_shapes.insert(name.clone(), shape);
+            if let Some(size) = size {
+                o.set_sizes.insert(name.clone(), size);
+            }
             let Some(set) = expected.set(&name) else {
                 o.problems.push(format!("set {name} ({} elements) is not in the plan", raw.len()));
                 continue;

@@ -40,6 +40,9 @@ impl Plan {
         put: &[Forward],
         default_mark: u32,
     ) -> Result<Delta, Vec<Conflict>> {
+        if let Some(d) = self.large_change(owner, remove, put, default_mark) {
+            return Ok(d);
+        }
         let mut removed: Vec<PlacedForward> = Vec::new();
         let mut added: Vec<PlacedForward> = Vec::new();
         let mut summary = Summary::default();
@@ -111,14 +114,6 @@ impl Plan {
         if !conflicts.is_empty() {
             return Err(conflicts);
         }
-        if removed.len() + added.len() > LARGE_CHANGE.max(self.forwards.len() / 4) {
-            if let Some(new) = self.recompiled(&removed, &added, default_mark) {
-                let mut d = Delta { summary, ..Delta::default() };
-                d.objects_from(self, &new);
-                d.whole = Some(Box::new(new));
-                return Ok(d);
-            }
-        }
 
         let mut del = self.contributions(&removed);
         let mut add = self.contributions(&added);
@@ -163,6 +158,79 @@ impl Plan {
             summary,
             whole: None,
         })
+    }
+}
+
+impl Plan {
+    /// A large change (more than [`LARGE_CHANGE`] forwards and a quarter of the plan),
+    /// computed by compiling the whole new plan: two linear merges of sorted sets cost less
+    /// than looking up every element of the change. `None` when the change is small, or
+    /// when compiling finds a conflict: then [`Plan::change_owner`] goes element by element,
+    /// which names the conflicting forwards from the point of view of `owner`.
+    fn large_change(&self, owner: &str, remove: &[&str], put: &[Forward], default_mark: u32) -> Option<Delta> {
+        let mine = self.owned_by(owner);
+        if remove.len() + put.len() <= LARGE_CHANGE.max(self.forwards.len() / 4) {
+            return None;
+        }
+        // The owner's forwards after the change, by name.
+        let gone: std::collections::HashSet<&str> =
+            remove.iter().copied().chain(put.iter().map(|f| f.name.as_str())).collect();
+        let mut after: Vec<&Forward> =
+            mine.iter().map(|p| &p.forward).filter(|f| !gone.contains(f.name.as_str())).chain(put).collect();
+        after.sort_by(|a, b| a.name.cmp(&b.name));
+        // Large only if that many forwards really differ (an apply of a big set that
+        // changes one forward is a small change).
+        let (mut differ, mut i) = (0, 0);
+        for f in &after {
+            while mine.get(i).is_some_and(|p| p.forward.name < f.name) {
+                differ += 1;
+                i += 1;
+            }
+            match mine.get(i) {
+                Some(p) if p.forward.name == f.name => {
+                    differ += usize::from(p.forward != **f || p.mark != f.mark.unwrap_or(default_mark));
+                    i += 1;
+                }
+                _ => differ += 1,
+            }
+        }
+        differ += mine.len() - i;
+        if differ <= LARGE_CHANGE.max(self.forwards.len() / 4) {
+            return None;
+        }
+        let new = self.recompiled_with(owner, &after, default_mark)?;
+        // What changed: a merge of the old and new forwards of the owner, both by name.
+        let now = new.owned_by(owner);
+        let mut summary = Summary::default();
+        let (mut i, mut j) = (0, 0);
+        while i < mine.len() || j < now.len() {
+            match (mine.get(i), now.get(j)) {
+                (Some(o), Some(n)) if o.forward.name == n.forward.name => {
+                    if o != n {
+                        summary.changed.push((o.clone(), n.clone()));
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                (Some(o), Some(n)) if o.forward.name < n.forward.name => {
+                    summary.removed.push(o.clone());
+                    i += 1;
+                }
+                (Some(o), None) => {
+                    summary.removed.push(o.clone());
+                    i += 1;
+                }
+                (_, Some(n)) => {
+                    summary.added.push(n.clone());
+                    j += 1;
+                }
+                (None, None) => break,
+            }
+        }
+        let mut d = Delta { summary, ..Delta::default() };
+        d.objects_from(self, &new);
+        d.whole = Some(Box::new(new));
+        Some(d)
     }
 }
 

@@ -7,7 +7,7 @@ use super::table::{
 };
 use crate::element::{Element, Elements, FieldType, Value};
 use crate::model::{Family, Forward, Proto};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 pub(super) fn key(f: Family, p: Proto, port: u16) -> Vec<Value> {
     vec![Value::NfProto(f), Value::InetProto(p), Value::InetService(port)]
@@ -201,50 +201,57 @@ impl Plan {
         mini.sets.into_iter().flat_map(|s| s.elements.into_iter().map(move |e| (s.name.clone(), e))).collect()
     }
 
-    /// The new plan after a large change, compiled whole: comparing the sets of two plans
-    /// (two linear merges) costs less than tracking every element of the change. `None`
-    /// if the compiler disagrees with the key-by-key conflict check (then the caller goes
-    /// element by element).
-    pub(super) fn recompiled(
-        &self,
-        removed: &[PlacedForward],
-        added: &[PlacedForward],
-        default_mark: u32,
-    ) -> Option<Plan> {
-        let gone: std::collections::HashSet<(&str, &str)> =
-            removed.iter().map(|p| (p.owner.as_str(), p.forward.name.as_str())).collect();
-        let mut sets: BTreeMap<&str, Vec<Forward>> = BTreeMap::new();
-        for p in self.forwards.iter().filter(|p| !gone.contains(&(p.owner.as_str(), p.forward.name.as_str()))) {
-            sets.entry(p.owner.as_str()).or_default().push(p.forward.clone());
+    /// The plan with `owner`'s forwards replaced by `forwards` (sorted by name), compiled
+    /// whole, every other owner's forward as it is placed. `None` if the compiler finds a
+    /// conflict (then the caller goes element by element and names it).
+    pub(super) fn recompiled_with(&self, owner: &str, forwards: &[&Forward], default_mark: u32) -> Option<Plan> {
+        let mut sets: Vec<(&str, Vec<(&Forward, u32)>)> = Vec::new();
+        let mut inserted = false;
+        for p in &self.forwards {
+            if p.owner == owner {
+                continue;
+            }
+            match sets.last_mut() {
+                Some((o, v)) if *o == p.owner => v.push((&p.forward, p.mark)),
+                _ => sets.push((p.owner.as_str(), vec![(&p.forward, p.mark)])),
+            }
         }
-        for p in added {
-            sets.entry(p.owner.as_str()).or_default().push(p.forward.clone());
+        let mine: Vec<(&Forward, u32)> = forwards.iter().map(|f| (*f, f.mark.unwrap_or(default_mark))).collect();
+        for (i, (o, _)) in sets.iter().enumerate() {
+            if placed_order_key(owner) < placed_order_key(o) {
+                sets.insert(i, (owner, mine.clone()));
+                inserted = true;
+                break;
+            }
         }
-        let owned: Vec<OwnedSet> =
-            sets.into_iter().map(|(owner, forwards)| OwnedSet { owner: owner.to_string(), forwards }).collect();
+        if !inserted {
+            sets.push((owner, mine));
+        }
         // Every forward keeps the mark it was placed with: a plan has one default mark.
-        compile(&self.table, default_mark, &owned).ok()
+        compile_placed(&self.table, self.mark, &sets).ok()
     }
 }
 
-/// Compiles every owner's forwards into one plan, refusing cross-owner conflicts.
-///
-/// Forwards within one set were validated against each other already; this checks
-/// claims across owners. Every conflict is reported, each naming the other forward.
-pub fn compile(table: &str, default_mark: u32, sets: &[OwnedSet]) -> Result<Plan, Vec<Conflict>> {
-    let mut plan = skeleton(table, default_mark);
+/// Where an owner's forwards go among the plan's: the system set first, then by owner.
+fn placed_order_key(owner: &str) -> (bool, &str) {
+    (owner != SYSTEM_OWNER, owner)
+}
+
+/// Compiles owners' forwards, given in `compile`'s order (system first, then by owner;
+/// each set by name) with each forward's effective mark.
+fn compile_placed(table: &str, mark: u32, sets: &[(&str, Vec<(&Forward, u32)>)]) -> Result<Plan, Vec<Conflict>> {
+    let mut plan = skeleton(table, mark);
+    let total: usize = sets.iter().map(|(_, v)| v.len()).sum();
+    plan.forwards.reserve(total);
     let mut claims: std::collections::HashMap<(Family, Proto, u16), (&str, &str)> = Default::default();
+    claims.reserve(total * 2);
     let mut conflicts = Vec::new();
-    let mut ordered: Vec<&OwnedSet> = sets.iter().collect();
-    ordered.sort_by(|a, b| (a.owner != SYSTEM_OWNER, &a.owner).cmp(&(b.owner != SYSTEM_OWNER, &b.owner)));
-    for set in ordered {
-        let mut fws: Vec<&Forward> = set.forwards.iter().collect();
-        fws.sort_by(|a, b| a.name.cmp(&b.name));
-        for f in fws {
+    for (owner, forwards) in sets {
+        for (f, m) in forwards {
             let clash = f.claims().find_map(|(fam, proto, port)| {
-                let (o, n) = claims.get(&(fam, proto, port)).filter(|(o, _)| *o != set.owner)?;
+                let (o, n) = claims.get(&(fam, proto, port)).filter(|(o, _)| *o != *owner)?;
                 Some(Conflict {
-                    owner: set.owner.clone(),
+                    owner: owner.to_string(),
                     name: f.name.clone(),
                     other_owner: o.to_string(),
                     other_name: n.to_string(),
@@ -257,8 +264,8 @@ pub fn compile(table: &str, default_mark: u32, sets: &[OwnedSet]) -> Result<Plan
                 conflicts.push(c);
                 continue;
             }
-            claims.extend(f.claims().map(|c| (c, (set.owner.as_str(), f.name.as_str()))));
-            plan.place(&set.owner, f, default_mark);
+            claims.extend(f.claims().map(|c| (c, (*owner, f.name.as_str()))));
+            plan.place(owner, f, *m);
         }
     }
     if conflicts.is_empty() {
@@ -266,4 +273,29 @@ pub fn compile(table: &str, default_mark: u32, sets: &[OwnedSet]) -> Result<Plan
     } else {
         Err(conflicts)
     }
+}
+
+/// Compiles every owner's forwards into one plan, refusing cross-owner conflicts.
+///
+/// Forwards within one set were validated against each other already; this checks
+/// claims across owners. Every conflict is reported, each naming the other forward.
+pub fn compile(table: &str, default_mark: u32, sets: &[OwnedSet]) -> Result<Plan, Vec<Conflict>> {
+    let borrowed: Vec<(&str, Vec<&Forward>)> =
+        sets.iter().map(|s| (s.owner.as_str(), s.forwards.iter().collect())).collect();
+    compile_borrowed(table, default_mark, &borrowed)
+}
+
+/// [`compile`] of owners' sets that others own: `(owner, forwards)` in any order.
+pub fn compile_borrowed(table: &str, default_mark: u32, sets: &[(&str, Vec<&Forward>)]) -> Result<Plan, Vec<Conflict>> {
+    let mut ordered: Vec<&(&str, Vec<&Forward>)> = sets.iter().collect();
+    ordered.sort_by(|a, b| placed_order_key(a.0).cmp(&placed_order_key(b.0)));
+    let placed: Vec<(&str, Vec<(&Forward, u32)>)> = ordered
+        .into_iter()
+        .map(|(owner, forwards)| {
+            let mut fws: Vec<(&Forward, u32)> = forwards.iter().map(|f| (*f, f.mark.unwrap_or(default_mark))).collect();
+            fws.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+            (*owner, fws)
+        })
+        .collect();
+    compile_placed(table, default_mark, &placed)
 }
