@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
             let nft = render(&plan);
             assert!(nft.starts_with("table inet portd {"));
             assert!(Plan::diff(&plan, &plan).is_empty());
-            let empty = Plan::empty("portd");
+            let empty = Plan::empty("portd", 1);
             // the daemon's path: a delta taken into the current plan
             let mut d = Plan::diff(&empty, &plan);
             assert!(!d.structural);
