@@ -188,7 +188,7 @@ const LOG_FORWARDS: usize = 20;
 const TRIM_AFTER_OBJECTS: usize = 1000;
 /// How long after such a request the heap is trimmed: by then the answer has been sent
 /// and the connection's buffers, the parsed file and the delta have all been freed.
-pub(super) const TRIM_DELAY: Duration = Duration::from_millis(100);
+const TRIM_DELAY: Duration = Duration::from_millis(100);
 /// A request puts a pending trim off by [`TRIM_DELAY`] (malloc_trim holds the heap for a
 /// few milliseconds at 10,000 forwards: a request arriving meanwhile waits), but not
 /// beyond this long after it was first due.
@@ -676,7 +676,6 @@ impl Daemon {
         r
     }
 
-    /// Schedules [`trim_heap`] shortly after the current request.
     /// Puts a pending trim off while requests keep coming (see [`TRIM_MAX_WAIT`]).
     fn put_off_trim(&mut self) {
         let Some(at) = self.trim_at else { return };
@@ -684,9 +683,16 @@ impl Daemon {
         self.trim_at = Some((Instant::now() + TRIM_DELAY).min(first + TRIM_MAX_WAIT));
     }
 
+    /// Schedules [`trim_heap`] shortly after the current request.
     fn trim_soon(&mut self) {
-        self.trim_at.get_or_insert_with(|| Instant::now() + TRIM_DELAY);
+        schedule_trim(&mut self.trim_at);
     }
+}
+
+/// Sets `trim_at` to [`TRIM_DELAY`] from now unless a trim is pending already; a free
+/// function so that a request can schedule one while it borrows other fields.
+pub(super) fn schedule_trim(trim_at: &mut Option<Instant>) {
+    trim_at.get_or_insert_with(|| Instant::now() + TRIM_DELAY);
 }
 
 /// Number of owners in `forwards`, which a plan keeps grouped by owner: one binary

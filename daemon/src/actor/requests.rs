@@ -340,8 +340,7 @@ impl Daemon {
         }
         // A large file leaves freed memory behind even when nothing changes.
         if fresh.len() > TRIM_AFTER_OBJECTS {
-            // (the field, not trim_soon(): `current` still borrows the sets)
-            self.trim_at.get_or_insert_with(|| std::time::Instant::now() + super::TRIM_DELAY);
+            super::schedule_trim(&mut self.trim_at);
         }
         if dry_run || (delta.is_empty() && record.is_empty() && current.uid == Some(account.uid)) {
             return Ok(with_warnings(Body::changed(delta.summary, dry_run), warnings));
