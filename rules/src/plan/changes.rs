@@ -136,7 +136,7 @@ impl Plan {
                 .iter()
                 .filter(|p| !leaving.contains(&p.comment()))
                 .chain(&added)
-                .filter(|p| protected_keys(p).any(|pk| pk == k))
+                .filter(|p| protected_keys(p).any(|pk| k == pk))
                 .min_by(|a, b| placed_order(a).cmp(&placed_order(b)));
             let new = first.map(|p| Element {
                 key: k.clone(),
@@ -235,7 +235,7 @@ impl Plan {
 }
 
 /// The keys of the local ports a forward protects (none unless `protect` is set).
-fn protected_keys(p: &PlacedForward) -> impl Iterator<Item = Vec<Value>> + '_ {
+fn protected_keys(p: &PlacedForward) -> impl Iterator<Item = [Value; 3]> + '_ {
     let f = &p.forward;
     let on = if f.protect { f.family.families() } else { &[] };
     on.iter().flat_map(move |&fam| {

@@ -9,13 +9,13 @@ use crate::element::{Element, Elements, FieldType, Value};
 use crate::model::{Family, Forward, Proto};
 use std::collections::BTreeSet;
 
-pub(super) fn key(f: Family, p: Proto, port: u16) -> Vec<Value> {
-    vec![Value::NfProto(f), Value::InetProto(p), Value::InetService(port)]
+pub(super) fn key(f: Family, p: Proto, port: u16) -> [Value; 3] {
+    [Value::NfProto(f), Value::InetProto(p), Value::InetService(port)]
 }
 
 /// The key of a forward of both families: one element serves IPv4 and IPv6.
-pub(super) fn port_key(p: Proto, port: u16) -> Vec<Value> {
-    vec![Value::InetProto(p), Value::InetService(port)]
+pub(super) fn port_key(p: Proto, port: u16) -> [Value; 2] {
+    [Value::InetProto(p), Value::InetService(port)]
 }
 
 const KEY: [FieldType; 3] = [FieldType::NfProto, FieldType::InetProto, FieldType::InetService];
@@ -137,7 +137,7 @@ impl Plan {
         if both {
             for &proto in f.proto.protos() {
                 for port in f.port.ports() {
-                    let k = [Value::InetProto(proto), Value::InetService(port)];
+                    let k = port_key(proto, port);
                     if plain {
                         self.insert(COUNT, &k, None, c);
                     }
@@ -148,7 +148,7 @@ impl Plan {
         for &fam in f.family.families() {
             for &proto in f.proto.protos() {
                 for port in f.port.ports() {
-                    let k = [Value::NfProto(fam), Value::InetProto(proto), Value::InetService(port)];
+                    let k = key(fam, proto, port);
                     if !both {
                         self.insert(TO_FAMILY, &k, Some(Value::InetService(f.target_of(port))), c);
                     }
