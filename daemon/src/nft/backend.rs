@@ -108,19 +108,18 @@ impl Backend {
     /// and the number of elements each set holds before the change. Adds are exclusive,
     /// so a kernel that drifted from `current` refuses the whole batch.
     pub fn apply_changes(&self, current: &Plan, d: &Delta) -> Result<(), BackendError> {
-        let new = current;
         if d.structural {
             return Err(encode_err("element-level change".to_string(), "the delta is structural; use apply"));
         }
         if d.is_empty() {
             return Ok(());
         }
-        let table = self.table_of(new)?;
+        let table = self.table_of(current)?;
         // A set the change would take past its size: the kernel would refuse the batch
         // after working through it; say so before sending anything.
         {
             let sizes = lock(&self.sizes);
-            for set in &new.sets {
+            for set in &current.sets {
                 let Some(&size) = sizes.get(&set.name) else { continue };
                 let count = |list: &[(String, Element)]| list.iter().filter(|(n, _)| *n == set.name).count();
                 let need = (set.elements.len() + count(&d.add_elements)).saturating_sub(count(&d.del_elements));
@@ -131,10 +130,10 @@ impl Backend {
         }
         let mut b = Builder::new(&table);
         for (list, op) in [(&d.del_elements, MsgType::Del), (&d.add_elements, MsgType::Add)] {
-            if let Some((name, _)) = list.iter().find(|(n, _)| new.set(n).is_none()) {
+            if let Some((name, _)) = list.iter().find(|(n, _)| current.set(n).is_none()) {
                 return Err(encode_err(format!("change of set {name}"), "the plan has no such set"));
             }
-            for set in &new.sets {
+            for set in &current.sets {
                 // delete element inet T SET { ... } / add element inet T SET { ... }
                 let elements: Vec<Item<'_>> =
                     list.iter().filter(|(n, _)| *n == set.name).map(|(_, e)| Item::Decoded(e)).collect();
