@@ -129,27 +129,22 @@ impl EncodedElem {
 
 /// The bytes of one value, as nft(8) puts it into a key or map data.
 fn value_bytes(v: &Value) -> Result<Vec<u8>, String> {
-    Ok(match v {
-        Value::NfProto(Family::Ipv4) => vec![k::NFPROTO_IPV4],
-        Value::NfProto(Family::Ipv6) => vec![k::NFPROTO_IPV6],
-        Value::InetProto(Proto::Tcp) => vec![libc::IPPROTO_TCP as u8],
-        Value::InetProto(Proto::Udp) => vec![libc::IPPROTO_UDP as u8],
-        Value::InetService(p) => p.to_be_bytes().to_vec(),
-        Value::Ifname(name) => {
-            if name.len() > 15 || name.contains('\0') {
-                return Err(format!("interface name `{}` is longer than 15 bytes or has a NUL", name.escape_debug()));
-            }
-            let mut b = name.as_bytes().to_vec();
-            b.resize(16, 0);
-            b
-        }
-        Value::Ipv4Net(n) if n.prefix_len() == 32 => n.addr().octets().to_vec(),
-        Value::Ipv6Net(n) if n.prefix_len() == 128 => n.addr().octets().to_vec(),
+    let field = match v {
+        Value::NfProto(f) => FieldRef::NfProto(*f),
+        Value::InetProto(p) => FieldRef::InetProto(*p),
+        Value::InetService(p) => FieldRef::InetService(*p),
+        Value::Mark(m) => FieldRef::Mark(*m),
+        Value::Ifname(name) => FieldRef::Ifname(name.as_bytes()),
+        Value::Ipv4Net(n) if n.prefix_len() == 32 => return Ok(n.addr().octets().to_vec()),
+        Value::Ipv6Net(n) if n.prefix_len() == 128 => return Ok(n.addr().octets().to_vec()),
         Value::Ipv4Net(_) | Value::Ipv6Net(_) => {
             return Err(format!("network {} needs an interval set", render::value(v)))
         }
-        Value::Mark(m) => m.to_ne_bytes().to_vec(),
-    })
+    };
+    let mut out = Vec::with_capacity(16);
+    // every field but a network has its bytes
+    field_bytes(field, &mut out).unwrap_or(Ok(()))?;
+    Ok(out)
 }
 
 /// Encodes `e` for `set`: fields padded to registers in concatenations, networks of
@@ -220,8 +215,8 @@ impl Item<'_> {
     }
 }
 
-/// The bytes of one borrowed field, as [`value_bytes`] writes its value; `None` for
-/// networks, which only [`encode_element`] encodes.
+/// The bytes of one field, appended to `out` (what [`value_bytes`] returns for a value);
+/// `None` for networks, which only [`encode_element`] encodes.
 fn field_bytes(f: FieldRef<'_>, out: &mut Vec<u8>) -> Option<Result<(), String>> {
     match f {
         FieldRef::NfProto(Family::Ipv4) => out.push(k::NFPROTO_IPV4),
@@ -231,9 +226,12 @@ fn field_bytes(f: FieldRef<'_>, out: &mut Vec<u8>) -> Option<Result<(), String>>
         FieldRef::InetService(p) => out.extend_from_slice(&p.to_be_bytes()),
         FieldRef::Mark(m) => out.extend_from_slice(&m.to_ne_bytes()),
         FieldRef::Ifname(name) => {
-            if name.len() > 15 {
+            if name.len() > 15 || name.contains(&0) {
                 let name = String::from_utf8_lossy(name);
-                return Some(Err(format!("interface name `{}` is longer than 15 bytes", name.escape_debug())));
+                return Some(Err(format!(
+                    "interface name `{}` is longer than 15 bytes or has a NUL",
+                    name.escape_debug()
+                )));
             }
             out.extend_from_slice(name);
             out.resize(out.len() + 16 - name.len(), 0);
