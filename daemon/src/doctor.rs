@@ -59,10 +59,11 @@ fn unreadable(check: &str, what: String) -> Finding {
 /// Every check; findings most severe first.
 pub fn run(s: &Snapshot) -> Vec<Finding> {
     let mut me = s.me.clone();
-    me.in_sync = matches!(portd::nft::Backend::new(&s.plan.table).read(&s.plan), Ok(Some(o)) if o.matches(&s.plan));
+    me.in_sync =
+        matches!(portd_kernel::nft::Backend::new(&s.plan.table).read(&s.plan), Ok(Some(o)) if o.matches(&s.plan));
     let mut findings = doctor::check_self(&me);
     let mut chains: Vec<ForeignChain> = Vec::new();
-    match portd::nft::read_foreign(&s.me.table) {
+    match portd_kernel::nft::read_foreign(&s.me.table) {
         Ok(read) => {
             if read.rules_left_out > 0 {
                 findings.push(Finding {
@@ -71,7 +72,7 @@ pub fn run(s: &Snapshot) -> Vec<Finding> {
                     forward: None,
                     message: format!(
                         "the ruleset is large: {} rules were read and {} more were left out, so chains past that point were judged by their first rules only",
-                        portd::nft::MAX_FOREIGN_RULES,
+                        portd_kernel::nft::MAX_FOREIGN_RULES,
                         read.rules_left_out
                     ),
                     fix: "read the rest with `nft list ruleset`".into(),
@@ -88,7 +89,7 @@ pub fn run(s: &Snapshot) -> Vec<Finding> {
         }
     }
     findings.extend(doctor::check_chains(&chains, &s.forwards, PORTD_NAT_PRIORITY));
-    match crate::sockdiag::held() {
+    match portd_kernel::sockdiag::held() {
         Ok(held) => findings.extend(doctor::check_listeners(
             &s.forwards,
             |proto, port| held.iter().filter(|h| h.proto == proto && h.port == port).map(|h| h.uid).collect(),

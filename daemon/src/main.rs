@@ -9,9 +9,7 @@
 
 mod actor;
 mod check;
-mod conntrack;
 mod doctor;
-mod events;
 mod lock;
 mod metrics;
 mod metrics_http;
@@ -20,7 +18,6 @@ mod privs;
 mod remove_table;
 mod safedir;
 mod server;
-mod sockdiag;
 mod state;
 
 use actor::{Daemon, Msg, Overrides};
@@ -156,7 +153,7 @@ fn bind_socket(path: &Path, group: Option<&str>, mode: u32) -> anyhow::Result<St
 
 /// Watches nf_tables events and wakes the actor when our table was touched.
 fn spawn_drift_listener(table: &str, tx: std::sync::mpsc::Sender<Msg>) -> anyhow::Result<()> {
-    let listener = events::Listener::new(table).context("subscribing to nf_tables events")?;
+    let listener = portd_kernel::events::Listener::new(table).context("subscribing to nf_tables events")?;
     std::thread::Builder::new().name("portd-events".into()).spawn(move || {
         let mut buf = Vec::new();
         loop {
@@ -289,7 +286,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let (tx, rx) = std::sync::mpsc::channel::<Msg>();
     let table = config.settings.table.clone();
     let published = std::sync::Arc::new(actor::Published::default());
-    let kernel = Box::new(portd::nft::Backend::new(&config.settings.table));
+    let kernel = Box::new(portd_kernel::nft::Backend::new(&config.settings.table));
     let daemon = Daemon::start(args.config.clone(), config, overrides, published.clone(), kernel)?;
     let status = daemon.status_line();
     let actor = std::thread::Builder::new().name("portd-actor".into()).spawn(move || daemon.run(rx))?;

@@ -113,7 +113,7 @@ async fn route(
     head: &str,
     actor: &Sender<Msg>,
     published: &Arc<Published>,
-    reader: &Arc<Mutex<Option<portd::nft::Backend>>>,
+    reader: &Arc<Mutex<Option<portd_kernel::nft::Backend>>>,
 ) -> Vec<u8> {
     let mut lines = head.split("\r\n");
     let mut first = lines.next().unwrap_or_default().split(' ');

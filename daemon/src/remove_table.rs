@@ -5,7 +5,7 @@
 //! upgrades drop no connection; this is the explicit removal that goes with it.
 
 use anyhow::Context;
-use portd::nft::Backend;
+use portd_kernel::nft::Backend;
 use portd_rules::Plan;
 use std::path::Path;
 

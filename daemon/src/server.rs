@@ -79,9 +79,9 @@ struct Shared {
     trim_pending: AtomicBool,
     parses: Arc<Semaphore>,
     /// The backend status reads use (its own netlink socket), one read at a time.
-    reader: Arc<Mutex<Option<portd::nft::Backend>>>,
+    reader: Arc<Mutex<Option<portd_kernel::nft::Backend>>>,
     /// Root's.
-    root_reader: Arc<Mutex<Option<portd::nft::Backend>>>,
+    root_reader: Arc<Mutex<Option<portd_kernel::nft::Backend>>>,
 }
 
 /// The heap is trimmed when partial lines held this much and then drained.
@@ -441,7 +441,7 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
 
 /// The backend status reads use: a netlink socket of the server's, not the actor's;
 /// root has one of its own, so a queue of other users' reads never delays root's.
-fn table_reader(shared: &Shared, uid: u32) -> Arc<Mutex<Option<portd::nft::Backend>>> {
+fn table_reader(shared: &Shared, uid: u32) -> Arc<Mutex<Option<portd_kernel::nft::Backend>>> {
     if uid == 0 {
         shared.root_reader.clone()
     } else {
@@ -452,12 +452,12 @@ fn table_reader(shared: &Shared, uid: u32) -> Arc<Mutex<Option<portd::nft::Backe
 /// A status: the actor hands over its plan (cheap), and the kernel is read here, on a
 /// blocking thread, so a large table never holds up the actor's changes and repairs. A
 /// change committed during the read makes it unstable: then the plan is taken again.
-async fn status(shared: &Shared, reader: &Arc<Mutex<Option<portd::nft::Backend>>>) -> Response {
+async fn status(shared: &Shared, reader: &Arc<Mutex<Option<portd_kernel::nft::Backend>>>) -> Response {
     status_of(&shared.actor, reader).await
 }
 
 /// A status read with `reader` (the metrics endpoint has a reader of its own).
-pub async fn status_of(actor: &Sender<Msg>, reader: &Arc<Mutex<Option<portd::nft::Backend>>>) -> Response {
+pub async fn status_of(actor: &Sender<Msg>, reader: &Arc<Mutex<Option<portd_kernel::nft::Backend>>>) -> Response {
     let stopping = || Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]);
     let mut last = String::new();
     for _ in 0..STATUS_ATTEMPTS {
@@ -469,12 +469,12 @@ pub async fn status_of(actor: &Sender<Msg>, reader: &Arc<Mutex<Option<portd::nft
         let reader = reader.clone();
         let job = tokio::task::spawn_blocking(move || {
             let mut guard = reader.lock().unwrap_or_else(|p| p.into_inner());
-            let backend = guard.get_or_insert_with(|| portd::nft::Backend::new(&snap.plan.table));
+            let backend = guard.get_or_insert_with(|| portd_kernel::nft::Backend::new(&snap.plan.table));
             backend.read(&snap.plan).map(|obs| snap.status(obs.as_ref()))
         });
         match job.await {
             Ok(Ok(status)) => return Response::ok(portd_rules::proto::Body::Status(status)),
-            Ok(Err(e @ portd::nft::BackendError::Unstable { .. })) => last = e.to_string(),
+            Ok(Err(e @ portd_kernel::nft::BackendError::Unstable { .. })) => last = e.to_string(),
             Ok(Err(e)) => return Response::error(ErrorKind::Kernel, vec![e.to_string()]),
             Err(_) => return Response::error(ErrorKind::Internal, vec!["reading the table failed".into()]),
         }

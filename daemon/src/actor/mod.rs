@@ -13,7 +13,7 @@ mod requests;
 
 use crate::notify;
 use crate::state::Store;
-use portd::kernel::Kernel;
+use portd_kernel::Kernel;
 use portd_rules::policy::{self, Backoff, Evaluation, Judge, Listeners, Repair, UserSet};
 use portd_rules::proto::{Command, ErrorKind, Response};
 use portd_rules::{Config, ListenerCheck, OnExit, Plan};
@@ -104,7 +104,7 @@ pub enum Msg {
     /// Clean stop: apply `on_exit` and end.
     Shutdown { reply: oneshot::Sender<()> },
     /// A committed nf_tables transaction touched our table.
-    Drift(crate::events::TableEvent),
+    Drift(portd_kernel::events::TableEvent),
 }
 
 /// Settings the actor needs that come from flags rather than the config file.
@@ -134,7 +134,7 @@ pub struct Daemon {
     eval: Evaluation,
     store: Store,
     kernel: Box<dyn Kernel>,
-    conntrack: crate::conntrack::Cleaner,
+    conntrack: portd_kernel::conntrack::Cleaner,
     plan: Plan,
     repairs: u64,
     backoff: Backoff,
@@ -195,7 +195,7 @@ const TRIM_DELAY: Duration = Duration::from_millis(100);
 const TRIM_MAX_WAIT: Duration = Duration::from_secs(2);
 
 /// Kernel calls touching more objects than this run with the event listener out of the
-/// event group (see [`crate::events::quietly`]).
+/// event group (see [`portd_kernel::events::quietly`]).
 const QUIET_MIN_OBJECTS: usize = 1000;
 
 /// Returns freed heap to the system; glibc keeps it otherwise (freed pages between live
@@ -237,7 +237,7 @@ impl Daemon {
             eval: Evaluation::default(),
             store,
             kernel,
-            conntrack: crate::conntrack::Cleaner::spawn()?,
+            conntrack: portd_kernel::conntrack::Cleaner::spawn()?,
             repairs: 0,
             backoff: Backoff::default(),
             trim_at: None,
@@ -381,7 +381,7 @@ impl Daemon {
             self.listeners = None;
             return;
         }
-        match crate::sockdiag::listeners(self.listeners.as_ref()) {
+        match portd_kernel::sockdiag::listeners(self.listeners.as_ref(), accounts::name_of) {
             Ok(l) => {
                 if self.listener_error.take().is_some() {
                     tracing::info!("listener checks work again");
@@ -441,7 +441,7 @@ impl Daemon {
             self.eval = before;
             return Err(err(ErrorKind::Kernel, format!("the kernel refused the change; nothing was changed: {e}")));
         }
-        self.conntrack.forget(crate::conntrack::stale_mappings(&self.plan, &plan));
+        self.conntrack.forget(portd_kernel::conntrack::stale_mappings(&self.plan, &plan));
         self.plan = plan;
         self.log_transitions(&before, when);
         notify::status(&self.status_line());
@@ -462,13 +462,13 @@ impl Daemon {
 
     /// Runs until a Shutdown message (or every sender is gone).
     pub fn run(mut self, rx: Receiver<Msg>) {
-        crate::events::mark_committer_thread();
+        portd_kernel::events::mark_committer_thread();
         loop {
             if self.missed.take() {
                 tracing::info!(
                     "another program committed to nf_tables during a large change of portd's; checking the table"
                 );
-                self.repair_if_drifted(crate::events::TableEvent::Unknown);
+                self.repair_if_drifted(portd_kernel::events::TableEvent::Unknown);
             }
             let wake = [self.backoff.deferred(), self.trim_at, self.poll_at].into_iter().flatten().min();
             let msg = match wake {
@@ -530,7 +530,7 @@ impl Daemon {
                 trim_heap();
             }
             if self.backoff.due(now) {
-                self.repair_if_drifted(crate::events::TableEvent::Unknown);
+                self.repair_if_drifted(portd_kernel::events::TableEvent::Unknown);
             }
             if self.poll_at.is_some_and(|t| t <= now) {
                 self.poll_listeners();
@@ -563,12 +563,12 @@ impl Daemon {
     }
 
     /// Puts the table back when another program deleted or edited it.
-    fn repair_if_drifted(&mut self, change: crate::events::TableEvent) {
+    fn repair_if_drifted(&mut self, change: portd_kernel::events::TableEvent) {
         if self.backoff.deferred().is_some() {
             return;
         }
         // A deleted table needs no comparison: rebuild at once.
-        let ok = change != crate::events::TableEvent::TableDeleted
+        let ok = change != portd_kernel::events::TableEvent::TableDeleted
             && match self.kernel.observe(&self.plan) {
                 Ok(Some(obs)) => obs.matches(&self.plan),
                 Ok(None) => false,
@@ -604,7 +604,7 @@ impl Daemon {
                         repairs = self.repairs,
                         action = "repair",
                         "table was {} by another program; restored",
-                        if change == crate::events::TableEvent::TableDeleted { "deleted" } else { "changed" }
+                        if change == portd_kernel::events::TableEvent::TableDeleted { "deleted" } else { "changed" }
                     );
                 }
                 Err(e) => tracing::error!("restoring the table: {e}"),
@@ -620,7 +620,7 @@ impl Daemon {
         &self,
         delta: &portd_rules::Delta,
         whole: impl FnOnce() -> std::borrow::Cow<'p, Plan>,
-    ) -> Result<(), portd::nft::BackendError> {
+    ) -> Result<(), portd_kernel::nft::BackendError> {
         if delta.is_empty() {
             return Ok(());
         }
@@ -631,7 +631,7 @@ impl Daemon {
                     self.published.metrics.applied(t.elapsed());
                     return Ok(());
                 }
-                Err(e @ portd::nft::BackendError::Outgrown { .. }) => {
+                Err(e @ portd_kernel::nft::BackendError::Outgrown { .. }) => {
                     tracing::info!("{e}; replacing the whole table with sets sized anew (counters start over)")
                 }
                 Err(e) => tracing::warn!("element-level change refused ({e}); replacing the whole table"),
@@ -645,16 +645,16 @@ impl Daemon {
     }
 
     /// Runs a kernel call touching `objects` kernel objects; a large one quietly (see
-    /// [`crate::events::quietly`]), noting when another program committed meanwhile.
+    /// [`portd_kernel::events::quietly`]), noting when another program committed meanwhile.
     fn kernel_call<T>(
         &self,
         objects: usize,
-        f: impl FnOnce(&dyn Kernel) -> Result<T, portd::nft::BackendError>,
-    ) -> Result<T, portd::nft::BackendError> {
+        f: impl FnOnce(&dyn Kernel) -> Result<T, portd_kernel::nft::BackendError>,
+    ) -> Result<T, portd_kernel::nft::BackendError> {
         if objects < QUIET_MIN_OBJECTS {
             return f(self.kernel.as_ref());
         }
-        let (r, missed) = crate::events::quietly(|| f(self.kernel.as_ref()));
+        let (r, missed) = portd_kernel::events::quietly(|| f(self.kernel.as_ref()));
         if missed {
             self.missed.set(true);
         }
@@ -665,9 +665,9 @@ impl Daemon {
     /// its duration when it succeeds.
     fn timed<T>(
         &self,
-        f: impl FnOnce(&dyn Kernel, &Plan) -> Result<T, portd::nft::BackendError>,
+        f: impl FnOnce(&dyn Kernel, &Plan) -> Result<T, portd_kernel::nft::BackendError>,
         objects: usize,
-    ) -> Result<T, portd::nft::BackendError> {
+    ) -> Result<T, portd_kernel::nft::BackendError> {
         let t = Instant::now();
         let r = self.kernel_call(objects, |k| f(k, &self.plan));
         if r.is_ok() {

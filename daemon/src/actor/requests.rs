@@ -178,7 +178,7 @@ impl Daemon {
         let listeners = if check == ListenerCheck::Off {
             None
         } else {
-            match crate::sockdiag::listeners(self.listeners.as_ref()) {
+            match portd_kernel::sockdiag::listeners(self.listeners.as_ref(), super::accounts::name_of) {
                 Ok(l) => Some(l),
                 Err(e) => {
                     warnings.push(format!("the listener check could not run (reading the socket tables: {e})"));
@@ -370,7 +370,7 @@ impl Daemon {
         }
         let t_save = t0.elapsed();
         let size = delta.size();
-        let stale = crate::conntrack::stale_in_delta(&delta);
+        let stale = portd_kernel::conntrack::stale_in_delta(&delta);
         delta.take_into(&mut self.plan);
         self.accounts.insert(owner.to_string(), Some(account.clone()));
         self.note_change(owner, &change);
@@ -521,7 +521,7 @@ impl Daemon {
         );
         self.log_transitions(&before, "by the reload");
         self.publish();
-        self.conntrack.forget(crate::conntrack::stale_mappings(&self.plan, &plan));
+        self.conntrack.forget(portd_kernel::conntrack::stale_mappings(&self.plan, &plan));
         self.plan = plan;
         self.schedule_poll();
         notify::status(&self.status_line());
@@ -575,7 +575,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// The status, given what the kernel holds (`None`: no table).
-    pub fn status(self, obs: Option<&portd::nft::Observed>) -> Status {
+    pub fn status(self, obs: Option<&portd_kernel::nft::Observed>) -> Status {
         let in_sync = obs.is_some_and(|o| o.matches(&self.plan));
         let mut forwards: Vec<ForwardStatus> = self
             .plan

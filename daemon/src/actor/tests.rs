@@ -3,7 +3,7 @@
 //! back-off, and grants judged through the shell. No root needed.
 
 use super::*;
-use portd::nft::{BackendError, Observed};
+use portd_kernel::nft::{BackendError, Observed};
 use portd_rules::proto::{Body, Command, ErrorKind, ForwardState};
 use portd_rules::{Delta, Forward, PortRange};
 use std::sync::{Arc, Mutex};
@@ -171,7 +171,7 @@ fn the_repair_back_off_stands_back_after_a_burst() {
     let s = Setup::new("backoff");
     let mut d = s.start("");
     for _ in 0..60 {
-        d.repair_if_drifted(crate::events::TableEvent::TableDeleted);
+        d.repair_if_drifted(portd_kernel::events::TableEvent::TableDeleted);
     }
     let replaced = s.fake.log().batches.iter().filter(|b| b.starts_with("replace")).count();
     assert_eq!(replaced, 1 + policy::REPAIR_BURST, "start, then at most a burst of repairs");

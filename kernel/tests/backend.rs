@@ -3,7 +3,7 @@
 //! by a veth pair, sends real TCP and UDP traffic over IPv4 and IPv6, and never touches
 //! the host's ruleset. Without root the tests fail and say why.
 
-use portd::nft::{Backend, BackendError, Observed};
+use portd_kernel::nft::{Backend, BackendError, Observed};
 use portd_rules::model::{FamilySel, Forward, PortRange, ProtoSel};
 use portd_rules::plan::{compile, names, Element, OwnedSet, Plan, Value};
 use portd_rules::{Family, Proto};

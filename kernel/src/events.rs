@@ -4,9 +4,9 @@
 //! act at the end of the transaction (NFT_MSG_NEWGEN).
 //!
 //! This only reads event headers, so it uses a plain netlink socket of the shared
-//! [`portd::netlink`] layer, not nftnl/mnl.
+//! [`crate::netlink`] layer, not nftnl/mnl.
 
-use portd::netlink::{find, messages, setsockopt_int, Socket};
+use crate::netlink::{find, messages, setsockopt_int, Socket};
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};

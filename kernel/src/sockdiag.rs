@@ -5,7 +5,7 @@
 
 #![forbid(unsafe_code)]
 
-use portd::netlink::Socket;
+use crate::netlink::Socket;
 use portd_rules::policy::Listeners;
 use portd_rules::Proto;
 use std::io;
@@ -74,9 +74,9 @@ fn parse_diag_msg(b: &[u8]) -> Option<(u16, u32)> {
 
 /// The listener table the policy reads, with user names for messages. When `known` holds
 /// the same sockets it is returned as it is; otherwise only uids it does not name are
-/// looked up in the account database, so the periodic check costs no lookups while
-/// nothing changes.
-pub fn listeners(known: Option<&Listeners>) -> io::Result<Listeners> {
+/// given to `name` (the daemon's account lookup), so the periodic check costs no lookups
+/// while nothing changes.
+pub fn listeners(known: Option<&Listeners>, name: impl Fn(u32) -> Option<String>) -> io::Result<Listeners> {
     let mut l = Listeners::default();
     for h in held()? {
         l.insert(h.proto, h.port, h.uid);
@@ -84,7 +84,7 @@ pub fn listeners(known: Option<&Listeners>) -> io::Result<Listeners> {
     if let Some(k) = known.filter(|k| k.same_sockets(&l)) {
         return Ok(k.clone());
     }
-    l.name_uids(known, |uid| nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name));
+    l.name_uids(known, name);
     Ok(l)
 }
 

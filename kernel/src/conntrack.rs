@@ -8,7 +8,7 @@
 //! (the old target); each match is deleted by its original tuple.
 #![forbid(unsafe_code)]
 
-use portd::netlink::{find, find_raw, push_padded, Socket};
+use crate::netlink::{find, find_raw, push_padded, Socket};
 use portd_rules::model::{Family, Proto};
 pub use portd_rules::plan::{stale_in_delta, stale_mappings, Stale};
 use std::io;
