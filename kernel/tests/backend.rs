@@ -202,6 +202,12 @@ fn everything() -> Plan {
     plan_of(1, vec![a, b, pool])
 }
 
+/// `plan` compiled again with its TCP forwards steered.
+fn steered(plan: Plan) -> Plan {
+    let sets = [("system", plan.forwards.iter().map(|p| &p.forward).collect())];
+    portd_rules::plan::compile_dispatched("portd", plan.mark, true, &sets).expect("plan compiles")
+}
+
 // ---------- tests ----------
 
 #[test]
@@ -312,25 +318,26 @@ fn read_and_nft_agree_with_every_applied_plan() {
     }
 
     // The table built over netlink lists exactly like the one nft -f builds from the
-    // rendered text of the same plan.
-    let plan = everything();
-    net.apply_checked(&plan);
-    let ours = net.nft(&["list", "table", "inet", "portd"]);
-    in_netns(&net.server, || Backend::new("portd").remove()).expect("remove");
-    let mut nft = Command::new("ip")
-        .args(["netns", "exec", &net.server, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("nft");
-    nft.stdin.take().expect("stdin").write_all(portd_rules::render::render(&plan).as_bytes()).expect("write");
-    assert!(nft.wait().expect("nft").success(), "nft -f of the rendered plan failed");
-    let theirs = net.nft(&["list", "table", "inet", "portd"]);
-    assert_eq!(canonical(&ours), canonical(&theirs), "\nours:\n{ours}\nnft -f:\n{theirs}");
-    let seen = net.read(&plan).expect("table");
-    assert!(seen.matches(&plan), "read() of nft's own table: {:#?}", seen.differences(&plan));
+    // rendered text of the same plan, with TCP forwards NATed and steered.
+    for plan in [everything(), steered(everything())] {
+        net.apply_checked(&plan);
+        let ours = net.nft(&["list", "table", "inet", "portd"]);
+        in_netns(&net.server, || Backend::new("portd").remove()).expect("remove");
+        let mut nft = Command::new("ip")
+            .args(["netns", "exec", &net.server, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("nft");
+        nft.stdin.take().expect("stdin").write_all(portd_rules::render::render(&plan).as_bytes()).expect("write");
+        assert!(nft.wait().expect("nft").success(), "nft -f of the rendered plan failed");
+        let theirs = net.nft(&["list", "table", "inet", "portd"]);
+        assert_eq!(canonical(&ours), canonical(&theirs), "\nours:\n{ours}\nnft -f:\n{theirs}");
+        let seen = net.read(&plan).expect("table");
+        assert!(seen.matches(&plan), "read() of nft's own table: {:#?}", seen.differences(&plan));
 
-    in_netns(&net.server, || Backend::new("portd").remove()).expect("remove");
-    assert!(net.read(&plan).is_none(), "no table after remove");
+        in_netns(&net.server, || Backend::new("portd").remove()).expect("remove");
+        assert!(net.read(&plan).is_none(), "no table after remove");
+    }
     in_netns(&net.server, || Backend::new("portd").remove()).expect("removing a missing table is fine");
     assert!(net.nft(&["list", "tables"]).trim().is_empty(), "nothing else was created");
 }

@@ -21,7 +21,7 @@ mod shape;
 pub use diag::{Diagnostic, Diagnostics};
 pub use load::{parse_config, parse_rules, MAX_FILE_BYTES};
 pub use model::{
-    Config, Family, FamilySel, Forward, Grant, GrantSubject, ListenerCheck, MarkRange, OnExit, PortRange, Proto,
-    ProtoSel, RulesFile, Settings, SocketSettings,
+    Config, Dispatch, Family, FamilySel, Forward, Grant, GrantSubject, ListenerCheck, MarkRange, OnExit, Ownership,
+    PortRange, Proto, ProtoSel, RulesFile, Settings, SocketSettings,
 };
 pub use plan::{compile, Conflict, Delta, OwnedSet, Plan, Summary};

@@ -628,7 +628,12 @@ fn settings(ctx: &mut Ctx, v: Option<&Node>) -> Settings {
         ctx.err("settings", format!("expected a mapping, found {}", describe(v)));
         return s;
     };
-    check_keys(ctx, "settings", m, &["table", "mark", "on_exit", "socket", "state_dir", "listener_check", "metrics"]);
+    check_keys(
+        ctx,
+        "settings",
+        m,
+        &["table", "mark", "on_exit", "socket", "state_dir", "listener_check", "dispatch", "ownership", "metrics"],
+    );
     if let Some(t) = m.get("table").and_then(|v| get_str(ctx, "settings.table", v)) {
         let ok = t.len() <= 64
             && t.starts_with(|c: char| c.is_ascii_alphabetic())
@@ -658,6 +663,22 @@ fn settings(ctx: &mut Ctx, v: Option<&Node>) -> Settings {
             "warn" => s.listener_check = ListenerCheck::Warn,
             "off" => s.listener_check = ListenerCheck::Off,
             _ => ctx.err("settings.listener_check", format!("`{o}` is not enforce, warn or off")),
+        }
+    }
+    if let Some(o) = m.get("dispatch").and_then(|v| get_str(ctx, "settings.dispatch", v)) {
+        match o {
+            "auto" => s.dispatch = Dispatch::Auto,
+            "steer" => s.dispatch = Dispatch::Steer,
+            "nat" => s.dispatch = Dispatch::Nat,
+            _ => ctx.err("settings.dispatch", format!("`{o}` is not auto, steer or nat")),
+        }
+    }
+    if let Some(o) = m.get("ownership").and_then(|v| get_str(ctx, "settings.ownership", v)) {
+        match o {
+            "auto" => s.ownership = Ownership::Auto,
+            "kernel" => s.ownership = Ownership::Kernel,
+            "polled" => s.ownership = Ownership::Polled,
+            _ => ctx.err("settings.ownership", format!("`{o}` is not auto, kernel or polled")),
         }
     }
     if let Some(d) = m.get("state_dir").and_then(|v| get_str(ctx, "settings.state_dir", v)) {

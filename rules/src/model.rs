@@ -342,6 +342,52 @@ pub enum ListenerCheck {
     Off,
 }
 
+/// `settings.dispatch`: how TCP forwards reach their target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dispatch {
+    /// Steer where the kernel and capabilities allow it, NAT otherwise (default).
+    #[default]
+    Auto,
+    /// Steer TCP forwards (sk_lookup to the owner's listening socket); start fails without BPF.
+    Steer,
+    /// Redirect with NAT, as before.
+    Nat,
+}
+
+/// `settings.ownership`: how user forwards' target ports are kept for their owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ownership {
+    /// Kernel reservation where the kernel and capabilities allow it, polled otherwise (default).
+    #[default]
+    Auto,
+    /// cgroup bind hooks refuse a bind of a reserved target port by any other uid; start fails without BPF.
+    Kernel,
+    /// Only socket-table checks (`listener_check`).
+    Polled,
+}
+
+impl fmt::Display for Dispatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Dispatch::Auto => "auto",
+            Dispatch::Steer => "steer",
+            Dispatch::Nat => "nat",
+        })
+    }
+}
+
+impl fmt::Display for Ownership {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Ownership::Auto => "auto",
+            Ownership::Kernel => "kernel",
+            Ownership::Polled => "polled",
+        })
+    }
+}
+
 /// `settings.socket`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SocketSettings {
@@ -369,6 +415,12 @@ pub struct Settings {
     /// Listener ownership checks of user forwards.
     #[serde(default)]
     pub listener_check: ListenerCheck,
+    /// How TCP forwards reach their target.
+    #[serde(default)]
+    pub dispatch: Dispatch,
+    /// How target ports are kept for their owner.
+    #[serde(default)]
+    pub ownership: Ownership,
     /// The Prometheus endpoint; `None`: no TCP socket at all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsSettings>,
@@ -390,6 +442,8 @@ impl Default for Settings {
             socket: SocketSettings { path: "/run/portd/portd.sock".into(), group: Some("portd".into()), mode: 0o660 },
             state_dir: "/var/lib/portd".into(),
             listener_check: ListenerCheck::Enforce,
+            dispatch: Dispatch::Auto,
+            ownership: Ownership::Auto,
             metrics: None,
         }
     }

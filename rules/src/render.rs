@@ -77,6 +77,28 @@ pub fn rule(r: &Rule) -> String {
         Rule::DropUnredirected { set } => {
             format!("ct state new iifname != \"lo\" ct status & dnat == 0 {KEY} @{set} drop")
         }
+        Rule::Notrack { set, key, sport, if_local } => {
+            let mut k = key_text(*key).to_string();
+            if *sport {
+                k = k.replace("th dport", "th sport");
+            }
+            let local = if *if_local { "fib daddr type local " } else { "" };
+            format!("{local}{k} @{set} notrack")
+        }
+        Rule::RejectUnlessIface { keys, allowed } => {
+            format!(
+                "iifname != \"lo\" meta l4proto tcp {KEY} @{keys} {KEY} . iifname != @{allowed} reject with tcp reset"
+            )
+        }
+        Rule::RejectUnlessSource { family, keys, allowed } => {
+            let (f, a) = match family {
+                Family::Ipv4 => ("ipv4", "ip"),
+                Family::Ipv6 => ("ipv6", "ip6"),
+            };
+            format!(
+                "iifname != \"lo\" meta l4proto tcp meta nfproto {f} {KEY} @{keys} meta l4proto . th dport . {a} saddr != @{allowed} reject with tcp reset"
+            )
+        }
     }
 }
 
@@ -122,6 +144,7 @@ fn priority(hook: Hook, kind: ChainType, p: i32) -> String {
         (_, _, -150) => "mangle".into(),
         (Hook::Prerouting, ChainType::Nat, -100) => "dstnat".into(),
         (_, ChainType::Filter, 0) => "filter".into(),
+        (_, ChainType::Filter, -300) => "raw".into(),
         _ => p.to_string(),
     }
 }

@@ -2,7 +2,8 @@
 //! every golden output is accepted by the real `nft -c -f -` inside `unshare -rn`.
 //! Set `UPDATE_GOLDEN=1` to rewrite the expected files after a deliberate change.
 
-use portd_rules::{compile, parse_rules, render::render, OwnedSet};
+use portd_rules::plan::compile_dispatched;
+use portd_rules::{parse_rules, render::render};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,7 +23,9 @@ fn cases() -> Vec<PathBuf> {
 fn rendered(yaml: &Path) -> String {
     let text = std::fs::read_to_string(yaml).expect("read golden yaml");
     let rules = parse_rules(&yaml.display().to_string(), &text).unwrap_or_else(|d| panic!("{d}"));
-    let plan = compile("portd", 1, &[OwnedSet { owner: "system".into(), forwards: rules.forwards }])
+    // Cases named steer* are compiled with TCP forwards steered (settings.dispatch).
+    let steer = yaml.file_stem().is_some_and(|s| s.to_string_lossy().starts_with("steer"));
+    let plan = compile_dispatched("portd", 1, steer, &[("system", rules.forwards.iter().collect())])
         .expect("golden cases have no conflicts");
     render(&plan)
 }

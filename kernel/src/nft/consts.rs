@@ -34,6 +34,8 @@ pub const NFT_SET_INTERVAL: u32 = 0x4;
 pub const NFT_SET_MAP: u32 = 0x8;
 pub const NFT_SET_CONCAT: u32 = 0x80;
 pub const NFT_LOOKUP_F_INV: u32 = 1;
+/// `NFT_REJECT_TCP_RST`: `reject with tcp reset`
+pub const NFT_REJECT_TCP_RST: u32 = 1;
 // expressions
 pub const NFT_META_MARK: u32 = 3;
 pub const NFT_META_IIFNAME: u32 = 6;

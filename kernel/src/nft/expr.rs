@@ -44,6 +44,10 @@ enum Expr {
     Verdict { code: i32, chain: Option<CString> },
     /// `[ immediate reg REG DATA ]`
     Data { reg: u32, data: Vec<u8> },
+    /// `[ notrack ]`
+    Notrack,
+    /// `[ reject type 1 code 0 ]` (`reject with tcp reset`)
+    RejectTcpReset,
 }
 
 impl Expr {
@@ -60,6 +64,8 @@ impl Expr {
             Expr::Ct { .. } => c"ct",
             Expr::Redir { .. } => c"redir",
             Expr::Verdict { .. } | Expr::Data { .. } => c"immediate",
+            Expr::Notrack => c"notrack",
+            Expr::RejectTcpReset => c"reject",
         }
     }
 
@@ -159,6 +165,11 @@ impl Expr {
                 u32_(sys::NFTNL_EXPR_IMM_DREG, *reg);
                 bytes(sys::NFTNL_EXPR_IMM_DATA, data);
             }
+            Expr::Notrack => {}
+            Expr::RejectTcpReset => {
+                u32_(sys::NFTNL_EXPR_REJECT_TYPE, k::NFT_REJECT_TCP_RST);
+                u32_(sys::NFTNL_EXPR_REJECT_CODE, 0);
+            }
         }
         (expr, ok.get())
     }
@@ -226,6 +237,67 @@ fn load(key: KeyExpr) -> Vec<Expr> {
     }
 }
 
+/// [`load`] with the source port (`th sport`) in place of the destination port.
+fn load_sport(key: KeyExpr) -> Vec<Expr> {
+    let mut x = load(key);
+    for e in &mut x {
+        if let Expr::Payload { base: k::NFT_PAYLOAD_TRANSPORT_HEADER, offset, .. } = e {
+            *offset = 0;
+        }
+    }
+    x
+}
+
+/// `iifname != "lo"`
+fn not_loopback() -> [Expr; 2] {
+    let mut lo = b"lo".to_vec();
+    lo.resize(16, 0);
+    [
+        Expr::Meta { key: k::NFT_META_IIFNAME, dreg: k::NFT_REG_1 },
+        Expr::Cmp { op: k::NFT_CMP_NEQ, sreg: k::NFT_REG_1, data: lo },
+    ]
+}
+
+/// `meta l4proto tcp`
+fn is_tcp() -> [Expr; 2] {
+    [
+        Expr::Meta { key: k::NFT_META_L4PROTO, dreg: k::NFT_REG_1 },
+        Expr::Cmp { op: k::NFT_CMP_EQ, sreg: k::NFT_REG_1, data: vec![libc::IPPROTO_TCP as u8] },
+    ]
+}
+
+/// The part of `ip(6) saddr` checks shared by the NAT and steer rules:
+/// `meta nfproto FAMILY KEY @KEYS meta l4proto . th dport . ip(6) saddr != @ALLOWED`.
+fn source_not_allowed(family: Family, keys: &str, allowed: &str, ids: &SetIds) -> Result<Vec<Expr>, String> {
+    // nft byte-swaps l4proto for the interval lookup
+    let (nfproto, offset, len) = match family {
+        Family::Ipv4 => (k::NFPROTO_IPV4, 12, 4),
+        Family::Ipv6 => (k::NFPROTO_IPV6, 8, 16),
+    };
+    let mut x = vec![
+        Expr::Meta { key: k::NFT_META_NFPROTO, dreg: k::NFT_REG_1 },
+        Expr::Cmp { op: k::NFT_CMP_EQ, sreg: k::NFT_REG_1, data: vec![nfproto] },
+    ];
+    x.extend(load_key());
+    x.push(lookup(ids, keys, None, false)?);
+    x.push(Expr::Meta { key: k::NFT_META_L4PROTO, dreg: k::NFT_REG_1 });
+    x.push(Expr::Hton { reg: k::NFT_REG_1, size: 2, len: 1 });
+    x.push(Expr::Payload { base: k::NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, len: 2, dreg: k::NFT_REG32_01 });
+    x.push(Expr::Payload { base: k::NFT_PAYLOAD_NETWORK_HEADER, offset, len, dreg: k::NFT_REG32_02 });
+    x.push(lookup(ids, allowed, None, true)?);
+    Ok(x)
+}
+
+/// `KEY @KEYS KEY . iifname != @ALLOWED`
+fn iface_not_allowed(keys: &str, allowed: &str, ids: &SetIds) -> Result<Vec<Expr>, String> {
+    let mut x: Vec<Expr> = load_key().into();
+    x.push(lookup(ids, keys, None, false)?);
+    x.extend(load_key());
+    x.push(Expr::Meta { key: k::NFT_META_IIFNAME, dreg: k::NFT_REG32_03 });
+    x.push(lookup(ids, allowed, None, true)?);
+    Ok(x)
+}
+
 /// `fib daddr type local`
 fn fib_daddr_local() -> [Expr; 2] {
     [
@@ -263,31 +335,38 @@ fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
         plan::Rule::ReturnUnlessIface { keys, allowed } => {
             // meta nfproto . meta l4proto . th dport @KEYS
             //   meta nfproto . meta l4proto . th dport . iifname != @ALLOWED return
-            x.extend(load_key());
-            x.push(lookup(ids, keys, None, false)?);
-            x.extend(load_key());
-            x.push(Expr::Meta { key: k::NFT_META_IIFNAME, dreg: k::NFT_REG32_03 });
-            x.push(lookup(ids, allowed, None, true)?);
+            x.extend(iface_not_allowed(keys, allowed, ids)?);
             x.push(Expr::Verdict { code: k::NFT_RETURN, chain: None });
         }
         plan::Rule::ReturnUnlessSource { family, keys, allowed } => {
             // meta nfproto ipv4 meta nfproto . meta l4proto . th dport @KEYS
-            //   meta l4proto . th dport . ip saddr != @ALLOWED return
-            // (ipv6: ip6 saddr); nft byte-swaps l4proto for the interval lookup
-            let (nfproto, offset, len) = match family {
-                Family::Ipv4 => (k::NFPROTO_IPV4, 12, 4),
-                Family::Ipv6 => (k::NFPROTO_IPV6, 8, 16),
-            };
-            x.push(Expr::Meta { key: k::NFT_META_NFPROTO, dreg: k::NFT_REG_1 });
-            x.push(Expr::Cmp { op: k::NFT_CMP_EQ, sreg: k::NFT_REG_1, data: vec![nfproto] });
-            x.extend(load_key());
-            x.push(lookup(ids, keys, None, false)?);
-            x.push(Expr::Meta { key: k::NFT_META_L4PROTO, dreg: k::NFT_REG_1 });
-            x.push(Expr::Hton { reg: k::NFT_REG_1, size: 2, len: 1 });
-            x.push(Expr::Payload { base: k::NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, len: 2, dreg: k::NFT_REG32_01 });
-            x.push(Expr::Payload { base: k::NFT_PAYLOAD_NETWORK_HEADER, offset, len, dreg: k::NFT_REG32_02 });
-            x.push(lookup(ids, allowed, None, true)?);
+            //   meta l4proto . th dport . ip saddr != @ALLOWED return   (ipv6: ip6 saddr)
+            x.extend(source_not_allowed(*family, keys, allowed, ids)?);
             x.push(Expr::Verdict { code: k::NFT_RETURN, chain: None });
+        }
+        plan::Rule::Notrack { set, key, sport, if_local } => {
+            // (fib daddr type local) (meta nfproto .) meta l4proto . th dport|sport @SET notrack
+            if *if_local {
+                x.extend(fib_daddr_local());
+            }
+            x.extend(if *sport { load_sport(*key) } else { load(*key) });
+            x.push(lookup(ids, set, None, false)?);
+            x.push(Expr::Notrack);
+        }
+        plan::Rule::RejectUnlessIface { keys, allowed } => {
+            // iifname != "lo" meta l4proto tcp KEY @KEYS KEY . iifname != @ALLOWED reject with tcp reset
+            x.extend(not_loopback());
+            x.extend(is_tcp());
+            x.extend(iface_not_allowed(keys, allowed, ids)?);
+            x.push(Expr::RejectTcpReset);
+        }
+        plan::Rule::RejectUnlessSource { family, keys, allowed } => {
+            // iifname != "lo" meta l4proto tcp meta nfproto ipv4 KEY @KEYS
+            //   meta l4proto . th dport . ip saddr != @ALLOWED reject with tcp reset
+            x.extend(not_loopback());
+            x.extend(is_tcp());
+            x.extend(source_not_allowed(*family, keys, allowed, ids)?);
+            x.push(Expr::RejectTcpReset);
         }
         plan::Rule::Redirect { proto, map, key } => {
             // meta l4proto tcp redirect to (meta nfproto .) meta l4proto . th dport map @MAP
@@ -322,13 +401,10 @@ fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
         plan::Rule::DropUnredirected { set } => {
             // ct state new iifname != "lo" ct status & dnat == 0
             //   meta nfproto . meta l4proto . th dport @SET drop
-            let mut lo = b"lo".to_vec();
-            lo.resize(16, 0);
             x.push(Expr::Ct { key: k::NFT_CT_STATE, dreg: k::NFT_REG_1 });
             x.push(Expr::And32 { reg: k::NFT_REG_1, mask: k::CT_STATE_NEW });
             x.push(Expr::Cmp { op: k::NFT_CMP_NEQ, sreg: k::NFT_REG_1, data: 0u32.to_ne_bytes().to_vec() });
-            x.push(Expr::Meta { key: k::NFT_META_IIFNAME, dreg: k::NFT_REG_1 });
-            x.push(Expr::Cmp { op: k::NFT_CMP_NEQ, sreg: k::NFT_REG_1, data: lo });
+            x.extend(not_loopback());
             x.push(Expr::Ct { key: k::NFT_CT_STATUS, dreg: k::NFT_REG_1 });
             x.push(Expr::And32 { reg: k::NFT_REG_1, mask: k::IPS_DST_NAT });
             x.push(Expr::Cmp { op: k::NFT_CMP_EQ, sreg: k::NFT_REG_1, data: 0u32.to_ne_bytes().to_vec() });

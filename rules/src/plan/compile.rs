@@ -39,8 +39,10 @@ fn counted(mut s: Set) -> Set {
 }
 
 /// The fixed skeleton: every set and chain, empty. `mark` is the default mark, which the
-/// counting rule of forwards that keep it sets.
-pub(super) fn skeleton(table: &str, mark: u32) -> Plan {
+/// counting rule of forwards that keep it sets; `steer` adds the steered maps, the
+/// chains that untrack steered connections and the input rules that refuse what a
+/// steered forward's interfaces and sources do not allow.
+pub(super) fn skeleton(table: &str, mark: u32, steer: bool) -> Plan {
     use names::*;
     use FieldType as T;
     let k_if = [T::NfProto, T::InetProto, T::InetService, T::Ifname];
@@ -58,6 +60,23 @@ pub(super) fn skeleton(table: &str, mark: u32) -> Plan {
         set(SRC6, "IPv6 sources allowed per public port", &[T::InetProto, T::InetService, T::Ipv6Addr], None, true),
         set(PROTECT, "local ports that refuse connections not redirected by portd", &KEY, None, false),
     ];
+    let mut sets = sets;
+    if steer {
+        sets.push(set(
+            STEER,
+            "public port -> local port, steered forwards of both families",
+            &PORT_KEY,
+            Some(T::InetService),
+            false,
+        ));
+        sets.push(set(
+            STEER_FAMILY,
+            "public port -> local port, steered forwards of one family",
+            &KEY,
+            Some(T::InetService),
+            false,
+        ));
+    }
     let qualify = || {
         vec![
             Rule::ReturnUnlessIface { keys: IFACE_KEYS.into(), allowed: IFACE.into() },
@@ -82,7 +101,7 @@ pub(super) fn skeleton(table: &str, mark: u32) -> Plan {
         ]
     };
     let base = |kind, hook, priority| Some(BaseChain { kind, hook, priority });
-    let chains = vec![
+    let mut chains = vec![
         Chain { name: "redirect_in".into(), base: None, rules: [qualify(), redirect()].concat() },
         Chain { name: "account_in".into(), base: None, rules: [qualify(), account()].concat() },
         Chain { name: "redirect_local".into(), base: None, rules: redirect() },
@@ -113,13 +132,42 @@ pub(super) fn skeleton(table: &str, mark: u32) -> Plan {
             rules: vec![Rule::DropUnredirected { set: PROTECT.into() }],
         },
     ];
-    Plan { table: table.into(), mark, sets, chains, forwards: Vec::new() }
+    if steer {
+        let untrack = |sport: bool, if_local: bool| {
+            vec![
+                Rule::Notrack { set: STEER.into(), key: KeyExpr::Port, sport, if_local },
+                Rule::Notrack { set: STEER_FAMILY.into(), key: KeyExpr::Family, sport, if_local },
+            ]
+        };
+        chains.push(Chain {
+            name: "raw_prerouting".into(),
+            base: base(ChainType::Filter, Hook::Prerouting, -300),
+            rules: untrack(false, true),
+        });
+        chains.push(Chain {
+            name: "raw_output".into(),
+            base: base(ChainType::Filter, Hook::Output, -300),
+            rules: [untrack(false, true), untrack(true, false)].concat(),
+        });
+        if let Some(input) = chains.iter_mut().find(|c| c.name == "input") {
+            input.rules.push(Rule::RejectUnlessIface { keys: IFACE_KEYS.into(), allowed: IFACE.into() });
+            for (family, allowed) in [(Family::Ipv4, SRC4), (Family::Ipv6, SRC6)] {
+                input.rules.push(Rule::RejectUnlessSource { family, keys: SRC_KEYS.into(), allowed: allowed.into() });
+            }
+        }
+    }
+    Plan { table: table.into(), mark, sets, chains, forwards: Vec::new(), steer }
 }
 
 impl Plan {
     /// An empty plan: the skeleton with no forwards; `mark` is the default mark.
     pub fn empty(table: &str, mark: u32) -> Plan {
-        skeleton(table, mark)
+        skeleton(table, mark, false)
+    }
+
+    /// An empty plan that steers TCP forwards when `steer` is set.
+    pub fn empty_with(table: &str, mark: u32, steer: bool) -> Plan {
+        skeleton(table, mark, steer)
     }
 
     /// Adds one forward's elements. A forward of both families with the default mark
@@ -134,6 +182,9 @@ impl Plan {
         let mark = f.mark.unwrap_or(default_mark);
         let both = f.family == crate::model::FamilySel::Both;
         let plain = both && mark == self.mark;
+        // Where the target goes: a steered TCP forward's to the maps the sk_lookup program follows.
+        let steer = self.steer;
+        let maps = |proto: Proto| if steer && proto == Proto::Tcp { (STEER, STEER_FAMILY) } else { (TO, TO_FAMILY) };
         if both {
             for &proto in f.proto.protos() {
                 for port in f.port.ports() {
@@ -141,7 +192,7 @@ impl Plan {
                     if plain {
                         self.insert(COUNT, &k, None, c);
                     }
-                    self.insert(TO, &k, Some(Value::InetService(f.target_of(port))), c);
+                    self.insert(maps(proto).0, &k, Some(Value::InetService(f.target_of(port))), c);
                 }
             }
         }
@@ -150,7 +201,7 @@ impl Plan {
                 for port in f.port.ports() {
                     let k = key(fam, proto, port);
                     if !both {
-                        self.insert(TO_FAMILY, &k, Some(Value::InetService(f.target_of(port))), c);
+                        self.insert(maps(proto).1, &k, Some(Value::InetService(f.target_of(port))), c);
                     }
                     if !plain {
                         self.insert(COUNT_FAMILY, &k, None, c);
@@ -194,7 +245,7 @@ impl Plan {
 
     /// Elements a group of forwards contributes, as (set, element) pairs.
     pub(super) fn contributions(&self, group: &[PlacedForward]) -> BTreeSet<(String, Element)> {
-        let mut mini = skeleton(&self.table, self.mark);
+        let mut mini = skeleton(&self.table, self.mark, self.steer);
         for p in group {
             mini.place(&p.owner, &p.forward, p.mark);
         }
@@ -228,7 +279,7 @@ impl Plan {
             sets.push((owner, mine));
         }
         // Every forward keeps the mark it was placed with: a plan has one default mark.
-        compile_placed(&self.table, self.mark, &sets).ok()
+        compile_placed(&self.table, self.mark, self.steer, &sets).ok()
     }
 }
 
@@ -239,8 +290,13 @@ fn placed_order_key(owner: &str) -> (bool, &str) {
 
 /// Compiles owners' forwards, given in `compile`'s order (system first, then by owner;
 /// each set by name) with each forward's effective mark.
-fn compile_placed(table: &str, mark: u32, sets: &[(&str, Vec<(&Forward, u32)>)]) -> Result<Plan, Vec<Conflict>> {
-    let mut plan = skeleton(table, mark);
+fn compile_placed(
+    table: &str,
+    mark: u32,
+    steer: bool,
+    sets: &[(&str, Vec<(&Forward, u32)>)],
+) -> Result<Plan, Vec<Conflict>> {
+    let mut plan = skeleton(table, mark, steer);
     let total: usize = sets.iter().map(|(_, v)| v.len()).sum();
     plan.forwards.reserve(total);
     let mut claims: std::collections::HashMap<(Family, Proto, u16), (&str, &str)> = Default::default();
@@ -287,6 +343,16 @@ pub fn compile(table: &str, default_mark: u32, sets: &[OwnedSet]) -> Result<Plan
 
 /// [`compile`] of owners' sets that others own: `(owner, forwards)` in any order.
 pub fn compile_borrowed(table: &str, default_mark: u32, sets: &[(&str, Vec<&Forward>)]) -> Result<Plan, Vec<Conflict>> {
+    compile_dispatched(table, default_mark, false, sets)
+}
+
+/// [`compile_borrowed`], steering TCP forwards when `steer` is set.
+pub fn compile_dispatched(
+    table: &str,
+    default_mark: u32,
+    steer: bool,
+    sets: &[(&str, Vec<&Forward>)],
+) -> Result<Plan, Vec<Conflict>> {
     let mut ordered: Vec<&(&str, Vec<&Forward>)> = sets.iter().collect();
     ordered.sort_by(|a, b| placed_order_key(a.0).cmp(&placed_order_key(b.0)));
     let placed: Vec<(&str, Vec<(&Forward, u32)>)> = ordered
@@ -297,5 +363,5 @@ pub fn compile_borrowed(table: &str, default_mark: u32, sets: &[(&str, Vec<&Forw
             (*owner, fws)
         })
         .collect();
-    compile_placed(table, default_mark, &placed)
+    compile_placed(table, default_mark, steer, &placed)
 }

@@ -25,7 +25,7 @@ mod summary;
 mod table;
 
 pub use crate::element::{Element, ElementRef, Elements, FieldRef, FieldType, Parts, Value};
-pub use compile::{compile, compile_borrowed};
+pub use compile::{compile, compile_borrowed, compile_dispatched};
 pub use delta::Delta;
 pub use stale::{stale_in_delta, stale_mappings, Stale};
 pub use summary::Summary;

@@ -157,6 +157,35 @@ pub enum Rule {
         /// protected target keys
         set: String,
     },
+    /// `(fib daddr type local) KEY @SET notrack`, with `th dport` or `th sport`: steered
+    /// connections take no conntrack entry in either direction.
+    Notrack {
+        /// steered keys (a map looked up as a set)
+        set: String,
+        /// the key the set is looked up with
+        key: KeyExpr,
+        /// the key's port is the source port (replies of the app) instead of the destination
+        sport: bool,
+        /// only packets to this host's own addresses
+        if_local: bool,
+    },
+    /// `iifname != "lo" meta l4proto tcp KEY @KEYS KEY . iifname != @ALLOWED reject with tcp reset`:
+    /// a steered forward's interfaces, where no NAT rule can leave the packet alone.
+    RejectUnlessIface {
+        /// keys that are restricted to interfaces
+        keys: String,
+        /// allowed key . interface pairs
+        allowed: String,
+    },
+    /// `iifname != "lo" meta l4proto tcp meta nfproto FAMILY KEY @KEYS meta l4proto . th dport . ip(6) saddr != @ALLOWED reject with tcp reset`
+    RejectUnlessSource {
+        /// family this rule checks
+        family: Family,
+        /// keys that are restricted to sources
+        keys: String,
+        /// allowed l4proto . port . network triples
+        allowed: String,
+    },
 }
 
 /// A chain: a base chain on a hook, or a regular chain jumped to.
@@ -203,6 +232,10 @@ pub struct Plan {
     pub chains: Vec<Chain>,
     /// The forwards this plan was compiled from, ordered by owner then name.
     pub forwards: Vec<PlacedForward>,
+    /// TCP forwards are steered (`settings.dispatch`): their public port maps to the
+    /// target in `fwd_steer`/`fwd_steer_family`, which the sk_lookup program follows,
+    /// instead of the NAT maps; the table only counts, marks, filters and untracks them.
+    pub steer: bool,
 }
 
 /// Set and map names.
@@ -231,6 +264,10 @@ pub mod names {
     pub const SRC6: &str = "fwd_src6";
     /// protected target keys
     pub const PROTECT: &str = "fwd_protect";
+    /// l4proto . port -> target port of steered forwards of both families
+    pub const STEER: &str = "fwd_steer";
+    /// key -> target port of steered forwards of one family
+    pub const STEER_FAMILY: &str = "fwd_steer_family";
 }
 
 /// One owner's forwards.
