@@ -391,3 +391,36 @@ fn survives_a_restart_in_new_processes_then_remove_detaches() {
     assert_refused(&pair.cli, "10.77.0.1:80");
     assert!(!Dataplane::remove(&bpffs.pin_dir()).expect("remove again"));
 }
+
+/// The program id behind the link pinned at `path`, from bpftool.
+fn linked_program(path: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("bpftool")
+        .args(["link", "show", "pinned"])
+        .arg(path)
+        .output()
+        .expect("bpftool (Debian package bpftool) is needed for this test");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "prog")
+        .nth(1)
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no program id in bpftool's {text:?}"))
+}
+
+#[test]
+fn reopen_puts_its_own_programs_into_the_pinned_links() {
+    require_root();
+    let (pair, bpffs) = (Pair::new(), Bpffs::new());
+    let _app = Server::start(&pair.srv, OWNER, Bind::DualStack, 8080, false, "app");
+    let dp = open(&pair.srv, &bpffs, &steer_80(true));
+    let links = ["steer", "register", "bind4", "bind6"].map(|l| bpffs.pin_dir().join("links").join(l));
+    let before = links.clone().map(|l| linked_program(&l));
+    drop(dp);
+    let _dp = open(&pair.srv, &bpffs, &steer_80(true));
+    let after = links.map(|l| linked_program(&l));
+    for i in 0..4 {
+        assert_ne!(before[i], after[i], "link {i} still runs the old program");
+    }
+    assert_steered(&pair.cli, "10.77.0.1:80", "app");
+    assert_eq!(try_bind(&pair.srv, Some(OTHER), false, "0.0.0.0:8080"), Err(EACCES));
+}

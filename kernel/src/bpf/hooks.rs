@@ -1,6 +1,10 @@
 //! The attached programs: where each goes and how it is attached.
 
-use std::fs::File;
+use std::{
+    fs::File,
+    os::fd::{AsFd, BorrowedFd},
+    path::Path,
+};
 
 use aya::{
     programs::{
@@ -10,7 +14,7 @@ use aya::{
     Ebpf,
 };
 
-use super::error::BpfError;
+use super::{error::BpfError, link_update};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Hook {
@@ -49,6 +53,36 @@ impl Hook {
 pub(crate) struct Targets {
     pub netns: File,
     pub cgroup_root: File,
+}
+
+/// Loads `hook`'s program if needed and puts it into the link pinned at
+/// `path` in place of the program there (a restart or upgrade: the link stays
+/// attached throughout).
+pub(crate) fn replace(ebpf: &mut Ebpf, hook: Hook, path: &Path) -> Result<(), BpfError> {
+    let name = hook.program();
+    let program =
+        ebpf.program_mut(name).ok_or_else(|| BpfError::Invalid(format!("the BPF object has no program {name}")))?;
+    let err = |action| BpfError::program(name, action);
+    // Each program type has its own load() and fd(): one arm per type.
+    macro_rules! loaded_fd {
+        ($ty:ty) => {{
+            let p: &mut $ty = program.try_into().map_err(err("type"))?;
+            if p.fd().is_err() {
+                p.load().map_err(err("load (verifier)"))?;
+            }
+            p.fd().map_err(err("descriptor"))?.as_fd()
+        }};
+    }
+    let fd: BorrowedFd<'_> = match hook {
+        Hook::Steer => loaded_fd!(SkLookup),
+        Hook::Register => loaded_fd!(SockOps),
+        Hook::Bind4 | Hook::Bind6 => loaded_fd!(CgroupSockAddr),
+    };
+    link_update::replace_program(path, fd).map_err(|e| BpfError::Pin {
+        what: hook.pin_name(),
+        path: path.to_owned(),
+        source: Box::new(e),
+    })
 }
 
 /// Loads `hook`'s program if needed and attaches it; the link is returned

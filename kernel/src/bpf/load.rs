@@ -39,7 +39,9 @@ impl Dataplane {
     /// Loads, attaches and pins everything under `pin_dir` (on bpffs; the
     /// daemon passes `<bpffs>/portd/<table>`), or re-opens what is pinned
     /// there already: maps keep their content and pinned links stay attached,
-    /// so a restart refuses no connection. A missing link is attached anew.
+    /// so a restart refuses no connection; each pinned link is switched to
+    /// this binary's program atomically (an upgrade takes effect without a
+    /// gap). A missing link is attached anew.
     ///
     /// The calling thread's network namespace is the one served; a pin
     /// directory made for another namespace is refused.
@@ -69,6 +71,8 @@ impl Dataplane {
         for hook in Hook::ALL {
             let path = links.join(hook.pin_name());
             pinned.push(if path.exists() {
+                // Attached by an earlier run: keep the link, run our program.
+                hooks::replace(&mut ebpf, hook, &path)?;
                 PinnedLink::from_pin(&path).map_err(|e| BpfError::Pin {
                     what: hook.pin_name(),
                     path: path.clone(),

@@ -11,6 +11,7 @@ mod abi;
 mod error;
 mod events;
 mod hooks;
+mod link_update;
 mod load;
 mod probe;
 mod sync;
