@@ -23,7 +23,7 @@ pub fn probe(bpffs_dir: &Path) -> Result<(), Unsupported> {
                 KERNEL_FLOOR.0, KERNEL_FLOOR.1
             ))
         }
-        None => return no("cannot read the kernel version from /proc/sys/kernel/osrelease".into()),
+        None => return no("cannot read the kernel version (uname)".into()),
     }
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         return no("kernel has no BTF (/sys/kernel/btf/vmlinux; CONFIG_DEBUG_INFO_BTF)".into());

@@ -13,10 +13,11 @@ use std::{
 const SO_NETNS_COOKIE: libc::c_int = 71;
 pub(crate) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// The cookie of the calling thread's network namespace (Linux 5.14+).
+/// The cookie of the calling thread's network namespace (Linux 5.14+). Asked
+/// of an AF_UNIX socket: the daemon's unit allows no inet sockets.
 pub(crate) fn netns_cookie() -> io::Result<u64> {
     // SAFETY: socket() takes no pointers; the result is checked below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -63,7 +64,12 @@ pub(crate) fn on_bpffs(path: &Path) -> bool {
 /// (/sys/fs/cgroup on systemd hosts, /sys/fs/cgroup/unified on hybrid ones).
 pub(crate) fn cgroup2_root() -> Result<PathBuf, String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
-    info.lines()
+    cgroup2_in(&info)
+}
+
+fn cgroup2_in(mountinfo: &str) -> Result<PathBuf, String> {
+    mountinfo
+        .lines()
         .find_map(|line| {
             let (left, right) = line.split_once(" - ")?;
             let fields: Vec<&str> = left.split(' ').collect();
@@ -93,11 +99,43 @@ pub(crate) const CAP_SYS_ADMIN: u32 = 21;
 pub(crate) const CAP_PERFMON: u32 = 38;
 pub(crate) const CAP_BPF: u32 = 39;
 
-/// The running kernel's (major, minor).
+/// The running kernel's (major, minor), from uname(2) (a unit with
+/// ProcSubset=pid has no /proc/sys).
 pub(crate) fn kernel_version() -> Option<(u32, u32)> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
-    let mut parts = release.trim().split(['.', '-']);
+    let mut uts = MaybeUninit::<libc::utsname>::zeroed();
+    // SAFETY: uts points to a utsname-sized buffer.
+    if unsafe { libc::uname(uts.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: uname succeeded and filled the structure (it was zeroed too).
+    let uts = unsafe { uts.assume_init() };
+    let release: String = uts.release.iter().take_while(|&&c| c != 0).map(|&c| char::from(c as u8)).collect();
+    let mut parts = release.split(['.', '-']);
     let major = parts.next()?.parse().ok()?;
     let minor = parts.next()?.parse().ok()?;
     Some((major, minor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_root_mount() {
+        let hybrid = "35 25 0:30 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      36 35 0:31 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_in(hybrid), Ok(PathBuf::from("/sys/fs/cgroup/unified")));
+        // A bind mount of a sub-cgroup is not the root.
+        let sub = "40 25 0:31 /system.slice /mnt/cg rw - cgroup2 cgroup2 rw\n\
+                   41 25 0:31 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_in(sub), Ok(PathBuf::from("/sys/fs/cgroup")));
+        assert!(cgroup2_in("1 0 8:1 / / rw - ext4 /dev/sda1 rw\n").is_err());
+    }
+
+    #[test]
+    fn reads_the_kernel_version_and_netns_cookie() {
+        assert!(kernel_version().is_some_and(|v| v >= (3, 0)));
+        let a = netns_cookie().expect("SO_NETNS_COOKIE");
+        assert_eq!(netns_cookie().expect("SO_NETNS_COOKIE"), a);
+    }
 }
