@@ -31,7 +31,10 @@ fn main() {
         .status();
     match status {
         Ok(s) if s.success() => {}
-        Ok(s) => panic!("kernel/build.rs: {clang} failed to compile bpf/portd.bpf.c ({s})"),
+        Ok(s) => panic!(
+            "kernel/build.rs: {clang} failed to compile bpf/portd.bpf.c ({s}); if <bpf/bpf_helpers.h> or \
+             <asm/types.h> is missing: apt-get install libbpf-dev linux-libc-dev"
+        ),
         Err(e) => panic!(
             "kernel/build.rs: cannot run {clang} ({e}): building the BPF programs needs clang and the libbpf \
              headers: apt-get install clang libbpf-dev (or set CLANG to a clang with the BPF target)"
