@@ -1,0 +1,292 @@
+// SPDX-License-Identifier: MIT OR GPL-2.0
+//
+// portd's BPF data plane. One object, loaded once per portd instance (one
+// network namespace); README.md beside this file describes the whole.
+//
+//   steer            sk_lookup, on the instance's netns: public port -> owner's socket
+//   register         sockops, on the cgroup v2 root: listening sockets on target ports
+//   bind4 / bind6    cgroup sock_addr, on the cgroup v2 root: reserved ports, watched ports
+//   scan             iter/tcp, run by the loader: sockets that listened before the forward
+//
+// Every program ignores other network namespaces: the attach point does it for
+// steer and scan, an explicit netns cookie comparison for the cgroup hooks.
+
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "portd.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define EACCES 13
+#define TCP_LISTEN 10
+#define LOOPBACK_IFINDEX 1
+
+// Set by the loader before loading: the cookie of the namespace this instance
+// serves. sk_lookup cannot call bpf_get_netns_cookie, so it is a constant.
+volatile const __u64 netns_cookie = 0;
+
+// Public port -> where to steer.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PORTD_MAX_PORTS);
+	__type(key, __u32);
+	__type(value, struct steer_val);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} steer SEC(".maps");
+
+// Target port -> owner; sockets listening there are registered.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PORTD_MAX_PORTS);
+	__type(key, __u32);
+	__type(value, struct target_val);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} targets SEC(".maps");
+
+// The owners' listening sockets, PORTD_SLOTS per target port (members of a
+// SO_REUSEPORT group, or v4 and v6 sockets). The kernel drops an entry
+// when its socket closes.
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, PORTD_MAX_PORTS * PORTD_SLOTS);
+	__type(key, struct listener_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} listeners SEC(".maps");
+
+// {protocol, port} -> the only uid allowed to bind it.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PORTD_MAX_PORTS);
+	__type(key, struct port_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} reserved SEC(".maps");
+
+// {protocol, port} -> uid whose forward uses it: a bind by anyone else is
+// allowed but reported through `events`.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PORTD_MAX_PORTS);
+	__type(key, struct port_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} watched SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} events SEC(".maps");
+
+// Slot 0: the netns cookie the pinned set belongs to (written by the loader;
+// no program reads it).
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} meta SEC(".maps");
+
+// Is the connection made on this host? To 127.0.0.1 or ::1 it arrives on
+// loopback; to one of the host's other addresses it carries the interface's
+// index, but its source is that same address (the kernel's choice for a local
+// destination; a client that binds another local source is not recognised).
+static __always_inline int from_this_host(struct bpf_sk_lookup *ctx)
+{
+	if (ctx->ingress_ifindex == LOOPBACK_IFINDEX)
+		return 1;
+	if (ctx->family == AF_INET)
+		return ctx->remote_ip4 == ctx->local_ip4;
+	return ctx->remote_ip6[0] == ctx->local_ip6[0] && ctx->remote_ip6[1] == ctx->local_ip6[1] &&
+	       ctx->remote_ip6[2] == ctx->local_ip6[2] && ctx->remote_ip6[3] == ctx->local_ip6[3];
+}
+
+// May `sk` take a connection to the packet's local address? A socket bound to
+// a specific address (127.0.0.1) must only get connections to that address.
+static __always_inline int address_fits(struct bpf_sk_lookup *ctx, struct bpf_sock *sk)
+{
+	if (ctx->family == AF_INET) {
+		if (sk->family == AF_INET6) {
+			// Only a wildcard (::) or v4-mapped (::ffff:a.b.c.d) v6 socket
+			// can take IPv4 at all.
+			if (sk->src_ip6[0] || sk->src_ip6[1])
+				return 0;
+			if (sk->src_ip6[2] && sk->src_ip6[2] != bpf_htonl(0xffff))
+				return 0;
+		}
+		return sk->src_ip4 == 0 || sk->src_ip4 == ctx->local_ip4;
+	}
+	if (sk->family != AF_INET6)
+		return 0;
+	if (!(sk->src_ip6[0] | sk->src_ip6[1] | sk->src_ip6[2] | sk->src_ip6[3]))
+		return 1;
+	return sk->src_ip6[0] == ctx->local_ip6[0] && sk->src_ip6[1] == ctx->local_ip6[1] &&
+	       sk->src_ip6[2] == ctx->local_ip6[2] && sk->src_ip6[3] == ctx->local_ip6[3];
+}
+
+// A TCP connection to a steered public port goes to the first of the owner's
+// sockets on the target port that accepts it. With none, the normal lookup
+// runs (a refusal, or whatever listens on the public port itself).
+SEC("sk_lookup")
+int steer_lookup(struct bpf_sk_lookup *ctx)
+{
+	if (ctx->protocol != IPPROTO_TCP)
+		return SK_PASS;
+	__u32 port = ctx->local_port;
+	struct steer_val *sv = bpf_map_lookup_elem(&steer, &port);
+	if (!sv)
+		return SK_PASS;
+	__u8 family = ctx->family == AF_INET ? PORTD_FAMILY_V4 : PORTD_FAMILY_V6;
+	if (!(sv->families & family))
+		return SK_PASS;
+	if (!(sv->flags & PORTD_STEER_LOCAL) && from_this_host(ctx))
+		return SK_PASS;
+
+	struct listener_key key = {.port = sv->target_port};
+	for (__u16 slot = 0; slot < PORTD_SLOTS; slot++) {
+		key.slot = slot;
+		struct bpf_sock *sk = bpf_map_lookup_elem(&listeners, &key);
+		if (!sk)
+			continue;
+		// bpf_sk_assign refuses a family the socket cannot take (a v6-only
+		// socket for IPv4, a v4 socket for IPv6): try the next slot then.
+		int taken = address_fits(ctx, sk) && bpf_sk_assign(ctx, sk, 0) == 0;
+		bpf_sk_release(sk);
+		if (taken)
+			return SK_PASS;
+	}
+	return SK_PASS;
+}
+
+static __always_inline void add_listener(struct bpf_sock_ops *skops, __u16 port)
+{
+	struct listener_key key = {.port = port};
+	for (__u16 slot = 0; slot < PORTD_SLOTS; slot++) {
+		key.slot = slot;
+		if (bpf_sock_hash_update(skops, &listeners, &key, BPF_NOEXIST) == 0)
+			return;
+	}
+}
+
+// A socket that starts listening on a target port, in this namespace, by the
+// target's owner, is registered at once (an app restart is steered again as
+// soon as it listens). The listen callback needs no bpf_sock_ops_cb_flags_set.
+SEC("sockops")
+int register_listener(struct bpf_sock_ops *skops)
+{
+	if (skops->op != BPF_SOCK_OPS_TCP_LISTEN_CB)
+		return 1;
+	if (bpf_get_netns_cookie(skops) != netns_cookie)
+		return 1;
+	__u32 port = skops->local_port;
+	struct target_val *t = bpf_map_lookup_elem(&targets, &port);
+	if (!t)
+		return 1;
+	// listen() runs in the owner's process: the current uid is the socket's.
+	if ((__u32)bpf_get_current_uid_gid() != t->owner_uid)
+		return 1;
+	add_listener(skops, port);
+	return 1;
+}
+
+// Reserved port bound by another uid: EACCES. Root is no exception: a port
+// reserved for a user's forward belongs to that user alone. A watched public
+// port bound by another uid is allowed and reported.
+static __always_inline int check_bind(struct bpf_sock_addr *ctx, __u8 family)
+{
+	if (bpf_get_netns_cookie(ctx) != netns_cookie)
+		return 1;
+	__u16 port = bpf_ntohs(ctx->user_port);
+	if (port == 0)
+		return 1;
+	struct port_key key = {.proto = ctx->protocol, .port = port};
+	__u32 uid = (__u32)bpf_get_current_uid_gid();
+
+	__u32 *owner = bpf_map_lookup_elem(&reserved, &key);
+	if (owner && *owner != uid) {
+		bpf_set_retval(-EACCES);
+		return 0;
+	}
+	owner = bpf_map_lookup_elem(&watched, &key);
+	if (owner && *owner != uid) {
+		struct bind_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+		if (ev) {
+			ev->uid = uid;
+			ev->port = port;
+			ev->proto = key.proto;
+			ev->family = family;
+			bpf_ringbuf_submit(ev, 0);
+		}
+	}
+	return 1;
+}
+
+SEC("cgroup/bind4")
+int bind4(struct bpf_sock_addr *ctx)
+{
+	return check_bind(ctx, PORTD_FAMILY_V4);
+}
+
+SEC("cgroup/bind6")
+int bind6(struct bpf_sock_addr *ctx)
+{
+	return check_bind(ctx, PORTD_FAMILY_V6);
+}
+
+// --- iter/tcp: minimal kernel types, relocated by CO-RE against the running
+// kernel's BTF (/sys/kernel/btf/vmlinux), so building needs no kernel BTF.
+
+struct sock_common {
+	union {
+		struct {
+			__be16 skc_dport;
+			__u16 skc_num;
+		};
+	};
+	unsigned short skc_family;
+	volatile unsigned char skc_state;
+} __attribute__((preserve_access_index));
+
+struct bpf_iter_meta {
+	void *seq;
+} __attribute__((preserve_access_index));
+
+struct bpf_iter__tcp {
+	struct bpf_iter_meta *meta;
+	struct sock_common *sk_common;
+	__u32 uid;
+} __attribute__((preserve_access_index));
+
+// Walks the TCP sockets of the namespace of the process that runs it, and
+// registers the owners' sockets already listening on target ports that the
+// loader just added (scan flag set), so an app started before its forward is
+// steered too.
+SEC("iter/tcp")
+int scan_listeners(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	if (!skc || skc->skc_state != TCP_LISTEN)
+		return 0;
+	__u32 port = skc->skc_num;
+	struct target_val *t = bpf_map_lookup_elem(&targets, &port);
+	if (!t || !t->scan || t->owner_uid != ctx->uid)
+		return 0;
+	struct listener_key key = {.port = port};
+	for (__u16 slot = 0; slot < PORTD_SLOTS; slot++) {
+		key.slot = slot;
+		if (bpf_map_update_elem(&listeners, &key, skc, BPF_NOEXIST) == 0)
+			break;
+	}
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

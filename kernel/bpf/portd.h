@@ -1,0 +1,49 @@
+// SPDX-License-Identifier: MIT OR GPL-2.0
+//
+// Map key and value layouts shared by the BPF programs and the loader
+// (kernel/src/bpf/abi.rs mirrors them; keep both in step).
+#ifndef PORTD_H
+#define PORTD_H
+
+#include <linux/types.h>
+
+#define PORTD_MAX_PORTS 4096
+// Sockets registered per target port.
+#define PORTD_SLOTS 8
+
+#define PORTD_FAMILY_V4 1
+#define PORTD_FAMILY_V6 2
+
+// steer_val.flags: also steer connections that arrive on loopback.
+#define PORTD_STEER_LOCAL 1
+
+struct steer_val {
+	__u16 target_port;
+	__u8 families; // PORTD_FAMILY_* bits
+	__u8 flags;    // PORTD_STEER_* bits
+};
+
+struct target_val {
+	__u32 owner_uid;
+	__u32 scan; // non-zero: the next iterator run registers sockets already listening
+};
+
+struct listener_key {
+	__u16 port;
+	__u16 slot;
+};
+
+struct port_key {
+	__u8 proto; // IPPROTO_TCP or IPPROTO_UDP
+	__u8 pad;
+	__u16 port;
+};
+
+struct bind_event {
+	__u32 uid;
+	__u16 port;
+	__u8 proto;
+	__u8 family; // PORTD_FAMILY_*
+};
+
+#endif

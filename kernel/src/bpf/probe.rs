@@ -1,0 +1,45 @@
+//! Can this kernel and process run the data plane? A cheap check with a human
+//! reason, so the daemon can fall back to NAT and say why.
+
+use std::path::Path;
+
+use super::{error::Unsupported, sys};
+
+/// The oldest kernel with everything the programs use: `bpf_set_retval` in
+/// bind hooks (5.19); sk_lookup's `ingress_ifindex` (5.17); sock_ops
+/// `bpf_get_netns_cookie` (5.15); sk_lookup, iter/tcp, ring buffers (5.9).
+pub const KERNEL_FLOOR: (u32, u32) = (5, 19);
+
+/// Checks kernel version, kernel BTF, capabilities, bpffs at `bpffs_dir` and a
+/// cgroup v2 mount. A pass does not guarantee [`super::Dataplane::open`]
+/// succeeds (a kernel built without sk_lookup, say); treat its error the same.
+pub fn probe(bpffs_dir: &Path) -> Result<(), Unsupported> {
+    let no = |s: String| Err(Unsupported(s));
+    match sys::kernel_version() {
+        Some(v) if v >= KERNEL_FLOOR => {}
+        Some((a, b)) => {
+            return no(format!(
+                "kernel {a}.{b} is older than {}.{} (bind hooks need bpf_set_retval, sk_lookup needs ingress_ifindex)",
+                KERNEL_FLOOR.0, KERNEL_FLOOR.1
+            ))
+        }
+        None => return no("cannot read the kernel version (uname)".into()),
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return no("kernel has no BTF (/sys/kernel/btf/vmlinux; CONFIG_DEBUG_INFO_BTF)".into());
+    }
+    let caps = sys::effective_caps().map_err(|e| Unsupported(format!("cannot read capabilities: {e}")))?;
+    let has = |cap: u32| caps & (1 << cap) != 0 || caps & (1 << sys::CAP_SYS_ADMIN) != 0;
+    for (cap, name) in
+        [(sys::CAP_BPF, "CAP_BPF"), (sys::CAP_NET_ADMIN, "CAP_NET_ADMIN"), (sys::CAP_PERFMON, "CAP_PERFMON")]
+    {
+        if !has(cap) {
+            return no(format!("no {name} (needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"));
+        }
+    }
+    if !sys::on_bpffs(bpffs_dir) {
+        return no(format!("bpffs not mounted at {}", bpffs_dir.display()));
+    }
+    sys::cgroup2_root().map_err(Unsupported)?;
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! Making the maps equal to the daemon's rule sets.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io,
+};
+
+use aya::{
+    maps::{HashMap, MapData, SockHash},
+    programs::Iter,
+    Pod,
+};
+
+use super::{
+    abi::{ListenerKey, PortKey, SteerVal, TargetVal},
+    error::BpfError,
+    sys,
+    types::port_key,
+    Dataplane, Reservation, SteerEntry, Watched, MAX_PORTS,
+};
+
+impl Dataplane {
+    /// Makes the maps equal to these sets: adds what is missing, deletes what
+    /// is extra, updates what changed, leaves the rest alone (an unchanged
+    /// forward is never interrupted). Then registers the sockets already
+    /// listening on newly targeted ports (the iterator walks this thread's
+    /// namespace, which must be the one the data plane serves).
+    pub fn sync(
+        &mut self,
+        steer: &[SteerEntry],
+        reserved: &[Reservation],
+        watched: &[Watched],
+    ) -> Result<(), BpfError> {
+        let want = Wanted::new(steer, reserved, watched)?;
+        let ours = sys::netns_cookie().map_err(BpfError::Netns)?;
+        if ours != self.netns_cookie {
+            return Err(BpfError::WrongNetns { path: self.pin_dir.clone(), pinned: self.netns_cookie, ours });
+        }
+
+        // Targets first, so listeners register before steering starts; the
+        // sockets of a port that stops being a target, or changes owner, go.
+        let mut targets = self.hash::<u32, TargetVal>("targets")?;
+        let current: BTreeMap<u32, TargetVal> = collect(&targets, "targets")?;
+        let mut purge = BTreeSet::new();
+        let mut scan = Vec::new();
+        for (&port, &owner_uid) in &want.targets {
+            match current.get(&port) {
+                Some(t) if t.owner_uid == owner_uid => continue,
+                Some(_) => {
+                    purge.insert(port as u16);
+                }
+                None => {}
+            }
+            scan.push(port);
+            targets.insert(port, TargetVal { owner_uid, scan: 1 }, 0).map_err(BpfError::map("targets"))?;
+        }
+        let gone: Vec<u32> = current.keys().filter(|p| !want.targets.contains_key(p)).copied().collect();
+
+        reconcile(&mut self.hash::<u32, SteerVal>("steer")?, &want.steer, "steer")?;
+        let mut targets = self.hash::<u32, TargetVal>("targets")?;
+        for port in gone {
+            targets.remove(&port).map_err(BpfError::map("targets"))?;
+            purge.insert(port as u16);
+        }
+        self.purge_listeners(&purge)?;
+        reconcile(&mut self.hash::<PortKey, u32>("reserved")?, &want.reserved, "reserved")?;
+        reconcile(&mut self.hash::<PortKey, u32>("watched")?, &want.watched, "watched")?;
+
+        if !scan.is_empty() {
+            self.run_iterator()?;
+            let mut targets = self.hash::<u32, TargetVal>("targets")?;
+            for port in scan {
+                let owner_uid = want.targets[&port];
+                targets.insert(port, TargetVal { owner_uid, scan: 0 }, 0).map_err(BpfError::map("targets"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many sockets are registered for `target_port` (0: the owner's app
+    /// is not listening, a steered connection would be refused).
+    pub fn listening(&self, target_port: u16) -> Result<usize, BpfError> {
+        let map = self.ebpf.map("listeners").ok_or_else(|| BpfError::Invalid("no map listeners".into()))?;
+        let hash = SockHash::<_, ListenerKey>::try_from(map).map_err(BpfError::map("listeners"))?;
+        let mut n = 0;
+        for key in hash.keys() {
+            if key.map_err(BpfError::map("listeners"))?.port == target_port {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn hash<K: Pod, V: Pod>(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, K, V>, BpfError> {
+        let map = self.ebpf.map_mut(name).ok_or_else(|| BpfError::Invalid(format!("no map {name}")))?;
+        HashMap::try_from(map).map_err(BpfError::map(name))
+    }
+
+    fn purge_listeners(&mut self, ports: &BTreeSet<u16>) -> Result<(), BpfError> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        let map = self.ebpf.map_mut("listeners").ok_or_else(|| BpfError::Invalid("no map listeners".into()))?;
+        let mut hash = SockHash::<_, ListenerKey>::try_from(map).map_err(BpfError::map("listeners"))?;
+        let keys: Vec<ListenerKey> = hash.keys().filter_map(Result::ok).filter(|k| ports.contains(&k.port)).collect();
+        for key in keys {
+            match hash.remove(&key) {
+                Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                other => other.map_err(BpfError::map("listeners"))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the iter/tcp program once over this thread's namespace.
+    fn run_iterator(&mut self) -> Result<(), BpfError> {
+        const NAME: &str = "scan_listeners";
+        let iter: &mut Iter = self
+            .ebpf
+            .program_mut(NAME)
+            .ok_or_else(|| BpfError::Invalid(format!("no program {NAME}")))?
+            .try_into()
+            .map_err(BpfError::program(NAME, "type"))?;
+        let id = iter.attach().map_err(BpfError::program(NAME, "attach"))?;
+        let link = iter.take_link(id).map_err(BpfError::program(NAME, "take link"))?;
+        let mut file = link.into_file().map_err(|e| BpfError::Iterator(io::Error::other(e)))?;
+        io::copy(&mut file, &mut io::sink()).map_err(BpfError::Iterator)?;
+        Ok(())
+    }
+}
+
+/// The maps' wanted content, checked for conflicts.
+struct Wanted {
+    steer: BTreeMap<u32, SteerVal>,
+    targets: BTreeMap<u32, u32>,
+    reserved: BTreeMap<PortKey, u32>,
+    watched: BTreeMap<PortKey, u32>,
+}
+
+impl Wanted {
+    fn new(steer: &[SteerEntry], reserved: &[Reservation], watched: &[Watched]) -> Result<Self, BpfError> {
+        let mut w = Wanted {
+            steer: BTreeMap::new(),
+            targets: BTreeMap::new(),
+            reserved: BTreeMap::new(),
+            watched: BTreeMap::new(),
+        };
+        for e in steer {
+            if e.public_port == 0 || e.target_port == 0 {
+                return Err(BpfError::Invalid(format!("steer {} -> {}: port 0", e.public_port, e.target_port)));
+            }
+            if w.steer.insert(e.public_port.into(), e.value()).is_some_and(|v| v != e.value()) {
+                return Err(BpfError::Invalid(format!("public port {} steered twice, differently", e.public_port)));
+            }
+            if w.targets.insert(e.target_port.into(), e.owner_uid).is_some_and(|uid| uid != e.owner_uid) {
+                return Err(BpfError::Invalid(format!("target port {} has two owners", e.target_port)));
+            }
+        }
+        for (set, items, name) in [
+            (&mut w.reserved, reserved.iter().map(|r| (r.proto, r.port, r.owner_uid)).collect::<Vec<_>>(), "reserved"),
+            (&mut w.watched, watched.iter().map(|r| (r.proto, r.port, r.owner_uid)).collect(), "watched"),
+        ] {
+            for (proto, port, uid) in items {
+                if set.insert(port_key(proto, port), uid).is_some_and(|u| u != uid) {
+                    return Err(BpfError::Invalid(format!("{name} port {proto:?}/{port} has two owners")));
+                }
+            }
+        }
+        for (name, len) in [("steer", w.steer.len()), ("reserved", w.reserved.len()), ("watched", w.watched.len())] {
+            if len > MAX_PORTS {
+                return Err(BpfError::Invalid(format!("{len} {name} entries, at most {MAX_PORTS}")));
+            }
+        }
+        Ok(w)
+    }
+}
+
+fn collect<K: Pod + Ord, V: Pod>(
+    map: &HashMap<&mut MapData, K, V>,
+    name: &'static str,
+) -> Result<BTreeMap<K, V>, BpfError> {
+    map.iter().map(|kv| kv.map_err(BpfError::map(name))).collect()
+}
+
+/// Deletes extra keys, then inserts missing or changed ones.
+fn reconcile<K: Pod + Ord, V: Pod + PartialEq>(
+    map: &mut HashMap<&mut MapData, K, V>,
+    want: &BTreeMap<K, V>,
+    name: &'static str,
+) -> Result<(), BpfError> {
+    let current = collect(map, name)?;
+    for key in current.keys().filter(|k| !want.contains_key(k)) {
+        map.remove(key).map_err(BpfError::map(name))?;
+    }
+    for (key, value) in want {
+        if current.get(key) != Some(value) {
+            map.insert(key, value, 0).map_err(BpfError::map(name))?;
+        }
+    }
+    Ok(())
+}
