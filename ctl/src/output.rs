@@ -36,6 +36,7 @@ const NARROW: &[Column] = &[
     ("TO", false, |f| f.forward.to.to_string()),
     ("PROTO", false, |f| f.forward.proto.to_string()),
     ("FAMILY", false, |f| f.forward.family.to_string()),
+    ("DISPATCH", false, |f| f.dispatch.clone().unwrap_or_else(|| "-".into())),
 ];
 const COUNTERS: &[Column] = &[("PACKETS", true, |f| f.packets.to_string()), ("BYTES", true, |f| human_bytes(f.bytes))];
 const WIDE: &[Column] = &[
@@ -45,9 +46,10 @@ const WIDE: &[Column] = &[
     ("INTERFACES", false, |f| list(&f.forward.interfaces)),
     ("SOURCES", false, |f| list(&f.forward.sources)),
 ];
-const STATE: &[Column] = &[("STATE", false, |f| match &f.reason {
-    Some(r) => format!("{} ({r})", f.state),
-    None => f.state.to_string(),
+const STATE: &[Column] = &[("STATE", false, |f| match (&f.reason, f.listening) {
+    (Some(r), _) => format!("{} ({r})", f.state),
+    (None, Some(false)) => format!("{} (nothing listens on {})", f.state, f.forward.to),
+    (None, _) => f.state.to_string(),
 })];
 const DESCRIPTION: &[Column] = &[("DESCRIPTION", false, |f| f.forward.description.clone().unwrap_or_default())];
 
@@ -67,11 +69,14 @@ pub fn status_table(s: &Status, wide: bool) -> String {
     let widths: Vec<usize> =
         (0..cols.len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
     let mut out = format!(
-        "portd {}  table inet {}  kernel {}  repairs {}\n\n",
+        "portd {}  table inet {}  kernel {}  repairs {}\ndispatch {}  ownership {}{}\n\n",
         s.daemon_version,
         s.table,
         if s.in_sync { "in sync" } else { "OUT OF SYNC" },
-        s.repairs
+        s.repairs,
+        if s.dispatch.is_empty() { "nat" } else { &s.dispatch },
+        if s.ownership.is_empty() { "polled" } else { &s.ownership },
+        s.dataplane_reason.as_deref().map(|r| format!("  ({r})")).unwrap_or_default(),
     );
     if s.forwards.is_empty() {
         out.push_str("no forwards\n");

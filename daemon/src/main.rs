@@ -9,6 +9,7 @@
 
 mod actor;
 mod check;
+mod dataplane;
 mod doctor;
 mod lock;
 mod metrics;
@@ -48,6 +49,9 @@ struct Args {
     /// and exit; no daemon needed. Exit 0 also when there is no such table.
     #[arg(long)]
     remove_table: bool,
+    /// bpffs mount under which the BPF data plane is pinned, in portd/TABLE.
+    #[arg(long, default_value = dataplane::DEFAULT_BPFFS)]
+    bpffs: PathBuf,
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -173,6 +177,30 @@ fn spawn_drift_listener(table: &str, tx: std::sync::mpsc::Sender<Msg>) -> anyhow
     Ok(())
 }
 
+/// Waits for bind events of the data plane and wakes the actor, which drains them; the
+/// next wait starts once the actor has (the descriptor stays readable until then).
+fn spawn_bind_watcher(fd: std::os::fd::OwnedFd, tx: std::sync::mpsc::Sender<Msg>) -> anyhow::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    std::thread::Builder::new().name("portd-binds".into()).spawn(move || loop {
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {
+                let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel(1);
+                if tx.send(Msg::BindEvents { ack: ack_tx }).is_err() || ack_rx.recv().is_err() {
+                    return;
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                tracing::error!("waiting for bind events: {e}; binds of public ports are seen at the next poll only");
+                return;
+            }
+        }
+    })?;
+    Ok(())
+}
+
 /// One malloc arena for every thread. Requests are parsed on blocking threads and
 /// applied on the actor's: with an arena per thread, the memory a large file took stays
 /// in its parsing thread's arena, and a daemon holding 10,000 forwards sat at 32 MiB
@@ -279,18 +307,23 @@ fn run(args: Args) -> anyhow::Result<()> {
         Err(e) => tracing::warn!("cannot read the open-file limit: {e}; keeping it as it is"),
     }
 
-    // 4. Privileges.
-    privs::drop_to_net_admin()?;
+    // 4. The BPF data plane (while every capability is still there), then privileges.
+    let steering = dataplane::Steering::start(&config.settings, &args.bpffs)?;
+    let bind_events = steering.events_fd();
+    privs::drop_to_net_admin(bind_events.is_some())?;
 
     // 5. Restore and apply, on the actor's thread, then READY=1.
     let (tx, rx) = std::sync::mpsc::channel::<Msg>();
     let table = config.settings.table.clone();
     let published = std::sync::Arc::new(actor::Published::default());
     let kernel = Box::new(portd_kernel::nft::Backend::new(&config.settings.table));
-    let daemon = Daemon::start(args.config.clone(), config, overrides, published.clone(), kernel)?;
+    let daemon = Daemon::start(args.config.clone(), config, overrides, published.clone(), kernel, steering)?;
     let status = daemon.status_line();
     let actor = std::thread::Builder::new().name("portd-actor".into()).spawn(move || daemon.run(rx))?;
     spawn_drift_listener(&table, tx.clone())?;
+    if let Some(fd) = bind_events {
+        spawn_bind_watcher(fd, tx.clone())?;
+    }
     notify::ready(&status);
     tracing::info!("ready: {status}");
 

@@ -47,6 +47,14 @@ struct StateLabels {
     state: String,
 }
 
+/// Labels of `portd_dataplane`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DataplaneLabels {
+    dispatch: String,
+    ownership: String,
+    reason: String,
+}
+
 /// Labels of `portd_build_info`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
@@ -181,6 +189,21 @@ impl Metrics {
         in_sync.set(i64::from(status.in_sync));
         let repairs = Counter::<u64>::default();
         repairs.inc_by(status.repairs);
+        let dataplane = Family::<DataplaneLabels, Gauge>::default();
+        dataplane
+            .get_or_create(&DataplaneLabels {
+                dispatch: status.dispatch.clone(),
+                ownership: status.ownership.clone(),
+                reason: status.dataplane_reason.clone().unwrap_or_default(),
+            })
+            .set(1);
+        let listening = Family::<SuspendedLabels, Gauge>::default();
+        for f in &status.forwards {
+            if let Some(l) = f.listening {
+                let labels = SuspendedLabels { owner: f.owner.clone(), name: f.forward.name.clone() };
+                listening.get_or_create(&labels).set(i64::from(l));
+            }
+        }
         let build = Family::<BuildLabels, Gauge>::default();
         build.get_or_create(&BuildLabels { version: status.daemon_version.clone() }).set(1);
 
@@ -193,6 +216,16 @@ impl Metrics {
             suspended,
         );
         r.register("portd_in_sync", "1 when the kernel holds exactly the desired table, else 0", in_sync);
+        r.register(
+            "portd_dataplane",
+            "1, labelled with how TCP forwards are dispatched (steer, nat), how target ports are owned (kernel, polled) and why BPF is not used",
+            dataplane,
+        );
+        r.register(
+            "portd_forward_target_listening",
+            "Steered forwards: 1 when a socket listens on every target port, else 0 (connections are refused)",
+            listening,
+        );
         r.register("portd_repairs", "Times the table was restored after another program changed it", repairs);
         r.register("portd_requests", "Control requests answered, by command and result", self.requests.clone());
         r.register(
@@ -271,8 +304,13 @@ mod tests {
             bytes: packets * 60,
             state,
             reason: None,
+            dispatch: None,
+            listening: None,
         };
         Status {
+            dispatch: "nat".into(),
+            ownership: "polled".into(),
+            dataplane_reason: None,
             daemon_version: "0.1.0".into(),
             table: "portd".into(),
             in_sync: true,

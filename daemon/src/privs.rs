@@ -1,12 +1,15 @@
 //! Capabilities: the only module that uses `caps`. After start the process keeps only
-//! CAP_NET_ADMIN (effective and permitted), with empty inheritable, ambient and
-//! bounding sets and no_new_privs set.
+//! CAP_NET_ADMIN (effective and permitted), and CAP_BPF with CAP_PERFMON while it runs
+//! the BPF data plane, with empty inheritable, ambient and bounding sets and
+//! no_new_privs set.
 #![forbid(unsafe_code)]
 
 use caps::{CapSet, Capability, CapsHashSet};
 
-/// Drops every capability but CAP_NET_ADMIN. Fails if CAP_NET_ADMIN is not permitted.
-pub fn drop_to_net_admin() -> anyhow::Result<()> {
+/// Drops every capability but CAP_NET_ADMIN, and CAP_BPF and CAP_PERFMON when `bpf`
+/// (the data plane's updates and repairs need them). Fails if CAP_NET_ADMIN is not
+/// permitted.
+pub fn drop_to_net_admin(bpf: bool) -> anyhow::Result<()> {
     let permitted = caps::read(None, CapSet::Permitted)?;
     if !permitted.contains(&Capability::CAP_NET_ADMIN) {
         anyhow::bail!(
@@ -30,7 +33,10 @@ pub fn drop_to_net_admin() -> anyhow::Result<()> {
     }
     caps::clear(None, CapSet::Ambient)?;
     caps::clear(None, CapSet::Inheritable)?;
-    let only: CapsHashSet = [Capability::CAP_NET_ADMIN].into_iter().collect();
+    let mut only: CapsHashSet = [Capability::CAP_NET_ADMIN].into_iter().collect();
+    if bpf {
+        only.extend([Capability::CAP_BPF, Capability::CAP_PERFMON].into_iter().filter(|c| permitted.contains(c)));
+    }
     caps::set(None, CapSet::Effective, &only)?;
     caps::set(None, CapSet::Permitted, &only)?;
     Ok(())

@@ -180,6 +180,16 @@ pub enum Reason {
         /// `uid N (name)`.
         holder: String,
     },
+    /// A socket of another uid serves the public port: the forward would take its
+    /// clients (a service that came back after the forward was applied).
+    Shadows {
+        /// The public port.
+        port: u16,
+        /// Its protocol.
+        proto: Proto,
+        /// `uid N (name)`.
+        holder: String,
+    },
 }
 
 impl Reason {
@@ -209,6 +219,9 @@ impl fmt::Display for Reason {
             Reason::Conflict(m) => f.write_str(m),
             Reason::Listener { port, proto, holder } => {
                 write!(f, "target port {port}/{proto} is held by a socket of {holder}")
+            }
+            Reason::Shadows { port, proto, holder } => {
+                write!(f, "public port {port}/{proto} is served by a socket of {holder}; the forward would take its clients")
             }
         }
     }
@@ -377,7 +390,7 @@ impl Judge<'_> {
                 }
                 if self.listener_check == ListenerCheck::Enforce {
                     if let Some(l) = self.listeners {
-                        return target_taken(l, f, account.uid);
+                        return target_taken(l, f, account.uid).or_else(|| public_shadowed(l, f, account.uid));
                     }
                 }
                 None
@@ -390,6 +403,13 @@ impl Judge<'_> {
 pub fn target_taken(l: &Listeners, f: &Forward, uid: u32) -> Option<Reason> {
     f.proto.protos().iter().find_map(|&proto| {
         l.foreign_in(proto, f.to, uid).map(|(port, holder)| Reason::Listener { port, proto, holder: l.who(holder) })
+    })
+}
+
+/// A socket of another uid on `f`'s public ports, as a reason.
+pub fn public_shadowed(l: &Listeners, f: &Forward, uid: u32) -> Option<Reason> {
+    f.proto.protos().iter().find_map(|&proto| {
+        l.foreign_in(proto, f.port, uid).map(|(port, holder)| Reason::Shadows { port, proto, holder: l.who(holder) })
     })
 }
 

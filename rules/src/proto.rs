@@ -109,6 +109,15 @@ pub struct ForwardStatus {
     /// Why the forward is suspended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// How its connections reach the target: `steer` (TCP, sk_lookup to the owner's
+    /// socket), `nat`, or `steer+nat` (`proto: both`: TCP steered, UDP NATed). Active
+    /// forwards only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch: Option<String>,
+    /// A steered forward: whether a socket listens on every target port now (a
+    /// connection to the public port is refused while none does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listening: Option<bool>,
 }
 
 /// Whether a forward is in the kernel.
@@ -142,6 +151,15 @@ pub struct Status {
     pub in_sync: bool,
     /// Times the table was repaired after a foreign change.
     pub repairs: u64,
+    /// How TCP forwards reach their target: `steer` or `nat`.
+    #[serde(default)]
+    pub dispatch: String,
+    /// How target ports of user forwards are kept for their owner: `kernel` or `polled`.
+    #[serde(default)]
+    pub ownership: String,
+    /// Why the BPF data plane is not used (dispatch nat, ownership polled), if it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataplane_reason: Option<String>,
     /// Every forward.
     pub forwards: Vec<ForwardStatus>,
 }

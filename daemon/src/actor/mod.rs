@@ -105,6 +105,9 @@ pub enum Msg {
     Shutdown { reply: oneshot::Sender<()> },
     /// A committed nf_tables transaction touched our table.
     Drift(portd_kernel::events::TableEvent),
+    /// The data plane reported binds of watched public ports; `ack` lets the waiting
+    /// thread watch again once they are drained.
+    BindEvents { ack: std::sync::mpsc::SyncSender<()> },
 }
 
 /// Settings the actor needs that come from flags rather than the config file.
@@ -150,6 +153,8 @@ pub struct Daemon {
     published: std::sync::Arc<Published>,
     /// Since when the kernel differs from the plan (a foreign change not yet repaired).
     drift_since: Option<Instant>,
+    /// The BPF data plane: steering and kernel reservations, or why not.
+    steering: crate::dataplane::Steering,
 }
 
 type Failure = (ErrorKind, Vec<String>);
@@ -216,6 +221,7 @@ impl Daemon {
         overrides: Overrides,
         published: std::sync::Arc<Published>,
         kernel: Box<dyn Kernel>,
+        steering: crate::dataplane::Steering,
     ) -> anyhow::Result<Daemon> {
         let t0 = Instant::now();
         let mut store = Store::new(std::path::Path::new(&config.settings.state_dir));
@@ -226,7 +232,7 @@ impl Daemon {
         }
         let mut d = Daemon {
             config_path,
-            plan: Plan::empty(&config.settings.table, config.settings.mark),
+            plan: Plan::empty_with(&config.settings.table, config.settings.mark, steering.steers()),
             config,
             overrides,
             users: std::mem::take(&mut persisted.sets),
@@ -246,6 +252,7 @@ impl Daemon {
             poll_at: None,
             published,
             drift_since: None,
+            steering,
         };
         d.publish();
         d.validate_loaded(&persisted);
@@ -275,6 +282,7 @@ impl Daemon {
             if kept { "table kept" } else { "table replaced" }
         );
         d.plan = plan;
+        d.sync_dataplane();
         d.log_transitions(&Evaluation::default(), "at start");
         d.trim_soon();
         d.schedule_poll();
@@ -363,8 +371,49 @@ impl Daemon {
     fn desired_plan(&self) -> Result<Plan, Vec<String>> {
         let mut sets = vec![(policy::SYSTEM, self.config.forwards.iter().collect())];
         sets.extend(self.eval.active_forwards(&self.users).map(|(o, f)| (o.as_str(), f)));
-        portd_rules::plan::compile_borrowed(&self.config.settings.table, self.config.settings.mark, &sets)
-            .map_err(|c| c.iter().map(|c| c.to_string()).collect())
+        portd_rules::plan::compile_dispatched(
+            &self.config.settings.table,
+            self.config.settings.mark,
+            self.steering.steers(),
+            &sets,
+        )
+        .map_err(|c| c.iter().map(|c| c.to_string()).collect())
+    }
+
+    /// Brings the data plane's maps in step with the plan the kernel now holds.
+    fn sync_dataplane(&mut self) {
+        let users = &self.users;
+        if let Err(e) = self.steering.sync(&self.plan, |owner| users.get(owner).and_then(|s| s.uid)) {
+            tracing::error!("updating the BPF data plane: {e}; steered forwards may refuse connections until it works");
+        }
+    }
+
+    /// Binds of a user forward's public port by other uids (a service coming back that
+    /// the forward would shadow): the sockets are read again and the forwards judged at
+    /// once, not at the next poll.
+    fn on_bind_events(&mut self) {
+        let events = self.steering.drain_events();
+        if events.is_empty() {
+            return;
+        }
+        self.refresh_listeners();
+        let mut l = self.listeners.take().unwrap_or_default();
+        for e in &events {
+            let proto = match e.proto {
+                portd_kernel::bpf::Proto::Tcp => portd_rules::Proto::Tcp,
+                portd_kernel::bpf::Proto::Udp => portd_rules::Proto::Udp,
+            };
+            tracing::info!(uid = e.uid, "port {}/{proto} was bound by uid {}", e.port, e.uid);
+            // bound, perhaps not yet listening: the socket table may not show it yet
+            l.insert(proto, e.port, e.uid);
+            if let Some(name) = accounts::name_of(e.uid) {
+                l.name_uid(e.uid, name);
+            }
+        }
+        self.listeners = Some(l);
+        if let Err((_, m)) = self.reevaluate("by a bind of its public port") {
+            tracing::error!("applying a bind of a public port: {}", m.join("; "));
+        }
     }
 
     /// True when some user forward has its listeners checked.
@@ -443,6 +492,7 @@ impl Daemon {
         }
         self.conntrack.forget(portd_kernel::conntrack::stale_mappings(&self.plan, &plan));
         self.plan = plan;
+        self.sync_dataplane();
         self.log_transitions(&before, when);
         notify::status(&self.status_line());
         Ok(())
@@ -516,7 +566,14 @@ impl Daemon {
                     let _ = reply.send(());
                     return;
                 }
-                Ok(Msg::Drift(change)) => self.repair_if_drifted(change),
+                Ok(Msg::Drift(change)) => {
+                    self.repair_if_drifted(change);
+                    self.steering.repair();
+                }
+                Ok(Msg::BindEvents { ack }) => {
+                    self.on_bind_events();
+                    let _ = ack.send(());
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     self.stop();
@@ -541,6 +598,7 @@ impl Daemon {
     /// The periodic listener check: suspends user forwards whose target port a socket of
     /// another uid holds, and resumes them when it is theirs or free again.
     fn poll_listeners(&mut self) {
+        self.steering.repair();
         let old = self.listeners.clone();
         self.refresh_listeners();
         if self.listeners != old {

@@ -217,15 +217,18 @@ impl Daemon {
                 }
                 Reason::Quota { .. } => {}
                 Reason::Listener { .. } => messages.push(format!("{r}; stop that socket or forward to another port")),
+                Reason::Shadows { .. } => {
+                    messages.push(format!("{r}; stop that service first or use another public port"))
+                }
                 other => messages.push(other.to_string()),
             }
         }
         if let Some(l) = &listeners {
             for f in fresh {
-                if let Some(m) = policy::public_taken(l, f, account.uid) {
-                    match check {
-                        ListenerCheck::Enforce => messages.push(m),
-                        _ => warnings.push(m),
+                // enforced by the judge above (Reason::Shadows)
+                if check != ListenerCheck::Enforce {
+                    if let Some(m) = policy::public_taken(l, f, account.uid) {
+                        warnings.push(m);
                     }
                 }
                 if check == ListenerCheck::Warn {
@@ -372,6 +375,7 @@ impl Daemon {
         let size = delta.size();
         let stale = portd_kernel::conntrack::stale_in_delta(&delta);
         delta.take_into(&mut self.plan);
+        self.sync_dataplane();
         self.accounts.insert(owner.to_string(), Some(account.clone()));
         self.note_change(owner, &change);
         tracing::debug!(
@@ -523,6 +527,7 @@ impl Daemon {
         self.publish();
         self.conntrack.forget(portd_kernel::conntrack::stale_mappings(&self.plan, &plan));
         self.plan = plan;
+        self.sync_dataplane();
         self.schedule_poll();
         notify::status(&self.status_line());
         Ok(Body::changed(delta.summary, false))
@@ -555,11 +560,31 @@ impl Daemon {
                         bytes: 0,
                         state: ForwardState::Suspended,
                         reason: Some(reason.to_string()),
+                        dispatch: None,
+                        listening: None,
                     });
                 }
             }
         }
-        Snapshot { plan: self.plan.clone(), suspended, repairs: self.repairs }
+        let mut registered = std::collections::BTreeMap::new();
+        if self.steering.steers() {
+            for p in self.plan.forwards.iter().filter(|p| p.forward.proto.protos().contains(&portd_rules::Proto::Tcp)) {
+                for port in p.forward.to.ports() {
+                    if let Some(n) = self.steering.registered(port) {
+                        registered.insert(port, n);
+                    }
+                }
+            }
+        }
+        Snapshot {
+            plan: self.plan.clone(),
+            suspended,
+            repairs: self.repairs,
+            dispatch: if self.steering.steers() { "steer" } else { "nat" },
+            ownership: if self.steering.kernel_ownership() { "kernel" } else { "polled" },
+            dataplane_reason: self.steering.reason().map(str::to_string),
+            registered,
+        }
     }
 }
 
@@ -571,6 +596,14 @@ pub struct Snapshot {
     pub suspended: Vec<ForwardStatus>,
     /// Repairs so far.
     pub repairs: u64,
+    /// `steer` or `nat`.
+    pub dispatch: &'static str,
+    /// `kernel` or `polled`.
+    pub ownership: &'static str,
+    /// Why the BPF data plane is not used.
+    pub dataplane_reason: Option<String>,
+    /// Sockets registered per steered target port.
+    pub registered: std::collections::BTreeMap<u16, usize>,
 }
 
 impl Snapshot {
@@ -583,7 +616,18 @@ impl Snapshot {
             .iter()
             .map(|p| {
                 let (packets, bytes) = obs.and_then(|o| o.counters.get(&p.comment()).copied()).unwrap_or((0, 0));
+                let protos = p.forward.proto.protos();
+                let steered = self.plan.steer && protos.contains(&portd_rules::Proto::Tcp);
+                let dispatch = match (steered, protos.len()) {
+                    (true, 1) => "steer",
+                    (true, _) => "steer+nat",
+                    (false, _) => "nat",
+                };
+                let listening =
+                    steered.then(|| p.forward.to.ports().all(|t| self.registered.get(&t).is_some_and(|n| *n > 0)));
                 ForwardStatus {
+                    dispatch: Some(dispatch.to_string()),
+                    listening,
                     owner: p.owner.clone(),
                     forward: p.forward.clone(),
                     mark: p.mark,
@@ -601,6 +645,9 @@ impl Snapshot {
             in_sync,
             repairs: self.repairs,
             forwards,
+            dispatch: self.dispatch.to_string(),
+            ownership: self.ownership.to_string(),
+            dataplane_reason: self.dataplane_reason,
         }
     }
 }

@@ -87,7 +87,15 @@ impl Setup {
         std::fs::write(&path, &text).expect("config");
         let config = portd_rules::parse_config("portd.yaml", &text).expect("valid config");
         let o = Overrides { table: None, state_dir: None };
-        Daemon::start(path, config, o, Arc::default(), Box::new(self.fake.clone())).expect("start")
+        Daemon::start(
+            path,
+            config,
+            o,
+            Arc::default(),
+            Box::new(self.fake.clone()),
+            crate::dataplane::Steering::off("unit tests"),
+        )
+        .expect("start")
     }
 }
 

@@ -1,0 +1,231 @@
+//! The BPF data plane as the actor drives it: whether TCP forwards are steered
+//! (`settings.dispatch`) and target ports reserved in the kernel (`settings.ownership`),
+//! decided once at start from the settings and what the kernel allows, and the data
+//! plane's maps kept in step with every plan the kernel takes.
+
+use portd_kernel::bpf::{self, BindEvent, BpfError, Dataplane, Families, Reservation, SteerEntry, Watched};
+use portd_rules::model::{FamilySel, Proto};
+use portd_rules::plan::SYSTEM_OWNER;
+use portd_rules::{Dispatch, Ownership, Plan, Settings};
+use std::collections::BTreeSet;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// The owner uid of a system forward's target: any process may serve it.
+const ANY_UID: u32 = u32::MAX;
+
+/// The default bpffs mount.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+
+/// The pin directory of `table` under the bpffs mount `bpffs`.
+pub fn pin_dir(bpffs: &Path, table: &str) -> PathBuf {
+    bpffs.join("portd").join(table)
+}
+
+/// What the data plane does in this run, and why it does less than the settings ask.
+pub struct Steering {
+    dp: Option<Dataplane>,
+    steer: bool,
+    kernel_ownership: bool,
+    /// Why BPF is not used (the settings, or what the kernel or the unit lacks).
+    reason: Option<String>,
+    /// What the maps hold since the last sync, to skip syncs that change nothing.
+    synced: Option<Wanted>,
+}
+
+#[derive(PartialEq, Eq, Default)]
+struct Wanted {
+    steer: Vec<SteerEntry>,
+    reserved: Vec<Reservation>,
+    watched: Vec<Watched>,
+}
+
+impl Steering {
+    /// No data plane; `reason` says why.
+    pub fn off(reason: impl Into<String>) -> Steering {
+        Steering { dp: None, steer: false, kernel_ownership: false, reason: Some(reason.into()), synced: None }
+    }
+
+    /// Loads (or re-opens the pinned) data plane when the settings want it and the
+    /// kernel allows it. `steer` and `kernel` settings fail the start when it cannot run;
+    /// `auto` falls back with the reason, which status, doctor and the metrics show.
+    pub fn start(settings: &Settings, bpffs: &Path) -> anyhow::Result<Steering> {
+        let pins = pin_dir(bpffs, &settings.table);
+        if settings.dispatch == Dispatch::Nat && settings.ownership == Ownership::Polled {
+            // A data plane left pinned by an earlier run with other settings would go on
+            // steering: take it away.
+            match Dataplane::remove(&pins) {
+                Ok(true) => tracing::info!(
+                    "removed the BPF data plane pinned at {} (dispatch: nat, ownership: polled)",
+                    pins.display()
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("removing the BPF data plane pinned at {}: {e}", pins.display()),
+            }
+            return Ok(Steering::off("settings.dispatch is nat and settings.ownership is polled"));
+        }
+        let opened =
+            bpf::probe(bpffs).map_err(|u| u.0).and_then(|()| Dataplane::open(&pins).map_err(|e| e.to_string()));
+        match opened {
+            Ok(dp) => Ok(Steering {
+                dp: Some(dp),
+                steer: settings.dispatch != Dispatch::Nat,
+                kernel_ownership: settings.ownership != Ownership::Polled,
+                reason: None,
+                synced: None,
+            }),
+            Err(reason) => {
+                if settings.dispatch == Dispatch::Steer {
+                    anyhow::bail!("settings.dispatch is steer, but the BPF data plane cannot run here: {reason}; use dispatch: auto or nat");
+                }
+                if settings.ownership == Ownership::Kernel {
+                    anyhow::bail!("settings.ownership is kernel, but the BPF data plane cannot run here: {reason}; use ownership: auto or polled");
+                }
+                tracing::warn!("BPF data plane unavailable ({reason}): TCP forwards use NAT and target ports are checked by polling");
+                Ok(Steering::off(reason))
+            }
+        }
+    }
+
+    /// TCP forwards are steered.
+    pub fn steers(&self) -> bool {
+        self.steer
+    }
+
+    /// Target ports are reserved in the kernel.
+    pub fn kernel_ownership(&self) -> bool {
+        self.kernel_ownership
+    }
+
+    /// Why the data plane is not used, if it is not.
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
+
+    /// A copy of the bind events' descriptor, for a thread that waits on it.
+    pub fn events_fd(&self) -> Option<OwnedFd> {
+        self.dp.as_ref().and_then(|d| d.events_fd().as_fd().try_clone_to_owned().ok())
+    }
+
+    /// Binds of watched public ports by other uids since the last call.
+    pub fn drain_events(&mut self) -> Vec<BindEvent> {
+        self.dp.as_mut().map(Dataplane::drain_events).unwrap_or_default()
+    }
+
+    /// Sockets registered per target port (steered forwards only).
+    pub fn registered(&self, port: u16) -> Option<usize> {
+        self.dp.as_ref().filter(|_| self.steer).and_then(|d| d.listening(port).ok())
+    }
+
+    /// Puts back detached programs and deleted pins.
+    pub fn repair(&mut self) {
+        if let Some(dp) = self.dp.as_mut() {
+            match dp.repair() {
+                Ok(r) if r.is_empty() => {}
+                Ok(r) => tracing::warn!(
+                    action = "repair",
+                    "BPF data plane repaired: attached again {:?}, pinned again {:?}",
+                    r.reattached,
+                    r.repinned
+                ),
+                Err(e) => tracing::error!("repairing the BPF data plane: {e}"),
+            }
+        }
+    }
+
+    /// Makes the data plane's maps follow `plan`: every steered TCP forward's public
+    /// ports to its targets, and, with kernel ownership, every user forward's target
+    /// ports reserved for its uid and its public ports watched. `uid_of` gives the uid
+    /// a user set is bound to.
+    pub fn sync(&mut self, plan: &Plan, uid_of: impl Fn(&str) -> Option<u32>) -> Result<(), BpfError> {
+        let Some(dp) = self.dp.as_mut() else { return Ok(()) };
+        let want = wanted(plan, self.steer, self.kernel_ownership, uid_of);
+        if self.synced.as_ref() == Some(&want) {
+            return Ok(());
+        }
+        self.synced = None;
+        dp.sync(&want.steer, &want.reserved, &want.watched)?;
+        self.synced = Some(want);
+        Ok(())
+    }
+}
+
+fn bpf_proto(p: Proto) -> bpf::Proto {
+    match p {
+        Proto::Tcp => bpf::Proto::Tcp,
+        Proto::Udp => bpf::Proto::Udp,
+    }
+}
+
+/// The data plane's entries for `plan`. Duplicates (two owners' forwards on one target
+/// port; a public port steered by a forward per family) keep the first in plan order.
+fn wanted(plan: &Plan, steer: bool, ownership: bool, uid_of: impl Fn(&str) -> Option<u32>) -> Wanted {
+    let mut w = Wanted::default();
+    let (mut steered, mut reserved, mut watched) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    for p in &plan.forwards {
+        let user = p.owner != SYSTEM_OWNER;
+        let uid = if user {
+            match uid_of(&p.owner) {
+                Some(u) => u,
+                None => continue,
+            }
+        } else {
+            ANY_UID
+        };
+        let f = &p.forward;
+        let families = match f.family {
+            FamilySel::Both => Families::BOTH,
+            FamilySel::Ipv4 => Families { v4: true, v6: false },
+            FamilySel::Ipv6 => Families { v4: false, v6: true },
+        };
+        for port in f.port.ports() {
+            let target = f.target_of(port);
+            for &proto in f.proto.protos() {
+                if steer && proto == Proto::Tcp && steered.insert(port) {
+                    w.steer.push(SteerEntry {
+                        public_port: port,
+                        target_port: target,
+                        owner_uid: uid,
+                        families,
+                        local: f.local,
+                    });
+                }
+                if user && ownership {
+                    if reserved.insert((proto, target)) {
+                        w.reserved.push(Reservation { proto: bpf_proto(proto), port: target, owner_uid: uid });
+                    }
+                    if watched.insert((proto, port)) {
+                        w.watched.push(Watched { proto: bpf_proto(proto), port, owner_uid: uid });
+                    }
+                }
+            }
+        }
+    }
+    w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portd_rules::model::{Forward, PortRange, ProtoSel};
+
+    #[test]
+    fn system_forwards_steer_for_any_uid_and_user_forwards_reserve_their_targets() {
+        let mut web = Forward::new("web", PortRange { start: 80, end: 81 }, PortRange { start: 8080, end: 8081 });
+        web.proto = ProtoSel::Both;
+        let sys = Forward::new("ssh", PortRange::single(22), PortRange::single(2222));
+        let plan =
+            portd_rules::plan::compile_dispatched("t", 1, true, &[("system", vec![&sys]), ("user:web", vec![&web])])
+                .expect("compiles");
+        let w = wanted(&plan, true, true, |o| (o == "user:web").then_some(1000));
+        let steer: Vec<(u16, u16, u32)> = w.steer.iter().map(|s| (s.public_port, s.target_port, s.owner_uid)).collect();
+        assert_eq!(steer, vec![(22, 2222, ANY_UID), (80, 8080, 1000), (81, 8081, 1000)]);
+        assert_eq!(w.reserved.len(), 4, "both protocols of both target ports: {:?}", w.reserved);
+        assert!(w.reserved.iter().all(|r| r.owner_uid == 1000 && (8080..=8081).contains(&r.port)));
+        assert_eq!(w.watched.len(), 4);
+        let nat = wanted(&plan, false, false, |_| Some(1000));
+        assert!(nat.steer.is_empty() && nat.reserved.is_empty() && nat.watched.is_empty());
+        let gone = wanted(&plan, true, true, |_| None);
+        assert_eq!(gone.steer.len(), 1, "a user set without a uid gets nothing");
+    }
+}
