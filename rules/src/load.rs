@@ -835,3 +835,21 @@ pub fn valid_user(s: &str) -> bool {
         && !s.starts_with('-')
         && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
 }
+
+/// Locates problems found outside the parser (`(field path, message)`, such as a grant
+/// naming an account the host does not have) in `text`, as the parser's own are.
+pub fn locate(file: &str, text: &str, problems: Vec<(String, String)>) -> Diagnostics {
+    if problems.is_empty() {
+        return Diagnostics::default();
+    }
+    let loc = crate::locate::Locator::new(text);
+    Diagnostics(
+        problems
+            .into_iter()
+            .map(|(path, message)| {
+                let (line, column) = loc.value(&path);
+                Diagnostic { file: file.to_string(), line, column, path, message }
+            })
+            .collect(),
+    )
+}
