@@ -98,7 +98,7 @@ fn every_failure_is_json_on_stdout_with_the_usual_exit_code() {
         // The daemon is down, and the file is invalid: its errors, located.
         (&["--json", "apply", &bad], 1, "invalid"),
         (&["--json", "frobnicate"], 2, "usage"),
-        (&["--json", "export", "--owner", "www-data"], 2, "usage"),
+        (&["--json", "export", "--owner", "web server"], 2, "usage"),
         (&["--json", "check", "/nonexistent/rules.yaml"], 1, "invalid"),
     ];
     for (args, code, kind) in cases {
@@ -119,21 +119,38 @@ fn owners_are_checked_the_same_way_by_every_command() {
     let env = Env::new();
     let good = env.file("good.yaml", GOOD);
     for args in [
-        vec!["export", "--owner", "www-data"],
-        vec!["apply", "--owner", "www-data", &good],
-        vec!["diff", "--owner", "www-data", &good],
-        vec!["status", "--owner", "www-data"],
-        vec!["remove", "--owner", "www-data", "web"],
-        vec!["add", "--owner", "www-data", "web", "80", "8080"],
+        vec!["export", "--owner", "web server"],
+        vec!["apply", "--owner", "web server", &good],
+        vec!["diff", "--owner", "web server", &good],
+        vec!["status", "--owner", "web server"],
+        vec!["remove", "--owner", "web server", "web"],
+        vec!["add", "--owner", "web server", "web", "80", "8080"],
     ] {
         let o = env.run(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
-        assert!(text(&o.stderr).contains("write `user:www-data`"), "{args:?}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains("owners are `system`, `user:NAME` or a user NAME"),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
+    }
+    // A bare user name means `user:NAME`: it goes on to the daemon (here: unreachable, exit 3).
+    for args in [
+        vec!["export", "--owner", "root"],
+        vec!["apply", "--owner", "root", &good],
+        vec!["diff", "--owner", "root", &good],
+        vec!["status", "--owner", "root"],
+        vec!["remove", "--owner", "root", "web"],
+        vec!["add", "--owner", "root", "web", "80", "8080"],
+    ] {
+        let o = env.run(&args);
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {}", text(&o.stderr));
     }
     // A user that does not exist cannot be given forwards.
     for args in [
         vec!["apply", "--owner", "user:nosuchuser-pd", &good],
         vec!["add", "--owner", "user:nosuchuser-pd", "w", "80", "8080"],
+        vec!["add", "--owner", "nosuchuser-pd", "w", "80", "8080"],
     ] {
         let o = env.run(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");

@@ -21,13 +21,16 @@ pub fn load(path: &Path) -> Result<portd_rules::Config, Vec<String>> {
 }
 
 /// Grants of users and groups the account database does not know, and a socket group
-/// that does not exist, located in `text`. A typo there would otherwise grant nothing,
-/// or leave the socket in root's group.
+/// written in `text` that does not exist, located. A typo there would otherwise grant
+/// nothing, or leave the socket in root's group. (The default group, `portd`, may be
+/// absent where portd runs without its package: the socket then keeps its group, with a
+/// warning at start.)
 pub fn unknown_accounts(file: &str, text: &str, config: &portd_rules::Config) -> portd_rules::Diagnostics {
     use nix::unistd::{Group, User};
     let mut problems = Vec::new();
     let group_exists = |g: &str| Group::from_name(g).ok().flatten().is_some();
-    if let Some(g) = config.settings.socket.group.as_deref().filter(|g| !group_exists(g)) {
+    let written = || portd_rules::load::writes(text, "settings.socket.group");
+    if let Some(g) = config.settings.socket.group.as_deref().filter(|g| !group_exists(g) && written()) {
         problems.push((
             "settings.socket.group".to_string(),
             format!(
