@@ -241,6 +241,9 @@ fn reload_dry_run_suspensions_grants_and_status_port() {
     let st = d.status_json();
     assert_eq!(forward_status(&st, &owner, "https").expect("https")["state"], "suspended", "{st}");
     assert_eq!(forward_status(&st, "system", "dns").expect("dns")["state"], "active", "{st}");
+    let table = net.table("portd").expect("table");
+    assert!(!table.contains(&format!("{owner}/https")), "suspended means out of the kernel: {table}");
+    assert!(table.contains(&format!("{owner}/http\"")), "{table}");
 
     // status --port: the forwards whose public port includes it, active or suspended.
     let names = |port: &str| placed_names(&json(&d.ctl(&["--json", "status", "--port", port])));

@@ -532,8 +532,11 @@ impl Daemon {
                 return Err((ErrorKind::Conflict, c));
             }
         };
-        let mut delta = Plan::diff(&self.plan, &plan);
-        let suspended = self.suspensions(&before, &mut delta.summary);
+        let delta = Plan::diff(&self.plan, &plan);
+        // The delta's summary also says which forwards leave the plan: the answer's copy
+        // lists suspended forwards apart.
+        let mut shown = delta.summary.clone();
+        let suspended = self.suspensions(&before, &mut shown);
         let answer = |summary| {
             let mut body = with_warnings(Body::changed(summary, dry_run), warnings.clone());
             if let Body::Changed { suspended: s, .. } = &mut body {
@@ -542,7 +545,7 @@ impl Daemon {
             body
         };
         if dry_run {
-            let body = answer(delta.summary.clone());
+            let body = answer(shown);
             undo(self, before);
             if let Some(l) = old_listeners {
                 self.listeners = l;
@@ -571,11 +574,12 @@ impl Daemon {
         self.plan = plan;
         self.schedule_poll();
         notify::status(&self.status_line());
-        Ok(answer(delta.summary))
+        Ok(answer(shown))
     }
 
     /// The forwards the current evaluation suspends that `before` did not, with their
-    /// reasons; they leave `summary.removed`, which then lists only forwards that are gone.
+    /// reasons; they leave `summary.removed` (an answer's copy, never a delta's), which
+    /// then lists only forwards that are gone.
     fn suspensions(&self, before: &policy::Evaluation, summary: &mut portd_rules::plan::Summary) -> Vec<Suspension> {
         let (now, _) = self.eval.transitions(before);
         let mut out = Vec::new();
