@@ -196,3 +196,52 @@ fn completion_is_silent_when_the_daemon_is_down() {
         assert!(names.iter().all(|l| l.starts_with("system")), "{args:?}: {names:?}");
     }
 }
+
+/// One exit code per class of mistake: every invalid value of a forward is refused before
+/// anything is sent, all at once, with 1 (as an invalid file is); a command line that
+/// does not parse is 2.
+#[test]
+fn add_refuses_invalid_values_as_one_class_before_sending() {
+    let env = Env::new();
+    let cases: &[(&[&str], &str)] = &[
+        (&["add", "x", "70000", "8080"], "port: 70000 is not a port"),
+        (&["add", "Bad Name", "80", "8080"], "name: `Bad Name` is not a valid name"),
+        (&["add", "x", "80", "70000"], "to: 70000 is not a port"),
+        (&["add", "x", "80", "80"], "to: target 80 is the public port itself"),
+        (&["add", "x", "80", "8080", "--mark", "0x1ffffffff"], "mark: `0x1ffffffff` is not a 32-bit mark"),
+        (&["add", "x", "80", "8080", "--source", "300.1.1.1"], "sources: `300.1.1.1` is not an address or network"),
+    ];
+    for (args, want) in cases {
+        let o = env.run(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o.stderr));
+        assert!(text(&o.stderr).contains(want), "{args:?}: {}", text(&o.stderr));
+        let v = json(&env.run(&[&["--json"][..], args].concat()));
+        assert_eq!(v["error"]["kind"], "invalid", "{args:?}: {v}");
+    }
+    // Every problem at once.
+    let o = env.run(&["add", "Bad Name", "70000", "8080", "--source", "nonsense"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = text(&o.stderr);
+    assert!(e.contains("port: 70000") && e.contains("name: `Bad Name`") && e.contains("sources: `nonsense`"), "{e}");
+    // The command line itself: usage, 2.
+    for args in [
+        &["add", "x", "80"][..],
+        &["add", "x", "80", "8080", "--proto", "sctp"][..],
+        &["status", "--port", "70000"][..],
+        &["remove"][..],
+    ] {
+        assert_eq!(env.run(args).status.code(), Some(2), "{args:?}");
+    }
+    // The new flags parse and reach for the daemon (down here: 3).
+    let good = env.file("good.yaml", GOOD);
+    for args in [
+        &["diff", "--exit-code", &good][..],
+        &["add", "x", "80", "8080", "--replace"][..],
+        &["remove", "x", "--if-exists"][..],
+        &["reload", "--dry-run"][..],
+        &["grants"][..],
+        &["status", "--port", "80"][..],
+    ] {
+        assert_eq!(env.run(args).status.code(), Some(3), "{args:?}");
+    }
+}
