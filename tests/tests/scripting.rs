@@ -255,3 +255,26 @@ fn reload_dry_run_suspensions_grants_and_status_port() {
     let o = d.ctl(&["status", "--port", "9"]);
     assert!(o.status.success() && out(&o).contains("no forwards"), "{}", out(&o));
 }
+
+/// Root's forwards are not judged, but root is told, as ufw tells: a public port a local
+/// service already serves (root's own), and a target nothing listens on.
+#[test]
+fn roots_forward_over_a_listening_port_is_warned() {
+    let net = Net::setup();
+    let d = Portd::start(&net, &config(&net, ""));
+    let _sshd = net.tcp_app(&net.srv, 22, "sshd");
+    let o = d.ctl(&["add", "ssh", "22", "2222"]);
+    assert!(o.status.success(), "root is not refused: {}", err(&o));
+    let e = err(&o);
+    assert!(e.contains("warning: forward `ssh`: public port 22/tcp is served by a socket of uid 0"), "{e}");
+    assert!(e.contains("the forward would take its traffic"), "{e}");
+    assert!(e.contains("warning: forward `ssh`: nothing listens on 2222/tcp yet"), "{e}");
+    // Nothing to say about a free public port with its app listening.
+    let _app = net.tcp_app(&net.srv, 8080, "app");
+    let o = d.ctl(&["add", "web", "80", "8080"]);
+    assert!(o.status.success() && err(&o).is_empty(), "{}", err(&o));
+    // --json carries the warnings too.
+    let v = json(&d.ctl(&["--json", "add", "ssh", "22", "2223", "--replace", "--dry-run"]));
+    let w = v["warnings"].to_string();
+    assert!(w.contains("public port 22/tcp is served") && w.contains("2223/tcp"), "{v}");
+}

@@ -269,6 +269,26 @@ impl Daemon {
         Err((kind, messages))
     }
 
+    /// What root should know of the forwards it brings in, as ufw warns: a public port a
+    /// local service (root's own included) already serves, whose traffic the forward would
+    /// take, and a target nothing listens on. Root's set is not judged: warnings only.
+    fn unjudged_warnings(&self, fresh: &[Forward]) -> Vec<String> {
+        if fresh.is_empty() || self.config.settings.listener_check == ListenerCheck::Off {
+            return Vec::new();
+        }
+        let l = match crate::sockdiag::listeners(self.listeners.as_ref()) {
+            Ok(l) => l,
+            Err(e) => return vec![format!("the listener check could not run (reading the socket tables: {e})")],
+        };
+        let mut warnings = Vec::new();
+        for f in fresh {
+            // No uid is u32::MAX: every holder counts, root's too.
+            warnings.extend(policy::public_taken(&l, f, u32::MAX));
+            warnings.extend(policy::target_unserved(&l, f));
+        }
+        warnings
+    }
+
     /// Changes `owner`'s set: judged, then kernel first, then the state file; only then
     /// is the change acknowledged and kept in memory.
     fn change(
@@ -320,7 +340,7 @@ impl Daemon {
         };
         // The set after the change, judged unless it is root's own (removals need no judge).
         let warnings = match &change {
-            _ if account.uid == 0 => Vec::new(),
+            _ if account.uid == 0 => self.unjudged_warnings(fresh),
             Change::Remove(_) => Vec::new(),
             Change::Replace(new) => {
                 let after = UserSet { uid: Some(account.uid), forwards: new.clone() };
