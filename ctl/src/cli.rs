@@ -81,7 +81,7 @@ pub enum Cmd {
         /// Show what would change without applying it.
         #[arg(long)]
         dry_run: bool,
-        /// Act for another owner (`user:NAME`; root only).
+        /// Act for another owner (`user:NAME` or NAME; root only).
         #[arg(long, value_parser = crate::owner::parse_existing, add = ArgValueCandidates::new(crate::complete::owners))]
         owner: Option<String>,
     },
@@ -89,18 +89,25 @@ pub enum Cmd {
     Diff {
         /// Rules file (YAML); `-` reads standard input.
         file: PathBuf,
-        /// Compare against another owner's set (root only).
+        /// Compare against another owner's set (`user:NAME` or NAME; root only).
         #[arg(long, value_parser = crate::owner::parse_existing, add = ArgValueCandidates::new(crate::complete::owners))]
         owner: Option<String>,
+        /// Exit 1 when changes are pending and 0 when there are none, like `git diff
+        /// --exit-code` (errors keep their own codes: 1, 2, 3, 4).
+        #[arg(long)]
+        exit_code: bool,
     },
     /// Daemon state and forwards with owner and counters (all, or those named).
     Status {
         /// Only forwards with these names (of any owner); a name that matches none is an error.
         #[arg(add = ArgValueCandidates::new(crate::complete::all_forward_names))]
         names: Vec<String>,
-        /// Only forwards of this owner (`system`, `user:NAME`).
+        /// Only forwards of this owner (`system`, `user:NAME`, or a user's bare NAME).
         #[arg(long, value_parser = crate::owner::parse, add = ArgValueCandidates::new(crate::complete::owners))]
         owner: Option<String>,
+        /// Only forwards whose public port (or range) includes this port.
+        #[arg(long, value_name = "PORT")]
+        port: Option<u16>,
         /// Also show mark, local, protect, interfaces, sources and description.
         #[arg(long, short = 'w')]
         wide: bool,
@@ -129,8 +136,8 @@ pub enum Cmd {
         #[arg(long = "source")]
         sources: Vec<String>,
         /// Packet mark (default: the daemon's).
-        #[arg(long, value_parser = parse_mark)]
-        mark: Option<u32>,
+        #[arg(long)]
+        mark: Option<String>,
         /// Refuse direct connections to the target port from other hosts.
         #[arg(long)]
         protect: bool,
@@ -140,7 +147,12 @@ pub enum Cmd {
         /// Show what would change without applying it.
         #[arg(long)]
         dry_run: bool,
-        /// Act for another owner (`user:NAME`; root only).
+        /// When a forward of this name exists, change it to this definition, in one
+        /// kernel batch (without it, a different forward of the same name is refused; an
+        /// identical one is left as it is, exit 0).
+        #[arg(long)]
+        replace: bool,
+        /// Act for another owner (`user:NAME` or NAME; root only).
         #[arg(long, value_parser = crate::owner::parse_existing, add = ArgValueCandidates::new(crate::complete::owners))]
         owner: Option<String>,
     },
@@ -152,7 +164,10 @@ pub enum Cmd {
         /// Show what would change without applying it.
         #[arg(long)]
         dry_run: bool,
-        /// Act for another owner (`user:NAME`; root only).
+        /// Exit 0 when the set has no such forward (nothing to remove).
+        #[arg(long)]
+        if_exists: bool,
+        /// Act for another owner (`user:NAME` or NAME; root only).
         #[arg(long, value_parser = crate::owner::parse, add = ArgValueCandidates::new(crate::complete::owners))]
         owner: Option<String>,
     },
@@ -162,8 +177,16 @@ pub enum Cmd {
         #[arg(long, value_parser = crate::owner::parse, add = ArgValueCandidates::new(crate::complete::owners))]
         owner: Option<String>,
     },
-    /// Make the daemon re-read its config file (root).
-    Reload,
+    /// Make the daemon re-read its config file (root); print what was added, removed and
+    /// suspended, per owner.
+    Reload {
+        /// Show what the config on disk would add, remove and suspend, without applying it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show what you may forward: the grants that name you or one of your groups (public
+    /// ports, targets, protect, local, marks, quota).
+    Grants,
     /// Print the Prometheus exposition (text format 0.0.4), for node_exporter's textfile
     /// collector.
     Metrics,
@@ -184,7 +207,8 @@ pub enum Cmd {
     },
 }
 
-fn parse_mark(s: &str) -> Result<u32, String> {
+/// A mark as written in rules files: decimal or `0x` hexadecimal, 32 bits.
+pub fn parse_mark(s: &str) -> Result<u32, String> {
     let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         Some(h) => u32::from_str_radix(h, 16),
         None => s.parse(),

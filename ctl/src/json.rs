@@ -5,7 +5,10 @@
 //! - `check`: `{"ok": true, "file", "forwards": N}`
 //! - `status`: `{"ok": true, "daemon_version", "table", "in_sync", "repairs", "forwards": [...]}`
 //! - `apply`, `diff`, `add`, `remove`, `reload`: `{"ok": true, "dry_run", "added": [...],
-//!   "removed": [...], "changed": [{"owner", "name", "old", "new"}], "omitted", "warnings": [...]}`
+//!   "removed": [...], "changed": [{"owner", "name", "old", "new"}], "suspended": [{"owner",
+//!   "name", "forward", "reason"}], "omitted", "warnings": [...]}`
+//! - `grants`: `{"ok": true, "user", "groups", "unrestricted", "default_mark", "grants":
+//!   [{"via", "ports", "to", "protect", "local", "marks", "max_forwards"}]}`
 //! - `export`: `{"ok": true, "owner", "forwards": [...]}`
 //! - `plan`: `{"ok": true, "plan": {...}}`
 //!
@@ -36,7 +39,7 @@ pub fn body(b: &Body) -> Value {
             }
             v
         }
-        Body::Changed { summary, dry_run, omitted, warnings } => json!({
+        Body::Changed { summary, dry_run, omitted, warnings, suspended } => json!({
             "ok": true,
             "dry_run": dry_run,
             "added": summary.added.iter().map(placed).collect::<Vec<_>>(),
@@ -47,9 +50,22 @@ pub fn body(b: &Body) -> Value {
                 "old": placed(old),
                 "new": placed(new),
             })).collect::<Vec<_>>(),
+            "suspended": suspended.iter().map(|s| json!({
+                "owner": s.owner,
+                "name": s.forward.name,
+                "forward": s.forward,
+                "reason": s.reason,
+            })).collect::<Vec<_>>(),
             "omitted": omitted,
             "warnings": warnings,
         }),
+        Body::Grants(g) => {
+            let mut v = serde_json::to_value(g).unwrap_or(Value::Null);
+            if let Some(m) = v.as_object_mut() {
+                m.insert("ok".into(), Value::Bool(true));
+            }
+            v
+        }
         Body::Export { owner, forwards } => json!({"ok": true, "owner": owner, "forwards": forwards}),
         Body::Metrics { text } => json!({"ok": true, "metrics": text}),
         Body::Doctor { findings } => json!({"ok": true, "findings": findings}),

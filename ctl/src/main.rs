@@ -137,11 +137,20 @@ fn check(file: &Path, json: bool) -> Result<Exit, Failure> {
     Ok(Exit::Ok)
 }
 
-/// Keeps the forwards `names` and `owner` select; a name that matches none is an error.
-fn filter_status(body: Body, names: &[String], owner: Option<&str>) -> Result<Body, Failure> {
+/// True for a change answer that changed nothing.
+fn is_unchanged(body: &Body) -> bool {
+    matches!(body, Body::Changed { summary, omitted: 0, suspended, .. } if summary.is_empty() && suspended.is_empty())
+}
+
+/// Keeps the forwards `names`, `owner` and `port` select; a name that matches none is an
+/// error.
+fn filter_status(body: Body, names: &[String], owner: Option<&str>, port: Option<u16>) -> Result<Body, Failure> {
     let Body::Status(mut s) = body else { return Ok(body) };
     if let Some(o) = owner {
         s.forwards.retain(|f| f.owner == o);
+    }
+    if let Some(p) = port {
+        s.forwards.retain(|f| f.forward.port.contains(&portd_rules::PortRange::single(p)));
     }
     if !names.is_empty() {
         let missing: Vec<String> = names
@@ -178,10 +187,13 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             }
             Ok(Exit::Ok)
         }
-        Cmd::Apply { file, dry_run, owner } => apply(&file, dry_run, owner, json, send),
-        Cmd::Diff { file, owner } => apply(&file, true, owner, json, send),
-        Cmd::Status { names, owner, wide } => {
-            let body = filter_status(send(Command::Status)?, &names, owner.as_deref())?;
+        Cmd::Apply { file, dry_run, owner } => apply(&file, dry_run, owner, json, send).map(|_| Exit::Ok),
+        Cmd::Diff { file, owner, exit_code } => {
+            let pending = apply(&file, true, owner, json, send)?;
+            Ok(if exit_code && pending { Exit::Rejected } else { Exit::Ok })
+        }
+        Cmd::Status { names, owner, port, wide } => {
+            let body = filter_status(send(Command::Status)?, &names, owner.as_deref(), port)?;
             output::print_body(&body, json, wide);
             Ok(Exit::Ok)
         }
@@ -198,12 +210,21 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             protect,
             description,
             dry_run,
+            replace,
             owner,
         } => {
-            let parse = |what: &str, s: &str| {
-                portd_rules::PortRange::parse(s).map_err(|e| Failure::new(Exit::Usage, format!("{what}: {e}")))
+            // Every value of the forward is checked as a rules file's would be, all at once,
+            // and refused the same way (exit 1), before anything is sent.
+            let mut problems = Vec::new();
+            let mut ports = |what: &str, s: &str| match portd_rules::PortRange::parse(s) {
+                Ok(r) => r,
+                Err(e) => {
+                    problems.push(format!("{what}: {e}"));
+                    portd_rules::PortRange::single(1)
+                }
             };
-            let mut f = portd_rules::Forward::new(&name, parse("PORT", &port)?, parse("TO", &to)?);
+            let (p, t) = (ports("port", &port), ports("to", &to));
+            let mut f = portd_rules::Forward::new(&name, p, t);
             f.proto = match proto {
                 ProtoArg::Tcp => portd_rules::ProtoSel::Tcp,
                 ProtoArg::Udp => portd_rules::ProtoSel::Udp,
@@ -216,32 +237,46 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             };
             f.local = !no_local;
             f.interfaces = interfaces;
-            f.sources = sources
-                .iter()
-                .map(|s| {
-                    s.parse::<ipnet::IpNet>()
-                        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                        .map_err(|_| Failure::new(Exit::Usage, format!("--source: `{s}` is not an address or network")))
-                })
-                .collect::<Result<_, _>>()?;
-            f.mark = mark;
+            for s in &sources {
+                match s.parse::<ipnet::IpNet>().or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from)) {
+                    Ok(n) => f.sources.push(n),
+                    Err(_) => problems
+                        .push(format!("sources: `{s}` is not an address or network (203.0.113.0/24, 2001:db8::/32)")),
+                }
+            }
+            f.mark = match mark.as_deref().map(cli::parse_mark) {
+                None => None,
+                Some(Ok(m)) => Some(m),
+                Some(Err(e)) => {
+                    problems.push(format!("mark: {e}"));
+                    None
+                }
+            };
             f.protect = protect;
             f.description = description;
-            // Validate offline first so mistakes are reported without a daemon.
-            let problems = portd_rules::policy::check_definition(&f);
+            let ranges_ok = problems.iter().all(|p| !p.starts_with("port:") && !p.starts_with("to:"));
+            problems.extend(
+                portd_rules::policy::check_definition(&f)
+                    .into_iter()
+                    .filter(|(field, _)| ranges_ok || *field != "to")
+                    .map(|(field, m)| format!("{field}: {m}")),
+            );
             if !problems.is_empty() {
-                return Err(Failure::many(
-                    Exit::Rejected,
-                    problems.into_iter().map(|(field, m)| format!("{field}: {m}")).collect(),
-                ));
+                return Err(Failure::many(Exit::Rejected, problems));
             }
-            let body = send(Command::Add { forward: f, owner, dry_run })?;
+            let body = send(Command::Add { forward: f, owner, dry_run, replace })?;
             output::print_body(&body, json, false);
+            if !json && is_unchanged(&body) {
+                println!("unchanged: forward `{name}` is already there as given");
+            }
             Ok(Exit::Ok)
         }
-        Cmd::Remove { name, owner, dry_run } => {
-            let body = send(Command::Remove { name, owner, dry_run })?;
+        Cmd::Remove { name, owner, dry_run, if_exists } => {
+            let body = send(Command::Remove { name: name.clone(), owner, dry_run, if_exists })?;
             output::print_body(&body, json, false);
+            if !json && is_unchanged(&body) {
+                println!("unchanged: there is no forward `{name}` to remove");
+            }
             Ok(Exit::Ok)
         }
         Cmd::Export { owner } => {
@@ -249,8 +284,13 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             output::print_body(&body, json, false);
             Ok(Exit::Ok)
         }
-        Cmd::Reload => {
-            let body = send(Command::Reload)?;
+        Cmd::Reload { dry_run } => {
+            let body = send(Command::Reload { dry_run })?;
+            output::print_body(&body, json, false);
+            Ok(Exit::Ok)
+        }
+        Cmd::Grants => {
+            let body = send(Command::Grants)?;
             output::print_body(&body, json, false);
             Ok(Exit::Ok)
         }
@@ -278,13 +318,15 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
     }
 }
 
+/// Sends a rules file to be applied (or compared, `dry_run`) and prints the answer;
+/// returns whether it lists any change.
 fn apply(
     file: &Path,
     dry_run: bool,
     owner: Option<String>,
     json: bool,
     send: impl Fn(Command) -> Result<portd_rules::proto::Body, Failure>,
-) -> Result<Exit, Failure> {
+) -> Result<bool, Failure> {
     let (name, text) = read_input(file)?;
     // The daemon validates the file (it trusts no client), so it is parsed here only when
     // the daemon refuses it or cannot be reached: then mistakes are reported with their
@@ -297,7 +339,7 @@ fn apply(
         other => other?,
     };
     output::print_body(&body, json, false);
-    Ok(Exit::Ok)
+    Ok(!is_unchanged(&body))
 }
 
 fn main() -> ExitCode {

@@ -1,6 +1,6 @@
 //! Human and JSON output of daemon answers.
 
-use portd_rules::proto::{Body, ForwardStatus, Status};
+use portd_rules::proto::{Body, ForwardStatus, GrantsView, Status};
 use portd_rules::RulesFile;
 
 fn human_bytes(b: u64) -> String {
@@ -103,14 +103,22 @@ pub fn print_body(body: &Body, json: bool, wide: bool) {
     }
     match body {
         Body::Status(s) => print!("{}", status_table(s, wide)),
-        Body::Changed { summary, dry_run, omitted, warnings } => {
+        Body::Changed { summary, dry_run, omitted, warnings, suspended } => {
             for w in warnings {
                 eprintln!("warning: {w}");
             }
             if *dry_run {
                 println!("dry run, nothing applied:");
             }
-            print!("{summary}");
+            if summary.is_empty() && !suspended.is_empty() {
+                // "no changes" would hide the suspensions listed below.
+            } else {
+                print!("{summary}");
+            }
+            for s in suspended {
+                let f = &s.forward;
+                println!("! {}/{}: {} -> {} suspended ({})", s.owner, f.name, f.port, f.to, s.reason);
+            }
             if *omitted > 0 {
                 println!("... and {omitted} more change(s) not listed");
             }
@@ -121,8 +129,47 @@ pub fn print_body(body: &Body, json: bool, wide: bool) {
             print!("{}", serde_yaml::to_string(&doc).unwrap_or_default());
         }
         Body::Metrics { text } => print!("{text}"),
+        Body::Grants(g) => print!("{}", grants_text(g)),
         Body::Doctor { findings } => print!("{}", doctor_text(findings)),
     }
+}
+
+/// `portctl grants` for a terminal: who the caller is, then one block per grant.
+pub fn grants_text(g: &GrantsView) -> String {
+    let mut out = if g.groups.is_empty() {
+        format!("user {}\n", g.user)
+    } else {
+        format!("user {} (groups {})\n", g.user, g.groups.join(", "))
+    };
+    if g.unrestricted {
+        out.push_str("root is held to no grant: any port, target, protect, local and mark\n");
+    }
+    if g.grants.is_empty() {
+        if !g.unrestricted {
+            out.push_str("no grant names you or one of your groups: you may not forward any port (ask an operator to add one to /etc/portd/portd.yaml)\n");
+        }
+        return out;
+    }
+    for (i, x) in g.grants.iter().enumerate() {
+        let yes = |b: bool| if b { "allowed" } else { "not allowed" };
+        out.push_str(&format!(
+            "\ngrant {} (to {})\n  ports:        {}\n  to:           {}\n  protect:      {}\n  local:        {}\n  marks:        {}\n  max_forwards: {}\n",
+            i + 1,
+            x.via,
+            x.ports.join(", "),
+            x.to.join(", "),
+            yes(x.protect),
+            yes(x.local),
+            x.marks.join(", "),
+            x.max_forwards
+        ));
+    }
+    if g.grants.len() > 1 {
+        out.push_str(
+            "\na forward is allowed when one grant allows all of it; your set may hold the largest max_forwards\n",
+        );
+    }
+    out
 }
 
 /// `portctl doctor` for a terminal: one block per finding, most severe first, the fix

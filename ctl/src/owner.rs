@@ -1,10 +1,11 @@
-//! Owner names on the command line: `system` or `user:NAME`, checked the same way by
-//! every command that takes `--owner` (as clap value parsers, so a wrong owner is a
-//! usage error, exit 2, before anything is sent).
+//! Owner names on the command line: `system`, `user:NAME`, or a bare user NAME that
+//! means `user:NAME`, checked the same way by every command that takes `--owner` (as clap
+//! value parsers, so a wrong owner is a usage error, exit 2, before anything is sent).
 
 use crate::account;
 
-/// Checks the form of an owner: `system` or `user:NAME` with a valid user name.
+/// Checks the form of an owner and returns it as the daemon names it: `system`, or
+/// `user:NAME` (written so, or as the bare NAME) with a valid user name.
 pub fn parse(s: &str) -> Result<String, String> {
     if s == portd_rules::plan::SYSTEM_OWNER {
         return Ok(s.to_string());
@@ -12,10 +13,8 @@ pub fn parse(s: &str) -> Result<String, String> {
     match s.strip_prefix("user:") {
         Some(name) if portd_rules::load::valid_user(name) => Ok(s.to_string()),
         Some(name) => Err(format!("`{name}` is not a user name (letters, digits, '.', '_', '-'; at most 64)")),
-        None if portd_rules::load::valid_user(s) => {
-            Err(format!("`{s}` is not an owner; owners are `system` or `user:NAME`: write `user:{s}`"))
-        }
-        None => Err(format!("`{s}` is not an owner; owners are `system` or `user:NAME`")),
+        None if portd_rules::load::valid_user(s) => Ok(format!("user:{s}")),
+        None => Err(format!("`{s}` is not an owner; owners are `system`, `user:NAME` or a user NAME")),
     }
 }
 
@@ -39,10 +38,12 @@ mod tests {
     fn forms() {
         assert!(parse("system").is_ok());
         assert!(parse("user:www-data").is_ok());
-        let e = parse("www-data").expect_err("bare name");
-        assert!(e.contains("write `user:www-data`"), "{e}");
+        assert_eq!(parse("www-data").as_deref(), Ok("user:www-data"), "a bare name is a user");
+        assert_eq!(parse("system").as_deref(), Ok("system"));
         assert!(parse("user:").is_err());
         assert!(parse("group:x").is_err());
+        assert!(parse("web server").is_err());
+        assert_eq!(parse_existing("root").as_deref(), Ok("user:root"));
         assert!(parse_existing("user:root").is_ok());
         let e = parse_existing("user:nosuchuser-pd").expect_err("unknown user");
         assert!(e.contains("no user `nosuchuser-pd`"), "{e}");

@@ -98,7 +98,7 @@ fn every_failure_is_json_on_stdout_with_the_usual_exit_code() {
         // The daemon is down, and the file is invalid: its errors, located.
         (&["--json", "apply", &bad], 1, "invalid"),
         (&["--json", "frobnicate"], 2, "usage"),
-        (&["--json", "export", "--owner", "www-data"], 2, "usage"),
+        (&["--json", "export", "--owner", "web server"], 2, "usage"),
         (&["--json", "check", "/nonexistent/rules.yaml"], 1, "invalid"),
     ];
     for (args, code, kind) in cases {
@@ -119,21 +119,38 @@ fn owners_are_checked_the_same_way_by_every_command() {
     let env = Env::new();
     let good = env.file("good.yaml", GOOD);
     for args in [
-        vec!["export", "--owner", "www-data"],
-        vec!["apply", "--owner", "www-data", &good],
-        vec!["diff", "--owner", "www-data", &good],
-        vec!["status", "--owner", "www-data"],
-        vec!["remove", "--owner", "www-data", "web"],
-        vec!["add", "--owner", "www-data", "web", "80", "8080"],
+        vec!["export", "--owner", "web server"],
+        vec!["apply", "--owner", "web server", &good],
+        vec!["diff", "--owner", "web server", &good],
+        vec!["status", "--owner", "web server"],
+        vec!["remove", "--owner", "web server", "web"],
+        vec!["add", "--owner", "web server", "web", "80", "8080"],
     ] {
         let o = env.run(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
-        assert!(text(&o.stderr).contains("write `user:www-data`"), "{args:?}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains("owners are `system`, `user:NAME` or a user NAME"),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
+    }
+    // A bare user name means `user:NAME`: it goes on to the daemon (here: unreachable, exit 3).
+    for args in [
+        vec!["export", "--owner", "root"],
+        vec!["apply", "--owner", "root", &good],
+        vec!["diff", "--owner", "root", &good],
+        vec!["status", "--owner", "root"],
+        vec!["remove", "--owner", "root", "web"],
+        vec!["add", "--owner", "root", "web", "80", "8080"],
+    ] {
+        let o = env.run(&args);
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {}", text(&o.stderr));
     }
     // A user that does not exist cannot be given forwards.
     for args in [
         vec!["apply", "--owner", "user:nosuchuser-pd", &good],
         vec!["add", "--owner", "user:nosuchuser-pd", "w", "80", "8080"],
+        vec!["add", "--owner", "nosuchuser-pd", "w", "80", "8080"],
     ] {
         let o = env.run(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
@@ -177,5 +194,54 @@ fn completion_is_silent_when_the_daemon_is_down() {
         assert!(o.stderr.is_empty(), "{args:?}: {}", text(&o.stderr));
         let names: Vec<String> = text(&o.stdout).lines().filter(|l| !l.starts_with('-')).map(String::from).collect();
         assert!(names.iter().all(|l| l.starts_with("system")), "{args:?}: {names:?}");
+    }
+}
+
+/// One exit code per class of mistake: every invalid value of a forward is refused before
+/// anything is sent, all at once, with 1 (as an invalid file is); a command line that
+/// does not parse is 2.
+#[test]
+fn add_refuses_invalid_values_as_one_class_before_sending() {
+    let env = Env::new();
+    let cases: &[(&[&str], &str)] = &[
+        (&["add", "x", "70000", "8080"], "port: 70000 is not a port"),
+        (&["add", "Bad Name", "80", "8080"], "name: `Bad Name` is not a valid name"),
+        (&["add", "x", "80", "70000"], "to: 70000 is not a port"),
+        (&["add", "x", "80", "80"], "to: target 80 is the public port itself"),
+        (&["add", "x", "80", "8080", "--mark", "0x1ffffffff"], "mark: `0x1ffffffff` is not a 32-bit mark"),
+        (&["add", "x", "80", "8080", "--source", "300.1.1.1"], "sources: `300.1.1.1` is not an address or network"),
+    ];
+    for (args, want) in cases {
+        let o = env.run(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o.stderr));
+        assert!(text(&o.stderr).contains(want), "{args:?}: {}", text(&o.stderr));
+        let v = json(&env.run(&[&["--json"][..], args].concat()));
+        assert_eq!(v["error"]["kind"], "invalid", "{args:?}: {v}");
+    }
+    // Every problem at once.
+    let o = env.run(&["add", "Bad Name", "70000", "8080", "--source", "nonsense"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = text(&o.stderr);
+    assert!(e.contains("port: 70000") && e.contains("name: `Bad Name`") && e.contains("sources: `nonsense`"), "{e}");
+    // The command line itself: usage, 2.
+    for args in [
+        &["add", "x", "80"][..],
+        &["add", "x", "80", "8080", "--proto", "sctp"][..],
+        &["status", "--port", "70000"][..],
+        &["remove"][..],
+    ] {
+        assert_eq!(env.run(args).status.code(), Some(2), "{args:?}");
+    }
+    // The new flags parse and reach for the daemon (down here: 3).
+    let good = env.file("good.yaml", GOOD);
+    for args in [
+        &["diff", "--exit-code", &good][..],
+        &["add", "x", "80", "8080", "--replace"][..],
+        &["remove", "x", "--if-exists"][..],
+        &["reload", "--dry-run"][..],
+        &["grants"][..],
+        &["status", "--port", "80"][..],
+    ] {
+        assert_eq!(env.run(args).status.code(), Some(3), "{args:?}");
     }
 }

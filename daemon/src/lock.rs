@@ -45,6 +45,12 @@ pub fn take(socket: &Path, table: &str) -> anyhow::Result<TableLock> {
     Ok(TableLock { _file: file })
 }
 
+/// The pid of the portd that holds the lock of `table` next to `socket` (empty when it
+/// wrote none), without taking or creating anything; `None` when no portd holds it.
+pub fn holder_of(socket: &Path, table: &str) -> Option<String> {
+    holder(&path(socket, table))
+}
+
 /// The pid written in the lock file at `p` when another process holds the lock (empty
 /// when it holds it but wrote no pid); `None` when the file is absent or not locked.
 /// Opens read-only, without following a symlink or waiting on a FIFO.

@@ -46,7 +46,9 @@ struct Args {
     #[arg(long)]
     table: Option<String>,
     /// Remove portd's table (--table, else the config's settings.table) from the kernel
-    /// and exit; no daemon needed. Exit 0 also when there is no such table.
+    /// and exit; no daemon needed. Exit 0 also when there is no such table; exit 1,
+    /// removing nothing, while a portd holds the table (stop it first: `systemctl stop
+    /// portd.socket portd.service`).
     #[arg(long)]
     remove_table: bool,
     /// bpffs mount under which the BPF data plane is pinned, in portd/TABLE.
@@ -235,8 +237,12 @@ fn main() -> std::process::ExitCode {
 
 /// `portd --remove-table`: one line on stdout saying what was done, or the error on stderr.
 fn remove_table_command(args: &Args) -> std::process::ExitCode {
-    let result = remove_table::table_name(&args.config, args.table.as_deref())
-        .and_then(|table| remove_table::remove(&table).map(|removed| (table, removed)));
+    let result = remove_table::target(&args.config, args.table.as_deref(), args.socket.as_deref()).and_then(
+        |(table, socket)| {
+            remove_table::refuse_if_running(&table, &socket)?;
+            remove_table::remove(&table).map(|removed| (table, removed))
+        },
+    );
     match result {
         Ok((table, true)) => {
             println!("removed table inet {table}");

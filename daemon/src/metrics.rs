@@ -118,7 +118,8 @@ pub fn command_name(c: &Command) -> &'static str {
         Command::Add { .. } => "add",
         Command::Remove { .. } => "remove",
         Command::Export { .. } => "export",
-        Command::Reload => "reload",
+        Command::Reload { .. } => "reload",
+        Command::Grants => "grants",
         Command::Metrics => "metrics",
         Command::Doctor => "doctor",
     }

@@ -23,7 +23,7 @@ fn check_accepts_a_valid_config_and_touches_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("portd.yaml");
     let grants =
-        "grants:\n  - user: web\n    ports: [80, 443]\nforwards:\n  - name: http\n    port: 80\n    to: 8080\n";
+        "grants:\n  - user: nobody\n    ports: [80, 443]\nforwards:\n  - name: http\n    port: 80\n    to: 8080\n";
     std::fs::write(&path, config(dir.path(), grants)).expect("write");
     let o = portd(&["--check", "--config", path.to_str().expect("path")]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
@@ -67,4 +67,43 @@ fn a_refused_start_prints_its_errors_once_without_colour() {
     assert_eq!(e.matches("unknown field `port`").count(), 1, "printed once:\n{e}");
     assert!(!e.contains('\u{1b}'), "colour codes on a pipe:\n{e}");
     assert!(!dir.path().join("run").exists(), "a refused start created the runtime directory");
+}
+
+/// A grant of an account the host does not have grants nothing, and a socket group that
+/// does not exist leaves the socket in root's group: `--check` and a start refuse both,
+/// located; a grant of accounts that exist passes.
+#[test]
+fn check_and_start_refuse_unknown_users_groups_and_socket_group() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("portd.yaml");
+    let name = path.to_str().expect("path");
+    let conf = config(
+        dir.path(),
+        "grants:\n  - user: nobody\n    ports: [80]\n  - user: nosuchuser-pd\n    ports: [81]\n  - group: nosuchgroup-pd\n    ports: [82]\n  - group: daemon\n    ports: [83]\n",
+    )
+    .replace("group: null", "group: nosocketgroup-pd");
+    std::fs::write(&path, &conf).expect("write");
+    let col = conf.lines().nth(3).and_then(|l| l.find("nosocketgroup-pd")).expect("socket line") + 1;
+    let want = [
+        format!("{name}:4:{col}: settings.socket.group: there is no group `nosocketgroup-pd` on this host"),
+        format!("{name}:9:11: grants[1].user: there is no user `nosuchuser-pd` on this host"),
+        format!("{name}:11:12: grants[2].group: there is no group `nosuchgroup-pd` on this host"),
+    ];
+    for args in [&["--check", "--config", name][..], &["--config", name][..]] {
+        let o = portd(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let e = text(&o.stderr);
+        for w in &want {
+            assert!(e.lines().any(|l| l.contains(w.as_str())), "{args:?}: missing `{w}` in:\n{e}");
+        }
+        assert!(!e.contains("`nobody`") && !e.contains("`daemon`"), "accounts that exist pass: {e}");
+        assert!(!dir.path().join("run").exists(), "a refused start created the runtime directory");
+    }
+    let fixed = conf
+        .replace("nosocketgroup-pd", "daemon")
+        .replace("user: nosuchuser-pd", "user: root")
+        .replace("group: nosuchgroup-pd", "group: root");
+    std::fs::write(&path, fixed).expect("write");
+    let o = portd(&["--check", "--config", name]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
 }

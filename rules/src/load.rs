@@ -21,6 +21,13 @@ use tree::{Map, Node};
 /// Files larger than this are refused before parsing.
 pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
 
+const RULES_FIELDS: &[&str] = &["version", "forwards"];
+const CONFIG_FIELDS: &[&str] = &["version", "settings", "grants", "forwards"];
+const SETTINGS_FIELDS: &[&str] =
+    &["table", "mark", "on_exit", "socket", "state_dir", "listener_check", "dispatch", "ownership", "metrics"];
+const SOCKET_FIELDS: &[&str] = &["path", "group", "mode"];
+const METRICS_FIELDS: &[&str] = &["listen"];
+const GRANT_FIELDS: &[&str] = &["user", "group", "ports", "to", "protect", "local", "marks", "max_forwards"];
 const FORWARD_FIELDS: &[&str] =
     &["name", "port", "to", "proto", "family", "local", "interfaces", "sources", "mark", "protect", "description"];
 // Indices into FORWARD_FIELDS.
@@ -183,8 +190,27 @@ fn parse_root<'t>(file: &str, text: &'t str) -> Result<(Node<'t>, Ctx<'t>), Diag
                 Some(i) => msg[..i].to_string(),
                 None => msg,
             };
+            if let Some((line, column)) = tab_indent(text, line) {
+                return Err(one(
+                    line,
+                    column,
+                    "YAML does not allow tabs for indentation: this line is indented with a tab; indent with spaces"
+                        .into(),
+                ));
+            }
             let msg = if msg.contains("repetition limit") || msg.contains("recursion limit") {
                 format!("{msg}: YAML aliases expand beyond a sane size; write the entries out")
+            } else if msg.starts_with("mapping values are not allowed") {
+                format!(
+                    "likely wrong indentation at line {line}: a `key: value` cannot start here; indent the keys of one mapping (one forward, one grant) alike, under the first key after `- `, or quote a value that contains `: `"
+                )
+            } else if msg.starts_with("did not find expected key")
+                || msg.starts_with("did not find expected '-' indicator")
+                || msg.starts_with("block sequence entries are not allowed")
+            {
+                format!(
+                    "likely wrong indentation at line {line}: this line does not line up with the keys or list items above it; indent the keys of one mapping alike, and each `- ` of a list alike"
+                )
             } else {
                 msg
             };
@@ -193,6 +219,21 @@ fn parse_root<'t>(file: &str, text: &'t str) -> Result<(Node<'t>, Ctx<'t>), Diag
     };
     let ctx = Ctx { file: "", text, loc: std::cell::OnceCell::new(), diags: Vec::new() };
     Ok((root, ctx))
+}
+
+/// The first line up to `until` (1-based; 0: any) whose indentation holds a tab, and the
+/// tab's column: a tab there is never valid YAML, and the parser says so obscurely.
+fn tab_indent(text: &str, until: usize) -> Option<(usize, usize)> {
+    let limit = if until == 0 { usize::MAX } else { until };
+    text.lines().take(limit).enumerate().find_map(|(i, l)| {
+        let indent = &l[..l.len() - l.trim_start_matches([' ', '\t']).len()];
+        let rest = &l[indent.len()..];
+        // A line of blanks only, or a comment, may hold tabs.
+        if rest.is_empty() || rest.starts_with('#') {
+            return None;
+        }
+        indent.find('\t').map(|c| (i + 1, c + 1))
+    })
 }
 
 fn root_mapping<'n, 't>(ctx: &mut Ctx, root: &'n Node<'t>, allowed: &[&str]) -> Option<&'n Map<'t>> {
@@ -230,9 +271,7 @@ fn check_fields<'n, 't, P: Place + ?Sized>(
                 Some(i) if matches!(key, Node::String(_)) => found(i, value),
                 Some(_) => {}
                 None => {
-                    let hint = allowed
-                        .iter()
-                        .find(|a| similar(a, k))
+                    let hint = suggest(allowed, k)
                         .map(|a| format!("; did you mean `{a}`?"))
                         .unwrap_or_else(|| format!("; expected one of: {}", allowed.join(", ")));
                     ctx.err_key(place.child(k), format!("unknown field `{}`{hint}", clip(k)));
@@ -243,19 +282,86 @@ fn check_fields<'n, 't, P: Place + ?Sized>(
     }
 }
 
-/// Edit distance of at most 2 (or a shared prefix of 3) counts as a likely typo.
-fn similar(a: &str, b: &str) -> bool {
+/// Words other tools use for a field, and the field portd calls it.
+const SYNONYMS: &[(&str, &str)] = &[
+    ("target", "to"),
+    ("dest", "to"),
+    ("destination", "to"),
+    ("toport", "to"),
+    ("to_port", "to"),
+    ("dport", "port"),
+    ("public", "port"),
+    ("listen_port", "port"),
+    ("protocol", "proto"),
+    ("src", "sources"),
+    ("saddr", "sources"),
+    ("allow", "sources"),
+    ("iface", "interfaces"),
+    ("iif", "interfaces"),
+    ("iifname", "interfaces"),
+    ("dev", "interfaces"),
+    ("comment", "description"),
+    ("desc", "description"),
+    ("fwmark", "mark"),
+    ("ipv6", "family"),
+    ("ipv4", "family"),
+    ("users", "user"),
+    ("groups", "group"),
+    ("quota", "max_forwards"),
+    ("limit", "max_forwards"),
+    ("targets", "to"),
+    ("rules", "forwards"),
+    ("forward", "forwards"),
+    ("grant", "grants"),
+    ("setting", "settings"),
+];
+
+/// The allowed field a mistyped `k` most likely meant: the same word in other case or
+/// with `-` for `_`, a word other tools use for it, the nearest by edit distance (at most
+/// 1 for fields of up to 3 letters, 2 for longer ones; the first in `allowed` on a tie),
+/// or a field that starts with `k` (at least 3 letters) or that `k` starts with.
+fn suggest<'a>(allowed: &[&'a str], k: &str) -> Option<&'a str> {
+    let norm = k.trim().to_ascii_lowercase().replace('-', "_");
+    if let Some(a) = allowed.iter().find(|a| **a == norm) {
+        return Some(a);
+    }
+    if let Some((_, f)) = SYNONYMS.iter().find(|(w, f)| *w == norm && allowed.contains(f)) {
+        return allowed.iter().find(|a| *a == f).copied();
+    }
+    let best = allowed
+        .iter()
+        .map(|a| (distance(a, &norm), *a))
+        .filter(|(d, a)| *d <= if a.len() <= 3 || norm.len() <= 3 { 1 } else { 2 })
+        .min_by_key(|(d, _)| *d);
+    if let Some((_, a)) = best {
+        return Some(a);
+    }
+    allowed
+        .iter()
+        .find(|a| (norm.len() >= 3 && a.starts_with(&norm)) || (a.len() >= 3 && norm.starts_with(**a)))
+        .copied()
+}
+
+/// Edit distance in which swapping two neighbouring letters (`prot` for `port`) is one
+/// edit, like inserting, deleting or replacing one (optimal string alignment).
+fn distance(a: &str, b: &str) -> usize {
     let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    d[0] = (0..=b.len()).collect();
     for i in 1..=a.len() {
-        let mut cur = vec![i; b.len() + 1];
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
         }
-        prev = cur;
     }
-    prev[b.len()] <= 2 && a.len() > 2
+    d[a.len()][b.len()]
 }
 
 fn get_str<'n, P: Place + ?Sized>(ctx: &mut Ctx, place: &P, v: &'n Node) -> Option<&'n str> {
@@ -614,7 +720,7 @@ fn forwards(ctx: &mut Ctx, path: &str, v: Option<&Node>) -> Vec<Forward> {
 pub fn parse_rules(file: &str, text: &str) -> Result<RulesFile, Diagnostics> {
     let (root, ctx) = parse_root(file, text)?;
     let mut ctx = Ctx { file, ..ctx };
-    let Some(m) = root_mapping(&mut ctx, &root, &["version", "forwards"]) else {
+    let Some(m) = root_mapping(&mut ctx, &root, RULES_FIELDS) else {
         return ctx.finish(RulesFile { version: 1, forwards: vec![] });
     };
     let fw = forwards(&mut ctx, "forwards", m.get("forwards"));
@@ -628,12 +734,7 @@ fn settings(ctx: &mut Ctx, v: Option<&Node>) -> Settings {
         ctx.err("settings", format!("expected a mapping, found {}", describe(v)));
         return s;
     };
-    check_keys(
-        ctx,
-        "settings",
-        m,
-        &["table", "mark", "on_exit", "socket", "state_dir", "listener_check", "dispatch", "ownership", "metrics"],
-    );
+    check_keys(ctx, "settings", m, SETTINGS_FIELDS);
     if let Some(t) = m.get("table").and_then(|v| get_str(ctx, "settings.table", v)) {
         let ok = t.len() <= 64
             && t.starts_with(|c: char| c.is_ascii_alphabetic())
@@ -690,7 +791,7 @@ fn settings(ctx: &mut Ctx, v: Option<&Node>) -> Settings {
     }
     if let Some(sock) = m.get("socket") {
         if let Some(sm) = sock.as_mapping() {
-            check_keys(ctx, "settings.socket", sm, &["path", "group", "mode"]);
+            check_keys(ctx, "settings.socket", sm, SOCKET_FIELDS);
             if let Some(p) = sm.get("path").and_then(|v| get_str(ctx, "settings.socket.path", v)) {
                 if p.starts_with('/') {
                     s.socket.path = p.to_string();
@@ -730,7 +831,7 @@ fn metrics(ctx: &mut Ctx, v: Option<&Node>) -> Option<MetricsSettings> {
         ctx.err("settings.metrics", format!("expected a mapping with listen, found {}", describe(v)));
         return None;
     };
-    check_keys(ctx, "settings.metrics", m, &["listen"]);
+    check_keys(ctx, "settings.metrics", m, METRICS_FIELDS);
     let Some(l) = m.get("listen") else {
         ctx.err("settings.metrics", "listen is missing: give an address and port such as \"127.0.0.1:9649\"");
         return None;
@@ -796,7 +897,7 @@ fn grants(ctx: &mut Ctx, v: Option<&Node>) -> Vec<Grant> {
             ctx.err(&gp, format!("expected a grant (user or group, ports, to), found {}", describe(g)));
             continue;
         };
-        check_keys(ctx, &gp, m, &["user", "group", "ports", "to", "protect", "local", "marks", "max_forwards"]);
+        check_keys(ctx, &gp, m, GRANT_FIELDS);
         let subject = match (m.get("user"), m.get("group")) {
             (Some(u), None) => get_str(ctx, &format!("{gp}.user"), u).map(|u| GrantSubject::User(u.to_string())),
             (None, Some(g)) => get_str(ctx, &format!("{gp}.group"), g).map(|g| GrantSubject::Group(g.to_string())),
@@ -839,7 +940,7 @@ fn grants(ctx: &mut Ctx, v: Option<&Node>) -> Vec<Grant> {
 pub fn parse_config(file: &str, text: &str) -> Result<Config, Diagnostics> {
     let (root, ctx) = parse_root(file, text)?;
     let mut ctx = Ctx { file, ..ctx };
-    let Some(m) = root_mapping(&mut ctx, &root, &["version", "settings", "grants", "forwards"]) else {
+    let Some(m) = root_mapping(&mut ctx, &root, CONFIG_FIELDS) else {
         return ctx.finish(Config::default());
     };
     let settings = settings(&mut ctx, m.get("settings"));
@@ -855,4 +956,83 @@ pub fn valid_user(s: &str) -> bool {
         && s.len() <= 32
         && !s.starts_with('-')
         && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+}
+
+/// True when `text` writes the field at `path` (`settings.socket.group`) itself, rather
+/// than leaving it to its default.
+pub fn writes(text: &str, path: &str) -> bool {
+    Locator::new(text).has_key(path)
+}
+
+/// Locates problems found outside the parser (`(field path, message)`, such as a grant
+/// naming an account the host does not have) in `text`, as the parser's own are.
+pub fn locate(file: &str, text: &str, problems: Vec<(String, String)>) -> Diagnostics {
+    if problems.is_empty() {
+        return Diagnostics::default();
+    }
+    let loc = crate::locate::Locator::new(text);
+    Diagnostics(
+        problems
+            .into_iter()
+            .map(|(path, message)| {
+                let (line, column) = loc.value(&path);
+                Diagnostic { file: file.to_string(), line, column, path, message }
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every field of forwards, settings, grants and both files gets a "did you mean" for
+    /// its likely typos: a letter doubled, dropped or swapped, other case, `-` for `_`.
+    #[test]
+    fn every_field_has_a_did_you_mean() {
+        let lists =
+            [RULES_FIELDS, CONFIG_FIELDS, SETTINGS_FIELDS, SOCKET_FIELDS, METRICS_FIELDS, GRANT_FIELDS, FORWARD_FIELDS];
+        for list in lists {
+            for field in list {
+                let chars: Vec<char> = field.chars().collect();
+                let mut typos = vec![format!("{field}{}", chars[chars.len() - 1]), field.to_uppercase()];
+                typos.push(field.replace('_', "-"));
+                if chars.len() > 3 {
+                    typos.push(chars[..chars.len() - 1].iter().collect());
+                }
+                if chars.len() > 2 {
+                    let mut swapped = chars.clone();
+                    swapped.swap(1, 2);
+                    typos.push(swapped.into_iter().collect());
+                }
+                for typo in typos.iter().filter(|t| t.as_str() != *field) {
+                    let got = suggest(list, typo);
+                    let norm = typo.to_ascii_lowercase().replace('-', "_");
+                    // `prot` is as near to `port` as to `proto`: either is a fair guess.
+                    let ambiguous = list.iter().any(|o| o != field && distance(o, &norm) <= distance(field, &norm));
+                    if ambiguous {
+                        assert!(got.is_some(), "`{typo}` in {list:?}: no hint");
+                    } else {
+                        assert_eq!(got, Some(*field), "`{typo}` in {list:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn other_tools_words_are_suggested_and_far_words_are_not() {
+        assert_eq!(suggest(FORWARD_FIELDS, "target"), Some("to"));
+        assert_eq!(suggest(FORWARD_FIELDS, "tp"), Some("to"));
+        assert_eq!(suggest(FORWARD_FIELDS, "protocol"), Some("proto"));
+        assert_eq!(suggest(FORWARD_FIELDS, "interface"), Some("interfaces"));
+        assert_eq!(suggest(FORWARD_FIELDS, "desc"), Some("description"));
+        assert_eq!(suggest(FORWARD_FIELDS, "comment"), Some("description"));
+        assert_eq!(suggest(FORWARD_FIELDS, "prot"), Some("port"));
+        assert_eq!(suggest(GRANT_FIELDS, "port"), Some("ports"));
+        assert_eq!(suggest(GRANT_FIELDS, "quota"), Some("max_forwards"));
+        assert_eq!(suggest(CONFIG_FIELDS, "grant"), Some("grants"));
+        assert_eq!(suggest(FORWARD_FIELDS, "grant"), None, "a synonym only for a field of that place");
+        assert_eq!(suggest(FORWARD_FIELDS, "zebra"), None);
+    }
 }

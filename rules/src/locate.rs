@@ -143,6 +143,11 @@ impl Locator {
         }
     }
 
+    /// True when the text writes the key at `path` (not merely a parent of it).
+    pub(crate) fn has_key(&self, path: &str) -> bool {
+        self.keys.contains_key(path)
+    }
+
     /// Position of the key at `path` (for unknown fields), else of its value.
     pub(crate) fn key(&self, path: &str) -> (usize, usize) {
         self.keys.get(path).copied().unwrap_or_else(|| self.value(path))

@@ -48,6 +48,10 @@ pub enum Command {
         /// Check and report the change without applying it.
         #[serde(default)]
         dry_run: bool,
+        /// When the set already has a forward of this name, replace it (one batch)
+        /// instead of refusing.
+        #[serde(default)]
+        replace: bool,
     },
     /// Remove one forward from the caller's set.
     Remove {
@@ -58,6 +62,9 @@ pub enum Command {
         /// Check and report the change without applying it.
         #[serde(default)]
         dry_run: bool,
+        /// A set without that forward is no error: nothing changes.
+        #[serde(default)]
+        if_exists: bool,
     },
     /// A set as a rules file.
     Export {
@@ -65,7 +72,14 @@ pub enum Command {
         owner: Option<String>,
     },
     /// Re-read the daemon config (root only).
-    Reload,
+    Reload {
+        /// Report what the config on disk would add, remove and suspend, without
+        /// applying it.
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// What the caller may forward: the grants that apply to it.
+    Grants,
     /// The Prometheus exposition (text format 0.0.4), as the metrics endpoint serves it.
     Metrics,
     /// Why traffic may not arrive: findings about every forward.
@@ -181,8 +195,54 @@ impl Body {
         summary.removed.truncate(n);
         let n = cut(summary.changed.len());
         summary.changed.truncate(n);
-        Body::Changed { summary, dry_run, omitted, warnings: Vec::new() }
+        Body::Changed { summary, dry_run, omitted, warnings: Vec::new(), suspended: Vec::new() }
     }
+}
+
+/// A forward a change suspends: kept in its owner's set, out of the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suspension {
+    /// Owner (`user:NAME`).
+    pub owner: String,
+    /// The forward.
+    pub forward: Forward,
+    /// Why it may not run.
+    pub reason: String,
+}
+
+/// What a caller may forward.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantsView {
+    /// The caller's user name.
+    pub user: String,
+    /// The caller's groups (primary and supplementary), as the account database has them.
+    pub groups: Vec<String>,
+    /// Root is held to no grant.
+    pub unrestricted: bool,
+    /// `settings.mark`: the mark of a forward without `mark:`.
+    pub default_mark: u32,
+    /// The grants that name the caller or one of its groups, in config order.
+    pub grants: Vec<GrantInfo>,
+}
+
+/// One grant as its subject sees it. Ranges are written as in the config (`80`,
+/// `8000-8099`, `0x10-0x1f`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantInfo {
+    /// `user:NAME` or `group:NAME`: whom the config grants it to.
+    pub via: String,
+    /// Public ports that may be forwarded.
+    pub ports: Vec<String>,
+    /// Target ports that may be forwarded to.
+    pub to: Vec<String>,
+    /// May a forward set `protect: true`.
+    pub protect: bool,
+    /// May a forward keep `local: true` (redirect the host's own connections).
+    pub local: bool,
+    /// Marks a forward may carry (effective marks; 0 leaves packets unmarked).
+    pub marks: Vec<String>,
+    /// Most forwards the caller's set may hold.
+    pub max_forwards: u32,
 }
 
 /// A successful answer.
@@ -205,7 +265,13 @@ pub enum Body {
         /// listens on a target port yet).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         warnings: Vec<String>,
+        /// Forwards the change takes out of the kernel but keeps, with the reason (a
+        /// reload under narrower grants); they are not listed in `summary.removed`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        suspended: Vec<Suspension>,
     },
+    /// Answer to grants.
+    Grants(GrantsView),
     /// Answer to export: a rules file.
     Export {
         /// Owner exported.

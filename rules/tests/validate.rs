@@ -251,3 +251,28 @@ fn deep_nesting_is_refused_before_the_parser_runs() {
     let ok = "version: 1 # {[\nforwards:\n  - {name: a, port: 80, to: 8080, sources: [\"10.0.0.0/8\"]}\n  - name: b # [[[[\n    port: \"81\"\n    to: 8081\n";
     assert!(parse_rules("ok.yaml", ok).is_ok());
 }
+
+#[test]
+fn tabs_in_indentation_get_a_hint() {
+    let e = one("version: 1\nforwards:\n\t- name: a\n");
+    assert!(e.starts_with("rules.yaml:3:1: YAML does not allow tabs for indentation"), "{e}");
+    let e = one("version: 1\nforwards:\n  - name: a\n  \tport: 80\n    to: 8080\n");
+    assert!(e.starts_with("rules.yaml:4:3: YAML does not allow tabs for indentation"), "{e}");
+    assert!(!e.contains("cannot start any token"), "the parser's own words are replaced: {e}");
+}
+
+#[test]
+fn wrong_indentation_gets_a_hint_with_its_line() {
+    // A key indented deeper than its mapping's keys.
+    let e = one("version: 1\nforwards:\n  - name: a\n      port: 80\n    to: 8080\n");
+    assert!(e.contains("likely wrong indentation at line 4"), "{e}");
+    assert!(!e.contains("mapping values are not allowed"), "the parser's own words are replaced: {e}");
+    // A key indented less than its mapping's keys.
+    let e = one("version: 1\nforwards:\n  - name: a\n    port: 80\n   to: 8080\n");
+    assert!(e.contains("likely wrong indentation at line 5"), "{e}");
+    // In the daemon's config too.
+    let e = parse_config("portd.yaml", "version: 1\nsettings:\n  table: portd\n    mark: 0x1\n")
+        .expect_err("bad indentation")
+        .to_string();
+    assert!(e.contains("likely wrong indentation at line 4"), "{e}");
+}

@@ -556,7 +556,7 @@ impl Daemon {
                 }
                 Ok(Msg::Reload) => {
                     notify::reloading();
-                    if let Err((_, m)) = self.reload(None) {
+                    if let Err((_, m)) = self.reload(None, false) {
                         tracing::error!("reload failed, keeping the running config: {}", m.join("; "));
                     }
                     notify::ready(&self.status_line());

@@ -9,7 +9,9 @@ use crate::notify;
 use crate::state::Record;
 use portd_rules::plan::PlacedForward;
 use portd_rules::policy::{self, Account, Owner, Reason, UserSet};
-use portd_rules::proto::{Body, Command, ErrorKind, ForwardState, ForwardStatus, Status};
+use portd_rules::proto::{
+    Body, Command, ErrorKind, ForwardState, ForwardStatus, GrantInfo, GrantsView, Status, Suspension,
+};
 use portd_rules::{parse_config, Forward, ListenerCheck, Plan};
 use std::time::Instant;
 
@@ -66,13 +68,23 @@ impl Daemon {
         match command {
             Command::Status | Command::Metrics => self.status(),
             Command::Apply { .. } => Err(err(ErrorKind::Protocol, "apply reaches the daemon's core parsed")),
-            Command::Add { forward, owner, dry_run } => {
+            Command::Add { forward, owner, dry_run, replace } => {
                 let (owner, account) = self.target_owner(caller, owner, false)?;
-                if self.users.get(&owner).is_some_and(|s| s.forwards.iter().any(|f| f.name == forward.name)) {
-                    return Err(err(
-                        ErrorKind::Invalid,
-                        format!("{owner} already has a forward `{}`; remove it first or use apply", forward.name),
-                    ));
+                let existing = self.users.get(&owner).and_then(|s| s.forwards.iter().find(|f| f.name == forward.name));
+                if let Some(old) = existing {
+                    // Already there as given: done, as ufw and firewall-cmd treat it.
+                    if *old == forward {
+                        return Ok(Body::changed(Default::default(), dry_run));
+                    }
+                    if !replace {
+                        return Err(err(
+                            ErrorKind::Invalid,
+                            format!(
+                                "{owner} already has a forward `{}` with other settings; use `portctl add --replace` to change it, or remove it first",
+                                forward.name
+                            ),
+                        ));
+                    }
                 }
                 // Checked alone; its overlap with the rest of the set (and other owners) is
                 // found by change_owner through the keys it claims.
@@ -82,10 +94,16 @@ impl Daemon {
                 }
                 self.change(caller, &owner, &account, Change::Add(forward), dry_run)
             }
-            Command::Remove { name, owner, dry_run } => {
+            Command::Remove { name, owner, dry_run, if_exists } => {
                 let (owner, account) = self.target_owner(caller, owner, true)?;
                 if !self.users.get(&owner).is_some_and(|s| s.forwards.iter().any(|f| f.name == name)) {
-                    return Err(err(ErrorKind::Invalid, format!("{owner} has no forward `{name}`")));
+                    if if_exists {
+                        return Ok(Body::changed(Default::default(), dry_run));
+                    }
+                    return Err(err(
+                        ErrorKind::Invalid,
+                        format!("{owner} has no forward `{name}` (`--if-exists` makes that no error)"),
+                    ));
                 }
                 self.change(caller, &owner, &account, Change::Remove(name), dry_run)
             }
@@ -102,12 +120,13 @@ impl Daemon {
                 Ok(Body::Export { owner, forwards })
             }
             Command::Doctor => Err(err(ErrorKind::Protocol, "doctor is answered by a thread of its own")),
-            Command::Reload => {
+            Command::Reload { dry_run } => {
                 if caller.uid != 0 {
                     return Err(err(ErrorKind::Denied, "only root may reload the config (or send SIGHUP to portd)"));
                 }
-                self.reload(Some(caller))
+                self.reload(Some(caller), dry_run)
             }
+            Command::Grants => Ok(Body::Grants(self.grants_of(caller))),
         }
     }
 
@@ -253,6 +272,26 @@ impl Daemon {
         Err((kind, messages))
     }
 
+    /// What root should know of the forwards it brings in, as ufw warns: a public port a
+    /// local service (root's own included) already serves, whose traffic the forward would
+    /// take, and a target nothing listens on. Root's set is not judged: warnings only.
+    fn unjudged_warnings(&self, fresh: &[Forward]) -> Vec<String> {
+        if fresh.is_empty() || self.config.settings.listener_check == ListenerCheck::Off {
+            return Vec::new();
+        }
+        let l = match portd_kernel::sockdiag::listeners(self.listeners.as_ref(), super::accounts::name_of) {
+            Ok(l) => l,
+            Err(e) => return vec![format!("the listener check could not run (reading the socket tables: {e})")],
+        };
+        let mut warnings = Vec::new();
+        for f in fresh {
+            // No uid is u32::MAX: every holder counts, root's too.
+            warnings.extend(policy::public_taken(&l, f, u32::MAX));
+            warnings.extend(policy::target_unserved(&l, f));
+        }
+        warnings
+    }
+
     /// Changes `owner`'s set: judged, then kernel first, then the state file; only then
     /// is the change acknowledged and kept in memory.
     fn change(
@@ -304,7 +343,7 @@ impl Daemon {
         };
         // The set after the change, judged unless it is root's own (removals need no judge).
         let warnings = match &change {
-            _ if account.uid == 0 => Vec::new(),
+            _ if account.uid == 0 => self.unjudged_warnings(fresh),
             Change::Remove(_) => Vec::new(),
             Change::Replace(new) => {
                 let after = UserSet { uid: Some(account.uid), forwards: new.clone() };
@@ -477,10 +516,17 @@ impl Daemon {
         }
     }
 
-    pub(super) fn reload(&mut self, caller: Option<&Caller>) -> Result<Body, Failure> {
+    /// Re-reads the config file and puts its rules into the kernel; with `dry_run`, only
+    /// reports what it would add, remove and suspend, and changes nothing.
+    pub(super) fn reload(&mut self, caller: Option<&Caller>, dry_run: bool) -> Result<Body, Failure> {
         let text = std::fs::read_to_string(&self.config_path)
             .map_err(|e| err(ErrorKind::Invalid, format!("{}: {e}", self.config_path.display())))?;
-        let config = parse_config(&self.config_path.display().to_string(), &text).map_err(invalid)?;
+        let file = self.config_path.display().to_string();
+        let config = parse_config(&file, &text).map_err(invalid)?;
+        // A grant of an unknown account is refused at start; a running portd keeps going
+        // (a user deleted since is how forwards get suspended) and says so.
+        let warnings: Vec<String> =
+            crate::check::unknown_accounts(&file, &text, &config).0.iter().map(|d| d.to_string()).collect();
         let config = super::effective(config, &self.overrides);
         if config.settings.table != self.config.settings.table
             || config.settings.state_dir != self.config.settings.state_dir
@@ -494,6 +540,7 @@ impl Daemon {
         }
         let old_config = std::mem::replace(&mut self.config, config);
         let old_accounts = std::mem::replace(&mut self.accounts, accounts::lookup_owners(self.users.keys()));
+        let old_listeners = if dry_run { Some(self.listeners.clone()) } else { None };
         self.refresh_listeners();
         let before = std::mem::take(&mut self.eval);
         self.eval = self.evaluate(&before);
@@ -510,6 +557,25 @@ impl Daemon {
             }
         };
         let delta = Plan::diff(&self.plan, &plan);
+        // The delta's summary also says which forwards leave the plan: the answer's copy
+        // lists suspended forwards apart.
+        let mut shown = delta.summary.clone();
+        let suspended = self.suspensions(&before, &mut shown);
+        let answer = |summary| {
+            let mut body = with_warnings(Body::changed(summary, dry_run), warnings.clone());
+            if let Body::Changed { suspended: s, .. } = &mut body {
+                *s = suspended.clone();
+            }
+            body
+        };
+        if dry_run {
+            let body = answer(shown);
+            undo(self, before);
+            if let Some(l) = old_listeners {
+                self.listeners = l;
+            }
+            return Ok(body);
+        }
         if let Err(e) = self.commit(&delta, || std::borrow::Cow::Borrowed(&plan)) {
             undo(self, before);
             return Err(err(ErrorKind::Kernel, format!("the kernel refused the new config; nothing was changed: {e}")));
@@ -523,6 +589,9 @@ impl Daemon {
             self.config_path.display(),
             delta.summary.log_line(LOG_FORWARDS)
         );
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
         self.log_transitions(&before, "by the reload");
         self.publish();
         self.conntrack.forget(portd_kernel::conntrack::stale_mappings(&self.plan, &plan));
@@ -530,7 +599,54 @@ impl Daemon {
         self.sync_dataplane();
         self.schedule_poll();
         notify::status(&self.status_line());
-        Ok(Body::changed(delta.summary, false))
+        Ok(answer(shown))
+    }
+
+    /// The forwards the current evaluation suspends that `before` did not, with their
+    /// reasons; they leave `summary.removed` (an answer's copy, never a delta's), which
+    /// then lists only forwards that are gone.
+    fn suspensions(&self, before: &policy::Evaluation, summary: &mut portd_rules::plan::Summary) -> Vec<Suspension> {
+        let (now, _) = self.eval.transitions(before);
+        let mut out = Vec::new();
+        for (owner, name, reason) in now {
+            let Some(f) = self.users.get(owner).and_then(|s| s.forwards.iter().find(|f| f.name == name)) else {
+                continue;
+            };
+            summary.removed.retain(|p| !(p.owner == owner && p.forward.name == name));
+            out.push(Suspension { owner: owner.to_string(), forward: f.clone(), reason: reason.to_string() });
+        }
+        out
+    }
+
+    /// The grants that apply to the caller, as it may read them.
+    fn grants_of(&self, caller: &Caller) -> GrantsView {
+        let account = accounts::lookup(&caller.user);
+        let groups = account.as_ref().map(|a| a.groups.clone()).unwrap_or_default();
+        let mine: Vec<&portd_rules::Grant> = match &account {
+            Some(a) => policy::grants_of(&self.config.grants, a),
+            None => Vec::new(),
+        };
+        let default_mark = self.config.settings.mark;
+        let grants = mine
+            .into_iter()
+            .map(|g| GrantInfo {
+                via: match &g.subject {
+                    portd_rules::GrantSubject::User(u) => format!("user:{u}"),
+                    portd_rules::GrantSubject::Group(g) => format!("group:{g}"),
+                },
+                ports: g.ports.iter().map(ToString::to_string).collect(),
+                to: g.to.iter().map(ToString::to_string).collect(),
+                protect: g.protect,
+                local: g.local,
+                marks: match &g.marks {
+                    None if default_mark == 0 => vec!["0".into()],
+                    None => vec![format!("{default_mark:#x}"), "0".into()],
+                    Some(l) => l.iter().map(ToString::to_string).collect(),
+                },
+                max_forwards: g.max_forwards,
+            })
+            .collect();
+        GrantsView { user: caller.user.clone(), groups, unrestricted: caller.uid == 0, default_mark, grants }
     }
 
     /// Status read in the actor (the server reads the kernel off the actor instead, from

@@ -203,11 +203,11 @@ fn grants_are_judged_through_the_shell_and_a_revoked_one_suspends_on_reload() {
         .expect_err("not root");
     assert_eq!(e.0, ErrorKind::Denied);
     std::fs::write(s.dir.join("portd.yaml"), s.config("")).expect("config");
-    d.reload(None).expect("reload");
+    d.reload(None, false).expect("reload");
     assert_eq!(states(&mut d), vec![("user:nobody/http".to_string(), ForwardState::Suspended)]);
     assert!(s.fake.log().table.is_empty(), "out of the kernel");
     std::fs::write(s.dir.join("portd.yaml"), s.config(granted)).expect("config");
-    d.reload(None).expect("reload");
+    d.reload(None, false).expect("reload");
     assert_eq!(states(&mut d), vec![("user:nobody/http".to_string(), ForwardState::Active)]);
     assert_eq!(s.fake.log().table, vec!["user:nobody/http"]);
 }
@@ -223,7 +223,8 @@ fn the_status_line_counts_each_owner_once() {
     apply(&mut d, &nobody(), vec![fwd("x", 80, 8080), fwd("y", 81, 8081), fwd("z", 82, 8082)]).expect("granted");
     apply(&mut d, &root(), vec![fwd("r", 200, 1200)]).expect("root");
     assert_eq!(d.status_line(), "6 forward(s) from 3 owner(s) in table inet t");
-    d.handle(&root(), Op::Command(Command::Remove { name: "r".into(), owner: None, dry_run: false })).expect("removed");
+    d.handle(&root(), Op::Command(Command::Remove { name: "r".into(), owner: None, dry_run: false, if_exists: false }))
+        .expect("removed");
     assert_eq!(d.status_line(), "5 forward(s) from 2 owner(s) in table inet t");
 }
 
