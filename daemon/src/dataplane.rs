@@ -25,6 +25,8 @@ pub fn pin_dir(bpffs: &Path, table: &str) -> PathBuf {
 /// What the data plane does in this run, and why it does less than the settings ask.
 pub struct Steering {
     dp: Option<Dataplane>,
+    /// Where the data plane is (or would be) pinned.
+    pins: PathBuf,
     steer: bool,
     kernel_ownership: bool,
     /// Why BPF is not used (the settings, or what the kernel or the unit lacks).
@@ -43,7 +45,26 @@ struct Wanted {
 impl Steering {
     /// No data plane; `reason` says why.
     pub fn off(reason: impl Into<String>) -> Steering {
-        Steering { dp: None, steer: false, kernel_ownership: false, reason: Some(reason.into()), synced: None }
+        Steering {
+            dp: None,
+            pins: PathBuf::new(),
+            steer: false,
+            kernel_ownership: false,
+            reason: Some(reason.into()),
+            synced: None,
+        }
+    }
+
+    /// Detaches and unpins the data plane (a clean stop with `on_exit: remove`).
+    pub fn remove(&mut self) {
+        if self.dp.take().is_none() {
+            return;
+        }
+        self.synced = None;
+        match Dataplane::remove(&self.pins) {
+            Ok(_) => tracing::info!("BPF data plane removed from {}", self.pins.display()),
+            Err(e) => tracing::error!("removing the BPF data plane at {}: {e}", self.pins.display()),
+        }
     }
 
     /// Loads (or re-opens the pinned) data plane when the settings want it and the
@@ -62,13 +83,14 @@ impl Steering {
                 Ok(false) => {}
                 Err(e) => tracing::warn!("removing the BPF data plane pinned at {}: {e}", pins.display()),
             }
-            return Ok(Steering::off("settings.dispatch is nat and settings.ownership is polled"));
+            return Ok(Steering { pins, ..Steering::off("settings.dispatch is nat and settings.ownership is polled") });
         }
         let opened =
             bpf::probe(bpffs).map_err(|u| u.0).and_then(|()| Dataplane::open(&pins).map_err(|e| e.to_string()));
         match opened {
             Ok(dp) => Ok(Steering {
                 dp: Some(dp),
+                pins,
                 steer: settings.dispatch != Dispatch::Nat,
                 kernel_ownership: settings.ownership != Ownership::Polled,
                 reason: None,
@@ -82,7 +104,7 @@ impl Steering {
                     anyhow::bail!("settings.ownership is kernel, but the BPF data plane cannot run here: {reason}; use ownership: auto or polled");
                 }
                 tracing::warn!("BPF data plane unavailable ({reason}): TCP forwards use NAT and target ports are checked by polling");
-                Ok(Steering::off(reason))
+                Ok(Steering { pins, ..Steering::off(reason) })
             }
         }
     }

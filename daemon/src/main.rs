@@ -240,7 +240,13 @@ fn remove_table_command(args: &Args) -> std::process::ExitCode {
     let result = remove_table::target(&args.config, args.table.as_deref(), args.socket.as_deref()).and_then(
         |(table, socket)| {
             remove_table::refuse_if_running(&table, &socket)?;
-            remove_table::remove(&table).map(|removed| (table, removed))
+            let pins = dataplane::pin_dir(&args.bpffs, &table);
+            let unpinned = portd_kernel::bpf::Dataplane::remove(&pins)
+                .with_context(|| format!("removing the BPF data plane pinned at {}", pins.display()))?;
+            if unpinned {
+                println!("removed the BPF data plane pinned at {}", pins.display());
+            }
+            remove_table::remove(&table).map(|removed| (table, removed || unpinned))
         },
     );
     match result {

@@ -157,11 +157,46 @@ impl Net {
     }
 }
 
+impl Net {
+    /// This test's own bpffs instance, mounted at `DIR/bpffs` on first use and unmounted
+    /// when the `Net` is dropped, which detaches whatever portd pinned there: kernel tests
+    /// never leave programs attached to the host.
+    pub fn bpffs(&self) -> PathBuf {
+        let dir = self.dir.join("bpffs");
+        let mounted = std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(dir.to_str().unwrap_or("")));
+        if !mounted {
+            std::fs::create_dir_all(&dir).expect("bpffs dir");
+            let o = sh("mount", &["-t", "bpf", "bpf", dir.to_str().expect("utf-8 path")]);
+            assert!(
+                o.status.success(),
+                "mounting a bpffs for the test failed (needs root and CONFIG_BPF_SYSCALL): {}",
+                err(&o)
+            );
+        }
+        dir
+    }
+
+    /// A command run in namespace `ns` through nsenter, which keeps /sys as it is (so
+    /// bpffs and cgroup2 stay visible), unlike `ip netns exec`.
+    pub fn nsenter(&self, ns: &str, cmd: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{ns}")).arg(cmd);
+        c
+    }
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
         let pids = sh("ip", &["netns", "pids", &self.srv]);
         for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
             let _ = sh("kill", &["-9", pid]);
+        }
+        let bpffs = self.dir.join("bpffs");
+        if bpffs.exists() {
+            let _ = sh("umount", &[bpffs.to_str().unwrap_or_default()]);
         }
         let _ = sh("ip", &["netns", "del", &self.srv]);
         let _ = sh("ip", &["netns", "del", &self.cli]);
@@ -234,6 +269,22 @@ impl Portd {
         if notify.is_none() {
             d.wait_ready(net);
         }
+        d
+    }
+
+    /// Starts portd with the BPF data plane: entered with nsenter (`ip netns exec` hides
+    /// bpffs) and pinned in the test's own bpffs ([`Net::bpffs`]); `extra_args` go to portd.
+    pub fn start_bpf(net: &Net, config_text: &str, extra_args: &[&str]) -> Portd {
+        let config = net.dir.join("portd.yaml");
+        std::fs::write(&config, config_text).expect("write config");
+        let socket = net.dir.join("portd.sock");
+        let mut cmd = net.nsenter(&net.srv, bin("portd"));
+        cmd.arg("--config").arg(&config).arg("--bpffs").arg(net.bpffs()).args(extra_args);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(net.dir.join("portd.log")).expect("log");
+        cmd.stdout(Stdio::null()).stderr(log);
+        let child = cmd.spawn().expect("start portd");
+        let d = Portd { child, socket: socket.clone(), config, state: net.dir.join("state") };
+        d.wait_ready(net);
         d
     }
 

@@ -612,10 +612,13 @@ impl Daemon {
     fn stop(&mut self) {
         notify::stopping();
         match self.config.settings.on_exit {
-            OnExit::Remove => match self.kernel.remove() {
-                Ok(()) => tracing::info!(table = %self.plan.table, "stopped; table removed (on_exit: remove)"),
-                Err(e) => tracing::error!("removing table on exit: {e}"),
-            },
+            OnExit::Remove => {
+                match self.kernel.remove() {
+                    Ok(()) => tracing::info!(table = %self.plan.table, "stopped; table removed (on_exit: remove)"),
+                    Err(e) => tracing::error!("removing table on exit: {e}"),
+                }
+                self.steering.remove();
+            }
             OnExit::Keep => tracing::info!(table = %self.plan.table, "stopped; rules kept (on_exit: keep)"),
         }
     }
