@@ -252,7 +252,7 @@ pub fn answer(metrics: &Metrics, status: Response) -> Response {
         Outcome::Ok(_) => {
             Response::error(ErrorKind::Internal, vec!["the daemon answered metrics with no status".into()])
         }
-        Outcome::Error { kind, messages } => Response::error(kind, messages),
+        e @ Outcome::Error { .. } => Response { version: portd_rules::proto::PROTOCOL_VERSION, result: e },
     }
 }
 

@@ -251,3 +251,27 @@ fn deep_nesting_is_refused_before_the_parser_runs() {
     let ok = "version: 1 # {[\nforwards:\n  - {name: a, port: 80, to: 8080, sources: [\"10.0.0.0/8\"]}\n  - name: b # [[[[\n    port: \"81\"\n    to: 8081\n";
     assert!(parse_rules("ok.yaml", ok).is_ok());
 }
+
+#[test]
+fn many_problems_are_listed_up_to_a_hundred_and_counted_beyond() {
+    let mut text = String::from("version: 1\nforwards:\n");
+    for i in 0..2_500 {
+        text.push_str(&format!("  - {{name: f{i}, port: 70000, to: 8080}}\n"));
+    }
+    let d = portd_rules::parse_rules("r.yaml", &text).expect_err("invalid");
+    assert_eq!(d.len(), portd_rules::load::MAX_DIAGNOSTICS + 1);
+    let last = d.0.last().expect("summary").to_string();
+    assert_eq!(last, "r.yaml: … and 2,400 more problem(s) not listed; fix these first");
+    let size: usize = d.0.iter().map(|d| d.to_string().len()).sum();
+    assert!(size < 20_000, "{size} bytes of diagnostics");
+}
+
+#[test]
+fn a_long_unknown_key_is_named_cut_short() {
+    let key = "k".repeat(1000);
+    let d = errors(&format!("version: 1\nforwards:\n  - {{name: g, port: 1, to: 2, {key}: 1}}\n"));
+    assert_eq!(d.len(), 1, "{d}");
+    assert!(d.0[0].path.starts_with("forwards[0].kkk"), "{}", d.0[0].path);
+    assert_eq!(d.0[0].path.chars().count(), 201, "cut to 200 characters and an ellipsis");
+    assert!(d.0[0].line == 3, "still located: {}", d.0[0]);
+}
