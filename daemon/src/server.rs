@@ -169,6 +169,19 @@ pub async fn run(
     limits: Limits,
 ) {
     let tracker = TaskTracker::new();
+    // Suppressed refusals are summarised in the log every few seconds.
+    let flushing = published.clone();
+    let flush_stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::refusals::FLUSH_EVERY);
+        loop {
+            tokio::select! {
+                _ = flush_stop.cancelled() => break,
+                _ = tick.tick() => flushing.refusals.flush(),
+            }
+        }
+        flushing.refusals.flush();
+    });
     let shared = Arc::new(Shared {
         limits,
         actor,
@@ -419,13 +432,15 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
                 Ok(forwards) => Op::Apply { forwards, dry_run, owner },
                 Err(r) => {
                     if let portd_rules::proto::Outcome::Error { messages, .. } = &r.result {
-                        let shown: Vec<String> = messages
-                            .iter()
-                            .take(5)
-                            .map(|m| m.chars().take(300).collect::<String>().escape_debug().to_string())
-                            .collect();
                         let target = owner.clone().unwrap_or_else(|| caller.owner());
-                        tracing::warn!(uid = caller.uid, user = %caller.user, owner = %target, action = "refuse", "apply of {} refused: {}", caller.who(), shown.join("; "));
+                        shared.published.refusals.log(&crate::refusals::Refusal {
+                            uid: caller.uid,
+                            user: &caller.user,
+                            owner: &target,
+                            forward: None,
+                            what: &format!("apply of {}", caller.who()),
+                            causes: messages,
+                        });
                     }
                     return r;
                 }

@@ -347,3 +347,91 @@ fn refused_files_answer_small_and_memory_stays_bounded() {
     let answer = exchange_as(uid, &d.socket, &ok);
     assert!(answer.contains("\"ok\""), "{answer}");
 }
+
+#[test]
+fn refusals_with_line_breaks_in_names_forge_no_log_line_and_the_log_stays_small() {
+    let net = Net::setup();
+    let attacker = TestUser::new("phf");
+    let uid = attacker.uid();
+    let d = Portd::start(&net, &config(&net, ""));
+    let log_before = Portd::log(&net).len();
+    let forged = "x\r\n2030-01-01T00:00:00.000000Z  INFO applied change for uid 0 (root) FORGED\n";
+    let lines: Vec<Vec<u8>> = [
+        serde_json::json!({"version": 1, "command": {"op": "apply", "file": forged, "text": "version: 1\nforwards: []\n", "dry_run": false, "owner": format!("user:{forged}")}}),
+        serde_json::json!({"version": 1, "command": {"op": "remove", "name": forged, "owner": null}}),
+        serde_json::json!({"version": 1, "command": {"op": "add", "forward": {"name": forged, "port": 80, "to": 8080}, "owner": format!("user:{forged}")}}),
+        serde_json::json!({"version": 1, "command": {"op": "export", "owner": format!("user:{forged}")}}),
+    ]
+    .iter()
+    .map(|r| {
+        let mut l = serde_json::to_vec(r).expect("json");
+        l.push(b'\n');
+        l
+    })
+    .collect();
+    let lines = std::sync::Arc::new(lines);
+    let t = Instant::now();
+    let attackers: Vec<_> = (0..4)
+        .map(|_| {
+            let (lines, socket) = (lines.clone(), d.socket.clone());
+            std::thread::spawn(move || {
+                let s = connect_as(uid, &socket).expect("connect");
+                let mut r = BufReader::new(s.try_clone().expect("clone"));
+                let mut w = s;
+                let mut refused = 0;
+                while t.elapsed() < Duration::from_secs(5) {
+                    for l in lines.iter() {
+                        w.write_all(l).expect("send");
+                        let mut answer = String::new();
+                        r.read_line(&mut answer).expect("answer");
+                        assert!(answer.contains("\"error\""), "refused: {answer}");
+                        refused += 1;
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+    let refused: usize = join_all(attackers).into_iter().sum();
+    let attack = t.elapsed();
+    let grown = Portd::log(&net).len() - log_before;
+    // Suppressed refusals are summarised within 10 s.
+    wait_for(
+        || Portd::log(&net).contains(&format!("more refusals from uid {uid} suppressed")),
+        "the summary of suppressed refusals",
+    );
+    let log = Portd::log(&net);
+    let per_minute = grown as f64 * 60.0 / attack.as_secs_f64() / 1024.0;
+    eprintln!(
+        "{refused} refused requests in {:.1} s with CR/LF in names: log grew {grown} bytes ({per_minute:.0} KiB/min at that rate)",
+        attack.as_secs_f64()
+    );
+    assert!(refused > 1000, "the attack ran: {refused}");
+    assert!(!log.contains('\r'), "a raw CR reached the log");
+    for line in log.lines().filter(|l| l.contains("FORGED")) {
+        assert!(line.contains("refused"), "a forged line: {line:?}");
+        assert!(line.contains("\\r\\n2030-01-01"), "the line break is escaped: {line:?}");
+    }
+    assert!(log.contains("FORGED"), "the refusals were logged, escaped: {log}");
+    assert!(grown <= 64 << 10, "the log grew {grown} bytes during a 5 s attack");
+    let summary = log.lines().find(|l| l.contains("suppressed")).expect("summary");
+    eprintln!("{summary}");
+}
+
+#[test]
+fn descriptions_with_bidi_overrides_are_refused_by_the_daemon() {
+    let net = Net::setup();
+    let d = Portd::start(&net, &config(&net, ""));
+    let o = d.ctl(&["add", "web", "80", "8080", "--description", "shop \u{202E}gnp.exe"]);
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert!(err(&o).contains("U+202E at character 6"), "{}", err(&o));
+    let file = write(
+        &net.dir,
+        "r.yaml",
+        "version: 1\nforwards:\n  - {name: a, port: 80, to: 8080, description: \"a\u{2028}b\"}\n",
+    );
+    let o = d.ctl(&["apply", file.to_str().expect("path")]);
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert!(err(&o).contains("r.yaml:3:") && err(&o).contains("U+2028 at character 2"), "{}", err(&o));
+    assert_eq!(d.status_json()["forwards"].as_array().map(Vec::len), Some(0), "nothing was applied");
+}
