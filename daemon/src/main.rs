@@ -287,7 +287,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     // The metrics endpoint: systemd's (portd-metrics.socket), else our own when
     // configured; otherwise no TCP socket at all.
-    let metrics_listener = match (activated_metrics, config.settings.metrics) {
+    let metrics_settings = config.settings.metrics.clone();
+    let metrics_listener = match (activated_metrics, config.settings.metrics.clone()) {
         (Some(l), want) => {
             l.set_nonblocking(true).context("the metrics socket from systemd")?;
             if let (Some(want), Ok(have)) = (want, l.local_addr()) {
@@ -341,7 +342,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         if let Some(l) = metrics_listener {
             let l = tokio::net::TcpListener::from_std(l)?;
             tracing::info!("serving metrics on http://{}/metrics", l.local_addr()?);
-            tokio::spawn(metrics_http::run(l, tx.clone(), published.clone(), shutdown.clone()));
+            // systemd's socket without settings.metrics: loopback scrapers only.
+            let allow = metrics_settings.unwrap_or_else(|| portd_rules::model::MetricsSettings {
+                listen: l.local_addr().unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 9649))),
+                allow: portd_rules::model::MetricsSettings::loopback(),
+            });
+            tokio::spawn(metrics_http::run(l, tx.clone(), published.clone(), shutdown.clone(), allow));
         }
         let server =
             tokio::spawn(server::run(listener, tx.clone(), published, shutdown.clone(), server::Limits::default()));

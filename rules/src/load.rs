@@ -772,14 +772,39 @@ fn metrics(ctx: &mut Ctx, v: Option<&Node>) -> Option<MetricsSettings> {
         ctx.err("settings.metrics", format!("expected a mapping with listen, found {}", describe(v)));
         return None;
     };
-    check_keys(ctx, "settings.metrics", m, &["listen"]);
+    check_keys(ctx, "settings.metrics", m, &["listen", "allow"]);
+    let allow = match m.get("allow") {
+        None => Some(MetricsSettings::loopback()),
+        Some(v) => {
+            let mut nets = Vec::new();
+            let mut ok = true;
+            for (i, item) in get_list(ctx, "settings.metrics.allow", v).iter().enumerate() {
+                let path = format!("settings.metrics.allow[{i}]");
+                let Some(s) = get_str(ctx, path.as_str(), item) else {
+                    ok = false;
+                    continue;
+                };
+                match s.parse::<IpNet>().or_else(|_| s.parse::<IpAddr>().map(IpNet::from)) {
+                    Ok(n) => nets.push(n.trunc()),
+                    Err(_) => {
+                        ok = false;
+                        ctx.err(
+                            path.as_str(),
+                            format!("`{}` is not a network such as 127.0.0.1/8, ::1 or 10.0.0.5", clip(s)),
+                        );
+                    }
+                }
+            }
+            ok.then_some(nets)
+        }
+    };
     let Some(l) = m.get("listen") else {
         ctx.err("settings.metrics", "listen is missing: give an address and port such as \"127.0.0.1:9649\"");
         return None;
     };
     let text = get_str(ctx, "settings.metrics.listen", l)?;
     match text.parse::<std::net::SocketAddr>() {
-        Ok(listen) if listen.port() != 0 => Some(MetricsSettings { listen }),
+        Ok(listen) if listen.port() != 0 => Some(MetricsSettings { listen, allow: allow? }),
         _ => {
             ctx.err(
                 "settings.metrics.listen",
