@@ -275,3 +275,27 @@ fn a_long_unknown_key_is_named_cut_short() {
     assert_eq!(d.0[0].path.chars().count(), 201, "cut to 200 characters and an ellipsis");
     assert!(d.0[0].line == 3, "still located: {}", d.0[0]);
 }
+
+#[test]
+fn metrics_allow_defaults_to_loopback_and_locates_a_bad_network() {
+    let c =
+        parse_config("portd.yaml", "version: 1\nsettings:\n  metrics: {listen: \"127.0.0.1:9649\"}\n").expect("valid");
+    let m = c.settings.metrics.expect("metrics");
+    assert!(m.allows("127.0.0.1".parse().expect("ip")) && m.allows("::1".parse().expect("ip")));
+    assert!(m.allows("::ffff:127.0.0.1".parse().expect("ip")), "an IPv4-mapped loopback peer");
+    assert!(!m.allows("192.0.2.1".parse().expect("ip")));
+    let c = parse_config(
+        "portd.yaml",
+        "version: 1\nsettings:\n  metrics: {listen: \"[::]:9649\", allow: [192.0.2.7/24, 10.0.0.5]}\n",
+    )
+    .expect("valid");
+    let m = c.settings.metrics.expect("metrics");
+    assert!(m.allows("192.0.2.200".parse().expect("ip")) && m.allows("10.0.0.5".parse().expect("ip")));
+    assert!(!m.allows("127.0.0.1".parse().expect("ip")), "the list replaces the default");
+    let d = parse_config(
+        "portd.yaml",
+        "version: 1\nsettings:\n  metrics: {listen: \"127.0.0.1:9649\", allow: [nowhere]}\n",
+    )
+    .expect_err("invalid");
+    assert!(d.to_string().starts_with("portd.yaml:3:47: settings.metrics.allow[0]: `nowhere` is not a network"), "{d}");
+}
