@@ -56,7 +56,18 @@ pub fn request_within(socket: &Path, command: Command, timeout: Duration) -> Res
         .map_err(|e| Failure::new(Exit::Rejected, format!("unreadable answer from portd: {e}")))?;
     match resp.result {
         Outcome::Ok(body) => Ok(body),
-        Outcome::Error { kind, messages } => Err(Failure::daemon(kind, messages)),
+        Outcome::Error { kind, messages, file: None } => Err(Failure::daemon(kind, messages)),
+        // An invalid file is named once in the answer: each located line gets it back.
+        Outcome::Error { kind, messages, file: Some(file) } => Err(Failure::daemon(
+            kind,
+            messages
+                .into_iter()
+                .map(|m| match m.starts_with(|c: char| c.is_ascii_digit()) {
+                    true => format!("{file}:{m}"),
+                    false => format!("{file}: {m}"),
+                })
+                .collect(),
+        )),
     }
 }
 

@@ -65,7 +65,12 @@ pub fn status_table(s: &Status, wide: bool) -> String {
         cols.extend(DESCRIPTION);
     }
     let mut rows: Vec<Vec<String>> = vec![cols.iter().map(|c| c.0.to_string()).collect()];
-    rows.extend(s.forwards.iter().map(|f| cols.iter().map(|c| (c.2)(f)).collect()));
+    // Cells hold what clients wrote (names of owners, descriptions, reasons quoting them):
+    // control and format characters are escaped, so no cell can break a row, reorder what
+    // the terminal shows (bidi overrides) or hide text.
+    rows.extend(
+        s.forwards.iter().map(|f| cols.iter().map(|c| portd_rules::text::escape(&(c.2)(f)).into_owned()).collect()),
+    );
     let widths: Vec<usize> =
         (0..cols.len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
     let mut out = format!(
@@ -188,4 +193,44 @@ pub fn doctor_text(findings: &[portd_rules::doctor::Finding]) -> String {
     let errors = sorted.iter().filter(|f| f.severity == portd_rules::doctor::Severity::Error).count();
     out.push_str(&format!("{} finding(s), {errors} error(s)\n", sorted.len()));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portd_rules::model::PortRange;
+    use portd_rules::proto::ForwardState;
+    use portd_rules::Forward;
+
+    #[test]
+    fn status_wide_prints_no_raw_control_or_format_character() {
+        // A description persisted before such text was refused, and a reason quoting it.
+        let mut forward = Forward::new("web", PortRange::single(80), PortRange::single(8080));
+        forward.description = Some("shop \u{202E}gnp.exe\u{2028}x\r\nportd 9.9 in sync\u{2066}".into());
+        let status = Status {
+            daemon_version: "0.1.0".into(),
+            table: "portd".into(),
+            in_sync: true,
+            repairs: 0,
+            dispatch: "steer".into(),
+            ownership: "kernel".into(),
+            dataplane_reason: None,
+            forwards: vec![ForwardStatus {
+                owner: "user:web".into(),
+                forward,
+                mark: 1,
+                packets: 0,
+                bytes: 0,
+                state: ForwardState::Suspended,
+                reason: Some("invalid: \u{202E}\u{7}".into()),
+                dispatch: None,
+                listening: None,
+            }],
+        };
+        let table = status_table(&status, true);
+        assert!(!table.chars().any(|c| c != '\n' && portd_rules::text::is_unprintable(c)), "{table:?}");
+        assert_eq!(table.lines().count(), 5, "two header lines, a blank line, the header row and one row: {table}");
+        assert!(table.contains("shop \\u{202e}gnp.exe\\u{2028}x\\r\\nportd 9.9 in sync\\u{2066}"), "{table}");
+        assert!(table.contains("invalid: \\u{202e}\\u{7}"), "{table}");
+    }
 }

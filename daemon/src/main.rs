@@ -16,6 +16,7 @@ mod metrics;
 mod metrics_http;
 mod notify;
 mod privs;
+mod refusals;
 mod remove_table;
 mod safedir;
 mod server;
@@ -87,8 +88,40 @@ fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr)
+        .with_writer(move || EscapingStderr { ansi })
         .init();
+}
+
+/// Stderr that writes each log record as one line: control and format characters inside
+/// a record (a CR or LF from a client-chosen name that reached a message) are escaped, so
+/// no record can forge another. The formatter hands over each record whole, its final
+/// newline last; ESC is kept only for the colours of a terminal.
+struct EscapingStderr {
+    ansi: bool,
+}
+
+impl std::io::Write for EscapingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (body, end) = match buf.strip_suffix(b"\n") {
+            Some(b) => (b, "\n"),
+            None => (buf, ""),
+        };
+        let text = String::from_utf8_lossy(body);
+        let mut out = String::with_capacity(text.len() + 1);
+        for c in text.chars() {
+            match c {
+                '\x1b' if self.ansi => out.push(c),
+                '\\' => out.push(c),
+                c => portd_rules::text::push_escaped(&mut out, c),
+            }
+        }
+        out.push_str(end);
+        std::io::Write::write_all(&mut std::io::stderr().lock(), out.as_bytes())?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::Write::flush(&mut std::io::stderr())
+    }
 }
 
 /// True when stderr is the journal stream systemd names in JOURNAL_STREAM ("dev:inode"),
@@ -228,8 +261,12 @@ fn main() -> std::process::ExitCode {
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // Once: the log goes to stderr, or to the journal that stderr would reach.
-            tracing::error!("{e:#}");
+            // Once: the log goes to stderr, or to the journal that stderr would reach. Each
+            // line of it (the located errors of a config) is a record of its own, since a
+            // record's line breaks are escaped.
+            for line in format!("{e:#}").lines() {
+                tracing::error!("{line}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -287,7 +324,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     // The metrics endpoint: systemd's (portd-metrics.socket), else our own when
     // configured; otherwise no TCP socket at all.
-    let metrics_listener = match (activated_metrics, config.settings.metrics) {
+    let metrics_settings = config.settings.metrics.clone();
+    let metrics_listener = match (activated_metrics, config.settings.metrics.clone()) {
         (Some(l), want) => {
             l.set_nonblocking(true).context("the metrics socket from systemd")?;
             if let (Some(want), Ok(have)) = (want, l.local_addr()) {
@@ -346,7 +384,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         if let Some(l) = metrics_listener {
             let l = tokio::net::TcpListener::from_std(l)?;
             tracing::info!("serving metrics on http://{}/metrics", l.local_addr()?);
-            tokio::spawn(metrics_http::run(l, tx.clone(), published.clone(), shutdown.clone()));
+            // systemd's socket without settings.metrics: loopback scrapers only.
+            let allow = metrics_settings.unwrap_or_else(|| portd_rules::model::MetricsSettings {
+                listen: l.local_addr().unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 9649))),
+                allow: portd_rules::model::MetricsSettings::loopback(),
+            });
+            tokio::spawn(metrics_http::run(l, tx.clone(), published.clone(), shutdown.clone(), allow));
         }
         let server =
             tokio::spawn(server::run(listener, tx.clone(), published, shutdown.clone(), server::Limits::default()));

@@ -24,6 +24,21 @@ struct RequestLabels {
     result: String,
 }
 
+/// A label value escaped as the exposition formats require (prometheus-client writes
+/// values as they are): backslash, double quote and line feed.
+fn label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Labels of the per-forward families.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ForwardLabels {
@@ -171,8 +186,8 @@ impl Metrics {
             match f.state {
                 ForwardState::Active => {
                     let labels = ForwardLabels {
-                        owner: f.owner.clone(),
-                        name: f.forward.name.clone(),
+                        owner: label(&f.owner),
+                        name: label(&f.forward.name),
                         port: f.forward.port.to_string(),
                         to: f.forward.to.to_string(),
                         proto: f.forward.proto.to_string(),
@@ -181,7 +196,7 @@ impl Metrics {
                     bytes.get_or_create(&labels).inc_by(f.bytes);
                 }
                 ForwardState::Suspended => {
-                    let labels = SuspendedLabels { owner: f.owner.clone(), name: f.forward.name.clone() };
+                    let labels = SuspendedLabels { owner: label(&f.owner), name: label(&f.forward.name) };
                     suspended.get_or_create(&labels).set(1);
                 }
             }
@@ -286,7 +301,7 @@ pub fn answer(metrics: &Metrics, status: Response) -> Response {
         Outcome::Ok(_) => {
             Response::error(ErrorKind::Internal, vec!["the daemon answered metrics with no status".into()])
         }
-        Outcome::Error { kind, messages } => Response::error(kind, messages),
+        e @ Outcome::Error { .. } => Response { version: portd_rules::proto::PROTOCOL_VERSION, result: e },
     }
 }
 
@@ -360,5 +375,19 @@ mod tests {
         assert_eq!(Format::from_accept(Some("text/plain;version=0.0.4;q=0.3,*/*;q=0.2")), Format::Text);
         let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4";
         assert_eq!(Format::from_accept(Some(prometheus)), Format::OpenMetrics);
+    }
+
+    #[test]
+    fn label_values_are_escaped_for_strict_parsers() {
+        let mut s = status();
+        s.forwards[0].owner = "user:a\\b\"c\nd".into();
+        s.forwards[1].owner = "user:e\\f".into();
+        for format in [Format::Text, Format::OpenMetrics] {
+            let text = Metrics::default().exposition(&s, format);
+            assert!(text.contains(r#"owner="user:a\\b\"c\nd""#), "{text}");
+            assert!(text.contains(r#"portd_forward_suspended{owner="user:e\\f",name="dev"} 1"#), "{text}");
+            // Every sample is one line: the line feed did not end one early.
+            assert!(text.lines().all(|l| l.starts_with('#') || l.starts_with("portd_")), "{text}");
+        }
     }
 }

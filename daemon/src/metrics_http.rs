@@ -6,6 +6,13 @@
 //! own, and encoding and writing happen here too, each bounded by a timeout; at most
 //! [`MAX_CONNECTIONS`] scrapes are served at once (more are answered 503 and closed
 //! without being read).
+//!
+//! Who may connect is bounded three ways: peers outside `settings.metrics.allow`
+//! (default loopback) are closed unanswered; each peer may hold [`PER_PEER`] connections
+//! and all peers together [`MAX_OPEN`], where a loopback peer is told apart by the uid
+//! owning its socket (root's scraper is never counted with another local account's
+//! connections, and root's own are outside the total); and a request head must arrive
+//! within [`READ_TIMEOUT`], so idle connections free their slot quickly.
 
 #![forbid(unsafe_code)]
 
@@ -25,10 +32,14 @@ use tokio_util::task::TaskTracker;
 
 /// Scrapes served at once.
 pub const MAX_CONNECTIONS: usize = 8;
-/// Longest request head read.
+/// Connections open at once, all peers but root's together.
+pub const MAX_OPEN: usize = 64;
+/// Connections open at once per peer (address, and uid for a loopback peer).
+pub const PER_PEER: usize = 4;
+/// Longest request head, its final blank line included.
 const MAX_HEAD: usize = 8 * 1024;
 /// The request head must arrive within this time.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// The actor must answer, and the scraper take the answer, within this time each.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -45,16 +56,89 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     Ok(l)
 }
 
-/// Serves scrapes until `shutdown` is cancelled.
-pub async fn run(listener: TcpListener, actor: Sender<Msg>, published: Arc<Published>, shutdown: CancellationToken) {
+/// A peer as the limits count it: its address, and for a loopback peer the uid owning
+/// its socket (every local account connects from 127.0.0.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PeerKey {
+    ip: std::net::IpAddr,
+    uid: Option<u32>,
+}
+
+/// Open connections per peer.
+#[derive(Default)]
+struct Open {
+    per_peer: std::collections::HashMap<PeerKey, usize>,
+    total: usize,
+}
+
+impl Open {
+    fn admit(&mut self, key: PeerKey) -> bool {
+        let root = key.uid == Some(0);
+        let mine = self.per_peer.get(&key).copied().unwrap_or(0);
+        if mine >= PER_PEER * if root { 4 } else { 1 } || (!root && self.total >= MAX_OPEN) {
+            return false;
+        }
+        *self.per_peer.entry(key).or_default() += 1;
+        if !root {
+            self.total += 1;
+        }
+        true
+    }
+    fn release(&mut self, key: PeerKey) {
+        if let Some(n) = self.per_peer.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(&key);
+            }
+        }
+        if key.uid != Some(0) {
+            self.total = self.total.saturating_sub(1);
+        }
+    }
+}
+
+/// The uid owning the TCP socket at `peer` that is connected to `local`, from the
+/// namespace's socket table (`/proc/self/net/tcp`, `tcp6`); `None` when not found.
+fn loopback_uid(peer: SocketAddr, local: SocketAddr) -> Option<u32> {
+    fn hex(addr: SocketAddr) -> (String, bool) {
+        let port = addr.port();
+        match addr.ip() {
+            std::net::IpAddr::V4(a) => (format!("{:08X}:{port:04X}", u32::from_le_bytes(a.octets())), false),
+            std::net::IpAddr::V6(a) => {
+                let o = a.octets();
+                let words: String =
+                    o.chunks(4).map(|w| format!("{:08X}", u32::from_le_bytes([w[0], w[1], w[2], w[3]]))).collect();
+                (format!("{words}:{port:04X}"), true)
+            }
+        }
+    }
+    let (p, v6) = hex(peer);
+    let (l, _) = hex(local);
+    let table = std::fs::read_to_string(if v6 { "/proc/self/net/tcp6" } else { "/proc/self/net/tcp" }).ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.get(1) == Some(&p.as_str()) && f.get(2) == Some(&l.as_str())).then(|| f.get(7)?.parse().ok()).flatten()
+    })
+}
+
+/// Serves scrapes until `shutdown` is cancelled; `allow` lists the networks scrapers may
+/// connect from.
+pub async fn run(
+    listener: TcpListener,
+    actor: Sender<Msg>,
+    published: Arc<Published>,
+    shutdown: CancellationToken,
+    allow: portd_rules::model::MetricsSettings,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(Mutex::new(Open::default()));
     let reader = Arc::new(Mutex::new(None));
     let tracker = TaskTracker::new();
     loop {
-        let mut stream = tokio::select! {
+        let (mut stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok(s) => s,
                 Err(e) => {
                     tracing::warn!("metrics listener: accept: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -62,48 +146,78 @@ pub async fn run(listener: TcpListener, actor: Sender<Msg>, published: Arc<Publi
                 }
             },
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            let _ =
-                stream.try_write(&response(503, "Service Unavailable", "text/plain", b"too many scrapes at once\n"));
+        if !allow.allows(peer.ip()) {
+            // Not in settings.metrics.allow: closed unanswered.
             continue;
+        }
+        let ip = peer.ip().to_canonical();
+        let uid = match (ip.is_loopback(), stream.local_addr()) {
+            (true, Ok(local)) => loopback_uid(peer, local),
+            _ => None,
         };
-        let (actor, published, reader) = (actor.clone(), published.clone(), reader.clone());
+        let key = PeerKey { ip, uid };
+        if !open.lock().unwrap_or_else(|p| p.into_inner()).admit(key) {
+            let _ = stream.try_write(&response(503, "Service Unavailable", "text/plain", b"too many connections\n"));
+            continue;
+        }
+        let (actor, published, reader, slots, open) =
+            (actor.clone(), published.clone(), reader.clone(), slots.clone(), open.clone());
         tracker.spawn(async move {
             let answer = tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await;
             let reply = match answer {
                 Err(_) => response(408, "Request Timeout", "text/plain", b"request not completed in time\n"),
-                Ok(None) => response(400, "Bad Request", "text/plain", b"malformed request\n"),
-                Ok(Some(head)) => route(&head, &actor, &published, &reader).await,
+                Ok(Head::Closed) => Vec::new(),
+                Ok(Head::TooLong) => {
+                    response(431, "Request Header Fields Too Large", "text/plain", b"request head over 8 KiB\n")
+                }
+                Ok(Head::Malformed) => response(400, "Bad Request", "text/plain", b"malformed request\n"),
+                Ok(Head::Whole(head)) => match slots.try_acquire_owned() {
+                    Ok(_permit) => route(&head, &actor, &published, &reader).await,
+                    Err(_) => response(503, "Service Unavailable", "text/plain", b"too many scrapes at once\n"),
+                },
             };
             let _ = tokio::time::timeout(ANSWER_TIMEOUT, async {
                 stream.write_all(&reply).await?;
                 stream.shutdown().await
             })
             .await;
-            drop(permit);
+            open.lock().unwrap_or_else(|p| p.into_inner()).release(key);
         });
     }
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
 }
 
-/// Reads up to the blank line that ends the head; `None` when it is too long or the
-/// peer closed first.
-async fn read_head(stream: &mut TcpStream) -> Option<String> {
+/// How reading a request head ended.
+enum Head {
+    Whole(String),
+    Closed,
+    TooLong,
+    Malformed,
+}
+
+/// Reads up to the blank line that ends the head, never more than [`MAX_HEAD`] bytes.
+async fn read_head(stream: &mut TcpStream) -> Head {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     loop {
-        let n = stream.read(&mut buf).await.ok()?;
-        if n == 0 {
-            return None;
-        }
+        let room = (MAX_HEAD + 1).saturating_sub(head.len()).min(buf.len());
+        let n = match stream.read(&mut buf[..room]).await {
+            Ok(0) | Err(_) => return Head::Closed,
+            Ok(n) => n,
+        };
+        // The terminator may straddle two reads: search from just before the new bytes.
+        let from = head.len().saturating_sub(3);
         head.extend_from_slice(&buf[..n]);
-        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+        if let Some(end) = head[from..].windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + from) {
+            if end + 4 > MAX_HEAD {
+                return Head::TooLong;
+            }
             head.truncate(end);
-            return String::from_utf8(head).ok();
+            return String::from_utf8(head).map_or(Head::Malformed, Head::Whole);
         }
         if head.len() > MAX_HEAD {
-            return None;
+            return Head::TooLong;
         }
     }
 }

@@ -46,6 +46,10 @@ pub struct Limits {
     pub parse_budget: Duration,
     /// Parses running at once.
     pub parse_slots: usize,
+    /// Memory the parses of non-root callers may take together, as estimated before
+    /// parsing ([`portd_rules::load::parse_cost`]); a file estimated above it is refused
+    /// before the parser allocates anything.
+    pub parse_memory: usize,
 }
 
 impl Default for Limits {
@@ -60,6 +64,7 @@ impl Default for Limits {
             buffer_budget: 64 << 20,
             parse_budget: Duration::from_secs(5),
             parse_slots: 2,
+            parse_memory: 64 << 20,
         }
     }
 }
@@ -78,6 +83,8 @@ struct Shared {
     /// Set when the buffers grew large, so freed memory is handed back once they drain.
     trim_pending: AtomicBool,
     parses: Arc<Semaphore>,
+    /// KiB of [`Limits::parse_memory`] not taken by non-root parses in flight.
+    parse_memory: Arc<Semaphore>,
     /// The backend status reads use (its own netlink socket), one read at a time.
     reader: Arc<Mutex<Option<portd_kernel::nft::Backend>>>,
     /// Root's.
@@ -162,6 +169,19 @@ pub async fn run(
     limits: Limits,
 ) {
     let tracker = TaskTracker::new();
+    // Suppressed refusals are summarised in the log every few seconds.
+    let flushing = published.clone();
+    let flush_stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::refusals::FLUSH_EVERY);
+        loop {
+            tokio::select! {
+                _ = flush_stop.cancelled() => break,
+                _ = tick.tick() => flushing.refusals.flush(),
+            }
+        }
+        flushing.refusals.flush();
+    });
     let shared = Arc::new(Shared {
         limits,
         actor,
@@ -171,6 +191,7 @@ pub async fn run(
         buffered: AtomicUsize::new(0),
         trim_pending: AtomicBool::new(false),
         parses: Arc::new(Semaphore::new(limits.parse_slots)),
+        parse_memory: Arc::new(Semaphore::new((limits.parse_memory >> 10).min(Semaphore::MAX_PERMITS))),
         reader: Arc::default(),
         root_reader: Arc::default(),
     });
@@ -360,7 +381,7 @@ async fn serve(stream: UnixStream, peer: &Peer, shared: &Shared, shutdown: Cance
                 let command = crate::metrics::command_name(&req.command);
                 let resp = handle(peer, shared, req.command).await;
                 shared.published.metrics.request(command, crate::metrics::result_name(&resp));
-                resp
+                resp.capped()
             }
         };
         if !write(&mut wr, &resp, limits.write_timeout).await || bad >= limits.max_bad_lines {
@@ -401,21 +422,25 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
                 0 => Ok(()),
                 _ => has_any_grant(shared, &caller).await,
             };
+            // The client chooses the name: it is cut and escaped before anything holds it.
+            let file = portd_rules::diag::bounded_file_name(&file);
             let parsed = match checked {
-                Ok(()) => parse(shared, file, text).await,
+                Ok(()) => parse(shared, file, text, caller.uid == 0).await,
                 Err(r) => Err(r),
             };
             match parsed {
                 Ok(forwards) => Op::Apply { forwards, dry_run, owner },
                 Err(r) => {
                     if let portd_rules::proto::Outcome::Error { messages, .. } = &r.result {
-                        let shown: Vec<String> = messages
-                            .iter()
-                            .take(5)
-                            .map(|m| m.chars().take(300).collect::<String>().escape_debug().to_string())
-                            .collect();
                         let target = owner.clone().unwrap_or_else(|| caller.owner());
-                        tracing::warn!(uid = caller.uid, user = %caller.user, owner = %target, action = "refuse", "apply of {} refused: {}", caller.who(), shown.join("; "));
+                        shared.published.refusals.log(&crate::refusals::Refusal {
+                            uid: caller.uid,
+                            user: &caller.user,
+                            owner: &target,
+                            forward: None,
+                            what: &format!("apply of {}", caller.who()),
+                            causes: messages,
+                        });
                     }
                     return r;
                 }
@@ -502,15 +527,20 @@ async fn has_any_grant(shared: &Shared, caller: &Caller) -> Result<(), Response>
     }
 }
 
-/// Parses and validates a rules file on a blocking thread, within the parse budget.
-async fn parse(shared: &Shared, file: String, text: String) -> Result<Vec<portd_rules::Forward>, Response> {
+/// Parses and validates a rules file on a blocking thread, within the parse budget. A
+/// non-root caller's file first takes its estimated memory from the shared parse budget:
+/// a file estimated above the whole budget is refused before the parser allocates.
+async fn parse(shared: &Shared, file: String, text: String, root: bool) -> Result<Vec<portd_rules::Forward>, Response> {
     let busy = || Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]);
+    let memory = if root { None } else { Some(take_parse_memory(shared, &text).await?) };
     // The permit lives as long as the parse itself, even past the budget: a parse that
     // runs over keeps its slot until it ends, so overdue parses cannot pile up.
     let permit = shared.parses.clone().acquire_owned().await.map_err(|_| busy())?;
     let job = tokio::task::spawn_blocking(move || {
-        let r = portd_rules::parse_rules(&file, &text);
+        let r = portd_rules::parse_rules(&file, &text).map_err(|d| Response::invalid_file(file, &d));
+        drop(text);
         drop(permit);
+        drop(memory);
         r
     });
     match tokio::time::timeout(shared.limits.parse_budget, job).await {
@@ -522,7 +552,36 @@ async fn parse(shared: &Shared, file: String, text: String) -> Result<Vec<portd_
             )],
         )),
         Ok(Err(_)) => Err(Response::error(ErrorKind::Internal, vec!["checking the file failed".into()])),
-        Ok(Ok(Err(d))) => Err(Response::error(ErrorKind::Invalid, d.0.iter().map(|d| d.to_string()).collect())),
+        Ok(Ok(Err(r))) => Err(r),
         Ok(Ok(Ok(rules))) => Ok(rules.forwards),
+    }
+}
+
+/// Takes what parsing `text` may cost from the shared parse memory budget, waiting
+/// within the parse budget for other parses to end; refuses at once a file that could
+/// never fit.
+async fn take_parse_memory(shared: &Shared, text: &str) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
+    let cost = portd_rules::load::parse_cost(text);
+    let budget = shared.limits.parse_memory;
+    let kib = u32::try_from(cost.div_ceil(1024)).unwrap_or(u32::MAX);
+    if cost > budget || kib as usize > Semaphore::MAX_PERMITS {
+        return Err(Response::error(
+            ErrorKind::Invalid,
+            vec![format!(
+                "the file would take up to {} MiB to check ({} bytes of YAML); one request may take {} MiB: split it into smaller files",
+                cost.div_ceil(1 << 20),
+                text.len(),
+                budget >> 20
+            )],
+        ));
+    }
+    let take = shared.parse_memory.clone().acquire_many_owned(kib);
+    match tokio::time::timeout(shared.limits.parse_budget, take).await {
+        Ok(Ok(p)) => Ok(p),
+        Ok(Err(_)) => Err(Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()])),
+        Err(_) => Err(Response::error(
+            ErrorKind::Internal,
+            vec!["portd is checking other large files; retry in a moment".into()],
+        )),
     }
 }

@@ -59,3 +59,52 @@ impl Diagnostics {
         self.0.is_empty()
     }
 }
+
+/// Longest file name a daemon's answer names, in characters.
+pub const MAX_FILE_NAME_CHARS: usize = 256;
+
+/// `s` cut to `max` characters (and `…`) when longer; short strings are returned as they
+/// are, without copying.
+pub fn bounded(s: String, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s,
+        Some((at, _)) => {
+            let mut out = s;
+            out.truncate(at);
+            out.push('…');
+            out
+        }
+    }
+}
+
+/// A client-chosen file name as the daemon names it: control and format characters
+/// escaped, at most [`MAX_FILE_NAME_CHARS`] characters, so a name can neither bloat an
+/// answer nor forge a line.
+pub fn bounded_file_name(name: &str) -> String {
+    let mut out = String::new();
+    for (n, c) in name.chars().enumerate() {
+        if n == MAX_FILE_NAME_CHARS {
+            out.push('…');
+            break;
+        }
+        crate::text::push_escaped(&mut out, c);
+    }
+    out
+}
+
+impl Diagnostic {
+    /// The diagnostic without its file name: `line:column: path: message`, for an answer
+    /// that names the file once.
+    pub fn located(&self) -> String {
+        let mut s = String::new();
+        if self.line > 0 {
+            s.push_str(&format!("{}:{}: ", self.line, self.column));
+        }
+        if !self.path.is_empty() {
+            s.push_str(&self.path);
+            s.push_str(": ");
+        }
+        s.push_str(&self.message);
+        s
+    }
+}

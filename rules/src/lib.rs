@@ -17,6 +17,7 @@ pub mod policy;
 pub mod proto;
 pub mod render;
 mod shape;
+pub mod text;
 
 pub use diag::{Diagnostic, Diagnostics};
 pub use load::{parse_config, parse_rules, MAX_FILE_BYTES};

@@ -26,7 +26,7 @@ const CONFIG_FIELDS: &[&str] = &["version", "settings", "grants", "forwards"];
 const SETTINGS_FIELDS: &[&str] =
     &["table", "mark", "on_exit", "socket", "state_dir", "listener_check", "dispatch", "ownership", "metrics"];
 const SOCKET_FIELDS: &[&str] = &["path", "group", "mode"];
-const METRICS_FIELDS: &[&str] = &["listen"];
+const METRICS_FIELDS: &[&str] = &["listen", "allow"];
 const GRANT_FIELDS: &[&str] = &["user", "group", "ports", "to", "protect", "local", "marks", "max_forwards"];
 const FORWARD_FIELDS: &[&str] =
     &["name", "port", "to", "proto", "family", "local", "interfaces", "sources", "mark", "protect", "description"];
@@ -104,22 +104,43 @@ struct Ctx<'a> {
     /// Built on the first problem: a valid file is parsed once, not twice.
     loc: std::cell::OnceCell<Locator>,
     diags: Vec<Diagnostic>,
+    /// Problems found beyond [`MAX_DIAGNOSTICS`]: counted, not kept.
+    more: usize,
 }
 
 impl Ctx<'_> {
     fn loc(&self) -> &Locator {
         self.loc.get_or_init(|| Locator::new(self.text))
     }
+    /// True once [`MAX_DIAGNOSTICS`] problems are kept: further ones are only counted,
+    /// so a file of many mistakes costs neither memory nor locating time per mistake.
+    fn full(&mut self) -> bool {
+        if self.diags.len() < MAX_DIAGNOSTICS {
+            return false;
+        }
+        self.more += 1;
+        true
+    }
     fn err<P: Place + ?Sized>(&mut self, place: &P, message: impl Into<String>) {
+        if self.full() {
+            return;
+        }
         let path = place.path();
         let (line, column) = self.loc().value(&path);
         self.push(path, line, column, message.into());
     }
     fn err_key(&mut self, path: String, message: impl Into<String>) {
+        if self.full() {
+            return;
+        }
         let (line, column) = self.loc().key(&path);
         self.push(path, line, column, message.into());
     }
     fn push(&mut self, path: String, line: usize, column: usize, message: String) {
+        // A path names keys of the file and a message may quote the parser: both are cut,
+        // so what a diagnostic holds does not grow with the file.
+        let path = crate::diag::bounded(path, MAX_PATH_CHARS);
+        let message = crate::diag::bounded(message, MAX_MESSAGE_CHARS);
         self.diags.push(Diagnostic { file: self.file.to_string(), line, column, path, message });
     }
     fn finish<T>(mut self, v: T) -> Result<T, Diagnostics> {
@@ -127,9 +148,39 @@ impl Ctx<'_> {
             Ok(v)
         } else {
             self.diags.sort_by_key(|d| (d.line, d.column));
+            if self.more > 0 {
+                self.diags.push(Diagnostic {
+                    file: self.file.to_string(),
+                    line: 0,
+                    column: 0,
+                    path: String::new(),
+                    message: format!("… and {} more problem(s) not listed; fix these first", thousands(self.more)),
+                });
+            }
             Err(Diagnostics(self.diags))
         }
     }
+}
+
+/// Most problems of one file that are listed; the rest are counted in a last line.
+pub const MAX_DIAGNOSTICS: usize = 100;
+
+/// Longest field path a diagnostic names, in characters.
+const MAX_PATH_CHARS: usize = 200;
+/// Longest message of a diagnostic, in characters.
+const MAX_MESSAGE_CHARS: usize = 500;
+
+/// `2480` as `2,480`.
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -217,7 +268,7 @@ fn parse_root<'t>(file: &str, text: &'t str) -> Result<(Node<'t>, Ctx<'t>), Diag
             return Err(one(line, column, msg));
         }
     };
-    let ctx = Ctx { file: "", text, loc: std::cell::OnceCell::new(), diags: Vec::new() };
+    let ctx = Ctx { file: "", text, loc: std::cell::OnceCell::new(), diags: Vec::new(), more: 0 };
     Ok((root, ctx))
 }
 
@@ -456,15 +507,14 @@ pub fn valid_ifname(s: &str) -> bool {
 }
 
 /// What is wrong with a forward's `description:`, if anything: at most
-/// [`MAX_DESCRIPTION_CHARS`] characters, none of them control characters.
+/// [`MAX_DESCRIPTION_CHARS`] characters, none of them control or format characters
+/// (bidi overrides and isolates, zero-width characters) nor line or paragraph separators.
 pub fn description_problem(d: &str) -> Option<String> {
     let n = d.chars().count();
     if n > MAX_DESCRIPTION_CHARS {
         return Some(format!("description has {n} characters; the limit is {MAX_DESCRIPTION_CHARS}: shorten it"));
     }
-    d.chars()
-        .find(|c| c.is_control())
-        .map(|c| format!("description contains the control character {:?}; use printable text on one line", c))
+    crate::text::unprintable_problem(d).map(|p| format!("description contains {p}"))
 }
 
 /// Keeps the first of equal items, in order; scans short lists, hashes long ones.
@@ -716,6 +766,19 @@ fn forwards(ctx: &mut Ctx, path: &str, v: Option<&Node>) -> Vec<Forward> {
     out
 }
 
+/// Bytes of memory parsing one YAML node may take at most (serde_yaml's event, the tree's
+/// node, a key's hash entry); measured at 170 to 400 bytes per node counted by the shape
+/// pass, for lists, forwards and flat mappings of 100,000 to 600,000 nodes.
+pub const PARSE_BYTES_PER_NODE: usize = 512;
+
+/// What parsing `text` may cost in memory at most, in bytes, from one linear pass that
+/// allocates nothing: a caller can refuse a file before the parser allocates for it. A
+/// file whose shape is refused costs its length (the parser never sees it).
+pub fn parse_cost(text: &str) -> usize {
+    let nodes = crate::shape::check_shape(text).unwrap_or(0);
+    text.len().saturating_add(nodes.saturating_mul(PARSE_BYTES_PER_NODE))
+}
+
 /// Parses and validates a rules file. `file` names it in diagnostics.
 pub fn parse_rules(file: &str, text: &str) -> Result<RulesFile, Diagnostics> {
     let (root, ctx) = parse_root(file, text)?;
@@ -832,13 +895,38 @@ fn metrics(ctx: &mut Ctx, v: Option<&Node>) -> Option<MetricsSettings> {
         return None;
     };
     check_keys(ctx, "settings.metrics", m, METRICS_FIELDS);
+    let allow = match m.get("allow") {
+        None => Some(MetricsSettings::loopback()),
+        Some(v) => {
+            let mut nets = Vec::new();
+            let mut ok = true;
+            for (i, item) in get_list(ctx, "settings.metrics.allow", v).iter().enumerate() {
+                let path = format!("settings.metrics.allow[{i}]");
+                let Some(s) = get_str(ctx, path.as_str(), item) else {
+                    ok = false;
+                    continue;
+                };
+                match s.parse::<IpNet>().or_else(|_| s.parse::<IpAddr>().map(IpNet::from)) {
+                    Ok(n) => nets.push(n.trunc()),
+                    Err(_) => {
+                        ok = false;
+                        ctx.err(
+                            path.as_str(),
+                            format!("`{}` is not a network such as 127.0.0.1/8, ::1 or 10.0.0.5", clip(s)),
+                        );
+                    }
+                }
+            }
+            ok.then_some(nets)
+        }
+    };
     let Some(l) = m.get("listen") else {
         ctx.err("settings.metrics", "listen is missing: give an address and port such as \"127.0.0.1:9649\"");
         return None;
     };
     let text = get_str(ctx, "settings.metrics.listen", l)?;
     match text.parse::<std::net::SocketAddr>() {
-        Ok(listen) if listen.port() != 0 => Some(MetricsSettings { listen }),
+        Ok(listen) if listen.port() != 0 => Some(MetricsSettings { listen, allow: allow? }),
         _ => {
             ctx.err(
                 "settings.metrics.listen",

@@ -427,10 +427,30 @@ pub struct Settings {
 }
 
 /// `settings.metrics`: where portd serves `GET /metrics`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetricsSettings {
     /// Address and port of the HTTP listener, e.g. `127.0.0.1:9649`.
     pub listen: std::net::SocketAddr,
+    /// Networks scrapers may connect from (default: loopback only); others are closed
+    /// unanswered.
+    #[serde(default = "MetricsSettings::loopback")]
+    pub allow: Vec<ipnet::IpNet>,
+}
+
+impl MetricsSettings {
+    /// 127.0.0.0/8 and ::1/128: the default of `settings.metrics.allow`.
+    pub fn loopback() -> Vec<ipnet::IpNet> {
+        vec![
+            ipnet::IpNet::V4(ipnet::Ipv4Net::new(std::net::Ipv4Addr::LOCALHOST, 8).unwrap_or_default()),
+            ipnet::IpNet::V6(ipnet::Ipv6Net::from(std::net::Ipv6Addr::LOCALHOST)),
+        ]
+    }
+    /// True when a scraper at `peer` may connect (an IPv4-mapped IPv6 address counts as
+    /// its IPv4 address).
+    pub fn allows(&self, peer: std::net::IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.allow.iter().any(|n| n.contains(&peer))
+    }
 }
 
 impl Default for Settings {

@@ -310,10 +310,20 @@ pub enum Outcome {
     Error {
         /// Class of failure.
         kind: ErrorKind,
-        /// One cause per entry.
+        /// One cause per entry; at most [`MAX_ERROR_MESSAGES`] and a last one counting the
+        /// rest. For an invalid file, each is `line:column: path: message` and the file is
+        /// named once, in `file`.
         messages: Vec<String>,
+        /// The invalid file the messages are located in (bounded in length, control
+        /// characters escaped); absent for other failures.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<String>,
     },
 }
+
+/// Most causes an error answer lists, the last counting those left out: as many as a
+/// file's listed problems and its summary line.
+pub const MAX_ERROR_MESSAGES: usize = crate::load::MAX_DIAGNOSTICS + 1;
 
 impl Response {
     /// A success.
@@ -322,7 +332,31 @@ impl Response {
     }
     /// A failure.
     pub fn error(kind: ErrorKind, messages: Vec<String>) -> Response {
-        Response { version: PROTOCOL_VERSION, result: Outcome::Error { kind, messages } }
+        Response { version: PROTOCOL_VERSION, result: Outcome::Error { kind, messages, file: None } }
+    }
+    /// A file refused as invalid: its name once (as the caller bounded it, see
+    /// [`crate::diag::bounded_file_name`]), and its problems without it.
+    pub fn invalid_file(file: String, diagnostics: &crate::Diagnostics) -> Response {
+        Response {
+            version: PROTOCOL_VERSION,
+            result: Outcome::Error {
+                kind: ErrorKind::Invalid,
+                messages: diagnostics.0.iter().map(|d| d.located()).collect(),
+                file: Some(file),
+            },
+        }
+    }
+    /// The answer with at most [`MAX_ERROR_MESSAGES`] causes, the rest counted ("… and
+    /// 2,480 more"), so an answer's size does not grow with the number of problems.
+    pub fn capped(mut self) -> Response {
+        if let Outcome::Error { messages, .. } = &mut self.result {
+            if messages.len() > MAX_ERROR_MESSAGES {
+                let more = messages.len() - (MAX_ERROR_MESSAGES - 1);
+                messages.truncate(MAX_ERROR_MESSAGES - 1);
+                messages.push(format!("… and {} more", crate::load::thousands(more)));
+            }
+        }
+        self
     }
 }
 

@@ -26,7 +26,7 @@ pub const MAX_NODES: usize = 1_000_000;
 /// sees it (the parser's simple-key handling is quadratic in the nesting depth). It is
 /// conservative: every `{`, `[`, indentation level and `- ` opening a line counts as a
 /// level, and every `: `, `- ` and `,` as a node. Returns the line and the problem.
-pub(crate) fn check_shape(text: &str) -> Result<(), (usize, String)> {
+pub(crate) fn check_shape(text: &str) -> Result<usize, (usize, String)> {
     let mut nodes = 0usize;
     let mut flow = 0usize;
     let mut indents: Vec<usize> = Vec::new();
@@ -90,5 +90,5 @@ pub(crate) fn check_shape(text: &str) -> Result<(), (usize, String)> {
             return Err((i + 1, format!("more than {MAX_NODES} YAML nodes; split the file")));
         }
     }
-    Ok(())
+    Ok(nodes)
 }

@@ -34,7 +34,9 @@ fn long_or_unprintable_descriptions_are_located_errors() {
         lines[0]
     );
     assert!(
-        lines[1].starts_with("r.yaml:10:18: forwards[1].description: description contains the control character '\\t'"),
+        lines[1].starts_with(
+            "r.yaml:10:18: forwards[1].description: description contains the control character U+0009 at character 4"
+        ),
         "{}",
         lines[1]
     );
@@ -43,4 +45,24 @@ fn long_or_unprintable_descriptions_are_located_errors() {
     let ok = text.replace(&long, &"é".repeat(200));
     let d = parse_rules("r.yaml", &ok).expect_err("the other two are still wrong");
     assert_eq!(d.0.len(), 2);
+}
+
+#[test]
+fn bidi_overrides_isolates_zero_width_and_line_separators_are_located_errors() {
+    // Each would make a status line read differently from what it holds.
+    for (text, code, at) in [
+        ("shop \u{202E}gnp.exe", "U+202E", 6),
+        ("\u{2066}admin\u{2069}", "U+2066", 1),
+        ("a\u{200B}b", "U+200B", 2),
+        ("one\u{2028}two", "U+2028", 4),
+        ("one\u{2029}two", "U+2029", 4),
+        ("x\u{FEFF}", "U+FEFF", 2),
+    ] {
+        let file =
+            format!("version: 1\nforwards:\n  - name: a\n    port: 80\n    to: 8080\n    description: \"{text}\"\n");
+        let d = parse_rules("r.yaml", &file).expect_err("refused");
+        let line = d.0[0].to_string();
+        assert!(line.starts_with("r.yaml:6:18: forwards[0].description: description contains"), "{line}");
+        assert!(line.contains(&format!("{code} at character {at}")), "{text:?}: {line}");
+    }
 }

@@ -276,3 +276,51 @@ fn wrong_indentation_gets_a_hint_with_its_line() {
         .to_string();
     assert!(e.contains("likely wrong indentation at line 4"), "{e}");
 }
+
+#[test]
+fn many_problems_are_listed_up_to_a_hundred_and_counted_beyond() {
+    let mut text = String::from("version: 1\nforwards:\n");
+    for i in 0..2_500 {
+        text.push_str(&format!("  - {{name: f{i}, port: 70000, to: 8080}}\n"));
+    }
+    let d = portd_rules::parse_rules("r.yaml", &text).expect_err("invalid");
+    assert_eq!(d.len(), portd_rules::load::MAX_DIAGNOSTICS + 1);
+    let last = d.0.last().expect("summary").to_string();
+    assert_eq!(last, "r.yaml: … and 2,400 more problem(s) not listed; fix these first");
+    let size: usize = d.0.iter().map(|d| d.to_string().len()).sum();
+    assert!(size < 20_000, "{size} bytes of diagnostics");
+}
+
+#[test]
+fn a_long_unknown_key_is_named_cut_short() {
+    let key = "k".repeat(1000);
+    let d = errors(&format!("version: 1\nforwards:\n  - {{name: g, port: 1, to: 2, {key}: 1}}\n"));
+    assert_eq!(d.len(), 1, "{d}");
+    assert!(d.0[0].path.starts_with("forwards[0].kkk"), "{}", d.0[0].path);
+    assert_eq!(d.0[0].path.chars().count(), 201, "cut to 200 characters and an ellipsis");
+    assert!(d.0[0].line == 3, "still located: {}", d.0[0]);
+}
+
+#[test]
+fn metrics_allow_defaults_to_loopback_and_locates_a_bad_network() {
+    let c =
+        parse_config("portd.yaml", "version: 1\nsettings:\n  metrics: {listen: \"127.0.0.1:9649\"}\n").expect("valid");
+    let m = c.settings.metrics.expect("metrics");
+    assert!(m.allows("127.0.0.1".parse().expect("ip")) && m.allows("::1".parse().expect("ip")));
+    assert!(m.allows("::ffff:127.0.0.1".parse().expect("ip")), "an IPv4-mapped loopback peer");
+    assert!(!m.allows("192.0.2.1".parse().expect("ip")));
+    let c = parse_config(
+        "portd.yaml",
+        "version: 1\nsettings:\n  metrics: {listen: \"[::]:9649\", allow: [192.0.2.7/24, 10.0.0.5]}\n",
+    )
+    .expect("valid");
+    let m = c.settings.metrics.expect("metrics");
+    assert!(m.allows("192.0.2.200".parse().expect("ip")) && m.allows("10.0.0.5".parse().expect("ip")));
+    assert!(!m.allows("127.0.0.1".parse().expect("ip")), "the list replaces the default");
+    let d = parse_config(
+        "portd.yaml",
+        "version: 1\nsettings:\n  metrics: {listen: \"127.0.0.1:9649\", allow: [nowhere]}\n",
+    )
+    .expect_err("invalid");
+    assert!(d.to_string().starts_with("portd.yaml:3:47: settings.metrics.allow[0]: `nowhere` is not a network"), "{d}");
+}

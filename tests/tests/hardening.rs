@@ -233,3 +233,205 @@ fn a_thirty_thousand_forward_status_reaches_the_client_whole() {
     eprintln!("add during three 30,000-forward status reads: {:.1} ms", add.as_secs_f64() * 1e3);
     assert!(add < took / 2, "the change waited for the status reads: {add:?} (a status takes {took:?})");
 }
+
+/// Sends `line` (a whole request) on a connection of `uid` and returns the answer line.
+fn exchange_as(uid: u32, socket: &std::path::Path, line: &[u8]) -> String {
+    let mut s = connect_as(uid, socket).expect("connect as the attacker");
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    s.write_all(line).expect("send");
+    let mut answer = String::new();
+    BufReader::new(&s).read_line(&mut answer).expect("answer");
+    answer
+}
+
+fn apply_line(file: &str, text: &str) -> Vec<u8> {
+    let req = serde_json::json!({"version": 1, "command": {"op": "apply", "file": file, "text": text, "dry_run": true, "owner": null}});
+    let mut line = serde_json::to_vec(&req).expect("json");
+    line.push(b'\n');
+    line
+}
+
+#[test]
+fn refused_files_answer_small_and_memory_stays_bounded() {
+    let net = Net::setup();
+    let attacker = TestUser::new("phe");
+    let uid = attacker.uid();
+    let d = Portd::start(&net, &config(&net, &format!("grants:\n  - {{user: {}, ports: [80]}}\n", attacker.name)));
+    let pid = d.child.id();
+    let before = rss_mib(pid);
+    let bad = |n: usize| {
+        let mut t = String::from("version: 1\nforwards:\n");
+        for i in 0..n {
+            t.push_str(&format!("  - {{name: f{i}, port: 70000, to: 0}}\n"));
+        }
+        t
+    };
+    // 1,300 bad forwards (47 KB): the answer was 10 MB.
+    let line = apply_line("rules.yaml", &bad(1_300));
+    let answer = exchange_as(uid, &d.socket, &line);
+    let js: serde_json::Value = serde_json::from_str(&answer).expect("answer JSON");
+    let messages = js["result"]["error"]["messages"].as_array().expect("messages").clone();
+    eprintln!("47 KB request ({} bytes): answer {} bytes, {} messages", line.len(), answer.len(), messages.len());
+    assert_eq!(js["result"]["error"]["kind"], "invalid", "{answer:.300}");
+    assert_eq!(js["result"]["error"]["file"], "rules.yaml", "the file is named once, beside the messages");
+    assert!(
+        answer.len() <= line.len(),
+        "the answer ({} B) is larger than the request ({} B)",
+        answer.len(),
+        line.len()
+    );
+    assert!(messages.len() <= 101, "{} messages", messages.len());
+    assert!(messages[0].as_str().is_some_and(|m| m.starts_with("3:")), "located without the file: {}", messages[0]);
+    let last = messages.last().and_then(|m| m.as_str()).expect("summary");
+    assert!(last.contains("… and 2,500 more problem(s)"), "the rest are counted: {last}");
+    assert!(!answer.contains("rules.yaml:"), "no message repeats the file name");
+    // A 1 MiB file name and 2,500 bad forwards, four connections at once, for 3 s: this
+    // got portd OOM-killed under MemoryMax=512M.
+    let huge_name = "n".repeat(1 << 20);
+    let line = std::sync::Arc::new(apply_line(&huge_name, &bad(2_500)));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let socket = d.socket.clone();
+    let attackers: Vec<_> = (0..4)
+        .map(|_| {
+            let (line, stop, socket) = (line.clone(), stop.clone(), socket.clone());
+            std::thread::spawn(move || {
+                let mut largest = 0;
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let answer = exchange_as(uid, &socket, &line);
+                    assert!(answer.contains("\"kind\":\"invalid\""), "{answer:.300}");
+                    largest = largest.max(answer.len());
+                    n += 1;
+                }
+                (n, largest)
+            })
+        })
+        .collect();
+    let mut peak = before;
+    let t = Instant::now();
+    let mut status = Vec::new();
+    while t.elapsed() < Duration::from_secs(3) {
+        peak = peak.max(rss_mib(pid));
+        status.push(timed_status(&d));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let results = join_all(attackers);
+    let sent: usize = results.iter().map(|r| r.0).sum();
+    let largest = results.iter().map(|r| r.1).max().unwrap_or(0);
+    let (smed, smax) = median_max_ms(&mut status);
+    eprintln!(
+        "{sent} requests of {} bytes (1 MiB file name, 2,500 bad forwards): largest answer {largest} bytes; RSS {before:.1} MiB before, {peak:.1} MiB peak; root status {smed:.1} ms median, {smax:.1} ms worst",
+        line.len()
+    );
+    assert!(sent >= 4, "the attack ran");
+    assert!(largest <= 64 << 10, "answer of {largest} bytes to a 1 MiB-name request");
+    assert!(peak <= 128.0, "RSS peak {peak:.1} MiB exceeds 128 MiB");
+    // A file whose parse alone would take hundreds of MiB is refused before parsing.
+    let mut flat = String::from("version: 1\nforwards:\n  - {");
+    let mut i = 0;
+    while flat.len() < 3 << 20 {
+        flat.push_str(&format!("k{i}: 0,"));
+        i += 1;
+    }
+    flat.push_str("}\n");
+    let t = Instant::now();
+    let answer = exchange_as(uid, &d.socket, &apply_line("flat.yaml", &flat));
+    let took = t.elapsed();
+    let after = rss_mib(pid);
+    eprintln!("3 MiB flat mapping: refused in {:.1} ms, RSS {after:.1} MiB: {answer:.200}", took.as_secs_f64() * 1e3);
+    assert!(answer.contains("one request may take 64 MiB"), "{answer:.300}");
+    assert!(after <= 64.0, "RSS {after:.1} MiB after a refused 3 MiB file");
+    // The grant's own small file still applies.
+    let ok = apply_line("ok.yaml", "version: 1\nforwards:\n  - {name: http, port: 80, to: 8080}\n");
+    let answer = exchange_as(uid, &d.socket, &ok);
+    assert!(answer.contains("\"ok\""), "{answer}");
+}
+
+#[test]
+fn refusals_with_line_breaks_in_names_forge_no_log_line_and_the_log_stays_small() {
+    let net = Net::setup();
+    let attacker = TestUser::new("phf");
+    let uid = attacker.uid();
+    let d = Portd::start(&net, &config(&net, ""));
+    let log_before = Portd::log(&net).len();
+    let forged = "x\r\n2030-01-01T00:00:00.000000Z  INFO applied change for uid 0 (root) FORGED\n";
+    let lines: Vec<Vec<u8>> = [
+        serde_json::json!({"version": 1, "command": {"op": "apply", "file": forged, "text": "version: 1\nforwards: []\n", "dry_run": false, "owner": format!("user:{forged}")}}),
+        serde_json::json!({"version": 1, "command": {"op": "remove", "name": forged, "owner": null}}),
+        serde_json::json!({"version": 1, "command": {"op": "add", "forward": {"name": forged, "port": 80, "to": 8080}, "owner": format!("user:{forged}")}}),
+        serde_json::json!({"version": 1, "command": {"op": "export", "owner": format!("user:{forged}")}}),
+    ]
+    .iter()
+    .map(|r| {
+        let mut l = serde_json::to_vec(r).expect("json");
+        l.push(b'\n');
+        l
+    })
+    .collect();
+    let lines = std::sync::Arc::new(lines);
+    let t = Instant::now();
+    let attackers: Vec<_> = (0..4)
+        .map(|_| {
+            let (lines, socket) = (lines.clone(), d.socket.clone());
+            std::thread::spawn(move || {
+                let s = connect_as(uid, &socket).expect("connect");
+                let mut r = BufReader::new(s.try_clone().expect("clone"));
+                let mut w = s;
+                let mut refused = 0;
+                while t.elapsed() < Duration::from_secs(5) {
+                    for l in lines.iter() {
+                        w.write_all(l).expect("send");
+                        let mut answer = String::new();
+                        r.read_line(&mut answer).expect("answer");
+                        assert!(answer.contains("\"error\""), "refused: {answer}");
+                        refused += 1;
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+    let refused: usize = join_all(attackers).into_iter().sum();
+    let attack = t.elapsed();
+    let grown = Portd::log(&net).len() - log_before;
+    // Suppressed refusals are summarised within 10 s.
+    wait_for(
+        || Portd::log(&net).contains(&format!("more refusals from uid {uid} suppressed")),
+        "the summary of suppressed refusals",
+    );
+    let log = Portd::log(&net);
+    let per_minute = grown as f64 * 60.0 / attack.as_secs_f64() / 1024.0;
+    eprintln!(
+        "{refused} refused requests in {:.1} s with CR/LF in names: log grew {grown} bytes ({per_minute:.0} KiB/min at that rate)",
+        attack.as_secs_f64()
+    );
+    assert!(refused > 1000, "the attack ran: {refused}");
+    assert!(!log.contains('\r'), "a raw CR reached the log");
+    for line in log.lines().filter(|l| l.contains("FORGED")) {
+        assert!(line.contains("refused"), "a forged line: {line:?}");
+        assert!(line.contains("\\r\\n2030-01-01"), "the line break is escaped: {line:?}");
+    }
+    assert!(log.contains("FORGED"), "the refusals were logged, escaped: {log}");
+    assert!(grown <= 64 << 10, "the log grew {grown} bytes during a 5 s attack");
+    let summary = log.lines().find(|l| l.contains("suppressed")).expect("summary");
+    eprintln!("{summary}");
+}
+
+#[test]
+fn descriptions_with_bidi_overrides_are_refused_by_the_daemon() {
+    let net = Net::setup();
+    let d = Portd::start(&net, &config(&net, ""));
+    let o = d.ctl(&["add", "web", "80", "8080", "--description", "shop \u{202E}gnp.exe"]);
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert!(err(&o).contains("U+202E at character 6"), "{}", err(&o));
+    let file = write(
+        &net.dir,
+        "r.yaml",
+        "version: 1\nforwards:\n  - {name: a, port: 80, to: 8080, description: \"a\u{2028}b\"}\n",
+    );
+    let o = d.ctl(&["apply", file.to_str().expect("path")]);
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert!(err(&o).contains("r.yaml:3:") && err(&o).contains("U+2028 at character 2"), "{}", err(&o));
+    assert_eq!(d.status_json()["forwards"].as_array().map(Vec::len), Some(0), "nothing was applied");
+}

@@ -293,3 +293,100 @@ fn elements_carry_owner_comments_that_nft_reads_back_and_portd_repairs() {
     assert!(m.value("portd_drift_repair_latency_seconds_count", &[]).unwrap_or(0.0) >= 1.0);
     assert_eq!(m.value("portd_in_sync", &[]), Some(1.0));
 }
+
+/// Sends `head` to the endpoint from the server's namespace as `uid` and returns the
+/// answer's status code (0 when the connection closed unanswered).
+fn raw_http(net: &Net, uid: u32, head: Vec<u8>) -> u16 {
+    in_netns(&net.srv, move || {
+        set_thread_uid(uid);
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(LISTEN).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+        let _ = s.write_all(&head);
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    })
+}
+
+/// Makes this thread act as `uid` (its own credentials only).
+fn set_thread_uid(uid: u32) {
+    if uid == 0 {
+        return;
+    }
+    // SAFETY: raw system calls that change this thread's credentials only; checked.
+    let rc = unsafe { libc::syscall(libc::SYS_setresgid, uid, uid, uid) };
+    assert_eq!(rc, 0, "setresgid: {}", std::io::Error::last_os_error());
+    // SAFETY: as above.
+    let rc = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
+    assert_eq!(rc, 0, "setresuid: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn root_scrapes_are_answered_under_a_flood_of_idle_connections_and_heads_are_bounded() {
+    let net = Net::setup();
+    let attacker = TestUser::new("pmf");
+    let uid = attacker.uid();
+    let d = Portd::start(&net, &with_metrics(&net));
+    // Another local account keeps 200 idle connections open, reconnecting as they close.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        spawn_in_netns(&net.srv, move || {
+            set_thread_uid(uid);
+            let mut held: Vec<std::net::TcpStream> = Vec::new();
+            let mut opened = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                held.retain(|s| {
+                    let mut b = [0u8; 1];
+                    s.set_nonblocking(true).is_ok()
+                        && matches!(s.peek(&mut b), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                });
+                while held.len() < 200 {
+                    match std::net::TcpStream::connect(LISTEN) {
+                        Ok(s) => {
+                            held.push(s);
+                            opened += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            opened
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let get = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    let mut codes = Vec::new();
+    let mut times = Vec::new();
+    for _ in 0..48 {
+        let t = Instant::now();
+        codes.push(raw_http(&net, 0, get.clone()));
+        times.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let opened = flood.join().expect("flood");
+    let (med, max) = median_max_ms(&mut times);
+    let ok = codes.iter().filter(|c| **c == 200).count();
+    eprintln!("{opened} idle connections of uid {uid} opened meanwhile: {ok} of 48 root scrapes answered 200, {med:.1} ms median, {max:.1} ms worst");
+    assert!(opened >= 200, "the flood ran: {opened}");
+    assert_eq!(ok, 48, "root's scrapes: {codes:?}");
+    // The head limit is exact: 8 KiB with its blank line is read, one byte more is not.
+    let head = |size: usize| {
+        let mut h = b"GET /metrics HTTP/1.1\r\nX-Pad: ".to_vec();
+        h.resize(size - 4, b'a');
+        h.extend_from_slice(b"\r\n\r\n");
+        h
+    };
+    assert_eq!(raw_http(&net, 0, head(8192)), 200, "an 8 KiB head is served");
+    assert_eq!(raw_http(&net, 0, head(8193)), 431, "an 8 KiB + 1 head is refused");
+    assert_eq!(raw_http(&net, 0, head(9 * 1024)), 431, "a 9 KiB head is refused");
+    drop(d);
+    // settings.metrics.allow: a loopback scraper outside the list is closed unanswered.
+    let cfg = with_metrics(&net)
+        .replace(&format!("listen: \"{LISTEN}\""), &format!("listen: \"{LISTEN}\", allow: [192.0.2.0/24]"));
+    let _d = Portd::start(&net, &cfg);
+    assert_eq!(raw_http(&net, 0, get), 0, "a peer outside settings.metrics.allow got an answer");
+}

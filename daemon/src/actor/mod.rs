@@ -37,6 +37,8 @@ pub struct Published {
     pub grants: std::sync::RwLock<Vec<portd_rules::Grant>>,
     /// The live metrics instruments, updated by the actor and the server.
     pub metrics: crate::metrics::Metrics,
+    /// Refused requests' log records, rate-limited per uid.
+    pub refusals: crate::refusals::Refusals,
 }
 
 /// Who sent a request, from SO_PEERCRED and the account database.
@@ -184,7 +186,7 @@ fn subject(caller: &Caller, op: &Op) -> (String, Option<String>) {
         Op::Command(Command::Export { owner }) => (owner.clone(), None),
         Op::Command(_) => (None, None),
     };
-    (owner.unwrap_or_else(|| caller.owner()), forward.map(|f| f.escape_debug().to_string()))
+    (owner.unwrap_or_else(|| caller.owner()), forward)
 }
 
 /// A change is logged with at most this many forwards, then how many more.
@@ -533,17 +535,19 @@ impl Daemon {
                     let resp = match self.handle(&caller, op) {
                         Ok(body) => Response::ok(body),
                         Err((kind, messages)) => {
-                            tracing::warn!(
-                                uid = caller.uid,
-                                user = %caller.user,
-                                owner = %owner,
-                                forward = forward.as_deref(),
-                                action = "refuse",
-                                "request of {} (pid {}) refused: {}",
+                            let what = format!(
+                                "request of {} (pid {})",
                                 caller.who(),
-                                caller.pid.map_or("?".to_string(), |p| p.to_string()),
-                                messages.join("; ")
+                                caller.pid.map_or("?".to_string(), |p| p.to_string())
                             );
+                            self.published.refusals.log(&crate::refusals::Refusal {
+                                uid: caller.uid,
+                                user: &caller.user,
+                                owner: &owner,
+                                forward: forward.as_deref(),
+                                what: &what,
+                                causes: &messages,
+                            });
                             Response::error(kind, messages)
                         }
                     };
