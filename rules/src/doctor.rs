@@ -510,8 +510,8 @@ fn nat_finding(
         Manager::IptablesNft => {
             let cmd = iptables_cmd(chain);
             format!(
-                "delete that rule with iptables, which owns the table: `{cmd} -t {} -D {at} {rule_no}` (see it with `{cmd} -t {} -S {at}`), and from the file it is restored from at boot (/etc/iptables/rules.v{}: `netfilter-persistent save`), or give the forward another public port",
-                chain.table, chain.table, if cmd.starts_with("ip6") { 6 } else { 4 }
+                "delete that rule with iptables, which owns the table, and from the rules iptables-persistent restores at boot: `{cmd} -t {} -D {at} {rule_no} && if [ -e /etc/iptables/rules.v{v} ]; then {cmd}-save > /etc/iptables/rules.v{v}; fi` (see the rules with `{cmd} -t {} -S {at}`), or give the forward another public port",
+                chain.table, chain.table, v = if cmd.starts_with("ip6") { 6 } else { 4 }
             )
         }
         _ if chain.legacy() => {
