@@ -393,7 +393,7 @@ fn drop_finding(
             ),
         }
     } else if mgr == Manager::Ufw {
-        "let ufw accept redirected traffic, for every forward, in its own files (kept across `ufw reload` and reboots): `grep -q 'ctstate DNAT' /etc/ufw/before.rules || sed -i '/^# End required lines/a -A ufw-before-input -m conntrack --ctstate DNAT -j ACCEPT' /etc/ufw/before.rules; grep -q 'ctstate DNAT' /etc/ufw/before6.rules || sed -i '/^# End required lines/a -A ufw6-before-input -m conntrack --ctstate DNAT -j ACCEPT' /etc/ufw/before6.rules; ufw reload`".to_string()
+        "let ufw accept redirected traffic, for every forward, in its own files, kept across ufw reloads and reboots: `grep -q 'ctstate DNAT' /etc/ufw/before.rules || sed -i '/^# End required lines/a -A ufw-before-input -m conntrack --ctstate DNAT -j ACCEPT' /etc/ufw/before.rules; grep -q 'ctstate DNAT' /etc/ufw/before6.rules || sed -i '/^# End required lines/a -A ufw6-before-input -m conntrack --ctstate DNAT -j ACCEPT' /etc/ufw/before6.rules; ufw reload`".to_string()
     } else if mgr == Manager::IptablesNft {
         let cmd = iptables_cmd(chain);
         format!(
