@@ -97,14 +97,38 @@ pub fn run(s: &Snapshot) -> Vec<Finding> {
         )),
         Err(e) => findings.push(unreadable("listener", format!("reading the socket tables (NETLINK_SOCK_DIAG): {e}"))),
     }
-    let read = |f: &str| std::fs::read_to_string(format!("/proc/sys/net/netfilter/{f}"));
-    if let (Ok(count), Ok(max)) = (read("nf_conntrack_count"), read("nf_conntrack_max")) {
-        if let (Ok(count), Ok(max)) = (count.trim().parse(), max.trim().parse()) {
-            findings.extend(doctor::check_conntrack(count, max));
-        }
+    match conntrack_counts() {
+        Ok(Some((count, max))) => findings.extend(doctor::check_conntrack(count, max)),
+        // No conntrack in this namespace yet: nothing is tracked, nothing can be full.
+        Ok(None) => {}
+        Err(e) => findings.push(unreadable("conntrack", format!("reading the conntrack table's size: {e}"))),
     }
     doctor::sort(&mut findings);
     findings
+}
+
+/// The conntrack table's entries and limit: from ctnetlink (IPCTNL_MSG_CT_GET_STATS, which
+/// the unit's sandbox allows), else from /proc/sys (which `ProcSubset=pid` hides). `None`
+/// when conntrack is not loaded.
+fn conntrack_counts() -> Result<Option<(u64, u64)>, String> {
+    let netlink = portd_kernel::conntrack::stats;
+    let netlink_err = match netlink() {
+        Ok(Some(v)) => return Ok(Some(v)),
+        Ok(None) => "the kernel's answer carried no counts".to_string(),
+        // ctnetlink not loaded: no conntrack module, nothing tracked.
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(None),
+        Err(e) => e.to_string(),
+    };
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/sys/net/netfilter/{f}"));
+    match (read("nf_conntrack_count"), read("nf_conntrack_max")) {
+        (Ok(count), Ok(max)) => match (count.trim().parse(), max.trim().parse()) {
+            (Ok(count), Ok(max)) => Ok(Some((count, max))),
+            _ => Err(format!("unreadable numbers in /proc/sys/net/netfilter ({count:?}, {max:?})")),
+        },
+        (Err(e), _) | (_, Err(e)) => Err(format!(
+            "ctnetlink: {netlink_err}; /proc/sys/net/netfilter/nf_conntrack_count: {e} (run `sysctl net.netfilter.nf_conntrack_count net.netfilter.nf_conntrack_max` to see them)"
+        )),
+    }
 }
 
 /// `IPT_SO_GET_INFO` / `IP6T_SO_GET_INFO` (the same number at SOL_IP and SOL_IPV6).
@@ -116,12 +140,20 @@ const MAX_LEGACY_BYTES: u32 = 16 * 1024 * 1024;
 
 /// The built-in chains of every legacy table already loaded in the namespace; none when
 /// the legacy modules are not loaded (the names file is then absent; nothing is loaded
-/// by asking).
+/// by asking). Read through /proc/self/net, which a unit's `ProcSubset=pid` leaves
+/// visible (it hides /proc/net); when even that is missing the check says it did not run.
 fn legacy_chains(v6: bool) -> Result<Vec<ForeignChain>, String> {
-    let names = if v6 { "/proc/net/ip6_tables_names" } else { "/proc/net/ip_tables_names" };
+    let names = if v6 { "/proc/self/net/ip6_tables_names" } else { "/proc/self/net/ip_tables_names" };
     let list = match std::fs::read_to_string(names) {
         Ok(l) => l,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if std::path::Path::new("/proc/self/net/dev").exists() {
+                return Ok(Vec::new());
+            }
+            return Err(format!(
+                "cannot tell whether legacy iptables tables are loaded: /proc/self/net is not visible ({e})"
+            ));
+        }
         Err(e) => return Err(format!("reading {names}: {e}")),
     };
     let (domain, level) = if v6 { (libc::AF_INET6, libc::SOL_IPV6) } else { (libc::AF_INET, libc::SOL_IP) };

@@ -80,6 +80,26 @@ fn tracked_flows() -> Option<u64> {
     std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count").ok()?.trim().parse().ok()
 }
 
+/// The conntrack table's entries and limit, from ctnetlink (IPCTNL_MSG_CT_GET_STATS);
+/// `None` when the answer carries no counts. EOPNOTSUPP: conntrack is not loaded.
+pub fn stats() -> io::Result<Option<(u64, u64)>> {
+    let mut s = Socket::open(libc::NETLINK_NETFILTER)?;
+    // NFNL_SUBSYS_CTNETLINK (1) << 8 | IPCTNL_MSG_CT_GET_STATS (5)
+    let seq = s.send_request((1 << 8) | 5, libc::NLM_F_ACK as u16, &[&[libc::AF_UNSPEC as u8, 0, 0, 0]])?;
+    let mut got = None;
+    s.replies(seq, |m| {
+        let attrs = m.body.get(4..).unwrap_or_default();
+        let be = |ty| {
+            find(attrs, ty).and_then(|v| v.get(..4)).map(|v| u64::from(u32::from_be_bytes([v[0], v[1], v[2], v[3]])))
+        };
+        // CTA_STATS_GLOBAL_ENTRIES (1), CTA_STATS_GLOBAL_MAX_ENTRIES (2)
+        if let (Some(count), Some(max)) = (be(1), be(2)) {
+            got = Some((count, max));
+        }
+    })?;
+    Ok(got)
+}
+
 /// Deletes the conntrack entries of `stale` mappings; returns how many were deleted.
 pub fn forget(stale: &[Stale]) -> io::Result<usize> {
     if stale.is_empty() {

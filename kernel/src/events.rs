@@ -11,17 +11,6 @@ use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
-/// Thread id of the thread that commits portd's own transactions (the actor).
-static COMMITTER: AtomicU32 = AtomicU32::new(0);
-
-/// Marks the calling thread as the one whose transactions are portd's own. The kernel
-/// names the committing thread (NFTA_GEN_PROC_PID is a thread id) in every NEWGEN.
-pub fn mark_committer_thread() {
-    // SAFETY: gettid(2) has no preconditions and cannot fail.
-    let tid = unsafe { libc::gettid() };
-    COMMITTER.store(tid as u32, Ordering::Relaxed);
-}
-
 /// What a committed transaction did to our table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableEvent {
@@ -33,16 +22,12 @@ pub enum TableEvent {
     Unknown,
 }
 
-/// The committing thread of a NEWGEN message (NFTA_GEN_PROC_PID, big-endian u32).
-fn gen_pid(payload: &[u8]) -> Option<u32> {
-    let v = find(payload.get(NFGENMSG_LEN..)?, 2)?;
-    Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?))
-}
-
 /// A netlink socket subscribed to nf_tables events.
 pub struct Listener {
     sock: Arc<Socket>,
     table: Vec<u8>,
+    /// The netlink port id portd commits from ([`portd::nft::Backend::commit_port`]).
+    own_port: Arc<AtomicU32>,
 }
 
 /// The listener's socket, for [`quietly`] to leave and rejoin the event group.
@@ -104,8 +89,9 @@ pub fn quietly<T, E>(f: impl FnOnce() -> Result<T, E>) -> (Result<T, E>, bool) {
 const NFGENMSG_LEN: usize = 4;
 
 impl Listener {
-    /// Subscribes to NFNLGRP_NFTABLES in the caller's network namespace.
-    pub fn new(table: &str) -> io::Result<Listener> {
+    /// Subscribes to NFNLGRP_NFTABLES in the caller's network namespace. Transactions
+    /// committed from the netlink port `own_port` holds are portd's own and not reported.
+    pub fn new(table: &str, own_port: Arc<AtomicU32>) -> io::Result<Listener> {
         let sock = Arc::new(Socket::open(libc::NETLINK_NETFILTER)?);
         sock.subscribe(libc::NFNLGRP_NFTABLES)?;
         // A large receive buffer: a flush of a big table produces many messages. Failure
@@ -117,7 +103,7 @@ impl Listener {
         }
         // The process's listener is the one `quietly` steps out of the group.
         let _ = SUBSCRIBED.set(Arc::clone(&sock));
-        Ok(Listener { sock, table: table.as_bytes().to_vec() })
+        Ok(Listener { sock, table: table.as_bytes().to_vec(), own_port })
     }
 
     /// Blocks until a committed transaction touched our table, and says how.
@@ -140,8 +126,13 @@ impl Listener {
                     continue;
                 }
                 if msg == libc::NFT_MSG_NEWGEN {
-                    // End of a transaction; ignore the ones portd itself committed.
-                    let ours = gen_pid(m.body) == Some(COMMITTER.load(Ordering::Relaxed));
+                    // End of a transaction; ignore the ones portd itself committed. The
+                    // kernel addresses every notification of a transaction to the port id
+                    // of the socket that committed it; NFTA_GEN_PROC_PID would be no help
+                    // in a PID namespace of its own (a container), where it names a thread
+                    // id of the initial namespace that portd cannot know.
+                    let own = self.own_port.load(Ordering::Relaxed);
+                    let ours = own != 0 && m.header.pid == own;
                     if let Some(c) = pending.take() {
                         if !ours {
                             return Ok(c);
@@ -191,7 +182,8 @@ mod tests {
         let r = std::thread::spawn(|| {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(|e| format!("this test needs root for a network namespace of its own (unshare: {e})"))?;
-            let listener = Listener::new("portd").map_err(|e| format!("subscribing: {e}"))?;
+            let listener =
+                Listener::new("portd", Arc::new(AtomicU32::new(0))).map_err(|e| format!("subscribing: {e}"))?;
             let one = || nft(&["add", "table", "inet", "portd"]);
             let (r, missed) = quietly(one);
             r?;

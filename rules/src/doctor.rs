@@ -76,6 +76,10 @@ enum Manager {
     Ufw,
     Firewalld,
     Docker,
+    Netavark,
+    Fail2ban,
+    /// Rules written with `iptables` (`ip6tables`) of the nf_tables variant.
+    IptablesNft,
     None,
 }
 
@@ -86,9 +90,49 @@ fn manager(chain: &ForeignChain, passed: &[String]) -> Manager {
         Manager::Ufw
     } else if passed.iter().any(|c| c.starts_with("DOCKER")) {
         Manager::Docker
+    } else if passed.iter().any(|c| c.starts_with("NETAVARK")) {
+        Manager::Netavark
+    } else if chain.table.starts_with("f2b-") || passed.iter().any(|c| c.starts_with("f2b-")) {
+        Manager::Fail2ban
+    } else if iptables_nft(chain) {
+        Manager::IptablesNft
     } else {
         Manager::None
     }
+}
+
+/// A table `iptables-nft` (Debian's `iptables`) builds: family ip or ip6, one of the
+/// xtables table names, base chains named as iptables names them. nft prints "managed by
+/// iptables-nft, do not touch" for these: fixes use `iptables`, not `nft`.
+fn iptables_nft(chain: &ForeignChain) -> bool {
+    !chain.legacy()
+        && matches!(chain.family.as_str(), "ip" | "ip6")
+        && matches!(chain.table.as_str(), "filter" | "nat" | "mangle" | "raw" | "security")
+        && ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"].contains(&chain.name.as_str())
+}
+
+/// `iptables` or `ip6tables` (with `-legacy` for legacy tables) for a chain's family.
+fn iptables_cmd(chain: &ForeignChain) -> String {
+    let base = if chain.family.starts_with("ip6") { "ip6tables" } else { "iptables" };
+    if chain.legacy() {
+        format!("{base}-legacy")
+    } else {
+        base.to_string()
+    }
+}
+
+/// The container id netavark writes in its DNAT rules' comments (`dnat name: NET id: ID`),
+/// searched in the chains a walk passed.
+fn netavark_container(chains: &[ForeignChain], chain: &ForeignChain, passed: &[String]) -> Option<String> {
+    chains
+        .iter()
+        .filter(|c| c.family == chain.family && c.table == chain.table && passed.contains(&c.name))
+        .flat_map(|c| c.rules.iter())
+        .flat_map(|r| r.conds.iter())
+        .find_map(|c| match c {
+            Cond::Comment(t) => t.split_once(" id: ").map(|(_, id)| id.trim().to_string()),
+            _ => None,
+        })
 }
 
 fn proto_word(l4: u8) -> &'static str {
@@ -154,7 +198,126 @@ pub fn check_chains(chains: &[ForeignChain], forwards: &[PlacedForward], portd_n
             }
         }
     }
+    out.extend(public_port_blocks(chains, forwards));
     out
+}
+
+/// Blocks written for a forward's public port on the input hook (a fail2ban jail's ban,
+/// `ufw deny ... port 80`, a drop of `tcp dport 80` from some addresses): in NAT mode the
+/// forward's packets reach input with the target port, so the block does not apply to
+/// them and the addresses it means to keep out get through.
+fn public_port_blocks(chains: &[ForeignChain], forwards: &[PlacedForward]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for base in chains {
+        let Some(h) = &base.hook else { continue };
+        if h.kind != "filter" || h.hook != Hook::Input {
+            continue;
+        }
+        // The chains of the table reachable from the base chain, the base chain first.
+        let mut seen: Vec<&ForeignChain> = vec![base];
+        let mut i = 0;
+        while i < seen.len() && seen.len() < 256 {
+            for r in &seen[i].rules {
+                if let Verdict::Jump(t) | Verdict::Goto(t) = &r.verdict {
+                    if let Some(c) = chains
+                        .iter()
+                        .find(|c| c.family == base.family && c.table == base.table && &c.name == t && c.hook.is_none())
+                    {
+                        if !seen.iter().any(|s| std::ptr::eq(*s, c)) {
+                            seen.push(c);
+                        }
+                    }
+                }
+            }
+            i += 1;
+        }
+        for c in &seen {
+            for (n, r) in c.rules.iter().enumerate() {
+                if !matches!(r.verdict, Verdict::Drop | Verdict::Reject) {
+                    continue;
+                }
+                let ports: Vec<(u16, u16)> = r
+                    .conds
+                    .iter()
+                    .filter_map(|c| match c {
+                        Cond::Dport { lo, hi, negate: false } => Some(vec![(*lo, *hi)]),
+                        Cond::DportIn { ranges, negate: false } => Some(ranges.clone()),
+                        _ => None,
+                    })
+                    .flatten()
+                    .collect();
+                if ports.is_empty() {
+                    continue;
+                }
+                let has = |p: u16| ports.iter().any(|(lo, hi)| (*lo..=*hi).contains(&p));
+                for f in forwards {
+                    let protos_ok = f.forward.proto.protos().iter().any(|pr| {
+                        !r.conds.iter().any(|c| matches!(c, Cond::L4 { proto, negate: false } if *proto != l4(*pr)))
+                    });
+                    if !protos_ok
+                        || !f.forward.family.families().iter().any(|fam| base.applies_to(*fam))
+                        || !has(f.forward.port.start)
+                        || has(f.forward.to.start)
+                    {
+                        continue;
+                    }
+                    out.push(public_block_finding(base, c, n + 1, r, &ports, f));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn public_block_finding(
+    base: &ForeignChain,
+    c: &ForeignChain,
+    n: usize,
+    r: &Rule,
+    ports: &[(u16, u16)],
+    f: &PlacedForward,
+) -> Finding {
+    let (public, to) = (f.forward.port.start, f.forward.to);
+    let passed = [c.name.clone()];
+    let word = |(lo, hi): (u16, u16), sep: &str| if lo == hi { lo.to_string() } else { format!("{lo}{sep}{hi}") };
+    let target = word((to.start, to.end), ":");
+    let verb = if r.verdict == Verdict::Reject { "rejects" } else { "drops" };
+    let what = format!(
+        "rule {n} of {} {verb} public port {public} for some senders, but in NAT mode the forward's packets reach the input hook with target port {}, so the block does not apply to forwarded traffic: the senders it keeps out reach the application",
+        c.title(),
+        word((to.start, to.end), "-")
+    );
+    // fail2ban: the jail is named by the set (`addr-set-JAIL`, nftables actions) or the
+    // chain (`f2b-JAIL`, iptables actions).
+    let jail = r
+        .conds
+        .iter()
+        .find_map(|c| match c {
+            Cond::Unknown(t) => t.split_whitespace().find_map(|w| w.strip_prefix("addr-set-")).map(str::to_string),
+            _ => None,
+        })
+        .or_else(|| c.name.strip_prefix("f2b-").filter(|j| *j != "chain").map(str::to_string));
+    let (message, fix) = match (manager(base, &passed), jail) {
+        (Manager::Fail2ban, Some(jail)) => {
+            let list: Vec<String> = ports.iter().map(|p| word(*p, ":")).chain([target.clone()]).collect();
+            (
+                format!("fail2ban jail {jail}: {what}"),
+                format!(
+                    "ban the target port too, in the jail's own configuration: `printf '[{jail}]\\nport = {}\\n' > /etc/fail2ban/jail.d/portd-{jail}.local && fail2ban-client reload {jail}` (or use steer dispatch, where packets keep their public port)",
+                    list.join(",")
+                ),
+            )
+        }
+        (Manager::Ufw, _) => (
+            format!("ufw: {what}"),
+            format!("write the same `ufw deny` (or `ufw reject`) rule for the target port, `to any port {target}` (ufw's user rules see the port after the redirect), or use steer dispatch"),
+        ),
+        _ => (
+            what,
+            format!("add the target port {target} to that rule's ports, where the rule is written, or use steer dispatch"),
+        ),
+    };
+    Finding { check: "foreign-block".into(), severity: Severity::Error, forward: Some(fwd_name(f)), message, fix }
 }
 
 fn drop_finding(
@@ -199,23 +362,49 @@ fn drop_finding(
         Severity::Warning
     };
     let nft_family = chain.family.split(' ').next().unwrap_or("inet");
+    let mgr = manager(chain, &w.chains);
+    if mgr == Manager::Ufw && rule.is_none() {
+        // ufw's own words for the policy: it allows ports by the number the packet has in
+        // INPUT, after the redirect, so `ufw allow 80` does not cover forwarded traffic.
+        message = format!(
+            "ufw's `default deny incoming` (policy drop of {}) drops the forward's traffic{family_word} after portd's redirect, on target port {proto}/{}: ufw's allow rules see the port after the redirect, so `ufw allow {}` does not cover it",
+            chain.title(),
+            p.dport,
+            f.forward.port.start
+        );
+        if !w.maybe.is_empty() {
+            message.push_str(&format!(
+                "; unless one of these rules that doctor cannot decide accepts it first: {}",
+                listed(&w.maybe)
+            ));
+        }
+    }
     let fix = if chain.legacy() {
-        let cmd = if nft_family == "ip6" { "ip6tables-legacy" } else { "iptables-legacy" };
+        let cmd = iptables_cmd(chain);
+        let keep = format!("; to keep it across reboots, save it where the boot loads legacy rules from (`{cmd}-save`, e.g. into /etc/iptables/rules.v{})", if nft_family == "ip6" { 6 } else { 4 });
         match rule {
             Some(n) => format!(
-                "delete that rule: `{cmd} -t {} -D {at} {n}` (see it with `{cmd} -t {} -S {at}`), or accept redirected traffic before it: `{cmd} -t {} -I {} -m conntrack --ctstate DNAT -j ACCEPT`",
-                chain.table, chain.table, chain.table, chain.name
+                "accept redirected traffic before that rule: `{cmd} -t {} -I {} -m conntrack --ctstate DNAT -j ACCEPT`, or delete it: `{cmd} -t {} -D {at} {n}` (see it with `{cmd} -t {} -S {at}`){keep}",
+                chain.table, chain.name, chain.table, chain.table
             ),
             None => format!(
-                "accept redirected traffic: `{cmd} -t {} -I {} -m conntrack --ctstate DNAT -j ACCEPT`",
+                "accept redirected traffic: `{cmd} -t {} -I {} -m conntrack --ctstate DNAT -j ACCEPT`{keep}",
                 chain.table, chain.name
             ),
         }
+    } else if mgr == Manager::Ufw {
+        "let ufw accept redirected traffic, for every forward, in its own files, kept across ufw reloads and reboots: `grep -q 'ctstate DNAT' /etc/ufw/before.rules || sed -i '/^# End required lines/a -A ufw-before-input -m conntrack --ctstate DNAT -j ACCEPT' /etc/ufw/before.rules; grep -q 'ctstate DNAT' /etc/ufw/before6.rules || sed -i '/^# End required lines/a -A ufw6-before-input -m conntrack --ctstate DNAT -j ACCEPT' /etc/ufw/before6.rules; ufw reload`".to_string()
+    } else if mgr == Manager::IptablesNft {
+        let cmd = iptables_cmd(chain);
+        format!(
+            "accept redirected traffic: `{cmd} -t {} -I {} -m conntrack --ctstate DNAT -j ACCEPT` (these are iptables' rules: change them with {cmd}, and in the file they are restored from at boot, such as /etc/iptables/rules.v{})",
+            chain.table, chain.name, if nft_family == "ip6" { 6 } else { 4 }
+        )
     } else {
         let nft = format!("nft insert rule {nft_family} {} {} ct status dnat accept", chain.table, chain.name);
-        match manager(chain, &w.chains) {
+        match mgr {
             Manager::Ufw => format!(
-                "ufw manages this chain: add `-A ufw-before-input -m conntrack --ctstate DNAT -j ACCEPT` to /etc/ufw/before.rules (and `-A ufw6-before-input ...` to before6.rules) above COMMIT, then `ufw reload`; or open the target port: `ufw allow {}/{proto}`",
+                "ufw manages this chain: open the target port: `ufw allow {}/{proto}`, or accept redirected traffic in /etc/ufw/before.rules (`-A ufw-before-input -m conntrack --ctstate DNAT -j ACCEPT` after `# End required lines`, the same with ufw6-before-input in before6.rules), then `ufw reload`",
                 p.dport
             ),
             Manager::Firewalld => format!(
@@ -263,41 +452,88 @@ fn nat_finding(
     let order = if h.priority < portd_priority {
         format!("at priority {}, before portd's {portd_priority}", h.priority)
     } else {
-        format!("at the same priority as portd's ({portd_priority}), so which runs first is not defined")
+        // Chains of one priority run in the order the kernel registered them, which any
+        // re-creation changes: portd's repair of its table, a firewall reload, a reboot.
+        format!("at the same priority as portd's ({portd_priority}), so which runs first depends on which chain was created last and changes with every reload, repair or reboot")
     };
-    let docker = manager(chain, &w.chains) == Manager::Docker;
-    let mut message = format!(
-        "{} ({} hook, {order}) rewrites public port {proto}/{} with {what}; the first NAT binding wins, so portd's redirect to {} never happens",
+    let mgr = manager(chain, &w.chains);
+    let rule_no = match &w.end {
+        Some(End::Nat { rule, .. }) => rule.to_string(),
+        _ => "N".into(),
+    };
+    let at = match &w.end {
+        Some(End::Nat { chain: at, .. }) => at.clone(),
+        _ => chain.name.clone(),
+    };
+    let who = match mgr {
+        Manager::Docker => "; these are Docker's chains: a container publishes this port (`docker run -p`)".to_string(),
+        Manager::Netavark => match netavark_container(chains, chain, &w.chains) {
+            Some(id) => {
+                format!("; these are netavark's chains: Podman container {id} publishes this port (`podman run -p`)")
+            }
+            None => "; these are netavark's chains: a Podman container publishes this port (`podman run -p`)".into(),
+        },
+        Manager::IptablesNft => format!(
+            "; these are iptables rules (iptables-nft, `{} -t {} -S {at}` lists them)",
+            iptables_cmd(chain),
+            chain.table
+        ),
+        _ if chain.legacy() => format!(
+            "; these are legacy iptables rules (`{} -t {} -S {at}` lists them)",
+            iptables_cmd(chain),
+            chain.table
+        ),
+        _ => String::new(),
+    };
+    let message = format!(
+        "{} ({} hook, {order}) rewrites public port {proto}/{} with {what}; the first NAT binding wins, so portd's redirect to {} does not happen whenever that chain runs first{who}",
         chain.title(),
         h.hook.name(),
         p.dport,
         f.forward.to.start
     );
-    if docker {
-        message.push_str("; these are Docker's chains: a container publishes this port");
-    }
-    let rule_no = match &w.end {
-        Some(End::Nat { rule, .. }) => rule.to_string(),
-        _ => "N".into(),
-    };
-    let fix = if docker {
-        format!("stop publishing port {} in Docker (`docker ps` shows which container has `-p {}:...`), or give the forward another public port", p.dport, p.dport)
-    } else if chain.legacy() {
-        let cmd = if chain.family.starts_with("ip6") { "ip6tables-legacy" } else { "iptables-legacy" };
-        format!(
-            "delete that rule: `{cmd} -t {} -D {} {rule_no}` (see it with `{cmd} -t {} -S {}`), or give the forward another public port",
-            chain.table, chain.name, chain.table, chain.name
-        )
-    } else {
-        let fam = chain.family.split(' ').next().unwrap_or("inet");
-        format!(
-            "remove that rule (`nft -a list chain {fam} {} {}` shows its handle; `nft delete rule {fam} {} {} handle N`), or give the forward another public port",
-            chain.table, chain.name, chain.table, chain.name
-        )
+    let fix = match mgr {
+        Manager::Docker => format!(
+            "stop the container that publishes port {0}: `docker stop $(docker ps -q --filter publish={0})`, and start it again without `-p {0}:...` (or with another host port), or give the forward another public port",
+            p.dport
+        ),
+        Manager::Netavark => match netavark_container(chains, chain, &w.chains) {
+            Some(id) => format!(
+                "stop the container: `podman stop {id}`, and start it again without `-p {}:...` (in its quadlet, PublishPort=), or give the forward another public port",
+                p.dport
+            ),
+            None => format!(
+                "stop the container that publishes port {0} (`podman ps` shows it), and start it again without `-p {0}:...`, or give the forward another public port",
+                p.dport
+            ),
+        },
+        Manager::IptablesNft => {
+            let cmd = iptables_cmd(chain);
+            format!(
+                "delete that rule with iptables, which owns the table, and from the rules iptables-persistent restores at boot: `{cmd} -t {} -D {at} {rule_no} && if [ -e /etc/iptables/rules.v{v} ]; then {cmd}-save > /etc/iptables/rules.v{v}; fi` (see the rules with `{cmd} -t {} -S {at}`), or give the forward another public port",
+                chain.table, chain.table, v = if cmd.starts_with("ip6") { 6 } else { 4 }
+            )
+        }
+        _ if chain.legacy() => {
+            let cmd = iptables_cmd(chain);
+            format!(
+                "delete that rule: `{cmd} -t {} -D {at} {rule_no}` (see it with `{cmd} -t {} -S {at}`), and from the file it is restored from at boot, or give the forward another public port",
+                chain.table, chain.table
+            )
+        }
+        _ => {
+            let fam = chain.family.split(' ').next().unwrap_or("inet");
+            format!(
+                "remove that rule (`nft -a list chain {fam} {} {at}` shows its handle; `nft delete rule {fam} {} {at} handle N`), or give the forward another public port",
+                chain.table, chain.table
+            )
+        }
     };
     Some(Finding {
         check: if chain.legacy() { "legacy-iptables" } else { "foreign-nat" }.into(),
-        severity: if definite && h.priority < portd_priority { Severity::Error } else { Severity::Warning },
+        // A certain rewrite is an error at the same priority too: it takes the traffic
+        // now, or after the next re-creation of either chain.
+        severity: if definite { Severity::Error } else { Severity::Warning },
         forward: Some(fwd_name(f)),
         message,
         fix,

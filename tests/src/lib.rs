@@ -255,11 +255,21 @@ impl Portd {
 
     /// Starts portd with NOTIFY_SOCKET set when `notify` is given.
     pub fn start_with(net: &Net, config_text: &str, notify: Option<&Path>) -> Portd {
+        Self::start_wrapped(net, config_text, notify, &[])
+    }
+
+    /// Starts portd in a PID namespace of its own too, as in a container (`unshare --pid
+    /// --fork`: the child is unshare, which kills portd when it is killed).
+    pub fn start_in_pid_namespace(net: &Net, config_text: &str) -> Portd {
+        Self::start_wrapped(net, config_text, None, &["unshare", "--pid", "--fork", "--kill-child"])
+    }
+
+    fn start_wrapped(net: &Net, config_text: &str, notify: Option<&Path>, wrapper: &[&str]) -> Portd {
         let config = net.dir.join("portd.yaml");
         std::fs::write(&config, config_text).expect("write config");
         let socket = net.dir.join("portd.sock");
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &net.srv]).arg(bin("portd")).arg("--config").arg(&config);
+        cmd.args(["netns", "exec", &net.srv]).args(wrapper).arg(bin("portd")).arg("--config").arg(&config);
         cmd.stdout(Stdio::null()).stderr(std::fs::File::create(net.dir.join("portd.log")).expect("log"));
         if let Some(n) = notify {
             cmd.env("NOTIFY_SOCKET", n);

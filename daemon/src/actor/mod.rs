@@ -514,7 +514,6 @@ impl Daemon {
 
     /// Runs until a Shutdown message (or every sender is gone).
     pub fn run(mut self, rx: Receiver<Msg>) {
-        portd_kernel::events::mark_committer_thread();
         loop {
             if self.missed.take() {
                 tracing::info!(

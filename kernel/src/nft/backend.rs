@@ -15,7 +15,8 @@ use portd_rules::plan::{Delta, Element, Plan};
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// How often `read` starts over when the table changes while it is dumped.
 const READ_ATTEMPTS: u32 = 5;
@@ -30,6 +31,9 @@ const READ_ATTEMPTS: u32 = 5;
 pub struct Backend {
     table: String,
     tx: Mutex<Option<Conn>>,
+    /// The netlink port id of `tx`'s socket (0: none opened yet), shared with whoever
+    /// tells portd's own commits from others' (see [`Backend::commit_port`]).
+    port: Arc<AtomicU32>,
     /// The size each set of the table was created with (`size N`), as far as this backend
     /// knows: set by a full apply, or read back from the kernel.
     sizes: Mutex<BTreeMap<String, u32>>,
@@ -44,7 +48,22 @@ impl fmt::Debug for Backend {
 impl Backend {
     /// A backend for table `inet <table>`; no kernel access until a method is called.
     pub fn new(table: &str) -> Backend {
-        Backend { table: table.to_string(), tx: Mutex::new(None), sizes: Mutex::new(BTreeMap::new()) }
+        Backend {
+            table: table.to_string(),
+            tx: Mutex::new(None),
+            port: Arc::new(AtomicU32::new(0)),
+            sizes: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The netlink port id of the socket this backend commits on, kept up to date when
+    /// the socket is replaced (0 until the first change). The kernel puts the committing
+    /// socket's port id in the `nlmsg_pid` of every notification of a transaction, its
+    /// closing NFT_MSG_NEWGEN included; unlike the thread id in NFTA_GEN_PROC_PID, which
+    /// the kernel gives as seen from the initial PID namespace, it is the same value
+    /// portd sees in any PID namespace.
+    pub fn commit_port(&self) -> Arc<AtomicU32> {
+        Arc::clone(&self.port)
     }
 
     /// Name of the table this backend owns.
@@ -183,7 +202,11 @@ impl Backend {
         let mut slot = lock(&self.tx);
         let mut conn = match slot.take() {
             Some(c) => c,
-            None => Conn::open()?,
+            None => {
+                let c = Conn::open()?;
+                self.port.store(c.portid(), Ordering::Relaxed);
+                c
+            }
         };
         conn.drain();
         let result = b.commit(&mut conn);

@@ -46,6 +46,11 @@ impl Conn {
         Ok(Conn { sock, portid, buf: AlignedBuf::new(RECV_BYTES), seq: 0 })
     }
 
+    /// The socket's netlink port id (unique in its network namespace while it is open).
+    pub(super) fn portid(&self) -> u32 {
+        self.portid
+    }
+
     /// Makes room for a batch of `bytes` and the answers to its `messages`: the kernel
     /// refuses a send larger than the send buffer, and drops answers that overflow the
     /// receive buffer. Forcing needs CAP_NET_ADMIN, which every change needs anyway.

@@ -116,8 +116,14 @@ fn entry(e: &[u8], l: &Layout) -> Option<(Rule, String, Option<i32>)> {
         }
         "REJECT" => Verdict::Reject,
         "DNAT" => Verdict::Dnat,
-        // nf_nat_ipv4_multi_range_compat: rangesize, then flags, min_ip, max_ip, min port (be)
-        "REDIRECT" => Verdict::Redirect(tdata.get(16..18).map(|p| u16::from_be_bytes([p[0], p[1]]))),
+        // IPv4: nf_nat_ipv4_multi_range_compat: rangesize, then flags, min_ip, max_ip, min
+        // port (big-endian) at 16. IPv6: nf_nat_range: flags, min_addr, max_addr (16 bytes
+        // each), min port at 36.
+        "REDIRECT" => {
+            let at = if l.proto == V6.proto { 36 } else { 16 };
+            Verdict::Redirect(tdata.get(at..at + 2).map(|p| u16::from_be_bytes([p[0], p[1]])))
+        }
+        n if super::rule::NON_TERMINAL_TARGETS.contains(&n) => Verdict::Continue,
         "ERROR" => Verdict::Unknown("ERROR".into()),
         other => Verdict::Unknown(other.to_string()),
     };

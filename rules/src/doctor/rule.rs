@@ -149,6 +149,18 @@ pub enum Cond {
         /// `!=`.
         negate: bool,
     },
+    /// xtables `addrtype`: the route type of the destination (`dst`) or source address
+    /// is one of the types of `mask` (bit `1 << RTN_*`; LOCAL is 4, UNICAST 2), or not.
+    AddrType {
+        /// Destination (else source) address.
+        dst: bool,
+        /// Bits `1 << RTN_*`.
+        mask: u32,
+        /// `!`.
+        negate: bool,
+    },
+    /// A comment (xtables `-m comment`): always matches; programs name themselves in it.
+    Comment(String),
     /// Anything else (set lookups, addresses, xtables matches): maybe.
     Unknown(String),
 }
@@ -395,6 +407,7 @@ pub fn parse_rule_in(text: &str, sets: &SetRanges<'_>) -> Rule {
                     "REJECT" => Verdict::Reject,
                     "DNAT" => Verdict::Dnat,
                     "REDIRECT" => Verdict::Redirect(None),
+                    n if NON_TERMINAL_TARGETS.contains(&n) => Verdict::Continue,
                     n => Verdict::Unknown(n.to_string()),
                 }
             }
@@ -403,6 +416,10 @@ pub fn parse_rule_in(text: &str, sets: &SetRanges<'_>) -> Rule {
     }
     Rule { conds, verdict }
 }
+
+/// xtables targets after which the next rule follows (they log, mark or count).
+pub(super) const NON_TERMINAL_TARGETS: [&str; 11] =
+    ["LOG", "NFLOG", "ULOG", "MARK", "CONNMARK", "TRACE", "CLASSIFY", "DSCP", "TCPMSS", "AUDIT", "CHECKSUM"];
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
@@ -447,6 +464,37 @@ pub fn xt_match(name: &str, rev: u8, info: &[u8]) -> Vec<Cond> {
                 Some(mask) => vec![Cond::XtState { mask: u32::from(mask), negate: inv & STATE != 0 }],
                 None => unknown(),
             }
+        }
+        // xt_comment_info: the text, NUL-terminated, in 256 bytes.
+        "comment" => {
+            vec![Cond::Comment(info.iter().take_while(|b| **b != 0).map(|b| char::from(*b)).collect())]
+        }
+        // xt_addrtype_info (rev 0): source, dest (u16 masks), invert_source, invert_dest
+        // (u32); xt_addrtype_info_v1: source, dest, flags (INVERT_SOURCE 1, INVERT_DEST 2,
+        // LIMIT_IFACE_IN 4, LIMIT_IFACE_OUT 8).
+        "addrtype" if rev <= 1 => {
+            let (Some(src), Some(dst)) = (u16_at(info, 0), u16_at(info, 2)) else { return unknown() };
+            let (inv_src, inv_dst, iface) = if rev == 0 {
+                (
+                    info.get(4..8).is_some_and(|b| b.iter().any(|x| *x != 0)),
+                    info.get(8..12).is_some_and(|b| b.iter().any(|x| *x != 0)),
+                    false,
+                )
+            } else {
+                let f = info.get(4..8).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0);
+                (f & 1 != 0, f & 2 != 0, f & 12 != 0)
+            };
+            let mut out = Vec::new();
+            if iface {
+                out.push(Cond::Unknown("-m addrtype --limit-iface-in/out".into()));
+            }
+            if src != 0 {
+                out.push(Cond::AddrType { dst: false, mask: u32::from(src), negate: inv_src });
+            }
+            if dst != 0 {
+                out.push(Cond::AddrType { dst: true, mask: u32::from(dst), negate: inv_dst });
+            }
+            out
         }
         "state" => match info.get(0..4) {
             Some(b) => vec![Cond::XtState { mask: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]), negate: false }],

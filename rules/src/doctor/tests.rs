@@ -110,7 +110,133 @@ fn jumps_are_followed_and_managers_recognised() {
     ufw.name = "INPUT".into();
     let sub = ForeignChain { name: "ufw-before-input".into(), hook: None, rules: vec![], ..ufw.clone() };
     let f = check_chains(&[ufw, sub], &[fwd("system", 80, 8080)], -100);
-    assert!(f[0].fix.contains("ufw allow 8080/tcp") && f[0].fix.contains("before.rules"), "{}", f[0].fix);
+    assert!(
+        f[0].message.starts_with("ufw's `default deny incoming` (policy drop of table ip filter chain INPUT)"),
+        "{}",
+        f[0].message
+    );
+    assert!(
+        f[0].fix.contains("/etc/ufw/before.rules")
+            && f[0].fix.contains("before6.rules")
+            && f[0].fix.ends_with("ufw reload`"),
+        "{}",
+        f[0].fix
+    );
+}
+
+/// xtables matches as iptables-nft writes them: `[ match name NAME rev R info HEX ]`.
+fn xt(name: &str, rev: u8, info: &[u8]) -> String {
+    let hex: String = info.iter().map(|b| format!("{b:02x}")).collect();
+    format!("[ match name {name} rev {rev} info {hex} ]")
+}
+
+#[test]
+fn ufw_not_local_log_and_return_rules_are_decided() {
+    // ufw-not-local: -m addrtype --dst-type LOCAL -j RETURN, ... -j DROP; a LOG rule.
+    let local = xt("addrtype", 1, &[0, 0, 4, 0, 0, 0, 0, 0]);
+    let broadcast = xt("addrtype", 1, &[0, 0, 0x20, 0, 0, 0, 0, 0]);
+    let mut input = chain("ip", "filter", "filter", Hook::Input, 0, true, &[
+        "[ immediate reg 0 jump -> ufw-not-local ]",
+        "[ limit rate 3/minute burst 10 type packets flags 0x0 ] [ counter pkts 0 bytes 0 ] [ target name LOG rev 0 ]",
+    ]);
+    input.name = "INPUT".into();
+    let not_local = ForeignChain {
+        name: "ufw-not-local".into(),
+        hook: None,
+        rules: vec![
+            parse_rule(&format!("{local} [ immediate reg 0 return ]")),
+            parse_rule(&format!("{broadcast} [ immediate reg 0 return ]")),
+            parse_rule("[ immediate reg 0 drop ]"),
+        ],
+        ..input.clone()
+    };
+    let f = check_chains(&[input, not_local], &[fwd("system", 80, 8080)], -100);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].severity, Severity::Error, "{f:?}");
+    assert!(f[0].message.contains("policy drop of table ip filter chain INPUT"), "{}", f[0].message);
+    assert!(!f[0].message.contains("cannot decide"), "{}", f[0].message);
+}
+
+#[test]
+fn a_fail2ban_jail_on_the_public_port_is_an_error_with_the_jails_fix() {
+    let sets = |name: &str| (name == "__set0").then(|| vec![(80, 80), (443, 443)]);
+    let ban = parse_rule_in("[ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ payload load 2b @ transport header + 2 => reg 1 ] [ lookup reg 1 set __set0 0x0 ] [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x00000002 ] [ payload load 4b @ network header + 12 => reg 1 ] [ lookup reg 1 set addr-set-web 0x0 ] [ reject type 0 code 3 ]", &sets);
+    let mut c = chain("inet", "f2b-table", "filter", Hook::Input, -1, false, &[]);
+    c.name = "f2b-chain".into();
+    c.rules = vec![ban.clone()];
+    let f = check_chains(&[c.clone()], &[fwd("user:web", 80, 8080)], -100);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].severity, Severity::Error);
+    assert!(
+        f[0].message
+            .starts_with("fail2ban jail web: rule 1 of table inet f2b-table chain f2b-chain rejects public port 80"),
+        "{}",
+        f[0].message
+    );
+    assert!(f[0].fix.contains("`printf '[web]\\nport = 80,443,8080\\n' > /etc/fail2ban/jail.d/portd-web.local && fail2ban-client reload web`"), "{}", f[0].fix);
+    // With the target port in the jail's ports, nothing to report.
+    let sets = |name: &str| (name == "__set0").then(|| vec![(80, 80), (443, 443), (8080, 8080)]);
+    c.rules = vec![parse_rule_in("[ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ payload load 2b @ transport header + 2 => reg 1 ] [ lookup reg 1 set __set0 0x0 ] [ lookup reg 1 set addr-set-web 0x0 ] [ reject type 0 code 3 ]", &sets)];
+    assert!(check_chains(&[c], &[fwd("user:web", 80, 8080)], -100).is_empty());
+}
+
+#[test]
+fn netavark_and_docker_dnat_through_addrtype_jumps_are_errors_naming_the_container() {
+    let local = xt("addrtype", 1, &[0, 0, 4, 0, 0, 0, 0, 0]);
+    let mut comment = b"dnat name: podman id: 0d1f3c4e".to_vec();
+    comment.resize(256, 0);
+    let comment = xt("comment", 0, &comment);
+    let dport80 = format!("{L4_TCP} [ payload load 2b @ transport header + 2 => reg 1 ] [ cmp eq reg 1 0x00005000 ]");
+    let mut pre = chain(
+        "ip",
+        "nat",
+        "nat",
+        Hook::Prerouting,
+        -100,
+        false,
+        &[&format!("{local} [ immediate reg 0 jump -> NETAVARK-HOSTPORT-DNAT ]")],
+    );
+    pre.name = "PREROUTING".into();
+    let template = pre.clone();
+    let sub = |name: &str, rules: Vec<String>| ForeignChain {
+        name: name.into(),
+        hook: None,
+        rules: rules.iter().map(|r| parse_rule(r)).collect(),
+        ..template.clone()
+    };
+    let chains = vec![
+        pre.clone(),
+        sub("NETAVARK-HOSTPORT-DNAT", vec![format!("{dport80} {comment} [ immediate reg 0 jump -> NETAVARK-DN-1 ]")]),
+        sub("NETAVARK-DN-1", vec![
+            format!("[ payload load 4b @ network header + 12 => reg 1 ] [ cmp eq reg 1 0x0000580a ] {dport80} [ immediate reg 0 jump -> NETAVARK-HOSTPORT-SETMARK ]"),
+            format!("{dport80} [ counter pkts 0 bytes 0 ] [ target name DNAT rev 2 ]"),
+        ]),
+        sub("NETAVARK-HOSTPORT-SETMARK", vec!["[ counter pkts 0 bytes 0 ] [ target name MARK rev 2 ]".into()]),
+    ];
+    let f = check_chains(&chains, &[fwd("system", 80, 8080)], -100);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].severity, Severity::Error, "{f:?}");
+    assert!(f[0].message.contains("Podman container 0d1f3c4e"), "{}", f[0].message);
+    assert!(f[0].fix.contains("`podman stop 0d1f3c4e`"), "{}", f[0].fix);
+    // Docker: the RETURN for traffic from its own bridge does not make the walk undecided.
+    let mut pre = pre;
+    pre.rules = vec![parse_rule(&format!("{local} [ immediate reg 0 jump -> DOCKER ]"))];
+    let docker0 = "[ meta load iifname => reg 1 ] [ cmp eq reg 1 0x6b636f64 0x00307265 0x00000000 0x00000000 ]";
+    let docker0_not = docker0.replace("cmp eq", "cmp neq");
+    let chains = vec![
+        pre.clone(),
+        sub(
+            "DOCKER",
+            vec![
+                format!("{docker0} [ immediate reg 0 return ]"),
+                format!("{docker0_not} {dport80} [ target name DNAT rev 2 ]"),
+            ],
+        ),
+    ];
+    let f = check_chains(&chains, &[fwd("system", 80, 8080)], -100);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].severity, Severity::Error, "{f:?}");
+    assert!(f[0].fix.contains("`docker stop $(docker ps -q --filter publish=80)`"), "{}", f[0].fix);
 }
 
 #[test]
@@ -277,6 +403,6 @@ fn a_legacy_nat_redirect_names_the_legacy_command() {
     }];
     let f = check_chains(&[c], &[fwd("system", 80, 8080)], -100);
     assert_eq!(f[0].check, "legacy-iptables");
-    assert_eq!(f[0].severity, Severity::Warning, "same priority as portd's: order not defined");
+    assert_eq!(f[0].severity, Severity::Error, "same priority as portd's: it wins whenever it was created first");
     assert!(f[0].fix.contains("`iptables-legacy -t nat -D PREROUTING 1`"), "{}", f[0].fix);
 }

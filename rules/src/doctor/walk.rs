@@ -44,13 +44,32 @@ fn cond_matches(c: &Cond, p: &Packet) -> Match {
             b((state & mask != 0) != *negate)
         }
         Cond::Mark(bits) => b(bits.test(p.mark)),
-        // Traffic from other hosts never arrives on lo; on any other name it may.
-        Cond::Iif { name, negate } if name == "lo" => b(*negate),
+        // Traffic from other hosts never arrives on lo, nor on the bridges and veths of
+        // containers; on any other name it may.
+        Cond::Iif { name, negate } if never_outside(name) => b(*negate),
         Cond::Iif { .. } => Match::Maybe,
         // portd redirects only traffic addressed to this host (RTN_LOCAL).
         Cond::FibDaddrType { rtype, negate } => b((*rtype == 2) != *negate),
+        // Addressed to this host (portd redirects only that) from another host's unicast
+        // address.
+        Cond::AddrType { dst, mask, negate } => {
+            b((mask & if *dst { RTN_LOCAL_BIT } else { RTN_UNICAST_BIT } != 0) != *negate)
+        }
+        Cond::Comment(_) => Match::Yes,
         Cond::Unknown(_) => Match::Maybe,
     }
+}
+
+/// `1 << RTN_LOCAL` and `1 << RTN_UNICAST`, as xtables' addrtype masks write them.
+const RTN_LOCAL_BIT: u32 = 1 << 2;
+const RTN_UNICAST_BIT: u32 = 1 << 1;
+
+/// Interfaces traffic from other hosts never comes in on: loopback, and the bridges and
+/// veth ends that Docker, Podman, CNI, libvirt, LXC and Incus create for containers.
+fn never_outside(name: &str) -> bool {
+    name == "lo"
+        || name == "docker0"
+        || ["br-", "podman", "cni", "virbr", "lxcbr", "incusbr", "veth"].iter().any(|p| name.starts_with(p))
 }
 
 fn rule_matches(r: &Rule, p: &Packet) -> Match {
