@@ -537,7 +537,7 @@ async fn parse(shared: &Shared, file: String, text: String, root: bool) -> Resul
     // runs over keeps its slot until it ends, so overdue parses cannot pile up.
     let permit = shared.parses.clone().acquire_owned().await.map_err(|_| busy())?;
     let job = tokio::task::spawn_blocking(move || {
-        let r = portd_rules::parse_rules(&file, &text).map_err(|d| Response::invalid_file(file, &d));
+        let r = portd_rules::parse_rules(&file, &text).map_err(|d| Box::new(Response::invalid_file(file, &d)));
         drop(text);
         drop(permit);
         drop(memory);
@@ -552,7 +552,7 @@ async fn parse(shared: &Shared, file: String, text: String, root: bool) -> Resul
             )],
         )),
         Ok(Err(_)) => Err(Response::error(ErrorKind::Internal, vec!["checking the file failed".into()])),
-        Ok(Ok(Err(r))) => Err(r),
+        Ok(Ok(Err(r))) => Err(*r),
         Ok(Ok(Ok(rules))) => Ok(rules.forwards),
     }
 }

@@ -26,7 +26,7 @@ pub enum TableEvent {
 pub struct Listener {
     sock: Arc<Socket>,
     table: Vec<u8>,
-    /// The netlink port id portd commits from ([`portd::nft::Backend::commit_port`]).
+    /// The netlink port id portd commits from ([`crate::nft::Backend::commit_port`]).
     own_port: Arc<AtomicU32>,
 }
 

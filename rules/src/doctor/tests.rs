@@ -219,7 +219,6 @@ fn netavark_and_docker_dnat_through_addrtype_jumps_are_errors_naming_the_contain
     assert!(f[0].message.contains("Podman container 0d1f3c4e"), "{}", f[0].message);
     assert!(f[0].fix.contains("`podman stop 0d1f3c4e`"), "{}", f[0].fix);
     // Docker: the RETURN for traffic from its own bridge does not make the walk undecided.
-    let mut pre = pre;
     pre.rules = vec![parse_rule(&format!("{local} [ immediate reg 0 jump -> DOCKER ]"))];
     let docker0 = "[ meta load iifname => reg 1 ] [ cmp eq reg 1 0x6b636f64 0x00307265 0x00000000 0x00000000 ]";
     let docker0_not = docker0.replace("cmp eq", "cmp neq");
