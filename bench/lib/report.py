@@ -368,6 +368,69 @@ class Report:
                    f"{max(pairs):.2f}; per pair: {', '.join(f'{x:.2f}' for x in pairs)}).")
             self.w()
 
+    def steer(self, chart):
+        if not any(s == "steer" for s, _ in self.d):
+            return
+        self.w("## 5. Steering (BPF) against NAT, redirect recipes and a proxy")
+        self.w()
+        self.w("nginx on 8080 in a server namespace; the client (wrk, curl) runs on another host (the veth peer "
+               "namespace, *remote*) or on the same host (the server's namespace, *local*), both to the server's "
+               "veth address. Fresh namespaces per mode and round, modes in rotating order; medians over rounds. "
+               "*steer* is the kernel crate's data plane (sk_lookup to the app's own socket, no address rewrite), "
+               "driven by `kernel/examples/steer.rs`, with conntrack active in the namespace and the steered port "
+               "untracked in raw chains, as portd's steer plans do.")
+        self.w()
+        if chart:
+            self.w(f"![new TCP connections/s per mode]({chart})")
+            self.w()
+        modes = [("direct", "direct to :8080"), ("steer", "steer (BPF sk_lookup)"), ("nat", "portd NAT (today)"),
+                 ("nft_map", "minimal nft map redirect"), ("ipt_redirect", "iptables REDIRECT"),
+                 ("proxy", "nginx stream proxy")]
+        for metric, title, unit, scale in [("conn", "new TCP connections/s (`Connection: close`)", "conn/s", 1),
+                                           ("keepalive", "keep-alive requests/s", "req/s", 1),
+                                           ("bulk", "bulk download throughput", "MB/s", 1e-6)]:
+            self.w(f"### {title}")
+            self.w()
+            self.w(f"| mode | remote {unit} | min–max | ÷ direct | local {unit} | min–max | ÷ direct |")
+            self.w("|---|---:|---:|---:|---:|---:|---:|")
+            for k, label in modes:
+                cells = []
+                for place in ("remote", "local"):
+                    s = self.get("steer", f"{metric}/{k}/{place}")
+                    d = self.median("steer", f"{metric}/direct/{place}")
+                    if s is None:
+                        cells += ["–", "", ""]
+                        continue
+                    cells += [f"{fnum(s.median * scale)}{self.flag(s, f'steer {metric}/{k}/{place}')}",
+                              f"{fnum(min(s.values) * scale)}–{fnum(max(s.values) * scale)}",
+                              fmt_ratio(ratio(s.median, d))]
+                if any(c not in ("–", "") for c in cells):
+                    self.w(f"| {label} | " + " | ".join(cells) + " |")
+            self.w()
+        self.w("### conntrack entries in the server namespace after the remote new-connection sample")
+        self.w()
+        self.w("| mode | entries (median) | note |")
+        self.w("|---|---:|---|")
+        for k, label in modes:
+            s = self.get("steer", f"conntrack/{k}")
+            if s is not None:
+                notes = sorted({n for _, _, _, n in s.samples if n})[:2]
+                self.w(f"| {label} | {fnum(s.median)}{self.flag(s, 'steer conntrack/' + k)} | {'<br>'.join(notes)} |")
+        self.w()
+        rows = [(k, lbl) for k, lbl in [("sync/full", "first sync of 10,000 forwards + 10,000 reservations"),
+                                        ("sync/one_change", "one forward added or removed (diff against what was written)"),
+                                        ("sync/one_change_reread", "the same, maps read back first (after repair)")]
+                if self.get("steer", k) is not None]
+        if rows:
+            self.w("### `Dataplane::sync` at 10,000 forwards (release build)")
+            self.w()
+            self.w("| sync | median | min–max |")
+            self.w("|---|---:|---:|")
+            for k, label in rows:
+                s = self.get("steer", k)
+                self.w(f"| {label} | {ms(s.median)}{self.flag(s, 'steer ' + k)} | {ms(min(s.values))}–{ms(max(s.values))} |")
+            self.w()
+
     def footprint(self):
         if not any(s == "footprint" for s, _ in self.d):
             return
@@ -439,6 +502,7 @@ def main():
     ap.add_argument("--meta", required=True)
     ap.add_argument("--commands", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--steer-chart", default="", help="the section 5 chart, relative to the report")
     a = ap.parse_args()
     meta = {}
     with open(a.meta) as f:
@@ -462,6 +526,7 @@ def main():
     r.repair()
     r.dataplane()
     r.footprint()
+    r.steer(a.steer_chart)
     body = r.lines
     r.lines = []
     r.targets()

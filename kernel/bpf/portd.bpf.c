@@ -38,7 +38,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } steer SEC(".maps");
 
-// Target port -> owner; sockets listening there are registered.
+// Target port -> owner (or PORTD_ANY_UID); sockets listening there are registered.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, PORTD_MAX_PORTS);
@@ -49,11 +49,11 @@ struct {
 } targets SEC(".maps");
 
 // The owners' listening sockets, PORTD_SLOTS per target port (members of a
-// SO_REUSEPORT group, or v4 and v6 sockets). The kernel drops an entry
-// when its socket closes.
+// SO_REUSEPORT group, or v4 and v6 sockets), PORTD_MAX_LISTENERS in all. The
+// kernel drops an entry when its socket closes.
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
-	__uint(max_entries, PORTD_MAX_PORTS * PORTD_SLOTS);
+	__uint(max_entries, PORTD_MAX_LISTENERS);
 	__type(key, struct listener_key);
 	__type(value, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -178,8 +178,9 @@ static __always_inline void add_listener(struct bpf_sock_ops *skops, __u16 port)
 }
 
 // A socket that starts listening on a target port, in this namespace, by the
-// target's owner, is registered at once (an app restart is steered again as
-// soon as it listens). The listen callback needs no bpf_sock_ops_cb_flags_set.
+// target's owner (by anyone for a PORTD_ANY_UID target), is registered at once
+// (an app restart is steered again as soon as it listens). The listen callback
+// needs no bpf_sock_ops_cb_flags_set.
 SEC("sockops")
 int register_listener(struct bpf_sock_ops *skops)
 {
@@ -192,7 +193,7 @@ int register_listener(struct bpf_sock_ops *skops)
 	if (!t)
 		return 1;
 	// listen() runs in the owner's process: the current uid is the socket's.
-	if ((__u32)bpf_get_current_uid_gid() != t->owner_uid)
+	if (t->owner_uid != PORTD_ANY_UID && (__u32)bpf_get_current_uid_gid() != t->owner_uid)
 		return 1;
 	add_listener(skops, port);
 	return 1;
@@ -267,8 +268,8 @@ struct bpf_iter__tcp {
 } __attribute__((preserve_access_index));
 
 // Walks the TCP sockets of the namespace of the process that runs it, and
-// registers the owners' sockets already listening on target ports that the
-// loader just added (scan flag set), so an app started before its forward is
+// registers the owners' sockets (any socket for a PORTD_ANY_UID target)
+// already listening on target ports that the loader just added (scan flag set), so an app started before its forward is
 // steered too.
 SEC("iter/tcp")
 int scan_listeners(struct bpf_iter__tcp *ctx)
@@ -278,7 +279,7 @@ int scan_listeners(struct bpf_iter__tcp *ctx)
 		return 0;
 	__u32 port = skc->skc_num;
 	struct target_val *t = bpf_map_lookup_elem(&targets, &port);
-	if (!t || !t->scan || t->owner_uid != ctx->uid)
+	if (!t || !t->scan || (t->owner_uid != PORTD_ANY_UID && t->owner_uid != ctx->uid))
 		return 0;
 	struct listener_key key = {.port = port};
 	for (__u16 slot = 0; slot < PORTD_SLOTS; slot++) {

@@ -7,9 +7,20 @@
 
 #include <linux/types.h>
 
-#define PORTD_MAX_PORTS 4096
+// Entries of each port map: every port there is. The hash maps are
+// BPF_F_NO_PREALLOC, so an idle instance pays only for the bucket arrays.
+#define PORTD_MAX_PORTS 65536
 // Sockets registered per target port.
 #define PORTD_SLOTS 8
+// Sockets registered in all: two per target port (a v4 and a v6 socket, or two
+// SO_REUSEPORT members) on every port; more slots of one port are allowed as
+// long as the total stays below this.
+#define PORTD_MAX_LISTENERS (2 * PORTD_MAX_PORTS)
+
+// target_val.owner_uid: the target may be served by a socket of any uid (a
+// system forward, from the root-written configuration). Never a reservation's
+// or watched port's owner; (uid_t)-1 is no real uid.
+#define PORTD_ANY_UID 0xffffffffu
 
 #define PORTD_FAMILY_V4 1
 #define PORTD_FAMILY_V6 2

@@ -3,7 +3,9 @@
 /// Sockets registered per target port (`PORTD_SLOTS`).
 pub(crate) const SLOTS: u16 = 8;
 /// Entries per port map (`PORTD_MAX_PORTS`).
-pub(crate) const MAX_PORTS: usize = 4096;
+pub(crate) const MAX_PORTS: usize = 65536;
+/// `PORTD_ANY_UID`: a target any uid's socket may serve.
+pub(crate) const ANY_UID: u32 = u32::MAX;
 
 pub(crate) const FAMILY_V4: u8 = 1;
 pub(crate) const FAMILY_V6: u8 = 2;

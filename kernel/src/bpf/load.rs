@@ -102,7 +102,15 @@ impl Dataplane {
             _ => return Err(BpfError::Invalid("map events is not a ring buffer".into())),
         };
         let events = RingBuf::try_from(events).map_err(BpfError::map("events"))?;
-        Ok(Dataplane { pin_dir: pin_dir.to_owned(), netns_cookie: cookie, ebpf, links: pinned, events, events_map })
+        Ok(Dataplane {
+            pin_dir: pin_dir.to_owned(),
+            netns_cookie: cookie,
+            ebpf,
+            links: pinned,
+            events,
+            events_map,
+            written: None,
+        })
     }
 
     /// The pin directory this instance uses.
@@ -113,7 +121,11 @@ impl Dataplane {
     /// Puts back what was unpinned behind our back: a link whose pin is gone
     /// is attached anew (then the old one, which this process still held, is
     /// dropped); a map whose pin is gone is pinned again from our handle.
+    ///
+    /// The next [`Dataplane::sync`] reads the maps back (a drift that
+    /// unpinned things may have changed their content too).
     pub fn repair(&mut self) -> Result<Repaired, BpfError> {
+        self.written = None;
         let (maps, links) = (maps_dir(&self.pin_dir), links_dir(&self.pin_dir));
         for dir in [&maps, &links] {
             fs::create_dir_all(dir).map_err(BpfError::pin_dir(dir))?;

@@ -13,6 +13,7 @@ mod events;
 mod hooks;
 mod link_update;
 mod load;
+mod ports;
 mod probe;
 mod sync;
 mod sys;
@@ -27,14 +28,20 @@ use aya::{
 };
 
 pub use error::{BpfError, Unsupported};
+pub use ports::{read_reserved_ports, reserve_local_ports};
 pub use probe::{probe, KERNEL_FLOOR};
 pub use types::{BindEvent, Families, Family, Proto, Repaired, Reservation, SteerEntry, Watched};
 
 /// Sockets that can be registered for one target port (members of a
 /// SO_REUSEPORT group, a v4 and a v6 socket, …).
 pub const SLOTS_PER_PORT: usize = abi::SLOTS as usize;
-/// Most entries of each rule set [`Dataplane::sync`] takes.
+/// Most entries of each rule set [`Dataplane::sync`] takes (every port).
 pub const MAX_PORTS: usize = abi::MAX_PORTS;
+/// The owner of a system forward (from the root-written configuration): a
+/// [`SteerEntry`] with this `owner_uid` goes to a socket of any uid listening
+/// on its target. Never the owner of a [`Reservation`] or a [`Watched`] port
+/// (`sync` refuses it); `(uid_t)-1` is no real uid.
+pub const ANY_UID: u32 = abi::ANY_UID;
 
 /// The loaded, attached and pinned programs and maps of one portd instance.
 pub struct Dataplane {
@@ -46,6 +53,10 @@ pub struct Dataplane {
     events: RingBuf<MapData>,
     /// A second handle on the ring buffer map, to pin it again if needed.
     events_map: MapData,
+    /// What the last successful `sync` wrote: the next one diffs against it
+    /// instead of reading every map back. `None` (after `open`, `repair`, a
+    /// failed `sync` or [`Dataplane::forget_written`]): read the maps.
+    written: Option<sync::Written>,
 }
 
 impl std::fmt::Debug for Dataplane {

@@ -12,7 +12,7 @@ use aya::{
 };
 
 use super::{
-    abi::{ListenerKey, PortKey, SteerVal, TargetVal},
+    abi::{ListenerKey, PortKey, SteerVal, TargetVal, ANY_UID, SLOTS},
     error::BpfError,
     sys,
     types::port_key,
@@ -25,6 +25,13 @@ impl Dataplane {
     /// forward is never interrupted). Then registers the sockets already
     /// listening on newly targeted ports (the iterator walks this thread's
     /// namespace, which must be the one the data plane serves).
+    ///
+    /// The maps are read back only on the first call, after
+    /// [`Dataplane::repair`] or [`Dataplane::forget_written`], and after a
+    /// failed call; otherwise the sets are compared with what the last call
+    /// wrote, so a one-forward change costs a few bpf(2) calls whatever the
+    /// number of forwards. A [`SteerEntry`] may be owned by
+    /// [`super::ANY_UID`]; a reservation or watched port may not.
     pub fn sync(
         &mut self,
         steer: &[SteerEntry],
@@ -36,16 +43,21 @@ impl Dataplane {
         if ours != self.netns_cookie {
             return Err(BpfError::WrongNetns { path: self.pin_dir.clone(), pinned: self.netns_cookie, ours });
         }
+        // Until this call succeeds the mirror is unknown: a failure half way
+        // leaves `written` at None, and the next call reads the maps.
+        let current = match self.written.take() {
+            Some(w) => w,
+            None => self.read_maps()?,
+        };
 
         // Targets first, so listeners register before steering starts; the
         // sockets of a port that stops being a target, or changes owner, go.
         let mut targets = self.hash::<u32, TargetVal>("targets")?;
-        let current: BTreeMap<u32, TargetVal> = collect(&targets, "targets")?;
         let mut purge = BTreeSet::new();
         let mut scan = Vec::new();
         for (&port, &owner_uid) in &want.targets {
-            match current.get(&port) {
-                Some(t) if t.owner_uid == owner_uid => continue,
+            match current.targets.get(&port) {
+                Some(&uid) if uid == owner_uid => continue,
                 Some(_) => {
                     purge.insert(port as u16);
                 }
@@ -54,17 +66,17 @@ impl Dataplane {
             scan.push(port);
             targets.insert(port, TargetVal { owner_uid, scan: 1 }, 0).map_err(BpfError::map("targets"))?;
         }
-        let gone: Vec<u32> = current.keys().filter(|p| !want.targets.contains_key(p)).copied().collect();
+        let gone: Vec<u32> = current.targets.keys().filter(|p| !want.targets.contains_key(p)).copied().collect();
 
-        reconcile(&mut self.hash::<u32, SteerVal>("steer")?, &want.steer, "steer")?;
+        reconcile(&mut self.hash::<u32, SteerVal>("steer")?, &current.steer, &want.steer, "steer")?;
         let mut targets = self.hash::<u32, TargetVal>("targets")?;
         for port in gone {
-            targets.remove(&port).map_err(BpfError::map("targets"))?;
+            remove(&mut targets, &port, "targets")?;
             purge.insert(port as u16);
         }
         self.purge_listeners(&purge)?;
-        reconcile(&mut self.hash::<PortKey, u32>("reserved")?, &want.reserved, "reserved")?;
-        reconcile(&mut self.hash::<PortKey, u32>("watched")?, &want.watched, "watched")?;
+        reconcile(&mut self.hash::<PortKey, u32>("reserved")?, &current.reserved, &want.reserved, "reserved")?;
+        reconcile(&mut self.hash::<PortKey, u32>("watched")?, &current.watched, &want.watched, "watched")?;
 
         if !scan.is_empty() {
             self.run_iterator()?;
@@ -74,7 +86,15 @@ impl Dataplane {
                 targets.insert(port, TargetVal { owner_uid, scan: 0 }, 0).map_err(BpfError::map("targets"))?;
             }
         }
+        self.written = Some(want);
         Ok(())
+    }
+
+    /// Makes the next [`Dataplane::sync`] read the maps back instead of
+    /// trusting what this process wrote last (call it when something else may
+    /// have written them: a second daemon, an operator with bpftool).
+    pub fn forget_written(&mut self) {
+        self.written = None;
     }
 
     /// How many sockets are registered for `target_port` (0: the owner's app
@@ -96,17 +116,34 @@ impl Dataplane {
         HashMap::try_from(map).map_err(BpfError::map(name))
     }
 
+    /// The maps' content, read back (two bpf(2) calls per entry).
+    fn read_maps(&mut self) -> Result<Written, BpfError> {
+        let targets = collect(&self.hash::<u32, TargetVal>("targets")?, "targets")?;
+        Ok(Written {
+            steer: collect(&self.hash("steer")?, "steer")?,
+            // A scan flag left by an interrupted sync changes nothing: the
+            // port is a target of that owner, its sockets are registered by
+            // listen() from now on.
+            targets: targets.into_iter().map(|(port, t)| (port, t.owner_uid)).collect(),
+            reserved: collect(&self.hash("reserved")?, "reserved")?,
+            watched: collect(&self.hash("watched")?, "watched")?,
+        })
+    }
+
+    /// Unregisters every socket of these target ports: each slot's key is
+    /// deleted directly (no walk of the whole sockhash).
     fn purge_listeners(&mut self, ports: &BTreeSet<u16>) -> Result<(), BpfError> {
         if ports.is_empty() {
             return Ok(());
         }
         let map = self.ebpf.map_mut("listeners").ok_or_else(|| BpfError::Invalid("no map listeners".into()))?;
         let mut hash = SockHash::<_, ListenerKey>::try_from(map).map_err(BpfError::map("listeners"))?;
-        let keys: Vec<ListenerKey> = hash.keys().filter_map(Result::ok).filter(|k| ports.contains(&k.port)).collect();
-        for key in keys {
-            match hash.remove(&key) {
-                Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                other => other.map_err(BpfError::map("listeners"))?,
+        for &port in ports {
+            for slot in 0..SLOTS {
+                match hash.remove(&ListenerKey { port, slot }) {
+                    Err(e) if is_enoent(&e) => {}
+                    other => other.map_err(BpfError::map("listeners"))?,
+                }
             }
         }
         Ok(())
@@ -129,8 +166,17 @@ impl Dataplane {
     }
 }
 
+fn is_enoent(e: &aya::maps::MapError) -> bool {
+    matches!(e, aya::maps::MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOENT))
+        || matches!(e, aya::maps::MapError::KeyNotFound)
+}
+
+/// The maps' content as the last successful sync left it (targets: port ->
+/// owner; the scan flag is always clear then).
+pub(crate) type Written = Wanted;
+
 /// The maps' wanted content, checked for conflicts.
-struct Wanted {
+pub(crate) struct Wanted {
     steer: BTreeMap<u32, SteerVal>,
     targets: BTreeMap<u32, u32>,
     reserved: BTreeMap<PortKey, u32>,
@@ -161,6 +207,11 @@ impl Wanted {
             (&mut w.watched, watched.iter().map(|r| (r.proto, r.port, r.owner_uid)).collect(), "watched"),
         ] {
             for (proto, port, uid) in items {
+                if uid == ANY_UID {
+                    return Err(BpfError::Invalid(format!(
+                        "{name} port {proto:?}/{port}: a reservation or watched port needs a real owner, not ANY_UID"
+                    )));
+                }
                 if set.insert(port_key(proto, port), uid).is_some_and(|u| u != uid) {
                     return Err(BpfError::Invalid(format!("{name} port {proto:?}/{port} has two owners")));
                 }
@@ -182,15 +233,24 @@ fn collect<K: Pod + Ord, V: Pod>(
     map.iter().map(|kv| kv.map_err(BpfError::map(name))).collect()
 }
 
-/// Deletes extra keys, then inserts missing or changed ones.
+/// Deletes a key; one already gone is no error.
+fn remove<K: Pod, V: Pod>(map: &mut HashMap<&mut MapData, K, V>, key: &K, name: &'static str) -> Result<(), BpfError> {
+    match map.remove(key) {
+        Err(e) if is_enoent(&e) => Ok(()),
+        other => other.map_err(BpfError::map(name)),
+    }
+}
+
+/// Deletes the keys of `current` not wanted, then inserts missing or changed
+/// ones: bpf(2) calls only for the differences.
 fn reconcile<K: Pod + Ord, V: Pod + PartialEq>(
     map: &mut HashMap<&mut MapData, K, V>,
+    current: &BTreeMap<K, V>,
     want: &BTreeMap<K, V>,
     name: &'static str,
 ) -> Result<(), BpfError> {
-    let current = collect(map, name)?;
     for key in current.keys().filter(|k| !want.contains_key(k)) {
-        map.remove(key).map_err(BpfError::map(name))?;
+        remove(map, key, name)?;
     }
     for (key, value) in want {
         if current.get(key) != Some(value) {
