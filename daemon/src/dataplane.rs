@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// The owner uid of a system forward's target: any process may serve it.
-const ANY_UID: u32 = u32::MAX;
+const ANY_UID: u32 = bpf::ANY_UID;
 
 /// The default bpffs mount.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -33,6 +33,10 @@ pub struct Steering {
     reason: Option<String>,
     /// What the maps hold since the last sync, to skip syncs that change nothing.
     synced: Option<Wanted>,
+    /// The target ports this run added to the namespace's `ip_local_reserved_ports`.
+    local_reserved: BTreeSet<u16>,
+    /// Why `ip_local_reserved_ports` could not be written, logged once.
+    local_reserved_error: Option<String>,
 }
 
 #[derive(PartialEq, Eq, Default)]
@@ -52,6 +56,8 @@ impl Steering {
             kernel_ownership: false,
             reason: Some(reason.into()),
             synced: None,
+            local_reserved: BTreeSet::new(),
+            local_reserved_error: None,
         }
     }
 
@@ -61,6 +67,7 @@ impl Steering {
             return;
         }
         self.synced = None;
+        self.reserve_local(BTreeSet::new());
         match Dataplane::remove(&self.pins) {
             Ok(_) => tracing::info!("BPF data plane removed from {}", self.pins.display()),
             Err(e) => tracing::error!("removing the BPF data plane at {}: {e}", self.pins.display()),
@@ -95,6 +102,8 @@ impl Steering {
                 kernel_ownership: settings.ownership != Ownership::Polled,
                 reason: None,
                 synced: None,
+                local_reserved: BTreeSet::new(),
+                local_reserved_error: None,
             }),
             Err(reason) => {
                 if settings.dispatch == Dispatch::Steer {
@@ -167,8 +176,32 @@ impl Steering {
         }
         self.synced = None;
         dp.sync(&want.steer, &want.reserved, &want.watched)?;
+        let ports = want.reserved.iter().map(|r| r.port).collect();
         self.synced = Some(want);
+        self.reserve_local(ports);
         Ok(())
+    }
+
+    /// Keeps reserved target ports out of automatic port selection (`bind` to port 0,
+    /// UDP's implicit bind), which the bind hooks do not see: the namespace's
+    /// `ip_local_reserved_ports` holds the operator's own entries and ours.
+    fn reserve_local(&mut self, ports: BTreeSet<u16>) {
+        if ports == self.local_reserved {
+            return;
+        }
+        match bpf::reserve_local_ports(&self.local_reserved, &ports) {
+            Ok(()) => {
+                self.local_reserved = ports;
+                self.local_reserved_error = None;
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if self.local_reserved_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!("keeping reserved target ports out of automatic port selection (ip_local_reserved_ports): {e}; a socket bound to port 0 may still land on one");
+                }
+                self.local_reserved_error = Some(e);
+            }
+        }
     }
 }
 

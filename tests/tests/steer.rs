@@ -103,9 +103,26 @@ fn steered_forward_reaches_the_owners_app_over_both_families_without_nat_or_conn
     assert!(!entries.contains("dport=80 "), "steered connections left conntrack entries:\n{entries}");
     // The target port is closed to other hosts without the forward: nothing NATs to it,
     // and 8080 is reachable directly only because the app listens there (no protect).
+    // The reserved target port is kept out of automatic port selection.
+    let reserved = net.exec_ok(&net.srv, "cat", &["/proc/sys/net/ipv4/ip_local_reserved_ports"]);
+    assert!(reserved.split(',').any(|r| r.trim() == "8080"), "ip_local_reserved_ports: {reserved}");
     let m = d.ctl(&["metrics"]);
     assert!(out(&m).contains("portd_dataplane{dispatch=\"steer\",ownership=\"kernel\""), "{}", out(&m));
     assert!(out(&m).contains("portd_forward_target_listening{owner=\"user:"), "{}", out(&m));
+}
+
+#[test]
+fn a_system_forward_is_steered_to_whoever_serves_its_target() {
+    let net = Net::setup();
+    let text = config(&net, "forwards:\n  - name: ssh\n    port: 22\n    to: 2222\n");
+    let d = Portd::start_bpf(&net, &text, &[]);
+    let _app = net.tcp_app(&net.srv, 2222, "port-$SOCAT_SOCKPORT");
+    wait_for(|| forward(&d.status_json(), "ssh")["listening"] == true, "the app to be registered");
+    assert_eq!(get(&net, SRV4, 22).as_deref(), Some("port-22"));
+    assert_eq!(get(&net, SRV6, 22).as_deref(), Some("port-22"));
+    // System targets are not reserved: the operator's config decides who serves them.
+    let reserved = net.exec_ok(&net.srv, "cat", &["/proc/sys/net/ipv4/ip_local_reserved_ports"]);
+    assert!(!reserved.contains("2222"), "{reserved}");
 }
 
 #[test]
