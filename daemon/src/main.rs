@@ -240,6 +240,49 @@ fn spawn_bind_watcher(fd: std::os::fd::OwnedFd, tx: std::sync::mpsc::Sender<Msg>
     Ok(())
 }
 
+/// Watches /etc for a new or rewritten passwd or group file (tools replace them by
+/// rename, as nscd expects) and tells the actor. Without inotify, accounts are looked up
+/// again at every reload only, which the log says.
+fn spawn_account_watcher(tx: std::sync::mpsc::Sender<Msg>) {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let watch = || -> nix::Result<Inotify> {
+        let ino = Inotify::init(InitFlags::IN_CLOEXEC)?;
+        ino.add_watch("/etc", AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO)?;
+        Ok(ino)
+    };
+    let ino = match watch() {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(
+                "watching /etc/passwd and /etc/group (inotify): {e}; account changes take effect at the next reload"
+            );
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new().name("portd-accounts".into()).spawn(move || loop {
+        match ino.read_events() {
+            Ok(events) => {
+                let ours = events.iter().any(|e| {
+                    e.name.as_ref().is_some_and(|n| n == "passwd" || n == "group" || n == "shadow" || n == "gshadow")
+                });
+                if ours && tx.send(Msg::AccountsChanged).is_err() {
+                    return;
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                tracing::warn!(
+                    "watching /etc for account changes stopped: {e}; account changes take effect at the next reload"
+                );
+                return;
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("starting the account watcher: {e}; account changes take effect at the next reload");
+    }
+}
+
 /// One malloc arena for every thread. Requests are parsed on blocking threads and
 /// applied on the actor's: with an arena per thread, the memory a large file took stays
 /// in its parsing thread's arena, and a daemon holding 10,000 forwards sat at 32 MiB
@@ -379,6 +422,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(fd) = bind_events {
         spawn_bind_watcher(fd, tx.clone())?;
     }
+    spawn_account_watcher(tx.clone());
     notify::ready(&status);
     tracing::info!("ready: {status}");
 

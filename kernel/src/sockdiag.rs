@@ -16,6 +16,8 @@ const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const TCPF_LISTEN: u32 = 1 << 10;
 /// `TCP_CLOSE` state bit: an unconnected UDP socket.
 const TCPF_CLOSE: u32 = 1 << 7;
+/// `1 << TCP_ESTABLISHED`: a connected UDP socket.
+const TCPF_ESTABLISHED: u32 = 1 << 1;
 /// Size of `struct inet_diag_req_v2`.
 const REQ_LEN: usize = 56;
 /// Size of `struct inet_diag_msg`.
@@ -32,12 +34,14 @@ pub struct Held {
     pub uid: u32,
 }
 
-/// Reads every TCP listener and bound UDP socket of the namespace.
+/// Reads every TCP listener and bound UDP socket of the namespace, connected ones
+/// included (a UDP socket bound to a port and connected to one client still takes that
+/// client's datagrams to the port).
 pub fn held() -> io::Result<Vec<Held>> {
     let mut sock = Socket::open(libc::NETLINK_SOCK_DIAG)?;
     let mut out = Vec::new();
     for (proto, ipproto, states) in
-        [(Proto::Tcp, libc::IPPROTO_TCP, TCPF_LISTEN), (Proto::Udp, libc::IPPROTO_UDP, TCPF_CLOSE)]
+        [(Proto::Tcp, libc::IPPROTO_TCP, TCPF_LISTEN), (Proto::Udp, libc::IPPROTO_UDP, TCPF_CLOSE | TCPF_ESTABLISHED)]
     {
         for family in [libc::AF_INET, libc::AF_INET6] {
             dump(&mut sock, family as u8, ipproto as u8, states, |port, uid| out.push(Held { proto, port, uid }))?;

@@ -321,3 +321,85 @@ fn without_cap_bpf_portd_falls_back_to_nat_and_says_why() {
     assert!(!Path::new(&net.bpffs().join("portd/portd")).exists(), "nothing pinned");
     let _ = std::io::stdout().flush();
 }
+
+#[test]
+fn a_recycled_uid_receives_nothing_of_the_old_forward() {
+    let net = Net::setup();
+    let alice = TestUser::new("st");
+    let d = Portd::start_bpf(&net, &granted(&net, &alice.name, ""), &[]);
+    assert!(apply_as(&d, &net, &alice.name, &web(80, 8080)).status.success());
+    let uid = alice.uid();
+    alice.delete();
+    // No reload: the account watcher sees /etc/passwd change.
+    wait_for(
+        || forward(&d.status_json(), "web")["state"] == "suspended",
+        "the forward of a deleted user to be suspended",
+    );
+    let st = d.status_json();
+    assert!(forward(&st, "web")["reason"].as_str().unwrap_or("").contains("no longer exists"), "{st}");
+    // A new account takes the uid and serves 8080: the old forward's clients never reach it.
+    let newcomer = format!("sn{}x{}", std::process::id(), uid);
+    let o = sh(
+        "useradd",
+        &[
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "-u",
+            &uid.to_string(),
+            "--user-group",
+            &newcomer,
+        ],
+    );
+    assert!(o.status.success(), "useradd: {}", err(&o));
+    let _cleanup = TestUser { name: newcomer.clone() };
+    let _app = net.tcp_app_as(&net.srv, &newcomer, 8080, "newcomer");
+    std::thread::sleep(Duration::from_millis(300));
+    for addr in [SRV4, SRV6] {
+        assert_eq!(get(&net, addr, 80), None, "the recycled uid got the old forward's connection over {addr}");
+    }
+    assert_eq!(forward(&d.status_json(), "web")["state"], "suspended");
+}
+
+#[test]
+fn an_unrelated_socket_neither_suspends_the_forward_nor_breaks_its_connections() {
+    let net = Net::setup();
+    let (alice, mallory) = (TestUser::new("st"), TestUser::new("sm"));
+    let d = Portd::start_bpf(&net, &granted(&net, &alice.name, ""), &[]);
+    assert!(apply_as(&d, &net, &alice.name, &web(80, 8080)).status.success());
+    let gid = String::from_utf8_lossy(&sh("id", &["-g", &alice.name]).stdout).trim().to_string();
+    let _echo = Bg(net
+        .nsenter(&net.srv, "setpriv")
+        .args([format!("--reuid={}", alice.name), format!("--regid={gid}"), "--clear-groups".into()])
+        .args(["socat", "TCP6-LISTEN:8080,fork,reuseaddr,ipv6only=0", "EXEC:cat"])
+        .spawn()
+        .expect("echo app"));
+    wait_for(|| forward(&d.status_json(), "web")["listening"] == true, "the app to be registered");
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let client = spawn_in_netns(&net.cli, move || {
+        let mut s = TcpStream::connect(format!("{SRV4}:80")).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        let mut echo = |msg: &[u8]| {
+            s.write_all(msg).expect("write");
+            let mut b = vec![0; msg.len()];
+            s.read_exact(&mut b).map(|_| b == msg).unwrap_or(false)
+        };
+        let before = echo(b"one\n");
+        let _ = rx.recv();
+        (before, echo(b"two\n"))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // Another account's socket on an unrelated port, and on the other protocol of the
+    // target port: neither can receive the forward's traffic.
+    let held = py_as(
+        &net,
+        Some(&mallory.name),
+        "import socket,time\na=socket.socket(); a.bind(('0.0.0.0',8090)); a.listen()\nb=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); b.bind(('0.0.0.0',8080))\nprint('held'); time.sleep(1.5)\n",
+    );
+    assert_eq!(out(&held).trim(), "held", "{}", err(&held));
+    let _ = tx.send(());
+    let (before, after) = client.join().expect("client");
+    assert!(before && after, "the established connection broke: before {before}, after {after}");
+    assert_eq!(forward(&d.status_json(), "web")["state"], "active");
+}

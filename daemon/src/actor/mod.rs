@@ -110,6 +110,8 @@ pub enum Msg {
     /// The data plane reported binds of watched public ports; `ack` lets the waiting
     /// thread watch again once they are drained.
     BindEvents { ack: std::sync::mpsc::SyncSender<()> },
+    /// /etc/passwd or /etc/group was replaced or written: judge every user set again.
+    AccountsChanged,
 }
 
 /// Settings the actor needs that come from flags rather than the config file.
@@ -390,6 +392,19 @@ impl Daemon {
         }
     }
 
+    /// The account database changed (a user deleted, a uid recycled, a user taken out of
+    /// a granting group): every set is judged against it at once, not at the next reload.
+    fn on_accounts_changed(&mut self) {
+        let accounts = accounts::lookup_owners(self.users.keys());
+        if accounts == self.accounts {
+            return;
+        }
+        self.accounts = accounts;
+        if let Err((_, m)) = self.reevaluate("by a change of the account database") {
+            tracing::error!("applying a change of the account database: {}", m.join("; "));
+        }
+    }
+
     /// Binds of a user forward's public port by other uids (a service coming back that
     /// the forward would shadow): the sockets are read again and the forwards judged at
     /// once, not at the next poll.
@@ -450,8 +465,11 @@ impl Daemon {
         }
     }
 
+    /// Schedules the next listener check. A check already due sooner keeps its time: no
+    /// stream of changes, however fast, can put the check off.
     fn schedule_poll(&mut self) {
-        self.poll_at = self.has_checked_forwards().then(|| Instant::now() + LISTENER_POLL);
+        let next = Instant::now() + LISTENER_POLL;
+        self.poll_at = self.has_checked_forwards().then(|| self.poll_at.map_or(next, |at| at.min(next)));
     }
 
     /// Logs each forward that was suspended or resumed since `before`.
@@ -573,6 +591,7 @@ impl Daemon {
                     self.repair_if_drifted(change);
                     self.steering.repair();
                 }
+                Ok(Msg::AccountsChanged) => self.on_accounts_changed(),
                 Ok(Msg::BindEvents { ack }) => {
                     self.on_bind_events();
                     let _ = ack.send(());
@@ -601,6 +620,7 @@ impl Daemon {
     /// The periodic listener check: suspends user forwards whose target port a socket of
     /// another uid holds, and resumes them when it is theirs or free again.
     fn poll_listeners(&mut self) {
+        self.poll_at = None;
         self.steering.repair();
         let old = self.listeners.clone();
         self.refresh_listeners();
