@@ -403,3 +403,61 @@ fn an_unrelated_socket_neither_suspends_the_forward_nor_breaks_its_connections()
     assert!(before && after, "the established connection broke: before {before}, after {after}");
     assert_eq!(forward(&d.status_json(), "web")["state"], "active");
 }
+
+#[test]
+fn sources_interfaces_protect_and_marks_hold_for_steered_forwards() {
+    let net = Net::setup();
+    let fwd = format!(
+        "forwards:\n\
+         \x20 - {{name: src, port: 83, to: 8083, sources: [\"{CLI4}/32\", \"{CLI6}/128\"]}}\n\
+         \x20 - {{name: ifok, port: 84, to: 8084, interfaces: [vsrv]}}\n\
+         \x20 - {{name: ifno, port: 85, to: 8085, interfaces: [eth9]}}\n\
+         \x20 - {{name: prot, port: 86, to: 8086, protect: true, mark: 0x2a}}\n"
+    );
+    let d = Portd::start_bpf(&net, &config(&net, &fwd), &[]);
+    let _apps: Vec<Bg> =
+        [8083, 8084, 8085, 8086].iter().map(|p| net.tcp_app(&net.srv, *p, &format!("app{p}"))).collect();
+    wait_for(
+        || d.status_json()["forwards"].as_array().is_some_and(|a| a.iter().all(|f| f["listening"] == true)),
+        "every app to be registered",
+    );
+    // sources: the client's own address is allowed, a second address of the same host is not.
+    assert_eq!(get(&net, SRV4, 83).as_deref(), Some("app8083"));
+    assert_eq!(get(&net, SRV6, 83).as_deref(), Some("app8083"));
+    net.exec_ok(&net.cli, "ip", &["addr", "add", "10.250.0.3/24", "dev", "vcli"]);
+    let other = net.exec(
+        &net.cli,
+        "timeout",
+        &["3", "socat", "-T2", "-", "TCP:10.250.0.1:83,bind=10.250.0.3,connect-timeout=2"],
+    );
+    assert!(!out(&other).contains("app8083"), "a source outside `sources` reached the app");
+    assert!(err(&other).contains("refused"), "refused at once, like a port nothing listens on: {}", err(&other));
+    // The host's own connections are not subject to sources or interfaces, as with NAT.
+    assert_eq!(net.tcp_get(&net.srv, "127.0.0.1", 83).as_deref(), Some("app8083"));
+    // interfaces
+    assert_eq!(get(&net, SRV4, 84).as_deref(), Some("app8084"));
+    assert_eq!(get(&net, SRV4, 85), None, "traffic on another interface than `interfaces` is steered");
+    assert_eq!(net.tcp_get(&net.srv, SRV4, 85).as_deref(), Some("app8085"), "local connections pass");
+    // protect: the target refuses other hosts that did not come through the public port.
+    assert_eq!(get(&net, SRV4, 86).as_deref(), Some("app8086"));
+    assert_eq!(get(&net, SRV4, 8086), None, "protect lets other hosts reach the target directly");
+    assert_eq!(get(&net, SRV4, 8084).as_deref(), Some("app8084"), "an unprotected target stays reachable");
+    // mark: packets of the steered forward carry it at input, where other tables see it.
+    nft_file(
+        &net,
+        "table inet watch {\n chain input {\n  type filter hook input priority filter + 10; policy accept;\n  meta mark 0x2a tcp dport 86 counter\n }\n}\n",
+    );
+    assert_eq!(get(&net, SRV4, 86).as_deref(), Some("app8086"));
+    let listing = net.exec_ok(&net.srv, "nft", &["list", "chain", "inet", "watch", "input"]);
+    let packets: u64 = listing
+        .split("counter packets ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(packets > 0, "no marked packet reached input:\n{listing}");
+    let st = d.status_json();
+    for name in ["src", "ifok", "prot"] {
+        assert!(forward(&st, name)["packets"].as_u64().unwrap_or(0) > 0, "{name} counts: {st}");
+    }
+}
