@@ -461,3 +461,101 @@ fn sources_interfaces_protect_and_marks_hold_for_steered_forwards() {
         assert!(forward(&st, name)["packets"].as_u64().unwrap_or(0) > 0, "{name} counts: {st}");
     }
 }
+
+#[test]
+fn path_mtu_discovery_works_through_a_1280_byte_hop() {
+    // far (MTU 1500) -- the client namespace as a router (1280 toward far) -- server:
+    // far advertises a 1460-byte MSS, so only an ICMP "too big" from the router, delivered
+    // to the app's steered socket, lets a large answer through.
+    let net = Net::setup();
+    let far = format!("pdf{}", std::process::id());
+    let _ = sh("ip", &["netns", "del", &far]);
+    assert!(sh("ip", &["netns", "add", &far]).status.success());
+    struct Del(String);
+    impl Drop for Del {
+        fn drop(&mut self) {
+            let _ = sh("ip", &["netns", "del", &self.0]);
+        }
+    }
+    let _far = Del(far.clone());
+    let ip = |ns: &str, args: &[&str]| {
+        let mut a = vec!["-n", ns];
+        a.extend_from_slice(args);
+        let o = sh("ip", &a);
+        assert!(o.status.success(), "ip {a:?}: {}", err(&o));
+    };
+    let _ =
+        sh("ip", &["link", "add", "vrtr", "netns", &net.cli, "type", "veth", "peer", "name", "vfar", "netns", &far]);
+    ip(&net.cli, &["link", "set", "vrtr", "mtu", "1280", "up"]);
+    ip(&net.cli, &["addr", "add", "10.253.0.1/24", "dev", "vrtr"]);
+    ip(&net.cli, &["addr", "add", "fd00:253::1/64", "dev", "vrtr", "nodad"]);
+    ip(&far, &["link", "set", "lo", "up"]);
+    ip(&far, &["link", "set", "vfar", "up"]);
+    ip(&far, &["addr", "add", "10.253.0.2/24", "dev", "vfar"]);
+    ip(&far, &["addr", "add", "fd00:253::2/64", "dev", "vfar", "nodad"]);
+    ip(&far, &["route", "add", "default", "via", "10.253.0.1"]);
+    ip(&far, &["-6", "route", "add", "default", "via", "fd00:253::1"]);
+    ip(&net.srv, &["route", "add", "10.253.0.0/24", "via", CLI4]);
+    ip(&net.srv, &["-6", "route", "add", "fd00:253::/64", "via", CLI6]);
+    net.exec_ok(&net.cli, "sysctl", &["-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]);
+
+    let alice = TestUser::new("st");
+    let d = Portd::start_bpf(&net, &granted(&net, &alice.name, ""), &[]);
+    assert!(apply_as(&d, &net, &alice.name, &web(80, 8080)).status.success());
+    let _app = net.tcp_app_as(&net.srv, &alice.name, 8080, "$(head -c 200000 /dev/zero | tr '\\\\0' x)");
+    wait_for(|| forward(&d.status_json(), "web")["listening"] == true, "the app to be registered");
+    for addr in [SRV4, SRV6] {
+        let target = if addr.contains(':') { format!("TCP:[{addr}]:80") } else { format!("TCP:{addr}:80") };
+        let o = sh("ip", &["netns", "exec", &far, "timeout", "10", "socat", "-T5", "-", &target]);
+        let got = o.stdout.iter().filter(|b| **b == b'x').count();
+        assert_eq!(got, 200_000, "{addr}: {got} of 200000 bytes through the 1280-byte hop; {}", err(&o));
+    }
+}
+
+#[test]
+fn an_app_restart_under_load_refuses_only_while_nothing_listens_and_never_delivers_elsewhere() {
+    let net = Net::setup();
+    let (alice, mallory) = (TestUser::new("st"), TestUser::new("sm"));
+    let d = Portd::start_bpf(&net, &granted(&net, &alice.name, ""), &[]);
+    assert!(apply_as(&d, &net, &alice.name, &web(80, 8080)).status.success());
+    // Another account serves a port of its own all along: it must never get a connection.
+    let _other = net.tcp_app_as(&net.srv, &mallory.name, 8099, "mallory");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let client = spawn_in_netns(&net.cli, move || {
+        let mut replies = std::collections::BTreeMap::<String, u32>::new();
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let addr: SocketAddr = format!("{SRV4}:80").parse().expect("addr");
+            let mut reply = String::new();
+            let key = match TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+                .and_then(|mut s| s.read_to_string(&mut reply))
+            {
+                Ok(_) => reply.trim().to_string(),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => "refused".into(),
+                Err(e) => format!("error {}", e.kind()),
+            };
+            *replies.entry(key).or_default() += 1;
+        }
+        replies
+    });
+    for round in 0..3 {
+        let app = net.tcp_app_as(&net.srv, &alice.name, 8080, &format!("alice{round}"));
+        std::thread::sleep(Duration::from_millis(400));
+        drop(app);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let replies = client.join().expect("client");
+    eprintln!("replies during three restarts: {replies:?}");
+    for (reply, n) in &replies {
+        // A reset: a connection queued on the listener that was killed (the app's own).
+        let ok = reply.starts_with("alice") || reply == "refused" || reply == "error connection reset";
+        assert!(ok, "{n} connection(s) ended in `{reply}`: {replies:?}");
+    }
+    for round in 0..3 {
+        assert!(
+            replies.get(&format!("alice{round}")).is_some_and(|n| *n > 0),
+            "run {round} was not reached: {replies:?}"
+        );
+    }
+}
