@@ -19,6 +19,9 @@ pub struct Snapshot {
     pub plan: portd_rules::Plan,
     /// portd's own state (`in_sync` is read here).
     pub me: SelfState,
+    /// Why TCP forwards use NAT and target ports are only polled, when the settings
+    /// asked for the BPF data plane (`auto`) and it cannot run.
+    pub dataplane_fallback: Option<String>,
 }
 
 /// portd's NAT chains' priority (dstnat), as compiled.
@@ -88,7 +91,7 @@ pub fn run(s: &Snapshot) -> Vec<Finding> {
             Err(e) => findings.push(unreadable("legacy-iptables", e)),
         }
     }
-    findings.extend(doctor::check_chains(&chains, &s.forwards, PORTD_NAT_PRIORITY));
+    findings.extend(doctor::check_chains_dispatched(&chains, &s.forwards, PORTD_NAT_PRIORITY, s.plan.steer));
     match portd_kernel::sockdiag::held() {
         Ok(held) => findings.extend(doctor::check_listeners(
             &s.forwards,
@@ -102,6 +105,17 @@ pub fn run(s: &Snapshot) -> Vec<Finding> {
         // No conntrack in this namespace yet: nothing is tracked, nothing can be full.
         Ok(None) => {}
         Err(e) => findings.push(unreadable("conntrack", format!("reading the conntrack table's size: {e}"))),
+    }
+    if let Some(reason) = &s.dataplane_fallback {
+        findings.push(Finding {
+            check: "dispatch".into(),
+            severity: Severity::Warning,
+            forward: None,
+            message: format!(
+                "TCP forwards use NAT and target ports are only checked by polling: the BPF data plane cannot run ({reason}); bans and blocks written for public ports do not apply to forwarded traffic"
+            ),
+            fix: "run portd with CAP_BPF and CAP_PERFMON (the packaged unit has them) on a kernel 5.19 or newer with BTF, or set settings.dispatch: nat and settings.ownership: polled to choose NAT".into(),
+        });
     }
     doctor::sort(&mut findings);
     findings

@@ -158,6 +158,19 @@ fn fwd_name(f: &PlacedForward) -> String {
 /// redirect on the input hook (and filter chains on prerouting), and NAT before portd's
 /// on prerouting and output.
 pub fn check_chains(chains: &[ForeignChain], forwards: &[PlacedForward], portd_nat_priority: i32) -> Vec<Finding> {
+    check_chains_dispatched(chains, forwards, portd_nat_priority, false)
+}
+
+/// [`check_chains`] for a plan that steers TCP forwards (`steer`): their packets reach
+/// input with the public port, untracked and not NATed, so rules for the public port
+/// apply to them as written; and any foreign NAT of the public port takes the
+/// connection before the socket lookup that steers it.
+pub fn check_chains_dispatched(
+    chains: &[ForeignChain],
+    forwards: &[PlacedForward],
+    portd_nat_priority: i32,
+    steer: bool,
+) -> Vec<Finding> {
     let mut out = Vec::new();
     for chain in chains {
         let Some(h) = &chain.hook else { continue };
@@ -172,14 +185,17 @@ pub fn check_chains(chains: &[ForeignChain], forwards: &[PlacedForward], portd_n
                     if done || !chain.applies_to(family) {
                         continue;
                     }
+                    let steered = steer && proto == crate::model::Proto::Tcp;
+                    let portd_nat_priority = if steered { i32::MAX } else { portd_nat_priority };
                     if drop_check {
                         // After the redirect (input); before it on prerouting filter chains
-                        // at a priority before portd's redirect, the public port.
-                        let before_nat = h.hook == Hook::Prerouting && h.priority < portd_nat_priority;
+                        // at a priority before portd's redirect, the public port. Steered:
+                        // the public port everywhere.
+                        let before_nat = steered || (h.hook == Hook::Prerouting && h.priority < portd_nat_priority);
                         let p = Packet {
                             l4: l4(proto),
                             dport: if before_nat { f.forward.port.start } else { f.forward.to.start },
-                            mark: if before_nat { 0 } else { f.mark },
+                            mark: if before_nat && !steered { 0 } else { f.mark },
                             ct_status: if before_nat { 0 } else { CT_DNAT },
                         };
                         if let Some(x) = drop_finding(chains, chain, h, f, &p, family) {
@@ -198,7 +214,13 @@ pub fn check_chains(chains: &[ForeignChain], forwards: &[PlacedForward], portd_n
             }
         }
     }
-    out.extend(public_port_blocks(chains, forwards));
+    // Steered TCP-only forwards keep their public port: bans for it apply as written.
+    let natted: Vec<PlacedForward> = forwards
+        .iter()
+        .filter(|f| !(steer && f.forward.proto.protos() == [crate::model::Proto::Tcp]))
+        .cloned()
+        .collect();
+    out.extend(public_port_blocks(chains, &natted));
     out
 }
 

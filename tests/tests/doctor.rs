@@ -9,9 +9,20 @@ use portd_tests::*;
 /// A system forward 80 -> 8080 (tcp) and, unless `app` is false, an application on 8080.
 fn setup(app: bool) -> (Net, Portd, Option<Bg>) {
     let net = Net::setup();
-    let d = Portd::start(&net, &config(&net, "forwards:\n  - name: http\n    port: 80\n    to: 8080\n"));
+    // NAT mode, chosen: these are doctor's findings about rules that meet NAT.
+    let text = config(&net, "forwards:\n  - name: http\n    port: 80\n    to: 8080\n").replacen(
+        "settings:\n",
+        "settings:\n  dispatch: nat\n  ownership: polled\n",
+        1,
+    );
+    let d = Portd::start(&net, &text);
     let app = app.then(|| net.tcp_app(&net.srv, 8080, "web-app"));
     (net, d, app)
+}
+
+/// The test config in NAT mode, chosen (no warning about a data plane that cannot run).
+fn nat_config(net: &Net, rest: &str) -> String {
+    config(net, rest).replacen("settings:\n", "settings:\n  dispatch: nat\n  ownership: polled\n", 1)
 }
 
 /// `portctl doctor --json`: exit code and findings.
@@ -243,13 +254,13 @@ fn a_suspended_user_forward_and_its_grant_restored() {
     let net = Net::setup();
     let web = TestUser::new("pdd");
     let grant = format!("grants:\n  - user: {}\n    ports: [80]\n    to: \"8080\"\n", web.name);
-    let d = Portd::start(&net, &config(&net, &grant));
+    let d = Portd::start(&net, &nat_config(&net, &grant));
     let _app = net.tcp_app_as(&net.srv, &web.name, 8080, "web-app");
     let file = write(&net.dir, "web.yaml", "version: 1\nforwards:\n  - name: http\n    port: 80\n    to: 8080\n");
     let o = d.ctl_as(&web.name, "", &["apply", file.to_str().expect("path")]);
     assert!(o.status.success(), "{}", err(&o));
     assert_clean_and_working(&net, &d, "with the grant");
-    std::fs::write(&d.config, config(&net, "")).expect("config");
+    std::fs::write(&d.config, nat_config(&net, "")).expect("config");
     assert!(d.ctl(&["reload"]).status.success());
     assert_eq!(net.tcp_get(&net.cli, SRV4, 80), None, "a suspended forward redirects nothing");
     // Any socket user may ask (the forward's owner here).
@@ -260,7 +271,7 @@ fn a_suspended_user_forward_and_its_grant_restored() {
     assert_eq!(f["forward"], format!("user:{}/http", web.name), "{v}");
     assert_eq!((f["check"].as_str(), f["severity"].as_str()), (Some("portd"), Some("warning")), "{v}");
     assert!(f["message"].as_str().unwrap_or("").contains("suspended"), "{v}");
-    std::fs::write(&d.config, config(&net, &grant)).expect("config");
+    std::fs::write(&d.config, nat_config(&net, &grant)).expect("config");
     assert!(d.ctl(&["reload"]).status.success());
     assert_clean_and_working(&net, &d, "with the grant restored");
 }

@@ -141,6 +141,9 @@ fn a_ban_on_the_public_port_applies_to_steered_connections() {
     );
     nft_file(&net, &ban);
     assert_eq!(get(&net, SRV4, 80), None, "the banned client got through over IPv4");
+    let doc = d.ctl(&["doctor", "--json"]);
+    assert_eq!(doc.status.code(), Some(0), "steered, the ban applies as written: {}", out(&doc));
+    assert!(!out(&doc).contains("foreign-block"), "{}", out(&doc));
     assert_eq!(get(&net, SRV6, 80), None, "the banned client got through over IPv6");
     assert_eq!(net.tcp_get(&net.srv, "127.0.0.1", 80).as_deref(), Some("app"), "others still reach the app");
     net.exec_ok(&net.srv, "nft", &["delete", "table", "inet", "f2b-table"]);
@@ -154,6 +157,8 @@ fn a_ban_on_the_public_port_applies_to_steered_connections() {
     assert_eq!(get(&net, SRV4, 80).as_deref(), Some("app"), "allow 80/tcp lets steered traffic in");
     assert_eq!(get(&net, SRV6, 80).as_deref(), Some("app"));
     assert_eq!(get(&net, SRV4, 8080), None, "8080 stays closed to other hosts");
+    let doc = d.ctl(&["doctor", "--json"]);
+    assert_eq!(doc.status.code(), Some(0), "ufw's natural config needs no fix when steered: {}", out(&doc));
 }
 
 #[test]

@@ -40,6 +40,10 @@ impl Daemon {
                     .map(|t| t.saturating_duration_since(Instant::now()).as_secs()),
                 suspended,
             },
+            dataplane_fallback: (self.config.settings.dispatch != portd_rules::Dispatch::Nat
+                || self.config.settings.ownership != portd_rules::Ownership::Polled)
+                .then(|| self.steering.reason().map(str::to_string))
+                .flatten(),
         };
         crate::doctor::spawn(snapshot, reply);
     }

@@ -405,3 +405,36 @@ fn a_legacy_nat_redirect_names_the_legacy_command() {
     assert_eq!(f[0].severity, Severity::Error, "same priority as portd's: it wins whenever it was created first");
     assert!(f[0].fix.contains("`iptables-legacy -t nat -D PREROUTING 1`"), "{}", f[0].fix);
 }
+
+#[test]
+fn steered_forwards_meet_rules_for_their_public_port_as_written() {
+    // A fail2ban ban on 80/443: an error in NAT mode, nothing to report when steered.
+    let sets = |name: &str| (name == "__set0").then(|| vec![(80, 80), (443, 443)]);
+    let ban = parse_rule_in("[ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ payload load 2b @ transport header + 2 => reg 1 ] [ lookup reg 1 set __set0 0x0 ] [ lookup reg 1 set addr-set-web 0x0 ] [ reject type 0 code 3 ]", &sets);
+    let mut c = chain("inet", "f2b-table", "filter", Hook::Input, -1, false, &[]);
+    c.rules = vec![ban];
+    assert_eq!(check_chains_dispatched(std::slice::from_ref(&c), &[fwd("user:web", 80, 8080)], -100, false).len(), 1);
+    assert!(check_chains_dispatched(&[c], &[fwd("user:web", 80, 8080)], -100, true).is_empty());
+    // A policy drop that allows only tcp/80 (ufw's natural config): an error in NAT mode
+    // (the packets carry 8080), fine when steered (they carry 80, untracked).
+    let allow_80 = format!("{L4_TCP} [ payload load 2b @ transport header + 2 => reg 1 ] [ cmp eq reg 1 0x00005000 ] [ immediate reg 0 accept ]");
+    let c = chain("inet", "fw", "filter", Hook::Input, 0, true, &[ESTABLISHED_ACCEPT, &allow_80]);
+    let nat = check_chains_dispatched(std::slice::from_ref(&c), &[fwd("user:web", 80, 8080)], -100, false);
+    assert_eq!(nat.len(), 1, "{nat:?}");
+    assert_eq!(nat[0].severity, Severity::Error);
+    let steered = check_chains_dispatched(std::slice::from_ref(&c), &[fwd("user:web", 80, 8080)], -100, true);
+    assert!(steered.is_empty(), "{steered:?}");
+    // Only 8080 allowed: steered traffic on 80 is dropped, an error.
+    let c = chain(
+        "inet",
+        "fw",
+        "filter",
+        Hook::Input,
+        0,
+        true,
+        &[ESTABLISHED_ACCEPT, &format!("{L4_TCP} {DPORT_8080} [ immediate reg 0 accept ]")],
+    );
+    let steered = check_chains_dispatched(&[c], &[fwd("user:web", 80, 8080)], -100, true);
+    assert_eq!(steered.len(), 1, "{steered:?}");
+    assert!(steered[0].message.contains("80"), "{}", steered[0].message);
+}
