@@ -73,6 +73,11 @@ pub enum Cmd {
         /// Default mark for forwards without `mark:`.
         #[arg(long, default_value = "0x1", value_parser = parse_mark)]
         mark: u32,
+        /// How TCP forwards reach their target: `steer` (portd's choice wherever the
+        /// kernel runs its BPF data plane: the targets go to fwd_steer, no NAT rule) or
+        /// `nat` (redirect rules; UDP forwards always use them).
+        #[arg(long, default_value = "steer", value_parser = ["steer", "nat"])]
+        dispatch: String,
     },
     /// Replace your set of forwards with those of FILE and print what changed.
     Apply {

@@ -14,7 +14,7 @@ mod owner;
 use clap::{CommandFactory, Parser};
 use cli::{Cli, Cmd, FamilyArg, ProtoArg};
 use portd_rules::proto::{Body, Command, ErrorKind};
-use portd_rules::{compile, parse_rules, render::render, OwnedSet};
+use portd_rules::{parse_rules, render::render};
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
@@ -175,10 +175,11 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
     let send = |command: Command| client::request(&sock, command);
     match cli.command {
         Cmd::Check { file } => check(&file, json),
-        Cmd::Plan { file, table, mark } => {
+        Cmd::Plan { file, table, mark, dispatch } => {
             let (name, text) = read_input(&file)?;
             let rules = parse_rules(&name, &text).map_err(Failure::diagnostics)?;
-            let plan = compile(&table, mark, &[OwnedSet { owner: "system".into(), forwards: rules.forwards }])
+            let sets = [("system", rules.forwards.iter().collect())];
+            let plan = portd_rules::plan::compile_dispatched(&table, mark, dispatch == "steer", &sets)
                 .map_err(|c| Failure::many(Exit::Rejected, c.iter().map(|c| c.to_string()).collect()))?;
             if json {
                 json::print(&serde_json::json!({"ok": true, "plan": plan}));

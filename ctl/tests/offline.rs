@@ -106,6 +106,14 @@ fn plan_prints_the_ruleset_offline() {
     assert!(plan.contains("tcp . 80 comment \"system/http\" : 8080"), "{plan}");
     let o = s.ctl(&["plan", &rules, "--table", "other"]);
     assert!(out(&o).starts_with("table inet other {"), "{}", out(&o));
+    // Steered by default: the TCP targets are in fwd_steer and the table untracks them.
+    assert!(plan.contains("map fwd_steer {") && plan.contains("notrack"), "{plan}");
+    assert!(!plan.contains("fwd_to {\n\t\ttype inet_proto . inet_service : inet_service\n\t\tsize 1024\n\t\telements"), "{plan}");
+    let o = s.ctl(&["plan", &rules, "--dispatch", "nat"]);
+    let nat = out(&o);
+    assert!(!nat.contains("fwd_steer") && !nat.contains("notrack"), "{nat}");
+    assert!(nat.contains("map fwd_to {") && nat.contains("tcp . 80 comment \"system/http\" : 8080"), "{nat}");
+    assert_eq!(s.ctl(&["plan", &rules, "--dispatch", "magic"]).status.code(), Some(2));
 }
 
 #[test]
