@@ -108,7 +108,10 @@ fn plan_prints_the_ruleset_offline() {
     assert!(out(&o).starts_with("table inet other {"), "{}", out(&o));
     // Steered by default: the TCP targets are in fwd_steer and the table untracks them.
     assert!(plan.contains("map fwd_steer {") && plan.contains("notrack"), "{plan}");
-    assert!(!plan.contains("fwd_to {\n\t\ttype inet_proto . inet_service : inet_service\n\t\tsize 1024\n\t\telements"), "{plan}");
+    assert!(
+        !plan.contains("fwd_to {\n\t\ttype inet_proto . inet_service : inet_service\n\t\tsize 1024\n\t\telements"),
+        "{plan}"
+    );
     let o = s.ctl(&["plan", &rules, "--dispatch", "nat"]);
     let nat = out(&o);
     assert!(!nat.contains("fwd_steer") && !nat.contains("notrack"), "{nat}");

@@ -176,30 +176,76 @@ fn another_uid_cannot_take_a_reserved_target_port_and_gets_no_connection() {
     assert_eq!(r.trim(), "refused 13", "root is refused too");
     // An unrelated port stays free for everyone.
     assert_eq!(binds_as(&net, &mallory.name, 8090).matches("bound").count(), 6);
-    // The owner binds and serves; for 10 s mallory keeps trying to bind 8080 while a
-    // client connects back to back: every connection reaches alice, the forward stays active.
-    let _app = net.tcp_app_as(&net.srv, &alice.name, 8080, "alice");
+    // The owner serves on an IPv6-only socket (the shape that let another account take
+    // every IPv4 connection beside it) and changes its own set every 200 ms (which used
+    // to put the listener check off for good). For 10 s mallory keeps trying to bind
+    // 8080 while a client connects back to back: every IPv6 connection reaches alice,
+    // no IPv4 connection reaches anyone, the forward stays active.
+    let gid = String::from_utf8_lossy(&sh("id", &["-g", &alice.name]).stdout).trim().to_string();
+    let _app = Bg(net
+        .nsenter(&net.srv, "setpriv")
+        .args([format!("--reuid={}", alice.name), format!("--regid={gid}"), "--clear-groups".into()])
+        .args(["socat", "TCP6-LISTEN:8080,fork,reuseaddr,ipv6only=1", "SYSTEM:echo alice"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("alice's app"));
+    wait_for(|| forward(&d.status_json(), "web")["listening"] == true, "alice's app to be registered");
     let attacker = net
         .nsenter(&net.srv, "setpriv")
         .args([format!("--reuid={}", mallory.name), format!("--regid={}", mallory.name), "--clear-groups".into()])
-        .args(["/usr/bin/python3", "-c", "import socket,time\nn=0\nt=time.time()\nwhile time.time()-t<10:\n  for fam in (socket.AF_INET, socket.AF_INET6):\n    s=socket.socket(fam)\n    try:\n      s.bind(('0.0.0.0' if fam==socket.AF_INET else '::',8080)); s.listen(); n+=1\n    except OSError: pass\n    s.close()\nprint(n)\n"])
+        .args(["/usr/bin/python3", "-c", "import socket,time\nn=0\nt=time.time()\nwhile time.time()-t<10:\n  for fam,kind in ((socket.AF_INET,socket.SOCK_STREAM),(socket.AF_INET6,socket.SOCK_STREAM),(socket.AF_INET,socket.SOCK_DGRAM)):\n    s=socket.socket(fam,kind)\n    try:\n      s.bind(('0.0.0.0' if fam==socket.AF_INET else '::',8080)); n+=1\n      if kind==socket.SOCK_STREAM: s.listen()\n    except OSError: pass\n    s.close()\nprint(n)\n"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("attacker");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (stop, socket, user) = (stop.clone(), d.socket.clone(), alice.name.clone());
+        std::thread::spawn(move || {
+            let mut changes = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let verb: &[&str] =
+                    if changes % 2 == 0 { &["add", "extra", "81", "8081"] } else { &["remove", "extra"] };
+                let o = Command::new("setpriv")
+                    .args([format!("--reuid={user}"), format!("--regid={user}"), "--clear-groups".into()])
+                    .arg(bin("portctl"))
+                    .arg("--socket")
+                    .arg(&socket)
+                    .args(verb)
+                    .output()
+                    .expect("portctl");
+                if o.status.success() {
+                    changes += 1;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            changes
+        })
+    };
     let t = Instant::now();
-    let (mut served, mut tries) = (0, 0);
+    let (mut v6_served, mut v6_tries, mut v4_taken, mut v4_tries) = (0, 0, 0, 0);
     while t.elapsed() < Duration::from_secs(10) {
-        tries += 1;
-        if get(&net, if tries % 2 == 0 { SRV4 } else { SRV6 }, 80).as_deref() == Some("alice") {
-            served += 1;
+        match get(&net, SRV6, 80).as_deref() {
+            Some("alice") => v6_served += 1,
+            _ => {}
         }
+        v6_tries += 1;
+        if let Some(reply) = get(&net, SRV4, 80) {
+            v4_taken += 1;
+            eprintln!("an IPv4 connection reached `{reply}`");
+        }
+        v4_tries += 1;
         let st = d.status_json();
         assert_eq!(forward(&st, "web")["state"], "active", "the forward left active: {st}");
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let changes = churn.join().expect("churn");
     let o = attacker.wait_with_output().expect("attacker");
+    eprintln!("10 s: {v6_served}/{v6_tries} IPv6 connections served, {v4_taken}/{v4_tries} IPv4 taken, {changes} changes by the owner");
     assert_eq!(out(&o).trim(), "0", "mallory bound the reserved port");
-    assert_eq!(served, tries, "every connection reaches the owner's app");
-    assert!(tries >= 20, "only {tries} connections in 10 s");
+    assert_eq!(v6_served, v6_tries, "every IPv6 connection reaches the owner's app");
+    assert_eq!(v4_taken, 0, "an IPv4 connection reached someone: the owner's socket is IPv6-only");
+    assert!(v6_tries >= 10, "only {v6_tries} connections in 10 s");
+    assert!(changes >= 10, "the owner changed its set only {changes} times");
 }
 
 #[test]
