@@ -160,6 +160,8 @@ fn a_reload_may_not_change_table_state_dir_or_socket() {
         ("table", base.replace("  table: portd\n", "  table: other\n")),
         ("state_dir", base.replace("state_dir: ", "state_dir: /tmp/elsewhere")),
         ("socket", base.replace("portd.sock", "other.sock")),
+        ("dispatch", base.replacen("settings:\n", "settings:\n  dispatch: nat\n", 1)),
+        ("ownership", base.replacen("settings:\n", "settings:\n  ownership: polled\n", 1)),
     ];
     for (what, text) in changed {
         assert_ne!(text, base, "{what}: the edit changed nothing");

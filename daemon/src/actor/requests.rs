@@ -532,10 +532,12 @@ impl Daemon {
             || config.settings.state_dir != self.config.settings.state_dir
             || config.settings.socket != self.config.settings.socket
             || config.settings.metrics != self.config.settings.metrics
+            || config.settings.dispatch != self.config.settings.dispatch
+            || config.settings.ownership != self.config.settings.ownership
         {
             return Err(err(
                 ErrorKind::Invalid,
-                "settings.table, settings.state_dir, settings.socket and settings.metrics only change on restart; revert them or restart portd",
+                "settings.table, settings.state_dir, settings.socket, settings.metrics, settings.dispatch and settings.ownership only change on restart; revert them or restart portd",
             ));
         }
         let old_config = std::mem::replace(&mut self.config, config);
