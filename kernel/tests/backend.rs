@@ -308,6 +308,25 @@ fn mark_is_set_on_redirected_packets() {
 }
 
 #[test]
+fn the_default_mark_leaves_other_bits_of_the_mark_alone() {
+    // WireGuard, Tailscale and policy routing set bits of the mark of their own: the
+    // default mark adds its bits and keeps theirs.
+    let mut net = Net::new("markbits");
+    let (s, c) = (net.server.clone(), net.client.clone());
+    net.app(&s, false, 8080, APP);
+    net.apply_checked(&plan_of(1, vec![forward("plain", 80, 8080)]));
+    let probe = "table inet probe {\n counter both { }\n chain pre {\n  type filter hook prerouting priority mangle - 10; policy accept;\n  tcp dport 80 meta mark set 0x100\n }\n chain input {\n  type filter hook input priority filter + 10; policy accept;\n  meta mark 0x101 counter name \"both\"\n }\n}\n";
+    let mut nft =
+        Command::new("ip").args(["netns", "exec", &s, "nft", "-f", "-"]).stdin(Stdio::piped()).spawn().expect("nft");
+    nft.stdin.take().expect("stdin").write_all(probe.as_bytes()).expect("write");
+    assert!(nft.wait().expect("nft").success(), "probe table rejected");
+    assert_eq!(net.tcp(&c, S4, 80), APP);
+    let v: serde_json::Value =
+        serde_json::from_str(&net.nft(&["-j", "list", "counter", "inet", "probe", "both"])).expect("json");
+    assert!(v["nftables"][1]["counter"]["packets"].as_u64().expect("packets") > 0, "the mark lost 0x100: {v}");
+}
+
+#[test]
 fn read_and_nft_agree_with_every_applied_plan() {
     let net = Net::new("agree");
     let empty = Plan::empty("portd", 1);

@@ -67,7 +67,7 @@ pub fn rule(r: &Rule) -> String {
         Rule::Count { set, key, mark, then_return } => {
             let mut s = format!("{} @{set}", key_text(*key));
             if *mark != 0 {
-                let _ = write!(s, " meta mark set {mark:#010x}");
+                let _ = write!(s, " meta mark set meta mark | {mark:#010x}");
             }
             if *then_return {
                 s.push_str(" return");

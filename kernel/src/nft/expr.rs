@@ -26,8 +26,8 @@ enum Expr {
     Payload { base: u32, offset: u32, len: u32, dreg: u32 },
     /// `[ cmp OP reg SREG DATA ]`
     Cmp { op: u32, sreg: u32, data: Vec<u8> },
-    /// `[ bitwise reg R = ( reg R & MASK ) ^ 0x00000000 ]` on a 4-byte register
-    And32 { reg: u32, mask: u32 },
+    /// `[ bitwise reg R = ( reg R & MASK ) ^ XOR ]` on a 4-byte register
+    Bitwise32 { reg: u32, mask: u32, xor: u32 },
     /// `[ byteorder reg R = hton(reg R, SIZE, LEN) ]`
     Hton { reg: u32, size: u32, len: u32 },
     /// `[ lookup reg SREG set NAME (dreg DREG) FLAGS ]`; the flags are always sent
@@ -42,8 +42,6 @@ enum Expr {
     Redir { reg: u32 },
     /// `[ immediate reg 0 VERDICT (-> CHAIN) ]`
     Verdict { code: i32, chain: Option<CString> },
-    /// `[ immediate reg REG DATA ]`
-    Data { reg: u32, data: Vec<u8> },
     /// `[ notrack ]`
     Notrack,
     /// `[ reject type 1 code 0 ]` (`reject with tcp reset`)
@@ -57,13 +55,13 @@ impl Expr {
             Expr::Meta { .. } | Expr::MetaSet { .. } => c"meta",
             Expr::Payload { .. } => c"payload",
             Expr::Cmp { .. } => c"cmp",
-            Expr::And32 { .. } => c"bitwise",
+            Expr::Bitwise32 { .. } => c"bitwise",
             Expr::Hton { .. } => c"byteorder",
             Expr::Lookup { .. } => c"lookup",
             Expr::FibDaddrType { .. } => c"fib",
             Expr::Ct { .. } => c"ct",
             Expr::Redir { .. } => c"redir",
-            Expr::Verdict { .. } | Expr::Data { .. } => c"immediate",
+            Expr::Verdict { .. } => c"immediate",
             Expr::Notrack => c"notrack",
             Expr::RejectTcpReset => c"reject",
         }
@@ -117,12 +115,12 @@ impl Expr {
                 u32_(sys::NFTNL_EXPR_CMP_OP, *op);
                 bytes(sys::NFTNL_EXPR_CMP_DATA, data);
             }
-            Expr::And32 { reg, mask } => {
+            Expr::Bitwise32 { reg, mask, xor } => {
                 u32_(sys::NFTNL_EXPR_BITWISE_SREG, *reg);
                 u32_(sys::NFTNL_EXPR_BITWISE_DREG, *reg);
                 u32_(sys::NFTNL_EXPR_BITWISE_LEN, 4);
                 bytes(sys::NFTNL_EXPR_BITWISE_MASK, &mask.to_ne_bytes());
-                bytes(sys::NFTNL_EXPR_BITWISE_XOR, &0u32.to_ne_bytes());
+                bytes(sys::NFTNL_EXPR_BITWISE_XOR, &xor.to_ne_bytes());
             }
             Expr::Hton { reg, size, len } => {
                 u32_(sys::NFTNL_EXPR_BYTEORDER_SREG, *reg);
@@ -160,10 +158,6 @@ impl Expr {
                 if let Some(c) = chain {
                     str_(sys::NFTNL_EXPR_IMM_CHAIN, c);
                 }
-            }
-            Expr::Data { reg, data } => {
-                u32_(sys::NFTNL_EXPR_IMM_DREG, *reg);
-                bytes(sys::NFTNL_EXPR_IMM_DATA, data);
             }
             Expr::Notrack => {}
             Expr::RejectTcpReset => {
@@ -391,7 +385,9 @@ fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
             x.extend(load(*key));
             x.push(lookup(ids, set, None, false)?);
             if *mark != 0 {
-                x.push(Expr::Data { reg: k::NFT_REG_1, data: mark.to_ne_bytes().to_vec() });
+                // meta mark set meta mark | MARK: the mark's bits, every other bit left alone
+                x.push(Expr::Meta { key: k::NFT_META_MARK, dreg: k::NFT_REG_1 });
+                x.push(Expr::Bitwise32 { reg: k::NFT_REG_1, mask: !*mark, xor: *mark });
                 x.push(Expr::MetaSet { key: k::NFT_META_MARK, sreg: k::NFT_REG_1 });
             }
             if *then_return {
@@ -402,11 +398,11 @@ fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
             // ct state new iifname != "lo" ct status & dnat == 0
             //   meta nfproto . meta l4proto . th dport @SET drop
             x.push(Expr::Ct { key: k::NFT_CT_STATE, dreg: k::NFT_REG_1 });
-            x.push(Expr::And32 { reg: k::NFT_REG_1, mask: k::CT_STATE_NEW });
+            x.push(Expr::Bitwise32 { reg: k::NFT_REG_1, mask: k::CT_STATE_NEW, xor: 0 });
             x.push(Expr::Cmp { op: k::NFT_CMP_NEQ, sreg: k::NFT_REG_1, data: 0u32.to_ne_bytes().to_vec() });
             x.extend(not_loopback());
             x.push(Expr::Ct { key: k::NFT_CT_STATUS, dreg: k::NFT_REG_1 });
-            x.push(Expr::And32 { reg: k::NFT_REG_1, mask: k::IPS_DST_NAT });
+            x.push(Expr::Bitwise32 { reg: k::NFT_REG_1, mask: k::IPS_DST_NAT, xor: 0 });
             x.push(Expr::Cmp { op: k::NFT_CMP_EQ, sreg: k::NFT_REG_1, data: 0u32.to_ne_bytes().to_vec() });
             x.extend(load_key());
             x.push(lookup(ids, set, None, false)?);

@@ -140,7 +140,8 @@ pub enum Rule {
         /// key -> mark
         map: String,
     },
-    /// `KEY @SET` (or `PORT_KEY @SET`), then `meta mark set MARK` unless the mark is 0,
+    /// `KEY @SET` (or `PORT_KEY @SET`), then `meta mark set meta mark | MARK` (the default
+    /// mark's bits, other bits of the packet's mark left alone) unless the mark is 0,
     /// then `return` if asked: the lookup counts the packet in the element it finds.
     Count {
         /// set whose elements count
