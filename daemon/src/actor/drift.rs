@@ -89,16 +89,16 @@ impl Daemon {
     }
 
     /// Runs a kernel call touching `objects` kernel objects; a large one quietly (see
-    /// [`portd_kernel::events::quietly`]), noting when another program committed meanwhile.
+    /// [`portd_kernel::events::Subscription::quietly`]), noting when another program committed meanwhile.
     pub(super) fn kernel_call<T>(
         &self,
         objects: usize,
         f: impl FnOnce(&dyn Kernel) -> Result<T, portd_kernel::nft::BackendError>,
     ) -> Result<T, portd_kernel::nft::BackendError> {
-        if objects < QUIET_MIN_OBJECTS {
+        let Some(events) = self.events.as_ref().filter(|_| objects >= QUIET_MIN_OBJECTS) else {
             return f(self.kernel.as_ref());
-        }
-        let (r, missed) = portd_kernel::events::quietly(|| f(self.kernel.as_ref()));
+        };
+        let (r, missed) = events.quietly(|| f(self.kernel.as_ref()));
         if missed {
             self.missed.set(true);
         }

@@ -154,6 +154,9 @@ pub struct Daemon {
     trim_first: Option<Instant>,
     /// A large commit ran while another program committed too, unheard: check the table.
     missed: std::cell::Cell<bool>,
+    /// The drift listener's membership of the nf_tables event group, once it listens
+    /// ([`Daemon::attach_events`]); large commits step out of it.
+    events: Option<portd_kernel::events::Subscription>,
     /// When to check the listeners of user forwards next.
     poll_at: Option<Instant>,
     /// What the server reads: the current grants.
@@ -207,7 +210,7 @@ const TRIM_DELAY: Duration = Duration::from_millis(100);
 const TRIM_MAX_WAIT: Duration = Duration::from_secs(2);
 
 /// Kernel calls touching more objects than this run with the event listener out of the
-/// event group (see [`portd_kernel::events::quietly`]).
+/// event group (see [`portd_kernel::events::Subscription::quietly`]).
 const QUIET_MIN_OBJECTS: usize = 1000;
 
 /// Returns freed heap to the system; glibc keeps it otherwise (freed pages between live
@@ -220,6 +223,12 @@ pub fn trim_heap() {
 }
 
 impl Daemon {
+    /// Hands the actor the drift listener's membership of the event group: from now on,
+    /// large commits are made with the listener out of it (see [`QUIET_MIN_OBJECTS`]).
+    pub fn attach_events(&mut self, events: portd_kernel::events::Subscription) {
+        self.events = Some(events);
+    }
+
     /// Hands the current grants to the server.
     fn publish(&self) {
         let mut g = self.published.grants.write().unwrap_or_else(|p| p.into_inner());

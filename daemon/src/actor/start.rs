@@ -42,6 +42,7 @@ impl Daemon {
             trim_at: None,
             trim_first: None,
             missed: std::cell::Cell::new(false),
+            events: None,
             poll_at: None,
             published,
             drift_since: None,
