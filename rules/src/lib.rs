@@ -18,6 +18,7 @@ pub mod proto;
 pub mod render;
 mod shape;
 pub mod text;
+pub mod validate;
 
 pub use diag::{Diagnostic, Diagnostics};
 pub use load::{parse_config, parse_rules, MAX_FILE_BYTES};

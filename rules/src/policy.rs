@@ -289,47 +289,10 @@ pub fn authorize(grants: &[&Grant], user: &str, f: &Forward, default_mark: u32) 
     }))
 }
 
-/// Problems of one forward's own definition, as `(field, message)`; used for forwards
-/// that arrive typed (persisted state, `portctl add`), which skip the YAML validation.
+/// Problems of one forward's own definition, as `(field, message)`: the rules of
+/// [`crate::validate::forward`], which every entry path calls, on a copy of `f`.
 pub fn check_definition(f: &Forward) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
-    if !crate::load::valid_name(&f.name) {
-        out.push((
-            "name",
-            format!(
-                "`{}` is not a valid name: use 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit",
-                f.name.escape_debug()
-            ),
-        ));
-    }
-    if f.port.len() != f.to.len() {
-        out.push(("to", format!("`{}` has {} port(s) but `port: {}` has {}", f.to, f.to.len(), f.port, f.port.len())));
-    } else if f.port.start == f.to.start {
-        out.push(("to", format!("target {} is the public port itself", f.to)));
-    }
-    for (i, n) in f.interfaces.iter().enumerate() {
-        if !crate::load::valid_ifname(n) {
-            out.push(("interfaces", format!("`{}` is not an interface name", n.escape_debug())));
-        } else if f.interfaces[..i].contains(n) {
-            out.push(("interfaces", format!("interface `{n}` is listed twice")));
-        }
-    }
-    if let Some(m) = f.description.as_deref().and_then(crate::load::description_problem) {
-        out.push(("description", m));
-    }
-    for s in &f.sources {
-        let wrong = matches!(
-            (f.family, s),
-            (crate::model::FamilySel::Ipv4, ipnet::IpNet::V6(_)) | (crate::model::FamilySel::Ipv6, ipnet::IpNet::V4(_))
-        );
-        if wrong {
-            out.push(("sources", format!("{s} is not of `family: {}`", f.family)));
-        }
-        if s.trunc() != *s {
-            out.push(("sources", format!("{s} has host bits set")));
-        }
-    }
-    out
+    crate::validate::forward(&mut f.clone()).into_iter().map(|p| (p.field, p.message)).collect()
 }
 
 /// What the judge needs besides the set itself.

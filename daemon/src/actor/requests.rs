@@ -20,8 +20,12 @@ impl Daemon {
         match command {
             Command::Status | Command::Metrics => self.status(),
             Command::Apply { .. } => Err(err(ErrorKind::Protocol, "apply reaches the daemon's core parsed")),
-            Command::Add { forward, owner, dry_run, replace } => {
+            Command::Add { mut forward, owner, dry_run, replace } => {
                 let (owner, account) = self.target_owner(caller, owner, false)?;
+                // Checked alone, in its one form (the same rules as a file's forward); its
+                // overlap with the rest of the set (and other owners) is found by
+                // change_owner through the keys it claims.
+                let problems = portd_rules::validate::forward(&mut forward);
                 let existing = self.users.get(&owner).and_then(|s| s.forwards.iter().find(|f| f.name == forward.name));
                 if let Some(old) = existing {
                     // Already there as given: done, as ufw and firewall-cmd treat it.
@@ -38,11 +42,8 @@ impl Daemon {
                         ));
                     }
                 }
-                // Checked alone; its overlap with the rest of the set (and other owners) is
-                // found by change_owner through the keys it claims.
-                let problems = policy::check_definition(&forward);
                 if !problems.is_empty() {
-                    return Err((ErrorKind::Invalid, problems.into_iter().map(|(f, m)| format!("{f}: {m}")).collect()));
+                    return Err((ErrorKind::Invalid, problems.iter().map(ToString::to_string).collect()));
                 }
                 self.change(caller, &owner, &account, Change::Add(forward), dry_run)
             }

@@ -93,13 +93,14 @@ impl Daemon {
     /// Checks every persisted forward like a file from a user: owner, name, ranges,
     /// interfaces, sources, duplicate names. Problems suspend the forward, located.
     pub(super) fn validate_loaded(&mut self, persisted: &crate::state::Persisted) {
-        for (owner, set) in &self.users {
+        for (owner, set) in self.users.iter_mut() {
             let owner_ok = matches!(policy::Owner::parse(owner), Ok(policy::Owner::User(_)));
             let mut seen = std::collections::HashSet::new();
-            for f in &set.forwards {
-                let mut problems: Vec<String> = policy::check_definition(f)
+            for f in set.forwards.iter_mut() {
+                // The same rules as a file's forward, and the same one form.
+                let mut problems: Vec<String> = portd_rules::validate::forward(f)
                     .into_iter()
-                    .map(|(field, m)| format!("{owner} forward `{}`: {field}: {m}", f.name.escape_debug()))
+                    .map(|p| format!("{owner} forward `{}`: {p}", f.name.escape_debug()))
                     .collect();
                 if !owner_ok {
                     problems.push(format!("`{}` is not a user owner (`user:NAME`)", owner.escape_debug()));

@@ -7,8 +7,7 @@ use super::ctx::{
 use super::tree::Node;
 use crate::model::*;
 use ipnet::IpNet;
-use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::collections::HashMap;
 
 pub(super) const FORWARD_FIELDS: &[&str] =
     &["name", "port", "to", "proto", "family", "local", "interfaces", "sources", "mark", "protect", "description"];
@@ -24,69 +23,6 @@ pub(super) const SOURCES: usize = 7;
 pub(super) const MARK: usize = 8;
 pub(super) const PROTECT: usize = 9;
 pub(super) const DESCRIPTION: usize = 10;
-
-/// Lists up to this long are checked for repeated entries by a scan, longer ones by hashing.
-pub(super) const SCAN_ITEMS: usize = 16;
-
-/// True for a valid forward or owner-set name: `[a-z0-9][a-z0-9_-]{0,31}`.
-pub fn valid_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 32
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
-}
-
-/// True for an interface name portd accepts: 1-15 of a-z, A-Z, 0-9, '.', '_', '-', '@'
-/// and '+' (what Linux accepts, minus what nft cannot print back and read again:
-/// quotes, braces, spaces, control characters).
-pub fn valid_ifname(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 15
-        && s != "."
-        && s != ".."
-        && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'@' | b'+'))
-}
-
-/// What is wrong with a forward's `description:`, if anything: at most
-/// [`MAX_DESCRIPTION_CHARS`] characters, none of them control or format characters
-/// (bidi overrides and isolates, zero-width characters) nor line or paragraph separators.
-pub fn description_problem(d: &str) -> Option<String> {
-    let n = d.chars().count();
-    if n > MAX_DESCRIPTION_CHARS {
-        return Some(format!("description has {n} characters; the limit is {MAX_DESCRIPTION_CHARS}: shorten it"));
-    }
-    crate::text::unprintable_problem(d).map(|p| format!("description contains {p}"))
-}
-
-/// Keeps the first of equal items, in order; scans short lists, hashes long ones.
-pub(super) struct Distinct<T> {
-    items: Vec<T>,
-    seen: HashSet<T>,
-}
-
-impl<T: Eq + std::hash::Hash + Clone> Distinct<T> {
-    fn new() -> Self {
-        Distinct { items: Vec::new(), seen: HashSet::new() }
-    }
-    /// Adds `x`; false if it was already there.
-    fn insert(&mut self, x: T) -> bool {
-        if self.items.len() < SCAN_ITEMS {
-            if self.items.contains(&x) {
-                return false;
-            }
-        } else {
-            if self.seen.is_empty() {
-                self.seen.extend(self.items.iter().cloned());
-            }
-            if !self.seen.insert(x.clone()) {
-                return false;
-            }
-        }
-        self.items.push(x);
-        true
-    }
-}
 
 pub(super) fn forward(ctx: &mut Ctx, at: At, v: &Node) -> Option<Forward> {
     let Some(m) = v.as_mapping() else {
@@ -107,18 +43,9 @@ pub(super) fn forward(ctx: &mut Ctx, at: At, v: &Node) -> Option<Forward> {
     need(ctx, PORT);
     need(ctx, TO);
 
+    // First the types of the fields, each problem located; then the forward's own rules
+    // (crate::validate), on what parsed.
     let name = field(NAME).and_then(|v| get_str(ctx, &Field(at, "name"), v));
-    if let Some(n) = name {
-        if !valid_name(n) {
-            ctx.err(
-                &Field(at, "name"),
-                format!(
-                    "`{}` is not a valid name: use 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit",
-                    clip(n)
-                ),
-            );
-        }
-    }
     let port = field(PORT).and_then(|v| get_ports(ctx, &Field(at, "port"), v));
     let to = field(TO).and_then(|v| get_ports(ctx, &Field(at, "to"), v));
     let proto = match field(PROTO).map(|v| get_str(ctx, &Field(at, "proto"), v)) {
@@ -144,95 +71,70 @@ pub(super) fn forward(ctx: &mut Ctx, at: At, v: &Node) -> Option<Forward> {
         Some(v) => get_u32(ctx, &Field(at, "mark"), v).map(Some),
     };
     let description = field(DESCRIPTION).and_then(|v| get_str(ctx, &Field(at, "description"), v));
-    if let Some(d) = description {
-        if let Some(problem) = description_problem(d) {
-            ctx.err(&Field(at, "description"), problem);
-        }
-    }
-    let mut interfaces = Distinct::new();
+    // Entries of lists that parsed, with their index in the file's list.
+    let mut interfaces: Vec<(usize, String)> = Vec::new();
     if let Some(list) = field(INTERFACES) {
         for (i, item) in get_list(ctx, &Field(at, "interfaces"), list).iter().enumerate() {
-            let ip = Item(at, "interfaces", i);
-            if let Some(s) = get_str(ctx, &ip, item) {
-                if !valid_ifname(s) {
-                    ctx.err(
-                        &ip,
-                        format!(
-                            "`{}` is not an interface name (1-15 of a-z, A-Z, 0-9, '.', '_', '-', '@', '+')",
-                            clip(s)
-                        ),
-                    );
-                } else if !interfaces.insert(s) {
-                    ctx.err(&ip, format!("interface `{s}` is listed twice"));
-                }
+            if let Some(s) = get_str(ctx, &Item(at, "interfaces", i), item) {
+                interfaces.push((i, s.to_string()));
             }
         }
     }
-    let mut sources = Distinct::new();
+    let mut sources: Vec<(usize, IpNet)> = Vec::new();
     if let Some(list) = field(SOURCES) {
         for (i, item) in get_list(ctx, &Field(at, "sources"), list).iter().enumerate() {
             let sp = Item(at, "sources", i);
             if let Some(s) = get_str(ctx, &sp, item) {
-                let net = s.parse::<IpNet>().or_else(|_| s.parse::<IpAddr>().map(IpNet::from));
-                match net {
-                    Ok(n) => {
-                        sources.insert(n.trunc());
-                    }
-                    Err(_) => ctx.err(
-                        &sp,
-                        format!("`{}` is not an address or network (203.0.113.0/24, 2001:db8::/32)", clip(s)),
-                    ),
+                match crate::validate::parse_source(s) {
+                    Ok(n) => sources.push((i, n)),
+                    Err(m) => ctx.err(&sp, m),
                 }
             }
         }
     }
-    let sources = sources.items;
 
-    if let (Some(port), Some(to)) = (port, to) {
-        if port.len() != to.len() {
-            ctx.err(
-                &Field(at, "to"),
-                format!(
-                    "`{to}` has {} port(s) but `port: {port}` has {}; a range maps to a range of the same length",
-                    to.len(),
-                    port.len()
-                ),
-            );
-            ok = false;
-        } else if port.start == to.start {
-            ctx.err(&Field(at, "to"), format!("target {to} is the public port itself; forward to a different port"));
-            ok = false;
-        }
-    }
-    if let (Some(fam), false) = (family, sources.is_empty()) {
-        for (i, s) in sources.iter().enumerate() {
-            let wrong = match (fam, s) {
-                (FamilySel::Ipv4, IpNet::V6(_)) => Some("ipv6"),
-                (FamilySel::Ipv6, IpNet::V4(_)) => Some("ipv4"),
-                _ => None,
-            };
-            if let Some(w) = wrong {
-                ctx.err(&Item(at, "sources", i), format!("{s} is an {w} network but the forward is `family: {fam}`"));
+    // Fields that did not parse stand in with values no rule refuses.
+    let mut f = Forward {
+        name: name.unwrap_or("x").to_string(),
+        port: port.unwrap_or(PortRange::single(1)),
+        to: to.unwrap_or(PortRange::single(2)),
+        proto: proto.unwrap_or(ProtoSel::Tcp),
+        family: family.unwrap_or(FamilySel::Both),
+        local: local.unwrap_or(true),
+        interfaces: interfaces.iter().map(|(_, s)| s.clone()).collect(),
+        sources: sources.iter().map(|(_, n)| *n).collect(),
+        mark: mark.flatten(),
+        protect: protect.unwrap_or(false),
+        description: description.map(str::to_string),
+    };
+    for p in crate::validate::forward(&mut f) {
+        match (p.field, p.index) {
+            ("interfaces", Some(i)) => ctx.err(&Item(at, "interfaces", interfaces[i].0), p.message),
+            ("sources", Some(i)) => {
                 ok = false;
+                ctx.err(&Item(at, "sources", sources[i].0), p.message)
             }
+            // Checked only against ports that parsed.
+            ("to", _) if port.is_none() || to.is_none() => {}
+            ("to", _) => {
+                ok = false;
+                ctx.err(&Field(at, "to"), p.message)
+            }
+            (field, _) => ctx.err(&Field(at, field), p.message),
         }
     }
     if !ok {
         return None;
     }
-    Some(Forward {
-        name: name?.to_string(),
-        port: port?,
-        to: to?,
-        proto: proto?,
-        family: family?,
-        local: local?,
-        interfaces: interfaces.items.into_iter().map(str::to_string).collect(),
-        sources,
-        mark: mark?,
-        protect: protect?,
-        description: description.map(str::to_string),
-    })
+    name?;
+    port?;
+    to?;
+    proto?;
+    family?;
+    local?;
+    mark?;
+    protect?;
+    Some(f)
 }
 
 /// Which forward holds each public (family, proto, port): a table over every possible

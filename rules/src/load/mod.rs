@@ -18,10 +18,10 @@ use crate::diag::{Diagnostic, Diagnostics};
 use crate::locate::Locator;
 use crate::model::{Config, RulesFile};
 pub use crate::shape::{MAX_DEPTH, MAX_NODES};
+pub use crate::validate::{description_problem, valid_ifname, valid_name};
 pub use config::valid_user;
 pub use ctx::{clip, thousands, MAX_DIAGNOSTICS};
 use ctx::{parse_root, root_mapping, Ctx};
-pub use forward::{description_problem, valid_ifname, valid_name};
 
 /// Files larger than this are refused before parsing.
 pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
