@@ -12,6 +12,7 @@ mod element;
 pub mod load;
 mod locate;
 pub mod model;
+pub mod owner;
 pub mod plan;
 pub mod policy;
 pub mod proto;

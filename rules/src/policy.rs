@@ -16,50 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
-/// Owner name of the config file's forwards.
-pub const SYSTEM: &str = "system";
-
-/// Who owns a set: the config file, or one user.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Owner {
-    /// The config file's `forwards`.
-    System,
-    /// `user:NAME`: what that user applied through the socket.
-    User(String),
-}
-
-impl Owner {
-    /// Parses `system` or `user:NAME`, with a message saying what an owner looks like.
-    pub fn parse(s: &str) -> Result<Owner, String> {
-        if s == SYSTEM {
-            return Ok(Owner::System);
-        }
-        match s.strip_prefix("user:") {
-            Some(name) if valid_user(name) => Ok(Owner::User(name.to_string())),
-            Some(name) => Err(format!("`{name}` is not a user name (letters, digits, '_', '-', '.', at most 32)")),
-            None => Err(format!("`{s}` is not an owner; owners are `system` or `user:NAME`")),
-        }
-    }
-
-    /// The user's name, for a user owner.
-    pub fn user(&self) -> Option<&str> {
-        match self {
-            Owner::System => None,
-            Owner::User(n) => Some(n),
-        }
-    }
-}
-
-impl fmt::Display for Owner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Owner::System => f.write_str(SYSTEM),
-            Owner::User(n) => write!(f, "user:{n}"),
-        }
-    }
-}
-
-pub use crate::load::valid_user;
+pub use crate::owner::{valid_user, Owner, SYSTEM};
 
 /// A user as the account database describes it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -494,7 +451,7 @@ pub fn evaluate(
     // (owner, index, forward) of each forward that passed the per-set judge.
     let mut candidates: Vec<(&str, &Forward, bool)> = Vec::new();
     for (owner, set) in users {
-        let user = owner.strip_prefix("user:").unwrap_or(owner);
+        let user = Owner::user_of(owner).unwrap_or(owner);
         let account = accounts.get(owner).and_then(Option::as_ref);
         let verdicts = judge.judge(user, set, account, invalid.get(owner).unwrap_or(&none));
         for (f, v) in set.forwards.iter().zip(verdicts) {

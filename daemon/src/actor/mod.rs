@@ -60,7 +60,7 @@ pub struct Caller {
 impl Caller {
     /// The caller's own owner name.
     pub fn owner(&self) -> String {
-        format!("user:{}", self.user)
+        policy::Owner::user_key(&self.user)
     }
     /// A caller whose name the actor looks up when it takes the request (with the account
     /// lookups it makes for the request anyway): one thread hop fewer than a lookup by the
@@ -350,7 +350,7 @@ impl Daemon {
     /// The uid a user set is bound to and the user's name, for the journal fields.
     fn owner_account<'a>(&self, owner: &'a str) -> (Option<u32>, Option<&'a str>) {
         let uid = self.users.get(owner).and_then(|s| s.uid);
-        (uid, owner.strip_prefix("user:"))
+        (uid, policy::Owner::user_of(owner))
     }
 
     /// Re-judges every user forward (after a reload or a listener change) and puts the

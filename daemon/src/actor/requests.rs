@@ -115,7 +115,7 @@ impl Daemon {
             },
         };
         match accounts::lookup(&name) {
-            Some(a) if caller.uid == 0 || a.uid == caller.uid => Ok((format!("user:{name}"), a)),
+            Some(a) if caller.uid == 0 || a.uid == caller.uid => Ok((Owner::user_key(&name), a)),
             Some(a) => Err(err(
                 ErrorKind::Denied,
                 format!("user name {name} belongs to uid {}, not to you (uid {})", a.uid, caller.uid),
@@ -125,7 +125,7 @@ impl Daemon {
                 format!("uid {} has no user name in the account database; grants are given to users", caller.uid),
             )),
             None => {
-                let key = format!("user:{name}");
+                let key = Owner::user_key(&name);
                 match self.users.get(&key) {
                     Some(set) if removing => {
                         let uid = set.uid.unwrap_or(u32::MAX);

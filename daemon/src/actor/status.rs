@@ -21,7 +21,7 @@ impl Daemon {
             .into_iter()
             .map(|g| GrantInfo {
                 via: match &g.subject {
-                    portd_rules::GrantSubject::User(u) => format!("user:{u}"),
+                    portd_rules::GrantSubject::User(u) => portd_rules::owner::Owner::user_key(u),
                     portd_rules::GrantSubject::Group(g) => format!("group:{g}"),
                 },
                 ports: g.ports.iter().map(ToString::to_string).collect(),

@@ -246,12 +246,3 @@ pub(super) fn grants(ctx: &mut Ctx, v: Option<&Node>) -> Vec<Grant> {
     }
     out
 }
-
-/// True for a user name portd accepts in an owner (`user:NAME`): POSIX portable
-/// characters, at most 32.
-pub fn valid_user(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 32
-        && !s.starts_with('-')
-        && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
-}

@@ -17,9 +17,9 @@ mod tree;
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::locate::Locator;
 use crate::model::{Config, RulesFile};
+pub use crate::owner::valid_user;
 pub use crate::shape::{MAX_DEPTH, MAX_NODES};
 pub use crate::validate::{description_problem, valid_ifname, valid_name};
-pub use config::valid_user;
 pub use ctx::{clip, thousands, MAX_DIAGNOSTICS};
 use ctx::{parse_root, root_mapping, Ctx};
 
