@@ -6,6 +6,8 @@
 //! This only reads event headers, so it uses a plain netlink socket of the shared
 //! [`crate::netlink`] layer, not nftnl/mnl.
 
+#![forbid(unsafe_code)]
+
 use crate::netlink::{find, messages, setsockopt_int, Socket};
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};

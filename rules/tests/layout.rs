@@ -42,3 +42,37 @@ fn no_source_file_is_longer_than_700_lines() {
     long.sort();
     assert!(long.is_empty(), "split these along their ideas (at most {MAX_LINES} lines each): {long:?}");
 }
+
+/// True when the text holds unsafe code (not the word in a comment or a lint name).
+fn has_unsafe(text: &str) -> bool {
+    text.lines()
+        .map(str::trim_start)
+        .filter(|l| !l.starts_with("//"))
+        .any(|l| ["unsafe {", "unsafe fn", "unsafe impl", "unsafe extern"].iter().any(|u| l.contains(u)))
+}
+
+/// Every source file of the crates' `src/` without unsafe code forbids it, itself or
+/// through its crate root, so unsafe stays where docs/ARCHITECTURE.md says it is.
+#[test]
+fn every_module_without_unsafe_forbids_it() {
+    let root = workspace();
+    let mut missing = Vec::new();
+    for krate in ["rules", "kernel", "daemon", "ctl"] {
+        let src = root.join(krate).join("src");
+        let crate_forbids = ["lib.rs", "main.rs"]
+            .iter()
+            .any(|r| std::fs::read_to_string(src.join(r)).is_ok_and(|t| t.contains("#![forbid(unsafe_code)]")));
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            if !crate_forbids && !has_unsafe(&text) && !text.contains("#![forbid(unsafe_code)]") {
+                missing.push(f.strip_prefix(&root).unwrap_or(&f).display().to_string());
+            }
+        }
+    }
+    // A module declaring others (mod.rs, lib.rs) may not forbid what its children need.
+    missing.retain(|f| !f.ends_with("/mod.rs") && !f.ends_with("/lib.rs"));
+    missing.sort();
+    assert!(missing.is_empty(), "add #![forbid(unsafe_code)] to: {missing:?}");
+}

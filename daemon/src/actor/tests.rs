@@ -2,6 +2,8 @@
 //! the order kernel → state → answer, rollback after a failed state write, the repair
 //! back-off, and grants judged through the shell. No root needed.
 
+#![forbid(unsafe_code)]
+
 use super::*;
 use portd_kernel::nft::{BackendError, Observed};
 use portd_rules::proto::{Body, Command, ErrorKind, ForwardState};
