@@ -19,7 +19,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-/// Exit codes of DESIGN.md.
+/// Exit codes, as portctl(1) lists them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// Success.
@@ -214,57 +214,34 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             replace,
             owner,
         } => {
-            // Every value of the forward is checked as a rules file's would be, all at once,
-            // and refused the same way (exit 1), before anything is sent.
-            let mut problems = Vec::new();
-            let mut ports = |what: &str, s: &str| match portd_rules::PortRange::parse(s) {
-                Ok(r) => r,
-                Err(e) => {
-                    problems.push(format!("{what}: {e}"));
-                    portd_rules::PortRange::single(1)
+            // Every value of the forward is checked by the rules a rules file's forward is
+            // checked by, all at once, and refused the same way (exit 1), before anything
+            // is sent.
+            let f = portd_rules::validate::assemble(&name, &port, &to, &sources, |f| {
+                f.proto = match proto {
+                    ProtoArg::Tcp => portd_rules::ProtoSel::Tcp,
+                    ProtoArg::Udp => portd_rules::ProtoSel::Udp,
+                    ProtoArg::Both => portd_rules::ProtoSel::Both,
+                };
+                f.family = match family {
+                    FamilyArg::Ipv4 => portd_rules::FamilySel::Ipv4,
+                    FamilyArg::Ipv6 => portd_rules::FamilySel::Ipv6,
+                    FamilyArg::Both => portd_rules::FamilySel::Both,
+                };
+                f.local = !no_local;
+                f.interfaces = interfaces;
+                f.protect = protect;
+                f.description = description;
+                match mark.as_deref().map(cli::parse_mark) {
+                    None => Vec::new(),
+                    Some(Ok(m)) => {
+                        f.mark = Some(m);
+                        Vec::new()
+                    }
+                    Some(Err(e)) => vec![portd_rules::validate::Problem { field: "mark", index: None, message: e }],
                 }
-            };
-            let (p, t) = (ports("port", &port), ports("to", &to));
-            let mut f = portd_rules::Forward::new(&name, p, t);
-            f.proto = match proto {
-                ProtoArg::Tcp => portd_rules::ProtoSel::Tcp,
-                ProtoArg::Udp => portd_rules::ProtoSel::Udp,
-                ProtoArg::Both => portd_rules::ProtoSel::Both,
-            };
-            f.family = match family {
-                FamilyArg::Ipv4 => portd_rules::FamilySel::Ipv4,
-                FamilyArg::Ipv6 => portd_rules::FamilySel::Ipv6,
-                FamilyArg::Both => portd_rules::FamilySel::Both,
-            };
-            f.local = !no_local;
-            f.interfaces = interfaces;
-            for s in &sources {
-                match s.parse::<ipnet::IpNet>().or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from)) {
-                    Ok(n) => f.sources.push(n),
-                    Err(_) => problems
-                        .push(format!("sources: `{s}` is not an address or network (203.0.113.0/24, 2001:db8::/32)")),
-                }
-            }
-            f.mark = match mark.as_deref().map(cli::parse_mark) {
-                None => None,
-                Some(Ok(m)) => Some(m),
-                Some(Err(e)) => {
-                    problems.push(format!("mark: {e}"));
-                    None
-                }
-            };
-            f.protect = protect;
-            f.description = description;
-            let ranges_ok = problems.iter().all(|p| !p.starts_with("port:") && !p.starts_with("to:"));
-            problems.extend(
-                portd_rules::policy::check_definition(&f)
-                    .into_iter()
-                    .filter(|(field, _)| ranges_ok || *field != "to")
-                    .map(|(field, m)| format!("{field}: {m}")),
-            );
-            if !problems.is_empty() {
-                return Err(Failure::many(Exit::Rejected, problems));
-            }
+            })
+            .map_err(|p| Failure::many(Exit::Rejected, p.iter().map(ToString::to_string).collect()))?;
             let body = send(Command::Add { forward: f, owner, dry_run, replace })?;
             output::print_body(&body, json, false);
             if !json && is_unchanged(&body) {

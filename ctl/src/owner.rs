@@ -3,26 +3,20 @@
 //! value parsers, so a wrong owner is a usage error, exit 2, before anything is sent).
 
 use crate::account;
+use portd_rules::owner::Owner;
 
 /// Checks the form of an owner and returns it as the daemon names it: `system`, or
-/// `user:NAME` (written so, or as the bare NAME) with a valid user name.
+/// `user:NAME` (written so, or as the bare NAME) with a valid user name. The form and the
+/// name rule are the policy core's ([`Owner::parse_lenient`]).
 pub fn parse(s: &str) -> Result<String, String> {
-    if s == portd_rules::plan::SYSTEM_OWNER {
-        return Ok(s.to_string());
-    }
-    match s.strip_prefix("user:") {
-        Some(name) if portd_rules::load::valid_user(name) => Ok(s.to_string()),
-        Some(name) => Err(format!("`{name}` is not a user name (letters, digits, '.', '_', '-'; at most 64)")),
-        None if portd_rules::load::valid_user(s) => Ok(format!("user:{s}")),
-        None => Err(format!("`{s}` is not an owner; owners are `system`, `user:NAME` or a user NAME")),
-    }
+    Owner::parse_lenient(s).map(|o| o.to_string())
 }
 
 /// Like [`parse`], and the user must exist: for commands that give an owner forwards.
 /// (`status` and `export` take any well-formed owner, so a departed user's set can be read.)
 pub fn parse_existing(s: &str) -> Result<String, String> {
     let o = parse(s)?;
-    if let Some(name) = o.strip_prefix("user:") {
+    if let Some(name) = Owner::user_of(&o) {
         if !account::user_exists(name) {
             return Err(format!("there is no user `{name}` on this host (see `getent passwd {name}`)"));
         }

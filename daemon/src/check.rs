@@ -1,6 +1,8 @@
 //! `portd --check`: the daemon config validated offline, like `nginx -t`. Reads the file
 //! and compiles its system set; touches neither the kernel nor any socket.
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 use std::process::ExitCode;
 

@@ -3,6 +3,8 @@
 //! decided once at start from the settings and what the kernel allows, and the data
 //! plane's maps kept in step with every plan the kernel takes.
 
+#![forbid(unsafe_code)]
+
 use portd_kernel::bpf::{self, BindEvent, BpfError, Dataplane, Families, Reservation, SteerEntry, Watched};
 use portd_rules::model::{FamilySel, Proto};
 use portd_rules::plan::SYSTEM_OWNER;

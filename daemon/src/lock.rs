@@ -2,6 +2,8 @@
 //! before anything touches the kernel. The file holds the pid of the portd that has it; the
 //! kernel drops the lock when that process ends, however it ends, so a stale file is harmless.
 
+#![forbid(unsafe_code)]
+
 use anyhow::Context;
 use nix::fcntl::{Flock, FlockArg};
 use std::io::{Read, Seek, Write};

@@ -192,11 +192,9 @@ fn bind_socket(path: &Path, group: Option<&str>, mode: u32) -> anyhow::Result<St
 
 /// Watches nf_tables events and wakes the actor when our table was touched.
 fn spawn_drift_listener(
-    table: &str,
-    own_port: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    listener: portd_kernel::events::Listener,
     tx: std::sync::mpsc::Sender<Msg>,
 ) -> anyhow::Result<()> {
-    let listener = portd_kernel::events::Listener::new(table, own_port).context("subscribing to nf_tables events")?;
     std::thread::Builder::new().name("portd-events".into()).spawn(move || {
         let mut buf = Vec::new();
         loop {
@@ -415,10 +413,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     let published = std::sync::Arc::new(actor::Published::default());
     let kernel = Box::new(portd_kernel::nft::Backend::new(&config.settings.table));
     let own_port = kernel.commit_port();
-    let daemon = Daemon::start(args.config.clone(), config, overrides, published.clone(), kernel, steering)?;
+    let mut daemon = Daemon::start(args.config.clone(), config, overrides, published.clone(), kernel, steering)?;
+    let events = portd_kernel::events::Listener::new(&table, own_port).context("subscribing to nf_tables events")?;
+    daemon.attach_events(events.subscription());
     let status = daemon.status_line();
     let actor = std::thread::Builder::new().name("portd-actor".into()).spawn(move || daemon.run(rx))?;
-    spawn_drift_listener(&table, own_port, tx.clone())?;
+    spawn_drift_listener(events, tx.clone())?;
     if let Some(fd) = bind_events {
         spawn_bind_watcher(fd, tx.clone())?;
     }

@@ -4,6 +4,8 @@
 //! The shipped config keeps the rules in the kernel on every exit so that restarts and
 //! upgrades drop no connection; this is the explicit removal that goes with it.
 
+#![forbid(unsafe_code)]
+
 use anyhow::Context;
 use portd_kernel::nft::Backend;
 use portd_rules::Plan;

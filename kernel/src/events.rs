@@ -6,10 +6,12 @@
 //! This only reads event headers, so it uses a plain netlink socket of the shared
 //! [`crate::netlink`] layer, not nftnl/mnl.
 
+#![forbid(unsafe_code)]
+
 use crate::netlink::{find, messages, setsockopt_int, Socket};
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 /// What a committed transaction did to our table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,8 +32,13 @@ pub struct Listener {
     own_port: Arc<AtomicU32>,
 }
 
-/// The listener's socket, for [`quietly`] to leave and rejoin the event group.
-static SUBSCRIBED: OnceLock<Arc<Socket>> = OnceLock::new();
+/// The listener's membership of the event group, held by the actor: it steps out of the
+/// group for a large commit of portd's own ([`Subscription::quietly`]) while the
+/// listener's thread keeps reading the same socket.
+#[derive(Clone)]
+pub struct Subscription {
+    sock: Arc<Socket>,
+}
 
 /// NFTA_GEN_ID
 const NFTA_GEN_ID: u16 = 1;
@@ -56,37 +63,38 @@ fn generation() -> io::Result<u32> {
     id.ok_or_else(|| io::Error::other("the kernel answered NFT_MSG_GETGEN without a generation"))
 }
 
-/// Runs a large commit of portd's own (`f`, at most one transaction) with portd's event
-/// listener out of the event group.
-///
-/// While anyone in any network namespace listens to nf_tables events, the kernel builds
-/// a notification for every element a batch adds or deletes: for 20,000 elements a sixth
-/// of the kernel's work, all of it for portd's own listener (when nothing else listens),
-/// which skips portd's own transactions anyway. The generation number is read before and
-/// after: if it moved by more than `f`'s own commit, another program committed while
-/// portd did not listen, and the second value is true so that the caller checks the
-/// table. Without a listener (tests, or before it started) `f` just runs.
-pub fn quietly<T, E>(f: impl FnOnce() -> Result<T, E>) -> (Result<T, E>, bool) {
-    let Some(sock) = SUBSCRIBED.get() else { return (f(), false) };
-    let Ok(before) = generation() else { return (f(), false) };
-    let group = libc::NFNLGRP_NFTABLES;
-    if setsockopt_int(sock.as_ref(), libc::SOL_NETLINK, libc::NETLINK_DROP_MEMBERSHIP, group).is_err() {
-        return (f(), false);
-    }
-    let result = f();
-    let rejoined = setsockopt_int(sock.as_ref(), libc::SOL_NETLINK, libc::NETLINK_ADD_MEMBERSHIP, group);
-    if let Err(e) = &rejoined {
-        tracing::error!("rejoining the nf_tables event group: {e}; foreign changes may go unnoticed");
-    }
-    let ours = u32::from(result.is_ok());
-    let missed = match generation() {
-        Ok(after) => after.wrapping_sub(before) != ours,
-        Err(_) => true,
-    };
-    (result, missed || rejoined.is_err())
-}
-
 const NFGENMSG_LEN: usize = 4;
+
+impl Subscription {
+    /// Runs a large commit of portd's own (`f`, at most one transaction) with portd's event
+    /// listener out of the event group.
+    ///
+    /// While anyone in any network namespace listens to nf_tables events, the kernel builds
+    /// a notification for every element a batch adds or deletes: for 20,000 elements a sixth
+    /// of the kernel's work, all of it for portd's own listener (when nothing else listens),
+    /// which skips portd's own transactions anyway. The generation number is read before and
+    /// after: if it moved by more than `f`'s own commit, another program committed while
+    /// portd did not listen, and the second value is true so that the caller checks the
+    /// table.
+    pub fn quietly<T, E>(&self, f: impl FnOnce() -> Result<T, E>) -> (Result<T, E>, bool) {
+        let Ok(before) = generation() else { return (f(), false) };
+        let group = libc::NFNLGRP_NFTABLES;
+        if setsockopt_int(self.sock.as_ref(), libc::SOL_NETLINK, libc::NETLINK_DROP_MEMBERSHIP, group).is_err() {
+            return (f(), false);
+        }
+        let result = f();
+        let rejoined = setsockopt_int(self.sock.as_ref(), libc::SOL_NETLINK, libc::NETLINK_ADD_MEMBERSHIP, group);
+        if let Err(e) = &rejoined {
+            tracing::error!("rejoining the nf_tables event group: {e}; foreign changes may go unnoticed");
+        }
+        let ours = u32::from(result.is_ok());
+        let missed = match generation() {
+            Ok(after) => after.wrapping_sub(before) != ours,
+            Err(_) => true,
+        };
+        (result, missed || rejoined.is_err())
+    }
+}
 
 impl Listener {
     /// Subscribes to NFNLGRP_NFTABLES in the caller's network namespace. Transactions
@@ -101,9 +109,12 @@ impl Listener {
                 "cannot enlarge the nf_tables event socket's buffer: {e}; a large flush may be seen as lost events"
             );
         }
-        // The process's listener is the one `quietly` steps out of the group.
-        let _ = SUBSCRIBED.set(Arc::clone(&sock));
         Ok(Listener { sock, table: table.as_bytes().to_vec(), own_port })
+    }
+
+    /// The listener's membership of the event group, for [`Subscription::quietly`].
+    pub fn subscription(&self) -> Subscription {
+        Subscription { sock: Arc::clone(&self.sock) }
     }
 
     /// Blocks until a committed transaction touched our table, and says how.
@@ -184,15 +195,16 @@ mod tests {
                 .map_err(|e| format!("this test needs root for a network namespace of its own (unshare: {e})"))?;
             let listener =
                 Listener::new("portd", Arc::new(AtomicU32::new(0))).map_err(|e| format!("subscribing: {e}"))?;
+            let events = listener.subscription();
             let one = || nft(&["add", "table", "inet", "portd"]);
-            let (r, missed) = quietly(one);
+            let (r, missed) = events.quietly(one);
             r?;
             assert!(!missed, "one commit of its own: nothing missed");
             let (r, missed) =
-                quietly(|| nft(&["add", "table", "ip", "mine"]).and(nft(&["add", "table", "ip", "other"])));
+                events.quietly(|| nft(&["add", "table", "ip", "mine"]).and(nft(&["add", "table", "ip", "other"])));
             r?;
             assert!(missed, "a second commit inside the window is another program's");
-            let (r, missed) = quietly(|| nft(&["add", "chain", "inet", "nosuch", "c"]));
+            let (r, missed) = events.quietly(|| nft(&["add", "chain", "inet", "nosuch", "c"]));
             assert!(r.is_err(), "a refused batch commits nothing");
             assert!(!missed, "a refused batch of its own: nothing missed");
             // The listener is back in the group: another program's change is heard.

@@ -12,12 +12,14 @@ mod element;
 pub mod load;
 mod locate;
 pub mod model;
+pub mod owner;
 pub mod plan;
 pub mod policy;
 pub mod proto;
 pub mod render;
 mod shape;
 pub mod text;
+pub mod validate;
 
 pub use diag::{Diagnostic, Diagnostics};
 pub use load::{parse_config, parse_rules, MAX_FILE_BYTES};

@@ -1,7 +1,8 @@
 //! The validated model: forwards, the daemon's settings and grants.
 //!
-//! Values of these types only come out of [`crate::load`] (or the protocol, which
-//! re-validates), so every field here already satisfies the rules of DESIGN.md.
+//! Values of these types come out of [`crate::load`], or arrive typed (the protocol, the
+//! state file) and are checked by [`crate::validate`], so every field here satisfies the
+//! rules portd.yaml(5) states.
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize, Serializer};

@@ -16,50 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
-/// Owner name of the config file's forwards.
-pub const SYSTEM: &str = "system";
-
-/// Who owns a set: the config file, or one user.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Owner {
-    /// The config file's `forwards`.
-    System,
-    /// `user:NAME`: what that user applied through the socket.
-    User(String),
-}
-
-impl Owner {
-    /// Parses `system` or `user:NAME`, with a message saying what an owner looks like.
-    pub fn parse(s: &str) -> Result<Owner, String> {
-        if s == SYSTEM {
-            return Ok(Owner::System);
-        }
-        match s.strip_prefix("user:") {
-            Some(name) if valid_user(name) => Ok(Owner::User(name.to_string())),
-            Some(name) => Err(format!("`{name}` is not a user name (letters, digits, '_', '-', '.', at most 32)")),
-            None => Err(format!("`{s}` is not an owner; owners are `system` or `user:NAME`")),
-        }
-    }
-
-    /// The user's name, for a user owner.
-    pub fn user(&self) -> Option<&str> {
-        match self {
-            Owner::System => None,
-            Owner::User(n) => Some(n),
-        }
-    }
-}
-
-impl fmt::Display for Owner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Owner::System => f.write_str(SYSTEM),
-            Owner::User(n) => write!(f, "user:{n}"),
-        }
-    }
-}
-
-pub use crate::load::valid_user;
+pub use crate::owner::{valid_user, Owner, SYSTEM};
 
 /// A user as the account database describes it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,47 +246,10 @@ pub fn authorize(grants: &[&Grant], user: &str, f: &Forward, default_mark: u32) 
     }))
 }
 
-/// Problems of one forward's own definition, as `(field, message)`; used for forwards
-/// that arrive typed (persisted state, `portctl add`), which skip the YAML validation.
+/// Problems of one forward's own definition, as `(field, message)`: the rules of
+/// [`crate::validate::forward`], which every entry path calls, on a copy of `f`.
 pub fn check_definition(f: &Forward) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
-    if !crate::load::valid_name(&f.name) {
-        out.push((
-            "name",
-            format!(
-                "`{}` is not a valid name: use 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit",
-                f.name.escape_debug()
-            ),
-        ));
-    }
-    if f.port.len() != f.to.len() {
-        out.push(("to", format!("`{}` has {} port(s) but `port: {}` has {}", f.to, f.to.len(), f.port, f.port.len())));
-    } else if f.port.start == f.to.start {
-        out.push(("to", format!("target {} is the public port itself", f.to)));
-    }
-    for (i, n) in f.interfaces.iter().enumerate() {
-        if !crate::load::valid_ifname(n) {
-            out.push(("interfaces", format!("`{}` is not an interface name", n.escape_debug())));
-        } else if f.interfaces[..i].contains(n) {
-            out.push(("interfaces", format!("interface `{n}` is listed twice")));
-        }
-    }
-    if let Some(m) = f.description.as_deref().and_then(crate::load::description_problem) {
-        out.push(("description", m));
-    }
-    for s in &f.sources {
-        let wrong = matches!(
-            (f.family, s),
-            (crate::model::FamilySel::Ipv4, ipnet::IpNet::V6(_)) | (crate::model::FamilySel::Ipv6, ipnet::IpNet::V4(_))
-        );
-        if wrong {
-            out.push(("sources", format!("{s} is not of `family: {}`", f.family)));
-        }
-        if s.trunc() != *s {
-            out.push(("sources", format!("{s} has host bits set")));
-        }
-    }
-    out
+    crate::validate::forward(&mut f.clone()).into_iter().map(|p| (p.field, p.message)).collect()
 }
 
 /// What the judge needs besides the set itself.
@@ -531,7 +451,7 @@ pub fn evaluate(
     // (owner, index, forward) of each forward that passed the per-set judge.
     let mut candidates: Vec<(&str, &Forward, bool)> = Vec::new();
     for (owner, set) in users {
-        let user = owner.strip_prefix("user:").unwrap_or(owner);
+        let user = Owner::user_of(owner).unwrap_or(owner);
         let account = accounts.get(owner).and_then(Option::as_ref);
         let verdicts = judge.judge(user, set, account, invalid.get(owner).unwrap_or(&none));
         for (f, v) in set.forwards.iter().zip(verdicts) {

@@ -11,6 +11,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+mod raw;
+mod users;
+
+pub use raw::{freeze, thaw, RawNft};
+pub use users::{connect_as, TestUser};
+
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// Server address of the veth pair (IPv4).
@@ -542,103 +548,6 @@ pub fn join_all<T>(threads: Vec<std::thread::JoinHandle<T>>) -> Vec<T> {
     results
 }
 
-/// A raw nf_tables netlink socket of the namespace it was opened in, for tests that need
-/// foreign changes faster than starting `nft` allows (the repair back-off's burst).
-pub struct RawNft {
-    fd: std::os::fd::OwnedFd,
-    seq: u32,
-}
-
-impl RawNft {
-    /// Opens a NETLINK_NETFILTER socket in the calling thread's network namespace.
-    pub fn open() -> RawNft {
-        use std::os::fd::FromRawFd;
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd =
-            unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) };
-        assert!(fd >= 0, "netlink socket: {}", std::io::Error::last_os_error());
-        // SAFETY: fd is a fresh descriptor owned by nobody else.
-        RawNft { fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }, seq: 1 }
-    }
-
-    /// Deletes table `inet NAME` in one batch; true when the kernel acknowledged it, false
-    /// when it refused (no such table).
-    pub fn delete_table(&mut self, name: &str) -> bool {
-        use std::os::fd::AsRawFd;
-        const NLM_F_REQUEST: u16 = 1;
-        const NLM_F_ACK: u16 = 4;
-        const BATCH_BEGIN: u16 = 0x10;
-        const BATCH_END: u16 = 0x11;
-        const SUBSYS_NFTABLES: u16 = 10;
-        const NFT_MSG_DELTABLE: u16 = 2;
-        const NFTA_TABLE_NAME: u16 = 1;
-        const NFPROTO_INET: u8 = 1;
-        let mut buf = Vec::new();
-        let msg = |buf: &mut Vec<u8>, ty: u16, flags: u16, family: u8, res_id: u16, attrs: &[u8], seq: u32| {
-            let len = 16 + 4 + attrs.len();
-            buf.extend_from_slice(&(len as u32).to_ne_bytes());
-            buf.extend_from_slice(&ty.to_ne_bytes());
-            buf.extend_from_slice(&flags.to_ne_bytes());
-            buf.extend_from_slice(&seq.to_ne_bytes());
-            buf.extend_from_slice(&0u32.to_ne_bytes());
-            buf.extend_from_slice(&[family, 0]);
-            buf.extend_from_slice(&res_id.to_be_bytes());
-            buf.extend_from_slice(attrs);
-        };
-        let mut attr = Vec::new();
-        let value: Vec<u8> = name.bytes().chain(std::iter::once(0)).collect();
-        attr.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
-        attr.extend_from_slice(&NFTA_TABLE_NAME.to_ne_bytes());
-        attr.extend_from_slice(&value);
-        while attr.len() % 4 != 0 {
-            attr.push(0);
-        }
-        let seq = self.seq;
-        self.seq += 3;
-        msg(&mut buf, BATCH_BEGIN, NLM_F_REQUEST, 0, SUBSYS_NFTABLES, &[], seq);
-        msg(
-            &mut buf,
-            SUBSYS_NFTABLES << 8 | NFT_MSG_DELTABLE,
-            NLM_F_REQUEST | NLM_F_ACK,
-            NFPROTO_INET,
-            0,
-            &attr,
-            seq + 1,
-        );
-        msg(&mut buf, BATCH_END, NLM_F_REQUEST, 0, SUBSYS_NFTABLES, &[], seq + 2);
-        let fd = self.fd.as_raw_fd();
-        // SAFETY: the buffer is valid for its length; an unconnected netlink socket sends to the kernel.
-        let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), 0) };
-        assert_eq!(n, buf.len() as isize, "netlink send: {}", std::io::Error::last_os_error());
-        let mut reply = [0u8; 8192];
-        loop {
-            // SAFETY: the buffer is valid for its length.
-            let n = unsafe { libc::recv(fd, reply.as_mut_ptr().cast(), reply.len(), 0) };
-            assert!(n >= 20, "netlink recv: {}", std::io::Error::last_os_error());
-            let ty = u16::from_ne_bytes([reply[4], reply[5]]);
-            let rseq = u32::from_ne_bytes([reply[8], reply[9], reply[10], reply[11]]);
-            if ty == 2 && rseq == seq + 1 {
-                // NLMSG_ERROR: 0 is the acknowledgement.
-                return i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]) == 0;
-            }
-        }
-    }
-}
-
-/// Stops process `pid` (SIGSTOP), so the test can look at the kernel at one instant.
-pub fn freeze(pid: u32) {
-    // SAFETY: kill(2) on a pid the test started.
-    let rc = unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
-    assert_eq!(rc, 0, "SIGSTOP {pid}: {}", std::io::Error::last_os_error());
-}
-
-/// Resumes a process stopped by [`freeze`].
-pub fn thaw(pid: u32) {
-    // SAFETY: as above.
-    let rc = unsafe { libc::kill(pid as i32, libc::SIGCONT) };
-    assert_eq!(rc, 0, "SIGCONT {pid}: {}", std::io::Error::last_os_error());
-}
-
 /// A UDP server in namespace `ns` on `port` (both families) answering `reply` to every
 /// datagram, until `stop` is set.
 pub fn udp_answerer(
@@ -659,86 +568,7 @@ pub fn udp_answerer(
     })
 }
 
-/// A real system account made for one test (`useradd`), deleted on drop.
-pub struct TestUser {
-    /// Its login name.
-    pub name: String,
-}
-
-impl TestUser {
-    /// Creates `<prefix><pid><n>` with no home and no login shell.
-    pub fn new(prefix: &str) -> TestUser {
-        let name = format!("{prefix}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
-        Self::named(&name)
-    }
-
-    /// Creates the account `name` (which must not exist yet).
-    pub fn named(name: &str) -> TestUser {
-        let o = sh("useradd", &["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name]);
-        assert!(o.status.success(), "useradd {name}: {} (the delegation tests need useradd, from passwd)", err(&o));
-        TestUser { name: name.to_string() }
-    }
-
-    /// Its uid.
-    pub fn uid(&self) -> u32 {
-        must("id", &["-u", &self.name]).trim().parse().expect("numeric uid")
-    }
-
-    /// Creates the account again with a uid it never had (after [`TestUser::delete`]).
-    pub fn recreate_with_new_uid(&self, old: u32) {
-        let uid = (42000..60000u32)
-            .find(|u| *u != old && !sh("getent", &["passwd", &u.to_string()]).status.success())
-            .expect("a free uid");
-        let o = sh(
-            "useradd",
-            &[
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                "--user-group",
-                "-u",
-                &uid.to_string(),
-                &self.name,
-            ],
-        );
-        assert!(o.status.success(), "useradd {}: {}", self.name, err(&o));
-    }
-
-    /// Deletes the account now (the test recreates it), keeping the guard for the new one.
-    pub fn delete(&self) {
-        let o = sh("userdel", &[&self.name]);
-        assert!(o.status.success(), "userdel {}: {}", self.name, err(&o));
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let _ = sh("userdel", &[&self.name]);
-        let _ = sh("groupdel", &[&self.name]);
-    }
-}
-
 /// The status entry of `owner`/`name`, if listed.
 pub fn forward_status(status: &serde_json::Value, owner: &str, name: &str) -> Option<serde_json::Value> {
     status["forwards"].as_array()?.iter().find(|f| f["owner"] == owner && f["forward"]["name"] == name).cloned()
-}
-
-/// Connects to the Unix socket `path` as `uid` (and gid), so the server sees a non-root
-/// peer, without starting a process: a short-lived thread changes only its own
-/// credentials (the raw setresuid/setresgid system calls act on the calling thread) and
-/// connects.
-pub fn connect_as(uid: u32, path: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
-    let path = path.to_path_buf();
-    std::thread::spawn(move || {
-        // SAFETY: raw system calls that change this thread's credentials only; checked.
-        let rc = unsafe { libc::syscall(libc::SYS_setresgid, uid, uid, uid) };
-        assert_eq!(rc, 0, "setresgid({uid}): {}", std::io::Error::last_os_error());
-        // SAFETY: as above.
-        let rc = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
-        assert_eq!(rc, 0, "setresuid({uid}): {}", std::io::Error::last_os_error());
-        std::os::unix::net::UnixStream::connect(&path)
-    })
-    .join()
-    .expect("connect thread")
 }

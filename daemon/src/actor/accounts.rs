@@ -27,5 +27,5 @@ pub fn name_of(uid: u32) -> Option<String> {
 
 /// Looks up the user of every `user:NAME` owner in `owners`.
 pub fn lookup_owners<'a>(owners: impl Iterator<Item = &'a String>) -> BTreeMap<String, Option<Account>> {
-    owners.map(|o| (o.clone(), o.strip_prefix("user:").and_then(lookup))).collect()
+    owners.map(|o| (o.clone(), portd_rules::owner::Owner::user_of(o).and_then(lookup))).collect()
 }

@@ -8,8 +8,13 @@
 //! then the answer).
 
 mod accounts;
+mod change;
 mod doctor;
+mod drift;
+mod reload;
 mod requests;
+mod start;
+mod status;
 
 use crate::notify;
 use crate::state::Store;
@@ -24,7 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 pub use accounts::{lookup as lookup_account, name_of};
-pub use requests::Snapshot;
+pub use status::Snapshot;
 
 /// How often live user forwards are re-checked against the sockets of other uids.
 const LISTENER_POLL: Duration = Duration::from_millis(500);
@@ -55,7 +60,7 @@ pub struct Caller {
 impl Caller {
     /// The caller's own owner name.
     pub fn owner(&self) -> String {
-        format!("user:{}", self.user)
+        policy::Owner::user_key(&self.user)
     }
     /// A caller whose name the actor looks up when it takes the request (with the account
     /// lookups it makes for the request anyway): one thread hop fewer than a lookup by the
@@ -151,6 +156,9 @@ pub struct Daemon {
     trim_first: Option<Instant>,
     /// A large commit ran while another program committed too, unheard: check the table.
     missed: std::cell::Cell<bool>,
+    /// The drift listener's membership of the nf_tables event group, once it listens
+    /// ([`Daemon::attach_events`]); large commits step out of it.
+    events: Option<portd_kernel::events::Subscription>,
     /// When to check the listeners of user forwards next.
     poll_at: Option<Instant>,
     /// What the server reads: the current grants.
@@ -204,7 +212,7 @@ const TRIM_DELAY: Duration = Duration::from_millis(100);
 const TRIM_MAX_WAIT: Duration = Duration::from_secs(2);
 
 /// Kernel calls touching more objects than this run with the event listener out of the
-/// event group (see [`portd_kernel::events::quietly`]).
+/// event group (see [`portd_kernel::events::Subscription::quietly`]).
 const QUIET_MIN_OBJECTS: usize = 1000;
 
 /// Returns freed heap to the system; glibc keeps it otherwise (freed pages between live
@@ -217,138 +225,10 @@ pub fn trim_heap() {
 }
 
 impl Daemon {
-    /// Restores persisted sets, judges them, and puts the plan into the kernel. Called
-    /// before READY=1.
-    pub fn start(
-        config_path: PathBuf,
-        config: Config,
-        overrides: Overrides,
-        published: std::sync::Arc<Published>,
-        kernel: Box<dyn Kernel>,
-        steering: crate::dataplane::Steering,
-    ) -> anyhow::Result<Daemon> {
-        let t0 = Instant::now();
-        let mut store = Store::new(std::path::Path::new(&config.settings.state_dir));
-        let mut persisted = store.load()?;
-        let t_load = t0.elapsed();
-        for p in &persisted.unreadable {
-            tracing::error!("{p}; left out (a copy of the file is kept next to it as sets.json.unreadable)");
-        }
-        let mut d = Daemon {
-            config_path,
-            plan: Plan::empty_with(&config.settings.table, config.settings.mark, steering.steers()),
-            config,
-            overrides,
-            users: std::mem::take(&mut persisted.sets),
-            invalid: BTreeMap::new(),
-            accounts: BTreeMap::new(),
-            listeners: None,
-            listener_error: None,
-            eval: Evaluation::default(),
-            store,
-            kernel,
-            conntrack: portd_kernel::conntrack::Cleaner::spawn()?,
-            repairs: 0,
-            backoff: Backoff::default(),
-            trim_at: None,
-            trim_first: None,
-            missed: std::cell::Cell::new(false),
-            poll_at: None,
-            published,
-            drift_since: None,
-            steering,
-        };
-        d.publish();
-        d.validate_loaded(&persisted);
-        drop(persisted);
-        d.accounts = accounts::lookup_owners(d.users.keys());
-        d.bind_unbound_sets();
-        d.refresh_listeners();
-        let t_check = t0.elapsed();
-        d.eval = d.evaluate(&Evaluation::default());
-        let plan = d.desired_plan().map_err(|c| anyhow::anyhow!(c.join("; ")))?;
-        let t_plan = t0.elapsed();
-        // Keep counters when the kernel already holds exactly this table (a restart).
-        let kept = match d.kernel.observe(&plan)? {
-            Some(obs) if obs.matches(&plan) => true,
-            _ => {
-                let t = Instant::now();
-                d.kernel_call(plan.element_count(), |k| k.replace(&plan))?;
-                d.published.metrics.applied(t.elapsed());
-                false
-            }
-        };
-        tracing::debug!(
-            "start phases: load {t_load:?}, checks {:?}, plan {:?}, kernel {:?} ({})",
-            t_check - t_load,
-            t_plan - t_check,
-            t0.elapsed() - t_plan,
-            if kept { "table kept" } else { "table replaced" }
-        );
-        d.plan = plan;
-        d.sync_dataplane();
-        d.log_transitions(&Evaluation::default(), "at start");
-        d.trim_soon();
-        d.schedule_poll();
-        tracing::info!(
-            table = %d.config.settings.table,
-            forwards = d.plan.forwards.len(),
-            suspended = d.eval.suspended_count(),
-            owners = d.users.len() + 1,
-            "rules are in the kernel"
-        );
-        Ok(d)
-    }
-
-    /// Checks every persisted forward like a file from a user: owner, name, ranges,
-    /// interfaces, sources, duplicate names. Problems suspend the forward, located.
-    fn validate_loaded(&mut self, persisted: &crate::state::Persisted) {
-        for (owner, set) in &self.users {
-            let owner_ok = matches!(policy::Owner::parse(owner), Ok(policy::Owner::User(_)));
-            let mut seen = std::collections::HashSet::new();
-            for f in &set.forwards {
-                let mut problems: Vec<String> = policy::check_definition(f)
-                    .into_iter()
-                    .map(|(field, m)| format!("{owner} forward `{}`: {field}: {m}", f.name.escape_debug()))
-                    .collect();
-                if !owner_ok {
-                    problems.push(format!("`{}` is not a user owner (`user:NAME`)", owner.escape_debug()));
-                }
-                if !seen.insert(f.name.as_str()) {
-                    problems.push(format!("{owner}: duplicate name `{}`", f.name.escape_debug()));
-                }
-                if !problems.is_empty() {
-                    // located only now: a start builds no location for the forwards that are fine
-                    let at = persisted.origin(owner, &f.name);
-                    for p in problems.iter_mut() {
-                        *p = format!("{at}: {p}");
-                    }
-                    for p in &problems {
-                        tracing::error!(owner = %owner, uid = set.uid, forward = %f.name.escape_debug(), action = "suspend", "persisted forward is invalid and stays suspended: {p}");
-                    }
-                    self.invalid.entry(owner.clone()).or_default().insert(f.name.clone(), problems.join("; "));
-                }
-            }
-        }
-    }
-
-    /// Sets of the first state format carry no uid: bind them to their name's uid now.
-    fn bind_unbound_sets(&mut self) {
-        let mut changed = false;
-        for (owner, set) in self.users.iter_mut() {
-            if set.uid.is_none() {
-                if let Some(Some(a)) = self.accounts.get(owner) {
-                    set.uid = Some(a.uid);
-                    changed = true;
-                    tracing::info!(owner = %owner, uid = a.uid, user = %a.name, action = "bind", "set {owner} bound to uid {} ({})", a.uid, a.name);
-                }
-            }
-        }
-        if changed {
-            if let Err(e) = self.store.save(&self.users) {
-                tracing::warn!("recording the uid of each set: {e}");
-            }
-        }
+    /// Hands the actor the drift listener's membership of the event group: from now on,
+    /// large commits are made with the listener out of it (see [`QUIET_MIN_OBJECTS`]).
+    pub fn attach_events(&mut self, events: portd_kernel::events::Subscription) {
+        self.events = Some(events);
     }
 
     /// Hands the current grants to the server.
@@ -488,7 +368,7 @@ impl Daemon {
     /// The uid a user set is bound to and the user's name, for the journal fields.
     fn owner_account<'a>(&self, owner: &'a str) -> (Option<u32>, Option<&'a str>) {
         let uid = self.users.get(owner).and_then(|s| s.uid);
-        (uid, owner.strip_prefix("user:"))
+        (uid, policy::Owner::user_of(owner))
     }
 
     /// Re-judges every user forward (after a reload or a listener change) and puts the
@@ -644,120 +524,6 @@ impl Daemon {
             }
             OnExit::Keep => tracing::info!(table = %self.plan.table, "stopped; rules kept (on_exit: keep)"),
         }
-    }
-
-    /// Puts the table back when another program deleted or edited it.
-    fn repair_if_drifted(&mut self, change: portd_kernel::events::TableEvent) {
-        if self.backoff.deferred().is_some() {
-            return;
-        }
-        // A deleted table needs no comparison: rebuild at once.
-        let ok = change != portd_kernel::events::TableEvent::TableDeleted
-            && match self.kernel.observe(&self.plan) {
-                Ok(Some(obs)) => obs.matches(&self.plan),
-                Ok(None) => false,
-                Err(e) => {
-                    tracing::warn!("reading the kernel state after a foreign change: {e}");
-                    false
-                }
-            };
-        if ok {
-            self.drift_since = None;
-            return;
-        }
-        let since = *self.drift_since.get_or_insert_with(Instant::now);
-        match self.backoff.on_drift(Instant::now()) {
-            Repair::Wait => {}
-            Repair::StandBack(until) => {
-                tracing::error!(
-                    action = "standback",
-                    "another program changed table inet {} {} times in {:?}; standing back for {:?}",
-                    self.plan.table,
-                    policy::REPAIR_BURST,
-                    policy::REPAIR_WINDOW,
-                    until.saturating_duration_since(Instant::now())
-                );
-            }
-            Repair::Now => match self.timed(|k, plan| k.replace(plan), self.plan.element_count()) {
-                Ok(()) => {
-                    self.repairs += 1;
-                    self.drift_since = None;
-                    self.published.metrics.repaired(since.elapsed());
-                    tracing::warn!(
-                        table = %self.plan.table,
-                        repairs = self.repairs,
-                        action = "repair",
-                        "table was {} by another program; restored",
-                        if change == portd_kernel::events::TableEvent::TableDeleted { "deleted" } else { "changed" }
-                    );
-                }
-                Err(e) => tracing::error!("restoring the table: {e}"),
-            },
-        }
-    }
-
-    /// The one way a change reaches the kernel: `delta` (from the current plan) as one
-    /// element-level batch, else — the kernel drifted from what portd believes, or the
-    /// change is structural — the whole new table, from `whole`, replaced in one batch.
-    /// The time the kernel took goes to `portd_apply_duration_seconds`.
-    fn commit<'p>(
-        &self,
-        delta: &portd_rules::Delta,
-        whole: impl FnOnce() -> std::borrow::Cow<'p, Plan>,
-    ) -> Result<(), portd_kernel::nft::BackendError> {
-        if delta.is_empty() {
-            return Ok(());
-        }
-        let t = Instant::now();
-        if !delta.structural {
-            match self.kernel_call(delta.size(), |k| k.change(&self.plan, delta)) {
-                Ok(()) => {
-                    self.published.metrics.applied(t.elapsed());
-                    return Ok(());
-                }
-                Err(e @ portd_kernel::nft::BackendError::Outgrown { .. }) => {
-                    tracing::info!("{e}; replacing the whole table with sets sized anew (counters start over)")
-                }
-                Err(e) => tracing::warn!("element-level change refused ({e}); replacing the whole table"),
-            }
-        }
-        let whole = whole();
-        let t = Instant::now();
-        self.kernel_call(whole.element_count(), |k| k.replace(&whole))?;
-        self.published.metrics.applied(t.elapsed());
-        Ok(())
-    }
-
-    /// Runs a kernel call touching `objects` kernel objects; a large one quietly (see
-    /// [`portd_kernel::events::quietly`]), noting when another program committed meanwhile.
-    fn kernel_call<T>(
-        &self,
-        objects: usize,
-        f: impl FnOnce(&dyn Kernel) -> Result<T, portd_kernel::nft::BackendError>,
-    ) -> Result<T, portd_kernel::nft::BackendError> {
-        if objects < QUIET_MIN_OBJECTS {
-            return f(self.kernel.as_ref());
-        }
-        let (r, missed) = portd_kernel::events::quietly(|| f(self.kernel.as_ref()));
-        if missed {
-            self.missed.set(true);
-        }
-        r
-    }
-
-    /// Runs one kernel call on the current plan (touching `objects` objects) and records
-    /// its duration when it succeeds.
-    fn timed<T>(
-        &self,
-        f: impl FnOnce(&dyn Kernel, &Plan) -> Result<T, portd_kernel::nft::BackendError>,
-        objects: usize,
-    ) -> Result<T, portd_kernel::nft::BackendError> {
-        let t = Instant::now();
-        let r = self.kernel_call(objects, |k| f(k, &self.plan));
-        if r.is_ok() {
-            self.published.metrics.applied(t.elapsed());
-        }
-        r
     }
 
     /// Puts a pending trim off while requests keep coming (see [`TRIM_MAX_WAIT`]).

@@ -2,6 +2,8 @@
 //! the order kernel → state → answer, rollback after a failed state write, the repair
 //! back-off, and grants judged through the shell. No root needed.
 
+#![forbid(unsafe_code)]
+
 use super::*;
 use portd_kernel::nft::{BackendError, Observed};
 use portd_rules::proto::{Body, Command, ErrorKind, ForwardState};
@@ -254,4 +256,120 @@ fn requests_put_a_pending_trim_off_but_not_for_ever() {
     d.trim_first = Some(long_ago);
     d.put_off_trim();
     assert!(d.trim_at.is_some_and(|t| t <= Instant::now()), "due at once after TRIM_MAX_WAIT: {:?}", d.trim_at);
+}
+
+/// One forward as each entry path receives it: text fields (a file, a command line), or
+/// typed (the state file, a request on the wire).
+struct Case {
+    name: &'static str,
+    port: &'static str,
+    to: &'static str,
+    family: portd_rules::FamilySel,
+    interfaces: &'static [&'static str],
+    sources: &'static [&'static str],
+    description: Option<String>,
+}
+
+impl Case {
+    fn new(name: &'static str, port: &'static str, to: &'static str) -> Case {
+        Case { name, port, to, family: portd_rules::FamilySel::Both, interfaces: &[], sources: &[], description: None }
+    }
+    /// As a rules file: what `portctl apply`, `portctl check` and the config go through.
+    fn yaml(&self) -> String {
+        let list = |l: &[&str]| serde_json::to_string(l).expect("json");
+        let mut y = format!(
+            "version: 1\nforwards:\n  - name: \"{}\"\n    port: \"{}\"\n    to: \"{}\"\n    family: {}\n    interfaces: {}\n    sources: {}\n",
+            self.name,
+            self.port,
+            self.to,
+            self.family,
+            list(self.interfaces),
+            list(self.sources)
+        );
+        if let Some(d) = &self.description {
+            y.push_str(&format!("    description: \"{d}\"\n"));
+        }
+        y
+    }
+    /// As typed on the wire and in the state file, host bits and all.
+    fn typed(&self) -> Forward {
+        let range = |s: &str| PortRange::parse(s).expect("cases use ports that parse");
+        let mut f = Forward::new(self.name, range(self.port), range(self.to));
+        f.family = self.family;
+        f.interfaces = self.interfaces.iter().map(|s| s.to_string()).collect();
+        f.sources = self.sources.iter().map(|s| s.parse().expect("cases use networks that parse")).collect();
+        f.description = self.description.clone();
+        f
+    }
+}
+
+/// The same forwards, valid and invalid, through every entry path — a rules file (apply,
+/// check, the config), `portctl add`, a request on the wire, the state file — get the same
+/// verdict, and the accepted ones the same form (host bits cleared).
+#[test]
+fn every_entry_path_gives_a_forward_the_same_verdict() {
+    use portd_rules::FamilySel::{Ipv4, Ipv6};
+    let cases = vec![
+        (Case::new("plain", "80", "8080"), true),
+        (Case { sources: &["203.0.113.9/24"], ..Case::new("hostbits", "81", "8081") }, true),
+        (Case { sources: &["203.0.113.9/24", "203.0.113.0/24"], ..Case::new("twice", "82", "8082") }, true),
+        (Case { family: Ipv6, sources: &["2001:db8::1/32"], ..Case::new("hostbits6", "83", "8083") }, true),
+        (Case::new("Bad!", "84", "8084"), false),
+        (Case::new("itself", "85", "85"), false),
+        (Case::new("lengths", "8000-8009", "9000-9004"), false),
+        (Case { family: Ipv4, sources: &["2001:db8::/32"], ..Case::new("family", "86", "8086") }, false),
+        (Case { interfaces: &["eth0", "eth0"], ..Case::new("ifaces", "87", "8087") }, false),
+        (Case { interfaces: &["bad name"], ..Case::new("ifname", "88", "8088") }, false),
+        (Case { description: Some("x".repeat(201)), ..Case::new("described", "89", "8089") }, false),
+    ];
+
+    // The state file: every case in root's persisted set, then a start.
+    let state = Setup::new("entry-state");
+    let sets: BTreeMap<String, UserSet> =
+        [("user:root".to_string(), UserSet { uid: Some(0), forwards: cases.iter().map(|(c, _)| c.typed()).collect() })]
+            .into();
+    Store::new(&state.dir.join("state")).save(&sets).expect("state file");
+    let from_state = state.start("");
+    let wire = Setup::new("entry-wire");
+    let mut on_wire = wire.start("");
+
+    for (case, valid) in &cases {
+        let by_file = portd_rules::parse_rules("rules.yaml", &case.yaml()).map(|r| r.forwards[0].clone()).ok();
+        let family = case.family;
+        let sources: Vec<String> = case.sources.iter().map(|s| s.to_string()).collect();
+        let by_add = portd_rules::validate::assemble(case.name, case.port, case.to, &sources, |f| {
+            f.family = family;
+            f.interfaces = case.interfaces.iter().map(|s| s.to_string()).collect();
+            f.description = case.description.clone();
+            Vec::new()
+        })
+        .ok();
+        let add = Command::Add { forward: case.typed(), owner: None, dry_run: false, replace: false };
+        let by_wire = match on_wire.handle(&root(), Op::Command(add)) {
+            Ok(_) => on_wire.users["user:root"].forwards.iter().find(|f| f.name == case.name).cloned(),
+            Err((kind, m)) => {
+                assert_eq!(kind, ErrorKind::Invalid, "{}: {m:?}", case.name);
+                None
+            }
+        };
+        let refused_at_start = from_state.invalid.get("user:root").is_some_and(|i| i.contains_key(case.name));
+        let by_state = (!refused_at_start)
+            .then(|| from_state.users["user:root"].forwards.iter().find(|f| f.name == case.name).cloned())
+            .flatten();
+
+        assert_eq!(by_file.is_some(), *valid, "{}: the file's verdict", case.name);
+        assert_eq!(by_add, by_file, "{}: portctl add and the file", case.name);
+        assert_eq!(by_wire, by_file, "{}: the wire and the file", case.name);
+        assert_eq!(by_state, by_file, "{}: the state file and the file", case.name);
+    }
+    let cleared = |name: &str| {
+        from_state.users["user:root"]
+            .forwards
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.sources.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    };
+    assert_eq!(cleared("hostbits"), Some(vec!["203.0.113.0/24".to_string()]), "host bits are cleared");
+    assert_eq!(cleared("twice"), Some(vec!["203.0.113.0/24".to_string()]), "a network counts once");
+    assert_eq!(cleared("hostbits6"), Some(vec!["2001:db8::/32".to_string()]));
 }

@@ -1,5 +1,7 @@
 //! Errors of the data plane, one variant per phase.
 
+#![forbid(unsafe_code)]
+
 use std::{io, path::PathBuf};
 
 /// Why [`super::Dataplane::open`], `sync`, `repair` or `remove` failed.

@@ -1,5 +1,7 @@
 //! Bind events of watched ports, from the `events` ring buffer.
 
+#![forbid(unsafe_code)]
+
 use std::os::fd::{AsFd, BorrowedFd};
 
 use super::{BindEvent, Dataplane};

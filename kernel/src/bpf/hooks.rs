@@ -1,5 +1,7 @@
 //! The attached programs: where each goes and how it is attached.
 
+#![forbid(unsafe_code)]
+
 use std::{
     fs::File,
     os::fd::{AsFd, BorrowedFd},

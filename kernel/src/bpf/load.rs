@@ -1,6 +1,8 @@
 //! Opening (load, attach, pin, or re-open what is pinned), drift repair and
 //! removal of one instance's pin directory.
 
+#![forbid(unsafe_code)]
+
 use std::{
     fs::{self, File},
     os::fd::AsFd,

@@ -2,6 +2,7 @@
 //! selection (bind to port 0, UDP's implicit bind) off the reserved targets.
 //! The bind hooks never see the port such a bind finally gets; this sysctl,
 //! per network namespace and covering IPv6 too, does.
+#![forbid(unsafe_code)]
 
 use std::{
     collections::BTreeSet,

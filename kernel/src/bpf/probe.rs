@@ -1,6 +1,8 @@
 //! Can this kernel and process run the data plane? A cheap check with a human
 //! reason, so the daemon can fall back to NAT and say why.
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 
 use super::{error::Unsupported, sys};

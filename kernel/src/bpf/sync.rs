@@ -1,5 +1,7 @@
 //! Making the maps equal to the daemon's rule sets.
 
+#![forbid(unsafe_code)]
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     io,

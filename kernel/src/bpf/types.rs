@@ -1,6 +1,8 @@
 //! The typed rule sets the daemon hands to [`super::Dataplane::sync`], and the
 //! events it gets back.
 
+#![forbid(unsafe_code)]
+
 use super::abi::{self, PortKey, SteerVal};
 
 /// Transport protocol of a reservation or watched port.

@@ -1,0 +1,384 @@
+//! Changes of one owner's set: judged by the policy core, then kernel first, then the
+//! state file, then the answer (rolled back when the state write fails).
+
+#![forbid(unsafe_code)]
+
+use super::{err, Caller, Daemon, Failure, LOG_FORWARDS, TRIM_AFTER_OBJECTS};
+use crate::notify;
+use crate::state::Record;
+use portd_rules::plan::PlacedForward;
+use portd_rules::policy::{self, Account, Reason, UserSet};
+use portd_rules::proto::{Body, ErrorKind};
+use portd_rules::{Forward, ListenerCheck};
+use std::time::Instant;
+
+/// A change of one owner's set.
+pub(super) enum Change {
+    /// The whole set (`portctl apply`).
+    Replace(Vec<Forward>),
+    /// One more forward (`portctl add`).
+    Add(Forward),
+    /// One forward fewer, by name (`portctl remove`).
+    Remove(String),
+}
+
+/// Adds warnings to a `Changed` answer.
+pub(super) fn with_warnings(mut body: Body, w: Vec<String>) -> Body {
+    if let Body::Changed { warnings, .. } = &mut body {
+        *warnings = w;
+    }
+    body
+}
+
+/// The names of the forwards a change touched, for the journal's PORTD_FORWARD: one name
+/// when one forward changed (so `journalctl PORTD_FORWARD=web` finds it), else the
+/// first [`LOG_FORWARDS`] joined by commas.
+fn changed_names(s: &portd_rules::plan::Summary) -> String {
+    let names: Vec<&str> = s
+        .added
+        .iter()
+        .chain(&s.removed)
+        .chain(s.changed.iter().map(|(_, n)| n))
+        .map(|p| p.forward.name.as_str())
+        .collect();
+    let mut out = names.iter().take(LOG_FORWARDS).copied().collect::<Vec<_>>().join(",");
+    if names.len() > LOG_FORWARDS {
+        out.push_str(&format!(",+{}", names.len() - LOG_FORWARDS));
+    }
+    out
+}
+
+impl Daemon {
+    /// Judges a change of a user's set before it is made: every reason the policy would
+    /// suspend a forward refuses it; sockets on the public port refuse it; a target with no
+    /// listener yet is a warning. Not called for root's own set, which is not judged.
+    pub(super) fn judge_change(
+        &self,
+        account: &Account,
+        set: &UserSet,
+        fresh: &[Forward],
+    ) -> Result<Vec<String>, Failure> {
+        let mut warnings = Vec::new();
+        let check = self.config.settings.listener_check;
+        let listeners = if check == ListenerCheck::Off {
+            None
+        } else {
+            match portd_kernel::sockdiag::listeners(self.listeners.as_ref(), super::accounts::name_of) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    warnings.push(format!("the listener check could not run (reading the socket tables: {e})"));
+                    None
+                }
+            }
+        };
+        let judge = policy::Judge {
+            grants: &self.config.grants,
+            default_mark: self.config.settings.mark,
+            listener_check: check,
+            listeners: listeners.as_ref(),
+        };
+        let verdicts = judge.judge(&account.name, set, Some(account), &Default::default());
+        let fresh_names: std::collections::HashSet<&str> = fresh.iter().map(|f| f.name.as_str()).collect();
+        let mut refusals: Vec<&Reason> = Vec::new();
+        for (f, v) in set.forwards.iter().zip(&verdicts) {
+            // Forwards already in the set and not part of this change keep their state.
+            if !fresh_names.contains(f.name.as_str()) {
+                continue;
+            }
+            if let Some(r) = v {
+                refusals.push(r);
+            }
+        }
+        let mut messages: Vec<String> = Vec::new();
+        let mut quota_refused = false;
+        for r in &refusals {
+            match r {
+                Reason::Quota { max } if !quota_refused => {
+                    quota_refused = true;
+                    messages.push(format!(
+                        "your set would hold {} forwards; your grant allows max_forwards: {max}",
+                        set.forwards.len()
+                    ));
+                }
+                Reason::Quota { .. } => {}
+                Reason::Listener { .. } => messages.push(format!("{r}; stop that socket or forward to another port")),
+                Reason::Shadows { .. } => {
+                    messages.push(format!("{r}; stop that service first or use another public port"))
+                }
+                other => messages.push(other.to_string()),
+            }
+        }
+        if let Some(l) = &listeners {
+            for f in fresh {
+                // enforced by the judge above (Reason::Shadows)
+                if check != ListenerCheck::Enforce {
+                    if let Some(m) = policy::public_taken(l, f, account.uid) {
+                        warnings.push(m);
+                    }
+                }
+                if check == ListenerCheck::Warn {
+                    if let Some(r) = policy::target_taken(l, f, account.uid) {
+                        warnings.push(format!("forward `{}`: {r}", f.name));
+                    }
+                }
+                if let Some(m) = policy::target_unserved(l, f) {
+                    warnings.push(m);
+                }
+            }
+        }
+        if messages.is_empty() {
+            return Ok(warnings);
+        }
+        let kind =
+            if refusals.iter().all(|r| !r.is_denial()) && !messages.is_empty() && refusals.len() == messages.len() {
+                ErrorKind::Invalid
+            } else {
+                ErrorKind::Denied
+            };
+        Err((kind, messages))
+    }
+
+    /// What root should know of the forwards it brings in, as ufw warns: a public port a
+    /// local service (root's own included) already serves, whose traffic the forward would
+    /// take, and a target nothing listens on. Root's set is not judged: warnings only.
+    pub(super) fn unjudged_warnings(&self, fresh: &[Forward]) -> Vec<String> {
+        if fresh.is_empty() || self.config.settings.listener_check == ListenerCheck::Off {
+            return Vec::new();
+        }
+        let l = match portd_kernel::sockdiag::listeners(self.listeners.as_ref(), super::accounts::name_of) {
+            Ok(l) => l,
+            Err(e) => return vec![format!("the listener check could not run (reading the socket tables: {e})")],
+        };
+        let mut warnings = Vec::new();
+        for f in fresh {
+            // No uid is u32::MAX: every holder counts, root's too.
+            warnings.extend(policy::public_taken(&l, f, u32::MAX));
+            warnings.extend(policy::target_unserved(&l, f));
+        }
+        warnings
+    }
+
+    /// Changes `owner`'s set: judged, then kernel first, then the state file; only then
+    /// is the change acknowledged and kept in memory.
+    pub(super) fn change(
+        &mut self,
+        caller: &Caller,
+        owner: &str,
+        account: &Account,
+        change: Change,
+        dry_run: bool,
+    ) -> Result<Body, Failure> {
+        let t0 = Instant::now();
+        let mark = self.config.settings.mark;
+        let empty = UserSet::default();
+        let current = self.users.get(owner).unwrap_or(&empty);
+        if let Some(bound) = current.uid.filter(|b| *b != account.uid) {
+            if caller.uid != 0 {
+                return Err(err(
+                    ErrorKind::Denied,
+                    format!(
+                        "the set {owner} belongs to uid {bound}, an earlier account named {}; it is never handed to another account (root can empty it: `portctl apply --owner {owner}` with `forwards: []`)",
+                        account.name
+                    ),
+                ));
+            }
+        }
+        // The record that makes the change, the one that takes it back, and the forwards
+        // it brings in.
+        let (record, undo, fresh): (Record, Record, &[Forward]) = match &change {
+            Change::Replace(new) => (
+                Record::between(owner, Some(account.uid), &current.forwards, new),
+                Record::between(owner, current.uid, new, &current.forwards),
+                new,
+            ),
+            Change::Add(f) => (
+                Record { owner: owner.into(), uid: Some(account.uid), put: vec![f.clone()], remove: vec![] },
+                Record { owner: owner.into(), uid: current.uid, put: vec![], remove: vec![f.name.clone()] },
+                std::slice::from_ref(f),
+            ),
+            Change::Remove(name) => (
+                Record { owner: owner.into(), uid: Some(account.uid), put: vec![], remove: vec![name.clone()] },
+                Record {
+                    owner: owner.into(),
+                    uid: current.uid,
+                    put: current.forwards.iter().filter(|f| f.name == *name).cloned().collect(),
+                    remove: vec![],
+                },
+                &[],
+            ),
+        };
+        // The set after the change, judged unless it is root's own (removals need no judge).
+        let warnings = match &change {
+            _ if account.uid == 0 => self.unjudged_warnings(fresh),
+            Change::Remove(_) => Vec::new(),
+            Change::Replace(new) => {
+                let after = UserSet { uid: Some(account.uid), forwards: new.clone() };
+                self.judge_change(account, &after, fresh)?
+            }
+            Change::Add(f) => {
+                let mut after = UserSet { uid: Some(account.uid), forwards: current.forwards.clone() };
+                after.forwards.push(f.clone());
+                self.judge_change(account, &after, fresh)?
+            }
+        };
+        // Forwards of other owners suspended for their listener keep their public port.
+        self.check_reserved(owner, fresh)?;
+        // Suspended forwards the change drops leave the state only (listed in the summary).
+        let dropped: Vec<Forward> = match self.eval.suspended.get(owner) {
+            None => Vec::new(),
+            Some(list) => {
+                let gone: std::collections::HashSet<&str> = record.remove.iter().map(String::as_str).collect();
+                current
+                    .forwards
+                    .iter()
+                    .filter(|f| gone.contains(f.name.as_str()) && list.iter().any(|(n, _)| *n == f.name))
+                    .cloned()
+                    .collect()
+            }
+        };
+        // Only the forwards that differ are compiled: O(change), not O(table).
+        let delta = match &change {
+            Change::Replace(new) => self.plan.replace_owner(owner, new, mark),
+            Change::Add(f) => self.plan.change_owner(owner, &[], std::slice::from_ref(f), mark),
+            Change::Remove(name) => self.plan.change_owner(owner, &[name.as_str()], &[], mark),
+        };
+        let mut delta = delta.map_err(|c| (ErrorKind::Conflict, c.iter().map(|c| c.to_string()).collect()))?;
+        for f in dropped {
+            delta.summary.removed.push(PlacedForward { owner: owner.into(), mark: f.mark.unwrap_or(mark), forward: f });
+        }
+        // A large file leaves freed memory behind even when nothing changes.
+        if fresh.len() > TRIM_AFTER_OBJECTS {
+            super::schedule_trim(&mut self.trim_at);
+        }
+        if dry_run || (delta.is_empty() && record.is_empty() && current.uid == Some(account.uid)) {
+            return Ok(with_warnings(Body::changed(delta.summary, dry_run), warnings));
+        }
+        let t_compile = t0.elapsed();
+        // A large change computed the new plan whole already; otherwise it is made here,
+        // when the kernel refuses the element-level change.
+        let whole = || match &delta.whole {
+            Some(w) => std::borrow::Cow::Borrowed(&**w),
+            None => {
+                let mut whole = self.plan.clone();
+                delta.apply_in_place(&mut whole);
+                std::borrow::Cow::Owned(whole)
+            }
+        };
+        self.commit(&delta, whole)
+            .map_err(|e| err(ErrorKind::Kernel, format!("the kernel refused the change; nothing was changed: {e}")))?;
+        let t_kernel = t0.elapsed();
+        record.apply(&mut self.users);
+        if let Err(e) = self.store.commit(&self.users, &record) {
+            // Not acknowledged unless persisted: put the sets and the kernel back as they were.
+            undo.apply(&mut self.users);
+            if let Err(e2) = self.kernel.replace(&self.plan) {
+                tracing::error!("rolling back after a failed save: {e2}");
+            }
+            return Err(err(ErrorKind::Internal, format!("{e}; the change was rolled back")));
+        }
+        let t_save = t0.elapsed();
+        let size = delta.size();
+        let stale = portd_kernel::conntrack::stale_in_delta(&delta);
+        delta.take_into(&mut self.plan);
+        self.sync_dataplane();
+        self.accounts.insert(owner.to_string(), Some(account.clone()));
+        self.note_change(owner, &change);
+        tracing::debug!(
+            "change phases: compile {t_compile:?}, kernel {:?} ({size} objects), save {:?}",
+            t_kernel - t_compile,
+            t_save - t_kernel
+        );
+        tracing::info!(
+            uid = caller.uid,
+            user = %caller.user,
+            owner = %owner,
+            forward = %changed_names(&delta.summary),
+            action = "change",
+            "applied change for {} (pid {}): {}",
+            caller.who(),
+            caller.pid.map_or("?".to_string(), |p| p.to_string()),
+            delta.summary.log_line(LOG_FORWARDS)
+        );
+        for w in &warnings {
+            tracing::info!(owner = %owner, "{w}");
+        }
+        self.conntrack.forget(stale);
+        notify::status(&self.status_line());
+        if size > TRIM_AFTER_OBJECTS {
+            self.trim_soon();
+        }
+        self.schedule_poll();
+        Ok(with_warnings(Body::changed(delta.summary, false), warnings))
+    }
+
+    /// Refuses forwards whose public port a listener-suspended forward of another owner
+    /// keeps.
+    pub(super) fn check_reserved(&self, owner: &str, fresh: &[Forward]) -> Result<(), Failure> {
+        let mut claims = policy::Claims::default();
+        let mut any = false;
+        for (o, list) in &self.eval.suspended {
+            if o == owner {
+                continue;
+            }
+            for (name, r) in list {
+                if !r.keeps_claim() {
+                    continue;
+                }
+                if let Some(f) = self.users.get(o).and_then(|s| s.forwards.iter().find(|f| f.name == *name)) {
+                    claims.put(o, f);
+                    any = true;
+                }
+            }
+        }
+        if !any {
+            return Ok(());
+        }
+        let clashes: Vec<String> = fresh
+            .iter()
+            .filter_map(|f| {
+                claims.clash(f).map(|(o, n)| {
+                    format!(
+                        "forward `{}`: its public port belongs to {o}/{n} (suspended while its target port is taken)",
+                        f.name
+                    )
+                })
+            })
+            .collect();
+        if clashes.is_empty() {
+            Ok(())
+        } else {
+            Err((ErrorKind::Conflict, clashes))
+        }
+    }
+
+    /// Keeps the evaluation in step with a change that was judged and applied.
+    pub(super) fn note_change(&mut self, owner: &str, change: &Change) {
+        match change {
+            Change::Replace(new) => {
+                self.eval.suspended.remove(owner);
+                if new.is_empty() {
+                    self.eval.active.remove(owner);
+                } else {
+                    self.eval.active.insert(owner.to_string(), new.iter().map(|f| f.name.clone()).collect());
+                }
+            }
+            Change::Add(f) => {
+                self.eval.active.entry(owner.to_string()).or_default().insert(f.name.clone());
+            }
+            Change::Remove(name) => {
+                if let Some(v) = self.eval.active.get_mut(owner) {
+                    v.remove(name);
+                    if v.is_empty() {
+                        self.eval.active.remove(owner);
+                    }
+                }
+                if let Some(v) = self.eval.suspended.get_mut(owner) {
+                    v.retain(|(n, _)| n != name);
+                    if v.is_empty() {
+                        self.eval.suspended.remove(owner);
+                    }
+                }
+            }
+        }
+    }
+}

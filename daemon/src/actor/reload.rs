@@ -1,0 +1,125 @@
+//! Reloading the config: the new grants and system set judged, placed and committed.
+
+#![forbid(unsafe_code)]
+
+use super::change::with_warnings;
+use super::{accounts, err, Caller, Daemon, Failure, LOG_FORWARDS};
+use crate::notify;
+use portd_rules::policy::{self};
+use portd_rules::proto::{Body, ErrorKind, Suspension};
+use portd_rules::{parse_config, Plan};
+
+/// A file's located problems as a refusal.
+fn invalid(d: portd_rules::Diagnostics) -> Failure {
+    (ErrorKind::Invalid, d.0.iter().map(|d| d.to_string()).collect())
+}
+
+impl Daemon {
+    /// Re-reads the config file and puts its rules into the kernel; with `dry_run`, only
+    /// reports what it would add, remove and suspend, and changes nothing.
+    pub(super) fn reload(&mut self, caller: Option<&Caller>, dry_run: bool) -> Result<Body, Failure> {
+        let text = std::fs::read_to_string(&self.config_path)
+            .map_err(|e| err(ErrorKind::Invalid, format!("{}: {e}", self.config_path.display())))?;
+        let file = self.config_path.display().to_string();
+        let config = parse_config(&file, &text).map_err(invalid)?;
+        // A grant of an unknown account is refused at start; a running portd keeps going
+        // (a user deleted since is how forwards get suspended) and says so.
+        let warnings: Vec<String> =
+            crate::check::unknown_accounts(&file, &text, &config).0.iter().map(|d| d.to_string()).collect();
+        let config = super::effective(config, &self.overrides);
+        if config.settings.table != self.config.settings.table
+            || config.settings.state_dir != self.config.settings.state_dir
+            || config.settings.socket != self.config.settings.socket
+            || config.settings.metrics != self.config.settings.metrics
+            || config.settings.dispatch != self.config.settings.dispatch
+            || config.settings.ownership != self.config.settings.ownership
+        {
+            return Err(err(
+                ErrorKind::Invalid,
+                "settings.table, settings.state_dir, settings.socket, settings.metrics, settings.dispatch and settings.ownership only change on restart; revert them or restart portd",
+            ));
+        }
+        let old_config = std::mem::replace(&mut self.config, config);
+        let old_accounts = std::mem::replace(&mut self.accounts, accounts::lookup_owners(self.users.keys()));
+        let old_listeners = if dry_run { Some(self.listeners.clone()) } else { None };
+        self.refresh_listeners();
+        let before = std::mem::take(&mut self.eval);
+        self.eval = self.evaluate(&before);
+        let undo = |d: &mut Daemon, before: policy::Evaluation| {
+            d.config = old_config.clone();
+            d.accounts = old_accounts.clone();
+            d.eval = before;
+        };
+        let plan = match self.desired_plan() {
+            Ok(p) => p,
+            Err(c) => {
+                undo(self, before);
+                return Err((ErrorKind::Conflict, c));
+            }
+        };
+        let delta = Plan::diff(&self.plan, &plan);
+        // The delta's summary also says which forwards leave the plan: the answer's copy
+        // lists suspended forwards apart.
+        let mut shown = delta.summary.clone();
+        let suspended = self.suspensions(&before, &mut shown);
+        let answer = |summary| {
+            let mut body = with_warnings(Body::changed(summary, dry_run), warnings.clone());
+            if let Body::Changed { suspended: s, .. } = &mut body {
+                *s = suspended.clone();
+            }
+            body
+        };
+        if dry_run {
+            let body = answer(shown);
+            undo(self, before);
+            if let Some(l) = old_listeners {
+                self.listeners = l;
+            }
+            return Ok(body);
+        }
+        if let Err(e) = self.commit(&delta, || std::borrow::Cow::Borrowed(&plan)) {
+            undo(self, before);
+            return Err(err(ErrorKind::Kernel, format!("the kernel refused the new config; nothing was changed: {e}")));
+        }
+        let by = caller.map_or("SIGHUP".to_string(), |c| c.who());
+        tracing::info!(
+            uid = caller.map(|c| c.uid),
+            user = caller.map(|c| c.user.as_str()),
+            action = "reload",
+            "reloaded {} (by {by}): {}",
+            self.config_path.display(),
+            delta.summary.log_line(LOG_FORWARDS)
+        );
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        self.log_transitions(&before, "by the reload");
+        self.publish();
+        self.conntrack.forget(portd_kernel::conntrack::stale_mappings(&self.plan, &plan));
+        self.plan = plan;
+        self.sync_dataplane();
+        self.schedule_poll();
+        notify::status(&self.status_line());
+        Ok(answer(shown))
+    }
+
+    /// The forwards the current evaluation suspends that `before` did not, with their
+    /// reasons; they leave `summary.removed` (an answer's copy, never a delta's), which
+    /// then lists only forwards that are gone.
+    pub(super) fn suspensions(
+        &self,
+        before: &policy::Evaluation,
+        summary: &mut portd_rules::plan::Summary,
+    ) -> Vec<Suspension> {
+        let (now, _) = self.eval.transitions(before);
+        let mut out = Vec::new();
+        for (owner, name, reason) in now {
+            let Some(f) = self.users.get(owner).and_then(|s| s.forwards.iter().find(|f| f.name == name)) else {
+                continue;
+            };
+            summary.removed.retain(|p| !(p.owner == owner && p.forward.name == name));
+            out.push(Suspension { owner: owner.to_string(), forward: f.clone(), reason: reason.to_string() });
+        }
+        out
+    }
+}
