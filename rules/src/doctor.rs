@@ -344,7 +344,11 @@ fn public_block_finding(
         .conds
         .iter()
         .find_map(|c| match c {
-            Cond::Unknown(t) => t.split_whitespace().find_map(|w| w.strip_prefix("addr-set-")).map(str::to_string),
+            // nftables-* actions: `addr-set-JAIL` (IPv4), `addr6-set-JAIL` (IPv6).
+            Cond::Unknown(t) => t
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr-set-").or_else(|| w.strip_prefix("addr6-set-")))
+                .map(str::to_string),
             _ => None,
         })
         .or_else(|| c.name.strip_prefix("f2b-").filter(|j| *j != "chain").map(str::to_string));
