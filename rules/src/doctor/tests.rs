@@ -440,7 +440,10 @@ fn steered_forwards_are_walked_with_the_public_port_untracked_and_bans_apply() {
     assert!(check_chains_with(std::slice::from_ref(&f2b), &[fwd("user:web", 80, 8080)], -100, &steer).is_empty());
     // NAT mode on a host that can steer: steering is the first fix, and the IPv6 set
     // names the jail too.
-    let nat = DispatchView { steer: false, steer_fix: Some("`sed -i X /etc/portd/portd.yaml && systemctl restart portd`".into()) };
+    let nat = DispatchView {
+        steer: false,
+        steer_fix: Some("`sed -i X /etc/portd/portd.yaml && systemctl restart portd`".into()),
+    };
     let f = check_chains_with(&[f2b], &[fwd("user:web", 80, 8080)], -100, &nat);
     assert_eq!(f.len(), 1, "{f:?}");
     assert!(f[0].message.starts_with("fail2ban jail web:"), "{}", f[0].message);

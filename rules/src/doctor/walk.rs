@@ -59,8 +59,7 @@ fn cond_matches(c: &Cond, p: &Packet) -> Match {
             b(ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&p.nft_state())) != *negate)
         }
         Cond::XtState { mask, negate } => {
-            let state =
-                if p.untracked { XT_UNTRACKED } else { CT_NEW | if p.ct_status & 0x20 != 0 { 128 } else { 0 } };
+            let state = if p.untracked { XT_UNTRACKED } else { CT_NEW | if p.ct_status & 0x20 != 0 { 128 } else { 0 } };
             b((state & mask != 0) != *negate)
         }
         Cond::Mark(bits) => b(bits.test(p.mark)),
