@@ -278,7 +278,9 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             Ok(Exit::Ok)
         }
         Cmd::Doctor => {
-            let body = send(Command::Doctor)?;
+            // Root sees which legacy iptables tables are loaded; the daemon's user does not.
+            let legacy_tables = nix::unistd::geteuid().is_root().then(portd_rules::proto::LegacyTables::read);
+            let body = send(Command::Doctor { legacy_tables })?;
             output::print_body(&body, json, false);
             let error = matches!(&body, Body::Doctor { findings } if findings.iter().any(|f| f.severity == portd_rules::doctor::Severity::Error));
             Ok(if error { Exit::Rejected } else { Exit::Ok })

@@ -29,6 +29,8 @@ pub struct Steering {
     dp: Option<Dataplane>,
     /// Where the data plane is (or would be) pinned.
     pins: PathBuf,
+    /// The bpffs mount it is pinned under.
+    bpffs: PathBuf,
     steer: bool,
     kernel_ownership: bool,
     /// Why BPF is not used (the settings, or what the kernel or the unit lacks).
@@ -54,6 +56,7 @@ impl Steering {
         Steering {
             dp: None,
             pins: PathBuf::new(),
+            bpffs: PathBuf::new(),
             steer: false,
             kernel_ownership: false,
             reason: Some(reason.into()),
@@ -92,14 +95,25 @@ impl Steering {
                 Ok(false) => {}
                 Err(e) => tracing::warn!("removing the BPF data plane pinned at {}: {e}", pins.display()),
             }
-            return Ok(Steering { pins, ..Steering::off("settings.dispatch is nat and settings.ownership is polled") });
+            return Ok(Steering {
+                pins,
+                bpffs: bpffs.to_owned(),
+                ..Steering::off("settings.dispatch is nat and settings.ownership is polled")
+            });
         }
-        let opened =
-            bpf::probe(bpffs).map_err(|u| u.0).and_then(|()| Dataplane::open(&pins).map_err(|e| e.to_string()));
+        let opened = bpf::probe(bpffs)
+            .map_err(|u| u.0)
+            .and_then(|()| {
+                bpf::can_create_map().map_err(|e| {
+                    format!("the bpf system call fails ({e}): a seccomp filter refuses it (a container's: systemd-nspawn allows it with --system-call-filter=bpf)")
+                })
+            })
+            .and_then(|()| Dataplane::open(&pins).map_err(|e| e.to_string()));
         match opened {
             Ok(dp) => Ok(Steering {
                 dp: Some(dp),
                 pins,
+                bpffs: bpffs.to_owned(),
                 steer: settings.dispatch != Dispatch::Nat,
                 kernel_ownership: settings.ownership != Ownership::Polled,
                 reason: None,
@@ -115,9 +129,22 @@ impl Steering {
                     anyhow::bail!("settings.ownership is kernel, but the BPF data plane cannot run here: {reason}; use ownership: auto or polled");
                 }
                 tracing::warn!("BPF data plane unavailable ({reason}): TCP forwards use NAT and target ports are checked by polling");
-                Ok(Steering { pins, ..Steering::off(reason) })
+                Ok(Steering { pins, bpffs: bpffs.to_owned(), ..Steering::off(reason) })
             }
         }
+    }
+
+    /// Whether this process could steer (for doctor's fix in NAT mode): the data plane is
+    /// loaded, or the probe passes and the bpf system call creates a map.
+    pub fn could_steer(&self) -> Result<(), String> {
+        if self.dp.is_some() {
+            return Ok(());
+        }
+        if self.bpffs.as_os_str().is_empty() {
+            return Err(self.reason.clone().unwrap_or_default());
+        }
+        bpf::probe(&self.bpffs).map_err(|u| u.0)?;
+        bpf::can_create_map().map_err(|e| format!("the bpf system call: {e}"))
     }
 
     /// TCP forwards are steered.

@@ -22,6 +22,10 @@ pub struct Snapshot {
     /// Why TCP forwards use NAT and target ports are only polled, when the settings
     /// asked for the BPF data plane (`auto`) and it cannot run.
     pub dataplane_fallback: Option<String>,
+    /// The loaded legacy iptables tables as root's portctl read them, if it did.
+    pub legacy_tables: Option<portd_rules::proto::LegacyTables>,
+    /// How forwards are dispatched, and the fix that steers them when the host can.
+    pub dispatch: doctor::DispatchView,
 }
 
 /// portd's NAT chains' priority (dstnat), as compiled.
@@ -86,12 +90,13 @@ pub fn run(s: &Snapshot) -> Vec<Finding> {
         Err(e) => findings.push(unreadable("foreign-drop", format!("reading the other nftables tables: {e}"))),
     }
     for v6 in [false, true] {
-        match legacy_chains(v6) {
+        let given = s.legacy_tables.as_ref().and_then(|t| if v6 { t.v6.clone() } else { t.v4.clone() });
+        match legacy_chains(v6, given) {
             Ok(c) => chains.extend(c),
             Err(e) => findings.push(unreadable("legacy-iptables", e)),
         }
     }
-    findings.extend(doctor::check_chains_dispatched(&chains, &s.forwards, PORTD_NAT_PRIORITY, s.plan.steer));
+    findings.extend(doctor::check_chains_with(&chains, &s.forwards, PORTD_NAT_PRIORITY, &s.dispatch));
     match portd_kernel::sockdiag::held() {
         Ok(held) => findings.extend(doctor::check_listeners(
             &s.forwards,
@@ -156,10 +161,21 @@ const MAX_LEGACY_BYTES: u32 = 16 * 1024 * 1024;
 /// the legacy modules are not loaded (the names file is then absent; nothing is loaded
 /// by asking). Read through /proc/self/net, which a unit's `ProcSubset=pid` leaves
 /// visible (it hides /proc/net); when even that is missing the check says it did not run.
-fn legacy_chains(v6: bool) -> Result<Vec<ForeignChain>, String> {
+/// `given`: the names as root's portctl read them (only built-in table names are asked
+/// for: asking for another name would make the kernel look for a module).
+fn legacy_chains(v6: bool, given: Option<Vec<String>>) -> Result<Vec<ForeignChain>, String> {
     let names = if v6 { "/proc/self/net/ip6_tables_names" } else { "/proc/self/net/ip_tables_names" };
-    let list = match std::fs::read_to_string(names) {
+    let read = match given {
+        Some(list) => Ok(list.join(" ")),
+        None => std::fs::read_to_string(names),
+    };
+    let list = match read {
         Ok(l) => l,
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(format!(
+                "cannot tell whether legacy iptables tables are loaded: the kernel shows {names} only to root ({e}); run `portctl doctor` as root, which reads it and passes the names on"
+            ))
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if std::path::Path::new("/proc/self/net/dev").exists() {
                 return Ok(Vec::new());
@@ -192,7 +208,7 @@ fn legacy_chains(v6: bool) -> Result<Vec<ForeignChain>, String> {
         }
     };
     let mut out = Vec::new();
-    for table in list.split_whitespace() {
+    for table in list.split_whitespace().filter(|t| portd_rules::proto::LegacyTables::KNOWN.contains(t)) {
         let mut name = [0u8; 32];
         let n = table.len().min(31);
         name[..n].copy_from_slice(&table.as_bytes()[..n]);

@@ -136,7 +136,7 @@ pub fn command_name(c: &Command) -> &'static str {
         Command::Reload { .. } => "reload",
         Command::Grants => "grants",
         Command::Metrics => "metrics",
-        Command::Doctor => "doctor",
+        Command::Doctor { .. } => "doctor",
     }
 }
 

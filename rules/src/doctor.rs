@@ -154,22 +154,44 @@ fn fwd_name(f: &PlacedForward) -> String {
     format!("{}/{}", f.owner, f.forward.name)
 }
 
-/// What the other tables (and legacy iptables) do to the forwards: drops after the
-/// redirect on the input hook (and filter chains on prerouting), and NAT before portd's
-/// on prerouting and output.
-pub fn check_chains(chains: &[ForeignChain], forwards: &[PlacedForward], portd_nat_priority: i32) -> Vec<Finding> {
-    check_chains_dispatched(chains, forwards, portd_nat_priority, false)
+/// How portd dispatches the forwards doctor looks at, and what the fix of a ban that
+/// NAT bypasses can be.
+#[derive(Debug, Clone, Default)]
+pub struct DispatchView {
+    /// TCP forwards are steered: their packets keep the public port, are not tracked by
+    /// conntrack, and no NAT rule of another table applies to them.
+    pub steer: bool,
+    /// In NAT mode: the fix that turns steering on (a command to run verbatim), when the
+    /// kernel and the unit allow it here; `None` when steering cannot run (or is on).
+    pub steer_fix: Option<String>,
 }
 
-/// [`check_chains`] for a plan that steers TCP forwards (`steer`): their packets reach
-/// input with the public port, untracked and not NATed, so rules for the public port
-/// apply to them as written; and any foreign NAT of the public port takes the
-/// connection before the socket lookup that steers it.
-pub fn check_chains_dispatched(
+impl DispatchView {
+    /// NAT for every forward, steering not offered.
+    pub fn nat() -> DispatchView {
+        DispatchView::default()
+    }
+
+    fn steered(&self, p: Proto) -> bool {
+        self.steer && p == Proto::Tcp
+    }
+}
+
+/// What the other tables (and legacy iptables) do to the forwards: drops after the
+/// redirect on the input hook (and filter chains on prerouting), and NAT before portd's
+/// on prerouting and output. Every forward is NATed; see [`check_chains_with`].
+pub fn check_chains(chains: &[ForeignChain], forwards: &[PlacedForward], portd_nat_priority: i32) -> Vec<Finding> {
+    check_chains_with(chains, forwards, portd_nat_priority, &DispatchView::nat())
+}
+
+/// [`check_chains`] for forwards dispatched as `d` says: a steered forward's packets
+/// reach every filter hook with the public port and untracked (its bans apply, and an
+/// allow of the public port lets it in), and no NAT of another table rewrites them.
+pub fn check_chains_with(
     chains: &[ForeignChain],
     forwards: &[PlacedForward],
     portd_nat_priority: i32,
-    steer: bool,
+    d: &DispatchView,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
     for chain in chains {
@@ -181,30 +203,39 @@ pub fn check_chains_dispatched(
             // One finding per chain and forward: the first proto/family it hits.
             let mut done = false;
             for &proto in f.forward.proto.protos() {
+                let steered = d.steered(proto);
                 for &family in f.forward.family.families() {
                     if done || !chain.applies_to(family) {
                         continue;
                     }
-                    let steered = steer && proto == crate::model::Proto::Tcp;
-                    let portd_nat_priority = if steered { i32::MAX } else { portd_nat_priority };
                     if drop_check {
                         // After the redirect (input); before it on prerouting filter chains
                         // at a priority before portd's redirect, the public port. Steered:
-                        // the public port everywhere.
-                        let before_nat = steered || (h.hook == Hook::Prerouting && h.priority < portd_nat_priority);
+                        // the public port everywhere, untracked.
+                        let before_nat = h.hook == Hook::Prerouting && h.priority < portd_nat_priority;
+                        let public = before_nat || steered;
                         let p = Packet {
                             l4: l4(proto),
-                            dport: if before_nat { f.forward.port.start } else { f.forward.to.start },
-                            mark: if before_nat && !steered { 0 } else { f.mark },
-                            ct_status: if before_nat { 0 } else { CT_DNAT },
+                            dport: if public { f.forward.port.start } else { f.forward.to.start },
+                            mark: if before_nat { 0 } else { f.mark },
+                            ct_status: if public { 0 } else { CT_DNAT },
+                            untracked: steered,
                         };
                         if let Some(x) = drop_finding(chains, chain, h, f, &p, family) {
                             out.push(x);
                             done = true;
                         }
                     }
-                    if nat_check && (h.hook == Hook::Prerouting || f.forward.local) {
-                        let p = Packet { l4: l4(proto), dport: f.forward.port.start, mark: 0, ct_status: 0 };
+                    // portd's raw chains untrack a steered connection before any NAT hook:
+                    // nothing rewrites it.
+                    if nat_check && !steered && (h.hook == Hook::Prerouting || f.forward.local) {
+                        let p = Packet {
+                            l4: l4(proto),
+                            dport: f.forward.port.start,
+                            mark: 0,
+                            ct_status: 0,
+                            untracked: false,
+                        };
                         if let Some(x) = nat_finding(chains, chain, h, f, &p, portd_nat_priority) {
                             out.push(x);
                             done = true;
@@ -214,13 +245,7 @@ pub fn check_chains_dispatched(
             }
         }
     }
-    // Steered TCP-only forwards keep their public port: bans for it apply as written.
-    let natted: Vec<PlacedForward> = forwards
-        .iter()
-        .filter(|f| !(steer && f.forward.proto.protos() == [crate::model::Proto::Tcp]))
-        .cloned()
-        .collect();
-    out.extend(public_port_blocks(chains, &natted));
+    out.extend(public_port_blocks(chains, forwards, d));
     out
 }
 
@@ -228,7 +253,7 @@ pub fn check_chains_dispatched(
 /// `ufw deny ... port 80`, a drop of `tcp dport 80` from some addresses): in NAT mode the
 /// forward's packets reach input with the target port, so the block does not apply to
 /// them and the addresses it means to keep out get through.
-fn public_port_blocks(chains: &[ForeignChain], forwards: &[PlacedForward]) -> Vec<Finding> {
+fn public_port_blocks(chains: &[ForeignChain], forwards: &[PlacedForward], d: &DispatchView) -> Vec<Finding> {
     let mut out = Vec::new();
     for base in chains {
         let Some(h) = &base.hook else { continue };
@@ -276,14 +301,17 @@ fn public_port_blocks(chains: &[ForeignChain], forwards: &[PlacedForward]) -> Ve
                     let protos_ok = f.forward.proto.protos().iter().any(|pr| {
                         !r.conds.iter().any(|c| matches!(c, Cond::L4 { proto, negate: false } if *proto != l4(*pr)))
                     });
+                    // A steered forward's packets keep the public port: the block applies.
+                    let natted = f.forward.proto.protos().iter().any(|pr| !d.steered(*pr));
                     if !protos_ok
+                        || !natted
                         || !f.forward.family.families().iter().any(|fam| base.applies_to(*fam))
                         || !has(f.forward.port.start)
                         || has(f.forward.to.start)
                     {
                         continue;
                     }
-                    out.push(public_block_finding(base, c, n + 1, r, &ports, f));
+                    out.push(public_block_finding(base, c, n + 1, r, &ports, f, d));
                 }
             }
         }
@@ -298,6 +326,7 @@ fn public_block_finding(
     r: &Rule,
     ports: &[(u16, u16)],
     f: &PlacedForward,
+    d: &DispatchView,
 ) -> Finding {
     let (public, to) = (f.forward.port.start, f.forward.to);
     let passed = [c.name.clone()];
@@ -315,28 +344,46 @@ fn public_block_finding(
         .conds
         .iter()
         .find_map(|c| match c {
-            Cond::Unknown(t) => t.split_whitespace().find_map(|w| w.strip_prefix("addr-set-")).map(str::to_string),
+            // nftables-* actions: `addr-set-JAIL` (IPv4), `addr6-set-JAIL` (IPv6).
+            Cond::Unknown(t) => t
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr-set-").or_else(|| w.strip_prefix("addr6-set-")))
+                .map(str::to_string),
             _ => None,
         })
         .or_else(|| c.name.strip_prefix("f2b-").filter(|j| *j != "chain").map(str::to_string));
     let (message, fix) = match (manager(base, &passed), jail) {
         (Manager::Fail2ban, Some(jail)) => {
             let list: Vec<String> = ports.iter().map(|p| word(*p, ":")).chain([target.clone()]).collect();
+            let jail_fix = format!(
+                "`printf '[{jail}]\\nport = {}\\n' > /etc/fail2ban/jail.d/portd-{jail}.local && fail2ban-client reload {jail}`",
+                list.join(",")
+            );
             (
                 format!("fail2ban jail {jail}: {what}"),
-                format!(
-                    "ban the target port too, in the jail's own configuration: `printf '[{jail}]\\nport = {}\\n' > /etc/fail2ban/jail.d/portd-{jail}.local && fail2ban-client reload {jail}` (or use steer dispatch, where packets keep their public port)",
-                    list.join(",")
-                ),
+                match &d.steer_fix {
+                    Some(steer) => format!(
+                        "steer TCP forwards (settings.dispatch: auto or steer; this host can): packets keep their public port and every ban on it applies: {steer}; or ban the target port too, in the jail's own configuration: {jail_fix}"
+                    ),
+                    None => format!(
+                        "ban the target port too, in the jail's own configuration: {jail_fix} (steer dispatch, where packets keep their public port, cannot run here)"
+                    ),
+                },
             )
         }
         (Manager::Ufw, _) => (
             format!("ufw: {what}"),
-            format!("write the same `ufw deny` (or `ufw reject`) rule for the target port, `to any port {target}` (ufw's user rules see the port after the redirect), or use steer dispatch"),
+            match &d.steer_fix {
+                Some(steer) => format!("steer TCP forwards (this host can), so ufw's rules see the public port: {steer}; or write the same ufw deny (or reject) rule for the target port, to any port {target}"),
+                None => format!("write the same `ufw deny` (or `ufw reject`) rule for the target port, `to any port {target}` (ufw's user rules see the port after the redirect)"),
+            },
         ),
         _ => (
             what,
-            format!("add the target port {target} to that rule's ports, where the rule is written, or use steer dispatch"),
+            match &d.steer_fix {
+                Some(steer) => format!("steer TCP forwards (this host can), so the rule sees the public port: {steer}; or add the target port {target} to that rule's ports, where the rule is written"),
+                None => format!("add the target port {target} to that rule's ports, where the rule is written"),
+            },
         ),
     };
     Finding { check: "foreign-block".into(), severity: Severity::Error, forward: Some(fwd_name(f)), message, fix }
@@ -367,8 +414,13 @@ fn drop_finding(
     } else {
         format!(" ({family:?})").to_lowercase()
     };
-    let when =
-        if p.ct_status == 0 { "before portd's redirect, on public" } else { "after portd's redirect, on target" };
+    let when = if p.untracked {
+        "steered, on public"
+    } else if p.ct_status == 0 {
+        "before portd's redirect, on public"
+    } else {
+        "after portd's redirect, on target"
+    };
     let mut message = format!(
         "{} drops the forward's traffic{family_word} {when} port {proto}/{}: {by}; an accept in portd's table does not override a drop in another table",
         chain.title(),
@@ -385,7 +437,13 @@ fn drop_finding(
     };
     let nft_family = chain.family.split(' ').next().unwrap_or("inet");
     let mgr = manager(chain, &w.chains);
-    if mgr == Manager::Ufw && rule.is_none() {
+    if mgr == Manager::Ufw && rule.is_none() && p.untracked {
+        message = format!(
+            "ufw's `default deny incoming` (policy drop of {}) drops the forward's traffic{family_word}: it is steered, so ufw sees public port {proto}/{}, and no ufw rule allows that port",
+            chain.title(),
+            p.dport
+        );
+    } else if mgr == Manager::Ufw && rule.is_none() {
         // ufw's own words for the policy: it allows ports by the number the packet has in
         // INPUT, after the redirect, so `ufw allow 80` does not cover forwarded traffic.
         message = format!(
@@ -414,6 +472,8 @@ fn drop_finding(
                 chain.table, chain.name
             ),
         }
+    } else if mgr == Manager::Ufw && p.untracked {
+        format!("allow the public port, as for any service of this host: `ufw allow {}/{proto}`", p.dport)
     } else if mgr == Manager::Ufw {
         "let ufw accept redirected traffic, for every forward, in its own files, kept across ufw reloads and reboots: `grep -q 'ctstate DNAT' /etc/ufw/before.rules || sed -i '/^# End required lines/a -A ufw-before-input -m conntrack --ctstate DNAT -j ACCEPT' /etc/ufw/before.rules; grep -q 'ctstate DNAT' /etc/ufw/before6.rules || sed -i '/^# End required lines/a -A ufw6-before-input -m conntrack --ctstate DNAT -j ACCEPT' /etc/ufw/before6.rules; ufw reload`".to_string()
     } else if mgr == Manager::IptablesNft {

@@ -83,7 +83,41 @@ pub enum Command {
     /// The Prometheus exposition (text format 0.0.4), as the metrics endpoint serves it.
     Metrics,
     /// Why traffic may not arrive: findings about every forward.
-    Doctor,
+    Doctor {
+        /// The legacy iptables tables loaded in the caller's namespace, which the kernel
+        /// shows only to root (`/proc/self/net/ip_tables_names` is 0440): root's portctl
+        /// sends them so that the daemon, unprivileged but with CAP_NET_ADMIN, reads those
+        /// tables. Taken from uid 0 only; absent, the daemon reads the names itself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        legacy_tables: Option<LegacyTables>,
+    },
+}
+
+/// Names of the loaded legacy iptables tables, per family (`None`: unknown).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegacyTables {
+    /// `ip_tables_names`: iptables-legacy.
+    pub v4: Option<Vec<String>>,
+    /// `ip6_tables_names`: ip6tables-legacy.
+    pub v6: Option<Vec<String>>,
+}
+
+impl LegacyTables {
+    /// The built-in legacy tables; a name outside these is never asked for (asking for
+    /// a table by name makes the kernel load its module).
+    pub const KNOWN: [&'static str; 5] = ["filter", "nat", "mangle", "raw", "security"];
+
+    /// Reads the names files of this process's namespace (root only): a missing file
+    /// means the legacy module is not loaded, no table.
+    pub fn read() -> LegacyTables {
+        let one = |path: &str| match std::fs::read_to_string(path) {
+            Ok(l) => Some(l.split_whitespace().map(str::to_string).collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Vec::new()),
+            Err(_) => None,
+        };
+        LegacyTables { v4: one("/proc/self/net/ip_tables_names"), v6: one("/proc/self/net/ip6_tables_names") }
+    }
 }
 
 /// Why a request failed; maps to portctl's exit codes.

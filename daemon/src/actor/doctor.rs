@@ -6,13 +6,14 @@
 
 use super::Daemon;
 use portd_rules::doctor::SelfState;
-use portd_rules::proto::Response;
+use portd_rules::proto::{LegacyTables, Response};
 use std::time::Instant;
 use tokio::sync::oneshot;
 
 impl Daemon {
     /// Answers `doctor` from a thread of its own.
-    pub(super) fn doctor(&mut self, reply: oneshot::Sender<Response>) {
+    /// `legacy_tables`: the loaded legacy iptables tables, as root's portctl saw them.
+    pub(super) fn doctor(&mut self, legacy_tables: Option<LegacyTables>, reply: oneshot::Sender<Response>) {
         let suspended = self
             .eval
             .suspended
@@ -25,7 +26,22 @@ impl Daemon {
             .filter_map(|(o, a)| a.as_ref().map(|a| (o.clone(), a.uid)))
             .filter(|(_, uid)| *uid != 0)
             .collect();
+        // In NAT mode, the command that turns steering on, when this host can steer.
+        let steer_fix = match self.steering.could_steer() {
+            Ok(()) if !self.steering.steers() => {
+                let sed = format!("sed -i 's/^\\( *dispatch:\\).*/\\1 auto/' {}", self.config_path.display());
+                // Under systemd, the unit's restart; the dispatch is chosen at start.
+                Some(if std::env::var_os("INVOCATION_ID").is_some() {
+                    format!("`{sed} && systemctl restart portd`")
+                } else {
+                    format!("`{sed}`, then restart portd")
+                })
+            }
+            _ => None,
+        };
         let snapshot = crate::doctor::Snapshot {
+            legacy_tables,
+            dispatch: portd_rules::doctor::DispatchView { steer: self.plan.steer, steer_fix },
             forwards: self.plan.forwards.clone(),
             plan: self.plan.clone(),
             owner_uids,

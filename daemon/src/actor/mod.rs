@@ -425,7 +425,10 @@ impl Daemon {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match msg {
-                Ok(Msg::Request { op: Op::Command(Command::Doctor), reply, .. }) => self.doctor(reply),
+                Ok(Msg::Request { op: Op::Command(Command::Doctor { legacy_tables }), reply, caller }) => {
+                    // Only root's word on which legacy tables exist is taken.
+                    self.doctor(legacy_tables.filter(|_| caller.uid == 0), reply)
+                }
                 Ok(Msg::Request { mut caller, op, reply }) => {
                     caller.name();
                     let (owner, forward) = subject(&caller, &op);

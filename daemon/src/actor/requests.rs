@@ -72,7 +72,7 @@ impl Daemon {
                 };
                 Ok(Body::Export { owner, forwards })
             }
-            Command::Doctor => Err(err(ErrorKind::Protocol, "doctor is answered by a thread of its own")),
+            Command::Doctor { .. } => Err(err(ErrorKind::Protocol, "doctor is answered by a thread of its own")),
             Command::Reload { dry_run } => {
                 if caller.uid != 0 {
                     return Err(err(ErrorKind::Denied, "only root may reload the config (or send SIGHUP to portd)"));

@@ -29,7 +29,7 @@ use aya::{
 
 pub use error::{BpfError, Unsupported};
 pub use ports::{read_reserved_ports, reserve_local_ports};
-pub use probe::{probe, KERNEL_FLOOR};
+pub use probe::{can_create_map, probe, KERNEL_FLOOR};
 pub use types::{BindEvent, Families, Family, Proto, Repaired, Reservation, SteerEntry, Watched};
 
 /// Sockets that can be registered for one target port (members of a

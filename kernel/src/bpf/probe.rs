@@ -1,8 +1,6 @@
 //! Can this kernel and process run the data plane? A cheap check with a human
 //! reason, so the daemon can fall back to NAT and say why.
 
-#![forbid(unsafe_code)]
-
 use std::path::Path;
 
 use super::{error::Unsupported, sys};
@@ -43,5 +41,33 @@ pub fn probe(bpffs_dir: &Path) -> Result<(), Unsupported> {
         return no(format!("bpffs not mounted at {}", bpffs_dir.display()));
     }
     sys::cgroup2_root().map_err(Unsupported)?;
+    Ok(())
+}
+
+/// Whether the bpf system call works here: creates and closes a one-entry array map. A
+/// seccomp filter (a container manager's, a unit's) or a missing capability fails it
+/// where [`probe`] passes.
+pub fn can_create_map() -> std::io::Result<()> {
+    /// `union bpf_attr` for BPF_MAP_CREATE, the fields up to `map_flags`.
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    let attr = MapCreate { map_type: BPF_MAP_TYPE_ARRAY, key_size: 4, value_size: 4, max_entries: 1, map_flags: 0 };
+    // SAFETY: attr is a live, initialised local of the size passed.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, &raw const attr, size_of::<MapCreate>() as libc::c_long)
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns; dropping closes it.
+    drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) });
     Ok(())
 }

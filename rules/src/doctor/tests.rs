@@ -407,34 +407,55 @@ fn a_legacy_nat_redirect_names_the_legacy_command() {
 }
 
 #[test]
-fn steered_forwards_meet_rules_for_their_public_port_as_written() {
-    // A fail2ban ban on 80/443: an error in NAT mode, nothing to report when steered.
-    let sets = |name: &str| (name == "__set0").then(|| vec![(80, 80), (443, 443)]);
-    let ban = parse_rule_in("[ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ payload load 2b @ transport header + 2 => reg 1 ] [ lookup reg 1 set __set0 0x0 ] [ lookup reg 1 set addr-set-web 0x0 ] [ reject type 0 code 3 ]", &sets);
-    let mut c = chain("inet", "f2b-table", "filter", Hook::Input, -1, false, &[]);
-    c.rules = vec![ban];
-    assert_eq!(check_chains_dispatched(std::slice::from_ref(&c), &[fwd("user:web", 80, 8080)], -100, false).len(), 1);
-    assert!(check_chains_dispatched(&[c], &[fwd("user:web", 80, 8080)], -100, true).is_empty());
-    // A policy drop that allows only tcp/80 (ufw's natural config): an error in NAT mode
-    // (the packets carry 8080), fine when steered (they carry 80, untracked).
-    let allow_80 = format!("{L4_TCP} [ payload load 2b @ transport header + 2 => reg 1 ] [ cmp eq reg 1 0x00005000 ] [ immediate reg 0 accept ]");
-    let c = chain("inet", "fw", "filter", Hook::Input, 0, true, &[ESTABLISHED_ACCEPT, &allow_80]);
-    let nat = check_chains_dispatched(std::slice::from_ref(&c), &[fwd("user:web", 80, 8080)], -100, false);
-    assert_eq!(nat.len(), 1, "{nat:?}");
-    assert_eq!(nat[0].severity, Severity::Error);
-    let steered = check_chains_dispatched(std::slice::from_ref(&c), &[fwd("user:web", 80, 8080)], -100, true);
-    assert!(steered.is_empty(), "{steered:?}");
-    // Only 8080 allowed: steered traffic on 80 is dropped, an error.
-    let c = chain(
-        "inet",
-        "fw",
+fn steered_forwards_are_walked_with_the_public_port_untracked_and_bans_apply() {
+    use super::{check_chains_with, DispatchView};
+    let steer = DispatchView { steer: true, steer_fix: None };
+    // ufw as `default deny incoming` + `allow 80/tcp`: policy drop, port 80 accepted.
+    let input = chain(
+        "ip",
+        "filter",
         "filter",
         Hook::Input,
         0,
         true,
-        &[ESTABLISHED_ACCEPT, &format!("{L4_TCP} {DPORT_8080} [ immediate reg 0 accept ]")],
+        &["[ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ payload load 2b @ transport header + 2 => reg 1 ] [ cmp eq reg 1 0x00005000 ] [ immediate reg 0 accept ]"],
     );
-    let steered = check_chains_dispatched(&[c], &[fwd("user:web", 80, 8080)], -100, true);
-    assert_eq!(steered.len(), 1, "{steered:?}");
-    assert!(steered[0].message.contains("80"), "{}", steered[0].message);
+    assert!(check_chains_with(std::slice::from_ref(&input), &[fwd("user:web", 80, 8080)], -100, &steer).is_empty());
+    let f = check_chains(std::slice::from_ref(&input), &[fwd("user:web", 80, 8080)], -100);
+    assert_eq!(f.len(), 1, "NAT mode: the policy drops target port 8080: {f:?}");
+    // Steered, port 81 is not allowed: the error names the public port and its fix.
+    let f = check_chains_with(&[input], &[fwd("user:web", 81, 8080)], -100, &steer);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(f[0].message.contains("steered, on public port tcp/81"), "{}", f[0].message);
+    // `ct state new` does not match an untracked packet; `ct state untracked` does.
+    let new_only = chain("inet", "fw", "filter", Hook::Input, 0, true, &["[ ct load state => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000008 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] [ immediate reg 0 accept ]"]);
+    assert_eq!(check_chains_with(&[new_only], &[fwd("system", 80, 8080)], -100, &steer).len(), 1);
+    let untracked = chain("inet", "fw", "filter", Hook::Input, 0, true, &["[ ct load state => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000040 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] [ immediate reg 0 accept ]"]);
+    assert!(check_chains_with(&[untracked], &[fwd("system", 80, 8080)], -100, &steer).is_empty());
+    // A fail2ban ban of the public port applies to steered traffic: nothing to report.
+    let sets = |name: &str| (name == "__set0").then(|| vec![(80, 80), (443, 443)]);
+    let mut f2b = chain("inet", "f2b-table", "filter", Hook::Input, -1, false, &[]);
+    f2b.name = "f2b-chain".into();
+    f2b.rules = vec![parse_rule_in("[ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ payload load 2b @ transport header + 2 => reg 1 ] [ lookup reg 1 set __set0 0x0 ] [ lookup reg 1 set addr6-set-web 0x0 ] [ reject type 0 code 3 ]", &sets)];
+    assert!(check_chains_with(std::slice::from_ref(&f2b), &[fwd("user:web", 80, 8080)], -100, &steer).is_empty());
+    // NAT mode on a host that can steer: steering is the first fix, and the IPv6 set
+    // names the jail too.
+    let nat = DispatchView {
+        steer: false,
+        steer_fix: Some("`sed -i X /etc/portd/portd.yaml && systemctl restart portd`".into()),
+    };
+    let f = check_chains_with(&[f2b], &[fwd("user:web", 80, 8080)], -100, &nat);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(f[0].message.starts_with("fail2ban jail web:"), "{}", f[0].message);
+    assert!(f[0].fix.starts_with("steer TCP forwards"), "{}", f[0].fix);
+    assert!(f[0].fix.contains("`sed -i X /etc/portd/portd.yaml && systemctl restart portd`"), "{}", f[0].fix);
+}
+
+#[test]
+fn a_steered_forward_ignores_other_tables_nat() {
+    use super::{check_chains_with, DispatchView};
+    let c = chain("ip", "nat", "nat", Hook::Prerouting, -100, false, &["[ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ payload load 2b @ transport header + 2 => reg 1 ] [ cmp eq reg 1 0x00005000 ] [ immediate reg 1 0x0000e803 ] [ range 1 reg 1 ] [ redir proto_min reg 1 ]"]);
+    assert!(!check_chains(std::slice::from_ref(&c), &[fwd("system", 80, 8080)], -100).is_empty());
+    let steer = DispatchView { steer: true, steer_fix: None };
+    assert!(check_chains_with(&[c], &[fwd("system", 80, 8080)], -100, &steer).is_empty());
 }

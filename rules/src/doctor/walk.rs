@@ -16,12 +16,29 @@ pub struct Packet {
     pub mark: u32,
     /// ct status bits (IPS_DST_NAT after portd's redirect).
     pub ct_status: u32,
+    /// Not tracked by conntrack: a steered connection (portd's raw chains untrack it),
+    /// whose `ct state` is `untracked`, never `new`.
+    pub untracked: bool,
+}
+
+impl Packet {
+    /// nft's `ct state` bit of the packet: new, or untracked (64).
+    fn nft_state(&self) -> u32 {
+        if self.untracked {
+            CT_UNTRACKED
+        } else {
+            CT_NEW
+        }
+    }
 }
 
 /// IPS_DST_NAT | IPS_DST_NAT_DONE.
 pub(super) const CT_DNAT: u32 = 0x20 | 0x100;
 /// The ct state bit of a new connection.
 const CT_NEW: u32 = 8;
+/// The ct state bit of an untracked packet (nft); xt_conntrack's is 256.
+const CT_UNTRACKED: u32 = 64;
+const XT_UNTRACKED: u32 = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Match {
@@ -37,10 +54,12 @@ fn cond_matches(c: &Cond, p: &Packet) -> Match {
         Cond::Dport { lo, hi, negate } => b((*lo..=*hi).contains(&p.dport) != *negate),
         Cond::DportIn { ranges, negate } => b(ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&p.dport)) != *negate),
         Cond::CtStatus(bits) => b(bits.test(p.ct_status)),
-        Cond::CtState(bits) => b(bits.test(CT_NEW)),
-        Cond::CtStateIn { ranges, negate } => b(ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&CT_NEW)) != *negate),
+        Cond::CtState(bits) => b(bits.test(p.nft_state())),
+        Cond::CtStateIn { ranges, negate } => {
+            b(ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&p.nft_state())) != *negate)
+        }
         Cond::XtState { mask, negate } => {
-            let state = CT_NEW | if p.ct_status & 0x20 != 0 { 128 } else { 0 };
+            let state = if p.untracked { XT_UNTRACKED } else { CT_NEW | if p.ct_status & 0x20 != 0 { 128 } else { 0 } };
             b((state & mask != 0) != *negate)
         }
         Cond::Mark(bits) => b(bits.test(p.mark)),
