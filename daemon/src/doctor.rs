@@ -165,9 +165,11 @@ const MAX_LEGACY_BYTES: u32 = 16 * 1024 * 1024;
 /// for: asking for another name would make the kernel look for a module).
 fn legacy_chains(v6: bool, given: Option<Vec<String>>) -> Result<Vec<ForeignChain>, String> {
     let names = if v6 { "/proc/self/net/ip6_tables_names" } else { "/proc/self/net/ip_tables_names" };
-    let read = match given {
-        Some(list) => Ok(list.join(" ")),
-        None => std::fs::read_to_string(names),
+    // portd's own view of its namespace first; root's portctl's list only where the
+    // kernel hides the file from portd (the packaged unit runs as user portd).
+    let read = match (std::fs::read_to_string(names), given) {
+        (Err(e), Some(list)) if e.kind() == io::ErrorKind::PermissionDenied => Ok(list.join(" ")),
+        (r, _) => r,
     };
     let list = match read {
         Ok(l) => l,

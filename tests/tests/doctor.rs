@@ -341,5 +341,5 @@ fn a_huge_foreign_ruleset_is_read_bounded_and_off_the_actor() {
         v["findings"].as_array().map(|f| f.iter().filter(|f| f["severity"] == "error").collect()).unwrap_or_default();
     assert_eq!(errors.len(), 1, "{v}");
     assert_eq!(errors[0]["check"], "foreign-block", "{v}");
-    assert!(errors[0]["fix"].as_str().unwrap_or("").contains("steer"), "{v}");
+    assert!(errors[0]["fix"].as_str().unwrap_or("").contains("8080"), "{v}");
 }
