@@ -355,3 +355,60 @@ fn the_reader_catches_a_wrong_flag_and_a_bad_yaml_field() {
     let bad = Block { file: "t".into(), line: 1, kind: Kind::Yaml, text: "settings:\n  dispatch: fast".into() };
     assert!(check_yaml(&bad).is_err());
 }
+
+/// Every relative link of the README and the guides names a file of the repository, and
+/// every `#anchor` a heading of that file (GitHub's slugs).
+#[test]
+fn links_between_the_docs_resolve() {
+    fn slug(heading: &str) -> String {
+        heading
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter_map(|c| match c {
+                'a'..='z' | '0'..='9' | '-' | '_' => Some(c),
+                ' ' => Some('-'),
+                _ => None,
+            })
+            .collect()
+    }
+    let mut failures = Vec::new();
+    for md in [
+        "README.md",
+        "docs/operations.md",
+        "docs/security.md",
+        "docs/internals.md",
+        "docs/reliability.md",
+        "bench/ANALYSIS.md",
+    ] {
+        let text = read(md);
+        let dir = Path::new(md).parent().unwrap_or(Path::new(""));
+        for (n, line) in text.lines().enumerate() {
+            let mut rest = line;
+            while let Some(i) = rest.find("](") {
+                let after = &rest[i + 2..];
+                let Some(end) = after.find(')') else { break };
+                let target = &after[..end];
+                rest = &after[end..];
+                if target.starts_with("http") || target.is_empty() {
+                    continue;
+                }
+                let (path, anchor) = target.split_once('#').unwrap_or((target, ""));
+                let file = if path.is_empty() { PathBuf::from(md) } else { dir.join(path) };
+                let Ok(content) = std::fs::read_to_string(root().join(&file)) else {
+                    failures.push(format!("{md}:{}: `{target}`: no file {}", n + 1, file.display()));
+                    continue;
+                };
+                if !anchor.is_empty()
+                    && !content
+                        .lines()
+                        .filter_map(|l| l.strip_prefix('#'))
+                        .any(|h| slug(h.trim_start_matches('#')) == anchor)
+                {
+                    failures.push(format!("{md}:{}: `{target}`: no heading #{anchor} in {}", n + 1, file.display()));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
