@@ -8,6 +8,7 @@
 
 mod tree;
 
+use crate::budget::{DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_SOURCE_ELEMENTS};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::locate::Locator;
 use crate::model::*;
@@ -27,7 +28,18 @@ const SETTINGS_FIELDS: &[&str] =
     &["table", "mark", "on_exit", "socket", "state_dir", "listener_check", "dispatch", "ownership", "metrics"];
 const SOCKET_FIELDS: &[&str] = &["path", "group", "mode"];
 const METRICS_FIELDS: &[&str] = &["listen", "allow"];
-const GRANT_FIELDS: &[&str] = &["user", "group", "ports", "to", "protect", "local", "marks", "max_forwards"];
+const GRANT_FIELDS: &[&str] = &[
+    "user",
+    "group",
+    "ports",
+    "to",
+    "protect",
+    "local",
+    "marks",
+    "max_forwards",
+    "max_elements",
+    "max_source_elements",
+];
 const FORWARD_FIELDS: &[&str] =
     &["name", "port", "to", "proto", "family", "local", "interfaces", "sources", "mark", "protect", "description"];
 // Indices into FORWARD_FIELDS.
@@ -678,7 +690,7 @@ fn forward(ctx: &mut Ctx, at: At, v: &Node) -> Option<Forward> {
     if !ok {
         return None;
     }
-    Some(Forward {
+    let forward = Forward {
         name: name?.to_string(),
         port: port?,
         to: to?,
@@ -690,7 +702,12 @@ fn forward(ctx: &mut Ctx, at: At, v: &Node) -> Option<Forward> {
         mark: mark?,
         protect: protect?,
         description: description.map(str::to_string),
-    })
+    };
+    if let Some(m) = crate::budget::shape_problem(&forward) {
+        ctx.err(&Field(at, "sources"), m);
+        return None;
+    }
+    Some(forward)
 }
 
 /// Which forward holds each public (family, proto, port): a table over every possible
@@ -1016,12 +1033,44 @@ fn grants(ctx: &mut Ctx, v: Option<&Node>) -> Vec<Grant> {
                 None
             }
         };
-        if let (Some(subject), Some(protect), Some(local), Some(max_forwards)) = (subject, protect, local, max_forwards)
+        let max_elements = count_field(ctx, &gp, m.get("max_elements"), "max_elements", DEFAULT_MAX_ELEMENTS);
+        let max_source_elements =
+            count_field(ctx, &gp, m.get("max_source_elements"), "max_source_elements", DEFAULT_MAX_SOURCE_ELEMENTS);
+        if let (
+            Some(subject),
+            Some(protect),
+            Some(local),
+            Some(max_forwards),
+            Some(max_elements),
+            Some(max_source_elements),
+        ) = (subject, protect, local, max_forwards, max_elements, max_source_elements)
         {
-            out.push(Grant { subject, ports, to, protect, local, marks, max_forwards });
+            out.push(Grant {
+                subject,
+                ports,
+                to,
+                protect,
+                local,
+                marks,
+                max_forwards,
+                max_elements,
+                max_source_elements,
+            });
         }
     }
     out
+}
+
+/// A grant's element budget field: a count from 0 to 10,000,000, `default` when absent.
+fn count_field(ctx: &mut Ctx, gp: &str, v: Option<&Node>, name: &str, default: u64) -> Option<u64> {
+    match v {
+        None => Some(default),
+        Some(Node::Number(n)) if n.as_u64().is_some_and(|n| n <= 10_000_000) => n.as_u64(),
+        Some(v) => {
+            ctx.err(&format!("{gp}.{name}"), format!("{} is not a count (0 to 10000000)", describe(v)));
+            None
+        }
+    }
 }
 
 /// Parses and validates the daemon config. `file` names it in diagnostics.

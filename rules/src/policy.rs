@@ -169,6 +169,16 @@ pub enum Reason {
         /// The quota.
         max: u32,
     },
+    /// The set would place more kernel elements than the grant's `max_elements` or
+    /// `max_source_elements`.
+    Elements {
+        /// `max_elements` or `max_source_elements`.
+        field: &'static str,
+        /// The budget.
+        max: u64,
+        /// What the set up to and including this forward would place.
+        cost: u64,
+    },
     /// Another owner's forward claims the same public port/proto/family.
     Conflict(String),
     /// A socket of another uid holds the target port.
@@ -216,6 +226,11 @@ impl fmt::Display for Reason {
             ),
             Reason::NotGranted(m) => f.write_str(m),
             Reason::Quota { max } => write!(f, "over the grant's max_forwards ({max})"),
+            Reason::Elements { field, max, cost } => write!(
+                f,
+                "the set would place {cost} {} in the kernel; your grant allows {field}: {max}",
+                if *field == "max_elements" { "elements" } else { "source elements" }
+            ),
             Reason::Conflict(m) => f.write_str(m),
             Reason::Listener { port, proto, holder } => {
                 write!(f, "target port {port}/{proto} is held by a socket of {holder}")
@@ -329,7 +344,19 @@ pub fn check_definition(f: &Forward) -> Vec<(&'static str, String)> {
             out.push(("sources", format!("{s} has host bits set")));
         }
     }
+    if let Some(m) = crate::budget::shape_problem(f) {
+        out.push(("sources", m));
+    }
     out
+}
+
+/// The element budgets of a user's set: the largest `max_elements` and
+/// `max_source_elements` of its grants (0 with none).
+pub fn element_budget(grants: &[&Grant]) -> crate::budget::Cost {
+    crate::budget::Cost {
+        elements: grants.iter().map(|g| g.max_elements).max().unwrap_or(0),
+        sources: grants.iter().map(|g| g.max_source_elements).max().unwrap_or(0),
+    }
 }
 
 /// What the judge needs besides the set itself.
@@ -367,6 +394,8 @@ impl Judge<'_> {
         };
         let mine = account.map(|a| grants_of(self.grants, a)).unwrap_or_default();
         let max = quota(&mine) as usize;
+        let budget = element_budget(&mine);
+        let mut spent = crate::budget::Cost::default();
         set.forwards
             .iter()
             .enumerate()
@@ -388,6 +417,23 @@ impl Judge<'_> {
                 if i >= max {
                     return Some(Reason::Quota { max: max as u32 });
                 }
+                let mut after = spent;
+                after += crate::budget::cost(f, self.default_mark);
+                if after.elements > budget.elements {
+                    return Some(Reason::Elements {
+                        field: "max_elements",
+                        max: budget.elements,
+                        cost: after.elements,
+                    });
+                }
+                if after.sources > budget.sources {
+                    return Some(Reason::Elements {
+                        field: "max_source_elements",
+                        max: budget.sources,
+                        cost: after.sources,
+                    });
+                }
+                spent = after;
                 if self.listener_check == ListenerCheck::Enforce {
                     if let Some(l) = self.listeners {
                         return target_taken(l, f, account.uid).or_else(|| public_shadowed(l, f, account.uid));

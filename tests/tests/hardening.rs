@@ -435,3 +435,102 @@ fn descriptions_with_bidi_overrides_are_refused_by_the_daemon() {
     assert!(err(&o).contains("r.yaml:3:") && err(&o).contains("U+2028 at character 2"), "{}", err(&o));
     assert_eq!(d.status_json()["forwards"].as_array().map(Vec::len), Some(0), "nothing was applied");
 }
+
+/// `count` forwards of 100-port ranges from `first`, both protocols, no sources.
+fn wide_forwards(first: u16, count: u16) -> String {
+    (0..count)
+        .map(|i| {
+            let p = first + i * 100;
+            format!("  - {{name: w{i}, port: \"{p}-{}\", to: \"{}-{}\", proto: both}}\n", p + 99, p + 20000, p + 20099)
+        })
+        .collect()
+}
+
+#[test]
+fn element_budgets_refuse_costly_shapes_and_the_largest_allowed_set_goes_in_100_ms() {
+    let net = Net::setup();
+    let user = TestUser::new("phe");
+    let d = Portd::start(
+        &net,
+        &config(&net, &format!("grants:\n  - {{user: {}, ports: [\"1000-9999\"], to: [\"1024-65535\"]}}\n", user.name)),
+    );
+    let apply = |name: &str, text: &str| {
+        let f = write(&net.dir, name, text);
+        std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+        let t = Instant::now();
+        let o = d.ctl_as(&user.name, "", &["apply", f.to_str().expect("path")]);
+        (o, t.elapsed())
+    };
+    // The shape of the report: 10 ports × 2 protocols × 1,000 sources, 20,000 interval elements.
+    let sources: Vec<String> = (0..1000).map(|i| format!("\"10.1.{}.{}/32\"", i / 256, i % 256)).collect();
+    let costly = format!(
+        "version: 1\nforwards:\n  - {{name: many, port: \"1000-1009\", to: \"2000-2009\", proto: both, sources: [{}]}}\n",
+        sources.join(", ")
+    );
+    let (o, _) = apply("costly.yaml", &costly);
+    assert_eq!(o.status.code(), Some(1), "refused as a bad file: {}", err(&o));
+    assert!(err(&o).contains("forwards[0].sources"), "located: {}", err(&o));
+    assert!(err(&o).contains("20000 source elements") && err(&o).contains("at most 64"), "{}", err(&o));
+    // Over the user's element budget (10,000 by default): 26 × 400 elements.
+    let (o, _) = apply("over.yaml", &format!("version: 1\nforwards:\n{}", wide_forwards(1000, 26)));
+    assert_eq!(o.status.code(), Some(4), "refused as over the grant: {}", err(&o));
+    assert!(err(&o).contains("10400 elements") && err(&o).contains("max_elements: 10000"), "{}", err(&o));
+    // Over the source budget (64 by default) with two forwards of 48 source elements each.
+    let src = |name: &str, port: u16| {
+        format!("  - {{name: {name}, port: \"{port}-{}\", to: \"{}-{}\", proto: both, sources: [\"10.2.0.0/16\", \"10.3.0.0/16\"]}}\n", port + 11, port + 20000, port + 20011)
+    };
+    let (o, _) = apply("oversrc.yaml", &format!("version: 1\nforwards:\n{}{}", src("s1", 3000), src("s2", 4000)));
+    assert_eq!(o.status.code(), Some(4), "{}", err(&o));
+    assert!(err(&o).contains("max_source_elements: 64"), "{}", err(&o));
+    // The largest set allowed: 64 source elements and 9,600 others (9,920 in all).
+    let worst = format!(
+        "version: 1\nforwards:\n  - {{name: src, port: \"3500-3531\", to: \"23500-23531\", proto: both, sources: [\"10.9.0.0/16\"]}}\n{}",
+        wide_forwards(1000, 24)
+    );
+    let (o, added) = apply("worst.yaml", &worst);
+    assert!(o.status.success(), "the largest allowed set goes in: {}", err(&o));
+    let table = net.table("portd").expect("table");
+    assert!(table.contains("3500-3531") || table.contains("3500"), "placed");
+    // Remove it all while root probes the namespace's nft (a write) and portd's status.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (srv, s2) = (net.srv.clone(), stop.clone());
+    let nft_probe = std::thread::spawn(move || {
+        let mut worst = Duration::ZERO;
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            let t = Instant::now();
+            let o = sh("ip", &["netns", "exec", &srv, "nft", "add", "table", "inet", "probe"]);
+            assert!(o.status.success(), "{}", err(&o));
+            worst = worst.max(t.elapsed());
+        }
+        worst
+    });
+    let (sock, s3) = (d.socket.clone(), stop.clone());
+    let status_probe = std::thread::spawn(move || {
+        let mut worst = Duration::ZERO;
+        while !s3.load(std::sync::atomic::Ordering::Relaxed) {
+            let t = Instant::now();
+            let v = request(&sock, &serde_json::json!({"version": 1, "command": {"op": "status"}}));
+            assert!(v["result"].get("ok").is_some(), "{v}");
+            worst = worst.max(t.elapsed());
+        }
+        worst
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let (o, removed) = apply("empty.yaml", "version: 1\nforwards: []\n");
+    assert!(o.status.success(), "{}", err(&o));
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let nft_worst = nft_probe.join().expect("nft probe");
+    let status_worst = status_probe.join().expect("status probe");
+    let table = net.table("portd").expect("table");
+    assert!(!table.contains("3500"), "removed");
+    eprintln!(
+        "largest allowed set (9,920 elements, 64 of them source elements): applied in {:.1} ms, removed in {:.1} ms (portctl, wall); meanwhile root's nft worst {:.1} ms, root's status worst {:.1} ms",
+        added.as_secs_f64() * 1e3,
+        removed.as_secs_f64() * 1e3,
+        nft_worst.as_secs_f64() * 1e3,
+        status_worst.as_secs_f64() * 1e3
+    );
+    assert!(nft_worst < Duration::from_millis(100), "root's nft waited {nft_worst:?}");
+    assert!(status_worst < Duration::from_millis(100), "root's status waited {status_worst:?}");
+}
