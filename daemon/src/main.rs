@@ -21,6 +21,7 @@ mod remove_table;
 mod safedir;
 mod server;
 mod state;
+mod subids;
 
 use actor::{Daemon, Msg, Overrides};
 use anyhow::Context;
@@ -370,6 +371,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let (tx, rx) = std::sync::mpsc::channel::<Msg>();
     let table = config.settings.table.clone();
     let published = std::sync::Arc::new(actor::Published::default());
+    published.subids.reload();
     let kernel = Box::new(portd_kernel::nft::Backend::new(&config.settings.table));
     let own_port = kernel.commit_port();
     let daemon = Daemon::start(args.config.clone(), config, overrides, published.clone(), kernel, steering)?;

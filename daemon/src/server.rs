@@ -96,7 +96,8 @@ const TRIM_AFTER_BUFFERED: usize = 8 << 20;
 
 impl Shared {
     /// Takes a connection slot for `uid`, or says why not.
-    fn admit(&self, uid: u32) -> Result<(), String> {
+    /// `uid` is the account the caps count (see [`crate::subids`]); `peer` the socket's.
+    fn admit(&self, uid: u32, peer: u32) -> Result<(), String> {
         if uid == 0 {
             return Ok(());
         }
@@ -104,9 +105,13 @@ impl Shared {
         let total: usize = c.values().sum();
         let mine = c.get(&uid).copied().unwrap_or(0);
         if mine >= self.limits.per_uid_connections {
-            return Err(format!(
-                "uid {uid} already has {mine} connections open (the limit per user); close some and retry"
-            ));
+            return Err(if uid == peer {
+                format!("uid {uid} already has {mine} connections open (the limit per user); close some and retry")
+            } else {
+                format!(
+                    "uid {peer} is a subordinate uid of uid {uid} (/etc/subuid), which already has {mine} connections open (the limit per user, its subordinate uids included); close some and retry"
+                )
+            });
         }
         if total >= self.limits.max_connections {
             return Err(format!("portd serves {total} connections already; retry later"));
@@ -214,7 +219,8 @@ pub async fn run(
                 continue;
             }
         };
-        if let Err(why) = shared.admit(peer.uid) {
+        let account = shared.published.subids.account_of(peer.uid);
+        if let Err(why) = shared.admit(account, peer.uid) {
             // Answer without waiting for a client that may not read: a full buffer just
             // drops the answer.
             if let Ok(line) = encode(&Response::error(ErrorKind::Denied, vec![why])) {
@@ -226,7 +232,7 @@ pub async fn run(
         let token = shutdown.clone();
         tracker.spawn(async move {
             serve(stream, &peer, &shared, token).await;
-            shared.release(peer.uid);
+            shared.release(account);
         });
     }
     tracker.close();
@@ -396,7 +402,7 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
     let _slot = if peer.uid == 0 {
         None
     } else {
-        match shared.request_slots(peer.uid).acquire_owned().await {
+        match shared.request_slots(shared.published.subids.account_of(peer.uid)).acquire_owned().await {
             Ok(p) => Some(p),
             Err(_) => return Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]),
         }

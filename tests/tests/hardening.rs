@@ -534,3 +534,73 @@ fn element_budgets_refuse_costly_shapes_and_the_largest_allowed_set_goes_in_100_
     assert!(nft_worst < Duration::from_millis(100), "root's nft waited {nft_worst:?}");
     assert!(status_worst < Duration::from_millis(100), "root's status waited {status_worst:?}");
 }
+
+/// A line of /etc/subuid for the length of a test.
+struct SubuidLine(String);
+
+impl SubuidLine {
+    fn add(line: String) -> SubuidLine {
+        let mut f =
+            std::fs::OpenOptions::new().append(true).create(true).open("/etc/subuid").expect("open /etc/subuid");
+        writeln!(f, "{line}").expect("append to /etc/subuid");
+        SubuidLine(line)
+    }
+}
+
+impl Drop for SubuidLine {
+    fn drop(&mut self) {
+        if let Ok(text) = std::fs::read_to_string("/etc/subuid") {
+            let kept: String = text.lines().filter(|l| *l != self.0).map(|l| format!("{l}\n")).collect();
+            let _ = std::fs::write("/etc/subuid", kept);
+        }
+    }
+}
+
+/// The first line the server answers on a fresh connection of `uid` to a status request
+/// (a refused connection is answered at once, without one).
+fn first_answer(s: &mut std::os::unix::net::UnixStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let _ = s.write_all(b"{\"version\": 1, \"command\": {\"op\": \"status\"}}\n");
+    let mut line = String::new();
+    let _ = BufReader::new(&*s).read_line(&mut line);
+    line
+}
+
+#[test]
+fn subordinate_uids_share_their_owners_connection_cap() {
+    let net = Net::setup();
+    let owner = TestUser::new("phs");
+    let other = TestUser::new("pht");
+    // A range of this test's own, far above the ranges useradd hands out.
+    let start = 3_000_000 + (std::process::id() % 1000) * 70_000;
+    let line = SubuidLine::add(format!("{}:{start}:65536", owner.name));
+    let d = Portd::start(&net, &config(&net, ""));
+    // 16 subordinate uids × 4 connections: the owner's 64.
+    let mut held = Vec::new();
+    for i in 0..64u32 {
+        let mut s = connect_as(start + 1 + i / 4, &d.socket).expect("connect");
+        let a = first_answer(&mut s);
+        assert!(a.contains("\"ok\""), "connection {i} of a subordinate uid is served: {a}");
+        held.push(s);
+    }
+    // The 65th, from a 17th subordinate uid, is refused as its owner's.
+    let mut s = connect_as(start + 100, &d.socket).expect("connect");
+    let a = first_answer(&mut s);
+    assert!(a.contains(&format!("is a subordinate uid of uid {}", owner.uid())), "{a}");
+    assert!(a.contains("64 connections open"), "{a}");
+    // So is the owner itself; another user and root are served.
+    let mut s = connect_as(owner.uid(), &d.socket).expect("connect");
+    assert!(first_answer(&mut s).contains("64 connections open"), "the owner shares the cap");
+    let mut s = connect_as(other.uid(), &d.socket).expect("connect");
+    let a = first_answer(&mut s);
+    assert!(a.contains("\"ok\""), "another user is served: {a}");
+    assert!(d.ctl(&["status"]).status.success(), "root is served");
+    // Without the range (after a reload), the same uid counts as itself.
+    drop(line);
+    let o = d.ctl(&["reload"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let mut s = connect_as(start + 100, &d.socket).expect("connect");
+    let a = first_answer(&mut s);
+    assert!(a.contains("\"ok\""), "a uid in no range counts as itself after the reload: {a}");
+    eprintln!("subordinate uids: 64 connections of 16 subordinate uids held; the 65th (a 17th subordinate uid) and the owner refused; another user, root, and after a reload without the range the same uid served");
+}
