@@ -9,6 +9,7 @@
 
 mod actor;
 mod check;
+mod coalesce;
 mod dataplane;
 mod doctor;
 mod lock;

@@ -452,16 +452,34 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
                 }
             }
         }
-        Command::Status => return status(shared, &table_reader(shared, caller.uid)).await,
+        Command::Status => return shared_status(shared, caller.uid).await,
         // The same status, encoded as the metrics exposition (off the actor too).
         Command::Metrics => {
-            let s = status(shared, &table_reader(shared, caller.uid)).await;
+            let s = shared_status(shared, caller.uid).await;
             return crate::metrics::answer(&shared.published.metrics, s);
+        }
+        // Concurrent doctors share one snapshot of the actor and one read of the kernel, and
+        // an answer serves the doctors of the next 2 s too.
+        Command::Doctor => {
+            let actor = shared.actor.clone();
+            return shared
+                .published
+                .reads
+                .doctor
+                .run_reusing("doctor", crate::coalesce::DOCTOR_REUSE, || {
+                    ask_actor(actor, caller, Op::Command(Command::Doctor))
+                })
+                .await;
         }
         other => Op::Command(other),
     };
+    ask_actor(shared.actor.clone(), caller, op).await
+}
+
+/// The actor's answer to one request.
+async fn ask_actor(actor: Sender<Msg>, caller: Caller, op: Op) -> Response {
     let (tx, rx) = oneshot::channel();
-    if shared.actor.send(Msg::Request { caller, op, reply: tx }).is_err() {
+    if actor.send(Msg::Request { caller, op, reply: tx }).is_err() {
         return Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]);
     }
     match rx.await {
@@ -470,14 +488,13 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
     }
 }
 
-/// The backend status reads use: a netlink socket of the server's, not the actor's;
-/// root has one of its own, so a queue of other users' reads never delays root's.
-fn table_reader(shared: &Shared, uid: u32) -> Arc<Mutex<Option<portd_kernel::nft::Backend>>> {
+/// A status: root's read fresh with a netlink socket of its own, so a queue of other
+/// users' reads never delays it; other users' share the read in flight.
+async fn shared_status(shared: &Shared, uid: u32) -> Response {
     if uid == 0 {
-        shared.root_reader.clone()
-    } else {
-        shared.reader.clone()
+        return status(shared, &shared.root_reader).await;
     }
+    shared.published.reads.status.run("status", || status(shared, &shared.reader)).await
 }
 
 /// A status: the actor hands over its plan (cheap), and the kernel is read here, on a

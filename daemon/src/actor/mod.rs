@@ -41,6 +41,8 @@ pub struct Published {
     pub refusals: crate::refusals::Refusals,
     /// Subordinate uid ranges, which the socket's per-uid caps count as their owner.
     pub subids: crate::subids::SubIds,
+    /// Expensive reads in flight, shared by concurrent readers.
+    pub reads: crate::coalesce::Reads,
 }
 
 /// Who sent a request, from SO_PEERCRED and the account database.
