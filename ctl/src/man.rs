@@ -235,6 +235,8 @@ mod tests {
             "ports",
             "marks",
             "max_forwards",
+            "max_elements",
+            "max_source_elements",
         ] {
             assert!(
                 PORTD_YAML.contains(&format!("\n.B {field}\n")) || PORTD_YAML.contains(&format!("\n.BR {field} ")),

@@ -9,6 +9,7 @@
 
 mod actor;
 mod check;
+mod coalesce;
 mod dataplane;
 mod doctor;
 mod lock;
@@ -21,6 +22,7 @@ mod remove_table;
 mod safedir;
 mod server;
 mod state;
+mod subids;
 
 use actor::{Daemon, Msg, Overrides};
 use anyhow::Context;
@@ -411,6 +413,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let (tx, rx) = std::sync::mpsc::channel::<Msg>();
     let table = config.settings.table.clone();
     let published = std::sync::Arc::new(actor::Published::default());
+    published.subids.reload();
     let kernel = Box::new(portd_kernel::nft::Backend::new(&config.settings.table));
     let own_port = kernel.commit_port();
     let mut daemon = Daemon::start(args.config.clone(), config, overrides, published.clone(), kernel, steering)?;

@@ -247,7 +247,12 @@ async fn route(
         name.trim().eq_ignore_ascii_case("accept").then(|| value.trim().to_string())
     });
     let format = Format::from_accept(accept.as_deref());
-    let status = match tokio::time::timeout(ANSWER_TIMEOUT, crate::server::status_of(actor, reader)).await {
+    let status = match tokio::time::timeout(
+        ANSWER_TIMEOUT,
+        published.reads.scrape.run("scrape", || crate::server::status_of(actor, reader)),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(_) => return response(503, "Service Unavailable", "text/plain", b"portd is busy; retry\n"),
     };

@@ -96,7 +96,8 @@ const TRIM_AFTER_BUFFERED: usize = 8 << 20;
 
 impl Shared {
     /// Takes a connection slot for `uid`, or says why not.
-    fn admit(&self, uid: u32) -> Result<(), String> {
+    /// `uid` is the account the caps count (see [`crate::subids`]); `peer` the socket's.
+    fn admit(&self, uid: u32, peer: u32) -> Result<(), String> {
         if uid == 0 {
             return Ok(());
         }
@@ -104,9 +105,13 @@ impl Shared {
         let total: usize = c.values().sum();
         let mine = c.get(&uid).copied().unwrap_or(0);
         if mine >= self.limits.per_uid_connections {
-            return Err(format!(
-                "uid {uid} already has {mine} connections open (the limit per user); close some and retry"
-            ));
+            return Err(if uid == peer {
+                format!("uid {uid} already has {mine} connections open (the limit per user); close some and retry")
+            } else {
+                format!(
+                    "uid {peer} is a subordinate uid of uid {uid} (/etc/subuid), which already has {mine} connections open (the limit per user, its subordinate uids included); close some and retry"
+                )
+            });
         }
         if total >= self.limits.max_connections {
             return Err(format!("portd serves {total} connections already; retry later"));
@@ -214,7 +219,8 @@ pub async fn run(
                 continue;
             }
         };
-        if let Err(why) = shared.admit(peer.uid) {
+        let account = shared.published.subids.account_of(peer.uid);
+        if let Err(why) = shared.admit(account, peer.uid) {
             // Answer without waiting for a client that may not read: a full buffer just
             // drops the answer.
             if let Ok(line) = encode(&Response::error(ErrorKind::Denied, vec![why])) {
@@ -226,7 +232,7 @@ pub async fn run(
         let token = shutdown.clone();
         tracker.spawn(async move {
             serve(stream, &peer, &shared, token).await;
-            shared.release(peer.uid);
+            shared.release(account);
         });
     }
     tracker.close();
@@ -396,7 +402,7 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
     let _slot = if peer.uid == 0 {
         None
     } else {
-        match shared.request_slots(peer.uid).acquire_owned().await {
+        match shared.request_slots(shared.published.subids.account_of(peer.uid)).acquire_owned().await {
             Ok(p) => Some(p),
             Err(_) => return Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]),
         }
@@ -446,16 +452,35 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
                 }
             }
         }
-        Command::Status => return status(shared, &table_reader(shared, caller.uid)).await,
+        Command::Status => return shared_status(shared, caller.uid).await,
         // The same status, encoded as the metrics exposition (off the actor too).
         Command::Metrics => {
-            let s = status(shared, &table_reader(shared, caller.uid)).await;
+            let s = shared_status(shared, caller.uid).await;
             return crate::metrics::answer(&shared.published.metrics, s);
+        }
+        // Concurrent doctors share one snapshot of the actor and one read of the kernel, and
+        // an answer serves the doctors of the next 2 s too.
+        // Root's doctor may carry the legacy tables root's portctl read: its own read.
+        Command::Doctor { legacy_tables: None } => {
+            let actor = shared.actor.clone();
+            return shared
+                .published
+                .reads
+                .doctor
+                .run_reusing("doctor", crate::coalesce::DOCTOR_REUSE, || {
+                    ask_actor(actor, caller, Op::Command(Command::Doctor { legacy_tables: None }))
+                })
+                .await;
         }
         other => Op::Command(other),
     };
+    ask_actor(shared.actor.clone(), caller, op).await
+}
+
+/// The actor's answer to one request.
+async fn ask_actor(actor: Sender<Msg>, caller: Caller, op: Op) -> Response {
     let (tx, rx) = oneshot::channel();
-    if shared.actor.send(Msg::Request { caller, op, reply: tx }).is_err() {
+    if actor.send(Msg::Request { caller, op, reply: tx }).is_err() {
         return Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]);
     }
     match rx.await {
@@ -464,14 +489,13 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
     }
 }
 
-/// The backend status reads use: a netlink socket of the server's, not the actor's;
-/// root has one of its own, so a queue of other users' reads never delays root's.
-fn table_reader(shared: &Shared, uid: u32) -> Arc<Mutex<Option<portd_kernel::nft::Backend>>> {
+/// A status: root's read fresh with a netlink socket of its own, so a queue of other
+/// users' reads never delays it; other users' share the read in flight.
+async fn shared_status(shared: &Shared, uid: u32) -> Response {
     if uid == 0 {
-        shared.root_reader.clone()
-    } else {
-        shared.reader.clone()
+        return status(shared, &shared.root_reader).await;
     }
+    shared.published.reads.status.run("status", || status(shared, &shared.reader)).await
 }
 
 /// A status: the actor hands over its plan (cheap), and the kernel is read here, on a

@@ -530,12 +530,38 @@ pub struct Grant {
     pub marks: Option<Vec<MarkRange>>,
     /// Most forwards the caller's set may hold (default [`DEFAULT_MAX_FORWARDS`]).
     pub max_forwards: u32,
+    /// Most kernel elements the caller's set may place
+    /// (default [`crate::budget::DEFAULT_MAX_ELEMENTS`]).
+    #[serde(default = "default_max_elements")]
+    pub max_elements: u64,
+    /// Most source elements the caller's set may place
+    /// (default [`crate::budget::DEFAULT_MAX_SOURCE_ELEMENTS`]).
+    #[serde(default = "default_max_source_elements")]
+    pub max_source_elements: u64,
+}
+
+fn default_max_elements() -> u64 {
+    crate::budget::DEFAULT_MAX_ELEMENTS
+}
+
+fn default_max_source_elements() -> u64 {
+    crate::budget::DEFAULT_MAX_SOURCE_ELEMENTS
 }
 
 impl Grant {
     /// A grant of `ports` to `to` with every other field at its default.
     pub fn new(subject: GrantSubject, ports: Vec<PortRange>, to: Vec<PortRange>) -> Grant {
-        Grant { subject, ports, to, protect: false, local: true, marks: None, max_forwards: DEFAULT_MAX_FORWARDS }
+        Grant {
+            subject,
+            ports,
+            to,
+            protect: false,
+            local: true,
+            marks: None,
+            max_forwards: DEFAULT_MAX_FORWARDS,
+            max_elements: default_max_elements(),
+            max_source_elements: default_max_source_elements(),
+        }
     }
 
     /// True when `f`'s public and target ranges lie inside this grant (the other fields

@@ -126,6 +126,16 @@ pub enum Reason {
         /// The quota.
         max: u32,
     },
+    /// The set would place more kernel elements than the grant's `max_elements` or
+    /// `max_source_elements`.
+    Elements {
+        /// `max_elements` or `max_source_elements`.
+        field: &'static str,
+        /// The budget.
+        max: u64,
+        /// What the set up to and including this forward would place.
+        cost: u64,
+    },
     /// Another owner's forward claims the same public port/proto/family.
     Conflict(String),
     /// A socket of another uid holds the target port.
@@ -173,6 +183,11 @@ impl fmt::Display for Reason {
             ),
             Reason::NotGranted(m) => f.write_str(m),
             Reason::Quota { max } => write!(f, "over the grant's max_forwards ({max})"),
+            Reason::Elements { field, max, cost } => write!(
+                f,
+                "the set would place {cost} {} in the kernel; your grant allows {field}: {max}",
+                if *field == "max_elements" { "elements" } else { "source elements" }
+            ),
             Reason::Conflict(m) => f.write_str(m),
             Reason::Listener { port, proto, holder } => {
                 write!(f, "target port {port}/{proto} is held by a socket of {holder}")
@@ -252,6 +267,15 @@ pub fn check_definition(f: &Forward) -> Vec<(&'static str, String)> {
     crate::validate::forward(&mut f.clone()).into_iter().map(|p| (p.field, p.message)).collect()
 }
 
+/// The element budgets of a user's set: the largest `max_elements` and
+/// `max_source_elements` of its grants (0 with none).
+pub fn element_budget(grants: &[&Grant]) -> crate::budget::Cost {
+    crate::budget::Cost {
+        elements: grants.iter().map(|g| g.max_elements).max().unwrap_or(0),
+        sources: grants.iter().map(|g| g.max_source_elements).max().unwrap_or(0),
+    }
+}
+
 /// What the judge needs besides the set itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Judge<'a> {
@@ -287,6 +311,8 @@ impl Judge<'_> {
         };
         let mine = account.map(|a| grants_of(self.grants, a)).unwrap_or_default();
         let max = quota(&mine) as usize;
+        let budget = element_budget(&mine);
+        let mut spent = crate::budget::Cost::default();
         set.forwards
             .iter()
             .enumerate()
@@ -308,6 +334,23 @@ impl Judge<'_> {
                 if i >= max {
                     return Some(Reason::Quota { max: max as u32 });
                 }
+                let mut after = spent;
+                after += crate::budget::cost(f, self.default_mark);
+                if after.elements > budget.elements {
+                    return Some(Reason::Elements {
+                        field: "max_elements",
+                        max: budget.elements,
+                        cost: after.elements,
+                    });
+                }
+                if after.sources > budget.sources {
+                    return Some(Reason::Elements {
+                        field: "max_source_elements",
+                        max: budget.sources,
+                        cost: after.sources,
+                    });
+                }
+                spent = after;
                 if self.listener_check == ListenerCheck::Enforce {
                     if let Some(l) = self.listeners {
                         return target_taken(l, f, account.uid).or_else(|| public_shadowed(l, f, account.uid));

@@ -86,6 +86,10 @@ pub fn forward(f: &mut Forward) -> Vec<Problem> {
         }
     }
     normalize_sources(&mut f.sources);
+    // The kernel cost of the shape (ports x protocols x sources), after normalising.
+    if let Some(m) = crate::budget::shape_problem(f) {
+        out.push(Problem::new("sources", m));
+    }
     out
 }
 

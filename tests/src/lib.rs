@@ -270,7 +270,22 @@ impl Portd {
         Self::start_wrapped(net, config_text, None, &["unshare", "--pid", "--fork", "--kill-child"])
     }
 
+    /// Starts portd with `env` set (PORTD_LOG, say).
+    pub fn start_env(net: &Net, config_text: &str, env: &[(&str, &str)]) -> Portd {
+        Self::start_full(net, config_text, None, &[], env)
+    }
+
     fn start_wrapped(net: &Net, config_text: &str, notify: Option<&Path>, wrapper: &[&str]) -> Portd {
+        Self::start_full(net, config_text, notify, wrapper, &[])
+    }
+
+    fn start_full(
+        net: &Net,
+        config_text: &str,
+        notify: Option<&Path>,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+    ) -> Portd {
         let config = net.dir.join("portd.yaml");
         std::fs::write(&config, config_text).expect("write config");
         let socket = net.dir.join("portd.sock");
@@ -280,6 +295,7 @@ impl Portd {
         if let Some(n) = notify {
             cmd.env("NOTIFY_SOCKET", n);
         }
+        cmd.envs(env.iter().copied());
         let child = cmd.spawn().expect("start portd");
         let d = Portd { child, socket: socket.clone(), config, state: net.dir.join("state") };
         if notify.is_none() {

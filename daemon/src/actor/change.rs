@@ -101,6 +101,8 @@ impl Daemon {
                     ));
                 }
                 Reason::Quota { .. } => {}
+                // One answer for the budget: every forward after the first over it repeats it.
+                Reason::Elements { .. } if messages.iter().any(|m| m.contains("your grant allows max_")) => {}
                 Reason::Listener { .. } => messages.push(format!("{r}; stop that socket or forward to another port")),
                 Reason::Shadows { .. } => {
                     messages.push(format!("{r}; stop that service first or use another public port"))

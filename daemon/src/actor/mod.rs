@@ -44,6 +44,10 @@ pub struct Published {
     pub metrics: crate::metrics::Metrics,
     /// Refused requests' log records, rate-limited per uid.
     pub refusals: crate::refusals::Refusals,
+    /// Subordinate uid ranges, which the socket's per-uid caps count as their owner.
+    pub subids: crate::subids::SubIds,
+    /// Expensive reads in flight, shared by concurrent readers.
+    pub reads: crate::coalesce::Reads,
 }
 
 /// Who sent a request, from SO_PEERCRED and the account database.
@@ -235,6 +239,8 @@ impl Daemon {
     fn publish(&self) {
         let mut g = self.published.grants.write().unwrap_or_else(|p| p.into_inner());
         *g = self.config.grants.clone();
+        drop(g);
+        self.published.subids.reload();
     }
 
     fn judge(&self) -> Judge<'_> {

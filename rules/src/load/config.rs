@@ -11,7 +11,18 @@ pub(super) const SETTINGS_FIELDS: &[&str] =
     &["table", "mark", "on_exit", "socket", "state_dir", "listener_check", "dispatch", "ownership", "metrics"];
 pub(super) const SOCKET_FIELDS: &[&str] = &["path", "group", "mode"];
 pub(super) const METRICS_FIELDS: &[&str] = &["listen", "allow"];
-pub(super) const GRANT_FIELDS: &[&str] = &["user", "group", "ports", "to", "protect", "local", "marks", "max_forwards"];
+pub(super) const GRANT_FIELDS: &[&str] = &[
+    "user",
+    "group",
+    "ports",
+    "to",
+    "protect",
+    "local",
+    "marks",
+    "max_forwards",
+    "max_elements",
+    "max_source_elements",
+];
 
 pub(super) fn settings(ctx: &mut Ctx, v: Option<&Node>) -> Settings {
     let mut s = Settings::default();
@@ -239,10 +250,48 @@ pub(super) fn grants(ctx: &mut Ctx, v: Option<&Node>) -> Vec<Grant> {
                 None
             }
         };
-        if let (Some(subject), Some(protect), Some(local), Some(max_forwards)) = (subject, protect, local, max_forwards)
+        let max_elements =
+            count_field(ctx, &gp, m.get("max_elements"), "max_elements", crate::budget::DEFAULT_MAX_ELEMENTS);
+        let max_source_elements = count_field(
+            ctx,
+            &gp,
+            m.get("max_source_elements"),
+            "max_source_elements",
+            crate::budget::DEFAULT_MAX_SOURCE_ELEMENTS,
+        );
+        if let (
+            Some(subject),
+            Some(protect),
+            Some(local),
+            Some(max_forwards),
+            Some(max_elements),
+            Some(max_source_elements),
+        ) = (subject, protect, local, max_forwards, max_elements, max_source_elements)
         {
-            out.push(Grant { subject, ports, to, protect, local, marks, max_forwards });
+            out.push(Grant {
+                subject,
+                ports,
+                to,
+                protect,
+                local,
+                marks,
+                max_forwards,
+                max_elements,
+                max_source_elements,
+            });
         }
     }
     out
+}
+
+/// A grant's element budget field: a count from 0 to 10,000,000, `default` when absent.
+fn count_field(ctx: &mut Ctx, gp: &str, v: Option<&Node>, name: &str, default: u64) -> Option<u64> {
+    match v {
+        None => Some(default),
+        Some(Node::Number(n)) if n.as_u64().is_some_and(|n| n <= 10_000_000) => n.as_u64(),
+        Some(v) => {
+            ctx.err(&format!("{gp}.{name}"), format!("{} is not a count (0 to 10000000)", describe(v)));
+            None
+        }
+    }
 }
