@@ -1,0 +1,294 @@
+//! Budgets by cost, end to end: kernel elements per user and per forward, subordinate
+//! uids counted as their owner, and expensive reads shared by concurrent callers. Each
+//! test prints its figures (`cargo test -p portd-tests --test budgets -- --nocapture`).
+
+use portd_tests::*;
+use std::io::{BufRead, BufReader, Write};
+use std::time::{Duration, Instant};
+
+/// `count` forwards of 100-port ranges from `first`, both protocols, no sources.
+fn wide_forwards(first: u16, count: u16) -> String {
+    (0..count)
+        .map(|i| {
+            let p = first + i * 100;
+            format!("  - {{name: w{i}, port: \"{p}-{}\", to: \"{}-{}\", proto: both}}\n", p + 99, p + 20000, p + 20099)
+        })
+        .collect()
+}
+
+#[test]
+fn element_budgets_refuse_costly_shapes_and_the_largest_allowed_set_goes_in_100_ms() {
+    let net = Net::setup();
+    let user = TestUser::new("phe");
+    let d = Portd::start(
+        &net,
+        &config(&net, &format!("grants:\n  - {{user: {}, ports: [\"1000-9999\"], to: [\"1024-65535\"]}}\n", user.name)),
+    );
+    let apply = |name: &str, text: &str| {
+        let f = write(&net.dir, name, text);
+        std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+        let t = Instant::now();
+        let o = d.ctl_as(&user.name, "", &["apply", f.to_str().expect("path")]);
+        (o, t.elapsed())
+    };
+    // The shape of the report: 10 ports × 2 protocols × 1,000 sources, 20,000 interval elements.
+    let sources: Vec<String> = (0..1000).map(|i| format!("\"10.1.{}.{}/32\"", i / 256, i % 256)).collect();
+    let costly = format!(
+        "version: 1\nforwards:\n  - {{name: many, port: \"1000-1009\", to: \"2000-2009\", proto: both, sources: [{}]}}\n",
+        sources.join(", ")
+    );
+    let (o, _) = apply("costly.yaml", &costly);
+    assert_eq!(o.status.code(), Some(1), "refused as a bad file: {}", err(&o));
+    assert!(err(&o).contains("forwards[0].sources"), "located: {}", err(&o));
+    assert!(err(&o).contains("20000 source elements") && err(&o).contains("at most 64"), "{}", err(&o));
+    // Over the user's element budget (10,000 by default): 26 × 400 elements.
+    let (o, _) = apply("over.yaml", &format!("version: 1\nforwards:\n{}", wide_forwards(1000, 26)));
+    assert_eq!(o.status.code(), Some(4), "refused as over the grant: {}", err(&o));
+    assert!(err(&o).contains("10400 elements") && err(&o).contains("max_elements: 10000"), "{}", err(&o));
+    // Over the source budget (64 by default) with two forwards of 48 source elements each.
+    let src = |name: &str, port: u16| {
+        format!("  - {{name: {name}, port: \"{port}-{}\", to: \"{}-{}\", proto: both, sources: [\"10.2.0.0/16\", \"10.3.0.0/16\"]}}\n", port + 11, port + 20000, port + 20011)
+    };
+    let (o, _) = apply("oversrc.yaml", &format!("version: 1\nforwards:\n{}{}", src("s1", 3000), src("s2", 4000)));
+    assert_eq!(o.status.code(), Some(4), "{}", err(&o));
+    assert!(err(&o).contains("max_source_elements: 64"), "{}", err(&o));
+    // The largest set allowed: 64 source elements and 9,600 others (9,920 in all).
+    let worst = format!(
+        "version: 1\nforwards:\n  - {{name: src, port: \"3500-3531\", to: \"23500-23531\", proto: both, sources: [\"10.9.0.0/16\"]}}\n{}",
+        wide_forwards(1000, 24)
+    );
+    let (o, added) = apply("worst.yaml", &worst);
+    assert!(o.status.success(), "the largest allowed set goes in: {}", err(&o));
+    let table = net.table("portd").expect("table");
+    assert!(table.contains("3500-3531") || table.contains("3500"), "placed");
+    // Remove it all while root probes the namespace's nft (a write) and portd's status.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (srv, s2) = (net.srv.clone(), stop.clone());
+    let nft_probe = std::thread::spawn(move || {
+        let mut worst = Duration::ZERO;
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            let t = Instant::now();
+            let o = sh("ip", &["netns", "exec", &srv, "nft", "add", "table", "inet", "probe"]);
+            assert!(o.status.success(), "{}", err(&o));
+            worst = worst.max(t.elapsed());
+        }
+        worst
+    });
+    let (sock, s3) = (d.socket.clone(), stop.clone());
+    let status_probe = std::thread::spawn(move || {
+        let mut worst = Duration::ZERO;
+        while !s3.load(std::sync::atomic::Ordering::Relaxed) {
+            let t = Instant::now();
+            let v = request(&sock, &serde_json::json!({"version": 1, "command": {"op": "status"}}));
+            assert!(v["result"].get("ok").is_some(), "{v}");
+            worst = worst.max(t.elapsed());
+        }
+        worst
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let (o, removed) = apply("empty.yaml", "version: 1\nforwards: []\n");
+    assert!(o.status.success(), "{}", err(&o));
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let nft_worst = nft_probe.join().expect("nft probe");
+    let status_worst = status_probe.join().expect("status probe");
+    let table = net.table("portd").expect("table");
+    assert!(!table.contains("3500"), "removed");
+    eprintln!(
+        "largest allowed set (9,920 elements, 64 of them source elements): applied in {:.1} ms, removed in {:.1} ms (portctl, wall); meanwhile root's nft worst {:.1} ms, root's status worst {:.1} ms",
+        added.as_secs_f64() * 1e3,
+        removed.as_secs_f64() * 1e3,
+        nft_worst.as_secs_f64() * 1e3,
+        status_worst.as_secs_f64() * 1e3
+    );
+    assert!(nft_worst < Duration::from_millis(100), "root's nft waited {nft_worst:?}");
+    // A status also waits for its own read of the table and for the CPU, which the other
+    // tests of the suite share: the bound that tells a held actor (9 s before budgets)
+    // from a busy machine is wider than the kernel's.
+    assert!(status_worst < Duration::from_millis(250), "root's status waited {status_worst:?}");
+}
+
+/// A line of /etc/subuid for the length of a test.
+struct SubuidLine(String);
+
+impl SubuidLine {
+    fn add(line: String) -> SubuidLine {
+        let mut f =
+            std::fs::OpenOptions::new().append(true).create(true).open("/etc/subuid").expect("open /etc/subuid");
+        writeln!(f, "{line}").expect("append to /etc/subuid");
+        SubuidLine(line)
+    }
+}
+
+impl Drop for SubuidLine {
+    fn drop(&mut self) {
+        if let Ok(text) = std::fs::read_to_string("/etc/subuid") {
+            let kept: String = text.lines().filter(|l| *l != self.0).map(|l| format!("{l}\n")).collect();
+            let _ = std::fs::write("/etc/subuid", kept);
+        }
+    }
+}
+
+/// The first line the server answers on a fresh connection of `uid` to a status request
+/// (a refused connection is answered at once, without one).
+fn first_answer(s: &mut std::os::unix::net::UnixStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let _ = s.write_all(b"{\"version\": 1, \"command\": {\"op\": \"status\"}}\n");
+    let mut line = String::new();
+    let _ = BufReader::new(&*s).read_line(&mut line);
+    line
+}
+
+#[test]
+fn subordinate_uids_share_their_owners_connection_cap() {
+    let net = Net::setup();
+    let owner = TestUser::new("phs");
+    let other = TestUser::new("pht");
+    // A range of this test's own, far above the ranges useradd hands out.
+    let start = 3_000_000 + (std::process::id() % 1000) * 70_000;
+    let line = SubuidLine::add(format!("{}:{start}:65536", owner.name));
+    let d = Portd::start(&net, &config(&net, ""));
+    // 16 subordinate uids × 4 connections: the owner's 64.
+    let mut held = Vec::new();
+    for i in 0..64u32 {
+        let mut s = connect_as(start + 1 + i / 4, &d.socket).expect("connect");
+        let a = first_answer(&mut s);
+        assert!(a.contains("\"ok\""), "connection {i} of a subordinate uid is served: {a}");
+        held.push(s);
+    }
+    // The 65th, from a 17th subordinate uid, is refused as its owner's.
+    let mut s = connect_as(start + 100, &d.socket).expect("connect");
+    let a = first_answer(&mut s);
+    assert!(a.contains(&format!("is a subordinate uid of uid {}", owner.uid())), "{a}");
+    assert!(a.contains("64 connections open"), "{a}");
+    // So is the owner itself; another user and root are served.
+    let mut s = connect_as(owner.uid(), &d.socket).expect("connect");
+    assert!(first_answer(&mut s).contains("64 connections open"), "the owner shares the cap");
+    let mut s = connect_as(other.uid(), &d.socket).expect("connect");
+    let a = first_answer(&mut s);
+    assert!(a.contains("\"ok\""), "another user is served: {a}");
+    assert!(d.ctl(&["status"]).status.success(), "root is served");
+    // Without the range (after a reload), the same uid counts as itself.
+    drop(line);
+    let o = d.ctl(&["reload"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let mut s = connect_as(start + 100, &d.socket).expect("connect");
+    let a = first_answer(&mut s);
+    assert!(a.contains("\"ok\""), "a uid in no range counts as itself after the reload: {a}");
+    eprintln!("subordinate uids: 64 connections of 16 subordinate uids held; the 65th (a 17th subordinate uid) and the owner refused; another user, root, and after a reload without the range the same uid served");
+}
+
+/// Kernel reads of `kind` the daemon started, from its debug log.
+fn reads_started(net: &Net, kind: &str) -> usize {
+    Portd::log(net).lines().filter(|l| l.contains(&format!("coalesced read: {kind} read from the kernel"))).count()
+}
+
+#[test]
+fn concurrent_doctors_share_one_read_and_root_status_stays_fast() {
+    // 3,000 forwards here (30,000 in the report): enough for a doctor to take longer
+    // than a status on a shared CI machine.
+    let n = trials("PORTD_COALESCE_FORWARDS", 3000);
+    let net = Net::setup();
+    let users: Vec<TestUser> = (0..4).map(|_| TestUser::new("phd")).collect();
+    let d = Portd::start_env(&net, &config(&net, ""), &[("PORTD_LOG", "info,portd::coalesce=debug")]);
+    let mut text = String::from("version: 1\nforwards:\n");
+    for i in 0..n {
+        text.push_str(&format!("  - {{name: f{i}, port: {}, to: {}}}\n", 10_000 + i, 40_000 + i));
+    }
+    let v = request(&d.socket, &apply_request(&text));
+    assert_eq!(v["result"]["ok"]["kind"], "changed", "{v:.300}");
+    // Eight doctors at once: one snapshot, one kernel read.
+    let before = reads_started(&net, "doctor");
+    let t = Instant::now();
+    let answers = join_all(
+        (0..8)
+            .map(|_| {
+                let sock = d.socket.clone();
+                std::thread::spawn(move || {
+                    request(&sock, &serde_json::json!({"version": 1, "command": {"op": "doctor"}}))
+                })
+            })
+            .collect(),
+    );
+    let burst = t.elapsed();
+    for a in &answers {
+        assert!(a["result"].get("ok").is_some(), "{a:.300}");
+        assert_eq!(a, &answers[0], "one result for all");
+    }
+    let dumps = reads_started(&net, "doctor") - before;
+    // The same for other users' status.
+    let before_status = reads_started(&net, "status");
+    let statuses = join_all(
+        users
+            .iter()
+            .map(|u| {
+                let (uid, sock) = (u.uid(), d.socket.clone());
+                std::thread::spawn(move || {
+                    let mut s = connect_as(uid, &sock).expect("connect");
+                    first_answer(&mut s)
+                })
+            })
+            .collect(),
+    );
+    for s in &statuses {
+        assert!(s.contains("\"ok\""), "{s:.300}");
+    }
+    let status_dumps = reads_started(&net, "status") - before_status;
+    let timed = |count: usize| -> Vec<Duration> {
+        (0..count)
+            .map(|_| {
+                let t = Instant::now();
+                let v = request(&d.socket, &serde_json::json!({"version": 1, "command": {"op": "status"}}));
+                assert!(v["result"].get("ok").is_some(), "{v:.300}");
+                t.elapsed()
+            })
+            .collect()
+    };
+    let mut quiet = timed(50);
+    quiet.sort();
+    let quiet_p99 = quiet[48];
+    // Four users without a grant run doctor in a loop while root times its status.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loops: Vec<_> = users
+        .iter()
+        .map(|u| {
+            let (uid, sock, stop) = (u.uid(), d.socket.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut done = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut s = connect_as(uid, &sock).expect("connect");
+                    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+                    s.write_all(b"{\"version\": 1, \"command\": {\"op\": \"doctor\"}}\n").expect("send");
+                    let mut line = String::new();
+                    BufReader::new(&s).read_line(&mut line).expect("doctor answer");
+                    assert!(line.contains("\"ok\""), "{line:.300}");
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let before_loop = reads_started(&net, "doctor");
+    let mut times = timed(100);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let doctors: usize = join_all(loops).into_iter().sum();
+    let loop_dumps = reads_started(&net, "doctor") - before_loop;
+    times.sort();
+    let p99 = times[98];
+    let (med, max) = median_max_ms(&mut times);
+    eprintln!(
+        "{n} forwards: 8 concurrent doctors in {:.0} ms with {dumps} kernel read(s); 4 users' concurrent status with {status_dumps} read(s); 4 users ran {doctors} doctors ({loop_dumps} reads) while root's status took {med:.1} ms median, {:.1} ms p99, {max:.1} ms worst (p99 {:.1} ms without them)",
+        burst.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        quiet_p99.as_secs_f64() * 1e3
+    );
+    assert!(dumps <= 2, "8 concurrent doctors caused {dumps} reads");
+    assert!(status_dumps <= 2, "4 concurrent status requests caused {status_dumps} reads");
+    assert!(doctors > 4 && loop_dumps < doctors, "the users' doctors shared reads: {loop_dumps} for {doctors}");
+    // Without shared reads root's worst status went from 0.5 s to 3.3 s under 4 looping
+    // doctors (30,000 forwards). Shared, it stays within 500 ms here. The 100 ms goal is
+    // not met on 2 cores: the 4 looping clients (a portctl process per request) and the
+    // answers to them compete with root's status for the CPU (docs/reliability.md).
+    assert!(p99 <= Duration::from_millis(500), "root's status p99 {p99:?} ({quiet_p99:?} without them)");
+}
