@@ -609,3 +609,53 @@ fn an_app_restart_under_load_refuses_only_while_nothing_listens_and_never_delive
         );
     }
 }
+
+#[test]
+fn no_other_account_takes_a_udp_forwards_datagrams_with_bound_or_connected_sockets() {
+    let net = Net::setup();
+    let (alice, mallory) = (TestUser::new("st"), TestUser::new("sm"));
+    let d = Portd::start_bpf(&net, &granted(&net, &alice.name, ""), &[]);
+    let dns = "version: 1\nforwards:\n  - name: dns\n    port: 81\n    to: 8053\n    proto: udp\n";
+    assert!(apply_as(&d, &net, &alice.name, dns).status.success());
+    assert_eq!(forward(&d.status_json(), "dns")["dispatch"], "nat", "UDP forwards use NAT");
+    let gid = String::from_utf8_lossy(&sh("id", &["-g", &alice.name]).stdout).trim().to_string();
+    let _app = Bg(net
+        .nsenter(&net.srv, "setpriv")
+        .args([format!("--reuid={}", alice.name), format!("--regid={gid}"), "--clear-groups".into()])
+        .args(["/usr/bin/python3", "-c", "import socket\ns=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\ns.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\ns.bind(('::',8053))\nwhile True:\n  _,a=s.recvfrom(64); s.sendto(b'alice\\n',a)\n"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("alice's UDP app"));
+    std::thread::sleep(Duration::from_millis(300));
+    // For 10 s mallory binds 8053 and connects it to the client, or lets the kernel pick a
+    // port for a socket connected to the client (the implicit bind): never on 8053.
+    let attack = format!(
+        "import socket,time\nbound=landed=0\nt=time.time()\nwhile time.time()-t<10:\n  s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n  try:\n    s.bind(('0.0.0.0',8053)); s.connect(('{CLI4}',40000)); bound+=1\n  except OSError: pass\n  s.close()\n  s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect(('{CLI4}',40000))\n  if s.getsockname()[1]==8053: landed+=1\n  s.close()\nprint(bound, landed)\n"
+    );
+    let attacker = net
+        .nsenter(&net.srv, "setpriv")
+        .args([format!("--reuid={}", mallory.name), format!("--regid={}", mallory.name), "--clear-groups".into()])
+        .args(["/usr/bin/python3", "-c", &attack])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("attacker");
+    let t = Instant::now();
+    let (mut answered, mut sent) = (0, 0);
+    while t.elapsed() < Duration::from_secs(10) {
+        let send = format!("echo hello | timeout 4 socat -T3 - UDP:{SRV4}:81");
+        let o = net.exec(&net.cli, "sh", &["-c", &send]);
+        sent += 1;
+        if String::from_utf8_lossy(&o.stdout).trim() == "alice" {
+            answered += 1;
+        }
+    }
+    let o = attacker.wait_with_output().expect("attacker");
+    eprintln!(
+        "10 s: {answered}/{sent} datagrams answered by the owner; mallory (bound, landed on 8053): {}",
+        out(&o).trim()
+    );
+    assert_eq!(out(&o).trim(), "0 0", "another account held the target port");
+    assert_eq!(answered, sent, "every datagram reaches the owner's app");
+    assert!(sent >= 10, "only {sent} datagrams");
+    assert_eq!(forward(&d.status_json(), "dns")["state"], "active");
+}
