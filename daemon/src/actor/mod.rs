@@ -292,14 +292,15 @@ impl Daemon {
     }
 
     /// Binds of a user forward's public port by other uids (a service coming back that
-    /// the forward would shadow): the sockets are read again and the forwards judged at
+    /// the forward would shadow): the binds join the listener table and the forwards are judged at
     /// once, not at the next poll.
     fn on_bind_events(&mut self) {
         let events = self.steering.drain_events();
         if events.is_empty() {
             return;
         }
-        self.refresh_listeners();
+        // The event is the evidence: no dump of the socket tables before acting on it (the
+        // next poll reads them whole).
         let mut l = self.listeners.take().unwrap_or_default();
         for e in &events {
             let proto = match e.proto {
