@@ -66,7 +66,7 @@ fn ports_of(r: &Rule) -> Vec<(u16, u16)> {
 }
 
 /// One block firewalld writes for some source addresses.
-struct Block<'a> {
+struct Block {
     /// What it is, in firewalld's words.
     what: String,
     /// The chain and rule number that implement it.
@@ -78,10 +78,9 @@ struct Block<'a> {
     /// Its rule's layer-4 protocol, if it names one.
     l4: Option<u8>,
     reject: bool,
-    _rule: &'a Rule,
 }
 
-fn blocks(chains: &[ForeignChain]) -> Vec<Block<'_>> {
+fn blocks(chains: &[ForeignChain]) -> Vec<Block> {
     let mine: Vec<&ForeignChain> = chains.iter().filter(|c| c.family == "inet" && c.table == TABLE).collect();
     let find = |name: &str| mine.iter().copied().find(|c| c.name == name && c.hook.is_none());
     let mut out = Vec::new();
@@ -123,7 +122,6 @@ fn blocks(chains: &[ForeignChain]) -> Vec<Block<'_>> {
                 ports: if allowed.is_empty() { None } else { Some(ports) },
                 l4: None,
                 reject: last.verdict == Verdict::Reject,
-                _rule: r,
             });
         }
     }
@@ -159,7 +157,6 @@ fn blocks(chains: &[ForeignChain]) -> Vec<Block<'_>> {
                     _ => None,
                 }),
                 reject: r.verdict == Verdict::Reject,
-                _rule: r,
             });
         }
     }

@@ -568,7 +568,8 @@ fn firewalld_blocks_bypassed_by_nat_are_errors_with_the_direct_rule_fix() {
     let f = check_chains_with(&chains, &[fwd("user:web", 80, 8080)], -100, &d);
     assert_eq!(f.len(), 4, "{f:#?}");
     assert!(f[0].fix.starts_with("steer TCP forwards"), "{}", f[0].fix);
-    assert!(f[0].fix.find("`portctl steer-on`").unwrap() < f[0].fix.find("`firewall-cmd").unwrap(), "{}", f[0].fix);
+    assert!(f[0].fix.find("`portctl steer-on`") < f[0].fix.find("`firewall-cmd"), "{}", f[0].fix);
+    assert!(f[0].fix.contains("`portctl steer-on`") && f[0].fix.contains("`firewall-cmd --direct"), "{}", f[0].fix);
     // The direct rules of the dump cover 10.251.0.2 (DROP 8080) and fd00:251::3 (REJECT).
     let f = check_chains(&firewalld_chains(true), &[fwd("user:web", 80, 8080)], -100);
     let left: Vec<_> = f.iter().map(|x| x.message.split(" (").next().unwrap_or("").to_string()).collect();
