@@ -13,38 +13,62 @@ use super::*;
 
 const TABLE: &str = "firewalld";
 
-/// The source address a rule compares with `==` (`ip saddr A`, `ip6 saddr A`), read from
-/// the expressions doctor keeps undecided: a load of the network header at the source's
-/// offset followed by an equality.
+/// The bytes of the words libnftnl prints (`0x0200fb0a ...`), in memory order.
+fn bytes_of<'a>(tokens: impl Iterator<Item = &'a str>) -> Vec<u8> {
+    tokens
+        .filter_map(|t| t.strip_prefix("0x"))
+        .filter_map(|h| u32::from_str_radix(h, 16).ok())
+        .flat_map(u32::to_ne_bytes)
+        .collect()
+}
+
+/// The source address or prefix a rule compares with `==` (`ip saddr A`, `ip6 saddr
+/// A/N`), read from the expressions doctor keeps undecided: a load of the network header
+/// at the source's offset, a mask for a prefix (IPv4's is kept with the comparison, IPv6's
+/// is an expression of its own), an equality.
 pub(super) fn source(r: &Rule) -> Option<(Family, String)> {
     let texts: Vec<&str> =
         r.conds.iter().filter_map(|c| if let Cond::Unknown(t) = c { Some(t.as_str()) } else { None }).collect();
-    texts.windows(2).find_map(|w| {
-        let fam = if w[0].starts_with("payload load 4b @ network header + 12 =>") {
-            Family::Ipv4
-        } else if w[0].starts_with("payload load 16b @ network header + 8 =>") {
-            Family::Ipv6
+    (0..texts.len()).find_map(|i| {
+        let (fam, len) = if texts[i].starts_with("payload load 4b @ network header + 12 =>") {
+            (Family::Ipv4, 4)
+        } else if texts[i].starts_with("payload load 16b @ network header + 8 =>") {
+            (Family::Ipv6, 16)
         } else {
             return None;
         };
-        let rest = w[1].strip_prefix("cmp eq reg ")?;
-        let bytes: Vec<u8> = rest
-            .split_whitespace()
-            .filter_map(|t| t.strip_prefix("0x"))
-            .filter_map(|h| u32::from_str_radix(h, 16).ok())
-            .flat_map(u32::to_ne_bytes)
-            .collect();
-        match (fam, bytes.len()) {
-            (Family::Ipv4, 4) => {
-                Some((fam, std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string()))
-            }
-            (Family::Ipv6, 16) => {
-                let mut a = [0u8; 16];
-                a.copy_from_slice(&bytes);
-                Some((fam, std::net::Ipv6Addr::from(a).to_string()))
-            }
-            _ => None,
+        let mut next = texts.get(i + 1)?;
+        let mut mask: Option<Vec<u8>> = None;
+        if let Some(b) = next.strip_prefix("bitwise ") {
+            let inner = b.split_once('&')?.1.split_once(')')?.0;
+            mask = Some(bytes_of(inner.split_whitespace()));
+            next = texts.get(i + 2)?;
         }
+        let rest = next.strip_prefix("cmp eq reg ")?;
+        let (cmp, m) = match rest.split_once(" mask ") {
+            Some((c, m)) => (c, Some(bytes_of(m.split_whitespace()))),
+            None => (rest, None),
+        };
+        let mask = mask.or(m).unwrap_or_else(|| vec![0xff; len]);
+        let bytes = bytes_of(cmp.split_whitespace());
+        if bytes.len() != len || mask.len() != len {
+            return None;
+        }
+        // A prefix: ones, then zeros.
+        let prefix = mask.iter().map(|b| b.leading_ones()).sum::<u32>();
+        if mask.iter().map(|b| b.count_ones()).sum::<u32>() != prefix
+            || mask.iter().flat_map(|b| (0..8).rev().map(move |k| b >> k & 1)).skip(prefix as usize).any(|x| x == 1)
+        {
+            return None;
+        }
+        let addr = if len == 4 {
+            std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string()
+        } else {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&bytes);
+            std::net::Ipv6Addr::from(a).to_string()
+        };
+        Some((fam, if prefix as usize == len * 8 { addr } else { format!("{addr}/{prefix}") }))
     })
 }
 

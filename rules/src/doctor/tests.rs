@@ -591,3 +591,16 @@ fn firewalld_blocks_bypassed_by_nat_are_errors_with_the_direct_rule_fix() {
     let f = check_chains(&chains, &[fwd("user:web", 2222, 8080)], -100);
     assert_eq!(f.len(), 2, "{f:#?}");
 }
+
+#[test]
+fn firewalld_sources_with_a_prefix_keep_it() {
+    // `ip saddr 10.251.0.0/24 goto filter_IN_drop`, `ip6 saddr fd00:251::/64 ...` as
+    // libnftnl prints them (the IPv4 mask is one word, the IPv6 one four).
+    let v4 = parse_rule("[ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x00000002 ] [ payload load 4b @ network header + 12 => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00ffffff ) ^ 0x00000000 ] [ cmp eq reg 1 0x0000fb0a ] [ immediate reg 0 goto -> filter_IN_drop ]");
+    assert_eq!(firewalld::source(&v4), Some((Family::Ipv4, "10.251.0.0/24".to_string())));
+    let v6 = parse_rule("[ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x0000000a ] [ payload load 16b @ network header + 8 => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0xffffffff 0xffffffff 0x00000000 0x00000000 ) ^ 0x00000000 0x00000000 0x00000000 0x00000000 ] [ cmp eq reg 1 0x510200fd 0x00000000 0x00000000 0x00000000 ] [ immediate reg 0 goto -> filter_IN_drop ]");
+    assert_eq!(firewalld::source(&v6), Some((Family::Ipv6, "fd00:251::/64".to_string())));
+    // Not a prefix: not read as a source.
+    let odd = parse_rule("[ payload load 4b @ network header + 12 => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00ff00ff ) ^ 0x00000000 ] [ cmp eq reg 1 0x0000000a ] [ immediate reg 0 drop ]");
+    assert_eq!(firewalld::source(&odd), None);
+}
