@@ -14,6 +14,7 @@
 //! `legacy` decodes legacy iptables entries; this file turns walks into findings.
 
 mod blocks;
+mod firewalld;
 pub mod legacy;
 mod rule;
 mod walk;
@@ -247,6 +248,7 @@ pub fn check_chains_with(
         }
     }
     out.extend(blocks::public_port_blocks(chains, forwards, d));
+    out.extend(firewalld::nat_bypassed_blocks(chains, forwards, d));
     out
 }
 

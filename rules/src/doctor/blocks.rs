@@ -19,6 +19,10 @@ pub(super) fn public_port_blocks(
         if h.kind != "filter" || h.hook != Hook::Input {
             continue;
         }
+        // firewalld's zones and rich rules: its own check (firewalld.rs).
+        if base.family == "inet" && base.table == "firewalld" {
+            continue;
+        }
         // The chains of the table reachable from the base chain, the base chain first.
         let mut seen: Vec<&ForeignChain> = vec![base];
         let mut i = 0;

@@ -349,7 +349,11 @@ pub fn parse_rule_in(text: &str, sets: &SetRanges<'_>) -> Rule {
                         Cond::Iif { name, negate }
                     }
                     (Some(Reg::Fib), "eq" | "neq") => Cond::FibDaddrType { rtype: u32_of(&bytes), negate },
-                    _ => Cond::Unknown(expr.to_string()),
+                    // A masked comparison keeps its mask (an address prefix, `ip saddr A/N`).
+                    _ => match masks.get(*r) {
+                        Some(m) => Cond::Unknown(format!("{expr} mask 0x{m:08x}")),
+                        None => Cond::Unknown(expr.to_string()),
+                    },
                 };
                 // Two comparisons of one port register make a range.
                 match (conds.last_mut(), &c) {

@@ -459,3 +459,148 @@ fn a_steered_forward_ignores_other_tables_nat() {
     let steer = DispatchView { steer: true, steer_fix: None };
     assert!(check_chains_with(&[c], &[fwd("system", 80, 8080)], -100, &steer).is_empty());
 }
+
+/// The rules of a `nft --debug=netlink list ruleset` dump, by chain; `bases` names the
+/// base chains (family, table, chain, priority) with their input hook.
+fn netlink_chains(dump: &str, bases: &[(&str, &str, &str, i32)]) -> Vec<ForeignChain> {
+    let mut out: Vec<ForeignChain> = Vec::new();
+    let mut cur: Option<(String, String, String, String)> = None;
+    let flush = |cur: &mut Option<(String, String, String, String)>, out: &mut Vec<ForeignChain>| {
+        if let Some((family, table, name, text)) = cur.take() {
+            let i =
+                match out.iter().position(|c| c.family == family && c.table == table && c.name == name) {
+                    Some(i) => i,
+                    None => {
+                        let hook = bases.iter().find(|b| b.0 == family && b.1 == table && b.2 == name).map(|b| {
+                            BaseHook { kind: "filter".into(), hook: Hook::Input, priority: b.3, policy_drop: false }
+                        });
+                        out.push(ForeignChain { family, table, name, hook, rules: Vec::new() });
+                        out.len() - 1
+                    }
+                };
+            out[i].rules.push(parse_rule(&text));
+        }
+    };
+    for line in dump.lines() {
+        let t: Vec<&str> = line.split_whitespace().collect();
+        if line.starts_with("  [") {
+            if let Some(c) = cur.as_mut() {
+                c.3.push_str(line.trim());
+                c.3.push(' ');
+            }
+        } else if t.len() >= 4 && ["ip", "ip6", "inet"].contains(&t[0]) && t[3].parse::<u64>().is_ok() {
+            flush(&mut cur, &mut out);
+            cur = Some((t[0].into(), t[1].into(), t[2].into(), String::new()));
+        } else {
+            flush(&mut cur, &mut out);
+        }
+    }
+    flush(&mut cur, &mut out);
+    out
+}
+
+/// What firewalld 1.3.3 (Debian 12) wrote in a booted container for
+/// `--zone=drop --add-source=10.251.0.2`, `--zone=drop --add-source=fd00:251::2`, rich
+/// rules `rule family=ipv4 source address=10.251.0.3 service name=http reject` (and ipv6,
+/// fd00:251::3), and the direct rules doctor's fix adds for 10.251.0.2 (DROP) and
+/// fd00:251::3 (REJECT) on port 8080.
+const FIREWALLD_DUMP: &str = include_str!("testdata/firewalld-netlink.txt");
+
+fn firewalld_chains(with_direct: bool) -> Vec<ForeignChain> {
+    let bases =
+        [("inet", "firewalld", "filter_INPUT", 10), ("ip", "filter", "INPUT", 0), ("ip6", "filter", "INPUT", 0)];
+    netlink_chains(FIREWALLD_DUMP, &bases).into_iter().filter(|c| with_direct || c.table == "firewalld").collect()
+}
+
+#[test]
+fn firewalld_sources_and_rich_rules_are_read_from_its_real_expressions() {
+    let chains = firewalld_chains(true);
+    let zones = chains.iter().find(|c| c.name == "filter_INPUT_ZONES").expect("filter_INPUT_ZONES");
+    let srcs: Vec<_> = zones.rules.iter().filter_map(firewalld::source).collect();
+    assert_eq!(srcs, vec![(Family::Ipv4, "10.251.0.2".to_string()), (Family::Ipv6, "fd00:251::2".to_string())]);
+    assert_eq!(zones.rules[0].verdict, Verdict::Goto("filter_IN_drop".into()));
+    let deny = chains.iter().find(|c| c.name == "filter_IN_public_deny").expect("deny");
+    assert_eq!(deny.rules.len(), 2);
+    assert_eq!(deny.rules[0].verdict, Verdict::Reject);
+    assert!(deny.rules[0].conds.contains(&Cond::Dport { lo: 80, hi: 80, negate: false }));
+    assert_eq!(firewalld::source(&deny.rules[1]), Some((Family::Ipv6, "fd00:251::3".to_string())));
+    let input = chains.iter().find(|c| c.name == "filter_INPUT").expect("filter_INPUT");
+    assert_eq!(parse_rule(CT_DNAT_ACCEPT), input.rules[1]);
+    assert_eq!(
+        chains.iter().find(|c| c.name == "filter_IN_drop").and_then(|c| c.rules.last()).map(|r| &r.verdict),
+        Some(&Verdict::Drop)
+    );
+}
+
+#[test]
+fn firewalld_blocks_bypassed_by_nat_are_errors_with_the_direct_rule_fix() {
+    let chains = firewalld_chains(false);
+    let f = check_chains(&chains, &[fwd("user:web", 80, 8080)], -100);
+    let errors: Vec<_> = f.iter().filter(|x| x.severity == Severity::Error).collect();
+    assert_eq!(errors.len(), 4, "{f:#?}");
+    assert_eq!(f.len(), 4, "{f:#?}");
+    assert!(
+        errors[0].message.starts_with(
+            "firewalld: zone drop holds source 10.251.0.2 (`firewall-cmd --zone=drop --add-source=10.251.0.2`)"
+        ),
+        "{}",
+        errors[0].message
+    );
+    assert!(
+        errors[0]
+            .message
+            .contains("rule 2 of table inet firewalld chain filter_INPUT accepts every redirected connection"),
+        "{}",
+        errors[0].message
+    );
+    assert!(errors[0].fix.starts_with("block the target port too, with a firewalld direct rule"), "{}", errors[0].fix);
+    assert!(errors[0].fix.contains("`firewall-cmd --direct --add-rule ipv4 filter INPUT 0 -s 10.251.0.2 -p tcp --dport 8080 -j DROP && firewall-cmd --permanent --direct --add-rule ipv4 filter INPUT 0 -s 10.251.0.2 -p tcp --dport 8080 -j DROP`"), "{}", errors[0].fix);
+    assert!(errors[1].message.contains("zone drop holds source fd00:251::2"), "{}", errors[1].message);
+    assert!(
+        errors[1].fix.contains("--add-rule ipv6 filter INPUT 0 -s fd00:251::2 -p tcp --dport 8080 -j DROP"),
+        "{}",
+        errors[1].fix
+    );
+    assert!(errors[2].message.starts_with("firewalld: a rich rule of zone public rejects source 10.251.0.3 (rule 1 of table inet firewalld chain filter_IN_public_deny)"), "{}", errors[2].message);
+    assert!(errors[2].fix.contains("-s 10.251.0.3 -p tcp --dport 8080 -j REJECT`"), "{}", errors[2].fix);
+    // Where the host can steer, steering comes first (the command to run verbatim).
+    let d = DispatchView { steer: false, steer_fix: Some("`portctl steer-on`".into()) };
+    let f = check_chains_with(&chains, &[fwd("user:web", 80, 8080)], -100, &d);
+    assert_eq!(f.len(), 4, "{f:#?}");
+    assert!(f[0].fix.starts_with("steer TCP forwards"), "{}", f[0].fix);
+    assert!(f[0].fix.find("`portctl steer-on`") < f[0].fix.find("`firewall-cmd"), "{}", f[0].fix);
+    assert!(f[0].fix.contains("`portctl steer-on`") && f[0].fix.contains("`firewall-cmd --direct"), "{}", f[0].fix);
+    // The direct rules of the dump cover 10.251.0.2 (DROP 8080) and fd00:251::3 (REJECT).
+    let f = check_chains(&firewalld_chains(true), &[fwd("user:web", 80, 8080)], -100);
+    let left: Vec<_> = f.iter().map(|x| x.message.split(" (").next().unwrap_or("").to_string()).collect();
+    assert_eq!(
+        left,
+        vec![
+            "firewalld: zone drop holds source fd00:251::2",
+            "firewalld: a rich rule of zone public rejects source 10.251.0.3"
+        ],
+        "{f:#?}"
+    );
+    // Steered, the blocks apply as written: nothing to report.
+    let d = DispatchView { steer: true, steer_fix: None };
+    assert!(check_chains_with(&chains, &[fwd("user:web", 80, 8080)], -100, &d)
+        .iter()
+        .all(|x| !x.message.starts_with("firewalld: ")));
+    // A forward of another public port: the rich rule (port 80) does not concern it, the
+    // drop zone (every port) does.
+    let f = check_chains(&chains, &[fwd("user:web", 2222, 8080)], -100);
+    assert_eq!(f.len(), 2, "{f:#?}");
+}
+
+#[test]
+fn firewalld_sources_with_a_prefix_keep_it() {
+    // `ip saddr 10.251.0.0/24 goto filter_IN_drop`, `ip6 saddr fd00:251::/64 ...` as
+    // libnftnl prints them (the IPv4 mask is one word, the IPv6 one four).
+    let v4 = parse_rule("[ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x00000002 ] [ payload load 4b @ network header + 12 => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00ffffff ) ^ 0x00000000 ] [ cmp eq reg 1 0x0000fb0a ] [ immediate reg 0 goto -> filter_IN_drop ]");
+    assert_eq!(firewalld::source(&v4), Some((Family::Ipv4, "10.251.0.0/24".to_string())));
+    let v6 = parse_rule("[ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x0000000a ] [ payload load 16b @ network header + 8 => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0xffffffff 0xffffffff 0x00000000 0x00000000 ) ^ 0x00000000 0x00000000 0x00000000 0x00000000 ] [ cmp eq reg 1 0x510200fd 0x00000000 0x00000000 0x00000000 ] [ immediate reg 0 goto -> filter_IN_drop ]");
+    assert_eq!(firewalld::source(&v6), Some((Family::Ipv6, "fd00:251::/64".to_string())));
+    // Not a prefix: not read as a source.
+    let odd = parse_rule("[ payload load 4b @ network header + 12 => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00ff00ff ) ^ 0x00000000 ] [ cmp eq reg 1 0x0000000a ] [ immediate reg 0 drop ]");
+    assert_eq!(firewalld::source(&odd), None);
+}
