@@ -71,7 +71,8 @@ pub(super) fn bound(f: &PlacedForward, proto: Proto, sockets: &impl Fn(Proto, u1
     let ss = format!("`ss -l{}n sport = :{{port}}` shows the address", if proto == Proto::Tcp { "t" } else { "u" });
     let public = |port: u16| f.forward.port.start + (port - to.start);
     let listening = |p: u16| Some((p, sockets(proto, p))).filter(|(_, s)| !s.is_empty());
-    if takes_other_hosts(f) {
+    let others = takes_other_hosts(f);
+    if others {
         if let Some((port, socks)) =
             (to.start..=to.end).filter_map(listening).find(|(_, s)| s.iter().all(Listening::loopback))
         {
@@ -93,7 +94,10 @@ pub(super) fn bound(f: &PlacedForward, proto: Proto, sockets: &impl Fn(Proto, u1
     }
     if f.forward.family.families().contains(&Family::Ipv4) {
         if let Some((port, socks)) = (to.start..=to.end).filter_map(listening).find(|(_, s)| {
-            !s.iter().all(Listening::loopback) && !s.iter().any(Listening::takes_ipv4) && s.iter().any(|x| x.v6only)
+            // A socket on 127.0.0.1 takes no IPv4 from other hosts either.
+            !s.iter().all(Listening::loopback)
+                && !s.iter().any(|x| x.takes_ipv4() && !(others && x.loopback()))
+                && s.iter().any(|x| x.v6only)
         }) {
             out.push(Finding {
                 check: "listener".into(),
@@ -171,6 +175,10 @@ mod tests {
         assert!(found[0].fix.contains("dual-stack") && found[0].fix.contains("0.0.0.0:8080"), "{}", found[0].fix);
         assert!(on(&f, &[sock("::", true), sock("0.0.0.0", false)]).is_empty(), "a v4 socket too");
         assert!(on(&f, &[sock("::", false)]).is_empty(), "dual-stack");
+        assert_eq!(on(&f, &[sock("::", true), sock("127.0.0.1", false)]).len(), 1, "v4 on loopback only");
+        let mut lo_only = fwd();
+        lo_only.forward.interfaces = vec!["lo".into()];
+        assert!(on(&lo_only, &[sock("::", true), sock("127.0.0.1", false)]).is_empty(), "enough for this host");
         let mut v6 = fwd();
         v6.forward.family = FamilySel::Ipv6;
         assert!(on(&v6, &[sock("::", true)]).is_empty(), "an IPv6 forward");
