@@ -223,6 +223,27 @@ fn an_application_on_a_v6_only_socket() {
     drop(app);
 }
 
+/// Steered, the same: the data plane hands no other host's connection to a socket on
+/// 127.0.0.1 (nor IPv4 to a v6-only one), and doctor says so about root's forward.
+#[test]
+fn steered_forwards_get_the_same_bind_warnings() {
+    let net = Net::setup();
+    let d = Portd::start_bpf(&net, &config(&net, "forwards:\n  - name: http\n    port: 80\n    to: 8080\n"), &[]);
+    assert_eq!(d.status_json()["dispatch"], "steer", "this kernel steers: {}", d.status_json());
+    let lo = net.tcp_app_on(&net.srv, None, "TCP-LISTEN:8080,bind=127.0.0.1,fork,reuseaddr", 8080, "web-app");
+    assert_eq!(net.tcp_get(&net.cli, SRV4, 80), None, "another host is refused");
+    let (_, findings) = doctor(&d);
+    let f = the_warning(&findings, "listener");
+    assert!(f["message"].as_str().unwrap_or("").contains("listens on 127.0.0.1 only"), "{f}");
+    drop(lo);
+    let _v6 = net.tcp_app_on(&net.srv, None, "TCP6-LISTEN:8080,ipv6only=1,fork,reuseaddr", 8080, "web-app");
+    assert_eq!(net.tcp_get(&net.cli, SRV4, 80), None, "IPv4 is refused");
+    assert_eq!(net.tcp_get(&net.cli, SRV6, 80).as_deref(), Some("web-app"), "IPv6 gets through");
+    let (_, findings) = doctor(&d);
+    let f = the_warning(&findings, "listener");
+    assert!(f["message"].as_str().unwrap_or("").contains("listens on IPv6 only"), "{f}");
+}
+
 /// nf_conntrack_max cannot be lowered inside a namespace (it is read-only there), so
 /// the table is filled up to the host's limit with ASSURED entries (which the kernel
 /// cannot evict early) through `conntrack -R`: about 262,000 entries, 3 s.
