@@ -100,7 +100,12 @@ pub fn run(s: &Snapshot) -> Vec<Finding> {
     match portd_kernel::sockdiag::held() {
         Ok(held) => findings.extend(doctor::check_listeners(
             &s.forwards,
-            |proto, port| held.iter().filter(|h| h.proto == proto && h.port == port).map(|h| h.uid).collect(),
+            |proto, port| {
+                held.iter()
+                    .filter(|h| h.proto == proto && h.port == port)
+                    .map(|h| doctor::Listening { uid: h.uid, addr: h.addr, v6only: h.v6only })
+                    .collect()
+            },
             |owner| s.owner_uids.get(owner).copied(),
         )),
         Err(e) => findings.push(unreadable("listener", format!("reading the socket tables (NETLINK_SOCK_DIAG): {e}"))),

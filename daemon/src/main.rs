@@ -17,6 +17,7 @@ mod metrics;
 mod metrics_http;
 mod notify;
 mod privs;
+mod process_metrics;
 mod refusals;
 mod remove_table;
 mod safedir;

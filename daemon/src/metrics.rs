@@ -15,7 +15,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
 
 /// Labels of `portd_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -82,6 +83,15 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     apply_seconds: Histogram,
     repair_seconds: Histogram,
+    /// 1 when the last reload of the config succeeded (or none was tried since start).
+    reload_ok: Gauge,
+    /// When the config was last loaded successfully (start or reload), seconds since the epoch.
+    reload_success: Gauge<f64, AtomicU64>,
+}
+
+/// Now, in seconds since the epoch.
+fn epoch_seconds() -> f64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl Default for Metrics {
@@ -94,6 +104,18 @@ impl Default for Metrics {
             // 1 ms .. ~65 s: repairs wait out the back-off when another program keeps
             // changing the table.
             repair_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            // The instruments are made once the config was read at start: that load
+            // counts as the last successful one until a reload is tried.
+            reload_ok: {
+                let g = Gauge::default();
+                g.set(1);
+                g
+            },
+            reload_success: {
+                let g = Gauge::<f64, AtomicU64>::default();
+                g.set(epoch_seconds());
+                g
+            },
         }
     }
 }
@@ -169,6 +191,14 @@ impl Metrics {
     /// Records how long the table stayed different from the plan before it was repaired.
     pub fn repaired(&self, took: Duration) {
         self.repair_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Records a reload of the config (not a dry run): `ok` when it was taken.
+    pub fn reloaded(&self, ok: bool) {
+        self.reload_ok.set(i64::from(ok));
+        if ok {
+            self.reload_success.set(epoch_seconds());
+        }
     }
 
     /// The whole exposition: `status` (a snapshot the actor took) and the live instruments.
@@ -255,6 +285,17 @@ impl Metrics {
             self.repair_seconds.clone(),
         );
         r.register("portd_build_info", "1, labelled with the daemon's version", build);
+        r.register(
+            "portd_config_last_reload_successful",
+            "1 when the last reload of the config was taken, 0 when it was refused (the previous config stays in force)",
+            self.reload_ok.clone(),
+        );
+        r.register(
+            "portd_config_last_reload_success_timestamp_seconds",
+            "When the config was last loaded successfully (at start or by a reload), seconds since the epoch",
+            self.reload_success.clone(),
+        );
+        register_process(&mut r, crate::process_metrics::read());
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &r) {
             // Writing into a String cannot fail; keep what was written and say so.
@@ -264,6 +305,37 @@ impl Metrics {
             Format::OpenMetrics => out,
             Format::Text => openmetrics_to_text(&out),
         }
+    }
+}
+
+/// The standard process metrics, each left out when /proc did not give it.
+fn register_process(r: &mut Registry, p: crate::process_metrics::Process) {
+    let int = |v: u64| {
+        let g = Gauge::<i64>::default();
+        g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        g
+    };
+    let float = |v: f64| {
+        let g = Gauge::<f64, AtomicU64>::default();
+        g.set(v);
+        g
+    };
+    if let Some(v) = p.resident_memory_bytes {
+        r.register("process_resident_memory_bytes", "Resident memory size in bytes", int(v));
+    }
+    if let Some(v) = p.open_fds {
+        r.register("process_open_fds", "Number of open file descriptors", int(v));
+    }
+    if let Some(v) = p.max_fds {
+        r.register("process_max_fds", "Maximum number of open file descriptors", int(v));
+    }
+    if let Some(v) = p.start_time_seconds {
+        r.register("process_start_time_seconds", "Start time of the process since unix epoch in seconds", float(v));
+    }
+    if let Some(v) = p.cpu_seconds {
+        let c = Counter::<f64, AtomicU64>::default();
+        c.inc_by(v);
+        r.register("process_cpu_seconds", "Total user and system CPU time spent in seconds", c);
     }
 }
 
@@ -347,9 +419,14 @@ mod tests {
         let text = m.exposition(&status(), Format::Text);
         assert!(om.ends_with("# EOF\n"), "{om}");
         assert!(!text.contains("# EOF"), "{text}");
-        // Samples of one family come in no fixed order (prometheus-client keeps them in a hash map).
+        // Samples of one family come in no fixed order (prometheus-client keeps them in a
+        // hash map); process figures are read afresh for each exposition.
         let samples = |s: &str| {
-            let mut v = s.lines().filter(|l| !l.starts_with('#')).map(str::to_string).collect::<Vec<_>>();
+            let mut v = s
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.starts_with("process_"))
+                .map(str::to_string)
+                .collect::<Vec<_>>();
             v.sort();
             v
         };
@@ -370,6 +447,34 @@ mod tests {
     }
 
     #[test]
+    fn reload_outcome_and_process_metrics() {
+        let m = Metrics::default();
+        let value = |text: &str, name: &str| -> f64 {
+            let line =
+                text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}: {text}"));
+            line[name.len() + 1..].parse().unwrap_or_else(|e| panic!("{line}: {e}"))
+        };
+        let text = m.exposition(&status(), Format::Text);
+        assert_eq!(value(&text, "portd_config_last_reload_successful"), 1.0, "the config read at start");
+        let at_start = value(&text, "portd_config_last_reload_success_timestamp_seconds");
+        assert!(at_start > 1.7e9, "{text}");
+        m.reloaded(false);
+        let text = m.exposition(&status(), Format::Text);
+        assert_eq!(value(&text, "portd_config_last_reload_successful"), 0.0);
+        assert_eq!(value(&text, "portd_config_last_reload_success_timestamp_seconds"), at_start, "a refusal keeps it");
+        std::thread::sleep(Duration::from_millis(20));
+        m.reloaded(true);
+        let text = m.exposition(&status(), Format::Text);
+        assert_eq!(value(&text, "portd_config_last_reload_successful"), 1.0);
+        assert!(value(&text, "portd_config_last_reload_success_timestamp_seconds") > at_start);
+        assert!(value(&text, "process_resident_memory_bytes") > 1e6, "{text}");
+        assert!(value(&text, "process_open_fds") >= 3.0, "{text}");
+        assert!(value(&text, "process_start_time_seconds") > 1.7e9, "{text}");
+        assert!(text.contains("# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total "), "{text}");
+        assert!(text.contains("# TYPE process_start_time_seconds gauge\n"), "{text}");
+    }
+
+    #[test]
     fn accept_header_chooses_the_format() {
         assert_eq!(Format::from_accept(None), Format::Text);
         assert_eq!(Format::from_accept(Some("text/plain;version=0.0.4;q=0.3,*/*;q=0.2")), Format::Text);
@@ -387,7 +492,10 @@ mod tests {
             assert!(text.contains(r#"owner="user:a\\b\"c\nd""#), "{text}");
             assert!(text.contains(r#"portd_forward_suspended{owner="user:e\\f",name="dev"} 1"#), "{text}");
             // Every sample is one line: the line feed did not end one early.
-            assert!(text.lines().all(|l| l.starts_with('#') || l.starts_with("portd_")), "{text}");
+            assert!(
+                text.lines().all(|l| l.starts_with('#') || l.starts_with("portd_") || l.starts_with("process_")),
+                "{text}"
+            );
         }
     }
 }

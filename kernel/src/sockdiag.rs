@@ -1,7 +1,8 @@
 //! The sockets that hold ports in portd's network namespace, from the kernel's socket
 //! tables (NETLINK_SOCK_DIAG, inet_diag): TCP listeners and bound, unconnected UDP
-//! sockets, IPv4 and IPv6, each with the uid that owns it. Used to refuse and suspend
-//! user forwards whose target port another uid holds.
+//! sockets, IPv4 and IPv6, each with the uid that owns it, its bound address and whether
+//! it is v6-only. Used to refuse and suspend user forwards whose target port another uid
+//! holds, and by doctor to tell an application bound to loopback or to IPv6 only.
 
 #![forbid(unsafe_code)]
 
@@ -9,6 +10,7 @@ use crate::netlink::Socket;
 use portd_rules::policy::Listeners;
 use portd_rules::Proto;
 use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// `SOCK_DIAG_BY_FAMILY` (linux/sock_diag.h).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -22,6 +24,9 @@ const TCPF_ESTABLISHED: u32 = 1 << 1;
 const REQ_LEN: usize = 56;
 /// Size of `struct inet_diag_msg`.
 const DIAG_MSG_LEN: usize = 72;
+/// `INET_DIAG_SKV6ONLY` (linux/inet_diag.h): a u8 the kernel adds, unasked, to every
+/// IPv6 socket it reports in state LISTEN or CLOSE.
+const INET_DIAG_SKV6ONLY: u16 = 11;
 
 /// One socket that holds a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +37,10 @@ pub struct Held {
     pub port: u16,
     /// Owner uid.
     pub uid: u32,
+    /// Bound address (`0.0.0.0` or `::` for any).
+    pub addr: IpAddr,
+    /// An IPv6 socket that takes no IPv4 (`IPV6_V6ONLY`); false for IPv4 sockets.
+    pub v6only: bool,
 }
 
 /// Reads every TCP listener and bound UDP socket of the namespace, connected ones
@@ -44,14 +53,25 @@ pub fn held() -> io::Result<Vec<Held>> {
         [(Proto::Tcp, libc::IPPROTO_TCP, TCPF_LISTEN), (Proto::Udp, libc::IPPROTO_UDP, TCPF_CLOSE | TCPF_ESTABLISHED)]
     {
         for family in [libc::AF_INET, libc::AF_INET6] {
-            dump(&mut sock, family as u8, ipproto as u8, states, |port, uid| out.push(Held { proto, port, uid }))?;
+            dump(&mut sock, family as u8, ipproto as u8, states, |s| {
+                out.push(Held { proto, port: s.port, uid: s.uid, addr: s.addr, v6only: s.v6only })
+            })?;
         }
     }
     Ok(out)
 }
 
-/// Sends one inet_diag dump request and calls `f(port, uid)` for each socket.
-fn dump(sock: &mut Socket, family: u8, proto: u8, states: u32, mut f: impl FnMut(u16, u32)) -> io::Result<()> {
+/// What one `struct inet_diag_msg` (and its attributes) says of a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Diag {
+    port: u16,
+    uid: u32,
+    addr: IpAddr,
+    v6only: bool,
+}
+
+/// Sends one inet_diag dump request and calls `f` for each bound socket.
+fn dump(sock: &mut Socket, family: u8, proto: u8, states: u32, mut f: impl FnMut(Diag)) -> io::Result<()> {
     // inet_diag_req_v2 (56 bytes): family, protocol, ext, pad, states, then a zero sockid.
     let mut req = Vec::with_capacity(REQ_LEN);
     req.extend_from_slice(&[family, proto, 0, 0]);
@@ -59,21 +79,30 @@ fn dump(sock: &mut Socket, family: u8, proto: u8, states: u32, mut f: impl FnMut
     req.resize(REQ_LEN, 0);
     let seq = sock.send_request(SOCK_DIAG_BY_FAMILY, libc::NLM_F_DUMP as u16, &[&req])?;
     sock.replies(seq, |m| {
-        if let Some((port, uid)) = parse_diag_msg(m.body) {
-            f(port, uid);
+        if let Some(d) = parse_diag_msg(m.body) {
+            f(d);
         }
     })
 }
 
-/// Local port and uid of one `struct inet_diag_msg`; `None` for an unbound socket.
-fn parse_diag_msg(b: &[u8]) -> Option<(u16, u32)> {
+/// One `struct inet_diag_msg` and the attributes after it; `None` for an unbound socket.
+fn parse_diag_msg(b: &[u8]) -> Option<Diag> {
     if b.len() < DIAG_MSG_LEN {
         return None;
     }
-    // idiag_sport is big-endian at offset 4 (in the socket id); idiag_uid at 64.
+    // idiag_family at 0; in the socket id, idiag_sport (big-endian) at 4 and idiag_src
+    // (4 or 16 bytes, network order) at 8; idiag_uid at 64.
     let port = u16::from_be_bytes([b[4], b[5]]);
     let uid = u32::from_ne_bytes([b[64], b[65], b[66], b[67]]);
-    (port != 0).then_some((port, uid))
+    let (addr, v6only) = if b[0] == libc::AF_INET6 as u8 {
+        let src: [u8; 16] = b[8..24].try_into().ok()?;
+        let v6only =
+            crate::netlink::attr::find(&b[DIAG_MSG_LEN..], INET_DIAG_SKV6ONLY).is_some_and(|v| v.first() == Some(&1));
+        (IpAddr::V6(Ipv6Addr::from(src)), v6only)
+    } else {
+        (IpAddr::V4(Ipv4Addr::new(b[8], b[9], b[10], b[11])), false)
+    };
+    (port != 0).then_some(Diag { port, uid, addr, v6only })
 }
 
 /// The listener table the policy reads, with user names for messages. When `known` holds
@@ -97,15 +126,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_port_and_uid_of_a_diag_message() {
+    fn reads_port_uid_and_address_of_a_diag_message() {
         let mut b = vec![0u8; DIAG_MSG_LEN];
         b[0] = libc::AF_INET as u8;
         b[4..6].copy_from_slice(&8080u16.to_be_bytes());
+        b[8..12].copy_from_slice(&[127, 0, 0, 1]);
         b[64..68].copy_from_slice(&1001u32.to_ne_bytes());
-        assert_eq!(parse_diag_msg(&b), Some((8080, 1001)));
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        assert_eq!(parse_diag_msg(&b), Some(Diag { port: 8080, uid: 1001, addr: lo, v6only: false }));
         b[4..6].copy_from_slice(&0u16.to_be_bytes());
         assert_eq!(parse_diag_msg(&b), None);
         assert_eq!(parse_diag_msg(&b[..40]), None);
+    }
+
+    #[test]
+    fn reads_v6only_from_the_attribute_after_the_message() {
+        let mut b = vec![0u8; DIAG_MSG_LEN];
+        b[0] = libc::AF_INET6 as u8;
+        b[4..6].copy_from_slice(&8080u16.to_be_bytes());
+        b[8..24].copy_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        let plain = parse_diag_msg(&b).expect("a bound socket");
+        assert_eq!((plain.addr, plain.v6only), (IpAddr::V6(Ipv6Addr::LOCALHOST), false));
+        // INET_DIAG_SHUTDOWN (8) first, then INET_DIAG_SKV6ONLY = 1.
+        b.extend_from_slice(&[5, 0, 8, 0, 0, 0, 0, 0]);
+        b.extend_from_slice(&[5, 0, INET_DIAG_SKV6ONLY as u8, 0, 1, 0, 0, 0]);
+        assert!(parse_diag_msg(&b).expect("a bound socket").v6only);
+        let n = b.len();
+        b[n - 4] = 0;
+        assert!(!parse_diag_msg(&b).expect("a bound socket").v6only);
     }
 
     /// Against the real kernel, in a fresh network namespace of this test's own.
@@ -118,15 +166,24 @@ mod tests {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
             let tcp = std::net::TcpListener::bind("[::]:18080")?;
             let udp = std::net::UdpSocket::bind("127.0.0.1:18081")?;
+            // A v6-only listener (IPV6_V6ONLY set before bind); `::`, as lo is down here.
+            let only = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+            only.set_only_v6(true)?;
+            only.bind(&"[::]:18082".parse::<std::net::SocketAddr>().map_err(io::Error::other)?.into())?;
+            only.listen(1)?;
             let held = held();
-            drop((tcp, udp));
+            drop((tcp, udp, only));
             held
         });
         let held = t.join().map_err(|_| io::Error::other("thread panicked"))??;
         let me = nix::unistd::geteuid().as_raw();
-        assert!(held.contains(&Held { proto: Proto::Tcp, port: 18080, uid: me }), "{held:?}");
-        assert!(held.contains(&Held { proto: Proto::Udp, port: 18081, uid: me }), "{held:?}");
-        assert_eq!(held.len(), 2, "a fresh namespace holds only the test's sockets: {held:?}");
+        let any6 = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+        let lo4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let tcp = Held { proto: Proto::Tcp, port: 18080, uid: me, addr: any6, v6only: false };
+        assert!(held.contains(&tcp), "{held:?}");
+        assert!(held.contains(&Held { proto: Proto::Udp, port: 18081, uid: me, addr: lo4, v6only: false }), "{held:?}");
+        assert!(held.contains(&Held { proto: Proto::Tcp, port: 18082, uid: me, addr: any6, v6only: true }), "{held:?}");
+        assert_eq!(held.len(), 3, "a fresh namespace holds only the test's sockets: {held:?}");
         Ok(())
     }
 }

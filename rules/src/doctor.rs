@@ -11,14 +11,17 @@
 //! maybe says so and is a warning instead of an error.
 //!
 //! `rule` is the vocabulary and the parser, `walk` follows a packet through a chain,
-//! `legacy` decodes legacy iptables entries; this file turns walks into findings.
+//! `legacy` decodes legacy iptables entries, `bind` judges the addresses applications
+//! listen on; this file turns walks into findings.
 
+mod bind;
 mod blocks;
 mod firewalld;
 pub mod legacy;
 mod rule;
 mod walk;
 
+pub use bind::Listening;
 pub use rule::{
     parse_rule, parse_rule_in, xt_match, BaseHook, Bits, Cond, ForeignChain, Hook, Rule, SetRanges, Verdict,
 };
@@ -485,16 +488,20 @@ fn nat_finding(
     })
 }
 
-/// Listeners: nothing on a target port, or (user forwards) a socket of another uid.
-/// `holders(proto, port)` gives the uids holding it; `owner_uid` the uid of a user owner.
+/// Listeners: nothing on a target port, (user forwards) a socket of another uid, and,
+/// for every forward, an application bound to loopback only or to IPv6 only where the
+/// forward takes other hosts or IPv4. `sockets(proto, port)` lists the sockets holding
+/// it; `owner_uid` gives the uid of a user owner.
 pub fn check_listeners(
     forwards: &[PlacedForward],
-    holders: impl Fn(Proto, u16) -> Vec<u32>,
+    sockets: impl Fn(Proto, u16) -> Vec<Listening>,
     owner_uid: impl Fn(&str) -> Option<u32>,
 ) -> Vec<Finding> {
+    let holders = |proto, port| sockets(proto, port).into_iter().map(|s| s.uid).collect::<Vec<u32>>();
     let mut out = Vec::new();
     for f in forwards {
         for &proto in f.forward.proto.protos() {
+            out.extend(bind::bound(f, proto, &sockets));
             let to = f.forward.to;
             let idle: Vec<u16> = (to.start..=to.end).filter(|p| holders(proto, *p).is_empty()).collect();
             let word = proto_word(l4(proto));

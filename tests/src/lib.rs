@@ -131,7 +131,12 @@ impl Net {
     }
 
     fn tcp_app_of(&self, ns: &str, user: Option<&str>, port: u16, reply: &str) -> Bg {
-        let listen = format!("TCP6-LISTEN:{port},fork,reuseaddr,ipv6only=0");
+        self.tcp_app_on(ns, user, &format!("TCP6-LISTEN:{port},fork,reuseaddr,ipv6only=0"), port, reply)
+    }
+
+    /// Like [`Net::tcp_app`], on socat's listen address `listen` (such as
+    /// `TCP-LISTEN:8080,bind=127.0.0.1`), which must listen on `port`.
+    pub fn tcp_app_on(&self, ns: &str, user: Option<&str>, listen: &str, port: u16, reply: &str) -> Bg {
         let sys = format!("SYSTEM:echo {reply}");
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns]);
@@ -140,7 +145,7 @@ impl Net {
             cmd.args(["setpriv", &format!("--reuid={user}"), &format!("--regid={}", gid.trim()), "--clear-groups"]);
         }
         let child = cmd
-            .args(["socat", &listen, &sys])
+            .args(["socat", listen, &sys])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

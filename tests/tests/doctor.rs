@@ -167,6 +167,83 @@ fn a_stopped_application() {
     assert_clean_and_working(&net, &d, "once the application listens");
 }
 
+/// The one warning of `check`, about system/http.
+fn the_warning(findings: &[serde_json::Value], check: &str) -> serde_json::Value {
+    let hits: Vec<&serde_json::Value> =
+        findings.iter().filter(|f| f["check"] == check && f["severity"] == "warning").collect();
+    assert_eq!(hits.len(), 1, "one {check} warning expected: {findings:#?}");
+    assert_eq!(hits[0]["forward"], "system/http");
+    hits[0].clone()
+}
+
+/// An application on 127.0.0.1 only behind root's forward: other hosts are refused, and
+/// doctor says so (a warning: the host itself still gets through) with the fix.
+#[test]
+fn an_application_bound_to_loopback_only() {
+    let (net, d, _) = setup(false);
+    let app = net.tcp_app_on(&net.srv, None, "TCP-LISTEN:8080,bind=127.0.0.1,fork,reuseaddr", 8080, "web-app");
+    assert_eq!(net.tcp_get(&net.cli, SRV4, 80), None, "another host is refused");
+    assert_eq!(net.tcp_get(&net.srv, "127.0.0.1", 80).as_deref(), Some("web-app"), "the host itself gets through");
+    let (code, findings) = doctor(&d);
+    assert_eq!(code, 0, "warnings only: {findings:#?}");
+    let f = the_warning(&findings, "listener");
+    let msg = f["message"].as_str().unwrap_or("");
+    assert!(msg.contains("target port tcp/8080 listens on 127.0.0.1 only"), "{f}");
+    assert!(msg.contains("connections from other hosts to public port 80"), "{f}");
+    assert!(f["fix"].as_str().unwrap_or("").contains("listen on 0.0.0.0 (IPv4) or :: (both families)"), "{f}");
+    let text = d.ctl(&["doctor"]);
+    assert!(out(&text).contains("127.0.0.1 only"), "{}", out(&text));
+    drop(app);
+    let _app = net.tcp_app(&net.srv, 8080, "web-app");
+    assert_clean_and_working(&net, &d, "once the application listens on ::");
+}
+
+/// An application on a v6-only socket behind a forward for both families: IPv4 clients
+/// are refused, IPv6 ones get through, and doctor names the socket and the fix.
+#[test]
+fn an_application_on_a_v6_only_socket() {
+    let (net, d, _) = setup(false);
+    let app = net.tcp_app_on(&net.srv, None, "TCP6-LISTEN:8080,ipv6only=1,fork,reuseaddr", 8080, "web-app");
+    assert_eq!(net.tcp_get(&net.cli, SRV4, 80), None, "IPv4 is refused");
+    assert_eq!(net.tcp_get(&net.cli, SRV6, 80).as_deref(), Some("web-app"), "IPv6 gets through");
+    let (code, findings) = doctor(&d);
+    assert_eq!(code, 0, "warnings only: {findings:#?}");
+    let f = the_warning(&findings, "listener");
+    let msg = f["message"].as_str().unwrap_or("");
+    assert!(msg.contains("target port tcp/8080 listens on IPv6 only (:: with IPV6_V6ONLY)"), "{f}");
+    assert!(msg.contains("IPv4 connections to public port 80"), "{f}");
+    assert!(f["fix"].as_str().unwrap_or("").contains("dual-stack socket"), "{f}");
+    // The fix's second way: a v4 socket too.
+    let _v4 = net.tcp_app_on(&net.srv, None, "TCP4-LISTEN:8080,fork,reuseaddr", 8080, "web-app");
+    wait_for(
+        || net.exec(&net.srv, "ss", &["-Htln", "sport = :8080"]).stdout.split(|b| *b == b'\n').count() > 2,
+        "the v4 socket",
+    );
+    assert_clean_and_working(&net, &d, "with a v4 socket beside the v6-only one");
+    drop(app);
+}
+
+/// Steered, the same: the data plane hands no other host's connection to a socket on
+/// 127.0.0.1 (nor IPv4 to a v6-only one), and doctor says so about root's forward.
+#[test]
+fn steered_forwards_get_the_same_bind_warnings() {
+    let net = Net::setup();
+    let d = Portd::start_bpf(&net, &config(&net, "forwards:\n  - name: http\n    port: 80\n    to: 8080\n"), &[]);
+    assert_eq!(d.status_json()["dispatch"], "steer", "this kernel steers: {}", d.status_json());
+    let lo = net.tcp_app_on(&net.srv, None, "TCP-LISTEN:8080,bind=127.0.0.1,fork,reuseaddr", 8080, "web-app");
+    assert_eq!(net.tcp_get(&net.cli, SRV4, 80), None, "another host is refused");
+    let (_, findings) = doctor(&d);
+    let f = the_warning(&findings, "listener");
+    assert!(f["message"].as_str().unwrap_or("").contains("listens on 127.0.0.1 only"), "{f}");
+    drop(lo);
+    let _v6 = net.tcp_app_on(&net.srv, None, "TCP6-LISTEN:8080,ipv6only=1,fork,reuseaddr", 8080, "web-app");
+    assert_eq!(net.tcp_get(&net.cli, SRV4, 80), None, "IPv4 is refused");
+    assert_eq!(net.tcp_get(&net.cli, SRV6, 80).as_deref(), Some("web-app"), "IPv6 gets through");
+    let (_, findings) = doctor(&d);
+    let f = the_warning(&findings, "listener");
+    assert!(f["message"].as_str().unwrap_or("").contains("listens on IPv6 only"), "{f}");
+}
+
 /// nf_conntrack_max cannot be lowered inside a namespace (it is read-only there), so
 /// the table is filled up to the host's limit with ASSURED entries (which the kernel
 /// cannot evict early) through `conntrack -R`: about 262,000 entries, 3 s.

@@ -256,6 +256,56 @@ fn metrics_follow_traffic_and_portctl_prints_the_same_families() {
     assert_eq!(forward_packets(&ctl, "user:root", "extra"), 0.0);
 }
 
+/// The config reload metrics follow the outcome of each reload (a refused one sets 0 and
+/// keeps the time of the last good load; a good one sets 1 and moves it), and the
+/// standard process metrics describe portd itself.
+#[test]
+fn reload_outcome_and_process_metrics() {
+    let net = Net::setup();
+    let _app = net.tcp_app(&net.srv, 8080, "hello");
+    let good = with_metrics(&net);
+    let d = Portd::start(&net, &good);
+    let ok = "portd_config_last_reload_successful";
+    let at = "portd_config_last_reload_success_timestamp_seconds";
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+    let first = scrape(&net);
+    assert_eq!(first.families.get(ok).map(String::as_str), Some("gauge"), "{:?}", first.families);
+    assert_eq!(first.value(ok, &[]), Some(1.0), "the config read at start");
+    let started = first.value(at, &[]).expect("timestamp");
+    assert!(started <= now() && started > now() - 60.0, "loaded at start: {started}");
+    // Process metrics, about portd itself.
+    let pid = d.child.id();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("portd's fds").count() as f64;
+    let open = first.value("process_open_fds", &[]).expect("process_open_fds");
+    assert!((open - fds).abs() <= 3.0, "portd's open fds: {open} reported, {fds} in /proc/{pid}/fd");
+    let rss = first.value("process_resident_memory_bytes", &[]).expect("rss");
+    assert!(rss > 1e6 && rss < 1e9, "resident memory {rss}");
+    let start = first.value("process_start_time_seconds", &[]).expect("start time");
+    assert!((start - started).abs() < 10.0, "portd started when it loaded its config: {start} vs {started}");
+    assert_eq!(first.families.get("process_cpu_seconds").map(String::as_str), Some("counter"));
+    assert!(first.value("process_cpu_seconds_total", &[]).is_some_and(|c| c >= 0.0));
+    assert!(first.value("process_max_fds", &[]).is_some_and(|m| m >= open));
+
+    std::fs::write(&d.config, "version: 1\nsettings: [not, a, mapping\n").expect("write config");
+    let o = d.ctl(&["reload"]);
+    assert!(!o.status.success(), "a broken config is refused: {}", out(&o));
+    let refused = scrape(&net);
+    assert_eq!(refused.value(ok, &[]), Some(0.0));
+    assert_eq!(refused.value(at, &[]), Some(started), "a refused reload keeps the last success");
+
+    std::thread::sleep(Duration::from_millis(50));
+    std::fs::write(&d.config, &good).expect("write config");
+    let o = d.ctl(&["reload", "--dry-run"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(scrape(&net).value(ok, &[]), Some(0.0), "a dry run is no reload");
+    let o = d.ctl(&["reload"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let again = scrape(&net);
+    assert_eq!(again.value(ok, &[]), Some(1.0));
+    let moved = again.value(at, &[]).expect("timestamp");
+    assert!(moved > started && moved <= now(), "the good reload moved it: {started} -> {moved}");
+}
+
 #[test]
 fn elements_carry_owner_comments_that_nft_reads_back_and_portd_repairs() {
     let net = Net::setup();

@@ -16,8 +16,17 @@ fn invalid(d: portd_rules::Diagnostics) -> Failure {
 
 impl Daemon {
     /// Re-reads the config file and puts its rules into the kernel; with `dry_run`, only
-    /// reports what it would add, remove and suspend, and changes nothing.
+    /// reports what it would add, remove and suspend, and changes nothing. The outcome of
+    /// a real reload goes to the metrics.
     pub(super) fn reload(&mut self, caller: Option<&Caller>, dry_run: bool) -> Result<Body, Failure> {
+        let r = self.reload_config(caller, dry_run);
+        if !dry_run {
+            self.published.metrics.reloaded(r.is_ok());
+        }
+        r
+    }
+
+    fn reload_config(&mut self, caller: Option<&Caller>, dry_run: bool) -> Result<Body, Failure> {
         let text = std::fs::read_to_string(&self.config_path)
             .map_err(|e| err(ErrorKind::Invalid, format!("{}: {e}", self.config_path.display())))?;
         let file = self.config_path.display().to_string();

@@ -257,10 +257,16 @@ fn listeners_conntrack_and_self() {
     let none = check_listeners(&fs, |_, _| vec![], |_| Some(1001));
     assert_eq!(none.len(), 1);
     assert!(none[0].message.contains("nothing listens on target port tcp/8080"), "{}", none[0].message);
-    assert!(check_listeners(&fs, |_, _| vec![1001], |_| Some(1001)).is_empty());
-    let other = check_listeners(&fs, |_, _| vec![1002], |_| Some(1001));
+    assert!(check_listeners(&fs, |_, _| vec![Listening::any(1001)], |_| Some(1001)).is_empty());
+    let other = check_listeners(&fs, |_, _| vec![Listening::any(1002)], |_| Some(1001));
     assert!(other[0].message.contains("uid 1002"), "{}", other[0].message);
-    assert!(check_listeners(&fs, |_, _| vec![1002], |_| None).is_empty(), "system forwards: any uid");
+    assert!(check_listeners(&fs, |_, _| vec![Listening::any(1002)], |_| None).is_empty(), "system forwards: any uid");
+    let lo = Listening { uid: 0, addr: "127.0.0.1".parse().expect("an address"), v6only: false };
+    let system = check_listeners(&[fwd("system", 80, 8080)], |_, _| vec![lo], |_| None);
+    assert_eq!(
+        system.iter().map(|f| (f.check.as_str(), f.severity)).collect::<Vec<_>>(),
+        [("listener", Severity::Warning)]
+    );
     assert!(check_conntrack(89, 100).is_none());
     assert_eq!(check_conntrack(90, 100).map(|f| f.severity), Some(Severity::Error));
     let s = SelfState {
