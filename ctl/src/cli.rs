@@ -198,7 +198,16 @@ pub enum Cmd {
     /// Find why traffic of a forward may not arrive (other firewalls, NAT, legacy
     /// iptables, listeners, conntrack, portd itself) and print the fix; exits 1 when a
     /// finding is an error.
-    Doctor,
+    Doctor {
+        /// Only the findings about forwards with these names (of any owner), and those
+        /// about no forward in particular.
+        #[arg(add = ArgValueCandidates::new(crate::complete::all_forward_names))]
+        names: Vec<String>,
+        /// Only the findings about forwards of this owner (`system`, `user:NAME`, or a
+        /// user's bare NAME), and those about no forward in particular.
+        #[arg(long, value_parser = crate::owner::parse, add = ArgValueCandidates::new(crate::complete::owners))]
+        owner: Option<String>,
+    },
     /// Print shell completions.
     Completions {
         /// Shell.

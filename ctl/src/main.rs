@@ -277,10 +277,19 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             output::print_body(&body, json, false);
             Ok(Exit::Ok)
         }
-        Cmd::Doctor => {
+        Cmd::Doctor { names, owner } => {
             // Root sees which legacy iptables tables are loaded; the daemon's user does not.
             let legacy_tables = nix::unistd::geteuid().is_root().then(portd_rules::proto::LegacyTables::read);
-            let body = send(Command::Doctor { legacy_tables })?;
+            let mut body = send(Command::Doctor { legacy_tables })?;
+            if let Body::Doctor { findings } = &mut body {
+                // A finding names its forward `OWNER/NAME`; findings about no forward stay.
+                findings.retain(|f| match f.forward.as_deref().and_then(|w| w.rsplit_once('/')) {
+                    None => true,
+                    Some((o, n)) => {
+                        (names.is_empty() || names.iter().any(|x| x == n)) && owner.as_deref().is_none_or(|x| x == o)
+                    }
+                });
+            }
             output::print_body(&body, json, false);
             let error = matches!(&body, Body::Doctor { findings } if findings.iter().any(|f| f.severity == portd_rules::doctor::Severity::Error));
             Ok(if error { Exit::Rejected } else { Exit::Ok })

@@ -163,6 +163,13 @@ fn a_stopped_application() {
     assert_eq!(f["forward"], "system/http");
     assert!(f["message"].as_str().unwrap_or("").contains("nothing listens on target port tcp/8080"), "{f}");
     assert!(f["fix"].as_str().unwrap_or("").contains("start the application on port 8080"), "{f}");
+    // doctor NAME and --owner keep the findings of those forwards (and those of none).
+    assert_eq!(d.ctl(&["doctor", "http"]).status.code(), Some(1));
+    assert_eq!(d.ctl(&["doctor", "--owner", "system"]).status.code(), Some(1));
+    let other = d.ctl(&["doctor", "other", "--json"]);
+    assert_eq!(other.status.code(), Some(0), "{}", out(&other));
+    assert!(!out(&other).contains("system/http"), "{}", out(&other));
+    assert_eq!(d.ctl(&["doctor", "--owner", "user:nobody"]).status.code(), Some(0));
     let _app = net.tcp_app(&net.srv, 8080, "web-app");
     assert_clean_and_working(&net, &d, "once the application listens");
 }
