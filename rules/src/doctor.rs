@@ -341,7 +341,7 @@ fn drop_finding(
     } else if mgr == Manager::Ufw && p.untracked {
         format!("allow the public port, as for any service of this host: `ufw allow {}/{proto}`", p.dport)
     } else if mgr == Manager::Ufw {
-        "let ufw accept redirected traffic, for every forward, in its own files, kept across ufw reloads and reboots: `grep -q 'ctstate DNAT' /etc/ufw/before.rules || sed -i '/^# End required lines/a -A ufw-before-input -m conntrack --ctstate DNAT -j ACCEPT' /etc/ufw/before.rules; grep -q 'ctstate DNAT' /etc/ufw/before6.rules || sed -i '/^# End required lines/a -A ufw6-before-input -m conntrack --ctstate DNAT -j ACCEPT' /etc/ufw/before6.rules; ufw reload`".to_string()
+        "let ufw accept redirected traffic, for every forward, in its own files, kept across ufw reloads and reboots: `grep -q 'ctstate DNAT' /etc/ufw/before.rules || sed -i '/^# End required lines/a -A ufw-before-input -m conntrack --ctstate DNAT -j ACCEPT' /etc/ufw/before.rules; grep -q 'ctstate DNAT' /etc/ufw/before6.rules || sed -i '/^# End required lines/a -A ufw6-before-input -m conntrack --ctstate DNAT -j ACCEPT' /etc/ufw/before6.rules; ufw reload` (then `ufw deny from ADDR` rules no longer cover forwarded ports, which reach ufw as redirected traffic; steer dispatch, where the kernel allows it, keeps them: packets keep their public port and ufw's own rules decide)".to_string()
     } else if mgr == Manager::IptablesNft {
         let cmd = iptables_cmd(chain);
         format!(
