@@ -587,6 +587,14 @@ fn path_mtu_discovery_works_through_a_1280_byte_hop() {
     ip(&net.srv, &["route", "add", "10.253.0.0/24", "via", CLI4]);
     ip(&net.srv, &["-6", "route", "add", "fd00:253::/64", "via", CLI6]);
     net.exec_ok(&net.cli, "sysctl", &["-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]);
+    // Routing through the middle namespace settles (neighbours, the router mode forwarding
+    // switches on) before the test judges anything.
+    for addr in [SRV4, SRV6] {
+        wait_for(
+            || sh("ip", &["netns", "exec", &far, "ping", "-c1", "-W1", addr]).status.success(),
+            &format!("{addr} to answer pings from the far namespace"),
+        );
+    }
 
     let alice = TestUser::new("st");
     let d = Portd::start_bpf(&net, &granted(&net, &alice.name, ""), &[]);
