@@ -9,7 +9,7 @@ use portd_kernel::bpf::{self, BindEvent, BpfError, Dataplane, Families, Reservat
 use portd_rules::model::{FamilySel, Proto};
 use portd_rules::plan::SYSTEM_OWNER;
 use portd_rules::{Dispatch, Ownership, Plan, Settings};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -172,9 +172,9 @@ impl Steering {
         self.dp.as_mut().map(Dataplane::drain_events).unwrap_or_default()
     }
 
-    /// Sockets registered per target port (steered forwards only).
-    pub fn registered(&self, port: u16) -> Option<usize> {
-        self.dp.as_ref().filter(|_| self.steer).and_then(|d| d.listening(port).ok())
+    /// Sockets registered per target port (empty unless TCP forwards are steered).
+    pub fn registered(&self) -> BTreeMap<u16, usize> {
+        self.dp.as_ref().filter(|_| self.steer).and_then(|d| d.registered().ok()).unwrap_or_default()
     }
 
     /// Puts back detached programs and deleted pins.

@@ -72,16 +72,7 @@ impl Daemon {
                 }
             }
         }
-        let mut registered = std::collections::BTreeMap::new();
-        if self.steering.steers() {
-            for p in self.plan.forwards.iter().filter(|p| p.forward.proto.protos().contains(&portd_rules::Proto::Tcp)) {
-                for port in p.forward.to.ports() {
-                    if let Some(n) = self.steering.registered(port) {
-                        registered.insert(port, n);
-                    }
-                }
-            }
-        }
+        let registered = self.steering.registered();
         Snapshot {
             plan: self.plan.clone(),
             suspended,

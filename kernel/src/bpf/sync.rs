@@ -102,15 +102,19 @@ impl Dataplane {
     /// How many sockets are registered for `target_port` (0: the owner's app
     /// is not listening, a steered connection would be refused).
     pub fn listening(&self, target_port: u16) -> Result<usize, BpfError> {
+        Ok(self.registered()?.get(&target_port).copied().unwrap_or(0))
+    }
+
+    /// How many sockets are registered for each target port, in one pass over the
+    /// listener map (a status asks for every steered target at once).
+    pub fn registered(&self) -> Result<BTreeMap<u16, usize>, BpfError> {
         let map = self.ebpf.map("listeners").ok_or_else(|| BpfError::Invalid("no map listeners".into()))?;
         let hash = SockHash::<_, ListenerKey>::try_from(map).map_err(BpfError::map("listeners"))?;
-        let mut n = 0;
+        let mut counts = BTreeMap::new();
         for key in hash.keys() {
-            if key.map_err(BpfError::map("listeners"))?.port == target_port {
-                n += 1;
-            }
+            *counts.entry(key.map_err(BpfError::map("listeners"))?.port).or_insert(0) += 1;
         }
-        Ok(n)
+        Ok(counts)
     }
 
     fn hash<K: Pod, V: Pod>(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, K, V>, BpfError> {
