@@ -1,5 +1,7 @@
 //! YAML text -> parse + validate -> compile -> render -> diff: must never panic, and
-//! every valid file's plan must round-trip through its own diff.
+//! every valid file's plan must round-trip through its own diff. The loader's compact
+//! tree must agree with serde_yaml's `Value` on every input (the kept corpus included,
+//! which the smoke run of tests/run replays first).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -7,6 +9,9 @@ use portd_rules::{compile, parse_config, parse_rules, render::render, OwnedSet, 
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Some(diff) = portd_rules::load::tree_differs_from_value(text) {
+        panic!("the compact tree disagrees with serde_yaml's Value: {diff}");
+    }
     let _ = parse_config("fuzz.yaml", text);
     match parse_rules("fuzz.yaml", text) {
         Ok(rules) => {

@@ -42,6 +42,15 @@ pub fn parse_cost(text: &str) -> usize {
     text.len().saturating_add(nodes.saturating_mul(PARSE_BYTES_PER_NODE))
 }
 
+/// For the fuzz target: `None` when the loader's compact tree of `text` agrees with
+/// serde_yaml's `Value` of it, else how they differ. Texts whose shape the loader
+/// refuses never reach the parser, and are `None` here too.
+#[doc(hidden)]
+pub fn tree_differs_from_value(text: &str) -> Option<String> {
+    crate::shape::check_shape(text).ok()?;
+    tree::differs_from_value(text)
+}
+
 /// Parses and validates a rules file. `file` names it in diagnostics.
 pub fn parse_rules(file: &str, text: &str) -> Result<RulesFile, Diagnostics> {
     let (root, ctx) = parse_root(file, text)?;

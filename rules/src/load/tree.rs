@@ -241,6 +241,19 @@ fn duplicate_message(key: &Value) -> String {
     }
 }
 
+/// Whether the compact tree of `text` equals serde_yaml's own `Value` of it (or both
+/// refuse it alike): the fuzz target of rules files checks this on every input it tries,
+/// its kept corpus included. `None` when they agree.
+pub(crate) fn differs_from_value(text: &str) -> Option<String> {
+    let node = serde_yaml::from_str::<Node>(text).map_err(|e| e.to_string());
+    let value = serde_yaml::from_str::<Value>(text).map_err(|e| e.to_string());
+    match (node, value) {
+        (Ok(n), Ok(v)) if n.to_value() == v => None,
+        (Err(a), Err(b)) if a == b => None,
+        (n, v) => Some(format!("tree {:?} but value {:?}", n.map(|n| n.to_value()), v)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,31 +292,6 @@ mod tests {
                 (n, v) => assert_eq!(n.map(|_| ()), v.map(|_| ()), "{doc:?}"),
             }
         }
-    }
-
-    /// Every kept fuzz input gives the same tree, or the same error, as a `Value`.
-    #[test]
-    fn same_as_value_on_the_fuzz_corpus() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/rules");
-        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        let mut compared = 0;
-        for e in entries {
-            let path = e.expect("a readable corpus directory").path();
-            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            let Ok(doc) = std::str::from_utf8(&bytes) else { continue };
-            // The loader bounds nesting before serde_yaml sees a text; so does this test.
-            if crate::shape::check_shape(doc).is_err() {
-                continue;
-            }
-            let node = serde_yaml::from_str::<Node>(doc).map_err(|e| e.to_string());
-            let value = serde_yaml::from_str::<Value>(doc).map_err(|e| e.to_string());
-            match (node, value) {
-                (Ok(n), Ok(v)) => assert_eq!(n.to_value(), v, "{}", path.display()),
-                (n, v) => assert_eq!(n.map(|_| ()), v.map(|_| ()), "{}", path.display()),
-            }
-            compared += 1;
-        }
-        assert!(compared > 1000, "only {compared} corpus inputs in {}", dir.display());
     }
 
     #[test]
