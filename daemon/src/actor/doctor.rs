@@ -6,14 +6,14 @@
 
 use super::Daemon;
 use portd_rules::doctor::SelfState;
-use portd_rules::proto::{LegacyTables, Response};
+use portd_rules::proto::LegacyTables;
 use std::time::Instant;
 use tokio::sync::oneshot;
 
 impl Daemon {
     /// Answers `doctor` from a thread of its own.
     /// `legacy_tables`: the loaded legacy iptables tables, as root's portctl saw them.
-    pub(super) fn doctor(&mut self, legacy_tables: Option<LegacyTables>, reply: oneshot::Sender<Response>) {
+    pub(super) fn doctor(&mut self, legacy_tables: Option<LegacyTables>, reply: oneshot::Sender<super::Answer>) {
         let suspended = self
             .eval
             .suspended

@@ -11,6 +11,7 @@ mod accounts;
 mod change;
 mod doctor;
 mod drift;
+mod error;
 mod reload;
 mod requests;
 mod start;
@@ -20,7 +21,7 @@ use crate::notify;
 use crate::state::Store;
 use portd_kernel::Kernel;
 use portd_rules::policy::{self, Backoff, Evaluation, Judge, Listeners, Repair, UserSet};
-use portd_rules::proto::{Command, ErrorKind, Response};
+use portd_rules::proto::LegacyTables;
 use portd_rules::{Config, ListenerCheck, OnExit, Plan};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,6 +30,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 pub use accounts::{lookup as lookup_account, name_of};
+pub use error::Error;
+pub use requests::{Answer, Request};
 pub use status::Snapshot;
 
 /// How often live user forwards are re-checked against the sockets of other uids.
@@ -62,9 +65,9 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// The caller's own owner name.
-    pub fn owner(&self) -> String {
-        policy::Owner::user_key(&self.user)
+    /// The caller's own owner.
+    pub fn owner(&self) -> policy::Owner {
+        policy::Owner::User(self.user.clone())
     }
     /// A caller whose name the actor looks up when it takes the request (with the account
     /// lookups it makes for the request anyway): one thread hop fewer than a lookup by the
@@ -88,28 +91,15 @@ impl Caller {
     }
 }
 
-/// A request as the actor takes it: rules files arrive parsed and validated (the server
-/// does that off the actor's thread, within a time budget).
-pub enum Op {
-    /// Replace the caller's set (`portctl apply`).
-    Apply {
-        /// The file's forwards, validated.
-        forwards: Vec<portd_rules::Forward>,
-        /// Compute and report the change without applying it.
-        dry_run: bool,
-        /// Act for another owner (root only).
-        owner: Option<String>,
-    },
-    /// Any other command (never `Command::Apply`).
-    Command(Command),
-}
-
 /// Messages to the actor.
 pub enum Msg {
     /// A client request.
-    Request { caller: Caller, op: Op, reply: oneshot::Sender<Response> },
+    Request { caller: Caller, request: Request, reply: oneshot::Sender<Answer> },
     /// The plan and suspended forwards, for a status read off the actor's thread.
     Snapshot { reply: oneshot::Sender<Snapshot> },
+    /// `portctl doctor`: answered by a thread of its own, from what the actor hands it.
+    /// `legacy_tables`: the loaded legacy iptables tables as root's portctl read them.
+    Doctor { legacy_tables: Option<LegacyTables>, reply: oneshot::Sender<Answer> },
     /// SIGHUP: reload the config.
     Reload,
     /// Clean stop: apply `on_exit` and end.
@@ -173,12 +163,6 @@ pub struct Daemon {
     steering: crate::dataplane::Steering,
 }
 
-type Failure = (ErrorKind, Vec<String>);
-
-fn err(kind: ErrorKind, msg: impl Into<String>) -> Failure {
-    (kind, vec![msg.into()])
-}
-
 /// Applies flag overrides to a freshly parsed config.
 pub fn effective(mut config: Config, o: &Overrides) -> Config {
     if let Some(t) = &o.table {
@@ -188,19 +172,6 @@ pub fn effective(mut config: Config, o: &Overrides) -> Config {
         config.settings.state_dir = d.display().to_string();
     }
     config
-}
-
-/// The owner a request acts for and the forward it names, for the journal fields of a
-/// refusal.
-fn subject(caller: &Caller, op: &Op) -> (String, Option<String>) {
-    let (owner, forward) = match op {
-        Op::Apply { owner, .. } => (owner.clone(), None),
-        Op::Command(Command::Add { forward, owner, .. }) => (owner.clone(), Some(forward.name.clone())),
-        Op::Command(Command::Remove { name, owner, .. }) => (owner.clone(), Some(name.clone())),
-        Op::Command(Command::Export { owner }) => (owner.clone(), None),
-        Op::Command(_) => (None, None),
-    };
-    (owner.unwrap_or_else(|| caller.owner()), forward)
 }
 
 /// A change is logged with at most this many forwards, then how many more.
@@ -286,8 +257,8 @@ impl Daemon {
             return;
         }
         self.accounts = accounts;
-        if let Err((_, m)) = self.reevaluate("by a change of the account database") {
-            tracing::error!("applying a change of the account database: {}", m.join("; "));
+        if let Err(e) = self.reevaluate("by a change of the account database") {
+            tracing::error!("applying a change of the account database: {e}");
         }
     }
 
@@ -315,8 +286,8 @@ impl Daemon {
             }
         }
         self.listeners = Some(l);
-        if let Err((_, m)) = self.reevaluate("by a bind of its public port") {
-            tracing::error!("applying a bind of a public port: {}", m.join("; "));
+        if let Err(e) = self.reevaluate("by a bind of its public port") {
+            tracing::error!("applying a bind of a public port: {e}");
         }
     }
 
@@ -380,7 +351,7 @@ impl Daemon {
 
     /// Re-judges every user forward (after a reload or a listener change) and puts the
     /// result into the kernel as one batch.
-    fn reevaluate(&mut self, when: &str) -> Result<(), Failure> {
+    fn reevaluate(&mut self, when: &str) -> Result<(), Error> {
         let before = std::mem::take(&mut self.eval);
         self.eval = self.evaluate(&before);
         if self.eval == before {
@@ -390,12 +361,12 @@ impl Daemon {
             Ok(p) => p,
             Err(c) => {
                 self.eval = before;
-                return Err((ErrorKind::Conflict, c));
+                return Err(Error::Conflict(c));
             }
         };
-        if let Err(e) = self.commit(&Plan::diff(&self.plan, &plan), || std::borrow::Cow::Borrowed(&plan)) {
+        if let Err(source) = self.commit(&Plan::diff(&self.plan, &plan), || std::borrow::Cow::Borrowed(&plan)) {
             self.eval = before;
-            return Err(err(ErrorKind::Kernel, format!("the kernel refused the change; nothing was changed: {e}")));
+            return Err(Error::KernelRefused { what: "the change", source });
         }
         self.conntrack.forget(portd_kernel::conntrack::stale_mappings(&self.plan, &plan));
         self.plan = plan;
@@ -432,33 +403,27 @@ impl Daemon {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match msg {
-                Ok(Msg::Request { op: Op::Command(Command::Doctor { legacy_tables }), reply, caller }) => {
-                    // Only root's word on which legacy tables exist is taken.
-                    self.doctor(legacy_tables.filter(|_| caller.uid == 0), reply)
-                }
-                Ok(Msg::Request { mut caller, op, reply }) => {
+                Ok(Msg::Doctor { legacy_tables, reply }) => self.doctor(legacy_tables, reply),
+                Ok(Msg::Request { mut caller, request, reply }) => {
                     caller.name();
-                    let (owner, forward) = subject(&caller, &op);
-                    let resp = match self.handle(&caller, op) {
-                        Ok(body) => Response::ok(body),
-                        Err((kind, messages)) => {
-                            let what = format!(
-                                "request of {} (pid {})",
-                                caller.who(),
-                                caller.pid.map_or("?".to_string(), |p| p.to_string())
-                            );
-                            self.published.refusals.log(&crate::refusals::Refusal {
-                                uid: caller.uid,
-                                user: &caller.user,
-                                owner: &owner,
-                                forward: forward.as_deref(),
-                                what: &what,
-                                causes: &messages,
-                            });
-                            Response::error(kind, messages)
-                        }
-                    };
-                    let _ = reply.send(resp);
+                    let (owner, forward) = request.subject(&caller);
+                    let answer = self.handle(&caller, request);
+                    if let Err(e) = &answer {
+                        let what = format!(
+                            "request of {} (pid {})",
+                            caller.who(),
+                            caller.pid.map_or("?".to_string(), |p| p.to_string())
+                        );
+                        self.published.refusals.log(&crate::refusals::Refusal {
+                            uid: caller.uid,
+                            user: &caller.user,
+                            owner: &owner,
+                            forward: forward.as_deref(),
+                            what: &what,
+                            causes: &e.messages(),
+                        });
+                    }
+                    let _ = reply.send(answer);
                     // From the end of the request: an apply takes tens of ms itself.
                     self.put_off_trim();
                 }
@@ -467,8 +432,8 @@ impl Daemon {
                 }
                 Ok(Msg::Reload) => {
                     notify::reloading();
-                    if let Err((_, m)) = self.reload(None, false) {
-                        tracing::error!("reload failed, keeping the running config: {}", m.join("; "));
+                    if let Err(e) = self.reload(None, false) {
+                        tracing::error!("reload failed, keeping the running config: {e}");
                     }
                     notify::ready(&self.status_line());
                 }
@@ -515,8 +480,8 @@ impl Daemon {
         let old = self.listeners.clone();
         self.refresh_listeners();
         if self.listeners != old {
-            if let Err((_, m)) = self.reevaluate("by the listener check") {
-                tracing::error!("applying the listener check: {}", m.join("; "));
+            if let Err(e) = self.reevaluate("by the listener check") {
+                tracing::error!("applying the listener check: {e}");
             }
         }
         self.schedule_poll();

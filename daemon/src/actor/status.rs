@@ -2,9 +2,9 @@
 
 #![forbid(unsafe_code)]
 
-use super::{accounts, err, Caller, Daemon, Failure, TRIM_AFTER_OBJECTS};
+use super::{accounts, Caller, Daemon, TRIM_AFTER_OBJECTS};
 use portd_rules::policy::{self};
-use portd_rules::proto::{Body, ErrorKind, ForwardState, ForwardStatus, GrantInfo, GrantsView, Status};
+use portd_rules::proto::{ForwardState, ForwardStatus, GrantInfo, GrantsView, Status};
 use portd_rules::Plan;
 
 impl Daemon {
@@ -37,14 +37,6 @@ impl Daemon {
             })
             .collect();
         GrantsView { user: caller.user.clone(), groups, unrestricted: caller.uid == 0, default_mark, grants }
-    }
-
-    /// Status read in the actor (the server reads the kernel off the actor instead, from
-    /// a [`Snapshot`]).
-    pub(super) fn status(&mut self) -> Result<Body, Failure> {
-        let snap = self.snapshot();
-        let obs = self.kernel.observe(&snap.plan).map_err(|e| err(ErrorKind::Kernel, e.to_string()))?;
-        Ok(Body::Status(snap.status(obs.as_ref())))
     }
 
     /// What a status needs from the actor: the plan and the suspended forwards. Cheap; the
