@@ -463,7 +463,7 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
             let s = shared_status(shared, caller.uid).await;
             return crate::metrics::answer(&shared.published.metrics, s);
         }
-        // Concurrent doctors share one snapshot of the actor and one read of the kernel, and
+        // Concurrent doctors share one hand-over of the actor and one read of the kernel, and
         // an answer serves the doctors of the next 2 s too.
         // Root's doctor may carry the legacy tables root's portctl read: its own read.
         Command::Doctor { legacy_tables: None } => {
@@ -585,7 +585,7 @@ pub async fn status_of(actor: &Sender<Msg>, reader: &Arc<Mutex<Option<portd_kern
     let mut last = String::new();
     for _ in 0..STATUS_ATTEMPTS {
         let (tx, rx) = oneshot::channel();
-        if actor.send(Msg::Snapshot { reply: tx }).is_err() {
+        if actor.send(Msg::Status { reply: tx }).is_err() {
             return stopping();
         }
         let Ok(snap) = rx.await else { return stopping() };

@@ -310,7 +310,7 @@ impl Daemon {
     /// Refuses forwards whose public port a listener-suspended forward of another owner
     /// keeps.
     pub(super) fn check_reserved(&self, owner: &str, fresh: &[Forward]) -> Result<(), Error> {
-        let mut claims = policy::Claims::default();
+        let mut claims = policy::PlacedClaims::default();
         let mut any = false;
         for (o, list) in &self.eval.suspended {
             if o == owner {

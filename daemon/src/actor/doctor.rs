@@ -1,4 +1,4 @@
-//! `portctl doctor` on the actor's side: a snapshot of what only the actor knows (the
+//! `portctl doctor` on the actor's side: the inputs only the actor knows (the
 //! plan, suspensions, back-off), handed to a thread of its own that reads the
 //! kernel and answers, so the actor stays responsive however large the host's ruleset.
 
@@ -39,7 +39,7 @@ impl Daemon {
             }
             _ => None,
         };
-        let snapshot = crate::doctor::Snapshot {
+        let inputs = crate::doctor::DoctorInputs {
             legacy_tables,
             dispatch: portd_rules::doctor::DispatchView { steer: self.plan.steer, steer_fix },
             forwards: self.plan.forwards.clone(),
@@ -61,6 +61,6 @@ impl Daemon {
                 .then(|| self.steering.reason().map(str::to_string))
                 .flatten(),
         };
-        crate::doctor::spawn(snapshot, reply);
+        crate::doctor::spawn(inputs, reply);
     }
 }

@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 pub use accounts::{lookup as lookup_account, name_of};
 pub use error::Error;
 pub use requests::{Answer, Request};
-pub use status::Snapshot;
+pub use status::PendingStatus;
 
 /// How often live user forwards are re-checked against the sockets of other uids.
 const LISTENER_POLL: Duration = Duration::from_millis(500);
@@ -96,7 +96,7 @@ pub enum Msg {
     /// A client request.
     Request { caller: Caller, request: Request, reply: oneshot::Sender<Answer> },
     /// The plan and suspended forwards, for a status read off the actor's thread.
-    Snapshot { reply: oneshot::Sender<Snapshot> },
+    Status { reply: oneshot::Sender<PendingStatus> },
     /// `portctl doctor`: answered by a thread of its own, from what the actor hands it.
     /// `legacy_tables`: the loaded legacy iptables tables as root's portctl read them.
     Doctor { legacy_tables: Option<LegacyTables>, reply: oneshot::Sender<Answer> },
@@ -427,8 +427,8 @@ impl Daemon {
                     // From the end of the request: an apply takes tens of ms itself.
                     self.put_off_trim();
                 }
-                Ok(Msg::Snapshot { reply }) => {
-                    let _ = reply.send(self.snapshot());
+                Ok(Msg::Status { reply }) => {
+                    let _ = reply.send(self.pending_status());
                 }
                 Ok(Msg::Reload) => {
                     notify::reloading();
