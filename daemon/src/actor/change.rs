@@ -245,7 +245,7 @@ impl Daemon {
         }
         // A large file leaves freed memory behind even when nothing changes.
         if fresh.len() > TRIM_AFTER_OBJECTS {
-            super::schedule_trim(&mut self.trim_at);
+            super::schedule_trim(&mut self.timers);
         }
         if dry_run || (delta.is_empty() && record.is_empty() && current.uid == Some(account.uid)) {
             return Ok(with_warnings(Body::changed(delta.summary, dry_run), warnings));

@@ -16,6 +16,7 @@ mod reload;
 mod requests;
 mod start;
 mod status;
+mod timers;
 
 use crate::notify;
 use crate::state::Store;
@@ -27,6 +28,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
+use timers::{Timer, Timers};
 use tokio::sync::oneshot;
 
 pub use accounts::{lookup as lookup_account, name_of};
@@ -144,17 +146,13 @@ pub struct Daemon {
     plan: Plan,
     repairs: u64,
     backoff: Backoff,
-    /// When to hand freed heap back to the system (after a large change or read).
-    trim_at: Option<Instant>,
-    /// When the pending trim was first due: requests put it off, up to [`TRIM_MAX_WAIT`].
-    trim_first: Option<Instant>,
+    /// When to trim the heap, check the listeners, and repair again after the back-off.
+    timers: Timers,
     /// A large commit ran while another program committed too, unheard: check the table.
     missed: std::cell::Cell<bool>,
     /// The drift listener's membership of the nf_tables event group, once it listens
     /// ([`Daemon::attach_events`]); large commits step out of it.
     events: Option<portd_kernel::events::Subscription>,
-    /// When to check the listeners of user forwards next.
-    poll_at: Option<Instant>,
     /// What the server reads: the current grants.
     published: std::sync::Arc<Published>,
     /// Since when the kernel differs from the plan (a foreign change not yet repaired).
@@ -326,8 +324,11 @@ impl Daemon {
     /// Schedules the next listener check. A check already due sooner keeps its time: no
     /// stream of changes, however fast, can put the check off.
     fn schedule_poll(&mut self) {
-        let next = Instant::now() + LISTENER_POLL;
-        self.poll_at = self.has_checked_forwards().then(|| self.poll_at.map_or(next, |at| at.min(next)));
+        if self.has_checked_forwards() {
+            self.timers.set_earliest(Timer::Poll, Instant::now() + LISTENER_POLL);
+        } else {
+            self.timers.cancel(Timer::Poll);
+        }
     }
 
     /// Logs each forward that was suspended or resumed since `before`.
@@ -397,8 +398,7 @@ impl Daemon {
                 );
                 self.repair_if_drifted(portd_kernel::events::TableEvent::Unknown);
             }
-            let wake = [self.backoff.deferred(), self.trim_at, self.poll_at].into_iter().flatten().min();
-            let msg = match wake {
+            let msg = match self.timers.next() {
                 Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
@@ -458,16 +458,16 @@ impl Daemon {
                 }
             }
             let now = Instant::now();
-            if self.trim_at.is_some_and(|t| t <= now) {
-                self.trim_at = None;
-                self.trim_first = None;
-                trim_heap();
-            }
-            if self.backoff.due(now) {
-                self.repair_if_drifted(portd_kernel::events::TableEvent::Unknown);
-            }
-            if self.poll_at.is_some_and(|t| t <= now) {
-                self.poll_listeners();
+            for timer in self.timers.take_due(now) {
+                match timer {
+                    Timer::Trim => trim_heap(),
+                    Timer::Repair => {
+                        if self.backoff.due(now) {
+                            self.repair_if_drifted(portd_kernel::events::TableEvent::Unknown);
+                        }
+                    }
+                    Timer::Poll => self.poll_listeners(),
+                }
             }
         }
     }
@@ -475,7 +475,7 @@ impl Daemon {
     /// The periodic listener check: suspends user forwards whose target port a socket of
     /// another uid holds, and resumes them when it is theirs or free again.
     fn poll_listeners(&mut self) {
-        self.poll_at = None;
+        self.timers.cancel(Timer::Poll);
         self.steering.repair();
         let old = self.listeners.clone();
         self.refresh_listeners();
@@ -503,21 +503,19 @@ impl Daemon {
 
     /// Puts a pending trim off while requests keep coming (see [`TRIM_MAX_WAIT`]).
     fn put_off_trim(&mut self) {
-        let Some(at) = self.trim_at else { return };
-        let first = *self.trim_first.get_or_insert(at);
-        self.trim_at = Some((Instant::now() + TRIM_DELAY).min(first + TRIM_MAX_WAIT));
+        self.timers.put_off(Timer::Trim, Instant::now() + TRIM_DELAY, TRIM_MAX_WAIT);
     }
 
     /// Schedules [`trim_heap`] shortly after the current request.
     fn trim_soon(&mut self) {
-        schedule_trim(&mut self.trim_at);
+        schedule_trim(&mut self.timers);
     }
 }
 
-/// Sets `trim_at` to [`TRIM_DELAY`] from now unless a trim is pending already; a free
-/// function so that a request can schedule one while it borrows other fields.
-pub(super) fn schedule_trim(trim_at: &mut Option<Instant>) {
-    trim_at.get_or_insert_with(|| Instant::now() + TRIM_DELAY);
+/// Schedules [`trim_heap`] [`TRIM_DELAY`] from now unless a trim is pending already; a
+/// free function so that a request can schedule one while it borrows other fields.
+fn schedule_trim(timers: &mut Timers) {
+    timers.set_unless_pending(Timer::Trim, Instant::now() + TRIM_DELAY);
 }
 
 /// Number of owners in `forwards`, which a plan keeps grouped by owner: one binary

@@ -184,6 +184,7 @@ fn the_repair_back_off_stands_back_after_a_burst() {
     assert_eq!(replaced, 1 + policy::REPAIR_BURST, "start, then at most a burst of repairs");
     assert_eq!(d.repairs, policy::REPAIR_BURST as u64);
     assert!(d.backoff.deferred().is_some(), "standing back");
+    assert_eq!(d.timers.at(Timer::Repair), d.backoff.deferred(), "woken when the back-off is over");
     assert_eq!(d.backoff.hits, 1);
 }
 
@@ -245,17 +246,20 @@ fn an_unnamed_caller_is_named_by_the_actor() {
 fn requests_put_a_pending_trim_off_but_not_for_ever() {
     let s = Setup::new("trim");
     let mut d = s.start("");
-    d.trim_at = None;
+    d.timers.cancel(Timer::Trim);
     d.put_off_trim();
-    assert_eq!(d.trim_at, None, "nothing pending, nothing scheduled");
+    assert_eq!(d.timers.at(Timer::Trim), None, "nothing pending, nothing scheduled");
     let due = Instant::now() + Duration::from_millis(10);
-    d.trim_at = Some(due);
+    d.timers.set_unless_pending(Timer::Trim, due);
     d.put_off_trim();
-    assert!(d.trim_at.is_some_and(|t| t >= due + Duration::from_millis(50)), "put off by about TRIM_DELAY");
+    let at = d.timers.at(Timer::Trim);
+    assert!(at.is_some_and(|t| t >= due + Duration::from_millis(50)), "put off by about TRIM_DELAY");
     let long_ago = Instant::now() - TRIM_MAX_WAIT - Duration::from_secs(1);
-    d.trim_first = Some(long_ago);
+    d.timers.cancel(Timer::Trim);
+    d.timers.set_unless_pending(Timer::Trim, long_ago);
     d.put_off_trim();
-    assert!(d.trim_at.is_some_and(|t| t <= Instant::now()), "due at once after TRIM_MAX_WAIT: {:?}", d.trim_at);
+    let at = d.timers.at(Timer::Trim);
+    assert!(at.is_some_and(|t| t <= Instant::now()), "due at once after TRIM_MAX_WAIT: {at:?}");
 }
 
 /// One forward as each entry path receives it: text fields (a file, a command line), or
