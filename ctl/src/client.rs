@@ -56,9 +56,13 @@ pub fn request_within(socket: &Path, command: Command, timeout: Duration) -> Res
         .map_err(|e| Failure::new(Exit::Rejected, format!("unreadable answer from portd: {e}")))?;
     match resp.result {
         Outcome::Ok(body) => Ok(body),
-        Outcome::Error { kind, messages, file: None } => Err(Failure::daemon(kind, messages)),
-        // An invalid file is named once in the answer: each located line gets it back.
-        Outcome::Error { kind, messages, file: Some(file) } => Err(Failure::daemon(
+        Outcome::Error { kind, messages, file: None, .. } => Err(Failure::daemon(kind, messages)),
+        // An invalid file's problems, located, with the file the answer names once.
+        Outcome::Error { file: Some(file), diagnostics, .. } if !diagnostics.is_empty() => Err(Failure::diagnostics(
+            portd_rules::Diagnostics(diagnostics.into_iter().map(|p| p.in_file(&file)).collect()),
+        )),
+        // A daemon before `diagnostics`: each located line gets the file back.
+        Outcome::Error { kind, messages, file: Some(file), .. } => Err(Failure::daemon(
             kind,
             messages
                 .into_iter()

@@ -53,6 +53,7 @@ impl Failure {
         Failure::many(code, vec![line.into()])
     }
 
+    /// A file's located problems, found by portctl or answered by the daemon.
     fn diagnostics(d: portd_rules::Diagnostics) -> Failure {
         Failure {
             code: Exit::Rejected,
@@ -60,6 +61,17 @@ impl Failure {
             lines: d.0.iter().map(|d| d.to_string()).collect(),
             located: true,
             diagnostics: Some(d.0),
+        }
+    }
+
+    /// Names `file` in the located problems (and their lines) instead of the name they
+    /// came with.
+    fn locate_in(&mut self, file: &str) {
+        if let Some(d) = &mut self.diagnostics {
+            for p in d.iter_mut() {
+                p.file = file.to_string();
+            }
+            self.lines = d.iter().map(ToString::to_string).collect();
         }
     }
 
@@ -317,10 +329,16 @@ fn apply(
     send: impl Fn(Command) -> Result<portd_rules::proto::Body, Failure>,
 ) -> Result<bool, Failure> {
     let (name, text) = read_input(file)?;
-    // The daemon validates the file (it trusts no client), so it is parsed here only when
-    // the daemon refuses it or cannot be reached: then mistakes are reported with their
+    // The daemon validates the file (it trusts no client) and answers its problems
+    // located; they are printed with the name portctl was given (the answer's is cut and
+    // escaped). The file is parsed here only when the daemon cannot be reached, or when a
+    // daemon before located answers refuses it: then mistakes are reported with their
     // locations either way, even when the daemon is down.
     let body = match send(Command::Apply { file: name.clone(), text: text.clone(), dry_run, owner }) {
+        Err(mut f) if f.diagnostics.is_some() => {
+            f.locate_in(&name);
+            return Err(f);
+        }
         Err(f) if matches!(f.code, Exit::Rejected | Exit::Unreachable) => {
             parse_rules(&name, &text).map_err(Failure::diagnostics)?;
             return Err(f);

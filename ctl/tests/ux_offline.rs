@@ -245,3 +245,69 @@ fn add_refuses_invalid_values_as_one_class_before_sending() {
         assert_eq!(env.run(args).status.code(), Some(3), "{args:?}");
     }
 }
+
+/// A daemon that answers one request with `answer` (one line), on a socket in `env`.
+fn one_answer(env: &Env, answer: &'static str) -> (std::path::PathBuf, std::thread::JoinHandle<String>) {
+    use std::io::BufRead;
+    let socket = env.dir.path().join("fake.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    let served = std::thread::spawn(move || {
+        let (s, _) = listener.accept().expect("accept");
+        let mut request = String::new();
+        std::io::BufReader::new(&s).read_line(&mut request).expect("request");
+        (&s).write_all(answer.as_bytes()).expect("answer");
+        request
+    });
+    (socket, served)
+}
+
+#[test]
+fn an_invalid_file_is_reported_from_the_daemons_located_problems_without_parsing_it_again() {
+    let env = Env::new();
+    // A file portctl finds valid: what is printed can only come from the answer.
+    let path = env.file("rules.yaml", GOOD);
+    let answer = r#"{"version":1,"result":{"error":{"kind":"invalid","messages":["3:5: forwards[0].port: said by the daemon"],"file":"rules.yaml","diagnostics":[{"line":3,"column":5,"path":"forwards[0].port","message":"said by the daemon"}]}}}
+"#;
+    for json_out in [false, true] {
+        let (socket, served) = one_answer(&env, answer);
+        let mut args = vec!["--socket", socket.to_str().expect("path"), "apply", &path];
+        if json_out {
+            args.insert(0, "--json");
+        }
+        let o = env.run(&args);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+        assert!(served.join().expect("served").contains(r#""op":"apply""#));
+        let located = format!("{path}:3:5: forwards[0].port: said by the daemon");
+        if json_out {
+            let v = json(&o);
+            assert_eq!(v["error"]["kind"], "invalid", "{v}");
+            assert_eq!(v["error"]["messages"], serde_json::json!([located]), "{v}");
+            let d = &v["error"]["diagnostics"][0];
+            assert_eq!(
+                (d["file"].as_str(), d["line"].as_u64(), d["column"].as_u64()),
+                (Some(path.as_str()), Some(3), Some(5))
+            );
+            assert_eq!(
+                (d["path"].as_str(), d["message"].as_str()),
+                (Some("forwards[0].port"), Some("said by the daemon"))
+            );
+        } else {
+            assert_eq!(text(&o.stderr), format!("{located}\n"));
+        }
+        std::fs::remove_file(&socket).expect("socket");
+    }
+}
+
+#[test]
+fn an_older_daemons_invalid_file_answer_is_still_located() {
+    let env = Env::new();
+    let path = env.file("rules.yaml", BAD);
+    let answer = r#"{"version":1,"result":{"error":{"kind":"invalid","messages":["4:11: forwards[0].port: old"],"file":"rules.yaml"}}}
+"#;
+    let (socket, served) = one_answer(&env, answer);
+    let o = env.run(&["--socket", socket.to_str().expect("path"), "apply", &path]);
+    served.join().expect("served");
+    assert_eq!(o.status.code(), Some(1));
+    let local = env.run(&["check", &path]);
+    assert_eq!(text(&o.stderr), text(&local.stderr), "the file's own problems, as `check` reports them");
+}

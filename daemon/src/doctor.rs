@@ -5,12 +5,12 @@
 
 use portd_rules::doctor::{self, legacy, Finding, ForeignChain, SelfState, Severity};
 use portd_rules::plan::PlacedForward;
-use portd_rules::proto::{Body, Response};
+use portd_rules::proto::Body;
 use std::collections::BTreeMap;
 use std::io;
 
-/// What the actor hands over.
-pub struct Snapshot {
+/// What the actor hands the doctor's thread: what only the actor knows.
+pub struct DoctorInputs {
     /// Active forwards (the plan's).
     pub forwards: Vec<PlacedForward>,
     /// Uid of each user owner (root's sets left out: any listener is fine for them).
@@ -32,12 +32,12 @@ pub struct Snapshot {
 const PORTD_NAT_PRIORITY: i32 = -100;
 
 /// Runs the checks on a new thread and sends the answer to `reply`.
-pub fn spawn(s: Snapshot, reply: tokio::sync::oneshot::Sender<Response>) {
-    let (tx, rx) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Response>>();
+pub fn spawn(s: DoctorInputs, reply: tokio::sync::oneshot::Sender<crate::actor::Answer>) {
+    let (tx, rx) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<crate::actor::Answer>>();
     let spawned = std::thread::Builder::new().name("doctor".into()).spawn(move || {
         let findings = run(&s);
         if let Ok(reply) = rx.recv() {
-            let _ = reply.send(Response::ok(Body::Doctor { findings }));
+            let _ = reply.send(Ok(Body::Doctor { findings }));
         }
     });
     match spawned {
@@ -45,10 +45,7 @@ pub fn spawn(s: Snapshot, reply: tokio::sync::oneshot::Sender<Response>) {
             let _ = tx.send(reply);
         }
         Err(e) => {
-            let _ = reply.send(Response::error(
-                portd_rules::proto::ErrorKind::Internal,
-                vec![format!("cannot start the doctor thread: {e}")],
-            ));
+            let _ = reply.send(Err(crate::actor::Error::Internal(format!("cannot start the doctor thread: {e}"))));
         }
     }
 }
@@ -64,7 +61,7 @@ fn unreadable(check: &str, what: String) -> Finding {
 }
 
 /// Every check; findings most severe first.
-pub fn run(s: &Snapshot) -> Vec<Finding> {
+pub fn run(s: &DoctorInputs) -> Vec<Finding> {
     let mut me = s.me.clone();
     me.in_sync =
         matches!(portd_kernel::nft::Backend::new(&s.plan.table).read(&s.plan), Ok(Some(o)) if o.matches(&s.plan));

@@ -195,7 +195,7 @@ fn bind_socket(path: &Path, group: Option<&str>, mode: u32) -> anyhow::Result<St
 
 /// Watches nf_tables events and wakes the actor when our table was touched.
 fn spawn_drift_listener(
-    listener: portd_kernel::events::Listener,
+    listener: portd_kernel::events::TableWatcher,
     tx: std::sync::mpsc::Sender<Msg>,
 ) -> anyhow::Result<()> {
     std::thread::Builder::new().name("portd-events".into()).spawn(move || {
@@ -418,7 +418,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let kernel = Box::new(portd_kernel::nft::Backend::new(&config.settings.table));
     let own_port = kernel.commit_port();
     let mut daemon = Daemon::start(args.config.clone(), config, overrides, published.clone(), kernel, steering)?;
-    let events = portd_kernel::events::Listener::new(&table, own_port).context("subscribing to nf_tables events")?;
+    let events =
+        portd_kernel::events::TableWatcher::new(&table, own_port).context("subscribing to nf_tables events")?;
     daemon.attach_events(events.subscription());
     let status = daemon.status_line();
     let actor = std::thread::Builder::new().name("portd-actor".into()).spawn(move || daemon.run(rx))?;

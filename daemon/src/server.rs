@@ -1,6 +1,7 @@
 //! The control server: accepts connections on the Unix socket, identifies callers by
 //! SO_PEERCRED, reads newline-delimited JSON requests, parses and validates rules files
-//! off the actor's thread, and forwards requests to the actor.
+//! and owners off the actor's thread, forwards the actor's own requests to it, and is
+//! the one place that turns the actor's answers into wire answers.
 //!
 //! A hostile or broken client affects only itself: lines are bounded (4 MiB) and so is
 //! the memory all partial lines may hold together; a request must arrive within the read
@@ -12,7 +13,8 @@
 
 #![forbid(unsafe_code)]
 
-use crate::actor::{self, Caller, Msg, Op, Published};
+use crate::actor::{self, Caller, Msg, Published, Request};
+use portd_rules::owner::Owner;
 use portd_rules::proto::{decode_request, Command, ErrorKind, Response, MAX_LINE_BYTES};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -422,7 +424,7 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
         // for the request anyway: two thread hops fewer (each a wake-up of an idle thread).
         _ => Caller::unnamed(peer.uid, peer.pid),
     };
-    let op = match command {
+    let request = match command {
         Command::Apply { file, text, dry_run, owner } => {
             let checked = match caller.uid {
                 0 => Ok(()),
@@ -435,10 +437,13 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
                 Err(r) => Err(r),
             };
             match parsed {
-                Ok(forwards) => Op::Apply { forwards, dry_run, owner },
+                Ok(forwards) => match owner_of(shared, caller.clone(), owner, None).await {
+                    Ok(owner) => Request::Apply { forwards, dry_run, owner },
+                    Err(r) => return r,
+                },
                 Err(r) => {
                     if let portd_rules::proto::Outcome::Error { messages, .. } = &r.result {
-                        let target = owner.clone().unwrap_or_else(|| caller.owner());
+                        let target = owner.clone().unwrap_or_else(|| caller.owner().to_string());
                         shared.published.refusals.log(&crate::refusals::Refusal {
                             uid: caller.uid,
                             user: &caller.user,
@@ -458,7 +463,7 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
             let s = shared_status(shared, caller.uid).await;
             return crate::metrics::answer(&shared.published.metrics, s);
         }
-        // Concurrent doctors share one snapshot of the actor and one read of the kernel, and
+        // Concurrent doctors share one hand-over of the actor and one read of the kernel, and
         // an answer serves the doctors of the next 2 s too.
         // Root's doctor may carry the legacy tables root's portctl read: its own read.
         Command::Doctor { legacy_tables: None } => {
@@ -467,24 +472,93 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
                 .published
                 .reads
                 .doctor
-                .run_reusing("doctor", crate::coalesce::DOCTOR_REUSE, || {
-                    ask_actor(actor, caller, Op::Command(Command::Doctor { legacy_tables: None }))
-                })
+                .run_reusing("doctor", crate::coalesce::DOCTOR_REUSE, || ask_doctor(actor, None))
                 .await;
         }
-        other => Op::Command(other),
+        // Only root's word on which legacy tables exist is taken.
+        Command::Doctor { legacy_tables } => {
+            return ask_doctor(shared.actor.clone(), legacy_tables.filter(|_| caller.uid == 0)).await
+        }
+        Command::Add { forward, owner, dry_run, replace } => {
+            let name = forward.name.clone();
+            match owner_of(shared, caller.clone(), owner, Some(name)).await {
+                Ok(owner) => Request::Add { forward, owner, dry_run, replace },
+                Err(r) => return r,
+            }
+        }
+        Command::Remove { name, owner, dry_run, if_exists } => {
+            match owner_of(shared, caller.clone(), owner, Some(name.clone())).await {
+                Ok(owner) => Request::Remove { name, owner, dry_run, if_exists },
+                Err(r) => return r,
+            }
+        }
+        Command::Export { owner } => match owner_of(shared, caller.clone(), owner, None).await {
+            Ok(owner) => Request::Export { owner },
+            Err(r) => return r,
+        },
+        Command::Reload { dry_run } => Request::Reload { dry_run },
+        Command::Grants => Request::Grants,
     };
-    ask_actor(shared.actor.clone(), caller, op).await
+    ask_actor(shared.actor.clone(), caller, request).await
 }
 
-/// The actor's answer to one request.
-async fn ask_actor(actor: Sender<Msg>, caller: Caller, op: Op) -> Response {
+/// The owner a request names, parsed at the edge: the actor takes owners typed. A name
+/// that is no owner is refused here, and logged like the actor's refusals (`forward`:
+/// the forward the request names).
+async fn owner_of(
+    shared: &Shared,
+    caller: Caller,
+    owner: Option<String>,
+    forward: Option<String>,
+) -> Result<Option<Owner>, Response> {
+    let Some(raw) = owner else { return Ok(None) };
+    let e = match Owner::parse(&raw) {
+        Ok(o) => return Ok(Some(o)),
+        Err(e) => e,
+    };
+    // The refusal names the caller as the actor would (off the async workers: the account
+    // database may be slow).
+    let mut caller = caller;
+    if caller.user.is_empty() {
+        let (uid, pid) = (caller.uid, caller.pid);
+        caller = tokio::task::spawn_blocking(move || caller_of(&Peer { uid, pid }, true)).await.unwrap_or(caller);
+    }
+    let what = format!("request of {} (pid {})", caller.who(), caller.pid.map_or("?".to_string(), |p| p.to_string()));
+    let messages = vec![e];
+    shared.published.refusals.log(&crate::refusals::Refusal {
+        uid: caller.uid,
+        user: &caller.user,
+        owner: &raw,
+        forward: forward.as_deref(),
+        what: &what,
+        causes: &messages,
+    });
+    Err(Response::error(ErrorKind::Invalid, messages))
+}
+
+/// The actor's answer to one request, as a wire answer.
+async fn ask_actor(actor: Sender<Msg>, caller: Caller, request: Request) -> Response {
     let (tx, rx) = oneshot::channel();
-    if actor.send(Msg::Request { caller, op, reply: tx }).is_err() {
+    if actor.send(Msg::Request { caller, request, reply: tx }).is_err() {
         return Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]);
     }
-    match rx.await {
-        Ok(r) => r,
+    answer(rx.await)
+}
+
+/// The doctor's answer, as a wire answer.
+async fn ask_doctor(actor: Sender<Msg>, legacy_tables: Option<portd_rules::proto::LegacyTables>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if actor.send(Msg::Doctor { legacy_tables, reply: tx }).is_err() {
+        return Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]);
+    }
+    answer(rx.await)
+}
+
+/// An answer of the actor on the wire (`Err`: the actor ended before answering).
+fn answer(a: Result<actor::Answer, oneshot::error::RecvError>) -> Response {
+    match a {
+        Ok(Ok(body)) => Response::ok(body),
+        Ok(Err(e)) => Response::error(e.kind(), e.messages()),
         Err(_) => Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]),
     }
 }
@@ -511,7 +585,7 @@ pub async fn status_of(actor: &Sender<Msg>, reader: &Arc<Mutex<Option<portd_kern
     let mut last = String::new();
     for _ in 0..STATUS_ATTEMPTS {
         let (tx, rx) = oneshot::channel();
-        if actor.send(Msg::Snapshot { reply: tx }).is_err() {
+        if actor.send(Msg::Status { reply: tx }).is_err() {
             return stopping();
         }
         let Ok(snap) = rx.await else { return stopping() };

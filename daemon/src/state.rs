@@ -67,16 +67,16 @@ impl Persisted {
 /// One set in the snapshot: `{"uid": N, "forwards": [...]}`, or the bare list of the
 /// first format (no uid; bound to the name's uid at the next start). The forwards stay
 /// unparsed text until each is read on its own, so one bad entry spoils only itself.
-struct SnapshotSet<'a> {
+struct SavedSet<'a> {
     uid: Option<u32>,
     forwards: Vec<&'a serde_json::value::RawValue>,
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for SnapshotSet<'a> {
+impl<'de: 'a, 'a> Deserialize<'de> for SavedSet<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V<'a>(std::marker::PhantomData<&'a ()>);
         impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = SnapshotSet<'a>;
+            type Value = SavedSet<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("{\"uid\": N, \"forwards\": [...]} or a list of forwards")
             }
@@ -85,10 +85,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for SnapshotSet<'a> {
                 while let Some(f) = seq.next_element()? {
                     forwards.push(f);
                 }
-                Ok(SnapshotSet { uid: None, forwards })
+                Ok(SavedSet { uid: None, forwards })
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut set = SnapshotSet { uid: None, forwards: Vec::new() };
+                let mut set = SavedSet { uid: None, forwards: Vec::new() };
                 while let Some(key) = map.next_key::<&str>()? {
                     match key {
                         "uid" => set.uid = map.next_value()?,
@@ -105,12 +105,13 @@ impl<'de: 'a, 'a> Deserialize<'de> for SnapshotSet<'a> {
     }
 }
 
+/// The snapshot file (`sets.json`) as read: every set, its forwards still text.
 #[derive(Deserialize)]
-struct Snapshot<'a> {
+struct SetsFile<'a> {
     #[allow(dead_code)]
     version: u32,
     #[serde(borrow)]
-    sets: BTreeMap<String, SnapshotSet<'a>>,
+    sets: BTreeMap<String, SavedSet<'a>>,
 }
 
 /// The name of a forward that cannot be read whole, for its message.
@@ -305,7 +306,7 @@ impl Store {
                 anyhow::anyhow!("{}: unreadable state ({e}); move it aside to start empty", path.display())
             };
             let text = std::str::from_utf8(bytes).map_err(|e| unreadable(&e))?;
-            let snap: Snapshot<'_> = serde_json::from_str(text).map_err(|e| unreadable(&e))?;
+            let snap: SetsFile<'_> = serde_json::from_str(text).map_err(|e| unreadable(&e))?;
             for (owner, set) in snap.sets {
                 let mut forwards = Vec::with_capacity(set.forwards.len());
                 for (i, raw) in set.forwards.into_iter().enumerate() {

@@ -25,7 +25,7 @@ pub enum TableEvent {
 }
 
 /// A netlink socket subscribed to nf_tables events.
-pub struct Listener {
+pub struct TableWatcher {
     sock: Arc<Socket>,
     table: Vec<u8>,
     /// The netlink port id portd commits from ([`crate::nft::Backend::commit_port`]).
@@ -96,10 +96,10 @@ impl Subscription {
     }
 }
 
-impl Listener {
+impl TableWatcher {
     /// Subscribes to NFNLGRP_NFTABLES in the caller's network namespace. Transactions
     /// committed from the netlink port `own_port` holds are portd's own and not reported.
-    pub fn new(table: &str, own_port: Arc<AtomicU32>) -> io::Result<Listener> {
+    pub fn new(table: &str, own_port: Arc<AtomicU32>) -> io::Result<TableWatcher> {
         let sock = Arc::new(Socket::open(libc::NETLINK_NETFILTER)?);
         sock.subscribe(libc::NFNLGRP_NFTABLES)?;
         // A large receive buffer: a flush of a big table produces many messages. Failure
@@ -109,7 +109,7 @@ impl Listener {
                 "cannot enlarge the nf_tables event socket's buffer: {e}; a large flush may be seen as lost events"
             );
         }
-        Ok(Listener { sock, table: table.as_bytes().to_vec(), own_port })
+        Ok(TableWatcher { sock, table: table.as_bytes().to_vec(), own_port })
     }
 
     /// The listener's membership of the event group, for [`Subscription::quietly`].
@@ -194,7 +194,7 @@ mod tests {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(|e| format!("this test needs root for a network namespace of its own (unshare: {e})"))?;
             let listener =
-                Listener::new("portd", Arc::new(AtomicU32::new(0))).map_err(|e| format!("subscribing: {e}"))?;
+                TableWatcher::new("portd", Arc::new(AtomicU32::new(0))).map_err(|e| format!("subscribing: {e}"))?;
             let events = listener.subscription();
             let one = || nft(&["add", "table", "inet", "portd"]);
             let (r, missed) = events.quietly(one);

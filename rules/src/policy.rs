@@ -398,12 +398,12 @@ pub fn target_unserved(l: &Listeners, f: &Forward) -> Option<String> {
 
 /// Public port claims placed so far, as disjoint ranges per family and protocol.
 #[derive(Debug, Default)]
-pub struct Claims<'a> {
+pub struct PlacedClaims<'a> {
     /// (family, proto, start) -> (end, owner, forward name), borrowed from the sets
     placed: BTreeMap<(Family, Proto, u16), (u16, &'a str, &'a str)>,
 }
 
-impl<'a> Claims<'a> {
+impl<'a> PlacedClaims<'a> {
     /// The owner and name of a placed forward overlapping `f`'s public ports, if any.
     pub fn clash(&self, f: &Forward) -> Option<(&str, &str)> {
         for &fam in f.family.families() {
@@ -486,7 +486,7 @@ pub fn evaluate(
     before: &Evaluation,
 ) -> Evaluation {
     let none = BTreeMap::new();
-    let mut claims = Claims::default();
+    let mut claims = PlacedClaims::default();
     for f in &config.forwards {
         claims.put(SYSTEM, f);
     }

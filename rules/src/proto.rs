@@ -352,7 +352,43 @@ pub enum Outcome {
         /// characters escaped); absent for other failures.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         file: Option<String>,
+        /// For an invalid file, its problems as values, in `messages`' order and under the
+        /// same cap: what clients read instead of parsing `messages`. Absent for other
+        /// failures (and from daemons before it), where `messages` is all there is.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        diagnostics: Vec<Problem>,
     },
+}
+
+/// One located problem of the file an error answer names (in `file`, once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// 1-based line, 0 when unknown.
+    pub line: usize,
+    /// 1-based column, 0 when unknown.
+    pub column: usize,
+    /// Field path such as `forwards[0].port`; empty for the whole document.
+    #[serde(default)]
+    pub path: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl Problem {
+    /// The problem of a diagnostic, without its file.
+    pub fn of(d: &crate::Diagnostic) -> Problem {
+        Problem { line: d.line, column: d.column, path: d.path.clone(), message: d.message.clone() }
+    }
+    /// The diagnostic of this problem in `file`.
+    pub fn in_file(self, file: &str) -> crate::Diagnostic {
+        crate::Diagnostic {
+            file: file.to_string(),
+            line: self.line,
+            column: self.column,
+            path: self.path,
+            message: self.message,
+        }
+    }
 }
 
 /// Most causes an error answer lists, the last counting those left out: as many as a
@@ -366,10 +402,14 @@ impl Response {
     }
     /// A failure.
     pub fn error(kind: ErrorKind, messages: Vec<String>) -> Response {
-        Response { version: PROTOCOL_VERSION, result: Outcome::Error { kind, messages, file: None } }
+        Response {
+            version: PROTOCOL_VERSION,
+            result: Outcome::Error { kind, messages, file: None, diagnostics: Vec::new() },
+        }
     }
     /// A file refused as invalid: its name once (as the caller bounded it, see
-    /// [`crate::diag::bounded_file_name`]), and its problems without it.
+    /// [`crate::diag::bounded_file_name`]), and its problems without it, as text (for
+    /// clients before `diagnostics`) and as values.
     pub fn invalid_file(file: String, diagnostics: &crate::Diagnostics) -> Response {
         Response {
             version: PROTOCOL_VERSION,
@@ -377,17 +417,25 @@ impl Response {
                 kind: ErrorKind::Invalid,
                 messages: diagnostics.0.iter().map(|d| d.located()).collect(),
                 file: Some(file),
+                diagnostics: diagnostics.0.iter().map(Problem::of).collect(),
             },
         }
     }
-    /// The answer with at most [`MAX_ERROR_MESSAGES`] causes, the rest counted ("… and
-    /// 2,480 more"), so an answer's size does not grow with the number of problems.
+    /// The answer with at most [`MAX_ERROR_MESSAGES`] causes and as many problems, the
+    /// rest counted ("… and 2,480 more"), so an answer's size does not grow with the
+    /// number of problems.
     pub fn capped(mut self) -> Response {
-        if let Outcome::Error { messages, .. } = &mut self.result {
+        if let Outcome::Error { messages, diagnostics, .. } = &mut self.result {
             if messages.len() > MAX_ERROR_MESSAGES {
                 let more = messages.len() - (MAX_ERROR_MESSAGES - 1);
                 messages.truncate(MAX_ERROR_MESSAGES - 1);
                 messages.push(format!("… and {} more", crate::load::thousands(more)));
+            }
+            if diagnostics.len() > MAX_ERROR_MESSAGES {
+                let more = diagnostics.len() - (MAX_ERROR_MESSAGES - 1);
+                diagnostics.truncate(MAX_ERROR_MESSAGES - 1);
+                let message = format!("… and {} more", crate::load::thousands(more));
+                diagnostics.push(Problem { line: 0, column: 0, path: String::new(), message });
             }
         }
         self
@@ -407,4 +455,64 @@ pub fn decode_request(line: &[u8]) -> Result<Request, String> {
         ));
     }
     Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bad_file(n: usize) -> String {
+        let mut t = String::from("version: 1\nforwards:\n");
+        for i in 0..n {
+            t.push_str(&format!("  - {{name: f{i}, port: 70000, to: 0}}\n"));
+        }
+        t
+    }
+
+    #[test]
+    fn an_invalid_file_is_answered_with_its_problems_as_values_and_as_text() {
+        let text = bad_file(3);
+        let d = crate::parse_rules("rules.yaml", &text).expect_err("ports out of range");
+        let r = Response::invalid_file("rules.yaml".into(), &d).capped();
+        let Outcome::Error { kind, messages, file, diagnostics } = &r.result else { panic!("{r:?}") };
+        assert_eq!((*kind, file.as_deref()), (ErrorKind::Invalid, Some("rules.yaml")));
+        assert_eq!(diagnostics.len(), messages.len());
+        for (p, m) in diagnostics.iter().zip(messages) {
+            assert!(p.line > 0 && p.column > 0 && !p.path.is_empty(), "{p:?}");
+            assert_eq!(format!("rules.yaml:{m}"), p.clone().in_file("rules.yaml").to_string());
+        }
+        assert_eq!(d.0.into_iter().map(|d| Problem::of(&d)).collect::<Vec<_>>(), *diagnostics);
+        let line = serde_json::to_string(&r).expect("json");
+        assert_eq!(line.matches("rules.yaml").count(), 1, "the file is named once: {line}");
+        assert_eq!(serde_json::from_str::<Response>(&line).expect("decodes"), r);
+    }
+
+    #[test]
+    fn problems_are_capped_like_messages_and_the_answer_stays_smaller_than_the_file() {
+        let text = bad_file(1_300);
+        let d = crate::parse_rules("rules.yaml", &text).expect_err("ports out of range");
+        let r = Response::invalid_file("rules.yaml".into(), &d).capped();
+        let Outcome::Error { messages, diagnostics, .. } = &r.result else { panic!("{r:?}") };
+        assert!(messages.len() <= MAX_ERROR_MESSAGES && diagnostics.len() <= MAX_ERROR_MESSAGES);
+        let last = diagnostics.last().expect("problems");
+        assert_eq!((last.line, last.message.contains("more")), (0, true), "{last:?}");
+        let mut many = d.clone();
+        many.0.extend(d.0.iter().cloned());
+        let r2 = Response::invalid_file("rules.yaml".into(), &many).capped();
+        let Outcome::Error { messages, diagnostics, .. } = &r2.result else { panic!("{r2:?}") };
+        assert_eq!((messages.len(), diagnostics.len()), (MAX_ERROR_MESSAGES, MAX_ERROR_MESSAGES));
+        assert_eq!(diagnostics.last().map(|p| p.message.as_str()), Some(messages[MAX_ERROR_MESSAGES - 1].as_str()));
+        let line = serde_json::to_string(&r).expect("json");
+        assert!(line.len() < text.len(), "answer {} B, file {} B", line.len(), text.len());
+    }
+
+    #[test]
+    fn other_failures_and_older_answers_carry_no_problems() {
+        let r = Response::error(ErrorKind::Denied, vec!["no".into()]);
+        let line = serde_json::to_string(&r).expect("json");
+        assert_eq!(line, r#"{"version":1,"result":{"error":{"kind":"denied","messages":["no"]}}}"#);
+        let old = r#"{"version":1,"result":{"error":{"kind":"invalid","messages":["3:5: forwards[0].port: bad"],"file":"r.yaml"}}}"#;
+        let r: Response = serde_json::from_str(old).expect("an answer of an older daemon");
+        assert!(matches!(r.result, Outcome::Error { diagnostics, .. } if diagnostics.is_empty()));
+    }
 }

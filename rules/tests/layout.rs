@@ -76,3 +76,33 @@ fn every_module_without_unsafe_forbids_it() {
     missing.sort();
     assert!(missing.is_empty(), "add #![forbid(unsafe_code)] to: {missing:?}");
 }
+
+/// True when a line of code (not a comment) names `word` as a whole identifier.
+fn names(text: &str, word: &str) -> bool {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.lines().map(str::trim_start).filter(|l| !l.starts_with("//")).any(|l| {
+        l.match_indices(word).any(|(at, _)| !l[..at].ends_with(ident) && !l[at + word.len()..].starts_with(ident))
+    })
+}
+
+/// The actor takes its own requests and answers with its own error type; only the
+/// server reads wire requests and makes wire answers of the actor's (docs/ARCHITECTURE.md).
+#[test]
+fn the_actor_neither_takes_nor_makes_wire_messages() {
+    let dir = workspace().join("daemon").join("src").join("actor");
+    let mut files = Vec::new();
+    sources(&dir, &mut files);
+    assert!(files.len() > 5, "found only {} files under {}", files.len(), dir.display());
+    let mut found = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        for word in ["Command", "Response", "Outcome"] {
+            if names(&text, word) {
+                found.push(format!("{} names {word}", f.display()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "the server converts between the wire and the actor: {found:?}");
+    assert!(names("use x::{Command, Body};", "Command") && !names("// a Command", "Command"));
+    assert!(!names("CommandFactory", "Command"));
+}

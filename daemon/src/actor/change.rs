@@ -3,12 +3,12 @@
 
 #![forbid(unsafe_code)]
 
-use super::{err, Caller, Daemon, Failure, LOG_FORWARDS, TRIM_AFTER_OBJECTS};
+use super::{Caller, Daemon, Error, LOG_FORWARDS, TRIM_AFTER_OBJECTS};
 use crate::notify;
 use crate::state::Record;
 use portd_rules::plan::PlacedForward;
 use portd_rules::policy::{self, Account, Reason, UserSet};
-use portd_rules::proto::{Body, ErrorKind};
+use portd_rules::proto::Body;
 use portd_rules::{Forward, ListenerCheck};
 use std::time::Instant;
 
@@ -57,7 +57,7 @@ impl Daemon {
         account: &Account,
         set: &UserSet,
         fresh: &[Forward],
-    ) -> Result<Vec<String>, Failure> {
+    ) -> Result<Vec<String>, Error> {
         let mut warnings = Vec::new();
         let check = self.config.settings.listener_check;
         let listeners = if check == ListenerCheck::Off {
@@ -131,13 +131,11 @@ impl Daemon {
         if messages.is_empty() {
             return Ok(warnings);
         }
-        let kind =
-            if refusals.iter().all(|r| !r.is_denial()) && !messages.is_empty() && refusals.len() == messages.len() {
-                ErrorKind::Invalid
-            } else {
-                ErrorKind::Denied
-            };
-        Err((kind, messages))
+        if refusals.iter().all(|r| !r.is_denial()) && !messages.is_empty() && refusals.len() == messages.len() {
+            Err(Error::Invalid(messages))
+        } else {
+            Err(Error::Denied(messages))
+        }
     }
 
     /// What root should know of the forwards it brings in, as ufw warns: a public port a
@@ -169,20 +167,17 @@ impl Daemon {
         account: &Account,
         change: Change,
         dry_run: bool,
-    ) -> Result<Body, Failure> {
+    ) -> Result<Body, Error> {
         let t0 = Instant::now();
         let mark = self.config.settings.mark;
         let empty = UserSet::default();
         let current = self.users.get(owner).unwrap_or(&empty);
         if let Some(bound) = current.uid.filter(|b| *b != account.uid) {
             if caller.uid != 0 {
-                return Err(err(
-                    ErrorKind::Denied,
-                    format!(
-                        "the set {owner} belongs to uid {bound}, an earlier account named {}; it is never handed to another account (root can empty it: `portctl apply --owner {owner}` with `forwards: []`)",
-                        account.name
-                    ),
-                ));
+                return Err(Error::denied(format!(
+                    "the set {owner} belongs to uid {bound}, an earlier account named {}; it is never handed to another account (root can empty it: `portctl apply --owner {owner}` with `forwards: []`)",
+                    account.name
+                )));
             }
         }
         // The record that makes the change, the one that takes it back, and the forwards
@@ -244,13 +239,13 @@ impl Daemon {
             Change::Add(f) => self.plan.change_owner(owner, &[], std::slice::from_ref(f), mark),
             Change::Remove(name) => self.plan.change_owner(owner, &[name.as_str()], &[], mark),
         };
-        let mut delta = delta.map_err(|c| (ErrorKind::Conflict, c.iter().map(|c| c.to_string()).collect()))?;
+        let mut delta = delta.map_err(|c| Error::Conflict(c.iter().map(|c| c.to_string()).collect()))?;
         for f in dropped {
             delta.summary.removed.push(PlacedForward { owner: owner.into(), mark: f.mark.unwrap_or(mark), forward: f });
         }
         // A large file leaves freed memory behind even when nothing changes.
         if fresh.len() > TRIM_AFTER_OBJECTS {
-            super::schedule_trim(&mut self.trim_at);
+            super::schedule_trim(&mut self.timers);
         }
         if dry_run || (delta.is_empty() && record.is_empty() && current.uid == Some(account.uid)) {
             return Ok(with_warnings(Body::changed(delta.summary, dry_run), warnings));
@@ -266,8 +261,7 @@ impl Daemon {
                 std::borrow::Cow::Owned(whole)
             }
         };
-        self.commit(&delta, whole)
-            .map_err(|e| err(ErrorKind::Kernel, format!("the kernel refused the change; nothing was changed: {e}")))?;
+        self.commit(&delta, whole).map_err(|source| Error::KernelRefused { what: "the change", source })?;
         let t_kernel = t0.elapsed();
         record.apply(&mut self.users);
         if let Err(e) = self.store.commit(&self.users, &record) {
@@ -276,7 +270,7 @@ impl Daemon {
             if let Err(e2) = self.kernel.replace(&self.plan) {
                 tracing::error!("rolling back after a failed save: {e2}");
             }
-            return Err(err(ErrorKind::Internal, format!("{e}; the change was rolled back")));
+            return Err(Error::RolledBack(e.to_string()));
         }
         let t_save = t0.elapsed();
         let size = delta.size();
@@ -315,8 +309,8 @@ impl Daemon {
 
     /// Refuses forwards whose public port a listener-suspended forward of another owner
     /// keeps.
-    pub(super) fn check_reserved(&self, owner: &str, fresh: &[Forward]) -> Result<(), Failure> {
-        let mut claims = policy::Claims::default();
+    pub(super) fn check_reserved(&self, owner: &str, fresh: &[Forward]) -> Result<(), Error> {
+        let mut claims = policy::PlacedClaims::default();
         let mut any = false;
         for (o, list) in &self.eval.suspended {
             if o == owner {
@@ -349,7 +343,7 @@ impl Daemon {
         if clashes.is_empty() {
             Ok(())
         } else {
-            Err((ErrorKind::Conflict, clashes))
+            Err(Error::Conflict(clashes))
         }
     }
 

@@ -1,4 +1,4 @@
-//! `portctl doctor` on the actor's side: a snapshot of what only the actor knows (the
+//! `portctl doctor` on the actor's side: the inputs only the actor knows (the
 //! plan, suspensions, back-off), handed to a thread of its own that reads the
 //! kernel and answers, so the actor stays responsive however large the host's ruleset.
 
@@ -6,14 +6,14 @@
 
 use super::Daemon;
 use portd_rules::doctor::SelfState;
-use portd_rules::proto::{LegacyTables, Response};
+use portd_rules::proto::LegacyTables;
 use std::time::Instant;
 use tokio::sync::oneshot;
 
 impl Daemon {
     /// Answers `doctor` from a thread of its own.
     /// `legacy_tables`: the loaded legacy iptables tables, as root's portctl saw them.
-    pub(super) fn doctor(&mut self, legacy_tables: Option<LegacyTables>, reply: oneshot::Sender<Response>) {
+    pub(super) fn doctor(&mut self, legacy_tables: Option<LegacyTables>, reply: oneshot::Sender<super::Answer>) {
         let suspended = self
             .eval
             .suspended
@@ -39,7 +39,7 @@ impl Daemon {
             }
             _ => None,
         };
-        let snapshot = crate::doctor::Snapshot {
+        let inputs = crate::doctor::DoctorInputs {
             legacy_tables,
             dispatch: portd_rules::doctor::DispatchView { steer: self.plan.steer, steer_fix },
             forwards: self.plan.forwards.clone(),
@@ -61,6 +61,6 @@ impl Daemon {
                 .then(|| self.steering.reason().map(str::to_string))
                 .flatten(),
         };
-        crate::doctor::spawn(snapshot, reply);
+        crate::doctor::spawn(inputs, reply);
     }
 }

@@ -29,6 +29,8 @@ impl Daemon {
         match self.backoff.on_drift(Instant::now()) {
             Repair::Wait => {}
             Repair::StandBack(until) => {
+                // checked again when the back-off is over
+                self.timers.set_earliest(super::Timer::Repair, until);
                 tracing::error!(
                     action = "standback",
                     "another program changed table inet {} {} times in {:?}; standing back for {:?}",

@@ -11,25 +11,30 @@ mod accounts;
 mod change;
 mod doctor;
 mod drift;
+mod error;
 mod reload;
 mod requests;
 mod start;
 mod status;
+mod timers;
 
 use crate::notify;
 use crate::state::Store;
 use portd_kernel::Kernel;
 use portd_rules::policy::{self, Backoff, Evaluation, Judge, Listeners, Repair, UserSet};
-use portd_rules::proto::{Command, ErrorKind, Response};
+use portd_rules::proto::LegacyTables;
 use portd_rules::{Config, ListenerCheck, OnExit, Plan};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
+use timers::{Timer, Timers};
 use tokio::sync::oneshot;
 
 pub use accounts::{lookup as lookup_account, name_of};
-pub use status::Snapshot;
+pub use error::Error;
+pub use requests::{Answer, Request};
+pub use status::PendingStatus;
 
 /// How often live user forwards are re-checked against the sockets of other uids.
 const LISTENER_POLL: Duration = Duration::from_millis(500);
@@ -62,9 +67,9 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// The caller's own owner name.
-    pub fn owner(&self) -> String {
-        policy::Owner::user_key(&self.user)
+    /// The caller's own owner.
+    pub fn owner(&self) -> policy::Owner {
+        policy::Owner::User(self.user.clone())
     }
     /// A caller whose name the actor looks up when it takes the request (with the account
     /// lookups it makes for the request anyway): one thread hop fewer than a lookup by the
@@ -88,28 +93,15 @@ impl Caller {
     }
 }
 
-/// A request as the actor takes it: rules files arrive parsed and validated (the server
-/// does that off the actor's thread, within a time budget).
-pub enum Op {
-    /// Replace the caller's set (`portctl apply`).
-    Apply {
-        /// The file's forwards, validated.
-        forwards: Vec<portd_rules::Forward>,
-        /// Compute and report the change without applying it.
-        dry_run: bool,
-        /// Act for another owner (root only).
-        owner: Option<String>,
-    },
-    /// Any other command (never `Command::Apply`).
-    Command(Command),
-}
-
 /// Messages to the actor.
 pub enum Msg {
     /// A client request.
-    Request { caller: Caller, op: Op, reply: oneshot::Sender<Response> },
+    Request { caller: Caller, request: Request, reply: oneshot::Sender<Answer> },
     /// The plan and suspended forwards, for a status read off the actor's thread.
-    Snapshot { reply: oneshot::Sender<Snapshot> },
+    Status { reply: oneshot::Sender<PendingStatus> },
+    /// `portctl doctor`: answered by a thread of its own, from what the actor hands it.
+    /// `legacy_tables`: the loaded legacy iptables tables as root's portctl read them.
+    Doctor { legacy_tables: Option<LegacyTables>, reply: oneshot::Sender<Answer> },
     /// SIGHUP: reload the config.
     Reload,
     /// Clean stop: apply `on_exit` and end.
@@ -154,29 +146,19 @@ pub struct Daemon {
     plan: Plan,
     repairs: u64,
     backoff: Backoff,
-    /// When to hand freed heap back to the system (after a large change or read).
-    trim_at: Option<Instant>,
-    /// When the pending trim was first due: requests put it off, up to [`TRIM_MAX_WAIT`].
-    trim_first: Option<Instant>,
+    /// When to trim the heap, check the listeners, and repair again after the back-off.
+    timers: Timers,
     /// A large commit ran while another program committed too, unheard: check the table.
     missed: std::cell::Cell<bool>,
     /// The drift listener's membership of the nf_tables event group, once it listens
     /// ([`Daemon::attach_events`]); large commits step out of it.
     events: Option<portd_kernel::events::Subscription>,
-    /// When to check the listeners of user forwards next.
-    poll_at: Option<Instant>,
     /// What the server reads: the current grants.
     published: std::sync::Arc<Published>,
     /// Since when the kernel differs from the plan (a foreign change not yet repaired).
     drift_since: Option<Instant>,
     /// The BPF data plane: steering and kernel reservations, or why not.
     steering: crate::dataplane::Steering,
-}
-
-type Failure = (ErrorKind, Vec<String>);
-
-fn err(kind: ErrorKind, msg: impl Into<String>) -> Failure {
-    (kind, vec![msg.into()])
 }
 
 /// Applies flag overrides to a freshly parsed config.
@@ -188,19 +170,6 @@ pub fn effective(mut config: Config, o: &Overrides) -> Config {
         config.settings.state_dir = d.display().to_string();
     }
     config
-}
-
-/// The owner a request acts for and the forward it names, for the journal fields of a
-/// refusal.
-fn subject(caller: &Caller, op: &Op) -> (String, Option<String>) {
-    let (owner, forward) = match op {
-        Op::Apply { owner, .. } => (owner.clone(), None),
-        Op::Command(Command::Add { forward, owner, .. }) => (owner.clone(), Some(forward.name.clone())),
-        Op::Command(Command::Remove { name, owner, .. }) => (owner.clone(), Some(name.clone())),
-        Op::Command(Command::Export { owner }) => (owner.clone(), None),
-        Op::Command(_) => (None, None),
-    };
-    (owner.unwrap_or_else(|| caller.owner()), forward)
 }
 
 /// A change is logged with at most this many forwards, then how many more.
@@ -286,8 +255,8 @@ impl Daemon {
             return;
         }
         self.accounts = accounts;
-        if let Err((_, m)) = self.reevaluate("by a change of the account database") {
-            tracing::error!("applying a change of the account database: {}", m.join("; "));
+        if let Err(e) = self.reevaluate("by a change of the account database") {
+            tracing::error!("applying a change of the account database: {e}");
         }
     }
 
@@ -315,8 +284,8 @@ impl Daemon {
             }
         }
         self.listeners = Some(l);
-        if let Err((_, m)) = self.reevaluate("by a bind of its public port") {
-            tracing::error!("applying a bind of a public port: {}", m.join("; "));
+        if let Err(e) = self.reevaluate("by a bind of its public port") {
+            tracing::error!("applying a bind of a public port: {e}");
         }
     }
 
@@ -355,8 +324,11 @@ impl Daemon {
     /// Schedules the next listener check. A check already due sooner keeps its time: no
     /// stream of changes, however fast, can put the check off.
     fn schedule_poll(&mut self) {
-        let next = Instant::now() + LISTENER_POLL;
-        self.poll_at = self.has_checked_forwards().then(|| self.poll_at.map_or(next, |at| at.min(next)));
+        if self.has_checked_forwards() {
+            self.timers.set_earliest(Timer::Poll, Instant::now() + LISTENER_POLL);
+        } else {
+            self.timers.cancel(Timer::Poll);
+        }
     }
 
     /// Logs each forward that was suspended or resumed since `before`.
@@ -380,7 +352,7 @@ impl Daemon {
 
     /// Re-judges every user forward (after a reload or a listener change) and puts the
     /// result into the kernel as one batch.
-    fn reevaluate(&mut self, when: &str) -> Result<(), Failure> {
+    fn reevaluate(&mut self, when: &str) -> Result<(), Error> {
         let before = std::mem::take(&mut self.eval);
         self.eval = self.evaluate(&before);
         if self.eval == before {
@@ -390,12 +362,12 @@ impl Daemon {
             Ok(p) => p,
             Err(c) => {
                 self.eval = before;
-                return Err((ErrorKind::Conflict, c));
+                return Err(Error::Conflict(c));
             }
         };
-        if let Err(e) = self.commit(&Plan::diff(&self.plan, &plan), || std::borrow::Cow::Borrowed(&plan)) {
+        if let Err(source) = self.commit(&Plan::diff(&self.plan, &plan), || std::borrow::Cow::Borrowed(&plan)) {
             self.eval = before;
-            return Err(err(ErrorKind::Kernel, format!("the kernel refused the change; nothing was changed: {e}")));
+            return Err(Error::KernelRefused { what: "the change", source });
         }
         self.conntrack.forget(portd_kernel::conntrack::stale_mappings(&self.plan, &plan));
         self.plan = plan;
@@ -426,49 +398,42 @@ impl Daemon {
                 );
                 self.repair_if_drifted(portd_kernel::events::TableEvent::Unknown);
             }
-            let wake = [self.backoff.deferred(), self.trim_at, self.poll_at].into_iter().flatten().min();
-            let msg = match wake {
+            let msg = match self.timers.next() {
                 Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match msg {
-                Ok(Msg::Request { op: Op::Command(Command::Doctor { legacy_tables }), reply, caller }) => {
-                    // Only root's word on which legacy tables exist is taken.
-                    self.doctor(legacy_tables.filter(|_| caller.uid == 0), reply)
-                }
-                Ok(Msg::Request { mut caller, op, reply }) => {
+                Ok(Msg::Doctor { legacy_tables, reply }) => self.doctor(legacy_tables, reply),
+                Ok(Msg::Request { mut caller, request, reply }) => {
                     caller.name();
-                    let (owner, forward) = subject(&caller, &op);
-                    let resp = match self.handle(&caller, op) {
-                        Ok(body) => Response::ok(body),
-                        Err((kind, messages)) => {
-                            let what = format!(
-                                "request of {} (pid {})",
-                                caller.who(),
-                                caller.pid.map_or("?".to_string(), |p| p.to_string())
-                            );
-                            self.published.refusals.log(&crate::refusals::Refusal {
-                                uid: caller.uid,
-                                user: &caller.user,
-                                owner: &owner,
-                                forward: forward.as_deref(),
-                                what: &what,
-                                causes: &messages,
-                            });
-                            Response::error(kind, messages)
-                        }
-                    };
-                    let _ = reply.send(resp);
+                    let (owner, forward) = request.subject(&caller);
+                    let answer = self.handle(&caller, request);
+                    if let Err(e) = &answer {
+                        let what = format!(
+                            "request of {} (pid {})",
+                            caller.who(),
+                            caller.pid.map_or("?".to_string(), |p| p.to_string())
+                        );
+                        self.published.refusals.log(&crate::refusals::Refusal {
+                            uid: caller.uid,
+                            user: &caller.user,
+                            owner: &owner,
+                            forward: forward.as_deref(),
+                            what: &what,
+                            causes: &e.messages(),
+                        });
+                    }
+                    let _ = reply.send(answer);
                     // From the end of the request: an apply takes tens of ms itself.
                     self.put_off_trim();
                 }
-                Ok(Msg::Snapshot { reply }) => {
-                    let _ = reply.send(self.snapshot());
+                Ok(Msg::Status { reply }) => {
+                    let _ = reply.send(self.pending_status());
                 }
                 Ok(Msg::Reload) => {
                     notify::reloading();
-                    if let Err((_, m)) = self.reload(None, false) {
-                        tracing::error!("reload failed, keeping the running config: {}", m.join("; "));
+                    if let Err(e) = self.reload(None, false) {
+                        tracing::error!("reload failed, keeping the running config: {e}");
                     }
                     notify::ready(&self.status_line());
                 }
@@ -493,16 +458,16 @@ impl Daemon {
                 }
             }
             let now = Instant::now();
-            if self.trim_at.is_some_and(|t| t <= now) {
-                self.trim_at = None;
-                self.trim_first = None;
-                trim_heap();
-            }
-            if self.backoff.due(now) {
-                self.repair_if_drifted(portd_kernel::events::TableEvent::Unknown);
-            }
-            if self.poll_at.is_some_and(|t| t <= now) {
-                self.poll_listeners();
+            for timer in self.timers.take_due(now) {
+                match timer {
+                    Timer::Trim => trim_heap(),
+                    Timer::Repair => {
+                        if self.backoff.due(now) {
+                            self.repair_if_drifted(portd_kernel::events::TableEvent::Unknown);
+                        }
+                    }
+                    Timer::Poll => self.poll_listeners(),
+                }
             }
         }
     }
@@ -510,13 +475,13 @@ impl Daemon {
     /// The periodic listener check: suspends user forwards whose target port a socket of
     /// another uid holds, and resumes them when it is theirs or free again.
     fn poll_listeners(&mut self) {
-        self.poll_at = None;
+        self.timers.cancel(Timer::Poll);
         self.steering.repair();
         let old = self.listeners.clone();
         self.refresh_listeners();
         if self.listeners != old {
-            if let Err((_, m)) = self.reevaluate("by the listener check") {
-                tracing::error!("applying the listener check: {}", m.join("; "));
+            if let Err(e) = self.reevaluate("by the listener check") {
+                tracing::error!("applying the listener check: {e}");
             }
         }
         self.schedule_poll();
@@ -538,21 +503,19 @@ impl Daemon {
 
     /// Puts a pending trim off while requests keep coming (see [`TRIM_MAX_WAIT`]).
     fn put_off_trim(&mut self) {
-        let Some(at) = self.trim_at else { return };
-        let first = *self.trim_first.get_or_insert(at);
-        self.trim_at = Some((Instant::now() + TRIM_DELAY).min(first + TRIM_MAX_WAIT));
+        self.timers.put_off(Timer::Trim, Instant::now() + TRIM_DELAY, TRIM_MAX_WAIT);
     }
 
     /// Schedules [`trim_heap`] shortly after the current request.
     fn trim_soon(&mut self) {
-        schedule_trim(&mut self.trim_at);
+        schedule_trim(&mut self.timers);
     }
 }
 
-/// Sets `trim_at` to [`TRIM_DELAY`] from now unless a trim is pending already; a free
-/// function so that a request can schedule one while it borrows other fields.
-pub(super) fn schedule_trim(trim_at: &mut Option<Instant>) {
-    trim_at.get_or_insert_with(|| Instant::now() + TRIM_DELAY);
+/// Schedules [`trim_heap`] [`TRIM_DELAY`] from now unless a trim is pending already; a
+/// free function so that a request can schedule one while it borrows other fields.
+fn schedule_trim(timers: &mut Timers) {
+    timers.set_unless_pending(Timer::Trim, Instant::now() + TRIM_DELAY);
 }
 
 /// Number of owners in `forwards`, which a plan keeps grouped by owner: one binary

@@ -3,22 +3,17 @@
 #![forbid(unsafe_code)]
 
 use super::change::with_warnings;
-use super::{accounts, err, Caller, Daemon, Failure, LOG_FORWARDS};
+use super::{accounts, Caller, Daemon, Error, LOG_FORWARDS};
 use crate::notify;
 use portd_rules::policy::{self};
-use portd_rules::proto::{Body, ErrorKind, Suspension};
+use portd_rules::proto::{Body, Suspension};
 use portd_rules::{parse_config, Plan};
-
-/// A file's located problems as a refusal.
-fn invalid(d: portd_rules::Diagnostics) -> Failure {
-    (ErrorKind::Invalid, d.0.iter().map(|d| d.to_string()).collect())
-}
 
 impl Daemon {
     /// Re-reads the config file and puts its rules into the kernel; with `dry_run`, only
     /// reports what it would add, remove and suspend, and changes nothing. The outcome of
     /// a real reload goes to the metrics.
-    pub(super) fn reload(&mut self, caller: Option<&Caller>, dry_run: bool) -> Result<Body, Failure> {
+    pub(super) fn reload(&mut self, caller: Option<&Caller>, dry_run: bool) -> Result<Body, Error> {
         let r = self.reload_config(caller, dry_run);
         if !dry_run {
             self.published.metrics.reloaded(r.is_ok());
@@ -26,11 +21,11 @@ impl Daemon {
         r
     }
 
-    fn reload_config(&mut self, caller: Option<&Caller>, dry_run: bool) -> Result<Body, Failure> {
+    fn reload_config(&mut self, caller: Option<&Caller>, dry_run: bool) -> Result<Body, Error> {
         let text = std::fs::read_to_string(&self.config_path)
-            .map_err(|e| err(ErrorKind::Invalid, format!("{}: {e}", self.config_path.display())))?;
+            .map_err(|e| Error::invalid(format!("{}: {e}", self.config_path.display())))?;
         let file = self.config_path.display().to_string();
-        let config = parse_config(&file, &text).map_err(invalid)?;
+        let config = parse_config(&file, &text).map_err(Error::InvalidConfig)?;
         // A grant of an unknown account is refused at start; a running portd keeps going
         // (a user deleted since is how forwards get suspended) and says so.
         let warnings: Vec<String> =
@@ -43,8 +38,7 @@ impl Daemon {
             || config.settings.dispatch != self.config.settings.dispatch
             || config.settings.ownership != self.config.settings.ownership
         {
-            return Err(err(
-                ErrorKind::Invalid,
+            return Err(Error::invalid(
                 "settings.table, settings.state_dir, settings.socket, settings.metrics, settings.dispatch and settings.ownership only change on restart; revert them or restart portd",
             ));
         }
@@ -63,7 +57,7 @@ impl Daemon {
             Ok(p) => p,
             Err(c) => {
                 undo(self, before);
-                return Err((ErrorKind::Conflict, c));
+                return Err(Error::Conflict(c));
             }
         };
         let delta = Plan::diff(&self.plan, &plan);
@@ -86,9 +80,9 @@ impl Daemon {
             }
             return Ok(body);
         }
-        if let Err(e) = self.commit(&delta, || std::borrow::Cow::Borrowed(&plan)) {
+        if let Err(source) = self.commit(&delta, || std::borrow::Cow::Borrowed(&plan)) {
             undo(self, before);
-            return Err(err(ErrorKind::Kernel, format!("the kernel refused the new config; nothing was changed: {e}")));
+            return Err(Error::KernelRefused { what: "the new config", source });
         }
         let by = caller.map_or("SIGHUP".to_string(), |c| c.who());
         tracing::info!(

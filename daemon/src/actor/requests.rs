@@ -1,26 +1,89 @@
-//! The actor's answers to requests: each operation dispatched to its handler, and the
-//! owner a request acts for.
+//! The actor's requests, one variant per operation it answers, each dispatched to its
+//! handler; and the owner a request acts for.
 
 #![forbid(unsafe_code)]
 
 use super::change::Change;
-use super::{accounts, err, Caller, Daemon, Failure, Op};
-use portd_rules::policy::{self, Account, Owner};
-use portd_rules::proto::{Body, Command, ErrorKind};
+use super::{accounts, Caller, Daemon, Error};
+use portd_rules::policy::{Account, Owner};
+use portd_rules::proto::Body;
+use portd_rules::Forward;
+
+/// A request as the actor takes it. Rules files arrive parsed and validated and owners
+/// parsed: the server does that at its edge, off the actor's thread.
+#[derive(Debug)]
+pub enum Request {
+    /// Replace the caller's set (`portctl apply`).
+    Apply {
+        /// The file's forwards, validated.
+        forwards: Vec<Forward>,
+        /// Compute and report the change without applying it.
+        dry_run: bool,
+        /// Act for another owner (root only).
+        owner: Option<Owner>,
+    },
+    /// Add one forward to the set (`portctl add`).
+    Add {
+        /// The forward as the wire carried it (validated here).
+        forward: Forward,
+        /// Act for another owner (root only).
+        owner: Option<Owner>,
+        /// Check and report the change without applying it.
+        dry_run: bool,
+        /// Replace a forward of the same name instead of refusing.
+        replace: bool,
+    },
+    /// Remove one forward from the set, by name (`portctl remove`).
+    Remove {
+        /// Forward name.
+        name: String,
+        /// Act for another owner (root only).
+        owner: Option<Owner>,
+        /// Check and report the change without applying it.
+        dry_run: bool,
+        /// A set without that forward is no error.
+        if_exists: bool,
+    },
+    /// A set as a rules file (`portctl export`).
+    Export {
+        /// Owner (default: the caller's).
+        owner: Option<Owner>,
+    },
+    /// Re-read the config (`portctl reload`, root only).
+    Reload {
+        /// Report what it would change, without changing it.
+        dry_run: bool,
+    },
+    /// What the caller may forward (`portctl grants`).
+    Grants,
+}
+
+/// What the actor answers a request with; the server turns it into a wire answer.
+pub type Answer = Result<Body, Error>;
+
+impl Request {
+    /// The owner the request acts for and the forward it names, for the journal fields of
+    /// a refusal.
+    pub(super) fn subject(&self, caller: &Caller) -> (String, Option<String>) {
+        let (owner, forward) = match self {
+            Request::Apply { owner, .. } | Request::Export { owner } => (owner.as_ref(), None),
+            Request::Add { forward, owner, .. } => (owner.as_ref(), Some(forward.name.clone())),
+            Request::Remove { name, owner, .. } => (owner.as_ref(), Some(name.clone())),
+            Request::Reload { .. } | Request::Grants => (None, None),
+        };
+        (owner.map_or_else(|| caller.owner(), Clone::clone).to_string(), forward)
+    }
+}
 
 impl Daemon {
-    pub(super) fn handle(&mut self, caller: &Caller, op: Op) -> Result<Body, Failure> {
-        let command = match op {
-            Op::Apply { forwards, dry_run, owner } => {
+    /// Answers one request.
+    pub(super) fn handle(&mut self, caller: &Caller, request: Request) -> Answer {
+        match request {
+            Request::Apply { forwards, dry_run, owner } => {
                 let (owner, account) = self.target_owner(caller, owner, forwards.is_empty())?;
-                return self.change(caller, &owner, &account, Change::Replace(forwards), dry_run);
+                self.change(caller, &owner, &account, Change::Replace(forwards), dry_run)
             }
-            Op::Command(c) => c,
-        };
-        match command {
-            Command::Status | Command::Metrics => self.status(),
-            Command::Apply { .. } => Err(err(ErrorKind::Protocol, "apply reaches the daemon's core parsed")),
-            Command::Add { mut forward, owner, dry_run, replace } => {
+            Request::Add { mut forward, owner, dry_run, replace } => {
                 let (owner, account) = self.target_owner(caller, owner, false)?;
                 // Checked alone, in its one form (the same rules as a file's forward); its
                 // overlap with the rest of the set (and other owners) is found by
@@ -33,53 +96,44 @@ impl Daemon {
                         return Ok(Body::changed(Default::default(), dry_run));
                     }
                     if !replace {
-                        return Err(err(
-                            ErrorKind::Invalid,
-                            format!(
-                                "{owner} already has a forward `{}` with other settings; use `portctl add --replace` to change it, or remove it first",
-                                forward.name
-                            ),
-                        ));
+                        return Err(Error::invalid(format!(
+                            "{owner} already has a forward `{}` with other settings; use `portctl add --replace` to change it, or remove it first",
+                            forward.name
+                        )));
                     }
                 }
                 if !problems.is_empty() {
-                    return Err((ErrorKind::Invalid, problems.iter().map(ToString::to_string).collect()));
+                    return Err(Error::Invalid(problems.iter().map(ToString::to_string).collect()));
                 }
                 self.change(caller, &owner, &account, Change::Add(forward), dry_run)
             }
-            Command::Remove { name, owner, dry_run, if_exists } => {
+            Request::Remove { name, owner, dry_run, if_exists } => {
                 let (owner, account) = self.target_owner(caller, owner, true)?;
                 if !self.users.get(&owner).is_some_and(|s| s.forwards.iter().any(|f| f.name == name)) {
                     if if_exists {
                         return Ok(Body::changed(Default::default(), dry_run));
                     }
-                    return Err(err(
-                        ErrorKind::Invalid,
-                        format!("{owner} has no forward `{name}` (`--if-exists` makes that no error)"),
-                    ));
+                    return Err(Error::invalid(format!(
+                        "{owner} has no forward `{name}` (`--if-exists` makes that no error)"
+                    )));
                 }
                 self.change(caller, &owner, &account, Change::Remove(name), dry_run)
             }
-            Command::Export { owner } => {
-                let owner = match owner {
-                    None => caller.owner(),
-                    Some(o) => Owner::parse(&o).map_err(|e| err(ErrorKind::Invalid, e))?.to_string(),
+            Request::Export { owner } => {
+                let owner = owner.unwrap_or_else(|| caller.owner());
+                let forwards = match &owner {
+                    Owner::System => self.config.forwards.clone(),
+                    user => self.users.get(&user.to_string()).map(|s| s.forwards.clone()).unwrap_or_default(),
                 };
-                let forwards = if owner == policy::SYSTEM {
-                    self.config.forwards.clone()
-                } else {
-                    self.users.get(&owner).map(|s| s.forwards.clone()).unwrap_or_default()
-                };
-                Ok(Body::Export { owner, forwards })
+                Ok(Body::Export { owner: owner.to_string(), forwards })
             }
-            Command::Doctor { .. } => Err(err(ErrorKind::Protocol, "doctor is answered by a thread of its own")),
-            Command::Reload { dry_run } => {
+            Request::Reload { dry_run } => {
                 if caller.uid != 0 {
-                    return Err(err(ErrorKind::Denied, "only root may reload the config (or send SIGHUP to portd)"));
+                    return Err(Error::denied("only root may reload the config (or send SIGHUP to portd)"));
                 }
                 self.reload(Some(caller), dry_run)
             }
-            Command::Grants => Ok(Body::Grants(self.grants_of(caller))),
+            Request::Grants => Ok(Body::Grants(self.grants_of(caller))),
         }
     }
 
@@ -87,43 +141,33 @@ impl Daemon {
     /// another owner; the system set is only changed through the config file.
     /// `removing`: the change only takes forwards away, which root may do for the set of
     /// a user that no longer exists (an account of the set's uid stands in for it).
-    fn target_owner(
-        &self,
-        caller: &Caller,
-        owner: Option<String>,
-        removing: bool,
-    ) -> Result<(String, Account), Failure> {
+    fn target_owner(&self, caller: &Caller, owner: Option<Owner>, removing: bool) -> Result<(String, Account), Error> {
         let name = match owner {
             None => caller.user.clone(),
-            Some(o) => match Owner::parse(&o).map_err(|e| err(ErrorKind::Invalid, e))? {
-                Owner::System => {
-                    return Err(err(
-                        ErrorKind::Invalid,
-                        format!(
-                            "the system set comes from {}; edit it and run `portctl reload`",
-                            self.config_path.display()
-                        ),
-                    ))
-                }
-                Owner::User(n) if caller.uid != 0 && n != caller.user => {
-                    return Err(err(
-                        ErrorKind::Denied,
-                        format!("only root may act for another owner ({o}); you are {}", caller.owner()),
-                    ))
-                }
-                Owner::User(n) => n,
-            },
+            Some(Owner::System) => {
+                return Err(Error::invalid(format!(
+                    "the system set comes from {}; edit it and run `portctl reload`",
+                    self.config_path.display()
+                )))
+            }
+            Some(o @ Owner::User(_)) if caller.uid != 0 && o.user() != Some(caller.user.as_str()) => {
+                return Err(Error::denied(format!(
+                    "only root may act for another owner ({o}); you are {}",
+                    caller.owner()
+                )))
+            }
+            Some(Owner::User(n)) => n,
         };
         match accounts::lookup(&name) {
             Some(a) if caller.uid == 0 || a.uid == caller.uid => Ok((Owner::user_key(&name), a)),
-            Some(a) => Err(err(
-                ErrorKind::Denied,
-                format!("user name {name} belongs to uid {}, not to you (uid {})", a.uid, caller.uid),
-            )),
-            None if name == caller.user && caller.uid != 0 => Err(err(
-                ErrorKind::Denied,
-                format!("uid {} has no user name in the account database; grants are given to users", caller.uid),
-            )),
+            Some(a) => Err(Error::denied(format!(
+                "user name {name} belongs to uid {}, not to you (uid {})",
+                a.uid, caller.uid
+            ))),
+            None if name == caller.user && caller.uid != 0 => Err(Error::denied(format!(
+                "uid {} has no user name in the account database; grants are given to users",
+                caller.uid
+            ))),
             None => {
                 let key = Owner::user_key(&name);
                 match self.users.get(&key) {
@@ -131,11 +175,10 @@ impl Daemon {
                         let uid = set.uid.unwrap_or(u32::MAX);
                         Ok((key, Account { name, uid, groups: Vec::new() }))
                     }
-                    Some(_) => Err(err(
-                        ErrorKind::Invalid,
-                        format!("there is no user `{name}` on this host; root can only remove the forwards of its set"),
-                    )),
-                    None => Err(err(ErrorKind::Invalid, format!("there is no user `{name}` on this host"))),
+                    Some(_) => Err(Error::invalid(format!(
+                        "there is no user `{name}` on this host; root can only remove the forwards of its set"
+                    ))),
+                    None => Err(Error::invalid(format!("there is no user `{name}` on this host"))),
                 }
             }
         }

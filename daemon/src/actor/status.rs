@@ -1,10 +1,10 @@
-//! Reads: the caller's grants, and the actor's part of a status (`Snapshot`).
+//! Reads: the caller's grants, and the actor's part of a status (`PendingStatus`).
 
 #![forbid(unsafe_code)]
 
-use super::{accounts, err, Caller, Daemon, Failure, TRIM_AFTER_OBJECTS};
+use super::{accounts, Caller, Daemon, TRIM_AFTER_OBJECTS};
 use portd_rules::policy::{self};
-use portd_rules::proto::{Body, ErrorKind, ForwardState, ForwardStatus, GrantInfo, GrantsView, Status};
+use portd_rules::proto::{ForwardState, ForwardStatus, GrantInfo, GrantsView, Status};
 use portd_rules::Plan;
 
 impl Daemon {
@@ -39,17 +39,9 @@ impl Daemon {
         GrantsView { user: caller.user.clone(), groups, unrestricted: caller.uid == 0, default_mark, grants }
     }
 
-    /// Status read in the actor (the server reads the kernel off the actor instead, from
-    /// a [`Snapshot`]).
-    pub(super) fn status(&mut self) -> Result<Body, Failure> {
-        let snap = self.snapshot();
-        let obs = self.kernel.observe(&snap.plan).map_err(|e| err(ErrorKind::Kernel, e.to_string()))?;
-        Ok(Body::Status(snap.status(obs.as_ref())))
-    }
-
     /// What a status needs from the actor: the plan and the suspended forwards. Cheap; the
     /// kernel is read by the caller.
-    pub(super) fn snapshot(&mut self) -> Snapshot {
+    pub(super) fn pending_status(&mut self) -> PendingStatus {
         if self.plan.element_count() > TRIM_AFTER_OBJECTS {
             self.trim_soon();
         }
@@ -73,7 +65,7 @@ impl Daemon {
             }
         }
         let registered = self.steering.registered();
-        Snapshot {
+        PendingStatus {
             plan: self.plan.clone(),
             suspended,
             repairs: self.repairs,
@@ -85,8 +77,10 @@ impl Daemon {
     }
 }
 
-/// The actor's part of a status: read the kernel with it, then call [`Snapshot::status`].
-pub struct Snapshot {
+/// A status waiting for the kernel's part: the actor's part (the plan, suspended
+/// forwards, repairs, the data plane); read the kernel with it, then call
+/// [`PendingStatus::status`].
+pub struct PendingStatus {
     /// The plan the kernel should hold.
     pub plan: Plan,
     /// Forwards kept out of the kernel, with their reasons.
@@ -103,7 +97,7 @@ pub struct Snapshot {
     pub registered: std::collections::BTreeMap<u16, usize>,
 }
 
-impl Snapshot {
+impl PendingStatus {
     /// The status, given what the kernel holds (`None`: no table).
     pub fn status(self, obs: Option<&portd_kernel::nft::Observed>) -> Status {
         let in_sync = obs.is_some_and(|o| o.matches(&self.plan));

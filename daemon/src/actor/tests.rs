@@ -6,7 +6,7 @@
 
 use super::*;
 use portd_kernel::nft::{BackendError, Observed};
-use portd_rules::proto::{Body, Command, ErrorKind, ForwardState};
+use portd_rules::proto::{ErrorKind, ForwardState};
 use portd_rules::{Delta, Forward, PortRange};
 use std::sync::{Arc, Mutex};
 
@@ -120,17 +120,14 @@ fn fwd(name: &str, port: u16, to: u16) -> Forward {
     Forward::new(name, PortRange::single(port), PortRange::single(to))
 }
 
-fn apply(d: &mut Daemon, who: &Caller, forwards: Vec<Forward>) -> Result<Body, Failure> {
-    d.handle(who, Op::Apply { forwards, dry_run: false, owner: None })
+fn apply(d: &mut Daemon, who: &Caller, forwards: Vec<Forward>) -> Answer {
+    d.handle(who, Request::Apply { forwards, dry_run: false, owner: None })
 }
 
+/// Every forward of a status, as the server reads it (the fake kernel holds no table).
 fn states(d: &mut Daemon) -> Vec<(String, ForwardState)> {
-    match d.handle(&root(), Op::Command(Command::Status)) {
-        Ok(Body::Status(s)) => {
-            s.forwards.iter().map(|f| (format!("{}/{}", f.owner, f.forward.name), f.state)).collect()
-        }
-        other => panic!("status: {other:?}"),
-    }
+    let s = d.pending_status().status(None);
+    s.forwards.iter().map(|f| (format!("{}/{}", f.owner, f.forward.name), f.state)).collect()
 }
 
 #[test]
@@ -167,8 +164,8 @@ fn a_failed_state_write_rolls_the_kernel_back_and_is_not_acknowledged() {
     std::fs::create_dir_all(s.dir.join("state").join(".sets.json.tmp")).expect("blocker");
     d.store.snapshot_next();
     let e = apply(&mut d, &root(), vec![fwd("http", 80, 8080)]).expect_err("not persisted");
-    assert_eq!(e.0, ErrorKind::Internal);
-    assert!(e.1[0].contains("rolled back"), "{e:?}");
+    assert_eq!(e.kind(), ErrorKind::Internal);
+    assert!(e.messages()[0].contains("rolled back"), "{e:?}");
     let l = s.fake.log();
     assert_eq!(l.batches[l.batches.len() - 2..], ["change +1 -0".to_string(), "replace 0".to_string()]);
     assert!(l.table.is_empty(), "the kernel holds what it held before: {:?}", l.table);
@@ -187,6 +184,7 @@ fn the_repair_back_off_stands_back_after_a_burst() {
     assert_eq!(replaced, 1 + policy::REPAIR_BURST, "start, then at most a burst of repairs");
     assert_eq!(d.repairs, policy::REPAIR_BURST as u64);
     assert!(d.backoff.deferred().is_some(), "standing back");
+    assert_eq!(d.timers.at(Timer::Repair), d.backoff.deferred(), "woken when the back-off is over");
     assert_eq!(d.backoff.hits, 1);
 }
 
@@ -198,12 +196,15 @@ fn grants_are_judged_through_the_shell_and_a_revoked_one_suspends_on_reload() {
     let who = nobody();
     apply(&mut d, &who, vec![fwd("http", 80, 8080)]).expect("within the grant");
     let e = apply(&mut d, &who, vec![fwd("ssh", 22, 8022)]).expect_err("outside");
-    assert_eq!(e.0, ErrorKind::Denied);
-    assert!(e.1[0].contains("outside your grants"), "{e:?}");
+    assert_eq!(e.kind(), ErrorKind::Denied);
+    assert!(e.messages()[0].contains("outside your grants"), "{e:?}");
     let e = d
-        .handle(&who, Op::Apply { forwards: vec![], dry_run: false, owner: Some("user:root".into()) })
+        .handle(
+            &who,
+            Request::Apply { forwards: vec![], dry_run: false, owner: Some(policy::Owner::User("root".into())) },
+        )
         .expect_err("not root");
-    assert_eq!(e.0, ErrorKind::Denied);
+    assert_eq!(e.kind(), ErrorKind::Denied);
     std::fs::write(s.dir.join("portd.yaml"), s.config("")).expect("config");
     d.reload(None, false).expect("reload");
     assert_eq!(states(&mut d), vec![("user:nobody/http".to_string(), ForwardState::Suspended)]);
@@ -225,7 +226,7 @@ fn the_status_line_counts_each_owner_once() {
     apply(&mut d, &nobody(), vec![fwd("x", 80, 8080), fwd("y", 81, 8081), fwd("z", 82, 8082)]).expect("granted");
     apply(&mut d, &root(), vec![fwd("r", 200, 1200)]).expect("root");
     assert_eq!(d.status_line(), "6 forward(s) from 3 owner(s) in table inet t");
-    d.handle(&root(), Op::Command(Command::Remove { name: "r".into(), owner: None, dry_run: false, if_exists: false }))
+    d.handle(&root(), Request::Remove { name: "r".into(), owner: None, dry_run: false, if_exists: false })
         .expect("removed");
     assert_eq!(d.status_line(), "5 forward(s) from 2 owner(s) in table inet t");
 }
@@ -235,7 +236,7 @@ fn an_unnamed_caller_is_named_by_the_actor() {
     let mut c = Caller::unnamed(0, Some(1));
     c.name();
     assert_eq!(c.user, "root");
-    assert_eq!(c.owner(), "user:root");
+    assert_eq!(c.owner().to_string(), "user:root");
     let mut nameless = Caller::unnamed(u32::MAX - 7, None);
     nameless.name();
     assert_eq!(nameless.user, (u32::MAX - 7).to_string(), "a uid without a name goes by its number");
@@ -245,17 +246,20 @@ fn an_unnamed_caller_is_named_by_the_actor() {
 fn requests_put_a_pending_trim_off_but_not_for_ever() {
     let s = Setup::new("trim");
     let mut d = s.start("");
-    d.trim_at = None;
+    d.timers.cancel(Timer::Trim);
     d.put_off_trim();
-    assert_eq!(d.trim_at, None, "nothing pending, nothing scheduled");
+    assert_eq!(d.timers.at(Timer::Trim), None, "nothing pending, nothing scheduled");
     let due = Instant::now() + Duration::from_millis(10);
-    d.trim_at = Some(due);
+    d.timers.set_unless_pending(Timer::Trim, due);
     d.put_off_trim();
-    assert!(d.trim_at.is_some_and(|t| t >= due + Duration::from_millis(50)), "put off by about TRIM_DELAY");
+    let at = d.timers.at(Timer::Trim);
+    assert!(at.is_some_and(|t| t >= due + Duration::from_millis(50)), "put off by about TRIM_DELAY");
     let long_ago = Instant::now() - TRIM_MAX_WAIT - Duration::from_secs(1);
-    d.trim_first = Some(long_ago);
+    d.timers.cancel(Timer::Trim);
+    d.timers.set_unless_pending(Timer::Trim, long_ago);
     d.put_off_trim();
-    assert!(d.trim_at.is_some_and(|t| t <= Instant::now()), "due at once after TRIM_MAX_WAIT: {:?}", d.trim_at);
+    let at = d.timers.at(Timer::Trim);
+    assert!(at.is_some_and(|t| t <= Instant::now()), "due at once after TRIM_MAX_WAIT: {at:?}");
 }
 
 /// One forward as each entry path receives it: text fields (a file, a command line), or
@@ -344,11 +348,11 @@ fn every_entry_path_gives_a_forward_the_same_verdict() {
             Vec::new()
         })
         .ok();
-        let add = Command::Add { forward: case.typed(), owner: None, dry_run: false, replace: false };
-        let by_wire = match on_wire.handle(&root(), Op::Command(add)) {
+        let add = Request::Add { forward: case.typed(), owner: None, dry_run: false, replace: false };
+        let by_wire = match on_wire.handle(&root(), add) {
             Ok(_) => on_wire.users["user:root"].forwards.iter().find(|f| f.name == case.name).cloned(),
-            Err((kind, m)) => {
-                assert_eq!(kind, ErrorKind::Invalid, "{}: {m:?}", case.name);
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Invalid, "{}: {e:?}", case.name);
                 None
             }
         };

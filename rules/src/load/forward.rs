@@ -140,11 +140,11 @@ pub(super) fn forward(ctx: &mut Ctx, at: At, v: &Node) -> Option<Forward> {
 /// Which forward holds each public (family, proto, port): a table over every possible
 /// claim, in pages of 256 ports made on first use, so checking a forward costs one load
 /// per port whatever the number of forwards, and a small file touches a few pages.
-pub(super) struct Claims(Vec<Option<Box<[u32; 256]>>>);
+pub(super) struct PortTable(Vec<Option<Box<[u32; 256]>>>);
 
-impl Claims {
+impl PortTable {
     fn new() -> Self {
-        Claims(vec![None; 4 << 8])
+        PortTable(vec![None; 4 << 8])
     }
     /// The page and the slot in it; slots hold 1 + the index of the forward, 0 if free.
     fn slot((fam, proto, port): (Family, Proto, u16)) -> (usize, usize) {
@@ -176,7 +176,7 @@ pub(super) fn forwards(ctx: &mut Ctx, path: &str, v: Option<&Node>) -> Vec<Forwa
     let items = get_list(ctx, path, v);
     let mut out: Vec<Forward> = Vec::with_capacity(items.len());
     let mut names: HashMap<&str, usize> = HashMap::with_capacity(items.len());
-    let mut claims = Claims::new();
+    let mut claims = PortTable::new();
     for (i, item) in items.iter().enumerate() {
         let at = At { list: path, index: i };
         // Names are checked for duplicates even when the rest of the forward is invalid.
