@@ -74,16 +74,22 @@ impl fmt::Display for Owner {
 }
 
 fn not_a_user(name: &str) -> String {
-    format!("`{}` is not a user name (letters, digits, '_', '-', '.', at most 32)", name.escape_debug())
+    format!(
+        "`{}` is not a user name (letters, digits, '_', '-', '.', and a final '$', at most 32)",
+        name.escape_debug()
+    )
 }
 
 /// True for a user name portd accepts in an owner (`user:NAME`): POSIX portable
-/// characters, at most 32, not starting with '-'.
+/// characters and a final `$` (as useradd allows, for machine accounts), at most 32, not
+/// starting with '-'. A caller whose account name is outside this rule is refused when it
+/// asks for a change, so that every set a user could apply is one portd can load again.
 pub fn valid_user(s: &str) -> bool {
-    !s.is_empty()
+    let body = s.strip_suffix('$').unwrap_or(s);
+    !body.is_empty()
         && s.len() <= 32
         && !s.starts_with('-')
-        && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+        && body.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
 }
 
 #[cfg(test)]
@@ -104,6 +110,10 @@ mod tests {
             assert_eq!(parse("system"), Ok(Owner::System));
         }
         assert_eq!(Owner::parse_lenient("www-data"), Ok(Owner::User("www-data".into())));
+        assert_eq!(Owner::parse("user:host$"), Ok(Owner::User("host$".into())));
+        for bad in ["user:$", "user:a$b", "user:a$$"] {
+            assert!(Owner::parse(bad).is_err(), "{bad}");
+        }
         assert!(Owner::parse("www-data").is_err(), "the wire writes owners in full");
         assert!(Owner::parse_lenient(&too_long).is_err());
         assert_eq!(Owner::user_of(&format!("user:{too_long}")), None);

@@ -296,3 +296,32 @@ fn a_new_system_forward_wins_over_a_user_forward_without_blocking_the_reload() {
     assert_eq!(net.tcp_get(&net.cli, SRV4, 80).as_deref(), Some("system-app"));
     assert!(Portd::log(&net).contains(&format!("forward {owner}/http suspended by the reload")));
 }
+
+#[test]
+fn a_machine_account_keeps_its_set_across_a_restart_and_a_name_outside_the_rule_is_refused_up_front() {
+    let net = Net::setup();
+    // useradd allows a final `$` (machine accounts): such a user's set is loaded again.
+    let host = TestUser::named(&format!("pdm{}$", std::process::id()));
+    // --badname allows anything else; portd refuses to make a set it could not load.
+    let bad = format!("pd@{}", std::process::id());
+    let o = sh("useradd", &["--system", "--no-create-home", "--user-group", "--badname", &bad]);
+    assert!(o.status.success(), "useradd --badname {bad}: {}", err(&o));
+    let bad = TestUser { name: bad };
+    let cfg = config(&net, &format!("{}{}", grant(&host.name, ""), grant(&bad.name, "").replace("grants:\n", "")));
+    let mut d = Portd::start(&net, &cfg);
+    let file = rules(&net.dir, "host.yaml", "  - name: http\n    port: 80\n    to: 8080\n");
+    let o = d.ctl_as(&host.name, "", &["apply", &file]);
+    assert!(o.status.success(), "{}", err(&o));
+    let file = rules(&net.dir, "bad.yaml", "  - name: tls\n    port: 443\n    to: 8081\n");
+    let o = d.ctl_as(&bad.name, "", &["apply", &file]);
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert!(err(&o).contains("your user name cannot own forwards"), "{}", err(&o));
+    d.signal("TERM");
+    d.wait();
+    drop(d);
+    let d = Portd::start(&net, &cfg);
+    let owner = format!("user:{}", host.name);
+    assert_eq!(state_of(&d, &owner, "http"), ("active".to_string(), String::new()));
+    let _app = net.tcp_app_as(&net.srv, &host.name, 8080, "machine-app");
+    assert_eq!(net.tcp_get(&net.cli, SRV4, 80).as_deref(), Some("machine-app"));
+}

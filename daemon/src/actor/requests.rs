@@ -143,6 +143,14 @@ impl Daemon {
     /// a user that no longer exists (an account of the set's uid stands in for it).
     fn target_owner(&self, caller: &Caller, owner: Option<Owner>, removing: bool) -> Result<(String, Account), Error> {
         let name = match owner {
+            // A set is kept under its owner's name: one portd could not load again (a name
+            // outside the one user-name rule) is refused before it is made.
+            None if !portd_rules::owner::valid_user(&caller.user) => {
+                return Err(Error::invalid(format!(
+                    "your user name cannot own forwards: {}",
+                    Owner::parse(&Owner::user_key(&caller.user)).err().unwrap_or_default()
+                )))
+            }
             None => caller.user.clone(),
             Some(Owner::System) => {
                 return Err(Error::invalid(format!(
