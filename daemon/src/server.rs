@@ -519,7 +519,9 @@ pub async fn status_of(actor: &Sender<Msg>, reader: &Arc<Mutex<Option<portd_kern
         let job = tokio::task::spawn_blocking(move || {
             let mut guard = reader.lock().unwrap_or_else(|p| p.into_inner());
             let backend = guard.get_or_insert_with(|| portd_kernel::nft::Backend::new(&snap.plan.table));
-            backend.read(&snap.plan).map(|obs| snap.status(obs.as_ref()))
+            let obs = backend.read(&snap.plan)?;
+            let sockets = snap.sockets();
+            Ok::<_, portd_kernel::nft::BackendError>(snap.status(obs.as_ref(), sockets.as_deref()))
         });
         match job.await {
             Ok(Ok(status)) => return Response::ok(portd_rules::proto::Body::Status(status)),
