@@ -77,6 +77,10 @@ pub enum Command {
         /// applying it.
         #[serde(default)]
         dry_run: bool,
+        /// With `dry_run`: preview this config instead of the file on disk (`portd
+        /// --check` sends the file it checked).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        config: Option<ConfigText>,
     },
     /// What the caller may forward: the grants that apply to it.
     Grants,
@@ -91,6 +95,16 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         legacy_tables: Option<LegacyTables>,
     },
+}
+
+/// A daemon config sent to be previewed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigText {
+    /// File name, for diagnostics.
+    pub file: String,
+    /// File contents.
+    pub text: String,
 }
 
 /// Names of the loaded legacy iptables tables, per family (`None`: unknown).

@@ -1,6 +1,7 @@
-//! Whether a forward works now: `status` says whether the target of every forward listens
-//! (on which families and addresses), steered or NAT, as the metrics gauge does. Needs
-//! root (fails and says so otherwise).
+//! Whether a forward works now, and what a new config would do: `status` says whether the
+//! target of every forward listens (on which families and addresses), steered or NAT, as
+//! the metrics gauge does; `portd --check` previews a reload of the file it checked against
+//! the running portd. Needs root (fails and says so otherwise).
 
 use portd_tests::*;
 use std::sync::atomic::AtomicBool;
@@ -84,4 +85,78 @@ fn status_tells_whether_a_steered_forwards_target_listens_and_on_which_families(
     let net = Net::setup();
     let d = Portd::start_bpf(&net, &config(&net, FORWARDS), &[]);
     listening_is_told(&d, &net, "steer");
+}
+
+fn check(config: &std::path::Path, user: Option<&str>) -> std::process::Output {
+    let mut c = std::process::Command::new("setpriv");
+    if let Some(u) = user {
+        let gid = sh("id", &["-g", u]);
+        c.args([format!("--reuid={u}"), format!("--regid={}", out(&gid).trim()), "--clear-groups".into()]);
+    } else {
+        c.arg("--");
+    }
+    c.arg(bin("portd")).arg("--check").arg("--config").arg(config).output().expect("portd --check")
+}
+
+#[test]
+fn portd_check_previews_a_reload_of_the_file_against_the_running_portd() {
+    let net = Net::setup();
+    let web = TestUser::new("pc");
+    let grant = |ports: &str| format!("grants:\n  - user: {}\n    ports: [{ports}]\n    to: \"8000-9000\"\n", web.name);
+    let system = "forwards:\n  - name: ssh\n    port: 22\n    to: 2222\n";
+    let d = Portd::start(&net, &config(&net, &format!("{}{system}", grant("80"))));
+    std::fs::set_permissions(&net.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod dir");
+    let rules = write(&net.dir, "web.yaml", "version: 1\nforwards:\n  - name: http\n    port: 80\n    to: 8080\n");
+    std::fs::set_permissions(&rules, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+    let o = d.ctl_as(&web.name, "", &["apply", rules.to_str().expect("utf-8")]);
+    assert!(o.status.success(), "apply: {}", err(&o));
+    let before = net.table("portd").expect("table");
+
+    // An edited copy: ssh goes, dns comes, and the grant no longer covers port 80.
+    let edited = write(
+        &net.dir,
+        "edited.yaml",
+        &config(
+            &net,
+            &format!("{}forwards:\n  - name: dns\n    port: 53\n    to: 5353\n    proto: udp\n", grant("81")),
+        ),
+    );
+    std::fs::set_permissions(&edited, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+    let o = check(&edited, None);
+    let text = out(&o);
+    assert!(o.status.success(), "{text}{}", err(&o));
+    let pid = d.child.id();
+    assert!(text.contains(&format!("against the running portd (pid {pid}), a reload of this file would:")), "{text}");
+    assert!(text.contains("+ system/dns: 53 -> 5353 udp both"), "{text}");
+    assert!(text.contains("- system/ssh: 22 -> 2222 tcp both"), "{text}");
+    let suspended = format!("! user:{}/http: 80 -> 8080 suspended (", web.name);
+    assert!(text.contains(&suspended), "{text}");
+    assert!(!text.contains(&format!("- user:{}", web.name)), "a suspension is not shown as a removal: {text}");
+    assert_eq!(net.table("portd").expect("table"), before, "a check changes nothing");
+    assert_eq!(placed_names(&d.status_json()), ["system/ssh".to_string(), format!("user:{}/http", web.name)]);
+
+    // The running portd's own file, unchanged: nothing to do.
+    let o = check(&d.config, None);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(out(&o).contains("a reload of this file would:\nno changes"), "{}", out(&o));
+
+    // A setting that only changes on restart: the reload would be refused, so the check fails.
+    let moved = read(&d.config).replace("state_dir: ", "state_dir: /nonexistent");
+    let moved = write(&net.dir, "moved.yaml", &moved);
+    let o = check(&moved, None);
+    assert_eq!(o.status.code(), Some(1), "{}{}", out(&o), err(&o));
+    assert!(err(&o).contains("would refuse a reload of this file"), "{}", err(&o));
+    assert!(err(&o).contains("only change on restart"), "{}", err(&o));
+
+    // An ordinary user gets the file's verdict and a note: the preview is root's.
+    let o = check(&edited, Some(&web.name));
+    assert!(o.status.success(), "{}{}", out(&o), err(&o));
+    assert!(out(&o).contains(": ok: "), "{}", out(&o));
+    assert!(err(&o).contains("note: cannot ask the running portd") && err(&o).contains("only root"), "{}", err(&o));
+
+    // No portd: the file alone.
+    drop(d);
+    let o = check(&edited, None);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(out(&o).contains("no portd holds table inet portd: the file was checked alone"), "{}", out(&o));
 }

@@ -467,7 +467,7 @@ impl Daemon {
                 }
                 Ok(Msg::Reload) => {
                     notify::reloading();
-                    if let Err((_, m)) = self.reload(None, false) {
+                    if let Err((_, m)) = self.reload(None, false, None) {
                         tracing::error!("reload failed, keeping the running config: {}", m.join("; "));
                     }
                     notify::ready(&self.status_line());

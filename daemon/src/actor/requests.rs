@@ -73,11 +73,14 @@ impl Daemon {
                 Ok(Body::Export { owner, forwards })
             }
             Command::Doctor { .. } => Err(err(ErrorKind::Protocol, "doctor is answered by a thread of its own")),
-            Command::Reload { dry_run } => {
+            Command::Reload { dry_run, config } => {
                 if caller.uid != 0 {
                     return Err(err(ErrorKind::Denied, "only root may reload the config (or send SIGHUP to portd)"));
                 }
-                self.reload(Some(caller), dry_run)
+                if config.is_some() && !dry_run {
+                    return Err(err(ErrorKind::Protocol, "a config sent with a reload is only previewed (dry_run)"));
+                }
+                self.reload(Some(caller), dry_run, config)
             }
             Command::Grants => Ok(Body::Grants(self.grants_of(caller))),
         }

@@ -205,11 +205,11 @@ fn grants_are_judged_through_the_shell_and_a_revoked_one_suspends_on_reload() {
         .expect_err("not root");
     assert_eq!(e.0, ErrorKind::Denied);
     std::fs::write(s.dir.join("portd.yaml"), s.config("")).expect("config");
-    d.reload(None, false).expect("reload");
+    d.reload(None, false, None).expect("reload");
     assert_eq!(states(&mut d), vec![("user:nobody/http".to_string(), ForwardState::Suspended)]);
     assert!(s.fake.log().table.is_empty(), "out of the kernel");
     std::fs::write(s.dir.join("portd.yaml"), s.config(granted)).expect("config");
-    d.reload(None, false).expect("reload");
+    d.reload(None, false, None).expect("reload");
     assert_eq!(states(&mut d), vec![("user:nobody/http".to_string(), ForwardState::Active)]);
     assert_eq!(s.fake.log().table, vec!["user:nobody/http"]);
 }
