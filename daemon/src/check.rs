@@ -130,7 +130,8 @@ fn against_running(path: &Path, table: &str, socket: &Path) -> ExitCode {
                 eprintln!("warning: {w}");
             }
             println!("against the running portd (pid {pid}), a reload of this file would:");
-            if !(summary.is_empty() && !suspended.is_empty()) {
+            // "no changes" would hide the suspensions listed below.
+            if !summary.is_empty() || suspended.is_empty() {
                 print!("{summary}");
             }
             for s in suspended {
