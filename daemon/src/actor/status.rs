@@ -123,12 +123,23 @@ impl Snapshot {
         obs: Option<&portd_kernel::nft::Observed>,
         sockets: Option<&[portd_kernel::sockdiag::Held]>,
     ) -> Status {
+        // The sockets by protocol and port, and a bit per (protocol, port) that has any, so
+        // that the many target ports nothing holds cost a bit test, not a hash lookup.
         let mut by_port = std::collections::HashMap::<_, Vec<_>>::new();
+        let mut held = vec![0u64; 2 * 65536 / 64];
+        let bit = |proto, port: u16| usize::from(proto == portd_rules::Proto::Udp) * 65536 + usize::from(port);
         for h in sockets.unwrap_or_default() {
             let l = portd_rules::doctor::Listening { uid: h.uid, addr: h.addr, v6only: h.v6only };
             by_port.entry((h.proto, h.port)).or_default().push(l);
+            held[bit(h.proto, h.port) / 64] |= 1 << (bit(h.proto, h.port) % 64);
         }
-        let on_port = |proto, port| by_port.get(&(proto, port)).cloned().unwrap_or_default();
+        let on_port = |proto, port| {
+            let b = bit(proto, port);
+            if held[b / 64] & (1 << (b % 64)) == 0 {
+                return Vec::new();
+            }
+            by_port.get(&(proto, port)).cloned().unwrap_or_default()
+        };
         let on_port = sockets.map(|_| on_port);
         let in_sync = obs.is_some_and(|o| o.matches(&self.plan));
         let mut forwards: Vec<ForwardStatus> = self
