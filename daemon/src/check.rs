@@ -108,6 +108,8 @@ fn against_running(path: &Path, table: &str, socket: &Path) -> ExitCode {
         println!("no portd holds table inet {table}: the file was checked alone");
         return ExitCode::SUCCESS;
     };
+    // The lock file holds the pid, unless its portd could not write it.
+    let pid = if pid.is_empty() { "unknown".to_string() } else { pid };
     let cannot = |why: String| {
         eprintln!(
             "note: cannot ask the running portd (pid {pid}) what a reload would change: {why}; `portctl reload --dry-run` as root shows it for its own config file"
