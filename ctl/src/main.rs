@@ -275,7 +275,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             Ok(Exit::Ok)
         }
         Cmd::Reload { dry_run } => {
-            let body = send(Command::Reload { dry_run })?;
+            let body = send(Command::Reload { dry_run, config: None })?;
             output::print_body(&body, json, false);
             Ok(Exit::Ok)
         }

@@ -45,10 +45,12 @@ const WIDE: &[Column] = &[
     ("PROTECT", false, |f| if f.forward.protect { "yes".into() } else { "no".into() }),
     ("INTERFACES", false, |f| list(&f.forward.interfaces)),
     ("SOURCES", false, |f| list(&f.forward.sources)),
+    ("LISTENING", false, |f| if f.listeners.is_empty() { "-".into() } else { f.listeners.join(", ") }),
 ];
 const STATE: &[Column] = &[("STATE", false, |f| match (&f.reason, f.listening) {
     (Some(r), _) => format!("{} ({r})", f.state),
-    (None, Some(false)) => format!("{} (nothing listens on {})", f.state, f.forward.to),
+    (None, Some(false)) if f.listeners.is_empty() => format!("{} (nothing listens on {})", f.state, f.forward.to),
+    (None, Some(false)) => format!("{} (not on every family: {})", f.state, f.listeners.join(", ")),
     (None, _) => f.state.to_string(),
 })];
 const DESCRIPTION: &[Column] = &[("DESCRIPTION", false, |f| f.forward.description.clone().unwrap_or_default())];
@@ -225,6 +227,7 @@ mod tests {
                 reason: Some("invalid: \u{202E}\u{7}".into()),
                 dispatch: None,
                 listening: None,
+                listeners: Vec::new(),
             }],
         };
         let table = status_table(&status, true);

@@ -1,5 +1,7 @@
-//! `portd --check`: the daemon config validated offline, like `nginx -t`. Reads the file
-//! and compiles its system set; touches neither the kernel nor any socket.
+//! `portd --check`: the daemon config validated like `nginx -t`. Reads the file and
+//! compiles its system set without touching the kernel; then, when a portd holds the
+//! table, asks it over the control socket what a reload of this file would add, remove
+//! and suspend (the answer of `portctl reload --dry-run`, for the file checked).
 
 #![forbid(unsafe_code)]
 
@@ -60,9 +62,10 @@ pub fn unknown_accounts(file: &str, text: &str, config: &portd_rules::Config) ->
     portd_rules::load::locate(file, text, problems)
 }
 
-/// Validates the config at `path` (with `--table`, if given) and prints the verdict:
-/// problems on stderr and exit 1, or a one-line summary on stdout and exit 0.
-pub fn run(path: &Path, table: Option<&str>) -> ExitCode {
+/// Validates the config at `path` (with `--table` and `--socket`, if given) and prints
+/// the verdict: problems on stderr and exit 1, or a one-line summary on stdout; then the
+/// running portd's preview of a reload, exit 1 when it would refuse the file.
+pub fn run(path: &Path, table: Option<&str>, socket: Option<&Path>) -> ExitCode {
     let verdict = load(path).and_then(|mut config| {
         if let Some(t) = table {
             config.settings.table = t.to_string();
@@ -83,7 +86,8 @@ pub fn run(path: &Path, table: Option<&str>) -> ExitCode {
                 c.grants.len(),
                 c.forwards.len()
             );
-            ExitCode::SUCCESS
+            let socket = socket.map_or_else(|| std::path::PathBuf::from(&c.settings.socket.path), Path::to_path_buf);
+            against_running(path, &c.settings.table, &socket)
         }
         Err(lines) => {
             for l in &lines {
@@ -93,4 +97,80 @@ pub fn run(path: &Path, table: Option<&str>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The running portd's preview of a reload of `path`: printed, exit 1 when it would refuse
+/// it. Without a portd holding the table (the lock next to the socket), nothing connects:
+/// a socket-activated unit is not started by a check.
+fn against_running(path: &Path, table: &str, socket: &Path) -> ExitCode {
+    use portd_rules::proto::{Body, Outcome};
+    let Some(pid) = crate::lock::holder_of(socket, table) else {
+        println!("no portd holds table inet {table}: the file was checked alone");
+        return ExitCode::SUCCESS;
+    };
+    // The lock file holds the pid, unless its portd could not write it.
+    let pid = if pid.is_empty() { "unknown".to_string() } else { pid };
+    let cannot = |why: String| {
+        eprintln!(
+            "note: cannot ask the running portd (pid {pid}) what a reload would change: {why}; `portctl reload --dry-run` as root shows it for its own config file"
+        );
+        ExitCode::SUCCESS
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => return cannot(format!("{}: {e}", path.display())),
+    };
+    let config = portd_rules::proto::ConfigText { file: path.display().to_string(), text };
+    let command = portd_rules::proto::Command::Reload { dry_run: true, config: Some(config) };
+    let answer = match ask(socket, command) {
+        Ok(a) => a,
+        Err(e) => return cannot(format!("{}: {e}", socket.display())),
+    };
+    match answer.result {
+        Outcome::Ok(Body::Changed { summary, warnings, suspended, omitted, .. }) => {
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            println!("against the running portd (pid {pid}), a reload of this file would:");
+            // "no changes" would hide the suspensions listed below.
+            if !summary.is_empty() || suspended.is_empty() {
+                print!("{summary}");
+            }
+            for s in suspended {
+                let f = &s.forward;
+                println!("! {}/{}: {} -> {} suspended ({})", s.owner, f.name, f.port, f.to, s.reason);
+            }
+            if omitted > 0 {
+                println!("... and {omitted} more change(s) not listed");
+            }
+            ExitCode::SUCCESS
+        }
+        Outcome::Ok(other) => cannot(format!("unexpected answer {other:?}")),
+        Outcome::Error { kind: portd_rules::proto::ErrorKind::Denied, messages, .. } => cannot(messages.join("; ")),
+        Outcome::Error { messages, file, .. } => {
+            eprintln!("the running portd (pid {pid}) would refuse a reload of this file:");
+            for m in messages {
+                match &file {
+                    Some(f) if m.starts_with(|c: char| c.is_ascii_digit()) => eprintln!("{f}:{m}"),
+                    Some(f) => eprintln!("{f}: {m}"),
+                    None => eprintln!("{m}"),
+                }
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One request on a fresh connection to the control socket, and its answer.
+fn ask(socket: &Path, command: portd_rules::proto::Command) -> std::io::Result<portd_rules::proto::Response> {
+    use std::io::{BufRead, Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let request = portd_rules::proto::Request { version: portd_rules::proto::PROTOCOL_VERSION, command };
+    let mut line = serde_json::to_vec(&request).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut answer = String::new();
+    std::io::BufReader::new(s).take(portd_rules::proto::MAX_ANSWER_BYTES as u64).read_line(&mut answer)?;
+    serde_json::from_str(&answer).map_err(|e| std::io::Error::other(format!("an answer that is not JSON ({e})")))
 }

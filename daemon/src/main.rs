@@ -62,7 +62,8 @@ struct Args {
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
     /// Validate the config and exit: 0 when valid, 1 with every located error otherwise.
-    /// Touches neither the kernel nor any socket, and needs no privileges.
+    /// Touches no kernel state; when a portd runs, also shows what a reload of this file
+    /// would add, remove and suspend (as root), and exits 1 if it would refuse it.
     #[arg(long)]
     check: bool,
 }
@@ -303,7 +304,7 @@ fn main() -> std::process::ExitCode {
         return remove_table_command(&args);
     }
     if args.check {
-        return check::run(&args.config, args.table.as_deref());
+        return check::run(&args.config, args.table.as_deref(), args.socket.as_deref());
     }
     init_logging(args.verbose);
     match run(args) {

@@ -269,7 +269,7 @@ impl Metrics {
         );
         r.register(
             "portd_forward_target_listening",
-            "Steered forwards: 1 when a socket listens on every target port, else 0 (connections are refused)",
+            "1 when the target of each active forward takes its connections (every target port, protocol and family), else 0",
             listening,
         );
         r.register("portd_repairs", "Times the table was restored after another program changed it", repairs);
@@ -394,6 +394,7 @@ mod tests {
             reason: None,
             dispatch: None,
             listening: None,
+            listeners: Vec::new(),
         };
         Status {
             dispatch: "nat".into(),

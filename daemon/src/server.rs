@@ -496,7 +496,13 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
             Ok(owner) => Request::Export { owner },
             Err(r) => return r,
         },
-        Command::Reload { dry_run } => Request::Reload { dry_run },
+        Command::Reload { config: Some(_), dry_run: false } => {
+            return Response::error(
+                ErrorKind::Protocol,
+                vec!["a config sent with a reload is only previewed (dry_run)".into()],
+            )
+        }
+        Command::Reload { dry_run, config } => Request::Reload { dry_run, config },
         Command::Grants => Request::Grants,
     };
     ask_actor(shared.actor.clone(), caller, request).await
@@ -593,7 +599,9 @@ pub async fn status_of(actor: &Sender<Msg>, reader: &Arc<Mutex<Option<portd_kern
         let job = tokio::task::spawn_blocking(move || {
             let mut guard = reader.lock().unwrap_or_else(|p| p.into_inner());
             let backend = guard.get_or_insert_with(|| portd_kernel::nft::Backend::new(&snap.plan.table));
-            backend.read(&snap.plan).map(|obs| snap.status(obs.as_ref()))
+            let obs = backend.read(&snap.plan)?;
+            let sockets = snap.sockets();
+            Ok::<_, portd_kernel::nft::BackendError>(snap.status(obs.as_ref(), sockets.as_deref()))
         });
         match job.await {
             Ok(Ok(status)) => return Response::ok(portd_rules::proto::Body::Status(status)),

@@ -77,6 +77,10 @@ pub enum Command {
         /// applying it.
         #[serde(default)]
         dry_run: bool,
+        /// With `dry_run`: preview this config instead of the file on disk (`portd
+        /// --check` sends the file it checked).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        config: Option<ConfigText>,
     },
     /// What the caller may forward: the grants that apply to it.
     Grants,
@@ -91,6 +95,16 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         legacy_tables: Option<LegacyTables>,
     },
+}
+
+/// A daemon config sent to be previewed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigText {
+    /// File name, for diagnostics.
+    pub file: String,
+    /// File contents.
+    pub text: String,
 }
 
 /// Names of the loaded legacy iptables tables, per family (`None`: unknown).
@@ -162,10 +176,15 @@ pub struct ForwardStatus {
     /// forwards only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispatch: Option<String>,
-    /// A steered forward: whether a socket listens on every target port now (a
-    /// connection to the public port is refused while none does).
+    /// An active forward: whether its target takes its connections now, on every target
+    /// port, protocol and family (steered TCP: a socket registered for steering; NAT: a
+    /// socket that takes each family of the forward). Absent when it could not be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listening: Option<bool>,
+    /// The distinct `PROTO ADDRESS` of the sockets on its target ports (`tcp [::]`,
+    /// `tcp 127.0.0.1`, `udp [::] v6only`), at most 8.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<String>,
 }
 
 /// Whether a forward is in the kernel.

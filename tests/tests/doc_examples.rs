@@ -11,170 +11,17 @@
 //! first line starts with `$ `, or YAML. In the man pages, the `.nf` blocks of EXAMPLES
 //! and STOP AND REMOVE are commands, and a block whose first line is a YAML key of
 //! portd's files is YAML.
+//!
+//! doc_run.rs runs the examples of the README and the man pages against a real portd, as
+//! the `doc-test:` notes before their blocks say (described there).
 
 use portd_tests::bin;
+
+mod doc_common;
+use doc_common::*;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn read(rel: &str) -> String {
-    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-}
-
-/// What a code block holds.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
-    Yaml,
-    /// Every line a command.
-    Commands,
-    /// `$ ` lines are commands, the others output.
-    Console,
-    Skip,
-}
-
-#[derive(Debug)]
-struct Block {
-    file: String,
-    line: usize,
-    kind: Kind,
-    text: String,
-}
-
-const YAML_KEYS: [&str; 4] = ["version:", "settings:", "grants:", "forwards:"];
-
-fn looks_like_yaml(text: &str) -> bool {
-    text.lines().find(|l| !l.trim().is_empty()).is_some_and(|l| YAML_KEYS.iter().any(|k| l.starts_with(k)))
-}
-
-/// Code blocks of a Markdown file: fenced ones by their info string, indented ones
-/// (four spaces after a blank line, outside lists) by their content.
-fn markdown_blocks(file: &str) -> Vec<Block> {
-    let text = read(file);
-    let lines: Vec<&str> = text.lines().collect();
-    let mut blocks = Vec::new();
-    let mut i = 0;
-    while i < lines.len() {
-        let l = lines[i];
-        if let Some(info) = l.strip_prefix("```") {
-            let kind = match info.trim() {
-                "yaml" => Kind::Yaml,
-                "console" => Kind::Console,
-                "sh" | "bash" => Kind::Commands,
-                "text" | "json" => Kind::Skip,
-                other => panic!(
-                    "{file}:{}: a fenced block must say what it holds (yaml, console, sh, text, json), not `{other}`",
-                    i + 1
-                ),
-            };
-            let start = i + 1;
-            i += 1;
-            while i < lines.len() && !lines[i].starts_with("```") {
-                i += 1;
-            }
-            blocks.push(Block { file: file.into(), line: start + 1, kind, text: lines[start..i].join("\n") });
-            i += 1;
-            continue;
-        }
-        let after_blank = i == 0 || lines[i - 1].trim().is_empty();
-        if after_blank && l.starts_with("    ") && !l.trim().is_empty() {
-            let start = i;
-            let mut body = Vec::new();
-            while i < lines.len() && (lines[i].starts_with("    ") || lines[i].trim().is_empty()) {
-                body.push(lines[i].get(4..).unwrap_or(""));
-                i += 1;
-            }
-            let text = body.join("\n").trim_end().to_string();
-            let kind = if looks_like_yaml(&text) {
-                Kind::Yaml
-            } else if text.starts_with("$ ") {
-                Kind::Console
-            } else {
-                Kind::Commands
-            };
-            blocks.push(Block { file: file.into(), line: start + 1, kind, text });
-            continue;
-        }
-        i += 1;
-    }
-    blocks
-}
-
-/// Roff text as it renders: escapes resolved.
-fn unroff(s: &str) -> String {
-    s.replace("\\-", "-")
-        .replace("\\(dq", "\"")
-        .replace("\\(en", "-")
-        .replace("\\&", "")
-        .replace("\\ ", " ")
-        .replace("\\e", "\\")
-}
-
-/// The `.nf` … `.fi` blocks of a man page with the section each is in.
-fn man_blocks(file: &str) -> Vec<Block> {
-    let text = read(file);
-    let mut blocks = Vec::new();
-    let mut section = String::new();
-    let mut current: Option<(usize, Vec<String>)> = None;
-    for (n, l) in text.lines().enumerate() {
-        if let Some(s) = l.strip_prefix(".SH ") {
-            section = s.trim_matches('"').to_string();
-        }
-        match (&mut current, l) {
-            (None, ".nf") => current = Some((n + 2, Vec::new())),
-            (Some(_), ".fi") => {
-                let (line, body) = current.take().expect("open block");
-                let text = body.join("\n");
-                let kind = if looks_like_yaml(&text) {
-                    Kind::Yaml
-                } else if section == "EXAMPLES" || section == "STOP AND REMOVE" {
-                    Kind::Commands
-                } else {
-                    Kind::Skip
-                };
-                blocks.push(Block { file: file.into(), line, kind, text });
-            }
-            (Some((_, body)), l) if !l.starts_with('.') => body.push(unroff(l)),
-            _ => {}
-        }
-    }
-    assert!(current.is_none(), "{file}: an .nf block is not closed");
-    blocks
-}
-
-/// Splits a shell line into words, honouring single and double quotes; stops at a
-/// comment.
-fn words(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quote: Option<char> = None;
-    let mut any = false;
-    for c in line.chars() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), c) => cur.push(c),
-            (None, '\'' | '"') => {
-                quote = Some(c);
-                any = true;
-            }
-            (None, '#') if cur.is_empty() && !any => break,
-            (None, c) if c.is_whitespace() => {
-                if !cur.is_empty() || any {
-                    out.push(std::mem::take(&mut cur));
-                    any = false;
-                }
-            }
-            (None, c) => cur.push(c),
-        }
-    }
-    if !cur.is_empty() || any {
-        out.push(cur);
-    }
-    out
-}
 
 const OPERATORS: [&str; 8] = ["&&", "||", "|", ";", ">", ">>", "<", "2>"];
 
@@ -282,17 +129,6 @@ fn command_lines(b: &Block) -> Vec<String> {
     }
 }
 
-fn all_blocks() -> Vec<Block> {
-    let mut blocks = Vec::new();
-    for md in ["README.md", "docs/operations.md", "docs/security.md", "docs/internals.md", "docs/reliability.md"] {
-        blocks.extend(markdown_blocks(md));
-    }
-    for man in ["man/portctl.1", "man/portd.8", "man/portd.yaml.5"] {
-        blocks.extend(man_blocks(man));
-    }
-    blocks
-}
-
 #[test]
 fn every_yaml_example_parses() {
     let blocks = all_blocks();
@@ -350,9 +186,18 @@ fn the_reader_catches_a_wrong_flag_and_a_bad_yaml_field() {
         line: 1,
         kind: Kind::Yaml,
         text: "forwards:\n  - name: http\n    prot: 80\n    to: 8080".into(),
+        note: None,
+        section: String::new(),
     };
     assert!(check_yaml(&bad).is_err());
-    let bad = Block { file: "t".into(), line: 1, kind: Kind::Yaml, text: "settings:\n  dispatch: fast".into() };
+    let bad = Block {
+        file: "t".into(),
+        line: 1,
+        kind: Kind::Yaml,
+        text: "settings:\n  dispatch: fast".into(),
+        note: None,
+        section: String::new(),
+    };
     assert!(check_yaml(&bad).is_err());
 }
 

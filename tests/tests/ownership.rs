@@ -38,7 +38,10 @@ fn another_uid_cannot_take_a_reserved_target_port_and_gets_no_connection() {
         .stdout(Stdio::null())
         .spawn()
         .expect("alice's app"));
-    wait_for(|| forward(&d.status_json(), "web")["listening"] == true, "alice's app to be registered");
+    // Listening, but not for IPv4 nor UDP: status says the forward does not work for all.
+    let v6only = serde_json::json!(["tcp [::] v6only"]);
+    wait_for(|| forward(&d.status_json(), "web")["listeners"] == v6only, "alice's app to listen");
+    assert_eq!(forward(&d.status_json(), "web")["listening"], false);
     let attacker = net
         .nsenter(&net.srv, "setpriv")
         .args([format!("--reuid={}", mallory.name), format!("--regid={}", mallory.name), "--clear-groups".into()])

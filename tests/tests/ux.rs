@@ -133,7 +133,8 @@ fn portctl_reads_stdin_filters_status_and_keeps_descriptions() {
     }
     assert!(wide.lines().any(|l| l.contains(" web ") && l.ends_with("the shop")), "{wide}");
     let narrow = out(&d.ctl(&["status"]));
-    assert!(narrow.lines().any(|l| l.contains(" web ") && l.trim_end().ends_with("active")), "{narrow}");
+    let nothing = "active (nothing listens on 8080)";
+    assert!(narrow.lines().any(|l| l.contains(" web ") && l.trim_end().ends_with(nothing)), "{narrow}");
 
     // --dry-run on add and remove changes nothing.
     let o = d.ctl(&["add", "extra", "8000", "9000", "--dry-run"]);

@@ -432,7 +432,7 @@ impl Daemon {
                 }
                 Ok(Msg::Reload) => {
                     notify::reloading();
-                    if let Err(e) = self.reload(None, false) {
+                    if let Err(e) = self.reload(None, false, None) {
                         tracing::error!("reload failed, keeping the running config: {e}");
                     }
                     notify::ready(&self.status_line());

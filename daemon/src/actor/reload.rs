@@ -6,25 +6,41 @@ use super::change::with_warnings;
 use super::{accounts, Caller, Daemon, Error, LOG_FORWARDS};
 use crate::notify;
 use portd_rules::policy::{self};
-use portd_rules::proto::{Body, Suspension};
+use portd_rules::proto::{Body, ConfigText, Suspension};
 use portd_rules::{parse_config, Plan};
 
 impl Daemon {
     /// Re-reads the config file and puts its rules into the kernel; with `dry_run`, only
     /// reports what it would add, remove and suspend, and changes nothing. The outcome of
     /// a real reload goes to the metrics.
-    pub(super) fn reload(&mut self, caller: Option<&Caller>, dry_run: bool) -> Result<Body, Error> {
-        let r = self.reload_config(caller, dry_run);
+    /// `given`: a config to preview instead of the file (with `dry_run` only).
+    pub(super) fn reload(
+        &mut self,
+        caller: Option<&Caller>,
+        dry_run: bool,
+        given: Option<ConfigText>,
+    ) -> Result<Body, Error> {
+        let r = self.reload_config(caller, dry_run, given);
         if !dry_run {
             self.published.metrics.reloaded(r.is_ok());
         }
         r
     }
 
-    fn reload_config(&mut self, caller: Option<&Caller>, dry_run: bool) -> Result<Body, Error> {
-        let text = std::fs::read_to_string(&self.config_path)
-            .map_err(|e| Error::invalid(format!("{}: {e}", self.config_path.display())))?;
-        let file = self.config_path.display().to_string();
+    fn reload_config(
+        &mut self,
+        caller: Option<&Caller>,
+        dry_run: bool,
+        given: Option<ConfigText>,
+    ) -> Result<Body, Error> {
+        let (file, text) = match given {
+            Some(c) => (c.file, c.text),
+            None => (
+                self.config_path.display().to_string(),
+                std::fs::read_to_string(&self.config_path)
+                    .map_err(|e| Error::invalid(format!("{}: {e}", self.config_path.display())))?,
+            ),
+        };
         let config = parse_config(&file, &text).map_err(Error::InvalidConfig)?;
         // A grant of an unknown account is refused at start; a running portd keeps going
         // (a user deleted since is how forwards get suspended) and says so.

@@ -53,6 +53,9 @@ pub enum Request {
     Reload {
         /// Report what it would change, without changing it.
         dry_run: bool,
+        /// A config to preview instead of the file (`portd --check` against the running
+        /// portd; only with `dry_run`, which the server makes sure of).
+        config: Option<portd_rules::proto::ConfigText>,
     },
     /// What the caller may forward (`portctl grants`).
     Grants,
@@ -127,11 +130,11 @@ impl Daemon {
                 };
                 Ok(Body::Export { owner: owner.to_string(), forwards })
             }
-            Request::Reload { dry_run } => {
+            Request::Reload { dry_run, config } => {
                 if caller.uid != 0 {
                     return Err(Error::denied("only root may reload the config (or send SIGHUP to portd)"));
                 }
-                self.reload(Some(caller), dry_run)
+                self.reload(Some(caller), dry_run, config)
             }
             Request::Grants => Ok(Body::Grants(self.grants_of(caller))),
         }

@@ -60,6 +60,7 @@ impl Daemon {
                         reason: Some(reason.to_string()),
                         dispatch: None,
                         listening: None,
+                        listeners: Vec::new(),
                     });
                 }
             }
@@ -98,8 +99,41 @@ pub struct PendingStatus {
 }
 
 impl PendingStatus {
-    /// The status, given what the kernel holds (`None`: no table).
-    pub fn status(self, obs: Option<&portd_kernel::nft::Observed>) -> Status {
+    /// The sockets on target ports, for [`PendingStatus::status`]: one read of the socket
+    /// tables (NETLINK_SOCK_DIAG) for the whole status, none when no forward is active;
+    /// `None` when it fails (then `listening` stays unknown).
+    pub fn sockets(&self) -> Option<Vec<portd_kernel::sockdiag::Held>> {
+        if self.plan.forwards.is_empty() {
+            return Some(Vec::new());
+        }
+        portd_kernel::sockdiag::held().map_err(|e| tracing::debug!("reading listening sockets: {e}")).ok()
+    }
+
+    /// The status, given what the kernel holds (`None`: no table) and the sockets on
+    /// target ports (`None`: unknown).
+    pub fn status(
+        self,
+        obs: Option<&portd_kernel::nft::Observed>,
+        sockets: Option<&[portd_kernel::sockdiag::Held]>,
+    ) -> Status {
+        // The sockets by protocol and port, and a bit per (protocol, port) that has any, so
+        // that the many target ports nothing holds cost a bit test, not a hash lookup.
+        let mut by_port = std::collections::HashMap::<_, Vec<_>>::new();
+        let mut held = vec![0u64; 2 * 65536 / 64];
+        let bit = |proto, port: u16| usize::from(proto == portd_rules::Proto::Udp) * 65536 + usize::from(port);
+        for h in sockets.unwrap_or_default() {
+            let l = portd_rules::doctor::Listening { uid: h.uid, addr: h.addr, v6only: h.v6only };
+            by_port.entry((h.proto, h.port)).or_default().push(l);
+            held[bit(h.proto, h.port) / 64] |= 1 << (bit(h.proto, h.port) % 64);
+        }
+        let on_port = |proto, port| {
+            let b = bit(proto, port);
+            if held[b / 64] & (1 << (b % 64)) == 0 {
+                return Vec::new();
+            }
+            by_port.get(&(proto, port)).cloned().unwrap_or_default()
+        };
+        let on_port = sockets.map(|_| on_port);
         let in_sync = obs.is_some_and(|o| o.matches(&self.plan));
         let mut forwards: Vec<ForwardStatus> = self
             .plan
@@ -114,11 +148,13 @@ impl PendingStatus {
                     (true, _) => "steer+nat",
                     (false, _) => "nat",
                 };
-                let listening =
-                    steered.then(|| p.forward.to.ports().all(|t| self.registered.get(&t).is_some_and(|n| *n > 0)));
+                let registered = |t: u16| self.registered.get(&t).is_some_and(|n| *n > 0);
+                let target = portd_rules::listening::target(p, steered, registered, on_port);
                 ForwardStatus {
                     dispatch: Some(dispatch.to_string()),
-                    listening,
+                    // Steered TCP alone needs no socket table.
+                    listening: (sockets.is_some() || (steered && protos.len() == 1)).then_some(target.listening),
+                    listeners: target.addresses,
                     owner: p.owner.clone(),
                     forward: p.forward.clone(),
                     mark: p.mark,

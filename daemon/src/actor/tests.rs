@@ -126,7 +126,7 @@ fn apply(d: &mut Daemon, who: &Caller, forwards: Vec<Forward>) -> Answer {
 
 /// Every forward of a status, as the server reads it (the fake kernel holds no table).
 fn states(d: &mut Daemon) -> Vec<(String, ForwardState)> {
-    let s = d.pending_status().status(None);
+    let s = d.pending_status().status(None, None);
     s.forwards.iter().map(|f| (format!("{}/{}", f.owner, f.forward.name), f.state)).collect()
 }
 
@@ -206,11 +206,11 @@ fn grants_are_judged_through_the_shell_and_a_revoked_one_suspends_on_reload() {
         .expect_err("not root");
     assert_eq!(e.kind(), ErrorKind::Denied);
     std::fs::write(s.dir.join("portd.yaml"), s.config("")).expect("config");
-    d.reload(None, false).expect("reload");
+    d.reload(None, false, None).expect("reload");
     assert_eq!(states(&mut d), vec![("user:nobody/http".to_string(), ForwardState::Suspended)]);
     assert!(s.fake.log().table.is_empty(), "out of the kernel");
     std::fs::write(s.dir.join("portd.yaml"), s.config(granted)).expect("config");
-    d.reload(None, false).expect("reload");
+    d.reload(None, false, None).expect("reload");
     assert_eq!(states(&mut d), vec![("user:nobody/http".to_string(), ForwardState::Active)]);
     assert_eq!(s.fake.log().table, vec!["user:nobody/http"]);
 }

@@ -30,9 +30,14 @@ impl Listening {
         loopback(self.addr)
     }
 
+    /// Takes IPv6 connections: an IPv6 socket on an address that is not IPv4-mapped.
+    pub fn takes_ipv6(&self) -> bool {
+        matches!(self.addr, IpAddr::V6(a) if a.to_ipv4_mapped().is_none())
+    }
+
     /// Takes IPv4 connections: an IPv4 socket, `::` without v6-only, or an IPv4-mapped
     /// address.
-    fn takes_ipv4(&self) -> bool {
+    pub fn takes_ipv4(&self) -> bool {
         match self.addr {
             IpAddr::V4(_) => true,
             IpAddr::V6(a) => (a.is_unspecified() && !self.v6only) || a.to_ipv4_mapped().is_some(),
