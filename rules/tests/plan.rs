@@ -100,9 +100,8 @@ proptest! {
         let d = plan.replace_owner("user:web", &new, 1).expect("no conflicts");
         // The incremental delta is exactly the full diff, and applying it reaches the full compile.
         let reference = Plan::diff(&before, &full);
-        let sorted = |mut v: Vec<(String, portd_rules::plan::Element)>| { v.sort(); v };
-        prop_assert_eq!(sorted(d.del_elements.clone()), sorted(reference.del_elements));
-        prop_assert_eq!(sorted(d.add_elements.clone()), sorted(reference.add_elements));
+        prop_assert_eq!(&d.del_elements, &reference.del_elements);
+        prop_assert_eq!(&d.add_elements, &reference.add_elements);
         prop_assert_eq!(&d.summary, &reference.summary);
         d.apply_in_place(&mut plan);
         prop_assert_eq!(plan, full);
@@ -131,9 +130,9 @@ fn one_forward_change_in_ten_thousand_is_a_small_delta() {
     let d = Plan::diff(&a, &b);
     // One fwd_to entry serves both families: it is replaced (delete + add); its counter
     // element stays, with its counts.
-    assert_eq!(d.del_elements.len(), 1, "{:?}", d.del_elements);
-    assert_eq!(d.add_elements.len(), 1);
-    assert!(d.del_elements.iter().chain(&d.add_elements).all(|(s, _)| s == "fwd_to"));
+    assert_eq!(d.deleted().count(), 1, "{:?}", d.del_elements);
+    assert_eq!(d.added().count(), 1);
+    assert!(d.deleted().chain(d.added()).all(|(s, _)| s == "fwd_to"));
     assert_eq!(d.summary.changed.len(), 1);
     assert_eq!(d.summary.to_string().lines().count(), 2);
 }
@@ -189,7 +188,8 @@ fn one_forward_added_to_ten_thousand_touches_few_elements() {
     more.push(Forward::new("new", PortRange::single(9_000), PortRange::single(9_001)));
     let d = plan.replace_owner("user:web", &more, 1).expect("delta");
     assert!(d.del_elements.is_empty());
-    let sets: Vec<&str> = d.add_elements.iter().map(|(s, _)| s.as_str()).collect();
+    let mut sets: Vec<&str> = d.added().map(|(s, _)| s).collect();
+    sets.sort();
     assert_eq!(sets, ["fwd_count", "fwd_to"], "a target and a counted element, each for both families");
 }
 
@@ -263,12 +263,8 @@ fn large_change_is_compiled_whole_and_equals_the_full_compile() {
     let mut d = before.replace_owner("user:web", &new, 1).expect("no conflicts");
     assert!(d.whole.is_some(), "900 of 1110 forwards changing is a large change");
     let reference = Plan::diff(&before, &full);
-    let sorted = |mut v: Vec<(String, portd_rules::plan::Element)>| {
-        v.sort();
-        v
-    };
-    assert_eq!(sorted(d.del_elements.clone()), sorted(reference.del_elements));
-    assert_eq!(sorted(d.add_elements.clone()), sorted(reference.add_elements));
+    assert_eq!(d.del_elements, reference.del_elements);
+    assert_eq!(d.add_elements, reference.add_elements);
     assert_eq!(d.summary, reference.summary);
     let mut in_place = before.clone();
     d.apply_in_place(&mut in_place);

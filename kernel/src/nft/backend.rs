@@ -11,7 +11,7 @@ use super::messages::SetMsg;
 use super::observed::Observed;
 use super::read::Reader;
 use nftnl::{MsgType, ProtoFamily, Table};
-use portd_rules::plan::{Delta, Element, Plan};
+use portd_rules::plan::{Delta, Plan, SetElements};
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fmt;
@@ -90,7 +90,7 @@ impl Backend {
             let s = SetMsg::new(&table, set, id)?;
             b.push(&s, MsgType::Add, Subject::Set(&set.name));
             // encoded from the plan's packed elements, without decoding them
-            let elements: Vec<Item<'_>> = set.elements.refs().map(Item::Packed).collect();
+            let elements: Vec<Item<'_>> = set.elements.refs().map(Item).collect();
             b.push_elements(set, Some(id), &elements, MsgType::Add)?;
         }
         let mut chains = Vec::with_capacity(plan.chains.len());
@@ -140,7 +140,9 @@ impl Backend {
             let sizes = lock(&self.sizes);
             for set in &current.sets {
                 let Some(&size) = sizes.get(&set.name) else { continue };
-                let count = |list: &[(String, Element)]| list.iter().filter(|(n, _)| *n == set.name).count();
+                let count = |list: &[SetElements]| {
+                    list.iter().filter(|s| s.set == set.name).map(|s| s.elements.len()).sum::<usize>()
+                };
                 let need = (set.elements.len() + count(&d.add_elements)).saturating_sub(count(&d.del_elements));
                 if need > size as usize {
                     return Err(BackendError::Outgrown { set: set.name.clone(), need, size });
@@ -149,13 +151,14 @@ impl Backend {
         }
         let mut b = Builder::new(&table);
         for (list, op) in [(&d.del_elements, MsgType::Del), (&d.add_elements, MsgType::Add)] {
-            if let Some((name, _)) = list.iter().find(|(n, _)| current.set(n).is_none()) {
-                return Err(encode_err(format!("change of set {name}"), "the plan has no such set"));
+            if let Some(s) = list.iter().find(|s| current.set(&s.set).is_none()) {
+                return Err(encode_err(format!("change of set {}", s.set), "the plan has no such set"));
             }
             for set in &current.sets {
                 // delete element inet T SET { ... } / add element inet T SET { ... }
+                // encoded from the delta's packed elements, without decoding them
                 let elements: Vec<Item<'_>> =
-                    list.iter().filter(|(n, _)| *n == set.name).map(|(_, e)| Item::Decoded(e)).collect();
+                    list.iter().filter(|s| s.set == set.name).flat_map(|s| s.elements.refs().map(Item)).collect();
                 b.push_elements(set, None, &elements, op)?;
             }
         }

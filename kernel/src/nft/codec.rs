@@ -184,34 +184,24 @@ pub(super) fn encode_element(set: &Set, e: &Element, with_data: bool) -> Result<
     Ok(out)
 }
 
-/// An element on its way into a batch: decoded (from a delta) or packed (from a plan's
-/// set, encoded without decoding it).
+/// An element on its way into a batch, in the packed form its plan's set (or a delta)
+/// holds it: encoded without decoding it, save for the rare element only
+/// [`encode_element`] encodes.
 #[derive(Clone, Copy)]
-pub(super) enum Item<'a> {
-    /// A decoded element.
-    Decoded(&'a Element),
-    /// An element in its packed form.
-    Packed(ElementRef<'a>),
-}
+pub(super) struct Item<'a>(pub(super) ElementRef<'a>);
 
 impl Item<'_> {
     /// Encodes the element for `set` (see [`encode_element`]).
     pub(super) fn encode(&self, set: &Set, with_data: bool) -> Result<EncodedElem, String> {
-        match self {
-            Item::Decoded(e) => encode_element(set, e, with_data),
-            Item::Packed(r) => match encode_packed(set, r, with_data) {
-                Some(done) => done,
-                None => encode_element(set, &r.decode(), with_data),
-            },
+        match encode_packed(set, &self.0, with_data) {
+            Some(done) => done,
+            None => encode_element(set, &self.0.decode(), with_data),
         }
     }
 
     /// The element as nft(8) writes it, for messages.
     pub(super) fn text(&self) -> String {
-        match self {
-            Item::Decoded(e) => element_text(e),
-            Item::Packed(r) => element_text(&r.decode()),
-        }
+        element_text(&self.0.decode())
     }
 }
 
@@ -509,7 +499,7 @@ mod tests {
             for r in set.elements.refs() {
                 let e = r.decode();
                 let slow = encode_element(set, &e, true).expect("encodes");
-                let packed = Item::Packed(r).encode(set, true).expect("encodes");
+                let packed = Item(r).encode(set, true).expect("encodes");
                 assert_eq!(
                     (packed.key, packed.key_end, packed.data, packed.udata),
                     (slow.key, slow.key_end, slow.data, slow.udata),

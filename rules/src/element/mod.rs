@@ -6,5 +6,6 @@
 mod packed;
 mod value;
 
+pub(crate) use packed::{key_bytes, PackedElement};
 pub use packed::{ElementRef, Elements, FieldRef, Parts};
 pub use value::{Element, FieldType, Value};

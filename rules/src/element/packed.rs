@@ -109,21 +109,26 @@ fn encode(e: &Element) -> Packed {
 fn encode_parts(key: &[Value], data: Option<&Value>, comment: Option<&str>) -> Packed {
     let mut out = Vec::with_capacity(2 * INLINE);
     encode_key(&mut out, key);
+    finish(&mut out, data, comment);
+    Packed::new(&out)
+}
+
+/// Appends what follows the key: the data and the comment.
+fn finish(out: &mut Vec<u8>, data: Option<&Value>, comment: Option<&str>) {
     match data {
         None => out.push(0),
         Some(v) => {
             out.push(1);
-            put_value(&mut out, v);
+            put_value(out, v);
         }
     }
     match comment {
         None => out.push(0),
         Some(c) => {
             out.push(1);
-            put_name(&mut out, c);
+            put_name(out, c);
         }
     }
-    Packed::new(&out)
 }
 
 /// One field of a packed element, read in place without allocating.
@@ -145,10 +150,56 @@ pub enum FieldRef<'a> {
     Ipv6Net([u8; 16], u8),
 }
 
+impl<'a> From<&'a Value> for FieldRef<'a> {
+    fn from(v: &'a Value) -> FieldRef<'a> {
+        match v {
+            Value::NfProto(f) => FieldRef::NfProto(*f),
+            Value::InetProto(p) => FieldRef::InetProto(*p),
+            Value::InetService(p) => FieldRef::InetService(*p),
+            Value::Mark(m) => FieldRef::Mark(*m),
+            Value::Ifname(n) => FieldRef::Ifname(n.as_bytes()),
+            Value::Ipv4Net(n) => FieldRef::Ipv4Net(n.addr().octets(), n.prefix_len()),
+            Value::Ipv6Net(n) => FieldRef::Ipv6Net(n.addr().octets(), n.prefix_len()),
+        }
+    }
+}
+
 /// A packed element, borrowed from its set: fields are read in place, for encoders that
 /// need bytes rather than [`Element`] values.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ElementRef<'a>(&'a [u8]);
+
+impl fmt::Debug for ElementRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.decode().fmt(f)
+    }
+}
+
+/// One packed element, owned: built from a key in its packed form and a comment, to be
+/// compared with a set's elements or put into one.
+pub(crate) struct PackedElement(Packed);
+
+impl PackedElement {
+    /// The element of key `key` (as [`ElementRef::key_bytes`] gives it), no data, and
+    /// `comment`.
+    pub(crate) fn keyed(key: &[u8], comment: Option<&str>) -> PackedElement {
+        let mut out = Vec::with_capacity(2 * INLINE);
+        out.extend_from_slice(key);
+        finish(&mut out, None, comment);
+        PackedElement(Packed::new(&out))
+    }
+
+    /// Borrowed, like a set's elements.
+    pub(crate) fn as_ref(&self) -> ElementRef<'_> {
+        ElementRef(self.0.bytes())
+    }
+}
+
+/// The packed form of a key, to find or compare keys without decoding elements.
+pub(crate) fn key_bytes(out: &mut Vec<u8>, key: &[Value]) {
+    out.clear();
+    encode_key(out, key);
+}
 
 /// The parts of a packed element: key fields (at most 4, as portd's keys have), data
 /// and comment.
@@ -232,6 +283,38 @@ impl<'a> ElementRef<'a> {
     /// The element, decoded.
     pub fn decode(&self) -> Element {
         decode_bytes(self.0)
+    }
+
+    /// The packed key: its fields and the byte that ends it. Two elements of one set
+    /// have the same key exactly when these bytes are equal.
+    pub(crate) fn key_bytes(&self) -> &'a [u8] {
+        let b = self.0;
+        let mut i = 0;
+        while let Some(&t) = b.get(i) {
+            i += 1;
+            i += match t {
+                0 => return &b[..i],
+                tag::NFPROTO | tag::INET_PROTO => 1,
+                tag::INET_SERVICE => 2,
+                tag::MARK => 4,
+                tag::IPV4_NET => 5,
+                tag::IPV6_NET => 17,
+                // a name: its bytes up to 0x00 0x01 (0x00 0xFF is an escaped NUL)
+                tag::IFNAME => {
+                    let mut n = 0;
+                    while let Some(&c) = b.get(i + n) {
+                        n += if c == 0 { 2 } else { 1 };
+                        if c == 0 && b.get(i + n - 1) == Some(&1) {
+                            break;
+                        }
+                    }
+                    n
+                }
+                // never written by `encode`
+                _ => break,
+            };
+        }
+        &b[..i.min(b.len())]
     }
 }
 
@@ -337,6 +420,52 @@ impl Elements {
         self.0.iter().map(|p| ElementRef(p.bytes()))
     }
 
+    /// Adds a packed element (of a set of the same type); false if it was already there.
+    pub fn insert_ref(&mut self, r: ElementRef<'_>) -> bool {
+        self.0.insert(Packed::new(r.0))
+    }
+
+    /// Adds an owned packed element; false if it was already there.
+    pub(crate) fn insert_packed(&mut self, p: PackedElement) -> bool {
+        self.0.insert(p.0)
+    }
+
+    /// True if the packed element is there.
+    pub fn contains_ref(&self, r: ElementRef<'_>) -> bool {
+        self.0.contains(&Packed::new(r.0))
+    }
+
+    /// Adds every element of `other`.
+    pub fn insert_all(&mut self, other: &Elements) {
+        self.0.extend(other.0.iter().cloned());
+    }
+
+    /// Removes every element of `other`.
+    pub fn remove_all(&mut self, other: &Elements) {
+        for p in &other.0 {
+            self.0.remove(p);
+        }
+    }
+
+    /// Elements of `self` that `other` lacks, packed.
+    pub fn without(&self, other: &Elements) -> Elements {
+        Elements(self.0.difference(&other.0).cloned().collect())
+    }
+
+    /// Removes from `self` and `other` the elements they share.
+    pub fn drop_common(&mut self, other: &mut Elements) {
+        let common: Vec<Packed> = self.0.intersection(&other.0).cloned().collect();
+        for p in &common {
+            self.0.remove(p);
+            other.0.remove(p);
+        }
+    }
+
+    /// Keeps only the elements for which `keep` is true.
+    pub fn retain(&mut self, mut keep: impl FnMut(ElementRef<'_>) -> bool) {
+        self.0.retain(|p| keep(ElementRef(p.bytes())));
+    }
+
     /// Removes an element; false if it was not there.
     pub fn remove(&mut self, e: &Element) -> bool {
         self.0.remove(&encode(e))
@@ -376,8 +505,13 @@ impl Elements {
     pub fn with_key_ref(&self, key: &[Value]) -> Option<ElementRef<'_>> {
         let mut probe = Vec::with_capacity(INLINE);
         encode_key(&mut probe, key);
-        let from = Packed::new(&probe);
-        self.0.range(from..).next().filter(|p| p.bytes().starts_with(&probe)).map(|p| ElementRef(p.bytes()))
+        self.with_key_bytes(&probe)
+    }
+
+    /// [`Elements::with_key_ref`] of a packed key (see [`ElementRef::key_bytes`]).
+    pub(crate) fn with_key_bytes(&self, key: &[u8]) -> Option<ElementRef<'_>> {
+        let from = Packed::new(key);
+        self.0.range(from..).next().filter(|p| p.bytes().starts_with(key)).map(|p| ElementRef(p.bytes()))
     }
 }
 
@@ -436,137 +570,4 @@ impl<'de> Deserialize<'de> for Elements {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{Family, Proto};
-
-    fn samples() -> Vec<Element> {
-        let k = |f, p, port| vec![Value::NfProto(f), Value::InetProto(p), Value::InetService(port)];
-        let mut v = Vec::new();
-        for f in [Family::Ipv4, Family::Ipv6] {
-            for p in [Proto::Tcp, Proto::Udp] {
-                for port in [1, 80, 255, 256, 8080, 65535] {
-                    v.push(Element { key: k(f, p, port), data: None, comment: None });
-                    v.push(Element {
-                        key: k(f, p, port),
-                        data: Some(Value::InetService(port ^ 0x5a5a)),
-                        comment: None,
-                    });
-                    v.push(Element {
-                        key: k(f, p, port),
-                        data: Some(Value::Mark(u32::from(port) << 16)),
-                        comment: None,
-                    });
-                    for name in [
-                        "",
-                        "a",
-                        "a\0",
-                        "a\0b",
-                        "ab",
-                        "c_user_root_p1025_0123abcd",
-                        "c_a_very_long_owner_name_indeed_1234",
-                    ] {
-                        v.push(Element { key: k(f, p, port), data: None, comment: Some(name.into()) });
-                        let mut key = k(f, p, port);
-                        key.push(Value::Ifname(name.into()));
-                        v.push(Element { key, data: None, comment: None });
-                    }
-                    for (a, len) in [([10, 0, 0, 0], 8), ([10, 0, 0, 0], 16), ([192, 168, 1, 7], 32)] {
-                        let key = vec![
-                            Value::InetProto(p),
-                            Value::InetService(port),
-                            Value::Ipv4Net(Ipv4Net::new(a.into(), len).expect("net")),
-                        ];
-                        v.push(Element { key, data: None, comment: None });
-                    }
-                    let six = Ipv6Net::new("2001:db8::".parse().expect("addr"), 32).expect("net");
-                    v.push(Element {
-                        key: vec![Value::InetService(port), Value::Ipv6Net(six)],
-                        data: None,
-                        comment: None,
-                    });
-                }
-            }
-        }
-        v
-    }
-
-    #[test]
-    fn round_trips_and_sorts_like_the_values() {
-        let all = samples();
-        for e in &all {
-            assert_eq!(&decode(&encode(e)), e);
-        }
-        let by_value: BTreeSet<Element> = all.iter().cloned().collect();
-        let packed: Elements = all.iter().cloned().collect();
-        assert_eq!(packed.len(), by_value.len());
-        assert!(packed.iter().eq(by_value.iter().cloned()), "same order as Element's Ord");
-    }
-
-    /// The value a borrowed field stands for.
-    fn owned(f: FieldRef<'_>) -> Value {
-        match f {
-            FieldRef::NfProto(x) => Value::NfProto(x),
-            FieldRef::InetProto(x) => Value::InetProto(x),
-            FieldRef::InetService(x) => Value::InetService(x),
-            FieldRef::Mark(x) => Value::Mark(x),
-            FieldRef::Ifname(b) => Value::Ifname(String::from_utf8(b.to_vec()).expect("utf-8")),
-            FieldRef::Ipv4Net(a, l) => Value::Ipv4Net(Ipv4Net::new(a.into(), l).expect("net")),
-            FieldRef::Ipv6Net(a, l) => Value::Ipv6Net(Ipv6Net::new(a.into(), l).expect("net")),
-        }
-    }
-
-    #[test]
-    fn borrowed_parts_read_what_decode_reads() {
-        let all = samples();
-        let packed: Elements = all.iter().cloned().collect();
-        let mut borrowed = 0;
-        for (r, e) in packed.refs().zip(packed.iter()) {
-            assert_eq!(r.decode(), e);
-            let with_nul = e.comment.as_deref().is_some_and(|c| c.contains('\0'))
-                || e.key.iter().any(|v| matches!(v, Value::Ifname(n) if n.contains('\0')));
-            match r.parts() {
-                None => assert!(with_nul, "only names with a NUL need decoding: {e:?}"),
-                Some(p) => {
-                    borrowed += 1;
-                    let key: Vec<Value> = p.key.iter().flatten().map(|f| owned(*f)).collect();
-                    assert_eq!(key, e.key);
-                    assert_eq!(p.data.map(owned), e.data);
-                    assert_eq!(p.comment, e.comment.as_deref());
-                }
-            }
-        }
-        assert!(borrowed > all.len() / 2, "most samples are read in place: {borrowed}");
-    }
-
-    #[test]
-    fn finds_a_map_entry_by_key_and_takes_set_operations() {
-        let all = samples();
-        let packed: Elements = all.iter().cloned().collect();
-        let key = vec![Value::NfProto(Family::Ipv6), Value::InetProto(Proto::Udp), Value::InetService(8080)];
-        let first = packed.with_key(&key).expect("present");
-        assert_eq!(first.key, key);
-        assert_eq!(first.data, None, "no data sorts first");
-        let missing = vec![Value::NfProto(Family::Ipv6), Value::InetProto(Proto::Udp), Value::InetService(8081)];
-        assert_eq!(packed.with_key(&missing), None);
-        let mut fewer = packed.clone();
-        assert!(fewer.remove(&first));
-        assert!(!fewer.contains(&first));
-        assert_eq!(packed.difference(&fewer).collect::<Vec<_>>(), vec![first.clone()]);
-        assert!(fewer.insert(first));
-        assert_eq!(fewer, packed);
-    }
-
-    #[test]
-    fn typical_elements_stay_inline() {
-        let e = Element {
-            key: vec![Value::NfProto(Family::Ipv4), Value::InetProto(Proto::Tcp), Value::InetService(1025)],
-            data: Some(Value::InetService(8025)),
-            // the comment `compile` gives an element of forward p1025 of user root
-            comment: Some("user:root/p1025".into()),
-        };
-        assert!(matches!(encode(&e), Packed::Inline { .. }), "{:?}", encode(&e).bytes());
-        assert_eq!(decode(&encode(&e)), e);
-        assert!(std::mem::size_of::<Packed>() <= 40, "{}", std::mem::size_of::<Packed>());
-    }
-}
+mod tests;

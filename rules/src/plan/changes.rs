@@ -1,11 +1,11 @@
 //! Incremental changes: one owner's forwards replaced, added or removed, as a [`Delta`]
 //! that costs O(change), not O(plan).
 
-use super::compile::{key, port_key};
-use super::delta::Delta;
+use super::compile::{key, port_key, skeleton};
+use super::delta::{Delta, SetElements};
 use super::summary::Summary;
 use super::table::{element_comment, names, placed_order, Conflict, PlacedForward, Plan};
-use crate::element::{Element, Value};
+use crate::element::{key_bytes, PackedElement, Value};
 use crate::model::Forward;
 use std::collections::BTreeSet;
 
@@ -115,49 +115,55 @@ impl Plan {
             return Err(conflicts);
         }
 
-        let mut del = self.contributions(&removed);
-        let mut add = self.contributions(&added);
-        let both: Vec<(String, Element)> = del.intersection(&add).cloned().collect();
-        for e in &both {
-            del.remove(e);
-            add.remove(e);
+        // The elements of the forwards that leave and of those that come, per set (the
+        // skeleton's sets, in order, in both), packed; an element in both stays.
+        let (mut del, mut add) = (self.contributions(&removed), self.contributions(&added));
+        for (d, a) in del.iter_mut().zip(add.iter_mut()) {
+            d.elements.drop_common(&mut a.elements);
         }
         // Protected target ports may be shared by several forwards: the element of such a
         // port stays while a forward still protects it, and carries the comment of the
         // first of them in `compile`'s order, so it is replaced when that one changes.
-        let touched: BTreeSet<Vec<Value>> =
-            del.iter().chain(&add).filter(|(s, _)| s == names::PROTECT).map(|(_, e)| e.key.clone()).collect();
-        del.retain(|(s, _)| s != names::PROTECT);
-        add.retain(|(s, _)| s != names::PROTECT);
-        for k in touched {
-            let old = self.set(names::PROTECT).and_then(|set| set.elements.with_key(&k));
-            let first = self
-                .forwards
-                .iter()
-                .filter(|p| !leaving.contains(&p.comment()))
-                .chain(&added)
-                .filter(|p| protected_keys(p).any(|pk| k == pk))
-                .min_by(|a, b| placed_order(a).cmp(&placed_order(b)));
-            let new = first.map(|p| Element {
-                key: k.clone(),
-                data: None,
-                comment: Some(element_comment(&p.owner, &p.forward.name)),
-            });
-            if old != new {
-                del.extend(old.map(|e| (names::PROTECT.to_string(), e)));
-                add.extend(new.map(|e| (names::PROTECT.to_string(), e)));
+        let slot = |list: &mut Vec<SetElements>| list.iter_mut().position(|s| s.set == names::PROTECT);
+        if let (Some(di), Some(ai)) = (slot(&mut del), slot(&mut add)) {
+            let (was, comes) = (std::mem::take(&mut del[di].elements), std::mem::take(&mut add[ai].elements));
+            let touched: BTreeSet<&[u8]> = was.refs().chain(comes.refs()).map(|r| r.key_bytes()).collect();
+            let protect = self.set(names::PROTECT);
+            let mut probe = Vec::new();
+            for k in touched {
+                let old = protect.and_then(|set| set.elements.with_key_bytes(k));
+                let first = self
+                    .forwards
+                    .iter()
+                    .filter(|p| !leaving.contains(&p.comment()))
+                    .chain(&added)
+                    .filter(|p| {
+                        protected_keys(p).any(|pk| {
+                            key_bytes(&mut probe, &pk);
+                            probe == k
+                        })
+                    })
+                    .min_by(|a, b| placed_order(a).cmp(&placed_order(b)));
+                let new = first.map(|p| PackedElement::keyed(k, Some(&element_comment(&p.owner, &p.forward.name))));
+                if old != new.as_ref().map(PackedElement::as_ref) {
+                    if let Some(o) = old {
+                        del[di].elements.insert_ref(o);
+                    }
+                    if let Some(n) = new {
+                        add[ai].elements.insert_packed(n);
+                    }
+                }
             }
         }
-        let present = |s: &str, e: &Element| self.set(s).is_some_and(|set| set.elements.contains(e));
-        add.retain(|(s, e)| !present(s, e) || del.contains(&(s.clone(), e.clone())));
+        // An element the plan holds already is added only when it is deleted first.
+        for (d, a) in del.iter().zip(add.iter_mut()) {
+            let have = self.set(&a.set).map(|s| &s.elements);
+            a.elements.retain(|r| !have.is_some_and(|h| h.contains_ref(r)) || d.elements.contains_ref(r));
+        }
+        del.retain(|s| !s.elements.is_empty());
+        add.retain(|s| !s.elements.is_empty());
 
-        Ok(Delta {
-            structural: false,
-            del_elements: del.into_iter().collect(),
-            add_elements: add.into_iter().collect(),
-            summary,
-            whole: None,
-        })
+        Ok(Delta { structural: false, del_elements: del, add_elements: add, summary, whole: None })
     }
 }
 
@@ -231,6 +237,18 @@ impl Plan {
         d.objects_from(self, &new);
         d.whole = Some(Box::new(new));
         Some(d)
+    }
+}
+
+impl Plan {
+    /// The elements a group of forwards contributes, per set of the skeleton (all of
+    /// them, in order, empty ones too), packed.
+    fn contributions(&self, group: &[PlacedForward]) -> Vec<SetElements> {
+        let mut mini = skeleton(&self.table, self.mark, self.steer);
+        for p in group {
+            mini.place(&p.owner, &p.forward, p.mark);
+        }
+        mini.sets.into_iter().map(|s| SetElements { set: s.name, elements: s.elements }).collect()
     }
 }
 

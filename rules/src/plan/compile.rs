@@ -5,9 +5,8 @@ use super::table::{
     element_comment, names, BaseChain, Chain, ChainType, Conflict, Hook, KeyExpr, OwnedSet, PlacedForward, Plan, Rule,
     Set, SYSTEM_OWNER,
 };
-use crate::element::{Element, Elements, FieldType, Value};
+use crate::element::{Elements, FieldType, Value};
 use crate::model::{Family, Forward, Proto};
-use std::collections::BTreeSet;
 
 pub(super) fn key(f: Family, p: Proto, port: u16) -> [Value; 3] {
     [Value::NfProto(f), Value::InetProto(p), Value::InetService(port)]
@@ -241,15 +240,6 @@ impl Plan {
             }
         }
         self.forwards.push(PlacedForward { owner: owner.into(), forward: f.clone(), mark });
-    }
-
-    /// Elements a group of forwards contributes, as (set, element) pairs.
-    pub(super) fn contributions(&self, group: &[PlacedForward]) -> BTreeSet<(String, Element)> {
-        let mut mini = skeleton(&self.table, self.mark, self.steer);
-        for p in group {
-            mini.place(&p.owner, &p.forward, p.mark);
-        }
-        mini.sets.into_iter().flat_map(|s| s.elements.into_iter().map(move |e| (s.name.clone(), e))).collect()
     }
 
     /// The plan with `owner`'s forwards replaced by `forwards` (sorted by name), compiled

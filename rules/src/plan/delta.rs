@@ -4,18 +4,29 @@
 use super::summary::summarize;
 use super::summary::Summary;
 use super::table::{placed_order, Plan};
-use crate::element::Element;
+use crate::element::{Element, Elements};
 use serde::{Deserialize, Serialize};
+
+/// The elements a delta adds to or deletes from one set, packed as the set holds them:
+/// from compile to netlink no element is decoded and the set is named once.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SetElements {
+    /// The set's name.
+    pub set: String,
+    /// The elements, in the set's order.
+    pub elements: Elements,
+}
 
 /// Element-level difference between two plans of the same skeleton.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Delta {
     /// True when table, chains or set definitions differ: only a full apply will do.
     pub structural: bool,
-    /// Elements to delete, per set (before additions, so a changed map entry is replaced).
-    pub del_elements: Vec<(String, Element)>,
-    /// Elements to add, per set.
-    pub add_elements: Vec<(String, Element)>,
+    /// Elements to delete (before additions, so a changed map entry is replaced): per
+    /// set, in the plan's order of sets, each set at most once and never empty.
+    pub del_elements: Vec<SetElements>,
+    /// Elements to add, per set, likewise.
+    pub add_elements: Vec<SetElements>,
     /// What changed, for humans.
     pub summary: Summary,
     /// The whole new plan, when [`Plan::change_owner`] computed it (a large change): then
@@ -28,32 +39,39 @@ impl Delta {
     /// Fills in the elements that differ between two plans of the same shape.
     pub(super) fn objects_from(&mut self, old: &Plan, new: &Plan) {
         for (a, b) in old.sets.iter().zip(&new.sets) {
-            for e in a.elements.difference(&b.elements) {
-                self.del_elements.push((a.name.clone(), e));
-            }
-            for e in b.elements.difference(&a.elements) {
-                self.add_elements.push((b.name.clone(), e));
-            }
+            push(&mut self.del_elements, &a.name, a.elements.without(&b.elements));
+            push(&mut self.add_elements, &b.name, b.elements.without(&a.elements));
         }
     }
 
     /// True when the kernel needs no change.
     pub fn is_empty(&self) -> bool {
-        !self.structural && self.del_elements.is_empty() && self.add_elements.is_empty()
+        !self.structural && self.size() == 0
     }
 
     /// Number of kernel objects the delta touches.
     pub fn size(&self) -> usize {
-        self.del_elements.len() + self.add_elements.len()
+        self.del_elements.iter().chain(&self.add_elements).map(|s| s.elements.len()).sum()
+    }
+
+    /// The elements deleted, decoded, with their set's name: for tests and messages,
+    /// not for the path to the kernel.
+    pub fn deleted(&self) -> impl Iterator<Item = (&str, Element)> + '_ {
+        decoded(&self.del_elements)
+    }
+
+    /// The elements added, decoded, with their set's name (see [`Delta::deleted`]).
+    pub fn added(&self) -> impl Iterator<Item = (&str, Element)> + '_ {
+        decoded(&self.add_elements)
     }
 
     /// Applies the element changes (not the list of forwards) to `plan`.
     fn apply_objects(&self, plan: &mut Plan) {
-        for (s, e) in &self.del_elements {
-            plan.set_mut(s).elements.remove(e);
+        for s in &self.del_elements {
+            plan.set_mut(&s.set).elements.remove_all(&s.elements);
         }
-        for (s, e) in &self.add_elements {
-            plan.set_mut(s).elements.insert(e.clone());
+        for s in &self.add_elements {
+            plan.set_mut(&s.set).elements.insert_all(&s.elements);
         }
     }
 
@@ -89,6 +107,17 @@ impl Delta {
             plan.forwards.insert(at, p.clone());
         }
     }
+}
+
+/// Adds a set's elements to a list of a delta, unless there are none.
+pub(super) fn push(list: &mut Vec<SetElements>, set: &str, elements: Elements) {
+    if !elements.is_empty() {
+        list.push(SetElements { set: set.to_string(), elements });
+    }
+}
+
+fn decoded(list: &[SetElements]) -> impl Iterator<Item = (&str, Element)> + '_ {
+    list.iter().flat_map(|s| s.elements.iter().map(move |e| (s.set.as_str(), e)))
 }
 
 impl Plan {

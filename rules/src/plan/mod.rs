@@ -26,7 +26,7 @@ mod table;
 
 pub use crate::element::{Element, ElementRef, Elements, FieldRef, FieldType, Parts, Value};
 pub use compile::{compile, compile_borrowed, compile_dispatched};
-pub use delta::Delta;
+pub use delta::{Delta, SetElements};
 pub use stale::{stale_in_delta, stale_mappings, Stale};
 pub use summary::Summary;
 pub use table::{

@@ -4,7 +4,7 @@
 
 use super::delta::Delta;
 use super::table::{names, Plan};
-use crate::element::{Element, Value};
+use crate::element::{ElementRef, FieldRef};
 use crate::model::{Family, Proto};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,15 +22,31 @@ pub struct Stale {
 }
 
 /// The mappings one `fwd_to` or `fwd_to_family` element stands for: an element of a
-/// forward of both families stands for IPv4 and IPv6.
-fn mappings(set: &str, e: &Element) -> Vec<Stale> {
-    let Some(Value::InetService(old_to)) = e.data else { return Vec::new() };
-    match (set, e.key.as_slice()) {
-        (names::TO, [Value::InetProto(proto), Value::InetService(port)]) => [Family::Ipv4, Family::Ipv6]
+/// forward of both families stands for IPv4 and IPv6. Read in place.
+fn mappings(set: &str, r: ElementRef<'_>) -> Vec<Stale> {
+    match r.parts() {
+        Some(p) => mappings_of(set, &p.key, p.data),
+        None => {
+            // a comment with a NUL byte, which `compile` never writes: read it decoded
+            let e = r.decode();
+            let mut key = [None; 4];
+            for (k, v) in key.iter_mut().zip(&e.key) {
+                *k = Some(FieldRef::from(v));
+            }
+            mappings_of(set, &key, e.data.as_ref().map(FieldRef::from))
+        }
+    }
+}
+
+fn mappings_of(set: &str, key: &[Option<FieldRef<'_>>; 4], data: Option<FieldRef<'_>>) -> Vec<Stale> {
+    use FieldRef::{InetProto, InetService, NfProto};
+    let Some(InetService(old_to)) = data else { return Vec::new() };
+    match (set, key) {
+        (names::TO, [Some(InetProto(proto)), Some(InetService(port)), None, None]) => [Family::Ipv4, Family::Ipv6]
             .into_iter()
             .map(|family| Stale { family, proto: *proto, port: *port, old_to })
             .collect(),
-        (names::TO_FAMILY, [Value::NfProto(family), Value::InetProto(proto), Value::InetService(port)]) => {
+        (names::TO_FAMILY, [Some(NfProto(family)), Some(InetProto(proto)), Some(InetService(port)), None]) => {
             vec![Stale { family: *family, proto: *proto, port: *port, old_to }]
         }
         _ => Vec::new(),
@@ -43,7 +59,7 @@ pub fn stale_mappings(old: &Plan, new: &Plan) -> Vec<Stale> {
         [names::TO, names::TO_FAMILY]
             .into_iter()
             .filter_map(|name| p.set(name).map(|s| (name, s)))
-            .flat_map(|(name, s)| s.elements.iter().flat_map(move |e| mappings(name, &e)))
+            .flat_map(|(name, s)| s.elements.refs().flat_map(move |r| mappings(name, r)))
             .map(|m| ((m.family, m.proto, m.port), m.old_to))
             .collect()
     };
@@ -59,7 +75,8 @@ pub fn stale_mappings(old: &Plan, new: &Plan) -> Vec<Stale> {
 /// Mappings a delta drops or retargets: every deleted `fwd_to` or `fwd_to_family` entry
 /// (an unchanged one is never in a delta).
 pub fn stale_in_delta(d: &Delta) -> Vec<Stale> {
-    let out: BTreeSet<Stale> = d.del_elements.iter().flat_map(|(s, e)| mappings(s, e)).collect();
+    let out: BTreeSet<Stale> =
+        d.del_elements.iter().flat_map(|s| s.elements.refs().flat_map(|r| mappings(&s.set, r))).collect();
     out.into_iter().collect()
 }
 
