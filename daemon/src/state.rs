@@ -15,7 +15,7 @@
 #![forbid(unsafe_code)]
 
 use crate::safedir::Dir;
-use portd_rules::policy::UserSet;
+use portd_rules::policy::{SetKey, UserSet};
 use portd_rules::Forward;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -34,8 +34,9 @@ const JOURNAL_MIN_LIMIT: u64 = 64 * 1024;
 /// What is persisted: every set applied through the socket, by owner.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Persisted {
-    /// Owner (`user:NAME`) -> the uid that applied the set and its forwards.
-    pub sets: BTreeMap<String, UserSet>,
+    /// Owner (`user:NAME`; a key that names no user is kept as read, see [`SetKey`]) ->
+    /// the uid that applied the set and its forwards.
+    pub sets: BTreeMap<SetKey, UserSet>,
     /// Entries that could not be read at all (located), left out of `sets`.
     pub unreadable: Vec<String>,
     /// The files as they were read, to locate a forward that validation finds wrong.
@@ -157,8 +158,11 @@ impl Record {
 
     /// Applies the record to `sets`: a put replaces the forward of its name in place or
     /// appends it; a set left empty is dropped. Applying it twice changes nothing more.
-    pub fn apply(&self, sets: &mut BTreeMap<String, UserSet>) {
-        let entry = sets.entry(self.owner.clone()).or_default();
+    pub fn apply(&self, sets: &mut BTreeMap<SetKey, UserSet>) {
+        let entry = match sets.get_mut(self.owner.as_str()) {
+            Some(e) => e,
+            None => sets.entry(SetKey::read(self.owner.clone())).or_default(),
+        };
         if self.uid.is_some() {
             entry.uid = self.uid;
         }
@@ -191,7 +195,7 @@ impl Record {
             }
         }
         if set.is_empty() {
-            sets.remove(&self.owner);
+            sets.remove(self.owner.as_str());
         }
     }
 }
@@ -230,11 +234,11 @@ fn snapshot_lines(text: &str) -> BTreeMap<(String, String), usize> {
 /// {"name":"http","port":80,"to":8080}
 /// ]}}}
 /// ```
-fn snapshot_text(sets: &BTreeMap<String, UserSet>) -> serde_json::Result<Vec<u8>> {
+fn snapshot_text(sets: &BTreeMap<SetKey, UserSet>) -> serde_json::Result<Vec<u8>> {
     let mut out = b"{\"version\":2,\"sets\":{".to_vec();
     for (i, (owner, set)) in sets.iter().enumerate() {
         out.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
-        serde_json::to_writer(&mut out, owner)?;
+        serde_json::to_writer(&mut out, owner.as_str())?;
         out.extend_from_slice(b":{\"uid\":");
         serde_json::to_writer(&mut out, &set.uid)?;
         out.extend_from_slice(b",\"forwards\":[");
@@ -325,7 +329,7 @@ impl Store {
                         }
                     }
                 }
-                p.sets.insert(owner, UserSet { uid: set.uid, forwards });
+                p.sets.insert(SetKey::read(owner), UserSet { uid: set.uid, forwards });
             }
         }
         if !p.unreadable.is_empty() {
@@ -392,7 +396,7 @@ impl Store {
 
     /// Persists one change; `sets` already includes it. Appends the record to the journal,
     /// or writes a new snapshot when the journal has grown large.
-    pub fn commit(&mut self, sets: &BTreeMap<String, UserSet>, record: &Record) -> anyhow::Result<()> {
+    pub fn commit(&mut self, sets: &BTreeMap<SetKey, UserSet>, record: &Record) -> anyhow::Result<()> {
         let mut line = serde_json::to_vec(record)?;
         line.push(b'\n');
         let limit = self.snapshot_len.max(JOURNAL_MIN_LIMIT);
@@ -421,7 +425,7 @@ impl Store {
     /// Writes a snapshot of `sets` atomically, then empties the journal: a crash leaves
     /// either the old snapshot with the journal or the new snapshot (with or without the
     /// journal, whose records it already holds).
-    pub fn save(&mut self, sets: &BTreeMap<String, UserSet>) -> anyhow::Result<()> {
+    pub fn save(&mut self, sets: &BTreeMap<SetKey, UserSet>) -> anyhow::Result<()> {
         let tmp = format!(".{STATE_FILE}.tmp");
         let data = snapshot_text(sets)?;
         self.journal = None;
@@ -461,7 +465,7 @@ mod tests {
         assert_eq!(store.load().expect("empty").sets.len(), 0);
         let mut sets = BTreeMap::new();
         let http = Forward::new("http", PortRange::single(80), PortRange::single(8080));
-        sets.insert("user:web".to_string(), UserSet { uid: Some(1001), forwards: vec![http] });
+        sets.insert(SetKey::read("user:web".into()), UserSet { uid: Some(1001), forwards: vec![http] });
         store.save(&sets).expect("save");
         let loaded = store.load().expect("load");
         assert_eq!(loaded.sets, sets);
@@ -499,8 +503,8 @@ mod tests {
             r.apply(&mut sets);
             store.commit(&sets, r).expect("commit");
         }
-        let expect: BTreeMap<String, UserSet> =
-            [("user:a".to_string(), UserSet { uid: None, forwards: vec![fwd("x", 80, 9090)] })].into();
+        let expect: BTreeMap<SetKey, UserSet> =
+            [(SetKey::read("user:a".into()), UserSet { uid: None, forwards: vec![fwd("x", 80, 9090)] })].into();
         assert_eq!(sets, expect);
         // Loading created the state dir and an empty journal: each change is one line.
         let journal = fs::read_to_string(store.journal_path()).expect("journal");

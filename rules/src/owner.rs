@@ -2,7 +2,10 @@
 //! Parsed from text and printed back here only, with one rule for user names, so the
 //! command line, the wire, the state file and the policy core agree on what an owner is.
 
+use std::borrow::Borrow;
+use std::cmp::Ordering;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 
 /// Owner name of the config file's forwards.
 pub const SYSTEM: &str = "system";
@@ -73,6 +76,96 @@ impl fmt::Display for Owner {
     }
 }
 
+/// The key of a user set, as the daemon and the policy core hold sets: the owner as
+/// written (`user:NAME`), with whether it names a user decided once, by [`Owner::parse`],
+/// when the key is made.
+///
+/// Every set the daemon creates is a user's. A set loaded from a state file may be keyed
+/// by text that names no user (`bogus`, `system`, `user:a b`): it keeps that key as
+/// written, so its forwards are reported suspended under it and saved back unchanged,
+/// and [`SetKey::user`] is `None` (no account can match it). Keys compare, order and hash
+/// as the text they print, so a map of sets iterates (and a state file lists them) in
+/// the order of their owners as written, and a set is found by the owner a plan names
+/// (`PlacedForward::owner`, a `&str`) without parsing it.
+#[derive(Debug, Clone)]
+pub struct SetKey {
+    written: String,
+    user: bool,
+}
+
+impl SetKey {
+    /// The key of user `name`'s set; `Err` with the reason when `name` is outside the
+    /// user-name rule.
+    pub fn of_user(name: &str) -> Result<SetKey, String> {
+        let written = Owner::user_key(name);
+        match Owner::parse(&written)? {
+            Owner::User(_) => Ok(SetKey { written, user: true }),
+            Owner::System => Err(not_a_user(name)),
+        }
+    }
+
+    /// The key of a user owner's set; `None` for `system`, which has no user set.
+    pub fn of(owner: &Owner) -> Option<SetKey> {
+        owner.user().map(|name| SetKey { written: Owner::user_key(name), user: true })
+    }
+
+    /// A key as a state file writes it, whatever it holds.
+    pub fn read(written: String) -> SetKey {
+        let user = matches!(Owner::parse(&written), Ok(Owner::User(_)));
+        SetKey { written, user }
+    }
+
+    /// The owner as written (`user:NAME`, or the unreadable key as it was read).
+    pub fn as_str(&self) -> &str {
+        &self.written
+    }
+
+    /// The user's name, when the key names a user.
+    pub fn user(&self) -> Option<&str> {
+        self.user.then(|| self.written.strip_prefix(USER_PREFIX)).flatten()
+    }
+
+    /// The owner, when the key names a user.
+    pub fn owner(&self) -> Option<Owner> {
+        self.user().map(|n| Owner::User(n.to_string()))
+    }
+}
+
+impl fmt::Display for SetKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.written)
+    }
+}
+
+// Equality, order and hash are the written text's (`user` follows from it), as `Borrow`
+// requires.
+impl PartialEq for SetKey {
+    fn eq(&self, other: &SetKey) -> bool {
+        self.written == other.written
+    }
+}
+impl Eq for SetKey {}
+impl PartialOrd for SetKey {
+    fn partial_cmp(&self, other: &SetKey) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for SetKey {
+    fn cmp(&self, other: &SetKey) -> Ordering {
+        self.written.cmp(&other.written)
+    }
+}
+impl Hash for SetKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.written.hash(h);
+    }
+}
+impl Borrow<str> for SetKey {
+    fn borrow(&self) -> &str {
+        &self.written
+    }
+}
+
 fn not_a_user(name: &str) -> String {
     format!(
         "`{}` is not a user name (letters, digits, '_', '-', '.', and a final '$', at most 32)",
@@ -129,5 +222,26 @@ mod tests {
             assert_eq!(Owner::parse(&o.to_string()), Ok(o.clone()));
         }
         assert_eq!(Owner::user_key("web"), Owner::User("web".into()).to_string());
+    }
+
+    #[test]
+    fn set_keys_name_users_or_keep_what_was_read() {
+        let web = SetKey::of_user("web").expect("valid");
+        assert_eq!((web.as_str(), web.user(), web.owner()), ("user:web", Some("web"), Some(Owner::User("web".into()))));
+        assert_eq!(SetKey::of(&Owner::User("web".into())), Some(web.clone()));
+        assert_eq!(SetKey::of(&Owner::System), None);
+        assert_eq!(SetKey::read("user:web".into()).user(), Some("web"));
+        assert!(SetKey::of_user("a b").is_err());
+        for odd in ["bogus", "system", "user:a b", "user:", ""] {
+            let k = SetKey::read(odd.into());
+            assert_eq!((k.as_str(), k.user(), k.owner()), (odd, None, None));
+            assert_eq!(k.to_string(), odd);
+        }
+        // ordered as written, and found by the text
+        let keys: std::collections::BTreeMap<SetKey, u8> =
+            ["user:b", "bogus", "user:a", "system"].iter().map(|k| (SetKey::read(k.to_string()), 0)).collect();
+        let order: Vec<&str> = keys.keys().map(SetKey::as_str).collect();
+        assert_eq!(order, ["bogus", "system", "user:a", "user:b"]);
+        assert!(keys.contains_key("user:a") && keys.contains_key("bogus"));
     }
 }

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
-pub use crate::owner::{valid_user, Owner, SYSTEM};
+pub use crate::owner::{valid_user, Owner, SetKey, SYSTEM};
 
 /// A user as the account database describes it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -429,31 +429,31 @@ impl<'a> PlacedClaims<'a> {
 }
 
 /// (owner, name, reason) of forwards newly suspended, and (owner, name) of forwards resumed.
-pub type Transitions<'a> = (Vec<(&'a str, &'a str, &'a Reason)>, Vec<(&'a str, &'a str)>);
+pub type Transitions<'a> = (Vec<(&'a SetKey, &'a str, &'a Reason)>, Vec<(&'a SetKey, &'a str)>);
 
 /// The decision for every user forward.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Evaluation {
     /// Owner -> the names of the forwards to put in the kernel (the forwards themselves
     /// are the owner's set's: [`Evaluation::active_forwards`]).
-    pub active: BTreeMap<String, BTreeSet<String>>,
+    pub active: BTreeMap<SetKey, BTreeSet<String>>,
     /// Owner -> (forward name, reason) of each suspended forward.
-    pub suspended: BTreeMap<String, Vec<(String, Reason)>>,
+    pub suspended: BTreeMap<SetKey, Vec<(String, Reason)>>,
 }
 
 impl Evaluation {
     /// The active forwards of every owner, in set order, taken from `users`.
     pub fn active_forwards<'a>(
         &'a self,
-        users: &'a BTreeMap<String, UserSet>,
-    ) -> impl Iterator<Item = (&'a String, Vec<&'a Forward>)> + 'a {
+        users: &'a BTreeMap<SetKey, UserSet>,
+    ) -> impl Iterator<Item = (&'a SetKey, Vec<&'a Forward>)> + 'a {
         self.active.iter().filter_map(move |(owner, names)| {
             let set = users.get(owner)?;
             Some((owner, set.forwards.iter().filter(|f| names.contains(&f.name)).collect()))
         })
     }
 
-    /// The reason a forward is suspended, if it is.
+    /// The reason a forward is suspended, if it is (`owner` as written).
     pub fn reason(&self, owner: &str, name: &str) -> Option<&Reason> {
         self.suspended.get(owner)?.iter().find(|(n, _)| n == name).map(|(_, r)| r)
     }
@@ -464,8 +464,8 @@ impl Evaluation {
     /// (owner, name, reason) of forwards suspended in `self` but not in `before`, and
     /// (owner, name) of those suspended in `before` but not in `self`.
     pub fn transitions<'a>(&'a self, before: &'a Evaluation) -> Transitions<'a> {
-        let flat = |e: &'a Evaluation| -> BTreeMap<(&'a str, &'a str), &'a Reason> {
-            e.suspended.iter().flat_map(|(o, v)| v.iter().map(move |(n, r)| ((o.as_str(), n.as_str()), r))).collect()
+        let flat = |e: &'a Evaluation| -> BTreeMap<(&'a SetKey, &'a str), &'a Reason> {
+            e.suspended.iter().flat_map(|(o, v)| v.iter().map(move |(n, r)| ((o, n.as_str()), r))).collect()
         };
         let (now, was) = (flat(self), flat(before));
         let suspended = now.iter().filter(|(k, r)| was.get(*k) != Some(*r)).map(|((o, n), r)| (*o, *n, *r)).collect();
@@ -480,9 +480,9 @@ impl Evaluation {
 pub fn evaluate(
     judge: &Judge,
     config: &Config,
-    users: &BTreeMap<String, UserSet>,
-    accounts: &BTreeMap<String, Option<Account>>,
-    invalid: &BTreeMap<String, BTreeMap<String, String>>,
+    users: &BTreeMap<SetKey, UserSet>,
+    accounts: &BTreeMap<SetKey, Option<Account>>,
+    invalid: &BTreeMap<SetKey, BTreeMap<String, String>>,
     before: &Evaluation,
 ) -> Evaluation {
     let none = BTreeMap::new();
@@ -492,9 +492,9 @@ pub fn evaluate(
     }
     let mut out = Evaluation::default();
     // (owner, index, forward) of each forward that passed the per-set judge.
-    let mut candidates: Vec<(&str, &Forward, bool)> = Vec::new();
+    let mut candidates: Vec<(&SetKey, &Forward, bool)> = Vec::new();
     for (owner, set) in users {
-        let user = Owner::user_of(owner).unwrap_or(owner);
+        let user = owner.user().unwrap_or(owner.as_str());
         let account = accounts.get(owner).and_then(Option::as_ref);
         let verdicts = judge.judge(user, set, account, invalid.get(owner).unwrap_or(&none));
         for (f, v) in set.forwards.iter().zip(verdicts) {
@@ -505,7 +505,7 @@ pub fn evaluate(
                 }
                 Some(r) => {
                     if r.keeps_claim() && claims.clash(f).is_none() {
-                        claims.put(owner, f);
+                        claims.put(owner.as_str(), f);
                     }
                     out.suspended.entry(owner.clone()).or_default().push((f.name.clone(), r));
                 }
@@ -520,10 +520,10 @@ pub fn evaluate(
             match claims.clash(f) {
                 Some((o, n)) => {
                     let r = Reason::Conflict(format!("its public port is taken by {o}/{n}"));
-                    out.suspended.entry(owner.to_string()).or_default().push((f.name.clone(), r));
+                    out.suspended.entry((*owner).clone()).or_default().push((f.name.clone(), r));
                 }
                 None => {
-                    claims.put(owner, f);
+                    claims.put(owner.as_str(), f);
                 }
             }
         }

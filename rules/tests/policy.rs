@@ -176,12 +176,16 @@ fn public_port_and_unserved_target_checks() {
     assert_eq!(target_unserved(&l, &range), None);
 }
 
-fn users(sets: &[(&str, u32, Vec<Forward>)]) -> BTreeMap<String, UserSet> {
-    sets.iter().map(|(o, uid, f)| (format!("user:{o}"), UserSet { uid: Some(*uid), forwards: f.clone() })).collect()
+fn users(sets: &[(&str, u32, Vec<Forward>)]) -> BTreeMap<SetKey, UserSet> {
+    sets.iter().map(|(o, uid, f)| (key(o), UserSet { uid: Some(*uid), forwards: f.clone() })).collect()
 }
 
-fn accounts(list: &[(&str, u32)]) -> BTreeMap<String, Option<Account>> {
-    list.iter().map(|(n, u)| (format!("user:{n}"), Some(account(n, *u)))).collect()
+fn accounts(list: &[(&str, u32)]) -> BTreeMap<SetKey, Option<Account>> {
+    list.iter().map(|(n, u)| (key(n), Some(account(n, *u)))).collect()
+}
+
+fn key(user: &str) -> SetKey {
+    SetKey::of_user(user).expect("a user name")
 }
 
 #[test]
@@ -204,7 +208,7 @@ fn the_system_set_wins_a_conflict_and_only_the_conflicting_forward_is_suspended(
     config.forwards.clear();
     let again = evaluate(&j, &config, &u, &acc, &BTreeMap::new(), &after);
     assert_eq!(again.suspended_count(), 0);
-    assert_eq!(again.transitions(&after).1, vec![("user:web", "http")]);
+    assert_eq!(again.transitions(&after).1, vec![(&key("web"), "http")]);
 }
 
 #[test]
@@ -214,7 +218,7 @@ fn a_running_forward_is_never_displaced_by_one_coming_back() {
     let j = judge(&config.grants, None);
     let u = users(&[("a", 1, vec![fwd("x", 80, 8080)]), ("b", 2, vec![fwd("y", 80, 8081)])]);
     let acc = accounts(&[("a", 1), ("b", 2)]);
-    let before = Evaluation { active: [("user:b".to_string(), ["y".to_string()].into())].into(), ..Default::default() };
+    let before = Evaluation { active: [(key("b"), ["y".to_string()].into())].into(), ..Default::default() };
     let e = evaluate(&j, &config, &u, &acc, &BTreeMap::new(), &before);
     assert!(!e.active.contains_key("user:a"));
     assert_eq!(e.active["user:b"], ["y".to_string()].into());

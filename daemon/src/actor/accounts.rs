@@ -3,7 +3,7 @@
 
 #![forbid(unsafe_code)]
 
-use portd_rules::policy::Account;
+use portd_rules::policy::{Account, SetKey};
 use std::collections::BTreeMap;
 use std::ffi::CString;
 
@@ -25,7 +25,8 @@ pub fn name_of(uid: u32) -> Option<String> {
     nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name)
 }
 
-/// Looks up the user of every `user:NAME` owner in `owners`.
-pub fn lookup_owners<'a>(owners: impl Iterator<Item = &'a String>) -> BTreeMap<String, Option<Account>> {
-    owners.map(|o| (o.clone(), portd_rules::owner::Owner::user_of(o).and_then(lookup))).collect()
+/// Looks up the user of every set's owner in `owners` (`None` for a key that names no
+/// user).
+pub fn lookup_owners<'a>(owners: impl Iterator<Item = &'a SetKey>) -> BTreeMap<SetKey, Option<Account>> {
+    owners.map(|o| (o.clone(), o.user().and_then(lookup))).collect()
 }

@@ -7,7 +7,7 @@ use super::{Caller, Daemon, Error, LOG_FORWARDS, TRIM_AFTER_OBJECTS};
 use crate::notify;
 use crate::state::Record;
 use portd_rules::plan::PlacedForward;
-use portd_rules::policy::{self, Account, Reason, UserSet};
+use portd_rules::policy::{self, Account, Reason, SetKey, UserSet};
 use portd_rules::proto::Body;
 use portd_rules::{Forward, ListenerCheck};
 use std::time::Instant;
@@ -163,7 +163,7 @@ impl Daemon {
     pub(super) fn change(
         &mut self,
         caller: &Caller,
-        owner: &str,
+        owner: &SetKey,
         account: &Account,
         change: Change,
         dry_run: bool,
@@ -184,19 +184,19 @@ impl Daemon {
         // it brings in.
         let (record, undo, fresh): (Record, Record, &[Forward]) = match &change {
             Change::Replace(new) => (
-                Record::between(owner, Some(account.uid), &current.forwards, new),
-                Record::between(owner, current.uid, new, &current.forwards),
+                Record::between(owner.as_str(), Some(account.uid), &current.forwards, new),
+                Record::between(owner.as_str(), current.uid, new, &current.forwards),
                 new,
             ),
             Change::Add(f) => (
-                Record { owner: owner.into(), uid: Some(account.uid), put: vec![f.clone()], remove: vec![] },
-                Record { owner: owner.into(), uid: current.uid, put: vec![], remove: vec![f.name.clone()] },
+                Record { owner: owner.to_string(), uid: Some(account.uid), put: vec![f.clone()], remove: vec![] },
+                Record { owner: owner.to_string(), uid: current.uid, put: vec![], remove: vec![f.name.clone()] },
                 std::slice::from_ref(f),
             ),
             Change::Remove(name) => (
-                Record { owner: owner.into(), uid: Some(account.uid), put: vec![], remove: vec![name.clone()] },
+                Record { owner: owner.to_string(), uid: Some(account.uid), put: vec![], remove: vec![name.clone()] },
                 Record {
-                    owner: owner.into(),
+                    owner: owner.to_string(),
                     uid: current.uid,
                     put: current.forwards.iter().filter(|f| f.name == *name).cloned().collect(),
                     remove: vec![],
@@ -235,13 +235,17 @@ impl Daemon {
         };
         // Only the forwards that differ are compiled: O(change), not O(table).
         let delta = match &change {
-            Change::Replace(new) => self.plan.replace_owner(owner, new, mark),
-            Change::Add(f) => self.plan.change_owner(owner, &[], std::slice::from_ref(f), mark),
-            Change::Remove(name) => self.plan.change_owner(owner, &[name.as_str()], &[], mark),
+            Change::Replace(new) => self.plan.replace_owner(owner.as_str(), new, mark),
+            Change::Add(f) => self.plan.change_owner(owner.as_str(), &[], std::slice::from_ref(f), mark),
+            Change::Remove(name) => self.plan.change_owner(owner.as_str(), &[name.as_str()], &[], mark),
         };
         let mut delta = delta.map_err(|c| Error::Conflict(c.iter().map(|c| c.to_string()).collect()))?;
         for f in dropped {
-            delta.summary.removed.push(PlacedForward { owner: owner.into(), mark: f.mark.unwrap_or(mark), forward: f });
+            delta.summary.removed.push(PlacedForward {
+                owner: owner.to_string(),
+                mark: f.mark.unwrap_or(mark),
+                forward: f,
+            });
         }
         // A large file leaves freed memory behind even when nothing changes.
         if fresh.len() > TRIM_AFTER_OBJECTS {
@@ -277,7 +281,7 @@ impl Daemon {
         let stale = portd_kernel::conntrack::stale_in_delta(&delta);
         delta.take_into(&mut self.plan);
         self.sync_dataplane();
-        self.accounts.insert(owner.to_string(), Some(account.clone()));
+        self.accounts.insert(owner.clone(), Some(account.clone()));
         self.note_change(owner, &change);
         tracing::debug!(
             "change phases: compile {t_compile:?}, kernel {:?} ({size} objects), save {:?}",
@@ -309,7 +313,7 @@ impl Daemon {
 
     /// Refuses forwards whose public port a listener-suspended forward of another owner
     /// keeps.
-    pub(super) fn check_reserved(&self, owner: &str, fresh: &[Forward]) -> Result<(), Error> {
+    pub(super) fn check_reserved(&self, owner: &SetKey, fresh: &[Forward]) -> Result<(), Error> {
         let mut claims = policy::PlacedClaims::default();
         let mut any = false;
         for (o, list) in &self.eval.suspended {
@@ -321,7 +325,7 @@ impl Daemon {
                     continue;
                 }
                 if let Some(f) = self.users.get(o).and_then(|s| s.forwards.iter().find(|f| f.name == *name)) {
-                    claims.put(o, f);
+                    claims.put(o.as_str(), f);
                     any = true;
                 }
             }
@@ -348,18 +352,18 @@ impl Daemon {
     }
 
     /// Keeps the evaluation in step with a change that was judged and applied.
-    pub(super) fn note_change(&mut self, owner: &str, change: &Change) {
+    pub(super) fn note_change(&mut self, owner: &SetKey, change: &Change) {
         match change {
             Change::Replace(new) => {
                 self.eval.suspended.remove(owner);
                 if new.is_empty() {
                     self.eval.active.remove(owner);
                 } else {
-                    self.eval.active.insert(owner.to_string(), new.iter().map(|f| f.name.clone()).collect());
+                    self.eval.active.insert(owner.clone(), new.iter().map(|f| f.name.clone()).collect());
                 }
             }
             Change::Add(f) => {
-                self.eval.active.entry(owner.to_string()).or_default().insert(f.name.clone());
+                self.eval.active.entry(owner.clone()).or_default().insert(f.name.clone());
             }
             Change::Remove(name) => {
                 if let Some(v) = self.eval.active.get_mut(owner) {

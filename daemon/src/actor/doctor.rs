@@ -23,7 +23,7 @@ impl Daemon {
         let owner_uids = self
             .accounts
             .iter()
-            .filter_map(|(o, a)| a.as_ref().map(|a| (o.clone(), a.uid)))
+            .filter_map(|(o, a)| a.as_ref().map(|a| (o.to_string(), a.uid)))
             .filter(|(_, uid)| *uid != 0)
             .collect();
         // In NAT mode, the command that turns steering on, when this host can steer.

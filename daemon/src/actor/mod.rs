@@ -21,7 +21,7 @@ mod timers;
 use crate::notify;
 use crate::state::Store;
 use portd_kernel::Kernel;
-use portd_rules::policy::{self, Backoff, Evaluation, Judge, Listeners, Repair, UserSet};
+use portd_rules::policy::{self, Backoff, Evaluation, Judge, Listeners, Repair, SetKey, UserSet};
 use portd_rules::proto::LegacyTables;
 use portd_rules::{Config, ListenerCheck, OnExit, Plan};
 use std::collections::BTreeMap;
@@ -129,11 +129,11 @@ pub struct Daemon {
     config: Config,
     overrides: Overrides,
     /// Every user set, active and suspended forwards alike, as persisted.
-    users: BTreeMap<String, UserSet>,
+    users: BTreeMap<SetKey, UserSet>,
     /// Definition problems found when the state was loaded: owner -> name -> message.
-    invalid: BTreeMap<String, BTreeMap<String, String>>,
+    invalid: BTreeMap<SetKey, BTreeMap<String, String>>,
     /// The account behind each user set, as of the last start, reload or apply.
-    accounts: BTreeMap<String, Option<policy::Account>>,
+    accounts: BTreeMap<SetKey, Option<policy::Account>>,
     /// The sockets of the namespace at the last check.
     listeners: Option<Listeners>,
     /// Why a listener check failed, logged once until it works again.
@@ -345,9 +345,9 @@ impl Daemon {
     }
 
     /// The uid a user set is bound to and the user's name, for the journal fields.
-    fn owner_account<'a>(&self, owner: &'a str) -> (Option<u32>, Option<&'a str>) {
+    fn owner_account<'a>(&self, owner: &'a SetKey) -> (Option<u32>, Option<&'a str>) {
         let uid = self.users.get(owner).and_then(|s| s.uid);
-        (uid, policy::Owner::user_of(owner))
+        (uid, owner.user())
     }
 
     /// Re-judges every user forward (after a reload or a listener change) and puts the

@@ -136,7 +136,7 @@ impl Daemon {
             let Some(f) = self.users.get(owner).and_then(|s| s.forwards.iter().find(|f| f.name == name)) else {
                 continue;
             };
-            summary.removed.retain(|p| !(p.owner == owner && p.forward.name == name));
+            summary.removed.retain(|p| !(p.owner == owner.as_str() && p.forward.name == name));
             out.push(Suspension { owner: owner.to_string(), forward: f.clone(), reason: reason.to_string() });
         }
         out

@@ -5,7 +5,7 @@
 
 use super::change::Change;
 use super::{accounts, Caller, Daemon, Error};
-use portd_rules::policy::{Account, Owner};
+use portd_rules::policy::{Account, Owner, SetKey};
 use portd_rules::proto::Body;
 use portd_rules::Forward;
 
@@ -126,7 +126,10 @@ impl Daemon {
                 let owner = owner.unwrap_or_else(|| caller.owner());
                 let forwards = match &owner {
                     Owner::System => self.config.forwards.clone(),
-                    user => self.users.get(&user.to_string()).map(|s| s.forwards.clone()).unwrap_or_default(),
+                    user => SetKey::of(user)
+                        .and_then(|k| self.users.get(&k))
+                        .map(|s| s.forwards.clone())
+                        .unwrap_or_default(),
                 };
                 Ok(Body::Export { owner: owner.to_string(), forwards })
             }
@@ -144,14 +147,14 @@ impl Daemon {
     /// another owner; the system set is only changed through the config file.
     /// `removing`: the change only takes forwards away, which root may do for the set of
     /// a user that no longer exists (an account of the set's uid stands in for it).
-    fn target_owner(&self, caller: &Caller, owner: Option<Owner>, removing: bool) -> Result<(String, Account), Error> {
+    fn target_owner(&self, caller: &Caller, owner: Option<Owner>, removing: bool) -> Result<(SetKey, Account), Error> {
         let name = match owner {
             // A set is kept under its owner's name: one portd could not load again (a name
             // outside the one user-name rule) is refused before it is made.
             None if !portd_rules::owner::valid_user(&caller.user) => {
                 return Err(Error::invalid(format!(
                     "your user name cannot own forwards: {}",
-                    Owner::parse(&Owner::user_key(&caller.user)).err().unwrap_or_default()
+                    SetKey::of_user(&caller.user).err().unwrap_or_default()
                 )))
             }
             None => caller.user.clone(),
@@ -169,8 +172,9 @@ impl Daemon {
             }
             Some(Owner::User(n)) => n,
         };
+        let key = SetKey::of_user(&name).map_err(Error::invalid)?;
         match accounts::lookup(&name) {
-            Some(a) if caller.uid == 0 || a.uid == caller.uid => Ok((Owner::user_key(&name), a)),
+            Some(a) if caller.uid == 0 || a.uid == caller.uid => Ok((key, a)),
             Some(a) => Err(Error::denied(format!(
                 "user name {name} belongs to uid {}, not to you (uid {})",
                 a.uid, caller.uid
@@ -179,19 +183,16 @@ impl Daemon {
                 "uid {} has no user name in the account database; grants are given to users",
                 caller.uid
             ))),
-            None => {
-                let key = Owner::user_key(&name);
-                match self.users.get(&key) {
-                    Some(set) if removing => {
-                        let uid = set.uid.unwrap_or(u32::MAX);
-                        Ok((key, Account { name, uid, groups: Vec::new() }))
-                    }
-                    Some(_) => Err(Error::invalid(format!(
-                        "there is no user `{name}` on this host; root can only remove the forwards of its set"
-                    ))),
-                    None => Err(Error::invalid(format!("there is no user `{name}` on this host"))),
+            None => match self.users.get(&key) {
+                Some(set) if removing => {
+                    let uid = set.uid.unwrap_or(u32::MAX);
+                    Ok((key, Account { name, uid, groups: Vec::new() }))
                 }
-            }
+                Some(_) => Err(Error::invalid(format!(
+                    "there is no user `{name}` on this host; root can only remove the forwards of its set"
+                ))),
+                None => Err(Error::invalid(format!("there is no user `{name}` on this host"))),
+            },
         }
     }
 }

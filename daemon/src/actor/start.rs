@@ -92,7 +92,8 @@ impl Daemon {
     /// interfaces, sources, duplicate names. Problems suspend the forward, located.
     pub(super) fn validate_loaded(&mut self, persisted: &crate::state::Persisted) {
         for (owner, set) in self.users.iter_mut() {
-            let owner_ok = matches!(policy::Owner::parse(owner), Ok(policy::Owner::User(_)));
+            // a key of the state file that names no user (`bogus`): its forwards stay suspended
+            let owner_ok = owner.user().is_some();
             let mut seen = std::collections::HashSet::new();
             for f in set.forwards.iter_mut() {
                 // The same rules as a file's forward, and the same one form.
@@ -101,14 +102,14 @@ impl Daemon {
                     .map(|p| format!("{owner} forward `{}`: {p}", f.name.escape_debug()))
                     .collect();
                 if !owner_ok {
-                    problems.push(format!("`{}` is not a user owner (`user:NAME`)", owner.escape_debug()));
+                    problems.push(format!("`{}` is not a user owner (`user:NAME`)", owner.as_str().escape_debug()));
                 }
                 if !seen.insert(f.name.as_str()) {
                     problems.push(format!("{owner}: duplicate name `{}`", f.name.escape_debug()));
                 }
                 if !problems.is_empty() {
                     // located only now: a start builds no location for the forwards that are fine
-                    let at = persisted.origin(owner, &f.name);
+                    let at = persisted.origin(owner.as_str(), &f.name);
                     for p in problems.iter_mut() {
                         *p = format!("{at}: {p}");
                     }

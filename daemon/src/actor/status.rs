@@ -51,7 +51,7 @@ impl Daemon {
             for (name, reason) in list {
                 if let Some(f) = set.forwards.iter().find(|f| f.name == *name) {
                     suspended.push(ForwardStatus {
-                        owner: owner.clone(),
+                        owner: owner.to_string(),
                         forward: f.clone(),
                         mark: f.mark.unwrap_or(self.config.settings.mark),
                         packets: 0,

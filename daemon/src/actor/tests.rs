@@ -329,9 +329,11 @@ fn every_entry_path_gives_a_forward_the_same_verdict() {
 
     // The state file: every case in root's persisted set, then a start.
     let state = Setup::new("entry-state");
-    let sets: BTreeMap<String, UserSet> =
-        [("user:root".to_string(), UserSet { uid: Some(0), forwards: cases.iter().map(|(c, _)| c.typed()).collect() })]
-            .into();
+    let sets: BTreeMap<SetKey, UserSet> = [(
+        SetKey::of_user("root").expect("a user"),
+        UserSet { uid: Some(0), forwards: cases.iter().map(|(c, _)| c.typed()).collect() },
+    )]
+    .into();
     Store::new(&state.dir.join("state")).save(&sets).expect("state file");
     let from_state = state.start("");
     let wire = Setup::new("entry-wire");
