@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 use crate::actor::{self, Caller, Msg, Op, Published};
+use crate::coalesce::Answer;
 use portd_rules::proto::{decode_request, Command, ErrorKind, Response, MAX_LINE_BYTES};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -165,13 +166,17 @@ impl Shared {
     }
 }
 
-/// Accepts until `shutdown` is cancelled, then waits for in-flight connections.
+/// Accepts until `shutdown` is cancelled, then waits for in-flight connections. Root's
+/// connections are served on the current runtime, other callers' on `users` (whose
+/// threads run at a lower priority), so that no amount of other users' reads takes
+/// the CPU root's requests need.
 pub async fn run(
     listener: UnixListener,
     actor: Sender<Msg>,
     published: Arc<Published>,
     shutdown: CancellationToken,
     limits: Limits,
+    users: tokio::runtime::Handle,
 ) {
     let tracker = TaskTracker::new();
     // Suppressed refusals are summarised in the log every few seconds.
@@ -230,10 +235,25 @@ pub async fn run(
         }
         let shared = shared.clone();
         let token = shutdown.clone();
-        tracker.spawn(async move {
-            serve(stream, &peer, &shared, token).await;
-            shared.release(account);
-        });
+        if peer.uid == 0 {
+            tracker.spawn(async move {
+                serve(stream, &peer, &shared, token).await;
+                shared.release(account);
+            });
+            continue;
+        }
+        // Registered anew with the users' runtime, whose threads then do all its I/O.
+        let moved = stream.into_std();
+        tracker.spawn_on(
+            async move {
+                match moved.and_then(UnixStream::from_std) {
+                    Ok(stream) => serve(stream, &peer, &shared, token).await,
+                    Err(e) => tracing::warn!("handing a connection to the users' runtime: {e}"),
+                }
+                shared.release(account);
+            },
+            &users,
+        );
     }
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(30), tracker.wait()).await.is_err() {
@@ -268,10 +288,36 @@ fn encode(resp: &Response) -> std::io::Result<Vec<u8>> {
     Ok(line)
 }
 
+/// An answer: the request's own, or a coalesced read's, shared already encoded.
+enum Reply {
+    Own(Response),
+    Shared(Arc<Answer>),
+}
+
+impl Reply {
+    fn response(&self) -> &Response {
+        match self {
+            Reply::Own(r) => r,
+            Reply::Shared(a) => &a.response,
+        }
+    }
+}
+
+impl From<Response> for Reply {
+    fn from(r: Response) -> Reply {
+        Reply::Own(r)
+    }
+}
+
 /// Writes one answer within the write timeout.
 async fn write(stream: &mut tokio::io::WriteHalf<UnixStream>, resp: &Response, limit: Duration) -> bool {
     let Ok(line) = encode(resp) else { return false };
-    matches!(tokio::time::timeout(limit, stream.write_all(&line)).await, Ok(Ok(())))
+    write_line(stream, &line, limit).await
+}
+
+/// Writes one encoded answer within the write timeout.
+async fn write_line(stream: &mut tokio::io::WriteHalf<UnixStream>, line: &[u8], limit: Duration) -> bool {
+    matches!(tokio::time::timeout(limit, stream.write_all(line)).await, Ok(Ok(())))
 }
 
 /// How reading one request line ended.
@@ -372,7 +418,7 @@ async fn serve(stream: UnixStream, peer: &Peer, shared: &Shared, shutdown: Cance
         let decoded = decode_request(&line);
         drop(line);
         shared.unbuffer(held);
-        let resp = match decoded {
+        let reply = match decoded {
             Err(e) => {
                 bad += 1;
                 let mut msgs = vec![e];
@@ -380,17 +426,24 @@ async fn serve(stream: UnixStream, peer: &Peer, shared: &Shared, shutdown: Cance
                     msgs.push(format!("{bad} malformed requests in a row; connection closed"));
                 }
                 shared.published.metrics.request("malformed", "protocol");
-                Response::error(ErrorKind::Protocol, msgs)
+                Reply::Own(Response::error(ErrorKind::Protocol, msgs))
             }
             Ok(req) => {
                 bad = 0;
                 let command = crate::metrics::command_name(&req.command);
-                let resp = handle(peer, shared, req.command).await;
-                shared.published.metrics.request(command, crate::metrics::result_name(&resp));
-                resp.capped()
+                let reply = handle(peer, shared, req.command).await;
+                shared.published.metrics.request(command, crate::metrics::result_name(reply.response()));
+                reply
             }
         };
-        if !write(&mut wr, &resp, limits.write_timeout).await || bad >= limits.max_bad_lines {
+        let written = match reply {
+            Reply::Own(resp) => write(&mut wr, &resp.capped(), limits.write_timeout).await,
+            Reply::Shared(a) => {
+                a.encode().await;
+                write_line(&mut wr, a.line(), limits.write_timeout).await
+            }
+        };
+        if !written || bad >= limits.max_bad_lines {
             return;
         }
     }
@@ -398,13 +451,13 @@ async fn serve(stream: UnixStream, peer: &Peer, shared: &Shared, shutdown: Cance
 
 /// One decoded request: checked, parsed off the actor's thread when it carries a file,
 /// then answered by the actor.
-async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
+async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Reply {
     let _slot = if peer.uid == 0 {
         None
     } else {
         match shared.request_slots(shared.published.subids.account_of(peer.uid)).acquire_owned().await {
             Ok(p) => Some(p),
-            Err(_) => return Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]),
+            Err(_) => return Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]).into(),
         }
     };
     let caller = match command {
@@ -415,7 +468,9 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
             let p = Peer { uid: peer.uid, pid: peer.pid };
             match tokio::task::spawn_blocking(move || caller_of(&p, true)).await {
                 Ok(c) => c,
-                Err(_) => return Response::error(ErrorKind::Internal, vec!["looking up the caller failed".into()]),
+                Err(_) => {
+                    return Response::error(ErrorKind::Internal, vec!["looking up the caller failed".into()]).into()
+                }
             }
         }
         // Named by the actor when it takes the request, with the account lookups it makes
@@ -448,7 +503,7 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
                             causes: messages,
                         });
                     }
-                    return r;
+                    return r.into();
                 }
             }
         }
@@ -456,25 +511,27 @@ async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Response {
         // The same status, encoded as the metrics exposition (off the actor too).
         Command::Metrics => {
             let s = shared_status(shared, caller.uid).await;
-            return crate::metrics::answer(&shared.published.metrics, s);
+            return crate::metrics::answer(&shared.published.metrics, s.response()).into();
         }
         // Concurrent doctors share one snapshot of the actor and one read of the kernel, and
         // an answer serves the doctors of the next 2 s too.
         // Root's doctor may carry the legacy tables root's portctl read: its own read.
         Command::Doctor { legacy_tables: None } => {
             let actor = shared.actor.clone();
-            return shared
-                .published
-                .reads
-                .doctor
-                .run_reusing("doctor", crate::coalesce::DOCTOR_REUSE, || {
-                    ask_actor(actor, caller, Op::Command(Command::Doctor { legacy_tables: None }))
-                })
-                .await;
+            return Reply::Shared(
+                shared
+                    .published
+                    .reads
+                    .doctor
+                    .run_reusing("doctor", crate::coalesce::DOCTOR_REUSE, || {
+                        ask_actor(actor, caller, Op::Command(Command::Doctor { legacy_tables: None }))
+                    })
+                    .await,
+            );
         }
         other => Op::Command(other),
     };
-    ask_actor(shared.actor.clone(), caller, op).await
+    ask_actor(shared.actor.clone(), caller, op).await.into()
 }
 
 /// The actor's answer to one request.
@@ -491,11 +548,11 @@ async fn ask_actor(actor: Sender<Msg>, caller: Caller, op: Op) -> Response {
 
 /// A status: root's read fresh with a netlink socket of its own, so a queue of other
 /// users' reads never delays it; other users' share the read in flight.
-async fn shared_status(shared: &Shared, uid: u32) -> Response {
+async fn shared_status(shared: &Shared, uid: u32) -> Reply {
     if uid == 0 {
-        return status(shared, &shared.root_reader).await;
+        return status(shared, &shared.root_reader).await.into();
     }
-    shared.published.reads.status.run("status", || status(shared, &shared.reader)).await
+    Reply::Shared(shared.published.reads.status.run("status", || status(shared, &shared.reader)).await)
 }
 
 /// A status: the actor hands over its plan (cheap), and the kernel is read here, on a
