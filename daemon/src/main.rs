@@ -16,6 +16,7 @@ mod lock;
 mod metrics;
 mod metrics_http;
 mod notify;
+mod pace;
 mod privs;
 mod process_metrics;
 mod refusals;

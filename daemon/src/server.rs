@@ -51,6 +51,8 @@ pub struct Limits {
     /// parsing ([`portd_rules::load::parse_cost`]); a file estimated above it is refused
     /// before the parser allocates anything.
     pub parse_memory: usize,
+    /// Bytes of answers per second each non-root account may take (see [`crate::pace`]).
+    pub answer_rate: usize,
 }
 
 impl Default for Limits {
@@ -66,6 +68,7 @@ impl Default for Limits {
             parse_budget: Duration::from_secs(5),
             parse_slots: 2,
             parse_memory: 64 << 20,
+            answer_rate: 16 << 20,
         }
     }
 }
@@ -90,6 +93,8 @@ struct Shared {
     reader: Arc<Mutex<Option<portd_kernel::nft::Backend>>>,
     /// Root's.
     root_reader: Arc<Mutex<Option<portd_kernel::nft::Backend>>>,
+    /// Answer bytes per second of non-root accounts.
+    pacer: crate::pace::Pacer,
 }
 
 /// The heap is trimmed when partial lines held this much and then drained.
@@ -198,6 +203,7 @@ pub async fn run(
         published,
         conns: Mutex::default(),
         requests: Mutex::default(),
+        pacer: crate::pace::Pacer::new(limits.answer_rate),
         buffered: AtomicUsize::new(0),
         trim_pending: AtomicBool::new(false),
         parses: Arc::new(Semaphore::new(limits.parse_slots)),
@@ -436,13 +442,33 @@ async fn serve(stream: UnixStream, peer: &Peer, shared: &Shared, shutdown: Cance
                 reply
             }
         };
-        let written = match reply {
-            Reply::Own(resp) => write(&mut wr, &resp.capped(), limits.write_timeout).await,
+        let (own, kept);
+        let line: &[u8] = match reply {
+            Reply::Own(resp) => match encode(&resp.capped()) {
+                Ok(l) => {
+                    own = l;
+                    &own
+                }
+                Err(_) => return,
+            },
             Reply::Shared(a) => {
                 a.encode().await;
-                write_line(&mut wr, a.line(), limits.write_timeout).await
+                kept = a;
+                kept.line()
             }
         };
+        if !root {
+            // Paced per account: a loop of large answers waits for its turn.
+            let account = shared.published.subids.account_of(peer.uid);
+            let wait = shared.pacer.take(account, line.len(), std::time::Instant::now());
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+        let written = write_line(&mut wr, line, limits.write_timeout).await;
         if !written || bad >= limits.max_bad_lines {
             return;
         }
