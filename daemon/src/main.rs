@@ -16,6 +16,7 @@ mod lock;
 mod metrics;
 mod metrics_http;
 mod notify;
+mod pace;
 mod privs;
 mod process_metrics;
 mod refusals;
@@ -297,6 +298,29 @@ fn one_malloc_arena() {
     }
 }
 
+/// Niceness of the threads that serve non-root callers (see [`users_runtime`]).
+const USERS_NICE: libc::c_int = 10;
+
+/// The runtime that serves the connections of non-root callers: its threads run at
+/// niceness [`USERS_NICE`], so when the CPU is short, the kernel's scheduler serves
+/// root's requests, the actor and drift repair first, whatever other users ask for.
+fn users_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("portd-users")
+        .on_thread_start(|| {
+            // SAFETY: setpriority with PRIO_PROCESS and 0 changes the niceness of the
+            // calling thread only (Linux keeps it per thread); it touches no memory.
+            // Lowering one's own priority needs no privilege; on failure the thread keeps
+            // the daemon's priority.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, USERS_NICE);
+            }
+        })
+        .enable_all()
+        .build()
+}
+
 fn main() -> std::process::ExitCode {
     one_malloc_arena();
     let args = Args::parse();
@@ -433,6 +457,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!("ready: {status}");
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let users_rt = users_runtime()?;
+    let users = users_rt.handle().clone();
     rt.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(listener)?;
         let shutdown = CancellationToken::new();
@@ -446,8 +472,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             });
             tokio::spawn(metrics_http::run(l, tx.clone(), published.clone(), shutdown.clone(), allow));
         }
-        let server =
-            tokio::spawn(server::run(listener, tx.clone(), published, shutdown.clone(), server::Limits::default()));
+        let limits = server::Limits::default();
+        let server = tokio::spawn(server::run(listener, tx.clone(), published, shutdown.clone(), limits, users));
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -469,6 +495,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let _ = done_rx.await;
         anyhow::Ok(())
     })?;
+    drop(users_rt);
     let _ = actor.join();
     if let Some(p) = own_socket {
         let _ = std::fs::remove_file(p);

@@ -365,15 +365,15 @@ fn openmetrics_to_text(om: &str) -> String {
 }
 
 /// The answer to `Command::Metrics`, made from the answer to the status it asked for.
-pub fn answer(metrics: &Metrics, status: Response) -> Response {
-    match status.result {
+pub fn answer(metrics: &Metrics, status: &Response) -> Response {
+    match &status.result {
         Outcome::Ok(portd_rules::proto::Body::Status(s)) => {
-            Response::ok(portd_rules::proto::Body::Metrics { text: metrics.exposition(&s, Format::Text) })
+            Response::ok(portd_rules::proto::Body::Metrics { text: metrics.exposition(s, Format::Text) })
         }
         Outcome::Ok(_) => {
             Response::error(ErrorKind::Internal, vec!["the daemon answered metrics with no status".into()])
         }
-        e @ Outcome::Error { .. } => Response { version: portd_rules::proto::PROTOCOL_VERSION, result: e },
+        e @ Outcome::Error { .. } => Response { version: portd_rules::proto::PROTOCOL_VERSION, result: e.clone() },
     }
 }
 

@@ -256,16 +256,20 @@ async fn route(
         Ok(r) => r,
         Err(_) => return response(503, "Service Unavailable", "text/plain", b"portd is busy; retry\n"),
     };
-    let status = match status.result {
-        Outcome::Ok(Body::Status(s)) => s,
+    match &status.response.result {
+        Outcome::Ok(Body::Status(_)) => {}
         Outcome::Ok(_) => return response(500, "Internal Server Error", "text/plain", b"no status\n"),
         Outcome::Error { messages, .. } => {
             let text = format!("reading the kernel's counters failed: {}\n", messages.join("; "));
             return response(500, "Internal Server Error", "text/plain", text.as_bytes());
         }
-    };
+    }
     let published = published.clone();
-    match tokio::task::spawn_blocking(move || published.metrics.exposition(&status, format)).await {
+    let exposition = move || match &status.response.result {
+        Outcome::Ok(Body::Status(s)) => published.metrics.exposition(s, format),
+        _ => String::new(),
+    };
+    match tokio::task::spawn_blocking(exposition).await {
         Ok(text) => response(200, "OK", format.content_type(), text.as_bytes()),
         Err(_) => response(500, "Internal Server Error", "text/plain", b"encoding failed\n"),
     }

@@ -1,5 +1,6 @@
 //! The README's quick start stays true: it names the Rust version the workspace declares,
-//! and `tests/run` installs every system package that `.ci/run` installs (so the README's
+//! both of its commands install that Rust when it is missing (scripts/ensure-rust, which
+//! reads the version from Cargo.toml), and `tests/run` installs every system package that `.ci/run` installs (so the README's
 //! test command works on a fresh machine without CI's setup). Needs no root.
 
 use std::path::Path;
@@ -29,7 +30,16 @@ fn readme_names_the_declared_rust_version() {
     let quick = &readme[readme.find("## Quick start").expect("quick start")..];
     let quick = &quick[..quick[3..].find("\n## ").map_or(quick.len(), |i| i + 3)];
     assert!(quick.contains(&format!("Rust {version} or newer")), "quick start must name Rust {version}");
-    assert!(quick.contains("sh.rustup.rs"), "quick start must say how to get Rust");
+    assert!(quick.contains("rustup"), "quick start must say how Rust gets there");
+    for script in ["scripts/demo", "tests/run"] {
+        let text = repo_file(script);
+        assert!(
+            text.contains(". scripts/ensure-rust") && text.contains("ensure_rust"),
+            "{script} must install Rust when it is missing"
+        );
+    }
+    let ensure = repo_file("scripts/ensure-rust");
+    assert!(ensure.contains("rust-version") && ensure.contains("https://sh.rustup.rs"), "{ensure}");
 }
 
 #[test]

@@ -280,13 +280,18 @@ impl Daemon {
         let size = delta.size();
         let stale = portd_kernel::conntrack::stale_in_delta(&delta);
         delta.take_into(&mut self.plan);
+        let t_plan = t0.elapsed();
         self.sync_dataplane();
+        let t_dataplane = t0.elapsed();
         self.accounts.insert(owner.clone(), Some(account.clone()));
         self.note_change(owner, &change);
         tracing::debug!(
-            "change phases: compile {t_compile:?}, kernel {:?} ({size} objects), save {:?}",
+            "change phases: compile {t_compile:?}, kernel {:?} ({size} objects), save {:?}, plan {:?}, data plane {:?}; held the actor {} µs",
             t_kernel - t_compile,
-            t_save - t_kernel
+            t_save - t_kernel,
+            t_plan - t_save,
+            t_dataplane - t_plan,
+            t0.elapsed().as_micros()
         );
         tracing::info!(
             uid = caller.uid,
