@@ -9,11 +9,12 @@ import collections
 import statistics
 from xml.sax.saxutils import escape
 
+# The six modes of the comparison; steer_10k and the diagnostic modes are in the tables only.
 MODES = ["direct", "steer", "nat", "nft_map", "ipt_redirect", "proxy"]
 LABELS = {
     "direct": "direct to :8080",
-    "steer": "steer (BPF sk_lookup)",
-    "nat": "portd NAT (today)",
+    "steer": "portd, dispatch: steer",
+    "nat": "portd, dispatch: nat",
     "nft_map": "nft map redirect",
     "ipt_redirect": "iptables REDIRECT",
     "proxy": "userspace proxy (nginx)",

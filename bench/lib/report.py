@@ -368,6 +368,61 @@ class Report:
                    f"{max(pairs):.2f}; per pair: {', '.join(f'{x:.2f}' for x in pairs)}).")
             self.w()
 
+    STEER_MODES = [("direct", "direct to :8080"), ("steer", "portd, dispatch: steer"),
+                   ("steer_10k", "portd, dispatch: steer, 10,000 forwards"), ("nat", "portd, dispatch: nat"),
+                   ("nft_map", "minimal nft map redirect"), ("ipt_redirect", "iptables REDIRECT"),
+                   ("proxy", "nginx stream proxy"),
+                   ("steer_prog", "(diagnostic) BPF data plane alone, no nftables"),
+                   ("steer_raw", "(diagnostic) BPF data plane + raw notrack chains")]
+
+    def steer_targets(self):
+        # issue 27's "Must show": (target, measured, reference, ratio, ok)
+        rows = []
+        m = lambda k: self.median("steer", k)  # noqa: E731
+        for metric, what, limit, unit, scale in [("conn", "new connections/s", 0.95, "conn/s", 1),
+                                                 ("keepalive", "keep-alive requests/s", 0.97, "req/s", 1),
+                                                 ("bulk", "bulk throughput", 0.97, "MB/s", 1e-6)]:
+            for place, where in [("remote", "client on another host"), ("local", "client on the host")]:
+                a, b = m(f"{metric}/steer/{place}"), m(f"{metric}/direct/{place}")
+                r = ratio(a, b)
+                rows.append((f"steered {what} ≥ {limit:.2f} × direct, {where}",
+                             f"{fnum(None if a is None else a * scale)} {unit}",
+                             f"{fnum(None if b is None else b * scale)} direct", fmt_ratio(r),
+                             None if r is None else r >= limit))
+        for place in ("remote", "local"):
+            a, b = m(f"conn/steer_10k/{place}"), m(f"conn/steer/{place}")
+            r = ratio(a, b)
+            per = self.pair_ratios("steer", f"conn/steer_10k/{place}", f"conn/steer/{place}")
+            rows.append((f"new connections/s with 10,000 steered forwards ≥ 0.95 × with 1, client {place}", f"{fnum(a)} conn/s",
+                         f"{fnum(b)} with 1", f"{fmt_ratio(r)}" + (f"<br>per round: {', '.join(f'{x:.2f}' for x in per)}"
+                                                                    if per else ""),
+                         None if r is None else r >= 0.95))
+        ct = self.get("steer", "conntrack/steer")
+        if ct is not None:
+            conns = [int(n.split()[2]) for _, _, _, n in ct.samples if n.startswith("entries after ")]
+            ok = max(ct.values) == 0 and bool(conns) and min(conns) >= 10000
+            rows.append(("0 conntrack entries after 10,000 steered connections (from another host)",
+                         f"{fnum(max(ct.values))} entries (most in any round)",
+                         f"after {fnum(min(conns) if conns else None)}–{fnum(max(conns) if conns else None)} connections",
+                         "", ok))
+        for place in ("remote", "local"):
+            a, b = m(f"conn/nat/{place}"), m(f"conn/nft_map/{place}")
+            r = ratio(a, b)
+            rows.append((f"NAT mode ≥ the minimal map, new connections/s, client {place}", f"{fnum(a)} conn/s", f"{fnum(b)} map",
+                         fmt_ratio(r), None if r is None else r >= 1.0))
+        if all(x[4] is None for x in rows):
+            return
+        self.w("### Issue 27's targets")
+        self.w()
+        self.w("Medians over the rounds; the 10,000/1 rows also give the ratio per round (both modes run in "
+               "every round, in rotating order).")
+        self.w()
+        self.w("| target | measured | reference | ratio | result |")
+        self.w("|---|---:|---:|---:|---|")
+        for t, a, ref, r, ok in rows:
+            self.w(f"| {t} | {a} | {ref} | {r} | {'–' if ok is None else ('**pass**' if ok else '**FAIL**')} |")
+        self.w()
+
     def steer(self, chart):
         if not any(s == "steer" for s, _ in self.d):
             return
@@ -376,16 +431,15 @@ class Report:
         self.w("nginx on 8080 in a server namespace; the client (wrk, curl) runs on another host (the veth peer "
                "namespace, *remote*) or on the same host (the server's namespace, *local*), both to the server's "
                "veth address. Fresh namespaces per mode and round, modes in rotating order; medians over rounds. "
-               "*steer* is the kernel crate's data plane (sk_lookup to the app's own socket, no address rewrite), "
-               "driven by `kernel/examples/steer.rs`, with conntrack active in the namespace and the steered port "
-               "untracked in raw chains, as portd's steer plans do.")
+               "The portd modes are the real daemon with one forward 80 → 8080 (`settings.dispatch: steer`: "
+               "sk_lookup hands the connection to the app's own socket, no address rewrite, no conntrack entry; "
+               "`dispatch: nat`: redirected by its nftables table).")
         self.w()
+        self.steer_targets()
         if chart:
             self.w(f"![new TCP connections/s per mode]({chart})")
             self.w()
-        modes = [("direct", "direct to :8080"), ("steer", "steer (BPF sk_lookup)"), ("nat", "portd NAT (today)"),
-                 ("nft_map", "minimal nft map redirect"), ("ipt_redirect", "iptables REDIRECT"),
-                 ("proxy", "nginx stream proxy")]
+        modes = self.STEER_MODES
         for metric, title, unit, scale in [("conn", "new TCP connections/s (`Connection: close`)", "conn/s", 1),
                                            ("keepalive", "keep-alive requests/s", "req/s", 1),
                                            ("bulk", "bulk download throughput", "MB/s", 1e-6)]:

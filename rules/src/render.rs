@@ -63,7 +63,12 @@ pub fn rule(r: &Rule) -> String {
             };
             format!("meta l4proto {p} redirect to {} map @{map}", key_text(*key))
         }
-        Rule::SetMark { map } => format!("meta mark set {KEY} map @{map}"),
+        Rule::CountSetMark { set, map } => format!("{KEY} @{set} meta mark set {KEY} map @{map}"),
+        Rule::ReturnIfLoopback => "iif \"lo\" return".into(),
+        Rule::ReturnIfReply => "ct direction reply return".into(),
+        Rule::GotoIfRedirected { chain } => format!("ct direction original ct status dnat goto {chain}"),
+        Rule::ReturnIfUntracked => "ct state untracked return".into(),
+        Rule::ReturnIfKeyIn { set } => format!("{KEY} @{set} return"),
         Rule::Count { set, key, mark, then_return } => {
             let mut s = format!("{} @{set}", key_text(*key));
             if *mark != 0 {
@@ -77,13 +82,16 @@ pub fn rule(r: &Rule) -> String {
         Rule::DropUnredirected { set } => {
             format!("ct state new iifname != \"lo\" ct status & dnat == 0 {KEY} @{set} drop")
         }
-        Rule::Notrack { set, key, sport, if_local } => {
+        Rule::Notrack { set, key, sport, if_local, account } => {
             let mut k = key_text(*key).to_string();
             if *sport {
                 k = k.replace("th dport", "th sport");
             }
-            let local = if *if_local { "fib daddr type local " } else { "" };
-            format!("{local}{k} @{set} notrack")
+            let local = if *if_local { " fib daddr type local" } else { "" };
+            match account {
+                Some(chain) => format!("{k} @{set}{local} notrack goto {chain}"),
+                None => format!("{k} @{set}{local} notrack return"),
+            }
         }
         Rule::RejectUnlessIface { keys, allowed } => {
             format!(

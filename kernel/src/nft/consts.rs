@@ -28,6 +28,8 @@ pub const NFT_REG32_02: u32 = 10;
 pub const NFT_REG32_03: u32 = 11;
 // verdicts
 pub const NFT_JUMP: i32 = -3;
+/// `NFT_GOTO`: to a chain, not coming back
+pub const NFT_GOTO: i32 = -4;
 pub const NFT_RETURN: i32 = -5;
 // sets and objects
 pub const NFT_SET_INTERVAL: u32 = 0x4;
@@ -38,6 +40,8 @@ pub const NFT_LOOKUP_F_INV: u32 = 1;
 pub const NFT_REJECT_TCP_RST: u32 = 1;
 // expressions
 pub const NFT_META_MARK: u32 = 3;
+/// `NFT_META_IIF`: the input interface's index
+pub const NFT_META_IIF: u32 = 4;
 pub const NFT_META_IIFNAME: u32 = 6;
 pub const NFT_META_NFPROTO: u32 = 15;
 pub const NFT_META_L4PROTO: u32 = 16;
@@ -47,12 +51,20 @@ pub const NFT_CMP_EQ: u32 = 0;
 pub const NFT_CMP_NEQ: u32 = 1;
 pub const NFT_BYTEORDER_HTON: u32 = 1;
 pub const NFT_CT_STATE: u32 = 0;
+/// `NFT_CT_DIRECTION`: one byte, `IP_CT_DIR_ORIGINAL` or `IP_CT_DIR_REPLY`
+pub const NFT_CT_DIRECTION: u32 = 1;
+/// `IP_CT_DIR_ORIGINAL`
+pub const IP_CT_DIR_ORIGINAL: u8 = 0;
+/// `IP_CT_DIR_REPLY`
+pub const IP_CT_DIR_REPLY: u8 = 1;
 pub const NFT_CT_STATUS: u32 = 2;
 pub const NFTA_FIB_F_DADDR: u32 = 1 << 1;
 pub const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
 pub const RTN_LOCAL: u32 = 2;
 /// `NF_CT_STATE_BIT(IP_CT_NEW)`
 pub const CT_STATE_NEW: u32 = 1 << 3;
+/// `NF_CT_STATE_UNTRACKED_BIT`
+pub const CT_STATE_UNTRACKED: u32 = 1 << 6;
 pub const IPS_DST_NAT: u32 = 1 << 5;
 pub const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 1 << 1;
 // <linux/netlink.h>

@@ -310,6 +310,11 @@ fn jump(chain: &str) -> Result<Expr, String> {
     Ok(Expr::Verdict { code: k::NFT_JUMP, chain: Some(c) })
 }
 
+fn goto(chain: &str) -> Result<Expr, String> {
+    let c = CString::new(chain).map_err(|_| format!("chain name `{}` has a NUL byte", chain.escape_debug()))?;
+    Ok(Expr::Verdict { code: k::NFT_GOTO, chain: Some(c) })
+}
+
 /// The expressions of one plan rule, as nft(8) builds them from `render::rule(r)`.
 fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
     let mut x = Vec::new();
@@ -338,14 +343,41 @@ fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
             x.extend(source_not_allowed(*family, keys, allowed, ids)?);
             x.push(Expr::Verdict { code: k::NFT_RETURN, chain: None });
         }
-        plan::Rule::Notrack { set, key, sport, if_local } => {
-            // (fib daddr type local) (meta nfproto .) meta l4proto . th dport|sport @SET notrack
+        plan::Rule::Notrack { set, key, sport, if_local, account } => {
+            // (meta nfproto .) meta l4proto . th dport|sport @SET (fib daddr type local)
+            //   notrack return|goto ACCOUNT
+            x.extend(if *sport { load_sport(*key) } else { load(*key) });
+            x.push(lookup(ids, set, None, false)?);
             if *if_local {
                 x.extend(fib_daddr_local());
             }
-            x.extend(if *sport { load_sport(*key) } else { load(*key) });
-            x.push(lookup(ids, set, None, false)?);
             x.push(Expr::Notrack);
+            x.push(match account {
+                Some(chain) => goto(chain)?,
+                None => Expr::Verdict { code: k::NFT_RETURN, chain: None },
+            });
+        }
+        plan::Rule::GotoIfRedirected { chain } => {
+            // ct direction original ct status dnat goto CHAIN
+            x.push(Expr::Ct { key: k::NFT_CT_DIRECTION, dreg: k::NFT_REG_1 });
+            x.push(Expr::Cmp { op: k::NFT_CMP_EQ, sreg: k::NFT_REG_1, data: vec![k::IP_CT_DIR_ORIGINAL] });
+            x.push(Expr::Ct { key: k::NFT_CT_STATUS, dreg: k::NFT_REG_1 });
+            x.push(Expr::Bitwise32 { reg: k::NFT_REG_1, mask: k::IPS_DST_NAT, xor: 0 });
+            x.push(Expr::Cmp { op: k::NFT_CMP_NEQ, sreg: k::NFT_REG_1, data: 0u32.to_ne_bytes().to_vec() });
+            x.push(goto(chain)?);
+        }
+        plan::Rule::ReturnIfUntracked => {
+            // ct state untracked return
+            x.push(Expr::Ct { key: k::NFT_CT_STATE, dreg: k::NFT_REG_1 });
+            x.push(Expr::Bitwise32 { reg: k::NFT_REG_1, mask: k::CT_STATE_UNTRACKED, xor: 0 });
+            x.push(Expr::Cmp { op: k::NFT_CMP_NEQ, sreg: k::NFT_REG_1, data: 0u32.to_ne_bytes().to_vec() });
+            x.push(Expr::Verdict { code: k::NFT_RETURN, chain: None });
+        }
+        plan::Rule::ReturnIfKeyIn { set } => {
+            // meta nfproto . meta l4proto . th dport @SET return
+            x.extend(load_key());
+            x.push(lookup(ids, set, None, false)?);
+            x.push(Expr::Verdict { code: k::NFT_RETURN, chain: None });
         }
         plan::Rule::RejectUnlessIface { keys, allowed } => {
             // iifname != "lo" meta l4proto tcp KEY @KEYS KEY . iifname != @ALLOWED reject with tcp reset
@@ -374,11 +406,26 @@ fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
             x.push(lookup(ids, map, Some(k::NFT_REG_1), false)?);
             x.push(Expr::Redir { reg: k::NFT_REG_1 });
         }
-        plan::Rule::SetMark { map } => {
-            // meta mark set meta nfproto . meta l4proto . th dport map @MAP
+        plan::Rule::CountSetMark { set, map } => {
+            // meta nfproto . meta l4proto . th dport @SET
+            //   meta mark set meta nfproto . meta l4proto . th dport map @MAP
+            x.extend(load_key());
+            x.push(lookup(ids, set, None, false)?);
             x.extend(load_key());
             x.push(lookup(ids, map, Some(k::NFT_REG_1), false)?);
             x.push(Expr::MetaSet { key: k::NFT_META_MARK, sreg: k::NFT_REG_1 });
+        }
+        plan::Rule::ReturnIfLoopback => {
+            // iif "lo" return (the loopback device is ifindex 1 in every namespace)
+            x.push(Expr::Meta { key: k::NFT_META_IIF, dreg: k::NFT_REG_1 });
+            x.push(Expr::Cmp { op: k::NFT_CMP_EQ, sreg: k::NFT_REG_1, data: 1u32.to_ne_bytes().to_vec() });
+            x.push(Expr::Verdict { code: k::NFT_RETURN, chain: None });
+        }
+        plan::Rule::ReturnIfReply => {
+            // ct direction reply return
+            x.push(Expr::Ct { key: k::NFT_CT_DIRECTION, dreg: k::NFT_REG_1 });
+            x.push(Expr::Cmp { op: k::NFT_CMP_EQ, sreg: k::NFT_REG_1, data: vec![k::IP_CT_DIR_REPLY] });
+            x.push(Expr::Verdict { code: k::NFT_RETURN, chain: None });
         }
         plan::Rule::Count { set, key, mark, then_return } => {
             // (meta nfproto .) meta l4proto . th dport @SET (meta mark set MARK) (return)

@@ -49,6 +49,13 @@ pub(super) fn skeleton(table: &str, mark: u32, steer: bool) -> Plan {
         set(TO, "public port -> local port, forwards of both families", &PORT_KEY, Some(T::InetService), false),
         set(TO_FAMILY, "public port -> local port, forwards of one family", &KEY, Some(T::InetService), false),
         counted(set(COUNT, "packets and bytes per public port, forwards of both families", &PORT_KEY, None, false)),
+        counted(set(
+            COUNT_CHECKED,
+            "packets and bytes per public port, forwards of both families restricted to interfaces or sources",
+            &PORT_KEY,
+            None,
+            false,
+        )),
         counted(set(COUNT_FAMILY, "packets and bytes per public port, the other forwards", &KEY, None, false)),
         set(MARK, "public port -> packet mark, where it is not the default", &KEY, Some(T::Mark), false),
         set(NOLOCAL, "public ports not redirected for this host's own connections (local: false)", &KEY, None, false),
@@ -91,20 +98,32 @@ pub(super) fn skeleton(table: &str, mark: u32, steer: bool) -> Plan {
         }
         v
     };
-    let account = || {
-        vec![
-            // A forward counted here is in no set the rules below look up.
-            Rule::Count { set: COUNT.into(), key: KeyExpr::Port, mark, then_return: true },
-            Rule::Count { set: COUNT_FAMILY.into(), key: KeyExpr::Family, mark: 0, then_return: false },
-            Rule::SetMark { map: MARK.into() },
-        ]
+    // Accounting, cheapest first. A forward counted by a rule is in no set the rules after
+    // it look up. The forwards of the default kind (both families, the default mark, no
+    // interfaces or sources) cost one lookup, which counts and marks; the qualifying
+    // rules (`qualified`: arriving packets only) are passed only by the others.
+    // `qualified`: arriving packets; otherwise the host's own connections, which forwards
+    // with `local: false` leave alone.
+    let account = |qualified: bool| {
+        let mut v = Vec::new();
+        if !qualified {
+            v.push(Rule::ReturnIfKeyIn { set: NOLOCAL.into() });
+        }
+        v.push(Rule::Count { set: COUNT.into(), key: KeyExpr::Port, mark, then_return: true });
+        if qualified {
+            v.extend(qualify());
+        }
+        v.push(Rule::Count { set: COUNT_CHECKED.into(), key: KeyExpr::Port, mark, then_return: true });
+        v.push(Rule::CountSetMark { set: COUNT_FAMILY.into(), map: MARK.into() });
+        v
     };
     let base = |kind, hook, priority| Some(BaseChain { kind, hook, priority });
+    let untracked = || if steer { vec![Rule::ReturnIfUntracked] } else { Vec::new() };
     let mut chains = vec![
         Chain { name: "redirect_in".into(), base: None, rules: [qualify(), redirect()].concat() },
-        Chain { name: "account_in".into(), base: None, rules: [qualify(), account()].concat() },
+        Chain { name: "account_in".into(), base: None, rules: account(true) },
         Chain { name: "redirect_local".into(), base: None, rules: redirect() },
-        Chain { name: "account_local".into(), base: None, rules: account() },
+        Chain { name: "account_local".into(), base: None, rules: account(false) },
         Chain {
             name: "prerouting".into(),
             base: base(ChainType::Nat, Hook::Prerouting, -100),
@@ -113,7 +132,18 @@ pub(super) fn skeleton(table: &str, mark: u32, steer: bool) -> Plan {
         Chain {
             name: "mangle_prerouting".into(),
             base: base(ChainType::Filter, Hook::Prerouting, -150),
-            rules: vec![Rule::JumpIfLocal { chain: "account_in".into() }],
+            // Loopback packets were accounted for on their way out (mangle_output), and
+            // steered ones by raw_prerouting. A redirected connection's later packets
+            // need no route lookup: its first one was addressed to this host.
+            rules: [
+                vec![Rule::ReturnIfLoopback],
+                untracked(),
+                vec![
+                    Rule::GotoIfRedirected { chain: "account_in".into() },
+                    Rule::JumpIfLocal { chain: "account_in".into() },
+                ],
+            ]
+            .concat(),
         },
         Chain {
             name: "output".into(),
@@ -123,7 +153,10 @@ pub(super) fn skeleton(table: &str, mark: u32, steer: bool) -> Plan {
         Chain {
             name: "mangle_output".into(),
             base: base(ChainType::Filter, Hook::Output, -150),
-            rules: vec![Rule::JumpIfLocalKeyNotIn { set: NOLOCAL.into(), chain: "account_local".into() }],
+            // Answers are never a forward's traffic; steered packets were accounted for by
+            // raw_output.
+            rules: [vec![Rule::ReturnIfReply], untracked(), vec![Rule::JumpIfLocal { chain: "account_local".into() }]]
+                .concat(),
         },
         Chain {
             name: "input".into(),
@@ -132,21 +165,29 @@ pub(super) fn skeleton(table: &str, mark: u32, steer: bool) -> Plan {
         },
     ];
     if steer {
-        let untrack = |sport: bool, if_local: bool| {
+        // What a steered connection's client sends to this host is untracked and then
+        // accounted for (counted, marked, its interfaces and sources checked) in the same
+        // chain; what the app answers is only untracked.
+        let untrack = |sport: bool, account: Option<&str>| {
+            let if_local = account.is_some();
+            let account = account.map(String::from);
             vec![
-                Rule::Notrack { set: STEER.into(), key: KeyExpr::Port, sport, if_local },
-                Rule::Notrack { set: STEER_FAMILY.into(), key: KeyExpr::Family, sport, if_local },
+                Rule::Notrack { set: STEER.into(), key: KeyExpr::Port, sport, if_local, account: account.clone() },
+                Rule::Notrack { set: STEER_FAMILY.into(), key: KeyExpr::Family, sport, if_local, account },
             ]
         };
         chains.push(Chain {
             name: "raw_prerouting".into(),
             base: base(ChainType::Filter, Hook::Prerouting, -300),
-            rules: untrack(false, true),
+            // Loopback packets were untracked on their way out (raw_output).
+            rules: [vec![Rule::ReturnIfLoopback], untrack(false, Some("account_in"))].concat(),
         });
         chains.push(Chain {
             name: "raw_output".into(),
             base: base(ChainType::Filter, Hook::Output, -300),
-            rules: [untrack(false, true), untrack(true, false)].concat(),
+            // The app's answers (source port: the public port) first: most of what a
+            // steering host sends.
+            rules: [untrack(true, None), untrack(false, Some("account_local"))].concat(),
         });
         if let Some(input) = chains.iter_mut().find(|c| c.name == "input") {
             input.rules.push(Rule::RejectUnlessIface { keys: IFACE_KEYS.into(), allowed: IFACE.into() });
@@ -171,7 +212,8 @@ impl Plan {
 
     /// Adds one forward's elements. A forward of both families with the default mark
     /// takes two per port and protocol: its target in `fwd_to` and its counter in
-    /// `fwd_count`, keyed by protocol and port alone. Other forwards are keyed by family
+    /// `fwd_count` (`fwd_count_checked` with `interfaces` or `sources`), keyed by protocol
+    /// and port alone. Other forwards are keyed by family
     /// too, in `fwd_to_family` and `fwd_count_family`, with their mark in `fwd_mark`
     /// unless it is 0.
     pub(super) fn place(&mut self, owner: &str, f: &Forward, default_mark: u32) {
@@ -180,7 +222,10 @@ impl Plan {
         let c = comment.as_str();
         let mark = f.mark.unwrap_or(default_mark);
         let both = f.family == crate::model::FamilySel::Both;
+        // Both families and the default mark: counted by `l4proto . port` alone, in
+        // `COUNT` (one lookup) or, when restricted, `COUNT_CHECKED` (after the checks).
         let plain = both && mark == self.mark;
+        let counted_in = if f.interfaces.is_empty() && f.sources.is_empty() { COUNT } else { COUNT_CHECKED };
         // Where the target goes: a steered TCP forward's to the maps the sk_lookup program follows.
         let steer = self.steer;
         let maps = |proto: Proto| if steer && proto == Proto::Tcp { (STEER, STEER_FAMILY) } else { (TO, TO_FAMILY) };
@@ -189,7 +234,7 @@ impl Plan {
                 for port in f.port.ports() {
                     let k = port_key(proto, port);
                     if plain {
-                        self.insert(COUNT, &k, None, c);
+                        self.insert(counted_in, &k, None, c);
                     }
                     self.insert(maps(proto).0, &k, Some(Value::InetService(f.target_of(port))), c);
                 }

@@ -135,11 +135,21 @@ pub enum Rule {
         /// the key the map is looked up with
         key: KeyExpr,
     },
-    /// `meta mark set KEY map @MAP`
-    SetMark {
+    /// `KEY @SET meta mark set KEY map @MAP`: counts the packet in the element it finds,
+    /// then sets the forward's own mark, if it has one (a forward of `MAP` has its key in
+    /// `SET`; a miss in either leaves the packet as it is).
+    CountSetMark {
+        /// set whose elements count
+        set: String,
         /// key -> mark
         map: String,
     },
+    /// `iif "lo" return`: a packet that arrives on loopback was sent by this host, and its
+    /// output chains have already counted, marked and untracked it.
+    ReturnIfLoopback,
+    /// `ct direction reply return`: the answers of a connection are never a forward's
+    /// traffic (only what its client sends is counted and redirected).
+    ReturnIfReply,
     /// `KEY @SET` (or `PORT_KEY @SET`), then `meta mark set meta mark | MARK` (the default
     /// mark's bits, other bits of the packet's mark left alone) unless the mark is 0,
     /// then `return` if asked: the lookup counts the packet in the element it finds.
@@ -158,8 +168,10 @@ pub enum Rule {
         /// protected target keys
         set: String,
     },
-    /// `(fib daddr type local) KEY @SET notrack`, with `th dport` or `th sport`: steered
-    /// connections take no conntrack entry in either direction.
+    /// `KEY @SET (fib daddr type local) notrack return` (or `notrack goto ACCOUNT`), with
+    /// `th dport` or `th sport`: steered connections take no conntrack entry in either
+    /// direction. The lookup comes first, so only packets of a steered port pay for the
+    /// route lookup; a steered packet that arrives is counted and marked right there.
     Notrack {
         /// steered keys (a map looked up as a set)
         set: String,
@@ -169,6 +181,23 @@ pub enum Rule {
         sport: bool,
         /// only packets to this host's own addresses
         if_local: bool,
+        /// the accounting chain a match goes to (`goto`) instead of returning
+        account: Option<String>,
+    },
+    /// `ct direction original ct status dnat goto CHAIN`: a packet its client sends on a
+    /// connection already redirected (the nat chains saw its first packet, addressed to
+    /// this host) is accounted for without a route lookup.
+    GotoIfRedirected {
+        /// accounting chain
+        chain: String,
+    },
+    /// `ct state untracked return`: in steer plans, a steered packet was counted and marked
+    /// by the raw chain that untracked it.
+    ReturnIfUntracked,
+    /// `KEY @SET return`
+    ReturnIfKeyIn {
+        /// keys that leave the chain
+        set: String,
     },
     /// `iifname != "lo" meta l4proto tcp KEY @KEYS KEY . iifname != @ALLOWED reject with tcp reset`:
     /// a steered forward's interfaces, where no NAT rule can leave the packet alone.
@@ -245,8 +274,12 @@ pub mod names {
     pub const TO: &str = "fwd_to";
     /// key -> target port, for forwards of one family
     pub const TO_FAMILY: &str = "fwd_to_family";
-    /// l4proto . port, counted, for forwards of both families with the default mark
+    /// l4proto . port, counted, for forwards of both families with the default mark and
+    /// no `interfaces` or `sources`: one lookup counts and marks their packets
     pub const COUNT: &str = "fwd_count";
+    /// l4proto . port, counted, for forwards of both families with the default mark that
+    /// are restricted to interfaces or sources (looked up after those checks)
+    pub const COUNT_CHECKED: &str = "fwd_count_checked";
     /// key, counted, for the other forwards (one family, or another mark)
     pub const COUNT_FAMILY: &str = "fwd_count_family";
     /// key -> mark, for forwards in `COUNT_FAMILY` with a mark other than 0
