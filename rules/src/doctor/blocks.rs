@@ -46,16 +46,7 @@ pub(super) fn public_port_blocks(
                 if !matches!(r.verdict, Verdict::Drop | Verdict::Reject) {
                     continue;
                 }
-                let ports: Vec<(u16, u16)> = r
-                    .conds
-                    .iter()
-                    .filter_map(|c| match c {
-                        Cond::Dport { lo, hi, negate: false } => Some(vec![(*lo, *hi)]),
-                        Cond::DportIn { ranges, negate: false } => Some(ranges.clone()),
-                        _ => None,
-                    })
-                    .flatten()
-                    .collect();
+                let ports = r.dports();
                 if ports.is_empty() {
                     continue;
                 }

@@ -77,16 +77,21 @@ fn accepts_dnat(r: &Rule) -> bool {
     r.verdict == Verdict::Accept && matches!(r.conds.as_slice(), [Cond::CtStatus(b)] if b.test(CT_DNAT) && !b.test(0))
 }
 
-fn ports_of(r: &Rule) -> Vec<(u16, u16)> {
-    r.conds
-        .iter()
-        .filter_map(|c| match c {
-            Cond::Dport { lo, hi, negate: false } => Some(vec![(*lo, *hi)]),
-            Cond::DportIn { ranges, negate: false } => Some(ranges.clone()),
-            _ => None,
-        })
-        .flatten()
-        .collect()
+/// The ports outside `ranges` (inclusive ranges, in any order), as inclusive ranges.
+fn complement(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
+    ranges.sort_unstable();
+    let mut out = Vec::new();
+    let mut next = 0u32; // the lowest port not yet covered
+    for (lo, hi) in ranges {
+        if u32::from(lo) > next {
+            out.push((next as u16, lo - 1));
+        }
+        next = next.max(u32::from(hi) + 1);
+    }
+    if next <= u32::from(u16::MAX) {
+        out.push((next as u16, u16::MAX));
+    }
+    out
 }
 
 /// One block firewalld writes for some source addresses.
@@ -127,23 +132,16 @@ fn blocks(chains: &[ForeignChain]) -> Vec<Block> {
                 .chain([zc])
                 .flat_map(|c| c.rules.iter())
                 .filter(|a| a.verdict == Verdict::Accept)
-                .flat_map(ports_of)
+                .flat_map(Rule::dports)
                 .collect();
-            let mut ports = vec![(0u16, u16::MAX)];
-            if !allowed.is_empty() {
-                // Keep it simple: a zone that accepts some ports blocks the others; the
-                // finding below asks about the forward's public port.
-                ports = (0..=u16::MAX)
-                    .filter(|p| !allowed.iter().any(|(lo, hi)| (*lo..=*hi).contains(p)))
-                    .map(|p| (p, p))
-                    .collect();
-            }
             out.push(Block {
                 what: format!("zone {zone} holds source {addr} (`firewall-cmd --zone={zone} --add-source={addr}`)"),
                 at: format!("rule {} of table inet {TABLE} chain {}", n + 1, zones.name),
                 family,
                 addr,
-                ports: if allowed.is_empty() { None } else { Some(ports) },
+                // A zone that accepts some ports blocks the others; the finding asks about
+                // the forward's public port.
+                ports: (!allowed.is_empty()).then(|| complement(allowed)),
                 l4: None,
                 reject: last.verdict == Verdict::Reject,
             });
@@ -162,7 +160,7 @@ fn blocks(chains: &[ForeignChain]) -> Vec<Block> {
                 continue;
             }
             let Some((family, addr)) = source(r) else { continue };
-            let ports = ports_of(r);
+            let ports = r.dports();
             let whose = match owner.strip_prefix("policy_") {
                 Some(p) => format!("policy {p}"),
                 None => format!("zone {owner}"),
@@ -197,7 +195,7 @@ fn covered(chains: &[ForeignChain], family: Family, addr: &str, l4p: u8, port: u
             && c.rules.iter().any(|r| {
                 matches!(r.verdict, Verdict::Drop | Verdict::Reject)
                     && source(r).is_some_and(|(f, a)| f == family && a == addr)
-                    && ports_of(r).iter().any(|(lo, hi)| (*lo..=*hi).contains(&port))
+                    && r.dports().iter().any(|(lo, hi)| (*lo..=*hi).contains(&port))
                     && !r.conds.iter().any(|c| matches!(c, Cond::L4 { proto, negate: false } if *proto != l4p))
             })
     })
@@ -288,4 +286,16 @@ pub(super) fn nat_bypassed_blocks(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod complement_tests {
+    use super::complement;
+
+    #[test]
+    fn the_ports_outside_some_ranges() {
+        assert_eq!(complement(vec![(80, 80), (22, 22)]), vec![(0, 21), (23, 79), (81, u16::MAX)]);
+        assert_eq!(complement(vec![(0, 10), (5, 20), (u16::MAX, u16::MAX)]), vec![(21, u16::MAX - 1)]);
+        assert_eq!(complement(vec![(0, u16::MAX)]), vec![]);
+    }
 }

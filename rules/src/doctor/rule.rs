@@ -216,6 +216,22 @@ pub struct Rule {
     pub verdict: Verdict,
 }
 
+impl Rule {
+    /// The destination port ranges the rule matches (inclusive; empty when it matches
+    /// no port, or only a negated one).
+    pub fn dports(&self) -> Vec<(u16, u16)> {
+        self.conds
+            .iter()
+            .filter_map(|c| match c {
+                Cond::Dport { lo, hi, negate: false } => Some(vec![(*lo, *hi)]),
+                Cond::DportIn { ranges, negate: false } => Some(ranges.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+}
+
 /// What a register holds while a rule's expressions are read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Reg {
