@@ -19,8 +19,13 @@ impl TestUser {
 
     /// Creates the account `name` (which must not exist yet).
     pub fn named(name: &str) -> TestUser {
-        let o = sh("useradd", &["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name]);
-        assert!(o.status.success(), "useradd {name}: {} (the delegation tests need useradd, from passwd)", err(&o));
+        Self::made(name, &[])
+    }
+
+    /// Creates the account `name` with `useradd` options of its own (`-u UID`,
+    /// `--badname`).
+    pub fn made(name: &str, extra: &[&str]) -> TestUser {
+        useradd(name, extra);
         TestUser { name: name.to_string() }
     }
 
@@ -34,20 +39,7 @@ impl TestUser {
         let uid = (42000..60000u32)
             .find(|u| *u != old && !sh("getent", &["passwd", &u.to_string()]).status.success())
             .expect("a free uid");
-        let o = sh(
-            "useradd",
-            &[
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                "--user-group",
-                "-u",
-                &uid.to_string(),
-                &self.name,
-            ],
-        );
-        assert!(o.status.success(), "useradd {}: {}", self.name, err(&o));
+        useradd(&self.name, &["-u", &uid.to_string()]);
     }
 
     /// Deletes the account now (the test recreates it), keeping the guard for the new one.
@@ -62,6 +54,15 @@ impl Drop for TestUser {
         let _ = sh("userdel", &[&self.name]);
         let _ = sh("groupdel", &[&self.name]);
     }
+}
+
+/// `useradd` of a system account with no home, no login shell and a group of its name.
+fn useradd(name: &str, extra: &[&str]) {
+    let mut args = vec!["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group"];
+    args.extend_from_slice(extra);
+    args.push(name);
+    let o = sh("useradd", &args);
+    assert!(o.status.success(), "useradd {name}: {} (the delegation tests need useradd, from passwd)", err(&o));
 }
 
 /// Connects to the Unix socket `path` as `uid` (and gid), so the server sees a non-root

@@ -303,10 +303,7 @@ fn a_machine_account_keeps_its_set_across_a_restart_and_a_name_outside_the_rule_
     // useradd allows a final `$` (machine accounts): such a user's set is loaded again.
     let host = TestUser::named(&format!("pdm{}$", std::process::id()));
     // --badname allows anything else; portd refuses to make a set it could not load.
-    let bad = format!("pd@{}", std::process::id());
-    let o = sh("useradd", &["--system", "--no-create-home", "--user-group", "--badname", &bad]);
-    assert!(o.status.success(), "useradd --badname {bad}: {}", err(&o));
-    let bad = TestUser { name: bad };
+    let bad = TestUser::made(&format!("pd@{}", std::process::id()), &["--badname"]);
     let cfg = config(&net, &format!("{}{}", grant(&host.name, ""), grant(&bad.name, "").replace("grants:\n", "")));
     let mut d = Portd::start(&net, &cfg);
     let file = rules(&net.dir, "host.yaml", "  - name: http\n    port: 80\n    to: 8080\n");

@@ -171,21 +171,7 @@ fn a_recycled_uid_receives_nothing_of_the_old_forward() {
     assert!(forward(&st, "web")["reason"].as_str().unwrap_or("").contains("no longer exists"), "{st}");
     // A new account takes the uid and serves 8080: the old forward's clients never reach it.
     let newcomer = format!("sn{}x{}", std::process::id(), uid);
-    let o = sh(
-        "useradd",
-        &[
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            "-u",
-            &uid.to_string(),
-            "--user-group",
-            &newcomer,
-        ],
-    );
-    assert!(o.status.success(), "useradd: {}", err(&o));
-    let _cleanup = TestUser { name: newcomer.clone() };
+    let _cleanup = TestUser::made(&newcomer, &["-u", &uid.to_string()]);
     let _app = net.tcp_app_as(&net.srv, &newcomer, 8080, "newcomer");
     std::thread::sleep(Duration::from_millis(300));
     for addr in [SRV4, SRV6] {
