@@ -23,17 +23,24 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 /// back-off's burst of 50 a second (which `repair_back_off_stands_back_then_repairs` tests).
 const DRIFT_TRIAL_PERIOD: Duration = Duration::from_millis(40);
 
-#[test]
-fn foreign_changes_are_repaired_quickly() {
-    let _serial = one_at_a_time();
-    let net = Net::setup();
-    let d = Portd::start(&net, &config(&net, ""));
-    let _app = net.tcp_app(&net.srv, 8080, "app");
+/// An app on 8080 and the seed rules applied: the address of public port 80 that reaches
+/// it from the client's namespace (checked), with the app's guard.
+fn seeded(net: &Net, d: &Portd) -> (Bg, std::net::SocketAddr) {
+    let app = net.tcp_app(&net.srv, 8080, "app");
     let rules = write(&net.dir, "r.yaml", SEED);
     assert!(d.ctl(&["apply", rules.to_str().expect("p")]).status.success());
     let addr: std::net::SocketAddr = format!("{SRV4}:80").parse().expect("addr");
     let cli = net.cli.clone();
     assert!(in_netns(&cli, move || time_until_reply(addr, "app", Duration::from_secs(2))).is_some());
+    (app, addr)
+}
+
+#[test]
+fn foreign_changes_are_repaired_quickly() {
+    let _serial = one_at_a_time();
+    let net = Net::setup();
+    let d = Portd::start(&net, &config(&net, ""));
+    let (_app, addr) = seeded(&net, &d);
     let n = trials("PORTD_DRIFT_TRIALS", 100);
     let changes: [&[&str]; 4] = [
         &["flush", "ruleset"],
@@ -108,12 +115,7 @@ fn own_repairs_are_recognised_in_a_pid_namespace() {
     let _serial = one_at_a_time();
     let net = Net::setup();
     let d = Portd::start_in_pid_namespace(&net, &config(&net, ""));
-    let _app = net.tcp_app(&net.srv, 8080, "app");
-    let rules = write(&net.dir, "r.yaml", SEED);
-    assert!(d.ctl(&["apply", rules.to_str().expect("p")]).status.success());
-    let addr: std::net::SocketAddr = format!("{SRV4}:80").parse().expect("addr");
-    let cli = net.cli.clone();
-    assert!(in_netns(&cli, move || time_until_reply(addr, "app", Duration::from_secs(2))).is_some());
+    let (_app, addr) = seeded(&net, &d);
     let before = d.status_json()["repairs"].as_u64().expect("repairs");
     let stop = Arc::new(AtomicBool::new(false));
     let probe = {
