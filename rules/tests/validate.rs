@@ -206,6 +206,11 @@ forwards:
     assert_eq!(d.len(), 3, "{d}");
     assert!(d.to_string().contains("portd.yaml:3:12: settings.on_exit: `explode` is not remove or keep"), "{d}");
     assert!(d.to_string().contains("a grant names exactly one of `user:` or `group:`"), "{d}");
+    let words = "version: 1\nsettings:\n  dispatch: fast\n  ownership: mine\n  listener_check: maybe\n";
+    let d = parse_config("portd.yaml", words).expect_err("invalid").to_string();
+    assert!(d.contains("settings.dispatch: `fast` is not auto, steer or nat"), "{d}");
+    assert!(d.contains("settings.ownership: `mine` is not auto, kernel or polled"), "{d}");
+    assert!(d.contains("settings.listener_check: `maybe` is not enforce, warn or off"), "{d}");
 }
 
 #[test]

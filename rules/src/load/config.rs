@@ -24,6 +24,19 @@ pub(super) const GRANT_FIELDS: &[&str] = &[
     "max_source_elements",
 ];
 
+/// A setting that is one of a few words: the value of the word given, or an error at
+/// `place` naming the words (`` `x` is not auto, steer or nat ``).
+fn choice<T: Copy>(ctx: &mut Ctx, place: &str, v: Option<&Node>, words: &[(&str, T)]) -> Option<T> {
+    let o = v.and_then(|v| get_str(ctx, place, v))?;
+    let found = words.iter().find(|(w, _)| *w == o).map(|(_, t)| *t);
+    if found.is_none() {
+        let names: Vec<&str> = words.iter().map(|(w, _)| *w).collect();
+        let (last, rest) = names.split_last().expect("a choice of words");
+        ctx.err(place, format!("`{o}` is not {} or {last}", rest.join(", ")));
+    }
+    found
+}
+
 pub(super) fn settings(ctx: &mut Ctx, v: Option<&Node>) -> Settings {
     let mut s = Settings::default();
     let Some(v) = v.filter(|v| !v.is_null()) else { return s };
@@ -48,36 +61,22 @@ pub(super) fn settings(ctx: &mut Ctx, v: Option<&Node>) -> Settings {
     if let Some(mark) = m.get("mark").and_then(|v| get_u32(ctx, "settings.mark", v)) {
         s.mark = mark;
     }
-    if let Some(o) = m.get("on_exit").and_then(|v| get_str(ctx, "settings.on_exit", v)) {
-        match o {
-            "remove" => s.on_exit = OnExit::Remove,
-            "keep" => s.on_exit = OnExit::Keep,
-            _ => ctx.err("settings.on_exit", format!("`{o}` is not remove or keep")),
-        }
+    if let Some(o) =
+        choice(ctx, "settings.on_exit", m.get("on_exit"), &[("remove", OnExit::Remove), ("keep", OnExit::Keep)])
+    {
+        s.on_exit = o;
     }
-    if let Some(o) = m.get("listener_check").and_then(|v| get_str(ctx, "settings.listener_check", v)) {
-        match o {
-            "enforce" => s.listener_check = ListenerCheck::Enforce,
-            "warn" => s.listener_check = ListenerCheck::Warn,
-            "off" => s.listener_check = ListenerCheck::Off,
-            _ => ctx.err("settings.listener_check", format!("`{o}` is not enforce, warn or off")),
-        }
+    let checks = [("enforce", ListenerCheck::Enforce), ("warn", ListenerCheck::Warn), ("off", ListenerCheck::Off)];
+    if let Some(c) = choice(ctx, "settings.listener_check", m.get("listener_check"), &checks) {
+        s.listener_check = c;
     }
-    if let Some(o) = m.get("dispatch").and_then(|v| get_str(ctx, "settings.dispatch", v)) {
-        match o {
-            "auto" => s.dispatch = Dispatch::Auto,
-            "steer" => s.dispatch = Dispatch::Steer,
-            "nat" => s.dispatch = Dispatch::Nat,
-            _ => ctx.err("settings.dispatch", format!("`{o}` is not auto, steer or nat")),
-        }
+    let dispatches = [("auto", Dispatch::Auto), ("steer", Dispatch::Steer), ("nat", Dispatch::Nat)];
+    if let Some(d) = choice(ctx, "settings.dispatch", m.get("dispatch"), &dispatches) {
+        s.dispatch = d;
     }
-    if let Some(o) = m.get("ownership").and_then(|v| get_str(ctx, "settings.ownership", v)) {
-        match o {
-            "auto" => s.ownership = Ownership::Auto,
-            "kernel" => s.ownership = Ownership::Kernel,
-            "polled" => s.ownership = Ownership::Polled,
-            _ => ctx.err("settings.ownership", format!("`{o}` is not auto, kernel or polled")),
-        }
+    let ownerships = [("auto", Ownership::Auto), ("kernel", Ownership::Kernel), ("polled", Ownership::Polled)];
+    if let Some(o) = choice(ctx, "settings.ownership", m.get("ownership"), &ownerships) {
+        s.ownership = o;
     }
     if let Some(d) = m.get("state_dir").and_then(|v| get_str(ctx, "settings.state_dir", v)) {
         if d.starts_with('/') {
