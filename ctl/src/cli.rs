@@ -78,6 +78,11 @@ pub enum Cmd {
         /// `nat` (redirect rules; UDP forwards always use them).
         #[arg(long, default_value = "steer", value_parser = ["steer", "nat"])]
         dispatch: String,
+        /// Render for a host where another program's rules run conntrack (a firewall's
+        /// `ct state`): a steer plan then untracks steered connections in raw chains.
+        /// portd finds this out itself; without it, steered packets pass only steer_in.
+        #[arg(long)]
+        conntrack: bool,
     },
     /// Replace your set of forwards with those of FILE and print what changed.
     Apply {

@@ -187,12 +187,13 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
     let send = |command: Command| client::request(&sock, command);
     match cli.command {
         Cmd::Check { file } => check(&file, json),
-        Cmd::Plan { file, table, mark, dispatch } => {
+        Cmd::Plan { file, table, mark, dispatch, conntrack } => {
             let (name, text) = read_input(&file)?;
             let rules = parse_rules(&name, &text).map_err(Failure::diagnostics)?;
             let sets = [("system", rules.forwards.iter().collect())];
-            let plan = portd_rules::plan::compile_dispatched(&table, mark, dispatch == "steer", &sets)
+            let mut plan = portd_rules::plan::compile_dispatched(&table, mark, dispatch == "steer", &sets)
                 .map_err(|c| Failure::many(Exit::Rejected, c.iter().map(|c| c.to_string()).collect()))?;
+            plan.set_conntrack(conntrack);
             if json {
                 json::print(&serde_json::json!({"ok": true, "plan": plan}));
             } else {

@@ -106,8 +106,13 @@ fn plan_prints_the_ruleset_offline() {
     assert!(plan.contains("tcp . 80 comment \"system/http\" : 8080"), "{plan}");
     let o = s.ctl(&["plan", &rules, "--table", "other"]);
     assert!(out(&o).starts_with("table inet other {"), "{}", out(&o));
-    // Steered by default: the TCP targets are in fwd_steer and the table untracks them.
-    assert!(plan.contains("map fwd_steer {") && plan.contains("notrack"), "{plan}");
+    // Steered by default: the TCP targets are in fwd_steer, counted by steer_in; no NAT
+    // chain, and no raw chain unless conntrack runs for someone else.
+    assert!(plan.contains("map fwd_steer {") && plan.contains("chain steer_in {"), "{plan}");
+    assert!(!plan.contains("notrack") && !plan.contains("type nat"), "{plan}");
+    let o = s.ctl(&["plan", &rules, "--conntrack"]);
+    let ct = out(&o);
+    assert!(ct.contains("chain raw_prerouting {") && ct.contains("notrack") && !ct.contains("type nat"), "{ct}");
     assert!(
         !plan.contains("fwd_to {\n\t\ttype inet_proto . inet_service : inet_service\n\t\tsize 1024\n\t\telements"),
         "{plan}"

@@ -153,3 +153,52 @@ pub fn forget(stale: &[Stale]) -> io::Result<usize> {
     }
     Ok(deleted)
 }
+
+/// An attribute (header and payload) padded to 4 bytes.
+fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
+    let len = 4 + payload.len();
+    let mut out = Vec::with_capacity(len + 3);
+    out.extend_from_slice(&(len as u16).to_ne_bytes());
+    out.extend_from_slice(&ty.to_ne_bytes());
+    push_padded(&mut out, payload);
+    out
+}
+
+/// Whether connection tracking runs in this network namespace: one UDP datagram to
+/// itself over loopback, then ctnetlink deletes the flow it left (so the probe leaves
+/// nothing behind). The kernel registers conntrack's hooks in a namespace only while a
+/// rule there needs them (a `ct` expression, a NAT chain, iptables' `state`): a datagram
+/// that left no flow passed no conntrack hook. An error means the probe could not run
+/// (loopback down, no CAP_NET_ADMIN); callers assume conntrack runs.
+pub fn active() -> io::Result<bool> {
+    const CTA_TUPLE_IP: u16 = 1;
+    const CTA_IP_V4_SRC: u16 = 1;
+    const CTA_IP_V4_DST: u16 = 2;
+    let udp = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+    let me = udp.local_addr()?;
+    udp.connect(me)?;
+    udp.send(b"?")?;
+    // Received: the datagram passed output and input (where a tracked flow is confirmed).
+    udp.set_read_timeout(Some(std::time::Duration::from_millis(100)))?;
+    let mut one = [0u8; 1];
+    udp.recv(&mut one)?;
+    let lo = std::net::Ipv4Addr::LOCALHOST.octets();
+    let port = me.port().to_be_bytes();
+    let ip = [attr(CTA_IP_V4_SRC, &lo), attr(CTA_IP_V4_DST, &lo)].concat();
+    let proto = [
+        attr(CTA_PROTO_NUM, &[libc::IPPROTO_UDP as u8]),
+        attr(CTA_PROTO_SRC_PORT, &port),
+        attr(CTA_PROTO_DST_PORT, &port),
+    ]
+    .concat();
+    let tuple = attr(CTA_TUPLE_ORIG, &[attr(CTA_TUPLE_IP, &ip), attr(CTA_TUPLE_PROTO, &proto)].concat());
+    let mut sock = Socket::open(libc::NETLINK_NETFILTER)?;
+    let seq = ct_request(&mut sock, IPCTNL_MSG_CT_DELETE, libc::NLM_F_ACK as u16, libc::AF_INET as u8, &tuple)?;
+    match sock.replies(seq, |_| {}) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        // ctnetlink without conntrack in the kernel at all
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(false),
+        Err(e) => Err(e),
+    }
+}

@@ -19,6 +19,11 @@ pub trait Kernel: Send {
     fn observe(&self, plan: &Plan) -> Result<Option<Observed>, BackendError>;
     /// Removes the table.
     fn remove(&self) -> Result<(), BackendError>;
+    /// Whether connection tracking runs in the namespace ([`crate::conntrack::active`]);
+    /// true when that cannot be told.
+    fn conntrack_active(&self) -> bool {
+        true
+    }
 }
 
 impl Kernel for Backend {
@@ -33,5 +38,11 @@ impl Kernel for Backend {
     }
     fn remove(&self) -> Result<(), BackendError> {
         Backend::remove(self)
+    }
+    fn conntrack_active(&self) -> bool {
+        crate::conntrack::active().unwrap_or_else(|e| {
+            tracing::debug!("cannot tell whether conntrack runs here ({e}): steered connections are untracked");
+            true
+        })
     }
 }

@@ -93,6 +93,10 @@ pub fn rule(r: &Rule) -> String {
                 None => format!("{k} @{set}{local} notrack return"),
             }
         }
+        Rule::ReturnUnlessTcp => "meta l4proto != tcp return".into(),
+        Rule::GotoIfLoopback { chain } => format!("iif \"lo\" goto {chain}"),
+        Rule::GotoIfKeyIn { set, chain } => format!("{KEY} @{set} goto {chain}"),
+        Rule::DropProtected { set } => format!("iif != \"lo\" {KEY} @{set} drop"),
         Rule::RejectUnlessIface { keys, allowed } => {
             format!(
                 "iifname != \"lo\" meta l4proto tcp {KEY} @{keys} {KEY} . iifname != @{allowed} reject with tcp reset"

@@ -56,6 +56,49 @@ fn steered_forward_reaches_the_owners_app_over_both_families_without_nat_or_conn
 }
 
 #[test]
+fn steered_connections_are_untracked_exactly_while_conntrack_runs_for_someone_else() {
+    let net = Net::setup();
+    let text = config(&net, "forwards:\n  - name: http\n    port: 80\n    to: 8080\n");
+    let d = Portd::start_bpf(&net, &text, &[]);
+    let _app = net.tcp_app(&net.srv, 8080, "port-$SOCAT_SOCKPORT");
+    wait_for(|| forward(&d.status_json(), "http")["listening"] == true, "the app to be registered");
+    // Nothing runs conntrack: steered packets pass steer_in alone (no raw, no nat chain).
+    let table = net.table("portd").expect("table");
+    assert!(table.contains("chain steer_in {"), "{table}");
+    assert!(!table.contains("notrack") && !table.contains("type nat"), "{table}");
+    assert_eq!(get(&net, SRV4, 80).as_deref(), Some("port-80"));
+    // A firewall with a `ct state` rule turns conntrack on: within a few seconds portd
+    // untracks steered connections in raw chains, and they leave no entry.
+    nft_file(
+        &net,
+        "table inet fw {\n chain input {\n  type filter hook input priority filter; policy accept;\n  ct state established,related accept\n }\n}\n",
+    );
+    wait_for(
+        || net.table("portd").is_some_and(|t| t.contains("chain raw_prerouting {") && t.contains("notrack")),
+        "portd to untrack steered connections once conntrack runs",
+    );
+    net.exec(&net.srv, "conntrack", &["-F"]);
+    for addr in [SRV4, SRV6] {
+        for _ in 0..10 {
+            assert_eq!(get(&net, addr, 80).as_deref(), Some("port-80"), "{addr}");
+        }
+    }
+    assert_eq!(net.tcp_get(&net.srv, "127.0.0.1", 80).as_deref(), Some("port-80"), "local client");
+    let entries = net.exec_ok(&net.srv, "conntrack", &["-L"]);
+    assert!(!entries.contains("dport=80 "), "steered connections tracked although conntrack runs:\n{entries}");
+    // The firewall goes: so do the raw chains, and steering goes on.
+    net.exec_ok(&net.srv, "nft", &["delete", "table", "inet", "fw"]);
+    wait_for(
+        || net.table("portd").is_some_and(|t| !t.contains("notrack") && t.contains("chain steer_in {")),
+        "portd to drop its raw chains once nothing runs conntrack",
+    );
+    assert_eq!(get(&net, SRV4, 80).as_deref(), Some("port-80"));
+    assert!(forward(&d.status_json(), "http")["packets"].as_u64().unwrap_or(0) > 0, "counted");
+    let log = Portd::log(&net);
+    assert!(log.contains("conntrack runs in this namespace"), "{log}");
+}
+
+#[test]
 fn a_system_forward_is_steered_to_whoever_serves_its_target() {
     let net = Net::setup();
     let text = config(&net, "forwards:\n  - name: ssh\n    port: 22\n    to: 2222\n");

@@ -38,6 +38,9 @@ pub use status::PendingStatus;
 
 /// How often live user forwards are re-checked against the sockets of other uids.
 const LISTENER_POLL: Duration = Duration::from_millis(500);
+/// How often a steer plan checks whether another program turned conntrack on (or off):
+/// until it does, that program's conntrack may track steered connections.
+const CONNTRACK_POLL: Duration = Duration::from_secs(2);
 
 /// What the actor publishes for the server: the grants, to refuse callers without any
 /// before their file is parsed.
@@ -236,6 +239,10 @@ impl Daemon {
             self.steering.steers(),
             &sets,
         )
+        .map(|mut plan| {
+            plan.set_conntrack(self.plan.conntrack);
+            plan
+        })
         .map_err(|c| c.iter().map(|c| c.to_string()).collect())
     }
 
@@ -467,8 +474,41 @@ impl Daemon {
                         }
                     }
                     Timer::Poll => self.poll_listeners(),
+                    Timer::Conntrack => self.poll_conntrack(),
                 }
             }
+        }
+    }
+
+    /// The periodic conntrack check of steer plans: where another program's rules turned
+    /// conntrack on, raw chains untrack steered connections; where nothing does, they go
+    /// (steered packets then pass one chain of portd's). The table is replaced whole.
+    fn poll_conntrack(&mut self) {
+        if !self.plan.steer {
+            return;
+        }
+        self.timers.set_earliest(Timer::Conntrack, Instant::now() + CONNTRACK_POLL);
+        let on = self.kernel.conntrack_active();
+        if on == self.plan.conntrack {
+            return;
+        }
+        let mut new = self.plan.clone();
+        if !new.set_conntrack(on) {
+            self.plan.conntrack = on;
+            return;
+        }
+        let t = Instant::now();
+        match self.kernel_call(new.element_count(), |k| k.replace(&new)) {
+            Ok(()) => {
+                self.published.metrics.applied(t.elapsed());
+                tracing::info!(
+                    "conntrack {} in this namespace: steered connections {} (table replaced, counters start over)",
+                    if on { "runs" } else { "no longer runs" },
+                    if on { "are untracked by raw chains now" } else { "pass no raw chain now" }
+                );
+                self.plan = new;
+            }
+            Err(e) => tracing::error!("adapting the table to conntrack ({e}); trying again in {CONNTRACK_POLL:?}"),
         }
     }
 

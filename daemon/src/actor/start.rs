@@ -54,6 +54,10 @@ impl Daemon {
         d.refresh_listeners();
         let t_check = t0.elapsed();
         d.eval = d.evaluate(&Evaluation::default());
+        if d.plan.steer {
+            d.plan.conntrack = d.kernel.conntrack_active();
+            d.timers.set_earliest(Timer::Conntrack, Instant::now() + CONNTRACK_POLL);
+        }
         let plan = d.desired_plan().map_err(|c| anyhow::anyhow!(c.join("; ")))?;
         let t_plan = t0.elapsed();
         // Keep counters when the kernel already holds exactly this table (a restart).

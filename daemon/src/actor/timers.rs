@@ -15,11 +15,13 @@ pub(super) enum Timer {
     Repair,
     /// Check the sockets holding user forwards' target ports.
     Poll,
+    /// Check whether conntrack runs in the namespace (steer plans untrack only then).
+    Conntrack,
 }
 
 impl Timer {
     /// Every timer, in the order due ones run.
-    const ALL: [Timer; 3] = [Timer::Trim, Timer::Repair, Timer::Poll];
+    const ALL: [Timer; 4] = [Timer::Trim, Timer::Repair, Timer::Poll, Timer::Conntrack];
 
     fn index(self) -> usize {
         self as usize
@@ -29,8 +31,8 @@ impl Timer {
 /// A deadline per timer, and when a deadline that was put off was first due.
 #[derive(Debug, Default)]
 pub(super) struct Timers {
-    at: [Option<Instant>; 3],
-    first: [Option<Instant>; 3],
+    at: [Option<Instant>; 4],
+    first: [Option<Instant>; 4],
 }
 
 impl Timers {

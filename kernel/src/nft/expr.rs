@@ -379,6 +379,32 @@ fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
             x.push(lookup(ids, set, None, false)?);
             x.push(Expr::Verdict { code: k::NFT_RETURN, chain: None });
         }
+        plan::Rule::ReturnUnlessTcp => {
+            // meta l4proto != tcp return
+            x.push(Expr::Meta { key: k::NFT_META_L4PROTO, dreg: k::NFT_REG_1 });
+            x.push(Expr::Cmp { op: k::NFT_CMP_NEQ, sreg: k::NFT_REG_1, data: vec![libc::IPPROTO_TCP as u8] });
+            x.push(Expr::Verdict { code: k::NFT_RETURN, chain: None });
+        }
+        plan::Rule::GotoIfLoopback { chain } => {
+            // iif "lo" goto CHAIN (the loopback device is ifindex 1 in every namespace)
+            x.push(Expr::Meta { key: k::NFT_META_IIF, dreg: k::NFT_REG_1 });
+            x.push(Expr::Cmp { op: k::NFT_CMP_EQ, sreg: k::NFT_REG_1, data: 1u32.to_ne_bytes().to_vec() });
+            x.push(goto(chain)?);
+        }
+        plan::Rule::GotoIfKeyIn { set, chain } => {
+            // meta nfproto . meta l4proto . th dport @SET goto CHAIN
+            x.extend(load_key());
+            x.push(lookup(ids, set, None, false)?);
+            x.push(goto(chain)?);
+        }
+        plan::Rule::DropProtected { set } => {
+            // iif != "lo" meta nfproto . meta l4proto . th dport @SET drop
+            x.push(Expr::Meta { key: k::NFT_META_IIF, dreg: k::NFT_REG_1 });
+            x.push(Expr::Cmp { op: k::NFT_CMP_NEQ, sreg: k::NFT_REG_1, data: 1u32.to_ne_bytes().to_vec() });
+            x.extend(load_key());
+            x.push(lookup(ids, set, None, false)?);
+            x.push(Expr::Verdict { code: k::NF_DROP, chain: None });
+        }
         plan::Rule::RejectUnlessIface { keys, allowed } => {
             // iifname != "lo" meta l4proto tcp KEY @KEYS KEY . iifname != @ALLOWED reject with tcp reset
             x.extend(not_loopback());

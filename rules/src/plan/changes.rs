@@ -40,7 +40,8 @@ impl Plan {
         put: &[Forward],
         default_mark: u32,
     ) -> Result<Delta, Vec<Conflict>> {
-        if let Some(d) = self.large_change(owner, remove, put, default_mark) {
+        if let Some(mut d) = self.large_change(owner, remove, put, default_mark) {
+            d.structural = d.whole.as_ref().is_some_and(|w| w.chains != self.chains);
             return Ok(d);
         }
         let mut removed: Vec<PlacedForward> = Vec::new();
@@ -163,7 +164,31 @@ impl Plan {
         del.retain(|s| !s.elements.is_empty());
         add.retain(|s| !s.elements.is_empty());
 
-        Ok(Delta { structural: false, del_elements: del, add_elements: add, summary, whole: None })
+        Ok(self.fit_layout(Delta { structural: false, del_elements: del, add_elements: add, summary, whole: None }))
+    }
+
+    /// A change that fills the NAT maps of a steer plan, or empties them, changes which
+    /// chains the table needs: that one is structural and carries the whole new plan.
+    fn fit_layout(&self, mut d: Delta) -> Delta {
+        if !self.steer {
+            return d;
+        }
+        let filled = |list: &[SetElements], name: &str| {
+            list.iter().filter(|s| s.set == name).map(|s| s.elements.len()).sum::<usize>()
+        };
+        let nat_after = [names::TO, names::TO_FAMILY].iter().any(|n| {
+            let have = self.set(n).map_or(0, |s| s.elements.len());
+            have + filled(&d.add_elements, n) > filled(&d.del_elements, n)
+        });
+        if nat_after == self.redirects() {
+            return d;
+        }
+        let mut whole = self.clone();
+        d.apply_in_place(&mut whole);
+        whole.fit_chains();
+        d.structural = true;
+        d.whole = Some(Box::new(whole));
+        d
     }
 }
 

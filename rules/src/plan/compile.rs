@@ -37,10 +37,9 @@ fn counted(mut s: Set) -> Set {
     s
 }
 
-/// The fixed skeleton: every set and chain, empty. `mark` is the default mark, which the
-/// counting rule of forwards that keep it sets; `steer` adds the steered maps, the
-/// chains that untrack steered connections and the input rules that refuse what a
-/// steered forward's interfaces and sources do not allow.
+/// The fixed skeleton: every set, empty, and the chains of an empty plan. `mark` is the
+/// default mark, which the counting rule of forwards that keep it sets; `steer` adds the
+/// steered maps. Which chains a plan has depends on what it holds ([`Plan::fit_chains`]).
 pub(super) fn skeleton(table: &str, mark: u32, steer: bool) -> Plan {
     use names::*;
     use FieldType as T;
@@ -82,7 +81,32 @@ pub(super) fn skeleton(table: &str, mark: u32, steer: bool) -> Plan {
             Some(T::InetService),
             false,
         ));
+        sets.push(set(
+            STEER_MORE,
+            "public ports of steered forwards counted after more checks than one lookup",
+            &KEY,
+            None,
+            false,
+        ));
     }
+    let mut plan =
+        Plan { table: table.into(), mark, sets, chains: Vec::new(), forwards: Vec::new(), steer, conntrack: false };
+    plan.fit_chains();
+    plan
+}
+
+/// Which base chains a plan needs: NAT ones for redirected forwards, the input chain of
+/// steered ones, raw chains that untrack steered connections where conntrack runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Layout {
+    nat: bool,
+    steer: bool,
+    untrack: bool,
+}
+
+/// The chains of a layout, regular chains before the base chains that jump to them.
+fn chains(mark: u32, l: Layout) -> Vec<Chain> {
+    use names::*;
     let qualify = || {
         vec![
             Rule::ReturnUnlessIface { keys: IFACE_KEYS.into(), allowed: IFACE.into() },
@@ -99,9 +123,9 @@ pub(super) fn skeleton(table: &str, mark: u32, steer: bool) -> Plan {
         v
     };
     // Accounting, cheapest first. A forward counted by a rule is in no set the rules after
-    // it look up. The forwards of the default kind (both families, the default mark, no
-    // interfaces or sources) cost one lookup, which counts and marks; the qualifying
-    // rules (`qualified`: arriving packets only) are passed only by the others.
+    // it look up. The forwards of the default kind (both families, the default mark,
+    // `local: true`, no interfaces or sources) cost one lookup, which counts and marks; the
+    // qualifying rules (`qualified`: arriving packets only) are passed only by the others.
     // `qualified`: arriving packets; otherwise the host's own connections, which forwards
     // with `local: false` leave alone.
     let account = |qualified: bool| {
@@ -118,85 +142,153 @@ pub(super) fn skeleton(table: &str, mark: u32, steer: bool) -> Plan {
         v
     };
     let base = |kind, hook, priority| Some(BaseChain { kind, hook, priority });
-    let untracked = || if steer { vec![Rule::ReturnIfUntracked] } else { Vec::new() };
-    let mut chains = vec![
-        Chain { name: "redirect_in".into(), base: None, rules: [qualify(), redirect()].concat() },
-        Chain { name: "account_in".into(), base: None, rules: account(true) },
-        Chain { name: "redirect_local".into(), base: None, rules: redirect() },
-        Chain { name: "account_local".into(), base: None, rules: account(false) },
-        Chain {
-            name: "prerouting".into(),
-            base: base(ChainType::Nat, Hook::Prerouting, -100),
-            rules: vec![Rule::JumpIfLocal { chain: "redirect_in".into() }],
-        },
-        Chain {
-            name: "mangle_prerouting".into(),
-            base: base(ChainType::Filter, Hook::Prerouting, -150),
-            // Loopback packets were accounted for on their way out (mangle_output), and
-            // steered ones by raw_prerouting. A redirected connection's later packets
-            // need no route lookup: its first one was addressed to this host.
-            rules: [
-                vec![Rule::ReturnIfLoopback],
-                untracked(),
-                vec![
-                    Rule::GotoIfRedirected { chain: "account_in".into() },
-                    Rule::JumpIfLocal { chain: "account_in".into() },
-                ],
-            ]
-            .concat(),
-        },
-        Chain {
-            name: "output".into(),
-            base: base(ChainType::Nat, Hook::Output, -100),
-            rules: vec![Rule::JumpIfLocalKeyNotIn { set: NOLOCAL.into(), chain: "redirect_local".into() }],
-        },
-        Chain {
-            name: "mangle_output".into(),
-            base: base(ChainType::Filter, Hook::Output, -150),
-            // Answers are never a forward's traffic; steered packets were accounted for by
-            // raw_output.
-            rules: [vec![Rule::ReturnIfReply], untracked(), vec![Rule::JumpIfLocal { chain: "account_local".into() }]]
+    let untracked = || if l.steer { vec![Rule::ReturnIfUntracked] } else { Vec::new() };
+    let mut chains = Vec::new();
+    if l.nat {
+        chains.extend([
+            Chain { name: "redirect_in".into(), base: None, rules: [qualify(), redirect()].concat() },
+            Chain { name: "account_in".into(), base: None, rules: account(true) },
+            Chain { name: "redirect_local".into(), base: None, rules: redirect() },
+            Chain { name: "account_local".into(), base: None, rules: account(false) },
+            Chain {
+                name: "prerouting".into(),
+                base: base(ChainType::Nat, Hook::Prerouting, -100),
+                rules: vec![Rule::JumpIfLocal { chain: "redirect_in".into() }],
+            },
+            Chain {
+                name: "mangle_prerouting".into(),
+                base: base(ChainType::Filter, Hook::Prerouting, -150),
+                // Loopback packets were accounted for on their way out (mangle_output), and
+                // steered ones are by steer_in. A redirected connection's later packets
+                // need no route lookup: its first one was addressed to this host.
+                rules: [
+                    vec![Rule::ReturnIfLoopback],
+                    untracked(),
+                    vec![
+                        Rule::GotoIfRedirected { chain: "account_in".into() },
+                        Rule::JumpIfLocal { chain: "account_in".into() },
+                    ],
+                ]
                 .concat(),
-        },
-        Chain {
-            name: "input".into(),
-            base: base(ChainType::Filter, Hook::Input, 0),
-            rules: vec![Rule::DropUnredirected { set: PROTECT.into() }],
-        },
-    ];
-    if steer {
-        // What a steered connection's client sends to this host is untracked and then
-        // accounted for (counted, marked, its interfaces and sources checked) in the same
-        // chain; what the app answers is only untracked.
-        let untrack = |sport: bool, account: Option<&str>| {
-            let if_local = account.is_some();
-            let account = account.map(String::from);
+            },
+            Chain {
+                name: "output".into(),
+                base: base(ChainType::Nat, Hook::Output, -100),
+                rules: vec![Rule::JumpIfLocalKeyNotIn { set: NOLOCAL.into(), chain: "redirect_local".into() }],
+            },
+            Chain {
+                name: "mangle_output".into(),
+                base: base(ChainType::Filter, Hook::Output, -150),
+                // Answers are never a forward's traffic; steered packets are accounted for
+                // by steer_in.
+                rules: [
+                    vec![Rule::ReturnIfReply],
+                    untracked(),
+                    vec![Rule::JumpIfLocal { chain: "account_local".into() }],
+                ]
+                .concat(),
+            },
+            Chain {
+                name: "input".into(),
+                base: base(ChainType::Filter, Hook::Input, 0),
+                rules: vec![Rule::DropUnredirected { set: PROTECT.into() }],
+            },
+        ]);
+    }
+    if l.steer {
+        // A steered connection keeps its public port and reaches this host's input hook
+        // as it is: one chain there counts, marks and checks what its client sends, from
+        // another host or from this one (loopback), and nothing of portd's sees the app's
+        // answers. The default forwards cost one lookup; a packet of no forward, two.
+        chains.extend([
+            Chain {
+                name: "steer_local".into(),
+                base: None,
+                rules: vec![
+                    Rule::ReturnIfKeyIn { set: NOLOCAL.into() },
+                    Rule::Count { set: COUNT_CHECKED.into(), key: KeyExpr::Port, mark, then_return: true },
+                    Rule::CountSetMark { set: COUNT_FAMILY.into(), map: MARK.into() },
+                ],
+            },
+            Chain {
+                name: "steer_more".into(),
+                base: None,
+                rules: vec![
+                    Rule::GotoIfLoopback { chain: "steer_local".into() },
+                    Rule::RejectUnlessIface { keys: IFACE_KEYS.into(), allowed: IFACE.into() },
+                    Rule::RejectUnlessSource { family: Family::Ipv4, keys: SRC_KEYS.into(), allowed: SRC4.into() },
+                    Rule::RejectUnlessSource { family: Family::Ipv6, keys: SRC_KEYS.into(), allowed: SRC6.into() },
+                    Rule::Count { set: COUNT_CHECKED.into(), key: KeyExpr::Port, mark, then_return: true },
+                    Rule::CountSetMark { set: COUNT_FAMILY.into(), map: MARK.into() },
+                ],
+            },
+            Chain {
+                name: "steer_in".into(),
+                base: base(ChainType::Filter, Hook::Input, -150),
+                rules: vec![
+                    Rule::ReturnUnlessTcp,
+                    Rule::Count { set: COUNT.into(), key: KeyExpr::Port, mark, then_return: true },
+                    Rule::DropProtected { set: PROTECT.into() },
+                    Rule::GotoIfKeyIn { set: STEER_MORE.into(), chain: "steer_more".into() },
+                ],
+            },
+        ]);
+    }
+    if l.untrack {
+        // Where conntrack runs, steered connections take no entry in either direction:
+        // what the app answers (source port: the public port, most of what a steering
+        // host sends) and what reaches a steered port of this host is untracked.
+        let untrack = |sport: bool, if_local: bool| {
             vec![
-                Rule::Notrack { set: STEER.into(), key: KeyExpr::Port, sport, if_local, account: account.clone() },
-                Rule::Notrack { set: STEER_FAMILY.into(), key: KeyExpr::Family, sport, if_local, account },
+                Rule::Notrack { set: STEER.into(), key: KeyExpr::Port, sport, if_local, account: None },
+                Rule::Notrack { set: STEER_FAMILY.into(), key: KeyExpr::Family, sport, if_local, account: None },
             ]
         };
         chains.push(Chain {
             name: "raw_prerouting".into(),
             base: base(ChainType::Filter, Hook::Prerouting, -300),
             // Loopback packets were untracked on their way out (raw_output).
-            rules: [vec![Rule::ReturnIfLoopback], untrack(false, Some("account_in"))].concat(),
+            rules: [vec![Rule::ReturnIfLoopback], untrack(false, true)].concat(),
         });
         chains.push(Chain {
             name: "raw_output".into(),
             base: base(ChainType::Filter, Hook::Output, -300),
-            // The app's answers (source port: the public port) first: most of what a
-            // steering host sends.
-            rules: [untrack(true, None), untrack(false, Some("account_local"))].concat(),
+            rules: [untrack(true, false), untrack(false, true)].concat(),
         });
-        if let Some(input) = chains.iter_mut().find(|c| c.name == "input") {
-            input.rules.push(Rule::RejectUnlessIface { keys: IFACE_KEYS.into(), allowed: IFACE.into() });
-            for (family, allowed) in [(Family::Ipv4, SRC4), (Family::Ipv6, SRC6)] {
-                input.rules.push(Rule::RejectUnlessSource { family, keys: SRC_KEYS.into(), allowed: allowed.into() });
-            }
-        }
     }
-    Plan { table: table.into(), mark, sets, chains, forwards: Vec::new(), steer }
+    chains
+}
+
+impl Plan {
+    /// True when this plan's own rules redirect with NAT (which turns conntrack on): every
+    /// forward of a NAT plan, the UDP forwards of a steer plan.
+    pub fn redirects(&self) -> bool {
+        use names::*;
+        !self.steer || [TO, TO_FAMILY].iter().any(|n| self.set(n).is_some_and(|s| !s.elements.is_empty()))
+    }
+
+    fn layout(&self) -> Layout {
+        let nat = self.redirects();
+        Layout { nat, steer: self.steer, untrack: self.steer && (nat || self.conntrack) }
+    }
+
+    /// Makes the chains those of what the plan holds now; true when they changed (a
+    /// structural change: the table is replaced whole).
+    pub fn fit_chains(&mut self) -> bool {
+        let want = chains(self.mark, self.layout());
+        if want == self.chains {
+            return false;
+        }
+        self.chains = want;
+        true
+    }
+
+    /// The plan as it is, but for a namespace where conntrack runs (or not) for another
+    /// program's rules; true when its chains changed.
+    pub fn set_conntrack(&mut self, on: bool) -> bool {
+        self.conntrack = on;
+        self.fit_chains()
+    }
 }
 
 impl Plan {
@@ -224,8 +316,10 @@ impl Plan {
         let both = f.family == crate::model::FamilySel::Both;
         // Both families and the default mark: counted by `l4proto . port` alone, in
         // `COUNT` (one lookup) or, when restricted, `COUNT_CHECKED` (after the checks).
+        // (`local: false` ones in `COUNT_CHECKED` too: steer_in counts the host's own
+        // connections by the first lookup.)
         let plain = both && mark == self.mark;
-        let counted_in = if f.interfaces.is_empty() && f.sources.is_empty() { COUNT } else { COUNT_CHECKED };
+        let counted_in = if f.interfaces.is_empty() && f.sources.is_empty() && f.local { COUNT } else { COUNT_CHECKED };
         // Where the target goes: a steered TCP forward's to the maps the sk_lookup program follows.
         let steer = self.steer;
         let maps = |proto: Proto| if steer && proto == Proto::Tcp { (STEER, STEER_FAMILY) } else { (TO, TO_FAMILY) };
@@ -255,6 +349,9 @@ impl Plan {
                     }
                     if !f.local {
                         self.insert(NOLOCAL, &k, None, c);
+                    }
+                    if steer && proto == Proto::Tcp && !(plain && counted_in == COUNT) {
+                        self.insert(STEER_MORE, &k, None, c);
                     }
                     if !f.interfaces.is_empty() {
                         self.insert(IFACE_KEYS, &k, None, c);
@@ -314,7 +411,9 @@ impl Plan {
             sets.push((owner, mine));
         }
         // Every forward keeps the mark it was placed with: a plan has one default mark.
-        compile_placed(&self.table, self.mark, self.steer, &sets).ok()
+        let mut new = compile_placed(&self.table, self.mark, self.steer, &sets).ok()?;
+        new.set_conntrack(self.conntrack);
+        Some(new)
     }
 }
 
@@ -360,6 +459,7 @@ fn compile_placed(
         }
     }
     if conflicts.is_empty() {
+        plan.fit_chains();
         Ok(plan)
     } else {
         Err(conflicts)

@@ -207,6 +207,28 @@ pub enum Rule {
         /// allowed key . interface pairs
         allowed: String,
     },
+    /// `meta l4proto != tcp return`: steer_in concerns steered (TCP) connections only; a
+    /// UDP packet a NAT forward redirected may carry another forward's public port.
+    ReturnUnlessTcp,
+    /// `iif "lo" goto CHAIN`
+    GotoIfLoopback {
+        /// chain for the host's own connections
+        chain: String,
+    },
+    /// `KEY @SET goto CHAIN`
+    GotoIfKeyIn {
+        /// keys that go on
+        set: String,
+        /// target chain
+        chain: String,
+    },
+    /// `iif != "lo" KEY @SET drop`: a steered forward's `protect`. A steered
+    /// connection keeps its public port, so nothing from another host may reach the
+    /// target port itself; stateless, no conntrack needed.
+    DropProtected {
+        /// protected target keys
+        set: String,
+    },
     /// `iifname != "lo" meta l4proto tcp meta nfproto FAMILY KEY @KEYS meta l4proto . th dport . ip(6) saddr != @ALLOWED reject with tcp reset`
     RejectUnlessSource {
         /// family this rule checks
@@ -266,6 +288,13 @@ pub struct Plan {
     /// target in `fwd_steer`/`fwd_steer_family`, which the sk_lookup program follows,
     /// instead of the NAT maps; the table only counts, marks, filters and untracks them.
     pub steer: bool,
+    /// Connection tracking runs in this network namespace for another program's rules (a
+    /// firewall's `ct state`, another NAT table): a steer plan then untracks its steered
+    /// connections in raw chains. portd's own NAT forwards turn it on too; a steer plan
+    /// without them and without this needs no raw chain, so steered packets pass one
+    /// input chain and nothing else of portd's.
+    #[serde(default)]
+    pub conntrack: bool,
 }
 
 /// Set and map names.
@@ -274,11 +303,13 @@ pub mod names {
     pub const TO: &str = "fwd_to";
     /// key -> target port, for forwards of one family
     pub const TO_FAMILY: &str = "fwd_to_family";
-    /// l4proto . port, counted, for forwards of both families with the default mark and
-    /// no `interfaces` or `sources`: one lookup counts and marks their packets
+    /// l4proto . port, counted, for forwards of both families with the default mark,
+    /// `local: true` and no `interfaces` or `sources`: one lookup counts and marks their
+    /// packets
     pub const COUNT: &str = "fwd_count";
-    /// l4proto . port, counted, for forwards of both families with the default mark that
-    /// are restricted to interfaces or sources (looked up after those checks)
+    /// l4proto . port, counted, for the other forwards of both families with the default
+    /// mark (restricted to interfaces or sources, or `local: false`): looked up after the
+    /// checks
     pub const COUNT_CHECKED: &str = "fwd_count_checked";
     /// key, counted, for the other forwards (one family, or another mark)
     pub const COUNT_FAMILY: &str = "fwd_count_family";
@@ -302,6 +333,9 @@ pub mod names {
     pub const STEER: &str = "fwd_steer";
     /// key -> target port of steered forwards of one family
     pub const STEER_FAMILY: &str = "fwd_steer_family";
+    /// keys of steered forwards that need more than the first lookup of `steer_in` (one
+    /// family, another mark, `local: false`, `interfaces` or `sources`)
+    pub const STEER_MORE: &str = "fwd_steer_more";
 }
 
 /// One owner's forwards.
