@@ -54,9 +54,10 @@ fn element_budgets_refuse_costly_shapes_and_the_largest_allowed_set_goes_in_100_
     assert_eq!(o.status.code(), Some(4), "{}", err(&o));
     assert!(err(&o).contains("max_source_elements: 64"), "{}", err(&o));
     // The largest set allowed: 64 source elements and 4,936 others (5,000 in all: the
-    // source forward 320, eleven ranges of 100 ports 4,400, one of 70 ports 280).
+    // source forward 384 (with its 64 `fwd_steer_more` entries), eleven ranges of 100
+    // ports 4,400, one of 54 ports 216).
     let worst = format!(
-        "version: 1\nforwards:\n  - {{name: src, port: \"3500-3531\", to: \"23500-23531\", proto: both, sources: [\"10.9.0.0/16\"]}}\n  - {{name: edge, port: \"2200-2269\", to: \"22200-22269\", proto: both}}\n{}",
+        "version: 1\nforwards:\n  - {{name: src, port: \"3500-3531\", to: \"23500-23531\", proto: both, sources: [\"10.9.0.0/16\"]}}\n  - {{name: edge, port: \"2200-2253\", to: \"22200-22253\", proto: both}}\n{}",
         wide_forwards(1000, 11)
     );
     let (o, added) = apply("worst.yaml", &worst);
