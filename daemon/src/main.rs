@@ -195,7 +195,7 @@ fn bind_socket(path: &Path, group: Option<&str>, mode: u32) -> anyhow::Result<St
     Ok(l)
 }
 
-/// Watches nf_tables events and wakes the actor when our table was touched.
+/// Watches nf_tables events and wakes the actor when another program committed.
 fn spawn_drift_listener(
     listener: portd_kernel::events::TableWatcher,
     tx: std::sync::mpsc::Sender<Msg>,

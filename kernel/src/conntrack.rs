@@ -165,7 +165,7 @@ fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Whether connection tracking runs in this network namespace: one UDP datagram to
-/// itself over loopback, then ctnetlink deletes the flow it left (so the probe leaves
+/// itself over loopback, then ctnetlink deletes the flow it made (so the probe leaves
 /// nothing behind). The kernel registers conntrack's hooks in a namespace only while a
 /// rule there needs them (a `ct` expression, a NAT chain, iptables' `state`): a datagram
 /// that left no flow passed no conntrack hook. An error means the probe could not run
@@ -177,11 +177,21 @@ pub fn active() -> io::Result<bool> {
     let udp = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
     let me = udp.local_addr()?;
     udp.connect(me)?;
-    udp.send(b"?")?;
-    // Received: the datagram passed output and input (where a tracked flow is confirmed).
-    udp.set_read_timeout(Some(std::time::Duration::from_millis(100)))?;
-    let mut one = [0u8; 1];
-    udp.recv(&mut one)?;
+    // Sending runs the output path in this thread: a tracked flow is confirmed (at
+    // postrouting) by the time send returns. Then the datagram must arrive, except where
+    // systemd's IPAddressDeny= (which portd.service sets) drops it on its way out, after
+    // postrouting, and send says EPERM: the flow was made all the same. A firewall rule
+    // that drops loopback datagrams at output says EPERM too, before the flow is made:
+    // there the answer is "off" whatever runs (a host where local DNS could not work).
+    // A datagram lost otherwise (loopback down) leaves the answer unknown.
+    match udp.send(b"?") {
+        Ok(_) => {
+            udp.set_read_timeout(Some(std::time::Duration::from_millis(100)))?;
+            udp.recv(&mut [0u8; 1])?;
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+        Err(e) => return Err(e),
+    }
     let lo = std::net::Ipv4Addr::LOCALHOST.octets();
     let port = me.port().to_be_bytes();
     let ip = [attr(CTA_IP_V4_SRC, &lo), attr(CTA_IP_V4_DST, &lo)].concat();

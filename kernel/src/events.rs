@@ -22,6 +22,9 @@ pub enum TableEvent {
     Edited,
     /// Events were lost (socket buffer overrun): the table must be checked.
     Unknown,
+    /// Another program committed a transaction that left our table alone (a firewall
+    /// loaded its rules): whether conntrack runs may have changed.
+    Elsewhere,
 }
 
 /// A netlink socket subscribed to nf_tables events.
@@ -117,7 +120,8 @@ impl TableWatcher {
         Subscription { sock: Arc::clone(&self.sock) }
     }
 
-    /// Blocks until a committed transaction touched our table, and says how.
+    /// Blocks until another program committed a transaction, and says how it touched
+    /// our table.
     pub fn next(&self, buf: &mut Vec<u8>) -> io::Result<TableEvent> {
         let mut pending: Option<TableEvent> = None;
         loop {
@@ -144,10 +148,10 @@ impl TableWatcher {
                     // id of the initial namespace that portd cannot know.
                     let own = self.own_port.load(Ordering::Relaxed);
                     let ours = own != 0 && m.header.pid == own;
-                    if let Some(c) = pending.take() {
-                        if !ours {
-                            return Ok(c);
-                        }
+                    match pending.take() {
+                        Some(c) if !ours => return Ok(c),
+                        None if !ours => return Ok(TableEvent::Elsewhere),
+                        _ => {}
                     }
                 } else if self.concerns_us(m.body) {
                     let c = if msg == libc::NFT_MSG_DELTABLE { TableEvent::TableDeleted } else { TableEvent::Edited };

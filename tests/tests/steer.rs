@@ -67,8 +67,10 @@ fn steered_connections_are_untracked_exactly_while_conntrack_runs_for_someone_el
     assert!(table.contains("chain steer_in {"), "{table}");
     assert!(!table.contains("notrack") && !table.contains("type nat"), "{table}");
     assert_eq!(get(&net, SRV4, 80).as_deref(), Some("port-80"));
-    // A firewall with a `ct state` rule turns conntrack on: within a few seconds portd
-    // untracks steered connections in raw chains, and they leave no entry.
+    // A firewall with a `ct state` rule turns conntrack on: portd, woken by that
+    // firewall's nftables commit, untracks steered connections in raw chains at once,
+    // and they leave no entry.
+    let t = std::time::Instant::now();
     nft_file(
         &net,
         "table inet fw {\n chain input {\n  type filter hook input priority filter; policy accept;\n  ct state established,related accept\n }\n}\n",
@@ -77,6 +79,8 @@ fn steered_connections_are_untracked_exactly_while_conntrack_runs_for_someone_el
         || net.table("portd").is_some_and(|t| t.contains("chain raw_prerouting {") && t.contains("notrack")),
         "portd to untrack steered connections once conntrack runs",
     );
+    // (the periodic check, every 2 s, would be slower)
+    assert!(t.elapsed() < Duration::from_millis(1500), "untracked only after {:?}", t.elapsed());
     net.exec(&net.srv, "conntrack", &["-F"]);
     for addr in [SRV4, SRV6] {
         for _ in 0..10 {

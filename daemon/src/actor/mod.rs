@@ -41,6 +41,8 @@ const LISTENER_POLL: Duration = Duration::from_millis(500);
 /// How often a steer plan checks whether another program turned conntrack on (or off):
 /// until it does, that program's conntrack may track steered connections.
 const CONNTRACK_POLL: Duration = Duration::from_secs(2);
+/// How soon after another program's nftables commit conntrack is checked.
+const CONNTRACK_SOON: Duration = Duration::from_millis(20);
 
 /// What the actor publishes for the server: the grants, to refuse callers without any
 /// before their file is parsed.
@@ -448,6 +450,13 @@ impl Daemon {
                     self.stop();
                     let _ = reply.send(());
                     return;
+                }
+                Ok(Msg::Drift(portd_kernel::events::TableEvent::Elsewhere)) => {
+                    // A firewall may have turned conntrack on or off: check soon, once
+                    // for a burst of commits.
+                    if self.plan.steer {
+                        self.timers.set_earliest(Timer::Conntrack, Instant::now() + CONNTRACK_SOON);
+                    }
                 }
                 Ok(Msg::Drift(change)) => {
                     self.repair_if_drifted(change);
