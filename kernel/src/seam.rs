@@ -15,6 +15,10 @@ pub trait Kernel: Send {
     /// Applies an element-level `delta` from `current` in one batch; refused (and nothing
     /// changed) when the kernel does not hold `current` or the delta is structural.
     fn change(&self, current: &Plan, delta: &Delta) -> Result<(), BackendError>;
+    /// Changes the table from `current` to `new`, which differ in which chains the table
+    /// has, keeping its sets and their counters; refused (and nothing changed) when their
+    /// set definitions or a chain of both differ.
+    fn relayout(&self, current: &Plan, new: &Plan) -> Result<(), BackendError>;
     /// Reads the table back (`None`: it does not exist), decoded with `plan`'s types.
     fn observe(&self, plan: &Plan) -> Result<Option<Observed>, BackendError>;
     /// Removes the table.
@@ -32,6 +36,9 @@ impl Kernel for Backend {
     }
     fn change(&self, current: &Plan, delta: &Delta) -> Result<(), BackendError> {
         self.apply_changes(current, delta)
+    }
+    fn relayout(&self, current: &Plan, new: &Plan) -> Result<(), BackendError> {
+        self.apply_layout(current, new)
     }
     fn observe(&self, plan: &Plan) -> Result<Option<Observed>, BackendError> {
         self.read(plan)

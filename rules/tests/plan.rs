@@ -108,6 +108,34 @@ proptest! {
     }
 
     #[test]
+    fn steer_changes_reach_the_full_compile_chains_included(
+        sys in arb_set_at(0), old in arb_set_at(10), new in arb_set_at(10), conntrack in any::<bool>()
+    ) {
+        // A steer plan's chains follow what it holds (UDP forwards bring the nat chains):
+        // a change that moves them is structural, carries the whole new plan, and moves
+        // only chains that one plan has and the other lacks.
+        let compiled = |user: &[Forward]| {
+            let mut p = portd_rules::plan::compile_dispatched(
+                "portd", 1, true, &[("system", sys.iter().collect()), ("user:web", user.iter().collect())],
+            ).expect("no conflicts");
+            p.set_conntrack(conntrack);
+            p
+        };
+        let (before, full) = (compiled(&old), compiled(&new));
+        let mut d = before.replace_owner("user:web", &new, 1).expect("no conflicts");
+        prop_assert_eq!(d.structural, before.chains != full.chains);
+        prop_assert!(Plan::chain_changes(&before, &full).is_some());
+        // The elements of that change, whatever the chains: they take the sets there.
+        let elements = Plan::diff_elements(&before, &full).expect("same sets");
+        let mut sets = before.clone();
+        elements.apply_in_place(&mut sets);
+        prop_assert_eq!(&sets.sets, &full.sets);
+        let mut reached = before.clone();
+        d.take_into(&mut reached);
+        prop_assert_eq!(reached, full);
+    }
+
+    #[test]
     fn diff_then_apply_reaches_the_new_plan(a in arb_set(), b in arb_set()) {
         let (pa, pb) = (plan(a), plan(b));
         let mut d = Plan::diff(&pa, &pb);

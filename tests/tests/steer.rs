@@ -90,6 +90,7 @@ fn steered_connections_are_untracked_exactly_while_conntrack_runs_for_someone_el
     assert_eq!(net.tcp_get(&net.srv, "127.0.0.1", 80).as_deref(), Some("port-80"), "local client");
     let entries = net.exec_ok(&net.srv, "conntrack", &["-L"]);
     assert!(!entries.contains("dport=80 "), "steered connections tracked although conntrack runs:\n{entries}");
+    let counted = forward(&d.status_json(), "http")["packets"].as_u64().unwrap_or(0);
     // The firewall goes: so do the raw chains, and steering goes on.
     net.exec_ok(&net.srv, "nft", &["delete", "table", "inet", "fw"]);
     wait_for(
@@ -97,9 +98,64 @@ fn steered_connections_are_untracked_exactly_while_conntrack_runs_for_someone_el
         "portd to drop its raw chains once nothing runs conntrack",
     );
     assert_eq!(get(&net, SRV4, 80).as_deref(), Some("port-80"));
-    assert!(forward(&d.status_json(), "http")["packets"].as_u64().unwrap_or(0) > 0, "counted");
+    let now = forward(&d.status_json(), "http")["packets"].as_u64().unwrap_or(0);
+    assert!(now > counted, "counters kept when the raw chains come and go: {counted} then {now}");
     let log = Portd::log(&net);
     assert!(log.contains("conntrack runs in this namespace"), "{log}");
+}
+
+#[test]
+fn a_udp_forward_brings_nat_chains_and_takes_them_away_counters_kept() {
+    let net = Net::setup();
+    let alice = TestUser::new("su");
+    let d = Portd::start_bpf(&net, &granted(&net, &alice.name, ""), &[]);
+    let _app = net.tcp_app_as(&net.srv, &alice.name, 8080, "port-$SOCAT_SOCKPORT");
+    let tcp_only = web(80, 8080);
+    let with_udp = format!("{tcp_only}  - name: dns\n    port: 81\n    to: 8081\n    proto: udp\n");
+    assert!(apply_as(&d, &net, &alice.name, &tcp_only).status.success());
+    for _ in 0..5 {
+        assert_eq!(get(&net, SRV4, 80).as_deref(), Some("port-80"));
+    }
+    let packets = || forward(&d.status_json(), "web")["packets"].as_u64().unwrap_or(0);
+    let before = packets();
+    assert!(before > 0, "counted");
+    let has_nat = || net.table("portd").is_some_and(|t| t.contains("type nat hook prerouting"));
+    assert!(!has_nat(), "a steer table without NAT forwards has no nat chain");
+    // The UDP forward is redirected: the table gains its nat chains, in place.
+    let o = apply_as(&d, &net, &alice.name, &with_udp);
+    assert!(o.status.success(), "apply: {}", err(&o));
+    assert!(has_nat(), "{:?}", net.table("portd"));
+    let gid = String::from_utf8_lossy(&Command::new("id").args(["-g", &alice.name]).output().expect("id").stdout)
+        .into_owned();
+    let udp = Bg(Command::new("ip")
+        .args(["netns", "exec", &net.srv, "setpriv", &format!("--reuid={}", alice.name)])
+        .args([
+            &format!("--regid={}", gid.trim()),
+            "--clear-groups",
+            "socat",
+            "UDP6-RECVFROM:8081,fork",
+            "SYSTEM:echo udp-ok",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("socat"));
+    wait_for(|| net.exec(&net.srv, "ss", &["-Huln", "sport = :8081"]).stdout.len() > 1, "the UDP app");
+    let ask = || {
+        let o = net.exec(&net.cli, "sh", &["-c", &format!("echo x | timeout 3 socat -T1 - UDP4:{SRV4}:81")]);
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(ask(), "udp-ok", "UDP forward redirected under a steer plan");
+    assert_eq!(get(&net, SRV4, 80).as_deref(), Some("port-80"), "TCP still steered");
+    assert!(packets() > before, "the steered forward's counter went on, it did not start over");
+    // The UDP forward goes: so do the nat chains, and the counters stay.
+    let mid = packets();
+    assert!(apply_as(&d, &net, &alice.name, &tcp_only).status.success());
+    assert!(!has_nat(), "{:?}", net.table("portd"));
+    assert_eq!(get(&net, SRV4, 80).as_deref(), Some("port-80"));
+    assert!(packets() > mid, "counters kept across the change of chains");
+    drop(udp);
+    assert_eq!(d.status_json()["in_sync"], true);
 }
 
 #[test]

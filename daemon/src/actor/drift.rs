@@ -85,9 +85,26 @@ impl Daemon {
         }
         let whole = whole();
         let t = Instant::now();
-        self.kernel_call(whole.element_count(), |k| k.replace(&whole))?;
+        self.kernel_call(whole.element_count(), |k| self.relayout_or_replace(k, &whole))?;
         self.published.metrics.applied(t.elapsed());
         Ok(())
+    }
+
+    /// Moves the kernel from the current plan to `new`, which may need other chains: by
+    /// adding and deleting chains where only they and elements differ (sets and counters
+    /// stay), else by replacing the table.
+    pub(super) fn relayout_or_replace(
+        &self,
+        k: &dyn Kernel,
+        new: &Plan,
+    ) -> Result<(), portd_kernel::nft::BackendError> {
+        if self.plan.chains != new.chains {
+            match k.relayout(&self.plan, new) {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::debug!("changing the table's chains in place: {e}; replacing the table"),
+            }
+        }
+        k.replace(new)
     }
 
     /// Runs a kernel call touching `objects` kernel objects; a large one quietly (see

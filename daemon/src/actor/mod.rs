@@ -491,7 +491,7 @@ impl Daemon {
 
     /// The periodic conntrack check of steer plans: where another program's rules turned
     /// conntrack on, raw chains untrack steered connections; where nothing does, they go
-    /// (steered packets then pass one chain of portd's). The table is replaced whole.
+    /// (steered packets then pass one chain of portd's). Only chains change.
     fn poll_conntrack(&mut self) {
         if !self.plan.steer {
             return;
@@ -507,11 +507,11 @@ impl Daemon {
             return;
         }
         let t = Instant::now();
-        match self.kernel_call(new.element_count(), |k| k.replace(&new)) {
+        match self.kernel_call(new.element_count(), |k| self.relayout_or_replace(k, &new)) {
             Ok(()) => {
                 self.published.metrics.applied(t.elapsed());
                 tracing::info!(
-                    "conntrack {} in this namespace: steered connections {} (table replaced, counters start over)",
+                    "conntrack {} in this namespace: steered connections {}",
                     if on { "runs" } else { "no longer runs" },
                     if on { "are untracked by raw chains now" } else { "pass no raw chain now" }
                 );

@@ -52,6 +52,12 @@ impl Kernel for Fake {
         l.table = names(&next);
         Ok(())
     }
+    fn relayout(&self, _current: &Plan, new: &Plan) -> Result<(), BackendError> {
+        let mut l = self.log();
+        l.batches.push(format!("relayout {}", new.forwards.len()));
+        l.table = names(new);
+        Ok(())
+    }
     fn observe(&self, _plan: &Plan) -> Result<Option<Observed>, BackendError> {
         Ok(None)
     }

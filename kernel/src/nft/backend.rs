@@ -122,6 +122,51 @@ impl Backend {
         self.apply_changes(old, &d)
     }
 
+    /// Changes the kernel from `old` to `new` when they differ in which chains the table
+    /// has (a steer plan's NAT or raw chains coming or going) and in elements, but not in
+    /// set definitions: one batch deletes the chains `new` lacks (base chains first, then
+    /// the chains they jumped to; the kernel deletes their rules with them), changes the
+    /// elements, and adds the chains `new` has more with their rules. The sets stay, and
+    /// so do their counters. An error, and nothing changed, when a set definition or a
+    /// chain of both differs: the caller replaces the table.
+    pub fn apply_layout(&self, old: &Plan, new: &Plan) -> Result<(), BackendError> {
+        let table = self.table_of(new)?;
+        let (Some(d), Some((gone, come))) = (Plan::diff_elements(old, new), Plan::chain_changes(old, new)) else {
+            return Err(encode_err(
+                "change of the table's chains".to_string(),
+                "the sets or a kept chain differ; replace the table",
+            ));
+        };
+        self.check_sizes(old, &d)?;
+        let ids = SetIds::of(new);
+        let t = Table::new(&table, ProtoFamily::Inet);
+        let mut b = Builder::new(&table);
+        // delete chain inet T NAME: base chains first, then those they jumped to
+        let mut deleted = Vec::with_capacity(gone.len());
+        for c in gone.iter().filter(|c| c.base.is_some()).chain(gone.iter().filter(|c| c.base.is_none())) {
+            deleted.push(chain_obj(&t, c)?);
+        }
+        for (c, chain) in
+            gone.iter().filter(|c| c.base.is_some()).chain(gone.iter().filter(|c| c.base.is_none())).zip(&deleted)
+        {
+            b.push(chain, MsgType::Del, Subject::Chain(&c.name));
+        }
+        self.push_changes(&mut b, old, &d)?;
+        let mut added = Vec::with_capacity(come.len());
+        for c in &come {
+            let chain = chain_obj(&t, c)?;
+            b.push(&chain, MsgType::Add, Subject::Chain(&c.name));
+            added.push(chain);
+        }
+        for (c, chain) in come.iter().zip(&added) {
+            for r in &c.rules {
+                let rule = build_rule(chain, r, &ids)?;
+                b.push(&rule, MsgType::Add, Subject::Rule { chain: &c.name, rule: r });
+            }
+        }
+        self.send(b)
+    }
+
     /// Sends an element-level [`Delta`] from `current` in one batch. `current` supplies the
     /// table name, the set definitions (which a non-structural delta leaves as they are)
     /// and the number of elements each set holds before the change. Adds are exclusive,
@@ -134,22 +179,31 @@ impl Backend {
             return Ok(());
         }
         let table = self.table_of(current)?;
-        // A set the change would take past its size: the kernel would refuse the batch
-        // after working through it; say so before sending anything.
-        {
-            let sizes = lock(&self.sizes);
-            for set in &current.sets {
-                let Some(&size) = sizes.get(&set.name) else { continue };
-                let count = |list: &[SetElements]| {
-                    list.iter().filter(|s| s.set == set.name).map(|s| s.elements.len()).sum::<usize>()
-                };
-                let need = (set.elements.len() + count(&d.add_elements)).saturating_sub(count(&d.del_elements));
-                if need > size as usize {
-                    return Err(BackendError::Outgrown { set: set.name.clone(), need, size });
-                }
+        self.check_sizes(current, d)?;
+        let mut b = Builder::new(&table);
+        self.push_changes(&mut b, current, d)?;
+        self.send(b)
+    }
+
+    /// A set the change would take past its size: the kernel would refuse the batch
+    /// after working through it; say so before sending anything.
+    fn check_sizes(&self, current: &Plan, d: &Delta) -> Result<(), BackendError> {
+        let sizes = lock(&self.sizes);
+        for set in &current.sets {
+            let Some(&size) = sizes.get(&set.name) else { continue };
+            let count = |list: &[SetElements]| {
+                list.iter().filter(|s| s.set == set.name).map(|s| s.elements.len()).sum::<usize>()
+            };
+            let need = (set.elements.len() + count(&d.add_elements)).saturating_sub(count(&d.del_elements));
+            if need > size as usize {
+                return Err(BackendError::Outgrown { set: set.name.clone(), need, size });
             }
         }
-        let mut b = Builder::new(&table);
+        Ok(())
+    }
+
+    /// Pushes a delta's element deletions, then its additions, set by set.
+    fn push_changes<'b>(&self, b: &mut Builder<'b>, current: &'b Plan, d: &'b Delta) -> Result<(), BackendError> {
         for (list, op) in [(&d.del_elements, MsgType::Del), (&d.add_elements, MsgType::Add)] {
             if let Some(s) = list.iter().find(|s| current.set(&s.set).is_none()) {
                 return Err(encode_err(format!("change of set {}", s.set), "the plan has no such set"));
@@ -162,7 +216,7 @@ impl Backend {
                 b.push_elements(set, None, &elements, op)?;
             }
         }
-        self.send(b)
+        Ok(())
     }
 
     /// What the kernel holds in the table now, decoded with the types of `expected`, or

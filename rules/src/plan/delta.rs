@@ -3,7 +3,7 @@
 
 use super::summary::summarize;
 use super::summary::Summary;
-use super::table::{placed_order, Plan};
+use super::table::{placed_order, Chain, Plan};
 use crate::element::{Element, Elements};
 use serde::{Deserialize, Serialize};
 
@@ -124,22 +124,45 @@ impl Plan {
     /// The change from `old` to `new`: elements to add and delete.
     pub fn diff(old: &Plan, new: &Plan) -> Delta {
         let mut d = Delta { summary: summarize(old, new), ..Delta::default() };
-        let same_shape = old.table == new.table
-            && old.mark == new.mark
-            && old.chains == new.chains
-            && old.sets.len() == new.sets.len()
-            && old.sets.iter().zip(&new.sets).all(|(a, b)| {
-                a.name == b.name
-                    && a.key == b.key
-                    && a.data == b.data
-                    && a.interval == b.interval
-                    && a.counter == b.counter
-            });
-        if !same_shape {
+        if old.chains != new.chains || !same_sets(old, new) {
             d.structural = true;
             return d;
         }
         d.objects_from(old, new);
         d
     }
+
+    /// The element-level change from `old` to `new` when their table, mark and sets are
+    /// defined alike, whatever their chains (see [`Plan::chain_changes`]); `None`
+    /// otherwise.
+    pub fn diff_elements(old: &Plan, new: &Plan) -> Option<Delta> {
+        if !same_sets(old, new) {
+            return None;
+        }
+        let mut d = Delta::default();
+        d.objects_from(old, new);
+        Some(d)
+    }
+
+    /// The chains `old` has and `new` lacks, and the chains `new` has more, each in its
+    /// plan's order; `None` when a chain both have differs between them.
+    pub fn chain_changes<'a>(old: &'a Plan, new: &'a Plan) -> Option<(Vec<&'a Chain>, Vec<&'a Chain>)> {
+        let find = |p: &'a Plan, name: &str| p.chains.iter().find(|c| c.name == name);
+        if old.chains.iter().any(|c| find(new, &c.name).is_some_and(|n| n != c)) {
+            return None;
+        }
+        let gone = old.chains.iter().filter(|c| find(new, &c.name).is_none()).collect();
+        let come = new.chains.iter().filter(|c| find(old, &c.name).is_none()).collect();
+        Some((gone, come))
+    }
+}
+
+/// Same table, mark and set definitions (names, types, flags, in order).
+fn same_sets(old: &Plan, new: &Plan) -> bool {
+    old.table == new.table
+        && old.mark == new.mark
+        && old.sets.len() == new.sets.len()
+        && old.sets.iter().zip(&new.sets).all(|(a, b)| {
+            a.name == b.name && a.key == b.key && a.data == b.data && a.interval == b.interval && a.counter == b.counter
+        })
 }
