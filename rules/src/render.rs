@@ -11,6 +11,17 @@ fn key_text(k: KeyExpr) -> &'static str {
     match k {
         KeyExpr::Family => KEY,
         KeyExpr::Port => PORT_KEY,
+        KeyExpr::OrigFamily => "meta nfproto . meta l4proto . ct original proto-dst",
+        KeyExpr::OrigPort => "meta l4proto . ct original proto-dst",
+    }
+}
+
+/// `meta l4proto PROTO ` before a key, if asked.
+fn proto_check(p: Option<Proto>) -> &'static str {
+    match p {
+        None => "",
+        Some(Proto::Tcp) => "meta l4proto tcp ",
+        Some(Proto::Udp) => "meta l4proto udp ",
     }
 }
 
@@ -63,14 +74,17 @@ pub fn rule(r: &Rule) -> String {
             };
             format!("meta l4proto {p} redirect to {} map @{map}", key_text(*key))
         }
-        Rule::CountSetMark { set, map } => format!("{KEY} @{set} meta mark set {KEY} map @{map}"),
+        Rule::CountSetMark { set, map, key, proto } => {
+            let k = key_text(*key);
+            format!("{}{k} @{set} meta mark set {k} map @{map}", proto_check(*proto))
+        }
         Rule::ReturnIfLoopback => "iif \"lo\" return".into(),
         Rule::ReturnIfReply => "ct direction reply return".into(),
         Rule::GotoIfRedirected { chain } => format!("ct direction original ct status dnat goto {chain}"),
         Rule::ReturnIfUntracked => "ct state untracked return".into(),
         Rule::ReturnIfKeyIn { set } => format!("{KEY} @{set} return"),
-        Rule::Count { set, key, mark, then_return } => {
-            let mut s = format!("{} @{set}", key_text(*key));
+        Rule::Count { set, key, mark, then_return, proto } => {
+            let mut s = format!("{}{} @{set}", proto_check(*proto), key_text(*key));
             if *mark != 0 {
                 let _ = write!(s, " meta mark set meta mark | {mark:#010x}");
             }

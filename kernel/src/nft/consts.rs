@@ -58,6 +58,8 @@ pub const IP_CT_DIR_ORIGINAL: u8 = 0;
 /// `IP_CT_DIR_REPLY`
 pub const IP_CT_DIR_REPLY: u8 = 1;
 pub const NFT_CT_STATUS: u32 = 2;
+/// `NFT_CT_PROTO_DST`: the transport destination port of a direction's tuple
+pub const NFT_CT_PROTO_DST: u32 = 12;
 pub const NFTA_FIB_F_DADDR: u32 = 1 << 1;
 pub const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
 pub const RTN_LOCAL: u32 = 2;

@@ -37,6 +37,8 @@ enum Expr {
     FibDaddrType { dreg: u32 },
     /// `[ ct load KEY => reg DREG ]`
     Ct { key: u32, dreg: u32 },
+    /// `[ ct load KEY => reg DREG , dir original ]`
+    CtOriginal { key: u32, dreg: u32 },
     /// `[ redir proto_min reg R proto_max reg R flags 0x2 ]` (the kernel reports
     /// proto_max equal to proto_min when only the latter is given, so both are sent)
     Redir { reg: u32 },
@@ -59,7 +61,7 @@ impl Expr {
             Expr::Hton { .. } => c"byteorder",
             Expr::Lookup { .. } => c"lookup",
             Expr::FibDaddrType { .. } => c"fib",
-            Expr::Ct { .. } => c"ct",
+            Expr::Ct { .. } | Expr::CtOriginal { .. } => c"ct",
             Expr::Redir { .. } => c"redir",
             Expr::Verdict { .. } => c"immediate",
             Expr::Notrack => c"notrack",
@@ -147,6 +149,12 @@ impl Expr {
                 u32_(sys::NFTNL_EXPR_CT_DREG, *dreg);
                 u32_(sys::NFTNL_EXPR_CT_KEY, *key);
             }
+            Expr::CtOriginal { key, dreg } => {
+                u32_(sys::NFTNL_EXPR_CT_DREG, *dreg);
+                u32_(sys::NFTNL_EXPR_CT_KEY, *key);
+                // SAFETY: as for the setters above; setting a u8 cannot fail.
+                unsafe { sys::nftnl_expr_set_u8(e, sys::NFTNL_EXPR_CT_DIR as u16, 0) }
+            }
             Expr::Redir { reg } => {
                 u32_(sys::NFTNL_EXPR_REDIR_REG_PROTO_MIN, *reg);
                 u32_(sys::NFTNL_EXPR_REDIR_REG_PROTO_MAX, *reg);
@@ -228,6 +236,15 @@ fn load(key: KeyExpr) -> Vec<Expr> {
     match key {
         KeyExpr::Family => load_key().into(),
         KeyExpr::Port => load_port_key().into(),
+        KeyExpr::OrigFamily => vec![
+            Expr::Meta { key: k::NFT_META_NFPROTO, dreg: k::NFT_REG_1 },
+            Expr::Meta { key: k::NFT_META_L4PROTO, dreg: k::NFT_REG32_01 },
+            Expr::CtOriginal { key: k::NFT_CT_PROTO_DST, dreg: k::NFT_REG32_02 },
+        ],
+        KeyExpr::OrigPort => vec![
+            Expr::Meta { key: k::NFT_META_L4PROTO, dreg: k::NFT_REG_1 },
+            Expr::CtOriginal { key: k::NFT_CT_PROTO_DST, dreg: k::NFT_REG32_01 },
+        ],
     }
 }
 
@@ -240,6 +257,19 @@ fn load_sport(key: KeyExpr) -> Vec<Expr> {
         }
     }
     x
+}
+
+/// `meta l4proto PROTO`, if asked.
+fn proto_is(p: Option<Proto>) -> Vec<Expr> {
+    let Some(p) = p else { return Vec::new() };
+    let n = match p {
+        Proto::Tcp => libc::IPPROTO_TCP as u8,
+        Proto::Udp => libc::IPPROTO_UDP as u8,
+    };
+    vec![
+        Expr::Meta { key: k::NFT_META_L4PROTO, dreg: k::NFT_REG_1 },
+        Expr::Cmp { op: k::NFT_CMP_EQ, sreg: k::NFT_REG_1, data: vec![n] },
+    ]
 }
 
 /// `iifname != "lo"`
@@ -432,12 +462,13 @@ fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
             x.push(lookup(ids, map, Some(k::NFT_REG_1), false)?);
             x.push(Expr::Redir { reg: k::NFT_REG_1 });
         }
-        plan::Rule::CountSetMark { set, map } => {
+        plan::Rule::CountSetMark { set, map, key, proto } => {
+            x.extend(proto_is(*proto));
             // meta nfproto . meta l4proto . th dport @SET
             //   meta mark set meta nfproto . meta l4proto . th dport map @MAP
-            x.extend(load_key());
+            x.extend(load(*key));
             x.push(lookup(ids, set, None, false)?);
-            x.extend(load_key());
+            x.extend(load(*key));
             x.push(lookup(ids, map, Some(k::NFT_REG_1), false)?);
             x.push(Expr::MetaSet { key: k::NFT_META_MARK, sreg: k::NFT_REG_1 });
         }
@@ -453,7 +484,8 @@ fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
             x.push(Expr::Cmp { op: k::NFT_CMP_EQ, sreg: k::NFT_REG_1, data: vec![k::IP_CT_DIR_REPLY] });
             x.push(Expr::Verdict { code: k::NFT_RETURN, chain: None });
         }
-        plan::Rule::Count { set, key, mark, then_return } => {
+        plan::Rule::Count { set, key, mark, then_return, proto } => {
+            x.extend(proto_is(*proto));
             // (meta nfproto .) meta l4proto . th dport @SET (meta mark set MARK) (return)
             x.extend(load(*key));
             x.push(lookup(ids, set, None, false)?);

@@ -179,15 +179,23 @@ mod tests {
     fn rules_render_to_nft_expressions() {
         let p = plan();
         let chains = expected_chains(&p).expect("builds");
-        let input = chains.iter().find(|c| c.name == "input").expect("input");
+        let input = chains.iter().find(|c| c.name == "nat_in").expect("nat_in");
         let redirect = chains.iter().find(|c| c.name == "redirect_in").expect("chain");
-        assert_eq!(input.hook, Some(ObservedHook { kind: "filter".into(), hook: 1, priority: 0, policy: 1 }));
+        let account = chains.iter().find(|c| c.name == "account_redirected").expect("chain");
+        assert_eq!(input.hook, Some(ObservedHook { kind: "filter".into(), hook: 1, priority: -150, policy: 1 }));
         // as printed by `nft --debug=netlink` (plus the attributes the kernel reports back)
         assert!(
-            input.rules[0]
+            input.rules[1]
                 .starts_with("[ ct load state => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000008 ) ^ 0x00000000 ]"),
             "{}",
-            input.rules[0]
+            input.rules[1]
+        );
+        assert!(
+            account.rules[0].starts_with(
+                "[ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ meta load l4proto => reg 1 ] [ ct load proto_dst => reg 9 , dir original ]"
+            ),
+            "{}",
+            account.rules[0]
         );
         assert!(
             redirect.rules[3].ends_with(

@@ -122,54 +122,38 @@ fn chains(mark: u32, l: Layout) -> Vec<Chain> {
         }
         v
     };
-    // Accounting, cheapest first. A forward counted by a rule is in no set the rules after
-    // it look up. The forwards of the default kind (both families, the default mark,
-    // `local: true`, no interfaces or sources) cost one lookup, which counts and marks; the
-    // qualifying rules (`qualified`: arriving packets only) are passed only by the others.
-    // `qualified`: arriving packets; otherwise the host's own connections, which forwards
-    // with `local: false` leave alone.
-    let account = |qualified: bool| {
-        let mut v = Vec::new();
-        if !qualified {
-            v.push(Rule::ReturnIfKeyIn { set: NOLOCAL.into() });
-        }
-        v.push(Rule::Count { set: COUNT.into(), key: KeyExpr::Port, mark, then_return: true });
-        if qualified {
-            v.extend(qualify());
-        }
-        v.push(Rule::Count { set: COUNT_CHECKED.into(), key: KeyExpr::Port, mark, then_return: true });
-        v.push(Rule::CountSetMark { set: COUNT_FAMILY.into(), map: MARK.into() });
-        v
-    };
     let base = |kind, hook, priority| Some(BaseChain { kind, hook, priority });
-    let untracked = || if l.steer { vec![Rule::ReturnIfUntracked] } else { Vec::new() };
     let mut chains = Vec::new();
     if l.nat {
+        // A redirected connection's packets are accounted for at input, after NAT: its
+        // public port is the conntrack entry's original destination port. Its first
+        // packet passed redirect_in's checks (interfaces, sources) or redirect_local's
+        // (`local: false`), so every redirected packet counts. Cheapest first: a forward
+        // counted by a rule is in no set the rules after it look up; the default kind
+        // (both families, the default mark, `local: true`, no interfaces or sources)
+        // costs one lookup, which counts and marks.
+        // (nft types `ct original proto-dst` only after `meta l4proto tcp` or `udp`: one
+        // rule per protocol.)
+        let mut account = Vec::new();
+        for (set, key) in
+            [(COUNT, KeyExpr::OrigPort), (COUNT_CHECKED, KeyExpr::OrigPort), (COUNT_FAMILY, KeyExpr::OrigFamily)]
+        {
+            for proto in [Proto::Tcp, Proto::Udp] {
+                account.push(if set == COUNT_FAMILY {
+                    Rule::CountSetMark { set: set.into(), map: MARK.into(), key, proto: Some(proto) }
+                } else {
+                    Rule::Count { set: set.into(), key, mark, then_return: true, proto: Some(proto) }
+                });
+            }
+        }
         chains.extend([
             Chain { name: "redirect_in".into(), base: None, rules: [qualify(), redirect()].concat() },
-            Chain { name: "account_in".into(), base: None, rules: account(true) },
             Chain { name: "redirect_local".into(), base: None, rules: redirect() },
-            Chain { name: "account_local".into(), base: None, rules: account(false) },
+            Chain { name: "account_redirected".into(), base: None, rules: account },
             Chain {
                 name: "prerouting".into(),
                 base: base(ChainType::Nat, Hook::Prerouting, -100),
                 rules: vec![Rule::JumpIfLocal { chain: "redirect_in".into() }],
-            },
-            Chain {
-                name: "mangle_prerouting".into(),
-                base: base(ChainType::Filter, Hook::Prerouting, -150),
-                // Loopback packets were accounted for on their way out (mangle_output), and
-                // steered ones are by steer_in. A redirected connection's later packets
-                // need no route lookup: its first one was addressed to this host.
-                rules: [
-                    vec![Rule::ReturnIfLoopback],
-                    untracked(),
-                    vec![
-                        Rule::GotoIfRedirected { chain: "account_in".into() },
-                        Rule::JumpIfLocal { chain: "account_in".into() },
-                    ],
-                ]
-                .concat(),
             },
             Chain {
                 name: "output".into(),
@@ -177,21 +161,15 @@ fn chains(mark: u32, l: Layout) -> Vec<Chain> {
                 rules: vec![Rule::JumpIfLocalKeyNotIn { set: NOLOCAL.into(), chain: "redirect_local".into() }],
             },
             Chain {
-                name: "mangle_output".into(),
-                base: base(ChainType::Filter, Hook::Output, -150),
-                // Answers are never a forward's traffic; steered packets are accounted for
-                // by steer_in.
-                rules: [
-                    vec![Rule::ReturnIfReply],
-                    untracked(),
-                    vec![Rule::JumpIfLocal { chain: "account_local".into() }],
-                ]
-                .concat(),
-            },
-            Chain {
-                name: "input".into(),
-                base: base(ChainType::Filter, Hook::Input, 0),
-                rules: vec![Rule::DropUnredirected { set: PROTECT.into() }],
+                // What a redirected connection's client sends, from another host or (on
+                // loopback) from this one; nothing of portd's sees the app's answers.
+                // Then `protect`, on a connection's first packet only.
+                name: "nat_in".into(),
+                base: base(ChainType::Filter, Hook::Input, -150),
+                rules: vec![
+                    Rule::GotoIfRedirected { chain: "account_redirected".into() },
+                    Rule::DropUnredirected { set: PROTECT.into() },
+                ],
             },
         ]);
     }
@@ -206,8 +184,13 @@ fn chains(mark: u32, l: Layout) -> Vec<Chain> {
                 base: None,
                 rules: vec![
                     Rule::ReturnIfKeyIn { set: NOLOCAL.into() },
-                    Rule::Count { set: COUNT_CHECKED.into(), key: KeyExpr::Port, mark, then_return: true },
-                    Rule::CountSetMark { set: COUNT_FAMILY.into(), map: MARK.into() },
+                    Rule::Count { set: COUNT_CHECKED.into(), key: KeyExpr::Port, mark, then_return: true, proto: None },
+                    Rule::CountSetMark {
+                        set: COUNT_FAMILY.into(),
+                        map: MARK.into(),
+                        key: KeyExpr::Family,
+                        proto: None,
+                    },
                 ],
             },
             Chain {
@@ -218,8 +201,13 @@ fn chains(mark: u32, l: Layout) -> Vec<Chain> {
                     Rule::RejectUnlessIface { keys: IFACE_KEYS.into(), allowed: IFACE.into() },
                     Rule::RejectUnlessSource { family: Family::Ipv4, keys: SRC_KEYS.into(), allowed: SRC4.into() },
                     Rule::RejectUnlessSource { family: Family::Ipv6, keys: SRC_KEYS.into(), allowed: SRC6.into() },
-                    Rule::Count { set: COUNT_CHECKED.into(), key: KeyExpr::Port, mark, then_return: true },
-                    Rule::CountSetMark { set: COUNT_FAMILY.into(), map: MARK.into() },
+                    Rule::Count { set: COUNT_CHECKED.into(), key: KeyExpr::Port, mark, then_return: true, proto: None },
+                    Rule::CountSetMark {
+                        set: COUNT_FAMILY.into(),
+                        map: MARK.into(),
+                        key: KeyExpr::Family,
+                        proto: None,
+                    },
                 ],
             },
             Chain {
@@ -227,7 +215,7 @@ fn chains(mark: u32, l: Layout) -> Vec<Chain> {
                 base: base(ChainType::Filter, Hook::Input, -150),
                 rules: vec![
                     Rule::ReturnUnlessTcp,
-                    Rule::Count { set: COUNT.into(), key: KeyExpr::Port, mark, then_return: true },
+                    Rule::Count { set: COUNT.into(), key: KeyExpr::Port, mark, then_return: true, proto: None },
                     Rule::DropProtected { set: PROTECT.into() },
                     Rule::GotoIfKeyIn { set: STEER_MORE.into(), chain: "steer_more".into() },
                 ],

@@ -91,6 +91,15 @@ pub enum KeyExpr {
     Family,
     /// `meta l4proto . th dport`
     Port,
+    /// `meta nfproto . meta l4proto . ct original proto-dst`: a redirected packet's
+    /// public port, after NAT changed its destination
+    OrigFamily,
+    /// `meta l4proto . ct original proto-dst`
+    OrigPort,
+}
+
+fn family_key() -> KeyExpr {
+    KeyExpr::Family
 }
 
 /// The few rule shapes portd uses. Each is a constant number of expressions; the
@@ -143,6 +152,12 @@ pub enum Rule {
         set: String,
         /// key -> mark
         map: String,
+        /// the key both are looked up with (`KEY` or its `ct original proto-dst` form)
+        #[serde(default = "family_key")]
+        key: KeyExpr,
+        /// `meta l4proto PROTO` first (nft needs it to type `ct original proto-dst`)
+        #[serde(default)]
+        proto: Option<Proto>,
     },
     /// `iif "lo" return`: a packet that arrives on loopback was sent by this host, and its
     /// output chains have already counted, marked and untracked it.
@@ -162,6 +177,9 @@ pub enum Rule {
         mark: u32,
         /// leave the chain on a match (nothing after it concerns this packet)
         then_return: bool,
+        /// `meta l4proto PROTO` first (nft needs it to type `ct original proto-dst`)
+        #[serde(default)]
+        proto: Option<Proto>,
     },
     /// `ct state new iifname != "lo" ct status & dnat == 0 KEY @SET drop`
     DropUnredirected {
