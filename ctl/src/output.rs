@@ -76,7 +76,7 @@ pub fn status_table(s: &Status, wide: bool) -> String {
     let widths: Vec<usize> =
         (0..cols.len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
     let mut out = format!(
-        "portd {}  table inet {}  kernel {}  repairs {}\ndispatch {}  ownership {}{}\n\n",
+        "portd {}  table inet {}  kernel {}  repairs {}\ndispatch {}  ownership {}{}{}\n\n",
         s.daemon_version,
         s.table,
         if s.in_sync { "in sync" } else { "OUT OF SYNC" },
@@ -84,6 +84,7 @@ pub fn status_table(s: &Status, wide: bool) -> String {
         if s.dispatch.is_empty() { "nat" } else { &s.dispatch },
         if s.ownership.is_empty() { "polled" } else { &s.ownership },
         s.dataplane_reason.as_deref().map(|r| format!("  ({r})")).unwrap_or_default(),
+        if s.untracked == Some(true) { "  untracked (conntrack runs here)" } else { "" },
     );
     if s.forwards.is_empty() {
         out.push_str("no forwards\n");
@@ -217,6 +218,7 @@ mod tests {
             dispatch: "steer".into(),
             ownership: "kernel".into(),
             dataplane_reason: None,
+            untracked: None,
             forwards: vec![ForwardStatus {
                 owner: "user:web".into(),
                 forward,

@@ -243,6 +243,8 @@ impl Metrics {
                 reason: status.dataplane_reason.clone().unwrap_or_default(),
             })
             .set(1);
+        let untracked = Gauge::<i64>::default();
+        untracked.set(i64::from(status.untracked == Some(true)));
         let listening = Family::<SuspendedLabels, Gauge>::default();
         for f in &status.forwards {
             if let Some(l) = f.listening {
@@ -266,6 +268,11 @@ impl Metrics {
             "portd_dataplane",
             "1, labelled with how TCP forwards are dispatched (steer, nat), how target ports are owned (kernel, polled) and why BPF is not used",
             dataplane,
+        );
+        r.register(
+            "portd_steer_untracked",
+            "1 while raw chains untrack steered connections (conntrack runs in the namespace), else 0",
+            untracked,
         );
         r.register(
             "portd_forward_target_listening",
@@ -400,6 +407,7 @@ mod tests {
             dispatch: "nat".into(),
             ownership: "polled".into(),
             dataplane_reason: None,
+            untracked: None,
             daemon_version: "0.1.0".into(),
             table: "portd".into(),
             in_sync: true,

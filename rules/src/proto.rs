@@ -227,6 +227,10 @@ pub struct Status {
     /// Why the BPF data plane is not used (dispatch nat, ownership polled), if it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataplane_reason: Option<String>,
+    /// Steer only: whether raw chains untrack steered connections, which they do while
+    /// conntrack runs in the namespace (another program's rules, or portd's NAT forwards).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untracked: Option<bool>,
     /// Every forward.
     pub forwards: Vec<ForwardStatus>,
 }

@@ -66,6 +66,7 @@ fn steered_connections_are_untracked_exactly_while_conntrack_runs_for_someone_el
     let table = net.table("portd").expect("table");
     assert!(table.contains("chain steer_in {"), "{table}");
     assert!(!table.contains("notrack") && !table.contains("type nat"), "{table}");
+    assert_eq!(d.status_json()["untracked"], false);
     assert_eq!(get(&net, SRV4, 80).as_deref(), Some("port-80"));
     // A firewall with a `ct state` rule turns conntrack on: portd, woken by that
     // firewall's nftables commit, untracks steered connections in raw chains at once,
@@ -81,6 +82,9 @@ fn steered_connections_are_untracked_exactly_while_conntrack_runs_for_someone_el
     );
     // (the periodic check, every 2 s, would be slower)
     assert!(t.elapsed() < Duration::from_millis(1500), "untracked only after {:?}", t.elapsed());
+    assert_eq!(d.status_json()["untracked"], true);
+    assert!(out(&d.ctl(&["status"])).contains("untracked (conntrack runs here)"), "{}", out(&d.ctl(&["status"])));
+    assert!(out(&d.ctl(&["metrics"])).contains("portd_steer_untracked 1"), "{}", out(&d.ctl(&["metrics"])));
     net.exec(&net.srv, "conntrack", &["-F"]);
     for addr in [SRV4, SRV6] {
         for _ in 0..10 {

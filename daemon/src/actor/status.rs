@@ -175,6 +175,7 @@ impl PendingStatus {
             dispatch: self.dispatch.to_string(),
             ownership: self.ownership.to_string(),
             dataplane_reason: self.dataplane_reason,
+            untracked: self.plan.steer.then(|| self.plan.untracks()),
         }
     }
 }

@@ -260,6 +260,12 @@ impl Plan {
         Layout { nat, steer: self.steer, untrack: self.steer && (nat || self.conntrack) }
     }
 
+    /// True when a steer plan untracks its steered connections (raw chains): conntrack
+    /// runs in the namespace, for another program or for this plan's NAT forwards.
+    pub fn untracks(&self) -> bool {
+        self.layout().untrack
+    }
+
     /// Makes the chains those of what the plan holds now; true when they changed (a
     /// structural change: the table is replaced whole).
     pub fn fit_chains(&mut self) -> bool {
