@@ -95,12 +95,16 @@ fn steered_connections_are_untracked_exactly_while_conntrack_runs_for_someone_el
     let entries = net.exec_ok(&net.srv, "conntrack", &["-L"]);
     assert!(!entries.contains("dport=80 "), "steered connections tracked although conntrack runs:\n{entries}");
     let counted = forward(&d.status_json(), "http")["packets"].as_u64().unwrap_or(0);
-    // The firewall goes: so do the raw chains, and steering goes on.
+    // The firewall goes: so do the raw chains, 5 s later (a firewall's reload turns
+    // conntrack off for a moment only), and steering goes on.
+    let t = std::time::Instant::now();
     net.exec_ok(&net.srv, "nft", &["delete", "table", "inet", "fw"]);
+    assert!(net.table("portd").is_some_and(|t| t.contains("notrack")), "raw chains kept at first");
     wait_for(
         || net.table("portd").is_some_and(|t| !t.contains("notrack") && t.contains("chain steer_in {")),
         "portd to drop its raw chains once nothing runs conntrack",
     );
+    assert!(t.elapsed() >= Duration::from_secs(4), "raw chains gone after {:?}, before the hold", t.elapsed());
     assert_eq!(get(&net, SRV4, 80).as_deref(), Some("port-80"));
     let now = forward(&d.status_json(), "http")["packets"].as_u64().unwrap_or(0);
     assert!(now > counted, "counters kept when the raw chains come and go: {counted} then {now}");

@@ -43,6 +43,10 @@ const LISTENER_POLL: Duration = Duration::from_millis(500);
 const CONNTRACK_POLL: Duration = Duration::from_secs(2);
 /// How soon after another program's nftables commit conntrack is checked.
 const CONNTRACK_SOON: Duration = Duration::from_millis(20);
+/// How long conntrack must stay off before the raw untrack chains go: a firewall that
+/// reloads (`nft flush ruleset`, then its rules again) turns conntrack off for a moment,
+/// and connections made when it comes back would be tracked until portd noticed.
+const CONNTRACK_HOLD: Duration = Duration::from_secs(5);
 
 /// What the actor publishes for the server: the grants, to refuse callers without any
 /// before their file is parsed.
@@ -162,6 +166,9 @@ pub struct Daemon {
     published: std::sync::Arc<Published>,
     /// Since when the kernel differs from the plan (a foreign change not yet repaired).
     drift_since: Option<Instant>,
+    /// Since when the conntrack check has found conntrack off while the plan still
+    /// untracks (see [`CONNTRACK_HOLD`]).
+    conntrack_off_since: Option<Instant>,
     /// The BPF data plane: steering and kernel reservations, or why not.
     steering: crate::dataplane::Steering,
 }
@@ -490,17 +497,30 @@ impl Daemon {
     }
 
     /// The periodic conntrack check of steer plans: where another program's rules turned
-    /// conntrack on, raw chains untrack steered connections; where nothing does, they go
-    /// (steered packets then pass one chain of portd's). Only chains change.
+    /// conntrack on, raw chains untrack steered connections at once; where nothing has
+    /// for [`CONNTRACK_HOLD`], they go (steered packets then pass one chain of portd's).
+    /// Only chains change.
     fn poll_conntrack(&mut self) {
         if !self.plan.steer {
             return;
         }
         self.timers.set_earliest(Timer::Conntrack, Instant::now() + CONNTRACK_POLL);
         let on = self.kernel.conntrack_active();
+        if on {
+            self.conntrack_off_since = None;
+        }
         if on == self.plan.conntrack {
             return;
         }
+        if !on {
+            let since = *self.conntrack_off_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < CONNTRACK_HOLD {
+                let next = since + CONNTRACK_HOLD;
+                self.timers.set_earliest(Timer::Conntrack, next);
+                return;
+            }
+        }
+        self.conntrack_off_since = None;
         let mut new = self.plan.clone();
         if !new.set_conntrack(on) {
             self.plan.conntrack = on;

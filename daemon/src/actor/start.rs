@@ -44,6 +44,7 @@ impl Daemon {
             events: None,
             published,
             drift_since: None,
+            conntrack_off_since: None,
             steering,
         };
         d.publish();
