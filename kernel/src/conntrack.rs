@@ -8,7 +8,7 @@
 //! (the old target); each match is deleted by its original tuple.
 #![forbid(unsafe_code)]
 
-use crate::netlink::{find, find_raw, push_padded, Socket};
+use crate::netlink::{attr, find, find_raw, push_padded, Socket};
 use portd_rules::model::{Family, Proto};
 pub use portd_rules::plan::{stale_in_delta, stale_mappings, Stale};
 use std::io;
@@ -152,16 +152,6 @@ pub fn forget(stale: &[Stale]) -> io::Result<usize> {
         }
     }
     Ok(deleted)
-}
-
-/// An attribute (header and payload) padded to 4 bytes.
-fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
-    let len = 4 + payload.len();
-    let mut out = Vec::with_capacity(len + 3);
-    out.extend_from_slice(&(len as u16).to_ne_bytes());
-    out.extend_from_slice(&ty.to_ne_bytes());
-    push_padded(&mut out, payload);
-    out
 }
 
 /// Whether connection tracking runs in this network namespace: one UDP datagram to

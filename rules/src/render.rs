@@ -79,9 +79,7 @@ pub fn rule(r: &Rule) -> String {
             format!("{}{k} @{set} meta mark set {k} map @{map}", proto_check(*proto))
         }
         Rule::ReturnIfLoopback => "iif \"lo\" return".into(),
-        Rule::ReturnIfReply => "ct direction reply return".into(),
         Rule::GotoIfRedirected { chain } => format!("ct direction original ct status dnat goto {chain}"),
-        Rule::ReturnIfUntracked => "ct state untracked return".into(),
         Rule::ReturnIfKeyIn { set } => format!("{KEY} @{set} return"),
         Rule::Count { set, key, mark, then_return, proto } => {
             let mut s = format!("{}{} @{set}", proto_check(*proto), key_text(*key));
@@ -96,16 +94,13 @@ pub fn rule(r: &Rule) -> String {
         Rule::DropUnredirected { set } => {
             format!("ct state new iifname != \"lo\" ct status & dnat == 0 {KEY} @{set} drop")
         }
-        Rule::Notrack { set, key, sport, if_local, account } => {
+        Rule::Notrack { set, key, sport, if_local } => {
             let mut k = key_text(*key).to_string();
             if *sport {
                 k = k.replace("th dport", "th sport");
             }
             let local = if *if_local { " fib daddr type local" } else { "" };
-            match account {
-                Some(chain) => format!("{k} @{set}{local} notrack goto {chain}"),
-                None => format!("{k} @{set}{local} notrack return"),
-            }
+            format!("{k} @{set}{local} notrack return")
         }
         Rule::ReturnUnlessTcp => "meta l4proto != tcp return".into(),
         Rule::GotoIfLoopback { chain } => format!("iif \"lo\" goto {chain}"),

@@ -137,6 +137,21 @@ impl Net {
     /// Like [`Net::tcp_app`], on socat's listen address `listen` (such as
     /// `TCP-LISTEN:8080,bind=127.0.0.1`), which must listen on `port`.
     pub fn tcp_app_on(&self, ns: &str, user: Option<&str>, listen: &str, port: u16, reply: &str) -> Bg {
+        let bg = self.socat_as(ns, user, listen, reply);
+        wait_for(|| self.exec(ns, "ss", &["-Htln", &format!("sport = :{port}")]).stdout.len() > 1, "tcp app to listen");
+        bg
+    }
+
+    /// A UDP app in `ns` run as `user`, on `port` (both families), answering every
+    /// datagram with `reply`; returns once its socket is bound.
+    pub fn udp_app_as(&self, ns: &str, user: &str, port: u16, reply: &str) -> Bg {
+        let bg = self.socat_as(ns, Some(user), &format!("UDP6-RECVFROM:{port},fork"), reply);
+        wait_for(|| self.exec(ns, "ss", &["-Huln", &format!("sport = :{port}")]).stdout.len() > 1, "udp app to bind");
+        bg
+    }
+
+    /// socat in `ns` (as `user`, else root) on `listen`, answering `reply`.
+    fn socat_as(&self, ns: &str, user: Option<&str>, listen: &str, reply: &str) -> Bg {
         let sys = format!("SYSTEM:echo {reply}");
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns]);
@@ -150,9 +165,7 @@ impl Net {
             .stderr(Stdio::null())
             .spawn()
             .expect("socat is needed for traffic tests (apt-get install socat)");
-        let bg = Bg(child);
-        wait_for(|| self.exec(ns, "ss", &["-Htln", &format!("sport = :{port}")]).stdout.len() > 1, "tcp app to listen");
-        bg
+        Bg(child)
     }
 
     /// Connects from `ns` to `addr` (an IP, v6 without brackets) on `port`; returns the reply, trimmed.

@@ -58,10 +58,7 @@ fn steered_forward_reaches_the_owners_app_over_both_families_without_nat_or_conn
 #[test]
 fn steered_connections_are_untracked_exactly_while_conntrack_runs_for_someone_else() {
     let net = Net::setup();
-    let text = config(&net, "forwards:\n  - name: http\n    port: 80\n    to: 8080\n");
-    let d = Portd::start_bpf(&net, &text, &[]);
-    let _app = net.tcp_app(&net.srv, 8080, "port-$SOCAT_SOCKPORT");
-    wait_for(|| forward(&d.status_json(), "http")["listening"] == true, "the app to be registered");
+    let (d, _app) = served_system_forward(&net, "http", 80, 8080);
     // Nothing runs conntrack: steered packets pass steer_in alone (no raw, no nat chain).
     let table = net.table("portd").expect("table");
     assert!(table.contains("chain steer_in {"), "{table}");
@@ -133,22 +130,7 @@ fn a_udp_forward_brings_nat_chains_and_takes_them_away_counters_kept() {
     let o = apply_as(&d, &net, &alice.name, &with_udp);
     assert!(o.status.success(), "apply: {}", err(&o));
     assert!(has_nat(), "{:?}", net.table("portd"));
-    let gid = String::from_utf8_lossy(&Command::new("id").args(["-g", &alice.name]).output().expect("id").stdout)
-        .into_owned();
-    let udp = Bg(Command::new("ip")
-        .args(["netns", "exec", &net.srv, "setpriv", &format!("--reuid={}", alice.name)])
-        .args([
-            &format!("--regid={}", gid.trim()),
-            "--clear-groups",
-            "socat",
-            "UDP6-RECVFROM:8081,fork",
-            "SYSTEM:echo udp-ok",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("socat"));
-    wait_for(|| net.exec(&net.srv, "ss", &["-Huln", "sport = :8081"]).stdout.len() > 1, "the UDP app");
+    let udp = net.udp_app_as(&net.srv, &alice.name, 8081, "udp-ok");
     let ask = || {
         let o = net.exec(&net.cli, "sh", &["-c", &format!("echo x | timeout 3 socat -T1 - UDP4:{SRV4}:81")]);
         String::from_utf8_lossy(&o.stdout).trim().to_string()
@@ -169,10 +151,7 @@ fn a_udp_forward_brings_nat_chains_and_takes_them_away_counters_kept() {
 #[test]
 fn a_system_forward_is_steered_to_whoever_serves_its_target() {
     let net = Net::setup();
-    let text = config(&net, "forwards:\n  - name: ssh\n    port: 22\n    to: 2222\n");
-    let d = Portd::start_bpf(&net, &text, &[]);
-    let _app = net.tcp_app(&net.srv, 2222, "port-$SOCAT_SOCKPORT");
-    wait_for(|| forward(&d.status_json(), "ssh")["listening"] == true, "the app to be registered");
+    let (_d, _app) = served_system_forward(&net, "ssh", 22, 2222);
     assert_eq!(get(&net, SRV4, 22).as_deref(), Some("port-22"));
     assert_eq!(get(&net, SRV6, 22).as_deref(), Some("port-22"));
     // System targets are not reserved: the operator's config decides who serves them.

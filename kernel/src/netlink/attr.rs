@@ -57,9 +57,31 @@ pub fn push_padded(out: &mut Vec<u8>, bytes: &[u8]) {
     out.resize(align4(out.len()), 0);
 }
 
+/// One attribute of type `ty` (header and payload), padded to 4 bytes; a nested
+/// attribute's payload is its attributes, concatenated.
+pub fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
+    let len = 4 + payload.len();
+    let mut out = Vec::with_capacity(align4(len));
+    out.extend_from_slice(&(len as u16).to_ne_bytes());
+    out.extend_from_slice(&ty.to_ne_bytes());
+    push_padded(&mut out, payload);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn built_attributes_walk_back() {
+        let inner = [attr(1, b"ab"), attr(2, &7u32.to_ne_bytes())].concat();
+        let b = [attr(3, &inner), attr(4, &[])].concat();
+        assert_eq!(b.len(), 4 + 16 + 4);
+        let nested = find(&b, 3).expect("3");
+        assert_eq!(find(nested, 1), Some(&b"ab"[..]));
+        assert_eq!(find(nested, 2), Some(&7u32.to_ne_bytes()[..]));
+        assert_eq!(find(&b, 4), Some(&[][..]));
+    }
 
     #[test]
     fn walks_aligned_attributes_and_stops_at_garbage() {

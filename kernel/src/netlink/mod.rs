@@ -15,7 +15,7 @@ pub mod buf;
 pub mod msg;
 pub mod socket;
 
-pub use attr::{align4, attrs, find, find_raw, push_padded, Attr};
+pub use attr::{align4, attr, attrs, find, find_raw, push_padded, Attr};
 pub use buf::AlignedBuf;
 pub use msg::{header, messages, parse_error, Header, Msg, NlError, HEADER_LEN};
 pub use socket::{setsockopt, setsockopt_int, Socket};

@@ -142,14 +142,10 @@ impl Backend {
         let t = Table::new(&table, ProtoFamily::Inet);
         let mut b = Builder::new(&table);
         // delete chain inet T NAME: base chains first, then those they jumped to
-        let mut deleted = Vec::with_capacity(gone.len());
-        for c in gone.iter().filter(|c| c.base.is_some()).chain(gone.iter().filter(|c| c.base.is_none())) {
-            deleted.push(chain_obj(&t, c)?);
-        }
-        for (c, chain) in
-            gone.iter().filter(|c| c.base.is_some()).chain(gone.iter().filter(|c| c.base.is_none())).zip(&deleted)
-        {
-            b.push(chain, MsgType::Del, Subject::Chain(&c.name));
+        let mut gone = gone;
+        gone.sort_by_key(|c| c.base.is_none());
+        for c in &gone {
+            b.push(&chain_obj(&t, c)?, MsgType::Del, Subject::Chain(&c.name));
         }
         self.push_changes(&mut b, old, &d)?;
         let mut added = Vec::with_capacity(come.len());

@@ -236,15 +236,8 @@ fn load(key: KeyExpr) -> Vec<Expr> {
     match key {
         KeyExpr::Family => load_key().into(),
         KeyExpr::Port => load_port_key().into(),
-        KeyExpr::OrigFamily => vec![
-            Expr::Meta { key: k::NFT_META_NFPROTO, dreg: k::NFT_REG_1 },
-            Expr::Meta { key: k::NFT_META_L4PROTO, dreg: k::NFT_REG32_01 },
-            Expr::CtOriginal { key: k::NFT_CT_PROTO_DST, dreg: k::NFT_REG32_02 },
-        ],
-        KeyExpr::OrigPort => vec![
-            Expr::Meta { key: k::NFT_META_L4PROTO, dreg: k::NFT_REG_1 },
-            Expr::CtOriginal { key: k::NFT_CT_PROTO_DST, dreg: k::NFT_REG32_01 },
-        ],
+        KeyExpr::OrigFamily => load_original(KeyExpr::Family),
+        KeyExpr::OrigPort => load_original(KeyExpr::Port),
     }
 }
 
@@ -259,16 +252,33 @@ fn load_sport(key: KeyExpr) -> Vec<Expr> {
     x
 }
 
-/// `meta l4proto PROTO`, if asked.
-fn proto_is(p: Option<Proto>) -> Vec<Expr> {
-    let Some(p) = p else { return Vec::new() };
+/// [`load`] with the original direction's destination port of the packet's conntrack
+/// entry (`ct original proto-dst`, the public port before NAT) in place of `th dport`.
+fn load_original(key: KeyExpr) -> Vec<Expr> {
+    let mut x = load(key);
+    for e in &mut x {
+        if let Expr::Payload { base: k::NFT_PAYLOAD_TRANSPORT_HEADER, dreg, .. } = *e {
+            *e = Expr::CtOriginal { key: k::NFT_CT_PROTO_DST, dreg };
+        }
+    }
+    x
+}
+
+/// `meta l4proto PROTO` (`op` NFT_CMP_EQ) or `meta l4proto != PROTO` (NFT_CMP_NEQ).
+fn l4proto(op: u32, p: Proto) -> [Expr; 2] {
     let n = match p {
         Proto::Tcp => libc::IPPROTO_TCP as u8,
         Proto::Udp => libc::IPPROTO_UDP as u8,
     };
-    vec![
-        Expr::Meta { key: k::NFT_META_L4PROTO, dreg: k::NFT_REG_1 },
-        Expr::Cmp { op: k::NFT_CMP_EQ, sreg: k::NFT_REG_1, data: vec![n] },
+    [Expr::Meta { key: k::NFT_META_L4PROTO, dreg: k::NFT_REG_1 }, Expr::Cmp { op, sreg: k::NFT_REG_1, data: vec![n] }]
+}
+
+/// `iif "lo"` (`op` NFT_CMP_EQ) or `iif != "lo"` (NFT_CMP_NEQ): the loopback device is
+/// ifindex 1 in every namespace.
+fn iif_loopback(op: u32) -> [Expr; 2] {
+    [
+        Expr::Meta { key: k::NFT_META_IIF, dreg: k::NFT_REG_1 },
+        Expr::Cmp { op, sreg: k::NFT_REG_1, data: 1u32.to_ne_bytes().to_vec() },
     ]
 }
 
@@ -279,14 +289,6 @@ fn not_loopback() -> [Expr; 2] {
     [
         Expr::Meta { key: k::NFT_META_IIFNAME, dreg: k::NFT_REG_1 },
         Expr::Cmp { op: k::NFT_CMP_NEQ, sreg: k::NFT_REG_1, data: lo },
-    ]
-}
-
-/// `meta l4proto tcp`
-fn is_tcp() -> [Expr; 2] {
-    [
-        Expr::Meta { key: k::NFT_META_L4PROTO, dreg: k::NFT_REG_1 },
-        Expr::Cmp { op: k::NFT_CMP_EQ, sreg: k::NFT_REG_1, data: vec![libc::IPPROTO_TCP as u8] },
     ]
 }
 
@@ -373,19 +375,16 @@ fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
             x.extend(source_not_allowed(*family, keys, allowed, ids)?);
             x.push(Expr::Verdict { code: k::NFT_RETURN, chain: None });
         }
-        plan::Rule::Notrack { set, key, sport, if_local, account } => {
+        plan::Rule::Notrack { set, key, sport, if_local } => {
             // (meta nfproto .) meta l4proto . th dport|sport @SET (fib daddr type local)
-            //   notrack return|goto ACCOUNT
+            //   notrack return
             x.extend(if *sport { load_sport(*key) } else { load(*key) });
             x.push(lookup(ids, set, None, false)?);
             if *if_local {
                 x.extend(fib_daddr_local());
             }
             x.push(Expr::Notrack);
-            x.push(match account {
-                Some(chain) => goto(chain)?,
-                None => Expr::Verdict { code: k::NFT_RETURN, chain: None },
-            });
+            x.push(Expr::Verdict { code: k::NFT_RETURN, chain: None });
         }
         plan::Rule::GotoIfRedirected { chain } => {
             // ct direction original ct status dnat goto CHAIN
@@ -396,13 +395,6 @@ fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
             x.push(Expr::Cmp { op: k::NFT_CMP_NEQ, sreg: k::NFT_REG_1, data: 0u32.to_ne_bytes().to_vec() });
             x.push(goto(chain)?);
         }
-        plan::Rule::ReturnIfUntracked => {
-            // ct state untracked return
-            x.push(Expr::Ct { key: k::NFT_CT_STATE, dreg: k::NFT_REG_1 });
-            x.push(Expr::Bitwise32 { reg: k::NFT_REG_1, mask: k::CT_STATE_UNTRACKED, xor: 0 });
-            x.push(Expr::Cmp { op: k::NFT_CMP_NEQ, sreg: k::NFT_REG_1, data: 0u32.to_ne_bytes().to_vec() });
-            x.push(Expr::Verdict { code: k::NFT_RETURN, chain: None });
-        }
         plan::Rule::ReturnIfKeyIn { set } => {
             // meta nfproto . meta l4proto . th dport @SET return
             x.extend(load_key());
@@ -411,14 +403,12 @@ fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
         }
         plan::Rule::ReturnUnlessTcp => {
             // meta l4proto != tcp return
-            x.push(Expr::Meta { key: k::NFT_META_L4PROTO, dreg: k::NFT_REG_1 });
-            x.push(Expr::Cmp { op: k::NFT_CMP_NEQ, sreg: k::NFT_REG_1, data: vec![libc::IPPROTO_TCP as u8] });
+            x.extend(l4proto(k::NFT_CMP_NEQ, Proto::Tcp));
             x.push(Expr::Verdict { code: k::NFT_RETURN, chain: None });
         }
         plan::Rule::GotoIfLoopback { chain } => {
-            // iif "lo" goto CHAIN (the loopback device is ifindex 1 in every namespace)
-            x.push(Expr::Meta { key: k::NFT_META_IIF, dreg: k::NFT_REG_1 });
-            x.push(Expr::Cmp { op: k::NFT_CMP_EQ, sreg: k::NFT_REG_1, data: 1u32.to_ne_bytes().to_vec() });
+            // iif "lo" goto CHAIN
+            x.extend(iif_loopback(k::NFT_CMP_EQ));
             x.push(goto(chain)?);
         }
         plan::Rule::GotoIfKeyIn { set, chain } => {
@@ -429,8 +419,7 @@ fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
         }
         plan::Rule::DropProtected { set } => {
             // iif != "lo" meta nfproto . meta l4proto . th dport @SET drop
-            x.push(Expr::Meta { key: k::NFT_META_IIF, dreg: k::NFT_REG_1 });
-            x.push(Expr::Cmp { op: k::NFT_CMP_NEQ, sreg: k::NFT_REG_1, data: 1u32.to_ne_bytes().to_vec() });
+            x.extend(iif_loopback(k::NFT_CMP_NEQ));
             x.extend(load_key());
             x.push(lookup(ids, set, None, false)?);
             x.push(Expr::Verdict { code: k::NF_DROP, chain: None });
@@ -438,7 +427,7 @@ fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
         plan::Rule::RejectUnlessIface { keys, allowed } => {
             // iifname != "lo" meta l4proto tcp KEY @KEYS KEY . iifname != @ALLOWED reject with tcp reset
             x.extend(not_loopback());
-            x.extend(is_tcp());
+            x.extend(l4proto(k::NFT_CMP_EQ, Proto::Tcp));
             x.extend(iface_not_allowed(keys, allowed, ids)?);
             x.push(Expr::RejectTcpReset);
         }
@@ -446,24 +435,19 @@ fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
             // iifname != "lo" meta l4proto tcp meta nfproto ipv4 KEY @KEYS
             //   meta l4proto . th dport . ip saddr != @ALLOWED reject with tcp reset
             x.extend(not_loopback());
-            x.extend(is_tcp());
+            x.extend(l4proto(k::NFT_CMP_EQ, Proto::Tcp));
             x.extend(source_not_allowed(*family, keys, allowed, ids)?);
             x.push(Expr::RejectTcpReset);
         }
         plan::Rule::Redirect { proto, map, key } => {
             // meta l4proto tcp redirect to (meta nfproto .) meta l4proto . th dport map @MAP
-            let p = match proto {
-                Proto::Tcp => libc::IPPROTO_TCP as u8,
-                Proto::Udp => libc::IPPROTO_UDP as u8,
-            };
-            x.push(Expr::Meta { key: k::NFT_META_L4PROTO, dreg: k::NFT_REG_1 });
-            x.push(Expr::Cmp { op: k::NFT_CMP_EQ, sreg: k::NFT_REG_1, data: vec![p] });
+            x.extend(l4proto(k::NFT_CMP_EQ, *proto));
             x.extend(load(*key));
             x.push(lookup(ids, map, Some(k::NFT_REG_1), false)?);
             x.push(Expr::Redir { reg: k::NFT_REG_1 });
         }
         plan::Rule::CountSetMark { set, map, key, proto } => {
-            x.extend(proto_is(*proto));
+            x.extend(proto.iter().flat_map(|p| l4proto(k::NFT_CMP_EQ, *p)));
             // meta nfproto . meta l4proto . th dport @SET
             //   meta mark set meta nfproto . meta l4proto . th dport map @MAP
             x.extend(load(*key));
@@ -473,19 +457,12 @@ fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
             x.push(Expr::MetaSet { key: k::NFT_META_MARK, sreg: k::NFT_REG_1 });
         }
         plan::Rule::ReturnIfLoopback => {
-            // iif "lo" return (the loopback device is ifindex 1 in every namespace)
-            x.push(Expr::Meta { key: k::NFT_META_IIF, dreg: k::NFT_REG_1 });
-            x.push(Expr::Cmp { op: k::NFT_CMP_EQ, sreg: k::NFT_REG_1, data: 1u32.to_ne_bytes().to_vec() });
-            x.push(Expr::Verdict { code: k::NFT_RETURN, chain: None });
-        }
-        plan::Rule::ReturnIfReply => {
-            // ct direction reply return
-            x.push(Expr::Ct { key: k::NFT_CT_DIRECTION, dreg: k::NFT_REG_1 });
-            x.push(Expr::Cmp { op: k::NFT_CMP_EQ, sreg: k::NFT_REG_1, data: vec![k::IP_CT_DIR_REPLY] });
+            // iif "lo" return
+            x.extend(iif_loopback(k::NFT_CMP_EQ));
             x.push(Expr::Verdict { code: k::NFT_RETURN, chain: None });
         }
         plan::Rule::Count { set, key, mark, then_return, proto } => {
-            x.extend(proto_is(*proto));
+            x.extend(proto.iter().flat_map(|p| l4proto(k::NFT_CMP_EQ, *p)));
             // (meta nfproto .) meta l4proto . th dport @SET (meta mark set MARK) (return)
             x.extend(load(*key));
             x.push(lookup(ids, set, None, false)?);

@@ -178,37 +178,34 @@ fn chains(mark: u32, l: Layout) -> Vec<Chain> {
         // as it is: one chain there counts, marks and checks what its client sends, from
         // another host or from this one (loopback), and nothing of portd's sees the app's
         // answers. The default forwards cost one lookup; a packet of no forward, two.
+        // What steer_local (the host's own connections, which `local: false` leaves
+        // alone) and steer_more (from other hosts, after the checks) count alike: the
+        // steered forwards the first lookup of steer_in did not.
+        let count_the_rest = || {
+            vec![
+                Rule::Count { set: COUNT_CHECKED.into(), key: KeyExpr::Port, mark, then_return: true, proto: None },
+                Rule::CountSetMark { set: COUNT_FAMILY.into(), map: MARK.into(), key: KeyExpr::Family, proto: None },
+            ]
+        };
         chains.extend([
             Chain {
                 name: "steer_local".into(),
                 base: None,
-                rules: vec![
-                    Rule::ReturnIfKeyIn { set: NOLOCAL.into() },
-                    Rule::Count { set: COUNT_CHECKED.into(), key: KeyExpr::Port, mark, then_return: true, proto: None },
-                    Rule::CountSetMark {
-                        set: COUNT_FAMILY.into(),
-                        map: MARK.into(),
-                        key: KeyExpr::Family,
-                        proto: None,
-                    },
-                ],
+                rules: [vec![Rule::ReturnIfKeyIn { set: NOLOCAL.into() }], count_the_rest()].concat(),
             },
             Chain {
                 name: "steer_more".into(),
                 base: None,
-                rules: vec![
-                    Rule::GotoIfLoopback { chain: "steer_local".into() },
-                    Rule::RejectUnlessIface { keys: IFACE_KEYS.into(), allowed: IFACE.into() },
-                    Rule::RejectUnlessSource { family: Family::Ipv4, keys: SRC_KEYS.into(), allowed: SRC4.into() },
-                    Rule::RejectUnlessSource { family: Family::Ipv6, keys: SRC_KEYS.into(), allowed: SRC6.into() },
-                    Rule::Count { set: COUNT_CHECKED.into(), key: KeyExpr::Port, mark, then_return: true, proto: None },
-                    Rule::CountSetMark {
-                        set: COUNT_FAMILY.into(),
-                        map: MARK.into(),
-                        key: KeyExpr::Family,
-                        proto: None,
-                    },
-                ],
+                rules: [
+                    vec![
+                        Rule::GotoIfLoopback { chain: "steer_local".into() },
+                        Rule::RejectUnlessIface { keys: IFACE_KEYS.into(), allowed: IFACE.into() },
+                        Rule::RejectUnlessSource { family: Family::Ipv4, keys: SRC_KEYS.into(), allowed: SRC4.into() },
+                        Rule::RejectUnlessSource { family: Family::Ipv6, keys: SRC_KEYS.into(), allowed: SRC6.into() },
+                    ],
+                    count_the_rest(),
+                ]
+                .concat(),
             },
             Chain {
                 name: "steer_in".into(),
@@ -228,8 +225,8 @@ fn chains(mark: u32, l: Layout) -> Vec<Chain> {
         // host sends) and what reaches a steered port of this host is untracked.
         let untrack = |sport: bool, if_local: bool| {
             vec![
-                Rule::Notrack { set: STEER.into(), key: KeyExpr::Port, sport, if_local, account: None },
-                Rule::Notrack { set: STEER_FAMILY.into(), key: KeyExpr::Family, sport, if_local, account: None },
+                Rule::Notrack { set: STEER.into(), key: KeyExpr::Port, sport, if_local },
+                Rule::Notrack { set: STEER_FAMILY.into(), key: KeyExpr::Family, sport, if_local },
             ]
         };
         chains.push(Chain {

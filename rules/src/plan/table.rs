@@ -159,12 +159,9 @@ pub enum Rule {
         #[serde(default)]
         proto: Option<Proto>,
     },
-    /// `iif "lo" return`: a packet that arrives on loopback was sent by this host, and its
-    /// output chains have already counted, marked and untracked it.
+    /// `iif "lo" return`: a packet that arrives on loopback was sent by this host, and
+    /// raw_output has already untracked it.
     ReturnIfLoopback,
-    /// `ct direction reply return`: the answers of a connection are never a forward's
-    /// traffic (only what its client sends is counted and redirected).
-    ReturnIfReply,
     /// `KEY @SET` (or `PORT_KEY @SET`), then `meta mark set meta mark | MARK` (the default
     /// mark's bits, other bits of the packet's mark left alone) unless the mark is 0,
     /// then `return` if asked: the lookup counts the packet in the element it finds.
@@ -186,10 +183,9 @@ pub enum Rule {
         /// protected target keys
         set: String,
     },
-    /// `KEY @SET (fib daddr type local) notrack return` (or `notrack goto ACCOUNT`), with
-    /// `th dport` or `th sport`: steered connections take no conntrack entry in either
-    /// direction. The lookup comes first, so only packets of a steered port pay for the
-    /// route lookup; a steered packet that arrives is counted and marked right there.
+    /// `KEY @SET (fib daddr type local) notrack return`, with `th dport` or `th sport`:
+    /// steered connections take no conntrack entry in either direction. The lookup comes
+    /// first, so only packets of a steered port pay for the route lookup.
     Notrack {
         /// steered keys (a map looked up as a set)
         set: String,
@@ -199,19 +195,14 @@ pub enum Rule {
         sport: bool,
         /// only packets to this host's own addresses
         if_local: bool,
-        /// the accounting chain a match goes to (`goto`) instead of returning
-        account: Option<String>,
     },
-    /// `ct direction original ct status dnat goto CHAIN`: a packet its client sends on a
-    /// connection already redirected (the nat chains saw its first packet, addressed to
-    /// this host) is accounted for without a route lookup.
+    /// `ct direction original ct status dnat goto CHAIN`: what the client of a redirected
+    /// connection sends (the nat chains saw its first packet, addressed to this host) goes
+    /// to the accounting chain; answers and packets of no redirect do not.
     GotoIfRedirected {
         /// accounting chain
         chain: String,
     },
-    /// `ct state untracked return`: in steer plans, a steered packet was counted and marked
-    /// by the raw chain that untracked it.
-    ReturnIfUntracked,
     /// `KEY @SET return`
     ReturnIfKeyIn {
         /// keys that leave the chain

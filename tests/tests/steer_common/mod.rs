@@ -12,6 +12,16 @@ pub fn granted(net: &Net, user: &str, settings: &str) -> String {
     base.replacen("settings:\n", &format!("settings:\n{settings}"), 1)
 }
 
+/// portd steering the system forward `name` (`port` -> `to`) to a socat app on `to` that
+/// answers with the local port its client reached; returns once the app is registered.
+pub fn served_system_forward(net: &Net, name: &str, port: u16, to: u16) -> (Portd, Bg) {
+    let text = config(net, &format!("forwards:\n  - name: {name}\n    port: {port}\n    to: {to}\n"));
+    let d = Portd::start_bpf(net, &text, &[]);
+    let app = net.tcp_app(&net.srv, to, "port-$SOCAT_SOCKPORT");
+    wait_for(|| forward(&d.status_json(), name)["listening"] == true, "the app to be registered");
+    (d, app)
+}
+
 /// Applies `yaml` as `user`.
 pub fn apply_as(d: &Portd, net: &Net, user: &str, yaml: &str) -> Output {
     let f = write(&net.dir, &format!("{user}.yaml"), yaml);
