@@ -111,9 +111,10 @@ proptest! {
     fn steer_changes_reach_the_full_compile_chains_included(
         sys in arb_set_at(0), old in arb_set_at(10), new in arb_set_at(10), conntrack in any::<bool>()
     ) {
-        // A steer plan's chains follow what it holds (UDP forwards bring the nat chains):
+        // A steer plan's chains follow what it holds (UDP forwards bring the nat chains,
+        // `protect` and restricted forwards rules of steer_in and the chains they go to):
         // a change that moves them is structural, carries the whole new plan, and moves
-        // only chains that one plan has and the other lacks.
+        // only chains that one plan has and the other lacks, or base chains.
         let compiled = |user: &[Forward]| {
             let mut p = portd_rules::plan::compile_dispatched(
                 "portd", 1, true, &[("system", sys.iter().collect()), ("user:web", user.iter().collect())],
@@ -122,6 +123,16 @@ proptest! {
             p
         };
         let (before, full) = (compiled(&old), compiled(&new));
+        // Each chain comes before every chain that jumps to it (the order of adding;
+        // deleting goes the other way).
+        for p in [&before, &full] {
+            for (i, c) in p.chains.iter().enumerate() {
+                for t in c.rules.iter().filter_map(|r| r.target()) {
+                    let at = p.chains.iter().position(|c| c.name == t);
+                    prop_assert!(at.is_some_and(|at| at < i), "{} jumps to {t}, which is not before it", c.name);
+                }
+            }
+        }
         let mut d = before.replace_owner("user:web", &new, 1).expect("no conflicts");
         prop_assert_eq!(d.structural, before.chains != full.chains);
         prop_assert!(Plan::chain_changes(&before, &full).is_some());

@@ -149,6 +149,52 @@ fn a_udp_forward_brings_nat_chains_and_takes_them_away_counters_kept() {
 }
 
 #[test]
+fn protect_and_restricted_forwards_bring_their_rules_and_take_them_away_counters_kept() {
+    // With forwards of the default kind only, a packet of no forward costs steer_in one
+    // lookup: the drop of `protect` and the second lookup (restricted forwards) are in
+    // the table only while a forward needs them, and come and go in place.
+    let net = Net::setup();
+    let alice = TestUser::new("sp");
+    let grant = format!(
+        "grants:\n  - user: {}\n    ports: [\"80-81\"]\n    to: \"8000-9000\"\n    protect: true\n",
+        alice.name
+    );
+    let d = Portd::start_bpf(&net, &config(&net, &grant), &[]);
+    let _app = net.tcp_app_as(&net.srv, &alice.name, 8080, "port-$SOCAT_SOCKPORT");
+    let _other = net.tcp_app_as(&net.srv, &alice.name, 8081, "port-$SOCAT_SOCKPORT");
+    let plain = web(80, 8080);
+    let protected = format!("{plain}  - name: prot\n    port: 81\n    to: 8081\n    protect: true\n");
+    let restricted =
+        format!("{plain}  - name: lim\n    port: 81\n    to: 8081\n    sources: [\"0.0.0.0/0\", \"::/0\"]\n");
+    let packets = || forward(&d.status_json(), "web")["packets"].as_u64().unwrap_or(0);
+    let table = || net.table("portd").unwrap_or_default();
+    let (drop_rule, second_lookup) = ("@fwd_protect drop", "goto steer_more");
+    let mut last = 0;
+    for (rules, has_drop, has_more) in
+        [(&plain, false, false), (&protected, true, false), (&restricted, false, true), (&plain, false, false)]
+    {
+        let o = apply_as(&d, &net, &alice.name, rules);
+        assert!(o.status.success(), "apply: {}", err(&o));
+        let t = table();
+        assert_eq!(t.contains(drop_rule), has_drop, "protect's drop, {rules}: {t}");
+        assert_eq!(t.contains(second_lookup), has_more, "the second lookup, {rules}: {t}");
+        assert_eq!(t.contains("chain steer_more"), has_more, "{t}");
+        assert_eq!(get(&net, SRV4, 80).as_deref(), Some("port-80"));
+        assert_eq!(get(&net, SRV6, 80).as_deref(), Some("port-80"));
+        if has_drop {
+            assert_eq!(get(&net, SRV4, 8081), None, "protect: the target is closed to other hosts");
+        }
+        if has_more || has_drop {
+            assert_eq!(get(&net, SRV4, 81).as_deref(), Some("port-81"));
+        }
+        let now = packets();
+        assert!(now > last, "the web forward's counter went on across the change ({last} -> {now})");
+        last = now;
+        assert_eq!(d.status_json()["in_sync"], true);
+    }
+}
+
+#[test]
 fn a_system_forward_is_steered_to_whoever_serves_its_target() {
     let net = Net::setup();
     let (_d, _app) = served_system_forward(&net, "ssh", 22, 2222);

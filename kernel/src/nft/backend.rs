@@ -141,10 +141,10 @@ impl Backend {
         let ids = SetIds::of(new);
         let t = Table::new(&table, ProtoFamily::Inet);
         let mut b = Builder::new(&table);
-        // delete chain inet T NAME: base chains first, then those they jumped to
-        let mut gone = gone;
-        gone.sort_by_key(|c| c.base.is_none());
-        for c in &gone {
+        // delete chain inet T NAME: in the reverse of the plan's order (which puts a
+        // chain before those that jump to it), so that nothing still jumps to a chain
+        // when it goes
+        for c in gone.iter().rev() {
             b.push(&chain_obj(&t, c)?, MsgType::Del, Subject::Chain(&c.name));
         }
         self.push_changes(&mut b, old, &d)?;

@@ -167,8 +167,9 @@ impl Plan {
         Ok(self.fit_layout(Delta { structural: false, del_elements: del, add_elements: add, summary, whole: None }))
     }
 
-    /// A change that fills the NAT maps of a steer plan, or empties them, changes which
-    /// chains the table needs: that one is structural and carries the whole new plan.
+    /// A change that fills a set the chains of a steer plan follow (its NAT maps,
+    /// `fwd_steer_more`, `fwd_protect`), or empties one, may change which chains or rules
+    /// the table needs: when it does, it is structural and carries the whole new plan.
     fn fit_layout(&self, mut d: Delta) -> Delta {
         if !self.steer {
             return d;
@@ -176,16 +177,20 @@ impl Plan {
         let filled = |list: &[SetElements], name: &str| {
             list.iter().filter(|s| s.set == name).map(|s| s.elements.len()).sum::<usize>()
         };
-        let nat_after = [names::TO, names::TO_FAMILY].iter().any(|n| {
-            let have = self.set(n).map_or(0, |s| s.elements.len());
-            have + filled(&d.add_elements, n) > filled(&d.del_elements, n)
-        });
-        if nat_after == self.redirects() {
+        // The sets whose emptiness the chains follow (Layout in compile.rs).
+        let layout_sets = [names::TO, names::TO_FAMILY, names::STEER_MORE, names::PROTECT];
+        let holds = |n: &str| self.set(n).is_some_and(|s| !s.elements.is_empty());
+        let holds_after = |n: &str| {
+            self.set(n).map_or(0, |s| s.elements.len()) + filled(&d.add_elements, n) > filled(&d.del_elements, n)
+        };
+        if layout_sets.iter().all(|n| holds(n) == holds_after(n)) {
             return d;
         }
         let mut whole = self.clone();
         d.apply_in_place(&mut whole);
-        whole.fit_chains();
+        if !whole.fit_chains() {
+            return d;
+        }
         d.structural = true;
         d.whole = Some(Box::new(whole));
         d

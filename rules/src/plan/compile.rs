@@ -96,12 +96,18 @@ pub(super) fn skeleton(table: &str, mark: u32, steer: bool) -> Plan {
 }
 
 /// Which base chains a plan needs: NAT ones for redirected forwards, the input chain of
-/// steered ones, raw chains that untrack steered connections where conntrack runs.
+/// steered ones, raw chains that untrack steered connections where conntrack runs; and
+/// which rules of the steer input chain: `protect`'s drop and the second lookup (of the
+/// steered forwards its first lookup does not count) only while some forward needs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Layout {
     nat: bool,
     steer: bool,
     untrack: bool,
+    /// a steered forward that `steer_in`'s first lookup does not count (`fwd_steer_more`)
+    more: bool,
+    /// a forward with `protect` (`fwd_protect`)
+    protect: bool,
 }
 
 /// The chains of a layout, regular chains before the base chains that jump to them.
@@ -177,7 +183,10 @@ fn chains(mark: u32, l: Layout) -> Vec<Chain> {
         // A steered connection keeps its public port and reaches this host's input hook
         // as it is: one chain there counts, marks and checks what its client sends, from
         // another host or from this one (loopback), and nothing of portd's sees the app's
-        // answers. The default forwards cost one lookup; a packet of no forward, two.
+        // answers. The default forwards cost one lookup, and so does a packet of no
+        // forward while no forward has `protect` or needs the second lookup (a table
+        // whose forwards are all of the default kind taxes the host's other TCP traffic
+        // one hash lookup a packet); with them, a packet of no forward takes up to two.
         // What steer_local (the host's own connections, which `local: false` leaves
         // alone) and steer_more (from other hosts, after the checks) count alike: the
         // steered forwards the first lookup of steer_in did not.
@@ -187,37 +196,50 @@ fn chains(mark: u32, l: Layout) -> Vec<Chain> {
                 Rule::CountSetMark { set: COUNT_FAMILY.into(), map: MARK.into(), key: KeyExpr::Family, proto: None },
             ]
         };
-        chains.extend([
-            Chain {
-                name: "steer_local".into(),
-                base: None,
-                rules: [vec![Rule::ReturnIfKeyIn { set: NOLOCAL.into() }], count_the_rest()].concat(),
-            },
-            Chain {
-                name: "steer_more".into(),
-                base: None,
-                rules: [
-                    vec![
-                        Rule::GotoIfLoopback { chain: "steer_local".into() },
-                        Rule::RejectUnlessIface { keys: IFACE_KEYS.into(), allowed: IFACE.into() },
-                        Rule::RejectUnlessSource { family: Family::Ipv4, keys: SRC_KEYS.into(), allowed: SRC4.into() },
-                        Rule::RejectUnlessSource { family: Family::Ipv6, keys: SRC_KEYS.into(), allowed: SRC6.into() },
-                    ],
-                    count_the_rest(),
-                ]
-                .concat(),
-            },
-            Chain {
-                name: "steer_in".into(),
-                base: base(ChainType::Filter, Hook::Input, -150),
-                rules: vec![
-                    Rule::ReturnUnlessTcp,
-                    Rule::Count { set: COUNT.into(), key: KeyExpr::Port, mark, then_return: true, proto: None },
-                    Rule::DropProtected { set: PROTECT.into() },
-                    Rule::GotoIfKeyIn { set: STEER_MORE.into(), chain: "steer_more".into() },
-                ],
-            },
-        ]);
+        let mut steer_in = vec![
+            Rule::ReturnUnlessTcp,
+            Rule::Count { set: COUNT.into(), key: KeyExpr::Port, mark, then_return: true, proto: None },
+        ];
+        if l.protect {
+            steer_in.push(Rule::DropProtected { set: PROTECT.into() });
+        }
+        if l.more {
+            steer_in.push(Rule::GotoIfKeyIn { set: STEER_MORE.into(), chain: "steer_more".into() });
+            chains.extend([
+                Chain {
+                    name: "steer_local".into(),
+                    base: None,
+                    rules: [vec![Rule::ReturnIfKeyIn { set: NOLOCAL.into() }], count_the_rest()].concat(),
+                },
+                Chain {
+                    name: "steer_more".into(),
+                    base: None,
+                    rules: [
+                        vec![
+                            Rule::GotoIfLoopback { chain: "steer_local".into() },
+                            Rule::RejectUnlessIface { keys: IFACE_KEYS.into(), allowed: IFACE.into() },
+                            Rule::RejectUnlessSource {
+                                family: Family::Ipv4,
+                                keys: SRC_KEYS.into(),
+                                allowed: SRC4.into(),
+                            },
+                            Rule::RejectUnlessSource {
+                                family: Family::Ipv6,
+                                keys: SRC_KEYS.into(),
+                                allowed: SRC6.into(),
+                            },
+                        ],
+                        count_the_rest(),
+                    ]
+                    .concat(),
+                },
+            ]);
+        }
+        chains.push(Chain {
+            name: "steer_in".into(),
+            base: base(ChainType::Filter, Hook::Input, -150),
+            rules: steer_in,
+        });
     }
     if l.untrack {
         // Where conntrack runs, steered connections take no entry in either direction:
@@ -254,7 +276,14 @@ impl Plan {
 
     fn layout(&self) -> Layout {
         let nat = self.redirects();
-        Layout { nat, steer: self.steer, untrack: self.steer && (nat || self.conntrack) }
+        let holds = |name: &str| self.set(name).is_some_and(|s| !s.elements.is_empty());
+        Layout {
+            nat,
+            steer: self.steer,
+            untrack: self.steer && (nat || self.conntrack),
+            more: self.steer && holds(names::STEER_MORE),
+            protect: holds(names::PROTECT),
+        }
     }
 
     /// True when a steer plan untracks its steered connections (raw chains): conntrack

@@ -144,15 +144,18 @@ impl Plan {
         Some(d)
     }
 
-    /// The chains `old` has and `new` lacks, and the chains `new` has more, each in its
-    /// plan's order; `None` when a chain both have differs between them.
+    /// The chains to delete from `old` and to add from `new`, each in its plan's order:
+    /// those only one plan has, and the base chains both have but with other rules (a
+    /// base chain is replaced whole, in the same batch: nothing jumps to it). `None` when
+    /// a regular chain both have differs between them.
     pub fn chain_changes<'a>(old: &'a Plan, new: &'a Plan) -> Option<(Vec<&'a Chain>, Vec<&'a Chain>)> {
         let find = |p: &'a Plan, name: &str| p.chains.iter().find(|c| c.name == name);
-        if old.chains.iter().any(|c| find(new, &c.name).is_some_and(|n| n != c)) {
+        let kept = |c: &Chain, other: &'a Plan| find(other, &c.name).is_some_and(|o| o == c);
+        if old.chains.iter().any(|c| c.base.is_none() && find(new, &c.name).is_some_and(|n| n != c)) {
             return None;
         }
-        let gone = old.chains.iter().filter(|c| find(new, &c.name).is_none()).collect();
-        let come = new.chains.iter().filter(|c| find(old, &c.name).is_none()).collect();
+        let gone = old.chains.iter().filter(|c| !kept(c, new)).collect();
+        let come = new.chains.iter().filter(|c| !kept(c, old)).collect();
         Some((gone, come))
     }
 }

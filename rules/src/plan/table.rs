@@ -249,6 +249,20 @@ pub enum Rule {
     },
 }
 
+impl Rule {
+    /// The chain this rule jumps or goes to, if it does.
+    pub fn target(&self) -> Option<&str> {
+        match self {
+            Rule::JumpIfLocal { chain }
+            | Rule::JumpIfLocalKeyNotIn { chain, .. }
+            | Rule::GotoIfRedirected { chain }
+            | Rule::GotoIfLoopback { chain }
+            | Rule::GotoIfKeyIn { chain, .. } => Some(chain),
+            _ => None,
+        }
+    }
+}
+
 /// A chain: a base chain on a hook, or a regular chain jumped to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chain {
@@ -289,7 +303,8 @@ pub struct Plan {
     pub mark: u32,
     /// Sets and maps, in declaration order.
     pub sets: Vec<Set>,
-    /// Chains, regular chains before the base chains that jump to them.
+    /// Chains, each before every chain that jumps (or goes) to it: the order they are
+    /// added in, and the reverse of the order they are deleted in.
     pub chains: Vec<Chain>,
     /// The forwards this plan was compiled from, ordered by owner then name.
     pub forwards: Vec<PlacedForward>,
