@@ -312,3 +312,25 @@ fn large_change_is_compiled_whole_and_equals_the_full_compile() {
     d.take_into(&mut taken);
     assert_eq!(taken, full);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn an_incremental_change_conflicts_exactly_where_a_full_compile_does(
+        sys in arb_set_at(0), user in arb_set_at(0), steer in any::<bool>()
+    ) {
+        // Both owners' forwards come from the same port blocks, so they often claim the
+        // same public port: an apply must be refused exactly when compiling both sets
+        // together finds a conflict, in both dispatches (a steer plan keeps its TCP
+        // forwards in other maps than its UDP ones).
+        let compiled = |user: &[Forward]| portd_rules::plan::compile_dispatched(
+            "portd", 1, steer, &[("system", sys.iter().collect()), ("user:web", user.iter().collect())],
+        );
+        let before = compiled(&[]).expect("one owner alone never conflicts");
+        let incremental = before.replace_owner("user:web", &user, 1);
+        let full = compiled(&user);
+        prop_assert_eq!(incremental.is_err(), full.is_err(), "incremental {:?}, full {:?}",
+            incremental.as_ref().err(), full.as_ref().err());
+    }
+}

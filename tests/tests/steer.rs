@@ -195,6 +195,38 @@ fn protect_and_restricted_forwards_bring_their_rules_and_take_them_away_counters
 }
 
 #[test]
+fn a_second_owner_cannot_claim_a_steered_public_port_in_either_family() {
+    // Two users granted the same public port: whoever applies second is refused, whatever
+    // families either names, and the first one's traffic stays with its app.
+    let net = Net::setup();
+    let (alice, mallory) = (TestUser::new("sa"), TestUser::new("sm"));
+    let grant = |u: &str| format!("  - user: {u}\n    ports: [80]\n    to: \"8000-9000\"\n");
+    let text = config(&net, &format!("grants:\n{}{}", grant(&alice.name), grant(&mallory.name)));
+    let d = Portd::start_bpf(&net, &text, &[]);
+    let _app = net.tcp_app_as(&net.srv, &alice.name, 8080, "alice");
+    let _other = net.tcp_app_as(&net.srv, &mallory.name, 9000, "mallory");
+    for (first, second) in [("", "ipv4"), ("", "ipv6"), ("", ""), ("ipv4", ""), ("ipv4", "ipv4"), ("ipv6", "")] {
+        let rules = |to: u16, fam: &str| {
+            let fam = if fam.is_empty() { String::new() } else { format!("    family: {fam}\n") };
+            format!("{}{fam}", web(80, to))
+        };
+        assert!(apply_as(&d, &net, &alice.name, &rules(8080, first)).status.success());
+        let o = apply_as(&d, &net, &mallory.name, &rules(9000, second));
+        assert_eq!(o.status.code(), Some(1), "families {first:?} then {second:?}: {}", out(&o));
+        assert!(err(&o).contains("80"), "the refusal names the port: {}", err(&o));
+        let fams: &[&str] = match first {
+            "ipv4" => &[SRV4],
+            "ipv6" => &[SRV6],
+            _ => &[SRV4, SRV6],
+        };
+        for a in fams {
+            assert_eq!(get(&net, a, 80).as_deref(), Some("alice"), "families {first:?} then {second:?}");
+        }
+        assert!(apply_as(&d, &net, &alice.name, "version: 1\nforwards: []\n").status.success());
+    }
+}
+
+#[test]
 fn a_system_forward_is_steered_to_whoever_serves_its_target() {
     let net = Net::setup();
     let (_d, _app) = served_system_forward(&net, "ssh", 22, 2222);

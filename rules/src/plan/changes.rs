@@ -77,16 +77,19 @@ impl Plan {
         summary.changed.sort_by(|a, b| a.0.forward.name.cmp(&b.0.forward.name));
 
         // Conflicts: a key of an added forward held by a forward that stays.
-        // The target maps hold one element per claimed key, with the holder's comment.
+        // The target maps hold one element per claimed key, with the holder's comment:
+        // the NAT maps, and the steer maps where a steer plan keeps its TCP forwards.
         let leaving: std::collections::HashSet<String> = removed.iter().map(PlacedForward::comment).collect();
-        let (both, one) = (self.set(names::TO), self.set(names::TO_FAMILY));
+        let pairs = [(names::TO, names::TO_FAMILY), (names::STEER, names::STEER_FAMILY)]
+            .map(|(both, one)| (self.set(both), self.set(one)));
         let mut conflicts = Vec::new();
         for a in &added {
             let f = &a.forward;
             let clash = f.claims().find_map(|(fam, proto, port)| {
-                let holder = both
-                    .and_then(|s| s.elements.with_key_ref(&port_key(proto, port)))
-                    .or_else(|| one.and_then(|s| s.elements.with_key_ref(&key(fam, proto, port))))?;
+                let holder = pairs.iter().find_map(|(both, one)| {
+                    both.and_then(|s| s.elements.with_key_ref(&port_key(proto, port)))
+                        .or_else(|| one.and_then(|s| s.elements.with_key_ref(&key(fam, proto, port))))
+                })?;
                 let decoded;
                 let c = match holder.parts() {
                     Some(p) => p.comment.unwrap_or_default(),

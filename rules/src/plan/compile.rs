@@ -196,10 +196,13 @@ fn chains(mark: u32, l: Layout) -> Vec<Chain> {
                 Rule::CountSetMark { set: COUNT_FAMILY.into(), map: MARK.into(), key: KeyExpr::Family, proto: None },
             ]
         };
-        let mut steer_in = vec![
-            Rule::ReturnUnlessTcp,
-            Rule::Count { set: COUNT.into(), key: KeyExpr::Port, mark, then_return: true, proto: None },
-        ];
+        // Without NAT forwards every element of the sets below is a steered (TCP) one:
+        // no other packet matches them, and the protocol check is left out.
+        let mut steer_in = Vec::new();
+        if l.nat {
+            steer_in.push(Rule::ReturnUnlessTcp);
+        }
+        steer_in.push(Rule::Count { set: COUNT.into(), key: KeyExpr::Port, mark, then_return: true, proto: None });
         if l.protect {
             steer_in.push(Rule::DropProtected { set: PROTECT.into() });
         }
