@@ -200,9 +200,10 @@ int register_listener(struct bpf_sock_ops *skops)
 }
 
 // Reserved port bound by another uid: EACCES. Root is no exception: a port
-// reserved for a user's forward belongs to that user alone. A watched public
-// port bound by another uid is allowed and reported.
-static __always_inline int check_bind(struct bpf_sock_addr *ctx, __u8 family)
+// reserved for a user's forward belongs to that user alone. (A watched public
+// port bound by another uid is reported by post_bind4/6, once the kernel's own
+// checks let the bind through: this hook runs before them.)
+static __always_inline int check_bind(struct bpf_sock_addr *ctx)
 {
 	if (bpf_get_netns_cookie(ctx) != netns_cookie)
 		return 1;
@@ -217,12 +218,39 @@ static __always_inline int check_bind(struct bpf_sock_addr *ctx, __u8 family)
 		bpf_set_retval(-EACCES);
 		return 0;
 	}
-	owner = bpf_map_lookup_elem(&watched, &key);
+	return 1;
+}
+
+SEC("cgroup/bind4")
+int bind4(struct bpf_sock_addr *ctx)
+{
+	return check_bind(ctx);
+}
+
+SEC("cgroup/bind6")
+int bind6(struct bpf_sock_addr *ctx)
+{
+	return check_bind(ctx);
+}
+
+// A watched public port bound by another uid: reported. These hooks run after
+// a bind has succeeded (privileged port, address in use and the bind hooks
+// above all passed), so an attempt that failed reports nothing: only a socket
+// that holds the port is evidence.
+static __always_inline int report_bind(struct bpf_sock *sk, __u8 family)
+{
+	if (bpf_get_netns_cookie(sk) != netns_cookie)
+		return 1;
+	struct port_key key = {.proto = (__u8)sk->protocol, .port = (__u16)sk->src_port};
+	if (key.port == 0)
+		return 1;
+	__u32 uid = (__u32)bpf_get_current_uid_gid();
+	__u32 *owner = bpf_map_lookup_elem(&watched, &key);
 	if (owner && *owner != uid) {
 		struct bind_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 		if (ev) {
 			ev->uid = uid;
-			ev->port = port;
+			ev->port = key.port;
 			ev->proto = key.proto;
 			ev->family = family;
 			bpf_ringbuf_submit(ev, 0);
@@ -231,16 +259,16 @@ static __always_inline int check_bind(struct bpf_sock_addr *ctx, __u8 family)
 	return 1;
 }
 
-SEC("cgroup/bind4")
-int bind4(struct bpf_sock_addr *ctx)
+SEC("cgroup/post_bind4")
+int post_bind4(struct bpf_sock *sk)
 {
-	return check_bind(ctx, PORTD_FAMILY_V4);
+	return report_bind(sk, PORTD_FAMILY_V4);
 }
 
-SEC("cgroup/bind6")
-int bind6(struct bpf_sock_addr *ctx)
+SEC("cgroup/post_bind6")
+int post_bind6(struct bpf_sock *sk)
 {
-	return check_bind(ctx, PORTD_FAMILY_V6);
+	return report_bind(sk, PORTD_FAMILY_V6);
 }
 
 // --- iter/tcp: minimal kernel types, relocated by CO-RE against the running

@@ -417,12 +417,13 @@ fn reopen_puts_its_own_programs_into_the_pinned_links() {
     let (pair, bpffs) = (Pair::new(), Bpffs::new());
     let _app = Server::start(&pair.srv, OWNER, Bind::DualStack, 8080, false, "app");
     let dp = open(&pair.srv, &bpffs, &steer_80(true));
-    let links = ["steer", "register", "bind4", "bind6"].map(|l| bpffs.pin_dir().join("links").join(l));
+    let links = ["steer", "register", "bind4", "bind6", "post_bind4", "post_bind6"]
+        .map(|l| bpffs.pin_dir().join("links").join(l));
     let before = links.clone().map(|l| linked_program(&l));
     drop(dp);
     let _dp = open(&pair.srv, &bpffs, &steer_80(true));
     let after = links.map(|l| linked_program(&l));
-    for i in 0..4 {
+    for i in 0..before.len() {
         assert_ne!(before[i], after[i], "link {i} still runs the old program");
     }
     assert_steered(&pair.cli, "10.77.0.1:80", "app");

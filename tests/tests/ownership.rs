@@ -155,6 +155,30 @@ fn a_service_coming_back_on_a_users_public_port_suspends_the_forward_at_once() {
 }
 
 #[test]
+fn a_refused_bind_of_a_public_port_is_no_evidence() {
+    // An unprivileged uid's bind() of port 81 fails (EACCES, a privileged port): nothing
+    // serves the port, so the forward stays active and its clients keep reaching the app.
+    let net = Net::setup();
+    let (alice, mallory) = (TestUser::new("sb"), TestUser::new("sx"));
+    let d = Portd::start_bpf(&net, &granted(&net, &alice.name, ""), &[]);
+    assert!(apply_as(&d, &net, &alice.name, &web(81, 8081)).status.success());
+    let _app = net.tcp_app_as(&net.srv, &alice.name, 8081, "alice");
+    assert_eq!(get(&net, SRV4, 81).as_deref(), Some("alice"));
+    let o = py_as(
+        &net,
+        Some(&mallory.name),
+        "import socket, errno\nn = 0\nfor i in range(200):\n    for fam, a in ((socket.AF_INET, '0.0.0.0'), (socket.AF_INET6, '::')):\n        s = socket.socket(fam)\n        try:\n            s.bind((a, 81))\n        except OSError as e:\n            n += e.errno == errno.EACCES\n        s.close()\nprint(n)",
+    );
+    assert_eq!(out(&o).trim(), "400", "every attempt refused: {} {}", out(&o), err(&o));
+    std::thread::sleep(Duration::from_millis(300));
+    let st = d.status_json();
+    assert_eq!(forward(&st, "web")["state"], "active", "{st}");
+    assert!(!Portd::log(&net).contains("suspended by a bind"), "{}", Portd::log(&net));
+    assert_eq!(get(&net, SRV4, 81).as_deref(), Some("alice"));
+    assert_eq!(get(&net, SRV6, 81).as_deref(), Some("alice"));
+}
+
+#[test]
 fn a_recycled_uid_receives_nothing_of_the_old_forward() {
     let net = Net::setup();
     let alice = TestUser::new("st");

@@ -11,7 +11,7 @@ use std::{
 use aya::{
     programs::{
         links::{CgroupAttachMode, FdLink},
-        CgroupSockAddr, SkLookup, SockOps,
+        CgroupSock, CgroupSockAddr, SkLookup, SockOps,
     },
     Ebpf,
 };
@@ -24,10 +24,13 @@ pub(crate) enum Hook {
     Register,
     Bind4,
     Bind6,
+    PostBind4,
+    PostBind6,
 }
 
 impl Hook {
-    pub(crate) const ALL: [Hook; 4] = [Hook::Register, Hook::Bind4, Hook::Bind6, Hook::Steer];
+    pub(crate) const ALL: [Hook; 6] =
+        [Hook::Register, Hook::Bind4, Hook::Bind6, Hook::PostBind4, Hook::PostBind6, Hook::Steer];
 
     /// The program's function name in portd.bpf.c.
     pub(crate) fn program(self) -> &'static str {
@@ -36,6 +39,8 @@ impl Hook {
             Hook::Register => "register_listener",
             Hook::Bind4 => "bind4",
             Hook::Bind6 => "bind6",
+            Hook::PostBind4 => "post_bind4",
+            Hook::PostBind6 => "post_bind6",
         }
     }
 
@@ -46,6 +51,8 @@ impl Hook {
             Hook::Register => "register",
             Hook::Bind4 => "bind4",
             Hook::Bind6 => "bind6",
+            Hook::PostBind4 => "post_bind4",
+            Hook::PostBind6 => "post_bind6",
         }
     }
 }
@@ -79,6 +86,7 @@ pub(crate) fn replace(ebpf: &mut Ebpf, hook: Hook, path: &Path) -> Result<(), Bp
         Hook::Steer => loaded_fd!(SkLookup),
         Hook::Register => loaded_fd!(SockOps),
         Hook::Bind4 | Hook::Bind6 => loaded_fd!(CgroupSockAddr),
+        Hook::PostBind4 | Hook::PostBind6 => loaded_fd!(CgroupSock),
     };
     link_update::replace_program(path, fd).map_err(|e| BpfError::Pin {
         what: hook.pin_name(),
@@ -94,6 +102,19 @@ pub(crate) fn attach(ebpf: &mut Ebpf, hook: Hook, at: &Targets) -> Result<FdLink
     let program =
         ebpf.program_mut(name).ok_or_else(|| BpfError::Invalid(format!("the BPF object has no program {name}")))?;
     let err = |action| BpfError::program(name, action);
+    // The programs on the cgroup root: one arm per program type.
+    macro_rules! cgroup_link {
+        ($ty:ty) => {{
+            let p: &mut $ty = program.try_into().map_err(err("type"))?;
+            if p.fd().is_err() {
+                p.load().map_err(err("load (verifier)"))?;
+            }
+            let id =
+                p.attach(&at.cgroup_root, CgroupAttachMode::Single).map_err(err("attach to the cgroup v2 root"))?;
+            let link = p.take_link(id).map_err(err("take link"))?;
+            FdLink::try_from(link).map_err(|e| BpfError::Link { program: name, source: Box::new(e) })?
+        }};
+    }
     Ok(match hook {
         Hook::Steer => {
             let p: &mut SkLookup = program.try_into().map_err(err("type"))?;
@@ -103,25 +124,8 @@ pub(crate) fn attach(ebpf: &mut Ebpf, hook: Hook, at: &Targets) -> Result<FdLink
             let id = p.attach(&at.netns).map_err(err("attach to the network namespace"))?;
             p.take_link(id).map_err(err("take link"))?.into()
         }
-        Hook::Register => {
-            let p: &mut SockOps = program.try_into().map_err(err("type"))?;
-            if p.fd().is_err() {
-                p.load().map_err(err("load (verifier)"))?;
-            }
-            let id =
-                p.attach(&at.cgroup_root, CgroupAttachMode::Single).map_err(err("attach to the cgroup v2 root"))?;
-            let link = p.take_link(id).map_err(err("take link"))?;
-            FdLink::try_from(link).map_err(|e| BpfError::Link { program: name, source: Box::new(e) })?
-        }
-        Hook::Bind4 | Hook::Bind6 => {
-            let p: &mut CgroupSockAddr = program.try_into().map_err(err("type"))?;
-            if p.fd().is_err() {
-                p.load().map_err(err("load (verifier)"))?;
-            }
-            let id =
-                p.attach(&at.cgroup_root, CgroupAttachMode::Single).map_err(err("attach to the cgroup v2 root"))?;
-            let link = p.take_link(id).map_err(err("take link"))?;
-            FdLink::try_from(link).map_err(|e| BpfError::Link { program: name, source: Box::new(e) })?
-        }
+        Hook::Register => cgroup_link!(SockOps),
+        Hook::Bind4 | Hook::Bind6 => cgroup_link!(CgroupSockAddr),
+        Hook::PostBind4 | Hook::PostBind6 => cgroup_link!(CgroupSock),
     })
 }
