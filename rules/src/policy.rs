@@ -428,6 +428,70 @@ impl<'a> PlacedClaims<'a> {
     }
 }
 
+/// Target ports placed so far, per protocol: each is one owner's (that owner's app serves
+/// it, and with `ownership: kernel` it is reserved for the owner's uid), whoever placed it
+/// first keeps it; one owner's forwards may share a target.
+#[derive(Debug, Default)]
+pub struct TargetClaims<'a> {
+    placed: std::collections::HashMap<(Proto, u16), (&'a str, &'a str)>,
+}
+
+impl<'a> TargetClaims<'a> {
+    /// The first target port of `f` that another owner's forward holds: (port, protocol,
+    /// owner, name).
+    pub fn clash(&self, owner: &str, f: &Forward) -> Option<(u16, Proto, &'a str, &'a str)> {
+        f.proto.protos().iter().find_map(|&proto| {
+            f.to.ports().find_map(|port| {
+                let (o, n) = self.placed.get(&(proto, port)).filter(|(o, _)| *o != owner)?;
+                Some((port, proto, *o, *n))
+            })
+        })
+    }
+    /// Places `f`'s target ports (a port placed already keeps its first owner).
+    pub fn put(&mut self, owner: &'a str, f: &'a Forward) {
+        for &proto in f.proto.protos() {
+            for port in f.to.ports() {
+                self.placed.entry((proto, port)).or_insert((owner, f.name.as_str()));
+            }
+        }
+    }
+}
+
+fn target_of_another(f: &Forward, port: u16, proto: Proto, owner: &str, name: &str) -> String {
+    format!(
+        "forward `{}`: target port {port}/{proto} is the target of {owner}/{name}; a target port serves one owner",
+        f.name
+    )
+}
+
+/// A refusal for each forward of `fresh` (owner `owner`) with a target port of another
+/// owner's forward in `others`. A few fresh forwards are compared with each of the
+/// others (no index to build: one `portctl add` stays cheap in a large plan).
+pub fn targets_taken<'a, I>(others: I, owner: &str, fresh: &[Forward]) -> Vec<String>
+where
+    I: Iterator<Item = (&'a str, &'a Forward)> + Clone,
+{
+    if fresh.len() <= 16 {
+        return fresh
+            .iter()
+            .filter_map(|f| {
+                others.clone().filter(|(o, _)| *o != owner).find_map(|(o, g)| {
+                    let proto = *f.proto.protos().iter().find(|p| g.proto.protos().contains(p))?;
+                    f.to.overlaps(&g.to).then(|| target_of_another(f, f.to.start.max(g.to.start), proto, o, &g.name))
+                })
+            })
+            .collect();
+    }
+    let mut claims = TargetClaims::default();
+    for (o, g) in others.filter(|(o, _)| *o != owner) {
+        claims.put(o, g);
+    }
+    fresh
+        .iter()
+        .filter_map(|f| claims.clash(owner, f).map(|(port, proto, o, n)| target_of_another(f, port, proto, o, n)))
+        .collect()
+}
+
 /// (owner, name, reason) of forwards newly suspended, and (owner, name) of forwards resumed.
 pub type Transitions<'a> = (Vec<(&'a SetKey, &'a str, &'a Reason)>, Vec<(&'a SetKey, &'a str)>);
 
@@ -487,8 +551,10 @@ pub fn evaluate(
 ) -> Evaluation {
     let none = BTreeMap::new();
     let mut claims = PlacedClaims::default();
+    let mut targets = TargetClaims::default();
     for f in &config.forwards {
         claims.put(SYSTEM, f);
+        targets.put(SYSTEM, f);
     }
     let mut out = Evaluation::default();
     // (owner, index, forward) of each forward that passed the per-set judge.
@@ -506,6 +572,7 @@ pub fn evaluate(
                 Some(r) => {
                     if r.keeps_claim() && claims.clash(f).is_none() {
                         claims.put(owner.as_str(), f);
+                        targets.put(owner.as_str(), f);
                     }
                     out.suspended.entry(owner.clone()).or_default().push((f.name.clone(), r));
                 }
@@ -517,13 +584,18 @@ pub fn evaluate(
             if *was_active != pass {
                 continue;
             }
-            match claims.clash(f) {
-                Some((o, n)) => {
-                    let r = Reason::Conflict(format!("its public port is taken by {o}/{n}"));
-                    out.suspended.entry((*owner).clone()).or_default().push((f.name.clone(), r));
+            let clash = match (claims.clash(f), targets.clash(owner.as_str(), f)) {
+                (Some((o, n)), _) => Some(format!("its public port is taken by {o}/{n}")),
+                (None, Some((port, proto, o, n))) => Some(format!("its target port {port}/{proto} is {o}/{n}'s")),
+                (None, None) => None,
+            };
+            match clash {
+                Some(why) => {
+                    out.suspended.entry((*owner).clone()).or_default().push((f.name.clone(), Reason::Conflict(why)));
                 }
                 None => {
                     claims.put(owner.as_str(), f);
+                    targets.put(owner.as_str(), f);
                 }
             }
         }

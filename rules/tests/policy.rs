@@ -289,3 +289,68 @@ fn known_names_are_reused_and_only_new_uids_are_looked_up() {
     assert_eq!(now.who(1001), "uid 1001 (web)");
     assert_eq!(now.who(1002), "uid 1002 (u1002)");
 }
+
+#[test]
+fn a_target_port_is_one_owners_the_running_forward_and_the_system_keep_theirs() {
+    // b aims at a's target (TCP), c at a system forward's: both wait; a's UDP target is
+    // not its TCP one; a forward running before keeps its target against a newcomer.
+    let mut config =
+        Config { grants: vec![grant("a", &[80, 81]), grant("b", &[82]), grant("c", &[83])], ..Config::default() };
+    config.forwards = vec![fwd("ssh", 84, 8090)];
+    let j = judge(&config.grants, None);
+    let mut udp = fwd("dns", 81, 8081);
+    udp.proto = ProtoSel::Udp;
+    let mut b_udp = fwd("z", 82, 8081);
+    b_udp.proto = ProtoSel::Udp;
+    let u = users(&[
+        ("a", 1, vec![fwd("x", 80, 8080), udp]),
+        ("b", 2, vec![fwd("y", 82, 8080)]),
+        ("c", 3, vec![fwd("w", 83, 8090)]),
+    ]);
+    let acc = accounts(&[("a", 1), ("b", 2), ("c", 3)]);
+    let e = evaluate(&j, &config, &u, &acc, &BTreeMap::new(), &Evaluation::default());
+    assert_eq!(e.active["user:a"], ["dns".to_string(), "x".to_string()].into());
+    assert!(e.reason("user:b", "y").expect("b waits").to_string().contains("8080/tcp is user:a/x's"), "{e:?}");
+    assert!(e.reason("user:c", "w").expect("c waits").to_string().contains("system/ssh"), "{e:?}");
+    // b's UDP forward on a's UDP target waits too; once b runs alone on 8080 (a's set
+    // empty), a coming back waits for b.
+    let u2 = users(&[("a", 1, vec![fwd("x", 80, 8080)]), ("b", 2, vec![fwd("y", 82, 8080), b_udp])]);
+    let before = Evaluation { active: [(key("b"), ["y".to_string()].into())].into(), ..Default::default() };
+    let e = evaluate(&j, &config, &u2, &acc, &BTreeMap::new(), &before);
+    assert_eq!(e.active["user:b"], ["y".to_string(), "z".to_string()].into());
+    assert!(e.reason("user:a", "x").expect("a waits").to_string().contains("user:b/y"), "{e:?}");
+}
+
+#[test]
+fn targets_taken_compares_a_few_forwards_and_indexes_many_alike() {
+    let others: Vec<(String, Forward)> = (0..40u16)
+        .map(|i| {
+            let mut f = Forward::new(
+                &format!("o{i}"),
+                PortRange { start: 1000 + i * 10, end: 1001 + i * 10 },
+                PortRange { start: 8000 + i * 10, end: 8001 + i * 10 },
+            );
+            if i % 3 == 0 {
+                f.proto = ProtoSel::Udp;
+            }
+            (format!("user:o{}", i % 4), f)
+        })
+        .collect();
+    let fresh: Vec<Forward> = (0..40u16)
+        .map(|i| {
+            let mut f = fwd(&format!("f{i}"), 2000 + i, 7995 + i * 9);
+            if i % 5 == 0 {
+                f.proto = ProtoSel::Both;
+            }
+            f
+        })
+        .collect();
+    let iter = || others.iter().map(|(o, f)| (o.as_str(), f));
+    let many = targets_taken(iter(), "user:o1", &fresh);
+    let few: Vec<String> = fresh.chunks(4).flat_map(|c| targets_taken(iter(), "user:o1", c)).collect();
+    assert_eq!(many.len(), few.len(), "{many:#?}\n{few:#?}");
+    assert!(!many.is_empty() && many.len() < fresh.len(), "{}", many.len());
+    // the caller's own targets are no conflict
+    let own: Vec<(String, Forward)> = vec![("user:o1".into(), fwd("mine", 3000, 8080))];
+    assert!(targets_taken(own.iter().map(|(o, f)| (o.as_str(), f)), "user:o1", &[fwd("n", 3001, 8080)]).is_empty());
+}

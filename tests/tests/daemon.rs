@@ -146,7 +146,9 @@ fn kill_9_keeps_traffic_and_restart_restores_sets() {
     let web = write(&net.dir, "web.yaml", "version: 1\nforwards:\n  - name: site\n    port: 80\n    to: 8080\n");
     let o = d.ctl_as("nobody", "", &["apply", web.to_str().expect("p")]);
     assert!(o.status.success(), "{}", err(&o));
-    assert!(d.ctl(&["add", "alt", "81", "8080"]).status.success());
+    // root's own set: another target (a target port serves one owner)
+    let _alt = net.tcp_app(&net.srv, 8081, "alt");
+    assert!(d.ctl(&["add", "alt", "81", "8081"]).status.success());
     d.signal("KILL");
     d.wait();
     assert_eq!(net.tcp_get(&net.cli, SRV4, 80).as_deref(), Some("app"), "traffic flows with portd dead");
@@ -156,7 +158,7 @@ fn kill_9_keeps_traffic_and_restart_restores_sets() {
     let got = placed_names(&js);
     assert_eq!(got, vec!["user:nobody/site", "user:root/alt"]);
     assert_eq!(js["in_sync"], true);
-    assert_eq!(net.tcp_get(&net.cli, SRV6, 81).as_deref(), Some("app"));
+    assert_eq!(net.tcp_get(&net.cli, SRV6, 81).as_deref(), Some("alt"));
 }
 
 #[test]

@@ -193,9 +193,9 @@ fn metrics_follow_traffic_and_portctl_prints_the_same_families() {
     assert!(b1 > 0.0, "no bytes counted");
 
     // Requests by command and result, and the apply histogram, move with a change.
-    let add = d.ctl(&["add", "extra", "81", "8080"]);
+    let add = d.ctl(&["add", "extra", "81", "8081"]);
     assert!(add.status.success(), "portctl add: {}", err(&add));
-    let bad = d.ctl(&["add", "extra", "82", "8080"]);
+    let bad = d.ctl(&["add", "extra", "82", "8081"]);
     assert!(!bad.status.success(), "a second forward named extra was accepted");
     let m = scrape(&net);
     assert_eq!(m.value("portd_requests_total", &[("command", "add"), ("result", "ok")]), Some(1.0));
@@ -238,7 +238,7 @@ fn metrics_follow_traffic_and_portctl_prints_the_same_families() {
         let o = Command::new(bin("portctl"))
             .arg("--socket")
             .arg(&socket)
-            .args(["add", "busy", "83", "8080"])
+            .args(["add", "busy", "83", "8083"])
             .output()
             .expect("portctl");
         assert!(o.status.success(), "portctl add while scrapers stall: {}", err(&o));

@@ -179,6 +179,54 @@ fn a_refused_bind_of_a_public_port_is_no_evidence() {
 }
 
 #[test]
+fn a_target_port_serves_one_owner_whatever_the_grants_overlap() {
+    // Two users whose `to` grants overlap, and a system forward inside them: a forward
+    // aimed at a target port another owner's forward uses is refused (TCP and UDP), so
+    // neither its clients nor the port's reservation change hands, and nothing else
+    // stops working.
+    let net = Net::setup();
+    let (alice, mallory) = (TestUser::new("ta"), TestUser::new("tm"));
+    let grant = |u: &str, ports: &str| format!("  - user: {u}\n    ports: [{ports}]\n    to: \"8000-9000\"\n");
+    let text = config(
+        &net,
+        &format!(
+            "forwards:\n  - name: ssh\n    port: 84\n    to: 8090\ngrants:\n{}{}",
+            grant(&alice.name, "\"80-81\""),
+            grant(&mallory.name, "82")
+        ),
+    );
+    let d = Portd::start_bpf(&net, &text, &[]);
+    let mine = format!("{}  - name: dns\n    port: 81\n    to: 8053\n    proto: udp\n", web(80, 8080));
+    assert!(apply_as(&d, &net, &alice.name, &mine).status.success());
+    // (alice's app is down meanwhile: no listener check stands in the way)
+    for (to, proto, holder) in [(8080, "tcp", "web"), (8053, "udp", "dns"), (8090, "tcp", "ssh"), (8080, "both", "web")]
+    {
+        let rules = format!("version: 1\nforwards:\n  - name: take\n    port: 82\n    to: {to}\n    proto: {proto}\n");
+        let o = apply_as(&d, &net, &mallory.name, &rules);
+        assert_eq!(o.status.code(), Some(1), "{to}/{proto}: {} {}", out(&o), err(&o));
+        assert!(err(&o).contains(&format!("/{holder}")), "the refusal names {holder}: {}", err(&o));
+    }
+    // A free target is fine, and the data plane kept working throughout.
+    let o = apply_as(&d, &net, &mallory.name, "version: 1\nforwards:\n  - name: own\n    port: 82\n    to: 8200\n");
+    assert!(o.status.success(), "{}", err(&o));
+    let _other = net.tcp_app_as(&net.srv, &mallory.name, 8200, "mallory");
+    let _app = net.tcp_app_as(&net.srv, &alice.name, 8080, "alice");
+    assert_eq!(get(&net, SRV4, 80).as_deref(), Some("alice"));
+    assert_eq!(get(&net, SRV6, 82).as_deref(), Some("mallory"));
+    let st = d.status_json();
+    assert_eq!(st["in_sync"], true, "{st}");
+    let log = Portd::log(&net);
+    assert!(!log.contains("updating the BPF data plane"), "{log}");
+    // Mallory cannot bind alice's targets either (TCP and UDP).
+    let o = py_as(
+        &net,
+        Some(&mallory.name),
+        "import socket\nfor t, p in ((socket.SOCK_STREAM, 8080), (socket.SOCK_DGRAM, 8053)):\n    s = socket.socket(socket.AF_INET, t)\n    try:\n        s.bind(('0.0.0.0', p)); print('bound', p)\n    except OSError as e:\n        print(e.errno)",
+    );
+    assert_eq!(out(&o).split_whitespace().collect::<Vec<_>>(), ["13", "13"], "{}", err(&o));
+}
+
+#[test]
 fn a_recycled_uid_receives_nothing_of_the_old_forward() {
     let net = Net::setup();
     let alice = TestUser::new("st");

@@ -220,6 +220,13 @@ impl Daemon {
         };
         // Forwards of other owners suspended for their listener keep their public port.
         self.check_reserved(owner, fresh)?;
+        // A target port is one owner's: another owner's app must not get this forward's
+        // clients, nor its reservation.
+        let others = self.plan.forwards.iter().map(|p| (p.owner.as_str(), &p.forward));
+        let taken = policy::targets_taken(others, owner.as_str(), fresh);
+        if !taken.is_empty() {
+            return Err(Error::Conflict(taken));
+        }
         // Suspended forwards the change drops leave the state only (listed in the summary).
         let dropped: Vec<Forward> = match self.eval.suspended.get(owner) {
             None => Vec::new(),
