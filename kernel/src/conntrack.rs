@@ -154,6 +154,18 @@ pub fn forget(stale: &[Stale]) -> io::Result<usize> {
     Ok(deleted)
 }
 
+/// True when this namespace's conntrack table is full, or nearly (entries expire while
+/// they are counted): new flows are dropped there.
+fn table_full() -> bool {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}")).ok()?.trim().parse::<u64>().ok()
+    };
+    match (read("nf_conntrack_count"), read("nf_conntrack_max")) {
+        (Some(count), Some(max)) => max > 0 && count + max / 64 >= max,
+        _ => false,
+    }
+}
+
 /// Whether connection tracking runs in this network namespace: one UDP datagram to
 /// itself over loopback, then ctnetlink deletes the flow it made (so the probe leaves
 /// nothing behind). The kernel registers conntrack's hooks in a namespace only while a
@@ -174,14 +186,17 @@ pub fn active() -> io::Result<bool> {
     // that drops loopback datagrams at output says EPERM too, before the flow is made:
     // there the answer is "off" whatever runs (a host where local DNS could not work).
     // A datagram lost otherwise (loopback down) leaves the answer unknown.
-    match udp.send(b"?") {
+    // A full conntrack table refuses the flow with EPERM too: then conntrack runs (as
+    // whoever filled it wants us to believe it does not).
+    let refused = match udp.send(b"?") {
         Ok(_) => {
             udp.set_read_timeout(Some(std::time::Duration::from_millis(100)))?;
             udp.recv(&mut [0u8; 1])?;
+            false
         }
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => true,
         Err(e) => return Err(e),
-    }
+    };
     let lo = std::net::Ipv4Addr::LOCALHOST.octets();
     let port = me.port().to_be_bytes();
     let ip = [attr(CTA_IP_V4_SRC, &lo), attr(CTA_IP_V4_DST, &lo)].concat();
@@ -196,7 +211,7 @@ pub fn active() -> io::Result<bool> {
     let seq = ct_request(&mut sock, IPCTNL_MSG_CT_DELETE, libc::NLM_F_ACK as u16, libc::AF_INET as u8, &tuple)?;
     match sock.replies(seq, |_| {}) {
         Ok(()) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(refused && table_full()),
         // ctnetlink without conntrack in the kernel at all
         Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(false),
         Err(e) => Err(e),

@@ -110,6 +110,49 @@ fn steered_connections_are_untracked_exactly_while_conntrack_runs_for_someone_el
 }
 
 #[test]
+fn a_full_conntrack_table_keeps_steered_connections_untracked() {
+    // Whoever fills the conntrack table (any local user can, with flows of its own) makes
+    // portd's probe datagram fail as if nothing tracked it: portd must go on untracking,
+    // which is what keeps steered connections working then.
+    let net = Net::setup();
+    let (d, _app) = served_system_forward(&net, "http", 80, 8080);
+    nft_file(
+        &net,
+        "table inet fw {\n chain input {\n  type filter hook input priority filter; policy accept;\n  ct state established,related accept\n }\n}\n",
+    );
+    wait_for(|| d.status_json()["untracked"] == true, "portd to untrack steered connections");
+    let max: usize =
+        net.exec_ok(&net.srv, "cat", &["/proc/sys/net/netfilter/nf_conntrack_max"]).trim().parse().expect("max");
+    assert!(max <= 4_000_000, "nf_conntrack_max is {max}: filling it would take too long for this test");
+    let mut lines = String::with_capacity(max * 110);
+    'fill: for a in 1..=255u32 {
+        for sport in 1..=65535u32 {
+            if lines.len() / 100 > max + 10 {
+                break 'fill;
+            }
+            lines.push_str(&format!(
+                "-I -s 10.251.{a}.1 -d 10.251.0.1 -p tcp --sport {sport} --dport 9 --state ESTABLISHED -u ASSURED -t 600\n"
+            ));
+        }
+    }
+    let file = write(&net.dir, "fill.ct", &lines);
+    let _ = net.exec(&net.srv, "conntrack", &["-R", file.to_str().expect("path")]);
+    let count: usize =
+        net.exec_ok(&net.srv, "cat", &["/proc/sys/net/netfilter/nf_conntrack_count"]).trim().parse().expect("count");
+    assert!(count >= max, "the table holds {count} of {max}");
+    // Longer than the periodic check (2 s) and the hold before the raw chains go (5 s).
+    std::thread::sleep(Duration::from_secs(8));
+    let st = d.status_json();
+    assert_eq!(st["untracked"], true, "{st}");
+    assert!(net.table("portd").is_some_and(|t| t.contains("notrack")), "raw chains dropped while conntrack is full");
+    for addr in [SRV4, SRV6] {
+        assert_eq!(get(&net, addr, 80).as_deref(), Some("port-80"), "{addr}: a steered connection with conntrack full");
+    }
+    assert!(!Portd::log(&net).contains("conntrack no longer runs"), "{}", Portd::log(&net));
+    net.exec(&net.srv, "conntrack", &["-F"]);
+}
+
+#[test]
 fn a_udp_forward_brings_nat_chains_and_takes_them_away_counters_kept() {
     let net = Net::setup();
     let alice = TestUser::new("su");
