@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 /// Prints one JSON document on stdout.
 pub fn print(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    crate::output::out(serde_json::to_string_pretty(v).unwrap_or_default() + "\n");
 }
 
 /// A forward as placed by an owner: its owner, the forward and its effective mark.

@@ -197,7 +197,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             if json {
                 json::print(&serde_json::json!({"ok": true, "plan": plan}));
             } else {
-                print!("{}", render(&plan));
+                output::out(render(&plan));
             }
             Ok(Exit::Ok)
         }
@@ -258,7 +258,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             let body = send(Command::Add { forward: f, owner, dry_run, replace })?;
             output::print_body(&body, json, false);
             if !json && is_unchanged(&body) {
-                println!("unchanged: forward `{name}` is already there as given");
+                output::out(format!("unchanged: forward `{name}` is already there as given\n"));
             }
             Ok(Exit::Ok)
         }
@@ -266,7 +266,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             let body = send(Command::Remove { name: name.clone(), owner, dry_run, if_exists })?;
             output::print_body(&body, json, false);
             if !json && is_unchanged(&body) {
-                println!("unchanged: there is no forward `{name}` to remove");
+                output::out(format!("unchanged: there is no forward `{name}` to remove\n"));
             }
             Ok(Exit::Ok)
         }

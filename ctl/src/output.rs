@@ -103,6 +103,20 @@ pub fn status_table(s: &Status, wide: bool) -> String {
     out
 }
 
+/// Writes `text` to stdout. A reader that went away (`portctl status | head -1`) ends
+/// portctl quietly with success, as it ends `ls` or `rg`, instead of a panic; another
+/// error ends it with exit 1 and says so.
+pub fn out(text: impl AsRef<str>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_all(text.as_ref().as_bytes()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("portctl: writing the answer to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Prints an answer for a terminal, or as JSON (see [`crate::json`]).
 pub fn print_body(body: &Body, json: bool, wide: bool) {
     if json {
@@ -110,35 +124,35 @@ pub fn print_body(body: &Body, json: bool, wide: bool) {
         return;
     }
     match body {
-        Body::Status(s) => print!("{}", status_table(s, wide)),
+        Body::Status(s) => out(status_table(s, wide)),
         Body::Changed { summary, dry_run, omitted, warnings, suspended } => {
             for w in warnings {
                 eprintln!("warning: {w}");
             }
             if *dry_run {
-                println!("dry run, nothing applied:");
+                out("dry run, nothing applied:\n");
             }
             if summary.is_empty() && !suspended.is_empty() {
                 // "no changes" would hide the suspensions listed below.
             } else {
-                print!("{summary}");
+                out(summary.to_string());
             }
             for s in suspended {
                 let f = &s.forward;
-                println!("! {}/{}: {} -> {} suspended ({})", s.owner, f.name, f.port, f.to, s.reason);
+                out(format!("! {}/{}: {} -> {} suspended ({})\n", s.owner, f.name, f.port, f.to, s.reason));
             }
             if *omitted > 0 {
-                println!("... and {omitted} more change(s) not listed");
+                out(format!("... and {omitted} more change(s) not listed\n"));
             }
         }
         Body::Export { owner, forwards } => {
-            println!("# owner: {owner}");
+            out(format!("# owner: {owner}\n"));
             let doc = RulesFile { version: 1, forwards: forwards.clone() };
-            print!("{}", serde_yaml::to_string(&doc).unwrap_or_default());
+            out(serde_yaml::to_string(&doc).unwrap_or_default());
         }
-        Body::Metrics { text } => print!("{text}"),
-        Body::Grants(g) => print!("{}", grants_text(g)),
-        Body::Doctor { findings } => print!("{}", doctor_text(findings)),
+        Body::Metrics { text } => out(text),
+        Body::Grants(g) => out(grants_text(g)),
+        Body::Doctor { findings } => out(doctor_text(findings)),
     }
 }
 

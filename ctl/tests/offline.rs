@@ -139,3 +139,26 @@ fn completions_and_man_pages() {
         "portctl's, the daemon's and the config's pages"
     );
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_portctl_quietly() {
+    // `portctl plan big.yaml | head -1`: the pipe closes while portctl still writes.
+    let s = Scratch::new();
+    let mut yaml = String::from("version: 1\nforwards:\n");
+    for i in 0..2000 {
+        yaml.push_str(&format!("  - name: f{i}\n    port: {}\n    to: {}\n", 10000 + i, 30000 + i));
+    }
+    let file = s.file("big.yaml", &yaml);
+    for json in [false, true] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portctl"));
+        cmd.args(["plan", &file]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        if json {
+            cmd.arg("--json");
+        }
+        let mut child = cmd.spawn().expect("run portctl");
+        drop(child.stdout.take()); // the reader goes away before portctl writes
+        let o = child.wait_with_output().expect("wait");
+        assert_eq!(o.status.code(), Some(0), "json {json}: {}", err(&o));
+        assert!(!err(&o).contains("panicked"), "json {json}: {}", err(&o));
+    }
+}
