@@ -179,6 +179,33 @@ fn a_refused_bind_of_a_public_port_is_no_evidence() {
 }
 
 #[test]
+fn binds_in_a_loop_cost_one_record_per_poll_not_one_per_bind() {
+    // root binds and closes alice's public port 3,000 times: portd records and judges a
+    // bind the socket table does not know yet, so the log grows by a few lines, and
+    // requests keep their pace.
+    let net = Net::setup();
+    let alice = TestUser::new("sf");
+    let d = Portd::start_bpf(&net, &granted(&net, &alice.name, ""), &[]);
+    assert!(apply_as(&d, &net, &alice.name, &web(81, 8081)).status.success());
+    let before = Portd::log(&net).matches("was bound by uid").count();
+    let o = py_as(
+        &net,
+        None,
+        "import socket, time\nt = time.time()\nfor i in range(3000):\n    s = socket.socket(socket.AF_INET6)\n    s.bind(('::', 81))\n    s.close()\nprint(time.time() - t)",
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    let secs: f64 = out(&o).trim().parse().unwrap_or(0.0);
+    let t = std::time::Instant::now();
+    assert!(d.ctl(&["status"]).status.success());
+    assert!(t.elapsed() < Duration::from_secs(1), "status took {:?}", t.elapsed());
+    std::thread::sleep(Duration::from_millis(200));
+    let records = Portd::log(&net).matches("was bound by uid").count() - before;
+    // one per listener poll (500 ms) while the loop ran, and a few besides
+    let bound = (secs / 0.5).ceil() as usize + 5;
+    assert!(records >= 1 && records <= bound, "{records} records for 3,000 binds in {secs:.2} s (at most {bound})");
+}
+
+#[test]
 fn a_target_port_serves_one_owner_whatever_the_grants_overlap() {
     // Two users whose `to` grants overlap, and a system forward inside them: a forward
     // aimed at a target port another owner's forward uses is refused (TCP and UDP), so

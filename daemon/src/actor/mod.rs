@@ -47,6 +47,9 @@ const CONNTRACK_SOON: Duration = Duration::from_millis(20);
 /// reloads (`nft flush ruleset`, then its rules again) turns conntrack off for a moment,
 /// and connections made when it comes back would be tracked until portd noticed.
 const CONNTRACK_HOLD: Duration = Duration::from_secs(5);
+/// Binds of public ports by other uids logged one by one per batch of events (the rest
+/// are counted in one record).
+const BIND_LOG_MAX: usize = 20;
 
 /// What the actor publishes for the server: the grants, to refuse callers without any
 /// before their file is parsed.
@@ -284,22 +287,37 @@ impl Daemon {
         if events.is_empty() {
             return;
         }
-        // The event is the evidence: no dump of the socket tables before acting on it (the
-        // next poll reads them whole).
+        // The event is the evidence (the kernel let the bind through): no dump of the
+        // socket tables before acting on it (the next poll reads them whole). A bind the
+        // table already records changes nothing: one uid binding and closing a port in a
+        // loop costs one judgement and one log record per poll, not one per bind.
         let mut l = self.listeners.take().unwrap_or_default();
+        let mut fresh = 0;
         for e in &events {
             let proto = match e.proto {
                 portd_kernel::bpf::Proto::Tcp => portd_rules::Proto::Tcp,
                 portd_kernel::bpf::Proto::Udp => portd_rules::Proto::Udp,
             };
-            tracing::info!(uid = e.uid, "port {}/{proto} was bound by uid {}", e.port, e.uid);
+            if l.holders(proto, e.port).any(|u| u == e.uid) {
+                continue;
+            }
+            fresh += 1;
+            if fresh <= BIND_LOG_MAX {
+                tracing::info!(uid = e.uid, "port {}/{proto} was bound by uid {}", e.port, e.uid);
+            }
             // bound, perhaps not yet listening: the socket table may not show it yet
             l.insert(proto, e.port, e.uid);
             if let Some(name) = accounts::name_of(e.uid) {
                 l.name_uid(e.uid, name);
             }
         }
+        if fresh > BIND_LOG_MAX {
+            tracing::info!("{} more binds of public ports by other uids, not logged one by one", fresh - BIND_LOG_MAX);
+        }
         self.listeners = Some(l);
+        if fresh == 0 {
+            return;
+        }
         if let Err(e) = self.reevaluate("by a bind of its public port") {
             tracing::error!("applying a bind of a public port: {e}");
         }
