@@ -16,6 +16,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// `TCP_LISTEN` state bit.
 const TCPF_LISTEN: u32 = 1 << 10;
+/// `TCP_BOUND_INACTIVE` state bit (Linux 6.8): a TCP socket bound, neither listening nor
+/// connected. Older kernels have no socket in that state and report none.
+const TCPF_BOUND_INACTIVE: u32 = 1 << 13;
 /// `TCP_CLOSE` state bit: an unconnected UDP socket.
 const TCPF_CLOSE: u32 = 1 << 7;
 /// `1 << TCP_ESTABLISHED`: a connected UDP socket.
@@ -47,10 +50,15 @@ pub struct Held {
 /// included (a UDP socket bound to a port and connected to one client still takes that
 /// client's datagrams to the port).
 pub fn held() -> io::Result<Vec<Held>> {
+    held_in(TCPF_LISTEN)
+}
+
+/// [`held`], TCP sockets of the states `tcp` (bits) included.
+fn held_in(tcp: u32) -> io::Result<Vec<Held>> {
     let mut sock = Socket::open(libc::NETLINK_SOCK_DIAG)?;
     let mut out = Vec::new();
     for (proto, ipproto, states) in
-        [(Proto::Tcp, libc::IPPROTO_TCP, TCPF_LISTEN), (Proto::Udp, libc::IPPROTO_UDP, TCPF_CLOSE | TCPF_ESTABLISHED)]
+        [(Proto::Tcp, libc::IPPROTO_TCP, tcp), (Proto::Udp, libc::IPPROTO_UDP, TCPF_CLOSE | TCPF_ESTABLISHED)]
     {
         for family in [libc::AF_INET, libc::AF_INET6] {
             dump(&mut sock, family as u8, ipproto as u8, states, |s| {
@@ -105,13 +113,15 @@ fn parse_diag_msg(b: &[u8]) -> Option<Diag> {
     (port != 0).then_some(Diag { port, uid, addr, v6only })
 }
 
-/// The listener table the policy reads, with user names for messages. When `known` holds
+/// The listener table the policy reads, with user names for messages: every socket that
+/// holds a port, so TCP sockets bound without listening too (which keep the port from
+/// its owner's app as surely as a listener). When `known` holds
 /// the same sockets it is returned as it is; otherwise only uids it does not name are
 /// given to `name` (the daemon's account lookup), so the periodic check costs no lookups
 /// while nothing changes.
 pub fn listeners(known: Option<&Listeners>, name: impl Fn(u32) -> Option<String>) -> io::Result<Listeners> {
     let mut l = Listeners::default();
-    for h in held()? {
+    for h in held_in(TCPF_LISTEN | TCPF_BOUND_INACTIVE)? {
         l.insert(h.proto, h.port, h.uid);
     }
     if let Some(k) = known.filter(|k| k.same_sockets(&l)) {

@@ -179,6 +179,33 @@ fn a_refused_bind_of_a_public_port_is_no_evidence() {
 }
 
 #[test]
+fn a_target_port_bound_without_listening_is_held_all_the_same() {
+    // mallory binds 8080 and never listens: alice's app could not bind it, so an apply
+    // aimed at it is refused naming mallory, as for a listener.
+    let net = Net::setup();
+    let (alice, mallory) = (TestUser::new("si"), TestUser::new("sj"));
+    let d = Portd::start_bpf(&net, &granted(&net, &alice.name, ""), &[]);
+    let gid = String::from_utf8_lossy(&sh("id", &["-g", &mallory.name]).stdout).into_owned();
+    let _holder = Bg(net
+        .nsenter(&net.srv, "setpriv")
+        .args([format!("--reuid={}", mallory.name), format!("--regid={}", gid.trim()), "--clear-groups".into()])
+        .args([
+            "/usr/bin/python3",
+            "-c",
+            "import socket, time\ns = socket.socket()\ns.bind(('0.0.0.0', 8080))\ntime.sleep(60)",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("python3"));
+    let in_use =
+        "import socket\ntry:\n    socket.socket().bind(('0.0.0.0', 8080))\nexcept OSError as e:\n    print(e.errno)";
+    wait_for(|| out(&py_as(&net, None, in_use)).trim() == "98", "mallory to bind 8080 (EADDRINUSE for root)");
+    let o = apply_as(&d, &net, &alice.name, &web(80, 8080));
+    assert_eq!(o.status.code(), Some(4), "{} {}", out(&o), err(&o));
+    assert!(err(&o).contains("8080/tcp is held by a socket of uid") && err(&o).contains(&mallory.name), "{}", err(&o));
+}
+
+#[test]
 fn binds_in_a_loop_cost_one_record_per_poll_not_one_per_bind() {
     // root binds and closes alice's public port 3,000 times: portd records and judges a
     // bind the socket table does not know yet, so the log grows by a few lines, and
