@@ -160,10 +160,12 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// True for reasons that keep the forward's public ports reserved while suspended,
-    /// so another user cannot take the public port of an app that is restarting.
+    /// True for reasons that keep the forward's public ports reserved while suspended:
+    /// another user cannot take the public port of an app that is restarting, nor the
+    /// public port of a forward standing back for a service of another uid (which
+    /// would hand it to the first owner that asks when the service goes).
     pub fn keeps_claim(&self) -> bool {
-        matches!(self, Reason::Listener { .. })
+        matches!(self, Reason::Listener { .. } | Reason::Shadows { .. })
     }
     /// True when the refusal is the caller's lack of rights (exit 4), not a bad file or
     /// conflict (exit 1).

@@ -179,6 +179,30 @@ fn a_refused_bind_of_a_public_port_is_no_evidence() {
 }
 
 #[test]
+fn a_forward_standing_back_for_a_service_keeps_its_public_port_from_other_owners() {
+    // Both users may forward 3000, which any uid may bind. mallory's service on 3000
+    // makes alice's forward stand back; mallory's own forward on 3000 is then refused
+    // (alice keeps the port), and when the service goes, alice's forward comes back.
+    let net = Net::setup();
+    let (alice, mallory) = (TestUser::new("sc"), TestUser::new("sd"));
+    let grant = |u: &str| format!("  - user: {u}\n    ports: [3000]\n    to: \"8000-9000\"\n");
+    let d =
+        Portd::start_bpf(&net, &config(&net, &format!("grants:\n{}{}", grant(&alice.name), grant(&mallory.name))), &[]);
+    assert!(apply_as(&d, &net, &alice.name, &web(3000, 8080)).status.success());
+    let _app = net.tcp_app_as(&net.srv, &alice.name, 8080, "alice");
+    assert_eq!(get(&net, SRV4, 3000).as_deref(), Some("alice"));
+    let service = net.tcp_app_as(&net.srv, &mallory.name, 3000, "mallory");
+    wait_for(|| forward(&d.status_json(), "web")["state"] == "suspended", "alice's forward to stand back");
+    let o = apply_as(&d, &net, &mallory.name, &web(3000, 9000));
+    assert_eq!(o.status.code(), Some(1), "{} {}", out(&o), err(&o));
+    assert!(err(&o).contains(&format!("user:{}/web", alice.name)), "{}", err(&o));
+    drop(service);
+    wait_for(|| forward(&d.status_json(), "web")["state"] == "active", "alice's forward to come back");
+    assert_eq!(get(&net, SRV4, 3000).as_deref(), Some("alice"));
+    assert_eq!(get(&net, SRV6, 3000).as_deref(), Some("alice"));
+}
+
+#[test]
 fn a_target_port_bound_without_listening_is_held_all_the_same() {
     // mallory binds 8080 and never listens: alice's app could not bind it, so an apply
     // aimed at it is refused naming mallory, as for a listener.

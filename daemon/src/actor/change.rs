@@ -323,8 +323,8 @@ impl Daemon {
         Ok(with_warnings(Body::changed(delta.summary, false), warnings))
     }
 
-    /// Refuses forwards whose public port a listener-suspended forward of another owner
-    /// keeps.
+    /// Refuses forwards whose public port a suspended forward of another owner keeps (see
+    /// [`policy::Reason::keeps_claim`]).
     pub(super) fn check_reserved(&self, owner: &SetKey, fresh: &[Forward]) -> Result<(), Error> {
         let mut claims = policy::PlacedClaims::default();
         let mut any = false;
@@ -350,7 +350,7 @@ impl Daemon {
             .filter_map(|f| {
                 claims.clash(f).map(|(o, n)| {
                     format!(
-                        "forward `{}`: its public port belongs to {o}/{n} (suspended while its target port is taken)",
+                        "forward `{}`: its public port belongs to {o}/{n} (suspended for now, it keeps the port)",
                         f.name
                     )
                 })
