@@ -197,9 +197,14 @@ impl Steering {
     /// ports to its targets, and, with kernel ownership, every user forward's target
     /// ports reserved for its uid and its public ports watched. `uid_of` gives the uid
     /// a user set is bound to.
-    pub fn sync(&mut self, plan: &Plan, uid_of: impl Fn(&str) -> Option<u32>) -> Result<(), BpfError> {
+    pub fn sync(
+        &mut self,
+        plan: &Plan,
+        kept: &[(&str, &portd_rules::model::Forward)],
+        uid_of: impl Fn(&str) -> Option<u32>,
+    ) -> Result<(), BpfError> {
         let Some(dp) = self.dp.as_mut() else { return Ok(()) };
-        let want = wanted(plan, self.steer, self.kernel_ownership, uid_of);
+        let want = wanted(plan, kept, self.steer, self.kernel_ownership, uid_of);
         if self.synced.as_ref() == Some(&want) {
             return Ok(());
         }
@@ -241,9 +246,18 @@ fn bpf_proto(p: Proto) -> bpf::Proto {
     }
 }
 
-/// The data plane's entries for `plan`. Duplicates (two owners' forwards on one target
-/// port; a public port steered by a forward per family) keep the first in plan order.
-fn wanted(plan: &Plan, steer: bool, ownership: bool, uid_of: impl Fn(&str) -> Option<u32>) -> Wanted {
+/// The data plane's entries for `plan`, and the target reservations of `kept`: user
+/// forwards suspended for now that keep their ports (an app restarting while another
+/// uid's socket holds its target, a forward standing back for a service on its public
+/// port), so no third uid takes their targets meanwhile. Duplicates (a public port
+/// steered by a forward per family) keep the first in plan order.
+fn wanted(
+    plan: &Plan,
+    kept: &[(&str, &portd_rules::model::Forward)],
+    steer: bool,
+    ownership: bool,
+    uid_of: impl Fn(&str) -> Option<u32>,
+) -> Wanted {
     let mut w = Wanted::default();
     let (mut steered, mut reserved, mut watched) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     for p in &plan.forwards {
@@ -285,6 +299,17 @@ fn wanted(plan: &Plan, steer: bool, ownership: bool, uid_of: impl Fn(&str) -> Op
             }
         }
     }
+    for (owner, f) in kept.iter().filter(|_| ownership) {
+        let Some(uid) = uid_of(owner) else { continue };
+        for port in f.port.ports() {
+            let target = f.target_of(port);
+            for &proto in f.proto.protos() {
+                if reserved.insert((proto, target)) {
+                    w.reserved.push(Reservation { proto: bpf_proto(proto), port: target, owner_uid: uid });
+                }
+            }
+        }
+    }
     w
 }
 
@@ -301,15 +326,21 @@ mod tests {
         let plan =
             portd_rules::plan::compile_dispatched("t", 1, true, &[("system", vec![&sys]), ("user:web", vec![&web])])
                 .expect("compiles");
-        let w = wanted(&plan, true, true, |o| (o == "user:web").then_some(1000));
+        let w = wanted(&plan, &[], true, true, |o| (o == "user:web").then_some(1000));
         let steer: Vec<(u16, u16, u32)> = w.steer.iter().map(|s| (s.public_port, s.target_port, s.owner_uid)).collect();
         assert_eq!(steer, vec![(22, 2222, ANY_UID), (80, 8080, 1000), (81, 8081, 1000)]);
         assert_eq!(w.reserved.len(), 4, "both protocols of both target ports: {:?}", w.reserved);
         assert!(w.reserved.iter().all(|r| r.owner_uid == 1000 && (8080..=8081).contains(&r.port)));
         assert_eq!(w.watched.len(), 4);
-        let nat = wanted(&plan, false, false, |_| Some(1000));
+        let nat = wanted(&plan, &[], false, false, |_| Some(1000));
         assert!(nat.steer.is_empty() && nat.reserved.is_empty() && nat.watched.is_empty());
-        let gone = wanted(&plan, true, true, |_| None);
+        let gone = wanted(&plan, &[], true, true, |_| None);
         assert_eq!(gone.steer.len(), 1, "a user set without a uid gets nothing");
+        // A suspended forward that keeps its ports keeps its target's reservation only.
+        let waiting = Forward::new("api", PortRange::single(82), PortRange::single(8082));
+        let kept = wanted(&plan, &[("user:web", &waiting)], true, true, |o| (o == "user:web").then_some(1000));
+        assert_eq!(kept.steer.len(), 3, "not steered while suspended");
+        assert!(kept.reserved.iter().any(|r| r.port == 8082 && r.owner_uid == 1000), "{:?}", kept.reserved);
+        assert_eq!(kept.watched.len(), 4);
     }
 }

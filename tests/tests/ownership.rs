@@ -189,10 +189,16 @@ fn a_forward_standing_back_for_a_service_keeps_its_public_port_from_other_owners
     let d =
         Portd::start_bpf(&net, &config(&net, &format!("grants:\n{}{}", grant(&alice.name), grant(&mallory.name))), &[]);
     assert!(apply_as(&d, &net, &alice.name, &web(3000, 8080)).status.success());
-    let _app = net.tcp_app_as(&net.srv, &alice.name, 8080, "alice");
+    let app = net.tcp_app_as(&net.srv, &alice.name, 8080, "alice");
     assert_eq!(get(&net, SRV4, 3000).as_deref(), Some("alice"));
     let service = net.tcp_app_as(&net.srv, &mallory.name, 3000, "mallory");
     wait_for(|| forward(&d.status_json(), "web")["state"] == "suspended", "alice's forward to stand back");
+    // Standing back, alice's forward keeps its target too: her app restarts, and
+    // mallory cannot bind 8080 meanwhile.
+    drop(app);
+    let bind = "import socket\ntry:\n    socket.socket().bind(('0.0.0.0', 8080)); print('bound')\nexcept OSError as e:\n    print(e.errno)";
+    assert_eq!(out(&py_as(&net, Some(&mallory.name), bind)).trim(), "13", "mallory bound alice's target");
+    let _app = net.tcp_app_as(&net.srv, &alice.name, 8080, "alice");
     let o = apply_as(&d, &net, &mallory.name, &web(3000, 9000));
     assert_eq!(o.status.code(), Some(1), "{} {}", out(&o), err(&o));
     assert!(err(&o).contains(&format!("user:{}/web", alice.name)), "{}", err(&o));
