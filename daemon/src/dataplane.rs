@@ -299,6 +299,22 @@ fn wanted(
             }
         }
     }
+    // A target port has one owner in the maps. A system forward the operator pointed at
+    // a user forward's target is served by that user's app (the only uid that may bind
+    // it); two users on one target (a state from before the policy refused it) keep the
+    // first in plan order, and the other's entries are left out.
+    let mut owner_of: BTreeMap<u16, u32> = BTreeMap::new();
+    for e in w.steer.iter().filter(|e| e.owner_uid != ANY_UID) {
+        owner_of.entry(e.target_port).or_insert(e.owner_uid);
+    }
+    w.steer.retain_mut(|e| match owner_of.get(&e.target_port) {
+        Some(&uid) if e.owner_uid == ANY_UID => {
+            e.owner_uid = uid;
+            true
+        }
+        Some(&uid) => e.owner_uid == uid,
+        None => true,
+    });
     for (owner, f) in kept.iter().filter(|_| ownership) {
         let Some(uid) = uid_of(owner) else { continue };
         for port in f.port.ports() {
@@ -342,5 +358,13 @@ mod tests {
         assert_eq!(kept.steer.len(), 3, "not steered while suspended");
         assert!(kept.reserved.iter().any(|r| r.port == 8082 && r.owner_uid == 1000), "{:?}", kept.reserved);
         assert_eq!(kept.watched.len(), 4);
+        // A system forward pointed at the user's target is served by the user's app.
+        let idle = Forward::new("idle", PortRange::single(90), PortRange::single(8080));
+        let shared =
+            portd_rules::plan::compile_dispatched("t", 1, true, &[("system", vec![&idle]), ("user:web", vec![&web])])
+                .expect("compiles");
+        let w = wanted(&shared, &[], true, true, |o| (o == "user:web").then_some(1000));
+        let steer: Vec<(u16, u16, u32)> = w.steer.iter().map(|s| (s.public_port, s.target_port, s.owner_uid)).collect();
+        assert_eq!(steer, vec![(90, 8080, 1000), (80, 8080, 1000), (81, 8081, 1000)]);
     }
 }

@@ -553,10 +553,12 @@ pub fn evaluate(
 ) -> Evaluation {
     let none = BTreeMap::new();
     let mut claims = PlacedClaims::default();
+    // System forwards claim no target here: one the operator points at a user forward's
+    // target shares that user's app (an apply aimed at a system forward's target is
+    // refused at the socket).
     let mut targets = TargetClaims::default();
     for f in &config.forwards {
         claims.put(SYSTEM, f);
-        targets.put(SYSTEM, f);
     }
     let mut out = Evaluation::default();
     // (owner, index, forward) of each forward that passed the per-set judge.

@@ -308,6 +308,18 @@ fn a_target_port_serves_one_owner_whatever_the_grants_overlap() {
         "import socket\nfor t, p in ((socket.SOCK_STREAM, 8080), (socket.SOCK_DGRAM, 8053)):\n    s = socket.socket(socket.AF_INET, t)\n    try:\n        s.bind(('0.0.0.0', p)); print('bound', p)\n    except OSError as e:\n        print(e.errno)",
     );
     assert_eq!(out(&o).split_whitespace().collect::<Vec<_>>(), ["13", "13"], "{}", err(&o));
+    // The operator points a system forward at alice's target: it shares alice's app, and
+    // alice's forward stays (and so does her re-apply of the same file).
+    let with_idle = text.replace("forwards:\n", "forwards:\n  - name: idle\n    port: 85\n    to: 8080\n");
+    std::fs::write(&d.config, with_idle).expect("config");
+    assert!(d.ctl(&["reload"]).status.success());
+    assert_eq!(get(&net, SRV4, 85).as_deref(), Some("alice"));
+    assert_eq!(get(&net, SRV6, 80).as_deref(), Some("alice"));
+    assert!(apply_as(&d, &net, &alice.name, &mine).status.success(), "the same file again");
+    let st = d.status_json();
+    assert_eq!(forward(&st, "web")["state"], "active", "{st}");
+    assert_eq!(st["in_sync"], true, "{st}");
+    assert!(!Portd::log(&net).contains("updating the BPF data plane"), "{}", Portd::log(&net));
 }
 
 #[test]
