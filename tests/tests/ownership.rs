@@ -323,6 +323,41 @@ fn a_target_port_serves_one_owner_whatever_the_grants_overlap() {
 }
 
 #[test]
+fn a_forward_waiting_for_another_owners_target_is_judged_again_when_reapplied() {
+    // bob's forward to 8080 is suspended (grant revoked); alice takes 8080; bob's grant
+    // comes back: bob's forward waits for alice's, and bob applying the same file again
+    // does not put it in beside hers.
+    let net = Net::setup();
+    let (alice, bob) = (TestUser::new("tr"), TestUser::new("ts"));
+    let grant = |u: &str, p: u16| format!("  - user: {u}\n    ports: [{p}]\n    to: \"8000-9000\"\n");
+    let both = config(&net, &format!("grants:\n{}{}", grant(&alice.name, 80), grant(&bob.name, 82)));
+    let alice_only = config(&net, &format!("grants:\n{}", grant(&alice.name, 80)));
+    let d = Portd::start_bpf(&net, &both, &[]);
+    let bobs = web(82, 8080);
+    assert!(apply_as(&d, &net, &bob.name, &bobs).status.success());
+    std::fs::write(&d.config, &alice_only).expect("config");
+    assert!(d.ctl(&["reload"]).status.success());
+    assert_eq!(forward(&d.status_json(), "web")["state"], "suspended");
+    assert!(apply_as(&d, &net, &alice.name, &web(80, 8080)).status.success(), "bob's suspended forward keeps nothing");
+    std::fs::write(&d.config, &both).expect("config");
+    assert!(d.ctl(&["reload"]).status.success());
+    let bob_state = |st: &serde_json::Value| {
+        st["forwards"].as_array().and_then(|a| {
+            a.iter()
+                .find(|f| f["owner"] == format!("user:{}", bob.name))
+                .map(|f| f["state"].as_str().unwrap_or("").to_string())
+        })
+    };
+    assert_eq!(bob_state(&d.status_json()).as_deref(), Some("suspended"), "{}", d.status_json());
+    let o = apply_as(&d, &net, &bob.name, &bobs);
+    assert_eq!(o.status.code(), Some(1), "{} {}", out(&o), err(&o));
+    assert!(err(&o).contains(&format!("user:{}/web", alice.name)), "{}", err(&o));
+    let _app = net.tcp_app_as(&net.srv, &alice.name, 8080, "alice");
+    assert_eq!(get(&net, SRV4, 80).as_deref(), Some("alice"));
+    assert_eq!(get(&net, SRV4, 82), None, "bob's public port leads nowhere");
+}
+
+#[test]
 fn a_recycled_uid_receives_nothing_of_the_old_forward() {
     let net = Net::setup();
     let alice = TestUser::new("st");

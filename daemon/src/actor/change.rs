@@ -221,11 +221,15 @@ impl Daemon {
         // Forwards of other owners suspended for their listener keep their public port.
         self.check_reserved(owner, fresh)?;
         // A target port is one owner's: another owner's app must not get this forward's
-        // clients, nor its reservation. (Forwards the change keeps as they are were
-        // judged when they came: a system forward the operator pointed at one of them
-        // since shares its app.)
+        // clients, nor its reservation. (Running forwards the change keeps as they are
+        // were judged when they came: a system forward the operator pointed at one of
+        // them since shares its app. A suspended one is judged again.)
         let others = self.plan.forwards.iter().map(|p| (p.owner.as_str(), &p.forward));
-        let changed: Vec<Forward> = fresh.iter().filter(|f| !current.forwards.contains(f)).cloned().collect();
+        let changed: Vec<Forward> = fresh
+            .iter()
+            .filter(|f| !current.forwards.contains(f) || self.eval.reason(owner.as_str(), &f.name).is_some())
+            .cloned()
+            .collect();
         let taken = policy::targets_taken(others, owner.as_str(), &changed);
         if !taken.is_empty() {
             return Err(Error::Conflict(taken));
