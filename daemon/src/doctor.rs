@@ -94,13 +94,13 @@ pub fn run(s: &DoctorInputs) -> Vec<Finding> {
         }
     }
     findings.extend(doctor::check_chains_with(&chains, &s.forwards, PORTD_NAT_PRIORITY, &s.dispatch));
-    match portd_kernel::sockdiag::held() {
+    match portd_kernel::sockdiag::holding() {
         Ok(held) => findings.extend(doctor::check_listeners(
             &s.forwards,
             |proto, port| {
                 held.iter()
                     .filter(|h| h.proto == proto && h.port == port)
-                    .map(|h| doctor::Listening { uid: h.uid, addr: h.addr, v6only: h.v6only })
+                    .map(|h| doctor::Listening { uid: h.uid, addr: h.addr, v6only: h.v6only, listening: h.listening })
                     .collect()
             },
             |owner| s.owner_uids.get(owner).copied(),

@@ -14,8 +14,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// `SOCK_DIAG_BY_FAMILY` (linux/sock_diag.h).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-/// `TCP_LISTEN` state bit.
-const TCPF_LISTEN: u32 = 1 << 10;
+/// `TCP_LISTEN`, and its state bit.
+const TCP_LISTEN: u8 = 10;
+const TCPF_LISTEN: u32 = 1 << TCP_LISTEN;
 /// `TCP_BOUND_INACTIVE` state bit (Linux 6.8): a TCP socket bound, neither listening nor
 /// connected. Older kernels have no socket in that state and report none.
 const TCPF_BOUND_INACTIVE: u32 = 1 << 13;
@@ -44,6 +45,9 @@ pub struct Held {
     pub addr: IpAddr,
     /// An IPv6 socket that takes no IPv4 (`IPV6_V6ONLY`); false for IPv4 sockets.
     pub v6only: bool,
+    /// It takes connections or datagrams: a TCP listener, any bound UDP socket (false
+    /// for a TCP socket bound without listening).
+    pub listening: bool,
 }
 
 /// Reads every TCP listener and bound UDP socket of the namespace, connected ones
@@ -51,6 +55,12 @@ pub struct Held {
 /// client's datagrams to the port).
 pub fn held() -> io::Result<Vec<Held>> {
     held_in(TCPF_LISTEN)
+}
+
+/// [`held`], and TCP sockets bound without listening (Linux 6.8 and later report them):
+/// every socket that keeps a port from another program.
+pub fn holding() -> io::Result<Vec<Held>> {
+    held_in(TCPF_LISTEN | TCPF_BOUND_INACTIVE)
 }
 
 /// [`held`], TCP sockets of the states `tcp` (bits) included.
@@ -62,7 +72,8 @@ fn held_in(tcp: u32) -> io::Result<Vec<Held>> {
     {
         for family in [libc::AF_INET, libc::AF_INET6] {
             dump(&mut sock, family as u8, ipproto as u8, states, |s| {
-                out.push(Held { proto, port: s.port, uid: s.uid, addr: s.addr, v6only: s.v6only })
+                let listening = proto == Proto::Udp || s.state == TCP_LISTEN;
+                out.push(Held { proto, port: s.port, uid: s.uid, addr: s.addr, v6only: s.v6only, listening })
             })?;
         }
     }
@@ -72,6 +83,7 @@ fn held_in(tcp: u32) -> io::Result<Vec<Held>> {
 /// What one `struct inet_diag_msg` (and its attributes) says of a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Diag {
+    state: u8,
     port: u16,
     uid: u32,
     addr: IpAddr,
@@ -110,7 +122,7 @@ fn parse_diag_msg(b: &[u8]) -> Option<Diag> {
     } else {
         (IpAddr::V4(Ipv4Addr::new(b[8], b[9], b[10], b[11])), false)
     };
-    (port != 0).then_some(Diag { port, uid, addr, v6only })
+    (port != 0).then_some(Diag { state: b[1], port, uid, addr, v6only })
 }
 
 /// The listener table the policy reads, with user names for messages: every socket that
@@ -121,7 +133,7 @@ fn parse_diag_msg(b: &[u8]) -> Option<Diag> {
 /// while nothing changes.
 pub fn listeners(known: Option<&Listeners>, name: impl Fn(u32) -> Option<String>) -> io::Result<Listeners> {
     let mut l = Listeners::default();
-    for h in held_in(TCPF_LISTEN | TCPF_BOUND_INACTIVE)? {
+    for h in holding()? {
         l.insert(h.proto, h.port, h.uid);
     }
     if let Some(k) = known.filter(|k| k.same_sockets(&l)) {
@@ -143,7 +155,7 @@ mod tests {
         b[8..12].copy_from_slice(&[127, 0, 0, 1]);
         b[64..68].copy_from_slice(&1001u32.to_ne_bytes());
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        assert_eq!(parse_diag_msg(&b), Some(Diag { port: 8080, uid: 1001, addr: lo, v6only: false }));
+        assert_eq!(parse_diag_msg(&b), Some(Diag { state: b[1], port: 8080, uid: 1001, addr: lo, v6only: false }));
         b[4..6].copy_from_slice(&0u16.to_be_bytes());
         assert_eq!(parse_diag_msg(&b), None);
         assert_eq!(parse_diag_msg(&b[..40]), None);
@@ -189,10 +201,16 @@ mod tests {
         let me = nix::unistd::geteuid().as_raw();
         let any6 = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
         let lo4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        let tcp = Held { proto: Proto::Tcp, port: 18080, uid: me, addr: any6, v6only: false };
+        let tcp = Held { proto: Proto::Tcp, port: 18080, uid: me, addr: any6, v6only: false, listening: true };
         assert!(held.contains(&tcp), "{held:?}");
-        assert!(held.contains(&Held { proto: Proto::Udp, port: 18081, uid: me, addr: lo4, v6only: false }), "{held:?}");
-        assert!(held.contains(&Held { proto: Proto::Tcp, port: 18082, uid: me, addr: any6, v6only: true }), "{held:?}");
+        assert!(
+            held.contains(&Held { proto: Proto::Udp, port: 18081, uid: me, addr: lo4, v6only: false, listening: true }),
+            "{held:?}"
+        );
+        assert!(
+            held.contains(&Held { proto: Proto::Tcp, port: 18082, uid: me, addr: any6, v6only: true, listening: true }),
+            "{held:?}"
+        );
         assert_eq!(held.len(), 3, "a fresh namespace holds only the test's sockets: {held:?}");
         Ok(())
     }

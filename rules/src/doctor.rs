@@ -488,22 +488,24 @@ fn nat_finding(
     })
 }
 
-/// Listeners: nothing on a target port, (user forwards) a socket of another uid, and,
-/// for every forward, an application bound to loopback only or to IPv6 only where the
-/// forward takes other hosts or IPv4. `sockets(proto, port)` lists the sockets holding
-/// it; `owner_uid` gives the uid of a user owner.
+/// Listeners: nothing on a target port, (user forwards) a socket of another uid (one
+/// bound without listening too: it keeps the owner's app off the port), and, for every
+/// forward, an application bound to loopback only or to IPv6 only where the forward
+/// takes other hosts or IPv4. `sockets(proto, port)` lists the sockets holding it;
+/// `owner_uid` gives the uid of a user owner.
 pub fn check_listeners(
     forwards: &[PlacedForward],
     sockets: impl Fn(Proto, u16) -> Vec<Listening>,
     owner_uid: impl Fn(&str) -> Option<u32>,
 ) -> Vec<Finding> {
     let holders = |proto, port| sockets(proto, port).into_iter().map(|s| s.uid).collect::<Vec<u32>>();
+    let listening = |proto, port| sockets(proto, port).into_iter().filter(|s| s.listening).collect::<Vec<_>>();
     let mut out = Vec::new();
     for f in forwards {
         for &proto in f.forward.proto.protos() {
-            out.extend(bind::bound(f, proto, &sockets));
+            out.extend(bind::bound(f, proto, &listening));
             let to = f.forward.to;
-            let idle: Vec<u16> = (to.start..=to.end).filter(|p| holders(proto, *p).is_empty()).collect();
+            let idle: Vec<u16> = (to.start..=to.end).filter(|p| listening(proto, *p).is_empty()).collect();
             let word = proto_word(l4(proto));
             if !idle.is_empty() {
                 let ports = if idle.len() == 1 {
@@ -538,7 +540,7 @@ pub fn check_listeners(
                     message: format!(
                         "target port {word}/{port} is held by uid {other}, not by the forward's owner (uid {uid}): its traffic goes to another user's program"
                     ),
-                    fix: format!("stop the program of uid {other} on port {port} (`ss -l{}np sport = :{port}`), or forward to a port the owner's application holds", if proto == Proto::Tcp { "t" } else { "u" }),
+                    fix: format!("stop the program of uid {other} on port {port} (`ss -a{}np sport = :{port}`; a socket bound without listening shows there with iproute2 6.8 or later), or forward to a port the owner's application holds", if proto == Proto::Tcp { "t" } else { "u" }),
                 });
             }
         }

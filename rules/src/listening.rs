@@ -92,7 +92,7 @@ mod tests {
     }
 
     fn sock(addr: IpAddr, v6only: bool) -> Listening {
-        Listening { uid: 1000, addr, v6only }
+        Listening { uid: 1000, addr, v6only, listening: true }
     }
 
     const ANY4: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);

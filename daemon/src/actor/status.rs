@@ -122,7 +122,8 @@ impl PendingStatus {
         let mut held = vec![0u64; 2 * 65536 / 64];
         let bit = |proto, port: u16| usize::from(proto == portd_rules::Proto::Udp) * 65536 + usize::from(port);
         for h in sockets.unwrap_or_default() {
-            let l = portd_rules::doctor::Listening { uid: h.uid, addr: h.addr, v6only: h.v6only };
+            let l =
+                portd_rules::doctor::Listening { uid: h.uid, addr: h.addr, v6only: h.v6only, listening: h.listening };
             by_port.entry((h.proto, h.port)).or_default().push(l);
             held[bit(h.proto, h.port) / 64] |= 1 << (bit(h.proto, h.port) % 64);
         }

@@ -18,12 +18,15 @@ pub struct Listening {
     pub addr: IpAddr,
     /// An IPv6 socket that takes no IPv4.
     pub v6only: bool,
+    /// It takes connections (false: a TCP socket bound without listening, which holds
+    /// the port all the same).
+    pub listening: bool,
 }
 
 impl Listening {
     /// A socket of `uid` on every address of both families (`::`, dual-stack).
     pub fn any(uid: u32) -> Listening {
-        Listening { uid, addr: IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), v6only: false }
+        Listening { uid, addr: IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), v6only: false, listening: true }
     }
 
     fn loopback(&self) -> bool {
@@ -137,7 +140,7 @@ mod tests {
     }
 
     fn sock(addr: &str, v6only: bool) -> Listening {
-        Listening { uid: 0, addr: addr.parse().expect("an address"), v6only }
+        Listening { uid: 0, addr: addr.parse().expect("an address"), v6only, listening: true }
     }
 
     fn on(f: &PlacedForward, socks: &[Listening]) -> Vec<Finding> {

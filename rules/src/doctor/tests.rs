@@ -262,7 +262,13 @@ fn listeners_conntrack_and_self() {
     let other = check_listeners(&fs, |_, _| vec![Listening::any(1002)], |_| Some(1001));
     assert!(other[0].message.contains("uid 1002"), "{}", other[0].message);
     assert!(check_listeners(&fs, |_, _| vec![Listening::any(1002)], |_| None).is_empty(), "system forwards: any uid");
-    let lo = Listening { uid: 0, addr: "127.0.0.1".parse().expect("an address"), v6only: false };
+    // Another uid's TCP socket bound without listening: held all the same, and nothing listens.
+    let bound_only = Listening { listening: false, ..Listening::any(1002) };
+    let held = check_listeners(&fs, |_, _| vec![bound_only], |_| Some(1001));
+    let messages: Vec<&str> = held.iter().map(|f| f.message.as_str()).collect();
+    assert!(messages.iter().any(|m| m.contains("nothing listens")), "{messages:?}");
+    assert!(messages.iter().any(|m| m.contains("held by uid 1002")), "{messages:?}");
+    let lo = Listening { uid: 0, addr: "127.0.0.1".parse().expect("an address"), v6only: false, listening: true };
     let system = check_listeners(&[fwd("system", 80, 8080)], |_, _| vec![lo], |_| None);
     assert_eq!(
         system.iter().map(|f| (f.check.as_str(), f.severity)).collect::<Vec<_>>(),
