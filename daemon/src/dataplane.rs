@@ -260,6 +260,12 @@ fn wanted(
 ) -> Wanted {
     let mut w = Wanted::default();
     let (mut steered, mut reserved, mut watched) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    // A target's reservation for `uid`, the first one only.
+    let mut reserve = |w: &mut Wanted, proto: Proto, target: u16, uid: u32| {
+        if reserved.insert((proto, target)) {
+            w.reserved.push(Reservation { proto: bpf_proto(proto), port: target, owner_uid: uid });
+        }
+    };
     for p in &plan.forwards {
         let user = p.owner != SYSTEM_OWNER;
         let uid = if user {
@@ -289,9 +295,7 @@ fn wanted(
                     });
                 }
                 if user && ownership {
-                    if reserved.insert((proto, target)) {
-                        w.reserved.push(Reservation { proto: bpf_proto(proto), port: target, owner_uid: uid });
-                    }
+                    reserve(&mut w, proto, target, uid);
                     if watched.insert((proto, port)) {
                         w.watched.push(Watched { proto: bpf_proto(proto), port, owner_uid: uid });
                     }
@@ -318,11 +322,8 @@ fn wanted(
     for (owner, f) in kept.iter().filter(|_| ownership) {
         let Some(uid) = uid_of(owner) else { continue };
         for port in f.port.ports() {
-            let target = f.target_of(port);
             for &proto in f.proto.protos() {
-                if reserved.insert((proto, target)) {
-                    w.reserved.push(Reservation { proto: bpf_proto(proto), port: target, owner_uid: uid });
-                }
+                reserve(&mut w, proto, f.target_of(port), uid);
             }
         }
     }
@@ -342,9 +343,11 @@ mod tests {
         let plan =
             portd_rules::plan::compile_dispatched("t", 1, true, &[("system", vec![&sys]), ("user:web", vec![&web])])
                 .expect("compiles");
+        let steered = |w: &Wanted| -> Vec<(u16, u16, u32)> {
+            w.steer.iter().map(|s| (s.public_port, s.target_port, s.owner_uid)).collect()
+        };
         let w = wanted(&plan, &[], true, true, |o| (o == "user:web").then_some(1000));
-        let steer: Vec<(u16, u16, u32)> = w.steer.iter().map(|s| (s.public_port, s.target_port, s.owner_uid)).collect();
-        assert_eq!(steer, vec![(22, 2222, ANY_UID), (80, 8080, 1000), (81, 8081, 1000)]);
+        assert_eq!(steered(&w), vec![(22, 2222, ANY_UID), (80, 8080, 1000), (81, 8081, 1000)]);
         assert_eq!(w.reserved.len(), 4, "both protocols of both target ports: {:?}", w.reserved);
         assert!(w.reserved.iter().all(|r| r.owner_uid == 1000 && (8080..=8081).contains(&r.port)));
         assert_eq!(w.watched.len(), 4);
@@ -364,7 +367,6 @@ mod tests {
             portd_rules::plan::compile_dispatched("t", 1, true, &[("system", vec![&idle]), ("user:web", vec![&web])])
                 .expect("compiles");
         let w = wanted(&shared, &[], true, true, |o| (o == "user:web").then_some(1000));
-        let steer: Vec<(u16, u16, u32)> = w.steer.iter().map(|s| (s.public_port, s.target_port, s.owner_uid)).collect();
-        assert_eq!(steer, vec![(90, 8080, 1000), (80, 8080, 1000), (81, 8081, 1000)]);
+        assert_eq!(steered(&w), vec![(90, 8080, 1000), (80, 8080, 1000), (81, 8081, 1000)]);
     }
 }

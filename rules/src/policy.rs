@@ -519,6 +519,19 @@ impl Evaluation {
         })
     }
 
+    /// The suspended forwards that keep their ports ([`Reason::keeps_claim`]), taken from
+    /// `users`.
+    pub fn kept_forwards<'a>(
+        &'a self,
+        users: &'a BTreeMap<SetKey, UserSet>,
+    ) -> impl Iterator<Item = (&'a SetKey, &'a Forward)> + 'a {
+        self.suspended.iter().flat_map(move |(owner, list)| {
+            list.iter().filter(|(_, r)| r.keeps_claim()).filter_map(move |(name, _)| {
+                Some((owner, users.get(owner)?.forwards.iter().find(|f| f.name == *name)?))
+            })
+        })
+    }
+
     /// The reason a forward is suspended, if it is (`owner` as written).
     pub fn reason(&self, owner: &str, name: &str) -> Option<&Reason> {
         self.suspended.get(owner)?.iter().find(|(n, _)| n == name).map(|(_, r)| r)

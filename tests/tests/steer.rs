@@ -198,11 +198,8 @@ fn protect_and_restricted_forwards_bring_their_rules_and_take_them_away_counters
     // the table only while a forward needs them, and come and go in place.
     let net = Net::setup();
     let alice = TestUser::new("sp");
-    let grant = format!(
-        "grants:\n  - user: {}\n    ports: [\"80-81\"]\n    to: \"8000-9000\"\n    protect: true\n",
-        alice.name
-    );
-    let d = Portd::start_bpf(&net, &config(&net, &grant), &[]);
+    let text = config(&net, &format!("grants:\n{}    protect: true\n", grant(&alice.name, "\"80-81\"")));
+    let d = Portd::start_bpf(&net, &text, &[]);
     let _app = net.tcp_app_as(&net.srv, &alice.name, 8080, "port-$SOCAT_SOCKPORT");
     let _other = net.tcp_app_as(&net.srv, &alice.name, 8081, "port-$SOCAT_SOCKPORT");
     let plain = web(80, 8080);
@@ -243,8 +240,7 @@ fn a_second_owner_cannot_claim_a_steered_public_port_in_either_family() {
     // families either names, and the first one's traffic stays with its app.
     let net = Net::setup();
     let (alice, mallory) = (TestUser::new("sa"), TestUser::new("sm"));
-    let grant = |u: &str| format!("  - user: {u}\n    ports: [80]\n    to: \"8000-9000\"\n");
-    let text = config(&net, &format!("grants:\n{}{}", grant(&alice.name), grant(&mallory.name)));
+    let text = config(&net, &format!("grants:\n{}{}", grant(&alice.name, "80"), grant(&mallory.name, "80")));
     let d = Portd::start_bpf(&net, &text, &[]);
     let _app = net.tcp_app_as(&net.srv, &alice.name, 8080, "alice");
     let _other = net.tcp_app_as(&net.srv, &mallory.name, 9000, "mallory");

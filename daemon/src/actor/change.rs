@@ -335,19 +335,9 @@ impl Daemon {
     pub(super) fn check_reserved(&self, owner: &SetKey, fresh: &[Forward]) -> Result<(), Error> {
         let mut claims = policy::PlacedClaims::default();
         let mut any = false;
-        for (o, list) in &self.eval.suspended {
-            if o == owner {
-                continue;
-            }
-            for (name, r) in list {
-                if !r.keeps_claim() {
-                    continue;
-                }
-                if let Some(f) = self.users.get(o).and_then(|s| s.forwards.iter().find(|f| f.name == *name)) {
-                    claims.put(o.as_str(), f);
-                    any = true;
-                }
-            }
+        for (o, f) in self.eval.kept_forwards(&self.users).filter(|(o, _)| *o != owner) {
+            claims.put(o.as_str(), f);
+            any = true;
         }
         if !any {
             return Ok(());

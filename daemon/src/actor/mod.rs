@@ -261,17 +261,8 @@ impl Daemon {
     /// Brings the data plane's maps in step with the plan the kernel now holds.
     fn sync_dataplane(&mut self) {
         let users = &self.users;
-        let kept: Vec<(&str, &portd_rules::model::Forward)> = self
-            .eval
-            .suspended
-            .iter()
-            .flat_map(|(o, list)| {
-                list.iter().filter(|(_, r)| r.keeps_claim()).filter_map(move |(name, _)| {
-                    let f = users.get(o)?.forwards.iter().find(|f| f.name == *name)?;
-                    Some((o.as_str(), f))
-                })
-            })
-            .collect();
+        let kept: Vec<(&str, &portd_rules::model::Forward)> =
+            self.eval.kept_forwards(users).map(|(o, f)| (o.as_str(), f)).collect();
         if let Err(e) = self.steering.sync(&self.plan, &kept, |owner| users.get(owner).and_then(|s| s.uid)) {
             tracing::error!("updating the BPF data plane: {e}; steered forwards may refuse connections until it works");
         }

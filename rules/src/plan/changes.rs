@@ -1,7 +1,7 @@
 //! Incremental changes: one owner's forwards replaced, added or removed, as a [`Delta`]
 //! that costs O(change), not O(plan).
 
-use super::compile::{key, port_key, skeleton};
+use super::compile::{key, port_key, skeleton, LAYOUT_SETS};
 use super::delta::{Delta, SetElements};
 use super::summary::Summary;
 use super::table::{element_comment, names, placed_order, Conflict, PlacedForward, Plan};
@@ -180,13 +180,10 @@ impl Plan {
         let filled = |list: &[SetElements], name: &str| {
             list.iter().filter(|s| s.set == name).map(|s| s.elements.len()).sum::<usize>()
         };
-        // The sets whose emptiness the chains follow (Layout in compile.rs).
-        let layout_sets = [names::TO, names::TO_FAMILY, names::STEER_MORE, names::PROTECT];
-        let holds = |n: &str| self.set(n).is_some_and(|s| !s.elements.is_empty());
         let holds_after = |n: &str| {
             self.set(n).map_or(0, |s| s.elements.len()) + filled(&d.add_elements, n) > filled(&d.del_elements, n)
         };
-        if layout_sets.iter().all(|n| holds(n) == holds_after(n)) {
+        if LAYOUT_SETS.iter().all(|n| self.holds(n) == holds_after(n)) {
             return d;
         }
         let mut whole = self.clone();

@@ -269,23 +269,29 @@ fn chains(mark: u32, l: Layout) -> Vec<Chain> {
     chains
 }
 
+/// The sets whose emptiness a steer plan's chains follow ([`Plan::layout`]).
+pub(super) const LAYOUT_SETS: [&str; 4] = [names::TO, names::TO_FAMILY, names::STEER_MORE, names::PROTECT];
+
 impl Plan {
     /// True when this plan's own rules redirect with NAT (which turns conntrack on): every
     /// forward of a NAT plan, the UDP forwards of a steer plan.
     pub fn redirects(&self) -> bool {
-        use names::*;
-        !self.steer || [TO, TO_FAMILY].iter().any(|n| self.set(n).is_some_and(|s| !s.elements.is_empty()))
+        !self.steer || self.holds(names::TO) || self.holds(names::TO_FAMILY)
+    }
+
+    /// True when set `name` has an element.
+    pub(super) fn holds(&self, name: &str) -> bool {
+        self.set(name).is_some_and(|s| !s.elements.is_empty())
     }
 
     fn layout(&self) -> Layout {
         let nat = self.redirects();
-        let holds = |name: &str| self.set(name).is_some_and(|s| !s.elements.is_empty());
         Layout {
             nat,
             steer: self.steer,
             untrack: self.steer && (nat || self.conntrack),
-            more: self.steer && holds(names::STEER_MORE),
-            protect: holds(names::PROTECT),
+            more: self.steer && self.holds(names::STEER_MORE),
+            protect: self.holds(names::PROTECT),
         }
     }
 

@@ -8,8 +8,14 @@ use std::time::Duration;
 
 /// A config granting `user` public ports 80-81 and targets 8000-9000.
 pub fn granted(net: &Net, user: &str, settings: &str) -> String {
-    let base = config(net, &format!("grants:\n  - user: {user}\n    ports: [\"80-81\"]\n    to: \"8000-9000\"\n"));
+    let base = config(net, &format!("grants:\n{}", grant(user, "\"80-81\"")));
     base.replacen("settings:\n", &format!("settings:\n{settings}"), 1)
+}
+
+/// One item of `grants:`: `user` may forward `ports` (a YAML list's items, `80` or
+/// `"80-81"`) to targets 8000-9000.
+pub fn grant(user: &str, ports: &str) -> String {
+    format!("  - user: {user}\n    ports: [{ports}]\n    to: \"8000-9000\"\n")
 }
 
 /// portd steering the system forward `name` (`port` -> `to`) to a socat app on `to` that
@@ -62,6 +68,19 @@ pub fn binds_as(net: &Net, user: &str, port: u16) -> String {
         "import socket\nfor fam,addr in ((socket.AF_INET,'0.0.0.0'),(socket.AF_INET6,'::'),(socket.AF_INET,'127.0.0.1')):\n  for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):\n    s=socket.socket(fam,kind)\n    try:\n      s.bind((addr,{port})); print('bound', addr, kind)\n    except OSError as e:\n      print('refused', addr, kind, e.errno)\n"
     );
     out(&py_as(net, Some(user), &code))
+}
+
+/// Asserts that every bind of [`binds_as`]'s answer (`refused ADDR KIND ERRNO` or
+/// `bound ADDR KIND`) of socket type `kind` (1 TCP, 2 UDP) was refused with EACCES.
+pub fn assert_refused(binds: &str, kind: u8) {
+    let kind = kind.to_string();
+    let lines: Vec<Vec<&str>> = binds
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.get(2) == Some(&kind.as_str()))
+        .collect();
+    assert_eq!(lines.len(), 3, "{binds}");
+    assert!(lines.iter().all(|f| f[0] == "refused" && f.get(3) == Some(&"13")), "{binds}");
 }
 
 /// The wall-clock time of a log record (`2026-12-06T05:09:01.886115Z ...`, UTC).
