@@ -177,6 +177,14 @@ impl Steering {
         self.dp.as_ref().filter(|_| self.steer).and_then(|d| d.registered().ok()).unwrap_or_default()
     }
 
+    /// What the closed connections of each steered public port received, `(port, v6)` →
+    /// (segments, payload bytes) (empty unless TCP forwards are steered).
+    pub fn closed_counts(&self) -> portd_kernel::sockdiag::ConnCounts {
+        let dp = self.dp.as_ref().filter(|_| self.steer);
+        dp.and_then(|d| d.closed_counts().map_err(|e| tracing::debug!("reading steered counts: {e}")).ok())
+            .unwrap_or_default()
+    }
+
     /// Puts back detached programs and deleted pins.
     pub fn repair(&mut self) {
         if let Some(dp) = self.dp.as_mut() {

@@ -4,7 +4,8 @@
 // network namespace); README.md beside this file describes the whole.
 //
 //   steer            sk_lookup, on the instance's netns: public port -> owner's socket
-//   register         sockops, on the cgroup v2 root: listening sockets on target ports
+//   register         sockops, on the cgroup v2 root: listening sockets on target ports,
+//                    and what the closed connections of steered ports received
 //   bind4 / bind6    cgroup sock_addr, on the cgroup v2 root: reserved ports, watched ports
 //   scan             iter/tcp, run by the loader: sockets that listened before the forward
 //
@@ -21,6 +22,7 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define EACCES 13
+#define TCP_CLOSE 7
 #define TCP_LISTEN 10
 #define LOOPBACK_IFINDEX 1
 
@@ -79,6 +81,18 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } watched SEC(".maps");
+
+// {steered public port, family} -> what its closed connections received. The
+// loader creates an entry when a port starts being steered and deletes it when
+// the port stops; the programs only add to entries that exist.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * PORTD_MAX_PORTS);
+	__type(key, struct count_key);
+	__type(value, struct count_val);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} counts SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -181,21 +195,73 @@ static __always_inline void add_listener(struct bpf_sock_ops *skops, __u16 port)
 // target's owner (by anyone for a PORTD_ANY_UID target), is registered at once
 // (an app restart is steered again as soon as it listens). The listen callback
 // needs no bpf_sock_ops_cb_flags_set.
-SEC("sockops")
-int register_listener(struct bpf_sock_ops *skops)
+static __always_inline void on_listen(struct bpf_sock_ops *skops)
 {
-	if (skops->op != BPF_SOCK_OPS_TCP_LISTEN_CB)
-		return 1;
-	if (bpf_get_netns_cookie(skops) != netns_cookie)
-		return 1;
 	__u32 port = skops->local_port;
 	struct target_val *t = bpf_map_lookup_elem(&targets, &port);
 	if (!t)
-		return 1;
+		return;
 	// listen() runs in the owner's process: the current uid is the socket's.
 	if (t->owner_uid != PORTD_ANY_UID && (__u32)bpf_get_current_uid_gid() != t->owner_uid)
-		return 1;
+		return;
 	add_listener(skops, port);
+}
+
+// The family a connection's packets have: an IPv4 connection accepted by a
+// dual-stack socket is AF_INET6 with a v4-mapped address (::ffff:a.b.c.d).
+static __always_inline __u8 conn_family(struct bpf_sock_ops *skops)
+{
+	if (skops->family == AF_INET)
+		return PORTD_FAMILY_V4;
+	if (skops->local_ip6[0] == 0 && skops->local_ip6[1] == 0 && skops->local_ip6[2] == bpf_htonl(0xffff))
+		return PORTD_FAMILY_V4;
+	return PORTD_FAMILY_V6;
+}
+
+// Counting a steered connection costs nothing per packet: the socket counts
+// what it receives anyway (segments, payload bytes), and when it closes its
+// totals are added to its public port's entry in `counts`. The daemon adds the
+// connections still open (sock_diag). A connection accepted on a steered
+// public port asks for the state callback; no other does.
+static __always_inline void on_established(struct bpf_sock_ops *skops)
+{
+	__u32 port = skops->local_port;
+	if (!bpf_map_lookup_elem(&steer, &port))
+		return;
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+static __always_inline void on_state(struct bpf_sock_ops *skops)
+{
+	if (skops->args[1] != TCP_CLOSE)
+		return;
+	struct count_key key = {.port = (__u16)skops->local_port, .family = conn_family(skops)};
+	struct count_val *c = bpf_map_lookup_elem(&counts, &key);
+	if (!c)
+		return;
+	__sync_fetch_and_add(&c->packets, (__u64)skops->segs_in);
+	__sync_fetch_and_add(&c->bytes, skops->bytes_received);
+}
+
+SEC("sockops")
+int register_listener(struct bpf_sock_ops *skops)
+{
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_LISTEN_CB:
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_STATE_CB:
+		break;
+	default:
+		return 1;
+	}
+	if (bpf_get_netns_cookie(skops) != netns_cookie)
+		return 1;
+	if (skops->op == BPF_SOCK_OPS_TCP_LISTEN_CB)
+		on_listen(skops);
+	else if (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+		on_established(skops);
+	else
+		on_state(skops);
 	return 1;
 }
 

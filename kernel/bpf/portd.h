@@ -50,6 +50,21 @@ struct port_key {
 	__u16 port;
 };
 
+// Key of `counts`: a steered public port and the family of its connections
+// (PORTD_FAMILY_*; an IPv4 connection to a dual-stack socket is PORTD_FAMILY_V4).
+struct count_key {
+	__u16 port;
+	__u8 family;
+	__u8 pad;
+};
+
+// Value of `counts`: what the closed connections of a steered public port
+// received (TCP segments, payload bytes).
+struct count_val {
+	__u64 packets;
+	__u64 bytes;
+};
+
 struct bind_event {
 	__u32 uid;
 	__u16 port;

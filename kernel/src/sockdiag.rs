@@ -24,6 +24,17 @@ const TCPF_BOUND_INACTIVE: u32 = 1 << 13;
 const TCPF_CLOSE: u32 = 1 << 7;
 /// `1 << TCP_ESTABLISHED`: a connected UDP socket.
 const TCPF_ESTABLISHED: u32 = 1 << 1;
+/// The states of a connected TCP socket that still has its own counters (established
+/// and closing; a TIME_WAIT socket has none, and SYN_SENT is a client's):
+/// ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING.
+const TCPF_CONNECTED: u32 = (1 << 1) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11);
+/// `INET_DIAG_INFO`: the attribute with `struct tcp_info`, asked for by bit
+/// `1 << (INET_DIAG_INFO - 1)` of `idiag_ext`.
+const INET_DIAG_INFO: u16 = 2;
+/// Offsets in `struct tcp_info` (linux/tcp.h) of `tcpi_bytes_received` (u64) and
+/// `tcpi_segs_in` (u32), both there since Linux 4.2.
+const TCPI_BYTES_RECEIVED: usize = 128;
+const TCPI_SEGS_IN: usize = 140;
 /// Size of `struct inet_diag_req_v2`.
 const REQ_LEN: usize = 56;
 /// Size of `struct inet_diag_msg`.
@@ -80,6 +91,51 @@ fn held_in(tcp: u32) -> io::Result<Vec<Held>> {
     Ok(out)
 }
 
+/// What TCP connections received, per local port and family: `(port, v6)` → (segments,
+/// bytes of sequence space: payload, and one for a FIN).
+pub type ConnCounts = std::collections::BTreeMap<(u16, bool), (u64, u64)>;
+
+/// What the open TCP connections on these local ports have received, per port and
+/// family (`(port, v6)` → (segments, payload bytes), an IPv4 connection to a dual-stack
+/// socket under IPv4), from each socket's own counters (`tcp_info`). With the totals
+/// of the closed ones (the BPF data plane's `counts`) this is a steered forward's count:
+/// nothing is counted per packet.
+pub fn connections(
+    ports: &std::collections::BTreeSet<u16>,
+) -> io::Result<std::collections::BTreeMap<(u16, bool), (u64, u64)>> {
+    let mut out = std::collections::BTreeMap::new();
+    if ports.is_empty() {
+        return Ok(out);
+    }
+    let mut sock = Socket::open(libc::NETLINK_SOCK_DIAG)?;
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        let ext = 1u8 << (INET_DIAG_INFO - 1);
+        dump_with(&mut sock, family as u8, libc::IPPROTO_TCP as u8, TCPF_CONNECTED, ext, |b| {
+            if let Some((port, v6, counted)) = parse_connection(b).filter(|(port, ..)| ports.contains(port)) {
+                let sum = out.entry((port, v6)).or_insert((0, 0));
+                sum.0 += counted.0;
+                sum.1 += counted.1;
+            }
+        })?;
+    }
+    Ok(out)
+}
+
+/// One connected socket's local port, family (true: IPv6) and (segments, payload bytes)
+/// received; `None` without the `tcp_info` attribute.
+fn parse_connection(b: &[u8]) -> Option<(u16, bool, (u64, u64))> {
+    if b.len() < DIAG_MSG_LEN {
+        return None;
+    }
+    let port = u16::from_be_bytes([b[4], b[5]]);
+    // An IPv6 socket's IPv4 connection has a v4-mapped source, ::ffff:a.b.c.d.
+    let v6 = b[0] == libc::AF_INET6 as u8 && !(b[8..18].iter().all(|x| *x == 0) && b[18..20] == [0xff, 0xff]);
+    let info = crate::netlink::attr::find(&b[DIAG_MSG_LEN..], INET_DIAG_INFO)?;
+    let bytes = u64::from_ne_bytes(info.get(TCPI_BYTES_RECEIVED..TCPI_BYTES_RECEIVED + 8)?.try_into().ok()?);
+    let segs = u32::from_ne_bytes(info.get(TCPI_SEGS_IN..TCPI_SEGS_IN + 4)?.try_into().ok()?);
+    Some((port, v6, (u64::from(segs), bytes)))
+}
+
 /// What one `struct inet_diag_msg` (and its attributes) says of a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Diag {
@@ -92,17 +148,30 @@ struct Diag {
 
 /// Sends one inet_diag dump request and calls `f` for each bound socket.
 fn dump(sock: &mut Socket, family: u8, proto: u8, states: u32, mut f: impl FnMut(Diag)) -> io::Result<()> {
-    // inet_diag_req_v2 (56 bytes): family, protocol, ext, pad, states, then a zero sockid.
-    let mut req = Vec::with_capacity(REQ_LEN);
-    req.extend_from_slice(&[family, proto, 0, 0]);
-    req.extend_from_slice(&states.to_ne_bytes());
-    req.resize(REQ_LEN, 0);
-    let seq = sock.send_request(SOCK_DIAG_BY_FAMILY, libc::NLM_F_DUMP as u16, &[&req])?;
-    sock.replies(seq, |m| {
-        if let Some(d) = parse_diag_msg(m.body) {
+    dump_with(sock, family, proto, states, 0, |b| {
+        if let Some(d) = parse_diag_msg(b) {
             f(d);
         }
     })
+}
+
+/// One inet_diag dump request asking for the extensions `ext`; `f` gets each message
+/// body (`struct inet_diag_msg` and its attributes).
+fn dump_with(
+    sock: &mut Socket,
+    family: u8,
+    proto: u8,
+    states: u32,
+    ext: u8,
+    mut f: impl FnMut(&[u8]),
+) -> io::Result<()> {
+    // inet_diag_req_v2 (56 bytes): family, protocol, ext, pad, states, then a zero sockid.
+    let mut req = Vec::with_capacity(REQ_LEN);
+    req.extend_from_slice(&[family, proto, ext, 0]);
+    req.extend_from_slice(&states.to_ne_bytes());
+    req.resize(REQ_LEN, 0);
+    let seq = sock.send_request(SOCK_DIAG_BY_FAMILY, libc::NLM_F_DUMP as u16, &[&req])?;
+    sock.replies(seq, |m| f(m.body))
 }
 
 /// One `struct inet_diag_msg` and the attributes after it; `None` for an unbound socket.

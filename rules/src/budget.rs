@@ -49,41 +49,59 @@ fn sources_of(f: &Forward, fam: Family) -> u64 {
 }
 
 /// What `f` costs in kernel elements when the plan's default mark is `default_mark`:
-/// the count a steer plan places (a protected target shared with another forward is
-/// counted for each); a NAT plan places as many or fewer (no `fwd_steer_more` entry).
+/// the most that a steer plan or a NAT plan places for it (a protected target shared
+/// with another forward is counted for each).
 pub fn cost(f: &Forward, default_mark: u32) -> Cost {
+    let (steer, nat) = (placed(f, default_mark, true), placed(f, default_mark, false));
+    Cost { elements: steer.elements.max(nat.elements), sources: steer.sources.max(nat.sources) }
+}
+
+/// The elements `Plan::place` puts in a steer plan (`steer`) or a NAT plan for `f`.
+fn placed(f: &Forward, default_mark: u32, steer: bool) -> Cost {
     let ports = f.port.len() as u64;
-    let protos = f.proto.protos().len() as u64;
     let mark = f.mark.unwrap_or(default_mark);
     let both = f.family == FamilySel::Both;
-    let plain = both && mark == default_mark;
-    let tcp = u64::from(f.proto.protos().contains(&crate::model::Proto::Tcp));
-    // fwd_steer_more: a steered (TCP) forward that its first lookup does not count
-    let more = if plain && f.interfaces.is_empty() && f.sources.is_empty() && f.local { 0 } else { tcp * ports };
-    let mut per_key: u64 = 0; // elements per (family, protocol, port), sources aside
+    let restricted = !f.interfaces.is_empty() || !f.sources.is_empty();
     let mut out = Cost::default();
-    if both {
-        out.elements += protos * ports * if plain { 2 } else { 1 };
-    } else {
-        per_key += 1;
-    }
-    if !plain {
-        per_key += 1 + u64::from(mark != 0);
-    }
-    per_key += u64::from(!f.local);
-    if !f.interfaces.is_empty() {
-        per_key += 1 + f.interfaces.len() as u64;
-    }
-    if !f.sources.is_empty() {
-        per_key += 1;
-    }
-    per_key += u64::from(f.protect);
-    for &fam in f.family.families() {
-        let keys = protos * ports;
-        out.elements = out.elements.saturating_add(keys.saturating_mul(per_key)).saturating_add(more);
-        let src = keys.saturating_mul(sources_of(f, fam));
-        out.sources = out.sources.saturating_add(src);
-        out.elements = out.elements.saturating_add(src);
+    for &proto in f.proto.protos() {
+        let steered = steer && proto == crate::model::Proto::Tcp;
+        // (counted by port, counted by family with a mark element or not); neither: by sockets
+        let (by_port, by_family) = if steered {
+            match f.mark {
+                None => (false, None),
+                Some(m) if both && m == default_mark => (true, None),
+                own => (false, Some(own.is_some_and(|m| m != 0))),
+            }
+        } else if both && mark == default_mark {
+            (true, None)
+        } else {
+            (false, Some(mark != 0))
+        };
+        let sockets = !by_port && by_family.is_none();
+        if both {
+            out.elements += ports * (1 + u64::from(by_port));
+        }
+        let mut per_key = u64::from(!both); // elements per (family, port), sources aside
+        if let Some(marked) = by_family {
+            per_key += 1 + u64::from(marked);
+        }
+        if !sockets {
+            per_key += u64::from(!f.local);
+        }
+        per_key += u64::from(steered && (restricted || !sockets));
+        if !f.interfaces.is_empty() {
+            per_key += 1 + f.interfaces.len() as u64;
+        }
+        if !f.sources.is_empty() {
+            per_key += 1;
+        }
+        per_key += u64::from(f.protect);
+        for &fam in f.family.families() {
+            out.elements = out.elements.saturating_add(ports.saturating_mul(per_key));
+            let src = ports.saturating_mul(sources_of(f, fam));
+            out.sources = out.sources.saturating_add(src);
+            out.elements = out.elements.saturating_add(src);
+        }
     }
     out
 }
@@ -110,7 +128,7 @@ mod tests {
     use crate::model::{PortRange, ProtoSel};
     use crate::plan::{compile_dispatched, Plan};
 
-    fn placed(f: &Forward, mark: u32, steer: bool) -> u64 {
+    fn placed_in_plan(f: &Forward, mark: u32, steer: bool) -> u64 {
         let plan: Plan = compile_dispatched("t", mark, steer, &[("user:a", vec![f])]).expect("compiles");
         plan.sets.iter().map(|s| s.elements.len() as u64).sum()
     }
@@ -136,11 +154,19 @@ mod tests {
         f.family = FamilySel::Both;
         f.mark = Some(0);
         shapes.push(f.clone());
+        f.mark = Some(5);
+        shapes.push(f.clone());
+        f.mark = None;
+        shapes.push(f.clone());
+        f.interfaces.clear();
+        f.sources.clear();
+        shapes.push(f.clone());
         for f in &shapes {
             for mark in [0, 5] {
-                let c = cost(f, mark);
-                assert_eq!(c.elements, placed(f, mark, true), "{f:?} mark {mark}");
-                assert!(c.elements >= placed(f, mark, false), "{f:?} mark {mark}");
+                let (steer, nat) = (placed_in_plan(f, mark, true), placed_in_plan(f, mark, false));
+                assert_eq!(super::placed(f, mark, true).elements, steer, "{f:?} mark {mark}");
+                assert_eq!(super::placed(f, mark, false).elements, nat, "{f:?} mark {mark}");
+                assert_eq!(cost(f, mark).elements, steer.max(nat), "{f:?} mark {mark}");
             }
         }
         let mut big = Forward::new("big", r(1000, 1009), r(2000, 2009));

@@ -56,12 +56,73 @@ fn steered_forward_reaches_the_owners_app_over_both_families_without_nat_or_conn
 }
 
 #[test]
+fn a_steered_forward_is_counted_by_its_connections_open_and_closed() {
+    // Nothing of portd's sees a steered packet: the connection's own socket counts what it
+    // receives, read through sock_diag while it is open and added up by the sockops
+    // program when it closes. The byte count is the TCP payload (and one for a FIN).
+    let net = Net::setup();
+    let config = config(&net, "forwards:\n  - name: http\n    port: 80\n    to: 8080\n");
+    let d = Portd::start_bpf(&net, &config, &[]);
+    // An app that reads everything and keeps each connection until the client closes it.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let app = spawn_in_netns(&net.srv, move || {
+        let l = std::net::TcpListener::bind("[::]:8080").expect("bind 8080");
+        ready_tx.send(()).expect("ready");
+        for _ in 0..2 {
+            let (mut c, _) = l.accept().expect("accept");
+            std::thread::spawn(move || std::io::copy(&mut c, &mut std::io::sink()));
+        }
+    });
+    ready_rx.recv().expect("app listening");
+    wait_for(|| forward(&d.status_json(), "http")["listening"] == true, "the app to be registered");
+    let counts = || {
+        let st = d.status_json();
+        let f = forward(&st, "http");
+        (f["packets"].as_u64().unwrap_or(0), f["bytes"].as_u64().unwrap_or(0))
+    };
+    assert_eq!(counts(), (0, 0), "nothing connected yet");
+    assert_eq!(
+        forward(&d.status_json(), "http")["mark"],
+        0,
+        "a steered forward without a mark of its own marks nothing"
+    );
+    let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+    let client = spawn_in_netns(&net.cli, move || {
+        let mut v4 = TcpStream::connect((SRV4, 80)).expect("connect v4");
+        v4.write_all(&[7u8; 100_000]).expect("send v4");
+        let mut v6 = TcpStream::connect(format!("[{SRV6}]:80")).expect("connect v6");
+        v6.write_all(&[7u8; 50_000]).expect("send v6");
+        close_rx.recv().ok();
+    });
+    // Open: read from the sockets.
+    wait_for(|| counts().1 == 150_000, "the open connections' 150,000 bytes to be counted");
+    let (open_packets, _) = counts();
+    assert!(open_packets >= 2 * 3, "SYN, ACK and data of two connections at least: {open_packets}");
+    // Closed: kept by the data plane, never going back.
+    close_tx.send(()).expect("close");
+    client.join().expect("client");
+    app.join().expect("app");
+    let conns = || net.exec_ok(&net.srv, "ss", &["-Htn", "state", "established", "sport", "= :80"]);
+    wait_for(|| conns().trim().is_empty(), "the steered connections to close");
+    std::thread::sleep(Duration::from_millis(200));
+    let (packets, bytes) = counts();
+    // (the kernel's bytes_received counts a FIN as the sequence number it takes)
+    assert_eq!(bytes, 150_002, "payload bytes of both closed connections and their FINs");
+    assert!(packets >= open_packets + 2, "each connection's FIN counted once it closed: {open_packets} then {packets}");
+    // A status of a restarted portd still has them (the counts are pinned).
+    drop(d);
+    let d = Portd::start_bpf(&net, &config, &[]);
+    assert_eq!(forward(&d.status_json(), "http")["bytes"], 150_002, "kept across a restart");
+}
+
+#[test]
 fn steered_connections_are_untracked_exactly_while_conntrack_runs_for_someone_else() {
     let net = Net::setup();
     let (d, _app) = served_system_forward(&net, "http", 80, 8080);
-    // Nothing runs conntrack: steered packets pass steer_in alone (no raw, no nat chain).
+    // Nothing runs conntrack: a steered forward of the default kind passes no chain of
+    // portd's (no steer_in, no raw, no nat chain), and its sockets count it.
     let table = net.table("portd").expect("table");
-    assert!(table.contains("chain steer_in {"), "{table}");
+    assert!(!table.contains("hook input"), "{table}");
     assert!(!table.contains("notrack") && !table.contains("type nat"), "{table}");
     assert_eq!(d.status_json()["untracked"], false);
     assert_eq!(get(&net, SRV4, 80).as_deref(), Some("port-80"));
@@ -98,7 +159,7 @@ fn steered_connections_are_untracked_exactly_while_conntrack_runs_for_someone_el
     net.exec_ok(&net.srv, "nft", &["delete", "table", "inet", "fw"]);
     assert!(net.table("portd").is_some_and(|t| t.contains("notrack")), "raw chains kept at first");
     wait_for(
-        || net.table("portd").is_some_and(|t| !t.contains("notrack") && t.contains("chain steer_in {")),
+        || net.table("portd").is_some_and(|t| !t.contains("notrack") && !t.contains("hook ")),
         "portd to drop its raw chains once nothing runs conntrack",
     );
     assert!(t.elapsed() >= Duration::from_secs(4), "raw chains gone after {:?}, before the hold", t.elapsed());

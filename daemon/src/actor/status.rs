@@ -66,7 +66,11 @@ impl Daemon {
             }
         }
         let registered = self.steering.registered();
+        // Before the caller reads the open connections: a connection that closes in
+        // between is in neither (counted at the next status), never in both.
+        let closed = self.steering.closed_counts();
         PendingStatus {
+            closed,
             plan: self.plan.clone(),
             suspended,
             repairs: self.repairs,
@@ -96,7 +100,23 @@ pub struct PendingStatus {
     pub dataplane_reason: Option<String>,
     /// Sockets registered per steered target port.
     pub registered: std::collections::BTreeMap<u16, usize>,
+    /// What the closed connections of steered public ports received, `(port, v6)` →
+    /// (segments, payload bytes).
+    pub closed: portd_kernel::sockdiag::ConnCounts,
 }
+
+/// A steered forward's TCP part is counted by its connections' sockets unless the
+/// forward has a mark of its own (then the steer input chain marks and counts its
+/// packets, like a redirected forward's).
+fn counted_by_sockets(plan: &Plan, p: &portd_rules::plan::PlacedForward) -> bool {
+    plan.steer && p.forward.mark.is_none() && p.forward.proto.protos().contains(&portd_rules::Proto::Tcp)
+}
+
+/// What the counters of each steered forward showed last, by element comment: a
+/// forward's count is read in two steps (closed connections, then open ones), so a
+/// connection that closes between them is missing from one status; its forward shows
+/// the higher count it showed before rather than going back.
+static SHOWN: std::sync::Mutex<Option<std::collections::HashMap<String, (u64, u64)>>> = std::sync::Mutex::new(None);
 
 impl PendingStatus {
     /// The sockets on target ports, for [`PendingStatus::status`]: one read of the socket
@@ -111,11 +131,49 @@ impl PendingStatus {
 
     /// The status, given what the kernel holds (`None`: no table) and the sockets on
     /// target ports (`None`: unknown).
+    /// What the open connections of the socket-counted steered forwards have received,
+    /// for [`PendingStatus::status`] (one sock_diag dump; `None` when it fails).
+    pub fn connections(&self) -> Option<portd_kernel::sockdiag::ConnCounts> {
+        let ports: std::collections::BTreeSet<u16> = self
+            .plan
+            .forwards
+            .iter()
+            .filter(|p| counted_by_sockets(&self.plan, p))
+            .flat_map(|p| p.forward.port.ports())
+            .collect();
+        portd_kernel::sockdiag::connections(&ports).map_err(|e| tracing::debug!("reading connections: {e}")).ok()
+    }
+
     pub fn status(
         self,
         obs: Option<&portd_kernel::nft::Observed>,
         sockets: Option<&[portd_kernel::sockdiag::Held]>,
+        open: Option<&portd_kernel::sockdiag::ConnCounts>,
     ) -> Status {
+        let mut shown = SHOWN.lock().unwrap_or_else(|p| p.into_inner());
+        let shown = shown.get_or_insert_with(Default::default);
+        let mut seen = std::collections::HashSet::new();
+        let mut count = |p: &portd_rules::plan::PlacedForward| {
+            let comment = p.comment();
+            let (mut packets, mut bytes) = obs.and_then(|o| o.counters.get(&comment).copied()).unwrap_or((0, 0));
+            if !counted_by_sockets(&self.plan, p) {
+                return (packets, bytes);
+            }
+            for port in p.forward.port.ports() {
+                for fam in p.forward.family.families() {
+                    let key = (port, *fam == portd_rules::Family::Ipv6);
+                    for m in [Some(&self.closed), open] {
+                        let (n, b) = m.and_then(|m| m.get(&key)).copied().unwrap_or((0, 0));
+                        packets += n;
+                        bytes += b;
+                    }
+                }
+            }
+            let last = shown.entry(comment.clone()).or_insert((0, 0));
+            *last = (last.0.max(packets), last.1.max(bytes));
+            seen.insert(comment);
+            *last
+        };
         // The sockets by protocol and port, and a bit per (protocol, port) that has any, so
         // that the many target ports nothing holds cost a bit test, not a hash lookup.
         let mut by_port = std::collections::HashMap::<_, Vec<_>>::new();
@@ -141,7 +199,7 @@ impl PendingStatus {
             .forwards
             .iter()
             .map(|p| {
-                let (packets, bytes) = obs.and_then(|o| o.counters.get(&p.comment()).copied()).unwrap_or((0, 0));
+                let (packets, bytes) = count(p);
                 let protos = p.forward.proto.protos();
                 let steered = self.plan.steer && protos.contains(&portd_rules::Proto::Tcp);
                 let dispatch = match (steered, protos.len()) {
@@ -158,7 +216,9 @@ impl PendingStatus {
                     listeners: target.addresses,
                     owner: p.owner.clone(),
                     forward: p.forward.clone(),
-                    mark: p.mark,
+                    // A steered forward without a mark of its own marks no packet; with
+                    // UDP too, its datagrams carry the default.
+                    mark: if counted_by_sockets(&self.plan, p) && protos.len() == 1 { 0 } else { p.mark },
                     packets,
                     bytes,
                     state: ForwardState::Active,
@@ -166,6 +226,7 @@ impl PendingStatus {
                 }
             })
             .collect();
+        shown.retain(|c, _| seen.contains(c));
         forwards.extend(self.suspended);
         Status {
             daemon_version: env!("CARGO_PKG_VERSION").into(),

@@ -132,7 +132,7 @@ fn apply(d: &mut Daemon, who: &Caller, forwards: Vec<Forward>) -> Answer {
 
 /// Every forward of a status, as the server reads it (the fake kernel holds no table).
 fn states(d: &mut Daemon) -> Vec<(String, ForwardState)> {
-    let s = d.pending_status().status(None, None);
+    let s = d.pending_status().status(None, None, None);
     s.forwards.iter().map(|f| (format!("{}/{}", f.owner, f.forward.name), f.state)).collect()
 }
 

@@ -221,7 +221,8 @@ pub async fn status_of(actor: &Sender<Msg>, reader: &Arc<Mutex<Option<portd_kern
             let backend = guard.get_or_insert_with(|| portd_kernel::nft::Backend::new(&snap.plan.table));
             let obs = backend.read(&snap.plan)?;
             let sockets = snap.sockets();
-            Ok::<_, portd_kernel::nft::BackendError>(snap.status(obs.as_ref(), sockets.as_deref()))
+            let open = snap.connections();
+            Ok::<_, portd_kernel::nft::BackendError>(snap.status(obs.as_ref(), sockets.as_deref(), open.as_ref()))
         });
         match job.await {
             Ok(Ok(status)) => return Response::ok(portd_rules::proto::Body::Status(status)),

@@ -48,6 +48,23 @@ pub(crate) struct PortKey {
     pub port: u16,
 }
 
+/// `struct count_key`: key of `counts`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct CountKey {
+    pub port: u16,
+    pub family: u8,
+    pub pad: u8,
+}
+
+/// `struct count_val`: value of `counts`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct CountVal {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
 /// `struct bind_event`: a record of the `events` ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -69,6 +86,11 @@ unsafe impl aya::Pod for TargetVal {}
 unsafe impl aya::Pod for ListenerKey {}
 // SAFETY: as above (1 + 1 + 2 bytes, the padding is an explicit field).
 unsafe impl aya::Pod for PortKey {}
+
+// SAFETY: as above (2 + 1 + 1 bytes, the padding is an explicit field).
+unsafe impl aya::Pod for CountKey {}
+// SAFETY: as above (8 + 8 bytes, no padding).
+unsafe impl aya::Pod for CountVal {}
 
 impl RawBindEvent {
     /// Decodes a ring buffer record; `None` for a record of another size.
@@ -94,5 +116,7 @@ mod tests {
         assert_eq!(size_of::<ListenerKey>(), 4);
         assert_eq!(size_of::<PortKey>(), 4);
         assert_eq!(size_of::<RawBindEvent>(), 8);
+        assert_eq!(size_of::<CountKey>(), 4);
+        assert_eq!(size_of::<CountVal>(), 16);
     }
 }

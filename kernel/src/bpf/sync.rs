@@ -14,7 +14,7 @@ use aya::{
 };
 
 use super::{
-    abi::{ListenerKey, PortKey, SteerVal, TargetVal, ANY_UID, SLOTS},
+    abi::{CountKey, CountVal, ListenerKey, PortKey, SteerVal, TargetVal, ANY_UID, FAMILY_V4, FAMILY_V6, SLOTS},
     error::BpfError,
     sys,
     types::port_key,
@@ -47,9 +47,9 @@ impl Dataplane {
         }
         // Until this call succeeds the mirror is unknown: a failure half way
         // leaves `written` at None, and the next call reads the maps.
-        let current = match self.written.take() {
-            Some(w) => w,
-            None => self.read_maps()?,
+        let (current, read_back) = match self.written.take() {
+            Some(w) => (w, false),
+            None => (self.read_maps()?, true),
         };
 
         // Targets first, so listeners register before steering starts; the
@@ -70,7 +70,27 @@ impl Dataplane {
         }
         let gone: Vec<u32> = current.targets.keys().filter(|p| !want.targets.contains_key(p)).copied().collect();
 
+        // A port that starts being steered starts counting from zero (its entry
+        // exists before connections are steered there); one that stops loses
+        // its entry. After a read-back every steered port gets an entry it
+        // lacks (a pin directory of a version without `counts`).
+        let mut counts = self.hash::<CountKey, CountVal>("counts")?;
+        for port in want.steer.keys().filter(|p| read_back || !current.steer.contains_key(p)) {
+            let flags = if current.steer.contains_key(port) { BPF_NOEXIST } else { 0 };
+            for key in count_keys(*port) {
+                match counts.insert(key, CountVal::default(), flags) {
+                    Err(e) if is_eexist(&e) => {}
+                    other => other.map_err(BpfError::map("counts"))?,
+                }
+            }
+        }
         reconcile(&mut self.hash::<u32, SteerVal>("steer")?, &current.steer, &want.steer, "steer")?;
+        let mut counts = self.hash::<CountKey, CountVal>("counts")?;
+        for port in current.steer.keys().filter(|p| !want.steer.contains_key(p)) {
+            for key in count_keys(*port) {
+                remove(&mut counts, &key, "counts")?;
+            }
+        }
         let mut targets = self.hash::<u32, TargetVal>("targets")?;
         for port in gone {
             remove(&mut targets, &port, "targets")?;
@@ -115,6 +135,21 @@ impl Dataplane {
             *counts.entry(key.map_err(BpfError::map("listeners"))?.port).or_insert(0) += 1;
         }
         Ok(counts)
+    }
+
+    /// What the closed connections of each steered public port received, per
+    /// family (`(port, v6)` → (segments, payload bytes)), from the sockets'
+    /// own counters as they closed; connections still open are not in it
+    /// (`sockdiag::connections` reads those).
+    pub fn closed_counts(&self) -> Result<crate::sockdiag::ConnCounts, BpfError> {
+        let map = self.ebpf.map("counts").ok_or_else(|| BpfError::Invalid("no map counts".into()))?;
+        let hash = HashMap::<_, CountKey, CountVal>::try_from(map).map_err(BpfError::map("counts"))?;
+        let mut out = BTreeMap::new();
+        for kv in hash.iter() {
+            let (k, v) = kv.map_err(BpfError::map("counts"))?;
+            out.insert((k.port, k.family == FAMILY_V6), (v.packets, v.bytes));
+        }
+        Ok(out)
     }
 
     fn hash<K: Pod, V: Pod>(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, K, V>, BpfError> {
@@ -170,6 +205,18 @@ impl Dataplane {
         io::copy(&mut file, &mut io::sink()).map_err(BpfError::Iterator)?;
         Ok(())
     }
+}
+
+/// `BPF_NOEXIST`: insert only a key that is not there.
+const BPF_NOEXIST: u64 = 1;
+
+/// The `counts` keys of one public port: IPv4 and IPv6.
+fn count_keys(port: u32) -> [CountKey; 2] {
+    [FAMILY_V4, FAMILY_V6].map(|family| CountKey { port: port as u16, family, pad: 0 })
+}
+
+fn is_eexist(e: &aya::maps::MapError) -> bool {
+    matches!(e, aya::maps::MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EEXIST))
 }
 
 fn is_enoent(e: &aya::maps::MapError) -> bool {

@@ -83,7 +83,7 @@ pub(super) fn skeleton(table: &str, mark: u32, steer: bool) -> Plan {
         ));
         sets.push(set(
             STEER_MORE,
-            "public ports of steered forwards counted after more checks than one lookup",
+            "public ports of steered forwards checked or marked at input (interfaces, sources, a mark of their own)",
             &KEY,
             None,
             false,
@@ -96,15 +96,17 @@ pub(super) fn skeleton(table: &str, mark: u32, steer: bool) -> Plan {
 }
 
 /// Which base chains a plan needs: NAT ones for redirected forwards, the input chain of
-/// steered ones, raw chains that untrack steered connections where conntrack runs; and
-/// which rules of the steer input chain: `protect`'s drop and the second lookup (of the
-/// steered forwards its first lookup does not count) only while some forward needs them.
+/// steered forwards that need checks, marks or `protect`, raw chains that untrack steered
+/// connections where conntrack runs; and which rules of the steer input chain:
+/// `protect`'s drop and the lookup of `fwd_steer_more` only while some forward needs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Layout {
     nat: bool,
-    steer: bool,
+    /// the steer input chain: a forward with `protect`, or a steered one that needs
+    /// checks or a mark of its own
+    steer_in: bool,
     untrack: bool,
-    /// a steered forward that `steer_in`'s first lookup does not count (`fwd_steer_more`)
+    /// a steered forward with interfaces, sources or a mark of its own (`fwd_steer_more`)
     more: bool,
     /// a forward with `protect` (`fwd_protect`)
     protect: bool,
@@ -179,17 +181,17 @@ fn chains(mark: u32, l: Layout) -> Vec<Chain> {
             },
         ]);
     }
-    if l.steer {
+    if l.steer_in {
         // A steered connection keeps its public port and reaches this host's input hook
-        // as it is: one chain there counts, marks and checks what its client sends, from
-        // another host or from this one (loopback), and nothing of portd's sees the app's
-        // answers. The default forwards cost one lookup, and so does a packet of no
-        // forward while no forward has `protect` or needs the second lookup (a table
-        // whose forwards are all of the default kind taxes the host's other TCP traffic
-        // one hash lookup a packet); with them, a packet of no forward takes up to two.
-        // What steer_local (the host's own connections, which `local: false` leaves
-        // alone) and steer_more (from other hosts, after the checks) count alike: the
-        // steered forwards the first lookup of steer_in did not.
+        // as it is. Its forward is counted by its sockets, not here: a steered forward
+        // that has no interfaces, sources or mark of its own costs its packets nothing
+        // of portd's, and while every forward is of that kind (and none has `protect`)
+        // this chain does not exist. Otherwise one chain at input checks and marks what
+        // a client sends to the forwards that need it (`fwd_steer_more`), from another
+        // host or from this one (loopback; steer_local), and drops unredirected new
+        // connections to protected targets; nothing of portd's sees the app's answers.
+        // (Their rules' counters count packets too, unread: a steered forward's count
+        // is its sockets'.)
         let count_the_rest = || {
             vec![
                 Rule::Count { set: COUNT_CHECKED.into(), key: KeyExpr::Port, mark, then_return: true, proto: None },
@@ -202,7 +204,6 @@ fn chains(mark: u32, l: Layout) -> Vec<Chain> {
         if l.nat {
             steer_in.push(Rule::ReturnUnlessTcp);
         }
-        steer_in.push(Rule::Count { set: COUNT.into(), key: KeyExpr::Port, mark, then_return: true, proto: None });
         if l.protect {
             steer_in.push(Rule::DropProtected { set: PROTECT.into() });
         }
@@ -286,12 +287,14 @@ impl Plan {
 
     fn layout(&self) -> Layout {
         let nat = self.redirects();
+        let more = self.steer && self.holds(names::STEER_MORE);
+        let protect = self.holds(names::PROTECT);
         Layout {
             nat,
-            steer: self.steer,
+            steer_in: self.steer && (more || protect),
             untrack: self.steer && (nat || self.conntrack),
-            more: self.steer && self.holds(names::STEER_MORE),
-            protect: self.holds(names::PROTECT),
+            more,
+            protect,
         }
     }
 
@@ -343,21 +346,39 @@ impl Plan {
         let c = comment.as_str();
         let mark = f.mark.unwrap_or(default_mark);
         let both = f.family == crate::model::FamilySel::Both;
-        // Both families and the default mark: counted by `l4proto . port` alone, in
-        // `COUNT` (one lookup) or, when restricted, `COUNT_CHECKED` (after the checks).
-        // (`local: false` ones in `COUNT_CHECKED` too: steer_in counts the host's own
-        // connections by the first lookup.)
-        let plain = both && mark == self.mark;
-        let counted_in = if f.interfaces.is_empty() && f.sources.is_empty() && f.local { COUNT } else { COUNT_CHECKED };
-        // Where the target goes: a steered TCP forward's to the maps the sk_lookup program follows.
+        let restricted = !f.interfaces.is_empty() || !f.sources.is_empty();
         let steer = self.steer;
+        let default = self.mark;
+        // How a protocol of the forward is counted and marked ([`Counting`]).
+        let counting = |proto: Proto| {
+            if steer && proto == Proto::Tcp {
+                // Steered: counted by its sockets, unless it has a mark of its own: then
+                // the steer input chain marks and counts its packets. Its checks
+                // (interfaces, sources) are made there too, after steer_in's lookup of
+                // `fwd_steer_more`; the host's own connections of a `local: false` one
+                // are left alone by the sk_lookup program itself.
+                match f.mark {
+                    None => Counting::Sockets,
+                    Some(m) if both && m == default => Counting::Port(COUNT_CHECKED),
+                    own => Counting::Family(own.filter(|m| *m != 0)),
+                }
+            } else if both && mark == default {
+                // Both families and the default mark: counted by `l4proto . port`
+                // alone, in `COUNT` (one lookup) or, when restricted or `local: false`,
+                // `COUNT_CHECKED` (after the checks).
+                Counting::Port(if restricted || !f.local { COUNT_CHECKED } else { COUNT })
+            } else {
+                Counting::Family((mark != 0).then_some(mark))
+            }
+        };
+        // Where the target goes: a steered TCP forward's to the maps the sk_lookup program follows.
         let maps = |proto: Proto| if steer && proto == Proto::Tcp { (STEER, STEER_FAMILY) } else { (TO, TO_FAMILY) };
         if both {
             for &proto in f.proto.protos() {
                 for port in f.port.ports() {
                     let k = port_key(proto, port);
-                    if plain {
-                        self.insert(counted_in, &k, None, c);
+                    if let Counting::Port(set) = counting(proto) {
+                        self.insert(set, &k, None, c);
                     }
                     self.insert(maps(proto).0, &k, Some(Value::InetService(f.target_of(port))), c);
                 }
@@ -365,21 +386,22 @@ impl Plan {
         }
         for &fam in f.family.families() {
             for &proto in f.proto.protos() {
+                let how = counting(proto);
                 for port in f.port.ports() {
                     let k = key(fam, proto, port);
                     if !both {
                         self.insert(maps(proto).1, &k, Some(Value::InetService(f.target_of(port))), c);
                     }
-                    if !plain {
+                    if let Counting::Family(m) = how {
                         self.insert(COUNT_FAMILY, &k, None, c);
-                        if mark != 0 {
-                            self.insert(MARK, &k, Some(Value::Mark(mark)), c);
+                        if let Some(m) = m {
+                            self.insert(MARK, &k, Some(Value::Mark(m)), c);
                         }
                     }
-                    if !f.local {
+                    if how != Counting::Sockets && !f.local {
                         self.insert(NOLOCAL, &k, None, c);
                     }
-                    if steer && proto == Proto::Tcp && !(plain && counted_in == COUNT) {
+                    if steer && proto == Proto::Tcp && (restricted || how != Counting::Sockets) {
                         self.insert(STEER_MORE, &k, None, c);
                     }
                     if !f.interfaces.is_empty() {
@@ -444,6 +466,19 @@ impl Plan {
         new.set_conntrack(self.conntrack);
         Some(new)
     }
+}
+
+/// How [`Plan::place`] counts and marks one protocol of a forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counting {
+    /// A steered forward without a mark of its own: its connections' sockets count it
+    /// (the BPF data plane and sock_diag), and it is in no counted set.
+    Sockets,
+    /// Keyed by `l4proto . port` in this counted set; the lookup ORs in the default mark.
+    Port(&'static str),
+    /// Keyed by family too, in `fwd_count_family`, with this mark in `fwd_mark` (none:
+    /// no mark).
+    Family(Option<u32>),
 }
 
 /// Where an owner's forwards go among the plan's: the system set first, then by owner.

@@ -357,8 +357,8 @@ pub mod names {
     pub const STEER: &str = "fwd_steer";
     /// key -> target port of steered forwards of one family
     pub const STEER_FAMILY: &str = "fwd_steer_family";
-    /// keys of steered forwards that need more than the first lookup of `steer_in` (one
-    /// family, another mark, `local: false`, `interfaces` or `sources`)
+    /// keys of steered forwards that the steer input chain checks or marks (`interfaces`,
+    /// `sources`, a mark of their own)
     pub const STEER_MORE: &str = "fwd_steer_more";
 }
 
