@@ -100,30 +100,63 @@ pub type ConnCounts = std::collections::BTreeMap<(u16, bool), (u64, u64)>;
 /// socket under IPv4), from each socket's own counters (`tcp_info`). With the totals
 /// of the closed ones (the BPF data plane's `counts`) this is a steered forward's count:
 /// nothing is counted per packet.
-pub fn connections(
-    ports: &std::collections::BTreeSet<u16>,
-) -> io::Result<std::collections::BTreeMap<(u16, bool), (u64, u64)>> {
-    let mut out = std::collections::BTreeMap::new();
-    if ports.is_empty() {
-        return Ok(out);
+pub fn connections(ports: &std::collections::BTreeSet<u16>) -> io::Result<ConnCounts> {
+    let mut out = ConnCounts::new();
+    let (Some(&lo), Some(&hi)) = (ports.first(), ports.last()) else { return Ok(out) };
+    for (port, v6, (segs, bytes)) in connections_between(lo, hi)? {
+        if ports.contains(&port) {
+            let sum = out.entry((port, v6)).or_insert((0, 0));
+            sum.0 += segs;
+            sum.1 += bytes;
+        }
     }
+    Ok(out)
+}
+
+/// Every open TCP connection whose local port is in `lo..=hi`, as the kernel's filter
+/// leaves them (a busy host's own client connections, from ephemeral ports, are not
+/// even copied out when the steered ports are below them).
+fn connections_between(lo: u16, hi: u16) -> io::Result<Vec<Connection>> {
     let mut sock = Socket::open(libc::NETLINK_SOCK_DIAG)?;
+    let filter = port_span_filter(lo, hi);
+    let mut out = Vec::new();
     for family in [libc::AF_INET, libc::AF_INET6] {
         let ext = 1u8 << (INET_DIAG_INFO - 1);
-        dump_with(&mut sock, family as u8, libc::IPPROTO_TCP as u8, TCPF_CONNECTED, ext, |b| {
-            if let Some((port, v6, counted)) = parse_connection(b).filter(|(port, ..)| ports.contains(port)) {
-                let sum = out.entry((port, v6)).or_insert((0, 0));
-                sum.0 += counted.0;
-                sum.1 += counted.1;
-            }
+        dump_with(&mut sock, family as u8, libc::IPPROTO_TCP as u8, TCPF_CONNECTED, ext, &filter, |b| {
+            out.extend(parse_connection(b));
         })?;
     }
     Ok(out)
 }
 
-/// One connected socket's local port, family (true: IPv6) and (segments, payload bytes)
-/// received; `None` without the `tcp_info` attribute.
-fn parse_connection(b: &[u8]) -> Option<(u16, bool, (u64, u64))> {
+/// `INET_DIAG_REQ_BYTECODE` (linux/inet_diag.h): a filter program run on each socket.
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+/// Filter operations: local port ≥ / ≤ the value in the operation after them.
+const INET_DIAG_BC_S_GE: u8 = 2;
+const INET_DIAG_BC_S_LE: u8 = 3;
+
+/// The request attribute with a filter program that keeps sockets whose local port is in
+/// `lo..=hi`. Each comparison is two 4-byte operations (`struct inet_diag_bc_op`: code,
+/// yes, no); `yes` jumps to the next comparison, and `no` jumps 4 bytes past the end,
+/// which rejects the socket (the kernel accepts one that runs exactly to the end).
+fn port_span_filter(lo: u16, hi: u16) -> Vec<u8> {
+    const LEN: u16 = 16;
+    let mut bc = Vec::with_capacity(usize::from(LEN));
+    for (code, yes, no) in
+        [(INET_DIAG_BC_S_GE, 8, LEN + 4), (0, 0, lo), (INET_DIAG_BC_S_LE, 8, LEN - 8 + 4), (0, 0, hi)]
+    {
+        bc.extend_from_slice(&[code, yes]);
+        bc.extend_from_slice(&no.to_ne_bytes());
+    }
+    crate::netlink::attr::attr(INET_DIAG_REQ_BYTECODE, &bc)
+}
+
+/// One open connection: its local port, family (true: IPv6) and (segments, bytes)
+/// received.
+type Connection = (u16, bool, (u64, u64));
+
+/// One connected socket's [`Connection`]; `None` without the `tcp_info` attribute.
+fn parse_connection(b: &[u8]) -> Option<Connection> {
     if b.len() < DIAG_MSG_LEN {
         return None;
     }
@@ -148,21 +181,23 @@ struct Diag {
 
 /// Sends one inet_diag dump request and calls `f` for each bound socket.
 fn dump(sock: &mut Socket, family: u8, proto: u8, states: u32, mut f: impl FnMut(Diag)) -> io::Result<()> {
-    dump_with(sock, family, proto, states, 0, |b| {
+    dump_with(sock, family, proto, states, 0, &[], |b| {
         if let Some(d) = parse_diag_msg(b) {
             f(d);
         }
     })
 }
 
-/// One inet_diag dump request asking for the extensions `ext`; `f` gets each message
-/// body (`struct inet_diag_msg` and its attributes).
+/// One inet_diag dump request asking for the extensions `ext`, with the request
+/// attributes `attrs` (a filter); `f` gets each message body (`struct inet_diag_msg` and
+/// its attributes).
 fn dump_with(
     sock: &mut Socket,
     family: u8,
     proto: u8,
     states: u32,
     ext: u8,
+    attrs: &[u8],
     mut f: impl FnMut(&[u8]),
 ) -> io::Result<()> {
     // inet_diag_req_v2 (56 bytes): family, protocol, ext, pad, states, then a zero sockid.
@@ -170,7 +205,7 @@ fn dump_with(
     req.extend_from_slice(&[family, proto, ext, 0]);
     req.extend_from_slice(&states.to_ne_bytes());
     req.resize(REQ_LEN, 0);
-    let seq = sock.send_request(SOCK_DIAG_BY_FAMILY, libc::NLM_F_DUMP as u16, &[&req])?;
+    let seq = sock.send_request(SOCK_DIAG_BY_FAMILY, libc::NLM_F_DUMP as u16, &[&req, attrs])?;
     sock.replies(seq, |m| f(m.body))
 }
 
@@ -245,6 +280,59 @@ mod tests {
         let n = b.len();
         b[n - 4] = 0;
         assert!(!parse_diag_msg(&b).expect("a bound socket").v6only);
+    }
+
+    /// Against the real kernel, in a fresh network namespace of this test's own: the
+    /// open connections' own counters, and only those of the ports asked for (the
+    /// kernel's filter leaves out the other port and the clients' ephemeral ports).
+    #[test]
+    fn counts_what_open_connections_received_on_the_ports_asked_for() -> io::Result<()> {
+        if !nix::unistd::geteuid().is_root() {
+            panic!("this test needs root to enter a new network namespace (run the suite as root)");
+        }
+        use std::io::Write;
+        let t = std::thread::spawn(|| -> io::Result<_> {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+            // (a child process forked by this thread shares its namespace)
+            let up = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status()?;
+            assert!(up.success(), "ip link set lo up");
+            let mut keep = Vec::new();
+            for (port, n) in [(18080u16, 1000usize), (28080, 3000)] {
+                let l = std::net::TcpListener::bind(("127.0.0.1", port))?;
+                let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+                c.write_all(&vec![1u8; n])?;
+                let (s, _) = l.accept()?;
+                keep.push((l, c, s));
+            }
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            let mut got = connections_between(18080, 18080)?;
+            while got.iter().map(|c| c.2 .1).sum::<u64>() < 1000 && std::time::Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                got = connections_between(18080, 18080)?;
+            }
+            let asked = connections(&[18080, 28080].into())?;
+            drop(keep);
+            Ok((got, asked))
+        });
+        let (got, asked) = t.join().map_err(|_| io::Error::other("thread panicked"))??;
+        assert_eq!(got.len(), 1, "only the server side of the connection on 18080: {got:?}");
+        let (port, v6, (segs, bytes)) = got[0];
+        assert_eq!((port, v6, bytes), (18080, false, 1000), "{got:?}");
+        assert!(segs >= 2, "its handshake ACK and data at least: {segs}");
+        assert_eq!(asked.get(&(28080, false)).map(|c| c.1), Some(3000), "{asked:?}");
+        assert_eq!(asked.len(), 2, "{asked:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn the_port_filter_is_what_the_kernel_audits() {
+        let f = port_span_filter(80, 443);
+        // attribute header, then S_GE (yes 8, no past the end), 80, S_LE, 443
+        assert_eq!(&f[..4], &[20, 0, 1, 0]);
+        assert_eq!(&f[4..8], &[INET_DIAG_BC_S_GE, 8, 20, 0]);
+        assert_eq!(u16::from_ne_bytes([f[10], f[11]]), 80);
+        assert_eq!(&f[12..16], &[INET_DIAG_BC_S_LE, 8, 12, 0]);
+        assert_eq!(u16::from_ne_bytes([f[18], f[19]]), 443);
     }
 
     /// Against the real kernel, in a fresh network namespace of this test's own.

@@ -222,7 +222,8 @@ pub fn check_chains_with(
                         let p = Packet {
                             l4: l4(proto),
                             dport: if public { f.forward.port.start } else { f.forward.to.start },
-                            mark: if before_nat { 0 } else { f.mark },
+                            // A steered forward without a mark of its own marks nothing.
+                            mark: if before_nat || (steered && f.forward.mark.is_none()) { 0 } else { f.mark },
                             ct_status: if public { 0 } else { CT_DNAT },
                             untracked: steered,
                         };

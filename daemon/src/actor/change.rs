@@ -266,7 +266,7 @@ impl Daemon {
             super::schedule_trim(&mut self.timers);
         }
         if dry_run || (delta.is_empty() && record.is_empty() && current.uid == Some(account.uid)) {
-            return Ok(with_warnings(Body::changed(delta.summary, dry_run), warnings));
+            return Ok(with_warnings(Body::changed(delta.summary.with_packet_marks(&self.plan), dry_run), warnings));
         }
         let t_compile = t0.elapsed();
         // A large change computed the new plan whole already; otherwise it is made here,
@@ -294,6 +294,7 @@ impl Daemon {
         let size = delta.size();
         let stale = portd_kernel::conntrack::stale_in_delta(&delta);
         delta.take_into(&mut self.plan);
+        let shown = std::mem::take(&mut delta.summary).with_packet_marks(&self.plan);
         let t_plan = t0.elapsed();
         self.sync_dataplane();
         let t_dataplane = t0.elapsed();
@@ -311,12 +312,12 @@ impl Daemon {
             uid = caller.uid,
             user = %caller.user,
             owner = %owner,
-            forward = %changed_names(&delta.summary),
+            forward = %changed_names(&shown),
             action = "change",
             "applied change for {} (pid {}): {}",
             caller.who(),
             caller.pid.map_or("?".to_string(), |p| p.to_string()),
-            delta.summary.log_line(LOG_FORWARDS)
+            shown.log_line(LOG_FORWARDS)
         );
         for w in &warnings {
             tracing::info!(owner = %owner, "{w}");
@@ -327,7 +328,7 @@ impl Daemon {
             self.trim_soon();
         }
         self.schedule_poll();
-        Ok(with_warnings(Body::changed(delta.summary, false), warnings))
+        Ok(with_warnings(Body::changed(shown, false), warnings))
     }
 
     /// Refuses forwards whose public port a suspended forward of another owner keeps (see

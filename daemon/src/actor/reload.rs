@@ -79,7 +79,7 @@ impl Daemon {
         let delta = Plan::diff(&self.plan, &plan);
         // The delta's summary also says which forwards leave the plan: the answer's copy
         // lists suspended forwards apart.
-        let mut shown = delta.summary.clone();
+        let mut shown = delta.summary.clone().with_packet_marks(&plan);
         let suspended = self.suspensions(&before, &mut shown);
         let answer = |summary| {
             let mut body = with_warnings(Body::changed(summary, dry_run), warnings.clone());
@@ -107,7 +107,7 @@ impl Daemon {
             action = "reload",
             "reloaded {} (by {by}): {}",
             self.config_path.display(),
-            delta.summary.log_line(LOG_FORWARDS)
+            delta.summary.clone().with_packet_marks(&plan).log_line(LOG_FORWARDS)
         );
         for w in &warnings {
             tracing::warn!("{w}");

@@ -105,13 +105,6 @@ pub struct PendingStatus {
     pub closed: portd_kernel::sockdiag::ConnCounts,
 }
 
-/// A steered forward's TCP part is counted by its connections' sockets unless the
-/// forward has a mark of its own (then the steer input chain marks and counts its
-/// packets, like a redirected forward's).
-fn counted_by_sockets(plan: &Plan, p: &portd_rules::plan::PlacedForward) -> bool {
-    plan.steer && p.forward.mark.is_none() && p.forward.proto.protos().contains(&portd_rules::Proto::Tcp)
-}
-
 /// What the counters of each steered forward showed last, by element comment: a
 /// forward's count is read in two steps (closed connections, then open ones), so a
 /// connection that closes between them is missing from one status; its forward shows
@@ -129,8 +122,6 @@ impl PendingStatus {
         portd_kernel::sockdiag::held().map_err(|e| tracing::debug!("reading listening sockets: {e}")).ok()
     }
 
-    /// The status, given what the kernel holds (`None`: no table) and the sockets on
-    /// target ports (`None`: unknown).
     /// What the open connections of the socket-counted steered forwards have received,
     /// for [`PendingStatus::status`] (one sock_diag dump; `None` when it fails).
     pub fn connections(&self) -> Option<portd_kernel::sockdiag::ConnCounts> {
@@ -138,12 +129,15 @@ impl PendingStatus {
             .plan
             .forwards
             .iter()
-            .filter(|p| counted_by_sockets(&self.plan, p))
+            .filter(|p| self.plan.counted_by_sockets(p))
             .flat_map(|p| p.forward.port.ports())
             .collect();
         portd_kernel::sockdiag::connections(&ports).map_err(|e| tracing::debug!("reading connections: {e}")).ok()
     }
 
+    /// The status, given what the kernel holds (`None`: no table), the sockets on
+    /// target ports (`None`: unknown) and what open steered connections received
+    /// ([`PendingStatus::connections`]).
     pub fn status(
         self,
         obs: Option<&portd_kernel::nft::Observed>,
@@ -156,7 +150,7 @@ impl PendingStatus {
         let mut count = |p: &portd_rules::plan::PlacedForward| {
             let comment = p.comment();
             let (mut packets, mut bytes) = obs.and_then(|o| o.counters.get(&comment).copied()).unwrap_or((0, 0));
-            if !counted_by_sockets(&self.plan, p) {
+            if !self.plan.counted_by_sockets(p) {
                 return (packets, bytes);
             }
             for port in p.forward.port.ports() {
@@ -216,9 +210,7 @@ impl PendingStatus {
                     listeners: target.addresses,
                     owner: p.owner.clone(),
                     forward: p.forward.clone(),
-                    // A steered forward without a mark of its own marks no packet; with
-                    // UDP too, its datagrams carry the default.
-                    mark: if counted_by_sockets(&self.plan, p) && protos.len() == 1 { 0 } else { p.mark },
+                    mark: self.plan.packet_mark(p),
                     packets,
                     bytes,
                     state: ForwardState::Active,

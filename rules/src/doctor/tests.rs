@@ -465,6 +465,21 @@ fn steered_forwards_are_walked_with_the_public_port_untracked_and_bans_apply() {
 }
 
 #[test]
+fn a_steered_forward_carries_a_mark_only_when_it_has_one_of_its_own() {
+    use super::{check_chains_with, DispatchView};
+    let steer = DispatchView { steer: true, steer_fix: None };
+    // A firewall that lets in only marked packets (as for the classic recipe).
+    let by_mark = "[ meta load mark => reg 1 ] [ cmp eq reg 1 0x00000001 ] [ immediate reg 0 accept ]";
+    let input = chain("inet", "fw", "filter", Hook::Input, 0, true, &[by_mark]);
+    let f = check_chains_with(std::slice::from_ref(&input), &[fwd("system", 80, 8080)], -100, &steer);
+    assert_eq!(f.len(), 1, "a steered forward without a mark of its own marks nothing: {f:?}");
+    let mut own = fwd("system", 80, 8080);
+    own.forward.mark = Some(1);
+    assert!(check_chains_with(std::slice::from_ref(&input), &[own], -100, &steer).is_empty());
+    assert!(check_chains(&[input], &[fwd("system", 80, 8080)], -100).is_empty(), "redirected: marked");
+}
+
+#[test]
 fn a_steered_forward_ignores_other_tables_nat() {
     use super::{check_chains_with, DispatchView};
     let c = chain("ip", "nat", "nat", Hook::Prerouting, -100, false, &["[ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ payload load 2b @ transport header + 2 => reg 1 ] [ cmp eq reg 1 0x00005000 ] [ immediate reg 1 0x0000e803 ] [ range 1 reg 1 ] [ redir proto_min reg 1 ]"]);

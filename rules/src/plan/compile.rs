@@ -280,6 +280,23 @@ impl Plan {
         !self.steer || self.holds(names::TO) || self.holds(names::TO_FAMILY)
     }
 
+    /// True when `p`'s TCP part is steered and counted by its connections' sockets (the
+    /// BPF data plane's `counts` and sock_diag), not by a counted set: a steered forward
+    /// without a mark of its own ([`Plan::place`]).
+    pub fn counted_by_sockets(&self, p: &PlacedForward) -> bool {
+        self.steer && p.forward.mark.is_none() && p.forward.proto.protos().contains(&Proto::Tcp)
+    }
+
+    /// The mark `p`'s packets get: the mark it was placed with, but none for a forward
+    /// that is steered alone (TCP) without a mark of its own.
+    pub fn packet_mark(&self, p: &PlacedForward) -> u32 {
+        if self.counted_by_sockets(p) && p.forward.proto.protos() == [Proto::Tcp] {
+            0
+        } else {
+            p.mark
+        }
+    }
+
     /// True when set `name` has an element.
     pub(super) fn holds(&self, name: &str) -> bool {
         self.set(name).is_some_and(|s| !s.elements.is_empty())

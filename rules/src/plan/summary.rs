@@ -17,6 +17,18 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The summary to show: each forward with the mark its packets get in `plan`
+    /// ([`Plan::packet_mark`]; none for a steered forward without a mark of its own). For
+    /// answers and logs only: a delta's own summary keeps the marks forwards are placed
+    /// with, which applying it puts into the plan.
+    pub fn with_packet_marks(mut self, plan: &Plan) -> Summary {
+        let changed = self.changed.iter_mut().flat_map(|(o, n)| [o, n]);
+        for p in self.added.iter_mut().chain(self.removed.iter_mut()).chain(changed) {
+            p.mark = plan.packet_mark(p);
+        }
+        self
+    }
+
     /// True when nothing changed.
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
