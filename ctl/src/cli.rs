@@ -80,7 +80,7 @@ pub enum Cmd {
         dispatch: String,
         /// Render for a host where another program's rules run conntrack (a firewall's
         /// `ct state`): a steer plan then untracks steered connections in raw chains.
-        /// portd finds this out itself; without it, steered packets pass only steer_in.
+        /// portd finds this out itself; without it, steered packets pass no raw chain.
         #[arg(long)]
         conntrack: bool,
     },

@@ -218,15 +218,47 @@ static __always_inline __u8 conn_family(struct bpf_sock_ops *skops)
 	return PORTD_FAMILY_V6;
 }
 
+// Was the connection made on this host (the sockops view of from_this_host):
+// to a loopback address, or from the address it was made to.
+static __always_inline int conn_from_this_host(struct bpf_sock_ops *skops, __u8 family)
+{
+	if (family == PORTD_FAMILY_V4) {
+		// (an IPv4 connection to a dual-stack socket has its addresses v4-mapped).
+		// Every field is read at its own constant offset: the verifier refuses a
+		// context access through a computed pointer.
+		__u32 l4 = skops->local_ip4, r4 = skops->remote_ip4;
+		__u32 l6 = skops->local_ip6[3], r6 = skops->remote_ip6[3];
+		// (keeps clang from turning the choice below into a choice of field address)
+		asm volatile("" : "+r"(l4), "+r"(r4), "+r"(l6), "+r"(r6));
+		__u32 local = skops->family == AF_INET ? l4 : l6;
+		__u32 remote = skops->family == AF_INET ? r4 : r6;
+		return (bpf_ntohl(local) >> 24) == 127 || local == remote;
+	}
+	if (!skops->local_ip6[0] && !skops->local_ip6[1] && !skops->local_ip6[2] &&
+	    skops->local_ip6[3] == bpf_htonl(1))
+		return 1;
+	return skops->remote_ip6[0] == skops->local_ip6[0] && skops->remote_ip6[1] == skops->local_ip6[1] &&
+	       skops->remote_ip6[2] == skops->local_ip6[2] && skops->remote_ip6[3] == skops->local_ip6[3];
+}
+
 // Counting a steered connection costs nothing per packet: the socket counts
 // what it receives anyway (segments, payload bytes), and when it closes its
 // totals are added to its public port's entry in `counts`. The daemon adds the
 // connections still open (sock_diag). A connection accepted on a steered
-// public port asks for the state callback; no other does.
+// public port, of a family the forward steers (and, made on this host, only
+// for a `local` forward), asks for the state callback; no other does. (What
+// the sk_lookup program did not steer went to whoever listens on the public
+// port itself: not the forward's.)
 static __always_inline void on_established(struct bpf_sock_ops *skops)
 {
 	__u32 port = skops->local_port;
-	if (!bpf_map_lookup_elem(&steer, &port))
+	struct steer_val *sv = bpf_map_lookup_elem(&steer, &port);
+	if (!sv)
+		return;
+	__u8 family = conn_family(skops);
+	if (!(sv->families & family))
+		return;
+	if (!(sv->flags & PORTD_STEER_LOCAL) && conn_from_this_host(skops, family))
 		return;
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }

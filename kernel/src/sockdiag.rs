@@ -95,30 +95,56 @@ fn held_in(tcp: u32) -> io::Result<Vec<Held>> {
 /// bytes of sequence space: payload, and one for a FIN).
 pub type ConnCounts = std::collections::BTreeMap<(u16, bool), (u64, u64)>;
 
-/// What the open TCP connections on these local ports have received, per port and
-/// family (`(port, v6)` → (segments, payload bytes), an IPv4 connection to a dual-stack
-/// socket under IPv4), from each socket's own counters (`tcp_info`). With the totals
-/// of the closed ones (the BPF data plane's `counts`) this is a steered forward's count:
-/// nothing is counted per packet.
-pub fn connections(ports: &std::collections::BTreeSet<u16>) -> io::Result<ConnCounts> {
-    let mut out = ConnCounts::new();
-    let (Some(&lo), Some(&hi)) = (ports.first(), ports.last()) else { return Ok(out) };
-    for (port, v6, (segs, bytes)) in connections_between(lo, hi)? {
-        if ports.contains(&port) {
-            let sum = out.entry((port, v6)).or_insert((0, 0));
-            sum.0 += segs;
-            sum.1 += bytes;
+/// What open TCP connections received, per local port, family and owner uid:
+/// `(port, v6, uid)` → (segments, bytes of sequence space).
+pub type OpenCounts = std::collections::BTreeMap<(u16, bool, u32), (u64, u64)>;
+
+/// What the open TCP connections on these local ports have received, per port, family
+/// (an IPv4 connection to a dual-stack socket under IPv4) and the socket's uid (an
+/// accepted connection has its listener's), from each socket's own counters
+/// (`tcp_info`). With the totals of the closed ones (the BPF data plane's `counts`) this
+/// is a steered forward's count: nothing is counted per packet.
+pub fn connections(ports: &std::collections::BTreeSet<u16>) -> io::Result<OpenCounts> {
+    let mut out = OpenCounts::new();
+    if ports.is_empty() {
+        return Ok(out);
+    }
+    for c in connections_on(&port_runs(ports))? {
+        if ports.contains(&c.port) {
+            let sum = out.entry((c.port, c.v6, c.uid)).or_insert((0, 0));
+            sum.0 += c.segs;
+            sum.1 += c.bytes;
         }
     }
     Ok(out)
 }
 
-/// Every open TCP connection whose local port is in `lo..=hi`, as the kernel's filter
-/// leaves them (a busy host's own client connections, from ephemeral ports, are not
-/// even copied out when the steered ports are below them).
-fn connections_between(lo: u16, hi: u16) -> io::Result<Vec<Connection>> {
+/// The ports as inclusive runs of consecutive ports; past [`MAX_FILTER_RUNS`] runs, the
+/// span from the first to the last.
+fn port_runs(ports: &std::collections::BTreeSet<u16>) -> Vec<(u16, u16)> {
+    let mut runs: Vec<(u16, u16)> = Vec::new();
+    for &p in ports {
+        match runs.last_mut() {
+            Some(r) if r.1.checked_add(1) == Some(p) => r.1 = p,
+            _ => runs.push((p, p)),
+        }
+    }
+    if runs.len() > MAX_FILTER_RUNS {
+        let (lo, hi) = (runs[0].0, runs[runs.len() - 1].1);
+        runs = vec![(lo, hi)];
+    }
+    runs
+}
+
+/// Port runs the kernel-side filter tests one by one (20 bytes of filter each).
+const MAX_FILTER_RUNS: usize = 64;
+
+/// Every open TCP connection whose local port is in one of `runs`, as the kernel's
+/// filter leaves them: a busy host's other connections (its own clients, from ephemeral
+/// ports) are not even copied out.
+fn connections_on(runs: &[(u16, u16)]) -> io::Result<Vec<Connection>> {
     let mut sock = Socket::open(libc::NETLINK_SOCK_DIAG)?;
-    let filter = port_span_filter(lo, hi);
+    let filter = port_filter(runs);
     let mut out = Vec::new();
     for family in [libc::AF_INET, libc::AF_INET6] {
         let ext = 1u8 << (INET_DIAG_INFO - 1);
@@ -131,29 +157,54 @@ fn connections_between(lo: u16, hi: u16) -> io::Result<Vec<Connection>> {
 
 /// `INET_DIAG_REQ_BYTECODE` (linux/inet_diag.h): a filter program run on each socket.
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
-/// Filter operations: local port ≥ / ≤ the value in the operation after them.
+/// Filter operations (`struct inet_diag_bc_op`: code, yes, no): local port ≥ / ≤ the
+/// value in the operation after them; an unconditional jump (to `no`).
 const INET_DIAG_BC_S_GE: u8 = 2;
 const INET_DIAG_BC_S_LE: u8 = 3;
+const INET_DIAG_BC_JMP: u8 = 1;
 
 /// The request attribute with a filter program that keeps sockets whose local port is in
-/// `lo..=hi`. Each comparison is two 4-byte operations (`struct inet_diag_bc_op`: code,
-/// yes, no); `yes` jumps to the next comparison, and `no` jumps 4 bytes past the end,
-/// which rejects the socket (the kernel accepts one that runs exactly to the end).
-fn port_span_filter(lo: u16, hi: u16) -> Vec<u8> {
-    const LEN: u16 = 16;
-    let mut bc = Vec::with_capacity(usize::from(LEN));
-    for (code, yes, no) in
-        [(INET_DIAG_BC_S_GE, 8, LEN + 4), (0, 0, lo), (INET_DIAG_BC_S_LE, 8, LEN - 8 + 4), (0, 0, hi)]
-    {
+/// one of `runs`: per run, `port >= lo` and `port <= hi` (two 4-byte operations each, the
+/// second carrying the port), then, but after the last run, a jump to the end. A test
+/// that fails jumps to the next run, or after the last one 4 bytes past the end, which
+/// rejects the socket; the kernel accepts a socket whose program runs exactly to the
+/// end. Every `yes` goes to the next operation, so that the kernel's audit, which
+/// follows them, passes every operation (`inet_diag_bc_audit`).
+fn port_filter(runs: &[(u16, u16)]) -> Vec<u8> {
+    let n = runs.len();
+    let len = 20 * n - 4;
+    let mut bc = Vec::with_capacity(len);
+    let mut op = |code: u8, yes: u8, no: usize| {
         bc.extend_from_slice(&[code, yes]);
-        bc.extend_from_slice(&no.to_ne_bytes());
+        bc.extend_from_slice(&(no as u16).to_ne_bytes());
+    };
+    for (i, &(lo, hi)) in runs.iter().enumerate() {
+        let at = 20 * i;
+        let last = i + 1 == n;
+        // where a failed test goes: the next run, or past the end
+        let fail = |from: usize| if last { len + 4 - from } else { at + 20 - from };
+        op(INET_DIAG_BC_S_GE, 8, fail(at));
+        op(0, 0, usize::from(lo));
+        op(INET_DIAG_BC_S_LE, 8, fail(at + 8));
+        op(0, 0, usize::from(hi));
+        if !last {
+            op(INET_DIAG_BC_JMP, 4, len - (at + 16));
+        }
     }
     crate::netlink::attr::attr(INET_DIAG_REQ_BYTECODE, &bc)
 }
 
-/// One open connection: its local port, family (true: IPv6) and (segments, bytes)
-/// received.
-type Connection = (u16, bool, (u64, u64));
+/// One open connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Connection {
+    port: u16,
+    v6: bool,
+    uid: u32,
+    /// segments received
+    segs: u64,
+    /// bytes of sequence space received
+    bytes: u64,
+}
 
 /// One connected socket's [`Connection`]; `None` without the `tcp_info` attribute.
 fn parse_connection(b: &[u8]) -> Option<Connection> {
@@ -161,12 +212,13 @@ fn parse_connection(b: &[u8]) -> Option<Connection> {
         return None;
     }
     let port = u16::from_be_bytes([b[4], b[5]]);
+    let uid = u32::from_ne_bytes([b[64], b[65], b[66], b[67]]);
     // An IPv6 socket's IPv4 connection has a v4-mapped source, ::ffff:a.b.c.d.
     let v6 = b[0] == libc::AF_INET6 as u8 && !(b[8..18].iter().all(|x| *x == 0) && b[18..20] == [0xff, 0xff]);
     let info = crate::netlink::attr::find(&b[DIAG_MSG_LEN..], INET_DIAG_INFO)?;
     let bytes = u64::from_ne_bytes(info.get(TCPI_BYTES_RECEIVED..TCPI_BYTES_RECEIVED + 8)?.try_into().ok()?);
     let segs = u32::from_ne_bytes(info.get(TCPI_SEGS_IN..TCPI_SEGS_IN + 4)?.try_into().ok()?);
-    Some((port, v6, (u64::from(segs), bytes)))
+    Some(Connection { port, v6, uid, segs: u64::from(segs), bytes })
 }
 
 /// What one `struct inet_diag_msg` (and its attributes) says of a socket.
@@ -305,10 +357,10 @@ mod tests {
                 keep.push((l, c, s));
             }
             let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
-            let mut got = connections_between(18080, 18080)?;
-            while got.iter().map(|c| c.2 .1).sum::<u64>() < 1000 && std::time::Instant::now() < until {
+            let mut got = connections_on(&[(18080, 18080)])?;
+            while got.iter().map(|c| c.bytes).sum::<u64>() < 1000 && std::time::Instant::now() < until {
                 std::thread::sleep(std::time::Duration::from_millis(10));
-                got = connections_between(18080, 18080)?;
+                got = connections_on(&[(18080, 18080)])?;
             }
             let asked = connections(&[18080, 28080].into())?;
             drop(keep);
@@ -316,23 +368,69 @@ mod tests {
         });
         let (got, asked) = t.join().map_err(|_| io::Error::other("thread panicked"))??;
         assert_eq!(got.len(), 1, "only the server side of the connection on 18080: {got:?}");
-        let (port, v6, (segs, bytes)) = got[0];
-        assert_eq!((port, v6, bytes), (18080, false, 1000), "{got:?}");
-        assert!(segs >= 2, "its handshake ACK and data at least: {segs}");
-        assert_eq!(asked.get(&(28080, false)).map(|c| c.1), Some(3000), "{asked:?}");
+        let c = got[0];
+        let me = nix::unistd::geteuid().as_raw();
+        assert_eq!((c.port, c.v6, c.uid, c.bytes), (18080, false, me, 1000), "{got:?}");
+        assert!(c.segs >= 2, "its handshake ACK and data at least: {c:?}");
+        assert_eq!(asked.get(&(28080, false, me)).map(|c| c.1), Some(3000), "{asked:?}");
         assert_eq!(asked.len(), 2, "{asked:?}");
         Ok(())
     }
 
     #[test]
-    fn the_port_filter_is_what_the_kernel_audits() {
-        let f = port_span_filter(80, 443);
-        // attribute header, then S_GE (yes 8, no past the end), 80, S_LE, 443
-        assert_eq!(&f[..4], &[20, 0, 1, 0]);
-        assert_eq!(&f[4..8], &[INET_DIAG_BC_S_GE, 8, 20, 0]);
-        assert_eq!(u16::from_ne_bytes([f[10], f[11]]), 80);
-        assert_eq!(&f[12..16], &[INET_DIAG_BC_S_LE, 8, 12, 0]);
-        assert_eq!(u16::from_ne_bytes([f[18], f[19]]), 443);
+    fn the_port_filter_tests_each_run_and_rejects_past_the_end() {
+        let ports: std::collections::BTreeSet<u16> = [80, 443, 444, 445, 8443].into();
+        assert_eq!(port_runs(&ports), [(80, 80), (443, 445), (8443, 8443)]);
+        let many: std::collections::BTreeSet<u16> = (0..200).map(|i| 1000 + 2 * i).collect();
+        assert_eq!(port_runs(&many), [(1000, 1398)], "past 64 runs, the span");
+        let f = port_filter(&[(80, 80), (443, 445)]);
+        let ne = |v: u16| v.to_ne_bytes();
+        // attribute header: length 4 + 36, type 1
+        assert_eq!(&f[..4], &[&ne(40)[..], &ne(1)[..]].concat()[..]);
+        let ops: Vec<(u8, u8, u16)> =
+            f[4..].chunks(4).map(|o| (o[0], o[1], u16::from_ne_bytes([o[2], o[3]]))).collect();
+        let (ge, le, jmp) = (INET_DIAG_BC_S_GE, INET_DIAG_BC_S_LE, INET_DIAG_BC_JMP);
+        assert_eq!(
+            ops,
+            [
+                (ge, 8, 20), // to the next run
+                (0, 0, 80),
+                (le, 8, 12),
+                (0, 0, 80),
+                (jmp, 4, 20), // to the end: accepted
+                (ge, 8, 20),  // 16 bytes left: 4 past the end, rejected
+                (0, 0, 443),
+                (le, 8, 12),
+                (0, 0, 445)
+            ]
+        );
+    }
+
+    /// The filter against the real kernel: connections on each run are reported, the
+    /// rest are not (its audit would refuse a malformed program with EINVAL).
+    #[test]
+    fn the_kernel_runs_the_port_filter() -> io::Result<()> {
+        if !nix::unistd::geteuid().is_root() {
+            panic!("this test needs root to enter a new network namespace (run the suite as root)");
+        }
+        let t = std::thread::spawn(|| -> io::Result<_> {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+            let up = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status()?;
+            assert!(up.success(), "ip link set lo up");
+            let mut keep = Vec::new();
+            for port in [18080u16, 18443, 18444, 18500] {
+                let l = std::net::TcpListener::bind(("127.0.0.1", port))?;
+                let c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+                let (s, _) = l.accept()?;
+                keep.push((l, c, s));
+            }
+            let mut got: Vec<u16> = connections_on(&[(18080, 18080), (18443, 18444)])?.iter().map(|c| c.port).collect();
+            got.sort_unstable();
+            Ok(got)
+        });
+        let got = t.join().map_err(|_| io::Error::other("thread panicked"))??;
+        assert_eq!(got, [18080, 18443, 18444], "the accepted sides on the runs, nothing else");
+        Ok(())
     }
 
     /// Against the real kernel, in a fresh network namespace of this test's own.

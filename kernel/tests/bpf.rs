@@ -340,6 +340,33 @@ fn closed_connections_are_counted_per_family_and_start_over_with_the_forward() {
 }
 
 #[test]
+fn connections_the_forward_does_not_steer_are_not_its_count() {
+    // An IPv4 forward: an IPv6 connection to the public port goes to whoever listens on
+    // that port itself (here root, v6 only), and is not counted for the forward.
+    require_root();
+    let (pair, bpffs) = (Pair::new(), Bpffs::new());
+    let v4 = [SteerEntry {
+        public_port: 80,
+        target_port: 8080,
+        owner_uid: OWNER,
+        families: Families { v4: true, v6: false },
+        local: true,
+    }];
+    let dp = open(&pair.srv, &bpffs, &v4);
+    let _app = Server::start(&pair.srv, OWNER, Bind::DualStack, 8080, false, "app");
+    let _other = Server::start(&pair.srv, 0, Bind::V6Only, 80, false, "other");
+    assert_steered(&pair.cli, "10.77.0.1:80", "app");
+    for _ in 0..3 {
+        assert_steered(&pair.cli, "[fd77::1]:80", "other");
+    }
+    let c = counts_of_80(&pair.srv, &dp, |v| v.first().is_some_and(|c| c.1 >= 3));
+    thread::sleep(Duration::from_millis(200));
+    let c2 = counts_of_80(&pair.srv, &dp, |_| true);
+    assert!(c2[0].1 >= 3 && c2[0] == c[0], "the steered IPv4 connection: {c2:?}");
+    assert_eq!(c2[1], (true, 0, 0), "IPv6 went to another socket: not the forward's: {c2:?}");
+}
+
+#[test]
 fn pin_dir_of_another_netns_is_refused() {
     require_root();
     let (pair, bpffs) = (Pair::new(), Bpffs::new());

@@ -68,7 +68,7 @@ fn placed(f: &Forward, default_mark: u32, steer: bool) -> Cost {
         // (counted by port, counted by family with a mark element or not); neither: by sockets
         let (by_port, by_family) = if steered {
             match f.mark {
-                None => (false, None),
+                None | Some(0) => (false, None),
                 Some(m) if both && m == default_mark => (true, None),
                 own => (false, Some(own.is_some_and(|m| m != 0))),
             }

@@ -159,7 +159,8 @@ pub struct ForwardStatus {
     pub owner: String,
     /// The forward as applied.
     pub forward: Forward,
-    /// Effective mark.
+    /// The mark the forward's packets get (0: none, as for a steered forward without a
+    /// mark of its own).
     pub mark: u32,
     /// Packets counted (client to server direction).
     pub packets: u64,

@@ -63,8 +63,11 @@ fn a_steered_forward_is_counted_by_its_connections_open_and_closed() {
     let net = Net::setup();
     let config = config(&net, "forwards:\n  - name: http\n    port: 80\n    to: 8080\n");
     let d = Portd::start_bpf(&net, &config, &[]);
-    // An app that reads everything and keeps each connection until the client closes it.
+    // An app that reads everything and keeps each connection until the client closes it,
+    // and listens until the test ends. (An open connection counts while a socket of its
+    // uid listens on the target: that tells it from another uid's socket on port 80.)
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let app = spawn_in_netns(&net.srv, move || {
         let l = std::net::TcpListener::bind("[::]:8080").expect("bind 8080");
         ready_tx.send(()).expect("ready");
@@ -72,6 +75,7 @@ fn a_steered_forward_is_counted_by_its_connections_open_and_closed() {
             let (mut c, _) = l.accept().expect("accept");
             std::thread::spawn(move || std::io::copy(&mut c, &mut std::io::sink()));
         }
+        stop_rx.recv().ok();
     });
     ready_rx.recv().expect("app listening");
     wait_for(|| forward(&d.status_json(), "http")["listening"] == true, "the app to be registered");
@@ -101,7 +105,6 @@ fn a_steered_forward_is_counted_by_its_connections_open_and_closed() {
     // Closed: kept by the data plane, never going back.
     close_tx.send(()).expect("close");
     client.join().expect("client");
-    app.join().expect("app");
     let conns = || net.exec_ok(&net.srv, "ss", &["-Htn", "state", "established", "sport", "= :80"]);
     wait_for(|| conns().trim().is_empty(), "the steered connections to close");
     std::thread::sleep(Duration::from_millis(200));
@@ -109,6 +112,8 @@ fn a_steered_forward_is_counted_by_its_connections_open_and_closed() {
     // (the kernel's bytes_received counts a FIN as the sequence number it takes)
     assert_eq!(bytes, 150_002, "payload bytes of both closed connections and their FINs");
     assert!(packets >= open_packets + 2, "each connection's FIN counted once it closed: {open_packets} then {packets}");
+    stop_tx.send(()).expect("stop");
+    app.join().expect("app");
     // A status of a restarted portd still has them (the counts are pinned).
     drop(d);
     let d = Portd::start_bpf(&net, &config, &[]);
@@ -254,9 +259,9 @@ fn a_udp_forward_brings_nat_chains_and_takes_them_away_counters_kept() {
 
 #[test]
 fn protect_and_restricted_forwards_bring_their_rules_and_take_them_away_counters_kept() {
-    // With forwards of the default kind only, a packet of no forward costs steer_in one
-    // lookup: the drop of `protect` and the second lookup (restricted forwards) are in
-    // the table only while a forward needs them, and come and go in place.
+    // With forwards of the default kind only, there is no steer_in: the drop of `protect`
+    // and the lookup of restricted forwards are in the table only while a forward needs
+    // them, and come and go in place.
     let net = Net::setup();
     let alice = TestUser::new("sp");
     let text = config(&net, &format!("grants:\n{}    protect: true\n", grant(&alice.name, "\"80-81\"")));

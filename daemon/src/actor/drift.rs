@@ -70,6 +70,8 @@ impl Daemon {
         if delta.is_empty() {
             return Ok(());
         }
+        let s = &delta.summary;
+        super::status::forget_shown(s.removed.iter().chain(s.changed.iter().map(|c| &c.0)));
         let t = Instant::now();
         if !delta.structural {
             match self.kernel_call(delta.size(), |k| k.change(&self.plan, delta)) {

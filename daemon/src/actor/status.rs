@@ -53,7 +53,15 @@ impl Daemon {
                     suspended.push(ForwardStatus {
                         owner: owner.to_string(),
                         forward: f.clone(),
-                        mark: f.mark.unwrap_or(self.config.settings.mark),
+                        // (a steered TCP forward without a mark of its own marks nothing)
+                        mark: if self.steering.steers()
+                            && f.mark.is_none()
+                            && f.proto.protos() == [portd_rules::Proto::Tcp]
+                        {
+                            0
+                        } else {
+                            f.mark.unwrap_or(self.config.settings.mark)
+                        },
                         packets: 0,
                         bytes: 0,
                         state: ForwardState::Suspended,
@@ -108,8 +116,20 @@ pub struct PendingStatus {
 /// What the counters of each steered forward showed last, by element comment: a
 /// forward's count is read in two steps (closed connections, then open ones), so a
 /// connection that closes between them is missing from one status; its forward shows
-/// the higher count it showed before rather than going back.
+/// the higher count it showed before rather than going back. A forward that leaves the
+/// plan or changes is forgotten ([`forget_shown`]): its count starts over, as its
+/// elements' counters would.
 static SHOWN: std::sync::Mutex<Option<std::collections::HashMap<String, (u64, u64)>>> = std::sync::Mutex::new(None);
+
+/// Forgets what these forwards showed (they leave the plan, or change).
+pub(super) fn forget_shown<'a>(gone: impl Iterator<Item = &'a portd_rules::plan::PlacedForward>) {
+    let mut shown = SHOWN.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(shown) = shown.as_mut() {
+        for p in gone {
+            shown.remove(&p.comment());
+        }
+    }
+}
 
 impl PendingStatus {
     /// The sockets on target ports, for [`PendingStatus::status`]: one read of the socket
@@ -124,7 +144,7 @@ impl PendingStatus {
 
     /// What the open connections of the socket-counted steered forwards have received,
     /// for [`PendingStatus::status`] (one sock_diag dump; `None` when it fails).
-    pub fn connections(&self) -> Option<portd_kernel::sockdiag::ConnCounts> {
+    pub fn connections(&self) -> Option<portd_kernel::sockdiag::OpenCounts> {
         let ports: std::collections::BTreeSet<u16> = self
             .plan
             .forwards
@@ -142,8 +162,18 @@ impl PendingStatus {
         self,
         obs: Option<&portd_kernel::nft::Observed>,
         sockets: Option<&[portd_kernel::sockdiag::Held]>,
-        open: Option<&portd_kernel::sockdiag::ConnCounts>,
+        open: Option<&portd_kernel::sockdiag::OpenCounts>,
     ) -> Status {
+        // An open connection on a steered public port is the forward's when its socket
+        // has the uid of a socket listening on the target (an accepted connection has
+        // its listener's): another uid's socket that holds the public port (a client
+        // bound to it, a listener on it that got what the forward does not steer) is not.
+        let mut listening_uids = std::collections::HashMap::<u16, Vec<u32>>::new();
+        for h in sockets.unwrap_or_default() {
+            if h.proto == portd_rules::Proto::Tcp && h.listening {
+                listening_uids.entry(h.port).or_default().push(h.uid);
+            }
+        }
         let mut shown = SHOWN.lock().unwrap_or_else(|p| p.into_inner());
         let shown = shown.get_or_insert_with(Default::default);
         let mut seen = std::collections::HashSet::new();
@@ -154,12 +184,18 @@ impl PendingStatus {
                 return (packets, bytes);
             }
             for port in p.forward.port.ports() {
+                let uids = listening_uids.get(&p.forward.target_of(port)).map_or(&[][..], Vec::as_slice);
                 for fam in p.forward.family.families() {
-                    let key = (port, *fam == portd_rules::Family::Ipv6);
-                    for m in [Some(&self.closed), open] {
-                        let (n, b) = m.and_then(|m| m.get(&key)).copied().unwrap_or((0, 0));
-                        packets += n;
-                        bytes += b;
+                    let v6 = *fam == portd_rules::Family::Ipv6;
+                    let (n, b) = self.closed.get(&(port, v6)).copied().unwrap_or((0, 0));
+                    packets += n;
+                    bytes += b;
+                    let range = (port, v6, 0)..=(port, v6, u32::MAX);
+                    for ((_, _, uid), (n, b)) in open.into_iter().flat_map(|m| m.range(range.clone())) {
+                        if uids.contains(uid) {
+                            packets += n;
+                            bytes += b;
+                        }
                     }
                 }
             }
@@ -231,5 +267,69 @@ impl PendingStatus {
             dataplane_reason: self.dataplane_reason,
             untracked: self.plan.steer.then(|| self.plan.untracks()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portd_kernel::sockdiag::{Held, OpenCounts};
+    use portd_rules::model::{Forward, PortRange};
+    use portd_rules::Proto;
+
+    fn pending(forwards: &[Forward], closed: portd_kernel::sockdiag::ConnCounts) -> PendingStatus {
+        let plan = portd_rules::plan::compile_dispatched("t", 1, true, &[("system", forwards.iter().collect())])
+            .expect("compiles");
+        PendingStatus {
+            plan,
+            suspended: Vec::new(),
+            repairs: 0,
+            dispatch: "steer",
+            ownership: "kernel",
+            dataplane_reason: None,
+            registered: Default::default(),
+            closed,
+        }
+    }
+
+    fn listener(port: u16, uid: u32) -> Held {
+        let addr = std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+        Held { proto: Proto::Tcp, port, uid, addr, v6only: false, listening: true }
+    }
+
+    fn counts(s: &Status, name: &str) -> (u64, u64) {
+        let f = s.forwards.iter().find(|f| f.forward.name == name).expect("forward");
+        (f.packets, f.bytes)
+    }
+
+    /// A steered forward counts its closed connections of the families it steers and its
+    /// open ones whose socket has the uid of a listener on its target: a socket of
+    /// another uid on the public port (a client bound to it) is not the forward's; its
+    /// count never goes back when a connection is in neither read, and starts over once
+    /// the forward is forgotten.
+    #[test]
+    fn a_steered_forward_counts_its_own_sockets_only_and_never_goes_back() {
+        let r = |p| PortRange { start: p, end: p };
+        let web = Forward::new("web-counted", r(8000), r(8080));
+        let closed = [((8000, false), (10, 1000)), ((8000, true), (5, 500)), ((9000, false), (99, 9999))].into();
+        let sockets = [listener(8080, 1001), listener(9999, 1002)];
+        let open: OpenCounts =
+            [((8000, false, 1001), (3, 300)), ((8000, true, 1001), (2, 200)), ((8000, false, 1002), (70, 70_000))]
+                .into();
+        let s = pending(std::slice::from_ref(&web), closed).status(None, Some(&sockets), Some(&open));
+        assert_eq!(counts(&s, "web-counted"), (20, 2000), "closed of both families + the listener uid's open ones");
+        assert_eq!(s.forwards[0].mark, 0, "steered, no mark of its own: its packets get none");
+        // A connection that closed between the two reads is in neither: the count stays.
+        let closed = [((8000, false), (10, 1000)), ((8000, true), (5, 500))].into();
+        let s = pending(std::slice::from_ref(&web), closed).status(None, Some(&sockets), Some(&open));
+        assert_eq!(counts(&s, "web-counted"), (20, 2000));
+        // Forgotten (the forward left the plan or changed): the count starts over.
+        let placed = portd_rules::plan::PlacedForward { owner: "system".into(), forward: web.clone(), mark: 1 };
+        forget_shown(std::iter::once(&placed));
+        let s = pending(std::slice::from_ref(&web), Default::default()).status(None, Some(&sockets), None);
+        assert_eq!(counts(&s, "web-counted"), (0, 0));
+        // Without the listener table, open connections cannot be told apart: none counts.
+        let s = pending(std::slice::from_ref(&web), Default::default()).status(None, None, Some(&open));
+        assert_eq!(counts(&s, "web-counted"), (0, 0));
     }
 }

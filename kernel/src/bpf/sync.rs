@@ -70,13 +70,18 @@ impl Dataplane {
         }
         let gone: Vec<u32> = current.targets.keys().filter(|p| !want.targets.contains_key(p)).copied().collect();
 
-        // A port that starts being steered starts counting from zero (its entry
-        // exists before connections are steered there); one that stops loses
-        // its entry. After a read-back every steered port gets an entry it
-        // lacks (a pin directory of a version without `counts`).
+        // A port that starts being steered, or is steered anew (another target,
+        // another owner), starts counting from zero (its entry exists before
+        // connections are steered there); one that stops loses its entry. After
+        // a read-back every steered port gets an entry it lacks (a pin directory
+        // of a version without `counts`).
+        let same = |port: &u32, v: &SteerVal| {
+            let t = u32::from(v.target_port);
+            current.steer.get(port) == Some(v) && current.targets.get(&t) == want.targets.get(&t)
+        };
         let mut counts = self.hash::<CountKey, CountVal>("counts")?;
-        for port in want.steer.keys().filter(|p| read_back || !current.steer.contains_key(p)) {
-            let flags = if current.steer.contains_key(port) { BPF_NOEXIST } else { 0 };
+        for (port, v) in want.steer.iter().filter(|(p, v)| read_back || !same(p, v)) {
+            let flags = if same(port, v) { BPF_NOEXIST } else { 0 };
             for key in count_keys(*port) {
                 match counts.insert(key, CountVal::default(), flags) {
                     Err(e) if is_eexist(&e) => {}

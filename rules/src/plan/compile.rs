@@ -282,9 +282,9 @@ impl Plan {
 
     /// True when `p`'s TCP part is steered and counted by its connections' sockets (the
     /// BPF data plane's `counts` and sock_diag), not by a counted set: a steered forward
-    /// without a mark of its own ([`Plan::place`]).
+    /// without a mark of its own, or with `mark: 0` ([`Plan::place`]).
     pub fn counted_by_sockets(&self, p: &PlacedForward) -> bool {
-        self.steer && p.forward.mark.is_none() && p.forward.proto.protos().contains(&Proto::Tcp)
+        self.steer && p.forward.mark.unwrap_or(0) == 0 && p.forward.proto.protos().contains(&Proto::Tcp)
     }
 
     /// The mark `p`'s packets get: the mark it was placed with, but none for a forward
@@ -369,13 +369,13 @@ impl Plan {
         // How a protocol of the forward is counted and marked ([`Counting`]).
         let counting = |proto: Proto| {
             if steer && proto == Proto::Tcp {
-                // Steered: counted by its sockets, unless it has a mark of its own: then
-                // the steer input chain marks and counts its packets. Its checks
+                // Steered: counted by its sockets, unless it has a mark of its own (not 0):
+                // then the steer input chain marks and counts its packets. Its checks
                 // (interfaces, sources) are made there too, after steer_in's lookup of
                 // `fwd_steer_more`; the host's own connections of a `local: false` one
                 // are left alone by the sk_lookup program itself.
                 match f.mark {
-                    None => Counting::Sockets,
+                    None | Some(0) => Counting::Sockets,
                     Some(m) if both && m == default => Counting::Port(COUNT_CHECKED),
                     own => Counting::Family(own.filter(|m| *m != 0)),
                 }
@@ -488,7 +488,7 @@ impl Plan {
 /// How [`Plan::place`] counts and marks one protocol of a forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Counting {
-    /// A steered forward without a mark of its own: its connections' sockets count it
+    /// A steered forward without a mark of its own (or `mark: 0`): its connections' sockets count it
     /// (the BPF data plane and sock_diag), and it is in no counted set.
     Sockets,
     /// Keyed by `l4proto . port` in this counted set; the lookup ORs in the default mark.

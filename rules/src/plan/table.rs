@@ -327,12 +327,13 @@ pub mod names {
     pub const TO: &str = "fwd_to";
     /// key -> target port, for forwards of one family
     pub const TO_FAMILY: &str = "fwd_to_family";
-    /// l4proto . port, counted, for forwards of both families with the default mark,
-    /// `local: true` and no `interfaces` or `sources`: one lookup counts and marks their
-    /// packets
+    /// l4proto . port, counted, for redirected forwards of both families with the
+    /// default mark, `local: true` and no `interfaces` or `sources`: one lookup counts and
+    /// marks their packets
     pub const COUNT: &str = "fwd_count";
-    /// l4proto . port, counted, for the other forwards of both families with the default
-    /// mark (restricted to interfaces or sources, or `local: false`): looked up after the
+    /// l4proto . port, counted, for the other redirected forwards of both families with
+    /// the default mark (restricted to interfaces or sources, or `local: false`), and
+    /// steered ones of both families whose own mark is the default: looked up after the
     /// checks
     pub const COUNT_CHECKED: &str = "fwd_count_checked";
     /// key, counted, for the other forwards (one family, or another mark)
