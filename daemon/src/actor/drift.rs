@@ -70,13 +70,15 @@ impl Daemon {
         if delta.is_empty() {
             return Ok(());
         }
+        // Once the change is in, the forwards it removes or changes start their counts over.
         let s = &delta.summary;
-        super::status::forget_shown(s.removed.iter().chain(s.changed.iter().map(|c| &c.0)));
+        let forget = || super::status::forget_shown(s.removed.iter().chain(s.changed.iter().map(|c| &c.0)));
         let t = Instant::now();
         if !delta.structural {
             match self.kernel_call(delta.size(), |k| k.change(&self.plan, delta)) {
                 Ok(()) => {
                     self.published.metrics.applied(t.elapsed());
+                    forget();
                     return Ok(());
                 }
                 Err(e @ portd_kernel::nft::BackendError::Outgrown { .. }) => {
@@ -89,6 +91,7 @@ impl Daemon {
         let t = Instant::now();
         self.kernel_call(whole.element_count(), |k| self.relayout_or_replace(k, &whole))?;
         self.published.metrics.applied(t.elapsed());
+        forget();
         Ok(())
     }
 

@@ -116,10 +116,22 @@ pub struct PendingStatus {
 /// What the counters of each steered forward showed last, by element comment: a
 /// forward's count is read in two steps (closed connections, then open ones), so a
 /// connection that closes between them is missing from one status; its forward shows
-/// the higher count it showed before rather than going back. A forward that leaves the
-/// plan or changes is forgotten ([`forget_shown`]): its count starts over, as its
-/// elements' counters would.
-static SHOWN: std::sync::Mutex<Option<std::collections::HashMap<String, (u64, u64)>>> = std::sync::Mutex::new(None);
+/// the higher count it showed before rather than going back. Its count starts over
+/// (as its elements' counters would) when it is forgotten ([`forget_shown`]: it left the
+/// plan, or changed) and whenever its closed connections' total is lower than the last
+/// status read (the data plane started the port's counts over: the port steered to
+/// another target or owner, the map pinned anew; or a status from before a change
+/// recorded it after the change).
+static SHOWN: std::sync::Mutex<Option<std::collections::HashMap<String, Shown>>> = std::sync::Mutex::new(None);
+
+/// One forward's entry in [`SHOWN`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Shown {
+    /// Its closed connections' (packets, bytes) as read.
+    closed: (u64, u64),
+    /// What it showed.
+    shown: (u64, u64),
+}
 
 /// Forgets what these forwards showed (they leave the plan, or change).
 pub(super) fn forget_shown<'a>(gone: impl Iterator<Item = &'a portd_rules::plan::PlacedForward>) {
@@ -183,6 +195,7 @@ impl PendingStatus {
             if !self.plan.counted_by_sockets(p) {
                 return (packets, bytes);
             }
+            let mut closed = (0, 0);
             for port in p.forward.port.ports() {
                 let uids = listening_uids.get(&p.forward.target_of(port)).map_or(&[][..], Vec::as_slice);
                 for fam in p.forward.family.families() {
@@ -190,6 +203,7 @@ impl PendingStatus {
                     let (n, b) = self.closed.get(&(port, v6)).copied().unwrap_or((0, 0));
                     packets += n;
                     bytes += b;
+                    closed = (closed.0 + n, closed.1 + b);
                     let range = (port, v6, 0)..=(port, v6, u32::MAX);
                     for ((_, _, uid), (n, b)) in open.into_iter().flat_map(|m| m.range(range.clone())) {
                         if uids.contains(uid) {
@@ -199,10 +213,12 @@ impl PendingStatus {
                     }
                 }
             }
-            let last = shown.entry(comment.clone()).or_insert((0, 0));
-            *last = (last.0.max(packets), last.1.max(bytes));
+            let last = shown.entry(comment.clone()).or_default();
+            let reset = closed.0 < last.closed.0 || closed.1 < last.closed.1;
+            last.shown = if reset { (packets, bytes) } else { (last.shown.0.max(packets), last.shown.1.max(bytes)) };
+            last.closed = closed;
             seen.insert(comment);
-            *last
+            last.shown
         };
         // The sockets by protocol and port, and a bit per (protocol, port) that has any, so
         // that the many target ports nothing holds cost a bit test, not a hash lookup.
@@ -323,6 +339,11 @@ mod tests {
         let closed = [((8000, false), (10, 1000)), ((8000, true), (5, 500))].into();
         let s = pending(std::slice::from_ref(&web), closed).status(None, Some(&sockets), Some(&open));
         assert_eq!(counts(&s, "web-counted"), (20, 2000));
+        // The data plane started the port's counts over (another owner): so does the
+        // forward's count, although the forward itself is the same.
+        let closed = [((8000, false), (1, 100))].into();
+        let s = pending(std::slice::from_ref(&web), closed).status(None, Some(&sockets), None);
+        assert_eq!(counts(&s, "web-counted"), (1, 100));
         // Forgotten (the forward left the plan or changed): the count starts over.
         let placed = portd_rules::plan::PlacedForward { owner: "system".into(), forward: web.clone(), mark: 1 };
         forget_shown(std::iter::once(&placed));
