@@ -303,6 +303,23 @@ pub fn listeners(known: Option<&Listeners>, name: impl Fn(u32) -> Option<String>
 mod tests {
     use super::*;
 
+    /// Runs `f` on a thread of its own in a fresh network namespace with loopback up (a
+    /// child process the thread forks shares it). Needs root.
+    fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+        if !nix::unistd::geteuid().is_root() {
+            panic!("this test needs root to enter a new network namespace (run the suite as root)");
+        }
+        let t = std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+            let up = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status()?;
+            if !up.success() {
+                return Err(io::Error::other(format!("ip link set lo up: {up}")));
+            }
+            f()
+        });
+        t.join().map_err(|_| io::Error::other("thread panicked"))?
+    }
+
     #[test]
     fn reads_port_uid_and_address_of_a_diag_message() {
         let mut b = vec![0u8; DIAG_MSG_LEN];
@@ -339,15 +356,8 @@ mod tests {
     /// kernel's filter leaves out the other port and the clients' ephemeral ports).
     #[test]
     fn counts_what_open_connections_received_on_the_ports_asked_for() -> io::Result<()> {
-        if !nix::unistd::geteuid().is_root() {
-            panic!("this test needs root to enter a new network namespace (run the suite as root)");
-        }
         use std::io::Write;
-        let t = std::thread::spawn(|| -> io::Result<_> {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-            // (a child process forked by this thread shares its namespace)
-            let up = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status()?;
-            assert!(up.success(), "ip link set lo up");
+        let (got, asked) = in_new_netns(|| {
             let mut keep = Vec::new();
             for (port, n) in [(18080u16, 1000usize), (28080, 3000)] {
                 let l = std::net::TcpListener::bind(("127.0.0.1", port))?;
@@ -365,8 +375,7 @@ mod tests {
             let asked = connections(&[18080, 28080].into())?;
             drop(keep);
             Ok((got, asked))
-        });
-        let (got, asked) = t.join().map_err(|_| io::Error::other("thread panicked"))??;
+        })?;
         assert_eq!(got.len(), 1, "only the server side of the connection on 18080: {got:?}");
         let c = got[0];
         let me = nix::unistd::geteuid().as_raw();
@@ -410,13 +419,7 @@ mod tests {
     /// rest are not (its audit would refuse a malformed program with EINVAL).
     #[test]
     fn the_kernel_runs_the_port_filter() -> io::Result<()> {
-        if !nix::unistd::geteuid().is_root() {
-            panic!("this test needs root to enter a new network namespace (run the suite as root)");
-        }
-        let t = std::thread::spawn(|| -> io::Result<_> {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-            let up = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status()?;
-            assert!(up.success(), "ip link set lo up");
+        let got = in_new_netns(|| {
             let mut keep = Vec::new();
             for port in [18080u16, 18443, 18444, 18500] {
                 let l = std::net::TcpListener::bind(("127.0.0.1", port))?;
@@ -427,8 +430,7 @@ mod tests {
             let mut got: Vec<u16> = connections_on(&[(18080, 18080), (18443, 18444)])?.iter().map(|c| c.port).collect();
             got.sort_unstable();
             Ok(got)
-        });
-        let got = t.join().map_err(|_| io::Error::other("thread panicked"))??;
+        })?;
         assert_eq!(got, [18080, 18443, 18444], "the accepted sides on the runs, nothing else");
         Ok(())
     }
@@ -436,14 +438,10 @@ mod tests {
     /// Against the real kernel, in a fresh network namespace of this test's own.
     #[test]
     fn sees_a_listener_of_this_process() -> io::Result<()> {
-        if !nix::unistd::geteuid().is_root() {
-            panic!("this test needs root to enter a new network namespace (run the suite as root)");
-        }
-        let t = std::thread::spawn(|| -> io::Result<Vec<Held>> {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        let held = in_new_netns(|| {
             let tcp = std::net::TcpListener::bind("[::]:18080")?;
             let udp = std::net::UdpSocket::bind("127.0.0.1:18081")?;
-            // A v6-only listener (IPV6_V6ONLY set before bind); `::`, as lo is down here.
+            // A v6-only listener (IPV6_V6ONLY set before bind).
             let only = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
             only.set_only_v6(true)?;
             only.bind(&"[::]:18082".parse::<std::net::SocketAddr>().map_err(io::Error::other)?.into())?;
@@ -451,8 +449,7 @@ mod tests {
             let held = held();
             drop((tcp, udp, only));
             held
-        });
-        let held = t.join().map_err(|_| io::Error::other("thread panicked"))??;
+        })?;
         let me = nix::unistd::geteuid().as_raw();
         let any6 = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
         let lo4 = IpAddr::V4(Ipv4Addr::LOCALHOST);

@@ -58,6 +58,7 @@ pub fn cost(f: &Forward, default_mark: u32) -> Cost {
 
 /// The elements `Plan::place` puts in a steer plan (`steer`) or a NAT plan for `f`.
 fn placed(f: &Forward, default_mark: u32, steer: bool) -> Cost {
+    use crate::plan::Counting;
     let ports = f.port.len() as u64;
     let mark = f.mark.unwrap_or(default_mark);
     let both = f.family == FamilySel::Both;
@@ -66,16 +67,10 @@ fn placed(f: &Forward, default_mark: u32, steer: bool) -> Cost {
     for &proto in f.proto.protos() {
         let steered = steer && proto == crate::model::Proto::Tcp;
         // (counted by port, counted by family with a mark element or not); neither: by sockets
-        let (by_port, by_family) = if steered {
-            match f.mark {
-                None | Some(0) => (false, None),
-                Some(m) if both && m == default_mark => (true, None),
-                own => (false, Some(own.is_some_and(|m| m != 0))),
-            }
-        } else if both && mark == default_mark {
-            (true, None)
-        } else {
-            (false, Some(mark != 0))
+        let (by_port, by_family) = match Counting::of(f, proto, mark, default_mark, steer) {
+            Counting::Sockets => (false, None),
+            Counting::Port(_) => (true, None),
+            Counting::Family(m) => (false, Some(m.is_some())),
         };
         let sockets = !by_port && by_family.is_none();
         if both {

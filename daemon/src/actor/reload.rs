@@ -80,6 +80,8 @@ impl Daemon {
         // The delta's summary also says which forwards leave the plan: the answer's copy
         // lists suspended forwards apart.
         let mut shown = delta.summary.clone().with_packet_marks(&plan);
+        // (for the log, before the suspended forwards leave it)
+        let log_line = shown.log_line(LOG_FORWARDS);
         let suspended = self.suspensions(&before, &mut shown);
         let answer = |summary| {
             let mut body = with_warnings(Body::changed(summary, dry_run), warnings.clone());
@@ -107,7 +109,7 @@ impl Daemon {
             action = "reload",
             "reloaded {} (by {by}): {}",
             self.config_path.display(),
-            delta.summary.clone().with_packet_marks(&plan).log_line(LOG_FORWARDS)
+            log_line
         );
         for w in &warnings {
             tracing::warn!("{w}");

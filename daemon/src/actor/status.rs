@@ -176,15 +176,16 @@ impl PendingStatus {
         sockets: Option<&[portd_kernel::sockdiag::Held]>,
         open: Option<&portd_kernel::sockdiag::OpenCounts>,
     ) -> Status {
-        // An open connection on a steered public port is the forward's when its socket
-        // has the uid of a socket listening on the target (an accepted connection has
-        // its listener's): another uid's socket that holds the public port (a client
-        // bound to it, a listener on it that got what the forward does not steer) is not.
-        let mut listening_uids = std::collections::HashMap::<u16, Vec<u32>>::new();
+        // The sockets by protocol and port, and a bit per (protocol, port) that has any, so
+        // that the many target ports nothing holds cost a bit test, not a hash lookup.
+        let mut by_port = std::collections::HashMap::<_, Vec<_>>::new();
+        let mut held = vec![0u64; 2 * 65536 / 64];
+        let bit = |proto, port: u16| usize::from(proto == portd_rules::Proto::Udp) * 65536 + usize::from(port);
         for h in sockets.unwrap_or_default() {
-            if h.proto == portd_rules::Proto::Tcp && h.listening {
-                listening_uids.entry(h.port).or_default().push(h.uid);
-            }
+            let l =
+                portd_rules::doctor::Listening { uid: h.uid, addr: h.addr, v6only: h.v6only, listening: h.listening };
+            by_port.entry((h.proto, h.port)).or_default().push(l);
+            held[bit(h.proto, h.port) / 64] |= 1 << (bit(h.proto, h.port) % 64);
         }
         let mut shown = SHOWN.lock().unwrap_or_else(|p| p.into_inner());
         let shown = shown.get_or_insert_with(Default::default);
@@ -197,7 +198,13 @@ impl PendingStatus {
             }
             let mut closed = (0, 0);
             for port in p.forward.port.ports() {
-                let uids = listening_uids.get(&p.forward.target_of(port)).map_or(&[][..], Vec::as_slice);
+                // An open connection on a steered public port is the forward's when its
+                // socket has the uid of a socket listening on the target (an accepted
+                // connection has its listener's): another uid's socket that holds the
+                // public port (a client bound to it, a listener on it that got what the
+                // forward does not steer) is not.
+                let on_target = by_port.get(&(portd_rules::Proto::Tcp, p.forward.target_of(port)));
+                let listens_as = |uid: &u32| on_target.is_some_and(|v| v.iter().any(|l| l.listening && l.uid == *uid));
                 for fam in p.forward.family.families() {
                     let v6 = *fam == portd_rules::Family::Ipv6;
                     let (n, b) = self.closed.get(&(port, v6)).copied().unwrap_or((0, 0));
@@ -206,7 +213,7 @@ impl PendingStatus {
                     closed = (closed.0 + n, closed.1 + b);
                     let range = (port, v6, 0)..=(port, v6, u32::MAX);
                     for ((_, _, uid), (n, b)) in open.into_iter().flat_map(|m| m.range(range.clone())) {
-                        if uids.contains(uid) {
+                        if listens_as(uid) {
                             packets += n;
                             bytes += b;
                         }
@@ -220,17 +227,6 @@ impl PendingStatus {
             seen.insert(comment);
             last.shown
         };
-        // The sockets by protocol and port, and a bit per (protocol, port) that has any, so
-        // that the many target ports nothing holds cost a bit test, not a hash lookup.
-        let mut by_port = std::collections::HashMap::<_, Vec<_>>::new();
-        let mut held = vec![0u64; 2 * 65536 / 64];
-        let bit = |proto, port: u16| usize::from(proto == portd_rules::Proto::Udp) * 65536 + usize::from(port);
-        for h in sockets.unwrap_or_default() {
-            let l =
-                portd_rules::doctor::Listening { uid: h.uid, addr: h.addr, v6only: h.v6only, listening: h.listening };
-            by_port.entry((h.proto, h.port)).or_default().push(l);
-            held[bit(h.proto, h.port) / 64] |= 1 << (bit(h.proto, h.port) % 64);
-        }
         let on_port = |proto, port| {
             let b = bit(proto, port);
             if held[b / 64] & (1 << (b % 64)) == 0 {

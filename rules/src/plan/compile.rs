@@ -284,7 +284,8 @@ impl Plan {
     /// BPF data plane's `counts` and sock_diag), not by a counted set: a steered forward
     /// without a mark of its own, or with `mark: 0` ([`Plan::place`]).
     pub fn counted_by_sockets(&self, p: &PlacedForward) -> bool {
-        self.steer && p.forward.mark.unwrap_or(0) == 0 && p.forward.proto.protos().contains(&Proto::Tcp)
+        p.forward.proto.protos().contains(&Proto::Tcp)
+            && Counting::of(&p.forward, Proto::Tcp, p.mark, self.mark, self.steer) == Counting::Sockets
     }
 
     /// The mark `p`'s packets get: the mark it was placed with, but none for a forward
@@ -364,30 +365,8 @@ impl Plan {
         let mark = f.mark.unwrap_or(default_mark);
         let both = f.family == crate::model::FamilySel::Both;
         let restricted = !f.interfaces.is_empty() || !f.sources.is_empty();
-        let steer = self.steer;
-        let default = self.mark;
-        // How a protocol of the forward is counted and marked ([`Counting`]).
-        let counting = |proto: Proto| {
-            if steer && proto == Proto::Tcp {
-                // Steered: counted by its sockets, unless it has a mark of its own (not 0):
-                // then the steer input chain marks and counts its packets. Its checks
-                // (interfaces, sources) are made there too, after steer_in's lookup of
-                // `fwd_steer_more`; the host's own connections of a `local: false` one
-                // are left alone by the sk_lookup program itself.
-                match f.mark {
-                    None | Some(0) => Counting::Sockets,
-                    Some(m) if both && m == default => Counting::Port(COUNT_CHECKED),
-                    own => Counting::Family(own.filter(|m| *m != 0)),
-                }
-            } else if both && mark == default {
-                // Both families and the default mark: counted by `l4proto . port`
-                // alone, in `COUNT` (one lookup) or, when restricted or `local: false`,
-                // `COUNT_CHECKED` (after the checks).
-                Counting::Port(if restricted || !f.local { COUNT_CHECKED } else { COUNT })
-            } else {
-                Counting::Family((mark != 0).then_some(mark))
-            }
-        };
+        let (steer, default) = (self.steer, self.mark);
+        let counting = |proto: Proto| Counting::of(f, proto, mark, default, steer);
         // Where the target goes: a steered TCP forward's to the maps the sk_lookup program follows.
         let maps = |proto: Proto| if steer && proto == Proto::Tcp { (STEER, STEER_FAMILY) } else { (TO, TO_FAMILY) };
         if both {
@@ -487,7 +466,7 @@ impl Plan {
 
 /// How [`Plan::place`] counts and marks one protocol of a forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Counting {
+pub(crate) enum Counting {
     /// A steered forward without a mark of its own (or `mark: 0`): its connections' sockets count it
     /// (the BPF data plane and sock_diag), and it is in no counted set.
     Sockets,
@@ -496,6 +475,35 @@ enum Counting {
     /// Keyed by family too, in `fwd_count_family`, with this mark in `fwd_mark` (none:
     /// no mark).
     Family(Option<u32>),
+}
+
+impl Counting {
+    /// How protocol `proto` of `f`, placed with the effective mark `mark`, is counted in a
+    /// plan whose default mark is `default` (`steer`: a steer plan).
+    pub(crate) fn of(f: &Forward, proto: Proto, mark: u32, default: u32, steer: bool) -> Counting {
+        use names::{COUNT, COUNT_CHECKED};
+        let both = f.family == crate::model::FamilySel::Both;
+        let restricted = !f.interfaces.is_empty() || !f.sources.is_empty();
+        if steer && proto == Proto::Tcp {
+            // Steered: counted by its sockets, unless it has a mark of its own (not 0):
+            // then the steer input chain marks and counts its packets. Its checks
+            // (interfaces, sources) are made there too, after steer_in's lookup of
+            // `fwd_steer_more`; the host's own connections of a `local: false` one are
+            // left alone by the sk_lookup program itself.
+            match f.mark {
+                None | Some(0) => Counting::Sockets,
+                Some(m) if both && m == default => Counting::Port(COUNT_CHECKED),
+                own => Counting::Family(own.filter(|m| *m != 0)),
+            }
+        } else if both && mark == default {
+            // Both families and the default mark: counted by `l4proto . port` alone, in
+            // `COUNT` (one lookup) or, when restricted or `local: false`, `COUNT_CHECKED`
+            // (after the checks).
+            Counting::Port(if restricted || !f.local { COUNT_CHECKED } else { COUNT })
+        } else {
+            Counting::Family((mark != 0).then_some(mark))
+        }
+    }
 }
 
 /// Where an owner's forwards go among the plan's: the system set first, then by owner.

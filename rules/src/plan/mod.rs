@@ -25,6 +25,7 @@ mod summary;
 mod table;
 
 pub use crate::element::{Element, ElementRef, Elements, FieldRef, FieldType, Parts, Value};
+pub(crate) use compile::Counting;
 pub use compile::{compile, compile_borrowed, compile_dispatched};
 pub use delta::{Delta, SetElements};
 pub use stale::{stale_in_delta, stale_mappings, Stale};
