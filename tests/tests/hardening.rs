@@ -8,6 +8,14 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The tests of this file one at a time: each times root's requests or measures a
+/// daemon's memory while attacking it, and two of them on 2 cores measure each other
+/// (a 30,000-forward apply beside a timed status) rather than the attack.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Resident memory of `pid`, in MiB.
 fn rss_mib(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
@@ -48,6 +56,7 @@ fn timed_status(d: &Portd) -> Duration {
 
 #[test]
 fn nested_yaml_in_flight_stalls_neither_status_nor_drift_repair() {
+    let _serial = one_at_a_time();
     let net = Net::setup();
     let attacker = TestUser::new("pha");
     let d = Portd::start(&net, &config(&net, &format!("grants:\n  - {{user: {}, ports: [80]}}\n", attacker.name)));
@@ -105,6 +114,7 @@ fn nested_yaml_in_flight_stalls_neither_status_nor_drift_repair() {
 
 #[test]
 fn connections_that_never_read_do_not_lock_out_root_or_other_users() {
+    let _serial = one_at_a_time();
     let net = Net::setup();
     let attacker = TestUser::new("phb");
     let other = TestUser::new("phc");
@@ -135,6 +145,7 @@ fn connections_that_never_read_do_not_lock_out_root_or_other_users() {
 
 #[test]
 fn unterminated_4_mib_requests_keep_memory_bounded() {
+    let _serial = one_at_a_time();
     let net = Net::setup();
     let users: Vec<TestUser> = (0..4).map(|_| TestUser::new("phd")).collect();
     let d = Portd::start(&net, &config(&net, ""));
@@ -177,6 +188,7 @@ fn unterminated_4_mib_requests_keep_memory_bounded() {
 
 #[test]
 fn a_thirty_thousand_forward_status_reaches_the_client_whole() {
+    let _serial = one_at_a_time();
     let net = Net::setup();
     let d = Portd::start(&net, &config(&net, ""));
     let mut text = String::from("version: 1\nforwards:\n");
@@ -253,6 +265,7 @@ fn apply_line(file: &str, text: &str) -> Vec<u8> {
 
 #[test]
 fn refused_files_answer_small_and_memory_stays_bounded() {
+    let _serial = one_at_a_time();
     let net = Net::setup();
     let attacker = TestUser::new("phe");
     let uid = attacker.uid();
@@ -350,6 +363,7 @@ fn refused_files_answer_small_and_memory_stays_bounded() {
 
 #[test]
 fn refusals_with_line_breaks_in_names_forge_no_log_line_and_the_log_stays_small() {
+    let _serial = one_at_a_time();
     let net = Net::setup();
     let attacker = TestUser::new("phf");
     let uid = attacker.uid();
@@ -420,6 +434,7 @@ fn refusals_with_line_breaks_in_names_forge_no_log_line_and_the_log_stays_small(
 
 #[test]
 fn descriptions_with_bidi_overrides_are_refused_by_the_daemon() {
+    let _serial = one_at_a_time();
     let net = Net::setup();
     let d = Portd::start(&net, &config(&net, ""));
     let o = d.ctl(&["add", "web", "80", "8080", "--description", "shop \u{202E}gnp.exe"]);

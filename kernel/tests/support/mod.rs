@@ -221,6 +221,12 @@ impl Server {
                     Err(e) => panic!("accept: {e}"),
                 }
             }
+            // Stop listening before the descriptor goes: a process another test forks
+            // holds a copy of this test's descriptors until it execs, and a close alone
+            // would leave the socket listening (taking connections, holding the port)
+            // until then. A shut-down listener leaves the listening hash and the
+            // sockmap at once, and a later bind with SO_REUSEADDR does not conflict.
+            let _ = socket2::SockRef::from(&listener).shutdown(std::net::Shutdown::Both);
         });
         match ready_rx.recv_timeout(Duration::from_secs(5)) {
             Ok(Ok(())) => {}
