@@ -614,6 +614,17 @@ fn sync_of_one_change_in_10000_is_cheap_and_forget_rereads() {
     assert_refused(&pair.cli, "10.77.0.1:80");
     pair.srv.run(None, || dp.sync(&steer, &reserved, &[])).expect("sync");
     assert_refused(&pair.cli, "10.77.0.1:80");
+    // A repair that finds every pin and link in place (the daemon's check twice a
+    // second) keeps trusting what was written; one that puts something back makes
+    // the next sync read the maps again, as forget_written does.
+    assert!(pair.srv.run(None, || dp.repair()).expect("repair").is_empty());
+    pair.srv.run(None, || dp.sync(&steer, &reserved, &[])).expect("sync after a repair of nothing");
+    assert_refused(&pair.cli, "10.77.0.1:80");
+    std::fs::remove_file(pin.join("maps/events")).expect("unpin a map");
+    assert_eq!(pair.srv.run(None, || dp.repair()).expect("repair").repinned, ["events"]);
+    pair.srv.run(None, || dp.sync(&steer, &reserved, &[])).expect("sync after a repair");
+    assert_steered(&pair.cli, "10.77.0.1:80", "app");
+    hash.remove(&80).expect("delete forward 80 again");
     dp.forget_written();
     pair.srv.run(None, || dp.sync(&steer, &reserved, &[])).expect("sync after forget_written");
     assert_steered(&pair.cli, "10.77.0.1:80", "app");

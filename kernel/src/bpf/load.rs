@@ -124,10 +124,12 @@ impl Dataplane {
     /// is attached anew (then the old one, which this process still held, is
     /// dropped); a map whose pin is gone is pinned again from our handle.
     ///
-    /// The next [`Dataplane::sync`] reads the maps back (a drift that
-    /// unpinned things may have changed their content too).
+    /// When it put anything back, the next [`Dataplane::sync`] reads the maps
+    /// back (a drift that unpinned things may have changed their content too);
+    /// when nothing was missing, sync goes on trusting what it wrote (the
+    /// daemon checks twice a second: reading back 10,000 forwards' entries at
+    /// every change after a check would cost each change the whole table).
     pub fn repair(&mut self) -> Result<Repaired, BpfError> {
-        self.written = None;
         let (maps, links) = (maps_dir(&self.pin_dir), links_dir(&self.pin_dir));
         for dir in [&maps, &links] {
             fs::create_dir_all(dir).map_err(BpfError::pin_dir(dir))?;
@@ -157,6 +159,9 @@ impl Dataplane {
             };
             self.links[i] = attach_pinned(&mut self.ebpf, hook, at, &path)?;
             repaired.reattached.push(hook.program());
+        }
+        if !repaired.is_empty() {
+            self.written = None;
         }
         Ok(repaired)
     }
