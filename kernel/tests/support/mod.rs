@@ -22,6 +22,7 @@ use std::{
     time::Duration,
 };
 
+use portd_kernel::bpf::{Dataplane, Families, Proto, Reservation, SteerEntry};
 use socket2::{Domain, Socket, Type};
 
 pub const OWNER: u32 = 40001;
@@ -197,6 +198,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(ns: &Netns, uid: u32, bind: Bind, port: u16, reuseport: bool, tag: &'static str) -> Server {
+        Server::run(ns, uid, bind, port, reuseport, tag, false)
+    }
+
+    /// Like [`Server::start`] (dual-stack, no SO_REUSEPORT), but keeps every connection
+    /// open after its answer until the server is dropped.
+    pub fn holding(ns: &Netns, uid: u32, port: u16, tag: &'static str) -> Server {
+        Server::run(ns, uid, Bind::DualStack, port, false, tag, true)
+    }
+
+    fn run(ns: &Netns, uid: u32, bind: Bind, port: u16, reuseport: bool, tag: &'static str, hold: bool) -> Server {
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -210,12 +221,16 @@ impl Server {
                 }
             };
             let _ = ready_tx.send(Ok(()));
+            let mut held = Vec::new();
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((mut conn, _)) => {
                         a.fetch_add(1, Ordering::Relaxed);
                         let local = conn.local_addr().map(|a| a.to_string()).unwrap_or_default();
                         let _ = conn.write_all(format!("{tag} {local}").as_bytes());
+                        if hold {
+                            held.push(conn);
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(2)),
                     Err(e) => panic!("accept: {e}"),
@@ -310,5 +325,25 @@ pub fn try_bind(ns: &Netns, uid: Option<u32>, udp: bool, addr: &str) -> Result<(
             let _ = sock.set_only_v6(true);
         }
         sock.bind(&addr.into()).map_err(|e| e.raw_os_error().unwrap_or(-1))
+    })
+}
+
+/// Port 80 steered to 8080 of [`OWNER`], both families.
+pub fn steer_80(local: bool) -> Vec<SteerEntry> {
+    vec![SteerEntry { public_port: 80, target_port: 8080, owner_uid: OWNER, families: Families::BOTH, local }]
+}
+
+pub fn reserve_8080() -> Vec<Reservation> {
+    [Proto::Tcp, Proto::Udp].map(|proto| Reservation { proto, port: 8080, owner_uid: OWNER }).to_vec()
+}
+
+/// Opens the data plane for `ns` under `bpffs` and syncs `steer` with the
+/// target reserved for its owner.
+pub fn open(ns: &Netns, bpffs: &Bpffs, steer: &[SteerEntry]) -> Dataplane {
+    let pin = bpffs.pin_dir();
+    ns.run(None, || {
+        let mut dp = Dataplane::open(&pin).unwrap_or_else(|e| panic!("open {}: {e}", pin.display()));
+        dp.sync(steer, &reserve_8080(), &[]).unwrap_or_else(|e| panic!("sync: {e}"));
+        dp
     })
 }
