@@ -12,6 +12,7 @@ use portd_rules::{Dispatch, Ownership, Plan, Settings};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// The owner uid of a system forward's target: any process may serve it.
 const ANY_UID: u32 = bpf::ANY_UID;
@@ -41,7 +42,14 @@ pub struct Steering {
     local_reserved: BTreeSet<u16>,
     /// Why `ip_local_reserved_ports` could not be written, logged once.
     local_reserved_error: Option<String>,
+    /// When the maps were last read back (see [`MAPS_CHECK`]).
+    maps_read: Instant,
 }
+
+/// How often the listener check reads the maps back and puts right what differs from
+/// what portd wrote (an entry deleted or changed behind its back, say with bpftool);
+/// `portctl reload` does it at once. Between two, a change costs only what it changes.
+pub const MAPS_CHECK: Duration = Duration::from_secs(60);
 
 #[derive(PartialEq, Eq, Default)]
 struct Wanted {
@@ -63,6 +71,7 @@ impl Steering {
             synced: None,
             local_reserved: BTreeSet::new(),
             local_reserved_error: None,
+            maps_read: Instant::now(),
         }
     }
 
@@ -120,6 +129,7 @@ impl Steering {
                 synced: None,
                 local_reserved: BTreeSet::new(),
                 local_reserved_error: None,
+                maps_read: Instant::now(),
             }),
             Err(reason) => {
                 if settings.dispatch == Dispatch::Steer {
@@ -183,6 +193,21 @@ impl Steering {
         let dp = self.dp.as_ref().filter(|_| self.steer);
         dp.and_then(|d| d.closed_counts().map_err(|e| tracing::debug!("reading steered counts: {e}")).ok())
             .unwrap_or_default()
+    }
+
+    /// Makes the next [`Steering::sync`] read the maps back and write what differs, even
+    /// when the plan did not change.
+    pub fn reread(&mut self) {
+        self.synced = None;
+        self.maps_read = Instant::now();
+        if let Some(dp) = self.dp.as_mut() {
+            dp.forget_written();
+        }
+    }
+
+    /// True when the maps were last read back [`MAPS_CHECK`] ago or more.
+    pub fn maps_check_due(&self) -> bool {
+        self.dp.is_some() && self.maps_read.elapsed() >= MAPS_CHECK
     }
 
     /// Puts back detached programs and deleted pins.

@@ -253,16 +253,9 @@ static __always_inline int conn_from_this_host(struct bpf_sock_ops *skops, __u8 
 	       skops->remote_ip6[2] == skops->local_ip6[2] && skops->remote_ip6[3] == skops->local_ip6[3];
 }
 
-// Counting a steered connection costs nothing per packet: the socket counts
-// what it receives anyway (segments, payload bytes), and when it closes its
-// totals are added to its public port's entry in `counts`. The daemon adds the
-// connections still open (sock_diag). A connection accepted on a steered
-// public port, of a family the forward steers (and, made on this host, only
-// for a `local` forward), asks for the state callback; no other does. (What
-// the sk_lookup program did not steer went to whoever listens on the public
-// port itself: not the forward's.)
 // The forward a steered public port goes to now: its target and the target's
-// owner. Zero when the port is not steered.
+// owner. Zero when the port is not steered (or, between two steps of a sync,
+// its target has no entry yet: such a connection is not counted).
 static __always_inline int forward_of(__u32 port, struct conn_forward *out)
 {
 	struct steer_val *sv = bpf_map_lookup_elem(&steer, &port);
@@ -277,6 +270,17 @@ static __always_inline int forward_of(__u32 port, struct conn_forward *out)
 	return 1;
 }
 
+// Counting a steered connection costs nothing per packet: the socket counts
+// what it receives anyway (segments, payload bytes), and when it closes its
+// totals are added to its public port's entry in `counts`. The daemon adds the
+// connections still open (sock_diag). A connection accepted on a steered
+// public port, of a family the forward steers (and, made on this host, only
+// for a `local` forward), keeps the forward it was accepted for with its
+// socket and asks for the state callback; no other does, and one whose port
+// went to another forward by the time it closes is not counted. (What the
+// sk_lookup program did not steer went to whoever listens on the public port
+// itself: not the forward's. Without room for the socket's storage, the
+// connection is not counted.)
 static __always_inline void on_established(struct bpf_sock_ops *skops)
 {
 	__u32 port = skops->local_port;

@@ -566,6 +566,10 @@ impl Daemon {
     fn poll_listeners(&mut self) {
         self.timers.cancel(Timer::Poll);
         self.steering.repair();
+        if self.steering.maps_check_due() {
+            self.steering.reread();
+            self.sync_dataplane();
+        }
         let old = self.listeners.clone();
         self.refresh_listeners();
         if self.listeners != old {

@@ -118,6 +118,8 @@ impl Daemon {
         self.publish();
         self.conntrack.forget(portd_kernel::conntrack::stale_mappings(&self.plan, &plan));
         self.plan = plan;
+        // A reload also puts right what was changed in the maps behind portd's back.
+        self.steering.reread();
         self.sync_dataplane();
         self.schedule_poll();
         notify::status(&self.status_line());

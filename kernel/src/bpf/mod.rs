@@ -54,8 +54,9 @@ pub struct Dataplane {
     /// A second handle on the ring buffer map, to pin it again if needed.
     events_map: MapData,
     /// What the last successful `sync` wrote: the next one diffs against it
-    /// instead of reading every map back. `None` (after `open`, `repair`, a
-    /// failed `sync` or [`Dataplane::forget_written`]): read the maps.
+    /// instead of reading every map back. `None` (after `open`, a `repair` that
+    /// put something back, a failed `sync` or [`Dataplane::forget_written`]):
+    /// read the maps.
     written: Option<sync::Written>,
 }
 
