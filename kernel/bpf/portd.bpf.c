@@ -94,18 +94,6 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } counts SEC(".maps");
 
-// Per steered connection: the forward it was accepted for (target port and
-// owner), so that when it closes it counts only if its public port still goes
-// there: a port that moved to another owner or target starts its count from
-// zero, and the connections of before are not in it. Kept with the socket.
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct conn_forward);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} conn_forwards SEC(".maps");
-
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 64 * 1024);
@@ -253,34 +241,14 @@ static __always_inline int conn_from_this_host(struct bpf_sock_ops *skops, __u8 
 	       skops->remote_ip6[2] == skops->local_ip6[2] && skops->remote_ip6[3] == skops->local_ip6[3];
 }
 
-// The forward a steered public port goes to now: its target and the target's
-// owner. Zero when the port is not steered (or, between two steps of a sync,
-// its target has no entry yet: such a connection is not counted).
-static __always_inline int forward_of(__u32 port, struct conn_forward *out)
-{
-	struct steer_val *sv = bpf_map_lookup_elem(&steer, &port);
-	if (!sv)
-		return 0;
-	__u32 target = sv->target_port;
-	struct target_val *tv = bpf_map_lookup_elem(&targets, &target);
-	if (!tv)
-		return 0;
-	out->owner_uid = tv->owner_uid;
-	out->target_port = target;
-	return 1;
-}
-
 // Counting a steered connection costs nothing per packet: the socket counts
 // what it receives anyway (segments, payload bytes), and when it closes its
 // totals are added to its public port's entry in `counts`. The daemon adds the
 // connections still open (sock_diag). A connection accepted on a steered
 // public port, of a family the forward steers (and, made on this host, only
-// for a `local` forward), keeps the forward it was accepted for with its
-// socket and asks for the state callback; no other does, and one whose port
-// went to another forward by the time it closes is not counted. (What the
-// sk_lookup program did not steer went to whoever listens on the public port
-// itself: not the forward's. Without room for the socket's storage, the
-// connection is not counted.)
+// for a `local` forward), asks for the state callback; no other does. (What
+// the sk_lookup program did not steer went to whoever listens on the public
+// port itself: not the forward's.)
 static __always_inline void on_established(struct bpf_sock_ops *skops)
 {
 	__u32 port = skops->local_port;
@@ -292,28 +260,12 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 		return;
 	if (!(sv->flags & PORTD_STEER_LOCAL) && conn_from_this_host(skops, family))
 		return;
-	struct conn_forward now = {};
-	struct bpf_sock *sk = skops->sk;
-	if (!sk || !forward_of(port, &now))
-		return;
-	struct conn_forward *f = bpf_sk_storage_get(&conn_forwards, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!f)
-		return;
-	*f = now;
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
 static __always_inline void on_state(struct bpf_sock_ops *skops)
 {
 	if (skops->args[1] != TCP_CLOSE)
-		return;
-	struct bpf_sock *sk = skops->sk;
-	if (!sk)
-		return;
-	struct conn_forward *was = bpf_sk_storage_get(&conn_forwards, sk, 0, 0);
-	struct conn_forward now = {};
-	if (!was || !forward_of(skops->local_port, &now) || was->owner_uid != now.owner_uid ||
-	    was->target_port != now.target_port)
 		return;
 	struct count_key key = {.port = (__u16)skops->local_port, .family = conn_family(skops)};
 	struct count_val *c = bpf_map_lookup_elem(&counts, &key);

@@ -39,12 +39,6 @@ struct target_val {
 	__u32 scan; // non-zero: the next iterator run registers sockets already listening
 };
 
-// What a steered connection was accepted for (BPF side only).
-struct conn_forward {
-	__u32 owner_uid;
-	__u32 target_port;
-};
-
 struct listener_key {
 	__u16 port;
 	__u16 slot;

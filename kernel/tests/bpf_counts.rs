@@ -54,89 +54,11 @@ fn closed_connections_are_counted_per_family_and_start_over_with_the_forward() {
     // A pin directory from before `counts` (its pin gone): reopened, the steered port
     // gets its entries at the first sync, and connections are counted again.
     drop(dp);
-    // (and from before `conn_forwards`)
     std::fs::remove_file(bpffs.pin_dir().join("maps/counts")).expect("unpin counts");
-    std::fs::remove_file(bpffs.pin_dir().join("maps/conn_forwards")).expect("unpin conn_forwards");
     let dp = open(&pair.srv, &bpffs, &steer_80(true));
     assert_steered(&pair.cli, "10.77.0.1:80", "app");
     let c = counts_of_80(&pair.srv, &dp, |v| v.first().is_some_and(|c| c.1 >= 3));
     assert!(c.first().is_some_and(|c| !c.0 && c.1 >= 3), "{c:?}");
-}
-
-/// A steered connection from the client, open after reading the app's answer (with a
-/// [`Server::holding`] app it closes once both this and the app are dropped).
-fn held_connection(pair: &Pair, addr: &str, tag: &str) -> std::net::TcpStream {
-    let addr: std::net::SocketAddr = addr.parse().expect("address");
-    let mut s = pair
-        .cli
-        .run(None, move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
-        .expect("steered connection");
-    s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
-    let mut answer = [0u8; 64];
-    let n = std::io::Read::read(&mut s, &mut answer).expect("answer");
-    assert!(answer[..n].starts_with(tag.as_bytes()), "{:?}", String::from_utf8_lossy(&answer[..n]));
-    s
-}
-
-/// Waits (up to 3 s) until no connection on port 80 of `ns` is open any more (its
-/// socket's close has run the sockops program).
-fn wait_closed_80(ns: &Netns) {
-    let until = Instant::now() + Duration::from_secs(3);
-    let ports = std::collections::BTreeSet::from([80u16]);
-    loop {
-        let open = ns.run(None, || portd_kernel::sockdiag::connections(&ports)).expect("sock_diag");
-        if open.is_empty() {
-            return;
-        }
-        assert!(Instant::now() < until, "connections on port 80 still open: {open:?}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A connection counts, when it closes, for the forward it was accepted for: if its public
-/// port went to another owner or target meanwhile, the count the port started anew is
-/// not the old forward's to fill, and the new forward's connections count there.
-#[test]
-fn a_connection_closing_after_its_port_changed_hands_is_not_the_new_forwards_count() {
-    require_root();
-    let (pair, bpffs) = (Pair::new(), Bpffs::new());
-    let mut dp = open(&pair.srv, &bpffs, &steer_80(true));
-    // Unchanged forward: a connection counts once it closes.
-    let app = Server::holding(&pair.srv, OWNER, 8080, "app");
-    let held = held_connection(&pair, "10.77.0.1:80", "app");
-    thread::sleep(Duration::from_millis(100));
-    assert_eq!(counts_of_80(&pair.srv, &dp, |_| true)[0].1, 0, "still open");
-    drop((held, app));
-    let c = counts_of_80(&pair.srv, &dp, |v| v.first().is_some_and(|c| c.1 >= 3));
-    assert!(c[0].1 >= 3, "closed: counted {c:?}");
-    // Open while port 80 goes to another owner, another target, or both.
-    let base = steer_80(true)[0];
-    let changes = [
-        (SteerEntry { owner_uid: OTHER, ..base }, OTHER),
-        (SteerEntry { target_port: 8081, ..base }, OWNER),
-        (SteerEntry { target_port: 8082, owner_uid: OTHER, ..base }, OTHER),
-    ];
-    for (entry, uid) in changes {
-        pair.srv.run(None, || dp.sync(&steer_80(true), &reserve_8080(), &[])).expect("sync back");
-        let app = Server::holding(&pair.srv, OWNER, 8080, "app");
-        let held = held_connection(&pair, "10.77.0.1:80", "app");
-        let held6 = held_connection(&pair, "[fd77::1]:80", "app");
-        pair.srv.run(None, || dp.sync(&[entry], &[], &[])).expect("sync: another forward");
-        assert_eq!(counts_of_80(&pair.srv, &dp, |_| true), [(false, 0, 0), (true, 0, 0)], "started anew");
-        drop((held, held6, app));
-        wait_closed_80(&pair.srv);
-        assert_eq!(
-            counts_of_80(&pair.srv, &dp, |_| true),
-            [(false, 0, 0), (true, 0, 0)],
-            "the old forward's connections closed: not counted for {entry:?}"
-        );
-        // The new forward's own connection counts.
-        let app = Server::holding(&pair.srv, uid, entry.target_port, "new");
-        let held = held_connection(&pair, "10.77.0.1:80", "new");
-        drop((held, app));
-        let c = counts_of_80(&pair.srv, &dp, |v| v.first().is_some_and(|c| c.1 >= 3));
-        assert!(c[0].1 >= 3 && c[1] == (true, 0, 0), "the new forward's connection: {c:?}");
-    }
 }
 
 #[test]

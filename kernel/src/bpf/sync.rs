@@ -70,31 +70,27 @@ impl Dataplane {
         }
         let gone: Vec<u32> = current.targets.keys().filter(|p| !want.targets.contains_key(p)).copied().collect();
 
-        // A port that starts being steered starts counting from zero, its entry
-        // made before connections are steered there. One steered anew (another
-        // target, another owner) starts from zero once it goes to its new forward:
-        // until then the old forward's connections may still close into it. One
-        // that stops loses its entry. After a read-back every steered port gets
-        // an entry it lacks (a pin directory of a version without `counts`).
+        // A port that starts being steered, or is steered anew (another target,
+        // another owner), starts counting from zero (its entry exists before
+        // connections are steered there); one that stops loses its entry. After
+        // a read-back every steered port gets an entry it lacks (a pin directory
+        // of a version without `counts`).
         let same = |port: &u32, v: &SteerVal| {
             let t = u32::from(v.target_port);
             current.steer.get(port) == Some(v) && current.targets.get(&t) == want.targets.get(&t)
         };
         let mut counts = self.hash::<CountKey, CountVal>("counts")?;
-        for &port in want.steer.keys() {
-            if !current.steer.contains_key(&port) {
-                zero_counts(&mut counts, port, 0)?;
-            } else if read_back {
-                zero_counts(&mut counts, port, BPF_NOEXIST)?;
+        for (port, v) in want.steer.iter().filter(|(p, v)| read_back || !same(p, v)) {
+            let flags = if same(port, v) { BPF_NOEXIST } else { 0 };
+            for key in count_keys(*port) {
+                match counts.insert(key, CountVal::default(), flags) {
+                    Err(e) if is_eexist(&e) => {}
+                    other => other.map_err(BpfError::map("counts"))?,
+                }
             }
         }
         reconcile(&mut self.hash::<u32, SteerVal>("steer")?, &current.steer, &want.steer, "steer")?;
         let mut counts = self.hash::<CountKey, CountVal>("counts")?;
-        for (&port, v) in &want.steer {
-            if current.steer.contains_key(&port) && !same(&port, v) {
-                zero_counts(&mut counts, port, 0)?;
-            }
-        }
         for port in current.steer.keys().filter(|p| !want.steer.contains_key(p)) {
             for key in count_keys(*port) {
                 remove(&mut counts, &key, "counts")?;
@@ -218,17 +214,6 @@ impl Dataplane {
 
 /// `BPF_NOEXIST`: insert only a key that is not there.
 const BPF_NOEXIST: u64 = 1;
-
-/// Sets `port`'s two entries of `counts` to zero (with `BPF_NOEXIST`: makes those it lacks).
-fn zero_counts(counts: &mut HashMap<&mut MapData, CountKey, CountVal>, port: u32, flags: u64) -> Result<(), BpfError> {
-    for key in count_keys(port) {
-        match counts.insert(key, CountVal::default(), flags) {
-            Err(e) if is_eexist(&e) => {}
-            other => other.map_err(BpfError::map("counts"))?,
-        }
-    }
-    Ok(())
-}
 
 /// The `counts` keys of one public port: IPv4 and IPv6.
 fn count_keys(port: u32) -> [CountKey; 2] {

@@ -198,16 +198,6 @@ pub struct Server {
 
 impl Server {
     pub fn start(ns: &Netns, uid: u32, bind: Bind, port: u16, reuseport: bool, tag: &'static str) -> Server {
-        Server::run(ns, uid, bind, port, reuseport, tag, false)
-    }
-
-    /// Like [`Server::start`] (dual-stack, no SO_REUSEPORT), but keeps every connection
-    /// open after its answer until the server is dropped.
-    pub fn holding(ns: &Netns, uid: u32, port: u16, tag: &'static str) -> Server {
-        Server::run(ns, uid, Bind::DualStack, port, false, tag, true)
-    }
-
-    fn run(ns: &Netns, uid: u32, bind: Bind, port: u16, reuseport: bool, tag: &'static str, hold: bool) -> Server {
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -221,16 +211,12 @@ impl Server {
                 }
             };
             let _ = ready_tx.send(Ok(()));
-            let mut held = Vec::new();
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((mut conn, _)) => {
                         a.fetch_add(1, Ordering::Relaxed);
                         let local = conn.local_addr().map(|a| a.to_string()).unwrap_or_default();
                         let _ = conn.write_all(format!("{tag} {local}").as_bytes());
-                        if hold {
-                            held.push(conn);
-                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(2)),
                     Err(e) => panic!("accept: {e}"),
