@@ -319,6 +319,7 @@ pub fn steer_80(local: bool) -> Vec<SteerEntry> {
     vec![SteerEntry { public_port: 80, target_port: 8080, owner_uid: OWNER, families: Families::BOTH, local }]
 }
 
+/// Port 8080, TCP and UDP, reserved for [`OWNER`].
 pub fn reserve_8080() -> Vec<Reservation> {
     [Proto::Tcp, Proto::Udp].map(|proto| Reservation { proto, port: 8080, owner_uid: OWNER }).to_vec()
 }
