@@ -25,13 +25,32 @@ fn listening(ns: &Netns, dp: &Dataplane, port: u16) -> usize {
     ns.run(None, || dp.listening(port).unwrap_or_else(|e| panic!("listening: {e}")))
 }
 
+/// Asserts that `want` sockets are registered for `port`. The kernel (6.4 and
+/// newer) takes a socket out of the listener map when its last descriptor
+/// closes, not when it stops listening, and a process another test forks holds
+/// a copy of this test's descriptors until it execs: a test app's socket that
+/// has just been shut down can stay in the map (taking no connection) for that
+/// long. So a count above `want` is read again for up to 5 s; a count below it
+/// fails at once (registration happens in `listen()` itself).
+fn assert_listening(ns: &Netns, dp: &Dataplane, port: u16, want: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = listening(ns, dp, port);
+        if n <= want || Instant::now() > deadline {
+            assert_eq!(n, want, "sockets registered for {port}: {what}");
+            return;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn steers_v4_and_v6_to_a_dual_stack_socket() {
     require_root();
     let (pair, bpffs) = (Pair::new(), Bpffs::new());
     let dp = open(&pair.srv, &bpffs, &steer_80(true));
     let _app = Server::start(&pair.srv, OWNER, Bind::DualStack, 8080, false, "app");
-    assert_eq!(listening(&pair.srv, &dp, 8080), 1);
+    assert_listening(&pair.srv, &dp, 8080, 1, "");
     for addr in ["127.0.0.1:80", "[::1]:80", "10.77.0.1:80", "[fd77::1]:80"] {
         assert_steered(&pair.srv, addr, "app");
     }
@@ -50,7 +69,7 @@ fn v6_only_and_v4_sockets_each_get_their_family() {
     let dp = open(&pair.srv, &bpffs, &steer_80(true));
     let _v6 = Server::start(&pair.srv, OWNER, Bind::V6Only, 8080, false, "v6");
     let _v4 = Server::start(&pair.srv, OWNER, Bind::V4, 8080, false, "v4");
-    assert_eq!(listening(&pair.srv, &dp, 8080), 2);
+    assert_listening(&pair.srv, &dp, 8080, 2, "");
     for _ in 0..3 {
         assert_steered(&pair.cli, "10.77.0.1:80", "v4");
         assert_steered(&pair.cli, "[fd77::1]:80", "v6");
@@ -100,10 +119,10 @@ fn refused_without_listener_and_app_restart_registers_at_once() {
     for round in 0..3 {
         let app = Server::start(&pair.srv, OWNER, Bind::DualStack, 8080, false, "app");
         assert_steered(&pair.cli, "10.77.0.1:80", "app");
-        assert_eq!(listening(&pair.srv, &dp, 8080), 1, "round {round}");
+        assert_listening(&pair.srv, &dp, 8080, 1, &format!("round {round}"));
         drop(app);
         assert_refused(&pair.cli, "10.77.0.1:80");
-        assert_eq!(listening(&pair.srv, &dp, 8080), 0, "round {round}");
+        assert_listening(&pair.srv, &dp, 8080, 0, &format!("round {round}"));
     }
 }
 
@@ -114,7 +133,7 @@ fn reuseport_group_shares_and_survives_a_member() {
     let dp = open(&pair.srv, &bpffs, &steer_80(true));
     let a = Server::start(&pair.srv, OWNER, Bind::DualStack, 8080, true, "a");
     let b = Server::start(&pair.srv, OWNER, Bind::DualStack, 8080, true, "b");
-    assert_eq!(listening(&pair.srv, &dp, 8080), 2);
+    assert_listening(&pair.srv, &dp, 8080, 2, "");
     for _ in 0..40 {
         connect(&pair.cli, "10.77.0.1:80").expect("steered connection");
     }
@@ -133,7 +152,7 @@ fn app_listening_before_the_forward_is_found() {
     let (pair, bpffs) = (Pair::new(), Bpffs::new());
     let _app = Server::start(&pair.srv, OWNER, Bind::DualStack, 8080, false, "early");
     let dp = open(&pair.srv, &bpffs, &steer_80(true));
-    assert_eq!(listening(&pair.srv, &dp, 8080), 1);
+    assert_listening(&pair.srv, &dp, 8080, 1, "");
     assert_steered(&pair.cli, "10.77.0.1:80", "early");
     assert_steered(&pair.cli, "[fd77::1]:80", "early");
 }
@@ -145,7 +164,7 @@ fn another_uids_socket_on_the_target_is_never_used() {
     // Listening before the reservation existed, so its bind succeeded.
     let _squatter = Server::start(&pair.srv, OTHER, Bind::DualStack, 8080, false, "other");
     let dp = open(&pair.srv, &bpffs, &steer_80(true));
-    assert_eq!(listening(&pair.srv, &dp, 8080), 0);
+    assert_listening(&pair.srv, &dp, 8080, 0, "");
     assert_refused(&pair.cli, "10.77.0.1:80");
 }
 
@@ -260,7 +279,7 @@ fn sync_adds_updates_and_removes() {
     assert_steered(&pair.cli, "[fd77::1]:80", "app2");
     assert_refused(&pair.cli, "10.77.0.1:80");
     assert_refused(&pair.cli, "10.77.0.1:443");
-    assert_eq!(listening(&pair.srv, &dp, 8080), 0, "8080 is no target any more");
+    assert_listening(&pair.srv, &dp, 8080, 0, "8080 is no target any more");
     assert_eq!(try_bind(&pair.srv, Some(OTHER), false, "0.0.0.0:8080"), Err(libc::EADDRINUSE), "reservation gone");
     // Conflicting owners are refused before anything changes.
     let conflict = [
@@ -426,13 +445,13 @@ fn any_uid_forward_takes_a_socket_of_any_uid() {
         dp.sync(&system, &[], &[]).expect("sync");
         dp
     });
-    assert_eq!(listening(&pair.srv, &dp, 8080), 1, "the iterator takes a socket of any uid");
+    assert_listening(&pair.srv, &dp, 8080, 1, "the iterator takes a socket of any uid");
     assert_steered(&pair.cli, "10.77.0.1:80", "early");
     drop(early);
     assert_refused(&pair.cli, "10.77.0.1:80");
     for (uid, tag) in [(0, "root"), (OWNER, "owner")] {
         let app = Server::start(&pair.srv, uid, Bind::DualStack, 8080, false, tag);
-        assert_eq!(listening(&pair.srv, &dp, 8080), 1, "listen() by uid {uid} registers");
+        assert_listening(&pair.srv, &dp, 8080, 1, &format!("listen() by uid {uid} registers"));
         assert_steered(&pair.cli, "10.77.0.1:80", tag);
         assert_steered(&pair.cli, "[fd77::1]:80", tag);
         drop(app);
@@ -441,7 +460,7 @@ fn any_uid_forward_takes_a_socket_of_any_uid() {
     let owned = [SteerEntry { owner_uid: OWNER, ..system[0] }];
     pair.srv.run(None, || dp.sync(&owned, &[], &[])).expect("sync owned");
     let _other = Server::start(&pair.srv, OTHER, Bind::DualStack, 8080, false, "other");
-    assert_eq!(listening(&pair.srv, &dp, 8080), 0);
+    assert_listening(&pair.srv, &dp, 8080, 0, "another uid's socket on an owned target");
     assert_refused(&pair.cli, "10.77.0.1:80");
 
     // Reservations and watched ports need a real owner; nothing changes then.
