@@ -41,6 +41,12 @@ impl fmt::Display for Problem {
     }
 }
 
+/// Most interfaces one forward may name.
+pub const MAX_INTERFACES: usize = 64;
+/// Most sources one forward may list, repeats included (it may place at most
+/// [`crate::budget::MAX_FORWARD_SOURCE_ELEMENTS`] after repeats are dropped).
+pub const MAX_LISTED_SOURCES: usize = 256;
+
 /// Checks one forward's own definition and puts it in its one form (host bits of
 /// `sources` cleared, repeated sources dropped). Empty when the forward is valid.
 pub fn forward(f: &mut Forward) -> Vec<Problem> {
@@ -57,19 +63,40 @@ pub fn forward(f: &mut Forward) -> Vec<Problem> {
     if let Some(m) = ranges_problem(f.port, f.to) {
         out.push(Problem::new("to", m));
     }
-    for (i, n) in f.interfaces.iter().enumerate() {
-        if !valid_ifname(n) {
-            out.push(Problem::at(
-                "interfaces",
-                i,
-                format!("`{}` is not an interface name (1-15 of a-z, A-Z, 0-9, '.', '_', '-', '@', '+')", clip(n)),
-            ));
-        } else if f.interfaces[..i].contains(n) {
-            out.push(Problem::at("interfaces", i, format!("interface `{n}` is listed twice")));
+    // Lists are bounded before their entries are looked at: a forward comes from anyone
+    // who can reach the socket, and each entry costs work and an answer line.
+    if f.interfaces.len() > MAX_INTERFACES {
+        out.push(Problem::new(
+            "interfaces",
+            format!("{} interfaces are listed; a forward may name at most {MAX_INTERFACES}", f.interfaces.len()),
+        ));
+    } else {
+        let mut seen = std::collections::HashSet::with_capacity(f.interfaces.len());
+        for (i, n) in f.interfaces.iter().enumerate() {
+            if !valid_ifname(n) {
+                out.push(Problem::at(
+                    "interfaces",
+                    i,
+                    format!("`{}` is not an interface name (1-15 of a-z, A-Z, 0-9, '.', '_', '-', '@', '+')", clip(n)),
+                ));
+            } else if !seen.insert(n.as_str()) {
+                out.push(Problem::at("interfaces", i, format!("interface `{n}` is listed twice")));
+            }
         }
     }
     if let Some(m) = f.description.as_deref().and_then(description_problem) {
         out.push(Problem::new("description", m));
+    }
+    if f.sources.len() > MAX_LISTED_SOURCES {
+        out.push(Problem::new(
+            "sources",
+            format!(
+                "{} sources are listed; a forward may list at most {MAX_LISTED_SOURCES} (and place at most {} source elements)",
+                f.sources.len(),
+                crate::budget::MAX_FORWARD_SOURCE_ELEMENTS
+            ),
+        ));
+        return out;
     }
     for (i, s) in f.sources.iter().enumerate() {
         let wrong = match (f.family, s) {
@@ -216,5 +243,30 @@ mod tests {
             fields,
             [("name", None), ("to", None), ("interfaces", Some(1)), ("interfaces", Some(2)), ("sources", Some(0))]
         );
+    }
+
+    #[test]
+    fn long_lists_get_one_problem_before_their_entries_are_read() {
+        let mut f = Forward::new("a", PortRange::single(80), PortRange::single(8080));
+        f.interfaces = (0..MAX_INTERFACES).map(|i| format!("eth{i}")).collect();
+        assert!(forward(&mut f).is_empty(), "{MAX_INTERFACES} distinct interfaces are fine");
+        // 200,000 names, each listed twice: one problem, not 100,000 (and no pairwise comparison).
+        f.interfaces = (0..200_000).map(|i| format!("v{}", i / 2)).collect();
+        let p = forward(&mut f);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!((p[0].field, p[0].index), ("interfaces", None));
+        assert!(p[0].message.contains("200000 interfaces are listed; a forward may name at most 64"), "{}", p[0]);
+
+        let mut f = Forward::new("a", PortRange::single(80), PortRange::single(8080));
+        f.family = FamilySel::Ipv6;
+        f.sources = vec!["203.0.113.0/24".parse().expect("net"); MAX_LISTED_SOURCES + 1];
+        let p = forward(&mut f);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].message.starts_with("257 sources are listed; a forward may list at most 256"), "{}", p[0]);
+        // Repeats within the bound are dropped, as before.
+        f.family = FamilySel::Both;
+        f.sources = vec!["203.0.113.0/24".parse().expect("net"); MAX_LISTED_SOURCES];
+        assert!(forward(&mut f).is_empty());
+        assert_eq!(f.sources.len(), 1);
     }
 }

@@ -194,7 +194,7 @@ pub(super) fn parse_root<'t>(file: &str, text: &'t str) -> Result<(Node<'t>, Ctx
     if let Err((line, message)) = crate::shape::check_shape(text) {
         return Err(one(line, 1, message));
     }
-    let root: Node = match serde_yaml::from_str(text) {
+    let root: Node = match super::tree::parse(text) {
         Ok(v) => v,
         Err(e) => {
             let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
@@ -211,7 +211,9 @@ pub(super) fn parse_root<'t>(file: &str, text: &'t str) -> Result<(Node<'t>, Ctx
                         .into(),
                 ));
             }
-            let msg = if msg.contains("repetition limit") || msg.contains("recursion limit") {
+            let msg = if msg.contains(super::tree::TOO_MANY_NODES) {
+                msg
+            } else if msg.contains("repetition limit") || msg.contains("recursion limit") {
                 format!("{msg}: YAML aliases expand beyond a sane size; write the entries out")
             } else if msg.starts_with("mapping values are not allowed") {
                 format!(

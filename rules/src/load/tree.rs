@@ -3,18 +3,62 @@
 //!
 //! It holds the same information as a `Value` and is built by the same deserializer, so
 //! serde_yaml still decides what parses, reports syntax errors, resolves scalars, expands
-//! aliases within its bounds and refuses duplicate keys, with the same messages at the
-//! same places. It is cheaper to build: plain scalars borrow the text instead of being
+//! aliases and refuses duplicate keys, with the same messages at the same places. One
+//! thing it refuses that a `Value` takes: a tree of more nodes than the text could hold
+//! without aliases plus [`ALIAS_NODES`] (serde_yaml bounds how many aliases it follows,
+//! not what they expand to: a 30 KB file of aliases of aliases is millions of nodes). It is cheaper to build: plain scalars borrow the text instead of being
 //! copied, a mapping is a vector of pairs instead of a hash table, and keys are hashed
 //! only when a mapping grows large enough for duplicate checks to need it.
 
-use serde::de::{self, Deserialize, Deserializer, EnumAccess, Error as _, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    self, Deserialize, DeserializeSeed, Deserializer, EnumAccess, Error as _, MapAccess, SeqAccess, VariantAccess,
+    Visitor,
+};
 use serde_yaml::mapping::Entry;
 use serde_yaml::value::{Tag, TaggedValue};
 use serde_yaml::{Mapping, Number, Value};
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::fmt;
+
+/// Nodes that aliases may add to a tree beyond what its text holds.
+pub const ALIAS_NODES: usize = 65_536;
+
+/// The start of the message for a tree that outgrows its bound.
+pub(crate) const TOO_MANY_NODES: &str = "YAML aliases expand to more than";
+
+thread_local! {
+    /// Nodes the tree being built on this thread may still take.
+    static LEFT: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Parses `text` into a tree of at most `text.len() + 1 + ALIAS_NODES` nodes (without
+/// aliases, every node but an empty document's takes at least one byte of text).
+pub(crate) fn parse(text: &str) -> Result<Node<'_>, serde_yaml::Error> {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            LEFT.with(|l| l.set(usize::MAX));
+        }
+    }
+    let _reset = Reset;
+    LEFT.with(|l| l.set(text.len().saturating_add(1 + ALIAS_NODES)));
+    serde_yaml::from_str(text)
+}
+
+/// Counts one node of the tree being built.
+fn take<E: de::Error>() -> Result<(), E> {
+    LEFT.with(|l| match l.get() {
+        0 => Err(E::custom(format_args!(
+            "{TOO_MANY_NODES} {ALIAS_NODES} nodes beyond what the file writes out; write the entries out"
+        ))),
+        n => {
+            l.set(n - 1);
+            Ok(())
+        }
+    })
+}
 
 /// One YAML node; the variants are those of [`serde_yaml::Value`].
 #[derive(Debug, Clone, PartialEq)]
@@ -79,23 +123,6 @@ impl<'t> Node<'t> {
             Node::Tagged(t) => Value::Tagged(Box::new(TaggedValue { tag: t.0.clone(), value: t.1.to_value() })),
         }
     }
-
-    fn from_value(v: Value) -> Node<'t> {
-        match v {
-            Value::Null => Node::Null,
-            Value::Bool(b) => Node::Bool(b),
-            Value::Number(n) => Node::Number(n),
-            Value::String(s) => Node::String(Cow::Owned(s)),
-            Value::Sequence(s) => Node::Sequence(s.into_iter().map(Node::from_value).collect()),
-            Value::Mapping(m) => {
-                Node::Mapping(Map(m.into_iter().map(|(k, v)| (Node::from_value(k), Node::from_value(v))).collect()))
-            }
-            Value::Tagged(t) => {
-                let TaggedValue { tag, value } = *t;
-                Node::Tagged(Box::new((tag, Node::from_value(value))))
-            }
-        }
-    }
 }
 
 impl<'t> Map<'t> {
@@ -127,36 +154,46 @@ impl<'de> Visitor<'de> for NodeVisitor {
         f.write_str("any YAML value")
     }
     fn visit_bool<E: de::Error>(self, b: bool) -> Result<Node<'de>, E> {
+        take::<E>()?;
         Ok(Node::Bool(b))
     }
     fn visit_i64<E: de::Error>(self, i: i64) -> Result<Node<'de>, E> {
+        take::<E>()?;
         Ok(Node::Number(i.into()))
     }
     fn visit_u64<E: de::Error>(self, u: u64) -> Result<Node<'de>, E> {
+        take::<E>()?;
         Ok(Node::Number(u.into()))
     }
     fn visit_f64<E: de::Error>(self, f: f64) -> Result<Node<'de>, E> {
+        take::<E>()?;
         Ok(Node::Number(f.into()))
     }
     fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Node<'de>, E> {
+        take::<E>()?;
         Ok(Node::String(Cow::Borrowed(s)))
     }
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Node<'de>, E> {
+        take::<E>()?;
         Ok(Node::String(Cow::Owned(s.to_owned())))
     }
     fn visit_string<E: de::Error>(self, s: String) -> Result<Node<'de>, E> {
+        take::<E>()?;
         Ok(Node::String(Cow::Owned(s)))
     }
     fn visit_unit<E: de::Error>(self) -> Result<Node<'de>, E> {
+        take::<E>()?;
         Ok(Node::Null)
     }
     fn visit_none<E: de::Error>(self) -> Result<Node<'de>, E> {
+        take::<E>()?;
         Ok(Node::Null)
     }
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Node<'de>, D::Error> {
         Node::deserialize(d)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
+        take::<A::Error>()?;
         let mut items = Vec::new();
         while let Some(item) = seq.next_element()? {
             items.push(item);
@@ -164,6 +201,7 @@ impl<'de> Visitor<'de> for NodeVisitor {
         Ok(Node::Sequence(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
+        take::<A::Error>()?;
         let mut entries: Vec<(Node<'de>, Node<'de>)> = Vec::new();
         let mut keys = Keys::default();
         while let Some(key) = map.next_key::<Node<'de>>()? {
@@ -176,10 +214,34 @@ impl<'de> Visitor<'de> for NodeVisitor {
         Ok(Node::Mapping(Map(entries)))
     }
     fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Node<'de>, A::Error> {
-        // A tagged node: serde_yaml's own code reads the tag and the content, so tags
-        // are judged exactly as for a `Value`; tags are rare, the copy is cheap.
-        let t = TaggedValue::deserialize(de::value::EnumAccessDeserializer::new(data))?;
-        Ok(Node::Tagged(Box::new((t.tag, Node::from_value(t.value)))))
+        // A tagged node: the tag as serde_yaml's `Value` reads it, the content as a
+        // node of this tree (so that it is counted too).
+        take::<A::Error>()?;
+        let (tag, content) = data.variant_seed(TagSeed)?;
+        Ok(Node::Tagged(Box::new((tag, content.newtype_variant::<Node<'de>>()?))))
+    }
+}
+
+/// Reads a node's tag the way serde_yaml's `Value` does: any text but the empty one.
+struct TagSeed;
+
+impl<'de> DeserializeSeed<'de> for TagSeed {
+    type Value = Tag;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Tag, D::Error> {
+        d.deserialize_string(self)
+    }
+}
+
+impl Visitor<'_> for TagSeed {
+    type Value = Tag;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a YAML tag string")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Tag, E> {
+        if s.is_empty() {
+            return Err(E::custom("empty YAML tag is not allowed"));
+        }
+        Ok(Tag::new(s))
     }
 }
 
@@ -245,11 +307,13 @@ fn duplicate_message(key: &Value) -> String {
 /// refuse it alike): the fuzz target of rules files checks this on every input it tries,
 /// its kept corpus included. `None` when they agree.
 pub(crate) fn differs_from_value(text: &str) -> Option<String> {
-    let node = serde_yaml::from_str::<Node>(text).map_err(|e| e.to_string());
+    let node = parse(text).map_err(|e| e.to_string());
     let value = serde_yaml::from_str::<Value>(text).map_err(|e| e.to_string());
     match (node, value) {
         (Ok(n), Ok(v)) if n.to_value() == v => None,
         (Err(a), Err(b)) if a == b => None,
+        // The one difference by design: the tree's bound on what aliases expand to.
+        (Err(a), Ok(_)) if a.contains(TOO_MANY_NODES) => None,
         (n, v) => Some(format!("tree {:?} but value {:?}", n.map(|n| n.to_value()), v)),
     }
 }
@@ -285,7 +349,7 @@ mod tests {
             "",
         ];
         for doc in docs {
-            let node = serde_yaml::from_str::<Node>(doc).map_err(|e| e.to_string());
+            let node = parse(doc).map_err(|e| e.to_string());
             let value = serde_yaml::from_str::<Value>(doc).map_err(|e| e.to_string());
             match (node, value) {
                 (Ok(n), Ok(v)) => assert_eq!(n.to_value(), v, "{doc:?}"),
@@ -296,7 +360,38 @@ mod tests {
 
     #[test]
     fn plain_scalars_borrow_the_text() {
-        let node = serde_yaml::from_str::<Node>("name: p1025\n").expect("valid");
+        let node = parse("name: p1025\n").expect("valid");
         assert!(matches!(node.get("name"), Some(Node::String(Cow::Borrowed("p1025")))));
+    }
+
+    /// Aliases of aliases: a few kilobytes that would be millions of nodes are refused
+    /// at the bound, located, and the bound is lifted again after the parse; shared
+    /// lists within the bound still load.
+    #[test]
+    fn aliases_expand_within_a_bound() {
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..8 {
+            let p = i - 1;
+            bomb.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        assert!(bomb.len() < 1000, "{}", bomb.len());
+        let e = parse(&bomb).expect_err("10^8 nodes");
+        assert!(e.to_string().contains("YAML aliases expand to more than 65536 nodes"), "{e}");
+        assert!(e.location().is_some(), "{e}");
+        assert_eq!(LEFT.with(Cell::get), usize::MAX, "the bound is lifted after the parse");
+        assert_eq!(differs_from_value(&bomb[..bomb.len() / 2]), None);
+
+        // 1,000 forwards sharing one list of 10 sources: 10,000 nodes from aliases.
+        let mut shared = String::from("nets: &nets [10.0.0.0/8, 10.1.0.0/16, 10.2.0.0/16, 10.3.0.0/16, 10.4.0.0/16, 10.5.0.0/16, 10.6.0.0/16, 10.7.0.0/16, 10.8.0.0/16, 10.9.0.0/16]\nforwards:\n");
+        for i in 0..1000 {
+            shared.push_str(&format!("  - {{name: f{i}, port: {}, to: {}, sources: *nets}}\n", 1000 + i, 20000 + i));
+        }
+        let tree = parse(&shared).expect("within the bound");
+        assert!(matches!(tree.get("forwards"), Some(Node::Sequence(f)) if f.len() == 1000));
+        // A tag's content counts too.
+        let tagged = bomb.replacen("a7: &a7 [", "a7: !t [", 1);
+        assert!(parse(&tagged).expect_err("tagged").to_string().contains(TOO_MANY_NODES));
     }
 }
