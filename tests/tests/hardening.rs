@@ -450,3 +450,49 @@ fn descriptions_with_bidi_overrides_are_refused_by_the_daemon() {
     assert!(err(&o).contains("r.yaml:3:") && err(&o).contains("U+2028 at character 2"), "{}", err(&o));
     assert_eq!(d.status_json()["forwards"].as_array().map(Vec::len), Some(0), "nothing was applied");
 }
+
+/// Peak resident memory of `pid` so far, in MiB.
+fn hwm_mib(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: f64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM");
+    kb / 1024.0
+}
+
+/// What aliases expand to, and long lists in one forward, are bounded before they cost
+/// the daemon: a 30 KB file of one list aliased 6,000 times (36 million nodes) got a
+/// 512 MiB portd OOM-killed, and an `add` naming 200,000 interfaces (for a port the
+/// account has no grant for) held the actor 29 s: repeats were checked pairwise.
+#[test]
+fn alias_expansion_and_long_lists_are_refused_before_they_cost() {
+    let _serial = one_at_a_time();
+    let net = Net::setup();
+    let attacker = TestUser::new("pha");
+    let uid = attacker.uid();
+    let d = Portd::start(&net, &config(&net, &format!("grants:\n  - {{user: {}, ports: [80]}}\n", attacker.name)));
+    let pid = d.child.id();
+    let wide =
+        format!("version: 1\nx: &a [{}]\nforwards: [{}]\n", vec!["0"; 6000].join(","), vec!["*a"; 6000].join(","));
+    let answer = exchange_as(uid, &d.socket, &apply_line("wide.yaml", &wide));
+    assert!(answer.contains("\"kind\":\"invalid\""), "{answer:.300}");
+    assert!(answer.contains("YAML aliases expand to more than 65536 nodes"), "{answer:.300}");
+    let peak = hwm_mib(pid);
+    eprintln!("30 KB alias file: {answer:.200}; peak RSS {peak:.1} MiB");
+    assert!(peak <= 128.0, "peak RSS {peak:.1} MiB");
+
+    let names: Vec<String> = (0..200_000).map(|i| format!("i{i:x}")).collect();
+    let forward = serde_json::json!({"name": "x", "port": 81, "to": 8181, "interfaces": names});
+    let req =
+        serde_json::json!({"version": 1, "command": {"op": "add", "forward": forward, "owner": null, "dry_run": true}});
+    let mut line = serde_json::to_vec(&req).expect("json");
+    line.push(b'\n');
+    let answer = exchange_as(uid, &d.socket, &line);
+    eprintln!("add naming 200,000 interfaces ({} bytes): {answer:.200}", line.len());
+    assert!(answer.contains("\"error\""), "{answer:.300}");
+    assert!(answer.contains("200000 interfaces are listed; a forward may name at most 64"), "{answer:.300}");
+    assert!(timed_status(&d) < Duration::from_secs(2), "root's status after the refusals");
+}
