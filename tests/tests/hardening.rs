@@ -496,3 +496,40 @@ fn alias_expansion_and_long_lists_are_refused_before_they_cost() {
     assert!(answer.contains("200000 interfaces are listed; a forward may name at most 64"), "{answer:.300}");
     assert!(timed_status(&d) < Duration::from_secs(2), "root's status after the refusals");
 }
+
+/// One account holds at most its share (16 MiB) of the partial request lines portd
+/// keeps: sixteen unfinished 4 MiB requests of one account filled the whole 64 MiB
+/// budget, and every other user's request, a status included, was refused meanwhile.
+#[test]
+fn one_account_holds_at_most_its_share_of_unfinished_requests() {
+    let _serial = one_at_a_time();
+    let net = Net::setup();
+    let (hog, victim) = (TestUser::new("phf"), TestUser::new("phg"));
+    let d = Portd::start(&net, &config(&net, &format!("grants:\n  - {{user: {}, ports: [80]}}\n", victim.name)));
+    let almost = vec![b'x'; (4 << 20) - 1];
+    let mut held = Vec::new();
+    let mut own_share = 0;
+    for _ in 0..16 {
+        let mut s = connect_as(hog.uid(), &d.socket).expect("connect as the hog");
+        s.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+        let _ = s.write_all(&almost);
+        let mut answer = String::new();
+        let _ = BufReader::new(&s).read_line(&mut answer);
+        if answer.contains("your connections hold 16 MiB of unfinished requests already") {
+            own_share += 1;
+        } else {
+            assert!(answer.is_empty(), "an unfinished request is held, or refused for the hog's share: {answer:.300}");
+        }
+        held.push(s);
+    }
+    // A large request of another user (100 KB: not a short line) and a short one.
+    let big =
+        format!("version: 1\n{}forwards:\n  - {{name: http, port: 80, to: 8080}}\n", "# padding\n".repeat(10_000));
+    let answer = exchange_as(victim.uid(), &d.socket, &apply_line("big.yaml", &big));
+    let status = d.ctl_as(&victim.name, "", &["status"]);
+    eprintln!("16 unfinished 4 MiB requests of one account: {own_share} refused for its share; another user's 100 KB apply: {answer:.120}");
+    assert!((11..=13).contains(&own_share), "{own_share} of 16 refused for the hog's share (4 fit in 16 MiB)");
+    assert!(answer.contains("\"ok\""), "another user's large request is served: {answer:.300}");
+    assert!(status.status.success(), "another user's status is served: {}", err(&status));
+    drop(held);
+}

@@ -49,6 +49,8 @@ pub struct Limits {
     pub max_bad_lines: usize,
     /// Bytes of partial request lines all non-root connections may hold together.
     pub buffer_budget: usize,
+    /// Bytes of partial request lines the connections of one non-root account may hold.
+    pub per_uid_buffer: usize,
     /// Longest a rules file may take to parse and validate.
     pub parse_budget: Duration,
     /// Parses running at once.
@@ -71,6 +73,7 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(10),
             max_bad_lines: 3,
             buffer_budget: 64 << 20,
+            per_uid_buffer: 16 << 20,
             parse_budget: Duration::from_secs(5),
             parse_slots: 2,
             parse_memory: 64 << 20,
@@ -90,6 +93,8 @@ struct Shared {
     requests: Mutex<HashMap<u32, Arc<Semaphore>>>,
     /// Bytes of partial lines held by non-root connections.
     buffered: AtomicUsize,
+    /// The same by account.
+    buffered_by: Mutex<HashMap<u32, usize>>,
     /// Set when the buffers grew large, so freed memory is handed back once they drain.
     trim_pending: AtomicBool,
     parses: Arc<Semaphore>,
@@ -105,6 +110,10 @@ struct Shared {
 
 /// The heap is trimmed when partial lines held this much and then drained.
 const TRIM_AFTER_BUFFERED: usize = 8 << 20;
+
+/// Request lines up to this long are read whatever others hold (see [`Shared::buffer`]):
+/// every request but an apply or check of a file fits.
+const SHORT_LINE: usize = 64 << 10;
 
 impl Shared {
     /// Takes a connection slot for `uid`, or says why not.
@@ -151,23 +160,42 @@ impl Shared {
         r.entry(uid).or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_uid_requests))).clone()
     }
 
-    /// Accounts `n` more buffered bytes; false when the shared budget is spent.
-    fn buffer(&self, n: usize) -> bool {
-        let ok = self
-            .buffered
+    /// Accounts `n` more buffered bytes of `account`'s line, which is `line` bytes long
+    /// with them, or says which budget is spent: the account's own share first (so no
+    /// one account fills the shared budget), then the shared one, which short lines do
+    /// not wait for (a status or a change is never refused because others hold large
+    /// requests; their bytes are bounded by the connections, and still counted).
+    fn buffer(&self, account: u32, n: usize, line: usize) -> Result<(), Line> {
+        let mut by = self.buffered_by.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = by.get(&account).copied().unwrap_or(0);
+        if mine + n > self.limits.per_uid_buffer {
+            return Err(Line::OwnShare);
+        }
+        let short = line <= SHORT_LINE;
+        self.buffered
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
-                (cur + n <= self.limits.buffer_budget).then_some(cur + n)
+                (short || cur + n <= self.limits.buffer_budget).then_some(cur + n)
             })
-            .is_ok();
-        if ok && self.buffered.load(Ordering::Acquire) > TRIM_AFTER_BUFFERED {
+            .map_err(|_| Line::Busy)?;
+        by.insert(account, mine + n);
+        if self.buffered.load(Ordering::Acquire) > TRIM_AFTER_BUFFERED {
             self.trim_pending.store(true, Ordering::Release);
         }
-        ok
+        Ok(())
     }
 
-    fn unbuffer(&self, n: usize) {
+    fn unbuffer(&self, account: u32, n: usize) {
         if n == 0 {
             return;
+        }
+        {
+            let mut by = self.buffered_by.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(m) = by.get_mut(&account) {
+                *m = m.saturating_sub(n);
+                if *m == 0 {
+                    by.remove(&account);
+                }
+            }
         }
         let left = self.buffered.fetch_sub(n, Ordering::AcqRel) - n;
         if left == 0 && self.trim_pending.swap(false, Ordering::AcqRel) {
@@ -211,6 +239,7 @@ pub async fn run(
         requests: Mutex::default(),
         pacer: crate::pace::Pacer::new(limits.answer_rate),
         buffered: AtomicUsize::new(0),
+        buffered_by: Mutex::default(),
         trim_pending: AtomicBool::new(false),
         parses: Arc::new(Semaphore::new(limits.parse_slots)),
         parse_memory: Arc::new(Semaphore::new((limits.parse_memory >> 10).min(Semaphore::MAX_PERMITS))),
@@ -229,7 +258,7 @@ pub async fn run(
                 }
             },
         };
-        let peer = match peer_of(&stream) {
+        let mut peer = match peer_of(&stream) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("peer credentials unavailable, dropping connection: {e}");
@@ -237,6 +266,7 @@ pub async fn run(
             }
         };
         let account = shared.published.subids.account_of(peer.uid);
+        peer.account = account;
         if let Err(why) = shared.admit(account, peer.uid) {
             // Answer without waiting for a client that may not read: a full buffer just
             // drops the answer.
@@ -277,11 +307,14 @@ pub async fn run(
 struct Peer {
     uid: u32,
     pid: Option<i32>,
+    /// The account its caps count against (`uid`, or the owner of its subordinate
+    /// range: see [`crate::subids`]).
+    account: u32,
 }
 
 fn peer_of(stream: &UnixStream) -> std::io::Result<Peer> {
     let cred = stream.peer_cred()?;
-    Ok(Peer { uid: cred.uid(), pid: cred.pid() })
+    Ok(Peer { uid: cred.uid(), pid: cred.pid(), account: cred.uid() })
 }
 
 /// The caller, identified by the kernel (SO_PEERCRED), never by the client. The name
@@ -342,6 +375,8 @@ enum Line {
     TooLong,
     /// The shared buffer budget is spent.
     Busy,
+    /// The caller's own share of it is spent.
+    OwnShare,
 }
 
 /// Reads one line into `line`, accounting non-root bytes against the shared budget
@@ -350,7 +385,7 @@ async fn read_line(
     reader: &mut BufReader<tokio::io::ReadHalf<UnixStream>>,
     line: &mut Vec<u8>,
     shared: &Shared,
-    root: bool,
+    peer: &Peer,
     held: &mut usize,
 ) -> std::io::Result<Line> {
     loop {
@@ -365,9 +400,9 @@ async fn read_line(
         if line.len() + take > MAX_LINE_BYTES {
             return Ok(Line::TooLong);
         }
-        if !root {
-            if !shared.buffer(take) {
-                return Ok(Line::Busy);
+        if peer.uid != 0 {
+            if let Err(refused) = shared.buffer(peer.account, take, line.len() + take) {
+                return Ok(refused);
             }
             *held += take;
         }
@@ -389,20 +424,20 @@ async fn serve(stream: UnixStream, peer: &Peer, shared: &Shared, shutdown: Cance
     loop {
         let mut line = Vec::new();
         let mut held = 0;
-        let read = read_line(&mut reader, &mut line, shared, root, &mut held);
+        let read = read_line(&mut reader, &mut line, shared, peer, &mut held);
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => None,
             r = tokio::time::timeout(limits.read_timeout, read) => Some(r),
         };
         let refusal = match outcome {
             None => {
-                shared.unbuffer(held);
+                shared.unbuffer(peer.account, held);
                 return;
             }
             Some(Err(_)) if line.is_empty() => None,
             Some(Err(_)) => Some(format!("request not completed within {:?}", limits.read_timeout)),
             Some(Ok(Err(_))) | Some(Ok(Ok(Line::Closed))) => {
-                shared.unbuffer(held);
+                shared.unbuffer(peer.account, held);
                 return;
             }
             Some(Ok(Ok(Line::TooLong))) => {
@@ -412,6 +447,10 @@ async fn serve(stream: UnixStream, peer: &Peer, shared: &Shared, shutdown: Cance
                 "portd is holding too many large requests from other users; retry in a moment (connection closed)"
                     .to_string(),
             ),
+            Some(Ok(Ok(Line::OwnShare))) => Some(format!(
+                "your connections hold {} MiB of unfinished requests already (the limit per user); finish or close them (connection closed)",
+                limits.per_uid_buffer >> 20
+            )),
             Some(Ok(Ok(Line::Whole))) if line.last() != Some(&b'\n') => {
                 Some("request ended without a newline".to_string())
             }
@@ -420,16 +459,16 @@ async fn serve(stream: UnixStream, peer: &Peer, shared: &Shared, shutdown: Cance
         if line.last() != Some(&b'\n') || refusal.is_some() {
             if let Some(msg) = refusal {
                 drop(line);
-                shared.unbuffer(held);
+                shared.unbuffer(peer.account, held);
                 let _ = write(&mut wr, &Response::error(ErrorKind::Protocol, vec![msg]), limits.write_timeout).await;
             } else {
-                shared.unbuffer(held);
+                shared.unbuffer(peer.account, held);
             }
             return;
         }
         let decoded = decode_request(&line);
         drop(line);
-        shared.unbuffer(held);
+        shared.unbuffer(peer.account, held);
         let reply = match decoded {
             Err(e) => {
                 bad += 1;
@@ -465,8 +504,7 @@ async fn serve(stream: UnixStream, peer: &Peer, shared: &Shared, shutdown: Cance
         };
         if !root {
             // Paced per account: a loop of large answers waits for its turn.
-            let account = shared.published.subids.account_of(peer.uid);
-            let wait = shared.pacer.take(account, line.len(), std::time::Instant::now());
+            let wait = shared.pacer.take(peer.account, line.len(), std::time::Instant::now());
             if !wait.is_zero() {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,

@@ -19,7 +19,7 @@ pub(super) async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Re
     let _slot = if peer.uid == 0 {
         None
     } else {
-        match shared.request_slots(shared.published.subids.account_of(peer.uid)).acquire_owned().await {
+        match shared.request_slots(peer.account).acquire_owned().await {
             Ok(p) => Some(p),
             Err(_) => return Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]).into(),
         }
@@ -29,7 +29,7 @@ pub(super) async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Re
         // Grants are checked before an apply's file is parsed: named here (off the async
         // workers: the account database may be slow).
         Command::Apply { .. } => {
-            let p = Peer { uid: peer.uid, pid: peer.pid };
+            let p = Peer { uid: peer.uid, pid: peer.pid, account: peer.account };
             match tokio::task::spawn_blocking(move || caller_of(&p, true)).await {
                 Ok(c) => c,
                 Err(_) => {
@@ -147,7 +147,9 @@ async fn owner_of(
     let mut caller = caller;
     if caller.user.is_empty() {
         let (uid, pid) = (caller.uid, caller.pid);
-        caller = tokio::task::spawn_blocking(move || caller_of(&Peer { uid, pid }, true)).await.unwrap_or(caller);
+        caller = tokio::task::spawn_blocking(move || caller_of(&Peer { uid, pid, account: uid }, true))
+            .await
+            .unwrap_or(caller);
     }
     let what = format!("request of {} (pid {})", caller.who(), caller.pid.map_or("?".to_string(), |p| p.to_string()));
     let messages = vec![e];
