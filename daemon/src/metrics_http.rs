@@ -97,30 +97,6 @@ impl Open {
     }
 }
 
-/// The uid owning the TCP socket at `peer` that is connected to `local`, from the
-/// namespace's socket table (`/proc/self/net/tcp`, `tcp6`); `None` when not found.
-fn loopback_uid(peer: SocketAddr, local: SocketAddr) -> Option<u32> {
-    fn hex(addr: SocketAddr) -> (String, bool) {
-        let port = addr.port();
-        match addr.ip() {
-            std::net::IpAddr::V4(a) => (format!("{:08X}:{port:04X}", u32::from_le_bytes(a.octets())), false),
-            std::net::IpAddr::V6(a) => {
-                let o = a.octets();
-                let words: String =
-                    o.chunks(4).map(|w| format!("{:08X}", u32::from_le_bytes([w[0], w[1], w[2], w[3]]))).collect();
-                (format!("{words}:{port:04X}"), true)
-            }
-        }
-    }
-    let (p, v6) = hex(peer);
-    let (l, _) = hex(local);
-    let table = std::fs::read_to_string(if v6 { "/proc/self/net/tcp6" } else { "/proc/self/net/tcp" }).ok()?;
-    table.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        (f.get(1) == Some(&p.as_str()) && f.get(2) == Some(&l.as_str())).then(|| f.get(7)?.parse().ok()).flatten()
-    })
-}
-
 /// Serves scrapes until `shutdown` is cancelled; `allow` lists the networks scrapers may
 /// connect from.
 pub async fn run(
@@ -152,7 +128,9 @@ pub async fn run(
         }
         let ip = peer.ip().to_canonical();
         let uid = match (ip.is_loopback(), stream.local_addr()) {
-            (true, Ok(local)) => loopback_uid(peer, local),
+            // The client's socket, found by one exact lookup (not a read of every socket
+            // of the namespace, which any local account can make long).
+            (true, Ok(local)) => portd_kernel::sockdiag::tcp_uid(peer, local).ok().flatten(),
             _ => None,
         };
         let key = PeerKey { ip, uid };

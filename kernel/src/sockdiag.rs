@@ -2,7 +2,8 @@
 //! tables (NETLINK_SOCK_DIAG, inet_diag): TCP listeners and bound, unconnected UDP
 //! sockets, IPv4 and IPv6, each with the uid that owns it, its bound address and whether
 //! it is v6-only. Used to refuse and suspend user forwards whose target port another uid
-//! holds, and by doctor to tell an application bound to loopback or to IPv6 only.
+//! holds, and by doctor to tell an application bound to loopback or to IPv6 only; also
+//! the owner of one connection (a metrics scraper on loopback), looked up by its addresses.
 
 #![forbid(unsafe_code)]
 
@@ -10,7 +11,7 @@ use crate::netlink::Socket;
 use portd_rules::policy::Listeners;
 use portd_rules::Proto;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// `SOCK_DIAG_BY_FAMILY` (linux/sock_diag.h).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -231,6 +232,52 @@ struct Diag {
     v6only: bool,
 }
 
+/// The uid owning the TCP socket of this namespace whose own address is `local` and whose
+/// peer is `remote`, by one exact lookup in the kernel's connection table (its cost does
+/// not grow with the sockets there are); `None` when there is no such socket. Addresses
+/// of either family; IPv4 in IPv6 (`::ffff:a.b.c.d`) is looked up as IPv4.
+pub fn tcp_uid(local: SocketAddr, remote: SocketAddr) -> io::Result<Option<u32>> {
+    let (l, r) = (local.ip().to_canonical(), remote.ip().to_canonical());
+    let octets = |ip: IpAddr| -> ([u8; 16], u8) {
+        let mut b = [0u8; 16];
+        match ip {
+            IpAddr::V4(a) => {
+                b[..4].copy_from_slice(&a.octets());
+                (b, libc::AF_INET as u8)
+            }
+            IpAddr::V6(a) => (a.octets(), libc::AF_INET6 as u8),
+        }
+    };
+    let ((src, lf), (dst, rf)) = (octets(l), octets(r));
+    if lf != rf {
+        return Ok(None);
+    }
+    // inet_diag_req_v2: family, protocol, ext, pad, states (every one), then the socket
+    // id: sport and dport (big-endian) at 8 and 10, src at 12, dst at 28, the interface
+    // at 44 (any), the cookie at 48 (INET_DIAG_NOCOOKIE: not checked).
+    let mut req = [0u8; REQ_LEN];
+    req[..4].copy_from_slice(&[lf, libc::IPPROTO_TCP as u8, 0, 0]);
+    req[4..8].copy_from_slice(&u32::MAX.to_ne_bytes());
+    req[8..10].copy_from_slice(&local.port().to_be_bytes());
+    req[10..12].copy_from_slice(&remote.port().to_be_bytes());
+    req[12..28].copy_from_slice(&src);
+    req[28..44].copy_from_slice(&dst);
+    req[48..56].fill(0xff);
+    let mut sock = Socket::open(libc::NETLINK_SOCK_DIAG)?;
+    let seq = sock.send_request(SOCK_DIAG_BY_FAMILY, libc::NLM_F_ACK as u16, &[&req])?;
+    let mut uid = None;
+    let replies = sock.replies(seq, |m| {
+        if m.body.len() >= DIAG_MSG_LEN {
+            uid = Some(u32::from_ne_bytes([m.body[64], m.body[65], m.body[66], m.body[67]]));
+        }
+    });
+    match replies {
+        Ok(()) => Ok(uid),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Sends one inet_diag dump request and calls `f` for each bound socket.
 fn dump(sock: &mut Socket, family: u8, proto: u8, states: u32, mut f: impl FnMut(Diag)) -> io::Result<()> {
     dump_with(sock, family, proto, states, 0, &[], |b| {
@@ -383,6 +430,32 @@ mod tests {
         assert!(c.segs >= 2, "its handshake ACK and data at least: {c:?}");
         assert_eq!(asked.get(&(28080, false, me)).map(|c| c.1), Some(3000), "{asked:?}");
         assert_eq!(asked.len(), 2, "{asked:?}");
+        Ok(())
+    }
+
+    /// The client side of a loopback connection is found by its two addresses, with its
+    /// owner's uid, for IPv4, IPv6 and IPv4 written in IPv6; a wrong port finds nothing.
+    #[test]
+    fn finds_the_owner_of_one_connection_by_its_addresses() -> io::Result<()> {
+        let (found, mapped, missing, v6) = in_new_netns(|| {
+            let l = std::net::TcpListener::bind(("127.0.0.1", 19649))?;
+            let c = std::net::TcpStream::connect(("127.0.0.1", 19649))?;
+            let (me, peer) = (c.local_addr()?, c.peer_addr()?);
+            let to_v6 = |a: SocketAddr| match a {
+                SocketAddr::V4(a) => SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port()),
+                a => a,
+            };
+            let found = tcp_uid(me, peer)?;
+            let mapped = tcp_uid(to_v6(me), to_v6(peer))?;
+            let missing = tcp_uid(me, SocketAddr::new(peer.ip(), 19650))?;
+            let l6 = std::net::TcpListener::bind(("::1", 19649))?;
+            let c6 = std::net::TcpStream::connect(("::1", 19649))?;
+            let v6 = tcp_uid(c6.local_addr()?, c6.peer_addr()?)?;
+            drop((l, c, l6, c6));
+            Ok((found, mapped, missing, v6))
+        })?;
+        let me = nix::unistd::geteuid().as_raw();
+        assert_eq!((found, mapped, missing, v6), (Some(me), Some(me), None, Some(me)));
         Ok(())
     }
 

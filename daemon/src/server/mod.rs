@@ -98,6 +98,8 @@ struct Shared {
     /// Set when the buffers grew large, so freed memory is handed back once they drain.
     trim_pending: AtomicBool,
     parses: Arc<Semaphore>,
+    /// One parse at a time per non-root account, so that no account takes every slot.
+    parse_turns: Mutex<HashMap<u32, Arc<Semaphore>>>,
     /// KiB of [`Limits::parse_memory`] not taken by non-root parses in flight.
     parse_memory: Arc<Semaphore>,
     /// The backend status reads use (its own netlink socket), one read at a time.
@@ -158,6 +160,13 @@ impl Shared {
         let mut r = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         r.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < self.limits.per_uid_requests);
         r.entry(uid).or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_uid_requests))).clone()
+    }
+
+    /// `account`'s turn to parse: one file of an account is parsed at a time.
+    fn parse_turn(&self, account: u32) -> Arc<Semaphore> {
+        let mut t = self.parse_turns.lock().unwrap_or_else(|p| p.into_inner());
+        t.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() == 0);
+        t.entry(account).or_insert_with(|| Arc::new(Semaphore::new(1))).clone()
     }
 
     /// Accounts `n` more buffered bytes of `account`'s line, which is `line` bytes long
@@ -242,6 +251,7 @@ pub async fn run(
         buffered_by: Mutex::default(),
         trim_pending: AtomicBool::new(false),
         parses: Arc::new(Semaphore::new(limits.parse_slots)),
+        parse_turns: Mutex::default(),
         parse_memory: Arc::new(Semaphore::new((limits.parse_memory >> 10).min(Semaphore::MAX_PERMITS))),
         reader: Arc::default(),
         root_reader: Arc::default(),

@@ -50,7 +50,7 @@ pub(super) async fn handle(peer: &Peer, shared: &Shared, command: Command) -> Re
             // The client chooses the name: it is cut and escaped before anything holds it.
             let file = portd_rules::diag::bounded_file_name(&file);
             let parsed = match checked {
-                Ok(()) => parse(shared, file, text, caller.uid == 0).await,
+                Ok(()) => parse(shared, file, text, (caller.uid != 0).then_some(peer.account)).await,
                 Err(r) => Err(r),
             };
             match parsed {
@@ -257,19 +257,40 @@ async fn has_any_grant(shared: &Shared, caller: &Caller) -> Result<(), Response>
 }
 
 /// Parses and validates a rules file on a blocking thread, within the parse budget. A
-/// non-root caller's file first takes its estimated memory from the shared parse budget:
-/// a file estimated above the whole budget is refused before the parser allocates.
-async fn parse(shared: &Shared, file: String, text: String, root: bool) -> Result<Vec<portd_rules::Forward>, Response> {
+/// non-root caller's (`account`) file waits for the account's other file to be checked,
+/// then takes its estimated memory from the shared parse budget: a file estimated above
+/// the whole budget is refused before the parser allocates.
+async fn parse(
+    shared: &Shared,
+    file: String,
+    text: String,
+    account: Option<u32>,
+) -> Result<Vec<portd_rules::Forward>, Response> {
     let busy = || Response::error(ErrorKind::Internal, vec!["the daemon is stopping".into()]);
-    let memory = if root { None } else { Some(take_parse_memory(shared, &text).await?) };
-    // The permit lives as long as the parse itself, even past the budget: a parse that
-    // runs over keeps its slot until it ends, so overdue parses cannot pile up.
+    let turn = match account {
+        None => None,
+        Some(a) => match tokio::time::timeout(shared.limits.parse_budget, shared.parse_turn(a).acquire_owned()).await {
+            Ok(Ok(t)) => Some(t),
+            Ok(Err(_)) => return Err(busy()),
+            Err(_) => {
+                return Err(Response::error(
+                    ErrorKind::Internal,
+                    vec!["another file of yours is still being checked; retry when it is done".into()],
+                ))
+            }
+        },
+    };
+    let memory = if account.is_none() { None } else { Some(take_parse_memory(shared, &text).await?) };
+    // The permits live as long as the parse itself, even past the budget: a parse that
+    // runs over keeps its slot (and its account's turn) until it ends, so overdue parses
+    // cannot pile up.
     let permit = shared.parses.clone().acquire_owned().await.map_err(|_| busy())?;
     let job = tokio::task::spawn_blocking(move || {
         let r = portd_rules::parse_rules(&file, &text).map_err(|d| Box::new(Response::invalid_file(file, &d)));
         drop(text);
         drop(permit);
         drop(memory);
+        drop(turn);
         r
     });
     match tokio::time::timeout(shared.limits.parse_budget, job).await {
