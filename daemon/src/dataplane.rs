@@ -38,8 +38,11 @@ pub struct Steering {
     reason: Option<String>,
     /// What the maps hold since the last sync, to skip syncs that change nothing.
     synced: Option<Wanted>,
-    /// The target ports this run added to the namespace's `ip_local_reserved_ports`.
+    /// The target ports this run added to the namespace's `ip_local_reserved_ports`
+    /// (those the operator had listed already are not ours to take out).
     local_reserved: BTreeSet<u16>,
+    /// The reserved target ports at the last write of it.
+    local_wanted: BTreeSet<u16>,
     /// Why `ip_local_reserved_ports` could not be written, logged once.
     local_reserved_error: Option<String>,
     /// When the maps were last read back (see [`MAPS_CHECK`]).
@@ -70,6 +73,7 @@ impl Steering {
             reason: Some(reason.into()),
             synced: None,
             local_reserved: BTreeSet::new(),
+            local_wanted: BTreeSet::new(),
             local_reserved_error: None,
             maps_read: Instant::now(),
         }
@@ -128,6 +132,7 @@ impl Steering {
                 reason: None,
                 synced: None,
                 local_reserved: BTreeSet::new(),
+                local_wanted: BTreeSet::new(),
                 local_reserved_error: None,
                 maps_read: Instant::now(),
             }),
@@ -253,12 +258,13 @@ impl Steering {
     /// UDP's implicit bind), which the bind hooks do not see: the namespace's
     /// `ip_local_reserved_ports` holds the operator's own entries and ours.
     fn reserve_local(&mut self, ports: BTreeSet<u16>) {
-        if ports == self.local_reserved {
+        if ports == self.local_wanted {
             return;
         }
         match bpf::reserve_local_ports(&self.local_reserved, &ports) {
-            Ok(()) => {
-                self.local_reserved = ports;
+            Ok(added) => {
+                self.local_reserved = added;
+                self.local_wanted = ports;
                 self.local_reserved_error = None;
             }
             Err(e) => {

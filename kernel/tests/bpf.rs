@@ -566,7 +566,7 @@ fn reserve_local_ports_keeps_the_operators_and_swaps_ours() {
     let set = |p: &[u16]| p.iter().copied().collect::<BTreeSet<u16>>();
     ns.sysctl("net.ipv4.ip_local_reserved_ports", "1000,2000-2005");
     let run = |before: BTreeSet<u16>, now: BTreeSet<u16>| {
-        ns.run(None, || reserve_local_ports(&before, &now)).expect("reserve_local_ports");
+        ns.run(None, || reserve_local_ports(&before, &now)).expect("reserve_local_ports")
     };
     run(set(&[]), set(&[8080, 8081, 8082, 2006]));
     assert_eq!(reserved_ports(&ns), "1000,2000-2006,8080-8082");
@@ -597,5 +597,12 @@ fn reserve_local_ports_keeps_the_operators_and_swaps_ours() {
     ns.sysctl("net.ipv4.ip_local_reserved_ports", "8080");
     run(set(&[8080]), set(&[]));
     assert_eq!(reserved_ports(&ns), "");
+    // A target inside the operator's range is not ours: it stays when the forward goes
+    // (a user's add and remove punched a hole in it).
+    ns.sysctl("net.ipv4.ip_local_reserved_ports", "40000-40010");
+    let added = run(set(&[]), set(&[40005, 8080]));
+    assert_eq!((reserved_ports(&ns), added.clone()), ("8080,40000-40010".to_owned(), set(&[8080])));
+    assert_eq!(run(added, set(&[])), set(&[]));
+    assert_eq!(reserved_ports(&ns), "40000-40010");
     assert_eq!(read_reserved_ports().expect("host value"), host_before, "the host's namespace is untouched");
 }
