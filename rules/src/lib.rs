@@ -10,6 +10,7 @@ pub mod budget;
 pub mod diag;
 pub mod doctor;
 mod element;
+mod listeners;
 pub mod listening;
 pub mod load;
 mod locate;

@@ -45,7 +45,7 @@ impl fmt::Display for Problem {
 pub const MAX_INTERFACES: usize = 64;
 /// Most sources one forward may list, repeats included (it may place at most
 /// [`crate::budget::MAX_FORWARD_SOURCE_ELEMENTS`] after repeats are dropped).
-pub const MAX_LISTED_SOURCES: usize = 256;
+pub const MAX_LISTED_SOURCES: usize = 4096;
 
 /// Checks one forward's own definition and puts it in its one form (host bits of
 /// `sources` cleared, repeated sources dropped). Empty when the forward is valid.
@@ -262,7 +262,7 @@ mod tests {
         f.sources = vec!["203.0.113.0/24".parse().expect("net"); MAX_LISTED_SOURCES + 1];
         let p = forward(&mut f);
         assert_eq!(p.len(), 1, "{p:?}");
-        assert!(p[0].message.starts_with("257 sources are listed; a forward may list at most 256"), "{}", p[0]);
+        assert!(p[0].message.starts_with("4097 sources are listed; a forward may list at most 4096"), "{}", p[0]);
         // Repeats within the bound are dropped, as before.
         f.family = FamilySel::Both;
         f.sources = vec!["203.0.113.0/24".parse().expect("net"); MAX_LISTED_SOURCES];

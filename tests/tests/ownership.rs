@@ -468,3 +468,29 @@ fn no_other_account_takes_a_udp_forwards_datagrams_with_bound_or_connected_socke
     assert!(sent >= 10, "only {sent} datagrams");
     assert_eq!(forward(&d.status_json(), "dns")["state"], "active");
 }
+
+/// A port that another account's service held lately is no new forward's target: a
+/// grant's `to` range would otherwise let its user reserve a service's port in the
+/// seconds the service restarts (the service's next bind, root's too, then gets EACCES
+/// and the user's app its clients).
+#[test]
+fn a_port_another_account_served_lately_is_no_new_target() {
+    let net = Net::setup();
+    let (user, svc) = (TestUser::new("sr"), TestUser::new("ss"));
+    let d = Portd::start_bpf(&net, &granted(&net, &user.name, ""), &[]);
+    // The service listens on 8080 for 1.5 s (a poll sees it), then restarts: it is gone.
+    let o = py_as(
+        &net,
+        Some(&svc.name),
+        "import socket,time\ns=socket.socket()\ns.bind(('0.0.0.0',8080))\ns.listen()\ntime.sleep(1.5)\nprint('served')\n",
+    );
+    assert_eq!(out(&o).trim(), "served", "{}", err(&o));
+    let o = apply_as(&d, &net, &user.name, &web(80, 8080));
+    assert!(!o.status.success(), "a target the service held 0 s ago is refused");
+    let e = err(&o);
+    assert!(e.contains("target port 8080/tcp was held by a socket of uid"), "{e}");
+    assert!(e.contains(&format!("({})", svc.name)) && e.contains("forward to another port, or wait 10 min"), "{e}");
+    assert_eq!(binds_as(&net, &svc.name, 8080).matches("bound").count(), 6, "the service's port stays its own");
+    // A port nobody served is the user's to take.
+    assert!(apply_as(&d, &net, &user.name, &web(80, 8081)).status.success());
+}

@@ -110,6 +110,40 @@ impl Daemon {
                 other => messages.push(other.to_string()),
             }
         }
+        // A target another account's socket held lately (a service restarting): see
+        // `recent`. Judged for the forwards this change brings (not those it keeps) whose
+        // target no such socket holds now (that is judged above).
+        let mut recent_refusals = 0;
+        if let Some(l) = &listeners {
+            let now = std::time::Instant::now();
+            for f in fresh {
+                if policy::target_taken(l, f, account.uid).is_some() {
+                    continue;
+                }
+                let held = f.proto.protos().iter().find_map(|&p| {
+                    self.recent.foreign(p, f.to, account.uid, now).map(|(port, uid, ago)| (port, p, uid, ago))
+                });
+                let Some((port, proto, uid, ago)) = held else { continue };
+                let who = match super::accounts::name_of(uid) {
+                    Some(n) => format!("uid {uid} ({n})"),
+                    None => format!("uid {uid}"),
+                };
+                let m = format!(
+                    "forward `{}`: target port {port}/{proto} was held by a socket of {who} {} s ago; a target is reserved for its owner, so it must not be another account's port (a service restarting)",
+                    f.name,
+                    ago.as_secs()
+                );
+                if check == ListenerCheck::Enforce {
+                    recent_refusals += 1;
+                    messages.push(format!(
+                        "{m}: forward to another port, or wait {} min",
+                        super::recent::RECENT.as_secs() / 60
+                    ));
+                } else {
+                    warnings.push(m);
+                }
+            }
+        }
         if let Some(l) = &listeners {
             for f in fresh {
                 // enforced by the judge above (Reason::Shadows)
@@ -131,7 +165,10 @@ impl Daemon {
         if messages.is_empty() {
             return Ok(warnings);
         }
-        if refusals.iter().all(|r| !r.is_denial()) && !messages.is_empty() && refusals.len() == messages.len() {
+        if refusals.iter().all(|r| !r.is_denial())
+            && !messages.is_empty()
+            && refusals.len() + recent_refusals == messages.len()
+        {
             Err(Error::Invalid(messages))
         } else {
             Err(Error::Denied(messages))

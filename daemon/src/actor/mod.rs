@@ -12,6 +12,7 @@ mod change;
 mod doctor;
 mod drift;
 mod error;
+mod recent;
 mod reload;
 mod requests;
 mod start;
@@ -150,6 +151,8 @@ pub struct Daemon {
     listeners: Option<Listeners>,
     /// Why a listener check failed, logged once until it works again.
     listener_error: Option<String>,
+    /// Which other accounts held which ports lately, for new forwards' targets.
+    recent: recent::RecentHolders,
     /// The policy's decision for every user forward; the plan holds its active ones.
     eval: Evaluation,
     store: Store,
@@ -333,10 +336,23 @@ impl Daemon {
             })
     }
 
-    /// Reads the sockets of the namespace (when any user forward needs them).
+    /// True when users may add forwards whose targets are checked: then the sockets are
+    /// read even while no user forward exists, to know who held which port lately.
+    fn watches_holders(&self) -> bool {
+        self.config.settings.listener_check != ListenerCheck::Off && !self.config.grants.is_empty()
+    }
+
+    /// Reads the sockets of the namespace (when any user forward needs them, or users
+    /// may add some: see [`recent`]).
     fn refresh_listeners(&mut self) {
         if !self.has_checked_forwards() {
             self.listeners = None;
+            if self.watches_holders() {
+                // Who holds what, without judging forwards on it (there are none).
+                if let Ok(l) = portd_kernel::sockdiag::listeners(None, |_| None) {
+                    self.recent.record(&l, Instant::now());
+                }
+            }
             return;
         }
         match portd_kernel::sockdiag::listeners(self.listeners.as_ref(), accounts::name_of) {
@@ -344,6 +360,7 @@ impl Daemon {
                 if self.listener_error.take().is_some() {
                     tracing::info!("listener checks work again");
                 }
+                self.recent.record(&l, Instant::now());
                 self.listeners = Some(l);
             }
             Err(e) => {
@@ -360,7 +377,7 @@ impl Daemon {
     /// Schedules the next listener check. A check already due sooner keeps its time: no
     /// stream of changes, however fast, can put the check off.
     fn schedule_poll(&mut self) {
-        if self.has_checked_forwards() {
+        if self.has_checked_forwards() || self.watches_holders() {
             self.timers.set_earliest(Timer::Poll, Instant::now() + LISTENER_POLL);
         } else {
             self.timers.cancel(Timer::Poll);

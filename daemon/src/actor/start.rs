@@ -33,6 +33,7 @@ impl Daemon {
             accounts: BTreeMap::new(),
             listeners: None,
             listener_error: None,
+            recent: Default::default(),
             eval: Evaluation::default(),
             store,
             kernel,
