@@ -486,7 +486,7 @@ fn a_port_another_account_served_lately_is_no_new_target() {
     );
     assert_eq!(out(&o).trim(), "served", "{}", err(&o));
     let o = apply_as(&d, &net, &user.name, &web(80, 8080));
-    assert!(!o.status.success(), "a target the service held 0 s ago is refused");
+    assert_eq!(o.status.code(), Some(4), "a target the service held 0 s ago is refused like a held one");
     let e = err(&o);
     assert!(e.contains("target port 8080/tcp was held by a socket of uid"), "{e}");
     assert!(e.contains(&format!("({})", svc.name)) && e.contains("forward to another port, or wait 10 min"), "{e}");

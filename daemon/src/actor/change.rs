@@ -165,10 +165,8 @@ impl Daemon {
         if messages.is_empty() {
             return Ok(warnings);
         }
-        if refusals.iter().all(|r| !r.is_denial())
-            && !messages.is_empty()
-            && refusals.len() + recent_refusals == messages.len()
-        {
+        // (a target held lately is refused like one held now: exit 4)
+        if recent_refusals == 0 && refusals.iter().all(|r| !r.is_denial()) && refusals.len() == messages.len() {
             Err(Error::Invalid(messages))
         } else {
             Err(Error::Denied(messages))
