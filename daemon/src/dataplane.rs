@@ -124,6 +124,11 @@ impl Steering {
             .and_then(|()| Dataplane::open(&pins).map_err(|e| e.to_string()));
         match opened {
             Ok(dp) => Ok(Steering {
+                // What an earlier run added to ip_local_reserved_ports, ours to take out.
+                local_reserved: dp.local_ports().unwrap_or_else(|e| {
+                    tracing::warn!("reading which ports an earlier run added to ip_local_reserved_ports: {e}");
+                    BTreeSet::new()
+                }),
                 dp: Some(dp),
                 pins,
                 bpffs: bpffs.to_owned(),
@@ -131,7 +136,6 @@ impl Steering {
                 kernel_ownership: settings.ownership != Ownership::Polled,
                 reason: None,
                 synced: None,
-                local_reserved: BTreeSet::new(),
                 local_wanted: BTreeSet::new(),
                 local_reserved_error: None,
                 maps_read: Instant::now(),
@@ -263,6 +267,11 @@ impl Steering {
         }
         match bpf::reserve_local_ports(&self.local_reserved, &ports) {
             Ok(added) => {
+                if let Some(dp) = self.dp.as_mut() {
+                    if let Err(e) = dp.record_local_ports(&self.local_reserved, &added) {
+                        tracing::warn!("recording which ports portd added to ip_local_reserved_ports: {e}; a restart may leave them there");
+                    }
+                }
                 self.local_reserved = added;
                 self.local_wanted = ports;
                 self.local_reserved_error = None;

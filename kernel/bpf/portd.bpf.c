@@ -100,6 +100,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } events SEC(".maps");
 
+// The ports portd added to the namespace's ip_local_reserved_ports, one bit a
+// port (written by the loader; no program reads it): kept in bpffs, which is
+// emptied at boot as the sysctl is, so a restarted portd takes out only those.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536 / 32);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} local_ports SEC(".maps");
+
 // Slot 0: the netns cookie the pinned set belongs to (written by the loader;
 // no program reads it).
 struct {

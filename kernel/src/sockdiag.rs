@@ -267,8 +267,13 @@ pub fn tcp_uid(local: SocketAddr, remote: SocketAddr) -> io::Result<Option<u32>>
     let seq = sock.send_request(SOCK_DIAG_BY_FAMILY, libc::NLM_F_ACK as u16, &[&req])?;
     let mut uid = None;
     let replies = sock.replies(seq, |m| {
-        if m.body.len() >= DIAG_MSG_LEN {
-            uid = Some(u32::from_ne_bytes([m.body[64], m.body[65], m.body[66], m.body[67]]));
+        // The kernel falls back to a listener on the asked local address when no
+        // connection has these addresses, and names no owner (uid 0, inode 0) for a
+        // connection that has closed (TIME_WAIT): only a live socket with exactly the
+        // asked ports and addresses (the reply's at 4, the request's at 8) names its owner.
+        let b = m.body;
+        if b.len() >= DIAG_MSG_LEN && b[4..40] == req[8..44] && b[68..72] != [0; 4] {
+            uid = Some(u32::from_ne_bytes([b[64], b[65], b[66], b[67]]));
         }
     });
     match replies {
@@ -434,28 +439,51 @@ mod tests {
     }
 
     /// The client side of a loopback connection is found by its two addresses, with its
-    /// owner's uid, for IPv4, IPv6 and IPv4 written in IPv6; a wrong port finds nothing.
+    /// owner's uid (a client of uid 65534, the server's side root's, so that swapped
+    /// addresses would name the wrong one), for IPv4, IPv4 written in IPv6 and IPv6; a
+    /// wrong port, and a connection that has closed, find nothing.
     #[test]
     fn finds_the_owner_of_one_connection_by_its_addresses() -> io::Result<()> {
-        let (found, mapped, missing, v6) = in_new_netns(|| {
-            let l = std::net::TcpListener::bind(("127.0.0.1", 19649))?;
-            let c = std::net::TcpStream::connect(("127.0.0.1", 19649))?;
-            let (me, peer) = (c.local_addr()?, c.peer_addr()?);
-            let to_v6 = |a: SocketAddr| match a {
-                SocketAddr::V4(a) => SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port()),
-                a => a,
-            };
-            let found = tcp_uid(me, peer)?;
-            let mapped = tcp_uid(to_v6(me), to_v6(peer))?;
-            let missing = tcp_uid(me, SocketAddr::new(peer.ip(), 19650))?;
-            let l6 = std::net::TcpListener::bind(("::1", 19649))?;
-            let c6 = std::net::TcpStream::connect(("::1", 19649))?;
-            let v6 = tcp_uid(c6.local_addr()?, c6.peer_addr()?)?;
-            drop((l, c, l6, c6));
-            Ok((found, mapped, missing, v6))
+        use std::io::{BufRead, Write};
+        let found = in_new_netns(|| {
+            let mut found = Vec::new();
+            for (host, v6) in [("127.0.0.1", false), ("::1", true)] {
+                let l = std::net::TcpListener::bind((host, 19649))?;
+                let code = format!(
+                    "import socket,sys,time\ns=socket.socket(socket.AF_INET{})\ns.connect(('{host}',19649))\nprint(s.getsockname()[1], flush=True)\nsys.stdin.readline()\n",
+                    if v6 { "6" } else { "" }
+                );
+                let mut child = std::process::Command::new("setpriv")
+                    .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", &code])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()?;
+                let mut line = String::new();
+                std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
+                let port: u16 = line.trim().parse().map_err(|_| io::Error::other(format!("client said {line:?}")))?;
+                let (server_side, client) = l.accept()?;
+                assert_eq!(client.port(), port);
+                let ours = server_side.local_addr()?;
+                let to_v6 = |a: SocketAddr| match a {
+                    SocketAddr::V4(a) => SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port()),
+                    a => a,
+                };
+                found.push(tcp_uid(client, ours)?);
+                found.push(tcp_uid(to_v6(client), to_v6(ours))?);
+                found.push(tcp_uid(ours, client)?);
+                found.push(tcp_uid(client, SocketAddr::new(ours.ip(), 19650))?);
+                child.stdin.take().expect("stdin").write_all(b"\n")?;
+                child.wait()?;
+                drop(server_side);
+                // The client closed first: its side is in TIME_WAIT, with no owner.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                found.push(tcp_uid(client, ours)?);
+            }
+            Ok(found)
         })?;
-        let me = nix::unistd::geteuid().as_raw();
-        assert_eq!((found, mapped, missing, v6), (Some(me), Some(me), None, Some(me)));
+        let none = None;
+        let (nobody, root) = (Some(65534), Some(0));
+        assert_eq!(found, [nobody, nobody, root, none, none, nobody, nobody, root, none, none]);
         Ok(())
     }
 

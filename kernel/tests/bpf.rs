@@ -606,3 +606,18 @@ fn reserve_local_ports_keeps_the_operators_and_swaps_ours() {
     assert_eq!(reserved_ports(&ns), "40000-40010");
     assert_eq!(read_reserved_ports().expect("host value"), host_before, "the host's namespace is untouched");
 }
+
+#[test]
+fn ports_added_to_the_sysctl_are_remembered_across_a_reopen() {
+    require_root();
+    let (pair, bpffs) = (Pair::new(), Bpffs::new());
+    let set = |p: &[u16]| p.iter().copied().collect::<BTreeSet<u16>>();
+    let mut dp = open(&pair.srv, &bpffs, &[]);
+    assert_eq!(dp.local_ports().expect("read"), set(&[]), "a new pin directory records none");
+    let first = set(&[0, 31, 32, 8080, 65535]);
+    dp.record_local_ports(&set(&[]), &first).expect("record");
+    dp.record_local_ports(&first, &set(&[31, 8080, 9000])).expect("record");
+    drop(dp);
+    let dp = open(&pair.srv, &bpffs, &[]);
+    assert_eq!(dp.local_ports().expect("read"), set(&[31, 8080, 9000]), "what the last run recorded");
+}

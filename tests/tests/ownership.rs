@@ -491,6 +491,19 @@ fn a_port_another_account_served_lately_is_no_new_target() {
     assert!(e.contains("target port 8080/tcp was held by a socket of uid"), "{e}");
     assert!(e.contains(&format!("({})", svc.name)) && e.contains("forward to another port, or wait 10 min"), "{e}");
     assert_eq!(binds_as(&net, &svc.name, 8080).matches("bound").count(), 6, "the service's port stays its own");
-    // A port nobody served is the user's to take.
-    assert!(apply_as(&d, &net, &user.name, &web(80, 8081)).status.success());
+    // A port nobody served is the user's to take, and so is one that another user (not a
+    // system account: no service) served a moment ago: no user keeps a port from another
+    // by listening on it.
+    let name = format!("srx{}", std::process::id() % 100_000);
+    let uid =
+        (43000..60000u32).find(|u| !sh("getent", &["passwd", &u.to_string()]).status.success()).expect("free uid");
+    let other = TestUser::made(&name, &["-u", &uid.to_string()]);
+    let o = py_as(
+        &net,
+        Some(&other.name),
+        "import socket,time\ns=socket.socket()\ns.bind(('0.0.0.0',8081))\ns.listen()\ntime.sleep(1.5)\nprint('served')\n",
+    );
+    assert_eq!(out(&o).trim(), "served", "{}", err(&o));
+    let o = apply_as(&d, &net, &user.name, &web(80, 8081));
+    assert!(o.status.success(), "uid {uid} is a user's, not a service's: {}", err(&o));
 }

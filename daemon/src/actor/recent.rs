@@ -3,9 +3,11 @@
 //! included: a service's port in that range would become the user's in the seconds the
 //! service restarts (an upgrade, a crash), and the service would then fail to come back
 //! while the user's app took its clients. So a new forward may not take a target port
-//! that another account's socket held within [`RECENT`]; ports of the ephemeral range
-//! (`ip_local_port_range`), where every client's socket comes and goes, are not
-//! remembered.
+//! that a service's socket held within [`RECENT`]. Only system accounts' sockets are
+//! remembered (root and uids up to `SYS_UID_MAX` of /etc/login.defs, 999 by default:
+//! the accounts services run as), so that no user can keep a port from another by
+//! listening on it for a moment; nor are ports of the ephemeral range
+//! (`ip_local_port_range`), where every client's socket comes and goes.
 
 #![forbid(unsafe_code)]
 
@@ -24,12 +26,29 @@ pub(super) struct RecentHolders {
     seen: BTreeMap<(Proto, u16), BTreeMap<u32, Instant>>,
     /// The namespace's ephemeral port range, not remembered.
     ephemeral: (u16, u16),
+    /// The highest uid of a system account.
+    sys_uid_max: u32,
 }
 
 impl Default for RecentHolders {
     fn default() -> Self {
-        RecentHolders { seen: BTreeMap::new(), ephemeral: ephemeral_range().unwrap_or((32768, 60999)) }
+        RecentHolders {
+            seen: BTreeMap::new(),
+            ephemeral: ephemeral_range().unwrap_or((32768, 60999)),
+            sys_uid_max: sys_uid_max(&std::fs::read_to_string("/etc/login.defs").unwrap_or_default()),
+        }
     }
+}
+
+/// `SYS_UID_MAX` of login.defs text, else `UID_MIN` less one, else 999 (Debian's).
+fn sys_uid_max(defs: &str) -> u32 {
+    let value = |key: &str| {
+        defs.lines().find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some(key)).then(|| w.next()?.parse::<u32>().ok()).flatten()
+        })
+    };
+    value("SYS_UID_MAX").or_else(|| value("UID_MIN").map(|m| m.saturating_sub(1))).unwrap_or(999)
 }
 
 /// `net.ipv4.ip_local_port_range` of the calling thread's namespace (it covers IPv6 too).
@@ -44,7 +63,7 @@ impl RecentHolders {
     pub(super) fn record(&mut self, l: &Listeners, now: Instant) {
         let (lo, hi) = self.ephemeral;
         for (proto, port, uid) in l.sockets() {
-            if !(lo..=hi).contains(&port) {
+            if uid <= self.sys_uid_max && !(lo..=hi).contains(&port) {
                 self.seen.entry((proto, port)).or_default().insert(uid, now);
             }
         }
@@ -78,22 +97,32 @@ mod tests {
 
     #[test]
     fn remembers_other_accounts_for_a_while_and_not_the_ephemeral_range() {
-        let mut r = RecentHolders { seen: BTreeMap::new(), ephemeral: (32768, 60999) };
+        let mut r = RecentHolders { seen: BTreeMap::new(), ephemeral: (32768, 60999), sys_uid_max: 999 };
         let t0 = Instant::now();
         let mut l = Listeners::default();
-        l.insert(Proto::Tcp, 5432, 1004);
+        l.insert(Proto::Tcp, 5432, 104);
         l.insert(Proto::Udp, 40000, 0);
+        // A user's socket keeps nothing from anyone.
+        l.insert(Proto::Tcp, 5433, 1002);
         r.record(&l, t0);
         r.record(&Listeners::default(), t0 + Duration::from_secs(5));
         let range = PortRange::parse("5000-6000").expect("range");
         let later = t0 + Duration::from_secs(30);
-        assert_eq!(r.foreign(Proto::Tcp, range, 1001, later), Some((5432, 1004, Duration::from_secs(30))));
-        assert_eq!(r.foreign(Proto::Tcp, range, 1004, later), None, "its own port");
+        assert_eq!(r.foreign(Proto::Tcp, range, 1001, later), Some((5432, 104, Duration::from_secs(30))));
+        assert_eq!(r.foreign(Proto::Tcp, range, 104, later), None, "its own port");
+        assert_eq!(r.foreign(Proto::Tcp, PortRange::single(5433), 1001, later), None, "a user's");
         assert_eq!(r.foreign(Proto::Udp, range, 1001, later), None, "another protocol");
         assert_eq!(r.foreign(Proto::Udp, PortRange::single(40000), 1001, later), None, "ephemeral");
         let gone = t0 + RECENT + Duration::from_secs(1);
         assert_eq!(r.foreign(Proto::Tcp, range, 1001, gone), None, "forgotten after RECENT");
         r.record(&Listeners::default(), gone);
         assert!(r.seen.is_empty());
+    }
+
+    #[test]
+    fn system_accounts_end_where_login_defs_says() {
+        assert_eq!(sys_uid_max("# c\nUID_MIN\t\t 1000\nSYS_UID_MAX  499\n"), 499);
+        assert_eq!(sys_uid_max("UID_MIN 2000\n"), 1999);
+        assert_eq!(sys_uid_max(""), 999);
     }
 }

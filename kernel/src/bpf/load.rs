@@ -25,7 +25,8 @@ use super::{
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portd.bpf.o"));
 
 /// Every map, pinned by name under `<pin dir>/maps`.
-pub(crate) const MAPS: [&str; 8] = ["steer", "targets", "listeners", "reserved", "watched", "counts", "events", "meta"];
+pub(crate) const MAPS: [&str; 9] =
+    ["steer", "targets", "listeners", "reserved", "watched", "counts", "events", "meta", "local_ports"];
 
 const ITERATOR: &str = "scan_listeners";
 

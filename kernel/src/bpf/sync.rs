@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, MapData, SockHash},
+    maps::{Array, HashMap, MapData, SockHash},
     programs::Iter,
     Pod,
 };
@@ -20,6 +20,9 @@ use super::{
     types::port_key,
     Dataplane, Reservation, SteerEntry, Watched, MAX_PORTS,
 };
+
+/// Words of the `local_ports` bitmap.
+const LOCAL_PORT_WORDS: u32 = 65536 / 32;
 
 impl Dataplane {
     /// Makes the maps equal to these sets: adds what is missing, deletes what
@@ -160,6 +163,39 @@ impl Dataplane {
     fn hash<K: Pod, V: Pod>(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, K, V>, BpfError> {
         let map = self.ebpf.map_mut(name).ok_or_else(|| BpfError::Invalid(format!("no map {name}")))?;
         HashMap::try_from(map).map_err(BpfError::map(name))
+    }
+
+    /// The ports recorded by [`Dataplane::record_local_ports`] (by an earlier run too).
+    pub fn local_ports(&self) -> Result<BTreeSet<u16>, BpfError> {
+        let map = self.ebpf.map("local_ports").ok_or_else(|| BpfError::Invalid("no map local_ports".into()))?;
+        let words = Array::<_, u32>::try_from(map).map_err(BpfError::map("local_ports"))?;
+        let mut out = BTreeSet::new();
+        for i in 0..LOCAL_PORT_WORDS {
+            let w = words.get(&i, 0).map_err(BpfError::map("local_ports"))?;
+            out.extend((0..32).filter(|b| w & (1 << b) != 0).map(|b| (i * 32 + b) as u16));
+        }
+        Ok(out)
+    }
+
+    /// Records `now` as the ports portd added to `ip_local_reserved_ports`, where
+    /// `before` was recorded: writes only the words that change.
+    pub fn record_local_ports(&mut self, before: &BTreeSet<u16>, now: &BTreeSet<u16>) -> Result<(), BpfError> {
+        let map = self.ebpf.map_mut("local_ports").ok_or_else(|| BpfError::Invalid("no map local_ports".into()))?;
+        let mut words = Array::<_, u32>::try_from(map).map_err(BpfError::map("local_ports"))?;
+        let bits = |set: &BTreeSet<u16>| {
+            let mut w = vec![0u32; LOCAL_PORT_WORDS as usize];
+            for &p in set {
+                w[usize::from(p) / 32] |= 1 << (p % 32);
+            }
+            w
+        };
+        let (old, new) = (bits(before), bits(now));
+        for (i, (a, b)) in old.iter().zip(&new).enumerate() {
+            if a != b {
+                words.set(i as u32, *b, 0).map_err(BpfError::map("local_ports"))?;
+            }
+        }
+        Ok(())
     }
 
     /// The maps' content, read back (two bpf(2) calls per entry).

@@ -6,6 +6,7 @@
 //! that every problem is reported at once, each located through `Locator`. Paths of
 //! fields (`forwards[3].port`) are only spelled out when a problem is reported.
 
+mod aliases;
 mod config;
 mod ctx;
 mod forward;
@@ -20,6 +21,7 @@ use crate::model::{Config, RulesFile};
 pub use crate::owner::valid_user;
 pub use crate::shape::{MAX_DEPTH, MAX_NODES};
 pub use crate::validate::{description_problem, valid_ifname, valid_name};
+pub use aliases::ALIAS_WEIGHT;
 pub use ctx::{clip, thousands, MAX_DIAGNOSTICS};
 use ctx::{parse_root, root_mapping, Ctx};
 pub use tree::ALIAS_NODES;
@@ -35,17 +37,14 @@ pub(super) const CONFIG_FIELDS: &[&str] = &["version", "settings", "grants", "fo
 /// pass, for lists, forwards and flat mappings of 100,000 to 600,000 nodes.
 pub const PARSE_BYTES_PER_NODE: usize = 512;
 
-/// Bytes of memory a node that an alias adds to the tree may take (the tree's node alone:
-/// serde_yaml replays the anchored events it already holds).
-pub const ALIAS_BYTES_PER_NODE: usize = 128;
-
 /// What parsing `text` may cost in memory at most, in bytes, from one linear pass that
 /// allocates nothing: a caller can refuse a file before the parser allocates for it. A
 /// file whose shape is refused costs its length (the parser never sees it). A text with
-/// a `*` may hold aliases, which add up to [`ALIAS_NODES`] nodes.
+/// a `*` may hold aliases, which add at most [`ALIAS_WEIGHT`] (about a byte of memory
+/// each) to the tree and as much again to the copies taken from it.
 pub fn parse_cost(text: &str) -> usize {
     let nodes = crate::shape::check_shape(text).unwrap_or(0);
-    let aliases = if text.contains('*') { ALIAS_NODES * ALIAS_BYTES_PER_NODE } else { 0 };
+    let aliases = if text.contains('*') { 2 * ALIAS_WEIGHT as usize } else { 0 };
     text.len().saturating_add(nodes.saturating_mul(PARSE_BYTES_PER_NODE)).saturating_add(aliases)
 }
 

@@ -4,9 +4,9 @@
 //! It holds the same information as a `Value` and is built by the same deserializer, so
 //! serde_yaml still decides what parses, reports syntax errors, resolves scalars, expands
 //! aliases and refuses duplicate keys, with the same messages at the same places. One
-//! thing it refuses that a `Value` takes: a tree of more nodes than the text could hold
-//! without aliases plus [`ALIAS_NODES`] (serde_yaml bounds how many aliases it follows,
-//! not what they expand to: a 30 KB file of aliases of aliases is millions of nodes). It is cheaper to build: plain scalars borrow the text instead of being
+//! thing it refuses that a `Value` takes: a tree of more nodes than the text has bytes
+//! plus [`ALIAS_NODES`], a backstop behind the measure of what aliases add that the
+//! loader takes before parsing (`load/aliases.rs`), should the two parsers ever differ. It is cheaper to build: plain scalars borrow the text instead of being
 //! copied, a mapping is a vector of pairs instead of a hash table, and keys are hashed
 //! only when a mapping grows large enough for duplicate checks to need it.
 

@@ -1,0 +1,146 @@
+//! What YAML aliases add to a document, measured before the parser expands them.
+//!
+//! serde_yaml bounds how many aliases it follows, not what they expand to: one list
+//! of 6,000 items aliased 6,000 times is 30 KB of text and 36 million nodes, and one
+//! long string aliased a thousand times is a thousand copies of it. So a text that can
+//! hold aliases (it has a `*`) is first walked as yaml-rust2's event stream, where an
+//! alias is one event: the weight of every anchored node is recorded when it ends, and
+//! each alias adds its anchor's weight. A document whose aliases add more than
+//! [`ALIAS_WEIGHT`] to what it writes out is refused, at the alias that crossed it.
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+/// What a node weighs besides its text: about what it takes in memory once parsed.
+pub const NODE_WEIGHT: u64 = 64;
+/// The most that aliases may add to a document: 65,536 nodes, or 4 MiB of text.
+pub const ALIAS_WEIGHT: u64 = 4 << 20;
+
+/// An open collection: its anchor, and its weight with aliases expanded and as written.
+struct Open {
+    anchor: usize,
+    expanded: u64,
+    written: u64,
+}
+
+#[derive(Default)]
+struct Weigh {
+    open: Vec<Open>,
+    anchors: HashMap<usize, u64>,
+    expanded: u64,
+    written: u64,
+    /// Where the growth first went over [`ALIAS_WEIGHT`] (1-based line and column).
+    over_at: Option<(usize, usize)>,
+}
+
+impl Weigh {
+    fn done(&mut self, anchor: usize, expanded: u64, written: u64, mark: Marker) {
+        if anchor != 0 {
+            self.anchors.insert(anchor, expanded);
+        }
+        match self.open.last_mut() {
+            Some(o) => {
+                o.expanded = o.expanded.saturating_add(expanded);
+                o.written = o.written.saturating_add(written);
+            }
+            None => {
+                self.expanded = self.expanded.saturating_add(expanded);
+                self.written = self.written.saturating_add(written);
+            }
+        }
+        // What the aliases closed so far add (the open collections' included).
+        let (e, w) = self.open.iter().fold((self.expanded, self.written), |(e, w), o| {
+            (e.saturating_add(o.expanded), w.saturating_add(o.written))
+        });
+        if self.over_at.is_none() && e.saturating_sub(w) > ALIAS_WEIGHT {
+            self.over_at = Some((mark.line(), mark.col() + 1));
+        }
+    }
+}
+
+fn tag_len(tag: &Option<yaml_rust2::parser::Tag>) -> u64 {
+    tag.as_ref().map_or(0, |t| (t.handle.len() + t.suffix.len()) as u64)
+}
+
+impl MarkedEventReceiver for Weigh {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        match ev {
+            Event::Scalar(value, _, anchor, tag) => {
+                let w = NODE_WEIGHT + value.len() as u64 + tag_len(&tag);
+                self.done(anchor, w, w, mark);
+            }
+            Event::Alias(id) => {
+                let e = self.anchors.get(&id).copied().unwrap_or(NODE_WEIGHT);
+                self.done(0, e, NODE_WEIGHT, mark);
+            }
+            Event::SequenceStart(anchor, tag) | Event::MappingStart(anchor, tag) => {
+                let w = NODE_WEIGHT + tag_len(&tag);
+                self.open.push(Open { anchor, expanded: w, written: w });
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                if let Some(o) = self.open.pop() {
+                    self.done(o.anchor, o.expanded, o.written, mark);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Where, and by how much, the aliases of `text`'s first document add more than
+/// [`ALIAS_WEIGHT`] to what it writes out; `None` when they do not (or it has no alias).
+/// A text the event parser refuses is left to serde_yaml, which reports the syntax error
+/// (it expands nothing of a document it cannot parse).
+pub(crate) fn over_bound(text: &str) -> Option<(usize, usize, u64)> {
+    if !text.contains('*') {
+        return None;
+    }
+    let mut w = Weigh::default();
+    let mut parser = Parser::new_from_str(text);
+    let parsed = parser.load(&mut w, false);
+    if parsed.is_err() && w.over_at.is_none() {
+        return None;
+    }
+    let grown = w
+        .open
+        .iter()
+        .fold(w.expanded.saturating_sub(w.written), |g, o| g.saturating_add(o.expanded.saturating_sub(o.written)));
+    w.over_at.map(|(line, column)| (line, column, grown))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wide_deep_and_long_aliases_are_weighed_and_shared_lists_pass() {
+        let wide = format!("x: &a [{}]\ny: [{}]\n", vec!["0"; 6000].join(","), vec!["*a"; 6000].join(","));
+        let (line, _, grown) = over_bound(&wide).expect("36 million nodes");
+        assert_eq!(line, 2);
+        assert!(grown > ALIAS_WEIGHT, "{grown}");
+        let mut deep = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..8 {
+            let p = i - 1;
+            deep.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        assert!(over_bound(&deep).is_some());
+        // One 1 MiB string aliased 5 times: 5 MiB of copies.
+        let long = format!("s: &s \"{}\"\nl: [*s, *s, *s, *s, *s]\n", "x".repeat(1 << 20));
+        assert!(over_bound(&long).is_some());
+        let four = format!("s: &s \"{}\"\nl: [*s, *s, *s]\n", "x".repeat(1 << 20));
+        assert_eq!(over_bound(&four), None, "3 MiB of copies is within the bound");
+        // 1,000 forwards sharing a list of 10 sources: about 0.7 MiB.
+        let mut shared = String::from("nets: &nets [10.0.0.0/8, 10.1.0.0/16, 10.2.0.0/16, 10.3.0.0/16, 10.4.0.0/16, 10.5.0.0/16, 10.6.0.0/16, 10.7.0.0/16, 10.8.0.0/16, 10.9.0.0/16]\nforwards:\n");
+        for i in 0..1000 {
+            shared.push_str(&format!("  - {{name: f{i}, port: {}, to: {}, sources: *nets}}\n", 1000 + i, 20000 + i));
+        }
+        assert_eq!(over_bound(&shared), None);
+        assert_eq!(over_bound("a: [1, 2\n"), None, "a syntax error is serde_yaml's to report");
+        assert_eq!(over_bound("a: 1 # no alias *here\n"), None);
+    }
+}
