@@ -194,17 +194,8 @@ pub(super) fn parse_root<'t>(file: &str, text: &'t str) -> Result<(Node<'t>, Ctx
     if let Err((line, message)) = crate::shape::check_shape(text) {
         return Err(one(line, 1, message));
     }
-    if let Some((line, column, grown)) = super::aliases::over_bound(text) {
-        return Err(one(
-            line,
-            column,
-            format!(
-                "YAML aliases add {:.1} MiB to what the file writes out; the limit is {} MiB (about {} nodes or as many bytes of text): write the entries out",
-                grown as f64 / 1048576.0,
-                super::aliases::ALIAS_WEIGHT >> 20,
-                thousands((super::aliases::ALIAS_WEIGHT / super::aliases::NODE_WEIGHT) as usize)
-            ),
-        ));
+    if let Some(r) = super::aliases::refused(text) {
+        return Err(one(r.line, r.column, r.message));
     }
     let root: Node = match super::tree::parse(text) {
         Ok(v) => v,

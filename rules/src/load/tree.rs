@@ -4,11 +4,13 @@
 //! It holds the same information as a `Value` and is built by the same deserializer, so
 //! serde_yaml still decides what parses, reports syntax errors, resolves scalars, expands
 //! aliases and refuses duplicate keys, with the same messages at the same places. One
-//! thing it refuses that a `Value` takes: a tree of more nodes than the text has bytes
-//! plus [`ALIAS_NODES`], a backstop behind the measure of what aliases add that the
-//! loader takes before parsing (`load/aliases.rs`), should the two parsers ever differ. It is cheaper to build: plain scalars borrow the text instead of being
-//! copied, a mapping is a vector of pairs instead of a hash table, and keys are hashed
-//! only when a mapping grows large enough for duplicate checks to need it.
+//! thing it refuses that a `Value` takes: a tree larger than twice its text plus
+//! [`ALIAS_NODES`] (nodes, and the bytes of the strings it copies: see [`parse`]), a
+//! backstop behind the checks of aliases that the loader makes before parsing
+//! (`load/aliases.rs`), should the two parsers ever differ. It is cheaper to build:
+//! plain scalars borrow the text instead of being copied, a mapping is a vector of pairs
+//! instead of a hash table, and keys are hashed only when a mapping grows large enough
+//! for duplicate checks to need it.
 
 use serde::de::{
     self, Deserialize, DeserializeSeed, Deserializer, EnumAccess, Error as _, MapAccess, SeqAccess, VariantAccess,
@@ -33,8 +35,10 @@ thread_local! {
     static LEFT: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
-/// Parses `text` into a tree of at most `text.len() + 1 + ALIAS_NODES` nodes (without
-/// aliases, every node but an empty document's takes at least one byte of text).
+/// Parses `text` into a tree of at most `2 × text.len() + 1 + ALIAS_NODES` units: a node
+/// is one, a string copied out of the text one more per byte (without aliases, every
+/// node but an empty document's takes at least one byte of text, and a copied string no
+/// more bytes than it was written with).
 pub(crate) fn parse(text: &str) -> Result<Node<'_>, serde_yaml::Error> {
     struct Reset;
     impl Drop for Reset {
@@ -43,18 +47,23 @@ pub(crate) fn parse(text: &str) -> Result<Node<'_>, serde_yaml::Error> {
         }
     }
     let _reset = Reset;
-    LEFT.with(|l| l.set(text.len().saturating_add(1 + ALIAS_NODES)));
+    LEFT.with(|l| l.set(text.len().saturating_mul(2).saturating_add(1 + ALIAS_NODES)));
     serde_yaml::from_str(text)
 }
 
 /// Counts one node of the tree being built.
 fn take<E: de::Error>() -> Result<(), E> {
-    LEFT.with(|l| match l.get() {
-        0 => Err(E::custom(format_args!(
+    take_n(1)
+}
+
+/// Counts `n` units of the tree being built.
+fn take_n<E: de::Error>(n: usize) -> Result<(), E> {
+    LEFT.with(|l| match l.get().checked_sub(n) {
+        None => Err(E::custom(format_args!(
             "{TOO_MANY_NODES} {ALIAS_NODES} nodes beyond what the file writes out; write the entries out"
         ))),
-        n => {
-            l.set(n - 1);
+        Some(left) => {
+            l.set(left);
             Ok(())
         }
     })
@@ -174,11 +183,11 @@ impl<'de> Visitor<'de> for NodeVisitor {
         Ok(Node::String(Cow::Borrowed(s)))
     }
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Node<'de>, E> {
-        take::<E>()?;
+        take_n::<E>(1 + s.len())?;
         Ok(Node::String(Cow::Owned(s.to_owned())))
     }
     fn visit_string<E: de::Error>(self, s: String) -> Result<Node<'de>, E> {
-        take::<E>()?;
+        take_n::<E>(1 + s.len())?;
         Ok(Node::String(Cow::Owned(s)))
     }
     fn visit_unit<E: de::Error>(self) -> Result<Node<'de>, E> {
