@@ -204,10 +204,13 @@ impl Steering {
             .unwrap_or_default()
     }
 
-    /// Makes the next [`Steering::sync`] read the maps back and write what differs, even
-    /// when the plan did not change.
+    /// Makes the next [`Steering::sync`] read the maps (and `ip_local_reserved_ports`)
+    /// back and write what differs, even when the plan did not change.
     pub fn reread(&mut self) {
         self.synced = None;
+        // ip_local_reserved_ports is read again too: entries of ours that the operator's
+        // rewrite of it (`sysctl --system`) dropped are put back.
+        self.local_wanted.clear();
         self.maps_read = Instant::now();
         if let Some(dp) = self.dp.as_mut() {
             dp.forget_written();
