@@ -62,7 +62,8 @@ impl Listeners {
     }
 }
 
-fn who(uid: u32, name: Option<&str>) -> String {
+/// `uid 1002 (web2)`, or `uid 1002` without a name.
+pub fn who(uid: u32, name: Option<&str>) -> String {
     match name {
         Some(n) => format!("uid {uid} ({n})"),
         None => format!("uid {uid}"),

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
-pub use crate::listeners::Listeners;
+pub use crate::listeners::{who, Listeners};
 pub use crate::owner::{valid_user, Owner, SetKey, SYSTEM};
 
 /// A user as the account database describes it now.

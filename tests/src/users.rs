@@ -17,6 +17,12 @@ impl TestUser {
         Self::named(&name)
     }
 
+    /// Like [`TestUser::new`], as an ordinary user (a free uid above the system accounts').
+    pub fn regular(prefix: &str) -> TestUser {
+        let name = format!("{prefix}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+        Self::made(&name, &["-u", &free_uid(None).to_string()])
+    }
+
     /// Creates the account `name` (which must not exist yet).
     pub fn named(name: &str) -> TestUser {
         Self::made(name, &[])
@@ -36,10 +42,7 @@ impl TestUser {
 
     /// Creates the account again with a uid it never had (after [`TestUser::delete`]).
     pub fn recreate_with_new_uid(&self, old: u32) {
-        let uid = (42000..60000u32)
-            .find(|u| *u != old && !sh("getent", &["passwd", &u.to_string()]).status.success())
-            .expect("a free uid");
-        useradd(&self.name, &["-u", &uid.to_string()]);
+        useradd(&self.name, &["-u", &free_uid(Some(old)).to_string()]);
     }
 
     /// Deletes the account now (the test recreates it), keeping the guard for the new one.
@@ -57,6 +60,13 @@ impl Drop for TestUser {
 }
 
 /// `useradd` of a system account with no home, no login shell and a group of its name.
+/// A uid no account has (nor `except`), above the system accounts' range.
+fn free_uid(except: Option<u32>) -> u32 {
+    (42000..60000u32)
+        .find(|u| Some(*u) != except && !sh("getent", &["passwd", &u.to_string()]).status.success())
+        .expect("a free uid")
+}
+
 fn useradd(name: &str, extra: &[&str]) {
     let mut args = vec!["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group"];
     args.extend_from_slice(extra);

@@ -16,16 +16,21 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Resident memory of `pid`, in MiB.
-fn rss_mib(pid: u32) -> f64 {
+/// A memory figure of `pid`'s /proc status (`VmRSS`, `VmHWM`), in MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     let kb: f64 = s
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .expect("VmRSS");
+        .unwrap_or_else(|| panic!("{field} of pid {pid}"));
     kb / 1024.0
+}
+
+/// Resident memory of `pid`, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS")
 }
 
 /// Runs `portd-hostile` as `user`; returns once it has opened its connections.
@@ -451,18 +456,6 @@ fn descriptions_with_bidi_overrides_are_refused_by_the_daemon() {
     assert_eq!(d.status_json()["forwards"].as_array().map(Vec::len), Some(0), "nothing was applied");
 }
 
-/// Peak resident memory of `pid` so far, in MiB.
-fn hwm_mib(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kb: f64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmHWM");
-    kb / 1024.0
-}
-
 /// What aliases expand to, and long lists in one forward, are bounded before they cost
 /// the daemon: a 30 KB file of one list aliased 6,000 times (36 million nodes) got a
 /// 512 MiB portd OOM-killed, and an `add` naming 200,000 interfaces (for a port the
@@ -480,7 +473,7 @@ fn alias_expansion_and_long_lists_are_refused_before_they_cost() {
     let answer = exchange_as(uid, &d.socket, &apply_line("wide.yaml", &wide));
     assert!(answer.contains("\"kind\":\"invalid\""), "{answer:.300}");
     assert!(answer.contains("YAML aliases add") && answer.contains("the limit is 4 MiB"), "{answer:.300}");
-    let peak = hwm_mib(pid);
+    let peak = status_mib(pid, "VmHWM");
     eprintln!("30 KB alias file: {answer:.200}; peak RSS {peak:.1} MiB");
     assert!(peak <= 128.0, "peak RSS {peak:.1} MiB");
 

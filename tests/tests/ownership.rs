@@ -478,32 +478,25 @@ fn a_port_another_account_served_lately_is_no_new_target() {
     let net = Net::setup();
     let (user, svc) = (TestUser::new("sr"), TestUser::new("ss"));
     let d = Portd::start_bpf(&net, &granted(&net, &user.name, ""), &[]);
-    // The service listens on 8080 for 1.5 s (a poll sees it), then restarts: it is gone.
-    let o = py_as(
-        &net,
-        Some(&svc.name),
-        "import socket,time\ns=socket.socket()\ns.bind(('0.0.0.0',8080))\ns.listen()\ntime.sleep(1.5)\nprint('served')\n",
-    );
-    assert_eq!(out(&o).trim(), "served", "{}", err(&o));
+    // `who` listens on `port` for 1.5 s (a poll sees it), then is gone (a restart).
+    let serve_briefly = |who: &TestUser, port: u16| {
+        let code = format!(
+            "import socket,time\ns=socket.socket()\ns.bind(('0.0.0.0',{port}))\ns.listen()\ntime.sleep(1.5)\nprint('served')\n"
+        );
+        let o = py_as(&net, Some(&who.name), &code);
+        assert_eq!(out(&o).trim(), "served", "{}", err(&o));
+    };
+    serve_briefly(&svc, 8080);
     let o = apply_as(&d, &net, &user.name, &web(80, 8080));
     assert_eq!(o.status.code(), Some(4), "a target the service held 0 s ago is refused like a held one");
     let e = err(&o);
     assert!(e.contains("target port 8080/tcp was held by a socket of uid"), "{e}");
     assert!(e.contains(&format!("({})", svc.name)) && e.contains("forward to another port, or wait 10 min"), "{e}");
     assert_eq!(binds_as(&net, &svc.name, 8080).matches("bound").count(), 6, "the service's port stays its own");
-    // A port nobody served is the user's to take, and so is one that another user (not a
-    // system account: no service) served a moment ago: no user keeps a port from another
-    // by listening on it.
-    let name = format!("srx{}", std::process::id() % 100_000);
-    let uid =
-        (43000..60000u32).find(|u| !sh("getent", &["passwd", &u.to_string()]).status.success()).expect("free uid");
-    let other = TestUser::made(&name, &["-u", &uid.to_string()]);
-    let o = py_as(
-        &net,
-        Some(&other.name),
-        "import socket,time\ns=socket.socket()\ns.bind(('0.0.0.0',8081))\ns.listen()\ntime.sleep(1.5)\nprint('served')\n",
-    );
-    assert_eq!(out(&o).trim(), "served", "{}", err(&o));
+    // A port that another user (not a system account: no service) served a moment ago is
+    // the user's to take: no user keeps a port from another by listening on it.
+    let other = TestUser::regular("srx");
+    serve_briefly(&other, 8081);
     let o = apply_as(&d, &net, &user.name, &web(80, 8081));
-    assert!(o.status.success(), "uid {uid} is a user's, not a service's: {}", err(&o));
+    assert!(o.status.success(), "uid {} is a user's, not a service's: {}", other.uid(), err(&o));
 }

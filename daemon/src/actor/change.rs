@@ -124,10 +124,7 @@ impl Daemon {
                     self.recent.foreign(p, f.to, account.uid, now).map(|(port, uid, ago)| (port, p, uid, ago))
                 });
                 let Some((port, proto, uid, ago)) = held else { continue };
-                let who = match super::accounts::name_of(uid) {
-                    Some(n) => format!("uid {uid} ({n})"),
-                    None => format!("uid {uid}"),
-                };
+                let who = policy::who(uid, super::accounts::name_of(uid).as_deref());
                 let m = format!(
                     "forward `{}`: target port {port}/{proto} was held by a socket of {who} {} s ago; a target is reserved for its owner, so it must not be another account's port (a service restarting)",
                     f.name,

@@ -110,6 +110,14 @@ struct Shared {
     pacer: crate::pace::Pacer,
 }
 
+/// `account`'s semaphore of `permits` in `map`, made when it has none; semaphores no one
+/// holds or waits for are dropped on the way.
+fn account_semaphore(map: &Mutex<HashMap<u32, Arc<Semaphore>>>, account: u32, permits: usize) -> Arc<Semaphore> {
+    let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+    m.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < permits);
+    m.entry(account).or_insert_with(|| Arc::new(Semaphore::new(permits))).clone()
+}
+
 /// The heap is trimmed when partial lines held this much and then drained.
 const TRIM_AFTER_BUFFERED: usize = 8 << 20;
 
@@ -157,16 +165,12 @@ impl Shared {
     }
 
     fn request_slots(&self, uid: u32) -> Arc<Semaphore> {
-        let mut r = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        r.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < self.limits.per_uid_requests);
-        r.entry(uid).or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_uid_requests))).clone()
+        account_semaphore(&self.requests, uid, self.limits.per_uid_requests)
     }
 
     /// `account`'s turn to parse: one file of an account is parsed at a time.
     fn parse_turn(&self, account: u32) -> Arc<Semaphore> {
-        let mut t = self.parse_turns.lock().unwrap_or_else(|p| p.into_inner());
-        t.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() == 0);
-        t.entry(account).or_insert_with(|| Arc::new(Semaphore::new(1))).clone()
+        account_semaphore(&self.parse_turns, account, 1)
     }
 
     /// Accounts `n` more buffered bytes of `account`'s line, which is `line` bytes long

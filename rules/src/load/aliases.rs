@@ -58,13 +58,16 @@ impl Weigh {
                 self.written = self.written.saturating_add(written);
             }
         }
-        // What the aliases closed so far add (the open collections' included).
-        let (e, w) = self.open.iter().fold((self.expanded, self.written), |(e, w), o| {
-            (e.saturating_add(o.expanded), w.saturating_add(o.written))
-        });
-        if self.over_at.is_none() && e.saturating_sub(w) > ALIAS_WEIGHT {
+        if self.over_at.is_none() && self.growth() > ALIAS_WEIGHT {
             self.over_at = Some((mark.line(), mark.col() + 1));
         }
+    }
+
+    /// What the aliases met so far add (the open collections' included).
+    fn growth(&self) -> u64 {
+        self.open.iter().fold(self.expanded.saturating_sub(self.written), |g, o| {
+            g.saturating_add(o.expanded.saturating_sub(o.written))
+        })
     }
 }
 
@@ -149,10 +152,7 @@ pub(crate) fn refused(text: &str) -> Option<Refused> {
     if parsed.is_err() && w.over_at.is_none() {
         return None;
     }
-    let grown = w
-        .open
-        .iter()
-        .fold(w.expanded.saturating_sub(w.written), |g, o| g.saturating_add(o.expanded.saturating_sub(o.written)));
+    let grown = w.growth();
     w.over_at.map(|(line, column)| Refused {
         line,
         column,
