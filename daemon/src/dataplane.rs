@@ -121,7 +121,7 @@ impl Steering {
                     format!("the bpf system call fails ({e}): a seccomp filter refuses it (a container's: systemd-nspawn allows it with --system-call-filter=bpf)")
                 })
             })
-            .and_then(|()| Dataplane::open(&pins).map_err(|e| e.to_string()));
+            .and_then(|()| Dataplane::open_for(&pins, crate::actor::sys_uid_max()).map_err(|e| e.to_string()));
         match opened {
             Ok(dp) => Ok(Steering {
                 // What an earlier run added to ip_local_reserved_ports, ours to take out.

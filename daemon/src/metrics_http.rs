@@ -9,10 +9,14 @@
 //!
 //! Who may connect is bounded three ways: peers outside `settings.metrics.allow`
 //! (default loopback) are closed unanswered; each peer may hold [`PER_PEER`] connections
-//! and all peers together [`MAX_OPEN`], where a loopback peer is told apart by the uid
-//! owning its socket (root's scraper is never counted with another local account's
-//! connections, and root's own are outside the total); and a request head must arrive
-//! within [`READ_TIMEOUT`], so idle connections free their slot quickly.
+//! and all peers together [`MAX_OPEN`], where a loopback peer is its account, whatever
+//! address of 127.0.0.0/8 or ::1 it connects from (the uid owning its socket, a
+//! subordinate uid counted as the account it belongs to: root's scraper is never counted
+//! with another local account's connections, and root's own are outside the total); and
+//! a request head must arrive within [`READ_TIMEOUT`], so idle connections free their
+//! slot quickly. Requests wait their turn for one of [`MAX_CONNECTIONS`] scrapes in the
+//! order they came (root's have [`ROOT_SCRAPES`] of their own), so peers that scrape
+//! back to back delay another scraper by their turns, never refuse it.
 
 #![forbid(unsafe_code)]
 
@@ -32,9 +36,11 @@ use tokio_util::task::TaskTracker;
 
 /// Scrapes served at once.
 pub const MAX_CONNECTIONS: usize = 8;
+/// Scrapes served at once for root, besides [`MAX_CONNECTIONS`].
+pub const ROOT_SCRAPES: usize = 2;
 /// Connections open at once, all peers but root's together.
 pub const MAX_OPEN: usize = 64;
-/// Connections open at once per peer (address, and uid for a loopback peer).
+/// Connections open at once per peer (its address, or for a loopback peer its account).
 pub const PER_PEER: usize = 4;
 /// Longest request head, its final blank line included.
 const MAX_HEAD: usize = 8 * 1024;
@@ -56,12 +62,20 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     Ok(l)
 }
 
-/// A peer as the limits count it: its address, and for a loopback peer the uid owning
-/// its socket (every local account connects from 127.0.0.1).
+/// A peer as the limits count it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct PeerKey {
-    ip: std::net::IpAddr,
-    uid: Option<u32>,
+enum PeerKey {
+    /// A loopback peer: the account owning its socket (every local account may connect
+    /// from any address of 127.0.0.0/8).
+    Account(u32),
+    /// Another host, or a loopback peer whose socket could not be found.
+    Addr(std::net::IpAddr),
+}
+
+impl PeerKey {
+    fn is_root(self) -> bool {
+        self == PeerKey::Account(0)
+    }
 }
 
 /// Open connections per peer.
@@ -73,7 +87,7 @@ struct Open {
 
 impl Open {
     fn admit(&mut self, key: PeerKey) -> bool {
-        let root = key.uid == Some(0);
+        let root = key.is_root();
         let mine = self.per_peer.get(&key).copied().unwrap_or(0);
         if mine >= PER_PEER * if root { 4 } else { 1 } || (!root && self.total >= MAX_OPEN) {
             return false;
@@ -91,7 +105,7 @@ impl Open {
                 self.per_peer.remove(&key);
             }
         }
-        if key.uid != Some(0) {
+        if !key.is_root() {
             self.total = self.total.saturating_sub(1);
         }
     }
@@ -107,6 +121,7 @@ pub async fn run(
     allow: portd_rules::model::MetricsSettings,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let root_slots = Arc::new(Semaphore::new(ROOT_SCRAPES));
     let open = Arc::new(Mutex::new(Open::default()));
     let reader = Arc::new(Mutex::new(None));
     let tracker = TaskTracker::new();
@@ -133,13 +148,16 @@ pub async fn run(
             (true, Ok(local)) => portd_kernel::sockdiag::tcp_uid(peer, local).ok().flatten(),
             _ => None,
         };
-        let key = PeerKey { ip, uid };
+        let key = match uid {
+            Some(uid) => PeerKey::Account(published.subids.account_of(uid)),
+            None => PeerKey::Addr(ip),
+        };
         if !open.lock().unwrap_or_else(|p| p.into_inner()).admit(key) {
             let _ = stream.try_write(&response(503, "Service Unavailable", "text/plain", b"too many connections\n"));
             continue;
         }
-        let (actor, published, reader, slots, open) =
-            (actor.clone(), published.clone(), reader.clone(), slots.clone(), open.clone());
+        let slots = if key.is_root() { root_slots.clone() } else { slots.clone() };
+        let (actor, published, reader, open) = (actor.clone(), published.clone(), reader.clone(), open.clone());
         tracker.spawn(async move {
             let answer = tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await;
             let reply = match answer {
@@ -149,9 +167,10 @@ pub async fn run(
                     response(431, "Request Header Fields Too Large", "text/plain", b"request head over 8 KiB\n")
                 }
                 Ok(Head::Malformed) => response(400, "Bad Request", "text/plain", b"malformed request\n"),
-                Ok(Head::Whole(head)) => match slots.try_acquire_owned() {
-                    Ok(_permit) => route(&head, &actor, &published, &reader).await,
-                    Err(_) => response(503, "Service Unavailable", "text/plain", b"too many scrapes at once\n"),
+                // In turn (the semaphore is first come, first served).
+                Ok(Head::Whole(head)) => match tokio::time::timeout(ANSWER_TIMEOUT, slots.acquire_owned()).await {
+                    Ok(Ok(_permit)) => route(&head, &actor, &published, &reader).await,
+                    _ => response(503, "Service Unavailable", "text/plain", b"too many scrapes at once; retry\n"),
                 },
             };
             let _ = tokio::time::timeout(ANSWER_TIMEOUT, async {

@@ -30,6 +30,11 @@
 // serves. sk_lookup cannot call bpf_get_netns_cookie, so it is a constant.
 volatile const __u64 netns_cookie = 0;
 
+// Set by the loader: the highest uid of a system account (SYS_UID_MAX of
+// /etc/login.defs). Only root and system accounts (services) may bind a user
+// forward's public port besides its owner; the forward then stands back.
+volatile const __u32 sys_uid_max = 999;
+
 // Public port -> where to steer.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -309,9 +314,12 @@ int register_listener(struct bpf_sock_ops *skops)
 }
 
 // Reserved port bound by another uid: EACCES. Root is no exception: a port
-// reserved for a user's forward belongs to that user alone. (A watched public
-// port bound by another uid is reported by post_bind4/6, once the kernel's own
-// checks let the bind through: this hook runs before them.)
+// reserved for a user's forward belongs to that user alone. A user forward's
+// public port (watched) bound by an account that is neither its owner, root nor
+// a system account: EACCES too (a public port of 1024 or more is open to every
+// account's bind otherwise, and a bind there would push the forward aside). A
+// watched port bound by root or a system account is reported by post_bind4/6,
+// once the kernel's own checks let the bind through: this hook runs before them.
 static __always_inline int check_bind(struct bpf_sock_addr *ctx)
 {
 	if (bpf_get_netns_cookie(ctx) != netns_cookie)
@@ -326,6 +334,13 @@ static __always_inline int check_bind(struct bpf_sock_addr *ctx)
 	if (owner && *owner != uid) {
 		bpf_set_retval(-EACCES);
 		return 0;
+	}
+	if (uid > sys_uid_max) {
+		__u32 *user = bpf_map_lookup_elem(&watched, &key);
+		if (user && *user != uid) {
+			bpf_set_retval(-EACCES);
+			return 0;
+		}
 	}
 	return 1;
 }

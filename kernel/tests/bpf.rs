@@ -224,7 +224,7 @@ fn autobind_never_lands_on_a_reserved_port() {
 }
 
 #[test]
-fn bind_of_a_watched_port_by_another_uid_is_reported() {
+fn bind_of_a_watched_port_is_reported_for_a_service_and_refused_for_another_user() {
     require_root();
     let (pair, bpffs) = (Pair::new(), Bpffs::new());
     let pin = bpffs.pin_dir();
@@ -251,6 +251,63 @@ fn bind_of_a_watched_port_by_another_uid_is_reported() {
     assert_eq!(events.len(), 1, "{events:?}");
     let e = events[0];
     assert_eq!((e.proto, e.port, e.uid, e.family), (Proto::Tcp, 80, 0, Family::V6));
+
+    // A system account (a service) may bind it too, and is reported; an ordinary account
+    // other than the owner is refused whatever the address (the port is open to every
+    // account's bind otherwise: 1024 or more, or ip_unprivileged_port_start lowered as
+    // here), and its refused bind is no event.
+    assert_eq!(try_bind(&pair.srv, Some(999), false, "0.0.0.0:80"), Ok(()), "a system account");
+    for addr in ["0.0.0.0:80", "[::]:80", "[::1]:80", "127.0.0.1:80"] {
+        assert_eq!(try_bind(&pair.srv, Some(OTHER), false, addr), Err(EACCES), "an ordinary account at {addr}");
+    }
+    assert_eq!(try_bind(&pair.srv, Some(OTHER), true, "0.0.0.0:80"), Ok(()), "udp/80 is not watched");
+    thread::sleep(Duration::from_millis(50));
+    let events = dp.drain_events();
+    assert_eq!(events.iter().map(|e| e.uid).collect::<Vec<_>>(), vec![999], "{events:?}");
+}
+
+#[test]
+fn a_pin_directory_another_account_made_or_may_write_is_refused() {
+    require_root();
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    // A bpffs mounted without a mode is writable by every account (1777): one that made
+    // portd's directories first would own its pins, or keep it from pinning.
+    let (pair, bpffs) = (Pair::new(), Bpffs::new());
+    let pin = bpffs.pin_dir();
+    let (parent, mount) = (pin.parent().expect("parent"), pin.parent().and_then(|p| p.parent()).expect("mount"));
+    assert_eq!(std::fs::metadata(mount).expect("mount").permissions().mode() & 0o7777, 0o1777);
+    let open = || pair.srv.run(None, || Dataplane::open(&pin).map(|_| ()));
+    let refused = |want: &str| match open() {
+        Err(e @ BpfError::UnsafePinDir { .. }) => assert!(e.to_string().contains(want), "{e}"),
+        other => panic!("want UnsafePinDir ({want}), got {other:?}"),
+    };
+    std::fs::create_dir(parent).expect("mkdir");
+    std::os::unix::fs::chown(parent, Some(OTHER), Some(OTHER)).expect("chown");
+    refused(&format!("belongs to uid {OTHER}"));
+    std::os::unix::fs::chown(parent, Some(0), Some(0)).expect("chown");
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    refused("writable by other accounts (mode 777)");
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // The pin directory a symlink to another instance's: refused, by remove too.
+    let elsewhere = mount.join("other");
+    std::fs::create_dir(&elsewhere).expect("mkdir");
+    symlink(&elsewhere, &pin).expect("symlink");
+    refused("is a symbolic link");
+    let err = Dataplane::remove(&pin).expect_err("remove through a symlink");
+    assert!(matches!(err, BpfError::UnsafePinDir { .. }), "{err}");
+    assert!(elsewhere.exists());
+    std::fs::remove_file(&pin).expect("unlink");
+    // What portd makes itself is its own and private.
+    open().expect("open");
+    for dir in [pin.clone(), pin.join("maps"), pin.join("links")] {
+        let m = std::fs::symlink_metadata(&dir).expect("made");
+        assert_eq!(
+            (m.permissions().mode() & 0o7777, std::os::unix::fs::MetadataExt::uid(&m)),
+            (0o700, 0),
+            "{}",
+            dir.display()
+        );
+    }
 }
 
 #[test]

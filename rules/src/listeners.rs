@@ -48,9 +48,13 @@ impl Listeners {
     }
     /// The first socket in `range`/`proto` held by a uid other than `uid`.
     pub fn foreign_in(&self, proto: Proto, range: PortRange, uid: u32) -> Option<(u16, u32)> {
+        self.held_in(proto, range, |u| u != uid)
+    }
+    /// The first socket in `range`/`proto` held by a uid `holder` accepts.
+    pub fn held_in(&self, proto: Proto, range: PortRange, holder: impl Fn(u32) -> bool) -> Option<(u16, u32)> {
         self.by_port
             .range((proto, range.start)..=(proto, range.end))
-            .find_map(|((_, port), uids)| uids.iter().find(|u| **u != uid).map(|u| (*port, *u)))
+            .find_map(|((_, port), uids)| uids.iter().find(|u| holder(**u)).map(|u| (*port, *u)))
     }
     /// True when any socket holds `range`/`proto`.
     pub fn any_in(&self, proto: Proto, range: PortRange) -> bool {

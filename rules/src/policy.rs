@@ -229,6 +229,14 @@ pub struct Judge<'a> {
     pub listener_check: ListenerCheck,
     /// The sockets of the namespace, when checked.
     pub listeners: Option<&'a Listeners>,
+    /// The highest uid whose socket on a forward's public port makes it stand back
+    /// ([`Reason::Shadows`]). `u32::MAX` for a new forward: it may not take over any
+    /// other account's port. For a forward in place, the highest uid of a system
+    /// account: a service of root or a system account that comes back on the public
+    /// port gets it back, while a user's socket bound there later (a public port of
+    /// 1024 or more is open to every account's bind; the kernel hook refuses it where
+    /// target ports are reserved) gets none of the forward's connections and no say.
+    pub shadowed_by: u32,
 }
 
 impl Judge<'_> {
@@ -295,7 +303,8 @@ impl Judge<'_> {
                 spent = after;
                 if self.listener_check == ListenerCheck::Enforce {
                     if let Some(l) = self.listeners {
-                        return target_taken(l, f, account.uid).or_else(|| public_shadowed(l, f, account.uid));
+                        return target_taken(l, f, account.uid)
+                            .or_else(|| public_shadowed(l, f, account.uid, self.shadowed_by));
                     }
                 }
                 None
@@ -311,10 +320,14 @@ pub fn target_taken(l: &Listeners, f: &Forward, uid: u32) -> Option<Reason> {
     })
 }
 
-/// A socket of another uid on `f`'s public ports, as a reason.
-pub fn public_shadowed(l: &Listeners, f: &Forward, uid: u32) -> Option<Reason> {
+/// A socket of another uid, up to `max_holder`, on `f`'s public ports, as a reason.
+pub fn public_shadowed(l: &Listeners, f: &Forward, uid: u32, max_holder: u32) -> Option<Reason> {
     f.proto.protos().iter().find_map(|&proto| {
-        l.foreign_in(proto, f.port, uid).map(|(port, holder)| Reason::Shadows { port, proto, holder: l.who(holder) })
+        l.held_in(proto, f.port, |h| h != uid && h <= max_holder).map(|(port, holder)| Reason::Shadows {
+            port,
+            proto,
+            holder: l.who(holder),
+        })
     })
 }
 

@@ -24,7 +24,7 @@ fn account(name: &str, uid: u32) -> Account {
 }
 
 fn judge<'a>(grants: &'a [Grant], listeners: Option<&'a Listeners>) -> Judge<'a> {
-    Judge { grants, default_mark: 1, listener_check: ListenerCheck::Enforce, listeners }
+    Judge { grants, default_mark: 1, listener_check: ListenerCheck::Enforce, listeners, shadowed_by: u32::MAX }
 }
 
 #[test]
@@ -157,6 +157,27 @@ fn another_uids_socket_on_the_target_suspends_only_when_enforced() {
     let mut both = fwd("http", 80, 8080);
     both.proto = ProtoSel::Both;
     assert!(target_taken(&u, &both, 1001).is_some());
+}
+
+#[test]
+fn a_forward_in_place_stands_back_only_for_a_service_on_its_public_port() {
+    let grants = [grant("web", &[7000])];
+    let set = UserSet { uid: Some(1001), forwards: vec![fwd("hi", 7000, 8080)] };
+    let a = account("web", 1001);
+    let none = BTreeMap::new();
+    let mut l = Listeners::default();
+    // Another user's socket on the public port (1024 or more: any account may bind it).
+    l.insert(portd_rules::Proto::Tcp, 7000, 1005);
+    let new = judge(&grants, Some(&l));
+    let v = new.judge("web", &set, Some(&a), &none);
+    assert!(matches!(v[0], Some(Reason::Shadows { port: 7000, .. })), "a new forward takes no one's port: {v:?}");
+    let in_place = Judge { shadowed_by: 999, ..judge(&grants, Some(&l)) };
+    assert_eq!(in_place.judge("web", &set, Some(&a), &none), vec![None], "a user's later socket pushes nothing aside");
+    // A service (a system account's, or root's) coming back on it: the forward stands back.
+    l.insert(portd_rules::Proto::Tcp, 7000, 104);
+    let in_place = Judge { shadowed_by: 999, ..judge(&grants, Some(&l)) };
+    let v = in_place.judge("web", &set, Some(&a), &none);
+    assert!(matches!(&v[0], Some(Reason::Shadows { holder, .. }) if holder == "uid 104"), "{v:?}");
 }
 
 #[test]

@@ -440,3 +440,60 @@ fn root_scrapes_are_answered_under_a_flood_of_idle_connections_and_heads_are_bou
     let _d = Portd::start(&net, &cfg);
     assert_eq!(raw_http(&net, 0, get), 0, "a peer outside settings.metrics.allow got an answer");
 }
+
+/// Runs `code` with /usr/bin/python3 in the server's namespace as `user`, in the
+/// background; its stdout is piped.
+fn python_as(net: &Net, user: &TestUser, code: &str) -> std::process::Child {
+    net.nsenter(&net.srv, "setpriv")
+        .args([format!("--reuid={}", user.uid()), format!("--regid={}", user.uid()), "--clear-groups".into()])
+        .args(["/usr/bin/python3", "-c", code])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3")
+}
+
+#[test]
+fn no_account_crowds_out_other_scrapers_from_many_addresses_or_by_scraping_back_to_back() {
+    // The red team's two ways: one account holds idle connections from 16 addresses of
+    // 127.0.0.0/8 (which counted as 16 peers of 4 connections: all 64 places), and two
+    // accounts scrape back to back on 4 connections each (which kept all 8 scrape slots
+    // taken: root's scrapes were answered 503). Meanwhile a third account's scraper and
+    // root's must get every answer.
+    let net = Net::setup();
+    let (hog, busy1, busy2, scraper) =
+        (TestUser::new("pmh"), TestUser::new("pmb"), TestUser::new("pmc"), TestUser::new("pms"));
+    let _d = Portd::start(&net, &with_metrics(&net));
+    let hold = format!(
+        "import socket, time\nmost = 0\nt = time.time()\nwhile time.time() - t < 8:\n    held = []\n    for i in range(16):\n        for k in range(4):\n            s = socket.socket()\n            s.bind(('127.0.0.%d' % (i + 2), 0))\n            try:\n                s.connect(('{LISTEN_IP}', {LISTEN_PORT}))\n                held.append(s)\n            except OSError:\n                s.close()\n    time.sleep(0.3)\n    alive = 0\n    for s in held:\n        s.setblocking(False)\n        try:\n            s.recv(1, socket.MSG_PEEK)\n        except BlockingIOError:\n            alive += 1\n        except OSError:\n            pass\n        s.close()\n    most = max(most, alive)\nprint(most)\n",
+        LISTEN_IP = "127.0.0.1",
+        LISTEN_PORT = 9649,
+    );
+    let busy = "import socket, threading, time\ncodes = {}\nlock = threading.Lock()\ndef loop():\n    t = time.time()\n    while time.time() - t < 8:\n        s = socket.create_connection(('127.0.0.1', 9649))\n        s.sendall(b'GET /metrics HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n        data = b''\n        while True:\n            b = s.recv(65536)\n            if not b: break\n            data += b\n        s.close()\n        c = data.split(b' ')[1].decode() if data.count(b' ') else 'none'\n        with lock: codes[c] = codes.get(c, 0) + 1\nths = [threading.Thread(target=loop) for _ in range(4)]\nfor th in ths: th.start()\nfor th in ths: th.join()\nprint(sum(codes.values()), codes)\n";
+    let children = [python_as(&net, &hog, &hold), python_as(&net, &busy1, busy), python_as(&net, &busy2, busy)];
+    std::thread::sleep(Duration::from_millis(700));
+    let get = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    let (mut codes, mut times) = (Vec::new(), Vec::new());
+    for i in 0..40 {
+        let uid = if i % 2 == 0 { 0 } else { scraper.uid() };
+        let t = Instant::now();
+        codes.push((uid, raw_http(&net, uid, get.clone())));
+        times.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let outputs: Vec<String> = children
+        .into_iter()
+        .map(|c| String::from_utf8_lossy(&c.wait_with_output().expect("attacker").stdout).trim().to_string())
+        .collect();
+    let (med, max) = median_max_ms(&mut times);
+    eprintln!(
+        "most idle connections held from 16 addresses: {}; back-to-back scrapers: {} / {}; root's and another account's scrapes {med:.1} ms median, {max:.1} ms worst",
+        outputs[0], outputs[1], outputs[2]
+    );
+    let held: usize = outputs[0].parse().unwrap_or(usize::MAX);
+    assert!(held <= 4, "one account held {held} connections (PER_PEER is 4)");
+    for busy in &outputs[1..] {
+        let made: usize = busy.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        assert!(made >= 20, "the back-to-back scraper ran: {busy}");
+    }
+    assert!(codes.iter().all(|(_, c)| *c == 200), "root's (uid 0) and uid {}'s scrapes: {codes:?}", scraper.uid());
+}

@@ -179,8 +179,53 @@ fn a_refused_bind_of_a_public_port_is_no_evidence() {
 }
 
 #[test]
+fn a_users_bind_of_another_users_public_port_is_refused_and_a_later_socket_takes_nothing() {
+    // Public port 7000, which every account may bind. A bind of it by mallory, an
+    // ordinary user, used to make alice's forward stand back "for a service", and every
+    // one of its clients then reached mallory. Now the bind hook refuses it (EACCES,
+    // both protocols and families); where the kernel does not reserve ports (ownership:
+    // polled), mallory's listener bound after the forward neither suspends it nor gets
+    // any of its clients.
+    for settings in ["", "  dispatch: nat\n  ownership: polled\n"] {
+        let net = Net::setup();
+        let (alice, mallory) = (TestUser::regular("pa"), TestUser::regular("pm"));
+        let text = config(&net, &format!("grants:\n{}", grant(&alice.name, "7000"))).replacen(
+            "settings:\n",
+            &format!("settings:\n{settings}"),
+            1,
+        );
+        let d = Portd::start_bpf(&net, &text, &[]);
+        let both = "version: 1\nforwards:\n  - name: web\n    port: 7000\n    to: 8080\n    proto: both\n";
+        assert!(apply_as(&d, &net, &alice.name, both).status.success());
+        let _app = net.tcp_app_as(&net.srv, &alice.name, 8080, "alice");
+        assert_eq!(get(&net, SRV4, 7000).as_deref(), Some("alice"));
+        let _theirs = if settings.is_empty() {
+            let m = binds_as(&net, &mallory.name, 7000);
+            assert_refused(&m, 1);
+            assert_refused(&m, 2);
+            let r = out(&py_as(&net, Some(&mallory.name), "import socket\ns=socket.socket(socket.AF_INET6)\ntry:\n  s.bind(('::1',7000)); print('bound')\nexcept OSError as e: print('refused', e.errno)\n"));
+            assert_eq!(r.trim(), "refused 13", "a loopback-only bind too");
+            None
+        } else {
+            let theirs = net.tcp_app_as(&net.srv, &mallory.name, 7000, "mallory");
+            // two listener checks see mallory's socket
+            std::thread::sleep(Duration::from_millis(1200));
+            Some(theirs)
+        };
+        let st = d.status_json();
+        assert_eq!(forward(&st, "web")["state"], "active", "{settings}: {st}");
+        for _ in 0..5 {
+            assert_eq!(get(&net, SRV4, 7000).as_deref(), Some("alice"), "{settings}");
+            assert_eq!(get(&net, SRV6, 7000).as_deref(), Some("alice"), "{settings}");
+        }
+        assert!(!Portd::log(&net).contains("suspended by"), "{}", Portd::log(&net));
+    }
+}
+
+#[test]
 fn a_forward_standing_back_for_a_service_keeps_its_public_port_from_other_owners() {
-    // Both users may forward 3000, which any uid may bind. mallory's service on 3000
+    // Both accounts may forward 3000, which any system account may bind (mallory is
+    // one: a service, for which a forward stands back). mallory's service on 3000
     // makes alice's forward stand back; mallory's own forward on 3000 is then refused
     // (alice keeps the port), and when the service goes, alice's forward comes back.
     let net = Net::setup();

@@ -76,6 +76,8 @@ impl Daemon {
             default_mark: self.config.settings.mark,
             listener_check: check,
             listeners: listeners.as_ref(),
+            // a new forward takes over no account's port
+            shadowed_by: u32::MAX,
         };
         let verdicts = judge.judge(&account.name, set, Some(account), &Default::default());
         let fresh_names: std::collections::HashSet<&str> = fresh.iter().map(|f| f.name.as_str()).collect();

@@ -18,6 +18,7 @@ mod requests;
 mod start;
 mod status;
 mod timers;
+mod turns;
 
 use crate::notify;
 use crate::state::Store;
@@ -32,7 +33,7 @@ use std::time::{Duration, Instant};
 use timers::{Timer, Timers};
 use tokio::sync::oneshot;
 
-pub use accounts::{lookup as lookup_account, name_of};
+pub use accounts::{lookup as lookup_account, name_of, sys_uid_max};
 pub use error::Error;
 pub use requests::{Answer, Request};
 pub use status::PendingStatus;
@@ -236,6 +237,7 @@ impl Daemon {
             default_mark: self.config.settings.mark,
             listener_check: self.config.settings.listener_check,
             listeners: self.listeners.as_ref(),
+            shadowed_by: self.recent.sys_uid_max(),
         }
     }
 
@@ -444,6 +446,7 @@ impl Daemon {
 
     /// Runs until a Shutdown message (or every sender is gone).
     pub fn run(mut self, rx: Receiver<Msg>) {
+        let mut waiting = turns::Turns::default();
         loop {
             if self.missed.take() {
                 tracing::info!(
@@ -451,9 +454,20 @@ impl Daemon {
                 );
                 self.repair_if_drifted(portd_kernel::events::TableEvent::Unknown);
             }
-            let msg = match self.timers.next() {
-                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            // Everything that arrived waits its turn (see `turns`); with nothing waiting,
+            // the next message or timer.
+            while let Ok(m) = rx.try_recv() {
+                waiting.push(m);
+            }
+            let subids = &self.published.subids;
+            let next = waiting.next(|m| match m {
+                Msg::Request { caller, .. } => turns::Turn::Account(subids.account_of(caller.uid)),
+                _ => turns::Turn::Now,
+            });
+            let msg = match (next, self.timers.next()) {
+                (Some(m), _) => Ok(m),
+                (None, Some(at)) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+                (None, None) => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match msg {
                 Ok(Msg::Doctor { legacy_tables, reply }) => self.doctor(legacy_tables, reply),

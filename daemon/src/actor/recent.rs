@@ -35,20 +35,9 @@ impl Default for RecentHolders {
         RecentHolders {
             seen: BTreeMap::new(),
             ephemeral: ephemeral_range().unwrap_or((32768, 60999)),
-            sys_uid_max: sys_uid_max(&std::fs::read_to_string("/etc/login.defs").unwrap_or_default()),
+            sys_uid_max: super::accounts::sys_uid_max(),
         }
     }
-}
-
-/// `SYS_UID_MAX` of login.defs text, else `UID_MIN` less one, else 999 (Debian's).
-fn sys_uid_max(defs: &str) -> u32 {
-    let value = |key: &str| {
-        defs.lines().find_map(|l| {
-            let mut w = l.split_whitespace();
-            (w.next() == Some(key)).then(|| w.next()?.parse::<u32>().ok()).flatten()
-        })
-    };
-    value("SYS_UID_MAX").or_else(|| value("UID_MIN").map(|m| m.saturating_sub(1))).unwrap_or(999)
 }
 
 /// `net.ipv4.ip_local_port_range` of the calling thread's namespace (it covers IPv6 too).
@@ -59,6 +48,11 @@ fn ephemeral_range() -> Option<(u16, u16)> {
 }
 
 impl RecentHolders {
+    /// The highest uid of a system account.
+    pub(super) fn sys_uid_max(&self) -> u32 {
+        self.sys_uid_max
+    }
+
     /// Records the sockets of `l` as seen at `now`, and forgets what is older than [`RECENT`].
     pub(super) fn record(&mut self, l: &Listeners, now: Instant) {
         let (lo, hi) = self.ephemeral;
@@ -117,12 +111,5 @@ mod tests {
         assert_eq!(r.foreign(Proto::Tcp, range, 1001, gone), None, "forgotten after RECENT");
         r.record(&Listeners::default(), gone);
         assert!(r.seen.is_empty());
-    }
-
-    #[test]
-    fn system_accounts_end_where_login_defs_says() {
-        assert_eq!(sys_uid_max("# c\nUID_MIN\t\t 1000\nSYS_UID_MAX  499\n"), 499);
-        assert_eq!(sys_uid_max("UID_MIN 2000\n"), 1999);
-        assert_eq!(sys_uid_max(""), 999);
     }
 }

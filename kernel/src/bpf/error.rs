@@ -16,6 +16,12 @@ pub enum BpfError {
         source: io::Error,
     },
     #[error(
+        "pin directory {path} {why}: another account may have prepared it to take over or switch off \
+         portd's BPF data plane; remove it (as root) and restart portd (a bpffs mounted with mode 0700 keeps \
+         other accounts out)"
+    )]
+    UnsafePinDir { path: PathBuf, why: String },
+    #[error(
         "pin directory {path} belongs to another network namespace (cookie {pinned}, this one is {ours}): \
          each namespace needs its own pin directory; remove the stale one with --remove-table from its namespace"
     )]

@@ -6,6 +6,7 @@
 use std::{
     fs::{self, File},
     os::fd::AsFd,
+    os::unix::fs::{DirBuilderExt, MetadataExt},
     path::{Path, PathBuf},
 };
 
@@ -49,13 +50,18 @@ impl Dataplane {
     /// The calling thread's network namespace is the one served; a pin
     /// directory made for another namespace is refused.
     pub fn open(pin_dir: &Path) -> Result<Dataplane, BpfError> {
+        Dataplane::open_for(pin_dir, DEFAULT_SYS_UID_MAX)
+    }
+
+    /// [`Dataplane::open`] for a system whose system accounts end at
+    /// `sys_uid_max` (`SYS_UID_MAX` of /etc/login.defs): besides a user
+    /// forward's owner, only root and those may bind its public port.
+    pub fn open_for(pin_dir: &Path, sys_uid_max: u32) -> Result<Dataplane, BpfError> {
         if !sys::on_bpffs(pin_dir) {
             return Err(BpfError::NotBpffs { path: pin_dir.to_owned() });
         }
         let (maps, links) = (maps_dir(pin_dir), links_dir(pin_dir));
-        for dir in [&maps, &links] {
-            fs::create_dir_all(dir).map_err(BpfError::pin_dir(dir))?;
-        }
+        make_private_dirs(pin_dir)?;
         let cookie = sys::netns_cookie().map_err(BpfError::Netns)?;
         check_owner(pin_dir, cookie)?;
 
@@ -64,6 +70,7 @@ impl Dataplane {
             .btf(Some(&btf))
             .default_map_pin_directory(&maps)
             .override_global("netns_cookie", &cookie, true)
+            .override_global("sys_uid_max", &sys_uid_max, true)
             .load(OBJECT)
             .map_err(|e| BpfError::Object { dir: maps.clone(), source: Box::new(e) })?;
         let meta = ebpf.map_mut("meta").ok_or_else(|| missing("meta"))?;
@@ -132,9 +139,7 @@ impl Dataplane {
     /// every change after a check would cost each change the whole table).
     pub fn repair(&mut self) -> Result<Repaired, BpfError> {
         let (maps, links) = (maps_dir(&self.pin_dir), links_dir(&self.pin_dir));
-        for dir in [&maps, &links] {
-            fs::create_dir_all(dir).map_err(BpfError::pin_dir(dir))?;
-        }
+        make_private_dirs(&self.pin_dir)?;
         let mut repaired = Repaired::default();
         for name in MAPS {
             let path = maps.join(name);
@@ -171,13 +176,22 @@ impl Dataplane {
     /// [`Dataplane`] still open in this process stay until it is dropped).
     /// Returns whether there was anything.
     pub fn remove(pin_dir: &Path) -> Result<bool, BpfError> {
-        if !pin_dir.exists() {
+        if fs::symlink_metadata(pin_dir).is_err() {
             return Ok(false);
         }
         if sys::fs_type(pin_dir).map_err(BpfError::pin_dir(pin_dir))? != sys::BPF_FS_MAGIC {
             return Err(BpfError::NotBpffs { path: pin_dir.to_owned() });
         }
+        // Only a tree of ours: a symlink or another account's directory could aim the
+        // removal at another instance's pins.
+        for dir in below_mount(pin_dir) {
+            check_private(&dir, &fs::symlink_metadata(&dir).map_err(BpfError::pin_dir(&dir))?)?;
+        }
         for dir in [links_dir(pin_dir), maps_dir(pin_dir)] {
+            match fs::symlink_metadata(&dir) {
+                Ok(m) => check_private(&dir, &m)?,
+                Err(_) => continue,
+            }
             let Ok(entries) = fs::read_dir(&dir) else { continue };
             for entry in entries {
                 let path = entry.map_err(BpfError::pin_dir(&dir))?.path();
@@ -188,6 +202,74 @@ impl Dataplane {
         fs::remove_dir(pin_dir).map_err(BpfError::pin_dir(pin_dir))?;
         Ok(true)
     }
+}
+
+/// `SYS_UID_MAX` where /etc/login.defs does not say (Debian's).
+pub const DEFAULT_SYS_UID_MAX: u32 = 999;
+
+/// Makes `<bpffs>/portd`, the pin directory and its `maps` and `links` (mode 0700),
+/// or checks those that exist: each must be a directory, not a symlink, owned by
+/// this process's user or root, and writable by no one else. On a bpffs that every
+/// account may write (`mount -t bpf` gives mode 1777), an account that made them
+/// first could unpin what portd pins there, or keep portd from pinning at all.
+fn make_private_dirs(pin_dir: &Path) -> Result<(), BpfError> {
+    let mut dirs = below_mount(pin_dir);
+    dirs.extend([maps_dir(pin_dir), links_dir(pin_dir)]);
+    for dir in &dirs {
+        let dir = dir.as_path();
+        let meta = match fs::symlink_metadata(dir) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match fs::DirBuilder::new().mode(0o700).create(dir) {
+                    Ok(()) => {}
+                    // made meanwhile: judged below like any that was there
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(BpfError::PinDir { path: dir.to_owned(), source: e }),
+                }
+                fs::symlink_metadata(dir).map_err(BpfError::pin_dir(dir))?
+            }
+            Err(e) => return Err(BpfError::PinDir { path: dir.to_owned(), source: e }),
+        };
+        check_private(dir, &meta)?;
+    }
+    Ok(())
+}
+
+/// `pin_dir` and its ancestors below the bpffs mount holding it, outermost first
+/// (`<bpffs>/portd`, `<bpffs>/portd/<table>`): the mount's own directory is the
+/// operator's (mode 1777 where it was mounted without a mode).
+fn below_mount(pin_dir: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for dir in pin_dir.ancestors() {
+        let Some(parent) = dir.parent() else { break };
+        let exists = fs::symlink_metadata(dir).is_ok();
+        if exists && sys::fs_type(parent).map_or(true, |t| t != sys::BPF_FS_MAGIC) {
+            break; // `dir` is the mount
+        }
+        dirs.push(dir.to_owned());
+    }
+    dirs.reverse();
+    dirs
+}
+
+/// Refuses a pin directory (from `lstat`) that is not a directory, not ours or
+/// root's, or writable by group or others.
+fn check_private(dir: &Path, meta: &fs::Metadata) -> Result<(), BpfError> {
+    let unsafe_dir = |why: String| Err(BpfError::UnsafePinDir { path: dir.to_owned(), why });
+    if meta.file_type().is_symlink() {
+        return unsafe_dir("is a symbolic link".into());
+    }
+    if !meta.is_dir() {
+        return unsafe_dir("is not a directory".into());
+    }
+    let me = sys::euid();
+    if meta.uid() != me && meta.uid() != 0 {
+        return unsafe_dir(format!("belongs to uid {}, not to portd's uid {me} or root", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return unsafe_dir(format!("is writable by other accounts (mode {:o})", meta.mode() & 0o7777));
+    }
+    Ok(())
 }
 
 fn missing(name: &str) -> BpfError {

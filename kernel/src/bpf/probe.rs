@@ -37,8 +37,15 @@ pub fn probe(bpffs_dir: &Path) -> Result<(), Unsupported> {
             return no(format!("no {name} (needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"));
         }
     }
-    if !sys::on_bpffs(bpffs_dir) {
-        return no(format!("bpffs not mounted at {}", bpffs_dir.display()));
+    // `<bpffs>/portd`, where the pins go: a bpffs mount, or the pins' own directory
+    // bound from one (the unit binds /sys/fs/bpf/portd, as systemd mounts /sys/fs/bpf
+    // with mode 0700, which portd's own account cannot enter).
+    if !sys::on_bpffs(&bpffs_dir.join("portd")) {
+        return no(format!(
+            "bpffs not mounted at {} (nor bound at {}/portd)",
+            bpffs_dir.display(),
+            bpffs_dir.display()
+        ));
     }
     sys::cgroup2_root().map_err(Unsupported)?;
     Ok(())

@@ -35,6 +35,12 @@ pub(crate) fn netns_cookie() -> io::Result<u64> {
     Ok(cookie)
 }
 
+/// This process's effective uid.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// The calling thread's network namespace (not the process's: a thread may
 /// have entered another one with setns).
 pub(crate) fn netns_file() -> io::Result<File> {
