@@ -86,7 +86,7 @@ impl Steering {
         }
         self.synced = None;
         self.reserve_local(BTreeSet::new());
-        match Dataplane::remove(&self.pins) {
+        match Dataplane::remove_for(&self.pins, crate::actor::sys_uid_max()) {
             Ok(_) => tracing::info!("BPF data plane removed from {}", self.pins.display()),
             Err(e) => tracing::error!("removing the BPF data plane at {}: {e}", self.pins.display()),
         }
@@ -100,7 +100,7 @@ impl Steering {
         if settings.dispatch == Dispatch::Nat && settings.ownership == Ownership::Polled {
             // A data plane left pinned by an earlier run with other settings would go on
             // steering: take it away.
-            match Dataplane::remove(&pins) {
+            match Dataplane::remove_for(&pins, crate::actor::sys_uid_max()) {
                 Ok(true) => tracing::info!(
                     "removed the BPF data plane pinned at {} (dispatch: nat, ownership: polled)",
                     pins.display()
@@ -297,10 +297,10 @@ fn bpf_proto(p: Proto) -> bpf::Proto {
     }
 }
 
-/// The data plane's entries for `plan`, and the target reservations of `kept`: user
-/// forwards suspended for now that keep their ports (an app restarting while another
-/// uid's socket holds its target, a forward standing back for a service on its public
-/// port), so no third uid takes their targets meanwhile. Duplicates (a public port
+/// The data plane's entries for `plan`, and the target reservations and watched public
+/// ports of `kept`: user forwards suspended for now that keep their ports (an app
+/// restarting while another uid's socket holds its target, a forward standing back for
+/// a service on its public port), so no third uid takes their ports meanwhile. Duplicates (a public port
 /// steered by a forward per family) keep the first in plan order.
 fn wanted(
     plan: &Plan,
@@ -375,6 +375,10 @@ fn wanted(
         for port in f.port.ports() {
             for &proto in f.proto.protos() {
                 reserve(&mut w, proto, f.target_of(port), uid);
+                // its public port too: no other user binds it while the forward waits
+                if watched.insert((proto, port)) {
+                    w.watched.push(Watched { proto: bpf_proto(proto), port, owner_uid: uid });
+                }
             }
         }
     }
@@ -406,12 +410,14 @@ mod tests {
         assert!(nat.steer.is_empty() && nat.reserved.is_empty() && nat.watched.is_empty());
         let gone = wanted(&plan, &[], true, true, |_| None);
         assert_eq!(gone.steer.len(), 1, "a user set without a uid gets nothing");
-        // A suspended forward that keeps its ports keeps its target's reservation only.
+        // A suspended forward that keeps its ports keeps its target's reservation and its
+        // public port's watch (no other user binds it meanwhile); it is not steered.
         let waiting = Forward::new("api", PortRange::single(82), PortRange::single(8082));
         let kept = wanted(&plan, &[("user:web", &waiting)], true, true, |o| (o == "user:web").then_some(1000));
         assert_eq!(kept.steer.len(), 3, "not steered while suspended");
         assert!(kept.reserved.iter().any(|r| r.port == 8082 && r.owner_uid == 1000), "{:?}", kept.reserved);
-        assert_eq!(kept.watched.len(), 4);
+        assert_eq!(kept.watched.len(), 5);
+        assert!(kept.watched.iter().any(|w| w.port == 82 && w.owner_uid == 1000), "{:?}", kept.watched);
         // A system forward pointed at the user's target is served by the user's app.
         let idle = Forward::new("idle", PortRange::single(90), PortRange::single(8080));
         let shared =

@@ -351,7 +351,7 @@ fn remove_table_command(args: &Args) -> std::process::ExitCode {
         |(table, socket)| {
             remove_table::refuse_if_running(&table, &socket)?;
             let pins = dataplane::pin_dir(&args.bpffs, &table);
-            let unpinned = portd_kernel::bpf::Dataplane::remove(&pins)
+            let unpinned = portd_kernel::bpf::Dataplane::remove_for(&pins, actor::sys_uid_max())
                 .with_context(|| format!("removing the BPF data plane pinned at {}", pins.display()))?;
             if unpinned {
                 println!("removed the BPF data plane pinned at {}", pins.display());

@@ -164,8 +164,11 @@ static __always_inline int address_fits(struct bpf_sk_lookup *ctx, struct bpf_so
 }
 
 // A TCP connection to a steered public port goes to the first of the owner's
-// sockets on the target port that accepts it. With none, the normal lookup
-// runs (a refusal, or whatever listens on the public port itself).
+// sockets on the target port that accepts it. With none, it is refused
+// (SK_DROP: the lookup fails, the client gets a reset), never handed to
+// whatever else holds the public port (a socket bound there before the forward,
+// or while its owner's app was down). Connections the forward does not steer
+// (a family it leaves out, this host's without `local`) take the normal lookup.
 SEC("sk_lookup")
 int steer_lookup(struct bpf_sk_lookup *ctx)
 {
@@ -194,7 +197,7 @@ int steer_lookup(struct bpf_sk_lookup *ctx)
 		if (taken)
 			return SK_PASS;
 	}
-	return SK_PASS;
+	return SK_DROP;
 }
 
 static __always_inline void add_listener(struct bpf_sock_ops *skops, __u16 port)
@@ -357,10 +360,12 @@ int bind6(struct bpf_sock_addr *ctx)
 	return check_bind(ctx);
 }
 
-// A watched public port bound by another uid: reported. These hooks run after
-// a bind has succeeded (privileged port, address in use and the bind hooks
-// above all passed), so an attempt that failed reports nothing: only a socket
-// that holds the port is evidence.
+// A watched public port bound by root or a system account: reported. These
+// hooks run after a bind has succeeded (privileged port, address in use and the
+// bind hooks above all passed), so an attempt that failed reports nothing: only
+// a socket that holds the port is evidence. A bind by another account that got
+// here is one to port 0 the kernel gave a watched port (one in the ephemeral
+// range; check_bind saw port 0): refused (EPERM), the port released.
 static __always_inline int report_bind(struct bpf_sock *sk, __u8 family)
 {
 	if (bpf_get_netns_cookie(sk) != netns_cookie)
@@ -370,6 +375,8 @@ static __always_inline int report_bind(struct bpf_sock *sk, __u8 family)
 		return 1;
 	__u32 uid = (__u32)bpf_get_current_uid_gid();
 	__u32 *owner = bpf_map_lookup_elem(&watched, &key);
+	if (owner && *owner != uid && uid > sys_uid_max)
+		return 0;
 	if (owner && *owner != uid) {
 		struct bind_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 		if (ev) {

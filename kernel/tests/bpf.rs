@@ -261,53 +261,33 @@ fn bind_of_a_watched_port_is_reported_for_a_service_and_refused_for_another_user
         assert_eq!(try_bind(&pair.srv, Some(OTHER), false, addr), Err(EACCES), "an ordinary account at {addr}");
     }
     assert_eq!(try_bind(&pair.srv, Some(OTHER), true, "0.0.0.0:80"), Ok(()), "udp/80 is not watched");
+    // A bind to port 0 that the kernel gives the watched port (here the only one of the
+    // ephemeral range): the bind hook sees port 0, the post-bind hook refuses it.
+    pair.srv.sysctl("net.ipv4.ip_local_port_range", "80 80");
+    assert_eq!(try_bind(&pair.srv, Some(OTHER), false, "0.0.0.0:0"), Err(libc::EPERM), "autobind onto it");
+    assert_eq!(try_bind(&pair.srv, Some(OTHER), false, "[::]:0"), Err(libc::EPERM), "autobind onto it (v6)");
     thread::sleep(Duration::from_millis(50));
     let events = dp.drain_events();
-    assert_eq!(events.iter().map(|e| e.uid).collect::<Vec<_>>(), vec![999], "{events:?}");
+    assert_eq!(events.iter().map(|e| e.uid).collect::<Vec<_>>(), vec![999], "only the service's bind: {events:?}");
 }
 
 #[test]
-fn a_pin_directory_another_account_made_or_may_write_is_refused() {
+fn nothing_registered_is_refused_even_beside_a_socket_on_the_public_port() {
+    // A socket of another account holding the public port (bound before the forward was
+    // made, say) gets none of the forward's connections, also while the owner's app is
+    // down: the steering program refuses them instead of passing them on.
     require_root();
-    use std::os::unix::fs::{symlink, PermissionsExt};
-    // A bpffs mounted without a mode is writable by every account (1777): one that made
-    // portd's directories first would own its pins, or keep it from pinning.
     let (pair, bpffs) = (Pair::new(), Bpffs::new());
-    let pin = bpffs.pin_dir();
-    let (parent, mount) = (pin.parent().expect("parent"), pin.parent().and_then(|p| p.parent()).expect("mount"));
-    assert_eq!(std::fs::metadata(mount).expect("mount").permissions().mode() & 0o7777, 0o1777);
-    let open = || pair.srv.run(None, || Dataplane::open(&pin).map(|_| ()));
-    let refused = |want: &str| match open() {
-        Err(e @ BpfError::UnsafePinDir { .. }) => assert!(e.to_string().contains(want), "{e}"),
-        other => panic!("want UnsafePinDir ({want}), got {other:?}"),
-    };
-    std::fs::create_dir(parent).expect("mkdir");
-    std::os::unix::fs::chown(parent, Some(OTHER), Some(OTHER)).expect("chown");
-    refused(&format!("belongs to uid {OTHER}"));
-    std::os::unix::fs::chown(parent, Some(0), Some(0)).expect("chown");
-    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-    refused("writable by other accounts (mode 777)");
-    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    // The pin directory a symlink to another instance's: refused, by remove too.
-    let elsewhere = mount.join("other");
-    std::fs::create_dir(&elsewhere).expect("mkdir");
-    symlink(&elsewhere, &pin).expect("symlink");
-    refused("is a symbolic link");
-    let err = Dataplane::remove(&pin).expect_err("remove through a symlink");
-    assert!(matches!(err, BpfError::UnsafePinDir { .. }), "{err}");
-    assert!(elsewhere.exists());
-    std::fs::remove_file(&pin).expect("unlink");
-    // What portd makes itself is its own and private.
-    open().expect("open");
-    for dir in [pin.clone(), pin.join("maps"), pin.join("links")] {
-        let m = std::fs::symlink_metadata(&dir).expect("made");
-        assert_eq!(
-            (m.permissions().mode() & 0o7777, std::os::unix::fs::MetadataExt::uid(&m)),
-            (0o700, 0),
-            "{}",
-            dir.display()
-        );
+    let _dp = open(&pair.srv, &bpffs, &steer_80(true));
+    pair.srv.sysctl("net.ipv4.ip_unprivileged_port_start", "0");
+    let other = Server::start(&pair.srv, OTHER, Bind::DualStack, 80, false, "other");
+    for addr in ["10.77.0.1:80", "[fd77::1]:80"] {
+        assert_refused(&pair.cli, addr);
     }
+    let _app = Server::start(&pair.srv, OWNER, Bind::DualStack, 8080, false, "app");
+    assert_steered(&pair.cli, "10.77.0.1:80", "app");
+    assert_steered(&pair.cli, "[fd77::1]:80", "app");
+    assert_eq!(other.accepted.load(Ordering::Relaxed), 0, "the other socket got a connection");
 }
 
 #[test]

@@ -189,7 +189,7 @@ fn a_users_bind_of_another_users_public_port_is_refused_and_a_later_socket_takes
     for settings in ["", "  dispatch: nat\n  ownership: polled\n"] {
         let net = Net::setup();
         let (alice, mallory) = (TestUser::regular("pa"), TestUser::regular("pm"));
-        let text = config(&net, &format!("grants:\n{}", grant(&alice.name, "7000"))).replacen(
+        let text = config(&net, &format!("grants:\n{}", grant(&alice.name, "\"7000-7001\""))).replacen(
             "settings:\n",
             &format!("settings:\n{settings}"),
             1,
@@ -219,6 +219,19 @@ fn a_users_bind_of_another_users_public_port_is_refused_and_a_later_socket_takes
             assert_eq!(get(&net, SRV6, 7000).as_deref(), Some("alice"), "{settings}");
         }
         assert!(!Portd::log(&net).contains("suspended by"), "{}", Portd::log(&net));
+        if !settings.is_empty() {
+            // mallory's socket keeps alice from changing her own forward no more: a new
+            // target for the public port she holds is judged as the forward in place.
+            let moved = both.replace("to: 8080", "to: 8081");
+            let o = apply_as(&d, &net, &alice.name, &moved);
+            assert!(o.status.success(), "{} {}", out(&o), err(&o));
+            // a new forward on a port mallory holds is still refused
+            let _more = net.tcp_app_as(&net.srv, &mallory.name, 7001, "mallory");
+            let more = format!("{moved}  - name: more\n    port: 7001\n    to: 8082\n");
+            let o = apply_as(&d, &net, &alice.name, &more);
+            assert_eq!(o.status.code(), Some(4), "{} {}", out(&o), err(&o));
+            assert!(err(&o).contains("public port 7001/tcp is served by"), "{}", err(&o));
+        }
     }
 }
 

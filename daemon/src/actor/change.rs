@@ -79,7 +79,31 @@ impl Daemon {
             // a new forward takes over no account's port
             shadowed_by: u32::MAX,
         };
-        let verdicts = judge.judge(&account.name, set, Some(account), &Default::default());
+        let mut verdicts = judge.judge(&account.name, set, Some(account), &Default::default());
+        // A changed forward whose public ports the owner's live forwards hold already is
+        // judged as one in place: another user's socket there (bound before the forward,
+        // or while ownership is polled) does not keep the owner from changing its own.
+        let held: Vec<&Forward> = self
+            .eval
+            .active_forwards(&self.users)
+            .filter(|(o, _)| o.user() == Some(account.name.as_str()))
+            .flat_map(|(_, fs)| fs)
+            .collect();
+        let in_place = |f: &Forward| {
+            f.proto.protos().iter().all(|p| {
+                held.iter()
+                    .any(|h| h.proto.protos().contains(p) && h.port.start <= f.port.start && f.port.end <= h.port.end)
+            })
+        };
+        if verdicts.iter().zip(&set.forwards).any(|(v, f)| matches!(v, Some(Reason::Shadows { .. })) && in_place(f)) {
+            let kept = policy::Judge { shadowed_by: self.recent.sys_uid_max(), ..judge };
+            let again = kept.judge(&account.name, set, Some(account), &Default::default());
+            for ((v, f), a) in verdicts.iter_mut().zip(&set.forwards).zip(again) {
+                if matches!(v, Some(Reason::Shadows { .. })) && in_place(f) {
+                    *v = a;
+                }
+            }
+        }
         let fresh_names: std::collections::HashSet<&str> = fresh.iter().map(|f| f.name.as_str()).collect();
         let mut refusals: Vec<&Reason> = Vec::new();
         for (f, v) in set.forwards.iter().zip(&verdicts) {

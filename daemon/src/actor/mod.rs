@@ -462,8 +462,13 @@ impl Daemon {
             let subids = &self.published.subids;
             let next = waiting.next(|m| match m {
                 Msg::Request { caller, .. } => turns::Turn::Account(subids.account_of(caller.uid)),
+                Msg::Shutdown { .. } => turns::Turn::Last,
                 _ => turns::Turn::Now,
             });
+            if matches!(next, Some(Msg::AccountsChanged)) {
+                // one look at the account database answers every change waiting
+                waiting.discard(|m| matches!(m, Msg::AccountsChanged));
+            }
             let msg = match (next, self.timers.next()) {
                 (Some(m), _) => Ok(m),
                 (None, Some(at)) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),

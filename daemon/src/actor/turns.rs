@@ -4,8 +4,9 @@
 //! `portctl status` waited for all four. The actor takes what is waiting in this
 //! order: messages that are not requests (status reads, signals, kernel events: each
 //! cheap for the actor), then root's requests, then the request of the account served
-//! longest ago (each account's own requests in their order). What one account adds
-//! to another's wait is then one request, whatever it keeps in flight.
+//! longest ago (each account's own requests in their order), and a stop last, once
+//! every request that came before it is answered. What one account adds to another's
+//! wait is then one request, whatever it keeps in flight.
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,8 @@ pub(super) enum Turn {
     Now,
     /// A request of this account (root's go first).
     Account(u32),
+    /// When nothing else waits.
+    Last,
 }
 
 /// Accounts remembered beyond those with a request waiting.
@@ -60,7 +63,9 @@ impl<T> Turns<T> {
                 }
             }
         }
-        let (i, account, _) = best?;
+        let Some((i, account, _)) = best else {
+            return self.waiting.pop_front();
+        };
         self.tick += 1;
         self.served.insert(account, self.tick);
         if self.served.len() > REMEMBERED {
@@ -69,12 +74,17 @@ impl<T> Turns<T> {
                 .iter()
                 .filter_map(|m| match turn(m) {
                     Turn::Account(a) => Some(a),
-                    Turn::Now => None,
+                    _ => None,
                 })
                 .collect();
             self.served.retain(|a, _| waiting.contains(a) || *a == account);
         }
         self.waiting.remove(i)
+    }
+
+    /// Drops the waiting messages `same` picks (repeats of one just taken).
+    pub(super) fn discard(&mut self, same: impl Fn(&T) -> bool) {
+        self.waiting.retain(|m| !same(m));
     }
 }
 
@@ -101,6 +111,18 @@ mod tests {
         t.push((Turn::Now, 7));
         t.push((Turn::Account(1002), 8));
         assert_eq!(order(&mut t), vec![7, 6, 1, 5, 2, 8, 3, 4]);
+        // A stop waits for the requests that came before it.
+        t.push((Turn::Account(1001), 1));
+        t.push((Turn::Last, 9));
+        t.push((Turn::Now, 10));
+        t.push((Turn::Account(0), 11));
+        assert_eq!(order(&mut t), vec![10, 11, 1, 9]);
+        t.push((Turn::Now, 1));
+        t.push((Turn::Now, 1));
+        t.push((Turn::Now, 2));
+        t.next(turn);
+        t.discard(|m| m.1 == 1);
+        assert_eq!(order(&mut t), vec![2], "repeats dropped");
     }
 
     #[test]

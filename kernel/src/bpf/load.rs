@@ -57,11 +57,12 @@ impl Dataplane {
     /// `sys_uid_max` (`SYS_UID_MAX` of /etc/login.defs): besides a user
     /// forward's owner, only root and those may bind its public port.
     pub fn open_for(pin_dir: &Path, sys_uid_max: u32) -> Result<Dataplane, BpfError> {
+        let pin_dir = &absolute(pin_dir)?;
         if !sys::on_bpffs(pin_dir) {
             return Err(BpfError::NotBpffs { path: pin_dir.to_owned() });
         }
         let (maps, links) = (maps_dir(pin_dir), links_dir(pin_dir));
-        make_private_dirs(pin_dir)?;
+        make_private_dirs(pin_dir, sys_uid_max)?;
         let cookie = sys::netns_cookie().map_err(BpfError::Netns)?;
         check_owner(pin_dir, cookie)?;
 
@@ -114,6 +115,7 @@ impl Dataplane {
         let events = RingBuf::try_from(events).map_err(BpfError::map("events"))?;
         Ok(Dataplane {
             pin_dir: pin_dir.to_owned(),
+            sys_uid_max,
             netns_cookie: cookie,
             ebpf,
             links: pinned,
@@ -139,7 +141,7 @@ impl Dataplane {
     /// every change after a check would cost each change the whole table).
     pub fn repair(&mut self) -> Result<Repaired, BpfError> {
         let (maps, links) = (maps_dir(&self.pin_dir), links_dir(&self.pin_dir));
-        make_private_dirs(&self.pin_dir)?;
+        make_private_dirs(&self.pin_dir, self.sys_uid_max)?;
         let mut repaired = Repaired::default();
         for name in MAPS {
             let path = maps.join(name);
@@ -176,6 +178,13 @@ impl Dataplane {
     /// [`Dataplane`] still open in this process stay until it is dropped).
     /// Returns whether there was anything.
     pub fn remove(pin_dir: &Path) -> Result<bool, BpfError> {
+        Dataplane::remove_for(pin_dir, DEFAULT_SYS_UID_MAX)
+    }
+
+    /// [`Dataplane::remove`] for a system whose system accounts end at
+    /// `sys_uid_max`: root removes the pins of portd's own account.
+    pub fn remove_for(pin_dir: &Path, sys_uid_max: u32) -> Result<bool, BpfError> {
+        let pin_dir = &absolute(pin_dir)?;
         if fs::symlink_metadata(pin_dir).is_err() {
             return Ok(false);
         }
@@ -185,11 +194,11 @@ impl Dataplane {
         // Only a tree of ours: a symlink or another account's directory could aim the
         // removal at another instance's pins.
         for dir in below_mount(pin_dir) {
-            check_private(&dir, &fs::symlink_metadata(&dir).map_err(BpfError::pin_dir(&dir))?)?;
+            check_private(&dir, &fs::symlink_metadata(&dir).map_err(BpfError::pin_dir(&dir))?, sys_uid_max)?;
         }
         for dir in [links_dir(pin_dir), maps_dir(pin_dir)] {
             match fs::symlink_metadata(&dir) {
-                Ok(m) => check_private(&dir, &m)?,
+                Ok(m) => check_private(&dir, &m, sys_uid_max)?,
                 Err(_) => continue,
             }
             let Ok(entries) = fs::read_dir(&dir) else { continue };
@@ -207,12 +216,19 @@ impl Dataplane {
 /// `SYS_UID_MAX` where /etc/login.defs does not say (Debian's).
 pub const DEFAULT_SYS_UID_MAX: u32 = 999;
 
+/// `path` from the root: a relative one is taken from the working directory.
+fn absolute(path: &Path) -> Result<PathBuf, BpfError> {
+    std::path::absolute(path).map_err(BpfError::pin_dir(path))
+}
+
 /// Makes `<bpffs>/portd`, the pin directory and its `maps` and `links` (mode 0700),
 /// or checks those that exist: each must be a directory, not a symlink, owned by
-/// this process's user or root, and writable by no one else. On a bpffs that every
-/// account may write (`mount -t bpf` gives mode 1777), an account that made them
-/// first could unpin what portd pins there, or keep portd from pinning at all.
-fn make_private_dirs(pin_dir: &Path) -> Result<(), BpfError> {
+/// this process's user, root or a system account (uid up to `sys_uid_max`: the
+/// packaged `portd`, whose pins root's `--remove-table` takes away), and writable by
+/// no one else. On a bpffs that every account may write (`mount -t bpf` gives mode
+/// 1777), an account that made them first could unpin what portd pins there, or
+/// keep portd from pinning at all.
+fn make_private_dirs(pin_dir: &Path, sys_uid_max: u32) -> Result<(), BpfError> {
     let mut dirs = below_mount(pin_dir);
     dirs.extend([maps_dir(pin_dir), links_dir(pin_dir)]);
     for dir in &dirs {
@@ -230,7 +246,7 @@ fn make_private_dirs(pin_dir: &Path) -> Result<(), BpfError> {
             }
             Err(e) => return Err(BpfError::PinDir { path: dir.to_owned(), source: e }),
         };
-        check_private(dir, &meta)?;
+        check_private(dir, &meta, sys_uid_max)?;
     }
     Ok(())
 }
@@ -252,9 +268,9 @@ fn below_mount(pin_dir: &Path) -> Vec<PathBuf> {
     dirs
 }
 
-/// Refuses a pin directory (from `lstat`) that is not a directory, not ours or
-/// root's, or writable by group or others.
-fn check_private(dir: &Path, meta: &fs::Metadata) -> Result<(), BpfError> {
+/// Refuses a pin directory (from `lstat`) that is not a directory, not ours,
+/// root's or a system account's, or writable by group or others.
+fn check_private(dir: &Path, meta: &fs::Metadata, sys_uid_max: u32) -> Result<(), BpfError> {
     let unsafe_dir = |why: String| Err(BpfError::UnsafePinDir { path: dir.to_owned(), why });
     if meta.file_type().is_symlink() {
         return unsafe_dir("is a symbolic link".into());
@@ -263,8 +279,11 @@ fn check_private(dir: &Path, meta: &fs::Metadata) -> Result<(), BpfError> {
         return unsafe_dir("is not a directory".into());
     }
     let me = sys::euid();
-    if meta.uid() != me && meta.uid() != 0 {
-        return unsafe_dir(format!("belongs to uid {}, not to portd's uid {me} or root", meta.uid()));
+    if meta.uid() != me && meta.uid() > sys_uid_max {
+        return unsafe_dir(format!(
+            "belongs to uid {}, neither portd's (uid {me}) nor root's nor a system account's",
+            meta.uid()
+        ));
     }
     if meta.mode() & 0o022 != 0 {
         return unsafe_dir(format!("is writable by other accounts (mode {:o})", meta.mode() & 0o7777));

@@ -46,6 +46,8 @@ pub const ANY_UID: u32 = abi::ANY_UID;
 /// The loaded, attached and pinned programs and maps of one portd instance.
 pub struct Dataplane {
     pin_dir: PathBuf,
+    /// The highest uid of a system account (see [`Dataplane::open_for`]).
+    sys_uid_max: u32,
     netns_cookie: u64,
     ebpf: Ebpf,
     /// One per [`hooks::Hook`], in `Hook::ALL` order.
