@@ -68,7 +68,7 @@ enum PeerKey {
     /// A loopback peer: the account owning its socket (every local account may connect
     /// from any address of 127.0.0.0/8).
     Account(u32),
-    /// Another host, or a loopback peer whose socket could not be found.
+    /// Another host; all loopback peers whose socket could not be found are one.
     Addr(std::net::IpAddr),
 }
 
@@ -150,6 +150,8 @@ pub async fn run(
         };
         let key = match uid {
             Some(uid) => PeerKey::Account(published.subids.account_of(uid)),
+            // (a loopback peer whose socket was not found: one peer whatever its address)
+            None if ip.is_loopback() => PeerKey::Addr(std::net::Ipv4Addr::LOCALHOST.into()),
             None => PeerKey::Addr(ip),
         };
         if !open.lock().unwrap_or_else(|p| p.into_inner()).admit(key) {
