@@ -41,11 +41,16 @@ pub fn probe(bpffs_dir: &Path) -> Result<(), Unsupported> {
     // bound from one (the unit binds /sys/fs/bpf/portd, as systemd mounts /sys/fs/bpf
     // with mode 0700, which portd's own account cannot enter).
     if !sys::on_bpffs(&bpffs_dir.join("portd")) {
-        return no(format!(
-            "bpffs not mounted at {} (nor bound at {}/portd)",
-            bpffs_dir.display(),
-            bpffs_dir.display()
-        ));
+        let d = bpffs_dir.display();
+        let bound = if bpffs_dir != Path::new("/run/portd/bpffs") {
+            String::new()
+        } else {
+            // the packaged unit's --bpffs
+            " (the packaged unit binds /sys/fs/bpf/portd there: is bpffs mounted at /sys/fs/bpf, with \
+             /sys/fs/bpf/portd made by systemd-tmpfiles before portd started?)"
+                .to_string()
+        };
+        return no(format!("bpffs not mounted at {d}, nor bound at {d}/portd{bound}"));
     }
     sys::cgroup2_root().map_err(Unsupported)?;
     Ok(())
