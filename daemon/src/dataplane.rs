@@ -255,15 +255,19 @@ impl Steering {
         }
         self.synced = None;
         dp.sync(&want.steer, &want.reserved, &want.watched)?;
-        let ports = want.reserved.iter().map(|r| r.port).collect();
+        // users' public ports too: an automatic choice (sendto() or connect() without a
+        // bind, listen() on port 0) is seen by no bind hook, and a UDP socket or a
+        // connecting TCP socket on a public port takes the forward's clients that match it
+        let ports = want.reserved.iter().map(|r| r.port).chain(want.watched.iter().map(|w| w.port)).collect();
         self.synced = Some(want);
         self.reserve_local(ports);
         Ok(())
     }
 
-    /// Keeps reserved target ports out of automatic port selection (`bind` to port 0,
-    /// UDP's implicit bind), which the bind hooks do not see: the namespace's
-    /// `ip_local_reserved_ports` holds the operator's own entries and ours.
+    /// Keeps reserved target ports and users' public ports out of automatic port
+    /// selection (`bind` to port 0, UDP's implicit bind, `connect()` without a bind), which
+    /// the bind hooks do not see: the namespace's `ip_local_reserved_ports` holds the
+    /// operator's own entries and ours.
     fn reserve_local(&mut self, ports: BTreeSet<u16>) {
         if ports == self.local_wanted {
             return;

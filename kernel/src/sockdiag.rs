@@ -265,6 +265,17 @@ pub fn tcp_uid(local: SocketAddr, remote: SocketAddr) -> io::Result<Option<u32>>
     req[48..56].fill(0xff);
     let mut sock = Socket::open(libc::NETLINK_SOCK_DIAG)?;
     let seq = sock.send_request(SOCK_DIAG_BY_FAMILY, libc::NLM_F_ACK as u16, &[&req])?;
+    // An IPv4 connection of an IPv6 socket (a dual-stack client connected to
+    // ::ffff:127.0.0.1) is found by its IPv4 addresses, and answered with them written in
+    // IPv6: that is the same socket.
+    let mut mapped = req;
+    if lf == libc::AF_INET as u8 {
+        for (at, v4) in [(12, src), (28, dst)] {
+            mapped[at..at + 16].fill(0);
+            mapped[at + 10..at + 12].fill(0xff);
+            mapped[at + 12..at + 16].copy_from_slice(&v4[..4]);
+        }
+    }
     let mut uid = None;
     let replies = sock.replies(seq, |m| {
         // The kernel falls back to a listener on the asked local address when no
@@ -272,7 +283,8 @@ pub fn tcp_uid(local: SocketAddr, remote: SocketAddr) -> io::Result<Option<u32>>
         // connection that has closed (TIME_WAIT): only a live socket with exactly the
         // asked ports and addresses (the reply's at 4, the request's at 8) names its owner.
         let b = m.body;
-        if b.len() >= DIAG_MSG_LEN && b[4..40] == req[8..44] && b[68..72] != [0; 4] {
+        let exact = b.len() >= DIAG_MSG_LEN && (b[4..40] == req[8..44] || b[4..40] == mapped[8..44]);
+        if exact && b[68..72] != [0; 4] {
             uid = Some(u32::from_ne_bytes([b[64], b[65], b[66], b[67]]));
         }
     });
@@ -447,10 +459,13 @@ mod tests {
         use std::io::{BufRead, Write};
         let found = in_new_netns(|| {
             let mut found = Vec::new();
-            for (host, v6) in [("127.0.0.1", false), ("::1", true)] {
+            // (the third: an IPv6 socket's connection to ::ffff:127.0.0.1, IPv4 on the wire)
+            for (host, v6, to) in
+                [("127.0.0.1", false, "127.0.0.1"), ("::1", true, "::1"), ("127.0.0.1", true, "::ffff:127.0.0.1")]
+            {
                 let l = std::net::TcpListener::bind((host, 19649))?;
                 let code = format!(
-                    "import socket,sys,time\ns=socket.socket(socket.AF_INET{})\ns.connect(('{host}',19649))\nprint(s.getsockname()[1], flush=True)\nsys.stdin.readline()\n",
+                    "import socket,sys,time\ns=socket.socket(socket.AF_INET{})\ns.connect(('{to}',19649))\nprint(s.getsockname()[1], flush=True)\nsys.stdin.readline()\n",
                     if v6 { "6" } else { "" }
                 );
                 let mut child = std::process::Command::new("setpriv")
@@ -483,7 +498,10 @@ mod tests {
         })?;
         let none = None;
         let (nobody, root) = (Some(65534), Some(0));
-        assert_eq!(found, [nobody, nobody, root, none, none, nobody, nobody, root, none, none]);
+        assert_eq!(
+            found,
+            [nobody, nobody, root, none, none, nobody, nobody, root, none, none, nobody, nobody, root, none, none]
+        );
         Ok(())
     }
 

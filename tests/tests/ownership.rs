@@ -236,6 +236,32 @@ fn a_users_bind_of_another_users_public_port_is_refused_and_a_later_socket_takes
 }
 
 #[test]
+fn no_automatic_port_choice_lands_on_a_users_public_port() {
+    // Public port 40000 lies in the ephemeral range. No bind hook sees the port the kernel
+    // picks for sendto() or listen() without a bind (or connect()): a UDP socket that got
+    // 40000 so took the forward's datagrams, a connecting socket on it a client's
+    // connection (simultaneous open). The port is kept out of the choice: with the range
+    // narrowed to 39999-40001, mallory's 60 automatic choices never get 40000.
+    let net = Net::setup();
+    let (alice, mallory) = (TestUser::regular("pq"), TestUser::regular("pr"));
+    let text = config(&net, &format!("grants:\n{}", grant(&alice.name, "40000")));
+    let d = Portd::start_bpf(&net, &text, &[]);
+    let both = "version: 1\nforwards:\n  - name: web\n    port: 40000\n    to: 8080\n    proto: both\n";
+    assert!(apply_as(&d, &net, &alice.name, both).status.success());
+    let reserved = net.exec_ok(&net.srv, "cat", &["/proc/sys/net/ipv4/ip_local_reserved_ports"]);
+    assert_eq!(reserved.trim(), "8080,40000", "ip_local_reserved_ports");
+    net.exec_ok(&net.srv, "sysctl", &["-qw", "net.ipv4.ip_local_port_range=39999 40001"]);
+    let o = py_as(
+        &net,
+        Some(&mallory.name),
+        "import socket\nports = []\nfor i in range(20):\n    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    u.sendto(b'x', ('127.0.0.1', 9))\n    ports.append(u.getsockname()[1]); u.close()\n    for fam in (socket.AF_INET, socket.AF_INET6):\n        t = socket.socket(fam)\n        t.listen()\n        ports.append(t.getsockname()[1]); t.close()\nprint(sorted(set(ports)), len(ports))",
+    );
+    let got = out(&o);
+    assert!(got.trim().ends_with(" 60"), "60 choices: {got} {}", err(&o));
+    assert!(!got.contains("40000"), "an automatic choice landed on the public port: {got}");
+}
+
+#[test]
 fn a_forward_standing_back_for_a_service_keeps_its_public_port_from_other_owners() {
     // Both accounts may forward 3000, which any system account may bind (mallory is
     // one: a service, for which a forward stands back). mallory's service on 3000

@@ -47,15 +47,16 @@ fn steered_forward_reaches_the_owners_app_over_both_families_without_nat_or_conn
     assert!(!entries.contains("dport=80 "), "steered connections left conntrack entries:\n{entries}");
     // The target port is closed to other hosts without the forward: nothing NATs to it,
     // and 8080 is reachable directly only because the app listens there (no protect).
-    // The reserved target port is kept out of automatic port selection.
+    // The reserved target port and the public port are kept out of automatic port
+    // selection.
     let reserved = net.exec_ok(&net.srv, "cat", &["/proc/sys/net/ipv4/ip_local_reserved_ports"]);
-    assert!(reserved.split(',').any(|r| r.trim() == "8080"), "ip_local_reserved_ports: {reserved}");
+    assert_eq!(reserved.trim(), "80,8080", "ip_local_reserved_ports");
     // The operator's rewrite of the sysctl (`sysctl --system`) drops it; a reload (and the
     // check once a minute) puts it back beside the operator's value.
     net.exec_ok(&net.srv, "sysctl", &["-qw", "net.ipv4.ip_local_reserved_ports=40000-40010"]);
     assert!(d.ctl(&["reload"]).status.success());
     let reserved = net.exec_ok(&net.srv, "cat", &["/proc/sys/net/ipv4/ip_local_reserved_ports"]);
-    assert_eq!(reserved.trim(), "8080,40000-40010", "after the rewrite and a reload");
+    assert_eq!(reserved.trim(), "80,8080,40000-40010", "after the rewrite and a reload");
     let m = d.ctl(&["metrics"]);
     assert!(out(&m).contains("portd_dataplane{dispatch=\"steer\",ownership=\"kernel\""), "{}", out(&m));
     assert!(out(&m).contains("portd_forward_target_listening{owner=\"user:"), "{}", out(&m));
