@@ -40,7 +40,15 @@ pub fn probe(bpffs_dir: &Path) -> Result<(), Unsupported> {
     // `<bpffs>/portd`, where the pins go: a bpffs mount, or the pins' own directory
     // bound from one (the unit binds /sys/fs/bpf/portd, as systemd mounts /sys/fs/bpf
     // with mode 0700, which portd's own account cannot enter).
-    if !sys::on_bpffs(&bpffs_dir.join("portd")) {
+    let ours = bpffs_dir.join("portd");
+    if std::fs::symlink_metadata(&ours).is_ok_and(|m| m.file_type().is_symlink()) {
+        return no(format!(
+            "{} is a symbolic link (another account may have made it on a bpffs every account may write): \
+             remove it as root and restart portd",
+            ours.display()
+        ));
+    }
+    if !sys::on_bpffs(&ours) {
         let d = bpffs_dir.display();
         let bound = if bpffs_dir != Path::new("/run/portd/bpffs") {
             String::new()
