@@ -315,10 +315,14 @@ fn wanted(
 ) -> Wanted {
     let mut w = Wanted::default();
     let (mut steered, mut reserved, mut watched) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
-    // A target's reservation for `uid`, the first one only.
-    let mut reserve = |w: &mut Wanted, proto: Proto, target: u16, uid: u32| {
+    // A user forward's claim for `uid`: its target reserved and its public port watched,
+    // the first claim on each only.
+    let mut claim = |w: &mut Wanted, proto: Proto, port: u16, target: u16, uid: u32| {
         if reserved.insert((proto, target)) {
             w.reserved.push(Reservation { proto: bpf_proto(proto), port: target, owner_uid: uid });
+        }
+        if watched.insert((proto, port)) {
+            w.watched.push(Watched { proto: bpf_proto(proto), port, owner_uid: uid });
         }
     };
     for p in &plan.forwards {
@@ -350,10 +354,7 @@ fn wanted(
                     });
                 }
                 if user && ownership {
-                    reserve(&mut w, proto, target, uid);
-                    if watched.insert((proto, port)) {
-                        w.watched.push(Watched { proto: bpf_proto(proto), port, owner_uid: uid });
-                    }
+                    claim(&mut w, proto, port, target, uid);
                 }
             }
         }
@@ -378,11 +379,8 @@ fn wanted(
         let Some(uid) = uid_of(owner) else { continue };
         for port in f.port.ports() {
             for &proto in f.proto.protos() {
-                reserve(&mut w, proto, f.target_of(port), uid);
                 // its public port too: no other user binds it while the forward waits
-                if watched.insert((proto, port)) {
-                    w.watched.push(Watched { proto: bpf_proto(proto), port, owner_uid: uid });
-                }
+                claim(&mut w, proto, port, f.target_of(port), uid);
             }
         }
     }

@@ -316,6 +316,13 @@ int register_listener(struct bpf_sock_ops *skops)
 	return 1;
 }
 
+// Is `uid` an account that may not hold a user forward's public port (`owner`,
+// its entry in `watched`, if any): neither its owner, root nor a system account?
+static __always_inline int foreign_user(__u32 *owner, __u32 uid)
+{
+	return owner && *owner != uid && uid > sys_uid_max;
+}
+
 // Reserved port bound by another uid: EACCES. Root is no exception: a port
 // reserved for a user's forward belongs to that user alone. A user forward's
 // public port (watched) bound by an account that is neither its owner, root nor
@@ -338,12 +345,9 @@ static __always_inline int check_bind(struct bpf_sock_addr *ctx)
 		bpf_set_retval(-EACCES);
 		return 0;
 	}
-	if (uid > sys_uid_max) {
-		__u32 *user = bpf_map_lookup_elem(&watched, &key);
-		if (user && *user != uid) {
-			bpf_set_retval(-EACCES);
-			return 0;
-		}
+	if (foreign_user(bpf_map_lookup_elem(&watched, &key), uid)) {
+		bpf_set_retval(-EACCES);
+		return 0;
 	}
 	return 1;
 }
@@ -375,7 +379,7 @@ static __always_inline int report_bind(struct bpf_sock *sk, __u8 family)
 		return 1;
 	__u32 uid = (__u32)bpf_get_current_uid_gid();
 	__u32 *owner = bpf_map_lookup_elem(&watched, &key);
-	if (owner && *owner != uid && uid > sys_uid_max)
+	if (foreign_user(owner, uid))
 		return 0;
 	if (owner && *owner != uid) {
 		struct bind_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);

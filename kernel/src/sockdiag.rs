@@ -269,12 +269,9 @@ pub fn tcp_uid(local: SocketAddr, remote: SocketAddr) -> io::Result<Option<u32>>
     // ::ffff:127.0.0.1) is found by its IPv4 addresses, and answered with them written in
     // IPv6: that is the same socket.
     let mut mapped = req;
-    if lf == libc::AF_INET as u8 {
-        for (at, v4) in [(12, src), (28, dst)] {
-            mapped[at..at + 16].fill(0);
-            mapped[at + 10..at + 12].fill(0xff);
-            mapped[at + 12..at + 16].copy_from_slice(&v4[..4]);
-        }
+    if let (IpAddr::V4(l4), IpAddr::V4(r4)) = (l, r) {
+        mapped[12..28].copy_from_slice(&l4.to_ipv6_mapped().octets());
+        mapped[28..44].copy_from_slice(&r4.to_ipv6_mapped().octets());
     }
     let mut uid = None;
     let replies = sock.replies(seq, |m| {

@@ -95,11 +95,16 @@ impl Daemon {
                     .any(|h| h.proto.protos().contains(p) && h.port.start <= f.port.start && f.port.end <= h.port.end)
             })
         };
-        if verdicts.iter().zip(&set.forwards).any(|(v, f)| matches!(v, Some(Reason::Shadows { .. })) && in_place(f)) {
+        let again: Vec<bool> = verdicts
+            .iter()
+            .zip(&set.forwards)
+            .map(|(v, f)| matches!(v, Some(Reason::Shadows { .. })) && in_place(f))
+            .collect();
+        if again.contains(&true) {
             let kept = policy::Judge { shadowed_by: self.recent.sys_uid_max(), ..judge };
-            let again = kept.judge(&account.name, set, Some(account), &Default::default());
-            for ((v, f), a) in verdicts.iter_mut().zip(&set.forwards).zip(again) {
-                if matches!(v, Some(Reason::Shadows { .. })) && in_place(f) {
+            let in_place_verdicts = kept.judge(&account.name, set, Some(account), &Default::default());
+            for ((v, a), redo) in verdicts.iter_mut().zip(in_place_verdicts).zip(again) {
+                if redo {
                     *v = a;
                 }
             }

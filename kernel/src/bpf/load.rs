@@ -193,14 +193,12 @@ impl Dataplane {
         }
         // Only a tree of ours: a symlink or another account's directory could aim the
         // removal at another instance's pins.
-        for dir in below_mount(pin_dir) {
-            check_private(&dir, &fs::symlink_metadata(&dir).map_err(BpfError::pin_dir(&dir))?, sys_uid_max)?;
+        for dir in pin_dirs(pin_dir) {
+            if let Ok(m) = fs::symlink_metadata(&dir) {
+                check_private(&dir, &m, sys_uid_max)?;
+            }
         }
         for dir in [links_dir(pin_dir), maps_dir(pin_dir)] {
-            match fs::symlink_metadata(&dir) {
-                Ok(m) => check_private(&dir, &m, sys_uid_max)?,
-                Err(_) => continue,
-            }
             let Ok(entries) = fs::read_dir(&dir) else { continue };
             for entry in entries {
                 let path = entry.map_err(BpfError::pin_dir(&dir))?.path();
@@ -229,9 +227,7 @@ fn absolute(path: &Path) -> Result<PathBuf, BpfError> {
 /// 1777), an account that made them first could unpin what portd pins there, or
 /// keep portd from pinning at all.
 fn make_private_dirs(pin_dir: &Path, sys_uid_max: u32) -> Result<(), BpfError> {
-    let mut dirs = below_mount(pin_dir);
-    dirs.extend([maps_dir(pin_dir), links_dir(pin_dir)]);
-    for dir in &dirs {
+    for dir in &pin_dirs(pin_dir) {
         let dir = dir.as_path();
         let meta = match fs::symlink_metadata(dir) {
             Ok(m) => m,
@@ -249,6 +245,14 @@ fn make_private_dirs(pin_dir: &Path, sys_uid_max: u32) -> Result<(), BpfError> {
         check_private(dir, &meta, sys_uid_max)?;
     }
     Ok(())
+}
+
+/// Every directory of the pins, outermost first: [`below_mount`], then `maps` and
+/// `links`.
+fn pin_dirs(pin_dir: &Path) -> Vec<PathBuf> {
+    let mut dirs = below_mount(pin_dir);
+    dirs.extend([maps_dir(pin_dir), links_dir(pin_dir)]);
+    dirs
 }
 
 /// `pin_dir` and its ancestors below the bpffs mount holding it, outermost first
