@@ -25,8 +25,6 @@ use std::path::{Path, PathBuf};
 
 /// File name of the snapshot inside `state_dir`.
 pub const STATE_FILE: &str = "sets.json";
-/// File name of the NAT forwards' closed-flow counts inside `state_dir`.
-const FLOWS_FILE: &str = "flows.json";
 /// File name of the journal inside `state_dir`.
 pub const JOURNAL_FILE: &str = "sets.journal";
 /// The journal is folded into a new snapshot once it is this large, or as large as the
@@ -422,29 +420,6 @@ impl Store {
                 Err(anyhow::anyhow!("appending to {}: {e}", self.journal_path().display()))
             }
         }
-    }
-
-    /// What the closed flows of NAT forwards received, as [`Store::save_flows`] kept it
-    /// (missing or unreadable: nothing).
-    pub fn load_flows(&mut self) -> Vec<u8> {
-        let dir = match self.take_dir() {
-            Ok(d) => d,
-            Err(_) => return Vec::new(),
-        };
-        let text = dir.read(FLOWS_FILE).ok().flatten().unwrap_or_default();
-        self.handle = Some(dir);
-        text
-    }
-
-    /// Keeps `text` (the closed flows' counts) atomically; not synced to disk: counters
-    /// of a crash before the next write start from the last one.
-    pub fn save_flows(&mut self, text: &[u8]) -> anyhow::Result<()> {
-        let tmp = format!(".{FLOWS_FILE}.tmp");
-        let dir = self.take_dir()?;
-        let written =
-            dir.create(&tmp, 0o640).and_then(|mut f| f.write_all(text)).and_then(|()| dir.rename(&tmp, FLOWS_FILE));
-        self.handle = Some(dir);
-        written.map_err(|e| anyhow::anyhow!("keeping NAT forwards' counts in {}: {e}", self.dir.display()))
     }
 
     /// Writes a snapshot of `sets` atomically, then empties the journal: a crash leaves

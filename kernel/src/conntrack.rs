@@ -13,10 +13,10 @@ use portd_rules::model::{Family, Proto};
 pub use portd_rules::plan::{stale_in_delta, stale_mappings, Stale};
 use std::io;
 
-pub(crate) const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
-pub(crate) const CTA_TUPLE_ORIG: u16 = 1;
-pub(crate) const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
 const CTA_ZONE: u16 = 18;
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_PROTO_NUM: u16 = 1;
@@ -61,7 +61,7 @@ impl Cleaner {
 }
 
 /// (protocol number, source port, destination port) of a CTA_TUPLE_* payload.
-pub(crate) fn tuple_ports(t: &[u8]) -> Option<(u8, u16, u16)> {
+fn tuple_ports(t: &[u8]) -> Option<(u8, u16, u16)> {
     let p = find(t, CTA_TUPLE_PROTO)?;
     let num = *find(p, CTA_PROTO_NUM)?.first()?;
     let port = |ty| find(p, ty).filter(|v| v.len() >= 2).map(|v| u16::from_be_bytes([v[0], v[1]]));
@@ -70,13 +70,13 @@ pub(crate) fn tuple_ports(t: &[u8]) -> Option<(u8, u16, u16)> {
 
 /// Sends one ctnetlink request: `nfgenmsg` (family, version 0, resource id 0), then
 /// `attrs`; returns its sequence number.
-pub(crate) fn ct_request(sock: &mut Socket, msg_type: u16, flags: u16, family: u8, attrs: &[u8]) -> io::Result<u32> {
+fn ct_request(sock: &mut Socket, msg_type: u16, flags: u16, family: u8, attrs: &[u8]) -> io::Result<u32> {
     let ty = ((libc::NFNL_SUBSYS_CTNETLINK as u16) << 8) | msg_type;
     sock.send_request(ty, flags, &[&[family, 0, 0, 0], attrs])
 }
 
 /// How many flows this network namespace tracks, when the kernel says.
-pub(crate) fn tracked_flows() -> Option<u64> {
+fn tracked_flows() -> Option<u64> {
     std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count").ok()?.trim().parse().ok()
 }
 

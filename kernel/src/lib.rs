@@ -6,7 +6,6 @@
 //! - [`nft`]: the nf_tables backend that owns portd's table;
 //! - [`events`]: drift detection from the nf_tables event group;
 //! - [`conntrack`]: deletion of the conntrack entries of retired mappings;
-//! - [`natcount`]: counting NAT forwards by their conntrack entries;
 //! - [`sockdiag`]: the sockets that hold ports (NETLINK_SOCK_DIAG);
 //! - [`bpf`]: the BPF data plane: TCP steering (sk_lookup) and target port reservations;
 //! - [`Kernel`]: the seam the actor drives, implemented by the backend and by test fakes.
@@ -14,7 +13,6 @@
 pub mod bpf;
 pub mod conntrack;
 pub mod events;
-pub mod natcount;
 pub mod netlink;
 pub mod nft;
 mod seam;

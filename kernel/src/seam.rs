@@ -28,11 +28,6 @@ pub trait Kernel: Send {
     fn conntrack_active(&self) -> bool {
         true
     }
-    /// Whether NAT forwards are counted from this kernel's conntrack entries
-    /// ([`crate::natcount`]); the fakes of unit tests do not.
-    fn counts_flows(&self) -> bool {
-        false
-    }
 }
 
 impl Kernel for Backend {
@@ -50,9 +45,6 @@ impl Kernel for Backend {
     }
     fn remove(&self) -> Result<(), BackendError> {
         Backend::remove(self)
-    }
-    fn counts_flows(&self) -> bool {
-        true
     }
     fn conntrack_active(&self) -> bool {
         crate::conntrack::active().unwrap_or_else(|e| {

@@ -480,7 +480,7 @@ fn edits_by_other_programs_are_noticed() {
     let edits: [&[&str]; 4] = [
         &["add", "element", "inet", "portd", "fwd_to", "{ tcp . 1 : 2 }"],
         &["delete", "element", "inet", "portd", "fwd_count", "{ tcp . 443 }"],
-        &["flush", "chain", "inet", "portd", "redirect_in"],
+        &["flush", "chain", "inet", "portd", "nat_in"],
         &["add", "element", "inet", "portd", "fwd_mark", "{ ipv6 . tcp . 443 : 0x5 }"],
     ];
     for edit in edits {

@@ -11,6 +11,8 @@ fn key_text(k: KeyExpr) -> &'static str {
     match k {
         KeyExpr::Family => KEY,
         KeyExpr::Port => PORT_KEY,
+        KeyExpr::OrigFamily => "meta nfproto . meta l4proto . ct original proto-dst",
+        KeyExpr::OrigPort => "meta l4proto . ct original proto-dst",
     }
 }
 
@@ -77,6 +79,7 @@ pub fn rule(r: &Rule) -> String {
             format!("{}{k} @{set} meta mark set {k} map @{map}", proto_check(*proto))
         }
         Rule::ReturnIfLoopback => "iif \"lo\" return".into(),
+        Rule::GotoIfRedirected { chain } => format!("ct direction original ct status dnat goto {chain}"),
         Rule::ReturnIfKeyIn { set } => format!("{KEY} @{set} return"),
         Rule::Count { set, key, mark, then_return, proto } => {
             let mut s = format!("{}{} @{set}", proto_check(*proto), key_text(*key));
@@ -87,6 +90,9 @@ pub fn rule(r: &Rule) -> String {
                 s.push_str(" return");
             }
             s
+        }
+        Rule::DropUnredirected { set } => {
+            format!("ct state new iifname != \"lo\" ct status & dnat == 0 {KEY} @{set} drop")
         }
         Rule::Notrack { set, key, sport, if_local } => {
             let mut k = key_text(*key).to_string();
@@ -99,9 +105,7 @@ pub fn rule(r: &Rule) -> String {
         Rule::ReturnUnlessTcp => "meta l4proto != tcp return".into(),
         Rule::GotoIfLoopback { chain } => format!("iif \"lo\" goto {chain}"),
         Rule::GotoIfKeyIn { set, chain } => format!("{KEY} @{set} goto {chain}"),
-        Rule::DropProtected { set, if_local } => {
-            format!("iif != \"lo\" {KEY} @{set}{} drop", if *if_local { " fib daddr type local" } else { "" })
-        }
+        Rule::DropProtected { set } => format!("iif != \"lo\" {KEY} @{set} drop"),
         Rule::RejectUnlessIface { keys, allowed } => {
             format!(
                 "iifname != \"lo\" meta l4proto tcp {KEY} @{keys} {KEY} . iifname != @{allowed} reject with tcp reset"

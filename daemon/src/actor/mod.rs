@@ -12,7 +12,6 @@ mod change;
 mod doctor;
 mod drift;
 mod error;
-mod flows;
 mod recent;
 mod reload;
 mod requests;
@@ -160,8 +159,6 @@ pub struct Daemon {
     store: Store,
     kernel: Box<dyn Kernel>,
     conntrack: portd_kernel::conntrack::Cleaner,
-    /// What NAT forwards' closed flows received (`None` with a fake kernel).
-    flows: Option<portd_kernel::natcount::Closed>,
     plan: Plan,
     repairs: u64,
     backoff: Backoff,
@@ -268,7 +265,6 @@ impl Daemon {
 
     /// Brings the data plane's maps in step with the plan the kernel now holds.
     fn sync_dataplane(&mut self) {
-        self.track_flows();
         let users = &self.users;
         let kept: Vec<(&str, &portd_rules::model::Forward)> =
             self.eval.kept_forwards(users).map(|(o, f)| (o.as_str(), f)).collect();
@@ -551,7 +547,6 @@ impl Daemon {
                     }
                     Timer::Poll => self.poll_listeners(),
                     Timer::Conntrack => self.poll_conntrack(),
-                    Timer::Flows => self.keep_flows(),
                 }
             }
         }
@@ -623,7 +618,6 @@ impl Daemon {
 
     fn stop(&mut self) {
         notify::stopping();
-        self.keep_flows();
         match self.config.settings.on_exit {
             OnExit::Remove => {
                 match self.kernel.remove() {

@@ -18,7 +18,6 @@ impl Daemon {
     ) -> anyhow::Result<Daemon> {
         let t0 = Instant::now();
         let mut store = Store::new(std::path::Path::new(&config.settings.state_dir));
-        let flows = kernel.counts_flows().then(|| Daemon::closed_flows(&mut store));
         let mut persisted = store.load()?;
         let t_load = t0.elapsed();
         for p in &persisted.unreadable {
@@ -39,7 +38,6 @@ impl Daemon {
             store,
             kernel,
             conntrack: portd_kernel::conntrack::Cleaner::spawn()?,
-            flows,
             repairs: 0,
             backoff: Backoff::default(),
             timers: Default::default(),

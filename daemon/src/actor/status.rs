@@ -77,16 +77,8 @@ impl Daemon {
         // Before the caller reads the open connections: a connection that closes in
         // between is in neither (counted at the next status), never in both.
         let closed = self.steering.closed_counts();
-        // (the same order for NAT forwards' flows: closed ones first, open ones after)
-        let (nat_keys, nat_closed) = match &self.flows {
-            Some(f) => (f.tracked(), f.counts()),
-            None => Default::default(),
-        };
         PendingStatus {
             closed,
-            nat_keys,
-            nat_closed,
-            nat_open: None,
             plan: self.plan.clone(),
             suspended,
             repairs: self.repairs,
@@ -119,12 +111,6 @@ pub struct PendingStatus {
     /// What the closed connections of steered public ports received, `(port, v6)` →
     /// (segments, payload bytes).
     pub closed: portd_kernel::sockdiag::ConnCounts,
-    /// The flow keys of the NAT forwards, for [`PendingStatus::read_flows`].
-    pub nat_keys: std::collections::HashSet<portd_kernel::natcount::Key>,
-    /// What NAT forwards' closed flows received.
-    pub nat_closed: portd_kernel::natcount::Counts,
-    /// What their open flows received ([`PendingStatus::read_flows`]; `None`: not read).
-    pub nat_open: Option<portd_kernel::natcount::Counts>,
 }
 
 /// What the counters of each steered forward showed last, by element comment: a
@@ -181,14 +167,6 @@ impl PendingStatus {
         portd_kernel::sockdiag::connections(&ports).map_err(|e| tracing::debug!("reading connections: {e}")).ok()
     }
 
-    /// Reads what the open flows of NAT forwards received (one conntrack dump), for
-    /// [`PendingStatus::status`].
-    pub fn read_flows(&mut self) {
-        self.nat_open = portd_kernel::natcount::open(&self.nat_keys)
-            .map_err(|e| tracing::debug!("reading NAT forwards' flows: {e}"))
-            .ok();
-    }
-
     /// The status, given what the kernel holds (`None`: no table), the sockets on
     /// target ports (`None`: unknown) and what open steered connections received
     /// ([`PendingStatus::connections`]).
@@ -214,58 +192,33 @@ impl PendingStatus {
         let mut seen = std::collections::HashSet::new();
         let mut count = |p: &portd_rules::plan::PlacedForward| {
             let comment = p.comment();
-            // Counted per packet, by its elements: a steered forward with a mark of its
-            // own (a NAT plan's elements count first packets only).
-            let (mut packets, mut bytes) =
-                obs.filter(|_| self.plan.steer).and_then(|o| o.counters.get(&comment).copied()).unwrap_or((0, 0));
+            let (mut packets, mut bytes) = obs.and_then(|o| o.counters.get(&comment).copied()).unwrap_or((0, 0));
+            if !self.plan.counted_by_sockets(p) {
+                return (packets, bytes);
+            }
             let mut closed = (0, 0);
-            let mut by_flows = false;
-            if self.plan.counted_by_sockets(p) {
-                by_flows = true;
-                for port in p.forward.port.ports() {
-                    // An open connection on a steered public port is the forward's when its
-                    // socket has the uid of a socket listening on the target (an accepted
-                    // connection has its listener's): another uid's socket that holds the
-                    // public port (a client bound to it, a listener on it that got what the
-                    // forward does not steer) is not.
-                    let on_target = by_port.get(&(portd_rules::Proto::Tcp, p.forward.target_of(port)));
-                    let listens_as =
-                        |uid: &u32| on_target.is_some_and(|v| v.iter().any(|l| l.listening && l.uid == *uid));
-                    for fam in p.forward.family.families() {
-                        let v6 = *fam == portd_rules::Family::Ipv6;
-                        let (n, b) = self.closed.get(&(port, v6)).copied().unwrap_or((0, 0));
-                        packets += n;
-                        bytes += b;
-                        closed = (closed.0 + n, closed.1 + b);
-                        let range = (port, v6, 0)..=(port, v6, u32::MAX);
-                        for ((_, _, uid), (n, b)) in open.into_iter().flat_map(|m| m.range(range.clone())) {
-                            if listens_as(uid) {
-                                packets += n;
-                                bytes += b;
-                            }
+            for port in p.forward.port.ports() {
+                // An open connection on a steered public port is the forward's when its
+                // socket has the uid of a socket listening on the target (an accepted
+                // connection has its listener's): another uid's socket that holds the
+                // public port (a client bound to it, a listener on it that got what the
+                // forward does not steer) is not.
+                let on_target = by_port.get(&(portd_rules::Proto::Tcp, p.forward.target_of(port)));
+                let listens_as = |uid: &u32| on_target.is_some_and(|v| v.iter().any(|l| l.listening && l.uid == *uid));
+                for fam in p.forward.family.families() {
+                    let v6 = *fam == portd_rules::Family::Ipv6;
+                    let (n, b) = self.closed.get(&(port, v6)).copied().unwrap_or((0, 0));
+                    packets += n;
+                    bytes += b;
+                    closed = (closed.0 + n, closed.1 + b);
+                    let range = (port, v6, 0)..=(port, v6, u32::MAX);
+                    for ((_, _, uid), (n, b)) in open.into_iter().flat_map(|m| m.range(range.clone())) {
+                        if listens_as(uid) {
+                            packets += n;
+                            bytes += b;
                         }
                     }
                 }
-            }
-            // Redirected: counted by its flows' conntrack entries, closed then open.
-            for &proto in p.forward.proto.protos() {
-                if self.plan.steer && proto == portd_rules::Proto::Tcp {
-                    continue;
-                }
-                by_flows = true;
-                for port in p.forward.port.ports() {
-                    for &family in p.forward.family.families() {
-                        let key = portd_kernel::natcount::Key { family, proto, port, to: p.forward.target_of(port) };
-                        let (n, b) = self.nat_closed.get(&key).copied().unwrap_or((0, 0));
-                        let (m, c) = self.nat_open.as_ref().and_then(|o| o.get(&key)).copied().unwrap_or((0, 0));
-                        packets += n + m;
-                        bytes += b + c;
-                        closed = (closed.0 + n, closed.1 + b);
-                    }
-                }
-            }
-            if !by_flows {
-                return (packets, bytes);
             }
             let last = shown.entry(comment.clone()).or_default();
             let reset = closed.0 < last.closed.0 || closed.1 < last.closed.1;
@@ -348,9 +301,6 @@ mod tests {
             dataplane_reason: None,
             registered: Default::default(),
             closed,
-            nat_keys: Default::default(),
-            nat_closed: Default::default(),
-            nat_open: None,
         }
     }
 
@@ -398,30 +348,5 @@ mod tests {
         // Without the listener table, open connections cannot be told apart: none counts.
         let s = pending(std::slice::from_ref(&web), Default::default()).status(None, None, Some(&open));
         assert_eq!(counts(&s, "web-counted"), (0, 0));
-    }
-
-    #[test]
-    fn a_nat_forward_counts_its_flows_closed_and_open_and_never_goes_back() {
-        use portd_kernel::natcount::Key;
-        let web = Forward::new("nat-web", PortRange::single(8000), PortRange::single(9000));
-        let plan = portd_rules::plan::compile_dispatched("t", 1, false, &[("system", vec![&web])]).expect("compiles");
-        let key = |family| Key { family, proto: Proto::Tcp, port: 8000, to: 9000 };
-        let at = |closed: &[(Key, (u64, u64))], open: &[(Key, (u64, u64))]| {
-            let mut p = pending(&[], Default::default());
-            p.plan = plan.clone();
-            p.dispatch = "nat";
-            p.nat_closed = closed.iter().copied().collect();
-            p.nat_open = Some(open.iter().copied().collect());
-            counts(&p.status(None, Some(&[]), None), "nat-web")
-        };
-        let v4 = key(portd_rules::Family::Ipv4);
-        let v6 = key(portd_rules::Family::Ipv6);
-        // both families, closed and open flows; a flow of another target is not this forward's
-        let other = Key { to: 9001, ..v4 };
-        assert_eq!(at(&[(v4, (10, 1000))], &[(v6, (2, 120)), (other, (50, 5000))]), (12, 1120));
-        // a flow that closed between the two reads is in neither: the status does not go back
-        assert_eq!(at(&[(v4, (10, 1000))], &[]), (12, 1120));
-        // then it is in the closed ones
-        assert_eq!(at(&[(v4, (12, 1120))], &[]), (12, 1120));
     }
 }

@@ -17,13 +17,11 @@ pub(super) enum Timer {
     Poll,
     /// Check whether conntrack runs in the namespace (steer plans untrack only then).
     Conntrack,
-    /// Keep NAT forwards' closed-flow counts, check per-flow accounting.
-    Flows,
 }
 
 impl Timer {
     /// Every timer, in the order due ones run.
-    const ALL: [Timer; 5] = [Timer::Trim, Timer::Repair, Timer::Poll, Timer::Conntrack, Timer::Flows];
+    const ALL: [Timer; 4] = [Timer::Trim, Timer::Repair, Timer::Poll, Timer::Conntrack];
 
     fn index(self) -> usize {
         self as usize
@@ -33,8 +31,8 @@ impl Timer {
 /// A deadline per timer, and when a deadline that was put off was first due.
 #[derive(Debug, Default)]
 pub(super) struct Timers {
-    at: [Option<Instant>; 5],
-    first: [Option<Instant>; 5],
+    at: [Option<Instant>; 4],
+    first: [Option<Instant>; 4],
 }
 
 impl Timers {

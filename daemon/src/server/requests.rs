@@ -224,8 +224,6 @@ pub async fn status_of(actor: &Sender<Msg>, reader: &Arc<Mutex<Option<portd_kern
             let obs = backend.read(&snap.plan)?;
             let sockets = snap.sockets();
             let open = snap.connections();
-            let mut snap = snap;
-            snap.read_flows();
             Ok::<_, portd_kernel::nft::BackendError>(snap.status(obs.as_ref(), sockets.as_deref(), open.as_ref()))
         });
         match job.await {

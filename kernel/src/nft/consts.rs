@@ -50,9 +50,20 @@ pub const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 pub const NFT_CMP_EQ: u32 = 0;
 pub const NFT_CMP_NEQ: u32 = 1;
 pub const NFT_BYTEORDER_HTON: u32 = 1;
+pub const NFT_CT_STATE: u32 = 0;
+/// `NFT_CT_DIRECTION`: one byte, `IP_CT_DIR_ORIGINAL` (0) or `IP_CT_DIR_REPLY` (1)
+pub const NFT_CT_DIRECTION: u32 = 1;
+/// `IP_CT_DIR_ORIGINAL`
+pub const IP_CT_DIR_ORIGINAL: u8 = 0;
+pub const NFT_CT_STATUS: u32 = 2;
+/// `NFT_CT_PROTO_DST`: the transport destination port of a direction's tuple
+pub const NFT_CT_PROTO_DST: u32 = 12;
 pub const NFTA_FIB_F_DADDR: u32 = 1 << 1;
 pub const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
 pub const RTN_LOCAL: u32 = 2;
+/// `NF_CT_STATE_BIT(IP_CT_NEW)`
+pub const CT_STATE_NEW: u32 = 1 << 3;
+pub const IPS_DST_NAT: u32 = 1 << 5;
 pub const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 1 << 1;
 // <linux/netlink.h>
 pub const NLMSG_MIN_TYPE: u16 = 0x10;

@@ -35,6 +35,10 @@ enum Expr {
     Lookup { set: CString, set_id: u32, sreg: u32, dreg: Option<u32>, invert: bool },
     /// `[ fib daddr type => reg DREG ]`
     FibDaddrType { dreg: u32 },
+    /// `[ ct load KEY => reg DREG ]`
+    Ct { key: u32, dreg: u32 },
+    /// `[ ct load KEY => reg DREG , dir original ]`
+    CtOriginal { key: u32, dreg: u32 },
     /// `[ redir proto_min reg R proto_max reg R flags 0x2 ]` (the kernel reports
     /// proto_max equal to proto_min when only the latter is given, so both are sent)
     Redir { reg: u32 },
@@ -57,6 +61,7 @@ impl Expr {
             Expr::Hton { .. } => c"byteorder",
             Expr::Lookup { .. } => c"lookup",
             Expr::FibDaddrType { .. } => c"fib",
+            Expr::Ct { .. } | Expr::CtOriginal { .. } => c"ct",
             Expr::Redir { .. } => c"redir",
             Expr::Verdict { .. } => c"immediate",
             Expr::Notrack => c"notrack",
@@ -140,6 +145,16 @@ impl Expr {
                 u32_(sys::NFTNL_EXPR_FIB_RESULT, k::NFT_FIB_RESULT_ADDRTYPE);
                 u32_(sys::NFTNL_EXPR_FIB_FLAGS, k::NFTA_FIB_F_DADDR);
             }
+            Expr::Ct { key, dreg } => {
+                u32_(sys::NFTNL_EXPR_CT_DREG, *dreg);
+                u32_(sys::NFTNL_EXPR_CT_KEY, *key);
+            }
+            Expr::CtOriginal { key, dreg } => {
+                u32_(sys::NFTNL_EXPR_CT_DREG, *dreg);
+                u32_(sys::NFTNL_EXPR_CT_KEY, *key);
+                // SAFETY: as for the setters above; setting a u8 cannot fail.
+                unsafe { sys::nftnl_expr_set_u8(e, sys::NFTNL_EXPR_CT_DIR as u16, 0) }
+            }
             Expr::Redir { reg } => {
                 u32_(sys::NFTNL_EXPR_REDIR_REG_PROTO_MIN, *reg);
                 u32_(sys::NFTNL_EXPR_REDIR_REG_PROTO_MAX, *reg);
@@ -221,6 +236,8 @@ fn load(key: KeyExpr) -> Vec<Expr> {
     match key {
         KeyExpr::Family => load_key().into(),
         KeyExpr::Port => load_port_key().into(),
+        KeyExpr::OrigFamily => load_original(KeyExpr::Family),
+        KeyExpr::OrigPort => load_original(KeyExpr::Port),
     }
 }
 
@@ -230,6 +247,18 @@ fn load_sport(key: KeyExpr) -> Vec<Expr> {
     for e in &mut x {
         if let Expr::Payload { base: k::NFT_PAYLOAD_TRANSPORT_HEADER, offset, .. } = e {
             *offset = 0;
+        }
+    }
+    x
+}
+
+/// [`load`] with the original direction's destination port of the packet's conntrack
+/// entry (`ct original proto-dst`, the public port before NAT) in place of `th dport`.
+fn load_original(key: KeyExpr) -> Vec<Expr> {
+    let mut x = load(key);
+    for e in &mut x {
+        if let Expr::Payload { base: k::NFT_PAYLOAD_TRANSPORT_HEADER, dreg, .. } = *e {
+            *e = Expr::CtOriginal { key: k::NFT_CT_PROTO_DST, dreg };
         }
     }
     x
@@ -357,6 +386,15 @@ fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
             x.push(Expr::Notrack);
             x.push(Expr::Verdict { code: k::NFT_RETURN, chain: None });
         }
+        plan::Rule::GotoIfRedirected { chain } => {
+            // ct direction original ct status dnat goto CHAIN
+            x.push(Expr::Ct { key: k::NFT_CT_DIRECTION, dreg: k::NFT_REG_1 });
+            x.push(Expr::Cmp { op: k::NFT_CMP_EQ, sreg: k::NFT_REG_1, data: vec![k::IP_CT_DIR_ORIGINAL] });
+            x.push(Expr::Ct { key: k::NFT_CT_STATUS, dreg: k::NFT_REG_1 });
+            x.push(Expr::Bitwise32 { reg: k::NFT_REG_1, mask: k::IPS_DST_NAT, xor: 0 });
+            x.push(Expr::Cmp { op: k::NFT_CMP_NEQ, sreg: k::NFT_REG_1, data: 0u32.to_ne_bytes().to_vec() });
+            x.push(goto(chain)?);
+        }
         plan::Rule::ReturnIfKeyIn { set } => {
             // meta nfproto . meta l4proto . th dport @SET return
             x.extend(load_key());
@@ -379,14 +417,11 @@ fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
             x.push(lookup(ids, set, None, false)?);
             x.push(goto(chain)?);
         }
-        plan::Rule::DropProtected { set, if_local } => {
-            // iif != "lo" meta nfproto . meta l4proto . th dport @SET (fib daddr type local) drop
+        plan::Rule::DropProtected { set } => {
+            // iif != "lo" meta nfproto . meta l4proto . th dport @SET drop
             x.extend(iif_loopback(k::NFT_CMP_NEQ));
             x.extend(load_key());
             x.push(lookup(ids, set, None, false)?);
-            if *if_local {
-                x.extend(fib_daddr_local());
-            }
             x.push(Expr::Verdict { code: k::NF_DROP, chain: None });
         }
         plan::Rule::RejectUnlessIface { keys, allowed } => {
@@ -440,6 +475,20 @@ fn rule_exprs(r: &plan::Rule, ids: &SetIds) -> Result<Vec<Expr>, String> {
             if *then_return {
                 x.push(Expr::Verdict { code: k::NFT_RETURN, chain: None });
             }
+        }
+        plan::Rule::DropUnredirected { set } => {
+            // ct state new iifname != "lo" ct status & dnat == 0
+            //   meta nfproto . meta l4proto . th dport @SET drop
+            x.push(Expr::Ct { key: k::NFT_CT_STATE, dreg: k::NFT_REG_1 });
+            x.push(Expr::Bitwise32 { reg: k::NFT_REG_1, mask: k::CT_STATE_NEW, xor: 0 });
+            x.push(Expr::Cmp { op: k::NFT_CMP_NEQ, sreg: k::NFT_REG_1, data: 0u32.to_ne_bytes().to_vec() });
+            x.extend(not_loopback());
+            x.push(Expr::Ct { key: k::NFT_CT_STATUS, dreg: k::NFT_REG_1 });
+            x.push(Expr::Bitwise32 { reg: k::NFT_REG_1, mask: k::IPS_DST_NAT, xor: 0 });
+            x.push(Expr::Cmp { op: k::NFT_CMP_EQ, sreg: k::NFT_REG_1, data: 0u32.to_ne_bytes().to_vec() });
+            x.extend(load_key());
+            x.push(lookup(ids, set, None, false)?);
+            x.push(Expr::Verdict { code: k::NF_DROP, chain: None });
         }
     }
     Ok(x)

@@ -17,10 +17,8 @@ use std::ffi::CString;
 /// What the kernel holds in portd's table, decoded with the types of an expected plan.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
-    /// Packets and bytes per forward: the counters of the counted TCP elements, summed by
-    /// their comment (`OWNER/NAME`, see [`portd_rules::plan::PlacedForward::comment`]);
-    /// of a steer plan's forwards that are counted per packet only (a NAT plan's count
-    /// a connection's first packet there, and conntrack the rest).
+    /// Packets and bytes per forward: the counters of the counted elements, summed by
+    /// their comment (`OWNER/NAME`, see [`portd_rules::plan::PlacedForward::comment`]).
     pub counters: BTreeMap<String, (u64, u64)>,
     /// Elements of every set that could be decoded with the expected plan's types.
     pub sets: BTreeMap<String, BTreeSet<Element>>,
@@ -181,25 +179,30 @@ mod tests {
     fn rules_render_to_nft_expressions() {
         let p = plan();
         let chains = expected_chains(&p).expect("builds");
+        let input = chains.iter().find(|c| c.name == "nat_in").expect("nat_in");
         let redirect = chains.iter().find(|c| c.name == "redirect_in").expect("chain");
-        let pre = chains.iter().find(|c| c.name == "prerouting").expect("chain");
-        assert_eq!(pre.hook.as_ref().map(|h| h.kind.as_str()), Some("nat"));
-        assert!(chains.iter().all(|c| c.name != "nat_in"), "no per-packet chain for NAT forwards");
-        // as printed by `nft --debug=netlink` (plus the attributes the kernel reports back):
-        // the first packet is marked where it is redirected
+        let account = chains.iter().find(|c| c.name == "account_redirected").expect("chain");
+        assert_eq!(input.hook, Some(ObservedHook { kind: "filter".into(), hook: 1, priority: -150, policy: 1 }));
+        // as printed by `nft --debug=netlink` (plus the attributes the kernel reports back)
         assert!(
-            redirect.rules[3].starts_with(
-                "[ meta load l4proto => reg 1 ] [ payload load 2b @ transport header + 2 => reg 9 ] [ lookup reg 1 set fwd_count 0x0 ] [ meta load mark => reg 1 ]"
-            ),
+            input.rules[1]
+                .starts_with("[ ct load state => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000008 ) ^ 0x00000000 ]"),
             "{}",
-            redirect.rules[3]
+            input.rules[1]
         );
         assert!(
-            redirect.rules[6].ends_with(
+            account.rules[0].starts_with(
+                "[ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ meta load l4proto => reg 1 ] [ ct load proto_dst => reg 9 , dir original ]"
+            ),
+            "{}",
+            account.rules[0]
+        );
+        assert!(
+            redirect.rules[3].ends_with(
                 "[ lookup reg 1 set fwd_to dreg 1 0x0 ] [ redir proto_min reg 1 proto_max reg 1 flags 0x2 ]"
             ),
             "{}",
-            redirect.rules[6]
+            redirect.rules[3]
         );
         assert!(redirect.rules[1].contains("[ byteorder reg 1 = hton(reg 1, 2, 1) ]"), "{}", redirect.rules[1]);
     }

@@ -367,10 +367,7 @@ impl RawTableState {
             for r in &raw {
                 match decode_element(set, r) {
                     Ok(e) => {
-                        // UDP forwards are redirected: their elements count first
-                        // packets only (conntrack counts the rest)
-                        let udp = e.key.contains(&portd_rules::plan::Value::InetProto(portd_rules::Proto::Udp));
-                        if let (Some((p, b)), Some(c), false) = (r.counter, &e.comment, udp) {
+                        if let (Some((p, b)), Some(c)) = (r.counter, &e.comment) {
                             let sum = o.counters.entry(c.clone()).or_insert((0, 0));
                             *sum = (sum.0.saturating_add(p), sum.1.saturating_add(b));
                         }

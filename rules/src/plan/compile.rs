@@ -47,21 +47,15 @@ pub(super) fn skeleton(table: &str, mark: u32, steer: bool) -> Plan {
     let sets = vec![
         set(TO, "public port -> local port, forwards of both families", &PORT_KEY, Some(T::InetService), false),
         set(TO_FAMILY, "public port -> local port, forwards of one family", &KEY, Some(T::InetService), false),
-        counted(set(
-            COUNT,
-            "public ports marked with the default mark, forwards of both families",
-            &PORT_KEY,
-            None,
-            false,
-        )),
+        counted(set(COUNT, "packets and bytes per public port, forwards of both families", &PORT_KEY, None, false)),
         counted(set(
             COUNT_CHECKED,
-            "the same, restricted to interfaces or sources (and steered forwards counted per packet)",
+            "packets and bytes per public port, forwards of both families restricted to interfaces or sources",
             &PORT_KEY,
             None,
             false,
         )),
-        counted(set(COUNT_FAMILY, "public ports of the other forwards, marked from fwd_mark", &KEY, None, false)),
+        counted(set(COUNT_FAMILY, "packets and bytes per public port, the other forwards", &KEY, None, false)),
         set(MARK, "public port -> packet mark, where it is not the default", &KEY, Some(T::Mark), false),
         set(NOLOCAL, "public ports not redirected for this host's own connections (local: false)", &KEY, None, false),
         set(IFACE_KEYS, "public ports restricted to interfaces", &KEY, None, false),
@@ -139,44 +133,51 @@ fn chains(mark: u32, l: Layout) -> Vec<Chain> {
     let base = |kind, hook, priority| Some(BaseChain { kind, hook, priority });
     let mut chains = Vec::new();
     if l.nat {
-        // Only a connection's first packet passes the nat chains, and nothing of portd's
-        // sees its later packets: conntrack counts them (per-flow accounting, read back
-        // by the daemon), so a redirected connection costs no per-packet chain of
-        // portd's. Its first packet is marked where it is redirected, after the checks
-        // (interfaces, sources; `local: false`): a forward's element in a counted set
-        // says which mark (the default's bits, or its own in `fwd_mark`). (The elements
-        // count first packets: a status reads NAT forwards' counts from conntrack.)
-        let marks = || {
-            let mut v = Vec::new();
-            if mark != 0 {
-                for set in [COUNT, COUNT_CHECKED] {
-                    v.push(Rule::Count { set: set.into(), key: KeyExpr::Port, mark, then_return: false, proto: None });
-                }
+        // A redirected connection's packets are accounted for at input, after NAT: its
+        // public port is the conntrack entry's original destination port. Its first
+        // packet passed redirect_in's checks (interfaces, sources) or redirect_local's
+        // (`local: false`), so every redirected packet counts. Cheapest first: a forward
+        // counted by a rule is in no set the rules after it look up; the default kind
+        // (both families, the default mark, `local: true`, no interfaces or sources)
+        // costs one lookup, which counts and marks.
+        // (nft types `ct original proto-dst` only after `meta l4proto tcp` or `udp`: one
+        // rule per protocol.)
+        let mut account = Vec::new();
+        for (set, key) in
+            [(COUNT, KeyExpr::OrigPort), (COUNT_CHECKED, KeyExpr::OrigPort), (COUNT_FAMILY, KeyExpr::OrigFamily)]
+        {
+            for proto in [Proto::Tcp, Proto::Udp] {
+                account.push(if set == COUNT_FAMILY {
+                    Rule::CountSetMark { set: set.into(), map: MARK.into(), key, proto: Some(proto) }
+                } else {
+                    Rule::Count { set: set.into(), key, mark, then_return: true, proto: Some(proto) }
+                });
             }
-            v.push(Rule::CountSetMark {
-                set: COUNT_FAMILY.into(),
-                map: MARK.into(),
-                key: KeyExpr::Family,
-                proto: None,
-            });
-            v
-        };
-        // `protect`: a new connection from another host to a protected target port that
-        // no forward redirected (those left redirect_in by its redirect). Always there:
-        // a NAT plan's chains do not follow its sets, and a lookup in an empty set on a
-        // connection's first packet costs nothing measurable.
-        let prerouting = vec![
-            Rule::JumpIfLocal { chain: "redirect_in".into() },
-            Rule::DropProtected { set: PROTECT.into(), if_local: true },
-        ];
+        }
         chains.extend([
-            Chain { name: "redirect_in".into(), base: None, rules: [qualify(), marks(), redirect()].concat() },
-            Chain { name: "redirect_local".into(), base: None, rules: [marks(), redirect()].concat() },
-            Chain { name: "prerouting".into(), base: base(ChainType::Nat, Hook::Prerouting, -100), rules: prerouting },
+            Chain { name: "redirect_in".into(), base: None, rules: [qualify(), redirect()].concat() },
+            Chain { name: "redirect_local".into(), base: None, rules: redirect() },
+            Chain { name: "account_redirected".into(), base: None, rules: account },
+            Chain {
+                name: "prerouting".into(),
+                base: base(ChainType::Nat, Hook::Prerouting, -100),
+                rules: vec![Rule::JumpIfLocal { chain: "redirect_in".into() }],
+            },
             Chain {
                 name: "output".into(),
                 base: base(ChainType::Nat, Hook::Output, -100),
                 rules: vec![Rule::JumpIfLocalKeyNotIn { set: NOLOCAL.into(), chain: "redirect_local".into() }],
+            },
+            Chain {
+                // What a redirected connection's client sends, from another host or (on
+                // loopback) from this one; nothing of portd's sees the app's answers.
+                // Then `protect`, on a connection's first packet only.
+                name: "nat_in".into(),
+                base: base(ChainType::Filter, Hook::Input, -150),
+                rules: vec![
+                    Rule::GotoIfRedirected { chain: "account_redirected".into() },
+                    Rule::DropUnredirected { set: PROTECT.into() },
+                ],
             },
         ]);
     }
@@ -204,7 +205,7 @@ fn chains(mark: u32, l: Layout) -> Vec<Chain> {
             steer_in.push(Rule::ReturnUnlessTcp);
         }
         if l.protect {
-            steer_in.push(Rule::DropProtected { set: PROTECT.into(), if_local: false });
+            steer_in.push(Rule::DropProtected { set: PROTECT.into() });
         }
         if l.more {
             steer_in.push(Rule::GotoIfKeyIn { set: STEER_MORE.into(), chain: "steer_more".into() });

@@ -91,6 +91,11 @@ pub enum KeyExpr {
     Family,
     /// `meta l4proto . th dport`
     Port,
+    /// `meta nfproto . meta l4proto . ct original proto-dst`: a redirected packet's
+    /// public port, after NAT changed its destination
+    OrigFamily,
+    /// `meta l4proto . ct original proto-dst`
+    OrigPort,
 }
 
 fn family_key() -> KeyExpr {
@@ -147,10 +152,10 @@ pub enum Rule {
         set: String,
         /// key -> mark
         map: String,
-        /// the key both are looked up with
+        /// the key both are looked up with (`KEY` or its `ct original proto-dst` form)
         #[serde(default = "family_key")]
         key: KeyExpr,
-        /// `meta l4proto PROTO` first
+        /// `meta l4proto PROTO` first (nft needs it to type `ct original proto-dst`)
         #[serde(default)]
         proto: Option<Proto>,
     },
@@ -169,9 +174,14 @@ pub enum Rule {
         mark: u32,
         /// leave the chain on a match (nothing after it concerns this packet)
         then_return: bool,
-        /// `meta l4proto PROTO` first
+        /// `meta l4proto PROTO` first (nft needs it to type `ct original proto-dst`)
         #[serde(default)]
         proto: Option<Proto>,
+    },
+    /// `ct state new iifname != "lo" ct status & dnat == 0 KEY @SET drop`
+    DropUnredirected {
+        /// protected target keys
+        set: String,
     },
     /// `KEY @SET (fib daddr type local) notrack return`, with `th dport` or `th sport`:
     /// steered connections take no conntrack entry in either direction. The lookup comes
@@ -185,6 +195,13 @@ pub enum Rule {
         sport: bool,
         /// only packets to this host's own addresses
         if_local: bool,
+    },
+    /// `ct direction original ct status dnat goto CHAIN`: what the client of a redirected
+    /// connection sends (the nat chains saw its first packet, addressed to this host) goes
+    /// to the accounting chain; answers and packets of no redirect do not.
+    GotoIfRedirected {
+        /// accounting chain
+        chain: String,
     },
     /// `KEY @SET return`
     ReturnIfKeyIn {
@@ -214,17 +231,12 @@ pub enum Rule {
         /// target chain
         chain: String,
     },
-    /// `iif != "lo" KEY @SET (fib daddr type local) drop`: `protect`. A steered
+    /// `iif != "lo" KEY @SET drop`: a steered forward's `protect`. A steered
     /// connection keeps its public port, so nothing from another host may reach the
-    /// target port itself (stateless, no conntrack needed, at input); in the nat
-    /// prerouting chain, after the redirects, it is a new connection that no forward
-    /// redirected (only there does the route lookup tell this host's addresses).
+    /// target port itself; stateless, no conntrack needed.
     DropProtected {
         /// protected target keys
         set: String,
-        /// only packets to this host's own addresses
-        #[serde(default)]
-        if_local: bool,
     },
     /// `iifname != "lo" meta l4proto tcp meta nfproto FAMILY KEY @KEYS meta l4proto . th dport . ip(6) saddr != @ALLOWED reject with tcp reset`
     RejectUnlessSource {
@@ -243,6 +255,7 @@ impl Rule {
         match self {
             Rule::JumpIfLocal { chain }
             | Rule::JumpIfLocalKeyNotIn { chain, .. }
+            | Rule::GotoIfRedirected { chain }
             | Rule::GotoIfLoopback { chain }
             | Rule::GotoIfKeyIn { chain, .. } => Some(chain),
             _ => None,
