@@ -1,7 +1,10 @@
 //! Conntrack hygiene: when a forward's target changes or the forward goes away, the
 //! established flows of the old mapping are deleted through ctnetlink, so the next
 //! packet of a long-lived flow (UDP especially) is NATed afresh instead of following
-//! the old target forever.
+//! the old target forever. When a UDP forward comes, the flows on its public port that
+//! were not redirected (a client that sent before the forward existed, or entries
+//! another account primed from that port while it was free) go too, so those clients'
+//! next datagrams reach the forward.
 //!
 //! Flows are found by dumping the conntrack table and matching the original tuple's
 //! protocol and destination port (the public port) and the reply tuple's source port
@@ -10,14 +13,17 @@
 
 use crate::netlink::{attr, find, find_raw, push_padded, Socket};
 use portd_rules::model::{Family, Proto};
-pub use portd_rules::plan::{stale_in_delta, stale_mappings, Stale};
+pub use portd_rules::plan::{fresh_in_delta, fresh_mappings, stale_in_delta, stale_mappings, Stale};
 use std::io;
 
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_STATUS: u16 = 3;
 const CTA_ZONE: u16 = 18;
+/// `IPS_SRC_NAT | IPS_DST_NAT`
+const IPS_NAT_MASK: u32 = (1 << 4) | (1 << 5);
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_SRC_PORT: u16 = 2;
@@ -28,15 +34,39 @@ const CTA_PROTO_DST_PORT: u16 = 3;
 /// conntrack dump walks the host-wide hash table (about 12 ms on a 24 GiB machine) and is
 /// kept off that path.
 pub struct Cleaner {
-    tx: std::sync::mpsc::Sender<Vec<Stale>>,
+    tx: std::sync::mpsc::Sender<Job>,
+}
+
+/// What the cleaner's thread is asked to delete.
+enum Job {
+    /// the flows of mappings removed or retargeted
+    Stale(Vec<Stale>),
+    /// the flows that were not redirected on the public ports of new UDP mappings
+    Fresh(Vec<Stale>),
 }
 
 impl Cleaner {
     /// Starts the thread; it inherits the caller's network namespace and capabilities.
     pub fn spawn() -> io::Result<Cleaner> {
-        let (tx, rx) = std::sync::mpsc::channel::<Vec<Stale>>();
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new().name("portd-conntrack".into()).spawn(move || {
-            for stale in rx {
+            for job in rx {
+                let stale = match job {
+                    Job::Stale(stale) => stale,
+                    Job::Fresh(fresh) => {
+                        match forget_unredirected(&fresh) {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(
+                                "deleted {n} conntrack entr{} on the public ports of new UDP forwards (flows that began before them, not redirected)",
+                                if n == 1 { "y" } else { "ies" }
+                            ),
+                            Err(e) => tracing::warn!(
+                                "deleting conntrack entries on the public ports of new UDP forwards: {e}; clients that sent there before keep their old flows until they time out"
+                            ),
+                        }
+                        continue;
+                    }
+                };
                 match forget(&stale) {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(
@@ -54,8 +84,17 @@ impl Cleaner {
 
     /// Queues `stale` for deletion (nothing happens for an empty list).
     pub fn forget(&self, stale: Vec<Stale>) {
-        if !stale.is_empty() && self.tx.send(stale).is_err() {
+        if !stale.is_empty() && self.tx.send(Job::Stale(stale)).is_err() {
             tracing::warn!("the conntrack thread is gone; established flows keep their old target until they time out");
+        }
+    }
+
+    /// Queues the public ports of `fresh` mappings (the UDP ones) for the deletion of
+    /// the flows there that were not redirected.
+    pub fn fresh(&self, mut fresh: Vec<Stale>) {
+        fresh.retain(|m| m.proto == Proto::Udp);
+        if !fresh.is_empty() && self.tx.send(Job::Fresh(fresh)).is_err() {
+            tracing::warn!("the conntrack thread is gone; flows that began before a new UDP forward keep going where they went until they time out");
         }
     }
 }
@@ -105,6 +144,47 @@ pub fn forget(stale: &[Stale]) -> io::Result<usize> {
     if stale.is_empty() {
         return Ok(0);
     }
+    delete_where(|family, num, entry| {
+        let (Some(orig), Some(reply)) = (find(entry, CTA_TUPLE_ORIG), find(entry, CTA_TUPLE_REPLY)) else {
+            return false;
+        };
+        let (Some((_, _, dport)), Some((_, rsport, _))) = (tuple_ports(orig), tuple_ports(reply)) else {
+            return false;
+        };
+        stale.iter().any(|s| s.family == family && proto_num(s.proto) == num && s.port == dport && s.old_to == rsport)
+    })
+}
+
+/// Deletes the UDP entries on the public ports of `fresh` mappings that no NAT
+/// rewrote: flows to the port from before the mapping, and flows from it (a socket that
+/// held the port then sent to clients' ports, whose datagrams would match it in the
+/// reply direction and go nowhere).
+pub fn forget_unredirected(fresh: &[Stale]) -> io::Result<usize> {
+    if fresh.is_empty() {
+        return Ok(0);
+    }
+    delete_where(|family, num, entry| {
+        let nat = find(entry, CTA_STATUS)
+            .and_then(|v| v.get(..4))
+            .is_some_and(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]) & IPS_NAT_MASK != 0);
+        let Some((_, sport, dport)) = find(entry, CTA_TUPLE_ORIG).and_then(tuple_ports) else { return false };
+        !nat && fresh
+            .iter()
+            .any(|m| m.family == family && proto_num(m.proto) == num && (m.port == dport || m.port == sport))
+    })
+}
+
+fn proto_num(p: Proto) -> u8 {
+    match p {
+        Proto::Tcp => libc::IPPROTO_TCP as u8,
+        Proto::Udp => libc::IPPROTO_UDP as u8,
+    }
+}
+
+/// Deletes every entry of this namespace's conntrack table for which `hit(family,
+/// protocol number, attributes)` holds: one dump of every family, then one delete by
+/// original tuple each; returns how many were deleted.
+fn delete_where(hit: impl Fn(Family, u8, &[u8]) -> bool) -> io::Result<usize> {
     // The dump walks the whole conntrack hash table, which is shared by every namespace
     // of the host (about 12 ms per walk here), so skip it when this namespace tracks nothing.
     if tracked_flows() == Some(0) {
@@ -122,16 +202,8 @@ pub fn forget(stale: &[Stale]) -> io::Result<usize> {
             libc::AF_INET6 => Family::Ipv6,
             _ => return,
         };
-        let (Some(orig), Some(reply)) = (find(entry, CTA_TUPLE_ORIG), find(entry, CTA_TUPLE_REPLY)) else { return };
-        let (Some((num, _, dport)), Some((_, rsport, _))) = (tuple_ports(orig), tuple_ports(reply)) else { return };
-        let hit = stale.iter().any(|s| {
-            let p = match s.proto {
-                Proto::Tcp => libc::IPPROTO_TCP as u8,
-                Proto::Udp => libc::IPPROTO_UDP as u8,
-            };
-            s.family == family && p == num && s.port == dport && s.old_to == rsport
-        });
-        if hit {
+        let Some((num, _, _)) = find(entry, CTA_TUPLE_ORIG).and_then(tuple_ports) else { return };
+        if hit(family, num, entry) {
             let mut payload = Vec::new();
             for ty in [CTA_TUPLE_ORIG, CTA_ZONE] {
                 if let Some(raw) = find_raw(entry, ty) {

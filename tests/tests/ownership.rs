@@ -267,9 +267,15 @@ fn a_forward_standing_back_for_a_service_keeps_its_public_port_from_other_owners
     // one: a service, for which a forward stands back). mallory's service on 3000
     // makes alice's forward stand back; mallory's own forward on 3000 is then refused
     // (alice keeps the port), and when the service goes, alice's forward comes back.
+    // bob's grant covers alice's target too: while alice's forward stands back and her
+    // app restarts, bob's forward to her target is refused (it would have taken the
+    // target's reservation until the next check, and bob's app the port for good).
     let net = Net::setup();
-    let (alice, mallory) = (TestUser::new("sc"), TestUser::new("sd"));
-    let text = config(&net, &format!("grants:\n{}{}", grant(&alice.name, "3000"), grant(&mallory.name, "3000")));
+    let (alice, mallory, bob) = (TestUser::new("sc"), TestUser::new("sd"), TestUser::regular("se"));
+    let text = config(
+        &net,
+        &format!("grants:\n{}{}{}", grant(&alice.name, "3000"), grant(&mallory.name, "3000"), grant(&bob.name, "3001")),
+    );
     let d = Portd::start_bpf(&net, &text, &[]);
     assert!(apply_as(&d, &net, &alice.name, &web(3000, 8080)).status.success());
     let app = net.tcp_app_as(&net.srv, &alice.name, 8080, "alice");
@@ -280,6 +286,11 @@ fn a_forward_standing_back_for_a_service_keeps_its_public_port_from_other_owners
     // mallory cannot bind 8080 meanwhile.
     drop(app);
     assert_refused(&binds_as(&net, &mallory.name, 8080), 1);
+    let steal = "version: 1\nforwards:\n  - name: steal\n    port: 3001\n    to: 8080\n";
+    let o = apply_as(&d, &net, &bob.name, steal);
+    assert_eq!(o.status.code(), Some(1), "bob's forward to alice's kept target: {} {}", out(&o), err(&o));
+    assert!(err(&o).contains(&format!("user:{}/web", alice.name)), "{}", err(&o));
+    assert_refused(&binds_as(&net, &bob.name, 8080), 1);
     let _app = net.tcp_app_as(&net.srv, &alice.name, 8080, "alice");
     let o = apply_as(&d, &net, &mallory.name, &web(3000, 9000));
     assert_eq!(o.status.code(), Some(1), "{} {}", out(&o), err(&o));

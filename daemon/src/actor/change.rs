@@ -223,7 +223,53 @@ impl Daemon {
 
     /// Changes `owner`'s set: judged, then kernel first, then the state file; only then
     /// is the change acknowledged and kept in memory.
+    ///
+    /// A user's forwards claim their ports in the data plane before anything else (their
+    /// public ports watched, their targets reserved, with kernel ownership): from then on
+    /// no other account can bind them, and the judge, which reads the socket tables
+    /// after, sees any socket bound before. Otherwise the NAT rule of a new UDP forward
+    /// went live a few milliseconds before the watch of its public port, and an account
+    /// that saw it (a probe over loopback) could bind the port in between and take the
+    /// datagrams of the clients it primed conntrack for. A refused change gives the
+    /// claims back.
     pub(super) fn change(
+        &mut self,
+        caller: &Caller,
+        owner: &SetKey,
+        account: &Account,
+        change: Change,
+        dry_run: bool,
+    ) -> Result<Body, Error> {
+        let ahead = !dry_run && account.uid != 0 && self.claim_ahead(owner, account.uid, &change);
+        let result = self.change_judged(caller, owner, account, change, dry_run);
+        if ahead && result.is_err() {
+            self.sync_dataplane();
+        }
+        result
+    }
+
+    /// Claims the ports of the forwards `change` brings for `owner` (bound to `uid`) in
+    /// the data plane, beside every claim of the current plan; true when it did.
+    fn claim_ahead(&mut self, owner: &SetKey, uid: u32, change: &Change) -> bool {
+        let fresh: &[Forward] = match change {
+            Change::Replace(new) => new,
+            Change::Add(f) => std::slice::from_ref(f),
+            Change::Remove(_) => return false,
+        };
+        if fresh.is_empty() || !self.steering.kernel_ownership() {
+            return false;
+        }
+        let users = &self.users;
+        let mut kept: Vec<(&str, &Forward)> = self.eval.kept_forwards(users).map(|(o, f)| (o.as_str(), f)).collect();
+        kept.extend(fresh.iter().map(|f| (owner.as_str(), f)));
+        let uid_of = |o: &str| if o == owner.as_str() { Some(uid) } else { users.get(o).and_then(|s| s.uid) };
+        if let Err(e) = self.steering.sync(&self.plan, &kept, uid_of) {
+            tracing::error!("claiming the ports of a change ahead of it: {e}");
+        }
+        true
+    }
+
+    fn change_judged(
         &mut self,
         caller: &Caller,
         owner: &SetKey,
@@ -284,10 +330,14 @@ impl Daemon {
         // Forwards of other owners suspended for their listener keep their public port.
         self.check_reserved(owner, fresh)?;
         // A target port is one owner's: another owner's app must not get this forward's
-        // clients, nor its reservation. (Running forwards the change keeps as they are
-        // were judged when they came: a system forward the operator pointed at one of
-        // them since shares its app. A suspended one is judged again.)
-        let others = self.plan.forwards.iter().map(|p| (p.owner.as_str(), &p.forward));
+        // clients, nor its reservation. That holds for a forward of another owner that
+        // stands back for now but keeps its claim (its target stays reserved for it; the
+        // newcomer would get the reservation until the next check). (Running forwards
+        // the change keeps as they are were judged when they came: a system forward the
+        // operator pointed at one of them since shares its app. A suspended one is
+        // judged again.)
+        let kept: Vec<(&str, &Forward)> = self.eval.kept_forwards(&self.users).map(|(o, f)| (o.as_str(), f)).collect();
+        let others = self.plan.forwards.iter().map(|p| (p.owner.as_str(), &p.forward)).chain(kept.iter().copied());
         let changed: Vec<Forward> = fresh
             .iter()
             .filter(|f| !current.forwards.contains(f) || self.eval.reason(owner.as_str(), &f.name).is_some())
@@ -356,6 +406,7 @@ impl Daemon {
         let t_save = t0.elapsed();
         let size = delta.size();
         let stale = portd_kernel::conntrack::stale_in_delta(&delta);
+        let fresh_mappings = portd_kernel::conntrack::fresh_in_delta(&delta);
         delta.take_into(&mut self.plan);
         let shown = std::mem::take(&mut delta.summary).with_packet_marks(&self.plan);
         let t_plan = t0.elapsed();
@@ -386,6 +437,7 @@ impl Daemon {
             tracing::info!(owner = %owner, "{w}");
         }
         self.conntrack.forget(stale);
+        self.conntrack.fresh(fresh_mappings);
         notify::status(&self.status_line());
         if size > TRIM_AFTER_OBJECTS {
             self.trim_soon();

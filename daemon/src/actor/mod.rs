@@ -425,6 +425,7 @@ impl Daemon {
             return Err(Error::KernelRefused { what: "the change", source });
         }
         self.conntrack.forget(portd_kernel::conntrack::stale_mappings(&self.plan, &plan));
+        self.conntrack.fresh(portd_kernel::conntrack::fresh_mappings(&self.plan, &plan));
         self.plan = plan;
         self.sync_dataplane();
         self.log_transitions(&before, when);

@@ -79,6 +79,10 @@ impl Daemon {
             t0.elapsed() - t_plan,
             if kept { "table kept" } else { "table replaced" }
         );
+        if !kept {
+            // UDP flows that began on a public port before its forward did
+            d.conntrack.fresh(portd_kernel::conntrack::fresh_mappings(&d.plan, &plan));
+        }
         d.plan = plan;
         d.sync_dataplane();
         d.log_transitions(&Evaluation::default(), "at start");

@@ -28,7 +28,7 @@ pub use crate::element::{Element, ElementRef, Elements, FieldRef, FieldType, Par
 pub(crate) use compile::Counting;
 pub use compile::{compile, compile_borrowed, compile_dispatched};
 pub use delta::{Delta, SetElements};
-pub use stale::{stale_in_delta, stale_mappings, Stale};
+pub use stale::{fresh_in_delta, fresh_mappings, stale_in_delta, stale_mappings, Stale};
 pub use summary::Summary;
 pub use table::{
     element_comment, names, BaseChain, Chain, ChainType, Conflict, Hook, KeyExpr, OwnedSet, PlacedForward, Plan, Rule,

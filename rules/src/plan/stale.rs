@@ -55,21 +55,37 @@ fn mappings_of(set: &str, key: &[Option<FieldRef<'_>>; 4], data: Option<FieldRef
 
 /// Mappings of `old` that `new` removes or points elsewhere.
 pub fn stale_mappings(old: &Plan, new: &Plan) -> Vec<Stale> {
-    let target = |p: &Plan| -> BTreeMap<(Family, Proto, u16), u16> {
-        [names::TO, names::TO_FAMILY]
-            .into_iter()
-            .filter_map(|name| p.set(name).map(|s| (name, s)))
-            .flat_map(|(name, s)| s.elements.refs().flat_map(move |r| mappings(name, r)))
-            .map(|m| ((m.family, m.proto, m.port), m.old_to))
-            .collect()
-    };
-    let (was, now) = (target(old), target(new));
+    let (was, now) = (targets(old), targets(new));
     let out: BTreeSet<Stale> = was
         .into_iter()
         .filter(|(k, to)| now.get(k) != Some(to))
         .map(|((family, proto, port), old_to)| Stale { family, proto, port, old_to })
         .collect();
     out.into_iter().collect()
+}
+
+/// Mappings of `new` that `old` does not have (`old_to`: the new target): flows on
+/// their public port that began before them were not redirected, and keep going where
+/// they went unless their conntrack entries go.
+pub fn fresh_mappings(old: &Plan, new: &Plan) -> Vec<Stale> {
+    stale_mappings(new, old)
+}
+
+/// Mappings a delta adds or retargets: every added `fwd_to` or `fwd_to_family` entry.
+pub fn fresh_in_delta(d: &Delta) -> Vec<Stale> {
+    let out: BTreeSet<Stale> =
+        d.add_elements.iter().flat_map(|s| s.elements.refs().flat_map(|r| mappings(&s.set, r))).collect();
+    out.into_iter().collect()
+}
+
+/// Every mapping of a plan: (family, protocol, public port) -> target.
+fn targets(p: &Plan) -> BTreeMap<(Family, Proto, u16), u16> {
+    [names::TO, names::TO_FAMILY]
+        .into_iter()
+        .filter_map(|name| p.set(name).map(|s| (name, s)))
+        .flat_map(|(name, s)| s.elements.refs().flat_map(move |r| mappings(name, r)))
+        .map(|m| ((m.family, m.proto, m.port), m.old_to))
+        .collect()
 }
 
 /// Mappings a delta drops or retargets: every deleted `fwd_to` or `fwd_to_family` entry
@@ -100,6 +116,19 @@ mod tests {
         assert!(changed.iter().all(|s| s.port == 53 && s.old_to == 5353 && s.proto == Proto::Tcp));
         assert_eq!(stale_mappings(&plan(Some(5353)), &plan(None)).len(), 2);
         assert!(stale_mappings(&plan(None), &plan(Some(5353))).is_empty());
+    }
+
+    #[test]
+    fn added_and_retargeted_mappings_are_fresh_with_their_new_target() {
+        assert!(fresh_mappings(&plan(Some(5353)), &plan(Some(5353))).is_empty());
+        let added = fresh_mappings(&plan(None), &plan(Some(5353)));
+        assert_eq!(added.len(), 2, "ipv4 and ipv6: {added:?}");
+        assert!(added.iter().all(|m| m.port == 53 && m.old_to == 5353));
+        let moved = fresh_mappings(&plan(Some(5353)), &plan(Some(5354)));
+        assert!(moved.iter().all(|m| m.old_to == 5354), "{moved:?}");
+        assert!(fresh_mappings(&plan(Some(5353)), &plan(None)).is_empty());
+        let d = Plan::diff(&plan(Some(5353)), &plan(Some(5354)));
+        assert_eq!(fresh_in_delta(&d), moved);
     }
 
     #[test]
