@@ -89,6 +89,16 @@ pub fn access_hint(socket: &Path) -> String {
     let gid = meta.gid();
     let group = crate::account::group(gid);
     let name = group.as_ref().map_or_else(|| gid.to_string(), |g| g.name.clone());
+    // Membership helps only where the group's bits let it in (write on the socket, search
+    // on its directory), and never with root's group: no advice to join a group that
+    // would not help, or that gives more than portd's socket.
+    let needed = if what == "the socket" { 0o020 } else { 0o010 };
+    if meta.mode() & needed == 0 || gid == 0 {
+        return format!(
+            "{what} belongs to group `{name}` (mode {:04o}), which does not let that group in; ask an operator for access to portd's socket (settings.socket.group and mode in /etc/portd/portd.yaml)",
+            meta.mode() & 0o7777
+        );
+    }
     let user = crate::account::user_name(crate::account::uid());
     let in_db = group.as_ref().is_some_and(|g| user.as_ref().is_some_and(|u| g.members.contains(u)))
         || crate::account::primary_gid(crate::account::uid()) == Some(gid);

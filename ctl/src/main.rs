@@ -127,15 +127,38 @@ fn read_input(path: &Path) -> Result<(String, String), Failure> {
     Ok((name, text))
 }
 
+/// A rules file, read to at most 16 MiB whatever it is: a regular file (its size says
+/// so first), or a pipe, FIFO or device (`<(generate)`, /dev/zero), read through the
+/// same bound; opened without blocking, so a FIFO that no one writes reads as empty
+/// instead of hanging.
 fn read_file(path: &Path) -> Result<String, Failure> {
-    let meta = std::fs::metadata(path).map_err(|e| Failure::new(Exit::Rejected, format!("{}: {e}", path.display())))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: std::io::Error| Failure::new(Exit::Rejected, format!("{}: {e}", path.display()));
+    let meta = std::fs::metadata(path).map_err(fail)?;
     if meta.len() > portd_rules::MAX_FILE_BYTES as u64 {
         return Err(Failure::new(
             Exit::Rejected,
             format!("{}: file is {} bytes; the limit is 16 MiB", path.display(), meta.len()),
         ));
     }
-    std::fs::read_to_string(path).map_err(|e| Failure::new(Exit::Rejected, format!("{}: {e}", path.display())))
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .map_err(fail)?;
+    // (then blocking reads: a pipe's writer may still be writing)
+    nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&file),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )
+    .map_err(|e| fail(e.into()))?;
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, portd_rules::MAX_FILE_BYTES as u64 + 1), &mut buf)
+        .map_err(fail)?;
+    if buf.len() > portd_rules::MAX_FILE_BYTES {
+        return Err(Failure::new(Exit::Rejected, format!("{}: more than 16 MiB; the limit is 16 MiB", path.display())));
+    }
+    String::from_utf8(buf).map_err(|e| Failure::new(Exit::Rejected, format!("{}: not UTF-8: {e}", path.display())))
 }
 
 fn check(file: &Path, json: bool) -> Result<Exit, Failure> {

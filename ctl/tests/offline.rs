@@ -76,6 +76,20 @@ fn exit_codes_without_a_daemon_follow_the_design() {
 }
 
 #[test]
+fn a_device_or_fifo_is_read_to_the_same_bound_and_never_hangs() {
+    let s = Scratch::new();
+    let t = std::time::Instant::now();
+    let o = s.ctl(&["check", "/dev/zero"]);
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert!(err(&o).contains("/dev/zero: more than 16 MiB"), "{}", err(&o));
+    let fifo = s.0.join("rules.fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    let o = s.ctl(&["check", fifo.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(1), "a FIFO nobody writes reads as empty: {}", err(&o));
+    assert!(t.elapsed() < std::time::Duration::from_secs(10), "took {:?}", t.elapsed());
+}
+
+#[test]
 fn check_reports_every_error_of_a_file_at_once() {
     let s = Scratch::new();
     let f = s.file(

@@ -197,6 +197,16 @@ fn access_errors_name_the_socket_group_and_completion_asks_the_daemon() {
     let v = json(&o);
     assert_eq!((v["ok"].as_bool(), v["error"]["kind"].as_str()), (Some(false), Some("denied")), "{v}");
     assert!(v["error"]["messages"][0].as_str().unwrap_or("").contains("group `daemon`"), "{v}");
+    // A socket path under a directory only root may enter: no advice to join root's group.
+    let gid = String::from_utf8_lossy(&sh("id", &["-g", "nobody"]).stdout).trim().to_string();
+    let o = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", &format!("--regid={gid}"), "--clear-groups"])
+        .arg(bin("portctl"))
+        .args(["--socket", "/root/portd.sock", "status"])
+        .output()
+        .expect("setpriv portctl");
+    let e = err(&o);
+    assert!(!e.contains("usermod") && e.contains("does not let that group in"), "{e}");
     // Added to the group after this "login" started: told to log in again; a new login works.
     let late = TestUser::new("pdux");
     let o = sh("usermod", &["-aG", "daemon", &late.name]);
