@@ -446,6 +446,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let events =
         portd_kernel::events::TableWatcher::new(&table, own_port).context("subscribing to nf_tables events")?;
     daemon.attach_events(events.subscription());
+    daemon.attach_self(tx.clone());
     let status = daemon.status_line();
     let actor = std::thread::Builder::new().name("portd-actor".into()).spawn(move || daemon.run(rx))?;
     spawn_drift_listener(events, tx.clone())?;

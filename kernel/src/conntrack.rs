@@ -37,10 +37,13 @@ pub struct Cleaner {
     tx: std::sync::mpsc::Sender<Job>,
 }
 
+/// Called once the flows of a [`Cleaner::forget`] job are gone (or could not be).
+pub type Done = Box<dyn FnOnce() + Send>;
+
 /// What the cleaner's thread is asked to delete.
 enum Job {
     /// the flows of mappings removed or retargeted
-    Stale(Vec<Stale>),
+    Stale(Vec<Stale>, Option<Done>),
     /// the flows that were not redirected on the public ports of new UDP mappings
     Fresh(Vec<Stale>),
 }
@@ -51,8 +54,8 @@ impl Cleaner {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new().name("portd-conntrack".into()).spawn(move || {
             for job in rx {
-                let stale = match job {
-                    Job::Stale(stale) => stale,
+                let (stale, done) = match job {
+                    Job::Stale(stale, done) => (stale, done),
                     Job::Fresh(fresh) => {
                         match forget_unredirected(&fresh) {
                             Ok(0) => {}
@@ -77,16 +80,25 @@ impl Cleaner {
                         "deleting conntrack entries of old mappings: {e}; established flows keep their old target until they time out"
                     ),
                 }
+                if let Some(done) = done {
+                    done();
+                }
             }
         })?;
         Ok(Cleaner { tx })
     }
 
-    /// Queues `stale` for deletion (nothing happens for an empty list).
-    pub fn forget(&self, stale: Vec<Stale>) {
-        if !stale.is_empty() && self.tx.send(Job::Stale(stale)).is_err() {
-            tracing::warn!("the conntrack thread is gone; established flows keep their old target until they time out");
+    /// Queues `stale` for deletion (nothing happens for an empty list); `done` is called
+    /// once they are gone. False when the job could not be queued (`done` is dropped).
+    pub fn forget(&self, stale: Vec<Stale>, done: Option<Done>) -> bool {
+        if stale.is_empty() {
+            return false;
         }
+        if self.tx.send(Job::Stale(stale, done)).is_err() {
+            tracing::warn!("the conntrack thread is gone; established flows keep their old target until they time out");
+            return false;
+        }
+        true
     }
 
     /// Queues the public ports of `fresh` mappings (the UDP ones) for the deletion of

@@ -83,3 +83,39 @@ fn clients_that_sent_to_a_udp_port_before_its_forward_reach_the_forward() {
         assert_eq!(udp_from(&net, sport, 5305, 10).as_deref(), Some("alice"), "client port {sport}");
     }
 }
+
+#[test]
+fn a_retargeted_udp_forwards_old_target_stays_reserved_until_its_flows_are_gone() {
+    // alice moves her UDP forward from 8300 to 8301 and stops the old app while a client
+    // streams to it. The old flow's conntrack entry still sends the client's datagrams
+    // to 8300 until portd's conntrack thread has deleted it (after a dump of the whole
+    // table, which mallory makes slow by filling it), so 8300 stays alice's until then:
+    // mallory, binding 8300 in a loop, receives none of them.
+    let net = Net::setup();
+    let (alice, mallory) = (TestUser::regular("uc"), TestUser::regular("uo"));
+    let d = Portd::start_bpf(&net, &config(&net, &format!("grants:\n{}", grant(&alice.name, "\"5300-5310\""))), &[]);
+    let old_app = net.udp_app_as(&net.srv, &alice.name, 8300, "old");
+    let _new_app = net.udp_app_as(&net.srv, &alice.name, 8301, "new");
+    let dns = |to: u16| format!("version: 1\nforwards:\n  - name: dns\n    port: 5300\n    to: {to}\n    proto: udp\n");
+    assert!(apply_as(&d, &net, &alice.name, &dns(8300)).status.success());
+    let fill = "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor i in range(100000):\n  try: s.sendto(b'x', ('127.%d.%d.%d' % (100 + (i >> 16), (i >> 8) & 255, i & 255), 9))\n  except OSError: pass\nprint('filled')\n";
+    let o = spawn_py_as(&net, &mallory.name, fill).wait_with_output().expect("fill");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "filled");
+    let stream = format!(
+        "import socket,time\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',40600))\ns.setblocking(False)\nt=time.time(); seen={{}}\nwhile time.time()-t<3.5:\n  s.sendto(b'x',('{SRV4}',5300))\n  time.sleep(0.002)\n  try:\n    while True:\n      d=s.recv(64).decode().strip(); seen[d]=seen.get(d,0)+1\n  except OSError: pass\nprint(sorted(seen.items()))\n"
+    );
+    let client = net.nsenter(&net.cli, "python3").args(["-c", &stream]).stdout(Stdio::piped()).spawn().expect("client");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    drop(old_app);
+    let grab = "import socket,time\nt=time.time(); got=0; bound=False\nwhile time.time()-t<3:\n  s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n  s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n  try: s.bind(('::',8300))\n  except OSError:\n    s.close(); time.sleep(0.0002); continue\n  bound=True; s.settimeout(0.1)\n  while time.time()-t<3:\n    try:\n      s.recvfrom(64); got+=1\n    except OSError: pass\n  break\nprint('bound' if bound else 'never', got)\n";
+    let mallory_grab = spawn_py_as(&net, &mallory.name, grab);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(apply_as(&d, &net, &alice.name, &dns(8301)).status.success());
+    let got = String::from_utf8_lossy(&mallory_grab.wait_with_output().expect("grab").stdout).trim().to_string();
+    let seen = String::from_utf8_lossy(&client.wait_with_output().expect("client").stdout).trim().to_string();
+    assert!(
+        got.ends_with(" 0"),
+        "mallory received the client's datagrams on the old target: {got} (client saw {seen})"
+    );
+    assert!(seen.contains("('new',"), "the client reaches the new target: {seen}");
+}

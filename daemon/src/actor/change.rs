@@ -405,7 +405,8 @@ impl Daemon {
         }
         let t_save = t0.elapsed();
         let size = delta.size();
-        let stale = portd_kernel::conntrack::stale_in_delta(&delta);
+        // (the old targets of retired UDP mappings stay reserved until their flows go)
+        self.forget_flows(portd_kernel::conntrack::stale_in_delta(&delta));
         let fresh_mappings = portd_kernel::conntrack::fresh_in_delta(&delta);
         delta.take_into(&mut self.plan);
         let shown = std::mem::take(&mut delta.summary).with_packet_marks(&self.plan);
@@ -436,7 +437,6 @@ impl Daemon {
         for w in &warnings {
             tracing::info!(owner = %owner, "{w}");
         }
-        self.conntrack.forget(stale);
         self.conntrack.fresh(fresh_mappings);
         notify::status(&self.status_line());
         if size > TRIM_AFTER_OBJECTS {

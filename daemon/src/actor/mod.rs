@@ -15,6 +15,7 @@ mod error;
 mod recent;
 mod reload;
 mod requests;
+mod retiring;
 mod start;
 mod status;
 mod timers;
@@ -127,6 +128,9 @@ pub enum Msg {
     BindEvents { ack: std::sync::mpsc::SyncSender<()> },
     /// /etc/passwd or /etc/group was replaced or written: judge every user set again.
     AccountsChanged,
+    /// The conntrack thread deleted the flows of retired mappings (`job`, see
+    /// [`retiring`]): their old targets' reservations may go.
+    FlowsForgotten { job: u64 },
 }
 
 /// Settings the actor needs that come from flags rather than the config file.
@@ -178,6 +182,8 @@ pub struct Daemon {
     conntrack_off_since: Option<Instant>,
     /// The BPF data plane: steering and kernel reservations, or why not.
     steering: crate::dataplane::Steering,
+    /// Old targets of UDP forwards kept reserved until their flows are gone.
+    retiring: retiring::Retiring,
 }
 
 /// Applies flag overrides to a freshly parsed config.
@@ -266,9 +272,17 @@ impl Daemon {
     /// Brings the data plane's maps in step with the plan the kernel now holds.
     fn sync_dataplane(&mut self) {
         let users = &self.users;
-        let kept: Vec<(&str, &portd_rules::model::Forward)> =
+        let mut kept: Vec<(&str, &portd_rules::model::Forward)> =
             self.eval.kept_forwards(users).map(|(o, f)| (o.as_str(), f)).collect();
-        if let Err(e) = self.steering.sync(&self.plan, &kept, |owner| users.get(owner).and_then(|s| s.uid)) {
+        kept.extend(self.retiring.forwards().map(|(o, _, f)| (o, f)));
+        let retiring = &self.retiring;
+        let uid_of = |owner: &str| {
+            users
+                .get(owner)
+                .and_then(|s| s.uid)
+                .or_else(|| retiring.forwards().find(|(o, _, _)| *o == owner).map(|(_, u, _)| u))
+        };
+        if let Err(e) = self.steering.sync(&self.plan, &kept, uid_of) {
             tracing::error!("updating the BPF data plane: {e}; steered forwards may refuse connections until it works");
         }
     }
@@ -424,7 +438,7 @@ impl Daemon {
             self.eval = before;
             return Err(Error::KernelRefused { what: "the change", source });
         }
-        self.conntrack.forget(portd_kernel::conntrack::stale_mappings(&self.plan, &plan));
+        self.forget_flows(portd_kernel::conntrack::stale_mappings(&self.plan, &plan));
         self.conntrack.fresh(portd_kernel::conntrack::fresh_mappings(&self.plan, &plan));
         self.plan = plan;
         self.sync_dataplane();
@@ -527,6 +541,7 @@ impl Daemon {
                     self.steering.repair();
                 }
                 Ok(Msg::AccountsChanged) => self.on_accounts_changed(),
+                Ok(Msg::FlowsForgotten { job }) => self.flows_forgotten(job),
                 Ok(Msg::BindEvents { ack }) => {
                     self.on_bind_events();
                     let _ = ack.send(());

@@ -47,6 +47,7 @@ impl Daemon {
             drift_since: None,
             conntrack_off_since: None,
             steering,
+            retiring: Default::default(),
         };
         d.publish();
         d.validate_loaded(&persisted);
