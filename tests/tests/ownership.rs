@@ -302,6 +302,29 @@ fn a_forward_standing_back_for_a_service_keeps_its_public_port_from_other_owners
 }
 
 #[test]
+fn a_forward_standing_back_for_a_service_can_be_moved_with_add_replace() {
+    // alice's forward stands back for mallory's service on 3000; `add --replace` moves
+    // it to 3001, judged as the new definition (not refused for the old one's reason).
+    let net = Net::setup();
+    let (alice, mallory) = (TestUser::new("sg"), TestUser::new("sh"));
+    let text = config(&net, &format!("grants:\n{}", grant(&alice.name, "\"3000-3001\"")));
+    let d = Portd::start_bpf(&net, &text, &[]);
+    assert!(apply_as(&d, &net, &alice.name, &web(3000, 8080)).status.success());
+    let _app = net.tcp_app_as(&net.srv, &alice.name, 8080, "alice");
+    let _service = net.tcp_app_as(&net.srv, &mallory.name, 3000, "mallory");
+    wait_for(|| forward(&d.status_json(), "web")["state"] == "suspended", "alice's forward to stand back");
+    let o = d.ctl_as(&alice.name, "", &["add", "web", "3001", "8080", "--replace"]);
+    assert!(o.status.success(), "{} {}", out(&o), err(&o));
+    let st = d.status_json();
+    assert_eq!(
+        (forward(&st, "web")["state"].as_str(), forward(&st, "web")["forward"]["port"].as_u64()),
+        (Some("active"), Some(3001)),
+        "{st}"
+    );
+    assert_eq!(get(&net, SRV4, 3001).as_deref(), Some("alice"));
+}
+
+#[test]
 fn a_target_port_bound_without_listening_is_held_all_the_same() {
     // mallory binds 8080 and never listens: alice's app could not bind it, so an apply
     // aimed at it is refused naming mallory, as for a listener.
