@@ -84,7 +84,13 @@ fn a_device_or_fifo_is_read_to_the_same_bound_and_never_hangs() {
     assert!(err(&o).contains("/dev/zero: more than 16 MiB"), "{}", err(&o));
     let fifo = s.0.join("rules.fifo");
     assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
-    let o = s.ctl(&["check", fifo.to_str().expect("utf-8")]);
+    // (under timeout(1): a blocking open would hang, and fail the test with 124)
+    let o = Command::new("timeout")
+        .arg("10")
+        .arg(env!("CARGO_BIN_EXE_portctl"))
+        .args(["check", fifo.to_str().expect("utf-8")])
+        .output()
+        .expect("timeout portctl");
     assert_eq!(o.status.code(), Some(1), "a FIFO nobody writes reads as empty: {}", err(&o));
     assert!(t.elapsed() < std::time::Duration::from_secs(10), "took {:?}", t.elapsed());
 }

@@ -50,38 +50,34 @@ enum Job {
 
 impl Cleaner {
     /// Starts the thread; it inherits the caller's network namespace and capabilities.
+    /// Jobs queued while it works are done together, in one dump of the table: however
+    /// fast changes come, the thread is at most one dump behind.
     pub fn spawn() -> io::Result<Cleaner> {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new().name("portd-conntrack".into()).spawn(move || {
-            for job in rx {
-                let (stale, done) = match job {
-                    Job::Stale(stale, done) => (stale, done),
-                    Job::Fresh(fresh) => {
-                        match forget_unredirected(&fresh) {
-                            Ok(0) => {}
-                            Ok(n) => tracing::info!(
-                                "deleted {n} conntrack entr{} on the public ports of new UDP forwards (flows that began before them, not redirected)",
-                                if n == 1 { "y" } else { "ies" }
-                            ),
-                            Err(e) => tracing::warn!(
-                                "deleting conntrack entries on the public ports of new UDP forwards: {e}; clients that sent there before keep their old flows until they time out"
-                            ),
+            while let Ok(first) = rx.recv() {
+                let (mut stale, mut fresh, mut done) = (Vec::new(), Vec::new(), Vec::new());
+                for job in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                    match job {
+                        Job::Stale(s, d) => {
+                            stale.extend(s);
+                            done.extend(d);
                         }
-                        continue;
+                        Job::Fresh(f) => fresh.extend(f),
                     }
-                };
-                match forget(&stale) {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(
-                        "deleted {n} conntrack entr{} of removed or retargeted forwards",
-                        if n == 1 { "y" } else { "ies" }
+                }
+                match forget_both(&stale, &fresh) {
+                    Ok((0, 0)) => {}
+                    Ok((s, f)) => tracing::info!(
+                        "deleted {s} conntrack entr{} of removed or retargeted forwards and {f} on the public ports of new UDP forwards (flows that began before them, not redirected)",
+                        if s == 1 { "y" } else { "ies" }
                     ),
                     Err(e) => tracing::warn!(
-                        "deleting conntrack entries of old mappings: {e}; established flows keep their old target until they time out"
+                        "deleting conntrack entries of old mappings and on new UDP forwards' public ports: {e}; those flows keep going where they went until they time out"
                     ),
                 }
-                if let Some(done) = done {
-                    done();
+                for d in done {
+                    d();
                 }
             }
         })?;
@@ -153,37 +149,80 @@ pub fn stats() -> io::Result<Option<(u64, u64)>> {
 
 /// Deletes the conntrack entries of `stale` mappings; returns how many were deleted.
 pub fn forget(stale: &[Stale]) -> io::Result<usize> {
-    if stale.is_empty() {
-        return Ok(0);
-    }
-    delete_where(|family, num, entry| {
-        let (Some(orig), Some(reply)) = (find(entry, CTA_TUPLE_ORIG), find(entry, CTA_TUPLE_REPLY)) else {
-            return false;
-        };
-        let (Some((_, _, dport)), Some((_, rsport, _))) = (tuple_ports(orig), tuple_ports(reply)) else {
-            return false;
-        };
-        stale.iter().any(|s| s.family == family && proto_num(s.proto) == num && s.port == dport && s.old_to == rsport)
-    })
+    forget_both(stale, &[]).map(|(s, _)| s)
 }
 
-/// Deletes the UDP entries on the public ports of `fresh` mappings that no NAT
-/// rewrote: flows to the port from before the mapping, and flows from it (a socket that
-/// held the port then sent to clients' ports, whose datagrams would match it in the
-/// reply direction and go nowhere).
-pub fn forget_unredirected(fresh: &[Stale]) -> io::Result<usize> {
-    if fresh.is_empty() {
-        return Ok(0);
+/// Deletes, in one dump of the table, the entries of `stale` mappings (original
+/// destination port the public port, reply source port the old target) and the UDP
+/// entries on the public ports of `fresh` mappings that no NAT rewrote and that this
+/// host is an end of there: flows to the port of one of its addresses from before the
+/// mapping, and flows from it (a socket that held the port then sent to clients' ports,
+/// whose datagrams would match it in the reply direction and go nowhere). Returns how
+/// many of each were deleted.
+pub fn forget_both(stale: &[Stale], fresh: &[Stale]) -> io::Result<(usize, usize)> {
+    if stale.is_empty() && fresh.is_empty() {
+        return Ok((0, 0));
     }
+    let local = if fresh.is_empty() { Vec::new() } else { local_addresses() };
+    let (mut n_stale, mut n_fresh) = (0, 0);
     delete_where(|family, num, entry| {
+        let Some(orig) = find(entry, CTA_TUPLE_ORIG) else { return false };
+        let Some((_, sport, dport)) = tuple_ports(orig) else { return false };
+        let old = !stale.is_empty()
+            && find(entry, CTA_TUPLE_REPLY).and_then(tuple_ports).is_some_and(|(_, rsport, _)| {
+                stale
+                    .iter()
+                    .any(|s| s.family == family && proto_num(s.proto) == num && s.port == dport && s.old_to == rsport)
+            });
+        if old {
+            n_stale += 1;
+            return true;
+        }
+        if fresh.is_empty() {
+            return false;
+        }
         let nat = find(entry, CTA_STATUS)
             .and_then(|v| v.get(..4))
             .is_some_and(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]) & IPS_NAT_MASK != 0);
-        let Some((_, sport, dport)) = find(entry, CTA_TUPLE_ORIG).and_then(tuple_ports) else { return false };
-        !nat && fresh
-            .iter()
-            .any(|m| m.family == family && proto_num(m.proto) == num && (m.port == dport || m.port == sport))
-    })
+        let (src, dst) = tuple_addrs(orig);
+        let is_local = |a: Option<std::net::IpAddr>| a.is_some_and(|a| local.contains(&a));
+        let hit = !nat
+            && fresh.iter().any(|m| {
+                m.family == family
+                    && proto_num(m.proto) == num
+                    && ((m.port == dport && is_local(dst)) || (m.port == sport && is_local(src)))
+            });
+        n_fresh += usize::from(hit);
+        hit
+    })?;
+    Ok((n_stale, n_fresh))
+}
+
+/// The source and destination addresses of a CTA_TUPLE_* payload.
+fn tuple_addrs(t: &[u8]) -> (Option<std::net::IpAddr>, Option<std::net::IpAddr>) {
+    const CTA_TUPLE_IP: u16 = 1;
+    let Some(ip) = find(t, CTA_TUPLE_IP) else { return (None, None) };
+    let v4 = |ty| find(ip, ty).and_then(|v| <[u8; 4]>::try_from(v.get(..4)?).ok()).map(std::net::IpAddr::from);
+    let v6 = |ty| find(ip, ty).and_then(|v| <[u8; 16]>::try_from(v.get(..16)?).ok()).map(std::net::IpAddr::from);
+    // CTA_IP_V4_SRC 1, CTA_IP_V4_DST 2, CTA_IP_V6_SRC 3, CTA_IP_V6_DST 4
+    (v4(1).or_else(|| v6(3)), v4(2).or_else(|| v6(4)))
+}
+
+/// This namespace's own addresses (loopback's included).
+fn local_addresses() -> Vec<std::net::IpAddr> {
+    let mut v: Vec<std::net::IpAddr> = nix::ifaddrs::getifaddrs()
+        .map(|it| {
+            it.filter_map(|i| {
+                let a = i.address?;
+                a.as_sockaddr_in()
+                    .map(|s| std::net::IpAddr::V4(s.ip()))
+                    .or_else(|| a.as_sockaddr_in6().map(|s| std::net::IpAddr::V6(s.ip())))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    v.push(std::net::Ipv6Addr::LOCALHOST.into());
+    v
 }
 
 fn proto_num(p: Proto) -> u8 {
@@ -196,7 +235,7 @@ fn proto_num(p: Proto) -> u8 {
 /// Deletes every entry of this namespace's conntrack table for which `hit(family,
 /// protocol number, attributes)` holds: one dump of every family, then one delete by
 /// original tuple each; returns how many were deleted.
-fn delete_where(hit: impl Fn(Family, u8, &[u8]) -> bool) -> io::Result<usize> {
+fn delete_where(mut hit: impl FnMut(Family, u8, &[u8]) -> bool) -> io::Result<usize> {
     // The dump walks the whole conntrack hash table, which is shared by every namespace
     // of the host (about 12 ms per walk here), so skip it when this namespace tracks nothing.
     if tracked_flows() == Some(0) {

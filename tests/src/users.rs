@@ -20,6 +20,8 @@ impl TestUser {
     /// Like [`TestUser::new`], as an ordinary user (a free uid above the system accounts').
     pub fn regular(prefix: &str) -> TestUser {
         let name = format!("{prefix}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+        // (one free uid at a time: two tests of one binary run side by side)
+        let _one = FREE_UID.lock().unwrap_or_else(|p| p.into_inner());
         Self::made(&name, &["-u", &free_uid(None).to_string()])
     }
 
@@ -42,6 +44,7 @@ impl TestUser {
 
     /// Creates the account again with a uid it never had (after [`TestUser::delete`]).
     pub fn recreate_with_new_uid(&self, old: u32) {
+        let _one = FREE_UID.lock().unwrap_or_else(|p| p.into_inner());
         useradd(&self.name, &["-u", &free_uid(Some(old)).to_string()]);
     }
 
@@ -58,6 +61,9 @@ impl Drop for TestUser {
         let _ = sh("groupdel", &[&self.name]);
     }
 }
+
+/// Held from choosing a free uid until the account has it.
+static FREE_UID: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// `useradd` of a system account with no home, no login shell and a group of its name.
 /// A uid no account has (nor `except`), above the system accounts' range.

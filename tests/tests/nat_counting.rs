@@ -47,6 +47,8 @@ fn nat_forwards_count_and_mark_what_reaches_the_app_and_protect_their_target() {
     for addr in [SRV4, SRV6, SRV4, SRV6] {
         assert_eq!(net.tcp_get(&net.cli, addr, 80).as_deref(), Some("app"), "client via {addr}:80");
     }
+    // (the connections' last segments settle first)
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let seen = counters(&net.exec_ok(&net.srv, "nft", &["list", "chain", "inet", "watch", "input"]));
     let counted = counts(&d);
     assert_eq!(counted, seen[0], "the forward counts exactly what its clients sent (status, nft at input)");

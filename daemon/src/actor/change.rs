@@ -221,55 +221,30 @@ impl Daemon {
         warnings
     }
 
-    /// Changes `owner`'s set: judged, then kernel first, then the state file; only then
-    /// is the change acknowledged and kept in memory.
-    ///
-    /// A user's forwards claim their ports in the data plane before anything else (their
-    /// public ports watched, their targets reserved, with kernel ownership): from then on
-    /// no other account can bind them, and the judge, which reads the socket tables
-    /// after, sees any socket bound before. Otherwise the NAT rule of a new UDP forward
-    /// went live a few milliseconds before the watch of its public port, and an account
-    /// that saw it (a probe over loopback) could bind the port in between and take the
-    /// datagrams of the clients it primed conntrack for. A refused change gives the
-    /// claims back.
-    pub(super) fn change(
-        &mut self,
-        caller: &Caller,
-        owner: &SetKey,
-        account: &Account,
-        change: Change,
-        dry_run: bool,
-    ) -> Result<Body, Error> {
-        let ahead = !dry_run && account.uid != 0 && self.claim_ahead(owner, account.uid, &change);
-        let result = self.change_judged(caller, owner, account, change, dry_run);
-        if ahead && result.is_err() {
-            self.sync_dataplane();
-        }
-        result
-    }
-
-    /// Claims the ports of the forwards `change` brings for `owner` (bound to `uid`) in
-    /// the data plane, beside every claim of the current plan; true when it did.
-    fn claim_ahead(&mut self, owner: &SetKey, uid: u32, change: &Change) -> bool {
-        let fresh: &[Forward] = match change {
-            Change::Replace(new) => new,
-            Change::Add(f) => std::slice::from_ref(f),
-            Change::Remove(_) => return false,
-        };
-        if fresh.is_empty() || !self.steering.kernel_ownership() {
+    /// Claims the ports of `forwards` (of `owner`, bound to `uid`) in the data plane,
+    /// beside every claim of the plan; true when it did (kernel ownership only).
+    fn claim_ahead(&mut self, owner: &SetKey, uid: u32, forwards: &[Forward]) -> bool {
+        if forwards.is_empty() || !self.steering.kernel_ownership() {
             return false;
         }
-        let users = &self.users;
-        let mut kept: Vec<(&str, &Forward)> = self.eval.kept_forwards(users).map(|(o, f)| (o.as_str(), f)).collect();
-        kept.extend(fresh.iter().map(|f| (owner.as_str(), f)));
-        let uid_of = |o: &str| if o == owner.as_str() { Some(uid) } else { users.get(o).and_then(|s| s.uid) };
-        if let Err(e) = self.steering.sync(&self.plan, &kept, uid_of) {
-            tracing::error!("claiming the ports of a change ahead of it: {e}");
-        }
+        let extra: Vec<(&str, &Forward)> = forwards.iter().map(|f| (owner.as_str(), f)).collect();
+        self.sync_dataplane_with(&extra, Some((owner.as_str(), uid)));
         true
     }
 
-    fn change_judged(
+    /// Changes `owner`'s set: judged, then kernel first, then the state file; only then
+    /// is the change acknowledged and kept in memory.
+    ///
+    /// Once a user's change has passed its checks, the forwards it brings claim their
+    /// ports in the data plane (their public ports watched, their targets reserved, with
+    /// kernel ownership): from then on no other account can bind them. The change is
+    /// then judged again with the socket tables read after the claim, so a socket bound
+    /// between the first reading and the claim refuses it too; only then does its NAT
+    /// rule go in. (Before, a new UDP forward's NAT went live a few milliseconds before
+    /// its public port was watched, and an account that saw it over loopback bound the
+    /// port in between and took the datagrams of the clients it primed conntrack for.)
+    /// A change refused or failing after the claim gives it back.
+    pub(super) fn change(
         &mut self,
         caller: &Caller,
         owner: &SetKey,
@@ -314,18 +289,23 @@ impl Daemon {
             ),
         };
         // The set after the change, judged unless it is root's own (removals need no judge).
-        let warnings = match &change {
-            _ if account.uid == 0 => self.unjudged_warnings(fresh),
-            Change::Remove(_) => Vec::new(),
-            Change::Replace(new) => {
-                let after = UserSet { uid: Some(account.uid), forwards: new.clone() };
-                self.judge_change(account, &after, fresh)?
-            }
+        let after = match &change {
+            _ if account.uid == 0 => None,
+            Change::Remove(_) => None,
+            Change::Replace(new) => Some(UserSet { uid: Some(account.uid), forwards: new.clone() }),
             Change::Add(f) => {
+                // (`--replace`: in the place of the forward of that name, which is judged
+                // no more and counts against no quota)
                 let mut after = UserSet { uid: Some(account.uid), forwards: current.forwards.clone() };
+                after.forwards.retain(|g| g.name != f.name);
                 after.forwards.push(f.clone());
-                self.judge_change(account, &after, fresh)?
+                Some(after)
             }
+        };
+        let warnings = match &after {
+            None if account.uid == 0 => self.unjudged_warnings(fresh),
+            None => Vec::new(),
+            Some(after) => self.judge_change(account, after, fresh)?,
         };
         // Forwards of other owners suspended for their listener keep their public port.
         self.check_reserved(owner, fresh)?;
@@ -336,7 +316,10 @@ impl Daemon {
         // the change keeps as they are were judged when they came: a system forward the
         // operator pointed at one of them since shares its app. A suspended one is
         // judged again.)
-        let kept: Vec<(&str, &Forward)> = self.eval.kept_forwards(&self.users).map(|(o, f)| (o.as_str(), f)).collect();
+        // (and the old target of a UDP forward whose old flows are not deleted yet)
+        let mut kept: Vec<(&str, &Forward)> =
+            self.eval.kept_forwards(&self.users).map(|(o, f)| (o.as_str(), f)).collect();
+        kept.extend(self.retiring.forwards().map(|(o, _, f)| (o, f)));
         let others = self.plan.forwards.iter().map(|p| (p.owner.as_str(), &p.forward)).chain(kept.iter().copied());
         let changed: Vec<Forward> = fresh
             .iter()
@@ -381,6 +364,13 @@ impl Daemon {
         if dry_run || (delta.is_empty() && record.is_empty() && current.uid == Some(account.uid)) {
             return Ok(with_warnings(Body::changed(delta.summary.with_packet_marks(&self.plan), dry_run), warnings));
         }
+        let ahead = after.is_some() && self.claim_ahead(owner, account.uid, &changed);
+        if let (true, Some(after)) = (ahead, &after) {
+            if let Err(e) = self.judge_change(account, after, fresh) {
+                self.sync_dataplane();
+                return Err(e);
+            }
+        }
         let t_compile = t0.elapsed();
         // A large change computed the new plan whole already; otherwise it is made here,
         // when the kernel refuses the element-level change.
@@ -392,7 +382,12 @@ impl Daemon {
                 std::borrow::Cow::Owned(whole)
             }
         };
-        self.commit(&delta, whole).map_err(|source| Error::KernelRefused { what: "the change", source })?;
+        if let Err(source) = self.commit(&delta, whole) {
+            if ahead {
+                self.sync_dataplane();
+            }
+            return Err(Error::KernelRefused { what: "the change", source });
+        }
         let t_kernel = t0.elapsed();
         record.apply(&mut self.users);
         if let Err(e) = self.store.commit(&self.users, &record) {
@@ -401,13 +396,21 @@ impl Daemon {
             if let Err(e2) = self.kernel.replace(&self.plan) {
                 tracing::error!("rolling back after a failed save: {e2}");
             }
+            if ahead {
+                self.sync_dataplane();
+            }
             return Err(Error::RolledBack(e.to_string()));
         }
         let t_save = t0.elapsed();
         let size = delta.size();
         // (the old targets of retired UDP mappings stay reserved until their flows go)
-        self.forget_flows(portd_kernel::conntrack::stale_in_delta(&delta));
-        let fresh_mappings = portd_kernel::conntrack::fresh_in_delta(&delta);
+        // (a mapping deleted and added again as it was, a renamed forward's, is neither)
+        let mut fresh_mappings = portd_kernel::conntrack::fresh_in_delta(&delta);
+        let mut stale = portd_kernel::conntrack::stale_in_delta(&delta);
+        let same: Vec<_> = stale.iter().filter(|s| fresh_mappings.contains(s)).cloned().collect();
+        stale.retain(|s| !same.contains(s));
+        fresh_mappings.retain(|s| !same.contains(s));
+        self.forget_flows(stale, Some((owner.as_str(), account.uid)));
         delta.take_into(&mut self.plan);
         let shown = std::mem::take(&mut delta.summary).with_packet_marks(&self.plan);
         let t_plan = t0.elapsed();

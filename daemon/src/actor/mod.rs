@@ -271,15 +271,24 @@ impl Daemon {
 
     /// Brings the data plane's maps in step with the plan the kernel now holds.
     fn sync_dataplane(&mut self) {
+        self.sync_dataplane_with(&[], None);
+    }
+
+    /// [`Daemon::sync_dataplane`], with the claims of `extra` forwards besides those of
+    /// the plan, the suspended forwards that keep theirs and the retiring ones; `extra_uid`
+    /// is the uid of `extra`'s owner when its set is not bound yet.
+    fn sync_dataplane_with(&mut self, extra: &[(&str, &portd_rules::model::Forward)], extra_uid: Option<(&str, u32)>) {
         let users = &self.users;
         let mut kept: Vec<(&str, &portd_rules::model::Forward)> =
             self.eval.kept_forwards(users).map(|(o, f)| (o.as_str(), f)).collect();
         kept.extend(self.retiring.forwards().map(|(o, _, f)| (o, f)));
+        kept.extend_from_slice(extra);
         let retiring = &self.retiring;
         let uid_of = |owner: &str| {
             users
                 .get(owner)
                 .and_then(|s| s.uid)
+                .or_else(|| extra_uid.filter(|(o, _)| *o == owner).map(|(_, u)| u))
                 .or_else(|| retiring.forwards().find(|(o, _, _)| *o == owner).map(|(_, u, _)| u))
         };
         if let Err(e) = self.steering.sync(&self.plan, &kept, uid_of) {
@@ -438,7 +447,7 @@ impl Daemon {
             self.eval = before;
             return Err(Error::KernelRefused { what: "the change", source });
         }
-        self.forget_flows(portd_kernel::conntrack::stale_mappings(&self.plan, &plan));
+        self.forget_flows(portd_kernel::conntrack::stale_mappings(&self.plan, &plan), None);
         self.conntrack.fresh(portd_kernel::conntrack::fresh_mappings(&self.plan, &plan));
         self.plan = plan;
         self.sync_dataplane();

@@ -116,7 +116,7 @@ impl Daemon {
         }
         self.log_transitions(&before, "by the reload");
         self.publish();
-        self.forget_flows(portd_kernel::conntrack::stale_mappings(&self.plan, &plan));
+        self.forget_flows(portd_kernel::conntrack::stale_mappings(&self.plan, &plan), None);
         self.conntrack.fresh(portd_kernel::conntrack::fresh_mappings(&self.plan, &plan));
         self.plan = plan;
         // A reload also puts right what was changed in the maps behind portd's back.

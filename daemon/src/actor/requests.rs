@@ -108,15 +108,6 @@ impl Daemon {
                 if !problems.is_empty() {
                     return Err(Error::Invalid(problems.iter().map(ToString::to_string).collect()));
                 }
-                if existing.is_some() {
-                    // `--replace`: the set with this forward in the old one's place, judged
-                    // as a whole like an apply (the old definition, suspended or not, is
-                    // no longer in it, nor counted against the quota).
-                    let set = self.users.get(&owner).map(|s| s.forwards.as_slice()).unwrap_or_default();
-                    let new =
-                        set.iter().map(|f| if f.name == forward.name { forward.clone() } else { f.clone() }).collect();
-                    return self.change(caller, &owner, &account, Change::Replace(new), dry_run);
-                }
                 self.change(caller, &owner, &account, Change::Add(forward), dry_run)
             }
             Request::Remove { name, owner, dry_run, if_exists } => {

@@ -40,13 +40,17 @@ impl Daemon {
 
     /// Queues the deletion of `stale` mappings' flows; the user forwards of the current
     /// (old) plan that had their UDP mappings keep their claims until it is done. Called
-    /// before the plan changes.
-    pub(super) fn forget_flows(&mut self, stale: Vec<Stale>) {
+    /// before the plan changes; `known`: the owner and uid of a set the change may have
+    /// emptied (and so dropped).
+    pub(super) fn forget_flows(&mut self, stale: Vec<Stale>, known: Option<(&str, u32)>) {
         let udp: Vec<&Stale> = stale.iter().filter(|s| s.proto == Proto::Udp).collect();
         let mut old = Vec::new();
         if self.retiring.tx.is_some() && !udp.is_empty() {
             for p in &self.plan.forwards {
-                let Some(uid) = self.users.get(p.owner.as_str()).and_then(|s| s.uid) else { continue };
+                let uid = self.users.get(p.owner.as_str()).and_then(|s| s.uid);
+                let Some(uid) = uid.or_else(|| known.filter(|(o, _)| *o == p.owner).map(|(_, u)| u)) else {
+                    continue;
+                };
                 let f = &p.forward;
                 let hit = f.proto.protos().contains(&Proto::Udp)
                     && udp
