@@ -443,8 +443,10 @@ impl Daemon {
                 return Err(Error::Conflict(c));
             }
         };
+        self.claim_resumed(&plan);
         if let Err(source) = self.commit(&Plan::diff(&self.plan, &plan), || std::borrow::Cow::Borrowed(&plan)) {
             self.eval = before;
+            self.sync_dataplane();
             return Err(Error::KernelRefused { what: "the change", source });
         }
         self.forget_flows(portd_kernel::conntrack::stale_mappings(&self.plan, &plan), None);

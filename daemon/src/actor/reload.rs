@@ -98,8 +98,10 @@ impl Daemon {
             }
             return Ok(body);
         }
+        self.claim_resumed(&plan);
         if let Err(source) = self.commit(&delta, || std::borrow::Cow::Borrowed(&plan)) {
             undo(self, before);
+            self.sync_dataplane();
             return Err(Error::KernelRefused { what: "the new config", source });
         }
         let by = caller.map_or("SIGHUP".to_string(), |c| c.who());

@@ -80,6 +80,27 @@ impl Daemon {
         }
     }
 
+    /// Claims, in the data plane, the ports of the user forwards `new` brings that the
+    /// current plan does not have (forwards a reload or a listener check resumes), before
+    /// `new` goes into the kernel: their NAT never goes live before their public port
+    /// refuses other accounts' binds. [`Daemon::sync_dataplane`] gives back what the
+    /// kernel ends up without.
+    pub(super) fn claim_resumed(&mut self, new: &Plan) {
+        if !self.steering.kernel_ownership() {
+            return;
+        }
+        let old: std::collections::HashSet<String> = self.plan.forwards.iter().map(|p| p.comment()).collect();
+        let extra: Vec<(&str, &Forward)> = new
+            .forwards
+            .iter()
+            .filter(|p| p.owner != portd_rules::plan::SYSTEM_OWNER && !old.contains(&p.comment()))
+            .map(|p| (p.owner.as_str(), &p.forward))
+            .collect();
+        if !extra.is_empty() {
+            self.sync_dataplane_with(&extra, None);
+        }
+    }
+
     /// The conntrack thread is done with `job`: its old targets' reservations may go.
     pub(super) fn flows_forgotten(&mut self, job: u64) {
         let before = self.retiring.jobs.len();
