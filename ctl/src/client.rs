@@ -92,8 +92,9 @@ pub fn access_hint(socket: &Path) -> String {
     // Membership helps only where the group's bits let it in (write on the socket, search
     // on its directory), and never with root's group: no advice to join a group that
     // would not help, or that gives more than portd's socket.
-    let needed = if what == "the socket" { 0o020 } else { 0o010 };
-    if meta.mode() & needed == 0 || gid == 0 {
+    // Only the socket's own group is portd's to grant: a directory's group (the socket
+    // missing, or `--socket` pointing anywhere) may give far more.
+    if what != "the socket" || meta.mode() & 0o020 == 0 || gid == 0 {
         return format!(
             "{what} belongs to group `{name}` (mode {:04o}), which does not let that group in; ask an operator for access to portd's socket (settings.socket.group and mode in /etc/portd/portd.yaml)",
             meta.mode() & 0o7777

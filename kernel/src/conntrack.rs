@@ -185,7 +185,8 @@ pub fn forget_both(stale: &[Stale], fresh: &[Stale]) -> io::Result<(usize, usize
             .and_then(|v| v.get(..4))
             .is_some_and(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]) & IPS_NAT_MASK != 0);
         let (src, dst) = tuple_addrs(orig);
-        let is_local = |a: Option<std::net::IpAddr>| a.is_some_and(|a| local.contains(&a));
+        // (all of 127.0.0.0/8 is this host's, as is every address of its interfaces)
+        let is_local = |a: Option<std::net::IpAddr>| a.is_some_and(|a| a.is_loopback() || local.contains(&a));
         let hit = !nat
             && fresh.iter().any(|m| {
                 m.family == family

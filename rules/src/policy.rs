@@ -447,6 +447,43 @@ where
         .collect()
 }
 
+/// A refusal for each forward of `fresh` (owner `owner`) with a public port that is a
+/// target port of another owner's forward in `others`: that owner's app listens there
+/// (its port reserved for it), and this forward would take the port's own clients and
+/// keep the app from binding it again while it restarts.
+pub fn publics_on_targets<'a, I>(others: I, owner: &str, fresh: &[Forward]) -> Vec<String>
+where
+    I: Iterator<Item = (&'a str, &'a Forward)> + Clone,
+{
+    let refuse = |f: &Forward, port: u16, proto: Proto, o: &str, n: &str| {
+        format!("forward `{}`: public port {port}/{proto} is the target of {o}/{n}; that owner's app serves it", f.name)
+    };
+    if fresh.len() <= 16 {
+        // (a few: compared with each of the others, as in `targets_taken`)
+        return fresh
+            .iter()
+            .filter_map(|f| {
+                others.clone().filter(|(o, _)| *o != owner).find_map(|(o, g)| {
+                    let proto = *f.proto.protos().iter().find(|p| g.proto.protos().contains(p))?;
+                    f.port.overlaps(&g.to).then(|| refuse(f, f.port.start.max(g.to.start), proto, o, &g.name))
+                })
+            })
+            .collect();
+    }
+    let mut claims = TargetClaims::default();
+    for (o, g) in others.filter(|(o, _)| *o != owner) {
+        claims.put(o, g);
+    }
+    fresh
+        .iter()
+        .filter_map(|f| {
+            // (the forward's public ports in the place of its targets)
+            let probe = Forward { to: f.port, ..f.clone() };
+            claims.clash(owner, &probe).map(|(port, proto, o, n)| refuse(f, port, proto, o, n))
+        })
+        .collect()
+}
+
 /// (owner, name, reason) of forwards newly suspended, and (owner, name) of forwards resumed.
 pub type Transitions<'a> = (Vec<(&'a SetKey, &'a str, &'a Reason)>, Vec<(&'a SetKey, &'a str)>);
 

@@ -393,7 +393,7 @@ fn a_target_port_serves_one_owner_whatever_the_grants_overlap() {
         &format!(
             "forwards:\n  - name: ssh\n    port: 84\n    to: 8090\ngrants:\n{}{}",
             grant(&alice.name, "\"80-81\""),
-            grant(&mallory.name, "82")
+            grant(&mallory.name, "82, 8053")
         ),
     );
     let d = Portd::start_bpf(&net, &text, &[]);
@@ -407,6 +407,12 @@ fn a_target_port_serves_one_owner_whatever_the_grants_overlap() {
         assert_eq!(o.status.code(), Some(1), "{to}/{proto}: {} {}", out(&o), err(&o));
         assert!(err(&o).contains(&format!("/{holder}")), "the refusal names {holder}: {}", err(&o));
     }
+    // Nor may mallory's public port be alice's target (while alice's app restarts, it
+    // would take the port's own traffic and keep her app from binding it).
+    let rules = "version: 1\nforwards:\n  - name: take\n    port: 8053\n    to: 8201\n    proto: udp\n";
+    let o = apply_as(&d, &net, &mallory.name, rules);
+    assert_eq!(o.status.code(), Some(1), "{} {}", out(&o), err(&o));
+    assert!(err(&o).contains("public port 8053/udp is the target of") && err(&o).contains("/dns"), "{}", err(&o));
     // A free target is fine, and the data plane kept working throughout.
     let o = apply_as(&d, &net, &mallory.name, "version: 1\nforwards:\n  - name: own\n    port: 82\n    to: 8200\n");
     assert!(o.status.success(), "{}", err(&o));

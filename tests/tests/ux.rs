@@ -207,6 +207,19 @@ fn access_errors_name_the_socket_group_and_completion_asks_the_daemon() {
         .expect("setpriv portctl");
     let e = err(&o);
     assert!(!e.contains("usermod") && e.contains("does not let that group in"), "{e}");
+    // Nor another group of a directory it names, whatever that group's bits.
+    let dir = net.dir.join("private");
+    std::fs::create_dir(&dir).expect("mkdir");
+    assert!(sh("chgrp", &["daemon", dir.to_str().expect("utf-8")]).status.success());
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o750)).expect("chmod");
+    let o = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", &format!("--regid={gid}"), "--clear-groups"])
+        .arg(bin("portctl"))
+        .args(["--socket", dir.join("x.sock").to_str().expect("utf-8"), "status"])
+        .output()
+        .expect("setpriv portctl");
+    let e = err(&o);
+    assert!(!e.contains("usermod"), "no advice to join a directory's group: {e}");
     // Added to the group after this "login" started: told to log in again; a new login works.
     let late = TestUser::new("pdux");
     let o = sh("usermod", &["-aG", "daemon", &late.name]);

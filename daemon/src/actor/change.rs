@@ -326,7 +326,8 @@ impl Daemon {
             .filter(|f| !current.forwards.contains(f) || self.eval.reason(owner.as_str(), &f.name).is_some())
             .cloned()
             .collect();
-        let taken = policy::targets_taken(others, owner.as_str(), &changed);
+        let mut taken = policy::targets_taken(others.clone(), owner.as_str(), &changed);
+        taken.extend(policy::publics_on_targets(others, owner.as_str(), &changed));
         if !taken.is_empty() {
             return Err(Error::Conflict(taken));
         }
