@@ -147,11 +147,6 @@ pub fn stats() -> io::Result<Option<(u64, u64)>> {
     Ok(got)
 }
 
-/// Deletes the conntrack entries of `stale` mappings; returns how many were deleted.
-pub fn forget(stale: &[Stale]) -> io::Result<usize> {
-    forget_both(stale, &[]).map(|(s, _)| s)
-}
-
 /// Deletes, in one dump of the table, the entries of `stale` mappings (original
 /// destination port the public port, reply source port the old target) and the UDP
 /// entries on the public ports of `fresh` mappings that no NAT rewrote and that this
@@ -159,7 +154,7 @@ pub fn forget(stale: &[Stale]) -> io::Result<usize> {
 /// mapping, and flows from it (a socket that held the port then sent to clients' ports,
 /// whose datagrams would match it in the reply direction and go nowhere). Returns how
 /// many of each were deleted.
-pub fn forget_both(stale: &[Stale], fresh: &[Stale]) -> io::Result<(usize, usize)> {
+fn forget_both(stale: &[Stale], fresh: &[Stale]) -> io::Result<(usize, usize)> {
     if stale.is_empty() && fresh.is_empty() {
         return Ok((0, 0));
     }

@@ -395,8 +395,14 @@ impl<'a> TargetClaims<'a> {
     /// The first target port of `f` that another owner's forward holds: (port, protocol,
     /// owner, name).
     pub fn clash(&self, owner: &str, f: &Forward) -> Option<(u16, Proto, &'a str, &'a str)> {
+        self.clash_on(owner, f, f.to)
+    }
+
+    /// The first of `ports` (of `f`'s protocols) that is a target port of another
+    /// owner's forward: (port, protocol, owner, name).
+    fn clash_on(&self, owner: &str, f: &Forward, ports: PortRange) -> Option<(u16, Proto, &'a str, &'a str)> {
         f.proto.protos().iter().find_map(|&proto| {
-            f.to.ports().find_map(|port| {
+            ports.ports().find_map(|port| {
                 let (o, n) = self.placed.get(&(proto, port)).filter(|(o, _)| *o != owner)?;
                 Some((port, proto, *o, *n))
             })
@@ -420,31 +426,12 @@ fn target_of_another(f: &Forward, port: u16, proto: Proto, owner: &str, name: &s
 }
 
 /// A refusal for each forward of `fresh` (owner `owner`) with a target port of another
-/// owner's forward in `others`. A few fresh forwards are compared with each of the
-/// others (no index to build: one `portctl add` stays cheap in a large plan).
+/// owner's forward in `others`.
 pub fn targets_taken<'a, I>(others: I, owner: &str, fresh: &[Forward]) -> Vec<String>
 where
     I: Iterator<Item = (&'a str, &'a Forward)> + Clone,
 {
-    if fresh.len() <= 16 {
-        return fresh
-            .iter()
-            .filter_map(|f| {
-                others.clone().filter(|(o, _)| *o != owner).find_map(|(o, g)| {
-                    let proto = *f.proto.protos().iter().find(|p| g.proto.protos().contains(p))?;
-                    f.to.overlaps(&g.to).then(|| target_of_another(f, f.to.start.max(g.to.start), proto, o, &g.name))
-                })
-            })
-            .collect();
-    }
-    let mut claims = TargetClaims::default();
-    for (o, g) in others.filter(|(o, _)| *o != owner) {
-        claims.put(o, g);
-    }
-    fresh
-        .iter()
-        .filter_map(|f| claims.clash(owner, f).map(|(port, proto, o, n)| target_of_another(f, port, proto, o, n)))
-        .collect()
+    on_others_targets(others, owner, fresh, |f| f.to, target_of_another)
 }
 
 /// A refusal for each forward of `fresh` (owner `owner`) with a public port that is a
@@ -458,14 +445,31 @@ where
     let refuse = |f: &Forward, port: u16, proto: Proto, o: &str, n: &str| {
         format!("forward `{}`: public port {port}/{proto} is the target of {o}/{n}; that owner's app serves it", f.name)
     };
+    on_others_targets(others, owner, fresh, |f| f.port, refuse)
+}
+
+/// A refusal (`refuse(forward, port, protocol, owner, name)`) for each forward of
+/// `fresh` whose ports `ports_of` picks include a target port of another owner's
+/// forward in `others`. A few fresh forwards are compared with each of the others (no
+/// index to build: one `portctl add` stays cheap in a large plan).
+fn on_others_targets<'a, I>(
+    others: I,
+    owner: &str,
+    fresh: &[Forward],
+    ports_of: impl Fn(&Forward) -> PortRange,
+    refuse: impl Fn(&Forward, u16, Proto, &str, &str) -> String,
+) -> Vec<String>
+where
+    I: Iterator<Item = (&'a str, &'a Forward)> + Clone,
+{
     if fresh.len() <= 16 {
-        // (a few: compared with each of the others, as in `targets_taken`)
         return fresh
             .iter()
             .filter_map(|f| {
+                let ports = ports_of(f);
                 others.clone().filter(|(o, _)| *o != owner).find_map(|(o, g)| {
                     let proto = *f.proto.protos().iter().find(|p| g.proto.protos().contains(p))?;
-                    f.port.overlaps(&g.to).then(|| refuse(f, f.port.start.max(g.to.start), proto, o, &g.name))
+                    ports.overlaps(&g.to).then(|| refuse(f, ports.start.max(g.to.start), proto, o, &g.name))
                 })
             })
             .collect();
@@ -476,11 +480,7 @@ where
     }
     fresh
         .iter()
-        .filter_map(|f| {
-            // (the forward's public ports in the place of its targets)
-            let probe = Forward { to: f.port, ..f.clone() };
-            claims.clash(owner, &probe).map(|(port, proto, o, n)| refuse(f, port, proto, o, n))
-        })
+        .filter_map(|f| claims.clash_on(owner, f, ports_of(f)).map(|(port, proto, o, n)| refuse(f, port, proto, o, n)))
         .collect()
 }
 

@@ -10,18 +10,6 @@ use std::process::Stdio;
 mod steer_common;
 use steer_common::*;
 
-/// Runs `code` as `user` in the server namespace, in the background, its output piped.
-fn spawn_py_as(net: &Net, user: &str, code: &str) -> std::process::Child {
-    let gid = String::from_utf8_lossy(&sh("id", &["-g", user]).stdout).trim().to_string();
-    net.nsenter(&net.srv, "setpriv")
-        .args([format!("--reuid={user}"), format!("--regid={gid}"), "--clear-groups".into()])
-        .args(["/usr/bin/python3", "-c", code])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3")
-}
-
 /// From the client namespace, UDP from source port `sport` to `SRV4:port`: the first
 /// answer within `tries` sends (200 ms apart), or None.
 fn udp_from(net: &Net, sport: u16, port: u16, tries: u32) -> Option<String> {

@@ -317,9 +317,7 @@ impl Daemon {
         // operator pointed at one of them since shares its app. A suspended one is
         // judged again.)
         // (and the old target of a UDP forward whose old flows are not deleted yet)
-        let mut kept: Vec<(&str, &Forward)> =
-            self.eval.kept_forwards(&self.users).map(|(o, f)| (o.as_str(), f)).collect();
-        kept.extend(self.retiring.forwards().map(|(o, _, f)| (o, f)));
+        let kept = super::retiring::claims_beside_the_plan(&self.eval, &self.users, &self.retiring);
         let others = self.plan.forwards.iter().map(|p| (p.owner.as_str(), &p.forward)).chain(kept.iter().copied());
         let changed: Vec<Forward> = fresh
             .iter()
@@ -408,7 +406,8 @@ impl Daemon {
         // (a mapping deleted and added again as it was, a renamed forward's, is neither)
         let mut fresh_mappings = portd_kernel::conntrack::fresh_in_delta(&delta);
         let mut stale = portd_kernel::conntrack::stale_in_delta(&delta);
-        let same: Vec<_> = stale.iter().filter(|s| fresh_mappings.contains(s)).cloned().collect();
+        let added: std::collections::BTreeSet<_> = fresh_mappings.iter().copied().collect();
+        let same: std::collections::BTreeSet<_> = stale.iter().copied().filter(|s| added.contains(s)).collect();
         stale.retain(|s| !same.contains(s));
         fresh_mappings.retain(|s| !same.contains(s));
         self.forget_flows(stale, Some((owner.as_str(), account.uid)));

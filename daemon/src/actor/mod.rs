@@ -279,9 +279,7 @@ impl Daemon {
     /// is the uid of `extra`'s owner when its set is not bound yet.
     fn sync_dataplane_with(&mut self, extra: &[(&str, &portd_rules::model::Forward)], extra_uid: Option<(&str, u32)>) {
         let users = &self.users;
-        let mut kept: Vec<(&str, &portd_rules::model::Forward)> =
-            self.eval.kept_forwards(users).map(|(o, f)| (o.as_str(), f)).collect();
-        kept.extend(self.retiring.forwards().map(|(o, _, f)| (o, f)));
+        let mut kept = retiring::claims_beside_the_plan(&self.eval, users, &self.retiring);
         kept.extend_from_slice(extra);
         let retiring = &self.retiring;
         let uid_of = |owner: &str| {

@@ -110,3 +110,15 @@ impl Daemon {
         }
     }
 }
+
+/// The forwards that hold claims (target reserved, public port watched) without being in
+/// the plan: suspended ones that keep theirs, and retiring ones (see [`Retiring`]).
+pub(super) fn claims_beside_the_plan<'a>(
+    eval: &'a Evaluation,
+    users: &'a BTreeMap<SetKey, UserSet>,
+    retiring: &'a Retiring,
+) -> Vec<(&'a str, &'a portd_rules::model::Forward)> {
+    let mut kept: Vec<_> = eval.kept_forwards(users).map(|(o, f)| (o.as_str(), f)).collect();
+    kept.extend(retiring.forwards().map(|(o, _, f)| (o, f)));
+    kept
+}

@@ -49,6 +49,17 @@ pub fn forward<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json:
 
 /// Runs a Python snippet in the server namespace as `user` (None: root); returns stdout.
 pub fn py_as(net: &Net, user: Option<&str>, code: &str) -> Output {
+    py_command_as(net, user, code).output().expect("python3")
+}
+
+/// [`py_as`] in the background, its output piped.
+pub fn spawn_py_as(net: &Net, user: &str, code: &str) -> std::process::Child {
+    let mut c = py_command_as(net, Some(user), code);
+    c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("python3")
+}
+
+/// The command that runs a Python snippet in the server namespace as `user` (None: root).
+fn py_command_as(net: &Net, user: Option<&str>, code: &str) -> std::process::Command {
     let mut c = net.nsenter(&net.srv, "setpriv");
     match user {
         Some(u) => {
@@ -59,7 +70,8 @@ pub fn py_as(net: &Net, user: Option<&str>, code: &str) -> Output {
             c.arg("--");
         }
     }
-    c.args(["/usr/bin/python3", "-c", code]).output().expect("python3")
+    c.args(["/usr/bin/python3", "-c", code]);
+    c
 }
 
 /// The error of binding `port` for TCP and UDP, IPv4 and IPv6, as `user`: one line each.
